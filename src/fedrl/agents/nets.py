@@ -1,0 +1,120 @@
+"""Client-batched actor-critic networks over stacked flat parameter vectors.
+
+This is the glue between ``core.ParamSpec`` flat vectors and torch: the parameters of ``C``
+clients are one ``(C, d)`` tensor, and a forward pass is a chain of batched matrix products
+(``torch.baddbmm``) over the client axis, so each client's output -- and gradient -- depends
+only on its own parameters and data. Actor and critic are separate tanh MLPs with
+orthogonal initialisation, as in CleanRL's PPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from fedrl.core.params import ParamSpec
+from fedrl.envs.base import ActionSpace, Continuous, Discrete
+
+
+@dataclass(frozen=True)
+class PolicyShape:
+    """The sizes that fix a policy's parameter layout."""
+
+    obs_dim: int
+    action_space: ActionSpace
+    hidden: tuple[int, ...]
+
+    @property
+    def action_dim(self) -> int:
+        """Logits for discrete actions, means for continuous ones."""
+        space = self.action_space
+        return space.n if isinstance(space, Discrete) else space.dim
+
+    @property
+    def continuous(self) -> bool:
+        """Whether actions are real vectors (Gaussian policy) rather than choices."""
+        return isinstance(self.action_space, Continuous)
+
+
+def _tower(prefix: str, sizes: list[int]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"{prefix}.{i}.weight"] = (n_in, n_out)
+        shapes[f"{prefix}.{i}.bias"] = (n_out,)
+    return shapes
+
+
+def policy_spec(shape: PolicyShape) -> ParamSpec:
+    """The flat layout: actor tower, optional log-std, critic tower."""
+    hidden = list(shape.hidden)
+    shapes = _tower("actor", [shape.obs_dim, *hidden, shape.action_dim])
+    if shape.continuous:
+        shapes["actor.log_std"] = (shape.action_dim,)
+    shapes.update(_tower("critic", [shape.obs_dim, *hidden, 1]))
+    return ParamSpec.from_shapes(shapes)
+
+
+def init_params(shape: PolicyShape, seed: int) -> np.ndarray:
+    """Orthogonal initialisation (gain sqrt 2 inside, 0.01 for the actor head, 1 for the
+    critic head), zero biases and log-std, as one float32 vector."""
+    spec = policy_spec(shape)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    n_layers = len(shape.hidden) + 1
+    for name, dims in zip(spec.names, spec.shapes):
+        t = torch.zeros(dims)
+        if name.endswith("weight"):
+            last = name.split(".")[1] == str(n_layers - 1)
+            gain = (0.01 if name.startswith("actor") else 1.0) if last else np.sqrt(2)
+            torch.nn.init.orthogonal_(t, gain=gain, generator=gen)
+        tensors[name] = t.numpy()
+    return spec.flatten(tensors)
+
+
+class Heads(NamedTuple):
+    """Network outputs for a client batch: ``(C, N, A)`` logits or means, ``(C, 1, A)``
+    log-std (continuous only) and ``(C, N)`` values."""
+
+    actor: torch.Tensor
+    log_std: torch.Tensor | None
+    value: torch.Tensor
+
+
+class PolicyNet:
+    """Batched forward passes for one ``PolicyShape``; holds no parameters itself."""
+
+    def __init__(self, shape: PolicyShape):
+        self.shape = shape
+        self.spec = policy_spec(shape)
+        self.n_layers = len(shape.hidden) + 1
+
+    def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named ``(C, *shape)`` tensors from ``(C, d)``; differentiable with respect to ``flat``."""
+        c = flat.shape[0]
+        return {
+            name: flat[:, off : off + size].reshape((c,) + dims)
+            for name, dims, off, size in zip(self.spec.names, self.spec.shapes, self.spec.offsets, self.spec.sizes)
+        }
+
+    def _tower(self, w: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.n_layers):
+            x = torch.baddbmm(w[f"{prefix}.{i}.bias"].unsqueeze(1), x, w[f"{prefix}.{i}.weight"])
+            if i < self.n_layers - 1:
+                x = torch.tanh(x)
+        return x
+
+    def heads(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> Heads:
+        """Actor output, log-std and value for observations ``(C, N, obs_dim)``."""
+        log_std = w["actor.log_std"].unsqueeze(1) if self.shape.continuous else None
+        return Heads(self._tower(w, "actor", obs), log_std, self._tower(w, "critic", obs).squeeze(-1))
+
+    def value(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
+        """Critic output ``(C, N)`` only."""
+        return self._tower(w, "critic", obs).squeeze(-1)
+
+    def actor(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
+        """Actor output ``(C, N, A)`` only."""
+        return self._tower(w, "actor", obs)

@@ -1,0 +1,93 @@
+"""Proximal Policy Optimization for a client batch (Schulman et al., 2017).
+
+Clipped surrogate objective, GAE, value loss and entropy bonus, advantages normalised per
+client; follows CleanRL's ``ppo.py`` closely, with one more batch axis: clients. Each
+client's loss is a mean over its own samples and the batch loss is their sum, so a client's
+gradient never depends on another client's data.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from fedrl.agents.config import LearnerBase
+from fedrl.agents.local import Budget, LocalResult, LocalTask
+from fedrl.agents import distributions
+from fedrl.agents.optim import apply_gradient, make_optimizer
+from fedrl.agents.rollout import Rollout, collect, gae
+
+
+class PPOConfig(LearnerBase):
+    """PPO hyper-parameters (names as in CleanRL)."""
+
+    name: Literal["ppo"] = "ppo"
+    n_steps: int = Field(64, ge=1, description="steps per environment per rollout")
+    epochs: int = Field(4, ge=1, description="passes over each rollout")
+    minibatches: int = Field(4, ge=1, description="minibatches per epoch")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    clip_coef: float = Field(0.2, gt=0, description="surrogate clipping coefficient")
+    norm_adv: bool = Field(True, description="normalise advantages per client and minibatch")
+
+
+def _flatten_time(x: torch.Tensor) -> torch.Tensor:
+    """``(T, C, E, ...)`` -> ``(C, T*E, ...)``."""
+    x = x.transpose(0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def _minibatch_loss(task: LocalTask, config: PPOConfig, flat: torch.Tensor, batch: dict, idx: torch.Tensor):
+    heads = task.net.heads(task.net.unpack(flat), batch["obs"][:, idx])
+    new_logp = distributions.log_prob(heads, batch["actions"][:, idx])
+    ratio = torch.exp(new_logp - batch["logp"][:, idx])
+    adv = batch["adv"][:, idx]
+    if config.norm_adv:
+        adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean(1)
+    v_loss = 0.5 * (heads.value - batch["returns"][:, idx]).pow(2).mean(1)
+    ent = distributions.entropy(heads).mean(1)
+    return pg - config.ent_coef * ent + config.vf_coef * v_loss
+
+
+def _update(task: LocalTask, config: PPOConfig, flat, optimizer, rollout: Rollout, gen) -> torch.Tensor:
+    adv, returns = gae(rollout, config.gamma, config.gae_lambda)
+    batch = {
+        "obs": _flatten_time(rollout.obs),
+        "actions": _flatten_time(rollout.actions),
+        "logp": _flatten_time(rollout.logp),
+        "adv": _flatten_time(adv),
+        "returns": _flatten_time(returns),
+    }
+    n = batch["logp"].shape[1]
+    size = max(1, n // config.minibatches)
+    losses = []
+    for _ in range(config.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n - size + 1, size):
+            loss = _minibatch_loss(task, config, flat, batch, perm[start : start + size])
+            apply_gradient(optimizer, flat, loss.sum(), task.anchor, task.prox_mu, config.max_grad_norm)
+            losses.append(loss.detach())
+    return torch.stack(losses).mean(0)
+
+
+def train(config: PPOConfig, task: LocalTask, budget: Budget) -> LocalResult:
+    """Train every client of ``task`` from the global parameters until ``budget`` is spent:
+    ``local_steps`` per client, or until each client has finished ``local_episodes``."""
+    flat = task.start.clone().requires_grad_(True)
+    optimizer = make_optimizer(flat, config.lr)
+    steps_per_rollout = config.n_envs * config.n_steps
+    state = task.env_state
+    episodes = np.zeros(task.n_clients, dtype=np.int64)
+    steps = np.zeros(task.n_clients, dtype=np.int64)
+    losses = []
+    while not budget.spent(steps, episodes):
+        rollout, state = collect(
+            task.net, flat.detach(), task.family, task.env_params, state, config.n_steps, config.gamma, task.gen, task.rng
+        )
+        episodes += rollout.dones.sum(dim=(0, 2)).long().numpy()
+        steps += steps_per_rollout
+        losses.append(_update(task, config, flat, optimizer, rollout, task.gen))
+    return task.result(flat, state, steps, episodes, torch.stack(losses).mean(0) if losses else None)

@@ -1,0 +1,152 @@
+"""The ``fedrl`` command line: run, resume, inspect, evaluate and plot federated RL runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="Federated reinforcement learning: many clients, each in its own environment, learn one policy.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="YAML experiment config (defaults are used without one)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set federation.rounds=50."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME-TIMESTAMP)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a federated policy in simulation, with a progress bar; writes a run directory."""
+    from fedrl.sim import run as runs
+    from fedrl.sim.config import ConfigError, load_config
+
+    try:
+        if resume is not None:
+            if config is not None or out is not None:
+                _fail("--resume takes the run directory only; change settings with --set")
+            current = runs.resume(resume, set_)
+        else:
+            cfg = load_config(config, set_)
+            current = runs.start(cfg, out or runs.default_run_dir(cfg))
+    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
+    last, state = None, current.state
+    total = current.setup.config.federation.rounds
+    with Progress(
+        TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), console=console, disable=quiet,
+    ) as progress:
+        task = progress.add_task("rounds", total=total, completed=state.round, status="")
+        for last, state in current.rounds():
+            status = f"steps {last.env_steps:,}"
+            if last.client_returns is not None:
+                status += f"  mean {last.global_mean_return:7.1f}  worst {last.worst_client_return:7.1f}"
+            progress.update(task, completed=last.round, status=status)
+    summary = runs.finish(current, last, state)
+    _print_summary(summary, current.dir.path)
+
+
+def _print_summary(summary: dict, path: Path) -> None:
+    table = Table(title="result", show_header=False)
+    for key, value in summary.items():
+        if key != "plots":
+            table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"results in [bold]{path}[/bold]: metrics.csv, metrics.sqlite, checkpoints/, final_policy.safetensors", highlight=False)
+    for plot in summary.get("plots", []):
+        console.print(f"plot: {plot}", highlight=False)
+
+
+@app.command()
+def envs() -> None:
+    """List the environment families and their per-client physical parameters."""
+    from fedrl.envs import FAMILIES
+
+    for family in FAMILIES.values():
+        table = Table(title=f"{family.name}: {family.description}", title_justify="left")
+        for column in ("parameter", "standard", "range at heterogeneity 1", "meaning"):
+            table.add_column(column)
+        for r in family.param_ranges:
+            table.add_row(r.name, f"{r.standard:g}", f"{r.low:g} .. {r.high:g}", r.doc)
+        console.print(table)
+        console.print(f"  time limit {family.time_limit} steps, solved at return {family.solved_return:g}\n")
+
+
+def _parse_clients(spec: str, n_clients: int) -> tuple[str, list[int] | int]:
+    if spec == "all":
+        return "trained", list(range(n_clients))
+    if spec.startswith("heldout:"):
+        count = spec.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--clients {spec!r}: expected heldout:N with N >= 1")
+        return "heldout", int(count)
+    try:
+        ids = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--clients {spec!r}: expected all, heldout:N or comma-separated client ids") from None
+    bad = [i for i in ids if not 0 <= i < n_clients]
+    if bad:
+        raise ValueError(f"--clients: no client {bad[0]} in this run (clients are 0..{n_clients - 1})")
+    return "trained", ids
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `fedrl run`."),
+    clients: str = typer.Option("all", help="all, comma-separated client ids (0,3,5), or heldout:N for N never-trained clients."),
+    episodes: int = typer.Option(10, min=1, help="Episodes per client."),
+    seed: int = typer.Option(12345, help="Seed of the evaluation episodes."),
+) -> None:
+    """Evaluate a run's final (or latest checkpointed) policy, client by client."""
+
+    from fedrl.agents import evaluate
+    from fedrl.sim import run as runs
+
+    try:
+        current = runs.resume(run_dir)
+        kind, chosen = _parse_clients(clients, current.setup.config.federation.n_clients)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    setup = current.setup
+    final = current.dir.path / "final_policy.safetensors"
+    params = current.dir.load_policy(setup) if final.exists() else current.state.params
+    env_params = setup.heldout_params(chosen) if kind == "heldout" else setup.env_params[chosen]
+    ids = list(range(chosen)) if kind == "heldout" else chosen
+    returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
+    table = Table(title=f"{kind} clients, {episodes} episodes each ({'final policy' if final.exists() else 'round ' + str(current.state.round)})")
+    for column in ["client", *setup.family.param_names, "mean return", "std"]:
+        table.add_column(column, justify="right")
+    for i, row, ret in zip(ids, env_params, returns):
+        table.add_row(str(i), *(f"{v:.3g}" for v in row), f"{ret.mean():.1f}", f"{ret.std():.1f}")
+    console.print(table)
+    console.print(f"mean {returns.mean():.1f}, worst client {returns.mean(1).min():.1f}", highlight=False)
+
+
+@app.command()
+def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `fedrl run`.")) -> None:
+    """(Re)draw a run's PNG plots from its metrics."""
+    from fedrl.sim import run as runs
+    from fedrl.sim.plots import plot_run
+
+    try:
+        current = runs.resume(run_dir)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    for path in plot_run(current.dir, current.setup.target_return):
+        console.print(f"plot: {path}", highlight=False)

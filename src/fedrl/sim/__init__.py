@@ -1,0 +1,1 @@
+"""The simulation engine: a whole federation on one machine, vectorized over clients."""

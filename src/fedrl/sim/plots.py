@@ -1,0 +1,74 @@
+"""PNG plots of a run's metrics: the global and worst-client return per round, and every
+client's return per round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedrl.sim.rundir import ROUND_COLUMNS, RunDir  # noqa: E402
+
+
+def _finite(rows: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = rows[:, ROUND_COLUMNS.index("round")], rows[:, ROUND_COLUMNS.index(column)]
+    keep = np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def plot_returns(run: RunDir, target: float | None = None) -> Path:
+    """Global mean, 10th-percentile and worst-client return (and personalised, when run) per round."""
+    rows = np.array(run.rows("rounds"), dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for column, label in (
+        ("global_mean_return", "global policy: mean over clients"),
+        ("p10_client_return", "global policy: 10th percentile client"),
+        ("worst_client_return", "global policy: worst client"),
+        ("personalized_mean_return", "personalised: mean over clients"),
+    ):
+        x, y = _finite(rows, column)
+        if len(x):
+            ax.plot(x, y, marker=".", label=label)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("evaluation return")
+    ax.set_title(f"{run.path.name}: return of the global policy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, run.path / "plots" / "returns.png")
+
+
+def plot_clients(run: RunDir) -> Path:
+    """One line per client: its return under the global policy, per round."""
+    rows = np.array(run.rows("client_returns"), dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    clients = np.unique(rows[:, 1]) if len(rows) else []
+    for c in clients:
+        mine = rows[rows[:, 1] == c]
+        ax.plot(mine[:, 0], mine[:, 2], linewidth=0.8, alpha=0.7 if len(clients) > 20 else 1.0,
+                label=f"client {int(c)}" if len(clients) <= 10 else None)
+    ax.set_xlabel("round")
+    ax.set_ylabel("evaluation return")
+    ax.set_title(f"{run.path.name}: per-client return of the global policy")
+    ax.grid(alpha=0.3)
+    if 0 < len(clients) <= 10:
+        ax.legend(fontsize=7, ncol=2)
+    return _save(fig, run.path / "plots" / "clients.png")
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run: RunDir, target: float | None = None) -> list[Path]:
+    """Every plot of a run; returns their paths."""
+    return [plot_returns(run, target), plot_clients(run)]

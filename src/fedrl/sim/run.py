@@ -1,0 +1,105 @@
+"""Starting, resuming and finishing a simulated run in its run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import yaml
+
+from fedrl.agents import evaluate
+from fedrl.agents.runtime import tune_allocator
+from fedrl.sim.config import ExperimentConfig, apply_override, parse_config, to_yaml
+from fedrl.sim.engine import RoundResult, SimState, initial_state, run_rounds
+from fedrl.sim.plots import plot_run
+from fedrl.sim.rundir import RunDir
+from fedrl.sim.setup import EVAL_STREAM, Setup
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run ready to go: its fixed setup, the state to continue from, and its directory."""
+
+    setup: Setup
+    state: SimState
+    dir: RunDir
+
+    def rounds(self) -> Iterator[tuple[RoundResult, SimState]]:
+        """Run the remaining rounds, recording metrics and a checkpoint after each."""
+        tune_allocator()
+        for result, state in run_rounds(self.setup, self.state):
+            self.dir.record(result)
+            self.dir.save_checkpoint(self.setup, state)
+            yield result, state
+
+
+def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS`` (UTC)."""
+    return root / f"{config.name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def start(config: ExperimentConfig, path: Path) -> Run:
+    """A new run in ``path`` (which must not hold a run yet)."""
+    run_dir = RunDir(Path(path))
+    if (run_dir.path / "config.yaml").exists():
+        raise FileExistsError(f"{path} already holds a run; use --resume to continue it")
+    run_dir.create(to_yaml(config))
+    setup = Setup(config)
+    state = initial_state(setup)
+    run_dir.save_checkpoint(setup, state)
+    return Run(setup, state, run_dir)
+
+
+def resume(path: Path, overrides: list[str] = ()) -> Run:
+    """Continue the run in ``path`` from its last checkpoint; ``overrides`` may change, for
+    example, ``federation.rounds`` to extend it."""
+    run_dir = RunDir(Path(path))
+    config_file = run_dir.path / "config.yaml"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} holds no run (no config.yaml)")
+    data = yaml.safe_load(config_file.read_text())
+    for assignment in overrides:
+        data = apply_override(data, assignment)
+    config = parse_config(data)
+    setup = Setup(config)
+    checkpoint = run_dir.latest_checkpoint()
+    if checkpoint is None:
+        raise FileNotFoundError(f"{path} has no checkpoint to resume from")
+    state = run_dir.load_checkpoint(setup, checkpoint)
+    run_dir.truncate_after(state.round)
+    if overrides:
+        run_dir.create(to_yaml(config))
+    return Run(setup, state, run_dir)
+
+
+def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int) -> np.ndarray:
+    """Mean return per held-out client (never trained on) of a global policy."""
+    cfg = setup.config.eval
+    seed = int(setup.rng(EVAL_STREAM, 1).integers(2**31))
+    env_params = setup.heldout_params(n_clients)
+    return evaluate(setup.net, params, setup.family, env_params, cfg.episodes, seed, cfg.greedy).mean(axis=1)
+
+
+def finish(run: Run, last: RoundResult | None, state: SimState) -> dict:
+    """Save the final policy, evaluate held-out clients, write the summary and the plots."""
+    setup = run.setup
+    summary = {
+        "rounds": state.round,
+        "env_steps": state.env_steps,
+        "wall_s": round(state.wall_s, 3),
+        "target_return": setup.target_return,
+        "solved": bool(last is not None and last.client_returns is not None and last.global_mean_return >= setup.target_return),
+    }
+    if last is not None and last.client_returns is not None:
+        summary.update(global_mean_return=last.global_mean_return, worst_client_return=last.worst_client_return)
+    n_heldout = setup.config.eval.heldout_clients
+    if n_heldout:
+        held = heldout_returns(setup, state.params, n_heldout)
+        summary.update(heldout_mean_return=float(held.mean()), heldout_worst_return=float(held.min()))
+    run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round})
+    run.dir.write_summary(summary)
+    summary["plots"] = [str(p) for p in plot_run(run.dir, setup.target_return)]
+    return summary

@@ -1,0 +1,176 @@
+"""The run directory: resolved config, metrics (CSV and SQLite), checkpoints, final policy.
+
+Layout::
+
+    RUN_DIR/config.yaml                resolved config, every default written out
+    RUN_DIR/metrics.csv, metrics.sqlite  one row per round (and client_returns per client)
+    RUN_DIR/client_returns.csv
+    RUN_DIR/checkpoints/round_NNNNN.safetensors + .json
+    RUN_DIR/final_policy.safetensors + .json
+    RUN_DIR/summary.json, RUN_DIR/plots/*.png
+
+Metrics of a round are written before its checkpoint; on resume, rows after the last
+checkpoint are dropped, so a crash between the two never duplicates a round. Files are
+written to a temporary name and renamed, so a checkpoint is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fedrl.core.strategies import state_from_arrays, state_to_arrays
+from fedrl.envs.base import state_from_arrays as env_state_from_arrays
+from fedrl.envs.base import state_to_arrays as env_state_to_arrays
+from fedrl.sim.engine import RoundResult, SimState
+from fedrl.sim.setup import Setup
+
+ROUND_COLUMNS = (
+    "round", "env_steps", "wall_s", "n_updates", "train_loss", "global_mean_return",
+    "worst_client_return", "p10_client_return", "personalized_mean_return", "personalized_worst_client_return",
+)
+CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _round_row(r: RoundResult) -> tuple:
+    personal = r.personalized_returns
+    return (
+        r.round, r.env_steps, round(r.wall_s, 4), r.n_updates, r.train_loss, r.global_mean_return,
+        r.worst_client_return, r.p10_client_return,
+        float(np.mean(personal)) if personal is not None else float("nan"),
+        float(np.min(personal)) if personal is not None else float("nan"),
+    )
+
+
+def _client_rows(r: RoundResult) -> list[tuple]:
+    if r.client_returns is None:
+        return []
+    personal = r.personalized_returns if r.personalized_returns is not None else [float("nan")] * len(r.client_returns)
+    return [(r.round, i, float(g), float(p)) for i, (g, p) in enumerate(zip(r.client_returns, personal))]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Reading and writing one run's directory."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        """Folder of per-round checkpoints."""
+        return self.path / "checkpoints"
+
+    @property
+    def db(self) -> Path:
+        """The SQLite metrics database."""
+        return self.path / "metrics.sqlite"
+
+    def create(self, config_yaml: str) -> None:
+        """Make the directory, write the resolved config and empty metric tables."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.path / "config.yaml", config_yaml.encode())
+        with self._connect() as db:
+            cols = ", ".join(f"{c} REAL" for c in ROUND_COLUMNS[1:])
+            db.execute(f"CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, {cols})")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS client_returns (round INTEGER, client INTEGER, "
+                "global_return REAL, personalized_return REAL, PRIMARY KEY (round, client))"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def record(self, result: RoundResult) -> None:
+        """Append one round's metrics to SQLite and the CSV files."""
+        row, clients = _round_row(result), _client_rows(result)
+        with self._connect() as db:
+            db.execute(f"INSERT OR REPLACE INTO rounds VALUES ({', '.join('?' * len(ROUND_COLUMNS))})", row)
+            db.executemany("INSERT OR REPLACE INTO client_returns VALUES (?, ?, ?, ?)", clients)
+        self._append_csv("metrics.csv", ROUND_COLUMNS, [row])
+        self._append_csv("client_returns.csv", CLIENT_COLUMNS, clients)
+
+    def _append_csv(self, name: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+        path = self.path / name
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(header)
+            writer.writerows(rows)
+
+    def truncate_after(self, round_: int) -> None:
+        """Forget metrics of rounds after ``round_`` (they were not checkpointed)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM rounds WHERE round > ?", (round_,))
+            db.execute("DELETE FROM client_returns WHERE round > ?", (round_,))
+        for name, table, header in (("metrics.csv", "rounds", ROUND_COLUMNS), ("client_returns.csv", "client_returns", CLIENT_COLUMNS)):
+            (self.path / name).unlink(missing_ok=True)
+            self._append_csv(name, header, self.rows(table))
+
+    def rows(self, table: str = "rounds") -> list[tuple]:
+        """All rows of a metrics table, in round order."""
+        order = "round" if table == "rounds" else "round, client"
+        with self._connect() as db:
+            return db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+
+    def save_checkpoint(self, setup: Setup, state: SimState) -> Path:
+        """Write the global policy, strategy state and client env states of ``state``."""
+        arrays = {"params": state.params}
+        arrays.update({f"strategy.{k}": v for k, v in state_to_arrays(state.strategy_state).items()})
+        arrays.update({f"env.{k}": v for k, v in env_state_to_arrays(state.env_state).items()})
+        stem = self.checkpoints / f"round_{state.round:05d}"
+        tmp = stem.with_suffix(".safetensors.tmp")
+        save_file(arrays, str(tmp))
+        os.replace(tmp, stem.with_suffix(".safetensors"))
+        meta = {
+            "round": state.round, "version": state.round, "env_steps": state.env_steps, "wall_s": state.wall_s,
+            "family": setup.family.name, "param_spec": setup.net.spec.to_json(),
+        }
+        _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+        return stem.with_suffix(".safetensors")
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (its JSON is written last), or None."""
+        metas = sorted(self.checkpoints.glob("round_*.json"))
+        return metas[-1].with_suffix(".safetensors") if metas else None
+
+    def load_checkpoint(self, setup: Setup, path: Path) -> SimState:
+        """Rebuild the ``SimState`` a checkpoint holds."""
+        arrays = load_file(str(path))
+        meta = json.loads(path.with_suffix(".json").read_text())
+        strategy = state_from_arrays(setup.strategy, {k[9:]: v for k, v in arrays.items() if k.startswith("strategy.")})
+        env = env_state_from_arrays(setup.family, setup.env_params, {k[4:]: v for k, v in arrays.items() if k.startswith("env.")})
+        return SimState(meta["round"], arrays["params"], strategy, env, meta["env_steps"], meta["wall_s"])
+
+    def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:
+        """Write a policy as safetensors (named tensors) with a JSON description beside it."""
+        tensors = {k: np.ascontiguousarray(v) for k, v in setup.net.spec.unflatten(params).items()}
+        path = self.path / f"{name}.safetensors"
+        save_file(tensors, str(path))
+        description = {"family": setup.family.name, "hidden": list(setup.net.shape.hidden),
+                       "param_spec": setup.net.spec.to_json(), **meta}
+        _atomic_write(path.with_suffix(".json"), json.dumps(description, indent=2).encode())
+        return path
+
+    def load_policy(self, setup: Setup, name: str = "final_policy") -> np.ndarray:
+        """A policy saved by ``save_policy`` as one flat vector."""
+        return setup.net.spec.flatten(load_file(str(self.path / f"{name}.safetensors")))
+
+    def write_summary(self, summary: dict) -> None:
+        """The run's headline numbers as JSON."""
+        _atomic_write(self.path / "summary.json", json.dumps(summary, indent=2).encode())

@@ -1,0 +1,72 @@
+"""Everything a simulated run derives from its config, built once and never changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from fedrl.agents import Budget, PolicyNet, PolicyShape, init_params
+from fedrl.core.strategies import Strategy, make_strategy
+from fedrl.envs import get_family
+from fedrl.envs.base import EnvFamily, heldout_params, params_from_rows, sample_params
+from fedrl.sim.config import ExperimentConfig
+
+# Independent random streams, derived from the run seed with these tags.
+SAMPLE_STREAM, TRAIN_STREAM, EVAL_STREAM, PERSONAL_STREAM, INIT_STREAM = 11, 12, 13, 14, 15
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The immutable pieces of a run: family, client physics, network, strategy, budget."""
+
+    config: ExperimentConfig
+
+    @cached_property
+    def family(self) -> EnvFamily:
+        """The clients' environment family."""
+        return get_family(self.config.env.family)
+
+    @cached_property
+    def env_params(self) -> np.ndarray:
+        """Physical parameters of every client, ``(n_clients, P)``."""
+        env, fed = self.config.env, self.config.federation
+        if env.clients is not None:
+            return params_from_rows(self.family, env.clients)
+        return sample_params(self.family, fed.n_clients, env.heterogeneity, self.config.seed)
+
+    def heldout_params(self, n_clients: int) -> np.ndarray:
+        """Physical parameters of ``n_clients`` clients never trained on."""
+        return heldout_params(self.family, n_clients, self.config.env.heterogeneity, self.config.seed)
+
+    @cached_property
+    def net(self) -> PolicyNet:
+        """The policy network shared by every client."""
+        shape = PolicyShape(self.family.obs_dim, self.family.action_space, tuple(self.config.learner.hidden))
+        return PolicyNet(shape)
+
+    @cached_property
+    def strategy(self) -> Strategy:
+        """The server strategy."""
+        return make_strategy(self.config.strategy)
+
+    @property
+    def budget(self) -> Budget:
+        """Local training per client per round."""
+        fed = self.config.federation
+        return Budget(steps=fed.local_steps, episodes=fed.local_episodes)
+
+    @property
+    def target_return(self) -> float:
+        """The global mean return at which a run counts as solved."""
+        target = self.config.federation.target_return
+        return self.family.solved_return if target is None else target
+
+    def initial_params(self) -> np.ndarray:
+        """The round-0 global policy."""
+        return init_params(self.net.shape, seed=int(self.rng(INIT_STREAM).integers(2**31)))
+
+    def rng(self, *tags: int) -> np.random.Generator:
+        """The random generator for one purpose, e.g. ``rng(TRAIN_STREAM, round, shard)``."""
+        return np.random.default_rng([self.config.seed, *tags])
