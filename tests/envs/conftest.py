@@ -11,7 +11,7 @@ import pytest
 from fedrl.envs import base
 
 
-def compare_with_gymnasium(family, gym_id, sample_action, n_clients=2, n_envs=3, n_steps=400, seed=0):
+def _compare_with_gymnasium(family, gym_id, sample_action, n_clients=2, n_envs=3, n_steps=400, seed=0):
     """Step ``family`` at heterogeneity 0 and one Gymnasium env per (client, env) slot with the
     same actions, copying the batched state into each Gymnasium env before every step, so each
     transition (those right after an auto-reset included) starts from the same state.
@@ -39,3 +39,9 @@ def compare_with_gymnasium(family, gym_id, sample_action, n_clients=2, n_envs=3,
         episodes += int(done.sum())
         state = result.state
     return episodes
+
+
+@pytest.fixture
+def compare_with_gymnasium():
+    """``compare_with_gymnasium(family, gym_id, sample_action, ...)``: see ``_compare_with_gymnasium``."""
+    return _compare_with_gymnasium

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import compare_with_gymnasium
-
 from fedrl.envs.cartpole import CARTPOLE
 
 
-def test_matches_gymnasium_cartpole():
+def test_matches_gymnasium_cartpole(compare_with_gymnasium):
     episodes = compare_with_gymnasium(
         CARTPOLE, "CartPole-v1", lambda rng, shape: rng.integers(0, 2, size=shape), n_steps=300
     )

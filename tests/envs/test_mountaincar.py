@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import compare_with_gymnasium
 
 from fedrl.envs import base
 from fedrl.envs.mountaincar import MOUNTAINCAR
 
 
-def test_matches_gymnasium_mountaincar():
+def test_matches_gymnasium_mountaincar(compare_with_gymnasium):
     episodes = compare_with_gymnasium(
         MOUNTAINCAR, "MountainCar-v0", lambda rng, shape: rng.integers(0, 3, size=shape), n_steps=420
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import compare_with_gymnasium
 
 from fedrl.envs import base
 from fedrl.envs.pendulum import PENDULUM
@@ -14,7 +13,7 @@ def _torque(rng, shape):
     return rng.uniform(-3.0, 3.0, size=shape + (1,)).astype(np.float32)
 
 
-def test_matches_gymnasium_pendulum():
+def test_matches_gymnasium_pendulum(compare_with_gymnasium):
     episodes = compare_with_gymnasium(PENDULUM, "Pendulum-v1", _torque, n_steps=450)
     assert episodes == 2 * 2 * 3  # never terminates: every episode is cut at 200 steps
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Union
 
-from pydantic import Field
+from pydantic import Discriminator, Tag
 
 from fedrl.agents import ppo, reinforce
 from fedrl.agents.evaluate import evaluate
@@ -16,7 +16,16 @@ from fedrl.agents.nets import PolicyNet, PolicyShape, init_params, policy_spec
 from fedrl.agents.ppo import PPOConfig
 from fedrl.agents.reinforce import ReinforceConfig
 
-LearnerConfig = Annotated[Union[PPOConfig, ReinforceConfig], Field(discriminator="name")]
+
+def _learner_name(value: object) -> str:
+    """The ``name`` tag of a learner config; a config that gives none means PPO."""
+    return value.get("name", "ppo") if isinstance(value, dict) else getattr(value, "name", "ppo")
+
+
+LearnerConfig = Annotated[
+    Union[Annotated[PPOConfig, Tag("ppo")], Annotated[ReinforceConfig, Tag("reinforce")]],
+    Discriminator(_learner_name),
+]
 
 
 def train_local(config: PPOConfig | ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResult:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Annotated, Any, Callable, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from fedrl.core.update import Update, stack_deltas, step_weights
 
@@ -49,7 +49,19 @@ class FedProxConfig(_Frozen):
     mu: float = Field(0.01, ge=0, description="proximal coefficient applied by the local learner")
 
 
-StrategyConfig = Annotated[Union[FedAvgConfig, FedAvgMConfig, FedProxConfig], Field(discriminator="name")]
+def _strategy_name(value: object) -> str:
+    """The ``name`` tag of a strategy config; a config that gives none means FedAvg."""
+    return value.get("name", "fedavg") if isinstance(value, dict) else getattr(value, "name", "fedavg")
+
+
+StrategyConfig = Annotated[
+    Union[
+        Annotated[FedAvgConfig, Tag("fedavg")],
+        Annotated[FedAvgMConfig, Tag("fedavgm")],
+        Annotated[FedProxConfig, Tag("fedprox")],
+    ],
+    Discriminator(_strategy_name),
+]
 
 
 @dataclass(frozen=True)

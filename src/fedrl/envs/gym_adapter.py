@@ -67,6 +67,16 @@ class GymPhysics(NamedTuple):
     env: np.ndarray
 
 
+def _spaces(env_id: str) -> tuple[gym.spaces.Box, gym.Space]:
+    """The observation and action spaces of ``env_id``; observations must be a flat Box."""
+    probe = gym.make(env_id, disable_env_checker=True)
+    obs_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(f"{env_id}: gym_family needs a flat Box observation space, not {obs_space}")
+    return obs_space, action_space
+
+
 def _family_action_space(space: gym.Space) -> tuple[Discrete | Continuous, tuple[ParamRange, ...]]:
     """The fedrl action space, plus a fixed ``action_bound`` column for a symmetric Box."""
     if isinstance(space, gym.spaces.Discrete):
@@ -100,12 +110,8 @@ def gym_family(
     the id's ``max_episode_steps`` and ``reward_threshold``.
     """
     spec = gym.spec(env_id)
-    probe = gym.make(env_id, disable_env_checker=True)
-    obs_space, probe_actions = probe.observation_space, probe.action_space
-    probe.close()
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise ValueError(f"{env_id}: gym_family needs a flat Box observation space, not {obs_space}")
-    action_space, fixed = _family_action_space(probe_actions)
+    obs_space, gym_actions = _spaces(env_id)
+    action_space, fixed = _family_action_space(gym_actions)
     user_ranges = tuple(_as_range(r) for r in param_ranges)
     limit = time_limit or spec.max_episode_steps
     if limit is None:

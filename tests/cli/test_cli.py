@@ -1,0 +1,108 @@
+"""The command line, in process (typer's runner) and as a real process killed with SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fedrl.cli import app
+from fedrl.sim.rundir import RunDir
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_config):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return path
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["envs"], ["eval"], ["plot"]])
+def test_help_is_useful_on_its_own(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output and len(result.output.splitlines()) > 5
+
+
+def test_envs_lists_every_family_and_its_parameters():
+    result = runner.invoke(app, ["envs"])
+    assert result.exit_code == 0
+    for word in ("cartpole", "pendulum", "airquality", "length", "max_torque", "0.1 .. 0.9"):
+        assert word in result.output
+
+
+def test_run_writes_a_complete_run_directory_then_eval_and_plot_use_it(tmp_path, config_file):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--set", "federation.rounds=2"])
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "metrics.csv", "client_returns.csv", "metrics.sqlite", "summary.json",
+                 "final_policy.safetensors", "final_policy.json", "plots/returns.png", "plots/clients.png",
+                 "checkpoints/round_00002.safetensors", "checkpoints/round_00002.json"):
+        assert (out / name).exists(), name
+    assert (out / "plots/returns.png").read_bytes()[:4] == b"\x89PNG"
+    assert yaml.safe_load((out / "config.yaml").read_text())["federation"]["rounds"] == 2
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"round", "env_steps", "wall_s", "global_mean_return", "worst_client_return"} <= set(header)
+    assert len(RunDir(out).rows("client_returns")) == 2 * 3
+
+    evaluated = runner.invoke(app, ["eval", str(out), "--clients", "0,2", "--episodes", "2"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "worst client" in evaluated.output and "client" in evaluated.output.splitlines()[0]
+    heldout = runner.invoke(app, ["eval", str(out), "--clients", "heldout:3", "--episodes", "1"])
+    assert heldout.exit_code == 0 and "heldout clients" in heldout.output
+    assert runner.invoke(app, ["eval", str(out), "--clients", "7"]).exit_code == 2
+    (out / "plots/returns.png").unlink()
+    assert runner.invoke(app, ["plot", str(out)]).exit_code == 0
+    assert (out / "plots/returns.png").exists()
+
+
+def test_bad_config_is_one_clear_line(tmp_path, config_file):
+    result = runner.invoke(app, ["run", str(config_file), "--set", "learner.lrr=1", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "unknown key 'learner.lrr'" in result.output.replace("\n", " ")
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_of_a_missing_run_and_reuse_of_a_run_directory_are_refused(tmp_path, config_file):
+    assert runner.invoke(app, ["run", "--resume", str(tmp_path / "nothing")]).exit_code == 2
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(config_file), "--out", str(out), "--set", "federation.rounds=1"]).exit_code == 0
+    again = runner.invoke(app, ["run", str(config_file), "--out", str(out)])
+    assert again.exit_code == 2 and "already holds a run" in again.output
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_matches_an_unbroken_run(tmp_path, config_file):
+    fedrl = [sys.executable, "-m", "fedrl.cli"]
+    settings = ["--set", "federation.rounds=8", "--quiet"]
+    subprocess.run([*fedrl, "run", str(config_file), "--out", str(tmp_path / "unbroken"), *settings], check=True,
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*fedrl, "run", str(config_file), "--out", str(killed), *settings],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "round_00003.json").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    subprocess.run([*fedrl, "run", "--resume", str(killed), "--quiet"], check=True, capture_output=True)
+
+    def numbers(path):
+        rows = np.array(RunDir(path).rows("rounds"), dtype=np.float64)
+        return np.nan_to_num(np.delete(rows, 2, axis=1)), np.array(RunDir(path).rows("client_returns"))
+
+    a, b = numbers(tmp_path / "unbroken"), numbers(killed)
+    assert len(a[0]) == 8
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert (killed / "summary.json").exists()

@@ -1,0 +1,14 @@
+import pytest
+
+
+@pytest.fixture
+def tiny_config():
+    """A few-second federated CartPole run: 3 clients, 3 rounds."""
+    return {
+        "name": "tiny",
+        "seed": 3,
+        "env": {"family": "cartpole", "heterogeneity": 1.0},
+        "learner": {"name": "ppo", "n_envs": 4, "n_steps": 32, "lr": 0.0025, "hidden": [32, 32]},
+        "federation": {"n_clients": 3, "rounds": 3, "local_steps": 256, "stop_at_target": False},
+        "eval": {"episodes": 2, "heldout_clients": 2},
+    }

@@ -1,0 +1,118 @@
+"""The Gymnasium face of fedrl: registered ids for the built-in families and the adapter that
+turns any Gymnasium id into a family."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import fedrl.envs
+from fedrl.envs import base, get_family
+from fedrl.envs.cartpole import CARTPOLE, CartPolePhysics
+from fedrl.envs.gym_adapter import gym_family, load_setter
+from fedrl.envs.gym_registration import GYM_IDS
+
+IDS = list(GYM_IDS.values())
+
+
+def set_cartpole_length(env, row):
+    """A parameter setter as a user would write it: derived physics must follow."""
+    env.length = row["length"]
+    env.polemass_length = env.masspole * env.length
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_registered_ids_pass_the_env_checker(env_id):
+    env = gym.make(env_id)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*symmetric and normalized space.*")
+        check_env(env.unwrapped)
+    family = get_family(env_id.split("/")[1].split("-")[0].lower())
+    assert env.spec.max_episode_steps == family.time_limit
+    obs, _ = env.reset(seed=1)
+    assert env.observation_space.contains(obs)
+
+
+def test_time_limit_truncates_once():
+    env = gym.make("fedrl/Pendulum-v0")
+    env.reset(seed=0)
+    flags = [env.step(np.zeros(1, np.float32))[2:4] for _ in range(200)]
+    assert flags[-1] == (False, True) and not any(any(f) for f in flags[:-1])
+
+
+def test_kwargs_change_physics_and_bad_kwargs_fail():
+    short, long = gym.make("fedrl/CartPole-v0", length=0.1), gym.make("fedrl/CartPole-v0", length=0.9)
+    (a, _), (b, _) = short.reset(seed=3), long.reset(seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(short.step(1)[0], long.step(1)[0])
+    assert gym.make("fedrl/Pendulum-v0", max_torque=1.5).action_space.high[0] == 1.5
+    with pytest.raises(ValueError, match="unknown cartpole parameter.*'lenght'.*allowed: length"):
+        gym.make("fedrl/CartPole-v0", lenght=0.3)
+
+
+def test_registration_is_idempotent():
+    importlib.reload(fedrl.envs)
+    assert gym.make("fedrl/AirQuality-v0").spec.id == "fedrl/AirQuality-v0"
+
+
+def test_get_family_names_allowed():
+    assert get_family("mountaincar").name == "mountaincar"
+    with pytest.raises(ValueError, match="allowed: cartpole, pendulum, mountaincar, airquality"):
+        get_family("acrobot")
+
+
+def test_adapter_matches_builtin_cartpole_per_client():
+    family = gym_family("CartPole-v1", [("length", 0.5, 0.1, 0.9)], set_cartpole_length)
+    assert family.time_limit == 500 and family.action_space == base.Discrete(2)
+    params = base.params_from_rows(family, [{"length": 0.2}, {"length": 0.8}])
+    rng = np.random.default_rng(0)
+    state, obs = base.reset(family, params, 2, rng)
+    builtin = base.params_from_rows(CARTPOLE, [{"length": 0.2}, {"length": 0.8}])
+    physics = CartPolePhysics(*np.moveaxis(obs.astype(np.float64), -1, 0))  # start where the adapter starts
+    push = np.ones((2, 2), dtype=np.int64)
+    for _ in range(5):
+        state = base.step(family, params, state, push, rng).state
+        physics, _, _ = CARTPOLE.transition(builtin, physics, push, None)
+    np.testing.assert_allclose(family.observe(params, state.physics), CARTPOLE.observe(builtin, physics), atol=1e-5)
+    assert abs(physics.theta_dot[0, 0]) > abs(physics.theta_dot[1, 0])  # short poles fall faster
+
+
+def test_adapter_auto_resets_like_base_step():
+    family = gym_family("CartPole-v1", [("length", 0.5, 0.1, 0.9)], set_cartpole_length)
+    params = base.sample_params(family, 2, 1.0, seed=0)
+    rng = np.random.default_rng(0)
+    state, _ = base.reset(family, params, 2, rng)
+    ends = 0
+    for _ in range(60):
+        result = base.step(family, params, state, np.ones((2, 2), dtype=np.int64), rng)
+        done = result.terminated | result.truncated
+        np.testing.assert_array_equal(result.state.t[done], 0)
+        assert (np.abs(result.obs[done]) <= 0.05).all() and (np.abs(result.final_obs[done, 2]) > 0.2).all()
+        ends += int(done.sum())
+        state = result.state
+    assert ends >= 4
+
+
+def test_adapter_continuous_actions_are_clipped():
+    def set_mass(env, row):
+        env.m = row["mass"]
+
+    family = gym_family("Pendulum-v1", [("mass", 1.0, 0.5, 1.5)], set_mass)
+    assert family.action_space == base.Continuous(1, "action_bound")
+    params = base.sample_params(family, 2, 0.0, seed=0)
+    state, _ = base.reset(family, params, 1, np.random.default_rng(0))
+    result = base.step(family, params, state, np.full((2, 1, 1), 5.0), np.random.default_rng(1))
+    assert (result.reward <= 0).all() and result.obs.shape == (2, 1, 3)
+    assert all(h.env.last_u == 2.0 for h in result.state.physics.env.ravel())
+
+
+def test_load_setter():
+    assert load_setter("math:sqrt")(4.0) == 2.0
+    for bad in ("math", "math:nope", "no_such_module:f", "math:pi"):
+        with pytest.raises(ValueError):
+            load_setter(bad)

@@ -1,0 +1,107 @@
+"""Rounds, determinism and resume of the simulation engine."""
+
+import numpy as np
+import pytest
+
+from fedrl.sim import run as runs
+from fedrl.sim.config import apply_override, parse_config
+from fedrl.sim.engine import initial_state, run_round, sample_clients, shards
+from fedrl.sim.setup import Setup
+
+
+def _metrics(run_dir):
+    """Every metric except wall-clock time."""
+    rows = np.array(run_dir.rows("rounds"), dtype=np.float64)
+    return np.delete(rows, 2, axis=1), np.array(run_dir.rows("client_returns"), dtype=np.float64)
+
+
+def _run_to_end(config, path):
+    current = runs.start(config, path)
+    for _ in current.rounds():
+        pass
+    return current
+
+
+def test_same_seed_gives_the_same_metrics_twice(tmp_path, tiny_config):
+    config = parse_config(tiny_config)
+    a = _run_to_end(config, tmp_path / "a")
+    b = _run_to_end(config, tmp_path / "b")
+    ra, ca = _metrics(a.dir)
+    rb, cb = _metrics(b.dir)
+    assert len(ra) == 3
+    np.testing.assert_array_equal(np.nan_to_num(ra), np.nan_to_num(rb))
+    np.testing.assert_array_equal(ca, cb)
+
+
+def test_a_different_seed_gives_different_numbers(tmp_path, tiny_config):
+    a = _run_to_end(parse_config(tiny_config), tmp_path / "a")
+    b = _run_to_end(parse_config({**tiny_config, "seed": 4}), tmp_path / "b")
+    assert not np.array_equal(_metrics(a.dir)[1], _metrics(b.dir)[1])
+
+
+def test_resume_gives_the_same_final_numbers_as_an_unbroken_run(tmp_path, tiny_config):
+    config = parse_config(apply_override(tiny_config, "federation.rounds=4"))
+    unbroken = _run_to_end(config, tmp_path / "unbroken")
+    short = parse_config(apply_override(tiny_config, "federation.rounds=2"))
+    _run_to_end(short, tmp_path / "resumed")
+    resumed = runs.resume(tmp_path / "resumed", ["federation.rounds=4"])
+    assert resumed.state.round == 2
+    for _ in resumed.rounds():
+        pass
+    ru, cu = _metrics(unbroken.dir)
+    rr, cr = _metrics(resumed.dir)
+    np.testing.assert_array_equal(np.nan_to_num(ru), np.nan_to_num(rr))
+    np.testing.assert_array_equal(cu, cr)
+    np.testing.assert_array_equal(unbroken.dir.load_checkpoint(unbroken.setup, unbroken.dir.latest_checkpoint()).params,
+                                  resumed.dir.load_checkpoint(resumed.setup, resumed.dir.latest_checkpoint()).params)
+
+
+def test_resume_drops_metrics_of_rounds_that_were_not_checkpointed(tmp_path, tiny_config):
+    current = _run_to_end(parse_config(tiny_config), tmp_path / "r")
+    (tmp_path / "r" / "checkpoints" / "round_00003.json").unlink()  # as if killed before the checkpoint
+    resumed = runs.resume(tmp_path / "r")
+    assert resumed.state.round == 2
+    assert [row[0] for row in resumed.dir.rows("rounds")] == [1, 2]
+    assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == 3  # header + 2 rounds
+    assert current.setup.config == resumed.setup.config
+
+
+def test_client_sampling_uses_the_configured_fraction(tiny_config):
+    setup = Setup(parse_config(apply_override(apply_override(tiny_config, "federation.n_clients=10"), "federation.fraction=0.3")))
+    chosen = [tuple(sample_clients(setup, r)) for r in range(1, 6)]
+    assert all(len(c) == 3 and len(set(c)) == 3 for c in chosen)
+    assert len(set(chosen)) > 1
+    assert [len(s) for s in shards(np.arange(10), 4)] == [4, 4, 2]
+
+
+def test_one_round_updates_the_policy_and_counts_steps(tiny_config):
+    setup = Setup(parse_config(apply_override(tiny_config, "federation.shard_size=2")))
+    state = initial_state(setup)
+    result, after = run_round(setup, state)
+    assert result.n_updates == 3 and after.env_steps == 3 * 256 == result.env_steps
+    assert not np.array_equal(after.params, state.params)
+    assert result.client_returns.shape == (3,)
+    assert result.worst_client_return <= result.p10_client_return <= result.global_mean_return
+
+
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedprox"])
+def test_strategies_run_in_the_engine(tiny_config, strategy):
+    setup = Setup(parse_config({**tiny_config, "strategy": {"name": strategy}}))
+    result, state = run_round(setup, initial_state(setup))
+    assert np.isfinite(state.params).all() and result.n_updates == 3
+
+
+def test_personalisation_reports_personal_returns_beside_global(tiny_config):
+    setup = Setup(parse_config({**tiny_config, "personalization": {"steps": 256}}))
+    result, _ = run_round(setup, initial_state(setup))
+    assert result.personalized_returns.shape == result.client_returns.shape == (3,)
+    assert not np.array_equal(result.personalized_returns, result.client_returns)
+
+
+def test_explicit_client_parameters_are_used(tiny_config):
+    rows = [{"length": 0.2}, {"length": 0.5, "masscart": 2.0}, {}]
+    setup = Setup(parse_config({**tiny_config, "env": {"family": "cartpole", "clients": rows}}))
+    names = setup.family.param_names
+    assert setup.env_params[0, names.index("length")] == 0.2
+    assert setup.env_params[1, names.index("masscart")] == 2.0
+    np.testing.assert_array_equal(setup.env_params[2], setup.family.standard_params)
