@@ -110,10 +110,16 @@ def _allowed_keys(model: type[BaseModel]) -> str:
     return ", ".join(model.model_fields)
 
 
+def _config_path(loc: tuple) -> tuple:
+    """``loc`` without the tags pydantic inserts for a chosen variant (``learner.ppo.lr``)."""
+    return tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] in VARIANTS and p in VARIANTS[loc[i - 1]]))
+
+
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    loc = _config_path(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        parent = ".".join(str(p) for p in error["loc"][:-1])
+        parent = ".".join(str(p) for p in loc[:-1])
         return f"unknown key {key!r}{' under ' + repr(parent) if parent else ''}"
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
@@ -128,7 +134,7 @@ def parse_config(data: dict[str, Any]) -> ExperimentConfig:
         first = exc.errors()[0]
         message = _describe(first)
         if first["type"] == "extra_forbidden":
-            message += f"; allowed: {_allowed_for(first['loc'][:-1], data)}"
+            message += f"; allowed: {_allowed_for(_config_path(first['loc'])[:-1], data)}"
         raise ConfigError(f"bad config: {message}") from None
 
 
