@@ -78,3 +78,15 @@ def test_proximal_term_pulls_towards_the_anchor():
     apply_gradient(opt, flat, flat.sum() * 0.0, torch.zeros(2), prox_mu=1.0, max_grad_norm=0.0)
     # gradient mu * (w - anchor) = (2, -2); SGD step 0.5 -> (1, -1)
     torch.testing.assert_close(flat.detach(), torch.tensor([[1.0, -1.0]]))
+
+
+def test_fast_tanh_matches_torch_tanh_in_value_and_gradient():
+    from fedrl.agents.nets import tanh
+
+    x = torch.linspace(-12, 12, 1001, dtype=torch.float32, requires_grad=True)
+    y = tanh(x)
+    y.sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    torch.tanh(ref).sum().backward()
+    torch.testing.assert_close(y.detach(), torch.tanh(ref.detach()), atol=3e-7, rtol=0)
+    torch.testing.assert_close(x.grad, ref.grad, atol=1e-6, rtol=0)

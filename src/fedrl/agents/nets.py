@@ -74,6 +74,28 @@ def init_params(shape: PolicyShape, seed: int) -> np.ndarray:
     return spec.flatten(tensors)
 
 
+class _Tanh(torch.autograd.Function):
+    """``tanh`` as ``2 sigmoid(2x) - 1``: the same function to float32 rounding, but this
+    CPU build's ``torch.tanh`` is not vectorised and measured 20x slower than ``sigmoid``,
+    which made it the largest single cost of a PPO step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.addcmul(grad, grad * y, y, value=-1.0)
+
+
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """Hyperbolic tangent, differentiable, fast on CPU (see ``_Tanh``)."""
+    return _Tanh.apply(x)
+
+
 class Heads(NamedTuple):
     """Network outputs for a client batch: ``(C, N, A)`` logits or means, ``(C, 1, A)``
     log-std (continuous only) and ``(C, N)`` values."""
@@ -103,7 +125,7 @@ class PolicyNet:
         for i in range(self.n_layers):
             x = torch.baddbmm(w[f"{prefix}.{i}.bias"].unsqueeze(1), x, w[f"{prefix}.{i}.weight"])
             if i < self.n_layers - 1:
-                x = torch.tanh(x)
+                x = tanh(x)
         return x
 
     def heads(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> Heads:
