@@ -1,0 +1,129 @@
+"""Throughput: env steps per second of federated PPO (64x64 actor and critic) on CartPole.
+
+For 1, 10, 100 and 1000 clients: the rate with learning (rollouts + 4 PPO epochs +
+aggregation; evaluation excluded) and the rollout-only rate (acting in the batched envs,
+no learning), to show where the time goes. In the same run, the reference: single-agent
+Stable-Baselines3 PPO on CartPole-v1 (benchmarks/sb3_reference.py), so the ratio is printed.
+
+    python benchmarks/throughput.py            # needs the bench extra: pip install -e '.[bench]'
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _report import IMG, ROOT, machine, markdown_table, write_section  # noqa: E402
+from fedrl.agents.rollout import collect  # noqa: E402
+from fedrl.agents.runtime import tune_allocator  # noqa: E402
+from fedrl.envs.base import take_clients  # noqa: E402
+from fedrl.sim.config import parse_config  # noqa: E402
+from fedrl.sim.engine import initial_state, shards, to_updates, train_shard  # noqa: E402
+from fedrl.sim.setup import Setup  # noqa: E402
+
+COMMAND = "python benchmarks/throughput.py"
+LOCAL_STEPS = 1024  # per client per round: 16 envs x 64 steps, one rollout, 4 epochs of 4 minibatches
+MIN_STEPS = 400_000  # measure at least this many env steps per setting
+
+
+def setup_for(n_clients: int) -> Setup:
+    """The benchmark's config for a fleet of ``n_clients``."""
+    return Setup(parse_config({
+        "learner": {"name": "ppo", "n_envs": 16, "n_steps": 64, "epochs": 4, "minibatches": 4},
+        "federation": {"n_clients": n_clients, "local_steps": LOCAL_STEPS, "shard_size": 250},
+    }))
+
+
+def learning_rate(setup: Setup) -> float:
+    """Env steps/s of whole training rounds (all shards, then aggregation), after a warm-up round."""
+    state = initial_state(setup)
+    clients = np.arange(setup.config.federation.n_clients)
+    rounds = max(2, MIN_STEPS // (len(clients) * LOCAL_STEPS))
+    params, strategy_state, env_state = state.params, state.strategy_state, state.env_state
+    for r in range(rounds + 1):
+        if r == 1:
+            start, steps = time.perf_counter(), 0
+        updates = []
+        for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
+            result = train_shard(setup, params, rows, take_clients(env_state, rows), setup.rng(99, r, i))
+            updates += to_updates(rows, result, params, r)
+        params, strategy_state = setup.strategy.aggregate(strategy_state, params, updates)
+        if r >= 1:
+            steps += sum(u.env_steps for u in updates)
+    return steps / (time.perf_counter() - start)
+
+
+def rollout_rate(setup: Setup) -> float:
+    """Env steps/s of acting only: the batched policy drives the batched envs, nothing learns."""
+    state = initial_state(setup)
+    n = setup.config.federation.n_clients
+    flat = torch.from_numpy(state.params).expand(n, -1)
+    n_steps = max(64, MIN_STEPS // (n * 16))
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    collect(setup.net, flat, setup.family, setup.env_params, state.env_state, 8, 0.99, gen, rng)
+    start = time.perf_counter()
+    collect(setup.net, flat, setup.family, setup.env_params, state.env_state, n_steps, 0.99, gen, rng)
+    return n * 16 * n_steps / (time.perf_counter() - start)
+
+
+def sb3_rate() -> float:
+    """The reference's training steps/s, from its own process."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/sb3_reference.py"), "throughput", "--steps", "16384"],
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["steps_per_s"]
+
+
+def plot(rows: list[tuple[int, float, float]], sb3: float) -> None:
+    """Bars per fleet size, log scale, with the reference as a line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r[1] for r in rows], 0.4, label="with learning (PPO, 4 epochs)")
+    ax.bar(x + 0.2, [r[2] for r in rows], 0.4, label="rollout only")
+    ax.axhline(sb3, color="black", linestyle="--", label=f"SB3 PPO, 1 agent ({sb3:,.0f}/s)")
+    ax.axhline(100_000, color="grey", linestyle=":", label="target at 100 clients: 100k/s")
+    ax.set_xticks(x, [f"{r[0]} clients" for r in rows])
+    ax.set_yscale("log")
+    ax.set_ylabel("env steps / s")
+    ax.set_title("fedrl throughput on CartPole, 64x64 actor-critic")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / "throughput.png", dpi=110)
+
+
+def main() -> None:
+    tune_allocator()
+    rows = []
+    for n in (1, 10, 100, 1000):
+        setup = setup_for(n)
+        rows.append((n, learning_rate(setup), rollout_rate(setup)))
+        print(f"{n:5d} clients: {rows[-1][1]:>10,.0f} steps/s with learning, {rows[-1][2]:>12,.0f} rollout only", flush=True)
+    sb3 = sb3_rate()
+    plot(rows, sb3)
+    table = markdown_table(
+        ["clients", "env steps/s with learning", "rollout-only env steps/s", "learning vs SB3 PPO"],
+        [[n, f"{learn:,.0f}", f"{roll:,.0f}", f"{learn / sb3:.0f}x"] for n, learn, roll in rows],
+    )
+    body = "\n\n".join([
+        f"## Throughput\n\n`{COMMAND}` ({machine()})",
+        "PPO, 16 envs x 64 steps per client per round, 4 epochs of 4 minibatches, shards of up to 250 clients; "
+        "evaluation excluded. Target: >= 100,000 env steps/s with learning at 100 clients.",
+        table,
+        f"Reference in the same run: single-agent SB3 PPO on CartPole-v1 trains at **{sb3:,.0f} env steps/s**.",
+        "![throughput](img/throughput.png)",
+    ])
+    print(body)
+    write_section("throughput", body)
+
+
+if __name__ == "__main__":
+    main()
