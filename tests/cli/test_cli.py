@@ -53,12 +53,14 @@ def test_run_writes_a_complete_run_directory_then_eval_and_plot_use_it(tmp_path,
     assert {"round", "env_steps", "wall_s", "global_mean_return", "worst_client_return"} <= set(header)
     assert len(RunDir(out).rows("client_returns")) == 2 * 3
 
+    metrics_before = (out / "metrics.csv").read_bytes()
     evaluated = runner.invoke(app, ["eval", str(out), "--clients", "0,2", "--episodes", "2"])
     assert evaluated.exit_code == 0, evaluated.output
     assert "worst client" in evaluated.output and "client" in evaluated.output.splitlines()[0]
     heldout = runner.invoke(app, ["eval", str(out), "--clients", "heldout:3", "--episodes", "1"])
     assert heldout.exit_code == 0 and "heldout clients" in heldout.output
     assert runner.invoke(app, ["eval", str(out), "--clients", "7"]).exit_code == 2
+    assert (out / "metrics.csv").read_bytes() == metrics_before  # evaluating changes nothing
     (out / "plots/returns.png").unlink()
     assert runner.invoke(app, ["plot", str(out)]).exit_code == 0
     assert (out / "plots/returns.png").exists()

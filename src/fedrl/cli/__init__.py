@@ -46,19 +46,19 @@ def run(
     except (ConfigError, FileExistsError, FileNotFoundError) as exc:
         _fail(str(exc))
     console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
-    last, state = None, current.state
+    state = current.state
     total = current.setup.config.federation.rounds
     with Progress(
         TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(), console=console, disable=quiet,
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
-        for last, state in current.rounds():
-            status = f"steps {last.env_steps:,}"
-            if last.client_returns is not None:
-                status += f"  mean {last.global_mean_return:7.1f}  worst {last.worst_client_return:7.1f}"
-            progress.update(task, completed=last.round, status=status)
-    summary = runs.finish(current, last, state)
+        for result, state in current.rounds():
+            status = f"steps {result.env_steps:,}"
+            if result.client_returns is not None:
+                status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
+            progress.update(task, completed=result.round, status=status)
+    summary = runs.finish(current, state)
     _print_summary(summary, current.dir.path)
 
 
@@ -119,7 +119,7 @@ def eval_(
     from fedrl.sim import run as runs
 
     try:
-        current = runs.resume(run_dir)
+        current = runs.open_run(run_dir)
         kind, chosen = _parse_clients(clients, current.setup.config.federation.n_clients)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -145,7 +145,7 @@ def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `f
     from fedrl.sim.plots import plot_run
 
     try:
-        current = runs.resume(run_dir)
+        current = runs.open_run(run_dir)
     except FileNotFoundError as exc:
         _fail(str(exc))
     for path in plot_run(current.dir, current.setup.target_return):

@@ -2,19 +2,32 @@
 
 Loaded from YAML, overridden with ``--set key=value``, validated by pydantic. Any problem is
 reported as one ``ConfigError`` line that names the key, the value and what is allowed.
+
+``env.family: gym`` with an ``env.gym`` section runs any registered Gymnasium id through the
+adapter (``fedrl.envs.gym_adapter``). Its parameter setter, ``"module:function"``, is imported
+while the config is validated, from ``env.gym.setter_dir`` first (which ``load_config`` sets to
+the config file's folder, or resolves against it), then the working directory, then the usual
+``sys.path``; see docs/envs.md.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import gymnasium
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedrl.agents import LearnerConfig, PPOConfig, ReinforceConfig
 from fedrl.core.strategies import FedAvgConfig, FedAvgMConfig, FedProxConfig, StrategyConfig
 from fedrl.envs import FAMILIES
+from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter, load_setter
+
+GYM_FAMILY = "gym"
 
 
 VARIANTS: dict[str, dict[str, type[BaseModel]]] = {
@@ -27,25 +40,132 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line naming the key and value."""
 
 
+class KeyProblem(ValueError):
+    """A check made on a whole section that blames one of its keys, so the message names it
+    (``env.gym.setter``) rather than the section (``env.gym``)."""
+
+    def __init__(self, key: str, message: str, value: Any = None):
+        super().__init__(message)
+        self.key, self.value = key, value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def import_setter(spec: str, setter_dir: str | None) -> ParamSetter:
+    """The parameter setter ``"module:function"``, its module imported from ``setter_dir``
+    first, then the working directory, then ``sys.path``; ``ValueError`` in one line otherwise."""
+    folders = ([str(Path(setter_dir))] if setter_dir else []) + [os.getcwd()]
+    saved = list(sys.path)
+    sys.path[:0] = folders
+    importlib.invalidate_caches()
+    try:
+        return load_setter(spec)
+    except ValueError:
+        raise
+    except Exception as exc:  # the module itself failed to import (SyntaxError, RuntimeError ...)
+        raise ValueError(f"cannot load setter {spec!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path[:] = saved
+
+
+class GymParamConfig(_Frozen):
+    """One per-client physical parameter of an adapter family, as in the built-in families."""
+
+    standard: float = Field(description="value at heterogeneity 0")
+    low: float = Field(description="lowest value at heterogeneity 1")
+    high: float = Field(description="highest value at heterogeneity 1")
+    doc: str = Field("", description="what the parameter means (shown in plots and tables)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GymParamConfig:
+        if not self.low <= self.standard <= self.high:
+            raise KeyProblem("standard", f"must lie in [low, high] = [{self.low:g}, {self.high:g}]", self.standard)
+        return self
+
+
+class GymEnvConfig(_Frozen):
+    """A Gymnasium id run through the adapter, with the per-client parameters to vary."""
+
+    id: str = Field(description="registered Gymnasium id, e.g. CartPole-v1")
+    setter: str | None = Field(
+        None, description="'module:function' called as function(env.unwrapped, {name: value}); needed with params"
+    )
+    setter_dir: str | None = Field(
+        None, description="folder searched first for the setter's module (load_config: the config file's folder)"
+    )
+    params: dict[str, GymParamConfig] = Field(
+        default_factory=dict, description="per-client parameters by name: standard, low, high, doc"
+    )
+    time_limit: int | None = Field(None, ge=1, description="episode length (default: the id's max_episode_steps)")
+    solved_return: float | None = Field(None, description="solved return (default: the id's reward_threshold)")
+
+    @field_validator("params")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, GymParamConfig]) -> dict[str, GymParamConfig]:
+        if ACTION_BOUND in value:
+            raise ValueError(f"{ACTION_BOUND!r} is reserved (the adapter adds it for continuous actions)")
+        return value
+
+    @model_validator(mode="after")
+    def _loadable(self) -> GymEnvConfig:
+        # The setter first: importing its module may register the id.
+        if self.params and self.setter is None:
+            raise KeyProblem("setter", "required when params are given ('module:function' that sets them)")
+        if self.setter is not None:
+            try:
+                import_setter(self.setter, self.setter_dir)
+            except ValueError as exc:
+                raise KeyProblem("setter", str(exc), self.setter) from None
+        try:
+            gymnasium.spec(self.id)
+        except Exception as exc:  # gymnasium.error.NameNotFound, VersionNotFound, ...
+            raise KeyProblem("id", f"not a registered Gymnasium id: {exc}", self.id) from None
+        return self
 
 
 class EnvConfig(_Frozen):
     """Which environment family the clients run and how their physics differ."""
 
-    family: str = Field("cartpole", description="environment family (see `fedrl envs`)")
+    family: str = Field("cartpole", description="environment family (see `fedrl envs`), or 'gym' for the adapter")
     heterogeneity: float = Field(1.0, ge=0, le=1, description="0 = identical clients, 1 = widest spread")
     clients: list[dict[str, float]] | None = Field(
         None, description="explicit physical parameters, one mapping per client (overrides heterogeneity)"
     )
+    gym: GymEnvConfig | None = Field(None, description="the Gymnasium id and its parameters, with family: gym")
 
     @field_validator("family")
     @classmethod
     def _known_family(cls, value: str) -> str:
-        if value not in FAMILIES:
-            raise ValueError(f"unknown family; allowed: {', '.join(FAMILIES)}")
+        if value not in FAMILIES and value != GYM_FAMILY:
+            raise ValueError(f"unknown family; allowed: {', '.join([*FAMILIES, GYM_FAMILY])}")
         return value
+
+    @model_validator(mode="after")
+    def _gym_section_iff_gym(self) -> EnvConfig:
+        if self.family == GYM_FAMILY and self.gym is None:
+            raise KeyProblem("gym", "required with family: gym (at least gym.id)")
+        if self.family != GYM_FAMILY and self.gym is not None:
+            raise KeyProblem("gym", f"only used with family: gym, not family: {self.family}")
+        return self
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names a row of ``clients`` may set."""
+        if self.gym is not None:
+            return (*self.gym.params, ACTION_BOUND)
+        return FAMILIES[self.family].param_names
+
+    @model_validator(mode="after")
+    def _known_client_params(self) -> EnvConfig:
+        for i, row in enumerate(self.clients or ()):
+            unknown = [k for k in row if k not in self.param_names]
+            if unknown:
+                raise KeyProblem(
+                    "clients", f"client {i} sets unknown parameter {unknown[0]!r}; allowed: {', '.join(self.param_names)}"
+                )
+        return self
 
 
 class FederationConfig(_Frozen):
@@ -117,13 +237,17 @@ def _config_path(loc: tuple) -> tuple:
 
 def _describe(error: dict[str, Any]) -> str:
     loc = _config_path(error["loc"])
+    value, message = error.get("input"), error["msg"]
+    problem = (error.get("ctx") or {}).get("error")
+    if isinstance(problem, KeyProblem):
+        loc, message = (*loc, problem.key), str(problem)
+        value = {} if problem.value is None else problem.value  # a dict is never shown
     key = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         parent = ".".join(str(p) for p in loc[:-1])
         return f"unknown key {key!r}{' under ' + repr(parent) if parent else ''}"
-    value = error.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
-    return f"{key}{shown}: {error['msg']}"
+    return " ".join(f"{key}{shown}: {message}".split())  # one line, whatever the message
 
 
 def parse_config(data: dict[str, Any]) -> ExperimentConfig:
@@ -145,8 +269,16 @@ def _allowed_for(loc: tuple, data: dict[str, Any]) -> str:
         if part in ("learner", "strategy"):
             model = _variant(part, data)
         elif part in model.model_fields:
-            model = model.model_fields[part].annotation
+            model = _section_model(model.model_fields[part].annotation) or model
     return _allowed_keys(model)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The record type of a section annotated ``X``, ``X | None`` or ``dict[str, X]``."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _variant(section: str, data: dict[str, Any]) -> type[BaseModel]:
@@ -186,7 +318,20 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfi
             raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
     for assignment in overrides:
         data = apply_override(data, assignment)
+    if path is not None:
+        data = _anchor_setter_dir(data, Path(path).parent)
     return parse_config(data)
+
+
+def _anchor_setter_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with ``env.gym.setter_dir`` made absolute, relative to ``folder`` (the config
+    file's) and defaulting to it, so a resumed run finds the setter from anywhere."""
+    env = data.get("env")
+    gym = env.get("gym") if isinstance(env, dict) else None
+    if not isinstance(gym, dict) or not isinstance(gym.get("setter_dir", ""), (str, type(None))):
+        return data
+    setter_dir = str((folder / (gym.get("setter_dir") or ".")).resolve())
+    return {**data, "env": {**env, "gym": {**gym, "setter_dir": setter_dir}}}
 
 
 def to_yaml(config: ExperimentConfig) -> str:

@@ -15,7 +15,7 @@ from fedrl.agents.runtime import tune_allocator
 from fedrl.sim.config import ExperimentConfig, apply_override, parse_config, to_yaml
 from fedrl.sim.engine import RoundResult, SimState, initial_state, run_rounds
 from fedrl.sim.plots import plot_run
-from fedrl.sim.rundir import RunDir
+from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
 from fedrl.sim.setup import EVAL_STREAM, Setup
 
 
@@ -53,9 +53,8 @@ def start(config: ExperimentConfig, path: Path) -> Run:
     return Run(setup, state, run_dir)
 
 
-def resume(path: Path, overrides: list[str] = ()) -> Run:
-    """Continue the run in ``path`` from its last checkpoint; ``overrides`` may change, for
-    example, ``federation.rounds`` to extend it."""
+def open_run(path: Path, overrides: list[str] = ()) -> Run:
+    """The run in ``path`` at its last checkpoint, read only; ``overrides`` apply to its config."""
     run_dir = RunDir(Path(path))
     config_file = run_dir.path / "config.yaml"
     if not config_file.exists():
@@ -63,16 +62,22 @@ def resume(path: Path, overrides: list[str] = ()) -> Run:
     data = yaml.safe_load(config_file.read_text())
     for assignment in overrides:
         data = apply_override(data, assignment)
-    config = parse_config(data)
-    setup = Setup(config)
+    setup = Setup(parse_config(data))
     checkpoint = run_dir.latest_checkpoint()
     if checkpoint is None:
         raise FileNotFoundError(f"{path} has no checkpoint to resume from")
-    state = run_dir.load_checkpoint(setup, checkpoint)
-    run_dir.truncate_after(state.round)
+    return Run(setup, run_dir.load_checkpoint(setup, checkpoint), run_dir)
+
+
+def resume(path: Path, overrides: list[str] = ()) -> Run:
+    """Continue the run in ``path`` from its last checkpoint: metrics of later rounds (written
+    before a crash, never checkpointed) are dropped; ``overrides`` (e.g. a larger
+    ``federation.rounds``) are written into the run's config."""
+    run = open_run(path, overrides)
+    run.dir.truncate_after(run.state.round)
     if overrides:
-        run_dir.create(to_yaml(config))
-    return Run(setup, state, run_dir)
+        run.dir.create(to_yaml(run.setup.config))
+    return run
 
 
 def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int) -> np.ndarray:
@@ -83,18 +88,17 @@ def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int) -> np.ndar
     return evaluate(setup.net, params, setup.family, env_params, cfg.episodes, seed, cfg.greedy).mean(axis=1)
 
 
-def finish(run: Run, last: RoundResult | None, state: SimState) -> dict:
+def finish(run: Run, state: SimState) -> dict:
     """Save the final policy, evaluate held-out clients, write the summary and the plots."""
     setup = run.setup
-    summary = {
-        "rounds": state.round,
-        "env_steps": state.env_steps,
-        "wall_s": round(state.wall_s, 3),
-        "target_return": setup.target_return,
-        "solved": bool(last is not None and last.client_returns is not None and last.global_mean_return >= setup.target_return),
-    }
-    if last is not None and last.client_returns is not None:
-        summary.update(global_mean_return=last.global_mean_return, worst_client_return=last.worst_client_return)
+    evaluated = [r for r in run.dir.rows("rounds") if r[ROUND_COLUMNS.index("global_mean_return")] is not None
+                 and np.isfinite(r[ROUND_COLUMNS.index("global_mean_return")])]
+    summary: dict = {"rounds": state.round, "env_steps": state.env_steps, "wall_s": round(state.wall_s, 3),
+                     "target_return": setup.target_return, "solved": False}
+    if evaluated:
+        last = dict(zip(ROUND_COLUMNS, evaluated[-1]))
+        summary.update(solved=bool(last["global_mean_return"] >= setup.target_return),
+                       global_mean_return=last["global_mean_return"], worst_client_return=last["worst_client_return"])
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
         held = heldout_returns(setup, state.params, n_heldout)

@@ -12,6 +12,14 @@ Layout::
 Metrics of a round are written before its checkpoint; on resume, rows after the last
 checkpoint are dropped, so a crash between the two never duplicates a round. Files are
 written to a temporary name and renamed, so a checkpoint is either whole or absent.
+
+A checkpoint holds every client's ongoing training episodes, so a resumed run matches an
+unbroken one bit for bit -- except with a Gymnasium adapter family (``env.family: gym``),
+whose environments are live Python objects that step in place and cannot be written as
+arrays. Its checkpoints hold no env state (their JSON says ``"env_state": "fresh"``), and on
+resume every client starts fresh episodes, drawn from the run seed and the round: the
+resumed run is reproducible, but it differs from an unbroken one from the first resumed
+round on, since the episodes the clients were in the middle of are cut short.
 """
 
 from __future__ import annotations
@@ -27,10 +35,11 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
+from fedrl.envs.base import EnvState, reset
 from fedrl.envs.base import state_from_arrays as env_state_from_arrays
 from fedrl.envs.base import state_to_arrays as env_state_to_arrays
 from fedrl.sim.engine import RoundResult, SimState
-from fedrl.sim.setup import Setup
+from fedrl.sim.setup import RESUME_STREAM, Setup
 
 ROUND_COLUMNS = (
     "round", "env_steps", "wall_s", "n_updates", "train_loss", "global_mean_return",
@@ -60,6 +69,12 @@ def _client_rows(r: RoundResult) -> list[tuple]:
         return []
     personal = r.personalized_returns if r.personalized_returns is not None else [float("nan")] * len(r.client_returns)
     return [(r.round, i, float(g), float(p)) for i, (g, p) in enumerate(zip(r.client_returns, personal))]
+
+
+def _fresh_episodes(setup: Setup, round_: int) -> EnvState:
+    """New episodes on every client, for a checkpoint without env state; seeded by the round."""
+    state, _ = reset(setup.family, setup.env_params, setup.config.learner.n_envs, setup.rng(RESUME_STREAM, round_))
+    return state
 
 
 @dataclass(frozen=True)
@@ -129,10 +144,12 @@ class RunDir:
             return db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
 
     def save_checkpoint(self, setup: Setup, state: SimState) -> Path:
-        """Write the global policy, strategy state and client env states of ``state``."""
+        """Write the global policy, strategy state and (where they are arrays) the client env
+        states of ``state``."""
         arrays = {"params": state.params}
         arrays.update({f"strategy.{k}": v for k, v in state_to_arrays(state.strategy_state).items()})
-        arrays.update({f"env.{k}": v for k, v in env_state_to_arrays(state.env_state).items()})
+        if setup.env_state_is_value:
+            arrays.update({f"env.{k}": v for k, v in env_state_to_arrays(state.env_state).items()})
         stem = self.checkpoints / f"round_{state.round:05d}"
         tmp = stem.with_suffix(".safetensors.tmp")
         save_file(arrays, str(tmp))
@@ -140,6 +157,7 @@ class RunDir:
         meta = {
             "round": state.round, "version": state.round, "env_steps": state.env_steps, "wall_s": state.wall_s,
             "family": setup.family.name, "param_spec": setup.net.spec.to_json(),
+            "env_state": "saved" if setup.env_state_is_value else "fresh",
         }
         _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
         return stem.with_suffix(".safetensors")
@@ -150,11 +168,13 @@ class RunDir:
         return metas[-1].with_suffix(".safetensors") if metas else None
 
     def load_checkpoint(self, setup: Setup, path: Path) -> SimState:
-        """Rebuild the ``SimState`` a checkpoint holds."""
+        """Rebuild the ``SimState`` a checkpoint holds; clients start fresh episodes where it
+        holds no env state (adapter families, see the module docstring)."""
         arrays = load_file(str(path))
         meta = json.loads(path.with_suffix(".json").read_text())
         strategy = state_from_arrays(setup.strategy, {k[9:]: v for k, v in arrays.items() if k.startswith("strategy.")})
-        env = env_state_from_arrays(setup.family, setup.env_params, {k[4:]: v for k, v in arrays.items() if k.startswith("env.")})
+        env_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("env.")}
+        env = env_state_from_arrays(setup.family, setup.env_params, env_arrays) if env_arrays else _fresh_episodes(setup, meta["round"])
         return SimState(meta["round"], arrays["params"], strategy, env, meta["env_steps"], meta["wall_s"])
 
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:

@@ -10,11 +10,27 @@ import numpy as np
 from fedrl.agents import Budget, PolicyNet, PolicyShape, init_params
 from fedrl.core.strategies import Strategy, make_strategy
 from fedrl.envs import get_family
-from fedrl.envs.base import EnvFamily, heldout_params, params_from_rows, sample_params
-from fedrl.sim.config import ExperimentConfig
+from fedrl.envs.base import EnvFamily, ParamRange, heldout_params, params_from_rows, sample_params
+from fedrl.envs.gym_adapter import gym_family
+from fedrl.sim.config import ConfigError, ExperimentConfig, GymEnvConfig, import_setter
 
 # Independent random streams, derived from the run seed with these tags.
-SAMPLE_STREAM, TRAIN_STREAM, EVAL_STREAM, PERSONAL_STREAM, INIT_STREAM = 11, 12, 13, 14, 15
+SAMPLE_STREAM, TRAIN_STREAM, EVAL_STREAM, PERSONAL_STREAM, INIT_STREAM, RESUME_STREAM = 11, 12, 13, 14, 15, 16
+
+
+def _no_params(env, row: dict[str, float]) -> None:
+    """The setter of an adapter family without per-client parameters."""
+
+
+def build_gym_family(gym: GymEnvConfig) -> EnvFamily:
+    """The adapter family an ``env.gym`` section describes; ``ConfigError`` if the id's spaces
+    are ones the adapter does not support."""
+    setter = import_setter(gym.setter, gym.setter_dir) if gym.setter else _no_params
+    ranges = [ParamRange(name, p.standard, p.low, p.high, p.doc) for name, p in gym.params.items()]
+    try:
+        return gym_family(gym.id, ranges, setter, gym.time_limit, gym.solved_return)
+    except ValueError as exc:
+        raise ConfigError(f"bad config: env.gym.id = {gym.id!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -25,15 +41,25 @@ class Setup:
 
     @cached_property
     def family(self) -> EnvFamily:
-        """The clients' environment family."""
-        return get_family(self.config.env.family)
+        """The clients' environment family: a built-in one, or a Gymnasium id through the adapter."""
+        gym = self.config.env.gym
+        return get_family(self.config.env.family) if gym is None else build_gym_family(gym)
+
+    @property
+    def env_state_is_value(self) -> bool:
+        """Whether the env state is plain arrays that a checkpoint can hold. The adapter's
+        Gymnasium environments step in place and cannot be saved (``fedrl.envs.gym_adapter``)."""
+        return self.config.env.gym is None
 
     @cached_property
     def env_params(self) -> np.ndarray:
         """Physical parameters of every client, ``(n_clients, P)``."""
         env, fed = self.config.env, self.config.federation
         if env.clients is not None:
-            return params_from_rows(self.family, env.clients)
+            try:
+                return params_from_rows(self.family, env.clients)
+            except ValueError as exc:
+                raise ConfigError(f"bad config: env.clients: {exc}") from None
         return sample_params(self.family, fed.n_clients, env.heterogeneity, self.config.seed)
 
     def heldout_params(self, n_clients: int) -> np.ndarray:
