@@ -1,10 +1,14 @@
 import numpy as np
 import pytest
+from pydantic import TypeAdapter, ValidationError
+from safetensors.numpy import load, save
 
 from fedrl.core.strategies import (
+    STRATEGY_CONFIGS,
     FedAvgConfig,
     FedAvgMConfig,
     FedProxConfig,
+    StrategyConfig,
     make_strategy,
     state_from_arrays,
     state_to_arrays,
@@ -79,3 +83,148 @@ def test_state_round_trips_through_arrays():
     state = strategy.init(np.ones(4, dtype=np.float32))
     back = state_from_arrays(strategy, state_to_arrays(state))
     np.testing.assert_array_equal(back.velocity, state.velocity)
+
+
+# --- robust rules, screening, checkpoints and config parsing, on every strategy -------------
+
+# each strategy with the fields it needs and no more (SCAFFOLD must know the fleet size)
+MINIMAL = {name: ({"n_clients": 10} if name == "scaffold" else {}) for name in STRATEGY_CONFIGS}
+# each strategy with some of its optional fields set
+OPTIONAL = {
+    "fedavg": {"rule": "trimmed_mean", "trim_ratio": 0.2},
+    "fedavgm": {"server_lr": 0.5, "momentum": 0.5, "norm_bound": 2.0},
+    "fedprox": {"mu": 0.1, "rule": "median"},
+    "fedadagrad": {"server_lr": 0.2, "beta1": 0.8, "tau": 0.01},
+    "fedadam": {"beta2": 0.999, "rule": "krum", "byzantine": 1},
+    "fedyogi": {"beta2": 0.9, "rule": "multikrum", "byzantine": 1, "multikrum_m": 3},
+    "scaffold": {"n_clients": 10, "server_lr": 0.5},
+    "fedasync": {"alpha": 0.4, "staleness": {"kind": "hinge", "a": 10, "b": 4}},
+    "fedbuff": {"buffer_size": 5, "server_lr": 0.5, "staleness": {"kind": "constant"}},
+}
+PARSE = TypeAdapter(StrategyConfig)
+
+
+def _config(name, **extra):
+    return PARSE.validate_python({"name": name, **MINIMAL[name], **extra})
+
+
+def _scaffold_ready(update):
+    """The update with a control delta, so that SCAFFOLD accepts it too."""
+    return Update(update.client_id, update.base_version, update.delta, update.env_steps,
+                  control_delta=np.full_like(update.delta, 0.5))
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_CONFIGS))
+def test_config_parses_from_a_dict_with_and_without_optional_fields(name):
+    # Execute
+    minimal = PARSE.validate_python({"name": name, **MINIMAL[name]})
+    full = PARSE.validate_python({"name": name, **OPTIONAL[name]})
+    # Assert
+    assert type(minimal) is type(full) is STRATEGY_CONFIGS[name]
+    for key, value in OPTIONAL[name].items():
+        got = getattr(full, key)
+        assert (got.model_dump(exclude_unset=True) if hasattr(got, "model_dump") else got) == value
+    assert make_strategy(full).name == name
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_CONFIGS))
+def test_unknown_field_raises(name):
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        PARSE.validate_python({"name": name, **MINIMAL[name], "learning_rate": 0.1})
+
+
+def test_config_without_a_name_is_fedavg():
+    assert PARSE.validate_python({}) == FedAvgConfig()
+    assert FedAvgConfig().rule == "mean" and FedAvgConfig().trim_ratio == 0.1 and FedAvgConfig().byzantine == 0
+    assert FedAvgConfig().multikrum_m is None and FedAvgConfig().norm_bound is None
+
+
+def test_rule_options_must_match_the_rule():
+    with pytest.raises(ValidationError, match="byzantine=1 is only used by rule krum or multikrum"):
+        FedAvgConfig(byzantine=1)
+    with pytest.raises(ValidationError, match="multikrum_m is only used by rule multikrum"):
+        FedAvgConfig(rule="krum", multikrum_m=2)
+    with pytest.raises(ValidationError, match="trim_ratio"):
+        FedAvgConfig(rule="trimmed_mean", trim_ratio=0.5)
+
+
+def test_fedavg_with_median_and_norm_bound_by_hand():
+    params = np.zeros(2, dtype=np.float32)
+    # median of [1, 2, 100] per coordinate, whatever the step counts
+    median = make_strategy(FedAvgConfig(rule="median"))
+    updates = [_update(0, [1, 0], 1), _update(1, [2, 0], 1), _update(2, [100, 0], 1000)]
+    new, _ = median.aggregate(median.init(params), params, updates)
+    np.testing.assert_allclose(new, [2.0, 0.0])
+    # clip [3, 4] to norm 1 -> [0.6, 0.8]; [0, 0.5] is short enough; mean [0.3, 0.65]
+    clipped = make_strategy(FedAvgConfig(norm_bound=1.0))
+    new, _ = clipped.aggregate(clipped.init(params), params, [_update(0, [3, 4], 1), _update(1, [0, 0.5], 1)])
+    np.testing.assert_allclose(new, [0.3, 0.65], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"rule": "median"}, {"rule": "trimmed_mean", "trim_ratio": 0.3}, {"rule": "krum", "byzantine": 3},
+     {"rule": "multikrum", "byzantine": 3}],
+)
+def test_byzantine_clients_pull_fedavg_but_not_a_robust_rule(fields):
+    # Prepare: 7 honest deltas near +1, 3 attackers sending -10x an honest delta and claiming many steps
+    rng = np.random.default_rng(1)
+    honest = (1.0 + 0.05 * rng.standard_normal((7, 3))).astype(np.float32)
+    updates = [_update(i, d, 100) for i, d in enumerate(honest)]
+    updates += [_update(7 + i, -10.0 * d, 1000) for i, d in enumerate(honest[:3])]
+    params = np.zeros(3, dtype=np.float32)
+    plain, robust = make_strategy(FedAvgConfig()), make_strategy(FedAvgConfig(**fields))
+    # Execute
+    pulled, _ = plain.aggregate(plain.init(params), params, updates)
+    held, _ = robust.aggregate(robust.init(params), params, updates)
+    # Assert
+    assert np.all(pulled < -5)
+    np.testing.assert_allclose(held, 1.0, atol=0.15)
+
+
+def _nan_cases(name):
+    """An honest update and a NaN and an Inf one, ready for strategy ``name``."""
+    honest = _update(0, [1.0, 2.0], 5)
+    bad = [_update(1, [np.nan, 1.0], 5), _update(2, [1.0, np.inf], 5)]
+    ready = _scaffold_ready if name == "scaffold" else (lambda u: u)
+    return ready(honest), [ready(u) for u in bad]
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_CONFIGS))
+def test_non_finite_updates_are_ignored_by_every_strategy(name):
+    # Prepare
+    strategy = make_strategy(_config(name))
+    params = np.array([0.5, -0.5], dtype=np.float32)
+    state = strategy.init(params)
+    honest, bad = _nan_cases(name)
+    for u in bad:
+        # Execute: a bad update alone, and (where several are allowed) beside an honest one
+        alone, _ = strategy.aggregate(state, params, [u])
+        # Assert
+        np.testing.assert_array_equal(alone, params)
+        if name != "fedasync":
+            mixed, mixed_state = strategy.aggregate(state, params, [honest, u])
+            clean, clean_state = strategy.aggregate(state, params, [honest])
+            np.testing.assert_array_equal(mixed, clean)
+            for key, value in state_to_arrays(clean_state).items():
+                np.testing.assert_array_equal(state_to_arrays(mixed_state)[key], value)
+            assert np.all(np.isfinite(mixed))
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_CONFIGS))
+def test_every_state_round_trips_through_safetensors(name):
+    # Prepare: a state after one aggregation, so that it holds more than its initial values
+    strategy = make_strategy(_config(name))
+    params = np.array([0.5, -0.5], dtype=np.float32)
+    honest, _ = _nan_cases(name)
+    _, state = strategy.aggregate(strategy.init(params), params, [honest])
+    # Execute
+    back = state_from_arrays(strategy, load(save(state_to_arrays(state))))
+    # Assert: same type, same arrays, same dtypes and shapes (the version stays a 0-d int64)
+    assert type(back) is type(state)
+    for key, value in state_to_arrays(state).items():
+        restored = state_to_arrays(back)[key]
+        assert restored.dtype == value.dtype and restored.shape == value.shape
+        np.testing.assert_array_equal(restored, value)
+    if name in ("fedasync", "fedbuff"):
+        assert back.version.shape == () and back.version.dtype == np.int64 and int(back.version) == 1

@@ -1,8 +1,9 @@
 """What a client sends after local training, and nothing more.
 
 An update carries the change of the client's parameters relative to the global version it
-started from, how many environment steps produced it (the FedAvg weight), and a few scalar
-metrics. No observation, reward or trajectory ever leaves a client.
+started from, how many environment steps produced it (the FedAvg weight), a few scalar
+metrics, and -- for SCAFFOLD only -- the change of the client's control variate. No
+observation, reward or trajectory ever leaves a client.
 """
 
 from __future__ import annotations
@@ -12,22 +13,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def _check_vector(client_id: int, label: str, value: np.ndarray) -> None:
+    """Raise unless ``value`` is a float32 vector (its values are checked later, by ``screen``)."""
+    if value.ndim != 1 or value.dtype != np.float32:
+        raise ValueError(
+            f"update from client {client_id}: {label} must be a float32 vector, "
+            f"got {value.dtype} with shape {value.shape}"
+        )
+
+
 @dataclass(frozen=True)
 class Update:
-    """One client's contribution to a round."""
+    """One client's contribution to a round (or, asynchronously, to one new global version)."""
 
     client_id: int
-    base_version: int
+    base_version: int  # the global version the client started from (its staleness reference)
     delta: np.ndarray  # float32 (d,): local params minus the global params it started from
     env_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+    control_delta: np.ndarray | None = None  # float32 (d,): SCAFFOLD's c_i+ - c_i, else None
 
     def __post_init__(self) -> None:
-        if self.delta.ndim != 1 or self.delta.dtype != np.float32:
-            raise ValueError(
-                f"update from client {self.client_id}: delta must be a float32 vector, "
-                f"got {self.delta.dtype} with shape {self.delta.shape}"
-            )
+        _check_vector(self.client_id, "delta", self.delta)
+        if self.control_delta is not None:
+            _check_vector(self.client_id, "control_delta", self.control_delta)
+            if self.control_delta.shape != self.delta.shape:
+                raise ValueError(
+                    f"update from client {self.client_id}: control_delta has shape "
+                    f"{self.control_delta.shape}, delta has {self.delta.shape}"
+                )
         if self.env_steps < 0:
             raise ValueError(f"update from client {self.client_id}: env_steps {self.env_steps} < 0")
 
