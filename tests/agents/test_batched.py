@@ -46,7 +46,8 @@ def test_a_clients_gradient_ignores_other_clients_data():
     for space, continuous in ((Discrete(2), False), (Continuous(1, "max_torque"), True)):
         net = _net(space)
         task = _task(net)
-        params = task.start + 0.01 * torch.randn(task.start.shape, generator=torch.Generator().manual_seed(3))
+        start = task.anchor.repeat(task.n_clients, 1)
+        params = start + 0.01 * torch.randn(start.shape, generator=torch.Generator().manual_seed(3))
         batch = _batch(continuous=continuous)
         other = {k: v.clone() for k, v in batch.items()}
         for key in other:  # change everything client 1 and 2 saw
@@ -90,3 +91,93 @@ def test_fast_tanh_matches_torch_tanh_in_value_and_gradient():
     torch.tanh(ref).sum().backward()
     torch.testing.assert_close(y.detach(), torch.tanh(ref.detach()), atol=3e-7, rtol=0)
     torch.testing.assert_close(x.grad, ref.grad, atol=1e-6, rtol=0)
+
+
+def _a2c_batch(C=3, N=24, seed=0):
+    from fedrl.agents.a2c import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randn(C, N, 4, generator=g), torch.randint(0, 2, (C, N), generator=g),
+                 torch.randn(C, N, generator=g), torch.randn(C, N, generator=g))
+
+
+def _transitions(C=3, B=16, seed=0):
+    from fedrl.agents.dqn import Transitions
+
+    g = torch.Generator().manual_seed(seed)
+    return Transitions(torch.randn(C, B, 4, generator=g), torch.randint(0, 2, (C, B), generator=g),
+                       torch.randn(C, B, generator=g), torch.randn(C, B, 4, generator=g),
+                       (torch.rand(C, B, generator=g) < 0.2).float())
+
+
+def _only_client_0_kept(batch, other):
+    """``batch`` with every client but the first replaced by ``other``'s data."""
+    return type(batch)(*(torch.cat([mine[:1], theirs[1:]]) for mine, theirs in zip(batch, other)))
+
+
+def test_a2c_and_dqn_gradients_ignore_other_clients_data():
+    from fedrl.agents import A2CConfig, DQNConfig, make_net
+    from fedrl.agents.a2c import loss as a2c_loss
+    from fedrl.agents.dqn import td_loss
+
+    # Prepare: one loss per learner, and a batch whose clients 1 and 2 saw something else
+    family = get_family("cartpole")
+    a2c, dqn = A2CConfig(ent_coef=0.01, kl_coef=0.5, norm_adv=True, hidden=(16, 16)), DQNConfig(hidden=(16, 16))
+    task = _task(make_net(a2c, family))
+    q_net = make_net(dqn, family)
+    noise = 0.05 * torch.randn(3, task.net.spec.dim, generator=torch.Generator().manual_seed(3))
+    a2c_params = task.anchor.repeat(3, 1) + noise
+    q_params = torch.from_numpy(init_params(q_net.shape, 1)).repeat(3, 1) + noise[:, : q_net.spec.dim]
+    target = q_net.unpack(q_params.flip(0).clone())
+    cases = [
+        (lambda flat, b: a2c_loss(task, a2c, flat, b, task.net.unpack(a2c_params.flip(0).clone())), a2c_params, _a2c_batch),
+        (lambda flat, b: td_loss(q_net, dqn, flat, target, b), q_params, _transitions),
+    ]
+    for loss_fn, params, make_batch in cases:
+        batch = make_batch()
+        changed = _only_client_0_kept(batch, make_batch(seed=9))
+        grads = []
+        for b in (batch, changed):
+            # Execute
+            flat = params.clone().requires_grad_(True)
+            loss_fn(flat, b).sum().backward()
+            grads.append(flat.grad)
+        # Assert
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+        assert not torch.allclose(grads[0][1], grads[1][1])
+
+
+def test_scaffold_correction_is_added_after_clipping_and_shifts_an_sgd_step_by_lr_times_it():
+    # Prepare: the same loss, stepped by SGD with and without the correction c - c_i
+    lr = 0.1
+    correction = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]])
+    after = {}
+    for name, corr in (("plain", None), ("corrected", correction)):
+        flat = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], requires_grad=True)
+        opt = torch.optim.SGD([flat], lr=lr)
+        loss = (flat * torch.tensor([[3.0, 4.0, 0.0], [1.0, 1.0, 1.0]])).sum()
+        # Execute: the raw gradient (norm 5) is clipped to 1 before the correction is added
+        apply_gradient(opt, flat, loss, torch.zeros(3), prox_mu=0.0, max_grad_norm=1.0, correction=corr)
+        after[name] = (flat.detach().clone(), flat.grad.clone())
+    # Assert
+    torch.testing.assert_close(after["corrected"][1] - after["plain"][1], correction, rtol=0, atol=1e-7)
+    torch.testing.assert_close(after["corrected"][0] - after["plain"][0], -lr * correction, rtol=0, atol=1e-7)
+    torch.testing.assert_close(after["plain"][1][0], torch.tensor([0.6, 0.8, 0.0]))
+
+
+def test_kl_matches_torch_distributions():
+    from fedrl.agents.distributions import kl
+    from fedrl.agents.nets import Heads
+
+    g = torch.Generator().manual_seed(0)
+    p_logits, q_logits = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Categorical(logits=p_logits), torch.distributions.Categorical(logits=q_logits)
+    )
+    torch.testing.assert_close(kl(Heads(p_logits, None, None), Heads(q_logits, None, None)), expected)
+    p_mean, q_mean = torch.randn(2, 5, 2, generator=g), torch.randn(2, 5, 2, generator=g)
+    p_log_std, q_log_std = 0.3 * torch.randn(2, 1, 2, generator=g), 0.3 * torch.randn(2, 1, 2, generator=g)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(p_mean, p_log_std.exp()), torch.distributions.Normal(q_mean, q_log_std.exp())
+    ).sum(-1)
+    torch.testing.assert_close(kl(Heads(p_mean, p_log_std, None), Heads(q_mean, q_log_std, None)), expected)

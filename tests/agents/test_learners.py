@@ -1,8 +1,24 @@
 """The learners learn: one client (C = 1, an edge device) and a client batch."""
 
 import numpy as np
+import pytest
+import safetensors.numpy
 
-from fedrl.agents import Budget, PolicyNet, PolicyShape, PPOConfig, ReinforceConfig, evaluate, init_params, make_task, train_local
+from fedrl.agents import (
+    A2CConfig,
+    Budget,
+    DQNConfig,
+    PolicyNet,
+    PolicyShape,
+    PPOConfig,
+    ReinforceConfig,
+    evaluate,
+    init_client_state,
+    init_params,
+    make_net,
+    make_task,
+    train_local,
+)
 from fedrl.envs import get_family, reset, sample_params
 
 
@@ -57,3 +73,57 @@ def test_reinforce_improves_cartpole_and_counts_whole_episodes():
     before = evaluate(net, init_params(net.shape, 0), family, env_params, 8, seed=5).mean()
     after = evaluate(net, params, family, env_params, 8, seed=5).mean()
     assert after > 2 * before
+
+
+def test_a2c_on_one_client_learns_cartpole():
+    family = get_family("cartpole")
+    env_params = family.standard_params[None, :]
+    config = A2CConfig(n_envs=8)
+    net, after, result = _train_rounds(config, family, env_params, 2, Budget(steps=4000))
+    before_return = evaluate(net, init_params(net.shape, 0), family, env_params, 8, seed=5).mean()
+    after_return = evaluate(net, after, family, env_params, 8, seed=5).mean()
+    assert result.env_steps.tolist() == [4000]
+    assert after_return > 100 and after_return > 3 * before_return
+
+
+TINY = {
+    "ppo": PPOConfig(n_envs=2, n_steps=8, hidden=(8,), federate="critic", kl_coef=0.1, ent_coef=0.01),
+    "reinforce": ReinforceConfig(n_envs=2, hidden=(8,), federate="actor", kl_coef=0.1, ent_coef=0.01),
+    "a2c": A2CConfig(n_envs=2, hidden=(8,), federate="critic", kl_coef=0.1, ent_coef=0.01),
+    "dqn": DQNConfig(n_envs=2, hidden=(8,), buffer_size=16, batch_size=4, learning_starts=8),
+}
+
+
+@pytest.mark.parametrize("budget", [Budget(steps=32), Budget(episodes=2)], ids=["steps", "episodes"])
+@pytest.mark.parametrize("n_clients", [1, 3])
+@pytest.mark.parametrize("name", list(TINY))
+def test_every_learner_runs_two_rounds_and_keeps_its_client_state_shapes(name, n_clients, budget):
+    # Prepare: SCAFFOLD on, partial federation for the actor-critic learners
+    config, family = TINY[name], get_family("cartpole")
+    env_params = sample_params(family, n_clients, 1.0, seed=0)
+    net = make_net(config, family)
+    params = init_params(net.shape, 0)
+    env_state, _ = reset(family, env_params, config.n_envs, np.random.default_rng(0))
+    client_state = init_client_state(config, net, n_clients, uses_control_variates=True)
+    layout = {k: (v.shape, v.dtype) for k, v in client_state.items()}
+    control = np.zeros(net.spec.dim, np.float32)
+    # Execute
+    for r in range(2):
+        task = make_task(net, family, env_params, env_state, params, 0.0, np.random.default_rng(r),
+                         client_state=client_state, server_control=control)
+        result = train_local(config, task, budget)
+        env_state, client_state = result.env_state, result.client_state
+        params, control = result.params.mean(axis=0), control + result.control_delta.mean(axis=0)
+    # Assert
+    assert {k: (v.shape, v.dtype) for k, v in client_state.items()} == layout
+    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for v in client_state.values())
+    restored = safetensors.numpy.load(safetensors.numpy.save(client_state))  # how the engine checkpoints it
+    assert all(np.array_equal(restored[k], v, equal_nan=True) for k, v in client_state.items())
+    assert result.params.shape == result.control_delta.shape == (n_clients, net.spec.dim)
+    assert result.params.dtype == result.control_delta.dtype == np.float32
+    assert np.isfinite(result.params).all() and result.loss.shape == (n_clients,)
+    assert env_state.t.shape == (n_clients, config.n_envs)
+    if budget.steps is not None:
+        assert (result.env_steps >= 32).all()
+    else:
+        assert (result.episodes >= 2).all()

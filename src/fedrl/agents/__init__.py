@@ -1,20 +1,33 @@
-"""Local learners over client batches: PPO and REINFORCE, plus evaluation.
+"""Local learners over client batches: PPO, REINFORCE, A2C and DQN, plus evaluation.
 
-Only this package knows torch modules; everything it returns is numpy.
+Only this package knows torch modules; everything it returns is numpy. What an engine calls:
+
+- ``make_net(config, family)``: the network of a learner on an environment family;
+- ``init_client_state(config, net, n_clients, uses_control_variates)``: what each client keeps
+  between rounds, before its first round;
+- ``make_task(...)`` then ``train_local(config, task, budget)``: one round of local training;
+- ``federated_mask`` / ``local_params``: which coordinates are sent, and the parameters a client
+  acts with (global on federated coordinates, personal elsewhere);
+- ``evaluate(net, params, ...)``: returns of greedy (or sampled) policies.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Union
 
+import numpy as np
 from pydantic import Discriminator, Tag
 
-from fedrl.agents import ppo, reinforce
+from fedrl.agents import a2c, dqn, ppo, reinforce
+from fedrl.agents.a2c import A2CConfig
+from fedrl.agents.client import federated_mask, init_federation_state, local_params
+from fedrl.agents.dqn import DQNConfig
 from fedrl.agents.evaluate import evaluate
 from fedrl.agents.local import Budget, LocalResult, LocalTask, make_task
 from fedrl.agents.nets import PolicyNet, PolicyShape, init_params, policy_spec
 from fedrl.agents.ppo import PPOConfig
 from fedrl.agents.reinforce import ReinforceConfig
+from fedrl.envs.base import EnvFamily
 
 
 def _learner_name(value: object) -> str:
@@ -23,20 +36,56 @@ def _learner_name(value: object) -> str:
 
 
 LearnerConfig = Annotated[
-    Union[Annotated[PPOConfig, Tag("ppo")], Annotated[ReinforceConfig, Tag("reinforce")]],
+    Union[
+        Annotated[PPOConfig, Tag("ppo")],
+        Annotated[ReinforceConfig, Tag("reinforce")],
+        Annotated[A2CConfig, Tag("a2c")],
+        Annotated[DQNConfig, Tag("dqn")],
+    ],
     Discriminator(_learner_name),
 ]
 
+_TRAIN = {PPOConfig: ppo.train, ReinforceConfig: reinforce.train, A2CConfig: a2c.train, DQNConfig: dqn.train}
 
-def train_local(config: PPOConfig | ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResult:
+
+def train_local(config: PPOConfig | ReinforceConfig | A2CConfig | DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
     """Run the learner ``config`` names on ``task`` until ``budget`` is spent."""
-    if isinstance(config, PPOConfig):
-        return ppo.train(config, task, budget)
-    return reinforce.train(config, task, budget)
+    return _TRAIN[type(config)](config, task, budget)
+
+
+def make_net(config: PPOConfig | ReinforceConfig | A2CConfig | DQNConfig, family: EnvFamily) -> PolicyNet:
+    """The network ``config``'s learner trains on ``family``: actor and critic towers, or for
+    DQN a Q-network alone (``ValueError`` if the family's actions are not discrete)."""
+    q_network = isinstance(config, DQNConfig)
+    if q_network:
+        dqn.check_discrete(family)
+    return PolicyNet(PolicyShape(family.obs_dim, family.action_space, tuple(config.hidden), critic=not q_network))
+
+
+def init_client_state(
+    config: PPOConfig | ReinforceConfig | A2CConfig | DQNConfig, net: PolicyNet, n_clients: int, uses_control_variates: bool
+) -> dict[str, np.ndarray]:
+    """What ``n_clients`` fresh clients keep between rounds, arrays with leading axis ``C``:
+
+    - ``"scaffold.c"`` ``(C, d)`` float32 zeros, when ``uses_control_variates``;
+    - ``"personal.params"`` ``(C, k)`` float32 NaN (= "not trained yet, use the global value"),
+      ``k`` the non-federated coordinates, when ``federate`` is ``"actor"`` or ``"critic"``;
+    - DQN: ``"dqn.replay.{obs,next_obs}"`` ``(C, buffer_size, obs_dim)`` float32,
+      ``"dqn.replay.{reward,terminated}"`` ``(C, buffer_size)`` float32, ``"dqn.replay.action"``
+      ``(C, buffer_size)`` int64, ``"dqn.replay.{index,size}"`` and ``"dqn.env_steps"`` ``(C,)`` int64.
+
+    Empty for PPO, REINFORCE and A2C with ``federate="all"`` and no control variates.
+    """
+    state = init_federation_state(config, net, n_clients, uses_control_variates)
+    if isinstance(config, DQNConfig):
+        state.update(dqn.init_state(config, net, n_clients))
+    return state
 
 
 __all__ = [
+    "A2CConfig",
     "Budget",
+    "DQNConfig",
     "LearnerConfig",
     "LocalResult",
     "LocalTask",
@@ -45,7 +94,11 @@ __all__ = [
     "PolicyShape",
     "ReinforceConfig",
     "evaluate",
+    "federated_mask",
+    "init_client_state",
     "init_params",
+    "local_params",
+    "make_net",
     "make_task",
     "policy_spec",
     "train_local",

@@ -1,6 +1,13 @@
-"""Hyper-parameters every local learner shares."""
+"""Hyper-parameters the local learners share.
+
+``LearnerBase`` holds what every learner has (DQN included); ``ActorCriticBase`` adds what only
+policy-gradient learners with a critic have: the entropy bonus, the value loss, which tower is
+federated, and the KL pull toward the global policy.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,10 +17,23 @@ class LearnerBase(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    lr: float = Field(1e-3, gt=0, description="learning rate (also SCAFFOLD's local step size)")
     n_envs: int = Field(8, ge=1, description="parallel environments per client")
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
+    max_grad_norm: float = Field(0.5, ge=0, description="per-client gradient norm clip (0 = off)")
+    hidden: tuple[int, ...] = Field((64, 64), min_length=1, description="hidden layer sizes of each tower")
+
+
+class ActorCriticBase(LearnerBase):
+    """Fields of the learners with an actor and a critic tower (PPO, REINFORCE, A2C)."""
+
     ent_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
     vf_coef: float = Field(0.5, ge=0, description="value loss coefficient")
-    max_grad_norm: float = Field(0.5, ge=0, description="per-client gradient norm clip (0 = off)")
-    hidden: tuple[int, ...] = Field((64, 64), min_length=1, description="hidden layer sizes of actor and critic")
+    federate: Literal["all", "actor", "critic"] = Field(
+        "all",
+        description="towers sent to the server: all; actor (each client keeps its own critic); critic "
+        "(value function aggregation: each client keeps its own actor)",
+    )
+    kl_coef: float = Field(
+        0.0, ge=0, description="weight of KL(pi_local || pi_global) in each client's loss, pi_global frozen at round start"
+    )

@@ -44,3 +44,14 @@ def entropy(heads: Heads) -> torch.Tensor:
         logp = torch.log_softmax(heads.actor, dim=-1)
         return -(logp.exp() * logp).sum(-1)
     return (heads.log_std + 0.5 + 0.5 * _LOG_2PI).sum(-1)
+
+
+def kl(p: Heads, q: Heads) -> torch.Tensor:
+    """``KL(p || q)`` ``(C, N)`` between two policies' distributions at the same observations
+    (Gaussian: ``(C, N)`` or ``(C, 1)``, as the means are state-dependent or not)."""
+    if p.log_std is None:
+        logp, logq = torch.log_softmax(p.actor, dim=-1), torch.log_softmax(q.actor, dim=-1)
+        return (logp.exp() * (logp - logq)).sum(-1)
+    var_ratio = torch.exp(2 * (p.log_std - q.log_std))
+    z = (p.actor - q.actor) * torch.exp(-q.log_std)
+    return 0.5 * (var_ratio + z.pow(2) - 1).sum(-1) - (p.log_std - q.log_std).sum(-1)

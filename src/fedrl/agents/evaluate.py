@@ -37,7 +37,7 @@ def evaluate(
     returns = np.zeros((c, n_episodes), dtype=np.float64)
     running = np.ones((c, n_episodes), dtype=bool)
     while running.any():
-        heads = net.heads(w, torch.from_numpy(obs))
+        heads = net.policy(w, torch.from_numpy(obs))
         action = distributions.greedy(heads) if greedy else distributions.sample(heads, gen)
         res = step(family, env_params, state, env_action(family, env_params, action), rng)
         returns += res.reward * running

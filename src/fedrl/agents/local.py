@@ -1,14 +1,20 @@
 """What a local learner is given and what it gives back.
 
 A ``LocalTask`` bundles one client batch's inputs: environments, their state, the global
-parameters every client starts from, the proximal coefficient and the random generators.
-A ``LocalResult`` holds the trained parameters and what the server may learn about the
-training (step and episode counts, a loss) -- never the experience itself.
+parameters, the client-side terms of the strategy (FedProx's ``mu``, SCAFFOLD's ``c``), what
+each client keeps between rounds (``client_state``) and the random generators. A
+``LocalResult`` holds the trained parameters and what the server may learn about the training
+(step and episode counts, a loss, SCAFFOLD's control delta) -- never the experience itself --
+plus the updated ``client_state``, which stays on the client.
+
+``client_state`` maps names to numpy arrays with a leading client axis ``C`` (numbers only, so
+that a checkpoint can hold them); which names a learner keeps is listed in
+``fedrl.agents.init_client_state``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -41,11 +47,13 @@ class Budget:
 class LocalResult(NamedTuple):
     """The outcome of local training for ``C`` clients."""
 
-    params: np.ndarray  # float32 (C, d)
+    params: np.ndarray  # float32 (C, d): trained on federated coordinates, the global params elsewhere
     env_state: EnvState
     env_steps: np.ndarray  # int64 (C,)
     episodes: np.ndarray  # int64 (C,)
     loss: np.ndarray  # float32 (C,), NaN when no update was made
+    client_state: dict[str, np.ndarray]  # the updated per-client state; stays on the client
+    control_delta: np.ndarray | None  # float32 (C, d): SCAFFOLD's c_i+ - c_i; None without control variates
 
 
 @dataclass(frozen=True)
@@ -56,27 +64,24 @@ class LocalTask:
     family: EnvFamily
     env_params: np.ndarray  # (C, P)
     env_state: EnvState
-    start: torch.Tensor  # (C, d) parameters every client starts from
-    anchor: torch.Tensor  # (d,) the global parameters, for the proximal term
+    anchor: torch.Tensor  # (d,) the global parameters (federated part of the start; proximal anchor)
     prox_mu: float
     gen: torch.Generator
     rng: np.random.Generator
+    client_state: dict[str, np.ndarray] = field(default_factory=dict)  # arrays with leading axis C
+    server_control: np.ndarray | None = None  # (d,) SCAFFOLD's c; None unless the strategy uses it
 
     @property
     def n_clients(self) -> int:
         """Number of clients in the batch."""
         return self.env_params.shape[0]
 
-    def result(self, flat: torch.Tensor, state: EnvState, steps: np.ndarray, episodes: np.ndarray, loss) -> LocalResult:
-        """Package trained parameters and counts."""
-        c = self.n_clients
-        return LocalResult(
-            params=flat.detach().numpy().astype(np.float32, copy=True),
-            env_state=state,
-            env_steps=steps.astype(np.int64),
-            episodes=episodes.astype(np.int64),
-            loss=np.full(c, np.nan, np.float32) if loss is None else loss.numpy().astype(np.float32),
-        )
+
+def _check_client_state(client_state: dict[str, np.ndarray], n_clients: int) -> None:
+    for name, array in client_state.items():
+        if not isinstance(array, np.ndarray) or array.ndim == 0 or array.shape[0] != n_clients:
+            shape = getattr(array, "shape", type(array).__name__)
+            raise ValueError(f"client_state[{name!r}] must be an array with leading axis {n_clients}, got {shape}")
 
 
 def make_task(
@@ -87,10 +92,21 @@ def make_task(
     start: np.ndarray,
     prox_mu: float,
     rng: np.random.Generator,
+    *,
+    client_state: dict[str, np.ndarray] | None = None,
+    server_control: np.ndarray | None = None,
 ) -> LocalTask:
-    """A task whose clients all start from the global vector ``start`` ``(d,)``; the torch
-    generator is seeded from ``rng`` so one numpy seed fixes the whole computation."""
-    anchor = torch.from_numpy(np.asarray(start, dtype=np.float32))
+    """A task for the clients of ``env_params`` from the global vector ``start`` ``(d,)``; the
+    torch generator is seeded from ``rng`` so one numpy seed fixes the whole computation.
+    ``client_state`` None or missing names mean clients that have kept nothing yet."""
+    anchor = torch.from_numpy(np.array(start, dtype=np.float32))
+    if anchor.shape != (net.spec.dim,):
+        raise ValueError(f"global params must have shape ({net.spec.dim},), got {tuple(anchor.shape)}")
+    client_state = dict(client_state or {})
+    _check_client_state(client_state, env_params.shape[0])
+    if server_control is not None:
+        server_control = np.asarray(server_control, dtype=np.float32)
+        if server_control.shape != (net.spec.dim,):
+            raise ValueError(f"server_control must have shape ({net.spec.dim},), got {server_control.shape}")
     gen = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
-    stacked = anchor.unsqueeze(0).repeat(env_params.shape[0], 1)
-    return LocalTask(net, family, env_params, env_state, stacked, anchor, prox_mu, gen, rng)
+    return LocalTask(net, family, env_params, env_state, anchor, prox_mu, gen, rng, client_state, server_control)

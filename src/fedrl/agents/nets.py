@@ -4,7 +4,8 @@ This is the glue between ``core.ParamSpec`` flat vectors and torch: the paramete
 clients are one ``(C, d)`` tensor, and a forward pass is a chain of batched matrix products
 (``torch.baddbmm``) over the client axis, so each client's output -- and gradient -- depends
 only on its own parameters and data. Actor and critic are separate tanh MLPs with
-orthogonal initialisation, as in CleanRL's PPO.
+orthogonal initialisation, as in CleanRL's PPO. A Q-network (DQN) is the actor tower alone,
+its outputs read as action values, so greedy evaluation (argmax) serves both kinds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class PolicyShape:
     obs_dim: int
     action_space: ActionSpace
     hidden: tuple[int, ...]
+    critic: bool = True  # False for a Q-network: the actor tower's outputs are action values
 
     @property
     def action_dim(self) -> int:
@@ -48,12 +50,13 @@ def _tower(prefix: str, sizes: list[int]) -> dict[str, tuple[int, ...]]:
 
 
 def policy_spec(shape: PolicyShape) -> ParamSpec:
-    """The flat layout: actor tower, optional log-std, critic tower."""
+    """The flat layout: actor tower, optional log-std, critic tower (when the shape has one)."""
     hidden = list(shape.hidden)
     shapes = _tower("actor", [shape.obs_dim, *hidden, shape.action_dim])
     if shape.continuous:
         shapes["actor.log_std"] = (shape.action_dim,)
-    shapes.update(_tower("critic", [shape.obs_dim, *hidden, 1]))
+    if shape.critic:
+        shapes.update(_tower("critic", [shape.obs_dim, *hidden, 1]))
     return ParamSpec.from_shapes(shapes)
 
 
@@ -98,11 +101,11 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
 
 class Heads(NamedTuple):
     """Network outputs for a client batch: ``(C, N, A)`` logits or means, ``(C, 1, A)``
-    log-std (continuous only) and ``(C, N)`` values."""
+    log-std (continuous only) and ``(C, N)`` values (None when the critic was not run)."""
 
     actor: torch.Tensor
     log_std: torch.Tensor | None
-    value: torch.Tensor
+    value: torch.Tensor | None
 
 
 class PolicyNet:
@@ -130,8 +133,13 @@ class PolicyNet:
 
     def heads(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> Heads:
         """Actor output, log-std and value for observations ``(C, N, obs_dim)``."""
+        policy = self.policy(w, obs)
+        return policy._replace(value=self.value(w, obs)) if self.shape.critic else policy
+
+    def policy(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> Heads:
+        """The action distribution only (``value`` None): what acting needs."""
         log_std = w["actor.log_std"].unsqueeze(1) if self.shape.continuous else None
-        return Heads(self._tower(w, "actor", obs), log_std, self._tower(w, "critic", obs).squeeze(-1))
+        return Heads(self._tower(w, "actor", obs), log_std, None)
 
     def value(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
         """Critic output ``(C, N)`` only."""

@@ -1,37 +1,54 @@
-"""One optimiser step for a client batch: per-client Adam, proximal pull, per-client clipping.
+"""One optimiser step for a client batch: per-client Adam (or RMSprop), proximal pull,
+per-client clipping, SCAFFOLD's correction.
 
-``torch.optim.Adam`` is element-wise, so one Adam over the stacked ``(C, d)`` tensor keeps
-separate first and second moments for every client. Gradient-norm clipping and the FedProx
-proximal term are applied per client (row), never across the batch.
+``torch.optim.Adam`` and ``RMSprop`` are element-wise, so one optimiser over the stacked
+``(C, d)`` tensor keeps separate moments for every client. Gradient-norm clipping, the FedProx
+proximal term and the SCAFFOLD correction are applied per client (row), never across the batch.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 
-def make_optimizer(flat: torch.Tensor, lr: float) -> torch.optim.Adam:
-    """Adam over the stacked client parameters (eps 1e-5, as is usual for PPO)."""
+def make_optimizer(flat: torch.Tensor, lr: float, kind: Literal["adam", "rmsprop"] = "adam") -> torch.optim.Optimizer:
+    """Adam (eps 1e-5, as is usual for PPO) or RMSprop (alpha 0.99, eps 1e-5, as in SB3's
+    A2C) over the stacked client parameters."""
+    if kind == "rmsprop":
+        return torch.optim.RMSprop([flat], lr=lr, alpha=0.99, eps=1e-5)
     return torch.optim.Adam([flat], lr=lr, eps=1e-5)
 
 
 def apply_gradient(
-    optimizer: torch.optim.Adam,
+    optimizer: torch.optim.Optimizer,
     flat: torch.Tensor,
     loss: torch.Tensor,
     anchor: torch.Tensor,
-    prox_mu: float,
+    prox_mu: float | torch.Tensor,
     max_grad_norm: float,
+    correction: torch.Tensor | None = None,
 ) -> None:
     """Backpropagate ``loss`` (a sum of per-client losses), add ``prox_mu * (w - anchor)``
-    (the gradient of FedProx's ``mu/2 ||w - w_global||^2``), clip each client's gradient to
-    ``max_grad_norm`` and take an Adam step."""
+    (the gradient of FedProx's ``mu/2 ||w - w_global||^2``; ``prox_mu`` a number or one per
+    coordinate ``(d,)``, zero where a coordinate is not federated), clip each client's gradient
+    to ``max_grad_norm``, add SCAFFOLD's ``correction`` ``c - c_i`` ``(C, d)`` and take a step.
+
+    The correction comes after clipping so that the control variates estimate the gradient the
+    client actually follows: with SGD, ``(x - y) / (K lr)`` is then the mean clipped gradient
+    plus ``c - c_i``, as option II of Karimireddy et al. (2020) assumes.
+    """
     optimizer.zero_grad(set_to_none=False)
     loss.backward()
     grad = flat.grad
-    if prox_mu > 0:
+    if isinstance(prox_mu, torch.Tensor):
+        grad.add_((flat.detach() - anchor) * prox_mu)
+    elif prox_mu > 0:
         grad.add_(flat.detach() - anchor, alpha=prox_mu)
     if max_grad_norm > 0:
         norms = grad.norm(dim=1, keepdim=True)
         grad.mul_(torch.clamp(max_grad_norm / (norms + 1e-6), max=1.0))
+    if correction is not None:
+        grad.add_(correction)
     optimizer.step()

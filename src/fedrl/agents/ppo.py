@@ -3,7 +3,8 @@
 Clipped surrogate objective, GAE, value loss and entropy bonus, advantages normalised per
 client; follows CleanRL's ``ppo.py`` closely, with one more batch axis: clients. Each
 client's loss is a mean over its own samples and the batch loss is their sum, so a client's
-gradient never depends on another client's data.
+gradient never depends on another client's data. With ``kl_coef`` the loss gains
+``kl_coef * KL(pi_local || pi_global)``, an exploration pull toward the round's global policy.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fedrl.agents.config import LearnerBase
+from fedrl.agents import client, distributions
+from fedrl.agents.config import ActorCriticBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
-from fedrl.agents import distributions
-from fedrl.agents.optim import apply_gradient, make_optimizer
+from fedrl.agents.optim import make_optimizer
 from fedrl.agents.rollout import Rollout, collect, gae
 
 
-class PPOConfig(LearnerBase):
+class PPOConfig(ActorCriticBase):
     """PPO hyper-parameters (names as in CleanRL)."""
 
     name: Literal["ppo"] = "ppo"
@@ -39,8 +40,12 @@ def _flatten_time(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, *x.shape[3:])
 
 
-def _minibatch_loss(task: LocalTask, config: PPOConfig, flat: torch.Tensor, batch: dict, idx: torch.Tensor):
-    heads = task.net.heads(task.net.unpack(flat), batch["obs"][:, idx])
+def _minibatch_loss(
+    task: LocalTask, config: PPOConfig, flat: torch.Tensor, batch: dict, idx: torch.Tensor, reference: dict | None = None
+) -> torch.Tensor:
+    """Per-client loss ``(C,)`` on samples ``idx``; ``reference`` is the frozen KL policy."""
+    obs = batch["obs"][:, idx]
+    heads = task.net.heads(task.net.unpack(flat), obs)
     new_logp = distributions.log_prob(heads, batch["actions"][:, idx])
     ratio = torch.exp(new_logp - batch["logp"][:, idx])
     adv = batch["adv"][:, idx]
@@ -49,10 +54,14 @@ def _minibatch_loss(task: LocalTask, config: PPOConfig, flat: torch.Tensor, batc
     pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.clip_coef, 1 + config.clip_coef)).mean(1)
     v_loss = 0.5 * (heads.value - batch["returns"][:, idx]).pow(2).mean(1)
     ent = distributions.entropy(heads).mean(1)
-    return pg - config.ent_coef * ent + config.vf_coef * v_loss
+    loss = pg - config.ent_coef * ent + config.vf_coef * v_loss
+    if config.kl_coef > 0:
+        loss = loss + config.kl_coef * client.reference_kl(task.net, reference, heads, obs).mean(1)
+    return loss
 
 
-def _update(task: LocalTask, config: PPOConfig, flat, optimizer, rollout: Rollout, gen) -> torch.Tensor:
+def _update(task: LocalTask, config: PPOConfig, start: client.Start, optimizer, rollout: Rollout, gen):
+    """Epochs of minibatch steps on one rollout: mean loss ``(C,)`` and the number of steps."""
     adv, returns = gae(rollout, config.gamma, config.gae_lambda)
     batch = {
         "obs": _flatten_time(rollout.obs),
@@ -66,18 +75,20 @@ def _update(task: LocalTask, config: PPOConfig, flat, optimizer, rollout: Rollou
     losses = []
     for _ in range(config.epochs):
         perm = torch.randperm(n, generator=gen)
-        for start in range(0, n - size + 1, size):
-            loss = _minibatch_loss(task, config, flat, batch, perm[start : start + size])
-            apply_gradient(optimizer, flat, loss.sum(), task.anchor, task.prox_mu, config.max_grad_norm)
+        for first in range(0, n - size + 1, size):
+            loss = _minibatch_loss(task, config, start.flat, batch, perm[first : first + size], start.reference)
+            start.terms.apply(optimizer, start.flat, loss.sum(), config.max_grad_norm)
             losses.append(loss.detach())
-    return torch.stack(losses).mean(0)
+    return torch.stack(losses).mean(0), len(losses)
 
 
 def train(config: PPOConfig, task: LocalTask, budget: Budget) -> LocalResult:
-    """Train every client of ``task`` from the global parameters until ``budget`` is spent:
+    """Train every client of ``task`` from its local parameters until ``budget`` is spent:
     ``local_steps`` per client, or until each client has finished ``local_episodes``."""
-    flat = task.start.clone().requires_grad_(True)
+    start = client.begin(config, task)
+    flat = start.flat
     optimizer = make_optimizer(flat, config.lr)
+    opt_steps = 0
     steps_per_rollout = config.n_envs * config.n_steps
     state = task.env_state
     episodes = np.zeros(task.n_clients, dtype=np.int64)
@@ -89,5 +100,8 @@ def train(config: PPOConfig, task: LocalTask, budget: Budget) -> LocalResult:
         )
         episodes += rollout.dones.sum(dim=(0, 2)).long().numpy()
         steps += steps_per_rollout
-        losses.append(_update(task, config, flat, optimizer, rollout, task.gen))
-    return task.result(flat, state, steps, episodes, torch.stack(losses).mean(0) if losses else None)
+        loss, n_updates = _update(task, config, start, optimizer, rollout, task.gen)
+        losses.append(loss)
+        opt_steps += n_updates
+    outcome = client.finish(config, task, flat, np.full(task.n_clients, opt_steps))
+    return client.result(outcome, state, steps, episodes, torch.stack(losses).mean(0) if losses else None)

@@ -2,7 +2,8 @@
 
 Every iteration each of a client's ``n_envs`` environments plays one whole episode from a
 fresh reset; the policy takes one gradient step on the Monte-Carlo returns minus a learned
-value baseline, and the baseline one regression step towards the returns.
+value baseline, and the baseline one regression step towards the returns. The entropy bonus
+and the KL pull toward the global policy (``kl_coef``) are averaged over the same steps.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fedrl.agents import distributions
-from fedrl.agents.config import LearnerBase
+from fedrl.agents import client, distributions
+from fedrl.agents.config import ActorCriticBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
-from fedrl.agents.optim import apply_gradient, make_optimizer
-from fedrl.agents.rollout import collect, first_episode_mask, returns_to_go
+from fedrl.agents.optim import make_optimizer
+from fedrl.agents.rollout import collect, first_episode_mask, per_client, returns_to_go
 from fedrl.envs.base import reset
 
 
-class ReinforceConfig(LearnerBase):
+class ReinforceConfig(ActorCriticBase):
     """REINFORCE hyper-parameters."""
 
     name: Literal["reinforce"] = "reinforce"
@@ -33,15 +34,17 @@ def _per_client_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum((0, 2)) / mask.sum((0, 2)).clamp(min=1.0)
 
 
-def _loss(task: LocalTask, config: ReinforceConfig, flat: torch.Tensor, rollout, mask, returns) -> torch.Tensor:
+def _loss(
+    task: LocalTask, config: ReinforceConfig, flat: torch.Tensor, rollout, mask, returns, reference: dict | None = None
+) -> torch.Tensor:
     T, C, E = mask.shape
-    obs = rollout.obs.transpose(0, 1).reshape(C, T * E, -1)
+    obs = per_client(rollout.obs)
     heads = task.net.heads(task.net.unpack(flat), obs)
 
     def back(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(C, T, E).transpose(0, 1)
 
-    actions = rollout.actions.transpose(0, 1).reshape(C, T * E, *rollout.actions.shape[3:])
+    actions = per_client(rollout.actions)
     logp = back(distributions.log_prob(heads, actions))
     value = back(heads.value)
     adv = returns - value.detach()
@@ -52,12 +55,15 @@ def _loss(task: LocalTask, config: ReinforceConfig, flat: torch.Tensor, rollout,
     ent = distributions.entropy(heads)
     ent = back(ent.expand(C, T * E)) if ent.shape[1] == 1 else back(ent)
     per_step = -logp * adv - config.ent_coef * ent + config.vf_coef * 0.5 * (value - returns).pow(2)
+    if config.kl_coef > 0:
+        per_step = per_step + config.kl_coef * back(client.reference_kl(task.net, reference, heads, obs).expand(C, T * E))
     return _per_client_mean(per_step, mask)
 
 
 def train(config: ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResult:
     """Train until every client has ``budget.steps`` steps or ``budget.episodes`` episodes."""
-    flat = task.start.clone().requires_grad_(True)
+    start = client.begin(config, task)
+    flat = start.flat
     optimizer = make_optimizer(flat, config.lr)
     steps = np.zeros(task.n_clients, dtype=np.int64)
     episodes = np.zeros(task.n_clients, dtype=np.int64)
@@ -70,9 +76,10 @@ def train(config: ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResu
         )
         mask = first_episode_mask(rollout.dones)
         returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)
-        loss = _loss(task, config, flat, rollout, mask, returns)
-        apply_gradient(optimizer, flat, loss.sum(), task.anchor, task.prox_mu, config.max_grad_norm)
+        loss = _loss(task, config, flat, rollout, mask, returns, start.reference)
+        start.terms.apply(optimizer, flat, loss.sum(), config.max_grad_norm)
         losses.append(loss.detach())
         steps += mask.sum((0, 2)).long().numpy()
         episodes += config.n_envs
-    return task.result(flat, task.env_state, steps, episodes, torch.stack(losses).mean(0) if losses else None)
+    outcome = client.finish(config, task, flat, np.full(task.n_clients, len(losses)))
+    return client.result(outcome, task.env_state, steps, episodes, torch.stack(losses).mean(0) if losses else None)

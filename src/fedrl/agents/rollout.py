@@ -95,6 +95,12 @@ def gae(rollout: Rollout, gamma: float, gae_lambda: float) -> tuple[torch.Tensor
     return adv, adv + rollout.values
 
 
+def per_client(x: torch.Tensor) -> torch.Tensor:
+    """``(T, C, E, ...)`` -> ``(C, T*E, ...)``, always a copy: rollouts are inference tensors,
+    which autograd may not save (with ``C = 1`` a reshape alone would be a view of one)."""
+    return x.transpose(0, 1).clone(memory_format=torch.contiguous_format).flatten(1, 2)
+
+
 def first_episode_mask(dones: torch.Tensor) -> torch.Tensor:
     """``(T, C, E)`` mask of the steps that belong to each env's first episode in the rollout."""
     ended_before = torch.cumsum(dones, dim=0) - dones
