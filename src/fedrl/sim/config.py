@@ -76,7 +76,7 @@ class GymParamConfig(_Frozen):
     standard: float = Field(description="value at heterogeneity 0")
     low: float = Field(description="lowest value at heterogeneity 1")
     high: float = Field(description="highest value at heterogeneity 1")
-    doc: str = Field("", description="what the parameter means (shown in plots and tables)")
+    doc: str = Field("", description="what the parameter means")
 
     @model_validator(mode="after")
     def _ordered(self) -> GymParamConfig:
@@ -150,21 +150,16 @@ class EnvConfig(_Frozen):
             raise KeyProblem("gym", f"only used with family: gym, not family: {self.family}")
         return self
 
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        """Names a row of ``clients`` may set."""
-        if self.gym is not None:
-            return (*self.gym.params, ACTION_BOUND)
-        return FAMILIES[self.family].param_names
-
     @model_validator(mode="after")
     def _known_client_params(self) -> EnvConfig:
+        if self.gym is not None:  # the adapter adds action_bound for continuous actions only
+            names, shown = (*self.gym.params, ACTION_BOUND), [*self.gym.params, f"{ACTION_BOUND} (continuous actions)"]
+        else:
+            names = shown = FAMILIES[self.family].param_names
         for i, row in enumerate(self.clients or ()):
-            unknown = [k for k in row if k not in self.param_names]
+            unknown = [k for k in row if k not in names]
             if unknown:
-                raise KeyProblem(
-                    "clients", f"client {i} sets unknown parameter {unknown[0]!r}; allowed: {', '.join(self.param_names)}"
-                )
+                raise KeyProblem("clients", f"client {i} sets unknown parameter {unknown[0]!r}; allowed: {', '.join(shown)}")
         return self
 
 

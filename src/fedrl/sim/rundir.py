@@ -174,7 +174,10 @@ class RunDir:
         meta = json.loads(path.with_suffix(".json").read_text())
         strategy = state_from_arrays(setup.strategy, {k[9:]: v for k, v in arrays.items() if k.startswith("strategy.")})
         env_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("env.")}
-        env = env_state_from_arrays(setup.family, setup.env_params, env_arrays) if env_arrays else _fresh_episodes(setup, meta["round"])
+        if env_arrays:
+            env = env_state_from_arrays(setup.family, setup.env_params, env_arrays)
+        else:
+            env = _fresh_episodes(setup, meta["round"])
         return SimState(meta["round"], arrays["params"], strategy, env, meta["env_steps"], meta["wall_s"])
 
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:

@@ -23,14 +23,18 @@ def _no_params(env, row: dict[str, float]) -> None:
 
 
 def build_gym_family(gym: GymEnvConfig) -> EnvFamily:
-    """The adapter family an ``env.gym`` section describes; ``ConfigError`` if the id's spaces
-    are ones the adapter does not support."""
-    setter = import_setter(gym.setter, gym.setter_dir) if gym.setter else _no_params
+    """The adapter family an ``env.gym`` section describes; ``ConfigError`` if the id cannot
+    be made (a missing dependency) or has spaces the adapter does not support."""
+    try:
+        setter = import_setter(gym.setter, gym.setter_dir) if gym.setter else _no_params
+    except ValueError as exc:  # validated with the config, but the module may have gone since
+        raise ConfigError(f"bad config: env.gym.setter = {gym.setter!r}: {exc}") from None
     ranges = [ParamRange(name, p.standard, p.low, p.high, p.doc) for name, p in gym.params.items()]
     try:
         return gym_family(gym.id, ranges, setter, gym.time_limit, gym.solved_return)
-    except ValueError as exc:
-        raise ConfigError(f"bad config: env.gym.id = {gym.id!r}: {exc}") from None
+    except Exception as exc:  # ValueError for spaces; gymnasium.error.DependencyNotInstalled, ...
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"bad config: env.gym.id = {gym.id!r}: {type(exc).__name__}: {reason}") from None
 
 
 @dataclass(frozen=True)
