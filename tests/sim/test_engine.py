@@ -78,7 +78,7 @@ def test_one_round_updates_the_policy_and_counts_steps(tiny_config):
     setup = Setup(parse_config(apply_override(tiny_config, "federation.shard_size=2")))
     state = initial_state(setup)
     result, after = run_round(setup, state)
-    assert result.n_updates == 3 and after.env_steps == 3 * 256 == result.env_steps
+    assert result.stats.n_updates == 3 and after.env_steps == 3 * 256 == result.env_steps
     assert not np.array_equal(after.params, state.params)
     assert result.client_returns.shape == (3,)
     assert result.worst_client_return <= result.p10_client_return <= result.global_mean_return
@@ -88,7 +88,7 @@ def test_one_round_updates_the_policy_and_counts_steps(tiny_config):
 def test_strategies_run_in_the_engine(tiny_config, strategy):
     setup = Setup(parse_config({**tiny_config, "strategy": {"name": strategy}}))
     result, state = run_round(setup, initial_state(setup))
-    assert np.isfinite(state.params).all() and result.n_updates == 3
+    assert np.isfinite(state.params).all() and result.stats.n_updates == 3
 
 
 def test_personalisation_reports_personal_returns_beside_global(tiny_config):

@@ -45,8 +45,8 @@ def test_two_rounds_through_the_adapter_give_finite_metrics_and_per_client_physi
 
     assert [r.round for r, _ in results] == [1, 2]
     last, state = results[-1]
-    assert last.n_updates == 3 and state.env_steps == 2 * 3 * 64
-    assert np.isfinite(last.train_loss) and np.all(np.isfinite(last.client_returns))
+    assert last.stats.n_updates == 3 and state.env_steps == 2 * 3 * 64
+    assert np.isfinite(last.stats.train_loss) and np.all(np.isfinite(last.client_returns))
     assert setup.family.time_limit == 100 and setup.family.solved_return == 475
     envs = [state.env_state.physics.env[c, 0].env for c in range(3)]
     lengths = [e.length for e in envs]

@@ -121,7 +121,7 @@ def eval_(
     try:
         current = runs.open_run(run_dir)
         kind, chosen = _parse_clients(clients, current.setup.config.federation.n_clients)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         _fail(str(exc))
     setup = current.setup
     final = current.dir.path / "final_policy.safetensors"
@@ -142,11 +142,12 @@ def eval_(
 def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `fedrl run`.")) -> None:
     """(Re)draw a run's PNG plots from its metrics."""
     from fedrl.sim import run as runs
+    from fedrl.sim.config import ConfigError
     from fedrl.sim.plots import plot_run
 
     try:
         current = runs.open_run(run_dir)
-    except FileNotFoundError as exc:
+    except (ConfigError, FileNotFoundError) as exc:
         _fail(str(exc))
     for path in plot_run(current.dir, current.setup.target_return):
         console.print(f"plot: {path}", highlight=False)

@@ -22,17 +22,19 @@ import gymnasium
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedrl.agents import LearnerConfig, PPOConfig, ReinforceConfig
-from fedrl.core.strategies import FedAvgConfig, FedAvgMConfig, FedProxConfig, StrategyConfig
+from fedrl.agents import A2CConfig, DQNConfig, LearnerConfig, PPOConfig, ReinforceConfig
+from fedrl.core.strategies import STRATEGY_CONFIGS, FedAvgConfig, StrategyConfig
 from fedrl.envs import FAMILIES
 from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter, load_setter
+from fedrl.sim.attacks import AttackConfig
+from fedrl.sim.fleet import FleetConfig
 
 GYM_FAMILY = "gym"
 
 
 VARIANTS: dict[str, dict[str, type[BaseModel]]] = {
-    "learner": {"ppo": PPOConfig, "reinforce": ReinforceConfig},
-    "strategy": {"fedavg": FedAvgConfig, "fedavgm": FedAvgMConfig, "fedprox": FedProxConfig},
+    "learner": {"ppo": PPOConfig, "reinforce": ReinforceConfig, "a2c": A2CConfig, "dqn": DQNConfig},
+    "strategy": dict(STRATEGY_CONFIGS),
 }
 
 
@@ -210,6 +212,30 @@ class ExperimentConfig(_Frozen):
     federation: FederationConfig = FederationConfig()
     eval: EvalConfig = EvalConfig()
     personalization: PersonalizationConfig = PersonalizationConfig()
+    fleet: FleetConfig = FleetConfig()
+    attack: AttackConfig = AttackConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fleet_size_for_scaffold(cls, data: Any) -> Any:
+        """SCAFFOLD's server needs the fleet size N: take it from ``federation.n_clients``."""
+        if isinstance(data, dict) and isinstance(data.get("strategy"), dict) and data["strategy"].get("name") == "scaffold":
+            n = (data.get("federation") or {}).get("n_clients", FederationConfig.model_fields["n_clients"].default)
+            data = {**data, "strategy": {"n_clients": n, **data["strategy"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _mode_matches_strategy(self) -> ExperimentConfig:
+        asynchronous = self.strategy.name in ("fedasync", "fedbuff")
+        if asynchronous != (self.fleet.mode == "async"):
+            raise ValueError(
+                f"strategy {self.strategy.name!r} needs fleet.mode {'async' if asynchronous else 'sync'} "
+                f"(got {self.fleet.mode!r}); fedasync and fedbuff are the asynchronous strategies"
+            )
+        if self.strategy.name == "scaffold" and self.strategy.n_clients != self.federation.n_clients:
+            raise ValueError(f"strategy.n_clients ({self.strategy.n_clients}) must equal federation.n_clients "
+                             f"({self.federation.n_clients})")
+        return self
 
     @model_validator(mode="after")
     def _clients_match(self) -> ExperimentConfig:

@@ -1,24 +1,39 @@
-"""The simulation engine: synchronous federated rounds over a whole fleet on one machine.
+"""The simulation engine: federated rounds over a whole fleet on one machine.
 
-Each round samples a fraction of the clients, trains them in shards (one batched learner
-call per shard, so a later backend can place shards on workers), turns the results into
-``Update`` records, aggregates them with the strategy, and evaluates the new global policy on
-every client's environment. All randomness is derived from the run seed, the round and the
-shard, so a run -- and a run resumed from any checkpoint -- gives the same numbers.
+Synchronous mode: each round samples a fraction of the clients; those available train in
+shards (one batched learner call per shard, so a later backend can place shards on workers);
+malicious clients replace their update; updates that would arrive after the round deadline are
+dropped; the rest are screened (non-finite or malformed updates are rejected, never averaged)
+and aggregated by the strategy; the new global policy is evaluated on every client's
+environment.
+
+Asynchronous mode (``fleet.mode: async``, FedAsync / FedBuff): there is no barrier. Idle
+available clients start training from the current global version at the current simulated
+time; each update arrives after its client's compute and link time, is stamped with its
+staleness, and every ``buffer_size`` arrivals make a new global version. A "round" here is the
+time until ``fraction * n_clients`` updates have arrived, the same amount of client work as a
+synchronous round, and ends with an evaluation. See ``sim/asynchronous.py``.
+
+All randomness is derived from the run seed, the round and the shard (or wave), so a run --
+and a run resumed from any checkpoint -- gives the same numbers.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
 
-from fedrl.agents import Budget, LocalResult, evaluate, make_task, train_local
+from fedrl.agents import Budget, LocalResult, evaluate, init_client_state, local_params, make_task, train_local
+from fedrl.core.aggregation import screen
 from fedrl.core.update import Update
 from fedrl.envs.base import EnvState, put_clients, reset, take_clients
-from fedrl.sim.setup import EVAL_STREAM, PERSONAL_STREAM, SAMPLE_STREAM, TRAIN_STREAM, Setup
+from fedrl.sim.attacks import attack
+from fedrl.sim.setup import (
+    ATTACK_STREAM, AVAILABILITY_STREAM, EVAL_STREAM, PERSONAL_STREAM, SAMPLE_STREAM, TRAIN_STREAM, Setup,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,22 @@ class SimState:
     env_state: EnvState  # every client's ongoing training episodes
     env_steps: int  # total env steps taken by all clients so far
     wall_s: float  # wall-clock seconds spent in rounds so far
+    client_state: dict[str, np.ndarray] = field(default_factory=dict)  # learner state kept on each client (N, ...)
+    sim_time_s: float = 0.0  # simulated fleet time
+    version: int = 0  # number of global versions made
+    inflight: dict[str, np.ndarray] = field(default_factory=dict)  # asynchronous mode: see sim/asynchronous.py
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    """What happened to the updates of a round."""
+
+    n_sampled: int = 0  # clients asked to train (sync) or updates that arrived (async)
+    n_updates: int = 0  # updates aggregated
+    n_dropped: int = 0  # unavailable clients and late updates
+    n_rejected: int = 0  # updates refused by screening (non-finite, malformed)
+    mean_staleness: float = 0.0  # of the aggregated updates
+    train_loss: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -40,8 +71,8 @@ class RoundResult:
     round: int
     env_steps: int
     wall_s: float
-    n_updates: int
-    train_loss: float
+    sim_time_s: float
+    stats: RoundStats
     client_returns: np.ndarray | None  # (n_clients,) mean greedy return per client
     personalized_returns: np.ndarray | None
 
@@ -62,15 +93,31 @@ class RoundResult:
 
 
 def initial_state(setup: Setup) -> SimState:
-    """Round 0: initial policy, fresh strategy state, fresh episodes on every client."""
+    """Round 0: initial policy, fresh strategy state, fresh episodes and learner state on every client."""
     params = setup.initial_params()
-    n_envs = setup.config.learner.n_envs
-    env_state, _ = reset(setup.family, setup.env_params, n_envs, setup.rng(TRAIN_STREAM, 0))
-    return SimState(0, params, setup.strategy.init(params), env_state, 0, 0.0)
+    n = setup.config.federation.n_clients
+    env_state, _ = reset(setup.family, setup.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0))
+    client_state = init_client_state(setup.config.learner, setup.net, n, setup.strategy.uses_control_variates)
+    return SimState(0, params, setup.strategy.init(params), env_state, 0, 0.0, client_state)
+
+
+def take_rows(client_state: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The learner state of the clients at ``rows``."""
+    return {k: v[rows] for k, v in client_state.items()}
+
+
+def put_rows(client_state: dict[str, np.ndarray], rows: np.ndarray, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A copy of ``client_state`` with the clients at ``rows`` replaced by ``part``."""
+    out = {}
+    for key, whole in client_state.items():
+        whole = whole.copy()
+        whole[rows] = part[key]
+        out[key] = whole
+    return out
 
 
 def sample_clients(setup: Setup, round_: int) -> np.ndarray:
-    """The sorted indices of the clients that take part in ``round_``."""
+    """The sorted indices of the clients asked to take part in ``round_``."""
     n = setup.config.federation.n_clients
     k = max(1, round(setup.config.federation.fraction * n))
     chosen = setup.rng(SAMPLE_STREAM, round_).choice(n, size=k, replace=False)
@@ -82,34 +129,83 @@ def shards(clients: np.ndarray, shard_size: int) -> list[np.ndarray]:
     return [clients[i : i + shard_size] for i in range(0, len(clients), shard_size)]
 
 
-def train_shard(setup: Setup, params: np.ndarray, rows: np.ndarray, env_state: EnvState, rng) -> LocalResult:
-    """Local training of one shard of clients from the global ``params``; pure apart from time."""
+def server_control(setup: Setup, strategy_state) -> np.ndarray | None:
+    """SCAFFOLD's global control variate, sent with the model; None for other strategies."""
+    return strategy_state.c if setup.strategy.uses_control_variates else None
+
+
+def train_shard(setup: Setup, state: SimState, rows: np.ndarray, rng: np.random.Generator) -> LocalResult:
+    """Local training of one shard of clients from the global params; pure apart from time."""
     task = make_task(
-        setup.net, setup.family, setup.env_params[rows], env_state, params, setup.strategy.prox_mu, rng
+        setup.net, setup.family, setup.env_params[rows], take_clients(state.env_state, rows), state.params,
+        setup.strategy.prox_mu, rng, client_state=take_rows(state.client_state, rows),
+        server_control=server_control(setup, state.strategy_state),
     )
     return train_local(setup.config.learner, task, setup.budget)
 
 
-def to_updates(rows: np.ndarray, result: LocalResult, params: np.ndarray, version: int) -> list[Update]:
-    """One ``Update`` per client of a shard: its delta from the global params and step count."""
-    return [
-        Update(int(c), version, (result.params[i] - params).astype(np.float32), int(result.env_steps[i]),
-               {"loss": float(result.loss[i])})
-        for i, c in enumerate(rows)
-    ]
+def to_updates(setup: Setup, rows: np.ndarray, result: LocalResult, params: np.ndarray, version: int, rng) -> list[Update]:
+    """One ``Update`` per client of a shard; a malicious client's delta is replaced by its attack."""
+    updates = []
+    for i, c in enumerate(rows):
+        delta = (result.params[i] - params).astype(np.float32)
+        if setup.malicious[c]:
+            delta = attack(setup.config.attack, delta, setup.random_policy - params, rng)
+        control = result.control_delta[i] if result.control_delta is not None else None
+        updates.append(Update(int(c), version, delta, int(result.env_steps[i]), {"loss": float(result.loss[i])}, control))
+    return updates
 
 
-def personalized_returns(setup: Setup, params: np.ndarray, round_: int) -> np.ndarray:
-    """Each client fine-tunes the global policy for the configured steps on its own
-    environment, then is evaluated like the global policy."""
-    steps = setup.config.personalization.steps
-    tuned = []
-    for i, rows in enumerate(shards(np.arange(setup.config.federation.n_clients), setup.config.federation.shard_size)):
-        rng = setup.rng(PERSONAL_STREAM, round_, i)
-        state, _ = reset(setup.family, setup.env_params[rows], setup.config.learner.n_envs, rng)
-        task = make_task(setup.net, setup.family, setup.env_params[rows], state, params, 0.0, rng)
-        tuned.append(train_local(setup.config.learner, task, Budget(steps=steps)).params)
-    return evaluate_clients(setup, np.concatenate(tuned))
+def train_clients(setup: Setup, state: SimState, clients: np.ndarray, tags: tuple) -> tuple[list[Update], SimState]:
+    """Train ``clients`` from ``state``'s global version, shard by shard; returns their updates
+    (attacks applied) and the state with their env and learner state advanced."""
+    updates: list[Update] = []
+    for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
+        result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, *tags, i))
+        updates += to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, *tags, i))
+        state = replace(
+            state,
+            env_state=put_clients(state.env_state, rows, result.env_state),
+            client_state=put_rows(state.client_state, rows, result.client_state),
+        )
+    return updates, state
+
+
+def aggregate(setup: Setup, state: SimState, updates: list[Update]) -> tuple[SimState, int, float]:
+    """Screen ``updates`` and aggregate the accepted ones into a new version; returns the
+    state, the number rejected and the mean staleness of the accepted ones."""
+    screened = screen(updates, setup.net.spec.dim)
+    accepted = screened.accepted
+    params, strategy_state = setup.strategy.aggregate(state.strategy_state, state.params, accepted)
+    staleness = float(np.mean([state.version - u.base_version for u in accepted])) if accepted else 0.0
+    return replace(state, params=params, strategy_state=strategy_state, version=state.version + 1), len(screened.rejected), staleness
+
+
+def sync_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
+    """Sample, drop the unavailable, train, drop late updates, screen, aggregate."""
+    fleet = setup.fleet
+    sampled = sample_clients(setup, round_)
+    present = sampled[fleet.available(sampled, round_, setup.rng(AVAILABILITY_STREAM, round_))]
+    updates, state = train_clients(setup, state, present, (round_,))
+    arrival = fleet.duration(present, np.array([u.env_steps for u in updates]))
+    deadline = setup.config.fleet.deadline_s
+    on_time = arrival <= deadline if deadline is not None else np.ones(len(updates), dtype=bool)
+    kept = [u for u, ok in zip(updates, on_time) if ok]
+    late = deadline is not None and (len(present) < len(sampled) or not on_time.all())
+    elapsed = deadline if late else float(arrival.max()) if len(arrival) else setup.config.fleet.retry_s
+    steps = state.env_steps + sum(u.env_steps for u in updates)
+    state, n_rejected, _ = aggregate(setup, state, kept)
+    loss = float(np.nanmean([u.metrics["loss"] for u in updates])) if updates else float("nan")
+    stats = RoundStats(len(sampled), len(kept) - n_rejected, len(sampled) - len(kept), n_rejected, 0.0, loss)
+    return replace(state, env_steps=steps, sim_time_s=state.sim_time_s + elapsed), stats
+
+
+def acting_params(setup: Setup, params: np.ndarray, client_state: dict[str, np.ndarray]) -> np.ndarray:
+    """What each client acts with: the global vector, or with partial federation the global
+    federated part joined to each client's personal part ``(N, d)``."""
+    if setup.federated.all():
+        return params
+    return local_params(setup.config.learner, setup.net, params, client_state, setup.config.federation.n_clients)
 
 
 def evaluate_clients(setup: Setup, params: np.ndarray) -> np.ndarray:
@@ -121,26 +217,36 @@ def evaluate_clients(setup: Setup, params: np.ndarray) -> np.ndarray:
     return returns.mean(axis=1)
 
 
+def personalized_returns(setup: Setup, state: SimState, round_: int) -> np.ndarray:
+    """Each client fine-tunes the global policy for the configured steps on its own
+    environment (from a copy of what it keeps), then is evaluated like the global policy."""
+    steps = setup.config.personalization.steps
+    tuned = []
+    for i, rows in enumerate(shards(np.arange(setup.config.federation.n_clients), setup.config.federation.shard_size)):
+        rng = setup.rng(PERSONAL_STREAM, round_, i)
+        env_state, _ = reset(setup.family, setup.env_params[rows], setup.config.learner.n_envs, rng)
+        task = make_task(setup.net, setup.family, setup.env_params[rows], env_state, state.params, 0.0, rng,
+                         client_state=take_rows(state.client_state, rows))
+        result = train_local(setup.config.learner, task, Budget(steps=steps))
+        tuned.append(local_params(setup.config.learner, setup.net, result.params, result.client_state, len(rows)))
+    return evaluate_clients(setup, np.concatenate(tuned))
+
+
 def run_round(setup: Setup, state: SimState) -> tuple[RoundResult, SimState]:
-    """One synchronous round: sample, train shards, aggregate, evaluate."""
+    """One round (synchronous, or an asynchronous period of the same client work), then evaluation."""
+    from fedrl.sim.asynchronous import async_round
+
     started = time.perf_counter()
     round_ = state.round + 1
-    updates: list[Update] = []
-    env_state = state.env_state
-    for i, rows in enumerate(shards(sample_clients(setup, round_), setup.config.federation.shard_size)):
-        result = train_shard(setup, state.params, rows, take_clients(env_state, rows), setup.rng(TRAIN_STREAM, round_, i))
-        env_state = put_clients(env_state, rows, result.env_state)
-        updates += to_updates(rows, result, state.params, version=state.round)
-    params, strategy_state = setup.strategy.aggregate(state.strategy_state, state.params, updates)
+    step = async_round if setup.config.fleet.mode == "async" else sync_round
+    state, stats = step(setup, state, round_)
     cfg = setup.config
     evaluate_now = round_ % cfg.eval.every == 0 or round_ == cfg.federation.rounds
-    client_returns = evaluate_clients(setup, params) if evaluate_now else None
-    personal = personalized_returns(setup, params, round_) if evaluate_now and cfg.personalization.steps else None
-    steps = state.env_steps + sum(u.env_steps for u in updates)
-    wall = state.wall_s + time.perf_counter() - started
-    loss = float(np.nanmean([u.metrics["loss"] for u in updates])) if updates else float("nan")
-    result = RoundResult(round_, steps, wall, len(updates), loss, client_returns, personal)
-    return result, SimState(round_, params, strategy_state, env_state, steps, wall)
+    client_returns = evaluate_clients(setup, acting_params(setup, state.params, state.client_state)) if evaluate_now else None
+    personal = personalized_returns(setup, state, round_) if evaluate_now and cfg.personalization.steps else None
+    state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)
+    result = RoundResult(round_, state.env_steps, state.wall_s, state.sim_time_s, stats, client_returns, personal)
+    return result, state
 
 
 def is_solved(setup: Setup, result: RoundResult) -> bool:

@@ -42,13 +42,14 @@ def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path
 
 
 def start(config: ExperimentConfig, path: Path) -> Run:
-    """A new run in ``path`` (which must not hold a run yet)."""
+    """A new run in ``path`` (which must not hold a run yet); nothing is written if the
+    config cannot be built."""
     run_dir = RunDir(Path(path))
     if (run_dir.path / "config.yaml").exists():
         raise FileExistsError(f"{path} already holds a run; use --resume to continue it")
-    run_dir.create(to_yaml(config))
     setup = Setup(config)
     state = initial_state(setup)
+    run_dir.create(to_yaml(config))
     run_dir.save_checkpoint(setup, state)
     return Run(setup, state, run_dir)
 

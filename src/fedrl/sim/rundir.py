@@ -44,6 +44,7 @@ from fedrl.sim.setup import RESUME_STREAM, Setup
 ROUND_COLUMNS = (
     "round", "env_steps", "wall_s", "n_updates", "train_loss", "global_mean_return",
     "worst_client_return", "p10_client_return", "personalized_mean_return", "personalized_worst_client_return",
+    "sim_time_s", "n_sampled", "n_dropped", "n_rejected", "mean_staleness",
 )
 CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
 
@@ -54,13 +55,20 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.require(v, requirements="C") for k, v in arrays.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
 def _round_row(r: RoundResult) -> tuple:
     personal = r.personalized_returns
     return (
-        r.round, r.env_steps, round(r.wall_s, 4), r.n_updates, r.train_loss, r.global_mean_return,
+        r.round, r.env_steps, round(r.wall_s, 4), r.stats.n_updates, r.stats.train_loss, r.global_mean_return,
         r.worst_client_return, r.p10_client_return,
         float(np.mean(personal)) if personal is not None else float("nan"),
         float(np.min(personal)) if personal is not None else float("nan"),
+        r.sim_time_s, r.stats.n_sampled, r.stats.n_dropped, r.stats.n_rejected, r.stats.mean_staleness,
     )
 
 
@@ -151,15 +159,20 @@ class RunDir:
         if setup.env_state_is_value:
             arrays.update({f"env.{k}": v for k, v in env_state_to_arrays(state.env_state).items()})
         stem = self.checkpoints / f"round_{state.round:05d}"
-        tmp = stem.with_suffix(".safetensors.tmp")
-        save_file(arrays, str(tmp))
-        os.replace(tmp, stem.with_suffix(".safetensors"))
+        _save_arrays(arrays, stem.with_suffix(".safetensors"))
+        per_client = {f"client.{k}": v for k, v in state.client_state.items()}
+        per_client.update({f"inflight.{k}": v for k, v in state.inflight.items()})
+        if per_client:
+            _save_arrays(per_client, stem.with_suffix(".clients.safetensors"))
         meta = {
-            "round": state.round, "version": state.round, "env_steps": state.env_steps, "wall_s": state.wall_s,
-            "family": setup.family.name, "param_spec": setup.net.spec.to_json(),
+            "round": state.round, "version": state.version, "env_steps": state.env_steps, "wall_s": state.wall_s,
+            "sim_time_s": state.sim_time_s, "family": setup.family.name, "param_spec": setup.net.spec.to_json(),
             "env_state": "saved" if setup.env_state_is_value else "fresh",
         }
         _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+        for older in self.checkpoints.glob("round_*.clients.safetensors"):
+            if older.name < stem.name:  # replay buffers can be large: keep only the newest learner state
+                older.unlink()
         return stem.with_suffix(".safetensors")
 
     def latest_checkpoint(self) -> Path | None:
@@ -178,7 +191,14 @@ class RunDir:
             env = env_state_from_arrays(setup.family, setup.env_params, env_arrays)
         else:
             env = _fresh_episodes(setup, meta["round"])
-        return SimState(meta["round"], arrays["params"], strategy, env, meta["env_steps"], meta["wall_s"])
+        clients_file = path.with_suffix(".clients.safetensors")
+        per_client = load_file(str(clients_file)) if clients_file.exists() else {}
+        return SimState(
+            meta["round"], arrays["params"], strategy, env, meta["env_steps"], meta["wall_s"],
+            client_state={k[7:]: v for k, v in per_client.items() if k.startswith("client.")},
+            sim_time_s=meta.get("sim_time_s", 0.0), version=meta.get("version", meta["round"]),
+            inflight={k[9:]: v for k, v in per_client.items() if k.startswith("inflight.")},
+        )
 
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:
         """Write a policy as safetensors (named tensors) with a JSON description beside it."""

@@ -7,15 +7,18 @@ from functools import cached_property
 
 import numpy as np
 
-from fedrl.agents import Budget, PolicyNet, PolicyShape, init_params
+from fedrl.agents import Budget, PolicyNet, federated_mask, init_params, make_net
 from fedrl.core.strategies import Strategy, make_strategy
 from fedrl.envs import get_family
 from fedrl.envs.base import EnvFamily, ParamRange, heldout_params, params_from_rows, sample_params
 from fedrl.envs.gym_adapter import gym_family
+from fedrl.sim.attacks import malicious_clients
 from fedrl.sim.config import ConfigError, ExperimentConfig, GymEnvConfig, import_setter
+from fedrl.sim.fleet import Fleet, make_fleet
 
 # Independent random streams, derived from the run seed with these tags.
 SAMPLE_STREAM, TRAIN_STREAM, EVAL_STREAM, PERSONAL_STREAM, INIT_STREAM, RESUME_STREAM = 11, 12, 13, 14, 15, 16
+FLEET_STREAM, AVAILABILITY_STREAM, ATTACK_STREAM = 17, 18, 19
 
 
 def _no_params(env, row: dict[str, float]) -> None:
@@ -72,9 +75,31 @@ class Setup:
 
     @cached_property
     def net(self) -> PolicyNet:
-        """The policy network shared by every client."""
-        shape = PolicyShape(self.family.obs_dim, self.family.action_space, tuple(self.config.learner.hidden))
-        return PolicyNet(shape)
+        """The network every client trains (actor-critic, or a Q-network for DQN)."""
+        try:
+            return make_net(self.config.learner, self.family)
+        except ValueError as exc:
+            raise ConfigError(f"bad config: learner.name = {self.config.learner.name!r}: {exc}") from None
+
+    @cached_property
+    def federated(self) -> np.ndarray:
+        """``(d,)`` bool: the coordinates clients send; the rest stay personal."""
+        return federated_mask(self.config.learner, self.net)
+
+    @cached_property
+    def fleet(self) -> Fleet:
+        """Every client's simulated speed, link latency and availability pattern."""
+        return make_fleet(self.config.fleet, self.config.federation.n_clients, self.rng(FLEET_STREAM))
+
+    @cached_property
+    def malicious(self) -> np.ndarray:
+        """``(N,)`` bool: the attackers, known to the simulator only."""
+        return malicious_clients(self.config.attack, self.config.federation.n_clients, self.rng(ATTACK_STREAM))
+
+    @cached_property
+    def random_policy(self) -> np.ndarray:
+        """The fixed unrelated policy that ``random_policy`` attackers push towards."""
+        return init_params(self.net.shape, seed=int(self.rng(ATTACK_STREAM, 1).integers(2**31)))
 
     @cached_property
     def strategy(self) -> Strategy:
