@@ -25,9 +25,8 @@ import torch  # noqa: E402
 from _report import IMG, ROOT, machine, markdown_table, write_section  # noqa: E402
 from fedrl.agents.rollout import collect  # noqa: E402
 from fedrl.agents.runtime import tune_allocator  # noqa: E402
-from fedrl.envs.base import take_clients  # noqa: E402
 from fedrl.sim.config import parse_config  # noqa: E402
-from fedrl.sim.engine import initial_state, shards, to_updates, train_shard  # noqa: E402
+from fedrl.sim.engine import aggregate, initial_state, train_clients  # noqa: E402
 from fedrl.sim.setup import Setup  # noqa: E402
 
 COMMAND = "python benchmarks/throughput.py"
@@ -44,19 +43,15 @@ def setup_for(n_clients: int) -> Setup:
 
 
 def learning_rate(setup: Setup) -> float:
-    """Env steps/s of whole training rounds (all shards, then aggregation), after a warm-up round."""
+    """Env steps/s of whole training rounds (all shards, screening, aggregation), after a warm-up round."""
     state = initial_state(setup)
     clients = np.arange(setup.config.federation.n_clients)
     rounds = max(2, MIN_STEPS // (len(clients) * LOCAL_STEPS))
-    params, strategy_state, env_state = state.params, state.strategy_state, state.env_state
     for r in range(rounds + 1):
         if r == 1:
             start, steps = time.perf_counter(), 0
-        updates = []
-        for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
-            result = train_shard(setup, params, rows, take_clients(env_state, rows), setup.rng(99, r, i))
-            updates += to_updates(rows, result, params, r)
-        params, strategy_state = setup.strategy.aggregate(strategy_state, params, updates)
+        updates, state = train_clients(setup, state, clients, (99, r))
+        state, _, _ = aggregate(setup, state, updates)
         if r >= 1:
             steps += sum(u.env_steps for u in updates)
     return steps / (time.perf_counter() - start)
