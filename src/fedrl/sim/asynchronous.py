@@ -25,7 +25,7 @@ def empty_inflight(setup: Setup, now: float) -> dict[str, np.ndarray]:
     n, d = setup.config.federation.n_clients, setup.net.spec.dim
     return {
         "busy_until": np.full(n, np.inf), "next_try": np.full(n, now), "base_version": np.zeros(n, np.int64),
-        "env_steps": np.zeros(n, np.int64), "loss": np.zeros(n, np.float32), "delta": np.zeros((n, d), np.float32),
+        "env_steps": np.zeros(n, np.int64), "loss": np.zeros(n, np.float32), "episodes": np.zeros(n, np.int64), "delta": np.zeros((n, d), np.float32),
         "buffered": np.zeros(n, np.int64),  # position in the buffer + 1; 0 = not buffered
         "buffer_delta": np.zeros((n, d), np.float32), "buffer_base": np.zeros(n, np.int64),
         "buffer_steps": np.zeros(n, np.int64),
@@ -50,6 +50,7 @@ def _start_wave(setup: Setup, state, now: float, tags: tuple) -> tuple[object, i
     fl["delta"][go] = np.stack([u.delta for u in updates])
     fl["base_version"][go], fl["env_steps"][go] = state.version, steps
     fl["loss"][go] = [u.metrics["loss"] for u in updates]
+    fl["episodes"][go] = [u.metrics["episodes"] for u in updates]
     fl["busy_until"][go] = now + setup.fleet.duration(go, steps)
     return replace(state, inflight=fl, env_steps=state.env_steps + int(steps.sum())), int(steps.sum()), len(away)
 
@@ -97,6 +98,7 @@ def async_round(setup: Setup, state, round_: int):
     arrived = accepted = rejected = away = wave = 0
     staleness: list[float] = []
     losses: list[float] = []
+    episodes = 0
     while arrived < target:
         state, _, n_away = _start_wave(setup, state, now, (round_, wave))
         away, wave = away + n_away, wave + 1
@@ -106,6 +108,7 @@ def async_round(setup: Setup, state, round_: int):
         fl = {k: v.copy() for k, v in state.inflight.items()}
         fl["next_try"][client] = now
         losses.append(float(fl["loss"][client]))
+        episodes += int(fl["episodes"][client])
         _buffer(fl, client)
         state, arrived = replace(state, inflight=fl), arrived + 1
         if (fl["buffered"] > 0).sum() >= setup.strategy.buffer_size:
@@ -113,5 +116,5 @@ def async_round(setup: Setup, state, round_: int):
             accepted, rejected = accepted + n_ok, rejected + n_bad
             staleness += [stale] * n_ok
     stats = RoundStats(arrived, accepted, away, rejected, float(np.mean(staleness)) if staleness else 0.0,
-                       float(np.nanmean(losses)) if losses else float("nan"))
+                       float(np.nanmean(losses)) if losses else float("nan"), episodes)
     return replace(state, sim_time_s=now), stats

@@ -62,6 +62,7 @@ class RoundStats:
     n_rejected: int = 0  # updates refused by screening (non-finite, malformed)
     mean_staleness: float = 0.0  # of the aggregated updates
     train_loss: float = float("nan")
+    episodes: int = 0  # training episodes the clients finished this round (trajectories)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def to_updates(setup: Setup, rows: np.ndarray, result: LocalResult, params: np.n
         if setup.malicious[c]:
             delta = attack(setup.config.attack, delta, setup.random_policy - params, rng)
         control = result.control_delta[i] if result.control_delta is not None else None
-        updates.append(Update(int(c), version, delta, int(result.env_steps[i]), {"loss": float(result.loss[i])}, control))
+        updates.append(Update(int(c), version, delta, int(result.env_steps[i]), {"loss": float(result.loss[i]), "episodes": float(result.episodes[i])}, control))
     return updates
 
 
@@ -196,7 +197,8 @@ def sync_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, Ro
     steps = state.env_steps + sum(u.env_steps for u in updates)
     state, n_rejected, _ = aggregate(setup, state, kept)
     loss = float(np.nanmean([u.metrics["loss"] for u in updates])) if updates else float("nan")
-    stats = RoundStats(len(sampled), len(kept) - n_rejected, len(sampled) - len(kept), n_rejected, 0.0, loss)
+    episodes = int(sum(u.metrics["episodes"] for u in updates))
+    stats = RoundStats(len(sampled), len(kept) - n_rejected, len(sampled) - len(kept), n_rejected, 0.0, loss, episodes)
     return replace(state, env_steps=steps, sim_time_s=state.sim_time_s + elapsed), stats
 
 

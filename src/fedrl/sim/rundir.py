@@ -44,7 +44,7 @@ from fedrl.sim.setup import RESUME_STREAM, Setup
 ROUND_COLUMNS = (
     "round", "env_steps", "wall_s", "n_updates", "train_loss", "global_mean_return",
     "worst_client_return", "p10_client_return", "personalized_mean_return", "personalized_worst_client_return",
-    "sim_time_s", "n_sampled", "n_dropped", "n_rejected", "mean_staleness",
+    "sim_time_s", "n_sampled", "n_dropped", "n_rejected", "mean_staleness", "train_episodes",
 )
 CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
 
@@ -69,6 +69,7 @@ def _round_row(r: RoundResult) -> tuple:
         float(np.mean(personal)) if personal is not None else float("nan"),
         float(np.min(personal)) if personal is not None else float("nan"),
         r.sim_time_s, r.stats.n_sampled, r.stats.n_dropped, r.stats.n_rejected, r.stats.mean_staleness,
+        r.stats.episodes,
     )
 
 
