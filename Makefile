@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/time_to_solve.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/algorithms.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
