@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedrl.core.update import Update
+from fedrl.sim.engine import RoundStats, SimState, aggregate, train_clients
 from fedrl.sim.setup import AVAILABILITY_STREAM, Setup
 
 
@@ -32,10 +33,8 @@ def empty_inflight(setup: Setup, now: float) -> dict[str, np.ndarray]:
     }
 
 
-def _start_wave(setup: Setup, state, now: float, tags: tuple) -> tuple[object, int, int]:
+def _start_wave(setup: Setup, state: SimState, now: float, tags: tuple) -> tuple[SimState, int, int]:
     """Idle, ready clients try to start; returns the state, env steps trained and clients away."""
-    from fedrl.sim.engine import train_clients
-
     fl = {k: v.copy() for k, v in state.inflight.items()}
     ready = np.flatnonzero(np.isinf(fl["busy_until"]) & (fl["next_try"] <= now))
     if not len(ready):
@@ -74,10 +73,8 @@ def _buffer(fl: dict[str, np.ndarray], client: int) -> None:
     fl["busy_until"][client] = np.inf
 
 
-def _flush(setup: Setup, state) -> tuple[object, int, int, float]:
+def _flush(setup: Setup, state: SimState) -> tuple[SimState, int, int, float]:
     """Aggregate the buffer into a new version; returns state, accepted, rejected, mean staleness."""
-    from fedrl.sim.engine import aggregate
-
     fl = {k: v.copy() for k, v in state.inflight.items()}
     order = np.argsort(fl["buffered"])[-int((fl["buffered"] > 0).sum()):]
     updates = [Update(int(c), int(fl["buffer_base"][c]), fl["buffer_delta"][c].copy(), int(fl["buffer_steps"][c]))
@@ -87,10 +84,8 @@ def _flush(setup: Setup, state) -> tuple[object, int, int, float]:
     return state, len(updates) - n_rejected, n_rejected, staleness
 
 
-def async_round(setup: Setup, state, round_: int):
+def async_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
     """Run simulated time until ``fraction * n_clients`` updates have arrived."""
-    from fedrl.sim.engine import RoundStats
-
     target = max(1, round(setup.config.federation.fraction * setup.config.federation.n_clients))
     now = state.sim_time_s
     if not state.inflight:

@@ -236,7 +236,7 @@ def personalized_returns(setup: Setup, state: SimState, round_: int) -> np.ndarr
 
 def run_round(setup: Setup, state: SimState) -> tuple[RoundResult, SimState]:
     """One round (synchronous, or an asynchronous period of the same client work), then evaluation."""
-    from fedrl.sim.asynchronous import async_round
+    from fedrl.sim.asynchronous import async_round  # imported here: that module builds on this one
 
     started = time.perf_counter()
     round_ = state.round + 1
