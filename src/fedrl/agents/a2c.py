@@ -16,15 +16,14 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from fedrl.agents import client, distributions
 from fedrl.agents.config import ActorCriticBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
-from fedrl.agents.optim import make_optimizer
-from fedrl.agents.rollout import Rollout, collect, gae, per_client
+from fedrl.agents.onpolicy import train_on_policy
+from fedrl.agents.rollout import Rollout, gae, per_client
 
 
 class A2CConfig(ActorCriticBase):
@@ -71,21 +70,10 @@ def loss(task: LocalTask, config: A2CConfig, flat: torch.Tensor, batch: Batch, r
 
 def train(config: A2CConfig, task: LocalTask, budget: Budget) -> LocalResult:
     """One gradient step per ``n_steps`` rollout until every client has spent ``budget``."""
-    start = client.begin(config, task)
-    flat = start.flat
-    optimizer = make_optimizer(flat, config.lr, config.optimizer)
-    state = task.env_state
-    steps = np.zeros(task.n_clients, dtype=np.int64)
-    episodes = np.zeros(task.n_clients, dtype=np.int64)
-    losses = []
-    while not budget.spent(steps, episodes):
-        rollout, state = collect(
-            task.net, flat.detach(), task.family, task.env_params, state, config.n_steps, config.gamma, task.gen, task.rng
-        )
-        episodes += rollout.dones.sum(dim=(0, 2)).long().numpy()
-        steps += config.n_envs * config.n_steps
-        step_loss = loss(task, config, flat, make_batch(rollout, config), start.reference)
-        start.terms.apply(optimizer, flat, step_loss.sum(), config.max_grad_norm)
-        losses.append(step_loss.detach())
-    outcome = client.finish(config, task, flat, np.full(task.n_clients, len(losses)))
-    return client.result(outcome, state, steps, episodes, torch.stack(losses).mean(0) if losses else None)
+
+    def improve(start: client.Start, optimizer, rollout: Rollout) -> tuple[torch.Tensor, int]:
+        step_loss = loss(task, config, start.flat, make_batch(rollout, config), start.reference)
+        start.terms.apply(optimizer, start.flat, step_loss.sum(), config.max_grad_norm)
+        return step_loss.detach(), 1
+
+    return train_on_policy(config, task, budget, improve, config.optimizer)

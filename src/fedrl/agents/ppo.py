@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from fedrl.agents import client, distributions
 from fedrl.agents.config import ActorCriticBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
-from fedrl.agents.optim import make_optimizer
-from fedrl.agents.rollout import Rollout, collect, gae
+from fedrl.agents.onpolicy import train_on_policy
+from fedrl.agents.rollout import Rollout, gae
 
 
 class PPOConfig(ActorCriticBase):
@@ -85,23 +84,4 @@ def _update(task: LocalTask, config: PPOConfig, start: client.Start, optimizer, 
 def train(config: PPOConfig, task: LocalTask, budget: Budget) -> LocalResult:
     """Train every client of ``task`` from its local parameters until ``budget`` is spent:
     ``local_steps`` per client, or until each client has finished ``local_episodes``."""
-    start = client.begin(config, task)
-    flat = start.flat
-    optimizer = make_optimizer(flat, config.lr)
-    opt_steps = 0
-    steps_per_rollout = config.n_envs * config.n_steps
-    state = task.env_state
-    episodes = np.zeros(task.n_clients, dtype=np.int64)
-    steps = np.zeros(task.n_clients, dtype=np.int64)
-    losses = []
-    while not budget.spent(steps, episodes):
-        rollout, state = collect(
-            task.net, flat.detach(), task.family, task.env_params, state, config.n_steps, config.gamma, task.gen, task.rng
-        )
-        episodes += rollout.dones.sum(dim=(0, 2)).long().numpy()
-        steps += steps_per_rollout
-        loss, n_updates = _update(task, config, start, optimizer, rollout, task.gen)
-        losses.append(loss)
-        opt_steps += n_updates
-    outcome = client.finish(config, task, flat, np.full(task.n_clients, opt_steps))
-    return client.result(outcome, state, steps, episodes, torch.stack(losses).mean(0) if losses else None)
+    return train_on_policy(config, task, budget, lambda start, opt, rollout: _update(task, config, start, opt, rollout, task.gen))
