@@ -54,7 +54,7 @@ def run(
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
         for result, state in current.rounds():
-            status = f"steps {result.env_steps:,}"
+            status = f"steps {result.env_steps:,}  updates {result.stats.n_updates}/{result.stats.n_sampled}"
             if result.client_returns is not None:
                 status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
             progress.update(task, completed=result.round, status=status)
