@@ -24,6 +24,11 @@ import numpy as np  # noqa: E402
 from _report import IMG, machine, markdown_table, write_section  # noqa: E402
 
 COMMAND = "python benchmarks/algorithms.py"
+
+
+def where() -> str:
+    """The machine line, with how the runs were spread over it."""
+    return machine().replace(f"{__import__('torch').get_num_threads()} torch threads", "1 torch thread per run, 2 runs at a time")
 SEEDS = (0, 1, 2)
 CARTPOLE = {
     "env": {"family": "cartpole", "heterogeneity": 1.0},
@@ -148,7 +153,7 @@ def sweep() -> None:
                     cfg["seed"] = seed
                     jobs.append({"config": cfg, "tags": {"env": env_name, "heterogeneity": het, "strategy": name, "seed": seed}})
     results = run_all(jobs)
-    parts = [f"## Heterogeneity sweep\n\n`{COMMAND} --only sweep` ({machine()})",
+    parts = [f"## Heterogeneity sweep\n\n`{COMMAND} --only sweep` ({where()})",
              "10 clients, PPO locally (1,024 env steps per client per round), 3 seeds each (mean ± spread). CartPole: "
              "target 475, at most 40 rounds. Air-quality: target 5.0 (mean sampled return over the sites; the hand "
              "policy of docs/envs.md scores about 5-6 at heterogeneity 1), at most 30 rounds. FedAsync and FedBuff "
@@ -186,7 +191,7 @@ def unreliable() -> None:
                      _fmt([r["sim_time_s"] for r in solved], 1) if solved else "not reached",
                      _fmt([r["env_steps"] for r in solved]) if solved else "-", _fmt([r["mean"] for r in rs], 1)])
     body = "\n\n".join([
-        f"## Unreliable fleet\n\n`{COMMAND} --only unreliable` ({machine()})",
+        f"## Unreliable fleet\n\n`{COMMAND} --only unreliable` ({where()})",
         "10 CartPole clients (heterogeneity 1): each round (or retry, in async) a client is away with probability 0.3; "
         "2 of the 10 compute 5x slower (1,024 steps take 1.0 s simulated on a normal device, 5.1 s on a straggler, "
         "plus 0.05 s each way on the link). Simulated wall-clock time to a mean return of 475.",
@@ -230,7 +235,7 @@ def byzantine() -> None:
                 jobs.append({"config": cfg, "tags": {"attack": attack_name, "rule": rule_name, "seed": seed}})
     results = run_all(jobs)
     body = "\n\n".join([
-        f"## Byzantine clients\n\n`{COMMAND} --only byzantine` ({machine()})",
+        f"## Byzantine clients\n\n`{COMMAND} --only byzantine` ({where()})",
         "10 CartPole clients (heterogeneity 1), 2 of them malicious for the whole run (the strategy is not told which). "
         "At most 40 rounds.",
         markdown_table(["attack", "rule", *HEADER], summary_rows(results, ("attack", "rule"))),
@@ -256,7 +261,7 @@ def learners() -> None:
             jobs.append({"config": cfg, "tags": {"learner": name, "seed": seed}})
     results = run_all(jobs)
     body = "\n\n".join([
-        f"## Local learners\n\n`{COMMAND} --only learners` ({machine()})",
+        f"## Local learners\n\n`{COMMAND} --only learners` ({where()})",
         "10 CartPole clients (heterogeneity 1), FedAvg, 1,024 env steps per client per round (REINFORCE: 16 whole "
         "episodes), at most 60 rounds.",
         markdown_table(["learner", *HEADER], summary_rows(results, ("learner",))),
@@ -295,7 +300,7 @@ def fedpg() -> None:
     speedup = (statistics.mean(per_agent["1 agent"]) / statistics.mean(per_agent["10 honest agents"])
                if per_agent["1 agent"] and per_agent["10 honest agents"] else float("nan"))
     body = "\n\n".join([
-        f"## Against the literature: the FedPG-BR setting\n\n`{COMMAND} --only fedpg` ({machine()})",
+        f"## Against the literature: the FedPG-BR setting\n\n`{COMMAND} --only fedpg` ({where()})",
         "Fan et al., \"Fault-Tolerant Federated Reinforcement Learning with Theoretical Guarantee\" (FedPG-BR), "
         "NeurIPS 2021: CartPole-v1, 10 agents, 3 of them Byzantine (random noise, random actions, sign flipping); "
         "they report about 1,000 trajectories per agent to reach a return of 475 with 10 honest agents, and 3,000 to "
