@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedrl.core.update import Update
-from fedrl.sim.engine import RoundStats, SimState, aggregate, train_clients
+from fedrl.sim.engine import RoundStats, SimState, aggregate, clients_per_round, train_clients
 from fedrl.sim.setup import AVAILABILITY_STREAM, Setup
 
 
@@ -86,7 +86,7 @@ def _flush(setup: Setup, state: SimState) -> tuple[SimState, int, int, float]:
 
 def async_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
     """Run simulated time until ``fraction * n_clients`` updates have arrived."""
-    target = max(1, round(setup.config.federation.fraction * setup.config.federation.n_clients))
+    target = clients_per_round(setup)
     now = state.sim_time_s
     if not state.inflight:
         state = replace(state, inflight=empty_inflight(setup, now))

@@ -117,11 +117,14 @@ def put_rows(client_state: dict[str, np.ndarray], rows: np.ndarray, part: dict[s
     return out
 
 
+def clients_per_round(setup: Setup) -> int:
+    """``fraction * n_clients``, halves rounded up, at least 1."""
+    return max(1, int(setup.config.federation.fraction * setup.config.federation.n_clients + 0.5))
+
+
 def sample_clients(setup: Setup, round_: int) -> np.ndarray:
     """The sorted indices of the clients asked to take part in ``round_``."""
-    n = setup.config.federation.n_clients
-    k = max(1, round(setup.config.federation.fraction * n))
-    chosen = setup.rng(SAMPLE_STREAM, round_).choice(n, size=k, replace=False)
+    chosen = setup.rng(SAMPLE_STREAM, round_).choice(setup.config.federation.n_clients, size=clients_per_round(setup), replace=False)
     return np.sort(chosen)
 
 
