@@ -57,8 +57,7 @@ def test_two_rounds_through_the_adapter_give_finite_metrics_and_per_client_physi
 
 def test_a_checkpoint_resumes_with_fresh_episodes(tmp_path, gym_config):
     current = runs.start(parse_config(gym_config), tmp_path / "run")
-    for _ in current.rounds():
-        pass
+    list(current.rounds())  # run to the end
     resumed = runs.resume(tmp_path / "run", ["federation.rounds=3"])
     assert resumed.state.round == 2 and np.array_equal(resumed.state.env_state.t, np.zeros((3, 2)))
     assert [r.round for r, _ in resumed.rounds()] == [3]

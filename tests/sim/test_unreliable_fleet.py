@@ -114,14 +114,12 @@ def _resume_matches(tmp_path, config):
         return np.nan_to_num(np.delete(rows, 2, axis=1))
 
     unbroken = runs.start(config, tmp_path / "unbroken")
-    for _ in unbroken.rounds():
-        pass
+    list(unbroken.rounds())  # run to the end
     broken = runs.start(config, tmp_path / "broken")
     for result, _ in broken.rounds():
         if result.round == 1:
             break
     resumed = runs.resume(tmp_path / "broken")
     assert resumed.state.round == 1
-    for _ in resumed.rounds():
-        pass
+    list(resumed.rounds())  # run to the end
     np.testing.assert_array_equal(metrics(unbroken), metrics(resumed))
