@@ -4,9 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup mosquitto demo test test-fast bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) mosquitto
+
+# The MQTT tests and demo start a real Mosquitto broker; Debian's package provides it.
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+		{ apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; } || \
+		{ echo "install the 'mosquitto' package (apt-get install mosquitto) for the MQTT transport"; exit 1; }
 
 # torch first, pinned, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
 $(STAMP): pyproject.toml

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedrl.cli.certs import certs
+
 app = typer.Typer(
     help="Federated reinforcement learning: many clients, each in its own environment, learn one policy.",
     no_args_is_help=True,
@@ -151,3 +153,6 @@ def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `f
         _fail(str(exc))
     for path in plot_run(current.dir, current.setup.target_return):
         console.print(f"plot: {path}", highlight=False)
+
+
+app.command("certs")(certs)

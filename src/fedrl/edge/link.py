@@ -1,0 +1,46 @@
+"""What the edge agent needs from a transport: five calls and two kinds of failure.
+
+The agent's loop (``fedrl.edge.agent``) is written against ``Link`` only; ``GrpcLink`` and
+``MqttLink`` implement it. A call either returns a record from ``fedrl.wire.records``, raises
+``Unreachable`` (no answer: the server is down, restarting or the network is gone -- the agent
+backs off and retries, forever) or raises ``Rejected`` (the server answered no, and said why --
+retrying the same call will not help).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fedrl.wire.records import Ack, Model, Registration, Submission, Task, Wait
+
+
+class Unreachable(Exception):
+    """The server did not answer; the message says what the transport saw."""
+
+
+class Link(Protocol):
+    """One client's authenticated connection to the federation server."""
+
+    def register(self) -> Registration:
+        """Announce this client (idempotent) and learn the experiment it trains."""
+        ...
+
+    def heartbeat(self, acting_version: int | None) -> int:
+        """Report liveness and the version acting now; returns the deployed version."""
+        ...
+
+    def task(self) -> Task | Wait:
+        """Ask what to do: train from a version for a round, or wait."""
+        ...
+
+    def pull(self, version: int) -> Model:
+        """Download one stored global version."""
+        ...
+
+    def push(self, submission: Submission) -> Ack:
+        """Upload one update; returns its durable acknowledgement (again, for a resubmission)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...

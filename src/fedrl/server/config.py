@@ -1,0 +1,158 @@
+"""The server's config: the experiment every client trains, plus how the deployed server runs.
+
+A server YAML file has an ``experiment`` section -- the same experiment config ``fedrl run``
+takes, inline or as a path relative to the server file -- and the deployment sections below.
+``federation.n_clients`` is the fleet size (client indices run from 0 to n_clients - 1),
+``federation.fraction * n_clients`` the updates a synchronous round waits for,
+``federation.rounds`` and ``target_return`` when the run ends, and ``strategy`` is aggregated
+exactly as in the simulator. Problems are one-line ``ConfigError`` messages naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedrl.sim.config import ConfigError, ExperimentConfig, apply_override, load_config, parse_config
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RoundConfig(_Frozen):
+    """When a round closes and who counts as online."""
+
+    min_updates: int | None = Field(
+        None, ge=1, description="updates a round needs once its deadline has passed (default: all it waits for)"
+    )
+    deadline_s: float = Field(60.0, gt=0, description="seconds after opening when a round may close with min_updates")
+    liveness_s: float = Field(30.0, gt=0, description="a client not heard from for this long is offline")
+    heartbeat_s: float = Field(5.0, gt=0, description="how often clients are asked to send a heartbeat")
+    retry_s: float = Field(1.0, gt=0, description="how long a client told to wait should wait before asking again")
+    max_staleness: int = Field(8, ge=0, description="asynchronous mode: oldest base version accepted, in versions")
+
+
+class GateConfig(_Frozen):
+    """The evaluation gate: a candidate is deployed only if it is not worse than the deployed model.
+
+    The server evaluates each candidate on held-out clients of the experiment's environment
+    family (their own physics, never trained on), ``episodes`` each, with fixed seeds so that
+    every candidate meets the same episodes. It is promoted when its mean return is at least
+    ``deployed - max(tolerance, relative_tolerance * |deployed|)``.
+    """
+
+    enabled: bool = Field(True, description="evaluate candidates before deploying them")
+    heldout_clients: int = Field(10, ge=1, description="held-out environments the server evaluates on")
+    episodes: int = Field(4, ge=1, description="episodes per held-out environment")
+    tolerance: float = Field(0.0, ge=0, description="absolute return a candidate may lose and still be deployed")
+    relative_tolerance: float = Field(0.1, ge=0, description="fraction of |deployed return| a candidate may lose")
+
+
+class LimitsConfig(_Frozen):
+    """What one client may send, and how often."""
+
+    max_message_bytes: int = Field(64 * 2**20, ge=1024, description="largest gRPC message or reassembled update")
+    max_concurrent_streams: int = Field(256, ge=1, description="concurrent streams per connection")
+    rate_per_s: float = Field(50.0, gt=0, description="calls per second a client may make, on average")
+    burst: int = Field(100, ge=1, description="calls a client may make at once")
+    max_update_norm: float | None = Field(None, gt=0, description="refuse updates whose L2 norm exceeds this")
+    max_env_steps: int | None = Field(
+        None, ge=1, description="refuse updates claiming more env steps (default: 4x the local budget, or 10^7)"
+    )
+
+
+class StoreConfig(_Frozen):
+    """How durable an acknowledgement is."""
+
+    durability: Literal["fsync", "process"] = Field(
+        "fsync",
+        description="fsync: an acknowledged update survives power loss (SQLite synchronous=FULL); "
+        "process: it survives a crash or kill -9 of the server, not of the machine (synchronous=NORMAL)",
+    )
+
+
+class ServerConfig(_Frozen):
+    """Everything ``fedrl server`` needs besides addresses and certificates (given on the command line)."""
+
+    experiment: ExperimentConfig = ExperimentConfig()
+    rounds: RoundConfig = RoundConfig()
+    gate: GateConfig = GateConfig()
+    limits: LimitsConfig = LimitsConfig()
+    store: StoreConfig = StoreConfig()
+
+    @property
+    def asynchronous(self) -> bool:
+        """FedAsync / FedBuff: rounds close after every ``buffer_size`` arrivals, with no barrier."""
+        return self.experiment.strategy.name in ("fedasync", "fedbuff")
+
+    @property
+    def updates_per_round(self) -> int:
+        """Updates a round waits for: the buffer in asynchronous mode, else ``fraction * n_clients``."""
+        if self.asynchronous:
+            return self.experiment.strategy.buffer_size if self.experiment.strategy.name == "fedbuff" else 1
+        fed = self.experiment.federation
+        return max(1, int(fed.fraction * fed.n_clients + 0.5))
+
+    @property
+    def min_updates(self) -> int:
+        """Updates a round needs after its deadline."""
+        wanted = self.updates_per_round
+        return wanted if self.rounds.min_updates is None else min(self.rounds.min_updates, wanted)
+
+    @property
+    def max_env_steps(self) -> int:
+        """The most env steps one update may claim."""
+        if self.limits.max_env_steps is not None:
+            return self.limits.max_env_steps
+        steps = self.experiment.federation.local_steps
+        return 4 * steps if steps is not None else 10**7
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _experiment(data: Any, folder: Path, overrides: list[str]) -> ExperimentConfig:
+    """The experiment section: a path to an experiment YAML (relative to ``folder``) or a mapping."""
+    if isinstance(data, str):
+        return load_config(folder / data, overrides)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"bad config: experiment must be a mapping or a file path, got {type(data).__name__}")
+    merged = dict(data or {})
+    for assignment in overrides:
+        merged = apply_override(merged, assignment)
+    try:
+        return parse_config(merged)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("bad config: ", "bad config: experiment.", 1)) from None
+
+
+def load_server_config(path: Path | None, overrides: list[str] = ()) -> ServerConfig:
+    """Read a server YAML (or start from the defaults), apply ``key.path=value`` overrides, validate."""
+    data = _read_yaml(path) if path is not None else {}
+    folder = Path(path).parent if path is not None else Path(".")
+    mine = [o for o in overrides if not o.startswith("experiment.")]
+    theirs = [o.removeprefix("experiment.") for o in overrides if o.startswith("experiment.")]
+    experiment = _experiment(data.pop("experiment", None), folder, theirs)
+    for assignment in mine:
+        data = apply_override(data, assignment)
+    try:
+        return ServerConfig.model_validate({**data, "experiment": experiment})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(f"bad config: unknown key {key!r}") from None
+        raise ConfigError(f"bad config: {key} = {error.get('input')!r}: {error['msg']}") from None

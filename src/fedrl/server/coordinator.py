@@ -1,0 +1,396 @@
+"""The coordinator: the deployed server's state machine, with no transport in it.
+
+It owns the client registry, the global versions, the open round, the sampling of clients,
+the round deadline, the arrived updates, aggregation through the simulator's strategies, the
+evaluation gate and the durable store. gRPC and MQTT adapters call the public methods below
+with records from ``fedrl.wire.records``; a refused call raises ``Rejected`` and changes
+nothing. Every public method is thread-safe.
+
+A synchronous round (FedAvg, FedProx, FedAdam, SCAFFOLD ...) trains from one base version. When
+it opens, ``updates_per_round`` clients are sampled from those online (seeded by the run seed
+and the round); a client asking for work gets a task if it was sampled, or if fewer clients
+than wanted were online to sample, or once the deadline has passed. The round closes as soon
+as every wanted update is in, or after the deadline once ``min_updates`` are in. Asynchronous
+mode (FedAsync, FedBuff) gives every asking client a task from the deployed version, accepts
+updates up to ``max_staleness`` versions old, and closes a round every ``buffer_size``
+arrivals.
+
+Closing a round aggregates its stored updates into a candidate, evaluates the candidate on
+held-out environments (the gate), and either deploys it as the next version or keeps it under
+``rejected/`` while clients keep the deployed version. ``tick`` does this; a transport calls it
+a few times per second from one thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fedrl.agents import evaluate
+from fedrl.core.aggregation import screen
+from fedrl.core.strategies import state_from_arrays, state_to_arrays
+from fedrl.core.update import Update
+from fedrl.server.config import ServerConfig
+from fedrl.server.log import log_event
+from fedrl.server.metrics import ServerMetrics
+from fedrl.server.ratelimit import RateLimiter
+from fedrl.server.store import Store, StoredUpdate
+from fedrl.sim.config import ConfigError, to_yaml
+from fedrl.sim.setup import EVAL_STREAM, SAMPLE_STREAM, Setup
+from fedrl.wire.records import (
+    Ack, ClientStatus, Model, Reason, Registration, Rejected, RoundStatus, Submission, Task, Wait,
+)
+
+LIVENESS_FLUSH_S = 2.0  # how often last-seen times go to the store (they are not worth a write per heartbeat)
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """What ``fedrl fleet status`` shows."""
+
+    deployed_version: int
+    round: int
+    finished: bool
+    clients: list[ClientStatus]
+    rounds: list[RoundStatus]
+
+
+def digest_of(delta: np.ndarray) -> str:
+    """SHA-256 hex of a vector's bytes: the identity of an update's content."""
+    return hashlib.sha256(np.ascontiguousarray(delta).tobytes()).hexdigest()
+
+
+class Coordinator:
+    """The server's state machine over a ``Store``; see the module docstring."""
+
+    def __init__(self, config: ServerConfig, store: Store, metrics: ServerMetrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.setup = Setup(config.experiment)
+        self.dim = self.setup.net.spec.dim
+        self._store, self._metrics, self._clock = store, metrics or ServerMetrics.create(), clock
+        self._lock = threading.RLock()
+        self._limiter = RateLimiter(config.limits.rate_per_s, config.limits.burst)
+        self._seen = store.liveness()
+        self._flushed_at = clock()
+        self._closing = False
+        self._load()
+
+    @classmethod
+    def open(cls, config: ServerConfig, state_dir: Path, metrics: ServerMetrics | None = None,
+             clock: Callable[[], float] = time.time) -> Coordinator:
+        """Start a new run in ``state_dir``, or resume the one stored there (same experiment only)."""
+        store = Store(state_dir, config.store.durability)
+        experiment = to_yaml(config.experiment)
+        stored = store.meta("experiment")
+        if stored is not None and stored != experiment:
+            store.close()
+            raise ConfigError(f"state dir {state_dir} holds a run of a different experiment; "
+                              "use a new --state-dir or the experiment it was started with")
+        if stored is None:
+            setup = Setup(config.experiment)
+            params = setup.initial_params()
+            score = _gate_return(config, setup, params) if config.gate.enabled else None
+            store.record_initial(params, state_to_arrays(setup.strategy.init(params)), score, clock(), experiment)
+        return cls(config, store, metrics, clock)
+
+    def _load(self) -> None:
+        """Rebuild the in-memory view from the store (at start and after a restart)."""
+        deployed, state = self._store.load_version(self._store.latest_version())
+        self._deployed = deployed
+        self._strategy_state = state_from_arrays(self.setup.strategy, state)
+        self._round = self._store.open_round()
+        self._selected = set(self._store.selected(self._round.round))
+        self._arrived = self._store.round_clients(self._round.round)
+        if not self._selected:
+            self._sample()
+        self._publish()
+
+    # --- authentication and liveness ---------------------------------------------------
+    def authenticate(self, token: str) -> str:
+        """The client a token belongs to; ``Rejected(UNAUTHENTICATED)`` for a missing or unknown one."""
+        if not token:
+            raise Rejected(Reason.UNAUTHENTICATED, "missing token: send 'authorization: Bearer <token>'")
+        with self._lock:
+            found = self._store.client_for_token(token)
+        if found is None:
+            raise Rejected(Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`")
+        return found[0]
+
+    def _admit(self, client: str, acting_version: int | None = None) -> None:
+        """Rate-limit one call and mark the client as seen."""
+        now = self._clock()
+        if not self._limiter.allow(client, now):
+            raise Rejected(Reason.RESOURCE_EXHAUSTED, f"client {client!r} exceeded {self.config.limits.rate_per_s:g} "
+                          f"calls/s (burst {self.config.limits.burst}); slow down")
+        previous = self._seen.get(client, (now, None))[1]
+        self._seen[client] = (now, previous if acting_version is None else acting_version)
+
+    def register(self, client: str) -> Registration:
+        """Record a client's registration (idempotent) and tell it what to train."""
+        with self._lock:
+            self._admit(client)
+            self._store.mark_registered(client, self._clock())
+            log_event("client_registered", client=client)
+            return Registration(client, to_yaml(self.config.experiment), self._deployed.version, self.config.rounds.heartbeat_s)
+
+    def heartbeat(self, client: str, acting_version: int | None) -> int:
+        """Note that ``client`` is alive and acting with ``acting_version``; returns the deployed version."""
+        with self._lock:
+            self._admit(client, acting_version)
+            return self._deployed.version
+
+    # --- work ------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """Whether the run is over: all rounds done, or the target return reached."""
+        fed = self.config.experiment.federation
+        score = self._deployed.eval_return
+        at_target = fed.stop_at_target and score is not None and score >= self.setup.target_return
+        return at_target or self._round.round > fed.rounds
+
+    def task(self, client: str) -> Task | Wait:
+        """What ``client`` should do now: train from a version for the open round, or wait."""
+        with self._lock:
+            self._admit(client)
+            retry = self.config.rounds.retry_s
+            if self.finished:
+                return Wait(retry, "the run is finished", finished=True)
+            if self._closing and not self.config.asynchronous:
+                return Wait(retry, f"round {self._round.round} is closing")
+            if not self.config.asynchronous:
+                if client in self._arrived:
+                    return Wait(retry, f"your update for round {self._round.round} is in; waiting for the others")
+                if not self._take_part(client):
+                    return Wait(retry, f"not sampled for round {self._round.round}")
+            return Task(self._round.round, self._deployed.version, self._time_left(), self._server_control())
+
+    def _take_part(self, client: str) -> bool:
+        """Whether ``client`` gets a task in this synchronous round (adding it when there is room)."""
+        if client in self._selected:
+            return True
+        if len(self._selected) < self.config.updates_per_round or self._time_left() == 0.0:
+            self._selected.add(client)
+            self._store.set_selected(self._round.round, sorted(self._selected))
+            return True
+        return False
+
+    def _time_left(self) -> float:
+        return max(0.0, self._round.opened_at + self.config.rounds.deadline_s - self._clock())
+
+    def _server_control(self) -> np.ndarray | None:
+        return self._strategy_state.c if self.setup.strategy.uses_control_variates else None
+
+    def _sample(self) -> None:
+        """Sample this round's clients from those online; fewer online means room for newcomers."""
+        now = self._clock()
+        online = sorted(c for c, (t, _) in self._seen.items() if now - t <= self.config.rounds.liveness_s)
+        size = min(self.config.updates_per_round, len(online))
+        if self.config.asynchronous or size == 0:
+            return
+        rng = self.setup.rng(SAMPLE_STREAM, self._round.round)
+        self._selected = {online[i] for i in rng.choice(len(online), size=size, replace=False)}
+        self._store.set_selected(self._round.round, sorted(self._selected))
+
+    def model(self, version: int | None = None) -> Model:
+        """A deployed (current or earlier) version; ``Rejected(NOT_FOUND)`` for any other."""
+        with self._lock:
+            if version is None or version == self._deployed.version:
+                return self._deployed
+            if version < 0 or not self._store.has_version(version):
+                raise Rejected(Reason.NOT_FOUND, f"no version {version}; the deployed version is {self._deployed.version}")
+            return self._store.load_version(version)[0]
+
+    # --- updates -----------------------------------------------------------------------
+    def submit(self, client: str, submission: Submission) -> Ack:
+        """Validate and durably store one update; the ``Ack`` is returned only once it is on disk.
+        A resubmission of a stored update id returns the original acknowledgement."""
+        with self._lock:
+            self._admit(client)
+            try:
+                ack = self._accept(client, submission)
+            except Rejected as exc:
+                self._metrics.updates_rejected.labels(reason=exc.reason.value).inc()
+                log_event("update_rejected", level="warning", client=client, reason=exc.reason.value, message=exc.message)
+                raise
+            return ack
+
+    def _accept(self, client: str, s: Submission) -> Ack:
+        if s.client != client:
+            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}")
+        digest = self._check_vectors(s)
+        known = self._store.find_update(s.update_id)
+        if known is not None:
+            return self._repeat(client, s, digest, known)
+        round_ = self._check_version(client, s)
+        self._check_size(s)
+        now = self._clock()
+        self._store.insert_update(s, round_, digest, now)
+        if round_ == self._round.round:
+            self._arrived.append(client)
+        self._metrics.updates_accepted.inc()
+        return Ack(s.update_id, round_, now)
+
+    def _repeat(self, client: str, s: Submission, digest: str, known: tuple) -> Ack:
+        """The original ack for an idempotent resubmission; a reused id with other content is refused."""
+        owner, round_, stored_digest, accepted_at = known
+        if owner != client or stored_digest != digest:
+            raise Rejected(Reason.ALREADY_EXISTS, f"update id {s.update_id!r} was already used for a different update")
+        return Ack(s.update_id, round_, accepted_at, duplicate=True)
+
+    def _check_vectors(self, s: Submission) -> str:
+        """Shape, dtype, finite values, digest and norm; returns the content digest."""
+        vectors = [("delta", s.delta)] + ([("control_delta", s.control_delta)] if s.control_delta is not None else [])
+        for label, v in vectors:
+            if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (self.dim,):
+                shape = getattr(v, "shape", None)
+                dtype = getattr(v, "dtype", type(v).__name__)
+                raise Rejected(Reason.INVALID_ARGUMENT, f"{label} must be float32 of shape ({self.dim},), got {dtype} {shape}")
+            bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+            if bad:
+                raise Rejected(Reason.INVALID_ARGUMENT, f"{label} has {bad} NaN or infinite values")
+        if (s.control_delta is not None) != self.setup.strategy.uses_control_variates:
+            need = "needs" if self.setup.strategy.uses_control_variates else "takes no"
+            raise Rejected(Reason.INVALID_ARGUMENT, f"strategy {self.setup.strategy.name} {need} control_delta")
+        digest = digest_of(s.delta)
+        if s.digest and s.digest != digest:
+            raise Rejected(Reason.INVALID_ARGUMENT, "digest mismatch: the update's bytes changed in transit")
+        bound = self.config.limits.max_update_norm
+        norm = float(np.linalg.norm(s.delta))
+        if bound is not None and norm > bound:
+            raise Rejected(Reason.INVALID_ARGUMENT, f"update norm {norm:.4g} exceeds the bound {bound:g}")
+        return digest
+
+    def _check_size(self, s: Submission) -> None:
+        if not 1 <= s.env_steps <= self.config.max_env_steps:
+            raise Rejected(Reason.INVALID_ARGUMENT, f"env_steps {s.env_steps} outside 1..{self.config.max_env_steps}")
+
+    def _check_version(self, client: str, s: Submission) -> int:
+        """The round the update joins, after checking its base version and round."""
+        if s.base_version < 0 or s.base_version > self._deployed.version or not self._store.has_version(s.base_version):
+            raise Rejected(Reason.FAILED_PRECONDITION, f"unknown base version {s.base_version}; "
+                          f"the deployed version is {self._deployed.version}")
+        if self.config.asynchronous:
+            staleness = self._deployed.version - s.base_version
+            if staleness > self.config.rounds.max_staleness:
+                raise Rejected(Reason.FAILED_PRECONDITION, f"base version {s.base_version} is {staleness} versions old; "
+                              f"at most {self.config.rounds.max_staleness} are accepted")
+            return self._round.round + 1 if self._closing else self._round.round
+        r = self._round
+        if s.round != r.round or self._closing:
+            raise Rejected(Reason.FAILED_PRECONDITION, f"round {s.round} is not open for updates; the open round is "
+                          f"{r.round}{' (closing)' if self._closing else ''}")
+        if s.base_version != r.base_version:
+            raise Rejected(Reason.FAILED_PRECONDITION, f"stale base version {s.base_version}: round {r.round} "
+                          f"trains from version {r.base_version}")
+        if client not in self._selected:
+            raise Rejected(Reason.FAILED_PRECONDITION, f"client {client!r} has no task in round {r.round}")
+        if client in self._arrived:
+            raise Rejected(Reason.ALREADY_EXISTS, f"client {client!r} already sent an update for round {r.round}")
+        return r.round
+
+    # --- closing rounds ------------------------------------------------------------------
+    def tick(self) -> None:
+        """Store liveness now and then, and close the open round if it is due."""
+        with self._lock:
+            self._flush_liveness()
+            if self._closing or not self._due():
+                return
+            self._closing = True
+            round_, deployed, state = self._round, self._deployed, self._strategy_state
+            stored = self._store.round_updates(round_.round)
+        try:
+            candidate, new_state = self._aggregate(stored, deployed, state)
+            score = _gate_return(self.config, self.setup, candidate) if self.config.gate.enabled else None
+            with self._lock:
+                self._commit(round_, candidate, new_state, score)
+        finally:
+            self._closing = False
+
+    def _due(self) -> bool:
+        n = len(self._arrived)
+        if self.finished or n == 0:
+            return False
+        wanted = self.config.updates_per_round
+        return n >= wanted or (n >= self.config.min_updates and self._time_left() == 0.0)
+
+    def _aggregate(self, stored: list[StoredUpdate], deployed: Model, state) -> tuple[np.ndarray, object]:
+        """The strategy's candidate from the round's stored updates (screened as in the simulator)."""
+        updates = [Update(u.client_id, u.base_version, u.delta, u.env_steps, u.metrics, u.control_delta) for u in stored]
+        accepted = screen(updates, self.dim).accepted
+        return self.setup.strategy.aggregate(state, deployed.params, accepted)
+
+    def _promotes(self, score: float | None) -> bool:
+        """The gate: a candidate may lose at most the tolerance against the deployed version."""
+        current = self._deployed.eval_return
+        if score is None or current is None:
+            return True
+        gate = self.config.gate
+        return score >= current - max(gate.tolerance, gate.relative_tolerance * abs(current))
+
+    def _commit(self, round_: RoundStatus, candidate: np.ndarray, state, score: float | None) -> None:
+        """Deploy or reject the candidate, close the round durably and open the next."""
+        now = self._clock()
+        if self._promotes(score):
+            version = self._deployed.version + 1
+            self._store.write_version_file(version, candidate, state_to_arrays(state))
+            self._store.close_round(round_.round, now, score, version, version)
+            self._deployed, self._strategy_state = Model(version, candidate, round_.round, score), state
+        else:
+            self._store.write_rejected(round_.round, candidate)
+            self._store.close_round(round_.round, now, score, None, self._deployed.version)
+            self._metrics.candidates_rejected.inc()
+        log_event("round_closed", round=round_.round, updates=len(self._arrived), candidate_return=score,
+                  deployed_version=self._deployed.version, promoted=self._deployed.round == round_.round)
+        self._metrics.round_duration_seconds.observe(now - round_.opened_at)
+        self._round = self._store.open_round()
+        self._arrived = self._store.round_clients(self._round.round)
+        self._selected = set()
+        self._sample()
+        self._publish()
+
+    def _publish(self) -> None:
+        self._metrics.deployed_version.set(self._deployed.version)
+        self._metrics.current_round.set(self._round.round)
+
+    def _flush_liveness(self) -> None:
+        now = self._clock()
+        if now - self._flushed_at >= LIVENESS_FLUSH_S:
+            self._store.save_liveness(self._seen)
+            self._flushed_at = now
+        online = sum(now - t <= self.config.rounds.liveness_s for t, _ in self._seen.values())
+        self._metrics.clients_connected.set(online)
+
+    # --- inspection ----------------------------------------------------------------------
+    @property
+    def deployed_version(self) -> int:
+        """The version clients should act with."""
+        return self._deployed.version
+
+    def status(self, rounds: int = 20) -> FleetStatus:
+        """Clients, their liveness and the newest rounds."""
+        with self._lock:
+            self._store.save_liveness(self._seen)
+            return FleetStatus(self._deployed.version, self._round.round, self.finished,
+                               self._store.clients(), self._store.rounds(rounds))
+
+    def close(self) -> None:
+        """Store liveness and close the store."""
+        with self._lock:
+            self._store.save_liveness(self._seen)
+            self._store.close()
+
+
+def _gate_return(config: ServerConfig, setup: Setup, params: np.ndarray) -> float:
+    """Mean return of ``params`` on the gate's held-out environments, always the same episodes."""
+    gate = config.gate
+    seed = int(setup.rng(EVAL_STREAM, 1).integers(2**31))
+    env_params = setup.heldout_params(gate.heldout_clients)
+    returns = evaluate(setup.net, params, setup.family, env_params, gate.episodes, seed, config.experiment.eval.greedy)
+    return float(returns.mean())

@@ -1,0 +1,280 @@
+"""The server's durable state: SQLite (WAL) for records, safetensors files for model versions.
+
+Layout of a state directory::
+
+    server.db                  clients (token hashes only), versions, rounds, accepted updates, meta
+    models/v000012.safetensors the params of version 12 and the strategy state that produced it
+    rejected/r000031.safetensors a candidate the evaluation gate refused (kept for inspection)
+
+Crash safety. An update is inserted and committed before its acknowledgement is returned,
+so an acknowledged update is on disk. A new version is written as a file first (temporary
+name, fsync, rename) and then recorded, together with the round's closing and the next round's
+opening, in one transaction: a crash between the two leaves an unrecorded file that the
+restarted server overwrites when it closes the same round again, from the same stored updates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fedrl.server.auth import hash_token, new_token
+from fedrl.wire.records import ClientStatus, Model, RoundStatus, Submission
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE NOT NULL, token_hash TEXT UNIQUE NOT NULL,
+    added_at REAL NOT NULL, registered_at REAL, last_seen REAL, acting_version INTEGER);
+CREATE TABLE IF NOT EXISTS versions(
+    version INTEGER PRIMARY KEY, round INTEGER NOT NULL, created_at REAL NOT NULL, eval_return REAL);
+CREATE TABLE IF NOT EXISTS rounds(
+    round INTEGER PRIMARY KEY, base_version INTEGER NOT NULL, opened_at REAL NOT NULL, closed_at REAL,
+    selected TEXT NOT NULL DEFAULT '[]', n_updates INTEGER NOT NULL DEFAULT 0, candidate_return REAL,
+    promoted INTEGER, new_version INTEGER);
+CREATE TABLE IF NOT EXISTS updates(
+    update_id TEXT PRIMARY KEY, client TEXT NOT NULL, round INTEGER NOT NULL, base_version INTEGER NOT NULL,
+    env_steps INTEGER NOT NULL, metrics TEXT NOT NULL, digest TEXT NOT NULL, delta BLOB NOT NULL,
+    control BLOB, accepted_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS updates_by_round ON updates(round);
+"""
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    """An accepted update as read back for aggregation."""
+
+    update_id: str
+    client: str
+    client_id: int
+    round: int
+    base_version: int
+    env_steps: int
+    metrics: dict[str, float]
+    digest: str
+    delta: np.ndarray
+    control_delta: np.ndarray | None
+    accepted_at: float
+
+
+def _fsynced_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write a safetensors file so that it is either absent or complete, even after a power cut."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.require(v, requirements="C") for k, v in arrays.items()}, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+class Store:
+    """One server's state directory. Not thread-safe: the coordinator serialises access."""
+
+    def __init__(self, path: Path, durability: str = "fsync") -> None:
+        self.path = Path(path)
+        for sub in ("models", "rejected"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path / "server.db", check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'fsync' else 'NORMAL'}")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    # --- meta ---------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        """A stored setting, or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a setting."""
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # --- clients ------------------------------------------------------------------------
+    def add_client(self, name: str, now: float) -> str:
+        """Register a new client name and return its token; only the token's hash is stored."""
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"client name {name!r}: use letters, digits, '-', '_' and '.' only")
+        token = new_token()
+        try:
+            self.db.execute("INSERT INTO clients(name, token_hash, added_at) VALUES (?, ?, ?)",
+                            (name, hash_token(token), now))
+        except sqlite3.IntegrityError:
+            raise ValueError(f"client {name!r} already exists") from None
+        return token
+
+    def client_for_token(self, token: str) -> tuple[str, int] | None:
+        """The (name, id) whose token this is, or None."""
+        row = self.db.execute("SELECT name, id FROM clients WHERE token_hash = ?", (hash_token(token),)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def client_id(self, name: str) -> int | None:
+        """A client's numeric id, or None when it does not exist."""
+        row = self.db.execute("SELECT id FROM clients WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def mark_registered(self, name: str, now: float) -> None:
+        """Record a client's first registration."""
+        self.db.execute("UPDATE clients SET registered_at = COALESCE(registered_at, ?) WHERE name = ?", (now, name))
+
+    def save_liveness(self, seen: dict[str, tuple[float, int | None]]) -> None:
+        """Store when each client was last heard from and the version it acts with."""
+        self.db.executemany("UPDATE clients SET last_seen = ?, acting_version = ? WHERE name = ?",
+                            [(t, v, name) for name, (t, v) in seen.items()])
+
+    def liveness(self) -> dict[str, tuple[float, int | None]]:
+        """Last-seen time and acting version of every client that has been seen."""
+        rows = self.db.execute("SELECT name, last_seen, acting_version FROM clients WHERE last_seen IS NOT NULL")
+        return {name: (t, v) for name, t, v in rows}
+
+    def clients(self) -> list[ClientStatus]:
+        """Every client, with its number of accepted updates."""
+        rows = self.db.execute(
+            "SELECT c.name, c.registered_at, c.last_seen, c.acting_version, "
+            "(SELECT COUNT(*) FROM updates u WHERE u.client = c.name) FROM clients c ORDER BY c.name"
+        )
+        return [ClientStatus(*row) for row in rows]
+
+    # --- versions -----------------------------------------------------------------------
+    def _model_path(self, version: int) -> Path:
+        return self.path / "models" / f"v{version:06d}.safetensors"
+
+    def latest_version(self) -> int | None:
+        """The newest recorded version, or None before the first."""
+        return self.db.execute("SELECT MAX(version) FROM versions").fetchone()[0]
+
+    def has_version(self, version: int) -> bool:
+        """Whether ``version`` was recorded."""
+        return self.db.execute("SELECT 1 FROM versions WHERE version = ?", (version,)).fetchone() is not None
+
+    def load_version(self, version: int) -> tuple[Model, dict[str, np.ndarray]]:
+        """A recorded version and the strategy state stored with it."""
+        row = self.db.execute("SELECT round, eval_return FROM versions WHERE version = ?", (version,)).fetchone()
+        if row is None:
+            raise KeyError(version)
+        arrays = load_file(str(self._model_path(version)))
+        state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
+        return Model(version, arrays["params"], row[0], row[1]), state
+
+    def write_version_file(self, version: int, params: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``)."""
+        _fsynced_arrays({"params": params, **{f"strategy.{k}": v for k, v in state.items()}}, self._model_path(version))
+
+    def write_rejected(self, round_: int, params: np.ndarray) -> None:
+        """Keep a candidate the gate refused."""
+        _fsynced_arrays({"params": params}, self.path / "rejected" / f"r{round_:06d}.safetensors")
+
+    def record_initial(self, params: np.ndarray, state: dict[str, np.ndarray], eval_return: float | None,
+                       now: float, experiment: str) -> None:
+        """A new run: its experiment, version 0 and round 1, in one transaction."""
+        self.write_version_file(0, params, state)
+        with self._transaction():
+            self.db.execute("INSERT INTO meta(key, value) VALUES ('experiment', ?)", (experiment,))
+            self.db.execute("INSERT INTO versions VALUES (0, 0, ?, ?)", (now, eval_return))
+            self.db.execute("INSERT INTO rounds(round, base_version, opened_at) VALUES (1, 0, ?)", (now,))
+
+    # --- rounds -------------------------------------------------------------------------
+    def open_round(self) -> RoundStatus:
+        """The round that is open now."""
+        row = self.db.execute(
+            "SELECT round, base_version, opened_at, closed_at, n_updates, candidate_return, promoted, new_version "
+            "FROM rounds WHERE closed_at IS NULL ORDER BY round DESC LIMIT 1"
+        ).fetchone()
+        return RoundStatus(*row[:6], None, None)
+
+    def selected(self, round_: int) -> list[str]:
+        """The clients given a task in ``round_``."""
+        return json.loads(self.db.execute("SELECT selected FROM rounds WHERE round = ?", (round_,)).fetchone()[0])
+
+    def set_selected(self, round_: int, names: list[str]) -> None:
+        """Record the clients given a task in ``round_``."""
+        self.db.execute("UPDATE rounds SET selected = ? WHERE round = ?", (json.dumps(sorted(names)), round_))
+
+    def close_round(self, round_: int, now: float, candidate_return: float | None, new_version: int | None,
+                    next_base: int) -> None:
+        """Close ``round_`` (recording its new version if the candidate was promoted) and open the next."""
+        with self._transaction():
+            if new_version is not None:
+                self.db.execute("INSERT INTO versions VALUES (?, ?, ?, ?)", (new_version, round_, now, candidate_return))
+            self.db.execute(
+                "UPDATE rounds SET closed_at = ?, candidate_return = ?, promoted = ?, new_version = ?, "
+                "n_updates = (SELECT COUNT(*) FROM updates WHERE round = ?) WHERE round = ?",
+                (now, candidate_return, new_version is not None, new_version, round_, round_),
+            )
+            self.db.execute("INSERT INTO rounds(round, base_version, opened_at) VALUES (?, ?, ?)",
+                            (round_ + 1, next_base, now))
+
+    def rounds(self, limit: int = 20) -> list[RoundStatus]:
+        """The newest ``limit`` rounds, oldest first."""
+        rows = self.db.execute(
+            "SELECT round, base_version, opened_at, closed_at, "
+            "CASE WHEN closed_at IS NULL THEN (SELECT COUNT(*) FROM updates u WHERE u.round = r.round) ELSE n_updates END, "
+            "candidate_return, promoted, new_version FROM rounds r ORDER BY round DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [RoundStatus(*row[:6], None if row[6] is None else bool(row[6]), row[7]) for row in reversed(rows)]
+
+    # --- updates ------------------------------------------------------------------------
+    def insert_update(self, submission: Submission, round_: int, digest: str, now: float) -> None:
+        """Store an accepted update durably (committed when this returns)."""
+        s = submission
+        control = None if s.control_delta is None else s.control_delta.tobytes()
+        self.db.execute(
+            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (s.update_id, s.client, round_, s.base_version, s.env_steps, json.dumps(s.metrics), digest,
+             s.delta.tobytes(), control, now),
+        )
+
+    def find_update(self, update_id: str) -> tuple[str, int, str, float] | None:
+        """(client, round, digest, accepted_at) of a stored update id, or None."""
+        return self.db.execute(
+            "SELECT client, round, digest, accepted_at FROM updates WHERE update_id = ?", (update_id,)
+        ).fetchone()
+
+    def round_clients(self, round_: int) -> list[str]:
+        """Clients with an accepted update in ``round_``, in arrival order."""
+        rows = self.db.execute("SELECT client FROM updates WHERE round = ? ORDER BY rowid", (round_,))
+        return [r[0] for r in rows]
+
+    def round_updates(self, round_: int) -> list[StoredUpdate]:
+        """The accepted updates of ``round_``, in arrival order."""
+        rows = self.db.execute(
+            "SELECT u.update_id, u.client, c.id, u.round, u.base_version, u.env_steps, u.metrics, u.digest, "
+            "u.delta, u.control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
+            "WHERE u.round = ? ORDER BY u.rowid", (round_,)
+        )
+        return [
+            StoredUpdate(uid, client, cid, r, base, steps, json.loads(metrics), digest,
+                         np.frombuffer(delta, dtype=np.float32).copy(),
+                         None if control is None else np.frombuffer(control, dtype=np.float32).copy(), at)
+            for uid, client, cid, r, base, steps, metrics, digest, delta, control, at in rows
+        ]
+
+    def _transaction(self):
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

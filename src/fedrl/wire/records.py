@@ -1,0 +1,127 @@
+"""The records server and edge agents exchange, whatever the transport, and the one error.
+
+Transports (gRPC, MQTT, the in-process driver of the tests) translate their own messages into
+these records and back: the coordinator never sees a socket, and the edge agent's loop never
+sees a protocol. Both sides import them from here, so the edge never imports the server. A refused call raises
+``Rejected`` with a ``Reason``; each transport maps the reason to its own status (a gRPC status
+code, an MQTT error reply) and passes the message on unchanged, so a client always learns what
+was wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Reason(enum.Enum):
+    """Why a call was refused; the value is the matching gRPC status code name."""
+
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # missing or unknown token
+    PERMISSION_DENIED = "PERMISSION_DENIED"  # a client acting as another client
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"  # malformed update: shape, dtype, NaN/Inf, norm, bytes
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"  # stale or unknown base version, round closed
+    ALREADY_EXISTS = "ALREADY_EXISTS"  # a second, different update for the same round
+    NOT_FOUND = "NOT_FOUND"  # unknown model version or client
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # rate limit or size limit
+
+
+class Rejected(Exception):
+    """A refused call: ``reason`` for the transport's status, ``message`` for the client."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a client learns when it registers: who it is and what to train."""
+
+    client: str
+    experiment_yaml: str  # the experiment config (env family, learner, budget) every client trains with
+    deployed_version: int
+    heartbeat_s: float
+
+
+@dataclass(frozen=True)
+class Task:
+    """Train from ``base_version`` for ``round``; the update is due ``deadline_s`` from now."""
+
+    round: int
+    base_version: int
+    deadline_s: float
+    server_control: np.ndarray | None = None  # SCAFFOLD's c, else None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do now (not sampled, already submitted, round closing); ask again later.
+    ``finished``: the run is over (rounds done or target reached); the agent may stop."""
+
+    retry_after_s: float
+    reason: str
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One update as a transport received it, before validation."""
+
+    update_id: str  # chosen by the client, stable across retries: a resubmission is idempotent
+    client: str
+    round: int
+    base_version: int
+    delta: np.ndarray  # float32 (d,)
+    env_steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    control_delta: np.ndarray | None = None
+    digest: str = ""  # sha256 hex of the delta's bytes, as the client computed it
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The durable acknowledgement of an accepted update (returned again for a resubmission)."""
+
+    update_id: str
+    round: int
+    accepted_at: float  # server wall-clock seconds when it was stored
+    duplicate: bool = False  # True when this repeats an earlier acknowledgement
+
+
+@dataclass(frozen=True)
+class Model:
+    """A stored global version."""
+
+    version: int
+    params: np.ndarray  # float32 (d,)
+    round: int  # the round that produced it (0 for the initial model)
+    eval_return: float | None  # its gate evaluation, None when not evaluated
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """One row of ``fedrl fleet status``."""
+
+    client: str
+    registered_at: float
+    last_seen: float | None
+    acting_version: int | None
+    updates_accepted: int
+
+
+@dataclass(frozen=True)
+class RoundStatus:
+    """One round as the store records it."""
+
+    round: int
+    base_version: int
+    opened_at: float
+    closed_at: float | None
+    n_updates: int
+    candidate_return: float | None
+    promoted: bool | None  # None while open
+    new_version: int | None

@@ -1,0 +1,288 @@
+"""The coordinator on a real state directory, driven in-process with a controllable clock."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedrl.server.config import ServerConfig, load_server_config
+from fedrl.server.coordinator import Coordinator, digest_of
+from fedrl.server.store import Store
+from fedrl.sim.config import ConfigError
+from fedrl.wire.records import Reason, Rejected, Submission, Task, Wait
+
+NAMES = ("a", "b", "c")
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def server_config(tmp_path, *overrides: str) -> ServerConfig:
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        "experiment:\n"
+        "  seed: 5\n"
+        "  learner: {name: ppo, hidden: [8, 8]}\n"
+        "  federation: {n_clients: 3, rounds: 4, local_steps: 64, stop_at_target: false}\n"
+        "gate: {enabled: false, heldout_clients: 2, episodes: 2}\n"
+        "rounds: {deadline_s: 30}\n"
+    )
+    return load_server_config(path, list(overrides))
+
+
+def open_with_clients(tmp_path, config: ServerConfig, clock: Clock) -> tuple[Coordinator, dict[str, str]]:
+    coordinator = Coordinator.open(config, tmp_path / "state", clock=clock)
+    tokens = {name: coordinator._store.add_client(name, clock()) for name in NAMES}
+    return coordinator, tokens
+
+
+def submission(coordinator: Coordinator, client: str, task: Task, value: float = 0.1, steps: int = 64, **changes) -> Submission:
+    delta = np.full(coordinator.dim, value, dtype=np.float32)
+    fields = dict(update_id=f"{client}-{task.round}", client=client, round=task.round, base_version=task.base_version,
+                  delta=delta, env_steps=steps, digest=digest_of(delta))
+    return Submission(**{**fields, **changes})
+
+
+def test_tokens_identify_clients_and_unknown_tokens_are_refused(tmp_path):
+    # Prepare
+    coordinator, tokens = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+
+    # Execute / Assert
+    assert coordinator.authenticate(tokens["b"]) == "b"
+    for token in ("", "not-a-token"):
+        with pytest.raises(Rejected) as err:
+            coordinator.authenticate(token)
+        assert err.value.reason is Reason.UNAUTHENTICATED
+
+
+def test_a_full_round_deploys_the_step_weighted_mean(tmp_path):
+    # Prepare
+    clock = Clock()
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), clock)
+    start = coordinator.model().params.copy()
+    tasks = {c: coordinator.task(c) for c in NAMES}
+
+    # Execute
+    for c, value, steps in zip(NAMES, (0.1, 0.2, 0.4), (64, 64, 128)):
+        coordinator.submit(c, submission(coordinator, c, tasks[c], value, steps))
+    coordinator.tick()
+
+    # Assert: FedAvg weights 1/4, 1/4, 1/2
+    deployed = coordinator.model()
+    assert deployed.version == 1 and deployed.round == 1
+    np.testing.assert_allclose(deployed.params - start, 0.1 / 4 + 0.2 / 4 + 0.4 / 2, rtol=1e-5)
+    assert isinstance(coordinator.task("a"), Task) and coordinator.task("a").base_version == 1
+
+
+def bad_submissions(coordinator: Coordinator, task: Task) -> dict[str, tuple[Reason, str, Submission]]:
+    nan = np.full(coordinator.dim, np.nan, dtype=np.float32)
+    return {
+        "other client": (Reason.PERMISSION_DENIED, "cannot be sent as 'b'", submission(coordinator, "b", task)),
+        "NaN": (Reason.INVALID_ARGUMENT, "NaN", submission(coordinator, "a", task, delta=nan, digest="")),
+        "shape": (Reason.INVALID_ARGUMENT, "shape", submission(coordinator, "a", task, delta=np.zeros(3, np.float32), digest="")),
+        "dtype": (Reason.INVALID_ARGUMENT, "float32", submission(coordinator, "a", task, delta=np.zeros(coordinator.dim), digest="")),
+        "digest": (Reason.INVALID_ARGUMENT, "digest", submission(coordinator, "a", task, digest="00" * 32)),
+        "unknown base": (Reason.FAILED_PRECONDITION, "unknown base version 7", submission(coordinator, "a", task, base_version=7)),
+        "wrong round": (Reason.FAILED_PRECONDITION, "round 9 is not open", submission(coordinator, "a", task, round=9)),
+        "no steps": (Reason.INVALID_ARGUMENT, "env_steps 0", submission(coordinator, "a", task, steps=0)),
+        "too many steps": (Reason.INVALID_ARGUMENT, "env_steps", submission(coordinator, "a", task, steps=10**9)),
+    }
+
+
+@pytest.mark.parametrize("case", ["other client", "NaN", "shape", "dtype", "digest", "unknown base", "wrong round",
+                                  "no steps", "too many steps"])
+def test_each_bad_update_is_refused_with_its_reason_and_changes_nothing(tmp_path, case):
+    # Prepare
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    task = coordinator.task("a")
+    reason, words, bad = bad_submissions(coordinator, task)[case]
+
+    # Execute
+    with pytest.raises(Rejected) as err:
+        coordinator.submit("a", bad)
+
+    # Assert: the refusal says what was wrong; the round has no update and "a" may still send its own
+    assert err.value.reason is reason and words in err.value.message
+    assert coordinator.status().rounds[-1].n_updates == 0
+    assert coordinator.submit("a", submission(coordinator, "a", task)).round == 1
+
+
+def test_a_resubmission_returns_the_original_ack_and_a_reused_id_is_refused(tmp_path):
+    # Prepare
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    task = coordinator.task("a")
+    first = coordinator.submit("a", submission(coordinator, "a", task))
+
+    # Execute
+    again = coordinator.submit("a", submission(coordinator, "a", task))
+    with pytest.raises(Rejected) as reused:
+        coordinator.submit("a", submission(coordinator, "a", task, value=0.3))
+    with pytest.raises(Rejected) as second:
+        coordinator.submit("a", submission(coordinator, "a", task, update_id="a-other"))
+
+    # Assert
+    assert again.duplicate and again.accepted_at == first.accepted_at and again.round == first.round
+    assert reused.value.reason is Reason.ALREADY_EXISTS and "different update" in reused.value.message
+    assert second.value.reason is Reason.ALREADY_EXISTS and "already sent" in second.value.message
+    assert coordinator.status().rounds[-1].n_updates == 1
+
+
+def test_a_stale_update_is_refused_after_the_round_moved_on(tmp_path):
+    # Prepare
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    old = {c: coordinator.task(c) for c in NAMES}
+    for c in NAMES:
+        coordinator.submit(c, submission(coordinator, c, old[c]))
+    coordinator.tick()
+    coordinator.task("a")
+
+    # Execute
+    with pytest.raises(Rejected) as err:
+        coordinator.submit("a", submission(coordinator, "a", old["a"], update_id="late", round=2))
+
+    # Assert
+    assert err.value.reason is Reason.FAILED_PRECONDITION and "stale base version 0" in err.value.message
+
+
+def test_the_deadline_closes_a_round_with_the_minimum_of_updates(tmp_path):
+    # Prepare
+    clock = Clock()
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path, "rounds.min_updates=2"), clock)
+    for c in ("a", "b"):
+        coordinator.submit(c, submission(coordinator, c, coordinator.task(c)))
+
+    # Execute / Assert: before the deadline the round waits for "c"; after it, two are enough
+    coordinator.tick()
+    assert coordinator.deployed_version == 0
+    clock.now += 31
+    coordinator.tick()
+    assert coordinator.deployed_version == 1 and coordinator.status().rounds[-2].n_updates == 2
+
+
+def test_a_restart_keeps_every_acknowledged_update_and_gives_the_same_model(tmp_path):
+    # Prepare: an unbroken run, and one whose coordinator is closed (as after kill -9) mid-round
+    results = []
+    for name, restart in (("once", False), ("twice", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        clock = Clock()
+        coordinator, _ = open_with_clients(folder, server_config(folder), clock)
+        tasks = {c: coordinator.task(c) for c in NAMES}
+        for c in ("a", "b"):
+            coordinator.submit(c, submission(coordinator, c, tasks[c], value=0.5))
+
+        # Execute
+        if restart:
+            coordinator._store.close()
+            coordinator = Coordinator.open(server_config(folder), folder / "state", clock=clock)
+            again = coordinator.submit("a", submission(coordinator, "a", tasks["a"], value=0.5))
+            assert again.duplicate
+        coordinator.submit("c", submission(coordinator, "c", tasks["c"], value=0.5))
+        coordinator.tick()
+        results.append(coordinator.model())
+
+    # Assert
+    assert results[0].version == results[1].version == 1
+    np.testing.assert_array_equal(results[0].params, results[1].params)
+
+
+def test_the_gate_keeps_the_deployed_model_when_the_candidate_is_worse(tmp_path):
+    # Prepare: every client pushes the actor's output bias to "always left", worse on CartPole than
+    # the near-uniform initial policy (sampled actions: a greedy near-uniform policy is one-sided too)
+    config = server_config(tmp_path, "gate.enabled=true", "experiment.eval.greedy=false")
+    coordinator, _ = open_with_clients(tmp_path, config, Clock())
+    spec = coordinator.setup.net.spec
+    bias = spec.offsets[spec.names.index("actor.2.bias")]
+    delta = np.zeros(coordinator.dim, dtype=np.float32)
+    delta[bias : bias + 2] = (50.0, -50.0)
+    before = coordinator.model()
+
+    # Execute
+    for c in NAMES:
+        coordinator.submit(c, submission(coordinator, c, coordinator.task(c), delta=delta, digest=digest_of(delta)))
+    coordinator.tick()
+
+    # Assert: round 1 closed without a new version; its candidate is kept for inspection
+    closed = coordinator.status().rounds[-2]
+    assert coordinator.deployed_version == 0 and closed.promoted is False
+    assert closed.candidate_return < before.eval_return
+    assert (tmp_path / "state" / "rejected" / "r000001.safetensors").exists()
+    assert coordinator.task("a").base_version == 0
+
+
+def test_asynchronous_mode_accepts_slightly_stale_updates_and_closes_every_buffer(tmp_path):
+    # Prepare
+    config = server_config(tmp_path, "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=2",
+                           "experiment.fleet.mode=async", "rounds.max_staleness=1")
+    coordinator, _ = open_with_clients(tmp_path, config, Clock())
+    old = coordinator.task("c")
+    for c in ("a", "b"):
+        coordinator.submit(c, submission(coordinator, c, coordinator.task(c)))
+    coordinator.tick()
+
+    # Execute: "c" sends from version 0 while version 1 is deployed (staleness 1: accepted)
+    ack = coordinator.submit("c", submission(coordinator, "c", old))
+    coordinator.submit("a", submission(coordinator, "a", coordinator.task("a"), update_id="a-2"))
+    coordinator.tick()
+
+    # Assert
+    assert ack.round == 2 and coordinator.deployed_version == 2
+
+
+def test_a_client_over_its_rate_is_refused(tmp_path):
+    # Prepare
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path, "limits.rate_per_s=1", "limits.burst=2"), Clock())
+    coordinator.heartbeat("a", None)
+    coordinator.heartbeat("a", None)
+
+    # Execute
+    with pytest.raises(Rejected) as err:
+        coordinator.heartbeat("a", None)
+
+    # Assert: only "a" is limited
+    assert err.value.reason is Reason.RESOURCE_EXHAUSTED
+    assert coordinator.heartbeat("b", None) == 0
+
+
+def test_a_state_dir_refuses_a_different_experiment(tmp_path):
+    # Prepare
+    Coordinator.open(server_config(tmp_path), tmp_path / "state").close()
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match="different experiment"):
+        Coordinator.open(server_config(tmp_path, "experiment.seed=6"), tmp_path / "state")
+
+
+def test_a_finished_run_tells_clients_to_stop(tmp_path):
+    # Prepare
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path, "experiment.federation.rounds=1"), Clock())
+
+    # Execute
+    for c in NAMES:
+        coordinator.submit(c, submission(coordinator, c, coordinator.task(c)))
+    coordinator.tick()
+
+    # Assert
+    reply = coordinator.task("a")
+    assert isinstance(reply, Wait) and reply.finished
+
+
+def test_the_store_keeps_only_token_hashes(tmp_path):
+    # Prepare
+    store = Store(tmp_path / "state")
+
+    # Execute
+    token = store.add_client("sensor-1", 0.0)
+
+    # Assert
+    assert token.encode() not in (tmp_path / "state" / "server.db").read_bytes()
+    assert store.client_for_token(token)[0] == "sensor-1"
+    with pytest.raises(ValueError, match="already exists"):
+        store.add_client("sensor-1", 0.0)
