@@ -39,7 +39,7 @@ def server_config(tmp_path, *overrides: str) -> ServerConfig:
 
 def open_with_clients(tmp_path, config: ServerConfig, clock: Clock) -> tuple[Coordinator, dict[str, str]]:
     coordinator = Coordinator.open(config, tmp_path / "state", clock=clock)
-    tokens = {name: coordinator._store.add_client(name, clock()) for name in NAMES}
+    tokens = {name: coordinator.add_client(name) for name in NAMES}
     return coordinator, tokens
 
 

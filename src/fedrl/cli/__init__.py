@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedrl.cli.certs import certs
+from fedrl.cli.deploy import fleet, server
 
 app = typer.Typer(
     help="Federated reinforcement learning: many clients, each in its own environment, learn one policy.",
@@ -156,3 +157,7 @@ def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `f
 
 
 app.command("certs")(certs)
+app.command("server")(server)
+app.add_typer(fleet, name="fleet")
+from fedrl.cli.edge import client  # noqa: E402
+app.command("client")(client)

@@ -123,6 +123,11 @@ class Coordinator:
             raise Rejected(Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`")
         return found[0]
 
+    def add_client(self, name: str) -> str:
+        """Create a client and return its token (``fedrl fleet add-client`` does the same offline)."""
+        with self._lock:
+            return self._store.add_client(name, self._clock())
+
     def _admit(self, client: str, acting_version: int | None = None) -> None:
         """Rate-limit one call and mark the client as seen."""
         now = self._clock()

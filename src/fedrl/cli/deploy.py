@@ -1,0 +1,127 @@
+"""``fedrl server`` and ``fedrl fleet``: run the deployed server and manage its clients."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+fleet = typer.Typer(help="Manage the clients of a server's state directory.", no_args_is_help=True)
+
+STATE_DIR = typer.Option(Path("server-state"), "--state-dir", help="The server's state directory.")
+
+
+def server(
+    config: Optional[Path] = typer.Option(None, "--config", help="Server YAML (experiment + deployment sections)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set rounds.deadline_s=30."),
+    state_dir: Path = STATE_DIR,
+    listen: str = typer.Option("127.0.0.1:50051", "--listen", help="gRPC address HOST:PORT (port 0: any free one)."),
+    metrics: str = typer.Option("127.0.0.1:9108", "--metrics", help="Prometheus HOST:PORT, or 'off'."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Server certificate (PEM)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Server private key (PEM)."),
+    client_ca: Optional[Path] = typer.Option(None, "--client-ca", help="Require client certificates signed by this CA."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain text (loopback addresses only)."),
+    exit_when_finished: bool = typer.Option(False, "--exit-when-finished", help="Stop once the run is over."),
+) -> None:
+    """Serve a federation over gRPC (rounds aggregated, evaluated, deployed); JSON log lines on stderr."""
+    from fedrl.cli import _fail
+    from fedrl.server.app import ServeOptions, run_server
+    from fedrl.server.config import load_server_config
+    from fedrl.server.log import setup_logging
+    from fedrl.sim.config import ConfigError
+    from fedrl.wire.tls import ensure_plaintext_allowed, server_credentials
+
+    setup_logging()
+    try:
+        cfg = load_server_config(config, set_)
+        if tls_cert is None or tls_key is None:
+            if tls_cert or tls_key or client_ca:
+                _fail("TLS needs both --tls-cert and --tls-key")
+            ensure_plaintext_allowed(listen, insecure)
+            credentials = None
+        else:
+            credentials = server_credentials(tls_cert, tls_key, client_ca)
+        options = ServeOptions(state_dir, listen, None if metrics == "off" else metrics, credentials, exit_when_finished)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        run_server(cfg, options, stop)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+def _store(state_dir: Path):
+    from fedrl.cli import _fail
+    from fedrl.server.store import Store
+
+    if not (state_dir / "server.db").exists():
+        _fail(f"{state_dir} is not a server state directory (no server.db); start `fedrl server --state-dir {state_dir}` "
+              "or pass the right --state-dir")
+    return Store(state_dir)
+
+
+@fleet.command("add-client")
+def add_client(
+    name: str = typer.Argument(..., help="The client's name (letters, digits, '-', '_', '.')."),
+    state_dir: Path = STATE_DIR,
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="Write the token here (mode 600) instead of printing it."),
+) -> None:
+    """Issue a token for a new client. The server keeps only its hash: store the token now."""
+    import os
+    import time
+
+    from fedrl.cli import _fail, console
+    from fedrl.server.store import Store
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(state_dir)
+    try:
+        token = store.add_client(name, time.time())
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    if token_file is None:
+        console.print(token, highlight=False, soft_wrap=True)
+        return
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    console.print(f"token for {name} written to {token_file}", highlight=False)
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+@fleet.command("status")
+def status(state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds", help="Recent rounds to show.")) -> None:
+    """Clients (last seen, acting version, updates) and recent rounds of a server."""
+    from fedrl.cli import console
+
+    store = _store(state_dir)
+    try:
+        clients, recent, deployed = store.clients(), store.rounds(rounds), store.latest_version()
+    finally:
+        store.close()
+    shown = "none yet (the server has not started)" if deployed is None else deployed
+    console.print(f"deployed version: [bold]{shown}[/bold]", highlight=False)
+    table = Table("client", "registered", "last seen (UTC)", "acting version", "updates", title="clients")
+    for c in clients:
+        table.add_row(c.client, _when(c.registered_at), _when(c.last_seen), "-" if c.acting_version is None else str(c.acting_version), str(c.updates_accepted))
+    console.print(table)
+    table = Table("round", "base", "opened (UTC)", "closed (UTC)", "updates", "candidate return", "deployed", title="rounds")
+    for r in recent:
+        outcome = "open" if r.promoted is None else f"v{r.new_version}" if r.promoted else "rejected"
+        table.add_row(str(r.round), str(r.base_version), _when(r.opened_at), _when(r.closed_at), str(r.n_updates),
+                      _number(r.candidate_return), outcome)
+    console.print(table)
