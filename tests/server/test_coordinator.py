@@ -286,3 +286,22 @@ def test_the_store_keeps_only_token_hashes(tmp_path):
     assert store.client_for_token(token)[0] == "sensor-1"
     with pytest.raises(ValueError, match="already exists"):
         store.add_client("sensor-1", 0.0)
+
+
+def test_applied_updates_leave_no_files_behind_and_orphans_are_swept(tmp_path):
+    # Prepare: a file written for an update whose record never committed (a crash in between)
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    tasks = {c: coordinator.task(c) for c in NAMES}
+    orphan = submission(coordinator, "a", tasks["a"], update_id="never-recorded")
+    coordinator._store.write_update_file(orphan)
+    updates = tmp_path / "state" / "updates"
+
+    # Execute
+    for c in NAMES:
+        coordinator.submit(c, submission(coordinator, c, tasks[c]))
+    coordinator.tick()
+    coordinator.close()
+    Coordinator.open(server_config(tmp_path), tmp_path / "state").close()
+
+    # Assert
+    assert list(updates.iterdir()) == []

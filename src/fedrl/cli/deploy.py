@@ -11,9 +11,25 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from fedrl.cli.mqtt import (
+    BROKER, BROKER_PASSWORD, BROKER_USER, FLEET, MQTT_VERSION, TRANSPORT, Transport, asynchronous_by_default, broker_options,
+)
+
 fleet = typer.Typer(help="Manage the clients of a server's state directory.", no_args_is_help=True)
 
 STATE_DIR = typer.Option(Path("server-state"), "--state-dir", help="The server's state directory.")
+
+
+def _grpc_credentials(listen: str, tls_cert: Path | None, tls_key: Path | None, client_ca: Path | None, insecure: bool):
+    """The gRPC server's TLS credentials, or None for plain text (loopback with --insecure only)."""
+    from fedrl.wire.tls import ensure_plaintext_allowed, server_credentials
+
+    if tls_cert is None or tls_key is None:
+        if tls_cert or tls_key or client_ca:
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        ensure_plaintext_allowed(listen, insecure)
+        return None
+    return server_credentials(tls_cert, tls_key, client_ca)
 
 
 def server(
@@ -27,26 +43,35 @@ def server(
     client_ca: Optional[Path] = typer.Option(None, "--client-ca", help="Require client certificates signed by this CA."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain text (loopback addresses only)."),
     exit_when_finished: bool = typer.Option(False, "--exit-when-finished", help="Stop once the run is over."),
+    transport: Transport = TRANSPORT,
+    broker: str = BROKER,
+    fleet_name: str = FLEET,
+    broker_user: Optional[str] = BROKER_USER,
+    broker_password: Optional[str] = BROKER_PASSWORD,
+    broker_ca: Optional[Path] = typer.Option(None, "--broker-ca", help="With --transport mqtt: CA (PEM) of the broker's certificate: TLS."),
+    broker_cert: Optional[Path] = typer.Option(None, "--broker-cert", help="With --transport mqtt: the server's client certificate for the broker."),
+    broker_key: Optional[Path] = typer.Option(None, "--broker-key", help="With --transport mqtt: its private key."),
+    mqtt_version: str = MQTT_VERSION,
 ) -> None:
-    """Serve a federation over gRPC (rounds aggregated, evaluated, deployed); JSON log lines on stderr."""
+    """Serve a federation over gRPC or through an MQTT broker (rounds aggregated, evaluated,
+    deployed); JSON log lines on stderr. Over MQTT an experiment that names no strategy runs FedBuff."""
     from fedrl.cli import _fail
     from fedrl.server.app import ServeOptions, run_server
     from fedrl.server.config import load_server_config
     from fedrl.server.log import setup_logging
     from fedrl.sim.config import ConfigError
-    from fedrl.wire.tls import ensure_plaintext_allowed, server_credentials
 
     setup_logging()
     try:
-        cfg = load_server_config(config, set_)
-        if tls_cert is None or tls_key is None:
-            if tls_cert or tls_key or client_ca:
-                _fail("TLS needs both --tls-cert and --tls-key")
-            ensure_plaintext_allowed(listen, insecure)
-            credentials = None
+        cfg, credentials, broker_opts = load_server_config(config, set_), None, None
+        if transport is Transport.mqtt:
+            cfg = asynchronous_by_default(cfg)
+            broker_opts = broker_options(broker, fleet_name, broker_user, broker_password, broker_ca, broker_cert,
+                                         broker_key, insecure, mqtt_version)
         else:
-            credentials = server_credentials(tls_cert, tls_key, client_ca)
-        options = ServeOptions(state_dir, listen, None if metrics == "off" else metrics, credentials, exit_when_finished)
+            credentials = _grpc_credentials(listen, tls_cert, tls_key, client_ca, insecure)
+        options = ServeOptions(state_dir, listen, None if metrics == "off" else metrics, credentials, exit_when_finished,
+                               broker_opts)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

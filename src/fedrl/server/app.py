@@ -1,9 +1,10 @@
-"""``fedrl server``: the coordinator behind gRPC, a Prometheus endpoint, and the round clock.
+"""``fedrl server``: the coordinator behind gRPC or MQTT, a Prometheus endpoint, and the round clock.
 
-The process opens (or resumes) the coordinator in its state directory, serves it over gRPC,
-serves metrics over HTTP, and calls ``tick`` a few times per second so rounds close on their
-deadline. It writes ``server.json`` in the state directory with its pid and bound ports (port
-0 picks free ones, which is how the tests start it). SIGTERM or SIGINT stop it cleanly;
+The process opens (or resumes) the coordinator in its state directory, serves it over gRPC or
+through an MQTT broker (``fedrl.server.mqtt_service``), serves metrics over HTTP, and calls
+``tick`` a few times per second so rounds close on their deadline. It writes ``server.json`` in
+the state directory with its pid, transport and bound ports (port 0 picks free ones, which is
+how the tests start it). SIGTERM or SIGINT stop it cleanly;
 ``kill -9`` loses nothing that was acknowledged (see ``fedrl.server.store``).
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from fedrl.server.coordinator import Coordinator
 from fedrl.server.grpc_service import serve_grpc
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics, serve_metrics
+from fedrl.server.mqtt_service import MqttService
+from fedrl.wire.mqtt_client import BrokerOptions
 
 TICK_S = 0.2
 
@@ -36,6 +40,24 @@ class ServeOptions:
     metrics_listen: str | None = "127.0.0.1:9108"  # None: no metrics endpoint
     credentials: grpc.ServerCredentials | None = None  # None: plain text (loopback only, checked by the CLI)
     exit_when_finished: bool = False  # stop once the run is over and clients have had time to hear it
+    broker: BrokerOptions | None = None  # serve through this MQTT broker instead of gRPC on ``listen``
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A started transport: what ``server.json`` says about it, and how to stop it."""
+
+    info: dict
+    stop: Callable[[], None]
+
+
+def start_transport(coordinator: Coordinator, options: ServeOptions, config: ServerConfig, metrics: ServerMetrics) -> Serving:
+    """Serve ``coordinator`` through the broker when ``options`` names one, else over gRPC."""
+    if options.broker is not None:
+        service = MqttService(coordinator, options.broker, metrics)
+        return Serving({"transport": "mqtt", "broker": options.broker.address, "fleet": options.broker.fleet}, service.close)
+    server, port = serve_grpc(coordinator, options.listen, options.credentials, config.limits, metrics)
+    return Serving({"transport": "grpc", "port": port}, lambda: server.stop(grace=1.0).wait())
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -43,8 +65,8 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _write_info(options: ServeOptions, port: int, metrics_port: int | None) -> None:
-    info = {"pid": os.getpid(), "port": port, "metrics_port": metrics_port}
+def _write_info(options: ServeOptions, info: dict) -> None:
+    info = {"pid": os.getpid(), **info}
     tmp = options.state_dir / "server.json.tmp"
     tmp.write_text(json.dumps(info))
     os.replace(tmp, options.state_dir / "server.json")
@@ -62,11 +84,11 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     """Serve until ``stop`` is set (or, with ``exit_when_finished``, the run is over)."""
     metrics = ServerMetrics.create()
     coordinator = Coordinator.open(config, options.state_dir, metrics)
-    server, port = serve_grpc(coordinator, options.listen, options.credentials, config.limits, metrics)
+    serving = start_transport(coordinator, options, config, metrics)
     http = serve_metrics(metrics, *_host_port(options.metrics_listen)) if options.metrics_listen else None
-    _write_info(options, port, http.port if http else None)
-    log_event("server_started", port=port, metrics_port=http.port if http else None,
-              deployed_version=coordinator.deployed_version, state_dir=str(options.state_dir))
+    info = {**serving.info, "metrics_port": http.port if http else None}
+    _write_info(options, info)
+    log_event("server_started", **info, deployed_version=coordinator.deployed_version, state_dir=str(options.state_dir))
     grace_s = 3 * config.rounds.retry_s + 1.0  # a few task polls for agents to hear that the run is over
     finished_since = None
     try:
@@ -77,7 +99,7 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
                 if time.monotonic() - finished_since > grace_s:
                     break
     finally:
-        server.stop(grace=1.0).wait()
+        serving.stop()
         if http:
             http.close()
         coordinator.close()

@@ -55,8 +55,14 @@ class GateConfig(_Frozen):
 class LimitsConfig(_Frozen):
     """What one client may send, and how often."""
 
-    max_message_bytes: int = Field(64 * 2**20, ge=1024, description="largest gRPC message or reassembled update")
-    max_concurrent_streams: int = Field(256, ge=1, description="concurrent streams per connection")
+    max_message_bytes: int = Field(
+        64 * 2**20, ge=2 * 2**20,
+        description="largest message, and largest reassembled update (delta plus control delta); at least 2 MiB, "
+        "since models and updates travel in 1 MiB chunks",
+    )
+    max_concurrent_streams: int = Field(
+        256, ge=1, description="calls served at once (server-wide, and per HTTP/2 connection); more are refused"
+    )
     rate_per_s: float = Field(50.0, gt=0, description="calls per second a client may make, on average")
     burst: int = Field(100, ge=1, description="calls a client may make at once")
     max_update_norm: float | None = Field(None, gt=0, description="refuse updates whose L2 norm exceeds this")

@@ -80,6 +80,8 @@ class Coordinator:
         self._seen = store.liveness()
         self._flushed_at = clock()
         self._closing = False
+        self._writing: set[str] = set()  # update ids whose files are being written
+        store.sweep_update_files()
         self._load()
 
     @classmethod
@@ -215,28 +217,58 @@ class Coordinator:
     # --- updates -----------------------------------------------------------------------
     def submit(self, client: str, submission: Submission) -> Ack:
         """Validate and durably store one update; the ``Ack`` is returned only once it is on disk.
-        A resubmission of a stored update id returns the original acknowledgement."""
+        A resubmission of a stored update id returns the original acknowledgement. The vector is
+        written outside the lock, so uploads from many clients reach the disk in parallel."""
         with self._lock:
             self._admit(client)
+            repeated = self._counted(self._screen, client, submission)
+            if repeated is not None:
+                return repeated
+            self._writing.add(submission.update_id)
+        try:
+            self._store.write_update_file(submission)
+        finally:
+            with self._lock:
+                self._writing.discard(submission.update_id)
+        with self._lock:
             try:
-                ack = self._accept(client, submission)
-            except Rejected as exc:
-                self._metrics.updates_rejected.labels(reason=exc.reason.value).inc()
-                log_event("update_rejected", level="warning", client=client, reason=exc.reason.value, message=exc.message)
+                return self._counted(self._record, client, submission)
+            except Rejected:
+                self._store.remove_update_file(submission.update_id)
                 raise
-            return ack
 
-    def _accept(self, client: str, s: Submission) -> Ack:
+    def note_rejected(self, client: str, refusal: Rejected) -> None:
+        """Count and log a refused update; transports call it for updates they could not even decode."""
+        self._metrics.updates_rejected.labels(reason=refusal.reason.value).inc()
+        log_event("update_rejected", level="warning", client=client, reason=refusal.reason.value, message=refusal.message)
+
+    def _counted(self, check: Callable, client: str, submission: Submission):
+        """``check(client, submission)``, with a refusal counted and logged."""
+        try:
+            return check(client, submission)
+        except Rejected as exc:
+            self.note_rejected(client, exc)
+            raise
+
+    def _screen(self, client: str, s: Submission) -> Ack | None:
+        """Every check before the update is written; the original ack for a resubmission, else None."""
         if s.client != client:
             raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}")
         digest = self._check_vectors(s)
         known = self._store.find_update(s.update_id)
         if known is not None:
             return self._repeat(client, s, digest, known)
-        round_ = self._check_version(client, s)
+        if s.update_id in self._writing:
+            raise Rejected(Reason.ALREADY_EXISTS, f"update id {s.update_id!r} is being stored; ask again for its acknowledgement")
+        self._check_version(client, s)
         self._check_size(s)
+        return None
+
+    def _record(self, client: str, s: Submission) -> Ack:
+        """Commit the written update to the round that is open now (it may have changed meanwhile)."""
+        round_ = self._check_version(client, s)
         now = self._clock()
-        self._store.insert_update(s, round_, digest, now)
+        self._store.record_update(s, round_, s.digest or digest_of(s.delta), now)  # a given digest was checked
         if round_ == self._round.round:
             self._arrived.append(client)
         self._metrics.updates_accepted.inc()
@@ -315,6 +347,8 @@ class Coordinator:
             score = _gate_return(self.config, self.setup, candidate) if self.config.gate.enabled else None
             with self._lock:
                 self._commit(round_, candidate, new_state, score)
+            for u in stored:
+                self._store.remove_update_file(u.update_id)
         finally:
             self._closing = False
 

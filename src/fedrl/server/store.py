@@ -5,9 +5,12 @@ Layout of a state directory::
     server.db                  clients (token hashes only), versions, rounds, accepted updates, meta
     models/v000012.safetensors the params of version 12 and the strategy state that produced it
     rejected/r000031.safetensors a candidate the evaluation gate refused (kept for inspection)
+    updates/<sha256 of id>.f32 the delta (and control delta) of an accepted update of an open round
 
-Crash safety. An update is inserted and committed before its acknowledgement is returned,
-so an acknowledged update is on disk. A new version is written as a file first (temporary
+Crash safety. An update's vector is written to its file (fsynced under ``durability: fsync``)
+and then its record is committed, before its acknowledgement is returned: an acknowledged
+update is on disk. A file without a record (a crash in between) is never read and is swept at
+the next start; the files of a round are deleted once the version it made is recorded. A new version is written as a file first (temporary
 name, fsync, rename) and then recorded, together with the round's closing and the next round's
 opening, in one transaction: a crash between the two leaves an unrecorded file that the
 restarted server overwrites when it closes the same round again, from the same stored updates.
@@ -15,9 +18,11 @@ restarted server overwrites when it closes the same round again, from the same s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +45,8 @@ CREATE TABLE IF NOT EXISTS rounds(
     promoted INTEGER, new_version INTEGER);
 CREATE TABLE IF NOT EXISTS updates(
     update_id TEXT PRIMARY KEY, client TEXT NOT NULL, round INTEGER NOT NULL, base_version INTEGER NOT NULL,
-    env_steps INTEGER NOT NULL, metrics TEXT NOT NULL, digest TEXT NOT NULL, delta BLOB NOT NULL,
-    control BLOB, accepted_at REAL NOT NULL);
+    env_steps INTEGER NOT NULL, metrics TEXT NOT NULL, digest TEXT NOT NULL, has_control INTEGER NOT NULL,
+    accepted_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS updates_by_round ON updates(round);
 """
 
@@ -63,6 +68,14 @@ class StoredUpdate:
     accepted_at: float
 
 
+def _fsync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def _fsynced_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     """Write a safetensors file so that it is either absent or complete, even after a power cut."""
     tmp = path.with_name(path.name + ".tmp")
@@ -70,11 +83,12 @@ def _fsynced_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    _fsync_folder(path.parent)
+
+
+def update_file_name(update_id: str) -> str:
+    """The file of an update: named by a hash, since the id is the client's choice."""
+    return hashlib.sha256(update_id.encode()).hexdigest() + ".f32"
 
 
 class Store:
@@ -82,9 +96,11 @@ class Store:
 
     def __init__(self, path: Path, durability: str = "fsync") -> None:
         self.path = Path(path)
-        for sub in ("models", "rejected"):
+        self.fsync = durability == "fsync"
+        for sub in ("models", "rejected", "updates"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path / "server.db", check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA page_size=65536")  # before WAL: it fixes the page size of a new database
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'fsync' else 'NORMAL'}")
         self.db.execute("PRAGMA busy_timeout=10000")
@@ -227,15 +243,32 @@ class Store:
         ).fetchall()
         return [RoundStatus(*row[:6], None if row[6] is None else bool(row[6]), row[7]) for row in reversed(rows)]
 
-    # --- updates ------------------------------------------------------------------------
-    def insert_update(self, submission: Submission, round_: int, digest: str, now: float) -> None:
-        """Store an accepted update durably (committed when this returns)."""
+    # --- updates ---------------------------------------------------------------------------
+    def write_update_file(self, submission: Submission) -> None:
+        """Write an update's vectors to its file (safe to call without the coordinator's lock)."""
+        path = self.path / "updates" / update_file_name(submission.update_id)
+        tmp = path.with_name(path.name + f".{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(submission.delta.tobytes())
+            if submission.control_delta is not None:
+                f.write(submission.control_delta.tobytes())
+            if self.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if self.fsync:
+            _fsync_folder(path.parent)
+
+    def remove_update_file(self, update_id: str) -> None:
+        """Delete an update's file (one that was written but will not be recorded)."""
+        (self.path / "updates" / update_file_name(update_id)).unlink(missing_ok=True)
+
+    def record_update(self, submission: Submission, round_: int, digest: str, now: float) -> None:
+        """Commit an update's record (its file is already written); durable when this returns."""
         s = submission
-        control = None if s.control_delta is None else s.control_delta.tobytes()
         self.db.execute(
-            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (s.update_id, s.client, round_, s.base_version, s.env_steps, json.dumps(s.metrics), digest,
-             s.delta.tobytes(), control, now),
+             s.control_delta is not None, now),
         )
 
     def find_update(self, update_id: str) -> tuple[str, int, str, float] | None:
@@ -249,19 +282,35 @@ class Store:
         rows = self.db.execute("SELECT client FROM updates WHERE round = ? ORDER BY rowid", (round_,))
         return [r[0] for r in rows]
 
+    def _vectors(self, update_id: str, has_control: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        data = np.fromfile(self.path / "updates" / update_file_name(update_id), dtype=np.float32)
+        if has_control:
+            half = data.size // 2
+            return data[:half], data[half:]
+        return data, None
+
     def round_updates(self, round_: int) -> list[StoredUpdate]:
         """The accepted updates of ``round_``, in arrival order."""
         rows = self.db.execute(
             "SELECT u.update_id, u.client, c.id, u.round, u.base_version, u.env_steps, u.metrics, u.digest, "
-            "u.delta, u.control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
+            "u.has_control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
             "WHERE u.round = ? ORDER BY u.rowid", (round_,)
-        )
+        ).fetchall()
         return [
-            StoredUpdate(uid, client, cid, r, base, steps, json.loads(metrics), digest,
-                         np.frombuffer(delta, dtype=np.float32).copy(),
-                         None if control is None else np.frombuffer(control, dtype=np.float32).copy(), at)
-            for uid, client, cid, r, base, steps, metrics, digest, delta, control, at in rows
+            StoredUpdate(uid, client, cid, r, base, steps, json.loads(metrics), digest, *self._vectors(uid, bool(ctl)), at)
+            for uid, client, cid, r, base, steps, metrics, digest, ctl, at in rows
         ]
+
+    def sweep_update_files(self) -> int:
+        """Delete update files that belong to no open round (applied, or never recorded); returns how many."""
+        keep = {update_file_name(uid) for (uid,) in self.db.execute(
+            "SELECT update_id FROM updates WHERE round >= (SELECT MIN(round) FROM rounds WHERE closed_at IS NULL)")}
+        removed = 0
+        for path in (self.path / "updates").iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def _transaction(self):
         return _Transaction(self.db)

@@ -1,0 +1,176 @@
+"""The ``fedrl.v1.Federation`` gRPC service over a ``Coordinator``, and the server that hosts it.
+
+Each call authenticates its ``authorization: Bearer <token>`` metadata through the coordinator,
+translates the request into records (``fedrl.wire.convert``), asks the coordinator, and
+translates the answer back. A ``Rejected`` becomes the gRPC status named by its reason, with its
+message as the details; any other exception becomes INTERNAL, is logged with its traceback, and
+the server goes on serving.
+
+The handlers take and return raw bytes and parse them here rather than leaving it to gRPC, for
+two reasons: bytes that are not a valid message get INVALID_ARGUMENT with a message saying so
+(gRPC's own deserializer answers a bare INTERNAL), and the bytes in and out are counted exactly
+for the ``bytes_received`` and ``bytes_sent`` metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from fedrl.server.config import LimitsConfig
+from fedrl.server.coordinator import Coordinator
+from fedrl.server.log import log_event, logger
+from fedrl.server.metrics import ServerMetrics
+from fedrl.wire import convert
+from fedrl.wire import fedrl_pb2 as pb
+from fedrl.wire.records import Reason, Rejected
+
+TRANSPORT = "grpc"  # the label of this transport in the byte counters
+SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
+_M = TypeVar("_M", bound=Message)
+
+
+def _parse(kind: type[_M], raw: bytes) -> _M:
+    """One request message, or INVALID_ARGUMENT saying which message the bytes failed to be."""
+    try:
+        return kind.FromString(raw)
+    except DecodeError:
+        raise Rejected(Reason.INVALID_ARGUMENT, f"not a valid {kind.DESCRIPTOR.full_name} message ({len(raw)} bytes)") from None
+
+
+def _bearer_token(context: grpc.ServicerContext) -> str:
+    """The token of the call's ``authorization: Bearer <token>`` metadata; empty when there is none."""
+    for key, value in context.invocation_metadata():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value.removeprefix("Bearer ").strip()
+    return ""
+
+
+class FederationService:
+    """The handlers of ``fedrl.v1.Federation``; ``handler()`` registers them with a ``grpc.Server``."""
+
+    def __init__(self, coordinator: Coordinator, metrics: ServerMetrics | None = None) -> None:
+        self._coordinator = coordinator
+        self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
+        self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's methods, each guarded so that every failure is a status with a message."""
+        unary, stream_out, stream_in = (
+            grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler, grpc.stream_unary_rpc_method_handler
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Register": unary(self._guarded("Register", self.register)),
+            "Heartbeat": unary(self._guarded("Heartbeat", self.heartbeat)),
+            "GetTask": stream_out(self._guarded("GetTask", self.get_task)),
+            "PullModel": stream_out(self._guarded("PullModel", self.pull_model)),
+            "PushUpdate": stream_in(self._guarded("PushUpdate", self.push_update)),
+        })
+
+    def _guarded(self, method: str, body: Callable) -> Callable:
+        """``body``, with ``Rejected`` turned into its status and anything else into INTERNAL."""
+        def call(request, context: grpc.ServicerContext):
+            try:
+                return body(request, context)
+            except Rejected as refusal:
+                code, message = grpc.StatusCode[refusal.reason.value], refusal.message
+                log_event("call_refused", method=method, code=code.name, message=message, peer=context.peer())
+            except Exception as error:  # a bug or a failing disk: answer, log, keep serving
+                if not context.is_active():  # the caller hung up mid-call (a dropped link): no one to answer
+                    log_event("call_abandoned", method=method, peer=context.peer())
+                    return None
+                code, message = grpc.StatusCode.INTERNAL, f"internal server error in {method} ({type(error).__name__}); see the server log"
+                logger.error("call_failed", exc_info=error, extra={"fields": {"method": method, "peer": context.peer()}})
+            context.abort(code, message)
+        return call
+
+    def _client(self, context: grpc.ServicerContext) -> str:
+        return self._coordinator.authenticate(_bearer_token(context))
+
+    def _in(self, raw: bytes) -> bytes:
+        if self._received is not None:
+            self._received.inc(len(raw))
+        return raw
+
+    def _out(self, message: Message) -> bytes:
+        raw = message.SerializeToString()
+        if self._sent is not None:
+            self._sent.inc(len(raw))
+        return raw
+
+    def register(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Register the calling client; the name it gives must be its token's."""
+        client = self._client(context)
+        claimed = _parse(pb.RegisterRequest, self._in(request)).client
+        if claimed != client:
+            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}")
+        return self._out(convert.registration_message(self._coordinator.register(client)))
+
+    def heartbeat(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Note the caller alive with the version it acts with; answer the deployed version."""
+        client = self._client(context)
+        beat = _parse(pb.HeartbeatRequest, self._in(request))
+        acting = beat.acting_version if beat.HasField("acting_version") else None
+        return self._out(pb.HeartbeatReply(deployed_version=self._coordinator.heartbeat(client, acting)))
+
+    def get_task(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """The caller's task (with SCAFFOLD's server control in chunks) or a wait."""
+        client = self._client(context)
+        _parse(pb.TaskRequest, self._in(request))
+        return map(self._out, convert.task_parts(self._coordinator.task(client)))
+
+    def pull_model(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """One stored version (the deployed one when none is named), header then chunks."""
+        self._client(context)
+        pull = _parse(pb.PullRequest, self._in(request))
+        model = self._coordinator.model(pull.version if pull.HasField("version") else None)
+        return map(self._out, convert.model_parts(model))
+
+    def push_update(self, requests: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
+        """Reassemble one update from its stream and submit it as the caller; answer its ``Ack``."""
+        client = self._client(context)  # before a single chunk is read
+        parts = (_parse(pb.UpdatePart, self._in(raw)) for raw in requests)
+        try:
+            submission = convert.read_update(parts, self._coordinator.config.limits.max_message_bytes)
+        except Rejected as refusal:  # the coordinator counts the refusals it makes itself
+            self._coordinator.note_rejected(client, refusal)
+            raise
+        return self._out(convert.ack_message(self._coordinator.submit(client, submission)))
+
+
+def serve_grpc(
+    coordinator: Coordinator,
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+    limits: LimitsConfig,
+    metrics: ServerMetrics | None = None,
+) -> tuple[grpc.Server, int]:
+    """Start serving ``coordinator`` on ``address`` (TLS with ``credentials``; plain text with None).
+
+    Returns the started server and the port it bound (the real one for port 0). Messages above
+    ``limits.max_message_bytes`` are refused by gRPC with RESOURCE_EXHAUSTED; at most
+    ``limits.max_concurrent_streams`` calls run at once, each on its own thread (an upload from a
+    slow link holds its thread for as long as it takes), and calls beyond that are refused with
+    RESOURCE_EXHAUSTED rather than queued. The caller checks that plain text is allowed
+    (``fedrl.wire.tls.ensure_plaintext_allowed``) and stops the server with ``server.stop(grace)``.
+    """
+    streams = limits.max_concurrent_streams
+    options = [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_concurrent_streams", streams),
+        ("grpc.so_reuseport", 0),  # a second server on a port in use must fail, not share it
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="fedrl-grpc"),
+        handlers=[FederationService(coordinator, metrics).handler()],
+        options=options,
+        maximum_concurrent_rpcs=streams,
+    )
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    server.start()
+    return server, port

@@ -1,0 +1,158 @@
+"""The records of ``fedrl.wire.records`` as ``fedrl.v1`` protobuf messages, and back.
+
+Server and edge agent both translate through here, so the two ends cannot drift apart. Unary
+records map to one message each. A record holding a vector travels as a stream: a header part,
+then ``chunk`` parts with the vector's bytes (``fedrl.wire.codec``); ``*_parts`` writes such a
+stream and ``read_*`` rebuilds the record from one, refusing a malformed stream with
+``Rejected(INVALID_ARGUMENT)`` and one larger than the reader's limit with
+``Rejected(RESOURCE_EXHAUSTED)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import numpy as np
+
+from fedrl.wire import codec
+from fedrl.wire import fedrl_pb2 as pb
+from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submission, Task, Wait
+
+_Part = TypeVar("_Part", pb.TaskPart, pb.ModelPart, pb.UpdatePart)
+
+
+def vector_header(vector: np.ndarray) -> pb.VectorHeader:
+    """The header declaring ``vector``'s layout."""
+    meta = codec.describe(vector)
+    return pb.VectorHeader(dtype=meta.dtype, length=meta.length, sha256=meta.sha256)
+
+
+def _meta(header: pb.VectorHeader) -> codec.VectorMeta:
+    return codec.VectorMeta(header.dtype, header.length, header.sha256)
+
+
+def _split(parts: Iterable[_Part], what: str) -> tuple[_Part, Iterator[bytes]]:
+    """A stream's header part and an iterator over the chunks that follow it."""
+    parts = iter(parts)
+    first = next(parts, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise Rejected(Reason.INVALID_ARGUMENT, f"a {what} stream must start with its header")
+    return first.header, _chunks(parts, what)
+
+
+def _chunks(parts: Iterator[_Part], what: str) -> Iterator[bytes]:
+    for part in parts:
+        if part.WhichOneof("part") != "chunk":
+            raise Rejected(Reason.INVALID_ARGUMENT, f"a {what} stream has one header, then only chunks")
+        yield part.chunk
+
+
+def registration_message(registration: Registration) -> pb.Registration:
+    """``Registration`` as sent."""
+    return pb.Registration(
+        client=registration.client,
+        experiment_yaml=registration.experiment_yaml,
+        deployed_version=registration.deployed_version,
+        heartbeat_s=registration.heartbeat_s,
+    )
+
+
+def read_registration(message: pb.Registration) -> Registration:
+    """``Registration`` as received."""
+    return Registration(message.client, message.experiment_yaml, message.deployed_version, message.heartbeat_s)
+
+
+def ack_message(ack: Ack) -> pb.Ack:
+    """``Ack`` as sent."""
+    return pb.Ack(update_id=ack.update_id, round=ack.round, accepted_at=ack.accepted_at, duplicate=ack.duplicate)
+
+
+def read_ack(message: pb.Ack) -> Ack:
+    """``Ack`` as received."""
+    return Ack(message.update_id, message.round, message.accepted_at, message.duplicate)
+
+
+def task_parts(task: Task | Wait) -> Iterator[pb.TaskPart]:
+    """A task (with the chunks of its server control, if any) or a wait, as a stream."""
+    if isinstance(task, Wait):
+        wait = pb.Wait(retry_after_s=task.retry_after_s, reason=task.reason, finished=task.finished)
+        yield pb.TaskPart(header=pb.TaskHeader(wait=wait))
+        return
+    train = pb.Train(round=task.round, base_version=task.base_version, deadline_s=task.deadline_s)
+    if task.server_control is not None:
+        train.server_control.CopyFrom(vector_header(task.server_control))
+    yield pb.TaskPart(header=pb.TaskHeader(train=train))
+    if task.server_control is not None:
+        yield from (pb.TaskPart(chunk=chunk) for chunk in codec.chunks(task.server_control))
+
+
+def read_task(parts: Iterable[pb.TaskPart], max_bytes: int) -> Task | Wait:
+    """The task or wait a stream from ``task_parts`` carries."""
+    header, chunks = _split(parts, "task")
+    kind = header.WhichOneof("kind")
+    if kind == "wait":
+        codec.assemble({}, chunks, max_bytes)  # a wait carries no bytes
+        return Wait(header.wait.retry_after_s, header.wait.reason, header.wait.finished)
+    if kind != "train":
+        raise Rejected(Reason.INVALID_ARGUMENT, "a task header must hold a train or a wait")
+    train = header.train
+    metas = {"server_control": _meta(train.server_control)} if train.HasField("server_control") else {}
+    control = codec.assemble(metas, chunks, max_bytes)
+    return Task(train.round, train.base_version, train.deadline_s, control[0] if control else None)
+
+
+def model_parts(model: Model) -> Iterator[pb.ModelPart]:
+    """A stored version as a stream: its header, then the chunks of its parameters."""
+    header = pb.ModelHeader(version=model.version, round=model.round, params=vector_header(model.params))
+    if model.eval_return is not None:
+        header.eval_return = model.eval_return
+    yield pb.ModelPart(header=header)
+    yield from (pb.ModelPart(chunk=chunk) for chunk in codec.chunks(model.params))
+
+
+def read_model(parts: Iterable[pb.ModelPart], max_bytes: int) -> Model:
+    """The version a stream from ``model_parts`` carries."""
+    header, chunks = _split(parts, "model")
+    (params,) = codec.assemble({"params": _meta(header.params)}, chunks, max_bytes)
+    eval_return = header.eval_return if header.HasField("eval_return") else None
+    return Model(header.version, params, header.round, eval_return)
+
+
+def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
+    """An update as a stream: its header, then the chunks of its delta and of its control delta, if any."""
+    header = pb.UpdateHeader(
+        update_id=submission.update_id,
+        client=submission.client,
+        round=submission.round,
+        base_version=submission.base_version,
+        env_steps=submission.env_steps,
+        metrics=submission.metrics,
+        delta=vector_header(submission.delta),
+    )
+    if submission.control_delta is not None:
+        header.control_delta.CopyFrom(vector_header(submission.control_delta))
+    yield pb.UpdatePart(header=header)
+    yield from (pb.UpdatePart(chunk=chunk) for chunk in codec.chunks(submission.delta))
+    if submission.control_delta is not None:
+        yield from (pb.UpdatePart(chunk=chunk) for chunk in codec.chunks(submission.control_delta))
+
+
+def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int) -> Submission:
+    """The submission a stream from ``update_parts`` carries, checked against its declared layout."""
+    header, chunks = _split(parts, "update")
+    metas = {"delta": _meta(header.delta)}
+    if header.HasField("control_delta"):
+        metas["control_delta"] = _meta(header.control_delta)
+    vectors = codec.assemble(metas, chunks, max_bytes)
+    return Submission(
+        update_id=header.update_id,
+        client=header.client,
+        round=header.round,
+        base_version=header.base_version,
+        delta=vectors[0],
+        env_steps=header.env_steps,
+        metrics=dict(header.metrics),
+        control_delta=vectors[1] if len(vectors) > 1 else None,
+        digest=header.delta.sha256,
+    )
