@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from fedrl.server.auth import hash_token, new_token
+from fedrl.wire import disk
 from fedrl.wire.records import ClientStatus, Model, RoundStatus, Submission
 
 _SCHEMA = """
@@ -68,22 +69,9 @@ class StoredUpdate:
     accepted_at: float
 
 
-def _fsync_folder(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
 def _fsynced_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     """Write a safetensors file so that it is either absent or complete, even after a power cut."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.require(v, requirements="C") for k, v in arrays.items()}, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_folder(path.parent)
+    disk.write_atomic(path, save({k: np.require(v, requirements="C") for k, v in arrays.items()}))  # keeps 0-d arrays 0-d
 
 
 def update_file_name(update_id: str) -> str:
@@ -256,7 +244,7 @@ class Store:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if self.fsync:
-            _fsync_folder(path.parent)
+            disk.sync_folder(path.parent)
 
     def remove_update_file(self, update_id: str) -> None:
         """Delete an update's file (one that was written but will not be recorded)."""

@@ -1,0 +1,111 @@
+"""``fedrl client``: run an edge agent on a device, connected to a ``fedrl server`` over gRPC or MQTT."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from fedrl.cli.mqtt import BROKER, BROKER_PASSWORD, FLEET, MQTT_VERSION, TRANSPORT, Transport, broker_options
+
+
+def _default_state_dir(name: str) -> Path:
+    """``$XDG_STATE_HOME/fedrl/NAME``, by default ``~/.local/state/fedrl/NAME``."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "fedrl" / name
+
+
+def read_token(token: str | None, token_file: Path | None) -> str:
+    """The client's token from exactly one of ``--token`` (or ``FEDRL_TOKEN``) and ``--token-file``."""
+    if token and token_file:
+        raise ValueError("give the token once: --token (or FEDRL_TOKEN) or --token-file, not both")
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
+        if not token:
+            raise ValueError(f"--token-file {token_file} is empty")
+    if not token:
+        raise ValueError("no token: give --token-file FILE (from `fedrl fleet add-client`), FEDRL_TOKEN or --token")
+    return token
+
+
+def channel_credentials(server: str, ca: Path | None, cert: Path | None, key: Path | None, insecure: bool):
+    """TLS credentials trusting ``ca`` (with a client certificate for mutual TLS), or None for
+    plain text, which is allowed only with ``insecure`` on a loopback address."""
+    from fedrl.wire import tls
+
+    if ca is None:
+        if cert is not None or key is not None:
+            raise ValueError("--cert and --key need --ca (the CA that signed the server's certificate)")
+        tls.ensure_plaintext_allowed(server, insecure)
+        return None
+    if insecure:
+        raise ValueError("--insecure asks for plain text but --ca asks for TLS: give one of them")
+    return tls.channel_credentials(ca, cert, key)
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT stop the agent cleanly; a second one ends the process at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def client(
+    server: Optional[str] = typer.Option(None, "--server", help="The server's gRPC address, HOST:PORT (with --transport grpc)."),
+    name: str = typer.Option(..., "--name", help="This client's name, as enrolled with `fedrl fleet add-client NAME`."),
+    client_index: int = typer.Option(..., "--client-index", min=0, help="This device's client (row of physical parameters) in the experiment."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FEDRL_TOKEN", help="The client's token; prefer --token-file or FEDRL_TOKEN (a command line is visible to other users)."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the client's token."),
+    env: Optional[str] = typer.Option(None, "--env", help="The environment family this device runs (or the Gymnasium id of a gym experiment); refuse a server that trains another."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where the pending update, learner state and acting policy survive a restart (default ~/.local/state/fedrl/NAME)."),
+    ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate (PEM) that signed the server's (with --transport mqtt: the broker's) certificate: connect with TLS."),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="This client's certificate (PEM), for mutual TLS."),
+    key: Optional[Path] = typer.Option(None, "--key", help="This client's private key (PEM), for mutual TLS."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only."),
+    timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds one call (a whole model or update transfer) may take."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also log waits and unanswered heartbeats."),
+    transport: Transport = TRANSPORT,
+    broker: str = BROKER,
+    fleet: str = FLEET,
+    broker_user: Optional[str] = typer.Option(None, "--broker-user", help="Broker username (default: --name, as the fleet ACL expects)."),
+    broker_password: Optional[str] = BROKER_PASSWORD,
+    mqtt_version: str = MQTT_VERSION,
+) -> None:
+    """Run an edge agent: register, then pull, train locally and push updates until the run is
+    finished, riding out server restarts and network loss. JSON log lines on stderr."""
+    from fedrl.cli import _fail
+    from fedrl.edge.agent import Agent, AgentConfig, Fatal
+    from fedrl.edge.grpc_link import GrpcLink
+    from fedrl.edge.mqtt_link import MqttLink
+    from fedrl.server.log import setup_logging  # the log format only: the agent itself never imports the server
+
+    try:
+        secret = read_token(token, token_file)
+        if transport is Transport.mqtt:
+            options = broker_options(broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version)
+        elif server is None:
+            raise ValueError("give --server HOST:PORT (or --transport mqtt and --broker HOST:PORT)")
+        else:
+            credentials = channel_credentials(server, ca, cert, key, insecure)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    setup_logging("debug" if verbose else "info")
+    link = MqttLink(options, secret, name, timeout) if transport is Transport.mqtt else GrpcLink(server, secret, name, credentials, timeout)
+    agent = Agent(link, AgentConfig(state_dir or _default_state_dir(name), client_index, env))
+    _stop_on_signals(agent.stop)
+    try:
+        agent.run()
+    except Fatal as exc:
+        _fail(str(exc))
+    finally:
+        link.close()

@@ -1,0 +1,384 @@
+"""The edge agent: one device's loop of register, pull, train, push -- that outlives the server.
+
+``Agent.run`` registers (learning the experiment to train), starts a heartbeat thread, pushes
+any update a previous run left pending, then asks the server what to do, over and over:
+
+- ``Task``: pull the base version unless it is held, train locally (``fedrl.edge.trainer``),
+  write the update to disk (``fedrl.edge.pending``), push it, and forget it after the ``Ack``;
+- ``Wait``: sleep as told, or return when the run is finished.
+
+The acting policy (``fedrl.edge.acting``) follows the version the server says is deployed
+(at registration and in every heartbeat's answer): a new version is pulled and swapped in
+between two decisions, without a restart.
+
+Failures. ``Unreachable`` (server down, restarting, network gone): back off with jitter
+(``fedrl.edge.backoff``) and try again, forever -- a device never gives up on its server.
+``Rejected`` for the credentials (UNAUTHENTICATED, PERMISSION_DENIED) raises ``Fatal``: a wrong
+token must fail loudly, not loop. RESOURCE_EXHAUSTED (a rate limit) is retried with backoff a
+few times. Any other ``Rejected`` is logged; a refused update is dropped.
+``stop()`` (SIGTERM, SIGINT) ends the loop at the next call or wait; what is on disk stays.
+
+Everything that must survive a restart lives in ``AgentConfig.state_dir``: the experiment
+(``experiment.yaml``), the pending update, the learner state and the acting policy. One agent
+at a time may use a folder (a lock file says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+
+from fedrl.wire import disk
+from fedrl.edge.acting import ActingPolicy, Policy, clear_acting, load_acting, save_acting
+from fedrl.edge.backoff import BackoffConfig, backoff_delay
+from fedrl.edge.link import Link, Unreachable
+from fedrl.edge.pending import PendingStore, new_submission
+from fedrl.edge.trainer import LEARNER_FILE, EdgeTrainer, LocalState, trainer_from_yaml
+from fedrl.sim.config import ConfigError
+from fedrl.wire.records import Model, Reason, Registration, Rejected, Submission, Task
+
+log = logging.getLogger("fedrl.edge")
+T = TypeVar("T")
+CREDENTIAL_REASONS = (Reason.UNAUTHENTICATED, Reason.PERMISSION_DENIED)
+EXPERIMENT_FILE = "experiment.yaml"
+LOCK_FILE = "agent.lock"
+
+
+def event(level: int, name: str, **fields: object) -> None:
+    """Log event ``name`` (snake_case) with its fields as the record's ``fields`` attribute, the
+    convention of fedrl's structured logs: ``fedrl client`` writes each as one JSON line."""
+    log.log(level, name, extra={"fields": fields})
+
+
+class Fatal(Exception):
+    """A failure that retrying cannot fix: refused credentials, an experiment this device
+    cannot train. The message says what to change."""
+
+
+class _Stopped(Exception):
+    """``stop()`` was called while the agent waited."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How one edge agent runs."""
+
+    state_dir: Path
+    """Where the agent keeps what must survive a restart (pending update, learner state, acting policy)."""
+    client_index: int
+    """This device's row of physical parameters in the experiment, 0 .. n_clients - 1."""
+    env: str | None = None
+    """The environment family this device runs (or, for a ``gym`` experiment, its Gymnasium id);
+    an experiment of another is refused. None: whatever the server's experiment trains."""
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    """Waits between attempts to reach the server."""
+    heartbeat_s: float = 10.0
+    """Heartbeat period when the server's registration gives none."""
+    jitter_seed: int | None = None
+    """Seed of the backoff jitter; None (on a device) draws it from the operating system."""
+
+
+def check_env(trainer: EdgeTrainer, expected: str | None) -> None:
+    """``Fatal`` unless the experiment trains the environment ``expected`` names (None: any)."""
+    env = trainer.setup.config.env
+    names = [env.family] + ([env.gym.id] if env.gym is not None else [])
+    if expected is not None and expected not in names:
+        raise Fatal(f"this device runs env {expected!r} but the server's experiment trains {' / '.join(names)!r}")
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir`` for one agent; ``Fatal`` when another agent holds it."""
+    with open(state_dir / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Fatal(f"state dir {state_dir} is in use by another agent") from None
+        yield
+
+
+class Agent:
+    """One device's connection to the federation: trains when asked, acts with the deployed version."""
+
+    def __init__(self, link: Link, config: AgentConfig) -> None:
+        self.link, self.config = link, config
+        self.acting = ActingPolicy()
+        self.pending = PendingStore(config.state_dir)
+        self._stop, self._wake = threading.Event(), threading.Event()
+        self._rng = np.random.default_rng(config.jitter_seed)
+        self._failures = 0  # consecutive calls without a useful answer: the backoff exponent
+        self._deployed: int | None = None
+        self._fatal: Fatal | None = None  # raised in the heartbeat thread, re-raised by run
+        self._client, self._experiment = "", ""
+        self._trainer: EdgeTrainer | None = None
+        self._local: LocalState | None = None
+        self._models: dict[int, Model] = {}
+
+    def stop(self) -> None:
+        """Ask ``run`` to return at its next call or wait (safe from a signal handler or thread)."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Serve until the server says the run is finished or ``stop`` is called; ``Fatal``
+        when the server refuses the credentials or the experiment cannot be trained here."""
+        state_dir = Path(self.config.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        heartbeat = None
+        with _locked(state_dir):
+            try:
+                self._restore()
+                registration = self._register()
+                period = registration.heartbeat_s if registration.heartbeat_s > 0 else self.config.heartbeat_s
+                heartbeat = threading.Thread(target=self._heartbeats, args=(period,), name="fedrl-heartbeat", daemon=True)
+                heartbeat.start()
+                self._push_pending()
+                while not self._stop.is_set():
+                    self._step()
+            except _Stopped:
+                pass
+            finally:
+                self.stop()
+                if heartbeat is not None:
+                    heartbeat.join()
+        if self._fatal is not None:
+            raise self._fatal
+        event(logging.INFO, "stopped", client=self._client, acting_version=self.acting.version)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Take up the experiment, learner state and acting policy a previous run left, so the
+        device acts again before it reaches the server."""
+        path = Path(self.config.state_dir) / EXPERIMENT_FILE
+        if not path.exists():
+            return
+        try:
+            text = path.read_text()
+            trainer = trainer_from_yaml(text, self.config.client_index)
+            local, policy = trainer.restore(self.config.state_dir), load_acting(self.config.state_dir, trainer)
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+            event(logging.WARNING, "stored_state_ignored", error=str(exc))
+            return
+        self._experiment, self._trainer, self._local = text, trainer, local
+        self.acting.swap(policy)
+        event(logging.INFO, "restored", acting_version=self.acting.version)
+
+    def _register(self) -> Registration:
+        """Register (retrying until answered) and adopt the experiment the server trains."""
+        while True:
+            try:
+                registration = self._call("register", self.link.register)
+                break
+            except Rejected as exc:
+                self._pause("refused", call="register", reason=exc.reason.value, message=exc.message)
+        self._client = registration.client
+        if registration.experiment_yaml != self._experiment:
+            self._adopt(registration.experiment_yaml)
+        check_env(self._trainer, self.config.env)
+        self._learn_deployed(registration.deployed_version)
+        event(logging.INFO, "registered", client=registration.client, deployed_version=registration.deployed_version,
+              client_index=self.config.client_index, heartbeat_s=registration.heartbeat_s)
+        return registration
+
+    def _adopt(self, experiment_yaml: str) -> None:
+        """Start afresh on a new experiment: the old learner state and acting policy go."""
+        try:
+            trainer = trainer_from_yaml(experiment_yaml, self.config.client_index)
+            local = trainer.fresh_state()
+        except ConfigError as exc:
+            raise Fatal(f"cannot train the server's experiment here: {exc}") from None
+        state_dir = Path(self.config.state_dir)
+        clear_acting(state_dir)
+        disk.remove(state_dir / LEARNER_FILE)
+        disk.write_atomic(state_dir / EXPERIMENT_FILE, experiment_yaml.encode())
+        self._experiment, self._trainer, self._local, self._models = experiment_yaml, trainer, local, {}
+        self.acting.swap(None)
+
+    def _push_pending(self) -> None:
+        """Push the update a previous run trained but never saw acknowledged."""
+        try:
+            submission = self.pending.load()
+        except ValueError as exc:
+            event(logging.WARNING, "pending_dropped", error=str(exc))
+            self.pending.clear()
+            return
+        if submission is None:
+            return
+        if submission.client != self._client:
+            event(logging.WARNING, "pending_dropped", update_id=submission.update_id,
+                  error=f"trained as client {submission.client}, registered as {self._client}")
+            self.pending.clear()
+            return
+        event(logging.INFO, "resubmitting", update_id=submission.update_id, round=submission.round)
+        self._push(submission)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Follow the deployed version, then do what the server asks."""
+        self._follow_deployed()
+        try:
+            reply = self._call("task", self.link.task)
+        except Rejected as exc:
+            self._pause("refused", call="task", reason=exc.reason.value, message=exc.message)
+            if exc.reason is Reason.NOT_FOUND:  # the server has forgotten this client
+                self._register()
+            return
+        if isinstance(reply, Task):
+            self._train(reply)
+        elif reply.finished:
+            self._finish(reply.reason)
+        else:
+            event(logging.DEBUG, "wait", seconds=reply.retry_after_s, reason=reply.reason)
+            self._sleep(reply.retry_after_s)
+
+    def _finish(self, reason: str) -> None:
+        """The run is over: act with the final deployed version if the server answers at once
+        (a server that exits when its run is over must not keep the device waiting), then stop."""
+        try:
+            self._learn_deployed(self.link.heartbeat(self.acting.version))
+            self._follow_deployed(patient=False)
+        except (Unreachable, Rejected) as exc:
+            event(logging.WARNING, "final_version_unknown", error=str(exc))
+        event(logging.INFO, "finished", reason=reason, acting_version=self.acting.version)
+        self.stop()
+
+    def _train(self, task: Task) -> None:
+        """Train from the task's base version; the update is on disk before it is pushed."""
+        try:
+            model = self._model(task.base_version)
+        except Rejected as exc:
+            self._pause("refused", call="pull", version=task.base_version, reason=exc.reason.value, message=exc.message)
+            return
+        started = time.monotonic()
+        update, local = self._trainer.train(self._local, model.params, task.round, task.server_control)
+        seconds = time.monotonic() - started
+        submission = new_submission(self._client, task.round, task.base_version, update.delta, update.env_steps,
+                                    update.metrics, update.control_delta)
+        self.pending.save(submission)
+        self._trainer.save_learner(self.config.state_dir, local)
+        self._local = local
+        event(logging.INFO, "trained", round=task.round, base_version=task.base_version, env_steps=update.env_steps,
+              loss=update.metrics["loss"], seconds=seconds, update_id=submission.update_id)
+        if seconds > task.deadline_s:
+            event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
+        self._push(submission)
+
+    def _push(self, submission: Submission) -> None:
+        """Push until answered; forget the update once acknowledged or refused."""
+        try:
+            ack = self._call("push", lambda: self.link.push(submission))
+        except Rejected as exc:
+            event(logging.WARNING, "update_dropped", update_id=submission.update_id, round=submission.round,
+                  reason=exc.reason.value, message=exc.message)
+        else:
+            event(logging.INFO, "acknowledged", update_id=ack.update_id, round=ack.round, duplicate=ack.duplicate)
+        self.pending.clear()
+
+    # -- the deployed version ---------------------------------------------------------------
+
+    def _learn_deployed(self, version: int) -> None:
+        """Note the version the server deploys; a change wakes the loop to act with it."""
+        if version != self._deployed:
+            self._deployed = version
+            self._wake.set()
+
+    def _follow_deployed(self, patient: bool = True) -> None:
+        """Swap the acting policy to the deployed version if it is not acting already
+        (``patient``: pull through an unreachable server; else ``Unreachable`` is raised)."""
+        version = self._deployed
+        if version is None or version == self.acting.version:
+            return
+        try:
+            model = self._model(version, patient)
+        except Rejected as exc:
+            event(logging.WARNING, "refused", call="pull", version=version, reason=exc.reason.value, message=exc.message)
+            return
+        policy = Policy(version, self._trainer.acting_params(model.params, self._local), self._trainer, time.time())
+        save_acting(self.config.state_dir, policy)  # first: a reboot acts with what acted last
+        self.acting.swap(policy)
+        event(logging.INFO, "acting", version=version, eval_return=model.eval_return)
+
+    def _model(self, version: int, patient: bool = True) -> Model:
+        """Global version ``version``, pulled unless held (``patient``: retrying while the server
+        is unreachable; else once); keeps it and the deployed one."""
+        if version not in self._models:
+            pull = lambda: self.link.pull(version)  # noqa: E731
+            model = self._call("pull", pull) if patient else pull()
+            dim = self._trainer.setup.net.spec.dim
+            if np.shape(model.params) != (dim,):
+                raise Fatal(f"the server's version {version} has {np.size(model.params)} parameters; "
+                            f"its experiment's network has {dim}")
+            self._models = {v: m for v, m in self._models.items() if v == self._deployed} | {version: model}
+        return self._models[version]
+
+    def _heartbeats(self, period: float) -> None:
+        """Every ``period`` seconds: say which version acts, learn which one is deployed."""
+        while not self._stop.wait(period):
+            try:
+                self._learn_deployed(self.link.heartbeat(self.acting.version))
+            except Unreachable as exc:
+                event(logging.DEBUG, "heartbeat_unanswered", error=str(exc))
+            except Rejected as exc:
+                if exc.reason in CREDENTIAL_REASONS:
+                    self._fatal = _refused_credentials(exc)
+                    self.stop()
+                    return
+                event(logging.WARNING, "refused", call="heartbeat", reason=exc.reason.value, message=exc.message)
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def _call(self, name: str, call: Callable[[], T]) -> T:
+        """``call()`` until the server answers it; while it is unreachable, back off and retry.
+        RESOURCE_EXHAUSTED (over the rate or concurrency limit) is retried a few times too: it
+        usually means "later", and a resent update is acknowledged once."""
+        exhausted = 0
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                answer = call()
+            except Unreachable as exc:
+                self._pause("unreachable", call=name, error=str(exc))
+                continue
+            except Rejected as exc:
+                if exc.reason in CREDENTIAL_REASONS:
+                    raise _refused_credentials(exc) from None
+                if exc.reason is Reason.RESOURCE_EXHAUSTED and exhausted < EXHAUSTED_RETRIES:
+                    exhausted += 1
+                    self._pause("slowed_down", call=name, message=exc.message)
+                    continue
+                raise
+            self._failures = 0
+            return answer
+
+    def _pause(self, name: str, **fields: object) -> None:
+        """Log a failed call and wait the backoff delay for one more consecutive failure."""
+        delay = backoff_delay(self.config.backoff, self._failures, self._rng)
+        self._failures += 1
+        event(logging.WARNING, name, attempt=self._failures, retry_in_s=delay, **fields)
+        if self._stop.wait(delay):
+            raise _Stopped
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when a new version is deployed or the agent stops."""
+        self._wake.wait(seconds)
+        self._wake.clear()
+        if self._stop.is_set():
+            raise _Stopped
+
+
+EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)
+
+
+def _refused_credentials(exc: Rejected) -> Fatal:
+    return Fatal(f"the server refused this client ({exc.reason.value}): {exc.message}; check the token and the client name")

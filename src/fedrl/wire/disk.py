@@ -1,0 +1,69 @@
+"""Durable files, for the server's store and the edge agent alike: written whole or not at all,
+so a power cut leaves no half file.
+
+A record is one safetensors file: named arrays, plus a JSON header kept in the file's metadata,
+so arrays and header change together in one rename. ``write_atomic`` writes a temporary file
+beside the target, flushes it to the disk (fsync), renames it over the target and syncs the
+folder, so after a crash the target holds either the old bytes or the new ones. A leftover
+temporary file is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
+
+_HEADER = "fedrl.header"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` in one step that survives a crash (tmp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+    sync_folder(path.parent)  # the rename itself must reach the disk too
+
+
+def save_record(path: Path, arrays: dict[str, np.ndarray], header: dict) -> None:
+    """Write ``arrays`` and the JSON-able ``header`` atomically as one safetensors file."""
+    tensors = {name: np.require(array, requirements="C") for name, array in arrays.items()}  # 0-d stays 0-d
+    write_atomic(path, save(tensors, metadata={_HEADER: json.dumps(header)}))
+
+
+def load_record(path: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The arrays and header of a record, or None when there is none; ``ValueError`` naming the
+    file when it cannot be read as one."""
+    if not Path(path).exists():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as file:
+            header = json.loads((file.metadata() or {})[_HEADER])
+            return {name: file.get_tensor(name) for name in file.keys()}, header
+    except (SafetensorError, KeyError, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable record ({type(exc).__name__}: {exc})") from None
+
+
+def remove(path: Path) -> None:
+    """Delete ``path`` if it exists, durably."""
+    path = Path(path)
+    if path.exists():
+        path.unlink()
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to the disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,304 @@
+"""The edge agent's loop, driven through a test double of the transport (the ``Link``).
+
+The double answers from a script and records every call; it can be made unreachable or made to
+refuse a call. Training, the pending file, the acting policy and the threads are all real.
+"""
+
+import json
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fedrl.edge.agent import Agent, AgentConfig, Fatal
+from fedrl.edge.backoff import BackoffConfig
+from fedrl.edge.link import Unreachable
+from fedrl.edge.pending import PendingStore, new_submission
+from fedrl.edge.trainer import trainer_from_yaml
+from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Task, Wait
+
+FAST = BackoffConfig(initial_s=0.001, factor=2.0, cap_s=0.01)
+FOREVER = 10**9
+
+
+class ScriptedLink:
+    """A transport double: scripted answers, a record of calls, calls that fail on demand."""
+
+    def __init__(self, experiment, models, tasks=(), deployed=0, heartbeat_s=0.02):
+        self.experiment, self.models, self.deployed, self.heartbeat_s = experiment, models, deployed, heartbeat_s
+        self.tasks = list(tasks)  # answers to task(), in order; then Wait(finished) or, with waiting, Wait
+        self.waiting = False  # when the script is spent: keep answering Wait instead of finishing
+        self.unreachable = {}  # call name -> how many more times it fails as Unreachable
+        self.refuse = {}  # call name -> the Rejected it raises
+        self.calls, self.pushed, self.heartbeats = [], [], []
+        self._lock = threading.Lock()
+
+    def _answer(self, name):
+        with self._lock:
+            self.calls.append(name)
+            if self.unreachable.get(name, 0) > 0:
+                self.unreachable[name] -= 1
+                raise Unreachable(f"{name}: UNAVAILABLE: connection refused")
+            if name in self.refuse:
+                raise self.refuse[name]
+
+    def register(self):
+        self._answer("register")
+        return Registration("dev-1", self.experiment, self.deployed, self.heartbeat_s)
+
+    def heartbeat(self, acting_version):
+        self._answer("heartbeat")
+        self.heartbeats.append(acting_version)
+        return self.deployed
+
+    def task(self):
+        self._answer("task")
+        if self.tasks:
+            return self.tasks.pop(0)
+        return Wait(0.01, "nothing to do", finished=not self.waiting)
+
+    def pull(self, version):
+        self._answer("pull")
+        return Model(version, self.models[version], version, None)
+
+    def push(self, submission):
+        self._answer("push")
+        self.pushed.append(submission)
+        return Ack(submission.update_id, submission.round, time.time())
+
+    def close(self):
+        pass
+
+
+def eventually(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+class Running:
+    """An agent's ``run`` in a thread, as a device's main loop would be."""
+
+    def __init__(self, agent):
+        self.agent, self.error = agent, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.agent.run()
+        except Exception as exc:  # handed to the test
+            self.error = exc
+
+    def stop(self):
+        self.agent.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def trainer(experiment):
+    return trainer_from_yaml(experiment, 0)
+
+
+@pytest.fixture
+def params(trainer):
+    return trainer.setup.initial_params()
+
+
+def agent(link, state_dir, **config):
+    return Agent(link, AgentConfig(state_dir, 0, backoff=FAST, jitter_seed=0, **config))
+
+
+class Recorded(logging.Handler):
+    """The agent's log records, caught at its own logger (whatever else configured logging)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def events(self, name):
+        return [r for r in self.records if r.getMessage() == name]
+
+
+@pytest.fixture
+def edge_log():
+    logger = logging.getLogger("fedrl.edge")
+    handler, level = Recorded(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_the_agent_rides_out_an_unreachable_server_then_trains_pushes_and_finishes(experiment, params, tmp_path, edge_log):
+    link = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)])
+    link.unreachable = {"register": 5, "task": 2, "pull": 1, "push": 3}
+
+    agent(link, tmp_path).run()  # returns: the server said the run is finished
+
+    assert len(link.pushed) == 1 and link.pushed[0].round == 1 and link.pushed[0].base_version == 0
+    assert np.isfinite(link.pushed[0].delta).all() and link.pushed[0].delta.shape == params.shape
+    assert not PendingStore(tmp_path).path.exists()
+    waits = edge_log.events("unreachable")
+    assert [w.fields["call"] for w in waits] == ["register"] * 5 + ["pull"] + ["task"] * 2 + ["push"] * 3
+    assert [w.fields["attempt"] for w in waits[:5]] == [1, 2, 3, 4, 5]  # the count restarts after an answer
+    assert waits[5].fields["attempt"] == 1 and all(0 <= w.fields["retry_in_s"] <= FAST.cap_s for w in waits)
+    assert edge_log.events("finished")
+
+
+def test_the_update_is_on_disk_before_the_push_and_is_pushed_first_after_a_restart(experiment, params, tmp_path):
+    down = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)])
+    down.unreachable = {"push": FOREVER}
+    first = Running(agent(down, tmp_path))
+    eventually(lambda: down.calls.count("push") >= 3)
+    first.stop()  # the device goes away while the server is unreachable
+    pending = PendingStore(tmp_path).load()
+    assert pending is not None and pending.round == 1
+
+    up = ScriptedLink(experiment, {0: params})
+    agent(up, tmp_path).run()
+
+    assert up.calls[:2] == ["register", "push"]
+    assert up.pushed[0].update_id == pending.update_id
+    assert up.pushed[0].delta.tobytes() == pending.delta.tobytes()
+    assert not PendingStore(tmp_path).path.exists()
+
+
+def test_an_update_the_server_refuses_is_dropped_and_the_agent_goes_on(experiment, params, tmp_path, edge_log):
+    PendingStore(tmp_path).save(new_submission("dev-1", 1, 0, np.zeros_like(params), 10, {}))
+    link = ScriptedLink(experiment, {0: params})
+    link.refuse["push"] = Rejected(Reason.FAILED_PRECONDITION, "round 1 is closed")
+
+    agent(link, tmp_path).run()
+
+    assert not PendingStore(tmp_path).path.exists()
+    assert edge_log.events("update_dropped")[0].fields["message"] == "round 1 is closed"
+    assert "task" in link.calls
+
+
+def _greedy_towards(trainer, params, action):
+    """``params`` with the last actor bias set so the greedy action is ``action`` everywhere."""
+    spec = trainer.setup.net.spec
+    out = params.copy()
+    i = spec.names.index("actor.2.bias")
+    bias = np.full(spec.sizes[i], -10.0, np.float32)
+    bias[action] = 10.0
+    out[spec.offsets[i] : spec.offsets[i] + spec.sizes[i]] = bias
+    return out
+
+
+def test_a_new_deployed_version_replaces_the_acting_policy_between_two_decisions(experiment, trainer, params, tmp_path):
+    models = {1: _greedy_towards(trainer, params, 0), 2: _greedy_towards(trainer, params, 1)}
+    link = ScriptedLink(experiment, models, deployed=1)
+    link.waiting = True
+    running = Running(agent(link, tmp_path))
+    eventually(lambda: running.agent.acting.version == 1)
+    obs = np.zeros(4, np.float32)
+    before = running.agent.acting.act(obs)
+
+    link.deployed = 2
+    eventually(lambda: running.agent.acting.act(obs).version == 2)
+    after = running.agent.acting.act(obs)
+
+    assert (int(before.action), before.version) == (0, 1)
+    assert (int(after.action), after.version) == (1, 2)
+    assert running.thread.is_alive() and link.calls.count("register") == 1  # no restart
+    assert json.loads((tmp_path / "acting.json").read_text())["version"] == 2
+    eventually(lambda: 2 in link.heartbeats)  # the server hears which version acts
+    running.stop()
+
+    # A reboot with the server gone: the device acts with version 2 again before reaching it.
+    link.unreachable = {"register": FOREVER}
+    rebooted = Running(agent(link, tmp_path))
+    eventually(lambda: link.calls.count("register") >= 2)
+    assert rebooted.agent.acting.act(obs) == after
+    rebooted.stop()
+
+
+def test_a_refused_token_fails_loudly_instead_of_retrying(experiment, tmp_path):
+    link = ScriptedLink(experiment, {})
+    link.refuse["register"] = Rejected(Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`")
+
+    with pytest.raises(Fatal, match="UNAUTHENTICATED.*unknown token.*check the token"):
+        agent(link, tmp_path).run()
+    assert link.calls == ["register"]
+
+
+def test_a_token_revoked_mid_run_stops_the_agent_with_the_reason(experiment, params, tmp_path):
+    link = ScriptedLink(experiment, {0: params})
+    link.waiting = True
+    running = Running(agent(link, tmp_path))
+    eventually(lambda: len(link.heartbeats) >= 2)
+
+    link.refuse["heartbeat"] = Rejected(Reason.PERMISSION_DENIED, "client dev-1 was removed")
+
+    running.thread.join(10)
+    assert isinstance(running.error, Fatal) and "client dev-1 was removed" in str(running.error)
+
+
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_an_experiment_of_another_environment_is_refused(experiment, params, tmp_path, earlier_run):
+    if earlier_run:  # the same experiment's state is on disk already
+        agent(ScriptedLink(experiment, {0: params}), tmp_path).run()
+    with pytest.raises(Fatal, match="runs env 'pendulum' but the server's experiment trains 'cartpole'"):
+        agent(ScriptedLink(experiment, {0: params}), tmp_path, env="pendulum").run()
+
+
+def test_a_client_index_outside_the_servers_experiment_is_refused(experiment, tmp_path):
+    link = ScriptedLink(experiment, {})
+    with pytest.raises(Fatal, match="client index 7 is not in this experiment"):
+        Agent(link, AgentConfig(tmp_path, 7, backoff=FAST)).run()
+
+
+def test_one_state_dir_serves_one_agent_at_a_time(experiment, tmp_path):
+    link = ScriptedLink(experiment, {})
+    link.unreachable = {"register": FOREVER}
+    running = Running(agent(link, tmp_path))
+    eventually(lambda: link.calls)
+
+    with pytest.raises(Fatal, match="in use by another agent"):
+        agent(ScriptedLink(experiment, {}), tmp_path).run()
+    running.stop()
+
+
+def test_a_finished_run_leaves_the_device_acting_with_the_final_deployed_version(experiment, params, tmp_path):
+    class PromotingLink(ScriptedLink):
+        def push(self, submission):
+            ack = super().push(submission)
+            self.deployed = 1  # the round closes and its candidate is deployed
+            return ack
+
+    link = PromotingLink(experiment, {0: params, 1: params + 0.01}, tasks=[Task(1, 0, 60.0)], heartbeat_s=60.0)
+    running = agent(link, tmp_path)
+
+    running.run()
+
+    assert running.acting.version == 1
+    assert json.loads((tmp_path / "acting.json").read_text())["version"] == 1
+
+
+@pytest.mark.parametrize("gone", ["heartbeat", "pull"])
+def test_a_finished_run_ends_the_agent_even_when_the_server_is_gone_right_after(experiment, params, tmp_path, gone):
+    class ExitingLink(ScriptedLink):
+        def task(self):
+            self.deployed = 1  # the last round's candidate is deployed, then the server exits
+            self.unreachable = {gone: FOREVER}
+            self.calls.clear()
+            return Wait(0.01, "the run is finished", finished=True)
+
+    link = ExitingLink(experiment, {0: params, 1: params}, heartbeat_s=60.0)
+    running = Running(agent(link, tmp_path))
+
+    running.thread.join(20)
+
+    assert not running.thread.is_alive() and running.error is None
+    assert link.calls[-1] == gone and link.calls.count(gone) == 1  # tried once, not forever
+    assert running.agent.acting.version == 0

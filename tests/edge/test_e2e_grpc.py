@@ -1,0 +1,239 @@
+"""A real deployment on one machine: a `fedrl server` process and `fedrl client` processes over gRPC.
+
+Everything is real: processes, sockets, files, SIGKILL. To kill a client in the middle of an
+upload, the server is frozen (SIGSTOP) while the client trains, so that the client's push
+hangs; the client is killed then, and the server thawed (SIGCONT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedrl.edge.pending import PendingStore
+from fedrl.server.store import Store
+
+pytestmark = pytest.mark.slow
+
+TARGET = 300.0
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def server_config(n_clients: int, federation: dict) -> dict:
+    """Federated CartPole that a few rounds solve, with short waits."""
+    return {
+        "experiment": {
+            "name": "e2e",
+            "seed": 1,
+            "env": {"family": "cartpole", "heterogeneity": 0.5},
+            "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "lr": 0.005, "hidden": [32, 32]},
+            "federation": {"n_clients": n_clients, "local_steps": 512, **federation},
+        },
+        "rounds": {"deadline_s": 120, "heartbeat_s": 0.5, "retry_s": 0.2, "liveness_s": 60},
+        "gate": {"heldout_clients": 3, "episodes": 2},
+    }
+
+
+def fedrl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedrl.cli", *args]
+
+
+def events(log: Path, name: str) -> list[dict]:
+    """The JSON log lines of event ``name`` (other lines, such as warnings, are skipped)."""
+    found = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == name:
+            found.append(entry)
+    return found
+
+
+def logged(log: Path, name: str, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``process`` logs event ``name``; fail with its last lines if it exits first."""
+    deadline = time.monotonic() + timeout
+    while not events(log, name):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = "\n".join(log.read_text().splitlines()[-5:]) if log.exists() else ""
+            pytest.fail(f"no {name!r} from {log.name} (exit code {process.poll()}):\n{tail}")
+        time.sleep(0.05)
+
+
+def eventually(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Deployment:
+    """A server state directory with enrolled clients, and the processes started on it."""
+
+    def __init__(self, root: Path, n_clients: int, federation: dict) -> None:
+        self.root, self.n_clients = root, n_clients
+        self.port = _free_port()
+        self.processes: list[subprocess.Popen] = []
+        (root / "server.yaml").write_text(yaml.safe_dump(server_config(n_clients, federation)))
+        for i in range(n_clients):
+            subprocess.run(fedrl("fleet", "add-client", f"c{i}", "--state-dir", str(root / "srv"),
+                                 "--token-file", str(root / f"token{i}")), check=True, capture_output=True, env=ENV)
+
+    def _start(self, command: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "a") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=ENV)
+        self.processes.append(process)
+        return process
+
+    def start_server(self) -> subprocess.Popen:
+        return self._start(fedrl("server", "--config", str(self.root / "server.yaml"), "--state-dir", str(self.root / "srv"),
+                                 "--listen", f"127.0.0.1:{self.port}", "--metrics", "off", "--insecure"),
+                           self.root / "server.log")
+
+    def start_client(self, i: int, log: str | None = None, token: str | None = None) -> subprocess.Popen:
+        secret = ["--token", token] if token else ["--token-file", str(self.root / f"token{i}")]
+        return self._start(fedrl("client", "--server", f"127.0.0.1:{self.port}", "--name", f"c{i}", "--client-index", str(i),
+                                 *secret, "--state-dir", str(self.state_dir(i)), "--env", "cartpole", "--insecure",
+                                 "--timeout", "5"),
+                           self.root / (log or f"c{i}.log"))
+
+    def state_dir(self, i: int) -> Path:
+        return self.root / f"client{i}"
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)  # a frozen process cannot act on SIGTERM
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def deployment(request, tmp_path):
+    n_clients, federation = request.param
+    made = Deployment(tmp_path, n_clients, federation)
+    yield made
+    made.stop_all()
+
+
+def freeze_server_during_upload(server: subprocess.Popen, log: Path) -> bool:
+    """Freeze the server while the client logging to ``log`` trains, so its push hangs; retry
+    from a later moment when it was not training. True once its push hangs."""
+    for _ in range(20):
+        trained = len(events(log, "trained"))
+        os.kill(server.pid, signal.SIGSTOP)
+        if eventually(lambda: len(events(log, "trained")) > trained, timeout=8):
+            return True
+        os.kill(server.pid, signal.SIGCONT)
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.parametrize("deployment", [(5, {"rounds": 30, "target_return": TARGET})], indirect=True)
+def test_five_clients_reach_the_target_and_a_client_killed_mid_upload_loses_nothing(deployment):
+    server = deployment.start_server()
+    clients = [deployment.start_client(i) for i in range(5)]
+    logged(deployment.root / "c0.log", "acting", clients[0], timeout=120)
+
+    assert freeze_server_during_upload(server, deployment.root / "c0.log")
+    time.sleep(0.5)  # well inside the hanging push
+    clients[0].kill()
+    clients[0].wait()
+    pending = PendingStore(deployment.state_dir(0)).load()
+    os.kill(server.pid, signal.SIGCONT)
+    assert pending is not None, "the update of the killed client is not on its disk"
+    clients[0] = deployment.start_client(0, log="c0-restarted.log")
+
+    for client in clients:
+        assert client.wait(timeout=240) == 0
+    server.terminate()
+    server.wait(20)
+
+    restarted = deployment.root / "c0-restarted.log"
+    assert [e["update_id"] for e in events(restarted, "resubmitting")] == [pending.update_id]
+    assert pending.update_id in [e["update_id"] for e in events(restarted, "acknowledged")]
+    assert not PendingStore(deployment.state_dir(0)).path.exists()
+    store = Store(deployment.root / "srv")
+    try:
+        assert store.find_update(pending.update_id)[:2] == ("c0", pending.round)
+        assert store.round_clients(pending.round).count("c0") == 1
+        final = store.rounds()[-2]  # the last closed round; the one after it never opens for work
+        deployed = store.latest_version()
+    finally:
+        store.close()
+    assert final.promoted and final.candidate_return >= TARGET
+    for i in range(5):
+        assert json.loads((deployment.state_dir(i) / "acting.json").read_text())["version"] == deployed
+
+
+@pytest.mark.parametrize("deployment", [(2, {"rounds": 3, "stop_at_target": False})], indirect=True)
+def test_clients_ride_out_a_server_killed_and_restarted(deployment):
+    server = deployment.start_server()
+    clients = [deployment.start_client(i) for i in range(2)]
+    logged(deployment.root / "server.log", "round_closed", server, timeout=180)
+
+    server.kill()
+    server.wait()
+    assert eventually(lambda: all(events(deployment.root / f"c{i}.log", "unreachable") for i in range(2)), timeout=60)
+    deployment.start_server()
+
+    for client in clients:
+        assert client.wait(timeout=240) == 0
+    for i in range(2):
+        assert events(deployment.root / f"c{i}.log", "finished")
+    assert [e["round"] for e in events(deployment.root / "server.log", "round_closed")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("deployment", [(1, {"rounds": 3})], indirect=True)
+def test_a_client_with_a_wrong_token_exits_with_the_servers_reason(deployment):
+    deployment.start_server()
+    client = deployment.start_client(0, token="not-the-token")
+
+    assert client.wait(timeout=120) == 2
+    output = (deployment.root / "c0.log").read_text()
+    assert "UNAUTHENTICATED" in output and "unknown token" in output
+
+
+def test_a_client_without_a_server_keeps_trying_until_sigterm_stops_it_cleanly(tmp_path):
+    log = tmp_path / "client.log"
+    (tmp_path / "token").write_text("any\n")
+    with open(log, "w") as output:
+        client = subprocess.Popen(
+            fedrl("client", "--server", f"127.0.0.1:{_free_port()}", "--name", "c0", "--client-index", "0",
+                  "--token-file", str(tmp_path / "token"), "--state-dir", str(tmp_path / "state"), "--insecure"),
+            stdout=output, stderr=subprocess.STDOUT, env=ENV,
+        )
+    try:
+        logged(log, "unreachable", client, timeout=60)
+        assert eventually(lambda: len(events(log, "unreachable")) >= 3, timeout=30)
+        assert client.poll() is None  # still trying: it never gives up on its own
+        client.send_signal(signal.SIGTERM)
+        assert client.wait(timeout=15) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert events(log, "stopped")
+    assert [e["attempt"] for e in events(log, "unreachable")][:3] == [1, 2, 3]
