@@ -54,14 +54,13 @@ class _Call:
 class MqttLink:
     """``Link`` for one client through the broker ``options`` names."""
 
-    def __init__(self, options: BrokerOptions, token: str, client_name: str, timeout_s: float = 30.0,
-                 resend_after_s: float = 2.0) -> None:
+    def __init__(self, options: BrokerOptions, token: str, client_name: str, timeout_s: float = 30.0) -> None:
         self.client_name = client_name
         self._topics, self._token, self._timeout_s = options.topics, token, timeout_s
         self._up, self._status = self._topics.up(client_name), self._topics.status(client_name)
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
-        self._inbox = Inbox(MAX_DOWNLOAD_BYTES, resend_after_s)
+        self._inbox = Inbox(MAX_DOWNLOAD_BYTES)
         self._announced: pb.ModelHeader | None = None
         self._announcement = threading.Event()
         self._connection = Connection(options, f"fedrl-{options.fleet}-{client_name}",
@@ -136,7 +135,11 @@ class MqttLink:
         if call.reply is None:
             raise Unreachable(f"{name}: {call.failure or f'no answer within {self._timeout_s:g} s'} "
                               f"(broker {self._connection.options.address})")
-        return _result(name, mq.Reply.FromString(call.reply), expected)
+        try:
+            reply = mq.Reply.FromString(call.reply)
+        except DecodeError:
+            raise Unreachable(f"{name}: the server's reply is not a fedrl.mqtt.v1.Reply") from None
+        return _result(name, reply, expected)
 
     def _await(self, name: str, call: _Call, deadline: float) -> None:
         """Wait for the reply, asking again for chunks of it that stopped coming; ``Rejected`` when

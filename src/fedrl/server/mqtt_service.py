@@ -1,0 +1,252 @@
+"""The federation served through an MQTT broker: the ``Coordinator`` behind a fleet's topics.
+
+The server holds one persistent session with the broker (``fedrl.wire.mqtt_client``) and
+subscribes to every device's ``up`` and ``status`` topic (``fedrl.wire.mqtt_topics``). Every
+frame on an ``up`` topic carries the device's token; the service authenticates it through the
+coordinator and refuses, with PERMISSION_DENIED, a token used on another device's topic -- so a
+device that can publish to the broker still cannot speak for another. Frames are reassembled
+(``fedrl.wire.mqtt_frames``: manifest, per-chunk and whole-message sha256, resends), the request
+is answered by the coordinator, and the reply goes back in frames on the device's ``down``
+topic. A refusal is a ``Refusal`` reply naming its ``Reason`` with the coordinator's message.
+
+Exactly once: a frame redelivered by QoS 1 is recognised by its message id and ignored; an
+update sent again under a new request is recognised by its update id by the coordinator,
+which answers with the original acknowledgement and stores nothing twice.
+
+The deployed version is announced as a retained ``ModelHeader`` on the fleet's ``model``
+topic, so a device that wakes learns it at once; a device's will ("offline", retained, on its
+``status`` topic) tells the server when it vanished.
+
+Threads: paho's network thread only queues messages; one worker handles them in order (a chunk
+never overtakes its manifest) and, between them, announces new versions and asks for chunks
+that stopped coming. A message is acknowledged to the broker only once handled, so one that a
+crash interrupted is delivered again when the server's session resumes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as paho
+
+from fedrl.server.coordinator import Coordinator
+from fedrl.server.grpc_service import _parse
+from fedrl.server.log import log_event, logger
+from fedrl.server.metrics import ServerMetrics
+from fedrl.wire import convert
+from fedrl.wire import fedrl_pb2 as pb
+from fedrl.wire import mqtt_pb2 as mq
+from fedrl.wire.mqtt_client import BrokerOptions, Connection
+from fedrl.wire.mqtt_frames import Inbox, Outbox, split
+from fedrl.wire.mqtt_topics import OFFLINE, ONLINE
+from fedrl.wire.records import Reason, Rejected
+
+TRANSPORT = "mqtt"  # the label of this transport in the byte counters
+HOUSEKEEPING_S = 0.2
+
+
+def _refusal(reason: str, message: str) -> mq.Reply:
+    """A ``Reply`` refusing a request for ``reason`` (a ``Reason`` value, or INTERNAL)."""
+    return mq.Reply(refusal=mq.Refusal(reason=reason, message=message))
+
+
+class MqttService:
+    """The coordinator served on one fleet's topics; ``close()`` stops it."""
+
+    def __init__(self, coordinator: Coordinator, options: BrokerOptions, metrics: ServerMetrics | None = None) -> None:
+        self._coordinator, self._topics = coordinator, options.topics
+        self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
+        self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
+        self._rejected = metrics.updates_rejected if metrics else None
+        self._inbox = Inbox(coordinator.config.limits.max_message_bytes)
+        self._outbox = Outbox()
+        self._presence: dict[str, str] = {}
+        self._announced: int | None = None
+        self._queue: queue.Queue[paho.MQTTMessage] = queue.Queue()
+        self._stop = threading.Event()
+        self._calls: dict[str, Callable[[str, mq.Request], mq.Reply | None]] = {
+            "register": self._register, "heartbeat": self._heartbeat, "task": self._task,
+            "pull": self._pull, "push": self._push,
+        }
+        self._connection = Connection(options, f"fedrl-server-{options.fleet}",
+                                      [self._topics.every_up, self._topics.every_status], self._queue.put,
+                                      on_connected=self._reannounce, manual_ack=True)
+        self._worker = threading.Thread(target=self._work, name="fedrl-mqtt", daemon=True)
+        self._worker.start()
+
+    @property
+    def connection(self) -> Connection:
+        """The server's session with the broker."""
+        return self._connection
+
+    @property
+    def presence(self) -> dict[str, str]:
+        """Each device's last status: "online", or "offline" (it said goodbye or its will fired)."""
+        return dict(self._presence)
+
+    # --- the worker ------------------------------------------------------------------------
+    def _work(self) -> None:
+        """Handle messages in arrival order; housekeeping between them."""
+        next_housekeeping = 0.0
+        while not self._stop.is_set():
+            try:
+                message = self._queue.get(timeout=HOUSEKEEPING_S)
+            except queue.Empty:
+                message = None
+            if message is not None:
+                try:
+                    self._handle(message)
+                except Exception as error:  # noqa: BLE001 -- e.g. a failing disk: log, keep serving
+                    logger.error("mqtt_message_failed", exc_info=error, extra={"fields": {"topic": message.topic}})
+                self._connection.ack(message)
+            if time.monotonic() >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+
+    def _handle(self, message: paho.MQTTMessage) -> None:
+        try:
+            client = self._topics.client_of(message.topic)
+        except ValueError:
+            return
+        if message.topic == self._topics.status(client):
+            self._status(client, message.payload)
+        elif message.topic == self._topics.up(client):
+            if self._received is not None:
+                self._received.inc(len(message.payload))
+            self._frame(client, message.payload)
+
+    def _status(self, client: str, payload: bytes) -> None:
+        status = {ONLINE: "online", OFFLINE: "offline"}.get(payload)
+        if status is not None and self._presence.get(client) != status:
+            self._presence[client] = status
+            log_event(f"client_{status}", client=client)
+
+    def _housekeeping(self) -> None:
+        """Announce a newly deployed version; ask again for chunks that stopped coming."""
+        try:
+            self._announce()
+            for (client, message_id), missing in self._inbox.stalled():
+                self._publish(client, mq.Frame(message_id=message_id, resend=mq.Resend(indices=missing)).SerializeToString())
+        except Exception as error:  # noqa: BLE001 -- a failing disk must not stop the service
+            logger.error("mqtt_housekeeping_failed", exc_info=error)
+
+    def _reannounce(self, _connection: Connection) -> None:
+        """After every connect: announce again, in case the broker lost its retained messages."""
+        self._announced = None
+
+    def _announce(self) -> None:
+        version = self._coordinator.deployed_version
+        if version == self._announced:
+            return
+        model = self._coordinator.model(version)
+        header = pb.ModelHeader(version=model.version, round=model.round, params=convert.vector_header(model.params))
+        if model.eval_return is not None:
+            header.eval_return = model.eval_return
+        self._connection.publish(self._topics.model, header.SerializeToString(), retain=True)
+        self._announced = version
+        log_event("model_announced", version=version, topic=self._topics.model)
+
+    # --- frames ----------------------------------------------------------------------------
+    def _frame(self, topic_client: str, payload: bytes) -> None:
+        """Authenticate one frame, reassemble, answer; a token used on another device's topic is
+        refused with PERMISSION_DENIED, and the refusal told to the token's owner."""
+        frame = mq.Frame()
+        try:
+            frame = _parse(mq.Frame, payload)
+            client = self._coordinator.authenticate(frame.token)
+        except Rejected as refusal:
+            self._refuse(topic_client, frame, refusal)
+            return
+        if client != topic_client:
+            self._refuse(client, frame, Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it "
+                                                 f"cannot publish on {topic_client!r}'s topic"))
+            return
+        reply = self._answer(client, frame)
+        if reply is not None:
+            self._send(client, frame.message_id, reply)
+
+    def _refuse(self, client: str, frame: mq.Frame, refusal: Rejected) -> None:
+        """Tell ``client`` why its frame was refused: once per message, not again for each chunk."""
+        log_event("frame_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message)
+        if frame.WhichOneof("body") not in ("chunk", "resend"):
+            self._send(client, frame.message_id, _refusal(refusal.reason.value, refusal.message))
+
+    def _answer(self, client: str, frame: mq.Frame) -> mq.Reply | None:
+        """The reply to the request ``frame`` completes (None while incomplete); every failure is a ``Refusal``."""
+        try:
+            return self._request(client, frame)
+        except Rejected as refusal:
+            log_event("call_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message)
+            return _refusal(refusal.reason.value, refusal.message)
+        except Exception as error:  # a bug or a failing disk: answer, log, keep serving
+            logger.error("call_failed", exc_info=error, extra={"fields": {"transport": TRANSPORT, "client": client}})
+            return _refusal("INTERNAL", f"internal server error ({type(error).__name__}); see the server log")
+
+    def _request(self, client: str, frame: mq.Frame) -> mq.Reply | None:
+        """Serve a resend, or feed the inbox and answer the request ``frame`` completes, if any."""
+        key = (client, frame.message_id)
+        if frame.WhichOneof("body") == "resend":
+            for again in self._outbox.resend(key, frame.resend.indices):
+                self._publish(client, again)
+            return None
+        offered = self._inbox.offer(key, frame)
+        if offered.resend:
+            self._publish(client, mq.Frame(message_id=frame.message_id, resend=mq.Resend(indices=offered.resend)).SerializeToString())
+        if offered.duplicate:
+            log_event("duplicate_frame", level="debug", client=client, message_id=frame.message_id)
+        if offered.message is None:
+            return None
+        request = _parse(mq.Request, offered.message)
+        call = request.WhichOneof("call")
+        if call is None:
+            raise Rejected(Reason.INVALID_ARGUMENT, "a request must name its call (register, heartbeat, task, pull, push)")
+        return self._calls[call](client, request)
+
+    def _send(self, client: str, message_id: str, reply: mq.Reply) -> None:
+        outgoing = split(message_id, reply.SerializeToString(), self._connection.max_payload)
+        self._outbox.put((client, message_id), outgoing)
+        for frame in outgoing.frames:
+            self._publish(client, frame)
+
+    def _publish(self, client: str, frame: bytes) -> None:
+        self._connection.publish(self._topics.down(client), frame)
+        if self._sent is not None:
+            self._sent.inc(len(frame))
+
+    # --- the calls -------------------------------------------------------------------------
+    def _register(self, client: str, request: mq.Request) -> mq.Reply:
+        claimed = request.register.client
+        if claimed != client:
+            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}")
+        return mq.Reply(registration=convert.registration_message(self._coordinator.register(client)))
+
+    def _heartbeat(self, client: str, request: mq.Request) -> None:
+        beat = request.heartbeat
+        self._coordinator.heartbeat(client, beat.acting_version if beat.HasField("acting_version") else None)
+
+    def _task(self, client: str, _request: mq.Request) -> mq.Reply:
+        return mq.Reply(task=mq.TaskStream(parts=convert.task_parts(self._coordinator.task(client))))
+
+    def _pull(self, _client: str, request: mq.Request) -> mq.Reply:
+        pull = request.pull
+        model = self._coordinator.model(pull.version if pull.HasField("version") else None)
+        return mq.Reply(model=mq.ModelStream(parts=convert.model_parts(model)))
+
+    def _push(self, client: str, request: mq.Request) -> mq.Reply:
+        try:
+            submission = convert.read_update(request.push.parts, self._coordinator.config.limits.max_message_bytes)
+        except Rejected as refusal:  # the coordinator counts the refusals it makes itself
+            if self._rejected is not None:
+                self._rejected.labels(reason=refusal.reason.value).inc()
+            raise
+        return mq.Reply(ack=convert.ack_message(self._coordinator.submit(client, submission)))
+
+    def close(self) -> None:
+        """Stop handling messages and leave the broker (the session and its queue stay there)."""
+        self._stop.set()
+        self._worker.join()
+        self._connection.close()
+

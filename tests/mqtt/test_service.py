@@ -1,0 +1,323 @@
+"""The coordinator served through a real Mosquitto broker, driven through ``MqttLink`` and through
+raw MQTT clients for what a well-behaved link never sends: duplicates, corrupt or missing
+chunks, another device's identity, garbage.
+
+Each refusal is checked for what the device is told and for the server's state left unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fedrl.edge.link import Unreachable
+from fedrl.wire import convert
+from fedrl.wire import fedrl_pb2 as pb
+from fedrl.wire import mqtt_pb2 as mq
+from fedrl.wire.broker import BrokerTls
+from fedrl.wire.mqtt_frames import split
+from fedrl.wire.mqtt_topics import Topics
+from fedrl.wire.records import Reason, Rejected, Submission, Task
+from fedrl.wire.tls import write_dev_pki
+
+TOPICS = Topics("test")  # the fleet of tests/mqtt/conftest.py
+
+
+def update(fleet, client: str, task: Task, fill: float = 0.01, **changes) -> Submission:
+    delta = np.random.default_rng(7).uniform(-fill, fill, fleet.coordinator.dim).astype(np.float32)
+    fields = dict(update_id=f"{client}-r{task.round}", client=client, round=task.round, base_version=task.base_version,
+                  delta=delta, env_steps=64, metrics={"mean_return": 21.0}, digest=convert.vector_header(delta).sha256)
+    return Submission(**{**fields, **changes})
+
+
+def push_frames(fleet, sender: str, submission: Submission, message_id: str, token: str | None = None) -> list[bytes]:
+    """The frames of a push request, as a link would send them (4 kB each: ten chunks)."""
+    request = mq.Request(push=mq.UpdateStream(parts=convert.update_parts(submission)))
+    return list(split(message_id, request.SerializeToString(), 4096, fleet.tokens[sender] if token is None else token).frames)
+
+
+def replies(raw, count: int, timeout_s: float = 10.0) -> list[mq.Frame]:
+    return [mq.Frame.FromString(m.payload) for m in raw.wait_for(count, timeout_s)]
+
+
+def eventually(condition, timeout_s: float = 5.0) -> bool:
+    """Whether ``condition()`` holds within ``timeout_s``, polling."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def reply_of(frame: mq.Frame) -> mq.Reply:
+    return mq.Reply.FromString(frame.whole)
+
+
+def test_a_device_registers_pulls_and_pushes_through_the_broker(fleet):
+    # Prepare
+    alice = fleet.link("alice")
+
+    # Execute
+    registration = alice.register()
+    task = alice.task()
+    model = alice.pull(task.base_version)
+    ack = alice.push(update(fleet, "alice", task))
+
+    # Assert: the model (36 kB, over the 8 kB packet limit) arrived in chunks, bit for bit
+    assert registration.client == "alice" and registration.deployed_version == 0
+    assert model.params.tobytes() == fleet.coordinator.model(0).params.tobytes()
+    assert ack.round == 1 and not ack.duplicate
+    assert fleet.updates()["alice"] == 1
+    sent = fleet.metrics.registry.get_sample_value("fedrl_bytes_sent_total", {"transport": "mqtt"})
+    assert sent > model.params.nbytes
+
+
+def test_the_deployed_version_is_announced_retained_and_heartbeats_follow_it(fleet):
+    # Prepare
+    links = {name: fleet.link(name) for name in fleet.tokens}
+    tasks = {name: link.task() for name, link in links.items()}
+
+    # Execute: a full round deploys version 1
+    for name, link in links.items():
+        link.push(update(fleet, name, tasks[name]))
+    fleet.coordinator.tick()
+    heard = eventually(lambda: links["alice"].heartbeat(0) == 1)
+    late = fleet.raw("bob")
+    late.subscribe(TOPICS.model)
+
+    # Assert: a device subscribing afterwards still gets the retained announcement
+    (message,) = late.wait_for(1)
+    announcement = pb.ModelHeader.FromString(message.payload)
+    assert heard and message.retain
+    assert announcement.version == 1 and announcement.params.length == fleet.coordinator.dim
+
+
+def test_redelivered_frames_and_a_resent_update_are_applied_once(fleet):
+    # Prepare
+    alice, raw = fleet.link("alice"), fleet.raw("alice")
+    submission = update(fleet, "alice", alice.task())
+    raw.subscribe(TOPICS.down("alice"))
+    frames = push_frames(fleet, "alice", submission, "push-1")
+
+    # Execute: every frame delivered twice (QoS 1 redelivery), then the same update as a new request
+    for frame in frames + frames:
+        raw.publish(TOPICS.up("alice"), frame)
+    first = replies(raw, 1)
+    for frame in push_frames(fleet, "alice", submission, "push-2"):
+        raw.publish(TOPICS.up("alice"), frame)
+    answers = replies(raw, 2)
+    time.sleep(0.5)
+
+    # Assert: one ack per request, the second marked duplicate; the update stored once
+    assert [f.message_id for f in answers] == ["push-1", "push-2"] and len(raw.received) == 2
+    acks = [reply_of(f).ack for f in answers]
+    assert [a.duplicate for a in acks] == [False, True] and acks[0].accepted_at == acks[1].accepted_at
+    assert first[0].message_id == "push-1"
+    assert fleet.updates()["alice"] == 1
+    assert fleet.metrics.registry.get_sample_value("fedrl_updates_accepted_total") == 1
+
+
+def test_a_corrupt_chunk_is_asked_for_again_and_never_stored(fleet):
+    # Prepare
+    alice, raw = fleet.link("alice"), fleet.raw("alice")
+    submission = update(fleet, "alice", alice.task())
+    raw.subscribe(TOPICS.down("alice"))
+    frames = push_frames(fleet, "alice", submission, "push-1")
+    corrupt = mq.Frame.FromString(frames[3])
+    corrupt.chunk.data = corrupt.chunk.data[:-1] + bytes([corrupt.chunk.data[-1] ^ 0xFF])
+
+    # Execute
+    for frame in frames[:3] + [corrupt.SerializeToString()] + frames[4:]:
+        raw.publish(TOPICS.up("alice"), frame)
+    (ask,) = replies(raw, 1)
+    time.sleep(0.5)
+    nothing_stored = fleet.updates()["alice"] == 0
+    raw.publish(TOPICS.up("alice"), frames[3])
+    _, answer = replies(raw, 2)
+
+    # Assert: the server asked for chunk 2 again, stored nothing until it came, then the exact delta
+    assert ask.message_id == "push-1" and list(ask.resend.indices) == [corrupt.chunk.index]
+    assert nothing_stored
+    assert not reply_of(answer).ack.duplicate
+    stored = fleet.coordinator._store.round_updates(1)
+    assert [u.delta.tobytes() for u in stored] == [submission.delta.tobytes()]
+
+
+def test_a_missing_chunk_is_asked_for_after_a_pause(fleet):
+    # Prepare
+    alice, raw = fleet.link("alice"), fleet.raw("alice")
+    frames = push_frames(fleet, "alice", update(fleet, "alice", alice.task()), "push-1")
+    raw.subscribe(TOPICS.down("alice"))
+
+    # Execute: chunk 4 never comes
+    for frame in frames[:5] + frames[6:]:
+        raw.publish(TOPICS.up("alice"), frame)
+    (ask,) = replies(raw, 1, timeout_s=10)
+    raw.publish(TOPICS.up("alice"), frames[5])
+    _, answer = replies(raw, 2)
+
+    # Assert
+    assert list(ask.resend.indices) == [4]
+    assert reply_of(answer).WhichOneof("result") == "ack" and fleet.updates()["alice"] == 1
+
+
+def test_a_link_repairs_a_reply_whose_chunk_was_lost(fleet):
+    # Prepare: the server's reply to a pull is dropped between broker and device, chunk 1 only
+    alice = fleet.link("alice", timeout_s=15)
+    connection = alice.connection
+    original = connection._on_message
+    dropped = []
+
+    def lossy(message):
+        frame = mq.Frame.FromString(message.payload) if message.topic == TOPICS.down("alice") else None
+        if frame is not None and frame.WhichOneof("body") == "chunk" and frame.chunk.index == 1 and not dropped:
+            dropped.append(frame.chunk.index)
+            return
+        original(message)
+
+    connection._on_message = lossy
+
+    # Execute
+    model = alice.pull(0)
+
+    # Assert
+    assert dropped == [1] and model.params.tobytes() == fleet.coordinator.model(0).params.tobytes()
+
+
+def test_a_device_cannot_submit_or_publish_as_another(fleet):
+    # Prepare
+    alice, raw = fleet.link("alice"), fleet.raw("alice")
+    task = alice.task()
+    raw.subscribe(TOPICS.down("alice"))
+
+    # Execute
+    with pytest.raises(Rejected) as as_bob:
+        alice.push(update(fleet, "bob", task))  # on its own topic, an update that claims to be bob's
+    alice_login = fleet.options("alice")
+    as_bobs_device = fleet.link("bob", token=fleet.tokens["alice"], username=alice_login.username, password=alice_login.password)
+    with pytest.raises(Rejected) as registering_as_bob:
+        as_bobs_device.register()  # alice's login and token on bob's topic: the broker's ACL says no
+    puback = raw.publish(TOPICS.up("bob"), push_frames(fleet, "alice", update(fleet, "bob", task), "x")[0])
+
+    # Assert
+    assert as_bob.value.reason is Reason.PERMISSION_DENIED and "belongs to 'alice'" in as_bob.value.message
+    assert registering_as_bob.value.reason is Reason.PERMISSION_DENIED
+    assert puback == "Not authorized"
+    assert fleet.updates() == {"alice": 0, "bob": 0, "carol": 0}
+
+
+def test_without_an_acl_the_token_still_decides_who_a_device_is(start_broker, start_fleet):
+    # Prepare: a broker that lets every device publish anywhere
+    fleet = start_fleet(broker=start_broker(acl_server_user=None))
+    raw, bob = fleet.raw("alice"), fleet.link("bob")
+    raw.subscribe(TOPICS.down("alice"))
+    submission = update(fleet, "bob", bob.task())
+
+    # Execute: alice publishes bob's update on bob's topic, with her own token
+    for frame in push_frames(fleet, "alice", submission, "spoof"):
+        raw.publish(TOPICS.up("bob"), frame)
+    (answer,) = replies(raw, 1)
+
+    # Assert: refused, and told to alice (whose token it was), not to bob
+    refusal = reply_of(answer).refusal
+    assert refusal.reason == "PERMISSION_DENIED" and "'bob'" in refusal.message
+    assert fleet.updates()["bob"] == 0
+    assert bob.push(submission).round == 1  # bob's own update goes in
+
+
+def test_a_wrong_token_is_unauthenticated_and_garbage_is_invalid(fleet):
+    # Prepare
+    raw = fleet.raw("alice")
+    raw.subscribe(TOPICS.down("alice"))
+
+    # Execute
+    with pytest.raises(Rejected) as unknown:
+        fleet.link("alice", token="not-a-token").register()
+    raw.publish(TOPICS.up("alice"), b"\xff\xfe not a frame")
+    garbage = reply_of(replies(raw, 2)[-1]).refusal  # the first is the unknown token's refusal
+
+    # Assert: and the service goes on serving
+    assert unknown.value.reason is Reason.UNAUTHENTICATED
+    assert garbage.reason == "INVALID_ARGUMENT" and "fedrl.mqtt.v1.Frame" in garbage.message
+    assert fleet.link("alice").register().client == "alice"
+
+
+def test_each_side_gets_what_was_published_while_it_was_away(fleet, start_fleet):
+    """The server is down when the device pushes; the device is gone when the server answers.
+    Both persistent sessions hold the messages, and the push still returns its ack."""
+    # Prepare
+    alice = fleet.link("alice", timeout_s=30, keepalive_s=1)
+    submission = update(fleet, "alice", alice.task())
+    fleet.service.close()
+    result = {}
+
+    # Execute
+    pushing = threading.Thread(target=lambda: result.setdefault("ack", alice.push(submission)))
+    pushing.start()
+    time.sleep(0.5)  # the request is in the broker, queued for the server's session
+    alice.connection._client.loop_stop()  # the device freezes: no pings, the broker drops it
+    time.sleep(2.5)
+    fleet.service = type(fleet.service)(fleet.coordinator, fleet.options("fedrl-server"), fleet.metrics)
+    offline = eventually(lambda: fleet.service.presence.get("alice") == "offline", timeout_s=10)
+    alice.connection._client.loop_start()  # the device wakes; its session's queue is delivered
+    pushing.join(20)
+
+    # Assert
+    assert offline
+    assert result["ack"].update_id == submission.update_id and not result["ack"].duplicate
+    assert fleet.updates()["alice"] == 1
+
+
+def test_the_link_rides_out_a_broker_restart(fleet):
+    # Prepare
+    alice = fleet.link("alice")
+    task = alice.task()
+
+    # Execute
+    fleet.broker.restart()
+    ack = alice.push(update(fleet, "alice", task))  # waits for the reconnection, then goes through
+
+    # Assert
+    assert ack.round == 1 and fleet.updates()["alice"] == 1
+
+
+def test_no_broker_or_a_refused_login_is_unreachable(fleet):
+    wrong_password = fleet.link("alice", timeout_s=2, password="wrong")
+    with pytest.raises(Unreachable, match="refused the login"):
+        wrong_password.register()
+    fleet.broker.stop()
+    with pytest.raises(Unreachable, match="not connected"):
+        fleet.link("bob", timeout_s=1).register()
+
+
+def test_mqtt_3_1_1_works_with_a_configured_packet_size(start_fleet):
+    fleet = start_fleet(mqtt5=False, max_payload=4096)
+    alice = fleet.link("alice", mqtt5=False, max_payload=4096)
+    task = alice.task()
+    assert alice.pull(0).params.tobytes() == fleet.coordinator.model(0).params.tobytes()
+    assert alice.push(update(fleet, "alice", task)).round == 1
+
+
+def test_tls_to_the_broker_with_client_certificates_as_logins(tmp_path, start_broker, start_fleet):
+    # Prepare: the broker takes a client certificate's common name as the username
+    pki = tmp_path / "pki"
+    write_dev_pki(pki, clients=["fedrl-server", "alice"])
+    tls = BrokerTls(pki / "ca.pem", pki / "server.pem", pki / "server.key", require_certificate=True)
+    broker = start_broker(users={}, tls=tls)
+    certs = {name: dict(ca=pki / "ca.pem", cert=pki / f"client-{name}.pem", key=pki / f"client-{name}.key", username=None)
+             for name in ("fedrl-server", "alice")}
+    fleet = start_fleet(broker=broker, **certs["fedrl-server"])
+
+    # Execute
+    alice = fleet.link("alice", **certs["alice"])
+    task = alice.task()
+    no_certificate = fleet.link("bob", timeout_s=2, ca=pki / "ca.pem", username=None)
+
+    # Assert
+    assert alice.push(update(fleet, "alice", task)).round == 1
+    with pytest.raises(Unreachable):
+        no_certificate.register()
