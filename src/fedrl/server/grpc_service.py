@@ -16,30 +16,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from fedrl.server.config import LimitsConfig
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.log import log_event, logger
 from fedrl.server.metrics import ServerMetrics
 from fedrl.wire import convert
+from fedrl.wire.convert import parse_message
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.records import Reason, Rejected
 
 TRANSPORT = "grpc"  # the label of this transport in the byte counters
 SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
-_M = TypeVar("_M", bound=Message)
-
-
-def _parse(kind: type[_M], raw: bytes) -> _M:
-    """One request message, or INVALID_ARGUMENT saying which message the bytes failed to be."""
-    try:
-        return kind.FromString(raw)
-    except DecodeError:
-        raise Rejected(Reason.INVALID_ARGUMENT, f"not a valid {kind.DESCRIPTOR.full_name} message ({len(raw)} bytes)") from None
 
 
 def _bearer_token(context: grpc.ServicerContext) -> str:
@@ -105,7 +96,7 @@ class FederationService:
     def register(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Register the calling client; the name it gives must be its token's."""
         client = self._client(context)
-        claimed = _parse(pb.RegisterRequest, self._in(request)).client
+        claimed = parse_message(pb.RegisterRequest, self._in(request)).client
         if claimed != client:
             raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}")
         return self._out(convert.registration_message(self._coordinator.register(client)))
@@ -113,27 +104,27 @@ class FederationService:
     def heartbeat(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Note the caller alive with the version it acts with; answer the deployed version."""
         client = self._client(context)
-        beat = _parse(pb.HeartbeatRequest, self._in(request))
+        beat = parse_message(pb.HeartbeatRequest, self._in(request))
         acting = beat.acting_version if beat.HasField("acting_version") else None
         return self._out(pb.HeartbeatReply(deployed_version=self._coordinator.heartbeat(client, acting)))
 
     def get_task(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """The caller's task (with SCAFFOLD's server control in chunks) or a wait."""
         client = self._client(context)
-        _parse(pb.TaskRequest, self._in(request))
+        parse_message(pb.TaskRequest, self._in(request))
         return map(self._out, convert.task_parts(self._coordinator.task(client)))
 
     def pull_model(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """One stored version (the deployed one when none is named), header then chunks."""
         self._client(context)
-        pull = _parse(pb.PullRequest, self._in(request))
+        pull = parse_message(pb.PullRequest, self._in(request))
         model = self._coordinator.model(pull.version if pull.HasField("version") else None)
         return map(self._out, convert.model_parts(model))
 
     def push_update(self, requests: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
         """Reassemble one update from its stream and submit it as the caller; answer its ``Ack``."""
         client = self._client(context)  # before a single chunk is read
-        parts = (_parse(pb.UpdatePart, self._in(raw)) for raw in requests)
+        parts = (parse_message(pb.UpdatePart, self._in(raw)) for raw in requests)
         try:
             submission = convert.read_update(parts, self._coordinator.config.limits.max_message_bytes)
         except Rejected as refusal:  # the coordinator counts the refusals it makes itself

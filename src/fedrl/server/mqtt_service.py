@@ -33,10 +33,10 @@ from collections.abc import Callable
 import paho.mqtt.client as paho
 
 from fedrl.server.coordinator import Coordinator
-from fedrl.server.grpc_service import _parse
 from fedrl.server.log import log_event, logger
 from fedrl.server.metrics import ServerMetrics
 from fedrl.wire import convert
+from fedrl.wire.convert import parse_message
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire import mqtt_pb2 as mq
 from fedrl.wire.mqtt_client import BrokerOptions, Connection
@@ -155,7 +155,7 @@ class MqttService:
         refused with PERMISSION_DENIED, and the refusal told to the token's owner."""
         frame = mq.Frame()
         try:
-            frame = _parse(mq.Frame, payload)
+            frame = parse_message(mq.Frame, payload)
             client = self._coordinator.authenticate(frame.token)
         except Rejected as refusal:
             self._refuse(topic_client, frame, refusal)
@@ -199,7 +199,7 @@ class MqttService:
             log_event("duplicate_frame", level="debug", client=client, message_id=frame.message_id)
         if offered.message is None:
             return None
-        request = _parse(mq.Request, offered.message)
+        request = parse_message(mq.Request, offered.message)
         call = request.WhichOneof("call")
         if call is None:
             raise Rejected(Reason.INVALID_ARGUMENT, "a request must name its call (register, heartbeat, task, pull, push)")

@@ -14,12 +14,22 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from fedrl.wire import codec
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submission, Task, Wait
 
 _Part = TypeVar("_Part", pb.TaskPart, pb.ModelPart, pb.UpdatePart)
+_M = TypeVar("_M", bound=Message)
+
+
+def parse_message(kind: type[_M], raw: bytes) -> _M:
+    """One received message, or INVALID_ARGUMENT saying which message the bytes failed to be."""
+    try:
+        return kind.FromString(raw)
+    except DecodeError:
+        raise Rejected(Reason.INVALID_ARGUMENT, f"not a valid {kind.DESCRIPTOR.full_name} message ({len(raw)} bytes)") from None
 
 
 def vector_header(vector: np.ndarray) -> pb.VectorHeader:
