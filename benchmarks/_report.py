@@ -36,3 +36,27 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)
     print(f"wrote section {name!r} of {DOC.relative_to(ROOT)}")
+
+
+def save_figure(fig, name: str, title: str) -> str:
+    """Lay out ``fig``, write it to docs/img/``name`` and return its markdown image line."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMG / name, dpi=110)
+    plt.close(fig)
+    return f"![{title}](img/{name})"
+
+
+def run_parallel(worker, jobs: list[dict], workers: int = 2) -> list[dict]:
+    """``worker(job)`` for every job, ``workers`` processes at a time, printing each result (but
+    its ``curve``) as it ends."""
+    import multiprocessing as mp
+
+    out = []
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for r in pool.imap_unordered(worker, jobs):
+            print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items() if k != "curve"}, flush=True)
+            out.append(r)
+    return out

@@ -11,7 +11,6 @@ seconds, which do not depend on the machine's load; wall time is reported only a
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 from copy import deepcopy
 
@@ -21,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _report import IMG, machine, markdown_table, write_section  # noqa: E402
+from _report import IMG, machine, markdown_table, run_parallel, write_section  # noqa: E402
 
 COMMAND = "python benchmarks/algorithms.py"
 
@@ -88,12 +87,7 @@ def config_with(base: dict, **sections) -> dict:
 
 def run_all(jobs: list[dict], workers: int = 2) -> list[dict]:
     """Run jobs two at a time, printing each as it ends."""
-    out = []
-    with mp.get_context("spawn").Pool(workers) as pool:
-        for r in pool.imap_unordered(run, jobs):
-            print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items() if k != "curve"}, flush=True)
-            out.append(r)
-    return out
+    return run_parallel(run, jobs, workers)
 
 
 def _fmt(values: list[float], digits: int = 0) -> str:

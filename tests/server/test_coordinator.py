@@ -305,3 +305,11 @@ def test_applied_updates_leave_no_files_behind_and_orphans_are_swept(tmp_path):
 
     # Assert
     assert list(updates.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["examples/deploy/server.yaml", "examples/mosquitto/server.yaml"])
+def test_server_examples_are_valid(path):
+    from pathlib import Path
+
+    config = load_server_config(Path(__file__).parents[2] / path)
+    assert config.experiment.federation.n_clients == 5

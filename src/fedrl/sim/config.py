@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedrl.agents import A2CConfig, DQNConfig, LearnerConfig, PPOConfig, ReinforceConfig
+from fedrl.core.pipeline import PipelineConfig, budget_problem
 from fedrl.core.strategies import STRATEGY_CONFIGS, FedAvgConfig, StrategyConfig
 from fedrl.envs import FAMILIES
 from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter, load_setter
@@ -214,6 +215,7 @@ class ExperimentConfig(_Frozen):
     personalization: PersonalizationConfig = PersonalizationConfig()
     fleet: FleetConfig = FleetConfig()
     attack: AttackConfig = AttackConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -235,6 +237,23 @@ class ExperimentConfig(_Frozen):
         if self.strategy.name == "scaffold" and self.strategy.n_clients != self.federation.n_clients:
             raise ValueError(f"strategy.n_clients ({self.strategy.n_clients}) must equal federation.n_clients "
                              f"({self.federation.n_clients})")
+        return self
+
+    @model_validator(mode="after")
+    def _pipeline_fits_run(self) -> ExperimentConfig:
+        """The pipeline's stages need synchronous rounds; DP needs a strategy that sees only the
+        clipped deltas (central mode: their noised mean) and a budget that covers the rounds."""
+        pipeline, mode = self.pipeline, self.pipeline.dp.mode
+        if not pipeline.applies_nothing and self.fleet.mode == "async":
+            raise KeyProblem("pipeline", "clipping, compression and DP run in synchronous rounds only, not fleet.mode async")
+        if mode != "none" and self.strategy.name == "scaffold":
+            raise KeyProblem("pipeline.dp.mode", "SCAFFOLD's control deltas would leave clients unclipped and unnoised", mode)
+        if mode == "central" and self.strategy.rule != "mean":
+            raise KeyProblem("pipeline.dp.mode", f"central DP hands the strategy one noised mean, so strategy.rule "
+                             f"must be mean, not {self.strategy.rule!r}", mode)
+        problem = budget_problem(pipeline, self.federation.fraction, self.federation.rounds)
+        if problem is not None:
+            raise KeyProblem("pipeline.dp.target_epsilon", problem, pipeline.dp.target_epsilon)
         return self
 
     @model_validator(mode="after")

@@ -5,7 +5,10 @@ shards (one batched learner call per shard, so a later backend can place shards 
 malicious clients replace their update; updates that would arrive after the round deadline are
 dropped; the rest are screened (non-finite or malformed updates are rejected, never averaged)
 and aggregated by the strategy; the new global policy is evaluated on every client's
-environment.
+environment. Every update passes through the update pipeline (``fedrl.core.pipeline``: clip,
+compress, DP noise) on its way: the client side makes the bytes it would send, whose length is
+the round's measured uplink, and the server decodes them; with central DP the clients are
+Poisson-sampled and the strategy receives one noised mean.
 
 Asynchronous mode (``fleet.mode: async``, FedAsync / FedBuff): there is no barrier. Idle
 available clients start training from the current global version at the current simulated
@@ -28,11 +31,16 @@ import numpy as np
 
 from fedrl.agents import Budget, LocalResult, evaluate, init_client_state, local_params, make_task, train_local
 from fedrl.core.aggregation import screen
-from fedrl.core.update import Update
+from fedrl.core.compress import dense, encode
+from fedrl.core.pipeline import (
+    after_sending, central_mean, client_message, decode_stack, init_pipeline_state, spent_epsilon,
+)
+from fedrl.core.update import Update, stack_deltas
 from fedrl.envs.base import EnvState, put_clients, reset, take_clients
 from fedrl.sim.attacks import attack
 from fedrl.sim.setup import (
-    ATTACK_STREAM, AVAILABILITY_STREAM, EVAL_STREAM, PERSONAL_STREAM, SAMPLE_STREAM, TRAIN_STREAM, Setup,
+    ATTACK_STREAM, AVAILABILITY_STREAM, EVAL_STREAM, NOISE_STREAM, PERSONAL_STREAM, PIPELINE_STREAM, SAMPLE_STREAM,
+    TRAIN_STREAM, Setup,
 )
 
 
@@ -50,6 +58,33 @@ class SimState:
     sim_time_s: float = 0.0  # simulated fleet time
     version: int = 0  # number of global versions made
     inflight: dict[str, np.ndarray] = field(default_factory=dict)  # asynchronous mode: see sim/asynchronous.py
+    pipeline_state: dict[str, np.ndarray] = field(default_factory=dict)  # update pipeline state kept on each client (N, ...)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes on the wire in one round, each message's size measured as the length of its encoding."""
+
+    uplink: int  # what the clients sent: their encoded updates (and SCAFFOLD's dense control deltas)
+    downlink: int  # what the server sent: the dense global model (and SCAFFOLD's control) to each client that trained
+    senders: int
+    receivers: int
+    dense_uplink: int  # the uplink had every update been sent dense, as float32
+
+    @property
+    def uplink_per_client(self) -> float:
+        """Mean bytes sent per client that sent an update."""
+        return self.uplink / self.senders if self.senders else float("nan")
+
+    @property
+    def downlink_per_client(self) -> float:
+        """Mean bytes received per client that trained."""
+        return self.downlink / self.receivers if self.receivers else float("nan")
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dense uplink bytes over the bytes actually sent (1 without compression)."""
+        return self.dense_uplink / self.uplink if self.uplink else float("nan")
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,7 @@ class RoundStats:
     mean_staleness: float = 0.0  # of the aggregated updates
     train_loss: float = float("nan")
     episodes: int = 0  # training episodes the clients finished this round (trajectories)
+    traffic: Traffic | None = None  # bytes up and down; None where not measured (asynchronous rounds)
 
 
 @dataclass(frozen=True)
@@ -76,6 +112,7 @@ class RoundResult:
     stats: RoundStats
     client_returns: np.ndarray | None  # (n_clients,) mean greedy return per client
     personalized_returns: np.ndarray | None
+    epsilon: float = float("inf")  # DP epsilon spent so far (at pipeline.dp.delta); inf without DP
 
     @property
     def global_mean_return(self) -> float:
@@ -99,7 +136,8 @@ def initial_state(setup: Setup) -> SimState:
     n = setup.config.federation.n_clients
     env_state, _ = reset(setup.family, setup.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0))
     client_state = init_client_state(setup.config.learner, setup.net, n, setup.strategy.uses_control_variates)
-    return SimState(0, params, setup.strategy.init(params), env_state, 0, 0.0, client_state)
+    pipeline_state = init_pipeline_state(setup.config.pipeline, n, setup.net.spec.dim)
+    return SimState(0, params, setup.strategy.init(params), env_state, 0, 0.0, client_state, pipeline_state=pipeline_state)
 
 
 def take_rows(client_state: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -123,9 +161,13 @@ def clients_per_round(setup: Setup) -> int:
 
 
 def sample_clients(setup: Setup, round_: int) -> np.ndarray:
-    """The sorted indices of the clients asked to take part in ``round_``."""
-    chosen = setup.rng(SAMPLE_STREAM, round_).choice(setup.config.federation.n_clients, size=clients_per_round(setup), replace=False)
-    return np.sort(chosen)
+    """The sorted indices of the clients asked to take part in ``round_``: ``clients_per_round``
+    of them, or under central DP each client independently with probability ``fraction`` (Poisson
+    sampling, the sampling its accountant assumes)."""
+    rng, fed = setup.rng(SAMPLE_STREAM, round_), setup.config.federation
+    if setup.config.pipeline.dp.mode == "central":
+        return np.flatnonzero(rng.random(fed.n_clients) < fed.fraction)
+    return np.sort(rng.choice(fed.n_clients, size=clients_per_round(setup), replace=False))
 
 
 def shards(clients: np.ndarray, shard_size: int) -> list[np.ndarray]:
@@ -160,19 +202,51 @@ def to_updates(setup: Setup, rows: np.ndarray, result: LocalResult, params: np.n
     return updates
 
 
+def transmit(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple) -> tuple[list[Update], dict[str, np.ndarray]]:
+    """Send ``updates`` through the client side of the pipeline and decode them as the server
+    does; returns the updates as the server sees them, each with its measured size in
+    ``metrics["uplink_bytes"]``, and the pipeline state after sending."""
+    clients = np.array([u.client_id for u in updates], dtype=np.int64)
+    residuals = pipeline_state.get("residual")
+    messages = []
+    for u in updates:
+        residual = None if residuals is None else residuals[u.client_id]
+        rng = setup.rng(PIPELINE_STREAM, *tags, u.client_id)
+        messages.append(client_message(setup.config.pipeline, u.delta, residual, rng, setup.net.spec.sizes))
+    received = decode_stack([m.payload for m in messages], setup.net.spec.dim)
+    sent = []
+    for u, m, delta in zip(updates, messages, received):
+        control_bytes = len(encode(dense(u.control_delta))) if u.control_delta is not None else 0
+        sent.append(replace(u, delta=delta, metrics={**u.metrics, "uplink_bytes": float(len(m.payload) + control_bytes)}))
+    return sent, after_sending(pipeline_state, clients, messages)
+
+
 def train_clients(setup: Setup, state: SimState, clients: np.ndarray, tags: tuple) -> tuple[list[Update], SimState]:
     """Train ``clients`` from ``state``'s global version, shard by shard; returns their updates
-    (attacks applied) and the state with their env and learner state advanced."""
+    (attacks applied, then sent through the pipeline) and the state with their env, learner and
+    pipeline state advanced."""
     updates: list[Update] = []
     for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
         result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, *tags, i))
-        updates += to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, *tags, i))
+        raw = to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, *tags, i))
+        sent, pipeline_state = transmit(setup, state.pipeline_state, raw, tags)
+        updates += sent
         state = replace(
             state,
             env_state=put_clients(state.env_state, rows, result.env_state),
             client_state=put_rows(state.client_state, rows, result.client_state),
+            pipeline_state=pipeline_state,
         )
     return updates, state
+
+
+def central_update(setup: Setup, state: SimState, updates: list[Update]) -> Update:
+    """Under central DP, the one update the strategy sees: the noised mean of the round's deltas
+    over the expected number of clients (client id -1: no single client's)."""
+    fed = setup.config.federation
+    stack = stack_deltas(updates) if updates else np.zeros((0, setup.net.spec.dim), dtype=np.float32)
+    mean = central_mean(setup.config.pipeline, stack, fed.fraction * fed.n_clients, setup.rng(NOISE_STREAM, state.version))
+    return Update(-1, state.version, mean, sum(u.env_steps for u in updates))
 
 
 def aggregate(setup: Setup, state: SimState, updates: list[Update]) -> tuple[SimState, int, float]:
@@ -180,9 +254,19 @@ def aggregate(setup: Setup, state: SimState, updates: list[Update]) -> tuple[Sim
     state, the number rejected and the mean staleness of the accepted ones."""
     screened = screen(updates, setup.net.spec.dim)
     accepted = screened.accepted
-    params, strategy_state = setup.strategy.aggregate(state.strategy_state, state.params, accepted)
     staleness = float(np.mean([state.version - u.base_version for u in accepted])) if accepted else 0.0
+    if setup.config.pipeline.dp.mode == "central":
+        accepted = [central_update(setup, state, accepted)]
+    params, strategy_state = setup.strategy.aggregate(state.strategy_state, state.params, accepted)
     return replace(state, params=params, strategy_state=strategy_state, version=state.version + 1), len(screened.rejected), staleness
+
+
+def measure_traffic(setup: Setup, params: np.ndarray, receivers: int, updates: list[Update]) -> Traffic:
+    """A round's bytes: the global model (dense float32) to each of ``receivers``, and the
+    updates' measured sizes back (late ones too: they were sent)."""
+    model = len(encode(dense(params))) * (2 if setup.strategy.uses_control_variates else 1)
+    uplink = int(sum(u.metrics["uplink_bytes"] for u in updates))
+    return Traffic(uplink, receivers * model, len(updates), receivers, len(updates) * model)
 
 
 def sync_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
@@ -198,10 +282,11 @@ def sync_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, Ro
     late = deadline is not None and (len(present) < len(sampled) or not on_time.all())
     elapsed = deadline if late else float(arrival.max()) if len(arrival) else setup.config.fleet.retry_s
     steps = state.env_steps + sum(u.env_steps for u in updates)
+    traffic = measure_traffic(setup, state.params, len(present), updates)
     state, n_rejected, _ = aggregate(setup, state, kept)
     loss = float(np.nanmean([u.metrics["loss"] for u in updates])) if updates else float("nan")
     episodes = int(sum(u.metrics["episodes"] for u in updates))
-    stats = RoundStats(len(sampled), len(kept) - n_rejected, len(sampled) - len(kept), n_rejected, 0.0, loss, episodes)
+    stats = RoundStats(len(sampled), len(kept) - n_rejected, len(sampled) - len(kept), n_rejected, 0.0, loss, episodes, traffic)
     return replace(state, env_steps=steps, sim_time_s=state.sim_time_s + elapsed), stats
 
 
@@ -250,7 +335,8 @@ def run_round(setup: Setup, state: SimState) -> tuple[RoundResult, SimState]:
     client_returns = evaluate_clients(setup, acting_params(setup, state.params, state.client_state)) if evaluate_now else None
     personal = personalized_returns(setup, state, round_) if evaluate_now and cfg.personalization.steps else None
     state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)
-    result = RoundResult(round_, state.env_steps, state.wall_s, state.sim_time_s, stats, client_returns, personal)
+    spent = spent_epsilon(cfg.pipeline, cfg.federation.fraction, round_, state.pipeline_state)
+    result = RoundResult(round_, state.env_steps, state.wall_s, state.sim_time_s, stats, client_returns, personal, spent)
     return result, state
 
 

@@ -1,5 +1,6 @@
-"""PNG plots of a run's metrics: the global and worst-client return per round, and every
-client's return per round."""
+"""PNG plots of a run's metrics: the global and worst-client return per round, every client's
+return per round, and -- for a run with differential privacy -- the return against the epsilon
+spent so far."""
 
 from __future__ import annotations
 
@@ -33,14 +34,19 @@ def plot_returns(run: RunDir, target: float | None = None) -> Path:
         x, y = _finite(rows, column)
         if len(x):
             ax.plot(x, y, marker=".", label=label)
+    _label_returns(ax, target, "round", f"{run.path.name}: return of the global policy")
+    return _save(fig, run.path / "plots" / "returns.png")
+
+
+def _label_returns(ax, target: float | None, xlabel: str, title: str) -> None:
+    """The target line, axis labels, grid and legend of a plot of returns."""
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g}")
-    ax.set_xlabel("round")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("evaluation return")
-    ax.set_title(f"{run.path.name}: return of the global policy")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, run.path / "plots" / "returns.png")
 
 
 def plot_clients(run: RunDir) -> Path:
@@ -61,6 +67,22 @@ def plot_clients(run: RunDir) -> Path:
     return _save(fig, run.path / "plots" / "clients.png")
 
 
+def plot_privacy(run: RunDir, target: float | None = None) -> Path | None:
+    """Global mean and worst-client return against the DP epsilon spent by that round; None
+    for a run without DP (its epsilon is infinite)."""
+    rows = np.array(run.rows("rounds"), dtype=np.float64)
+    spent = rows[:, ROUND_COLUMNS.index("epsilon")] if len(rows) else rows
+    if not np.isfinite(spent).any():
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for column, label in (("global_mean_return", "global policy: mean over clients"), ("worst_client_return", "global policy: worst client")):
+        y = rows[:, ROUND_COLUMNS.index(column)]
+        keep = np.isfinite(y) & np.isfinite(spent)
+        ax.plot(spent[keep], y[keep], marker=".", label=label)
+    _label_returns(ax, target, "epsilon spent (client-level DP)", f"{run.path.name}: return against privacy spent")
+    return _save(fig, run.path / "plots" / "privacy.png")
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -71,4 +93,5 @@ def _save(fig, path: Path) -> Path:
 
 def plot_run(run: RunDir, target: float | None = None) -> list[Path]:
     """Every plot of a run; returns their paths."""
-    return [plot_returns(run, target), plot_clients(run)]
+    privacy = plot_privacy(run, target)
+    return [plot_returns(run, target), plot_clients(run)] + ([privacy] if privacy is not None else [])

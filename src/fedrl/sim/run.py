@@ -89,6 +89,17 @@ def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int) -> np.ndar
     return evaluate(setup.net, params, setup.family, env_params, cfg.episodes, seed, cfg.greedy).mean(axis=1)
 
 
+def _traffic_and_privacy(rows: list[tuple]) -> dict:
+    """The total uplink bytes (where measured) and the DP epsilon spent (where there is DP)."""
+    out: dict = {}
+    uplink = [r[ROUND_COLUMNS.index("uplink_bytes")] for r in rows if r[ROUND_COLUMNS.index("uplink_bytes")] is not None]
+    if uplink:
+        out["uplink_bytes"] = int(sum(uplink))
+    if rows and np.isfinite(rows[-1][ROUND_COLUMNS.index("epsilon")]):
+        out["epsilon"] = rows[-1][ROUND_COLUMNS.index("epsilon")]
+    return out
+
+
 def finish(run: Run, state: SimState) -> dict:
     """Save the final policy, evaluate held-out clients, write the summary and the plots."""
     setup = run.setup
@@ -100,6 +111,7 @@ def finish(run: Run, state: SimState) -> dict:
         last = dict(zip(ROUND_COLUMNS, evaluated[-1]))
         summary.update(solved=bool(last["global_mean_return"] >= setup.target_return),
                        global_mean_return=last["global_mean_return"], worst_client_return=last["worst_client_return"])
+    summary.update(_traffic_and_privacy(run.dir.rows("rounds")))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
         held = heldout_returns(setup, state.params, n_heldout)

@@ -13,7 +13,8 @@ Metrics of a round are written before its checkpoint; on resume, rows after the 
 checkpoint are dropped, so a crash between the two never duplicates a round. Files are
 written to a temporary name and renamed, so a checkpoint is either whole or absent.
 
-A checkpoint holds every client's ongoing training episodes, so a resumed run matches an
+A checkpoint holds every client's ongoing training episodes and the update pipeline's
+per-client state (error-feedback residuals, DP participation counts), so a resumed run matches an
 unbroken one bit for bit -- except with a Gymnasium adapter family (``env.family: gym``),
 whose environments are live Python objects that step in place and cannot be written as
 arrays. Its checkpoints hold no env state (their JSON says ``"env_state": "fresh"``), and on
@@ -45,6 +46,8 @@ ROUND_COLUMNS = (
     "round", "env_steps", "wall_s", "n_updates", "train_loss", "global_mean_return",
     "worst_client_return", "p10_client_return", "personalized_mean_return", "personalized_worst_client_return",
     "sim_time_s", "n_sampled", "n_dropped", "n_rejected", "mean_staleness", "train_episodes",
+    "uplink_bytes", "downlink_bytes", "uplink_bytes_per_client", "downlink_bytes_per_client", "compression_ratio",
+    "epsilon",
 )
 CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
 
@@ -61,6 +64,14 @@ def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _traffic_cells(r: RoundResult) -> tuple:
+    """Bytes up and down (total and per client) and the compression ratio; NaN where not measured."""
+    t = r.stats.traffic
+    if t is None:
+        return (float("nan"),) * 5
+    return t.uplink, t.downlink, t.uplink_per_client, t.downlink_per_client, t.compression_ratio
+
+
 def _round_row(r: RoundResult) -> tuple:
     personal = r.personalized_returns
     return (
@@ -69,7 +80,7 @@ def _round_row(r: RoundResult) -> tuple:
         float(np.mean(personal)) if personal is not None else float("nan"),
         float(np.min(personal)) if personal is not None else float("nan"),
         r.sim_time_s, r.stats.n_sampled, r.stats.n_dropped, r.stats.n_rejected, r.stats.mean_staleness,
-        r.stats.episodes,
+        r.stats.episodes, *_traffic_cells(r), r.epsilon,
     )
 
 
@@ -163,6 +174,7 @@ class RunDir:
         _save_arrays(arrays, stem.with_suffix(".safetensors"))
         per_client = {f"client.{k}": v for k, v in state.client_state.items()}
         per_client.update({f"inflight.{k}": v for k, v in state.inflight.items()})
+        per_client.update({f"pipeline.{k}": v for k, v in state.pipeline_state.items()})
         if per_client:
             _save_arrays(per_client, stem.with_suffix(".clients.safetensors"))
         meta = {
@@ -199,6 +211,7 @@ class RunDir:
             client_state={k[7:]: v for k, v in per_client.items() if k.startswith("client.")},
             sim_time_s=meta.get("sim_time_s", 0.0), version=meta.get("version", meta["round"]),
             inflight={k[9:]: v for k, v in per_client.items() if k.startswith("inflight.")},
+            pipeline_state={k[9:]: v for k, v in per_client.items() if k.startswith("pipeline.")},
         )
 
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:

@@ -1,0 +1,154 @@
+"""The update pipeline: the stages every client update passes through between local training and
+the strategy, declared in the experiment config's ``pipeline`` section.
+
+Client side, one update at a time (``client_message``)::
+
+    delta -> clip to C -> (local DP: + N(0, (zC)^2)) -> compress, with error feedback
+          -> (central DP: scale the message to norm <= C) -> encode -> [secure-aggregation mask] -> bytes
+
+Server side, on the whole round at once::
+
+    bytes -> [secure-aggregation unmask: the sum only] -> decode_stack -> (central DP: central_mean,
+          the noised sum over the expected number of clients) -> strategy
+
+The DP noise comes before compression, not after as one might draw it: compression is then
+post-processing of a private vector and cannot weaken the guarantee (top-k's choice of
+coordinates would otherwise be released bare), and noise added after sparsifying or quantizing
+would make the update dense and unquantized again. In central mode the message is scaled to
+norm ``C`` after compression because the residual that error feedback adds, and stochastic
+rounding, can push it past the clip; ``C`` is the sensitivity the server's noise is calibrated to.
+
+Secure aggregation (``fedrl.core.secagg``) goes where the brackets are: it masks each encoded
+update and gives the server only their sum, so it needs a codec whose messages add up as
+integers -- dense quantized values on one scale shared by all clients -- not top-k or random-k,
+whose supports differ from client to client.
+
+The clip is DP-FedAvg's (McMahan et al., ICLR 2018); compression and DP are described in
+``fedrl.core.compress`` and ``fedrl.core.privacy``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from fedrl.core.aggregation import clip_to_norm
+from fedrl.core.compress import CompressionConfig, compress_with_feedback, decode, decompress, encode
+from fedrl.core.privacy import PrivacyConfig, add_gaussian_noise, epsilon, rounds_within, sampling_rate
+from fedrl.core.robust import FrozenConfig
+
+
+class PipelineConfig(FrozenConfig):
+    """The stages applied to every update; the defaults apply none (the update travels whole)."""
+
+    clip_norm: float | None = Field(None, gt=0, description="C: clip every update to this L2 norm first; required by dp")
+    compression: CompressionConfig = CompressionConfig()
+    dp: PrivacyConfig = PrivacyConfig()
+
+    @model_validator(mode="after")
+    def _dp_needs_clip(self) -> PipelineConfig:
+        """DP noise is calibrated to the clip norm, so it cannot run without one."""
+        if self.dp.mode != "none" and self.clip_norm is None:
+            raise ValueError(f"dp mode {self.dp.mode!r} needs clip_norm (the noise std is noise_multiplier * clip_norm)")
+        return self
+
+    @property
+    def applies_nothing(self) -> bool:
+        """Whether every update reaches the strategy exactly as the client computed it."""
+        return self.clip_norm is None and self.compression.lossless and self.dp.mode == "none"
+
+    @property
+    def noise_std(self) -> float:
+        """The standard deviation ``z * C`` of the DP noise (0 without DP)."""
+        return self.dp.noise_multiplier * self.clip_norm if self.dp.mode != "none" else 0.0
+
+
+@dataclass(frozen=True)
+class ClientMessage:
+    """What a client puts on the wire, and the error-feedback residual it keeps (None without)."""
+
+    payload: bytes
+    residual: np.ndarray | None
+
+
+def client_message(
+    config: PipelineConfig, delta: np.ndarray, residual: np.ndarray | None, rng: np.random.Generator,
+    sizes: tuple[int, ...] | None = None,
+) -> ClientMessage:
+    """The client side of the pipeline for one update (order and reasons in the module docstring);
+    ``sizes``: the model's tensor sizes (``ParamSpec.sizes``), for per-tensor top-k."""
+    x = delta if config.clip_norm is None else clip_to_norm(delta, config.clip_norm)
+    if config.dp.mode == "local":
+        x = add_gaussian_noise(x, config.noise_std, rng)
+    bound = config.clip_norm if config.dp.mode == "central" else None
+    message, residual = compress_with_feedback(x, residual, config.compression, rng, sizes, bound)
+    return ClientMessage(encode(message), residual)  # secure aggregation would mask these bytes
+
+
+def decode_stack(payloads: list[bytes], dim: int) -> np.ndarray:
+    """The updates a round's payloads stand for, as an ``(n, dim)`` float32 stack."""
+    stack = np.zeros((len(payloads), dim), dtype=np.float32)
+    for i, payload in enumerate(payloads):
+        row = decompress(decode(payload))
+        if row.shape != (dim,):
+            raise ValueError(f"update {i} of the round decodes to {row.shape[0]} parameters, the model has {dim}")
+        stack[i] = row
+    return stack
+
+
+def central_mean(config: PipelineConfig, stack: np.ndarray, expected_clients: float, rng: np.random.Generator) -> np.ndarray:
+    """Central DP's server step: ``(sum_i x_i + N(0, (zC)^2 I)) / (qN)``, the noised sum over the
+    expected number of clients -- a fixed denominator, so the count of clients that took part
+    stays hidden (DP-FedAvg's estimator; McMahan et al. 2018). An empty stack still gets noise."""
+    total = stack.sum(axis=0, dtype=np.float64).astype(np.float32)
+    return (add_gaussian_noise(total, config.noise_std, rng) / np.float32(expected_clients)).astype(np.float32)
+
+
+def init_pipeline_state(config: PipelineConfig, n_clients: int, dim: int) -> dict[str, np.ndarray]:
+    """What the pipeline keeps per client, arrays with leading axis ``N``: ``"residual"`` ``(N, d)``
+    float32 with error feedback; ``"participation"`` ``(N,)`` int64, rounds taken part in, with local DP."""
+    state = {}
+    if config.compression.error_feedback:
+        state["residual"] = np.zeros((n_clients, dim), dtype=np.float32)
+    if config.dp.mode == "local":
+        state["participation"] = np.zeros(n_clients, dtype=np.int64)
+    return state
+
+
+def after_sending(state: dict[str, np.ndarray], clients: np.ndarray, messages: list[ClientMessage]) -> dict[str, np.ndarray]:
+    """A copy of the pipeline's client state after ``clients`` sent ``messages`` (in the same order)."""
+    out = {key: value.copy() for key, value in state.items()}
+    if "residual" in out and len(clients):
+        out["residual"][clients] = np.stack([m.residual for m in messages])
+    if "participation" in out:
+        out["participation"][clients] += 1
+    return out
+
+
+def spent_epsilon(config: PipelineConfig, fraction: float, rounds: int, client_state: dict[str, np.ndarray]) -> float:
+    """The epsilon (at ``config.dp.delta``) spent after ``rounds`` rounds: central mode, one
+    Poisson-sampled Gaussian mechanism per round; local mode, one full Gaussian mechanism per round
+    taken part in, for the client that took part most. Infinite without DP."""
+    dp = config.dp
+    if dp.mode == "none":
+        return math.inf
+    releases = rounds if dp.mode == "central" else int(client_state["participation"].max(initial=0))
+    return epsilon(dp.noise_multiplier, sampling_rate(dp, fraction), releases, dp.delta)
+
+
+def budget_problem(config: PipelineConfig, fraction: float, rounds: int) -> str | None:
+    """Why ``rounds`` rounds could spend more than ``dp.target_epsilon`` (in local mode, counting a
+    client that takes part in every round), or None when they fit or there is no target."""
+    dp = config.dp
+    if dp.target_epsilon is None:
+        return None
+    rate = sampling_rate(dp, fraction)
+    worst = epsilon(dp.noise_multiplier, rate, rounds, dp.delta)
+    if worst <= dp.target_epsilon:
+        return None
+    most = rounds_within(dp.target_epsilon, dp.noise_multiplier, rate, dp.delta)
+    return (f"{rounds} rounds at noise_multiplier {dp.noise_multiplier:g} and sampling rate {rate:g} spend "
+            f"epsilon {worst:.3g} at delta {dp.delta:g}; at most {most} rounds fit (federation.rounds)")
