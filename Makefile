@@ -36,6 +36,11 @@ bench: setup
 	$(BIN)/python benchmarks/time_to_solve.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/algorithms.py
+	$(BIN)/python benchmarks/bandwidth.py
+	$(BIN)/python benchmarks/privacy.py
+	$(BIN)/python benchmarks/secagg.py
+	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/mqtt_vs_grpc.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
