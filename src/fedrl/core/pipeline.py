@@ -18,10 +18,15 @@ would make the update dense and unquantized again. In central mode the message i
 norm ``C`` after compression because the residual that error feedback adds, and stochastic
 rounding, can push it past the clip; ``C`` is the sensitivity the server's noise is calibrated to.
 
-Secure aggregation (``fedrl.core.secagg``) goes where the brackets are: it masks each encoded
-update and gives the server only their sum, so it needs a codec whose messages add up as
-integers -- dense quantized values on one scale shared by all clients -- not top-k or random-k,
-whose supports differ from client to client.
+Secure aggregation (``fedrl.core.secagg``, ``secure_aggregation.enabled``) goes where the
+brackets are: each client masks its (clipped, locally noised) update as fixed-point integers and
+the server learns only their sum (``secure_mean``). Its messages must add up as integers, so it
+quantizes the update itself on one scale shared by all clients and needs uncompressed messages:
+top-k and random-k supports differ from client to client, and 8- or 4-bit codes have a scale per
+client. The server then sees no single update, so it can only take the mean: each survivor
+counts equally (under a steps budget every client takes the same steps, so this is FedAvg's
+weighting), and with central DP the noise goes on the unmasked sum -- which the server sees
+before it adds the noise.
 
 The clip is DP-FedAvg's (McMahan et al., ICLR 2018); compression and DP are described in
 ``fedrl.core.compress`` and ``fedrl.core.privacy``.
@@ -39,6 +44,7 @@ from fedrl.core.aggregation import clip_to_norm
 from fedrl.core.compress import CompressionConfig, compress_with_feedback, decode, decompress, encode
 from fedrl.core.privacy import PrivacyConfig, add_gaussian_noise, epsilon, rounds_within, sampling_rate
 from fedrl.core.robust import FrozenConfig
+from fedrl.core.secagg import SecAggConfig, SecureSumResult, secure_sum
 
 
 class PipelineConfig(FrozenConfig):
@@ -47,6 +53,7 @@ class PipelineConfig(FrozenConfig):
     clip_norm: float | None = Field(None, gt=0, description="C: clip every update to this L2 norm first; required by dp")
     compression: CompressionConfig = CompressionConfig()
     dp: PrivacyConfig = PrivacyConfig()
+    secure_aggregation: SecAggConfig = SecAggConfig()
 
     @model_validator(mode="after")
     def _dp_needs_clip(self) -> PipelineConfig:
@@ -55,10 +62,20 @@ class PipelineConfig(FrozenConfig):
             raise ValueError(f"dp mode {self.dp.mode!r} needs clip_norm (the noise std is noise_multiplier * clip_norm)")
         return self
 
+    @model_validator(mode="after")
+    def _secure_aggregation_needs_dense(self) -> PipelineConfig:
+        """Masked messages must add up as integers: secure aggregation quantizes the update itself."""
+        c = self.compression
+        if self.secure_aggregation.enabled and not c.lossless:
+            raise ValueError(f"secure_aggregation needs compression.sparsify none and bits 32, got {c.sparsify} and "
+                             f"{c.bits} (it sends its own fixed point; sparse supports and per-client scales do not sum)")
+        return self
+
     @property
     def applies_nothing(self) -> bool:
         """Whether every update reaches the strategy exactly as the client computed it."""
-        return self.clip_norm is None and self.compression.lossless and self.dp.mode == "none"
+        return (self.clip_norm is None and self.compression.lossless and self.dp.mode == "none"
+                and not self.secure_aggregation.enabled)
 
     @property
     def noise_std(self) -> float:
@@ -85,7 +102,7 @@ def client_message(
         x = add_gaussian_noise(x, config.noise_std, rng)
     bound = config.clip_norm if config.dp.mode == "central" else None
     message, residual = compress_with_feedback(x, residual, config.compression, rng, sizes, bound)
-    return ClientMessage(encode(message), residual)  # secure aggregation would mask these bytes
+    return ClientMessage(encode(message), residual)  # secure aggregation masks the vector these bytes stand for
 
 
 def decode_stack(payloads: list[bytes], dim: int) -> np.ndarray:
@@ -103,8 +120,26 @@ def central_mean(config: PipelineConfig, stack: np.ndarray, expected_clients: fl
     """Central DP's server step: ``(sum_i x_i + N(0, (zC)^2 I)) / (qN)``, the noised sum over the
     expected number of clients -- a fixed denominator, so the count of clients that took part
     stays hidden (DP-FedAvg's estimator; McMahan et al. 2018). An empty stack still gets noise."""
-    total = stack.sum(axis=0, dtype=np.float64).astype(np.float32)
+    return noised_mean(config, stack.sum(axis=0, dtype=np.float64).astype(np.float32), expected_clients, rng)
+
+
+def noised_mean(config: PipelineConfig, total: np.ndarray, expected_clients: float, rng: np.random.Generator) -> np.ndarray:
+    """``(total + N(0, (zC)^2 I)) / (qN)``: central DP's step on a round's sum of updates ``total`` ``(d,)``."""
     return (add_gaussian_noise(total, config.noise_std, rng) / np.float32(expected_clients)).astype(np.float32)
+
+
+def secure_mean(
+    config: PipelineConfig, stack: np.ndarray, dropped: np.ndarray, expected_clients: float,
+    rng: np.random.Generator, noise_rng: np.random.Generator,
+) -> tuple[np.ndarray, SecureSumResult]:
+    """The server side under secure aggregation: the sum of the rows of ``stack`` ``(n, d)`` whose
+    masked inputs arrive (``dropped`` ``(n,)`` bool: shared keys, then sent nothing), through
+    ``secure_sum``; then central DP's ``noised_mean`` of it, or else its mean over the survivors.
+    ``rng`` draws the protocol's keys and seeds. Raises ``BelowThreshold`` (no sum exists)."""
+    result = secure_sum(stack, dropped, config.secure_aggregation, rng)
+    if config.dp.mode == "central":
+        return noised_mean(config, result.sum, expected_clients, noise_rng), result
+    return (result.sum / np.float32(result.n_survivors)).astype(np.float32), result
 
 
 def init_pipeline_state(config: PipelineConfig, n_clients: int, dim: int) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedrl.agents import A2CConfig, DQNConfig, LearnerConfig, PPOConfig, ReinforceConfig
 from fedrl.core.pipeline import PipelineConfig, budget_problem
+from fedrl.core.secagg import check_headroom
 from fedrl.core.strategies import STRATEGY_CONFIGS, FedAvgConfig, StrategyConfig
 from fedrl.envs import FAMILIES
 from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter, load_setter
@@ -186,6 +187,11 @@ class FederationConfig(_Frozen):
             raise ValueError("set exactly one of local_steps and local_episodes (the other to null)")
         return self
 
+    @property
+    def clients_per_round(self) -> int:
+        """``fraction * n_clients``, halves rounded up, at least 1 (the expected count under Poisson sampling)."""
+        return max(1, int(self.fraction * self.n_clients + 0.5))
+
 
 class EvalConfig(_Frozen):
     """How the global policy is evaluated on every client's environment."""
@@ -237,6 +243,45 @@ class ExperimentConfig(_Frozen):
         if self.strategy.name == "scaffold" and self.strategy.n_clients != self.federation.n_clients:
             raise ValueError(f"strategy.n_clients ({self.strategy.n_clients}) must equal federation.n_clients "
                              f"({self.federation.n_clients})")
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits_strategy(self) -> ExperimentConfig:
+        """Secure aggregation gives the server one sum per synchronous round, so nothing that needs
+        each update can run beside it: robust rules, server-side clipping, SCAFFOLD's control deltas."""
+        if not self.pipeline.secure_aggregation.enabled:
+            return self
+        strategy, problem = self.strategy, None
+        if self.fleet.mode == "async":
+            problem = "it sums a round of clients, and fleet.mode async has no rounds"
+        elif strategy.name == "scaffold":
+            problem = "SCAFFOLD's control deltas would need a secure sum of their own, which is not implemented"
+        elif strategy.rule != "mean":
+            problem = f"the server sees only the sum of the updates, so strategy.rule must be mean, not {strategy.rule!r}"
+        elif strategy.norm_bound is not None:
+            problem = ("the server cannot clip updates it never sees: set pipeline.clip_norm (each client clips) "
+                       "instead of strategy.norm_bound")
+        if problem is not None:
+            raise KeyProblem("pipeline.secure_aggregation.enabled", problem, True)
+        return self
+
+    @model_validator(mode="after")
+    def _secure_rounds_fit_protocol(self) -> ExperimentConfig:
+        """A round must sample at least 2 clients and t of them, and its sum must fit in 32 bits."""
+        secure, fed = self.pipeline.secure_aggregation, self.federation
+        if not secure.enabled:
+            return self
+        per_round = fed.clients_per_round
+        if per_round < 2:
+            raise KeyProblem("federation.fraction", f"secure aggregation needs at least 2 clients a round; fraction * "
+                             f"n_clients gives {per_round}", fed.fraction)
+        if isinstance(secure.threshold, int) and secure.threshold > per_round:
+            raise KeyProblem("pipeline.secure_aggregation.threshold", f"exceeds the {per_round} clients a round "
+                             "samples (fraction * n_clients), so no round could be summed", secure.threshold)
+        try:  # Poisson sampling (central DP) may put the whole fleet in one round
+            check_headroom(secure, fed.n_clients if self.pipeline.dp.mode == "central" else per_round)
+        except ValueError as exc:
+            raise KeyProblem("pipeline.secure_aggregation.scale", str(exc), secure.scale) from None
         return self
 
     @model_validator(mode="after")

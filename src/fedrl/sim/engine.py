@@ -8,7 +8,10 @@ and aggregated by the strategy; the new global policy is evaluated on every clie
 environment. Every update passes through the update pipeline (``fedrl.core.pipeline``: clip,
 compress, DP noise) on its way: the client side makes the bytes it would send, whose length is
 the round's measured uplink, and the server decodes them; with central DP the clients are
-Poisson-sampled and the strategy receives one noised mean.
+Poisson-sampled and the strategy receives one noised mean. With secure aggregation the clients
+that trained run the protocol (``fedrl.core.secagg``) on their updates, those whose update is
+late drop out after sharing their keys, and the strategy receives the mean of the survivors' sum;
+the bytes are the protocol's, and a round left below the threshold keeps the old model.
 
 Asynchronous mode (``fleet.mode: async``, FedAsync / FedBuff): there is no barrier. Idle
 available clients start training from the current global version at the current simulated
@@ -33,14 +36,15 @@ from fedrl.agents import Budget, LocalResult, evaluate, init_client_state, local
 from fedrl.core.aggregation import screen
 from fedrl.core.compress import dense, encode
 from fedrl.core.pipeline import (
-    after_sending, central_mean, client_message, decode_stack, init_pipeline_state, spent_epsilon,
+    after_sending, central_mean, client_message, decode_stack, init_pipeline_state, secure_mean, spent_epsilon,
 )
+from fedrl.core.secagg import BelowThreshold, SecAggConfig, SecureSumResult
 from fedrl.core.update import Update, stack_deltas
 from fedrl.envs.base import EnvState, put_clients, reset, take_clients
 from fedrl.sim.attacks import attack
 from fedrl.sim.setup import (
     ATTACK_STREAM, AVAILABILITY_STREAM, EVAL_STREAM, NOISE_STREAM, PERSONAL_STREAM, PIPELINE_STREAM, SAMPLE_STREAM,
-    TRAIN_STREAM, Setup,
+    SECAGG_STREAM, TRAIN_STREAM, Setup,
 )
 
 
@@ -65,11 +69,13 @@ class SimState:
 class Traffic:
     """Bytes on the wire in one round, each message's size measured as the length of its encoding."""
 
-    uplink: int  # what the clients sent: their encoded updates (and SCAFFOLD's dense control deltas)
-    downlink: int  # what the server sent: the dense global model (and SCAFFOLD's control) to each client that trained
+    uplink: int  # what the clients sent: their encoded updates (and SCAFFOLD's dense control deltas),
+    # or with secure aggregation every message of the protocol
+    downlink: int  # what the server sent: the dense global model (and SCAFFOLD's control) to each client
+    # that trained, and secure aggregation's messages
     senders: int
     receivers: int
-    dense_uplink: int  # the uplink had every update been sent dense, as float32
+    dense_uplink: int  # the uplink had every update (secure aggregation: every masked input that arrived) been sent as float32
 
     @property
     def uplink_per_client(self) -> float:
@@ -88,6 +94,15 @@ class Traffic:
 
 
 @dataclass(frozen=True)
+class SecureOutcome:
+    """Secure aggregation in one round: its threshold t, and whether the survivors' sum was
+    recovered (when not, fewer than t clients were left and the round kept the old model)."""
+
+    threshold: int
+    recovered: bool
+
+
+@dataclass(frozen=True)
 class RoundStats:
     """What happened to the updates of a round."""
 
@@ -98,7 +113,8 @@ class RoundStats:
     mean_staleness: float = 0.0  # of the aggregated updates
     train_loss: float = float("nan")
     episodes: int = 0  # training episodes the clients finished this round (trajectories)
-    traffic: Traffic | None = None  # bytes up and down; None where not measured (asynchronous rounds)
+    traffic: Traffic | None = None  # bytes up and down; None where not measured (asynchronous rounds, failed secure sums)
+    secure: SecureOutcome | None = None  # None without secure aggregation
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,7 @@ def put_rows(client_state: dict[str, np.ndarray], rows: np.ndarray, part: dict[s
 
 def clients_per_round(setup: Setup) -> int:
     """``fraction * n_clients``, halves rounded up, at least 1."""
-    return max(1, int(setup.config.federation.fraction * setup.config.federation.n_clients + 0.5))
+    return setup.config.federation.clients_per_round
 
 
 def sample_clients(setup: Setup, round_: int) -> np.ndarray:
@@ -261,16 +277,73 @@ def aggregate(setup: Setup, state: SimState, updates: list[Update]) -> tuple[Sim
     return replace(state, params=params, strategy_state=strategy_state, version=state.version + 1), len(screened.rejected), staleness
 
 
+def model_bytes(setup: Setup, params: np.ndarray) -> int:
+    """What the server sends each client that trains: the dense float32 model (and SCAFFOLD's control)."""
+    return len(encode(dense(params))) * (2 if setup.strategy.uses_control_variates else 1)
+
+
 def measure_traffic(setup: Setup, params: np.ndarray, receivers: int, updates: list[Update]) -> Traffic:
     """A round's bytes: the global model (dense float32) to each of ``receivers``, and the
     updates' measured sizes back (late ones too: they were sent)."""
-    model = len(encode(dense(params))) * (2 if setup.strategy.uses_control_variates else 1)
+    model = model_bytes(setup, params)
     uplink = int(sum(u.metrics["uplink_bytes"] for u in updates))
     return Traffic(uplink, receivers * model, len(updates), receivers, len(updates) * model)
 
 
+def plain_aggregate(setup: Setup, state: SimState, updates: list[Update], on_time: np.ndarray) -> tuple[SimState, RoundStats]:
+    """Screen the on-time ``updates`` and hand them to the strategy; the stats of what became of them."""
+    kept = [u for u, ok in zip(updates, on_time) if ok]
+    traffic = measure_traffic(setup, state.params, len(updates), updates)
+    state, n_rejected, _ = aggregate(setup, state, kept)
+    return state, RoundStats(n_updates=len(kept) - n_rejected, n_rejected=n_rejected, traffic=traffic)
+
+
+def secure_threshold(config: SecAggConfig, n_clients: int) -> int:
+    """t for a roster of ``n_clients``: at least 2, and above ``n_clients`` when no sum is possible."""
+    return config.threshold if isinstance(config.threshold, int) else config.threshold_for(max(n_clients, 2))
+
+
+def secure_sum_of(setup: Setup, state: SimState, updates: list[Update], arrives: np.ndarray,
+                  round_: int) -> tuple[np.ndarray, SecureSumResult] | None:
+    """The mean the strategy receives and the protocol's record, with the clients that sent
+    ``updates`` as the roster and those not in ``arrives`` dropping after sharing their keys;
+    None when fewer than t of them arrive."""
+    pipeline, fed = setup.config.pipeline, setup.config.federation
+    stack = np.where(arrives[:, None], stack_deltas(updates), np.float32(0))  # a dropped row is never read
+    try:
+        return secure_mean(pipeline, stack, ~arrives, fed.fraction * fed.n_clients, setup.rng(SECAGG_STREAM, round_),
+                           setup.rng(NOISE_STREAM, state.version))
+    except BelowThreshold:
+        return None
+
+
+def secure_aggregate(setup: Setup, state: SimState, updates: list[Update], on_time: np.ndarray,
+                     round_: int) -> tuple[SimState, RoundStats]:
+    """Aggregate through secure aggregation: late updates, and updates with NaN or Inf values
+    (which cannot be quantized: counted as rejected), drop out after sharing keys; the strategy
+    receives one update, the mean of the others' sum. Below the threshold the round keeps the
+    old model (no new version) and its traffic is not measured."""
+    finite = np.array([np.isfinite(u.delta).all() for u in updates], dtype=bool)
+    n_rejected = int((on_time & ~finite).sum())
+    arrives = on_time & finite
+    threshold = secure_threshold(setup.config.pipeline.secure_aggregation, len(updates))
+    secured = secure_sum_of(setup, state, updates, arrives, round_) if len(updates) >= threshold else None
+    if secured is None:
+        return state, RoundStats(n_rejected=n_rejected, secure=SecureOutcome(threshold, False))
+    mean, result = secured
+    steps = sum(u.env_steps for u, ok in zip(updates, arrives) if ok)
+    update = Update(-1, state.version, mean, steps)  # no single client's, as under central DP
+    params, strategy_state = setup.strategy.aggregate(state.strategy_state, state.params, [update])
+    n, model = len(updates), model_bytes(setup, state.params)
+    traffic = Traffic(result.bytes_up, n * model + result.bytes_down, n, n, result.n_survivors * model)
+    state = replace(state, params=params, strategy_state=strategy_state, version=state.version + 1)
+    return state, RoundStats(n_updates=result.n_survivors, n_rejected=n_rejected, traffic=traffic,
+                             secure=SecureOutcome(result.threshold, True))
+
+
 def sync_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
-    """Sample, drop the unavailable, train, drop late updates, screen, aggregate."""
+    """Sample, drop the unavailable, train, drop late updates, screen, aggregate (in the clear
+    or through secure aggregation)."""
     fleet = setup.fleet
     sampled = sample_clients(setup, round_)
     present = sampled[fleet.available(sampled, round_, setup.rng(AVAILABILITY_STREAM, round_))]
@@ -278,15 +351,17 @@ def sync_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, Ro
     arrival = fleet.duration(present, np.array([u.env_steps for u in updates]))
     deadline = setup.config.fleet.deadline_s
     on_time = arrival <= deadline if deadline is not None else np.ones(len(updates), dtype=bool)
-    kept = [u for u, ok in zip(updates, on_time) if ok]
     late = deadline is not None and (len(present) < len(sampled) or not on_time.all())
     elapsed = deadline if late else float(arrival.max()) if len(arrival) else setup.config.fleet.retry_s
     steps = state.env_steps + sum(u.env_steps for u in updates)
-    traffic = measure_traffic(setup, state.params, len(present), updates)
-    state, n_rejected, _ = aggregate(setup, state, kept)
+    if setup.config.pipeline.secure_aggregation.enabled:
+        state, stats = secure_aggregate(setup, state, updates, on_time, round_)
+    else:
+        state, stats = plain_aggregate(setup, state, updates, on_time)
     loss = float(np.nanmean([u.metrics["loss"] for u in updates])) if updates else float("nan")
     episodes = int(sum(u.metrics["episodes"] for u in updates))
-    stats = RoundStats(len(sampled), len(kept) - n_rejected, len(sampled) - len(kept), n_rejected, 0.0, loss, episodes, traffic)
+    n_dropped = len(sampled) - int(on_time.sum())
+    stats = replace(stats, n_sampled=len(sampled), n_dropped=n_dropped, train_loss=loss, episodes=episodes)
     return replace(state, env_steps=steps, sim_time_s=state.sim_time_s + elapsed), stats
 
 

@@ -47,7 +47,7 @@ ROUND_COLUMNS = (
     "worst_client_return", "p10_client_return", "personalized_mean_return", "personalized_worst_client_return",
     "sim_time_s", "n_sampled", "n_dropped", "n_rejected", "mean_staleness", "train_episodes",
     "uplink_bytes", "downlink_bytes", "uplink_bytes_per_client", "downlink_bytes_per_client", "compression_ratio",
-    "epsilon",
+    "epsilon", "secagg_threshold", "secagg_recovered",
 )
 CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
 
@@ -72,6 +72,13 @@ def _traffic_cells(r: RoundResult) -> tuple:
     return t.uplink, t.downlink, t.uplink_per_client, t.downlink_per_client, t.compression_ratio
 
 
+def _secure_cells(r: RoundResult) -> tuple:
+    """Secure aggregation's threshold t and whether the sum was recovered (1) or the round kept
+    the old model (0); NaN without secure aggregation."""
+    s = r.stats.secure
+    return (float("nan"),) * 2 if s is None else (s.threshold, int(s.recovered))
+
+
 def _round_row(r: RoundResult) -> tuple:
     personal = r.personalized_returns
     return (
@@ -80,7 +87,7 @@ def _round_row(r: RoundResult) -> tuple:
         float(np.mean(personal)) if personal is not None else float("nan"),
         float(np.min(personal)) if personal is not None else float("nan"),
         r.sim_time_s, r.stats.n_sampled, r.stats.n_dropped, r.stats.n_rejected, r.stats.mean_staleness,
-        r.stats.episodes, *_traffic_cells(r), r.epsilon,
+        r.stats.episodes, *_traffic_cells(r), r.epsilon, *_secure_cells(r),
     )
 
 

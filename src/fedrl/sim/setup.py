@@ -20,6 +20,7 @@ from fedrl.sim.fleet import Fleet, make_fleet
 SAMPLE_STREAM, TRAIN_STREAM, EVAL_STREAM, PERSONAL_STREAM, INIT_STREAM, RESUME_STREAM = 11, 12, 13, 14, 15, 16
 FLEET_STREAM, AVAILABILITY_STREAM, ATTACK_STREAM = 17, 18, 19
 PIPELINE_STREAM, NOISE_STREAM = 20, 21  # a client's compression and local DP noise; the server's central noise
+SECAGG_STREAM = 22  # a round's secure-aggregation keys and mask seeds (known to anyone who knows the seed)
 
 
 def _no_params(env, row: dict[str, float]) -> None:

@@ -1,0 +1,150 @@
+"""Secure aggregation inside simulated runs: same model as in the clear (to quantization error),
+dropout recovery, rounds below the threshold, measured bytes, resume, refused configs."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import yaml
+
+from fedrl.sim import run as runs
+from fedrl.sim.config import ConfigError, parse_config, to_yaml
+from fedrl.sim.rundir import ROUND_COLUMNS
+
+SCALE = 2.0**16
+CLIPPED = {"clip_norm": 1.0}
+SECURE = {**CLIPPED, "secure_aggregation": {"enabled": True, "clip": 1.0, "scale": SCALE}}
+# 4 clients, one of them 5x slower: 256 steps take it 1.38 s, past the 1 s deadline (the others 0.36 s)
+STRAGGLER = {"straggler_fraction": 0.25, "straggler_slowdown": 5.0, "deadline_s": 1.0}
+
+
+def _config(tiny_config, pipeline, fleet=None, **federation):
+    config = {**tiny_config, "pipeline": pipeline, "federation": {**tiny_config["federation"], **federation}}
+    return config if fleet is None else {**config, "fleet": fleet}
+
+
+def _params_by_round(config: dict, path) -> list[np.ndarray]:
+    """The global params after each round of a run taken to its end."""
+    return [state.params for _, state in runs.start(parse_config(config), path).rounds()]
+
+
+def _run(config: dict, path):
+    """A run taken to its end, holding its final state."""
+    current = runs.start(parse_config(config), path)
+    *_, (_, final) = current.rounds()
+    return replace(current, state=final)
+
+
+def _column(run, name):
+    return np.array([row[ROUND_COLUMNS.index(name)] for row in run.dir.rows("rounds")], dtype=np.float64)
+
+
+def test_secure_fedavg_ends_within_quantization_error_of_fedavg_in_the_clear(tmp_path, tiny_config):
+    # Prepare: clip_norm 1 <= secagg clip 1, so quantization is the only difference
+    clear = _params_by_round(_config(tiny_config, CLIPPED, rounds=2), tmp_path / "clear")
+    # Execute
+    secure = _params_by_round(_config(tiny_config, SECURE, rounds=2), tmp_path / "secure")
+    # Assert: round 1's mean is off by at most half a level, 1 / (2 scale), plus float32 rounding;
+    # round 2 trains from that slightly different model, and the two rounds' error measured 1.7-3.2
+    # half levels over seeds 0-5: allow 4 per round
+    step = 1 / (2 * SCALE)
+    np.testing.assert_allclose(secure[0], clear[0], rtol=4 * np.finfo(np.float32).eps, atol=step)
+    np.testing.assert_allclose(secure[1], clear[1], rtol=4 * np.finfo(np.float32).eps, atol=2 * 4 * step)
+    assert np.abs(clear[1] - clear[0]).max() > 100 * 8 * step  # the second round did move the model, far more
+
+
+@pytest.mark.parametrize("dp", [{"mode": "central", "noise_multiplier": 1.0}, {"mode": "local", "noise_multiplier": 0.1}],
+                         ids=["central-dp", "local-dp"])
+def test_secure_aggregation_composes_with_dp(tmp_path, tiny_config, dp):
+    # Prepare: fraction 1, so central DP's Poisson sampling takes all 3 clients; the server's noise
+    # and each client's (std 0.1, well within clip 1) come from the same streams in both runs
+    clear = _params_by_round(_config(tiny_config, {**CLIPPED, "dp": dp}, rounds=1), tmp_path / "clear")
+    # Execute
+    secure = _params_by_round(_config(tiny_config, {**SECURE, "dp": dp}, rounds=1), tmp_path / "secure")
+    # Assert: noise on the unmasked sum (central) or in each masked input (local), quantization aside
+    np.testing.assert_allclose(secure[0], clear[0], rtol=4 * np.finfo(np.float32).eps, atol=1 / (2 * SCALE))
+
+
+@pytest.mark.parametrize("trouble", [{"fleet": STRAGGLER}, {"attack": {"fraction": 0.25, "kind": "nan"}}],
+                         ids=["late-client", "client-with-nan"])
+def test_the_survivors_of_a_round_are_aggregated_when_a_client_drops_after_masking(tmp_path, tiny_config, trouble):
+    # Prepare: 4 clients, t = ceil(2/3 * 4) = 3; one of them never delivers a masked input
+    clear_config = {**_config(tiny_config, CLIPPED, rounds=1, n_clients=4), **trouble}
+    secure_config = {**_config(tiny_config, SECURE, rounds=1, n_clients=4), **trouble}
+    clear = _params_by_round(clear_config, tmp_path / "clear")
+    # Execute
+    run = _run(secure_config, tmp_path / "secure")
+    # Assert: the other three are summed, as they are aggregated in the clear
+    np.testing.assert_array_equal(_column(run, "n_updates"), [3])
+    np.testing.assert_array_equal(_column(run, "secagg_threshold"), [3])
+    np.testing.assert_array_equal(_column(run, "secagg_recovered"), [1])
+    np.testing.assert_allclose(run.state.params, clear[0], rtol=4 * np.finfo(np.float32).eps, atol=1 / (2 * SCALE))
+
+
+def test_a_round_below_the_threshold_keeps_the_old_model_and_says_so(tmp_path, tiny_config):
+    # Prepare: t = 4 of 4 clients, and the straggler misses the deadline every round
+    pipeline = {**SECURE, "secure_aggregation": {**SECURE["secure_aggregation"], "threshold": 4}}
+    config = _config(tiny_config, pipeline, STRAGGLER, rounds=2, n_clients=4)
+    # Execute
+    run = _run(config, tmp_path / "below")
+    # Assert
+    np.testing.assert_array_equal(run.state.params, run.setup.initial_params())
+    assert run.state.version == 0
+    np.testing.assert_array_equal(_column(run, "secagg_recovered"), [0, 0])
+    np.testing.assert_array_equal(_column(run, "secagg_threshold"), [4, 4])
+    np.testing.assert_array_equal(_column(run, "n_updates"), [0, 0])
+    assert np.isnan(_column(run, "uplink_bytes")).all()  # no sum, so no measured protocol to count
+
+
+def test_uplink_bytes_are_the_protocols_measured_bytes_above_dense(tmp_path, tiny_config):
+    # Prepare / Execute: 3 clients, none dropping
+    run = _run(_config(tiny_config, SECURE, rounds=1), tmp_path / "secure")
+    # Assert: docs/secure_aggregation.md's costs with n = n2 = n3 = r = 3 -- key adverts (68 bytes
+    # each), sealed shares (90 per peer), masked inputs (4 + 4d), revealed shares (42 per owner)
+    dim, n = run.setup.net.spec.dim, 3
+    dense = n * (24 + 4 * dim)
+    np.testing.assert_array_equal(_column(run, "uplink_bytes"), 68 * n + 90 * n * (n - 1) + (4 + 4 * dim) * n + 42 * n * n)
+    np.testing.assert_array_equal(_column(run, "downlink_bytes"), dense + 68 * n * n + 90 * n * (n - 1) + 4 * n * n)
+    assert (_column(run, "uplink_bytes") > dense).all()
+    assert (_column(run, "compression_ratio") < 1).all()
+
+
+def test_resume_with_secure_aggregation_matches_an_unbroken_run(tmp_path, tiny_config):
+    # Prepare: the protocol's keys come from the run seed and the round
+    unbroken = _run(_config(tiny_config, SECURE, STRAGGLER, rounds=3, n_clients=4), tmp_path / "unbroken")
+    _run(_config(tiny_config, SECURE, STRAGGLER, rounds=2, n_clients=4), tmp_path / "resumed")
+    # Execute
+    resumed = runs.resume(tmp_path / "resumed", ["federation.rounds=3"])
+    *_, (_, final) = resumed.rounds()
+    # Assert
+    np.testing.assert_array_equal(final.params, unbroken.state.params)
+    rows = [np.delete(np.array(r.dir.rows("rounds"), dtype=np.float64), ROUND_COLUMNS.index("wall_s"), axis=1)
+            for r in (unbroken, resumed)]
+    np.testing.assert_array_equal(np.nan_to_num(rows[0]), np.nan_to_num(rows[1]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pipeline": {"secure_aggregation": {"enabled": True}, "compression": {"sparsify": "topk", "ratio": 0.1}}},
+     "secure_aggregation needs compression.sparsify none and bits 32, got topk and 32"),
+    ({"pipeline": {"secure_aggregation": {"enabled": True}, "compression": {"bits": 8}}},
+     "secure_aggregation needs compression.sparsify none and bits 32, got none and 8"),
+    ({"strategy": {"name": "fedavg", "rule": "median"}}, "strategy.rule must be mean, not 'median'"),
+    ({"strategy": {"name": "fedavg", "norm_bound": 1.0}}, "cannot clip updates it never sees"),
+    ({"strategy": {"name": "scaffold"}}, "SCAFFOLD's control deltas would need a secure sum of their own"),
+    ({"strategy": {"name": "fedasync"}, "fleet": {"mode": "async"}}, "fleet.mode async has no rounds"),
+    ({"federation": {"n_clients": 3, "fraction": 0.3}}, r"federation.fraction = 0.3: .* at least 2 clients a round"),
+    ({"pipeline": {"secure_aggregation": {"enabled": True, "threshold": 4}}},
+     r"pipeline.secure_aggregation.threshold = 4: exceeds the 3 clients a round samples"),
+    ({"pipeline": {"secure_aggregation": {"enabled": True, "scale": 2.0**30}}},
+     r"pipeline.secure_aggregation.scale = .*would wrap around 2\^32"),
+])
+def test_combinations_secure_aggregation_cannot_honour_are_refused(tiny_config, change, message):
+    config = {**_config(tiny_config, {"secure_aggregation": {"enabled": True}}), **change}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config)
+
+
+def test_a_resolved_secure_pipeline_reads_back_as_itself(tiny_config):
+    # every default is written out (to_yaml), and a resumed run must accept it
+    config = parse_config(_config(tiny_config, {**SECURE, "secure_aggregation": {"enabled": True, "threshold": 3}}))
+    assert parse_config(yaml.safe_load(to_yaml(config))) == config
