@@ -103,3 +103,18 @@ def test_explicit_client_parameters_are_used(tiny_config):
     assert setup.env_params[0, names.index("length")] == 0.2
     assert setup.env_params[1, names.index("masscart")] == 2.0
     np.testing.assert_array_equal(setup.env_params[2], setup.family.standard_params)
+
+
+def test_a_run_written_before_newer_metric_columns_still_resumes(tmp_path, tiny_config):
+    import sqlite3
+
+    from fedrl.sim.rundir import ROUND_COLUMNS
+
+    _run_to_end(parse_config(tiny_config), tmp_path / "r")
+    (tmp_path / "r" / "checkpoints" / "round_00003.json").unlink()
+    with sqlite3.connect(tmp_path / "r" / "metrics.sqlite") as db:  # as an older fedrl wrote it
+        db.execute("ALTER TABLE rounds DROP COLUMN epsilon")
+    resumed = runs.resume(tmp_path / "r")
+    list(resumed.rounds())
+    assert [len(row) for row in resumed.dir.rows("rounds")] == [len(ROUND_COLUMNS)] * 3
+    assert (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0] == ",".join(ROUND_COLUMNS)

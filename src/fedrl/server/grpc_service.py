@@ -154,6 +154,11 @@ def serve_grpc(
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_concurrent_streams", streams),
+        # calls the C core has accepted but no Python thread has picked up yet; past this the
+        # client sees CANCELLED. The default (a few hundred) drops calls from a 1,000-client fleet
+        # that is merely queued behind the worker threads (benchmarks/load.py).
+        ("grpc.server.max_pending_requests", 8 * streams),
+        ("grpc.server.max_pending_requests_hard_limit", 16 * streams),
         ("grpc.so_reuseport", 0),  # a second server on a port in use must fail, not share it
     ]
     server = grpc.server(

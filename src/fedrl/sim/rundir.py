@@ -156,8 +156,13 @@ class RunDir:
             writer.writerows(rows)
 
     def truncate_after(self, round_: int) -> None:
-        """Forget metrics of rounds after ``round_`` (they were not checkpointed)."""
+        """Forget metrics of rounds after ``round_`` (they were not checkpointed); a metrics table
+        written by an older fedrl gains the columns added since (empty for its old rounds)."""
         with self._connect() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
+            for column in ROUND_COLUMNS:
+                if column not in have:
+                    db.execute(f"ALTER TABLE rounds ADD COLUMN {column} REAL")
             db.execute("DELETE FROM rounds WHERE round > ?", (round_,))
             db.execute("DELETE FROM client_returns WHERE round > ?", (round_,))
         for name, table, header in (("metrics.csv", "rounds", ROUND_COLUMNS), ("client_returns.csv", "client_returns", CLIENT_COLUMNS)):
