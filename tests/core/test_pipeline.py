@@ -91,7 +91,7 @@ def test_central_mean_of_no_clients_is_still_noise():
 def test_decode_stack_rejects_an_update_of_the_wrong_size():
     payload = client_message(PipelineConfig(), np.zeros(3, np.float32), None, np.random.default_rng(0)).payload
     assert decode_stack([payload, payload], 3).shape == (2, 3)
-    with pytest.raises(ValueError, match="update 1 of the round decodes to 3 parameters, the model has 4"):
+    with pytest.raises(ValueError, match="update 1 of the round: it stands for 3 parameters, the model has 4"):
         decode_stack([client_message(PipelineConfig(), np.zeros(4, np.float32), None, np.random.default_rng(0)).payload, payload], 4)
 
 

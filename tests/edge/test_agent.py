@@ -4,6 +4,7 @@ The double answers from a script and records every call; it can be made unreacha
 refuse a call. Training, the pending file, the acting policy and the threads are all real.
 """
 
+import hashlib
 import json
 import logging
 import threading
@@ -11,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 
 from fedrl.edge.agent import Agent, AgentConfig, Fatal
 from fedrl.edge.backoff import BackoffConfig
@@ -170,6 +172,23 @@ def test_the_update_is_on_disk_before_the_push_and_is_pushed_first_after_a_resta
     assert up.pushed[0].update_id == pending.update_id
     assert up.pushed[0].delta.tobytes() == pending.delta.tobytes()
     assert not PendingStore(tmp_path).path.exists()
+
+
+def test_with_a_pipeline_the_agent_pushes_the_payload_and_keeps_the_residual_on_the_device(experiment, tmp_path):
+    data = yaml.safe_load(experiment)
+    data["pipeline"] = {"compression": {"sparsify": "randomk", "ratio": 0.1, "bits": 4, "error_feedback": True}}
+    experiment = yaml.safe_dump(data)
+    trainer = trainer_from_yaml(experiment, 0)
+    params = trainer.setup.initial_params()
+    link = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)])
+
+    agent(link, tmp_path).run()
+
+    (pushed,) = link.pushed
+    assert pushed.delta is None and len(pushed.payload) < params.nbytes / 20
+    assert pushed.digest == hashlib.sha256(pushed.payload).hexdigest()
+    residual = trainer.restore(tmp_path).pipeline["residual"]
+    assert residual.shape == (1, params.size) and np.abs(residual).max() > 0
 
 
 def test_an_update_the_server_refuses_is_dropped_and_the_agent_goes_on(experiment, params, tmp_path, edge_log):

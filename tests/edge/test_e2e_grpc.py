@@ -28,7 +28,7 @@ TARGET = 300.0
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def server_config(n_clients: int, federation: dict) -> dict:
+def server_config(n_clients: int, federation: dict, pipeline: dict) -> dict:
     """Federated CartPole that a few rounds solve, with short waits."""
     return {
         "experiment": {
@@ -37,6 +37,7 @@ def server_config(n_clients: int, federation: dict) -> dict:
             "env": {"family": "cartpole", "heterogeneity": 0.5},
             "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "lr": 0.005, "hidden": [32, 32]},
             "federation": {"n_clients": n_clients, "local_steps": 512, **federation},
+            "pipeline": pipeline,
         },
         "rounds": {"deadline_s": 120, "heartbeat_s": 0.5, "retry_s": 0.2, "liveness_s": 60},
         "gate": {"heldout_clients": 3, "episodes": 2},
@@ -82,11 +83,11 @@ def eventually(condition, timeout: float) -> bool:
 class Deployment:
     """A server state directory with enrolled clients, and the processes started on it."""
 
-    def __init__(self, root: Path, n_clients: int, federation: dict) -> None:
+    def __init__(self, root: Path, n_clients: int, federation: dict, pipeline: dict) -> None:
         self.root, self.n_clients = root, n_clients
         self.port = _free_port()
         self.processes: list[subprocess.Popen] = []
-        (root / "server.yaml").write_text(yaml.safe_dump(server_config(n_clients, federation)))
+        (root / "server.yaml").write_text(yaml.safe_dump(server_config(n_clients, federation, pipeline)))
         for i in range(n_clients):
             subprocess.run(fedrl("fleet", "add-client", f"c{i}", "--state-dir", str(root / "srv"),
                                  "--token-file", str(root / f"token{i}")), check=True, capture_output=True, env=ENV)
@@ -133,8 +134,8 @@ def _free_port() -> int:
 
 @pytest.fixture
 def deployment(request, tmp_path):
-    n_clients, federation = request.param
-    made = Deployment(tmp_path, n_clients, federation)
+    n_clients, federation, *pipeline = request.param  # the experiment's pipeline section, when given
+    made = Deployment(tmp_path, n_clients, federation, pipeline[0] if pipeline else {})
     yield made
     made.stop_all()
 
@@ -205,6 +206,31 @@ def test_clients_ride_out_a_server_killed_and_restarted(deployment):
     for i in range(2):
         assert events(deployment.root / f"c{i}.log", "finished")
     assert [e["round"] for e in events(deployment.root / "server.log", "round_closed")] == [1, 2, 3]
+
+
+COMPRESSED_CENTRAL_DP = {"clip_norm": 1.0, "compression": {"sparsify": "randomk", "ratio": 0.1, "bits": 4},
+                         "dp": {"mode": "central", "noise_multiplier": 0.5}}
+
+
+@pytest.mark.parametrize("deployment", [(3, {"rounds": 3, "stop_at_target": False}, COMPRESSED_CENTRAL_DP)], indirect=True)
+def test_agents_send_compressed_updates_and_the_server_records_their_bytes_and_the_epsilon_spent(deployment):
+    deployment.start_server()
+    clients = [deployment.start_client(i) for i in range(3)]
+
+    for client in clients:
+        assert client.wait(timeout=240) == 0
+    store = Store(deployment.root / "srv")
+    try:
+        closed = store.rounds()[:3]
+        dim = store.load_version(0)[0].params.size
+    finally:
+        store.close()
+
+    trained = [e for i in range(3) for e in events(deployment.root / f"c{i}.log", "trained")]
+    assert len(trained) == 9 and all(e["bytes"] < 4 * dim / 40 for e in trained)  # random-10 % at 4 bits
+    assert [r.n_updates for r in closed] == [3, 3, 3]  # fraction 1: every client's coin comes up
+    assert all(0 < r.uplink_bytes < 3 * 4 * dim / 40 for r in closed)
+    assert 0 < closed[0].epsilon < closed[1].epsilon < closed[2].epsilon
 
 
 @pytest.mark.parametrize("deployment", [(1, {"rounds": 3})], indirect=True)

@@ -1,5 +1,6 @@
 """The pending update on disk: written whole, survives a crash and a new process, read back exactly."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedrl.edge.pending import PendingStore, delta_digest, new_submission
+from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.wire.codec import describe
 
 
@@ -21,7 +22,7 @@ def submission(seed=0, control=False):
 def test_a_new_update_has_its_own_id_and_the_wire_digest_of_its_delta():
     a, b = submission(), submission()
     assert a.update_id != b.update_id
-    assert a.digest == describe(a.delta).sha256 == delta_digest(a.delta)
+    assert a.digest == describe(a.delta).sha256 == a.sent_digest
 
 
 @pytest.mark.parametrize("control", [False, True])
@@ -91,4 +92,21 @@ def test_a_file_changed_on_disk_is_refused_rather_than_sent(tmp_path):
 
     store.path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable record"):
+        store.load()
+
+
+def test_an_encoded_update_is_kept_as_its_payload_and_a_changed_payload_is_refused(tmp_path):
+    payload = bytes(range(256)) * 3
+    saved = new_submission("dev-7", 3, 2, np.ones(1000, np.float32), 512, {"loss": 0.25}, payload=payload)
+    store = PendingStore(tmp_path)
+    store.save(saved)
+
+    loaded = store.load()
+
+    assert saved.delta is None and saved.digest == hashlib.sha256(payload).hexdigest()
+    assert (loaded.update_id, loaded.payload, loaded.delta, loaded.digest) == (saved.update_id, payload, None, saved.digest)
+    data = bytearray(store.path.read_bytes())
+    data[data.index(payload) + 10] ^= 0xFF
+    store.path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="the payload does not match its digest"):
         store.load()

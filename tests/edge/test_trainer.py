@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import yaml
 
+from fedrl.core.pipeline import client_message
 from fedrl.edge.trainer import EdgeTrainer, trainer_from_yaml
 from fedrl.sim.config import ConfigError
+from fedrl.sim.setup import PIPELINE_STREAM
 
 
 def test_a_cartpole_client_trains_a_finite_delta_of_the_policy_shape(experiment):
@@ -32,6 +34,36 @@ def test_same_config_client_and_round_give_the_same_delta_bit_for_bit(experiment
 
     assert a.delta.tobytes() == b.delta.tobytes()
     assert a.delta.tobytes() != other_round.delta.tobytes()
+
+
+def test_with_a_pipeline_the_update_leaves_as_the_simulated_clients_bytes_and_its_residual_survives_a_restart(
+    experiment, tmp_path
+):
+    data = yaml.safe_load(experiment)
+    data["pipeline"] = {"compression": {"sparsify": "topk", "ratio": 0.05, "bits": 8, "error_feedback": True}}
+    trainer = trainer_from_yaml(yaml.safe_dump(data), 2)
+    setup, params = trainer.setup, trainer.setup.initial_params()
+    residual = np.zeros((3, setup.net.spec.dim), np.float32)
+
+    update, state = trainer.train(trainer.fresh_state(), params, round_=1)
+    trainer.save_learner(tmp_path, state)
+    restored = EdgeTrainer(setup, 2).restore(tmp_path)
+    again, _ = trainer.train(restored, params, round_=2)
+    unbroken, _ = trainer.train(state._replace(env_state=restored.env_state), params, round_=2)  # episodes restart
+
+    simulated = client_message(setup.config.pipeline, update.delta, residual[2], setup.rng(PIPELINE_STREAM, 1, 2),
+                               setup.net.spec.sizes)
+    assert update.payload == simulated.payload and len(update.payload) < update.delta.nbytes / 10
+    np.testing.assert_array_equal(restored.pipeline["residual"][0], simulated.residual)
+    assert np.abs(simulated.residual).max() > 0 and again.payload == unbroken.payload
+
+
+def test_without_a_pipeline_the_delta_travels_as_it_is(experiment):
+    trainer = trainer_from_yaml(experiment, 0)
+
+    update, state = trainer.train(trainer.fresh_state(), trainer.setup.initial_params(), round_=1)
+
+    assert update.payload is None and state.pipeline == {}
 
 
 def test_a_client_index_outside_the_experiment_is_a_clear_error(experiment):

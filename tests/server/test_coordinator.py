@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from fedrl.server.config import ServerConfig, load_server_config
-from fedrl.server.coordinator import Coordinator, digest_of
+from fedrl.server.coordinator import Coordinator
 from fedrl.server.store import Store
 from fedrl.sim.config import ConfigError
+from fedrl.wire.codec import describe
 from fedrl.wire.records import Reason, Rejected, Submission, Task, Wait
 
 NAMES = ("a", "b", "c")
@@ -46,7 +47,7 @@ def open_with_clients(tmp_path, config: ServerConfig, clock: Clock) -> tuple[Coo
 def submission(coordinator: Coordinator, client: str, task: Task, value: float = 0.1, steps: int = 64, **changes) -> Submission:
     delta = np.full(coordinator.dim, value, dtype=np.float32)
     fields = dict(update_id=f"{client}-{task.round}", client=client, round=task.round, base_version=task.base_version,
-                  delta=delta, env_steps=steps, digest=digest_of(delta))
+                  delta=delta, env_steps=steps, digest=describe(delta).sha256)
     return Submission(**{**fields, **changes})
 
 
@@ -206,7 +207,7 @@ def test_the_gate_keeps_the_deployed_model_when_the_candidate_is_worse(tmp_path)
 
     # Execute
     for c in NAMES:
-        coordinator.submit(c, submission(coordinator, c, coordinator.task(c), delta=delta, digest=digest_of(delta)))
+        coordinator.submit(c, submission(coordinator, c, coordinator.task(c), delta=delta, digest=describe(delta).sha256))
     coordinator.tick()
 
     # Assert: round 1 closed without a new version; its candidate is kept for inspection

@@ -18,8 +18,8 @@ import pytest
 
 from fedrl.edge.grpc_link import GrpcLink
 from fedrl.edge.link import Unreachable
-from fedrl.server.coordinator import digest_of
 from fedrl.server.store import Store
+from fedrl.wire.codec import describe
 from fedrl.wire.records import Rejected, Submission, Task
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def server(tmp_path):
 def update(link: GrpcLink, name: str, task: Task, dim: int, update_id: str | None = None) -> Submission:
     delta = np.full(dim, 0.01, dtype=np.float32)
     return Submission(update_id or f"{name}-{task.round}", name, task.round, task.base_version, delta, 64,
-                      {}, None, digest_of(delta))
+                      {}, None, describe(delta).sha256)
 
 
 def test_kill_9_mid_round_then_restart_keeps_acknowledged_updates_once(server):

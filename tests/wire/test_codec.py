@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedrl.wire import codec, convert
+from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.records import Model, Reason, Rejected, Submission, Task, Wait
 
 LIMIT = 2**24
@@ -82,6 +83,36 @@ def test_an_update_stream_round_trips_with_its_control_delta():
     assert back.metrics == {"return": 12.5} and back.digest == codec.describe(submission.delta).sha256
     np.testing.assert_array_equal(back.delta, submission.delta)
     np.testing.assert_array_equal(back.control_delta, submission.control_delta)
+
+
+def test_an_update_stream_carries_a_payload_in_place_of_the_delta_and_its_digest_covers_the_payload():
+    payload = bytes(range(256)) * 5000  # over a chunk: the bytes are split like a vector's
+    submission = Submission("u-2", "robot-1", 3, 2, None, 256, {}, _vector(5, 9), "", payload)
+
+    parts = list(convert.update_parts(submission))
+    back = convert.read_update(parts, LIMIT)
+
+    assert not parts[0].header.HasField("delta") and parts[0].header.payload.encoding == convert.PAYLOAD_ENCODING
+    assert back.payload == payload and back.delta is None
+    assert back.digest == hashlib.sha256(payload).hexdigest() == submission.sent_digest
+    np.testing.assert_array_equal(back.control_delta, submission.control_delta)
+
+
+def test_a_payload_of_an_unknown_encoding_or_beside_a_delta_is_refused():
+    submission = Submission("u-3", "robot-1", 3, 2, None, 256, payload=b"\x01" * 40)
+    header, *chunks = convert.update_parts(submission)
+    unknown = pb.UpdatePart()
+    unknown.CopyFrom(header)
+    unknown.header.payload.encoding = "zstd"
+    both = pb.UpdatePart()
+    both.CopyFrom(header)
+    both.header.delta.CopyFrom(convert.vector_header(_vector(10)))
+
+    with pytest.raises(Rejected, match="encoding 'zstd' is not supported; send 'fedrl.compress.v1'") as refused:
+        convert.read_update([unknown, *chunks], LIMIT)
+    assert refused.value.reason is Reason.INVALID_ARGUMENT
+    with pytest.raises(Rejected, match="its delta or a payload, not both"):
+        convert.read_update([both, *chunks], LIMIT)
 
 
 def test_model_and_task_streams_round_trip():

@@ -124,13 +124,23 @@ def _when(t: float | None) -> str:
     return "-" if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _number(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
+def _number(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _size(n: int) -> str:
+    """A byte count for people: B, KiB, MiB, GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 @fleet.command("status")
 def status(state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds", help="Recent rounds to show.")) -> None:
-    """Clients (last seen, acting version, updates) and recent rounds of a server."""
+    """Clients (last seen, acting version, updates) and recent rounds of a server (with the
+    bytes their updates took on the wire and, with DP, the epsilon spent once each closed)."""
     from fedrl.cli import console
 
     store = _store(state_dir)
@@ -144,9 +154,10 @@ def status(state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds
     for c in clients:
         table.add_row(c.client, _when(c.registered_at), _when(c.last_seen), "-" if c.acting_version is None else str(c.acting_version), str(c.updates_accepted))
     console.print(table)
-    table = Table("round", "base", "opened (UTC)", "closed (UTC)", "updates", "candidate return", "deployed", title="rounds")
+    table = Table("round", "base", "opened (UTC)", "closed (UTC)", "updates", "uplink", "candidate return", "deployed",
+                  "epsilon", title="rounds")
     for r in recent:
         outcome = "open" if r.promoted is None else f"v{r.new_version}" if r.promoted else "rejected"
         table.add_row(str(r.round), str(r.base_version), _when(r.opened_at), _when(r.closed_at), str(r.n_updates),
-                      _number(r.candidate_return), outcome)
+                      _size(r.uplink_bytes), _number(r.candidate_return), outcome, _number(r.epsilon, 2))
     console.print(table)

@@ -261,26 +261,38 @@ class _Reader:
         return array
 
 
-def decode(data: bytes) -> Compressed:
-    """The ``Compressed`` that ``encode`` wrote; ``ValueError`` for bytes it did not write."""
+def _body_bytes(support: int, bits: int, dim: int, k: int, block: int) -> int:
+    """The bytes after the header of an encoded update with these header fields."""
+    indices = k * np.dtype(_index_type(dim)).itemsize if support == _INDICES else 0
+    if bits == 32:
+        return indices + 4 * k
+    return indices + 8 * math.ceil(k / block) + (k if bits == 8 else (k + 1) // 2)
+
+
+def decode(data: bytes, dim: int | None = None) -> Compressed:
+    """The ``Compressed`` that ``encode`` wrote; ``ValueError`` for bytes it did not write, or
+    (when ``dim`` is given) for an update of another length. Sizes are checked against the
+    header before anything is allocated, so a forged header cannot make the reader draw or
+    allocate more than its bytes hold."""
     if len(data) < _HEADER.size:
         raise ValueError(f"a compressed update has a {_HEADER.size}-byte header, got {len(data)} bytes")
-    version, support, bits, dim, k, seed, block = _HEADER.unpack_from(data)
+    version, support, bits, length, k, seed, block = _HEADER.unpack_from(data)
     if version != _VERSION or support not in (_DENSE, _INDICES, _SEEDED) or bits not in (32, 8, 4) or (bits == 32) != (block == 0):
         raise ValueError(f"not a compressed update (version {version}, support {support}, bits {bits}, block {block})")
+    if dim is not None and length != dim:
+        raise ValueError(f"it stands for {length} parameters, the model has {dim}")
+    if not 0 < k <= length or (support == _DENSE and k != length):
+        raise ValueError(f"it keeps {k} of {length} values")
+    if len(data) - _HEADER.size != _body_bytes(support, bits, length, k, block):
+        raise ValueError(f"compressed update of {len(data)} bytes does not match its header")
     read = _Reader(data, _HEADER.size)
-    try:
-        indices = None if support == _DENSE else random_k(dim, k, seed) if support == _SEEDED else read.take(_index_type(dim), k)
-        if bits == 32:
-            values: np.ndarray | Quantized = read.take("<f4", k).astype(np.float32)
-        else:
-            blocks = math.ceil(k / block)
-            lo, step = read.take("<f4", blocks).astype(np.float32), read.take("<f4", blocks).astype(np.float32)
-            raw = read.take(np.uint8, k if bits == 8 else (k + 1) // 2)
-            codes = raw if bits == 8 else np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1)[:k]
-            values = Quantized(codes.astype(np.uint8), lo, step, bits, block)
-    except ValueError:  # np.frombuffer: fewer bytes than the header promises
-        raise ValueError(f"compressed update of {len(data)} bytes is shorter than its header says") from None
-    if read.offset != len(data):
-        raise ValueError(f"compressed update has {len(data) - read.offset} bytes after its end")
-    return Compressed(dim, None if indices is None else indices.astype(np.int64), seed if support == _SEEDED else None, values)
+    indices = None if support == _DENSE else random_k(length, k, seed) if support == _SEEDED else read.take(_index_type(length), k)
+    if bits == 32:
+        values: np.ndarray | Quantized = read.take("<f4", k).astype(np.float32)
+    else:
+        blocks = math.ceil(k / block)
+        lo, step = read.take("<f4", blocks).astype(np.float32), read.take("<f4", blocks).astype(np.float32)
+        raw = read.take(np.uint8, k if bits == 8 else (k + 1) // 2)
+        codes = raw if bits == 8 else np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1)[:k]
+        values = Quantized(codes.astype(np.uint8), lo, step, bits, block)
+    return Compressed(length, None if indices is None else indices.astype(np.int64), seed if support == _SEEDED else None, values)

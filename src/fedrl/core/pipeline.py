@@ -109,10 +109,10 @@ def decode_stack(payloads: list[bytes], dim: int) -> np.ndarray:
     """The updates a round's payloads stand for, as an ``(n, dim)`` float32 stack."""
     stack = np.zeros((len(payloads), dim), dtype=np.float32)
     for i, payload in enumerate(payloads):
-        row = decompress(decode(payload))
-        if row.shape != (dim,):
-            raise ValueError(f"update {i} of the round decodes to {row.shape[0]} parameters, the model has {dim}")
-        stack[i] = row
+        try:
+            stack[i] = decompress(decode(payload, dim))
+        except ValueError as exc:
+            raise ValueError(f"update {i} of the round: {exc}") from None
     return stack
 
 

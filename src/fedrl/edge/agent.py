@@ -3,8 +3,9 @@
 ``Agent.run`` registers (learning the experiment to train), starts a heartbeat thread, pushes
 any update a previous run left pending, then asks the server what to do, over and over:
 
-- ``Task``: pull the base version unless it is held, train locally (``fedrl.edge.trainer``),
-  write the update to disk (``fedrl.edge.pending``), push it, and forget it after the ``Ack``;
+- ``Task``: pull the base version unless it is held, train locally (``fedrl.edge.trainer``;
+  with an update pipeline in the experiment, the update is its encoded payload), write the
+  update to disk (``fedrl.edge.pending``), push it, and forget it after the ``Ack``;
 - ``Wait``: sleep as told, or return when the run is finished.
 
 The acting policy (``fedrl.edge.acting``) follows the version the server says is deployed
@@ -19,7 +20,8 @@ few times. Any other ``Rejected`` is logged; a refused update is dropped.
 ``stop()`` (SIGTERM, SIGINT) ends the loop at the next call or wait; what is on disk stays.
 
 Everything that must survive a restart lives in ``AgentConfig.state_dir``: the experiment
-(``experiment.yaml``), the pending update, the learner state and the acting policy. One agent
+(``experiment.yaml``), the pending update, the learner state (with the update pipeline's
+error-feedback residual) and the acting policy. One agent
 at a time may use a folder (a lock file says so).
 """
 
@@ -263,12 +265,12 @@ class Agent:
         update, local = self._trainer.train(self._local, model.params, task.round, task.server_control)
         seconds = time.monotonic() - started
         submission = new_submission(self._client, task.round, task.base_version, update.delta, update.env_steps,
-                                    update.metrics, update.control_delta)
+                                    update.metrics, update.control_delta, update.payload)
         self.pending.save(submission)
         self._trainer.save_learner(self.config.state_dir, local)
         self._local = local
         event(logging.INFO, "trained", round=task.round, base_version=task.base_version, env_steps=update.env_steps,
-              loss=update.metrics["loss"], seconds=seconds, update_id=submission.update_id)
+              loss=update.metrics["loss"], seconds=seconds, update_id=submission.update_id, bytes=submission.sent_bytes)
         if seconds > task.deadline_s:
             event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
         self._push(submission)

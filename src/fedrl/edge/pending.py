@@ -6,40 +6,36 @@ next start loads it and pushes it first. Its ``update_id`` is chosen once, when 
 made, and travels with it, so the server recognises a resubmission and returns the original
 acknowledgement instead of counting the update twice.
 
-One file, ``STATE_DIR/pending.safetensors``: the delta (and SCAFFOLD's control delta) as
-arrays, everything else as the JSON header (``fedrl.wire.disk``).
+One file, ``STATE_DIR/pending.safetensors``: the delta -- or, with an update pipeline, the
+payload that stands for it, as uint8 -- and SCAFFOLD's control delta as arrays, everything else
+as the JSON header (``fedrl.wire.disk``).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from fedrl.wire import disk
-from fedrl.wire.codec import describe
 from fedrl.wire.records import Submission
 
 FILE = "pending.safetensors"
 
 
-def delta_digest(delta: np.ndarray) -> str:
-    """The sha256 hex of a delta's wire bytes, as the server checks it."""
-    return describe(delta).sha256
-
-
 def new_submission(
     client: str, round_: int, base_version: int, delta: np.ndarray, env_steps: int,
-    metrics: dict[str, float], control_delta: np.ndarray | None = None,
+    metrics: dict[str, float], control_delta: np.ndarray | None = None, payload: bytes | None = None,
 ) -> Submission:
-    """A fresh update with its own random ``update_id`` and the digest of its delta."""
-    delta = np.asarray(delta, dtype=np.float32)
-    return Submission(
-        str(uuid.uuid4()), client, round_, base_version, delta, int(env_steps),
-        dict(metrics), control_delta, delta_digest(delta),
+    """A fresh update with its own random ``update_id`` and the digest of what is sent: the
+    ``payload`` (the update pipeline's encoding of ``delta``) when given, else ``delta`` itself."""
+    submission = Submission(
+        str(uuid.uuid4()), client, round_, base_version, None if payload is not None else np.asarray(delta, dtype=np.float32),
+        int(env_steps), dict(metrics), control_delta, payload=payload,
     )
+    return replace(submission, digest=submission.sent_digest)
 
 
 @dataclass(frozen=True)
@@ -55,7 +51,8 @@ class PendingStore:
 
     def save(self, submission: Submission) -> None:
         """Write ``submission`` durably, replacing any earlier pending update."""
-        arrays = {"delta": submission.delta}
+        payload = submission.payload
+        arrays = {"delta": submission.delta} if payload is None else {"payload": np.frombuffer(payload, np.uint8)}
         if submission.control_delta is not None:
             arrays["control_delta"] = submission.control_delta
         header = {
@@ -67,20 +64,22 @@ class PendingStore:
 
     def load(self) -> Submission | None:
         """The pending update, or None; ``ValueError`` when the file is unreadable or its delta
-        no longer matches its digest (the bytes changed on disk)."""
+        (or payload) no longer matches its digest (the bytes changed on disk)."""
         record = disk.load_record(self.path)
         if record is None:
             return None
         arrays, h = record
+        payload = arrays["payload"].tobytes() if "payload" in arrays else None
         try:
             submission = Submission(
-                h["update_id"], h["client"], int(h["round"]), int(h["base_version"]), arrays["delta"],
-                int(h["env_steps"]), dict(h["metrics"]), arrays.get("control_delta"), h["digest"],
+                h["update_id"], h["client"], int(h["round"]), int(h["base_version"]), None if payload else arrays["delta"],
+                int(h["env_steps"]), dict(h["metrics"]), arrays.get("control_delta"), h["digest"], payload,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{self.path}: not a pending update ({type(exc).__name__}: {exc})") from None
-        if delta_digest(submission.delta) != submission.digest:
-            raise ValueError(f"{self.path}: the delta does not match its digest {submission.digest}")
+        if submission.sent_digest != submission.digest:
+            what = "payload" if payload else "delta"
+            raise ValueError(f"{self.path}: the {what} does not match its digest {submission.digest}")
         return submission
 
     def clear(self) -> None:

@@ -6,11 +6,16 @@ budget, and the strategy's client-side terms (FedProx's ``mu``; SCAFFOLD's corre
 task carries the server's control variate). It reuses the simulator's ``Setup`` (config ->
 family, parameters, network, budget), never its round loop.
 
+When the experiment has an update pipeline (``fedrl.core.pipeline``), the delta leaves the device
+as the simulator's client would send it: clipped, noised (local DP), compressed with error
+feedback and scaled to the clip norm (central DP), encoded as bytes (``LocalUpdate.payload``).
+
 What the client keeps between rounds is a ``LocalState``: its environments' ongoing episodes
-(in memory: after a restart they start afresh) and the learner's ``client_state`` (personal
-parameters, SCAFFOLD's ``c_i``, DQN's replay buffer), which ``save_learner`` writes to disk so a
-reboot keeps it. Randomness comes from the config seed, the client index and the round, so the
-same inputs give the same update bit for bit.
+(in memory: after a restart they start afresh), the learner's ``client_state`` (personal
+parameters, SCAFFOLD's ``c_i``, DQN's replay buffer) and the pipeline's (the error-feedback
+residual, the rounds taken part in), which ``save_learner`` writes to disk so a reboot keeps them.
+Randomness comes from the config seed, the client index and the round, so the same inputs give
+the same update bit for bit -- and the same bytes as the simulator's client of that index.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import numpy as np
 import yaml
 
 from fedrl.agents import init_client_state, local_params, make_task, train_local
+from fedrl.core.pipeline import after_sending, client_message, init_pipeline_state
 from fedrl.wire import disk
 from fedrl.envs.base import EnvState, reset
 from fedrl.sim.config import ConfigError, parse_config
-from fedrl.sim.setup import TRAIN_STREAM, Setup
+from fedrl.sim.setup import PIPELINE_STREAM, TRAIN_STREAM, Setup
 
 LEARNER_FILE = "learner.safetensors"
+PIPELINE_PREFIX = "pipeline."  # the pipeline's arrays in the learner file, beside the learner's own
 
 
 class LocalState(NamedTuple):
@@ -36,6 +43,7 @@ class LocalState(NamedTuple):
 
     env_state: EnvState  # its environments' ongoing episodes, (1, n_envs)
     learner: dict[str, np.ndarray]  # the learner's client_state, arrays with leading axis 1
+    pipeline: dict[str, np.ndarray]  # the update pipeline's client state (init_pipeline_state), leading axis 1
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,7 @@ class LocalUpdate:
     env_steps: int
     metrics: dict[str, float]  # "loss" (NaN when no step was taken) and "episodes"
     control_delta: np.ndarray | None  # float32 (d,): SCAFFOLD's c_i+ - c_i; None without a server control
+    payload: bytes | None = None  # what is sent instead of delta: the pipeline's encoding of it; None without a pipeline
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ class EdgeTrainer:
         setup = self.setup
         env_state, _ = reset(setup.family, self.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0, self.index))
         learner = init_client_state(setup.config.learner, setup.net, 1, setup.strategy.uses_control_variates)
-        return LocalState(env_state, learner)
+        return LocalState(env_state, learner, init_pipeline_state(setup.config.pipeline, 1, setup.net.spec.dim))
 
     def train(
         self, state: LocalState, params: np.ndarray, round_: int, server_control: np.ndarray | None = None
@@ -88,11 +97,27 @@ class EdgeTrainer:
         )
         result = train_local(setup.config.learner, task, setup.budget)
         control = None if result.control_delta is None else result.control_delta[0].astype(np.float32)
+        delta = (result.params[0] - params).astype(np.float32)
+        payload, pipeline = self._encode(delta, state.pipeline, round_)
         update = LocalUpdate(
-            (result.params[0] - params).astype(np.float32), int(result.env_steps[0]),
-            {"loss": float(result.loss[0]), "episodes": float(result.episodes[0])}, control,
+            delta, int(result.env_steps[0]), {"loss": float(result.loss[0]), "episodes": float(result.episodes[0])},
+            control, payload,
         )
-        return update, LocalState(result.env_state, result.client_state)
+        return update, LocalState(result.env_state, result.client_state, pipeline)
+
+    def _encode(
+        self, delta: np.ndarray, pipeline: dict[str, np.ndarray], round_: int
+    ) -> tuple[bytes | None, dict[str, np.ndarray]]:
+        """The pipeline's message for ``delta`` (None when the pipeline applies nothing: the delta
+        travels as it is) and the pipeline state after sending it; the simulator's stream for this
+        client and round, so the bytes are the simulated client's."""
+        config = self.setup.config.pipeline
+        if config.applies_nothing:
+            return None, pipeline
+        residual = pipeline["residual"][0] if "residual" in pipeline else None
+        rng = self.setup.rng(PIPELINE_STREAM, round_, self.index)
+        message = client_message(config, delta, residual, rng, self.setup.net.spec.sizes)
+        return message.payload, after_sending(pipeline, np.array([0]), [message])
 
     def acting_params(self, params: np.ndarray, state: LocalState) -> np.ndarray:
         """``(d,)``: what this client acts with -- the global ``params``, with its personal
@@ -100,18 +125,25 @@ class EdgeTrainer:
         return local_params(self.setup.config.learner, self.setup.net, params, state.learner, 1)[0]
 
     def save_learner(self, state_dir: Path, state: LocalState) -> None:
-        """Write the learner state durably to ``state_dir``."""
-        disk.save_record(Path(state_dir) / LEARNER_FILE, state.learner, {"client_index": self.index})
+        """Write the learner and pipeline state durably to ``state_dir``, as one file."""
+        disk.save_record(Path(state_dir) / LEARNER_FILE, _file_arrays(state), {"client_index": self.index})
 
     def restore(self, state_dir: Path) -> LocalState:
-        """Fresh episodes with the learner state saved in ``state_dir``; a fresh learner state
-        when none was saved, or it was saved by another client index or another network
-        (``ValueError`` when the file is unreadable)."""
+        """Fresh episodes with the learner and pipeline state saved in ``state_dir``; a fresh
+        state when none was saved, or it was saved by another client index, another network or
+        another pipeline (``ValueError`` when the file is unreadable)."""
         fresh = self.fresh_state()
         record = disk.load_record(Path(state_dir) / LEARNER_FILE)
-        if record is None or record[1].get("client_index") != self.index or not _same_layout(record[0], fresh.learner):
+        if record is None or record[1].get("client_index") != self.index or not _same_layout(record[0], _file_arrays(fresh)):
             return fresh
-        return fresh._replace(learner=record[0])
+        saved = record[0]
+        pipeline = {k.removeprefix(PIPELINE_PREFIX): v for k, v in saved.items() if k.startswith(PIPELINE_PREFIX)}
+        return fresh._replace(learner={k: saved[k] for k in fresh.learner}, pipeline=pipeline)
+
+
+def _file_arrays(state: LocalState) -> dict[str, np.ndarray]:
+    """The learner file's arrays: the learner's own, and the pipeline's under ``PIPELINE_PREFIX``."""
+    return {**state.learner, **{PIPELINE_PREFIX + k: v for k, v in state.pipeline.items()}}
 
 
 def _same_layout(saved: dict[str, np.ndarray], fresh: dict[str, np.ndarray]) -> bool:

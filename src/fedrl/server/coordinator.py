@@ -19,14 +19,25 @@ Closing a round aggregates its stored updates into a candidate, evaluates the ca
 held-out environments (the gate), and either deploys it as the next version or keeps it under
 ``rejected/`` while clients keep the deployed version. ``tick`` does this; a transport calls it
 a few times per second from one thread.
+
+The update pipeline (``fedrl.core.pipeline``) is the simulator's. When the experiment has one, an
+update arrives as the pipeline's encoded message (``Submission.payload``), which is decoded and
+then validated and stored like a float32 delta; a bare delta is refused, since it skipped the
+clip, noise or compression the experiment asks of every client. Under central DP the round works
+as the accountant assumes: each client takes part in a round independently with probability
+``fraction`` (Poisson sampling; its coin comes from the run seed, the round and its client id, so
+a restart draws the same), there are no stand-ins for absent clients, the round closes when every
+sampled client is in or at the deadline (with what arrived, even nothing), every update must be
+within ``clip_norm``, and the strategy gets one update: the noised sum over the expected number of
+clients (``central_mean``, noise from the run seed and the round, so a restarted server
+aggregates a round identically). The epsilon spent is recorded with every closed round.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,20 +45,23 @@ import numpy as np
 
 from fedrl.agents import evaluate
 from fedrl.core.aggregation import screen
+from fedrl.core.compress import decode, decompress
+from fedrl.core.pipeline import central_mean, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
-from fedrl.core.update import Update
+from fedrl.core.update import Update, stack_deltas
 from fedrl.server.config import ServerConfig
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.ratelimit import RateLimiter
 from fedrl.server.store import Store, StoredUpdate
 from fedrl.sim.config import ConfigError, to_yaml
-from fedrl.sim.setup import EVAL_STREAM, SAMPLE_STREAM, Setup
+from fedrl.sim.setup import EVAL_STREAM, NOISE_STREAM, SAMPLE_STREAM, Setup
 from fedrl.wire.records import (
     Ack, ClientStatus, Model, Reason, Registration, Rejected, RoundStatus, Submission, Task, Wait,
 )
 
 LIVENESS_FLUSH_S = 2.0  # how often last-seen times go to the store (they are not worth a write per heartbeat)
+CLIP_SLACK = 1e-5  # relative: a client's message scaled to clip_norm may exceed it by float32 rounding
 
 
 @dataclass(frozen=True)
@@ -59,11 +73,6 @@ class FleetStatus:
     finished: bool
     clients: list[ClientStatus]
     rounds: list[RoundStatus]
-
-
-def digest_of(delta: np.ndarray) -> str:
-    """SHA-256 hex of a vector's bytes: the identity of an update's content."""
-    return hashlib.sha256(np.ascontiguousarray(delta).tobytes()).hexdigest()
 
 
 class Coordinator:
@@ -87,7 +96,11 @@ class Coordinator:
     @classmethod
     def open(cls, config: ServerConfig, state_dir: Path, metrics: ServerMetrics | None = None,
              clock: Callable[[], float] = time.time) -> Coordinator:
-        """Start a new run in ``state_dir``, or resume the one stored there (same experiment only)."""
+        """Start a new run in ``state_dir``, or resume the one stored there (same experiment only);
+        ``ConfigError`` for an experiment the deployment cannot run (secure aggregation)."""
+        if config.experiment.pipeline.secure_aggregation.enabled:
+            raise ConfigError("bad config: experiment.pipeline.secure_aggregation.enabled = True: secure aggregation runs "
+                              "in the simulator only; its rounds of key exchange are not carried over gRPC or MQTT")
         store = Store(state_dir, config.store.durability)
         experiment = to_yaml(config.experiment)
         stored = store.meta("experiment")
@@ -126,9 +139,14 @@ class Coordinator:
         return found[0]
 
     def add_client(self, name: str) -> str:
-        """Create a client and return its token (``fedrl fleet add-client`` does the same offline)."""
+        """Create a client and return its token (``fedrl fleet add-client`` does the same offline);
+        under central DP it takes part in the open round if its coin says so."""
         with self._lock:
-            return self._store.add_client(name, self._clock())
+            token = self._store.add_client(name, self._clock())
+            if self._central_dp and self._coin(name):
+                self._selected.add(name)
+                self._store.set_selected(self._round.round, sorted(self._selected))
+            return token
 
     def _admit(self, client: str, acting_version: int | None = None) -> None:
         """Rate-limit one call and mark the client as seen."""
@@ -179,9 +197,10 @@ class Coordinator:
             return Task(self._round.round, self._deployed.version, self._time_left(), self._server_control())
 
     def _take_part(self, client: str) -> bool:
-        """Whether ``client`` gets a task in this synchronous round (adding it when there is room)."""
-        if client in self._selected:
-            return True
+        """Whether ``client`` gets a task in this synchronous round (adding it when there is room,
+        except under central DP, whose accountant counts on Poisson sampling: no stand-ins)."""
+        if client in self._selected or self._central_dp:
+            return client in self._selected
         if len(self._selected) < self.config.updates_per_round or self._time_left() == 0.0:
             self._selected.add(client)
             self._store.set_selected(self._round.round, sorted(self._selected))
@@ -194,8 +213,23 @@ class Coordinator:
     def _server_control(self) -> np.ndarray | None:
         return self._strategy_state.c if self.setup.strategy.uses_control_variates else None
 
+    @property
+    def _central_dp(self) -> bool:
+        return self.setup.config.pipeline.dp.mode == "central"
+
+    def _coin(self, client: str) -> bool:
+        """Central DP: whether ``client`` takes part in the open round, with probability ``fraction``
+        from the run seed, the round and the client's id alone (independent of every other client)."""
+        rng = self.setup.rng(SAMPLE_STREAM, self._round.round, self._store.client_id(client))
+        return bool(rng.random() < self.config.experiment.federation.fraction)
+
     def _sample(self) -> None:
-        """Sample this round's clients from those online; fewer online means room for newcomers."""
+        """Sample this round's clients from those online; fewer online means room for newcomers.
+        Under central DP: every client with a token, each by its own coin (Poisson sampling)."""
+        if self._central_dp:
+            self._selected = {c.client for c in self._store.clients() if self._coin(c.client)}
+            self._store.set_selected(self._round.round, sorted(self._selected))
+            return
         now = self._clock()
         online = sorted(c for c, (t, _) in self._seen.items() if now - t <= self.config.rounds.liveness_s)
         size = min(self.config.updates_per_round, len(online))
@@ -217,10 +251,13 @@ class Coordinator:
     # --- updates -----------------------------------------------------------------------
     def submit(self, client: str, submission: Submission) -> Ack:
         """Validate and durably store one update; the ``Ack`` is returned only once it is on disk.
-        A resubmission of a stored update id returns the original acknowledgement. The vector is
-        written outside the lock, so uploads from many clients reach the disk in parallel."""
+        A resubmission of a stored update id returns the original acknowledgement. A payload is
+        decoded, and the vector written, outside the lock, so uploads from many clients are
+        decoded and reach the disk in parallel."""
         with self._lock:
             self._admit(client)
+        submission = self._counted(self._decoded, client, submission)
+        with self._lock:
             repeated = self._counted(self._screen, client, submission)
             if repeated is not None:
                 return repeated
@@ -250,6 +287,19 @@ class Coordinator:
             self.note_rejected(client, exc)
             raise
 
+    def _decoded(self, _client: str, s: Submission) -> Submission:
+        """``s`` with its payload decoded into ``delta``; a bare delta only when the experiment has
+        no update pipeline, which every update must pass through."""
+        if s.payload is None:
+            if not self.setup.config.pipeline.applies_nothing:
+                raise Rejected(Reason.INVALID_ARGUMENT, "the experiment's update pipeline (clip, compression, DP) "
+                              "encodes every update: send it as a payload, not a bare delta")
+            return s
+        try:
+            return replace(s, delta=decompress(decode(s.payload, self.dim)))
+        except (ValueError, IndexError) as exc:  # IndexError: an index past the end
+            raise Rejected(Reason.INVALID_ARGUMENT, f"payload is not an encoded update: {exc}") from None
+
     def _screen(self, client: str, s: Submission) -> Ack | None:
         """Every check before the update is written; the original ack for a resubmission, else None."""
         if s.client != client:
@@ -268,7 +318,7 @@ class Coordinator:
         """Commit the written update to the round that is open now (it may have changed meanwhile)."""
         round_ = self._check_version(client, s)
         now = self._clock()
-        self._store.record_update(s, round_, s.digest or digest_of(s.delta), now)  # a given digest was checked
+        self._store.record_update(s, round_, s.digest or s.sent_digest, now)  # a given digest was checked
         if round_ == self._round.round:
             self._arrived.append(client)
         self._metrics.updates_accepted.inc()
@@ -295,14 +345,25 @@ class Coordinator:
         if (s.control_delta is not None) != self.setup.strategy.uses_control_variates:
             need = "needs" if self.setup.strategy.uses_control_variates else "takes no"
             raise Rejected(Reason.INVALID_ARGUMENT, f"strategy {self.setup.strategy.name} {need} control_delta")
-        digest = digest_of(s.delta)
+        digest = s.sent_digest
         if s.digest and s.digest != digest:
             raise Rejected(Reason.INVALID_ARGUMENT, "digest mismatch: the update's bytes changed in transit")
+        self._check_norm(s.delta)
+        return digest
+
+    def _check_norm(self, delta: np.ndarray) -> None:
+        """The configured bound on an update's norm and, under central DP, the clip norm its noise is calibrated to."""
         bound = self.config.limits.max_update_norm
-        norm = float(np.linalg.norm(s.delta))
+        norm = float(np.linalg.norm(delta))
         if bound is not None and norm > bound:
             raise Rejected(Reason.INVALID_ARGUMENT, f"update norm {norm:.4g} exceeds the bound {bound:g}")
-        return digest
+        if not self._central_dp:
+            return
+        clip = self.setup.config.pipeline.clip_norm
+        exact = float(np.linalg.norm(delta.astype(np.float64)))
+        if exact > clip * (1 + CLIP_SLACK):
+            raise Rejected(Reason.INVALID_ARGUMENT, f"update norm {exact:.6g} exceeds pipeline.clip_norm {clip:g}, "
+                          "the sensitivity central DP's noise is calibrated to")
 
     def _check_size(self, s: Submission) -> None:
         if not 1 <= s.env_steps <= self.config.max_env_steps:
@@ -343,7 +404,7 @@ class Coordinator:
             round_, deployed, state = self._round, self._deployed, self._strategy_state
             stored = self._store.round_updates(round_.round)
         try:
-            candidate, new_state = self._aggregate(stored, deployed, state)
+            candidate, new_state = self._aggregate(stored, deployed, state, round_.round)
             score = _gate_return(self.config, self.setup, candidate) if self.config.gate.enabled else None
             with self._lock:
                 self._commit(round_, candidate, new_state, score)
@@ -354,16 +415,41 @@ class Coordinator:
 
     def _due(self) -> bool:
         n = len(self._arrived)
-        if self.finished or n == 0:
+        if self.finished:
+            return False
+        if self._central_dp:  # every sampled client is in, or the deadline passed: what came (even nothing) is one release
+            return self._selected <= set(self._arrived) or self._time_left() == 0.0
+        if n == 0:
             return False
         wanted = self.config.updates_per_round
         return n >= wanted or (n >= self.config.min_updates and self._time_left() == 0.0)
 
-    def _aggregate(self, stored: list[StoredUpdate], deployed: Model, state) -> tuple[np.ndarray, object]:
-        """The strategy's candidate from the round's stored updates (screened as in the simulator)."""
+    def _aggregate(self, stored: list[StoredUpdate], deployed: Model, state, round_: int) -> tuple[np.ndarray, object]:
+        """The strategy's candidate from the round's stored updates (screened as in the simulator;
+        under central DP, their noised mean as one update)."""
         updates = [Update(u.client_id, u.base_version, u.delta, u.env_steps, u.metrics, u.control_delta) for u in stored]
         accepted = screen(updates, self.dim).accepted
+        if self._central_dp:
+            accepted = [self._central_update(accepted, deployed.version, round_)]
         return self.setup.strategy.aggregate(state, deployed.params, accepted)
+
+    def _central_update(self, updates: list[Update], version: int, round_: int) -> Update:
+        """Central DP's one update: the noised sum over the expected number of clients,
+        ``fraction * n_clients`` (client id -1: no single client's); noise from the seed and the round."""
+        fed = self.config.experiment.federation
+        stack = stack_deltas(updates) if updates else np.zeros((0, self.dim), dtype=np.float32)
+        rng = self.setup.rng(NOISE_STREAM, round_)
+        mean = central_mean(self.setup.config.pipeline, stack, fed.fraction * fed.n_clients, rng)
+        return Update(-1, version, mean, sum(u.env_steps for u in updates))
+
+    def _epsilon(self, closed_rounds: int) -> float | None:
+        """The DP epsilon spent by the first ``closed_rounds`` rounds (None without DP). Local mode
+        counts the client with the most accepted updates, as the simulator counts participation."""
+        pipeline, fed = self.setup.config.pipeline, self.config.experiment.federation
+        if pipeline.dp.mode == "none":
+            return None
+        most = self._store.most_updates_per_client(closed_rounds) if pipeline.dp.mode == "local" else 0
+        return spent_epsilon(pipeline, fed.fraction, closed_rounds, {"participation": np.array([most])})
 
     def _promotes(self, score: float | None) -> bool:
         """The gate: a candidate may lose at most the tolerance against the deployed version."""
@@ -375,18 +461,18 @@ class Coordinator:
 
     def _commit(self, round_: RoundStatus, candidate: np.ndarray, state, score: float | None) -> None:
         """Deploy or reject the candidate, close the round durably and open the next."""
-        now = self._clock()
+        now, spent = self._clock(), self._epsilon(round_.round)
         if self._promotes(score):
             version = self._deployed.version + 1
             self._store.write_version_file(version, candidate, state_to_arrays(state))
-            self._store.close_round(round_.round, now, score, version, version)
+            self._store.close_round(round_.round, now, score, version, version, spent)
             self._deployed, self._strategy_state = Model(version, candidate, round_.round, score), state
         else:
             self._store.write_rejected(round_.round, candidate)
-            self._store.close_round(round_.round, now, score, None, self._deployed.version)
+            self._store.close_round(round_.round, now, score, None, self._deployed.version, spent)
             self._metrics.candidates_rejected.inc()
         log_event("round_closed", round=round_.round, updates=len(self._arrived), candidate_return=score,
-                  deployed_version=self._deployed.version, promoted=self._deployed.round == round_.round)
+                  deployed_version=self._deployed.version, promoted=self._deployed.round == round_.round, epsilon=spent)
         self._metrics.round_duration_seconds.observe(now - round_.opened_at)
         self._round = self._store.open_round()
         self._arrived = self._store.round_clients(self._round.round)
@@ -397,6 +483,8 @@ class Coordinator:
     def _publish(self) -> None:
         self._metrics.deployed_version.set(self._deployed.version)
         self._metrics.current_round.set(self._round.round)
+        spent = self._epsilon(self._round.round - 1)
+        self._metrics.privacy_epsilon.set(float("inf") if spent is None else spent)
 
     def _flush_liveness(self) -> None:
         now = self._clock()

@@ -31,6 +31,7 @@ class ServerMetrics:
     bytes_received: Counter  # label transport: grpc, mqtt
     bytes_sent: Counter  # label transport
     candidates_rejected: Counter  # aggregated models the evaluation gate refused to deploy
+    privacy_epsilon: Gauge  # DP epsilon spent by the closed rounds (at pipeline.dp.delta); +Inf without DP
 
     @classmethod
     def create(cls) -> ServerMetrics:
@@ -50,6 +51,10 @@ class ServerMetrics:
             bytes_received=Counter("bytes_received", "Bytes received from clients, by transport.", ["transport"], **common),
             bytes_sent=Counter("bytes_sent", "Bytes sent to clients, by transport.", ["transport"], **common),
             candidates_rejected=Counter("candidates_rejected", "Aggregated models the evaluation gate refused.", **common),
+            privacy_epsilon=Gauge(
+                "privacy_epsilon", "Differential-privacy epsilon spent by the closed rounds, at the configured delta; "
+                "+Inf without DP.", **common
+            ),
         )
 
 

@@ -2,7 +2,8 @@
 
 Layout of a state directory::
 
-    server.db                  clients (token hashes only), versions, rounds, accepted updates, meta
+    server.db                  clients (token hashes only), versions, rounds (with their uplink bytes
+                               and the DP epsilon spent), accepted updates, meta
     models/v000012.safetensors the params of version 12 and the strategy state that produced it
     rejected/r000031.safetensors a candidate the evaluation gate refused (kept for inspection)
     updates/<sha256 of id>.f32 the delta (and control delta) of an accepted update of an open round
@@ -50,6 +51,13 @@ CREATE TABLE IF NOT EXISTS updates(
     accepted_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS updates_by_round ON updates(round);
 """
+# Columns added after the first release, with their declarations: a state directory made before
+# them gets them when it is opened (ALTER TABLE), with the default for the rows it holds.
+_ADDED_COLUMNS = (
+    ("rounds", "uplink_bytes", "INTEGER NOT NULL DEFAULT 0"),  # bytes of the round's updates as sent
+    ("rounds", "epsilon", "REAL"),  # DP epsilon spent once the round closed; NULL without DP
+    ("updates", "uplink_bytes", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,14 @@ class Store:
         self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'fsync' else 'NORMAL'}")
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Give a database made by an earlier release the columns added since (``_ADDED_COLUMNS``)."""
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         """Close the database."""
@@ -209,15 +225,17 @@ class Store:
         self.db.execute("UPDATE rounds SET selected = ? WHERE round = ?", (json.dumps(sorted(names)), round_))
 
     def close_round(self, round_: int, now: float, candidate_return: float | None, new_version: int | None,
-                    next_base: int) -> None:
-        """Close ``round_`` (recording its new version if the candidate was promoted) and open the next."""
+                    next_base: int, epsilon: float | None = None) -> None:
+        """Close ``round_`` (recording its new version if the candidate was promoted, and the DP
+        ``epsilon`` spent, None without DP) and open the next."""
         with self._transaction():
             if new_version is not None:
                 self.db.execute("INSERT INTO versions VALUES (?, ?, ?, ?)", (new_version, round_, now, candidate_return))
             self.db.execute(
-                "UPDATE rounds SET closed_at = ?, candidate_return = ?, promoted = ?, new_version = ?, "
-                "n_updates = (SELECT COUNT(*) FROM updates WHERE round = ?) WHERE round = ?",
-                (now, candidate_return, new_version is not None, new_version, round_, round_),
+                "UPDATE rounds SET closed_at = ?, candidate_return = ?, promoted = ?, new_version = ?, epsilon = ?, "
+                "n_updates = (SELECT COUNT(*) FROM updates WHERE round = ?), "
+                "uplink_bytes = (SELECT COALESCE(SUM(uplink_bytes), 0) FROM updates WHERE round = ?) WHERE round = ?",
+                (now, candidate_return, new_version is not None, new_version, epsilon, round_, round_, round_),
             )
             self.db.execute("INSERT INTO rounds(round, base_version, opened_at) VALUES (?, ?, ?)",
                             (round_ + 1, next_base, now))
@@ -227,13 +245,23 @@ class Store:
         rows = self.db.execute(
             "SELECT round, base_version, opened_at, closed_at, "
             "CASE WHEN closed_at IS NULL THEN (SELECT COUNT(*) FROM updates u WHERE u.round = r.round) ELSE n_updates END, "
-            "candidate_return, promoted, new_version FROM rounds r ORDER BY round DESC LIMIT ?", (limit,)
+            "candidate_return, promoted, new_version, "
+            "CASE WHEN closed_at IS NULL THEN (SELECT COALESCE(SUM(uplink_bytes), 0) FROM updates u WHERE u.round = r.round) "
+            "ELSE uplink_bytes END, epsilon FROM rounds r ORDER BY round DESC LIMIT ?", (limit,)
         ).fetchall()
-        return [RoundStatus(*row[:6], None if row[6] is None else bool(row[6]), row[7]) for row in reversed(rows)]
+        return [RoundStatus(*row[:6], None if row[6] is None else bool(row[6]), *row[7:]) for row in reversed(rows)]
+
+    def most_updates_per_client(self, last_round: int) -> int:
+        """The most updates any one client has had accepted in rounds up to ``last_round`` (0 if none)."""
+        return self.db.execute(
+            "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM updates WHERE round <= ? GROUP BY client)",
+            (last_round,),
+        ).fetchone()[0]
 
     # --- updates ---------------------------------------------------------------------------
     def write_update_file(self, submission: Submission) -> None:
-        """Write an update's vectors to its file (safe to call without the coordinator's lock)."""
+        """Write an update's vectors to its file (safe to call without the coordinator's lock); an
+        encoded update is written as the float32 delta it decodes to."""
         path = self.path / "updates" / update_file_name(submission.update_id)
         tmp = path.with_name(path.name + f".{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
@@ -254,9 +282,10 @@ class Store:
         """Commit an update's record (its file is already written); durable when this returns."""
         s = submission
         self.db.execute(
-            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO updates(update_id, client, round, base_version, env_steps, metrics, digest, has_control, "
+            "accepted_at, uplink_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (s.update_id, s.client, round_, s.base_version, s.env_steps, json.dumps(s.metrics), digest,
-             s.control_delta is not None, now),
+             s.control_delta is not None, now, s.sent_bytes),
         )
 
     def find_update(self, update_id: str) -> tuple[str, int, str, float] | None:

@@ -3,8 +3,10 @@
 The coordinator (``fedrl.server.coordinator``) knows no transport, so the simulator can be its
 transport: every simulated client registers, heartbeats, asks for a task, trains in the
 simulator's batched shards from the version it was given, and submits its update exactly as
-an edge agent would. It is how the deployed path is checked against the simulator (same
-config and seed, same aggregated model) and how a deployment config is rehearsed before any
+an edge agent would -- with an update pipeline in the experiment, as the pipeline's encoded
+payload, made from the same random stream and error-feedback residual as the simulator's client
+(and the edge agent of that index). It is how the deployed path is checked against the simulator
+(same config and seed, same aggregated model) and how a deployment config is rehearsed before any
 device is involved.
 """
 
@@ -15,9 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrl.core.pipeline import after_sending, client_message
+from fedrl.core.update import Update
+from fedrl.envs.base import put_clients
 from fedrl.server.config import ServerConfig
-from fedrl.server.coordinator import Coordinator, digest_of
-from fedrl.sim.engine import SimState, initial_state, train_clients
+from fedrl.server.coordinator import Coordinator
+from fedrl.sim.engine import SimState, initial_state, put_rows, shards, to_updates, train_shard
+from fedrl.sim.setup import ATTACK_STREAM, PIPELINE_STREAM, TRAIN_STREAM, Setup
 from fedrl.wire.records import Submission, Task
 
 
@@ -37,24 +43,60 @@ def open_coordinated(config: ServerConfig, state_dir: Path) -> tuple[Coordinator
     return coordinator, initial_state(coordinator.setup)
 
 
+def encode(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[Update], round_: int
+           ) -> tuple[list[bytes | None], dict[str, np.ndarray]]:
+    """Each update's payload from the client side of the pipeline, with its client's residual and
+    the simulator's stream, and the pipeline state after sending; no payloads (the deltas travel
+    as they are) when the pipeline applies nothing."""
+    config = setup.config.pipeline
+    if config.applies_nothing:
+        return [None] * len(updates), pipeline_state
+    residuals = pipeline_state.get("residual")
+    messages = [
+        client_message(config, u.delta, None if residuals is None else residuals[u.client_id],
+                       setup.rng(PIPELINE_STREAM, round_, u.client_id), setup.net.spec.sizes)
+        for u in updates
+    ]
+    clients = np.array([u.client_id for u in updates], dtype=np.int64)
+    return [m.payload for m in messages], after_sending(pipeline_state, clients, messages)
+
+
+def train_and_encode(setup: Setup, state: SimState, clients: np.ndarray, round_: int
+                     ) -> tuple[list[tuple[Update, bytes | None]], SimState]:
+    """Train ``clients`` from ``state``'s global version, shard by shard as the simulator does,
+    and encode their updates; returns each update with its payload, and the state with the
+    clients' env, learner and pipeline state advanced."""
+    sent: list[tuple[Update, bytes | None]] = []
+    for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
+        result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, round_, i))
+        updates = to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, round_, i))
+        payloads, pipeline_state = encode(setup, state.pipeline_state, updates, round_)
+        sent += zip(updates, payloads)
+        state = replace(
+            state,
+            env_state=put_clients(state.env_state, rows, result.env_state),
+            client_state=put_rows(state.client_state, rows, result.client_state),
+            pipeline_state=pipeline_state,
+        )
+    return sent, state
+
+
 def coordinated_round(coordinator: Coordinator, state: SimState, round_: int) -> SimState:
     """One round: every client heartbeats and asks for work; those given a task train from the
-    deployed version and submit; the coordinator closes the round. Returns the clients' state."""
+    deployed version and submit (their payload, with a pipeline); the coordinator closes the
+    round. Returns the clients' state."""
     names = [client_name(i) for i in range(coordinator.config.experiment.federation.n_clients)]
     for name in names:
         coordinator.heartbeat(name, coordinator.deployed_version)
     tasks = {i: t for i, name in enumerate(names) if isinstance(t := coordinator.task(name), Task)}
-    if not tasks:
-        return state
-    rows = np.array(sorted(tasks))
-    model = coordinator.model()
-    state = replace(state, params=model.params, version=model.version)
-    updates, state = train_clients(coordinator.setup, state, rows, (round_,))
-    for u in updates:
-        task = tasks[u.client_id]
-        coordinator.submit(client_name(u.client_id), Submission(
-            f"{client_name(u.client_id)}-r{task.round}", client_name(u.client_id), task.round, task.base_version,
-            u.delta, u.env_steps, u.metrics, u.control_delta, digest_of(u.delta),
-        ))
-    coordinator.tick()
+    if tasks:
+        model = coordinator.model()
+        state = replace(state, params=model.params, version=model.version)
+        sent, state = train_and_encode(coordinator.setup, state, np.array(sorted(tasks)), round_)
+        for u, payload in sent:
+            task, name = tasks[u.client_id], client_name(u.client_id)
+            submission = Submission(f"{name}-r{task.round}", name, task.round, task.base_version,
+                                    None if payload else u.delta, u.env_steps, u.metrics, u.control_delta, payload=payload)
+            coordinator.submit(name, replace(submission, digest=submission.sent_digest))
+    coordinator.tick()  # also closes a central-DP round that sampled no one
     return state

@@ -1,7 +1,9 @@
 """Flat float32 vectors as bytes on the wire: a declared layout, chunks of at most 1 MiB, a digest.
 
 A sender describes each vector (``describe``: dtype, length, sha256) in a header and then sends
-its little-endian bytes in chunks (``chunks``); several vectors go back to back. The receiver
+its little-endian bytes in chunks (``chunks``); several vectors go back to back. Raw bytes that
+stand for a vector in some encoding (an update the update pipeline encoded) travel the same way,
+declared by ``describe_bytes`` (length in bytes, sha256). The receiver
 hands the declared layouts and the chunks as they arrive to ``assemble``, which refuses a total
 above its limit before buffering it, and afterwards checks that the byte count and every digest
 match. Each refusal is a ``Rejected`` whose message says what was wrong, so a transport passes
@@ -37,6 +39,19 @@ class VectorMeta:
         return self.length * _WIRE_DTYPE.itemsize
 
 
+@dataclass(frozen=True)
+class BytesMeta:
+    """The declared layout of raw bytes (an encoded vector): ``length`` in bytes, ``sha256`` hex of them."""
+
+    length: int
+    sha256: str
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire: the length itself."""
+        return self.length
+
+
 def to_bytes(vector: np.ndarray) -> bytes:
     """A flat vector's wire bytes: float32, little-endian, whatever the host's byte order."""
     return np.ascontiguousarray(vector, dtype=_WIRE_DTYPE).reshape(-1).tobytes()
@@ -48,17 +63,23 @@ def describe(vector: np.ndarray) -> VectorMeta:
     return VectorMeta(DTYPE, len(payload) // _WIRE_DTYPE.itemsize, hashlib.sha256(payload).hexdigest())
 
 
-def chunks(vector: np.ndarray, size: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """``vector``'s wire bytes in pieces of at most ``size`` bytes (none for an empty vector)."""
-    payload = memoryview(to_bytes(vector))
+def describe_bytes(data: bytes) -> BytesMeta:
+    """The header a sender declares for raw bytes."""
+    return BytesMeta(len(data), hashlib.sha256(data).hexdigest())
+
+
+def chunks(vector: np.ndarray | bytes, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The wire bytes of ``vector`` (or the raw bytes given) in pieces of at most ``size`` bytes
+    (none for an empty vector)."""
+    payload = memoryview(vector if isinstance(vector, bytes) else to_bytes(vector))
     for start in range(0, len(payload), size):
         yield bytes(payload[start : start + size])
 
 
-def _declared_bytes(metas: Mapping[str, VectorMeta], max_bytes: int) -> int:
+def _declared_bytes(metas: Mapping[str, VectorMeta | BytesMeta], max_bytes: int) -> int:
     """The total the headers declare, after checking each is a layout this side can read."""
     for name, meta in metas.items():
-        if meta.dtype != DTYPE:
+        if isinstance(meta, VectorMeta) and meta.dtype != DTYPE:
             raise Rejected(Reason.INVALID_ARGUMENT, f"{name}: dtype {meta.dtype!r} is not supported; send {DTYPE!r}")
         if meta.length < 0:
             raise Rejected(Reason.INVALID_ARGUMENT, f"{name}: length {meta.length} is negative")
@@ -68,8 +89,11 @@ def _declared_bytes(metas: Mapping[str, VectorMeta], max_bytes: int) -> int:
     return total
 
 
-def assemble(metas: Mapping[str, VectorMeta], pieces: Iterable[bytes], max_bytes: int) -> tuple[np.ndarray, ...]:
-    """Rebuild the vectors ``metas`` declares (in its order) from their chunks, sent back to back.
+def assemble(
+    metas: Mapping[str, VectorMeta | BytesMeta], pieces: Iterable[bytes], max_bytes: int
+) -> tuple[np.ndarray | bytes, ...]:
+    """Rebuild the vectors ``metas`` declares (in its order) from their chunks, sent back to back:
+    a float32 array for a ``VectorMeta``, ``bytes`` for a ``BytesMeta``.
 
     Refuses, as ``Rejected``: an unknown dtype, a negative length, a declared total above
     ``max_bytes`` (RESOURCE_EXHAUSTED, before anything is buffered), more or fewer bytes than
@@ -89,6 +113,7 @@ def assemble(metas: Mapping[str, VectorMeta], pieces: Iterable[bytes], max_bytes
         digest = hashlib.sha256(payload).hexdigest()
         if digest != meta.sha256:
             raise Rejected(Reason.INVALID_ARGUMENT, f"{name}: sha256 {digest} of the bytes received differs from the declared {meta.sha256!r}")
-        vectors.append(np.frombuffer(payload, dtype=_WIRE_DTYPE).astype(np.float32))
+        raw = isinstance(meta, BytesMeta)
+        vectors.append(bytes(payload) if raw else np.frombuffer(payload, dtype=_WIRE_DTYPE).astype(np.float32))
         offset += meta.nbytes
     return tuple(vectors)

@@ -2,8 +2,9 @@
 
 Server and edge agent both translate through here, so the two ends cannot drift apart. Unary
 records map to one message each. A record holding a vector travels as a stream: a header part,
-then ``chunk`` parts with the vector's bytes (``fedrl.wire.codec``); ``*_parts`` writes such a
-stream and ``read_*`` rebuilds the record from one, refusing a malformed stream with
+then ``chunk`` parts with the vector's bytes (``fedrl.wire.codec``) -- for an update, either the
+float32 delta or the update pipeline's encoding of it (``PAYLOAD_ENCODING``). ``*_parts`` writes
+such a stream and ``read_*`` rebuilds the record from one, refusing a malformed stream with
 ``Rejected(INVALID_ARGUMENT)`` and one larger than the reader's limit with
 ``Rejected(RESOURCE_EXHAUSTED)``.
 """
@@ -22,6 +23,7 @@ from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submi
 
 _Part = TypeVar("_Part", pb.TaskPart, pb.ModelPart, pb.UpdatePart)
 _M = TypeVar("_M", bound=Message)
+PAYLOAD_ENCODING = "fedrl.compress.v1"  # an update payload's bytes: fedrl.core.compress.encode's format
 
 
 def parse_message(kind: type[_M], raw: bytes) -> _M:
@@ -40,6 +42,14 @@ def vector_header(vector: np.ndarray) -> pb.VectorHeader:
 
 def _meta(header: pb.VectorHeader) -> codec.VectorMeta:
     return codec.VectorMeta(header.dtype, header.length, header.sha256)
+
+
+def _payload_meta(header: pb.EncodedHeader) -> codec.BytesMeta:
+    """The layout of an update's payload, after checking its encoding is one this side decodes."""
+    if header.encoding != PAYLOAD_ENCODING:
+        raise Rejected(Reason.INVALID_ARGUMENT,
+                       f"payload: encoding {header.encoding!r} is not supported; send {PAYLOAD_ENCODING!r}")
+    return codec.BytesMeta(header.length, header.sha256)
 
 
 def _split(parts: Iterable[_Part], what: str) -> tuple[_Part, Iterator[bytes]]:
@@ -130,7 +140,8 @@ def read_model(parts: Iterable[pb.ModelPart], max_bytes: int) -> Model:
 
 
 def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
-    """An update as a stream: its header, then the chunks of its delta and of its control delta, if any."""
+    """An update as a stream: its header, then the chunks of its payload (or else its delta) and
+    of its control delta, if any."""
     header = pb.UpdateHeader(
         update_id=submission.update_id,
         client=submission.client,
@@ -138,12 +149,17 @@ def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
         base_version=submission.base_version,
         env_steps=submission.env_steps,
         metrics=submission.metrics,
-        delta=vector_header(submission.delta),
     )
+    if submission.payload is not None:
+        meta = codec.describe_bytes(submission.payload)
+        header.payload.CopyFrom(pb.EncodedHeader(encoding=PAYLOAD_ENCODING, length=meta.length, sha256=meta.sha256))
+    else:
+        header.delta.CopyFrom(vector_header(submission.delta))
     if submission.control_delta is not None:
         header.control_delta.CopyFrom(vector_header(submission.control_delta))
     yield pb.UpdatePart(header=header)
-    yield from (pb.UpdatePart(chunk=chunk) for chunk in codec.chunks(submission.delta))
+    sent = submission.payload if submission.payload is not None else submission.delta
+    yield from (pb.UpdatePart(chunk=chunk) for chunk in codec.chunks(sent))
     if submission.control_delta is not None:
         yield from (pb.UpdatePart(chunk=chunk) for chunk in codec.chunks(submission.control_delta))
 
@@ -151,18 +167,22 @@ def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
 def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int) -> Submission:
     """The submission a stream from ``update_parts`` carries, checked against its declared layout."""
     header, chunks = _split(parts, "update")
-    metas = {"delta": _meta(header.delta)}
+    encoded = header.HasField("payload")
+    if encoded and header.HasField("delta"):
+        raise Rejected(Reason.INVALID_ARGUMENT, "an update carries its delta or a payload, not both")
+    metas = {"payload": _payload_meta(header.payload)} if encoded else {"delta": _meta(header.delta)}
     if header.HasField("control_delta"):
         metas["control_delta"] = _meta(header.control_delta)
-    vectors = codec.assemble(metas, chunks, max_bytes)
+    sent, *control = codec.assemble(metas, chunks, max_bytes)
     return Submission(
         update_id=header.update_id,
         client=header.client,
         round=header.round,
         base_version=header.base_version,
-        delta=vectors[0],
+        delta=None if encoded else sent,
         env_steps=header.env_steps,
         metrics=dict(header.metrics),
-        control_delta=vectors[1] if len(vectors) > 1 else None,
-        digest=header.delta.sha256,
+        control_delta=control[0] if control else None,
+        digest=(header.payload if encoded else header.delta).sha256,
+        payload=sent if encoded else None,
     )

@@ -115,7 +115,7 @@ class ModelPart(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("update_id", "client", "round", "base_version", "env_steps", "metrics", "delta", "control_delta")
+    __slots__ = ("update_id", "client", "round", "base_version", "env_steps", "metrics", "delta", "control_delta", "payload")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class UpdateHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     CONTROL_DELTA_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     client: str
     round: int
@@ -139,7 +140,18 @@ class UpdateHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     delta: VectorHeader
     control_delta: VectorHeader
-    def __init__(self, update_id: _Optional[str] = ..., client: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., env_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., control_delta: _Optional[_Union[VectorHeader, _Mapping]] = ...) -> None: ...
+    payload: EncodedHeader
+    def __init__(self, update_id: _Optional[str] = ..., client: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., env_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., control_delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., payload: _Optional[_Union[EncodedHeader, _Mapping]] = ...) -> None: ...
+
+class EncodedHeader(_message.Message):
+    __slots__ = ("encoding", "length", "sha256")
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    encoding: str
+    length: int
+    sha256: str
+    def __init__(self, encoding: _Optional[str] = ..., length: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UpdatePart(_message.Message):
     __slots__ = ("header", "chunk")

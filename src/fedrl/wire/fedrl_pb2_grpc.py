@@ -95,7 +95,7 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushUpdate(self, request_iterator, context):
-        """One update: an UpdateHeader, then the chunks of its delta and, when declared, its control delta.
+        """One update: an UpdateHeader, then the chunks of its delta (or payload) and, when declared, its control delta.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -11,6 +11,7 @@ was wrong.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,17 +70,32 @@ class Wait:
 
 @dataclass(frozen=True)
 class Submission:
-    """One update as a transport received it, before validation."""
+    """One update as a transport received it, before validation: its delta travels either as a
+    float32 vector or, when the experiment has an update pipeline, as the pipeline's encoding of
+    it (``payload``, from ``fedrl.core.pipeline.client_message``), which the server decodes."""
 
     update_id: str  # chosen by the client, stable across retries: a resubmission is idempotent
     client: str
     round: int
     base_version: int
-    delta: np.ndarray  # float32 (d,)
+    delta: np.ndarray | None  # float32 (d,); None when payload carries it
     env_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
     control_delta: np.ndarray | None = None
-    digest: str = ""  # sha256 hex of the delta's bytes, as the client computed it
+    digest: str = ""  # sha256 hex of the bytes sent for the delta (the payload's, else the vector's), as the client computed it
+    payload: bytes | None = None  # the update pipeline's encoded message (fedrl.core.compress's format), instead of delta
+
+    @property
+    def sent_digest(self) -> str:
+        """The sha256 hex of the bytes sent for the delta: the payload, else the float32 vector (little-endian)."""
+        sent = self.payload if self.payload is not None else np.ascontiguousarray(self.delta, dtype="<f4").tobytes()
+        return hashlib.sha256(sent).hexdigest()
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes the update's vectors take on the wire: the payload (else the float32 delta) and the control delta."""
+        sent = len(self.payload) if self.payload is not None else self.delta.nbytes
+        return sent + (self.control_delta.nbytes if self.control_delta is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -125,3 +141,5 @@ class RoundStatus:
     candidate_return: float | None
     promoted: bool | None  # None while open
     new_version: int | None
+    uplink_bytes: int = 0  # bytes of the round's accepted updates as sent (payloads, or float32 vectors)
+    epsilon: float | None = None  # DP epsilon spent once the round closed (at pipeline.dp.delta); None without DP or while open
