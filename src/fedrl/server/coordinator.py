@@ -49,6 +49,7 @@ from fedrl.core.compress import decode, decompress
 from fedrl.core.pipeline import central_mean, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.core.update import Update, stack_deltas
+from fedrl.server.auth import hash_token
 from fedrl.server.config import ServerConfig
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics
@@ -90,6 +91,8 @@ class Coordinator:
         self._flushed_at = clock()
         self._closing = False
         self._writing: set[str] = set()  # update ids whose files are being written
+        self._tokens: dict[str, str] = {}  # token hash -> client name, filled as clients authenticate
+        self._experiment_yaml = to_yaml(config.experiment)
         store.sweep_update_files()
         self._load()
 
@@ -132,11 +135,15 @@ class Coordinator:
         """The client a token belongs to; ``Rejected(UNAUTHENTICATED)`` for a missing or unknown one."""
         if not token:
             raise Rejected(Reason.UNAUTHENTICATED, "missing token: send 'authorization: Bearer <token>'")
-        with self._lock:
-            found = self._store.client_for_token(token)
-        if found is None:
-            raise Rejected(Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`")
-        return found[0]
+        hashed = hash_token(token)
+        name = self._tokens.get(hashed)
+        if name is None:  # a client added since (perhaps by `fedrl fleet add-client` in another process)
+            with self._lock:
+                found = self._store.client_for_token(token)
+            if found is None:
+                raise Rejected(Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`")
+            name = self._tokens[hashed] = found[0]
+        return name
 
     def add_client(self, name: str) -> str:
         """Create a client and return its token (``fedrl fleet add-client`` does the same offline);
@@ -163,7 +170,7 @@ class Coordinator:
             self._admit(client)
             self._store.mark_registered(client, self._clock())
             log_event("client_registered", client=client)
-            return Registration(client, to_yaml(self.config.experiment), self._deployed.version, self.config.rounds.heartbeat_s)
+            return Registration(client, self._experiment_yaml, self._deployed.version, self.config.rounds.heartbeat_s)
 
     def heartbeat(self, client: str, acting_version: int | None) -> int:
         """Note that ``client`` is alive and acting with ``acting_version``; returns the deployed version."""
@@ -251,14 +258,14 @@ class Coordinator:
     # --- updates -----------------------------------------------------------------------
     def submit(self, client: str, submission: Submission) -> Ack:
         """Validate and durably store one update; the ``Ack`` is returned only once it is on disk.
-        A resubmission of a stored update id returns the original acknowledgement. A payload is
-        decoded, and the vector written, outside the lock, so uploads from many clients are
-        decoded and reach the disk in parallel."""
+        A resubmission of a stored update id returns the original acknowledgement. The checks
+        that need no shared state (decoding, shape, finite values, digest, norm) and the file
+        write run outside the lock, so uploads from many clients proceed in parallel."""
         with self._lock:
             self._admit(client)
-        submission = self._counted(self._decoded, client, submission)
+        submission, digest = self._counted(self._prepared, client, submission)
         with self._lock:
-            repeated = self._counted(self._screen, client, submission)
+            repeated = self._counted(lambda c, sub: self._screen(c, sub, digest), client, submission)
             if repeated is not None:
                 return repeated
             self._writing.add(submission.update_id)
@@ -269,7 +276,7 @@ class Coordinator:
                 self._writing.discard(submission.update_id)
         with self._lock:
             try:
-                return self._counted(self._record, client, submission)
+                return self._counted(lambda c, sub: self._record(c, sub, digest), client, submission)
             except Rejected:
                 self._store.remove_update_file(submission.update_id)
                 raise
@@ -287,7 +294,15 @@ class Coordinator:
             self.note_rejected(client, exc)
             raise
 
-    def _decoded(self, _client: str, s: Submission) -> Submission:
+    def _prepared(self, client: str, s: Submission) -> tuple[Submission, str]:
+        """The checks that need no shared state: identity, decoding, vectors; returns the update
+        with its payload decoded into ``delta`` and the digest of what was sent."""
+        if s.client != client:
+            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}")
+        s = self._decoded(s)
+        return s, self._check_vectors(s)
+
+    def _decoded(self, s: Submission) -> Submission:
         """``s`` with its payload decoded into ``delta``; a bare delta only when the experiment has
         no update pipeline, which every update must pass through."""
         if s.payload is None:
@@ -300,11 +315,9 @@ class Coordinator:
         except (ValueError, IndexError) as exc:  # IndexError: an index past the end
             raise Rejected(Reason.INVALID_ARGUMENT, f"payload is not an encoded update: {exc}") from None
 
-    def _screen(self, client: str, s: Submission) -> Ack | None:
-        """Every check before the update is written; the original ack for a resubmission, else None."""
-        if s.client != client:
-            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}")
-        digest = self._check_vectors(s)
+    def _screen(self, client: str, s: Submission, digest: str) -> Ack | None:
+        """The checks against the server's state before the update is written; the original ack
+        for a resubmission, else None."""
         known = self._store.find_update(s.update_id)
         if known is not None:
             return self._repeat(client, s, digest, known)
@@ -314,11 +327,11 @@ class Coordinator:
         self._check_size(s)
         return None
 
-    def _record(self, client: str, s: Submission) -> Ack:
+    def _record(self, client: str, s: Submission, digest: str) -> Ack:
         """Commit the written update to the round that is open now (it may have changed meanwhile)."""
         round_ = self._check_version(client, s)
         now = self._clock()
-        self._store.record_update(s, round_, s.digest or s.sent_digest, now)  # a given digest was checked
+        self._store.record_update(s, round_, digest, now)
         if round_ == self._round.round:
             self._arrived.append(client)
         self._metrics.updates_accepted.inc()
@@ -371,7 +384,7 @@ class Coordinator:
 
     def _check_version(self, client: str, s: Submission) -> int:
         """The round the update joins, after checking its base version and round."""
-        if s.base_version < 0 or s.base_version > self._deployed.version or not self._store.has_version(s.base_version):
+        if not 0 <= s.base_version <= self._deployed.version:  # versions are numbered 0, 1, 2 ... deployed
             raise Rejected(Reason.FAILED_PRECONDITION, f"unknown base version {s.base_version}; "
                           f"the deployed version is {self._deployed.version}")
         if self.config.asynchronous:
@@ -379,7 +392,9 @@ class Coordinator:
             if staleness > self.config.rounds.max_staleness:
                 raise Rejected(Reason.FAILED_PRECONDITION, f"base version {s.base_version} is {staleness} versions old; "
                               f"at most {self.config.rounds.max_staleness} are accepted")
-            return self._round.round + 1 if self._closing else self._round.round
+            # a full buffer (or one being aggregated) sends arrivals on to the next round
+            full = self._closing or len(self._arrived) >= self.config.updates_per_round
+            return self._round.round + 1 if full else self._round.round
         r = self._round
         if s.round != r.round or self._closing:
             raise Rejected(Reason.FAILED_PRECONDITION, f"round {s.round} is not open for updates; the open round is "
@@ -402,8 +417,9 @@ class Coordinator:
                 return
             self._closing = True
             round_, deployed, state = self._round, self._deployed, self._strategy_state
-            stored = self._store.round_updates(round_.round)
+            records = self._store.round_records(round_.round)
         try:
+            stored = self._store.read_updates(records)
             candidate, new_state = self._aggregate(stored, deployed, state, round_.round)
             score = _gate_return(self.config, self.setup, candidate) if self.config.gate.enabled else None
             with self._lock:

@@ -306,17 +306,25 @@ class Store:
             return data[:half], data[half:]
         return data, None
 
-    def round_updates(self, round_: int) -> list[StoredUpdate]:
-        """The accepted updates of ``round_``, in arrival order."""
-        rows = self.db.execute(
+    def round_records(self, round_: int) -> list[tuple]:
+        """The records of ``round_``'s accepted updates, in arrival order (``read_updates`` adds
+        their vectors; it needs no database, so callers can run it outside their lock)."""
+        return self.db.execute(
             "SELECT u.update_id, u.client, c.id, u.round, u.base_version, u.env_steps, u.metrics, u.digest, "
             "u.has_control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
             "WHERE u.round = ? ORDER BY u.rowid", (round_,)
         ).fetchall()
+
+    def read_updates(self, records: list[tuple]) -> list[StoredUpdate]:
+        """The updates of ``round_records``, with their vectors read from their files."""
         return [
             StoredUpdate(uid, client, cid, r, base, steps, json.loads(metrics), digest, *self._vectors(uid, bool(ctl)), at)
-            for uid, client, cid, r, base, steps, metrics, digest, ctl, at in rows
+            for uid, client, cid, r, base, steps, metrics, digest, ctl, at in records
         ]
+
+    def round_updates(self, round_: int) -> list[StoredUpdate]:
+        """The accepted updates of ``round_``, in arrival order."""
+        return self.read_updates(self.round_records(round_))
 
     def sweep_update_files(self) -> int:
         """Delete update files that belong to no open round (applied, or never recorded); returns how many."""
