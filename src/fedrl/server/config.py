@@ -63,6 +63,11 @@ class LimitsConfig(_Frozen):
     max_concurrent_streams: int = Field(
         256, ge=1, description="calls served at once (server-wide, and per HTTP/2 connection); more are refused"
     )
+    worker_threads: int = Field(
+        32, ge=1,
+        description="gRPC handler threads; calls beyond them wait in gRPC's queue (fewer threads contend less for "
+        "the coordinator; a slow upload holds one thread while it lasts)",
+    )
     rate_per_s: float = Field(50.0, gt=0, description="calls per second a client may make, on average")
     burst: int = Field(100, ge=1, description="calls a client may make at once")
     max_update_norm: float | None = Field(None, gt=0, description="refuse updates whose L2 norm exceeds this")

@@ -144,9 +144,10 @@ def serve_grpc(
 
     Returns the started server and the port it bound (the real one for port 0). Messages above
     ``limits.max_message_bytes`` are refused by gRPC with RESOURCE_EXHAUSTED; at most
-    ``limits.max_concurrent_streams`` calls run at once, each on its own thread (an upload from a
-    slow link holds its thread for as long as it takes), and calls beyond that are refused with
-    RESOURCE_EXHAUSTED rather than queued. The caller checks that plain text is allowed
+    ``limits.max_concurrent_streams`` calls are accepted at once (more are refused with
+    RESOURCE_EXHAUSTED), served by ``limits.worker_threads`` threads: the rest wait in gRPC's
+    queue, which costs far less than a thousand threads contending for the coordinator (an upload
+    from a slow link holds its thread for as long as it takes). The caller checks that plain text is allowed
     (``fedrl.wire.tls.ensure_plaintext_allowed``) and stops the server with ``server.stop(grace)``.
     """
     streams = limits.max_concurrent_streams
@@ -162,7 +163,7 @@ def serve_grpc(
         ("grpc.so_reuseport", 0),  # a second server on a port in use must fail, not share it
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="fedrl-grpc"),
+        futures.ThreadPoolExecutor(max_workers=min(streams, limits.worker_threads), thread_name_prefix="fedrl-grpc"),
         handlers=[FederationService(coordinator, metrics).handler()],
         options=options,
         maximum_concurrent_rpcs=streams,
