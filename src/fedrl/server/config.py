@@ -13,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedrl.sim.config import ConfigError, ExperimentConfig, apply_override, load_config, parse_config
+from fedrl.sim.config import ConfigError, ExperimentConfig, apply_override, load_config, parse_config, read_yaml
 
 
 class _Frozen(BaseModel):
@@ -123,18 +122,6 @@ class ServerConfig(_Frozen):
         return 4 * steps if steps is not None else 10**7
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
 def _experiment(data: Any, folder: Path, overrides: list[str]) -> ExperimentConfig:
     """The experiment section: a path to an experiment YAML (relative to ``folder``) or a mapping."""
     if isinstance(data, str):
@@ -152,7 +139,7 @@ def _experiment(data: Any, folder: Path, overrides: list[str]) -> ExperimentConf
 
 def load_server_config(path: Path | None, overrides: list[str] = ()) -> ServerConfig:
     """Read a server YAML (or start from the defaults), apply ``key.path=value`` overrides, validate."""
-    data = _read_yaml(path) if path is not None else {}
+    data = read_yaml(path) if path is not None else {}
     folder = Path(path).parent if path is not None else Path(".")
     mine = [o for o in overrides if not o.startswith("experiment.")]
     theirs = [o.removeprefix("experiment.") for o in overrides if o.startswith("experiment.")]

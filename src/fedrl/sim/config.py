@@ -389,18 +389,22 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping of sections, or a one-line ``ConfigError`` saying why not."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML config (or start from the defaults), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         data = apply_override(data, assignment)
     if path is not None:
