@@ -314,3 +314,23 @@ def test_server_examples_are_valid(path):
 
     config = load_server_config(Path(__file__).parents[2] / path)
     assert config.experiment.federation.n_clients == 5
+
+
+def test_old_version_files_are_pruned_when_asked_and_say_so(tmp_path):
+    # Prepare
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path, "store.keep_versions=2"), Clock())
+
+    # Execute: three rounds make versions 1, 2, 3
+    for _ in range(3):
+        tasks = {c: coordinator.task(c) for c in NAMES}
+        for c in NAMES:
+            coordinator.submit(c, submission(coordinator, c, tasks[c]))
+        coordinator.tick()
+
+    # Assert: versions 2 and 3 are kept; an older one is refused with the reason
+    models = tmp_path / "state" / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["v000002.safetensors", "v000003.safetensors"]
+    assert coordinator.model(2).version == 2
+    with pytest.raises(Rejected) as err:
+        coordinator.model(1)
+    assert err.value.reason is Reason.NOT_FOUND and "pruned" in err.value.message

@@ -76,12 +76,17 @@ class LimitsConfig(_Frozen):
 
 
 class StoreConfig(_Frozen):
-    """How durable an acknowledgement is."""
+    """How durable an acknowledgement is, and how many old versions to keep."""
 
     durability: Literal["fsync", "process"] = Field(
         "fsync",
         description="fsync: an acknowledged update survives power loss (SQLite synchronous=FULL); "
         "process: it survives a crash or kill -9 of the server, not of the machine (synchronous=NORMAL)",
+    )
+    keep_versions: int | None = Field(
+        None, ge=1,
+        description="keep the files of only this many newest versions (at least max_staleness + 1 of them in "
+        "asynchronous mode, which accepts updates from older ones); null keeps every version",
     )
 
 
@@ -112,6 +117,15 @@ class ServerConfig(_Frozen):
         """Updates a round needs after its deadline."""
         wanted = self.updates_per_round
         return wanted if self.rounds.min_updates is None else min(self.rounds.min_updates, wanted)
+
+    @property
+    def versions_kept(self) -> int | None:
+        """Newest version files kept: ``store.keep_versions``, raised to what asynchronous mode
+        still accepts updates from; None keeps them all."""
+        keep = self.store.keep_versions
+        if keep is None or not self.asynchronous:
+            return keep
+        return max(keep, self.rounds.max_staleness + 1)
 
     @property
     def max_env_steps(self) -> int:

@@ -253,6 +253,9 @@ class Coordinator:
                 return self._deployed
             if version < 0 or not self._store.has_version(version):
                 raise Rejected(Reason.NOT_FOUND, f"no version {version}; the deployed version is {self._deployed.version}")
+            if not self._store.has_version_file(version):
+                raise Rejected(Reason.NOT_FOUND, f"version {version} was pruned (store.keep_versions="
+                               f"{self.config.store.keep_versions}); the deployed version is {self._deployed.version}")
             return self._store.load_version(version)[0]
 
     # --- updates -----------------------------------------------------------------------
@@ -483,6 +486,8 @@ class Coordinator:
             self._store.write_version_file(version, candidate, state_to_arrays(state))
             self._store.close_round(round_.round, now, score, version, version, spent)
             self._deployed, self._strategy_state = Model(version, candidate, round_.round, score), state
+            if self.config.versions_kept is not None:
+                self._store.prune_versions(version + 1 - self.config.versions_kept)
         else:
             self._store.write_rejected(round_.round, candidate)
             self._store.close_round(round_.round, now, score, None, self._deployed.version, spent)

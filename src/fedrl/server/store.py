@@ -194,6 +194,16 @@ class Store:
         """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``)."""
         _fsynced_arrays({"params": params, **{f"strategy.{k}": v for k, v in state.items()}}, self._model_path(version))
 
+    def prune_versions(self, below: int) -> None:
+        """Delete the files of versions older than ``below`` (their records stay)."""
+        for path in (self.path / "models").glob("v*.safetensors"):
+            if int(path.stem[1:]) < below:
+                path.unlink(missing_ok=True)
+
+    def has_version_file(self, version: int) -> bool:
+        """Whether a recorded version's parameters are still on disk."""
+        return self._model_path(version).exists()
+
     def write_rejected(self, round_: int, params: np.ndarray) -> None:
         """Keep a candidate the gate refused."""
         _fsynced_arrays({"params": params}, self.path / "rejected" / f"r{round_:06d}.safetensors")
