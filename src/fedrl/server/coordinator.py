@@ -253,7 +253,8 @@ class Coordinator:
                 return self._deployed
             if version < 0 or not self._store.has_version(version):
                 raise Rejected(Reason.NOT_FOUND, f"no version {version}; the deployed version is {self._deployed.version}")
-            if not self._store.has_version_file(version):
+            kept = self.config.versions_kept
+            if kept is not None and version <= self._deployed.version - kept:
                 raise Rejected(Reason.NOT_FOUND, f"version {version} was pruned (store.keep_versions="
                                f"{self.config.store.keep_versions}); the deployed version is {self._deployed.version}")
             return self._store.load_version(version)[0]

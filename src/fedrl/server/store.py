@@ -200,10 +200,6 @@ class Store:
             if int(path.stem[1:]) < below:
                 path.unlink(missing_ok=True)
 
-    def has_version_file(self, version: int) -> bool:
-        """Whether a recorded version's parameters are still on disk."""
-        return self._model_path(version).exists()
-
     def write_rejected(self, round_: int, params: np.ndarray) -> None:
         """Keep a candidate the gate refused."""
         _fsynced_arrays({"params": params}, self.path / "rejected" / f"r{round_:06d}.safetensors")
