@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup mosquitto demo test test-fast bench clean
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP)
 
-# The MQTT tests and demo start a real Mosquitto broker; Debian's package provides it.
+# The MQTT tests start a real Mosquitto broker; Debian's package provides it (the demo needs none).
 mosquitto:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
 		{ apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; } || \
@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/fedrl run examples/cartpole.yaml --out runs/demo-$$(date -u +%Y%m%d-%H%M%S)
 
-test: setup
+test: setup mosquitto
 	$(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup mosquitto
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: setup
+bench: setup mosquitto
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/time_to_solve.py
 	$(BIN)/python benchmarks/throughput.py
