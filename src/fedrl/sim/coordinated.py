@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrl.core.pipeline import after_sending, client_message
 from fedrl.core.update import Update
-from fedrl.envs.base import put_clients
 from fedrl.server.config import ServerConfig
 from fedrl.server.coordinator import Coordinator
-from fedrl.sim.engine import SimState, initial_state, put_rows, shards, to_updates, train_shard
-from fedrl.sim.setup import ATTACK_STREAM, PIPELINE_STREAM, TRAIN_STREAM, Setup
+from fedrl.sim.engine import SimState, client_messages, initial_state, train_clients
+from fedrl.sim.setup import Setup
 from fedrl.wire.records import Submission, Task
 
 
@@ -43,42 +41,15 @@ def open_coordinated(config: ServerConfig, state_dir: Path) -> tuple[Coordinator
     return coordinator, initial_state(coordinator.setup)
 
 
-def encode(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[Update], round_: int
-           ) -> tuple[list[bytes | None], dict[str, np.ndarray]]:
-    """Each update's payload from the client side of the pipeline, with its client's residual and
-    the simulator's stream, and the pipeline state after sending; no payloads (the deltas travel
-    as they are) when the pipeline applies nothing."""
-    config = setup.config.pipeline
-    if config.applies_nothing:
-        return [None] * len(updates), pipeline_state
-    residuals = pipeline_state.get("residual")
-    messages = [
-        client_message(config, u.delta, None if residuals is None else residuals[u.client_id],
-                       setup.rng(PIPELINE_STREAM, round_, u.client_id), setup.net.spec.sizes)
-        for u in updates
-    ]
-    clients = np.array([u.client_id for u in updates], dtype=np.int64)
-    return [m.payload for m in messages], after_sending(pipeline_state, clients, messages)
-
-
-def train_and_encode(setup: Setup, state: SimState, clients: np.ndarray, round_: int
-                     ) -> tuple[list[tuple[Update, bytes | None]], SimState]:
-    """Train ``clients`` from ``state``'s global version, shard by shard as the simulator does,
-    and encode their updates; returns each update with its payload, and the state with the
-    clients' env, learner and pipeline state advanced."""
-    sent: list[tuple[Update, bytes | None]] = []
-    for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
-        result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, round_, i))
-        updates = to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, round_, i))
-        payloads, pipeline_state = encode(setup, state.pipeline_state, updates, round_)
-        sent += zip(updates, payloads)
-        state = replace(
-            state,
-            env_state=put_clients(state.env_state, rows, result.env_state),
-            client_state=put_rows(state.client_state, rows, result.client_state),
-            pipeline_state=pipeline_state,
-        )
-    return sent, state
+def encode(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple
+           ) -> tuple[list[tuple[Update, bytes | None]], dict[str, np.ndarray]]:
+    """Each update with its payload from the client side of the pipeline (the simulator's own
+    ``client_messages``), and the pipeline state after sending; no payloads (the deltas travel as
+    they are) when the pipeline applies nothing. A ``send`` for ``train_clients``."""
+    if setup.config.pipeline.applies_nothing:
+        return [(u, None) for u in updates], pipeline_state
+    messages, pipeline_state = client_messages(setup, pipeline_state, updates, tags)
+    return [(u, m.payload) for u, m in zip(updates, messages)], pipeline_state
 
 
 def coordinated_round(coordinator: Coordinator, state: SimState, round_: int) -> SimState:
@@ -92,7 +63,7 @@ def coordinated_round(coordinator: Coordinator, state: SimState, round_: int) ->
     if tasks:
         model = coordinator.model()
         state = replace(state, params=model.params, version=model.version)
-        sent, state = train_and_encode(coordinator.setup, state, np.array(sorted(tasks)), round_)
+        sent, state = train_clients(coordinator.setup, state, np.array(sorted(tasks)), (round_,), send=encode)
         for u, payload in sent:
             task, name = tasks[u.client_id], client_name(u.client_id)
             submission = Submission(f"{name}-r{task.round}", name, task.round, task.base_version,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from fedrl.agents import Budget, LocalResult, evaluate, init_client_state, local
 from fedrl.core.aggregation import screen
 from fedrl.core.compress import dense, encode
 from fedrl.core.pipeline import (
-    after_sending, central_mean, client_message, decode_stack, init_pipeline_state, secure_mean, spent_epsilon,
+    ClientMessage, after_sending, central_mean, client_message, decode_stack, init_pipeline_state, secure_mean, spent_epsilon,
 )
 from fedrl.core.secagg import BelowThreshold, SecAggConfig, SecureSumResult
 from fedrl.core.update import Update, stack_deltas
@@ -218,10 +218,10 @@ def to_updates(setup: Setup, rows: np.ndarray, result: LocalResult, params: np.n
     return updates
 
 
-def transmit(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple) -> tuple[list[Update], dict[str, np.ndarray]]:
-    """Send ``updates`` through the client side of the pipeline and decode them as the server
-    does; returns the updates as the server sees them, each with its measured size in
-    ``metrics["uplink_bytes"]``, and the pipeline state after sending."""
+def client_messages(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple
+                    ) -> tuple[list[ClientMessage], dict[str, np.ndarray]]:
+    """Each update through the client side of the pipeline, with its client's error-feedback
+    residual and its own random stream; and the pipeline state after sending."""
     clients = np.array([u.client_id for u in updates], dtype=np.int64)
     residuals = pipeline_state.get("residual")
     messages = []
@@ -229,23 +229,32 @@ def transmit(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[
         residual = None if residuals is None else residuals[u.client_id]
         rng = setup.rng(PIPELINE_STREAM, *tags, u.client_id)
         messages.append(client_message(setup.config.pipeline, u.delta, residual, rng, setup.net.spec.sizes))
+    return messages, after_sending(pipeline_state, clients, messages)
+
+
+def transmit(setup: Setup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple) -> tuple[list[Update], dict[str, np.ndarray]]:
+    """Send ``updates`` through the client side of the pipeline and decode them as the server
+    does; returns the updates as the server sees them, each with its measured size in
+    ``metrics["uplink_bytes"]``, and the pipeline state after sending."""
+    messages, pipeline_state = client_messages(setup, pipeline_state, updates, tags)
     received = decode_stack([m.payload for m in messages], setup.net.spec.dim)
     sent = []
     for u, m, delta in zip(updates, messages, received):
         control_bytes = len(encode(dense(u.control_delta))) if u.control_delta is not None else 0
         sent.append(replace(u, delta=delta, metrics={**u.metrics, "uplink_bytes": float(len(m.payload) + control_bytes)}))
-    return sent, after_sending(pipeline_state, clients, messages)
+    return sent, pipeline_state
 
 
-def train_clients(setup: Setup, state: SimState, clients: np.ndarray, tags: tuple) -> tuple[list[Update], SimState]:
-    """Train ``clients`` from ``state``'s global version, shard by shard; returns their updates
-    (attacks applied, then sent through the pipeline) and the state with their env, learner and
-    pipeline state advanced."""
-    updates: list[Update] = []
+def train_clients(setup: Setup, state: SimState, clients: np.ndarray, tags: tuple, send: Callable = transmit
+                  ) -> tuple[list, SimState]:
+    """Train ``clients`` from ``state``'s global version, shard by shard; returns what ``send``
+    makes of their updates (attacks applied) -- by default the updates as the server sees them
+    after the pipeline -- and the state with their env, learner and pipeline state advanced."""
+    updates: list = []
     for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
         result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, *tags, i))
         raw = to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, *tags, i))
-        sent, pipeline_state = transmit(setup, state.pipeline_state, raw, tags)
+        sent, pipeline_state = send(setup, state.pipeline_state, raw, tags)
         updates += sent
         state = replace(
             state,
