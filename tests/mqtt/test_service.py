@@ -163,7 +163,8 @@ def test_a_corrupt_chunk_is_asked_for_again_and_never_stored(fleet):
     assert ask.message_id == "push-1" and list(ask.resend.indices) == [corrupt.chunk.index]
     assert nothing_stored
     assert not reply_of(answer).ack.duplicate
-    stored = fleet.coordinator._store.round_updates(1)
+    store = fleet.coordinator._store
+    stored = store.read_updates(store.round_records(1))
     assert [u.delta.tobytes() for u in stored] == [submission.delta.tobytes()]
 
 

@@ -1,6 +1,7 @@
-"""Client tokens: random, stored only as hashes, checked against the hash."""
+"""Client tokens: random, stored only as hashes, found by their hash."""
 
-from fedrl.server.auth import hash_token, new_token, token_matches
+from fedrl.server.auth import hash_token, new_token
+from fedrl.server.store import Store
 
 
 def test_tokens_are_256_bit_and_never_repeat():
@@ -17,11 +18,11 @@ def test_the_stored_hash_does_not_contain_the_token_and_is_stable():
     assert hash_token(token) == stored  # the same token always finds its client
 
 
-def test_only_the_issued_token_matches_its_hash():
-    token = new_token()
-    stored = hash_token(token)
-    assert token_matches(token, stored)
-    assert not token_matches(new_token(), stored)
-    assert not token_matches(token[:-1], stored)
-    assert not token_matches("", stored)
-    assert not token_matches(stored, stored)  # a leaked hash is not a credential
+def test_only_the_issued_token_finds_its_client(tmp_path):
+    store = Store(tmp_path)
+    token = store.add_client("dev0", 0.0)
+    assert store.client_for_token(token)[0] == "dev0"
+    assert store.client_for_token(new_token()) is None
+    assert store.client_for_token(token[:-1]) is None
+    assert store.client_for_token("") is None
+    assert store.client_for_token(hash_token(token)) is None  # a leaked hash is not a credential

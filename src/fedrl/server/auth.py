@@ -7,7 +7,6 @@ A client receives its token when it is enrolled and sends it with every call; th
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 
 TOKEN_BYTES = 32  # 256 bits of randomness
@@ -28,8 +27,3 @@ def hash_token(token: str) -> str:
     hash speed; salting would add nothing.
     """
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def token_matches(token: str, token_hash: str) -> bool:
-    """Whether ``token`` hashes to the stored ``token_hash``, compared in constant time."""
-    return hmac.compare_digest(hash_token(token).encode("ascii"), token_hash.encode("utf-8"))

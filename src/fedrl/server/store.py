@@ -120,9 +120,6 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, key: str, value: str) -> None:
-        """Store a setting."""
-        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # --- clients ------------------------------------------------------------------------
     def add_client(self, name: str, now: float) -> str:
@@ -327,10 +324,6 @@ class Store:
             StoredUpdate(uid, client, cid, r, base, steps, json.loads(metrics), digest, *self._vectors(uid, bool(ctl)), at)
             for uid, client, cid, r, base, steps, metrics, digest, ctl, at in records
         ]
-
-    def round_updates(self, round_: int) -> list[StoredUpdate]:
-        """The accepted updates of ``round_``, in arrival order."""
-        return self.read_updates(self.round_records(round_))
 
     def sweep_update_files(self) -> int:
         """Delete update files that belong to no open round (applied, or never recorded); returns how many."""
