@@ -26,6 +26,7 @@ from fedrl.server.grpc_service import serve_grpc
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics, serve_metrics
 from fedrl.server.mqtt_service import MqttService
+from fedrl.wire import disk
 from fedrl.wire.mqtt_client import BrokerOptions
 
 TICK_S = 0.2
@@ -66,10 +67,7 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def _write_info(options: ServeOptions, info: dict) -> None:
-    info = {"pid": os.getpid(), **info}
-    tmp = options.state_dir / "server.json.tmp"
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, options.state_dir / "server.json")
+    disk.write_atomic(options.state_dir / "server.json", json.dumps({"pid": os.getpid(), **info}).encode())
 
 
 def _tick(coordinator: Coordinator) -> None:
