@@ -39,27 +39,42 @@ def drain(requests, context) -> bytes:
 
 def handler() -> grpc.GenericRpcHandler:
     """Bytes in, bytes out: no deserializer, so nothing is parsed."""
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Register": grpc.unary_unary_rpc_method_handler(lambda request, context: REGISTRATION),
-        "Heartbeat": grpc.unary_unary_rpc_method_handler(lambda request, context: HEARTBEAT),
-        "GetTask": grpc.unary_stream_rpc_method_handler(lambda request, context: iter((TASK,))),
-        "PushUpdate": grpc.stream_unary_rpc_method_handler(drain),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Register": grpc.unary_unary_rpc_method_handler(lambda request, context: REGISTRATION),
+            "Heartbeat": grpc.unary_unary_rpc_method_handler(lambda request, context: HEARTBEAT),
+            "GetTask": grpc.unary_stream_rpc_method_handler(lambda request, context: iter((TASK,))),
+            "PushUpdate": grpc.stream_unary_rpc_method_handler(drain),
+        },
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=256, help="threads and concurrent calls, as limits.max_concurrent_streams")
+    parser.add_argument(
+        "--workers", type=int, default=256, help="threads and concurrent calls, as limits.max_concurrent_streams"
+    )
     parser.add_argument("--max-pending", type=int, help="grpc.server.max_pending_requests (default: gRPC's)")
-    parser.add_argument("--info", type=Path, required=True, help="where to write {\"pid\", \"port\"} once serving")
+    parser.add_argument("--info", type=Path, required=True, help='where to write {"pid", "port"} once serving')
     args = parser.parse_args()
-    options = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20),
-               ("grpc.max_concurrent_streams", args.workers), ("grpc.so_reuseport", 0)]
+    options = [
+        ("grpc.max_receive_message_length", 64 * 2**20),
+        ("grpc.max_send_message_length", 64 * 2**20),
+        ("grpc.max_concurrent_streams", args.workers),
+        ("grpc.so_reuseport", 0),
+    ]
     if args.max_pending:
-        options += [("grpc.server.max_pending_requests", args.max_pending),
-                    ("grpc.server.max_pending_requests_hard_limit", 2 * args.max_pending)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), handlers=[handler()],
-                         options=options, maximum_concurrent_rpcs=args.workers)
+        options += [
+            ("grpc.server.max_pending_requests", args.max_pending),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * args.max_pending),
+        ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=args.workers),
+        handlers=[handler()],
+        options=options,
+        maximum_concurrent_rpcs=args.workers,
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     tmp = args.info.with_name(args.info.name + ".tmp")

@@ -16,8 +16,10 @@ IMG = ROOT / "docs" / "img"
 
 def machine() -> str:
     """One line describing where the figures were measured."""
-    return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d}")
+    return (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d}"
+    )
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -17,10 +17,9 @@ import statistics
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from _report import markdown_table, run_parallel, save_figure, write_section  # noqa: E402
-from algorithms import config_with, where  # noqa: E402
+import matplotlib.pyplot as plt
+from _report import markdown_table, run_parallel, save_figure, write_section
+from algorithms import config_with, where
 
 COMMAND = "python benchmarks/bandwidth.py"
 SEEDS = (0, 1)
@@ -38,7 +37,10 @@ AIRQUALITY = {
     "eval": {"episodes": 4, "greedy": False, "heldout_clients": 0},
 }
 ENVS = {"cartpole": CARTPOLE, "airquality": AIRQUALITY}
-FLEETS = {"10 clients": {"n_clients": 10, "fraction": 1.0}, "100 clients, 10 a round": {"n_clients": 100, "fraction": 0.1}}
+FLEETS = {
+    "10 clients": {"n_clients": 10, "fraction": 1.0},
+    "100 clients, 10 a round": {"n_clients": 100, "fraction": 0.1},
+}
 METHODS = {
     "dense float32": {},
     "top-1% + EF": {"sparsify": "topk", "ratio": 0.01, "error_feedback": True},
@@ -58,11 +60,11 @@ def simulate(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from fedrl.sim.config import parse_config
+    from fedrl.experiment.loading import parse_config
     from fedrl.sim.engine import initial_state, is_solved, run_rounds
-    from fedrl.sim.setup import Setup
+    from fedrl.sim.setup import SimSetup
 
-    setup = Setup(parse_config(job["config"]))
+    setup = SimSetup(parse_config(job["config"]))
     state, curve, uplink, solved = initial_state(setup), [], 0, False
     start = time.perf_counter()
     for result, state in run_rounds(setup, state):
@@ -70,9 +72,18 @@ def simulate(job: dict) -> dict:
         solved = solved or is_solved(setup, result)
         curve.append((result.round, uplink, result.epsilon, result.global_mean_return, result.worst_client_return))
     last = curve[-1]
-    return {**job["tags"], "solved": solved, "rounds": last[0], "uplink": last[1], "epsilon": last[2], "mean": last[3],
-            "worst": last[4], "ratio": result.stats.traffic.compression_ratio, "wall_s": time.perf_counter() - start,
-            "curve": curve}
+    return {
+        **job["tags"],
+        "solved": solved,
+        "rounds": last[0],
+        "uplink": last[1],
+        "epsilon": last[2],
+        "mean": last[3],
+        "worst": last[4],
+        "ratio": result.stats.traffic.compression_ratio,
+        "wall_s": time.perf_counter() - start,
+        "curve": curve,
+    }
 
 
 def _mean(values: list[float]) -> float:
@@ -81,7 +92,9 @@ def _mean(values: list[float]) -> float:
 
 def summarize(results: list[dict], env: str, fleet: str) -> tuple[list[list], str]:
     """Table rows for one env and fleet, and the verdict on the 20x-at-1.5x-rounds target."""
-    dense = [r for r in results if r["env"] == env and r["fleet"] == fleet and r["method"] == "dense float32" and r["solved"]]
+    dense = [
+        r for r in results if r["env"] == env and r["fleet"] == fleet and r["method"] == "dense float32" and r["solved"]
+    ]
     dense_bytes, dense_rounds = _mean([r["uplink"] for r in dense]), _mean([r["rounds"] for r in dense])
     rows, best = [], None
     for method in METHODS:
@@ -91,20 +104,41 @@ def summarize(results: list[dict], env: str, fleet: str) -> tuple[list[list], st
         fewer, more = dense_bytes / bytes_, rounds / dense_rounds
         if solved and method != "dense float32" and more <= TARGET_ROUNDS and (best is None or fewer > best[1]):
             best = (method, fewer, more)
-        rows.append([method, f"{len(solved)}/{len(rs)}", f"{_mean([r['ratio'] for r in rs]):.1f}x",
-                     f"{bytes_:,.0f}" if solved else f"not reached ({_mean([r['uplink'] for r in rs]):,.0f} sent)",
-                     f"{fewer:.1f}x" if solved else "-", f"{rounds:.1f} ({more:.2f}x)" if solved else f"> {MAX_ROUNDS}",
-                     f"{_mean([r['mean'] for r in rs]):.1f}", f"{_mean([r['worst'] for r in rs]):.1f}"])
+        rows.append(
+            [
+                method,
+                f"{len(solved)}/{len(rs)}",
+                f"{_mean([r['ratio'] for r in rs]):.1f}x",
+                f"{bytes_:,.0f}" if solved else f"not reached ({_mean([r['uplink'] for r in rs]):,.0f} sent)",
+                f"{fewer:.1f}x" if solved else "-",
+                f"{rounds:.1f} ({more:.2f}x)" if solved else f"> {MAX_ROUNDS}",
+                f"{_mean([r['mean'] for r in rs]):.1f}",
+                f"{_mean([r['worst'] for r in rs]):.1f}",
+            ]
+        )
     if not dense:
         return rows, "dense float32 did not reach the target: nothing to compare against"
     if best is None:
         return rows, "no compressed method reached the target within 1.5x dense's rounds"
-    verdict = "met" if best[1] >= TARGET_BYTES else f"missed: {best[1]:.1f}x, {TARGET_BYTES / best[1]:.1f}x short of 20x"
-    return rows, f"best within {TARGET_ROUNDS}x dense's rounds: {best[0]}, {best[1]:.1f}x fewer uplink bytes at {best[2]:.2f}x the rounds -- target {verdict}"
+    verdict = (
+        "met" if best[1] >= TARGET_BYTES else f"missed: {best[1]:.1f}x, {TARGET_BYTES / best[1]:.1f}x short of 20x"
+    )
+    return (
+        rows,
+        f"best within {TARGET_ROUNDS}x dense's rounds: {best[0]}, {best[1]:.1f}x fewer uplink bytes at {best[2]:.2f}x the rounds -- target {verdict}",
+    )
 
 
-HEADER = ["method", "solved", "compression ratio", "uplink bytes to target", "fewer bytes than dense",
-          "rounds to target (vs dense)", "final mean return", "final worst client"]
+HEADER = [
+    "method",
+    "solved",
+    "compression ratio",
+    "uplink bytes to target",
+    "fewer bytes than dense",
+    "rounds to target (vs dense)",
+    "final mean return",
+    "final worst client",
+]
 
 
 def plot_curves(results: list[dict]) -> str:
@@ -136,15 +170,17 @@ def main() -> None:
                     cfg["seed"] = seed
                     jobs.append({"config": cfg, "tags": {"env": env, "fleet": fleet, "method": method, "seed": seed}})
     results = run_parallel(simulate, jobs)
-    parts = [f"## Bandwidth: compressed updates\n\n`{COMMAND}` ({where()})",
-             f"PPO + FedAvg, 1,024 env steps per client per round, at most {MAX_ROUNDS} rounds, seeds {SEEDS} (means over "
-             "the seeds that reached the target). CartPole: heterogeneity 1, target 475. Air-quality: heterogeneity 0.5, "
-             "target 3.0 (sampled actions). Uplink bytes are measured: the length of every encoded update, 24-byte "
-             "header included, summed over all clients up to the round that reaches the target. Top-k keeps 1% of each "
-             "tensor (uint16 indices + values); 8-bit and 4-bit use one scale per update; random-10% sends the seed of its "
-             "coordinates instead of their indices, and scales the kept values by 10 (unbiased, no error feedback). "
-             "Target of the issue: at least "
-             f"{TARGET_BYTES:.0f}x fewer uplink bytes to target with at most {TARGET_ROUNDS}x the rounds."]
+    parts = [
+        f"## Bandwidth: compressed updates\n\n`{COMMAND}` ({where()})",
+        f"PPO + FedAvg, 1,024 env steps per client per round, at most {MAX_ROUNDS} rounds, seeds {SEEDS} (means over "
+        "the seeds that reached the target). CartPole: heterogeneity 1, target 475. Air-quality: heterogeneity 0.5, "
+        "target 3.0 (sampled actions). Uplink bytes are measured: the length of every encoded update, 24-byte "
+        "header included, summed over all clients up to the round that reaches the target. Top-k keeps 1% of each "
+        "tensor (uint16 indices + values); 8-bit and 4-bit use one scale per update; random-10% sends the seed of its "
+        "coordinates instead of their indices, and scales the kept values by 10 (unbiased, no error feedback). "
+        "Target of the issue: at least "
+        f"{TARGET_BYTES:.0f}x fewer uplink bytes to target with at most {TARGET_ROUNDS}x the rounds.",
+    ]
     for env in ENVS:
         for fleet in FLEETS:
             rows, verdict = summarize(results, env, fleet)

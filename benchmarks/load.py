@@ -43,14 +43,14 @@ import numpy as np
 import yaml
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from _report import IMG, ROOT, machine, markdown_table, write_section
 
-from _report import IMG, ROOT, machine, markdown_table, write_section  # noqa: E402
-from fedrl.server.store import Store  # noqa: E402
-from fedrl.sim.config import parse_config  # noqa: E402
-from fedrl.sim.setup import Setup  # noqa: E402
-from fedrl.wire import codec, convert  # noqa: E402
-from fedrl.wire import fedrl_pb2 as pb  # noqa: E402
+from fedrl.experiment.loading import parse_config
+from fedrl.experiment.setup import Setup
+from fedrl.server.store import Store
+from fedrl.wire import codec, convert
+from fedrl.wire import fedrl_pb2 as pb
 
 COMMAND = "flock /tmp/fedrl-bench.lock python benchmarks/load.py"
 SERVICE = "fedrl.v1.Federation"
@@ -166,8 +166,14 @@ async def read_task(calls: Calls, metadata: tuple) -> pb.TaskHeader:
 
 
 def update_header(name: str, n: int, train: pb.Train, payload: Payload) -> bytes:
-    header = pb.UpdateHeader(update_id=f"{name}-{n}", client=name, round=train.round, base_version=train.base_version,
-                             env_steps=ENV_STEPS, delta=payload.header)
+    header = pb.UpdateHeader(
+        update_id=f"{name}-{n}",
+        client=name,
+        round=train.round,
+        base_version=train.base_version,
+        env_steps=ENV_STEPS,
+        delta=payload.header,
+    )
     return pb.UpdatePart(header=header).SerializeToString()
 
 
@@ -182,7 +188,10 @@ async def work(calls: Calls, name: str, metadata: tuple, payloads: list[Payload]
         payload = payloads[n % len(payloads)]
         parts = [update_header(name, n, task.train, payload), *payload.chunks]
         started = time.perf_counter()
-        if await attempt(tally, "PushUpdate", calls.push(iter(parts), metadata=metadata, timeout=CALL_TIMEOUT_S)) is None:
+        if (
+            await attempt(tally, "PushUpdate", calls.push(iter(parts), metadata=metadata, timeout=CALL_TIMEOUT_S))
+            is None
+        ):
             await asyncio.sleep(0.1)
         else:
             tally.push_done(started, time.perf_counter())
@@ -288,12 +297,16 @@ async def measure_window(target: Target, tally: Tally, settings: Settings) -> tu
     return marks, ends, None if connected is None else int(connected)
 
 
-async def drive(target: Target, tokens: dict[str, str], payloads: list[Payload], settings: Settings) -> tuple[Tally, Window]:
+async def drive(
+    target: Target, tokens: dict[str, str], payloads: list[Payload], settings: Settings
+) -> tuple[Tally, Window]:
     """Connect the clients, let them work through a warm-up and one measured window, stop them."""
     tally, peak = Tally(), [0.0]
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20)]
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{target.port}", options=[*options, ("fedrl.bench.channel", i)])
-                for i in range(settings.channels)]  # the distinct argument gives each channel its own connection
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{target.port}", options=[*options, ("fedrl.bench.channel", i)])
+        for i in range(settings.channels)
+    ]  # the distinct argument gives each channel its own connection
     watcher = asyncio.create_task(watch_rss(target.pid, tally, peak))
     started = time.perf_counter()
     clients = await register_all([Calls(c) for c in channels], tokens, tally)
@@ -311,8 +324,9 @@ async def drive(target: Target, tokens: dict[str, str], payloads: list[Payload],
         await channel.close()
     elapsed = ends[0] - marks[0]
     server, generator, busy = ((ends[i] - marks[i]) / elapsed for i in (1, 2, 3))
-    return tally, Window(connect_s, len(clients), connected, peak[0], server, generator,
-                         max(0.0, busy - server - generator), elapsed)
+    return tally, Window(
+        connect_s, len(clients), connected, peak[0], server, generator, max(0.0, busy - server - generator), elapsed
+    )
 
 
 def server_config(hidden: tuple[int, ...], durability: str, settings: Settings) -> dict:
@@ -321,13 +335,16 @@ def server_config(hidden: tuple[int, ...], durability: str, settings: Settings) 
         "experiment": {
             "learner": {"name": "ppo", "hidden": list(hidden)},
             "strategy": {"name": "fedbuff", "buffer_size": BUFFER_SIZE},
-            "fleet": {"mode": "async"},
             "federation": {"n_clients": settings.clients, "rounds": 10**7, "local_steps": ENV_STEPS},
         },
         "rounds": {"max_staleness": 10**6, "heartbeat_s": HEARTBEAT_S, "liveness_s": 30.0},
         "gate": {"enabled": False},
-        "limits": {"rate_per_s": 1000.0, "burst": 1000, "max_env_steps": ENV_STEPS,
-                   "max_concurrent_streams": 2 * settings.clients + 64},
+        "limits": {
+            "rate_per_s": 1000.0,
+            "burst": 1000,
+            "max_env_steps": ENV_STEPS,
+            "max_concurrent_streams": 2 * settings.clients + 64,
+        },
         "store": {"durability": durability},
     }
 
@@ -377,14 +394,34 @@ def log_problems(log: Path) -> dict[str, int]:
     return dict(found)
 
 
-def result(model: str, dim: int, server: str, durability: str, tally: Tally, window: Window,
-           stored: int | None, problems: dict[str, int]) -> Result:
+def result(
+    model: str,
+    dim: int,
+    server: str,
+    durability: str,
+    tally: Tally,
+    window: Window,
+    stored: int | None,
+    problems: dict[str, int],
+) -> Result:
     """One run's figures from what the generator counted and what the window measured."""
     latencies = np.array(tally.latencies) * 1e3 if tally.latencies else np.array([float("nan")])
     errors = {f"{method} {code}": n for (method, code), n in sorted(tally.errors.items())}
-    return Result(model, dim, server, durability, tally.accepted / window.elapsed,
-                  float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), errors, window,
-                  stored, tally.acked, problems, tally.details)
+    return Result(
+        model,
+        dim,
+        server,
+        durability,
+        tally.accepted / window.elapsed,
+        float(np.percentile(latencies, 50)),
+        float(np.percentile(latencies, 99)),
+        errors,
+        window,
+        stored,
+        tally.acked,
+        problems,
+        tally.details,
+    )
 
 
 def run_fedrl(model: str, durability: str, payloads: list[Payload], dim: int, settings: Settings) -> Result:
@@ -395,8 +432,21 @@ def run_fedrl(model: str, durability: str, payloads: list[Payload], dim: int, se
         config = folder / "server.yaml"
         config.write_text(yaml.safe_dump(server_config(MODELS[model], durability, settings)))
         log = folder / "server.log"
-        command = [sys.executable, "-m", "fedrl.cli", "server", "--config", str(config), "--state-dir", str(state),
-                   "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--insecure"]
+        command = [
+            sys.executable,
+            "-m",
+            "fedrl.cli",
+            "server",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--insecure",
+        ]
         with open(log, "w") as err:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
         try:
@@ -414,8 +464,16 @@ def run_echo(model: str, payloads: list[Payload], dim: int, settings: Settings) 
     """The same load against ``benchmarks/_echo_server.py``."""
     with tempfile.TemporaryDirectory(prefix="fedrl-echo-") as tmp:
         info_path, log = Path(tmp) / "echo.json", Path(tmp) / "echo.log"
-        command = [sys.executable, str(ROOT / "benchmarks" / "_echo_server.py"), "--workers", str(2 * settings.clients + 64),
-                   "--max-pending", str(4 * settings.clients), "--info", str(info_path)]
+        command = [
+            sys.executable,
+            str(ROOT / "benchmarks" / "_echo_server.py"),
+            "--workers",
+            str(2 * settings.clients + 64),
+            "--max-pending",
+            str(4 * settings.clients),
+            "--info",
+            str(info_path),
+        ]
         with open(log, "w") as err:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
         try:
@@ -447,11 +505,14 @@ def make_payloads(dim: int, seed: int = 0) -> list[Payload]:
 def show(r: Result) -> None:
     """One run's figures on one line, then the first details of each kind of failed call."""
     w = r.window
-    print(f"  {r.model:>4} {r.server:>11} {r.durability:>7}: {r.rate:8,.0f} updates/s  p50 {r.p50_ms:7,.0f} ms  "
-          f"p99 {r.p99_ms:7,.0f} ms  failed calls {sum(r.errors.values())} {r.errors or ''}  "
-          f"{w.registered} registered in {w.connect_s:.1f} s, {w.connected} connected  peak RSS {w.peak_rss_mb:,.0f} MB  "
-          f"cores: server {w.server_cores:.2f} generator {w.generator_cores:.2f} other {w.other_cores:.2f}  "
-          f"acked {r.acked} stored {r.stored}  server log {r.log_problems or '-'}", flush=True)
+    print(
+        f"  {r.model:>4} {r.server:>11} {r.durability:>7}: {r.rate:8,.0f} updates/s  p50 {r.p50_ms:7,.0f} ms  "
+        f"p99 {r.p99_ms:7,.0f} ms  failed calls {sum(r.errors.values())} {r.errors or ''}  "
+        f"{w.registered} registered in {w.connect_s:.1f} s, {w.connected} connected  peak RSS {w.peak_rss_mb:,.0f} MB  "
+        f"cores: server {w.server_cores:.2f} generator {w.generator_cores:.2f} other {w.other_cores:.2f}  "
+        f"acked {r.acked} stored {r.stored}  server log {r.log_problems or '-'}",
+        flush=True,
+    )
     for key, (details, at) in r.details.items():
         print(f"    first {key}: {details!r}, {at:.1f} s into the run", flush=True)
 
@@ -471,8 +532,11 @@ def measure(settings: Settings, durabilities: tuple[str, ...]) -> list[Result]:
     return results
 
 
-KINDS = {("grpcio echo", "-"): "bare grpcio (ceiling)", ("fedrl", "process"): "fedrl, durability process",
-         ("fedrl", "fsync"): "fedrl, durability fsync"}
+KINDS = {
+    ("grpcio echo", "-"): "bare grpcio (ceiling)",
+    ("fedrl", "process"): "fedrl, durability process",
+    ("fedrl", "fsync"): "fedrl, durability fsync",
+}
 
 
 def plot(results: list[Result], settings: Settings) -> None:
@@ -493,8 +557,11 @@ def plot(results: list[Result], settings: Settings) -> None:
         ax.set_xticks(x, [f"{m} params" for m in settings.models])
         ax.set_yscale("log")
         ax.set_title(title)
-    fig.suptitle(f"{settings.clients:,} clients in a closed loop over {settings.channels} channels; "
-                 "server and generator on one 2-core machine", fontsize=9)
+    fig.suptitle(
+        f"{settings.clients:,} clients in a closed loop over {settings.channels} channels; "
+        "server and generator on one 2-core machine",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.legend(*rate_ax.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
     IMG.mkdir(parents=True, exist_ok=True)
@@ -507,14 +574,39 @@ def table(results: list[Result]) -> str:
     rows = []
     for r in results:
         w = r.window
-        rows.append([f"{r.model} ({r.dim:,})", r.server, r.durability, f"{r.rate:,.0f}",
-                     f"{r.rate / ceiling[r.model]:.2f}" if ceiling.get(r.model) else "-",
-                     f"{r.p50_ms:,.0f}", f"{r.p99_ms:,.0f}", ", ".join(f"{k}: {n}" for k, n in r.errors.items()) or "0",
-                     f"{w.registered} / {'-' if w.connected is None else w.connected}", f"{w.connect_s:.1f}",
-                     f"{w.peak_rss_mb:,.0f}", f"{w.server_cores:.2f} / {w.generator_cores:.2f} / {w.other_cores:.2f}"])
-    return markdown_table(["model (params)", "server", "durability", "updates/s", "vs bare grpcio", "p50 ms", "p99 ms",
-                           "failed calls", "registered / connected", "register all (s)", "peak server RSS MB",
-                           "cores: server / generator / other"], rows)
+        rows.append(
+            [
+                f"{r.model} ({r.dim:,})",
+                r.server,
+                r.durability,
+                f"{r.rate:,.0f}",
+                f"{r.rate / ceiling[r.model]:.2f}" if ceiling.get(r.model) else "-",
+                f"{r.p50_ms:,.0f}",
+                f"{r.p99_ms:,.0f}",
+                ", ".join(f"{k}: {n}" for k, n in r.errors.items()) or "0",
+                f"{w.registered} / {'-' if w.connected is None else w.connected}",
+                f"{w.connect_s:.1f}",
+                f"{w.peak_rss_mb:,.0f}",
+                f"{w.server_cores:.2f} / {w.generator_cores:.2f} / {w.other_cores:.2f}",
+            ]
+        )
+    return markdown_table(
+        [
+            "model (params)",
+            "server",
+            "durability",
+            "updates/s",
+            "vs bare grpcio",
+            "p50 ms",
+            "p99 ms",
+            "failed calls",
+            "registered / connected",
+            "register all (s)",
+            "peak server RSS MB",
+            "cores: server / generator / other",
+        ],
+        rows,
+    )
 
 
 def verdict(results: list[Result]) -> str:
@@ -522,8 +614,10 @@ def verdict(results: list[Result]) -> str:
     lines = []
     for r in (r for r in results if r.model == "100k" and r.server == "fedrl"):
         met = r.rate >= TARGET_RATE and not r.errors and (r.window.connected or 0) >= TARGET_CLIENTS
-        lines.append(f"durability {r.durability}: {r.rate:,.0f}/s, {sum(r.errors.values())} failed calls, "
-                     f"{r.window.connected} clients connected: **{'met' if met else 'not met'}**")
+        lines.append(
+            f"durability {r.durability}: {r.rate:,.0f}/s, {sum(r.errors.values())} failed calls, "
+            f"{r.window.connected} clients connected: **{'met' if met else 'not met'}**"
+        )
     return "; ".join(lines) or "not run"
 
 
@@ -566,22 +660,26 @@ LIMITS = (
 def write_report(results: list[Result], settings: Settings) -> None:
     """The docs section and its plot."""
     plot(results, settings)
-    body = "\n\n".join([
-        f"## Load: {settings.clients:,} clients against `fedrl server`\n\n`{COMMAND}` ({machine()})",
-        description(settings),
-        table(results),
-        f"Target (issue 4): {TARGET_CLIENTS:,} connected clients, >= {TARGET_RATE} accepted 100k-parameter updates/s, "
-        f"no failed calls. Measured: {verdict(results)}.",
-        LIMITS,
-        "![load](img/load.png)",
-    ])
+    body = "\n\n".join(
+        [
+            f"## Load: {settings.clients:,} clients against `fedrl server`\n\n`{COMMAND}` ({machine()})",
+            description(settings),
+            table(results),
+            f"Target (issue 4): {TARGET_CLIENTS:,} connected clients, >= {TARGET_RATE} accepted 100k-parameter updates/s, "
+            f"no failed calls. Measured: {verdict(results)}.",
+            LIMITS,
+            "![load](img/load.png)",
+        ]
+    )
     print(body)
     write_section("load", body)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Load benchmark of fedrl server (issue 4).")
-    parser.add_argument("--quick", action="store_true", help="100 clients, models 10k and 100k, short windows; prints only")
+    parser.add_argument(
+        "--quick", action="store_true", help="100 clients, models 10k and 100k, short windows; prints only"
+    )
     parser.add_argument("--clients", type=int, help=f"simulated clients (default {TARGET_CLIENTS}, 100 with --quick)")
     parser.add_argument("--channels", type=int, default=16, help="gRPC channels the clients share (default 16)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="only these models")

@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import machine, markdown_table, write_section
 
-from _report import machine, markdown_table, write_section  # noqa: E402
 from fedrl.edge.grpc_link import GrpcLink
 from fedrl.edge.mqtt_link import MqttLink
 from fedrl.edge.pending import new_submission
+from fedrl.experiment.loading import parse_config
+from fedrl.experiment.setup import Setup
 from fedrl.server.store import Store
-from fedrl.sim.config import parse_config
-from fedrl.sim.setup import Setup
 from fedrl.wire.broker import Mosquitto
 from fedrl.wire.mqtt_client import BrokerOptions
 
@@ -53,7 +53,6 @@ def server_yaml(hidden: list[int]) -> str:
         "experiment:\n"
         f"  learner: {{name: ppo, hidden: {hidden}}}\n"
         "  strategy: {name: fedbuff, buffer_size: 1000000}\n"
-        "  fleet: {mode: async}\n"
         "  federation: {n_clients: 4, rounds: 10, local_steps: 1024}\n"
         "gate: {enabled: false}\n"
         "limits: {rate_per_s: 1000000, burst: 1000000}\n"
@@ -63,8 +62,9 @@ def server_yaml(hidden: list[int]) -> str:
 
 def wire_bytes(port: int) -> int:
     """Bytes this process's TCP connections to ``port`` have sent (acknowledged) and received."""
-    out = subprocess.run(["ss", "-tinpH", "state", "established", "dport", f"= :{port}"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-tinpH", "state", "established", "dport", f"= :{port}"], capture_output=True, text=True, check=True
+    ).stdout
     total, mine = 0, False
     for line in out.splitlines():
         if "users:" in line:
@@ -82,8 +82,20 @@ def start_server(folder: Path, hidden: list[int], transport: list[str]) -> subpr
     store.close()
     (folder / "tokens.json").write_text(json.dumps(tokens))
     env = {**os.environ, "FEDRL_BROKER_PASSWORD": PASSWORDS["fedrl-server"], "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "fedrl.cli", "server", "--config", str(folder / "server.yaml"), "--state-dir",
-            str(folder / "state"), "--metrics", "off", "--insecure", *transport]
+    args = [
+        sys.executable,
+        "-m",
+        "fedrl.cli",
+        "server",
+        "--config",
+        str(folder / "server.yaml"),
+        "--state-dir",
+        str(folder / "state"),
+        "--metrics",
+        "off",
+        "--insecure",
+        *transport,
+    ]
     with open(folder / "server.log", "wb") as log:
         process = subprocess.Popen(args, stderr=log, env=env, start_new_session=True)
     while not (folder / "state" / "server.json").exists():
@@ -146,8 +158,20 @@ def run_grpc(folder: Path, hidden: list[int], dim: int) -> list[tuple]:
 def run_mqtt(folder: Path, hidden: list[int], dim: int) -> list[tuple]:
     """``measure`` for each device count through a fresh Mosquitto broker."""
     with Mosquitto(folder / "broker", PASSWORDS, acl_server_user="fedrl-server") as broker:
-        server = start_server(folder, hidden, ["--transport", "mqtt", "--broker", f"127.0.0.1:{broker.port}",
-                                               "--broker-user", "fedrl-server", "--fleet", "bench"])
+        server = start_server(
+            folder,
+            hidden,
+            [
+                "--transport",
+                "mqtt",
+                "--broker",
+                f"127.0.0.1:{broker.port}",
+                "--broker-user",
+                "fedrl-server",
+                "--fleet",
+                "bench",
+            ],
+        )
         try:
             tokens = json.loads((folder / "tokens.json").read_text())
 
@@ -177,16 +201,29 @@ def main() -> None:
                 results = run(Path(folder), hidden, dim)
             for devices, (rate, per_update) in zip(DEVICES, results):
                 rates[label, transport, devices] = rate
-                rows.append([f"{label} ({dim:,})", transport, devices, f"{rate:,.0f}", f"{per_update:,.0f}",
-                             f"{per_update - 4 * dim:,.0f}"])
+                rows.append(
+                    [
+                        f"{label} ({dim:,})",
+                        transport,
+                        devices,
+                        f"{rate:,.0f}",
+                        f"{per_update:,.0f}",
+                        f"{per_update - 4 * dim:,.0f}",
+                    ]
+                )
                 print(rows[-1], flush=True)
     write_section("mqtt-vs-grpc", report(rows, rates))
 
 
 def report(rows: list[list], rates: dict) -> str:
     """The markdown section: how it was measured, the table, and MQTT's rate relative to gRPC's."""
-    ratios = "; ".join(f"{label}: " + ", ".join(f"{rates[label, 'MQTT', n] / rates[label, 'gRPC', n]:.2f}x ({n} device{'s' * (n > 1)})"
-                                               for n in DEVICES) for label in SIZES)
+    ratios = "; ".join(
+        f"{label}: "
+        + ", ".join(
+            f"{rates[label, 'MQTT', n] / rates[label, 'gRPC', n]:.2f}x ({n} device{'s' * (n > 1)})" for n in DEVICES
+        )
+        for label in SIZES
+    )
     return (
         f"## MQTT vs gRPC: updates through a broker\n\n`{COMMAND}` ({machine()})\n\n"
         "Devices push updates back to back on loopback, each waiting for its durable acknowledgement; each row is the "
@@ -196,8 +233,17 @@ def report(rows: list[list], rates: dict) -> str:
         "headers not); 'overhead' is what it adds to the update's own float32 bytes. Through MQTT the update also "
         "crosses broker -> server, which this column does not count. Server, broker and devices share the machine's "
         "two cores.\n\n"
-        + markdown_table(["update (parameters)", "transport", "devices", "updates/s", "bytes on the wire / update",
-                          "overhead (bytes)"], rows)
+        + markdown_table(
+            [
+                "update (parameters)",
+                "transport",
+                "devices",
+                "updates/s",
+                "bytes on the wire / update",
+                "overhead (bytes)",
+            ],
+            rows,
+        )
         + f"\n\nMQTT's rate relative to gRPC's, by update size and devices: {ratios}. On the device's link the two "
         "cost the same bytes: a few hundred per update over the raw floats (token, ids, headers, the ack); an update "
         "larger than one frame (256 kB by default) adds a manifest with a digest per chunk. What MQTT costs is time: "

@@ -29,8 +29,20 @@ def _linear(start: float):
 def make_model(seed: int) -> PPO:
     """PPO with the zoo's CartPole-v1 settings."""
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
-    return PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
-               ent_coef=0.0, learning_rate=_linear(1e-3), clip_range=_linear(0.2), seed=seed, device="cpu")
+    return PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=_linear(1e-3),
+        clip_range=_linear(0.2),
+        seed=seed,
+        device="cpu",
+    )
 
 
 def throughput(steps: int, seed: int) -> dict:
@@ -54,8 +66,13 @@ def solve(max_steps: int, seed: int, every: int = 8192) -> dict:
         curve.append([steps, float(mean), time.perf_counter() - T0])
         if mean >= 475:
             break
-    return {"solved": bool(mean >= 475), "env_steps": steps, "final_mean_return": float(np.round(mean, 1)),
-            "wall_s": time.perf_counter() - T0, "curve": curve}
+    return {
+        "solved": bool(mean >= 475),
+        "env_steps": steps,
+        "final_mean_return": float(np.round(mean, 1)),
+        "wall_s": time.perf_counter() - T0,
+        "curve": curve,
+    }
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from _report import IMG, machine, markdown_table, write_section
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from _report import IMG, machine, markdown_table, write_section  # noqa: E402
-from fedrl.core.secagg import MASK_INFO, SecAggConfig, agree, expand, public_key, secure_sum, shamir_split  # noqa: E402
+from fedrl.core.secagg import MASK_INFO, SecAggConfig, agree, expand, public_key, secure_sum, shamir_split
 
 COMMAND = "python benchmarks/secagg.py"
 D = 10_000
@@ -46,7 +46,7 @@ def measure(n: int, dropout: float) -> dict:
     rng = np.random.default_rng(n)
     inputs = rng.normal(0.0, 0.05, (n, D)).astype(np.float32)
     dropped = np.zeros(n, dtype=bool)
-    dropped[rng.choice(n, int(round(dropout * n)), replace=False)] = True
+    dropped[rng.choice(n, round(dropout * n), replace=False)] = True
     runs = []
     for seed in range(REPEATS[n]):
         start = time.perf_counter()
@@ -54,10 +54,20 @@ def measure(n: int, dropout: float) -> dict:
         runs.append((time.perf_counter() - start, result))
     wall, result = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
     error = float(np.abs(result.sum - inputs[~dropped].sum(axis=0)).max())
-    row = {"n": n, "dropout": dropout, "t": result.threshold, "survivors": result.n_survivors, "wall_s": wall,
-           "client_ms": 1e3 * result.client_seconds / n, "server_s": result.server_seconds, "messages": result.messages,
-           "up_kb": result.bytes_up / n / 1e3, "down_kb": result.bytes_down / n / 1e3,
-           "total_mb": (result.bytes_up + result.bytes_down) / 1e6, "max_error": error}
+    row = {
+        "n": n,
+        "dropout": dropout,
+        "t": result.threshold,
+        "survivors": result.n_survivors,
+        "wall_s": wall,
+        "client_ms": 1e3 * result.client_seconds / n,
+        "server_s": result.server_seconds,
+        "messages": result.messages,
+        "up_kb": result.bytes_up / n / 1e3,
+        "down_kb": result.bytes_down / n / 1e3,
+        "total_mb": (result.bytes_up + result.bytes_down) / 1e6,
+        "max_error": error,
+    }
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 
@@ -77,9 +87,11 @@ def unit_costs() -> str:
     agree_us = per_call_us(lambda: agree(mine, theirs, MASK_INFO), 2000)
     prg_us = per_call_us(lambda: expand(seed, D), 2000)
     shamir_ms = per_call_us(lambda: shamir_split(seed, xs, t, rng.bytes), 10) / 1e3
-    return (f"Unit costs on this machine: one X25519 agreement + HKDF {agree_us:.0f} µs; one ChaCha20 mask of "
-            f"{D:,} words {prg_us:.0f} µs; one Shamir sharing of a 32-byte secret to 500 clients with t = {t} "
-            f"{shamir_ms:.0f} ms (a client makes two).")
+    return (
+        f"Unit costs on this machine: one X25519 agreement + HKDF {agree_us:.0f} µs; one ChaCha20 mask of "
+        f"{D:,} words {prg_us:.0f} µs; one Shamir sharing of a 32-byte secret to 500 clients with t = {t} "
+        f"{shamir_ms:.0f} ms (a client makes two)."
+    )
 
 
 def plot(rows: list[dict]) -> str:
@@ -111,37 +123,67 @@ def plot(rows: list[dict]) -> str:
 def main() -> None:
     load_before = os.getloadavg()[0]
     rows = [measure(n, dropout) for n in CLIENTS for dropout in DROPOUT]
-    load = (f"Load average over the last minute: {load_before:.1f} when the runs began, {os.getloadavg()[0]:.1f} when "
-            f"they ended, on {os.cpu_count()} cores; work beyond this script shares the machine, so the seconds are "
-            f"upper bounds and a single 500-client run is noisy. Bytes and messages do not depend on the load.")
-    table = markdown_table(
-        ["clients", "dropouts", "t", "in the sum", "wall s (all parties)", "client ms (each)", "server s",
-         "messages", "kB up per client", "kB down per client", "MB on the wire", "max error vs float sum"],
-        [[r["n"], f"{r['dropout']:.0%}", r["t"], r["survivors"], f"{r['wall_s']:.2f}", f"{r['client_ms']:.1f}",
-          f"{r['server_s']:.2f}", f"{r['messages']:,}", f"{r['up_kb']:,.1f}", f"{r['down_kb']:,.1f}",
-          f"{r['total_mb']:,.1f}", f"{r['max_error']:.1e}"] for r in rows],
+    load = (
+        f"Load average over the last minute: {load_before:.1f} when the runs began, {os.getloadavg()[0]:.1f} when "
+        f"they ended, on {os.cpu_count()} cores; work beyond this script shares the machine, so the seconds are "
+        f"upper bounds and a single 500-client run is noisy. Bytes and messages do not depend on the load."
     )
-    at_500 = [r for r in rows if r["n"] == 500 and r["dropout"] == 0.0][0]
-    body = "\n\n".join([
-        f"## Secure aggregation cost\n\n`{COMMAND}` ({where()})",
-        f"One round of Bonawitz et al.'s protocol (`fedrl.core.secagg.secure_sum`, all clients in one process), "
-        f"d = {D:,} float32 parameters, threshold t = ceil(2n/3), fixed point clip 1, scale 2^16; 10% dropouts leave "
-        f"after sharing their keys, so the server rebuilds their pairwise keys and their masks. Client time is each "
-        f"client's own work, averaged over all n clients, dropped ones included (on a fleet they run in parallel); "
-        f"bytes are the serialized messages, per client also averaged over all n. Median of {REPEATS[10]} runs "
-        f"at 10 clients, {REPEATS[100]} at 100, {REPEATS[500]} at 500.",
-        table,
-        load,
-        unit_costs(),
-        f"Each client agrees 2(n - 1) X25519 keys, expands n ChaCha20 masks of d words and evaluates two Shamir "
-        f"polynomials of degree t - 1 at n points, so its work grows as n^2 once t is a fraction of n. Its traffic "
-        f"grows as n on top of the 4 + 4d bytes of its masked input: per other client of the round it sends 90 bytes "
-        f"(a sealed pair of shares) and 42 (a revealed share), and receives 68 (a roster entry), 90 and 4 (an id). "
-        f"At 500 clients a client sends {at_500['up_kb']:,.0f} kB and receives {at_500['down_kb']:,.0f} kB per round "
-        f"against {4 * D / 1e3:.0f} kB for a plain update. Dropouts add server work: one X25519 agreement and one mask "
-        f"expansion per (dropped, survivor) pair. See docs/secure_aggregation.md.",
-        plot(rows),
-    ])
+    table = markdown_table(
+        [
+            "clients",
+            "dropouts",
+            "t",
+            "in the sum",
+            "wall s (all parties)",
+            "client ms (each)",
+            "server s",
+            "messages",
+            "kB up per client",
+            "kB down per client",
+            "MB on the wire",
+            "max error vs float sum",
+        ],
+        [
+            [
+                r["n"],
+                f"{r['dropout']:.0%}",
+                r["t"],
+                r["survivors"],
+                f"{r['wall_s']:.2f}",
+                f"{r['client_ms']:.1f}",
+                f"{r['server_s']:.2f}",
+                f"{r['messages']:,}",
+                f"{r['up_kb']:,.1f}",
+                f"{r['down_kb']:,.1f}",
+                f"{r['total_mb']:,.1f}",
+                f"{r['max_error']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
+    at_500 = next(r for r in rows if r["n"] == 500 and r["dropout"] == 0.0)
+    body = "\n\n".join(
+        [
+            f"## Secure aggregation cost\n\n`{COMMAND}` ({where()})",
+            f"One round of Bonawitz et al.'s protocol (`fedrl.core.secagg.secure_sum`, all clients in one process), "
+            f"d = {D:,} float32 parameters, threshold t = ceil(2n/3), fixed point clip 1, scale 2^16; 10% dropouts leave "
+            f"after sharing their keys, so the server rebuilds their pairwise keys and their masks. Client time is each "
+            f"client's own work, averaged over all n clients, dropped ones included (on a fleet they run in parallel); "
+            f"bytes are the serialized messages, per client also averaged over all n. Median of {REPEATS[10]} runs "
+            f"at 10 clients, {REPEATS[100]} at 100, {REPEATS[500]} at 500.",
+            table,
+            load,
+            unit_costs(),
+            f"Each client agrees 2(n - 1) X25519 keys, expands n ChaCha20 masks of d words and evaluates two Shamir "
+            f"polynomials of degree t - 1 at n points, so its work grows as n^2 once t is a fraction of n. Its traffic "
+            f"grows as n on top of the 4 + 4d bytes of its masked input: per other client of the round it sends 90 bytes "
+            f"(a sealed pair of shares) and 42 (a revealed share), and receives 68 (a roster entry), 90 and 4 (an id). "
+            f"At 500 clients a client sends {at_500['up_kb']:,.0f} kB and receives {at_500['down_kb']:,.0f} kB per round "
+            f"against {4 * D / 1e3:.0f} kB for a plain update. Dropouts add server work: one X25519 agreement and one mask "
+            f"expansion per (dropped, survivor) pair. See docs/secure_aggregation.md.",
+            plot(rows),
+        ]
+    )
     write_section("secure-aggregation", body)
 
 

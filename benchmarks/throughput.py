@@ -18,31 +18,37 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from _report import IMG, ROOT, machine, markdown_table, write_section
 
-from _report import IMG, ROOT, machine, markdown_table, write_section  # noqa: E402
-from fedrl.agents.rollout import collect  # noqa: E402
-from fedrl.agents.runtime import tune_allocator  # noqa: E402
-from fedrl.sim.config import parse_config  # noqa: E402
-from fedrl.sim.engine import aggregate, initial_state, train_clients  # noqa: E402
-from fedrl.sim.setup import Setup  # noqa: E402
+from fedrl.agents.rollout import collect
+from fedrl.agents.runtime import tune_allocator
+from fedrl.experiment.loading import parse_config
+from fedrl.sim.clients import train_clients
+from fedrl.sim.engine import initial_state
+from fedrl.sim.setup import SimSetup
+from fedrl.sim.state import aggregate
 
 COMMAND = "python benchmarks/throughput.py"
 LOCAL_STEPS = 1024  # per client per round: 16 envs x 64 steps, one rollout, 4 epochs of 4 minibatches
 MIN_STEPS = 400_000  # measure at least this many env steps per setting
 
 
-def setup_for(n_clients: int) -> Setup:
+def setup_for(n_clients: int) -> SimSetup:
     """The benchmark's config for a fleet of ``n_clients``."""
-    return Setup(parse_config({
-        "learner": {"name": "ppo", "n_envs": 16, "n_steps": 64, "epochs": 4, "minibatches": 4},
-        "federation": {"n_clients": n_clients, "local_steps": LOCAL_STEPS, "shard_size": 250},
-    }))
+    return SimSetup(
+        parse_config(
+            {
+                "learner": {"name": "ppo", "n_envs": 16, "n_steps": 64, "epochs": 4, "minibatches": 4},
+                "federation": {"n_clients": n_clients, "local_steps": LOCAL_STEPS, "shard_size": 250},
+            }
+        )
+    )
 
 
-def learning_rate(setup: Setup) -> float:
+def learning_rate(setup: SimSetup) -> float:
     """Env steps/s of whole training rounds (all shards, screening, aggregation), after a warm-up round."""
     state = initial_state(setup)
     clients = np.arange(setup.config.federation.n_clients)
@@ -51,13 +57,13 @@ def learning_rate(setup: Setup) -> float:
         if r == 1:
             start, steps = time.perf_counter(), 0
         updates, state = train_clients(setup, state, clients, (99, r))
-        state, _, _ = aggregate(setup, state, updates)
+        state, _, _ = aggregate(setup, state, updates, r)
         if r >= 1:
             steps += sum(u.env_steps for u in updates)
     return steps / (time.perf_counter() - start)
 
 
-def rollout_rate(setup: Setup) -> float:
+def rollout_rate(setup: SimSetup) -> float:
     """Env steps/s of acting only: the batched policy drives the batched envs, nothing learns."""
     state = initial_state(setup)
     n = setup.config.federation.n_clients
@@ -72,8 +78,12 @@ def rollout_rate(setup: Setup) -> float:
 
 def sb3_rate() -> float:
     """The reference's training steps/s, from its own process."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/sb3_reference.py"), "throughput", "--steps", "16384"],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/sb3_reference.py"), "throughput", "--steps", "16384"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])["steps_per_s"]
 
 
@@ -101,21 +111,26 @@ def main() -> None:
     for n in (1, 10, 100, 1000):
         setup = setup_for(n)
         rows.append((n, learning_rate(setup), rollout_rate(setup)))
-        print(f"{n:5d} clients: {rows[-1][1]:>10,.0f} steps/s with learning, {rows[-1][2]:>12,.0f} rollout only", flush=True)
+        print(
+            f"{n:5d} clients: {rows[-1][1]:>10,.0f} steps/s with learning, {rows[-1][2]:>12,.0f} rollout only",
+            flush=True,
+        )
     sb3 = sb3_rate()
     plot(rows, sb3)
     table = markdown_table(
         ["clients", "env steps/s with learning", "rollout-only env steps/s", "learning vs SB3 PPO"],
         [[n, f"{learn:,.0f}", f"{roll:,.0f}", f"{learn / sb3:.0f}x"] for n, learn, roll in rows],
     )
-    body = "\n\n".join([
-        f"## Throughput\n\n`{COMMAND}` ({machine()})",
-        "PPO, 16 envs x 64 steps per client per round, 4 epochs of 4 minibatches, shards of up to 250 clients; "
-        "evaluation excluded. Target: >= 100,000 env steps/s with learning at 100 clients.",
-        table,
-        f"Reference in the same run: single-agent SB3 PPO on CartPole-v1 trains at **{sb3:,.0f} env steps/s**.",
-        "![throughput](img/throughput.png)",
-    ])
+    body = "\n\n".join(
+        [
+            f"## Throughput\n\n`{COMMAND}` ({machine()})",
+            "PPO, 16 envs x 64 steps per client per round, 4 epochs of 4 minibatches, shards of up to 250 clients; "
+            "evaluation excluded. Target: >= 100,000 env steps/s with learning at 100 clients.",
+            table,
+            f"Reference in the same run: single-agent SB3 PPO on CartPole-v1 trains at **{sb3:,.0f} env steps/s**.",
+            "![throughput](img/throughput.png)",
+        ]
+    )
     print(body)
     write_section("throughput", body)
 

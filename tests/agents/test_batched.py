@@ -4,9 +4,9 @@ import numpy as np
 import torch
 
 from fedrl.agents import PolicyNet, PolicyShape, init_params
+from fedrl.agents.local import make_task
 from fedrl.agents.optim import apply_gradient, make_optimizer
 from fedrl.agents.ppo import PPOConfig, _minibatch_loss
-from fedrl.agents.local import make_task
 from fedrl.envs import get_family, reset
 from fedrl.envs.base import Continuous, Discrete
 
@@ -66,7 +66,9 @@ def test_adam_state_and_clipping_are_per_client():
         flat.data.zero_()
         opt = make_optimizer(flat, lr=0.1)
         for _ in range(3):
-            loss = (flat[0] * torch.tensor([1.0, 2.0, 3.0])).sum() + scale * (flat[1] * torch.tensor([3.0, 2.0, 1.0])).sum()
+            loss = (flat[0] * torch.tensor([1.0, 2.0, 3.0])).sum() + scale * (
+                flat[1] * torch.tensor([3.0, 2.0, 1.0])
+            ).sum()
             apply_gradient(opt, flat, loss, anchor, prox_mu=0.0, max_grad_norm=1.0)
         if scale == 1.0:
             first = flat.detach().clone()
@@ -97,17 +99,25 @@ def _a2c_batch(C=3, N=24, seed=0):
     from fedrl.agents.a2c import Batch
 
     g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randn(C, N, 4, generator=g), torch.randint(0, 2, (C, N), generator=g),
-                 torch.randn(C, N, generator=g), torch.randn(C, N, generator=g))
+    return Batch(
+        torch.randn(C, N, 4, generator=g),
+        torch.randint(0, 2, (C, N), generator=g),
+        torch.randn(C, N, generator=g),
+        torch.randn(C, N, generator=g),
+    )
 
 
 def _transitions(C=3, B=16, seed=0):
     from fedrl.agents.dqn import Transitions
 
     g = torch.Generator().manual_seed(seed)
-    return Transitions(torch.randn(C, B, 4, generator=g), torch.randint(0, 2, (C, B), generator=g),
-                       torch.randn(C, B, generator=g), torch.randn(C, B, 4, generator=g),
-                       (torch.rand(C, B, generator=g) < 0.2).float())
+    return Transitions(
+        torch.randn(C, B, 4, generator=g),
+        torch.randint(0, 2, (C, B), generator=g),
+        torch.randn(C, B, generator=g),
+        torch.randn(C, B, 4, generator=g),
+        (torch.rand(C, B, generator=g) < 0.2).float(),
+    )
 
 
 def _only_client_0_kept(batch, other):
@@ -130,7 +140,11 @@ def test_a2c_and_dqn_gradients_ignore_other_clients_data():
     q_params = torch.from_numpy(init_params(q_net.shape, 1)).repeat(3, 1) + noise[:, : q_net.spec.dim]
     target = q_net.unpack(q_params.flip(0).clone())
     cases = [
-        (lambda flat, b: a2c_loss(task, a2c, flat, b, task.net.unpack(a2c_params.flip(0).clone())), a2c_params, _a2c_batch),
+        (
+            lambda flat, b: a2c_loss(task, a2c, flat, b, task.net.unpack(a2c_params.flip(0).clone())),
+            a2c_params,
+            _a2c_batch,
+        ),
         (lambda flat, b: td_loss(q_net, dqn, flat, target, b), q_params, _transitions),
     ]
     for loss_fn, params, make_batch in cases:
@@ -188,7 +202,14 @@ def test_scaffold_correction_bypasses_adams_normalisation():
     flat = torch.zeros(1, 2, requires_grad=True)
     opt = torch.optim.Adam([flat], lr=0.1)
     # Execute
-    apply_gradient(opt, flat, (flat * torch.tensor([[1.0, 1.0]])).sum(), torch.zeros(2), 0.0, 0.0,
-                   correction=torch.tensor([[0.0, 3.0]]))
+    apply_gradient(
+        opt,
+        flat,
+        (flat * torch.tensor([[1.0, 1.0]])).sum(),
+        torch.zeros(2),
+        0.0,
+        0.0,
+        correction=torch.tensor([[0.0, 3.0]]),
+    )
     # Assert: Adam's step (-0.1 each) plus -lr * correction (0, -0.3)
     torch.testing.assert_close(flat.detach(), torch.tensor([[-0.1, -0.4]]), atol=1e-5, rtol=0)

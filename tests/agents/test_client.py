@@ -10,6 +10,7 @@ from fedrl.agents import (
     DQNConfig,
     PPOConfig,
     ReinforceConfig,
+    distributions,
     federated_mask,
     init_client_state,
     init_params,
@@ -18,7 +19,6 @@ from fedrl.agents import (
     make_task,
     train_local,
 )
-from fedrl.agents import distributions
 from fedrl.core.scaffold import scaffold_client_control
 from fedrl.envs import get_family, reset, sample_params
 
@@ -37,15 +37,25 @@ class Fleet:
 
     def train(self, params, client_state, budget, seed=0, server_control=None, config=None):
         task = make_task(
-            self.net, self.family, self.env_params, self.env_state, params, 0.0, np.random.default_rng(seed),
-            client_state=client_state, server_control=server_control,
+            self.net,
+            self.family,
+            self.env_params,
+            self.env_state,
+            params,
+            0.0,
+            np.random.default_rng(seed),
+            client_state=client_state,
+            server_control=server_control,
         )
         return train_local(config or self.config, task, budget)
 
 
 def _towers(net, mask):
-    names = {name.split(".")[0] for name, off, size in zip(net.spec.names, net.spec.offsets, net.spec.sizes)
-             if mask[off : off + size].all()}
+    names = {
+        name.split(".")[0]
+        for name, off, size in zip(net.spec.names, net.spec.offsets, net.spec.sizes)
+        if mask[off : off + size].all()
+    }
     return names
 
 
@@ -103,8 +113,10 @@ def _by_hand_steps(config, result, budget):
         (PPOConfig(n_envs=2, n_steps=8, epochs=2, minibatches=2, hidden=(16, 16)), Budget(steps=32)),
         (ReinforceConfig(n_envs=2, hidden=(16, 16)), Budget(episodes=4)),
         (A2CConfig(n_envs=2, n_steps=4, hidden=(16, 16)), Budget(steps=40)),
-        (DQNConfig(n_envs=2, learning_starts=0, batch_size=4, buffer_size=32, gradient_steps=2, hidden=(16, 16)),
-         Budget(steps=20)),
+        (
+            DQNConfig(n_envs=2, learning_starts=0, batch_size=4, buffer_size=32, gradient_steps=2, hidden=(16, 16)),
+            Budget(steps=20),
+        ),
     ],
     ids=["ppo", "reinforce", "a2c", "dqn"],
 )
@@ -134,10 +146,13 @@ def _kl_to_global(fleet, params, result):
     return distributions.kl(local, glob).mean(1).numpy()
 
 
-@pytest.mark.parametrize("family, config", [
-    ("cartpole", A2CConfig(n_envs=4, lr=3e-3, ent_coef=0.01, hidden=(16, 16))),
-    ("pendulum", PPOConfig(n_envs=4, n_steps=16, lr=3e-3, hidden=(16, 16))),
-])
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        ("cartpole", A2CConfig(n_envs=4, lr=3e-3, ent_coef=0.01, hidden=(16, 16))),
+        ("pendulum", PPOConfig(n_envs=4, n_steps=16, lr=3e-3, hidden=(16, 16))),
+    ],
+)
 def test_kl_coef_keeps_the_local_policy_closer_to_the_global_one(family, config):
     # Prepare
     fleet = Fleet(config, family=family)

@@ -17,7 +17,9 @@ def _step_values(t, C=2, E=2):
 
 def _store_step(buffer, t):
     v = _step_values(t)
-    return store(buffer, v[..., None].repeat(1, 1, 3), v.long(), v, v[..., None].repeat(1, 1, 3) + 0.5, torch.zeros_like(v))
+    return store(
+        buffer, v[..., None].repeat(1, 1, 3), v.long(), v, v[..., None].repeat(1, 1, 3) + 0.5, torch.zeros_like(v)
+    )
 
 
 def test_replay_ring_wraps_around_per_client():
@@ -72,7 +74,9 @@ def test_step_count_and_replay_persist_across_rounds():
     results = []
     # Execute
     for r in range(2):
-        task = make_task(net, family, env_params, env_state, params, 0.0, np.random.default_rng(r), client_state=client_state)
+        task = make_task(
+            net, family, env_params, env_state, params, 0.0, np.random.default_rng(r), client_state=client_state
+        )
         results.append(train_local(config, task, Budget(steps=200)))
         env_state, client_state = results[-1].env_state, results[-1].client_state
     # Assert: round 1 only explored; round 2 went on counting and learned once past 300
@@ -93,14 +97,23 @@ def test_dqn_refuses_continuous_actions():
 
 def test_dqn_on_one_client_learns_cartpole():
     # Prepare
-    config = DQNConfig(n_envs=8, lr=1e-3, learning_starts=500, exploration_steps=2000, target_update_every=100,
-                       gradient_steps=4, hidden=(128, 128))
+    config = DQNConfig(
+        n_envs=8,
+        lr=1e-3,
+        learning_starts=500,
+        exploration_steps=2000,
+        target_update_every=100,
+        gradient_steps=4,
+        hidden=(128, 128),
+    )
     family, env_params, net, env_state = _cartpole(config, C=1)
     params = init_params(net.shape, 0)
     client_state = init_client_state(config, net, 1, uses_control_variates=False)
     # Execute: two rounds, the second one from the first's replay and counters
     for r in range(2):
-        task = make_task(net, family, env_params, env_state, params, 0.0, np.random.default_rng(r), client_state=client_state)
+        task = make_task(
+            net, family, env_params, env_state, params, 0.0, np.random.default_rng(r), client_state=client_state
+        )
         result = train_local(config, task, Budget(steps=2000))
         env_state, client_state, params = result.env_state, result.client_state, result.params[0]
     # Assert: well above a random policy (about 20)

@@ -50,7 +50,7 @@ def test_ppo_continuous_pendulum_runs_and_moves_log_std():
     family = get_family("pendulum")
     env_params = sample_params(family, 3, 1.0, seed=0)
     config = PPOConfig(n_envs=4, n_steps=32, lr=1e-3)
-    net, params, result = _train_rounds(config, family, env_params, 2, Budget(steps=256))
+    net, _params, result = _train_rounds(config, family, env_params, 2, Budget(steps=256))
     assert np.isfinite(result.params).all()
     log_std = net.spec.unflatten(result.params)["actor.log_std"]
     assert log_std.shape == (3, 1) and np.any(log_std != 0)
@@ -109,8 +109,17 @@ def test_every_learner_runs_two_rounds_and_keeps_its_client_state_shapes(name, n
     control = np.zeros(net.spec.dim, np.float32)
     # Execute
     for r in range(2):
-        task = make_task(net, family, env_params, env_state, params, 0.0, np.random.default_rng(r),
-                         client_state=client_state, server_control=control)
+        task = make_task(
+            net,
+            family,
+            env_params,
+            env_state,
+            params,
+            0.0,
+            np.random.default_rng(r),
+            client_state=client_state,
+            server_control=control,
+        )
         result = train_local(config, task, budget)
         env_state, client_state = result.env_state, result.client_state
         params, control = result.params.mean(axis=0), control + result.control_delta.mean(axis=0)

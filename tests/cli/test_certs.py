@@ -14,7 +14,15 @@ def test_certs_writes_the_whole_set_with_private_keys_readable_by_the_owner_only
     out = tmp_path / "pki"
     result = runner.invoke(app, ["certs", str(out), "--host", "10.0.0.5", "--client", "robot-1", "--client", "robot-2"])
     assert result.exit_code == 0, result.output
-    names = {"ca.pem", "server.pem", "server.key", "client-robot-1.pem", "client-robot-1.key", "client-robot-2.pem", "client-robot-2.key"}
+    names = {
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client-robot-1.pem",
+        "client-robot-1.key",
+        "client-robot-2.pem",
+        "client-robot-2.key",
+    }
     assert {path.name for path in out.iterdir()} == names
     for key in out.glob("*.key"):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600

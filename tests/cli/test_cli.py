@@ -42,9 +42,19 @@ def test_run_writes_a_complete_run_directory_then_eval_and_plot_use_it(tmp_path,
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--set", "federation.rounds=2"])
     assert result.exit_code == 0, result.output
-    for name in ("config.yaml", "metrics.csv", "client_returns.csv", "metrics.sqlite", "summary.json",
-                 "final_policy.safetensors", "final_policy.json", "plots/returns.png", "plots/clients.png",
-                 "checkpoints/round_00002.safetensors", "checkpoints/round_00002.json"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "client_returns.csv",
+        "metrics.sqlite",
+        "summary.json",
+        "final_policy.safetensors",
+        "final_policy.json",
+        "plots/returns.png",
+        "plots/clients.png",
+        "checkpoints/round_00002.safetensors",
+        "checkpoints/round_00002.json",
+    ):
         assert (out / name).exists(), name
     assert (out / "plots/returns.png").read_bytes()[:4] == b"\x89PNG"
     assert yaml.safe_load((out / "config.yaml").read_text())["federation"]["rounds"] == 2
@@ -75,7 +85,9 @@ def test_bad_config_is_one_clear_line(tmp_path, config_file):
 def test_resume_of_a_missing_run_and_reuse_of_a_run_directory_are_refused(tmp_path, config_file):
     assert runner.invoke(app, ["run", "--resume", str(tmp_path / "nothing")]).exit_code == 2
     out = tmp_path / "run"
-    assert runner.invoke(app, ["run", str(config_file), "--out", str(out), "--set", "federation.rounds=1"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["run", str(config_file), "--out", str(out), "--set", "federation.rounds=1"]).exit_code == 0
+    )
     again = runner.invoke(app, ["run", str(config_file), "--out", str(out)])
     assert again.exit_code == 2 and "already holds a run" in again.output
 
@@ -84,11 +96,17 @@ def test_resume_of_a_missing_run_and_reuse_of_a_run_directory_are_refused(tmp_pa
 def test_kill_9_mid_run_then_resume_matches_an_unbroken_run(tmp_path, config_file):
     fedrl = [sys.executable, "-m", "fedrl.cli"]
     settings = ["--set", "federation.rounds=8", "--quiet"]
-    subprocess.run([*fedrl, "run", str(config_file), "--out", str(tmp_path / "unbroken"), *settings], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*fedrl, "run", str(config_file), "--out", str(tmp_path / "unbroken"), *settings],
+        check=True,
+        capture_output=True,
+    )
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*fedrl, "run", str(config_file), "--out", str(killed), *settings],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*fedrl, "run", str(config_file), "--out", str(killed), *settings],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoints" / "round_00003.json").exists():
         assert time.time() < deadline and proc.poll() is None

@@ -3,6 +3,7 @@ import pytest
 from pydantic import ValidationError
 
 from fedrl.core.asynchronous import FedAsyncConfig, FedBuffConfig, VersionState
+from fedrl.core.robust import RobustConfig
 from fedrl.core.staleness import StalenessConfig
 from fedrl.core.strategies import make_strategy
 from fedrl.core.update import Update
@@ -31,7 +32,9 @@ def test_fedasync_by_hand():
 
 
 def test_fedasync_clips_to_norm_bound():
-    strategy = make_strategy(FedAsyncConfig(alpha=1.0, staleness=StalenessConfig(kind="constant"), norm_bound=1.0))
+    strategy = make_strategy(
+        FedAsyncConfig(alpha=1.0, staleness=StalenessConfig(kind="constant"), robust=RobustConfig(norm_bound=1.0))
+    )
     params = np.zeros(2, dtype=np.float32)
     new, _ = strategy.aggregate(strategy.init(params), params, [_update(0, 0, [3, 4])])
     np.testing.assert_allclose(new, [0.6, 0.8], rtol=1e-6)
@@ -44,7 +47,7 @@ def test_fedasync_takes_one_update_per_call_and_no_rule():
     with pytest.raises(ValueError, match="one update per call"):
         strategy.aggregate(strategy.init(params), params, [_update(0, 0, [1]), _update(1, 0, [1])])
     with pytest.raises(ValidationError, match="one update at a time"):
-        FedAsyncConfig(rule="median")
+        FedAsyncConfig(robust=RobustConfig(rule="median"))
 
 
 def test_update_from_a_future_version_raises():
@@ -78,7 +81,7 @@ def test_fedbuff_applies_its_rule_to_the_scaled_deltas():
     state = VersionState(np.array(3, dtype=np.int64))
     # Execute
     mean, _ = _fedbuff().aggregate(state, params, buffer)
-    median, _ = _fedbuff(rule="median").aggregate(state, params, buffer)
+    median, _ = _fedbuff(robust=RobustConfig(rule="median")).aggregate(state, params, buffer)
     # Assert: mean [103/3, 0] -> x = [1 + 206/3, 1]; median [2, 0] -> x = [5, 1]
     np.testing.assert_allclose(mean, [1 + 206 / 3, 1.0], rtol=1e-6)
     np.testing.assert_allclose(median, [5.0, 1.0])
@@ -89,6 +92,6 @@ def test_fedbuff_config_defaults_and_checks():
     assert (config.buffer_size, config.server_lr) == (10, 1.0)
     assert (config.staleness.kind, config.staleness.a) == ("polynomial", 0.5)
     with pytest.raises(ValidationError, match="needs buffer_size > 4"):
-        FedBuffConfig(buffer_size=4, rule="krum", byzantine=1)
+        FedBuffConfig(buffer_size=4, robust=RobustConfig(rule="krum", byzantine=1))
     with pytest.raises(ValidationError, match="exceeds buffer_size"):
-        FedBuffConfig(buffer_size=4, rule="multikrum", multikrum_m=5)
+        FedBuffConfig(buffer_size=4, robust=RobustConfig(rule="multikrum", multikrum_m=5))

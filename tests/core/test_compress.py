@@ -3,8 +3,8 @@ import pytest
 from pydantic import ValidationError
 
 from fedrl.core.compress import (
-    CompressionConfig,
     Compressed,
+    CompressionConfig,
     compress,
     compress_with_feedback,
     decode,
@@ -137,7 +137,9 @@ def test_a_message_over_max_norm_is_scaled_down_and_the_excess_kept():
     config = CompressionConfig(bits=8, error_feedback=True)
     residual = _vector([0.0, 3.0])
     # Execute
-    message, residual = compress_with_feedback(_vector([4.0, 0.0]), residual, config, np.random.default_rng(0), max_norm=1.0)
+    message, residual = compress_with_feedback(
+        _vector([4.0, 0.0]), residual, config, np.random.default_rng(0), max_norm=1.0
+    )
     # Assert: sent [0.8, 0.6] (the ends of one block are exact), the rest stays on the client
     sent = decompress(message)
     np.testing.assert_allclose(sent, [0.8, 0.6], rtol=1e-6)
@@ -224,12 +226,14 @@ def test_options_the_scheme_would_ignore_are_rejected():
 
 def test_a_forged_header_is_refused_before_anything_is_allocated():
     # Prepare: a random-k header claiming a billion kept values of a 2-billion vector, and no body
-    import struct
 
     from fedrl.core.compress import CompressionConfig, compress, decode, encode
 
-    genuine = encode(compress(np.ones(100, np.float32), CompressionConfig(sparsify="randomk", ratio=0.1, bits=4),
-                              np.random.default_rng(0)))
+    genuine = encode(
+        compress(
+            np.ones(100, np.float32), CompressionConfig(sparsify="randomk", ratio=0.1, bits=4), np.random.default_rng(0)
+        )
+    )
     header_size = 24
     forged = bytearray(genuine[:header_size])
 

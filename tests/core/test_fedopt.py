@@ -87,7 +87,10 @@ def test_default_first_step_is_about_0_01_per_coordinate(config):
 
 def test_fedopt_defaults():
     assert (FedAdamConfig().server_lr, FedAdamConfig().beta1, FedAdamConfig().beta2, FedAdamConfig().tau) == (
-        0.01, 0.9, 0.99, 1e-3,
+        0.01,
+        0.9,
+        0.99,
+        1e-3,
     )
     assert FedYogiConfig().beta2 == 0.99 and FedAdagradConfig().server_lr == 0.1
     assert "beta2" not in FedAdagradConfig.model_fields

@@ -13,7 +13,7 @@ from fedrl.core.pipeline import (
     budget_problem,
     central_mean,
     client_message,
-    decode_stack,
+    decode_update,
     init_pipeline_state,
     spent_epsilon,
 )
@@ -37,19 +37,23 @@ def test_the_default_pipeline_sends_the_update_exactly():
     # Assert: 24-byte header + 50 float32s, decoded bit for bit
     assert config.applies_nothing and message.residual is None
     assert len(message.payload) == 24 + 200
-    np.testing.assert_array_equal(decode_stack([message.payload], 50)[0], delta)
+    np.testing.assert_array_equal(decode_update(message.payload, 50), delta)
 
 
 def test_updates_are_clipped_to_the_clip_norm():
-    message = client_message(_config(clip_norm=1.0), np.array([3.0, 4.0], dtype=np.float32), None, np.random.default_rng(0))
-    np.testing.assert_allclose(decode_stack([message.payload], 2)[0], [0.6, 0.8], rtol=1e-6)
+    message = client_message(
+        _config(clip_norm=1.0), np.array([3.0, 4.0], dtype=np.float32), None, np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(decode_update(message.payload, 2), [0.6, 0.8], rtol=1e-6)
 
 
 def test_local_dp_adds_noise_of_std_z_times_c_to_the_clipped_update():
     # Prepare: a zero update, C = 2, z = 0.25 -> std 0.5 on each of 200k coordinates
     config = _config(clip_norm=2.0, dp={"mode": "local", "noise_multiplier": 0.25})
     # Execute
-    sent = decode_stack([client_message(config, np.zeros(200_000, np.float32), None, np.random.default_rng(0)).payload], 200_000)[0]
+    sent = decode_update(
+        client_message(config, np.zeros(200_000, np.float32), None, np.random.default_rng(0)).payload, 200_000
+    )
     # Assert
     assert config.noise_std == 0.5
     assert abs(sent.std() - 0.5) < 0.005
@@ -57,8 +61,11 @@ def test_local_dp_adds_noise_of_std_z_times_c_to_the_clipped_update():
 
 def test_central_dp_keeps_every_message_within_the_clip_norm_despite_feedback():
     # Prepare: 8-bit top-k with error feedback and a residual of norm 10, far past C = 1
-    config = _config(clip_norm=1.0, compression={"sparsify": "topk", "ratio": 0.5, "bits": 8, "error_feedback": True},
-                     dp={"mode": "central", "noise_multiplier": 1.0})
+    config = _config(
+        clip_norm=1.0,
+        compression={"sparsify": "topk", "ratio": 0.5, "bits": 8, "error_feedback": True},
+        dp={"mode": "central", "noise_multiplier": 1.0},
+    )
     rng, residual = np.random.default_rng(0), np.full(25, 2.0, dtype=np.float32)
     owed, sent = residual.copy(), np.zeros(25)
     for _ in range(10):
@@ -88,19 +95,25 @@ def test_central_mean_of_no_clients_is_still_noise():
     assert abs(mean.std() - 0.5) < 0.005  # 2 / 4
 
 
-def test_decode_stack_rejects_an_update_of_the_wrong_size():
+def test_decoding_refuses_an_update_of_the_wrong_size():
     payload = client_message(PipelineConfig(), np.zeros(3, np.float32), None, np.random.default_rng(0)).payload
-    assert decode_stack([payload, payload], 3).shape == (2, 3)
-    with pytest.raises(ValueError, match="update 1 of the round: it stands for 3 parameters, the model has 4"):
-        decode_stack([client_message(PipelineConfig(), np.zeros(4, np.float32), None, np.random.default_rng(0)).payload, payload], 4)
+    assert decode_update(payload, 3).shape == (3,)
+    with pytest.raises(ValueError, match="it stands for 3 parameters, the model has 4"):
+        decode_update(payload, 4)
 
 
 def test_client_state_keeps_residuals_and_participation():
     # Prepare
-    config = _config(clip_norm=1.0, compression={"sparsify": "topk", "ratio": 0.5, "error_feedback": True},
-                     dp={"mode": "local", "noise_multiplier": 1.0})
+    config = _config(
+        clip_norm=1.0,
+        compression={"sparsify": "topk", "ratio": 0.5, "error_feedback": True},
+        dp={"mode": "local", "noise_multiplier": 1.0},
+    )
     state = init_pipeline_state(config, n_clients=4, dim=2)
-    messages = [ClientMessage(b"", np.array([1.0, 2.0], np.float32)), ClientMessage(b"", np.array([3.0, 4.0], np.float32))]
+    messages = [
+        ClientMessage(b"", np.array([1.0, 2.0], np.float32)),
+        ClientMessage(b"", np.array([3.0, 4.0], np.float32)),
+    ]
     # Execute
     after = after_sending(state, np.array([1, 3]), messages)
     # Assert: the senders' rows replaced, the input untouched

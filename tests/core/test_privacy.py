@@ -19,6 +19,7 @@ from fedrl.core.privacy import (
 def _exact_gaussian_epsilon(mu: float, delta: float) -> float:
     """The exact epsilon of a Gaussian mechanism with sensitivity / std = mu (Balle & Wang, ICML
     2018, Theorem 8): delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2), by bisection."""
+
     def phi(x):
         return 0.5 * math.erfc(-x / math.sqrt(2))
 

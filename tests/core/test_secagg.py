@@ -107,8 +107,14 @@ def test_dropouts_of_up_to_n_minus_threshold_clients_still_give_the_exact_sum(be
     config = SecAggConfig(threshold=6)
     inputs = _inputs(10, 300)
     # Execute
-    result = secure_sum(inputs, _flags(10, *after), config, np.random.default_rng(2),
-                        dropped_before_masking=_flags(10, *before), silent_at_unmasking=_flags(10, *silent))
+    result = secure_sum(
+        inputs,
+        _flags(10, *after),
+        config,
+        np.random.default_rng(2),
+        dropped_before_masking=_flags(10, *before),
+        silent_at_unmasking=_flags(10, *silent),
+    )
     # Assert: silent clients' inputs count; the others who left do not
     kept = sorted(set(range(10)) - set(before) - set(after))
     assert result.included == tuple(kept)
@@ -217,7 +223,7 @@ def test_messages_round_trip_and_a_relabelled_share_does_not_open():
     rng = np.random.default_rng(10)
     keys, adverts = zip(*(advertise_keys(u, rng.bytes) for u in range(3)))
     roster = collect_keys(adverts, 2)
-    shared, sealed = share_keys(keys[0], roster, 2, rng.bytes)
+    _shared, sealed = share_keys(keys[0], roster, 2, rng.bytes)
     revealed = (RevealedShare(1, 0, Secret.MASK_KEY, bytes(range(33))),)
     masked = MaskedInput(2, np.arange(5, dtype=np.uint32))
     # Execute / Assert: each layout reads back what was written

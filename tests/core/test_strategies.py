@@ -7,12 +7,12 @@ from fedrl.core.strategies import (
     STRATEGY_CONFIGS,
     FedAvgConfig,
     FedAvgMConfig,
-    FedProxConfig,
     StrategyConfig,
     make_strategy,
     state_from_arrays,
     state_to_arrays,
 )
+from fedrl.core.robust import RobustConfig
 from fedrl.core.update import Update
 
 
@@ -62,15 +62,6 @@ def test_fedavgm_with_zero_momentum_and_unit_lr_is_fedavg():
     np.testing.assert_allclose(a, b)
 
 
-def test_fedprox_aggregates_like_fedavg_and_carries_mu():
-    prox = make_strategy(FedProxConfig(mu=0.1))
-    params = np.zeros(1, dtype=np.float32)
-    new, _ = prox.aggregate(prox.init(params), params, [_update(0, [1.0], 1), _update(1, [3.0], 1)])
-    np.testing.assert_allclose(new, [2.0])
-    assert prox.prox_mu == 0.1
-    assert make_strategy(FedAvgConfig()).prox_mu == 0.0
-
-
 def test_update_of_wrong_size_is_rejected_with_its_client():
     strategy = make_strategy(FedAvgConfig())
     params = np.zeros(3, dtype=np.float32)
@@ -91,12 +82,11 @@ def test_state_round_trips_through_arrays():
 MINIMAL = {name: ({"n_clients": 10} if name == "scaffold" else {}) for name in STRATEGY_CONFIGS}
 # each strategy with some of its optional fields set
 OPTIONAL = {
-    "fedavg": {"rule": "trimmed_mean", "trim_ratio": 0.2},
-    "fedavgm": {"server_lr": 0.5, "momentum": 0.5, "norm_bound": 2.0},
-    "fedprox": {"mu": 0.1, "rule": "median"},
+    "fedavg": {"robust": {"rule": "trimmed_mean", "trim_ratio": 0.2}},
+    "fedavgm": {"server_lr": 0.5, "momentum": 0.5, "robust": {"norm_bound": 2.0}},
     "fedadagrad": {"server_lr": 0.2, "beta1": 0.8, "tau": 0.01},
-    "fedadam": {"beta2": 0.999, "rule": "krum", "byzantine": 1},
-    "fedyogi": {"beta2": 0.9, "rule": "multikrum", "byzantine": 1, "multikrum_m": 3},
+    "fedadam": {"beta2": 0.999, "robust": {"rule": "krum", "byzantine": 1}},
+    "fedyogi": {"beta2": 0.9, "robust": {"rule": "multikrum", "byzantine": 1, "multikrum_m": 3}},
     "scaffold": {"n_clients": 10, "server_lr": 0.5},
     "fedasync": {"alpha": 0.4, "staleness": {"kind": "hinge", "a": 10, "b": 4}},
     "fedbuff": {"buffer_size": 5, "server_lr": 0.5, "staleness": {"kind": "constant"}},
@@ -110,8 +100,13 @@ def _config(name, **extra):
 
 def _scaffold_ready(update):
     """The update with a control delta, so that SCAFFOLD accepts it too."""
-    return Update(update.client_id, update.base_version, update.delta, update.env_steps,
-                  control_delta=np.full_like(update.delta, 0.5))
+    return Update(
+        update.client_id,
+        update.base_version,
+        update.delta,
+        update.env_steps,
+        control_delta=np.full_like(update.delta, 0.5),
+    )
 
 
 @pytest.mark.parametrize("name", list(STRATEGY_CONFIGS))
@@ -135,36 +130,41 @@ def test_unknown_field_raises(name):
 
 def test_config_without_a_name_is_fedavg():
     assert PARSE.validate_python({}) == FedAvgConfig()
-    assert FedAvgConfig().rule == "mean" and FedAvgConfig().trim_ratio == 0.1 and FedAvgConfig().byzantine == 0
-    assert FedAvgConfig().multikrum_m is None and FedAvgConfig().norm_bound is None
+    robust = FedAvgConfig().robust
+    assert robust.rule == "mean" and robust.trim_ratio == 0.1 and robust.byzantine == 0
+    assert robust.multikrum_m is None and robust.norm_bound is None
 
 
 def test_rule_options_must_match_the_rule():
     with pytest.raises(ValidationError, match="byzantine=1 is only used by rule krum or multikrum"):
-        FedAvgConfig(byzantine=1)
+        RobustConfig(byzantine=1)
     with pytest.raises(ValidationError, match="multikrum_m is only used by rule multikrum"):
-        FedAvgConfig(rule="krum", multikrum_m=2)
+        RobustConfig(rule="krum", multikrum_m=2)
     with pytest.raises(ValidationError, match="trim_ratio"):
-        FedAvgConfig(rule="trimmed_mean", trim_ratio=0.5)
+        RobustConfig(rule="trimmed_mean", trim_ratio=0.5)
 
 
 def test_fedavg_with_median_and_norm_bound_by_hand():
     params = np.zeros(2, dtype=np.float32)
     # median of [1, 2, 100] per coordinate, whatever the step counts
-    median = make_strategy(FedAvgConfig(rule="median"))
+    median = make_strategy(FedAvgConfig(robust=RobustConfig(rule="median")))
     updates = [_update(0, [1, 0], 1), _update(1, [2, 0], 1), _update(2, [100, 0], 1000)]
     new, _ = median.aggregate(median.init(params), params, updates)
     np.testing.assert_allclose(new, [2.0, 0.0])
     # clip [3, 4] to norm 1 -> [0.6, 0.8]; [0, 0.5] is short enough; mean [0.3, 0.65]
-    clipped = make_strategy(FedAvgConfig(norm_bound=1.0))
+    clipped = make_strategy(FedAvgConfig(robust=RobustConfig(norm_bound=1.0)))
     new, _ = clipped.aggregate(clipped.init(params), params, [_update(0, [3, 4], 1), _update(1, [0, 0.5], 1)])
     np.testing.assert_allclose(new, [0.3, 0.65], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
     "fields",
-    [{"rule": "median"}, {"rule": "trimmed_mean", "trim_ratio": 0.3}, {"rule": "krum", "byzantine": 3},
-     {"rule": "multikrum", "byzantine": 3}],
+    [
+        {"rule": "median"},
+        {"rule": "trimmed_mean", "trim_ratio": 0.3},
+        {"rule": "krum", "byzantine": 3},
+        {"rule": "multikrum", "byzantine": 3},
+    ],
 )
 def test_byzantine_clients_pull_fedavg_but_not_a_robust_rule(fields):
     # Prepare: 7 honest deltas near +1, 3 attackers sending -10x an honest delta and claiming many steps
@@ -173,7 +173,7 @@ def test_byzantine_clients_pull_fedavg_but_not_a_robust_rule(fields):
     updates = [_update(i, d, 100) for i, d in enumerate(honest)]
     updates += [_update(7 + i, -10.0 * d, 1000) for i, d in enumerate(honest[:3])]
     params = np.zeros(3, dtype=np.float32)
-    plain, robust = make_strategy(FedAvgConfig()), make_strategy(FedAvgConfig(**fields))
+    plain, robust = make_strategy(FedAvgConfig()), make_strategy(FedAvgConfig(robust=RobustConfig(**fields)))
     # Execute
     pulled, _ = plain.aggregate(plain.init(params), params, updates)
     held, _ = robust.aggregate(robust.init(params), params, updates)

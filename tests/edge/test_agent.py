@@ -140,7 +140,9 @@ def edge_log():
     logger.setLevel(level)
 
 
-def test_the_agent_rides_out_an_unreachable_server_then_trains_pushes_and_finishes(experiment, params, tmp_path, edge_log):
+def test_the_agent_rides_out_an_unreachable_server_then_trains_pushes_and_finishes(
+    experiment, params, tmp_path, edge_log
+):
     link = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)])
     link.unreachable = {"register": 5, "task": 2, "pull": 1, "push": 3}
 
@@ -244,7 +246,9 @@ def test_a_new_deployed_version_replaces_the_acting_policy_between_two_decisions
 
 def test_a_refused_token_fails_loudly_instead_of_retrying(experiment, tmp_path):
     link = ScriptedLink(experiment, {})
-    link.refuse["register"] = Rejected(Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`")
+    link.refuse["register"] = Rejected(
+        Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`"
+    )
 
     with pytest.raises(Fatal, match="UNAUTHENTICATED.*unknown token.*check the token"):
         agent(link, tmp_path).run()

@@ -22,8 +22,14 @@ def token_file(tmp_path):
         (["--server", "127.0.0.1:1", "--insecure"], "no token: give --token-file FILE"),
         (["--server", "127.0.0.1:1", "--insecure", "--token", "x", "--token-file", "TOKEN"], "give the token once"),
         (["--server", "127.0.0.1:1", "--token-file", "TOKEN"], "no TLS certificates given for 127.0.0.1:1"),
-        (["--server", "10.1.2.3:50051", "--insecure", "--token-file", "TOKEN"], "plain text refused for 10.1.2.3:50051"),
-        (["--server", "127.0.0.1:1", "--token-file", "TOKEN", "--cert", "c.pem", "--key", "k.pem"], "--cert and --key need --ca"),
+        (
+            ["--server", "10.1.2.3:50051", "--insecure", "--token-file", "TOKEN"],
+            "plain text refused for 10.1.2.3:50051",
+        ),
+        (
+            ["--server", "127.0.0.1:1", "--token-file", "TOKEN", "--cert", "c.pem", "--key", "k.pem"],
+            "--cert and --key need --ca",
+        ),
         (["--server", "127.0.0.1:1", "--token-file", "TOKEN", "--ca", "missing.pem"], "missing.pem: no such file"),
         (["--server", "127.0.0.1:1", "--token-file", "TOKEN", "--ca", "TOKEN", "--insecure"], "give one of them"),
     ],

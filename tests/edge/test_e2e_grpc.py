@@ -89,8 +89,20 @@ class Deployment:
         self.processes: list[subprocess.Popen] = []
         (root / "server.yaml").write_text(yaml.safe_dump(server_config(n_clients, federation, pipeline)))
         for i in range(n_clients):
-            subprocess.run(fedrl("fleet", "add-client", f"c{i}", "--state-dir", str(root / "srv"),
-                                 "--token-file", str(root / f"token{i}")), check=True, capture_output=True, env=ENV)
+            subprocess.run(
+                fedrl(
+                    "fleet",
+                    "add-client",
+                    f"c{i}",
+                    "--state-dir",
+                    str(root / "srv"),
+                    "--token-file",
+                    str(root / f"token{i}"),
+                ),
+                check=True,
+                capture_output=True,
+                env=ENV,
+            )
 
     def _start(self, command: list[str], log: Path) -> subprocess.Popen:
         with open(log, "a") as output:
@@ -99,16 +111,44 @@ class Deployment:
         return process
 
     def start_server(self) -> subprocess.Popen:
-        return self._start(fedrl("server", "--config", str(self.root / "server.yaml"), "--state-dir", str(self.root / "srv"),
-                                 "--listen", f"127.0.0.1:{self.port}", "--metrics", "off", "--insecure"),
-                           self.root / "server.log")
+        return self._start(
+            fedrl(
+                "server",
+                "--config",
+                str(self.root / "server.yaml"),
+                "--state-dir",
+                str(self.root / "srv"),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--metrics",
+                "off",
+                "--insecure",
+            ),
+            self.root / "server.log",
+        )
 
     def start_client(self, i: int, log: str | None = None, token: str | None = None) -> subprocess.Popen:
         secret = ["--token", token] if token else ["--token-file", str(self.root / f"token{i}")]
-        return self._start(fedrl("client", "--server", f"127.0.0.1:{self.port}", "--name", f"c{i}", "--client-index", str(i),
-                                 *secret, "--state-dir", str(self.state_dir(i)), "--env", "cartpole", "--insecure",
-                                 "--timeout", "5"),
-                           self.root / (log or f"c{i}.log"))
+        return self._start(
+            fedrl(
+                "client",
+                "--server",
+                f"127.0.0.1:{self.port}",
+                "--name",
+                f"c{i}",
+                "--client-index",
+                str(i),
+                *secret,
+                "--state-dir",
+                str(self.state_dir(i)),
+                "--env",
+                "cartpole",
+                "--insecure",
+                "--timeout",
+                "5",
+            ),
+            self.root / (log or f"c{i}.log"),
+        )
 
     def state_dir(self, i: int) -> Path:
         return self.root / f"client{i}"
@@ -208,11 +248,16 @@ def test_clients_ride_out_a_server_killed_and_restarted(deployment):
     assert [e["round"] for e in events(deployment.root / "server.log", "round_closed")] == [1, 2, 3]
 
 
-COMPRESSED_CENTRAL_DP = {"clip_norm": 1.0, "compression": {"sparsify": "randomk", "ratio": 0.1, "bits": 4},
-                         "dp": {"mode": "central", "noise_multiplier": 0.5}}
+COMPRESSED_CENTRAL_DP = {
+    "clip_norm": 1.0,
+    "compression": {"sparsify": "randomk", "ratio": 0.1, "bits": 4},
+    "dp": {"mode": "central", "noise_multiplier": 0.5},
+}
 
 
-@pytest.mark.parametrize("deployment", [(3, {"rounds": 3, "stop_at_target": False}, COMPRESSED_CENTRAL_DP)], indirect=True)
+@pytest.mark.parametrize(
+    "deployment", [(3, {"rounds": 3, "stop_at_target": False}, COMPRESSED_CENTRAL_DP)], indirect=True
+)
 def test_agents_send_compressed_updates_and_the_server_records_their_bytes_and_the_epsilon_spent(deployment):
     deployment.start_server()
     clients = [deployment.start_client(i) for i in range(3)]
@@ -248,9 +293,23 @@ def test_a_client_without_a_server_keeps_trying_until_sigterm_stops_it_cleanly(t
     (tmp_path / "token").write_text("any\n")
     with open(log, "w") as output:
         client = subprocess.Popen(
-            fedrl("client", "--server", f"127.0.0.1:{_free_port()}", "--name", "c0", "--client-index", "0",
-                  "--token-file", str(tmp_path / "token"), "--state-dir", str(tmp_path / "state"), "--insecure"),
-            stdout=output, stderr=subprocess.STDOUT, env=ENV,
+            fedrl(
+                "client",
+                "--server",
+                f"127.0.0.1:{_free_port()}",
+                "--name",
+                "c0",
+                "--client-index",
+                "0",
+                "--token-file",
+                str(tmp_path / "token"),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--insecure",
+            ),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=ENV,
         )
     try:
         logged(log, "unreachable", client, timeout=60)

@@ -104,7 +104,12 @@ def test_an_encoded_update_is_kept_as_its_payload_and_a_changed_payload_is_refus
     loaded = store.load()
 
     assert saved.delta is None and saved.digest == hashlib.sha256(payload).hexdigest()
-    assert (loaded.update_id, loaded.payload, loaded.delta, loaded.digest) == (saved.update_id, payload, None, saved.digest)
+    assert (loaded.update_id, loaded.payload, loaded.delta, loaded.digest) == (
+        saved.update_id,
+        payload,
+        None,
+        saved.digest,
+    )
     data = bytearray(store.path.read_bytes())
     data[data.index(payload) + 10] ^= 0xFF
     store.path.write_bytes(bytes(data))

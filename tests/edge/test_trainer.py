@@ -6,8 +6,8 @@ import yaml
 
 from fedrl.core.pipeline import client_message
 from fedrl.edge.trainer import EdgeTrainer, trainer_from_yaml
-from fedrl.sim.config import ConfigError
-from fedrl.sim.setup import PIPELINE_STREAM
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.streams import PIPELINE_STREAM
 
 
 def test_a_cartpole_client_trains_a_finite_delta_of_the_policy_shape(experiment):
@@ -51,8 +51,9 @@ def test_with_a_pipeline_the_update_leaves_as_the_simulated_clients_bytes_and_it
     again, _ = trainer.train(restored, params, round_=2)
     unbroken, _ = trainer.train(state._replace(env_state=restored.env_state), params, round_=2)  # episodes restart
 
-    simulated = client_message(setup.config.pipeline, update.delta, residual[2], setup.rng(PIPELINE_STREAM, 1, 2),
-                               setup.net.spec.sizes)
+    simulated = client_message(
+        setup.config.pipeline, update.delta, residual[2], setup.rng(PIPELINE_STREAM, 1, 2), setup.net.spec.sizes
+    )
     assert update.payload == simulated.payload and len(update.payload) < update.delta.nbytes / 10
     np.testing.assert_array_equal(restored.pipeline["residual"][0], simulated.residual)
     assert np.abs(simulated.residual).max() > 0 and again.payload == unbroken.payload
@@ -100,8 +101,12 @@ def test_learner_state_of_another_client_or_network_is_not_taken_up(experiment, 
     data = yaml.safe_load(experiment)
     data["strategy"] = {"name": "scaffold"}
     trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
-    _, state = trainer.train(trainer.fresh_state(), trainer.setup.initial_params(), 1,
-                             server_control=np.zeros(trainer.setup.net.spec.dim, np.float32))
+    _, state = trainer.train(
+        trainer.fresh_state(),
+        trainer.setup.initial_params(),
+        1,
+        server_control=np.zeros(trainer.setup.net.spec.dim, np.float32),
+    )
     trainer.save_learner(tmp_path, state)
 
     other_client = trainer_from_yaml(yaml.safe_dump(data), 1).restore(tmp_path)
@@ -115,8 +120,11 @@ def test_learner_state_of_another_client_or_network_is_not_taken_up(experiment, 
 def test_a_gymnasium_id_trains_through_the_adapter_and_the_agent_accepts_its_id(tiny_config):
     from fedrl.edge.agent import Fatal, check_env
 
-    config = {**tiny_config, "env": {"family": "gym", "gym": {"id": "CartPole-v1"}},
-              "federation": {"n_clients": 2, "local_steps": 64}}
+    config = {
+        **tiny_config,
+        "env": {"family": "gym", "gym": {"id": "CartPole-v1"}},
+        "federation": {"n_clients": 2, "local_steps": 64},
+    }
     trainer = trainer_from_yaml(yaml.safe_dump(config), 1)
 
     update, _ = trainer.train(trainer.fresh_state(), trainer.setup.initial_params(), 1)

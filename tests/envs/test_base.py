@@ -110,5 +110,5 @@ def test_client_slicing_and_arrays_round_trip():
     np.testing.assert_array_equal(merged.t[rows], state.t[rows] + 10)
     np.testing.assert_array_equal(merged.t[[0, 2]], state.t[[0, 2]])
     restored = base.state_from_arrays(CARTPOLE, params, base.state_to_arrays(state))
-    for a, b in zip(restored.physics + (restored.t,), state.physics + (state.t,)):
+    for a, b in zip((*restored.physics, restored.t), (*state.physics, state.t)):
         np.testing.assert_array_equal(a, b)

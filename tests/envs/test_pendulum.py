@@ -10,7 +10,7 @@ from fedrl.envs.pendulum import PENDULUM
 
 def _torque(rng, shape):
     # Beyond the +-2 limit on purpose, to exercise the clipping.
-    return rng.uniform(-3.0, 3.0, size=shape + (1,)).astype(np.float32)
+    return rng.uniform(-3.0, 3.0, size=(*shape, 1)).astype(np.float32)
 
 
 def test_matches_gymnasium_pendulum(compare_with_gymnasium):

@@ -22,13 +22,14 @@ FLEET = "e2e"
 
 
 def server_yaml(target: float, rounds: int, stop_at_target: bool) -> str:
-    """Five heterogeneous CartPoles learning with PPO; the strategy is left to the MQTT default (FedBuff)."""
+    """Five heterogeneous CartPoles learning with PPO and FedBuff: devices that sleep submit when they can."""
     return (
         "experiment:\n"
         "  name: cartpole-mqtt\n"
         "  seed: 1\n"
         "  env: {family: cartpole, heterogeneity: 0.5}\n"
         "  learner: {name: ppo, lr: 0.0025, n_envs: 8, n_steps: 64, epochs: 4, minibatches: 4, hidden: [32, 32]}\n"
+        "  strategy: {name: fedbuff, buffer_size: 2}\n"
         f"  federation: {{n_clients: 5, rounds: {rounds}, local_steps: 1024, target_return: {target},"
         f" stop_at_target: {str(stop_at_target).lower()}}}\n"
         "rounds: {retry_s: 0.5, heartbeat_s: 1.0, max_staleness: 20}\n"
@@ -68,8 +69,10 @@ class Deployment:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
-                pytest.fail(f"{what} did not happen within {timeout_s} s; server log:\n"
-                            + self.log("server").read_text()[-3000:])
+                pytest.fail(
+                    f"{what} did not happen within {timeout_s} s; server log:\n"
+                    + self.log("server").read_text()[-3000:]
+                )
             time.sleep(0.2)
 
 
@@ -83,8 +86,13 @@ def _json(line: str) -> dict:
 def _start(deployment: Deployment, name: str, args: list[str], password: str) -> None:
     env = {**os.environ, "FEDRL_BROKER_PASSWORD": password, "OMP_NUM_THREADS": "1"}
     with open(deployment.log(name), "wb") as log:
-        deployment.processes[name] = subprocess.Popen([sys.executable, "-m", "fedrl.cli", *args], stdout=log,
-                                                      stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deployment.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "fedrl.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -114,16 +122,47 @@ def deploy(tmp_path, start_broker):
         store.close()
         (tmp_path / "server.yaml").write_text(yaml_text)
         common = ["--transport", "mqtt", "--broker", f"127.0.0.1:{broker.port}", "--fleet", FLEET, "--insecure"]
-        _start(deployment, "server", ["server", "--config", str(tmp_path / "server.yaml"), "--state-dir",
-                                      str(deployment.state_dir), "--metrics", "off", "--exit-when-finished",
-                                      "--broker-user", "fedrl-server", *common], passwords["fedrl-server"])
+        _start(
+            deployment,
+            "server",
+            [
+                "server",
+                "--config",
+                str(tmp_path / "server.yaml"),
+                "--state-dir",
+                str(deployment.state_dir),
+                "--metrics",
+                "off",
+                "--exit-when-finished",
+                "--broker-user",
+                "fedrl-server",
+                *common,
+            ],
+            passwords["fedrl-server"],
+        )
         # the server's first session must exist before devices ask: a request with no subscriber is dropped
         deployment.wait(lambda: deployment.events("server", "model_announced"), 60, "the server's first announcement")
         for i, name in enumerate(names):
             (tmp_path / f"{name}.token").write_text(tokens[name])
-            _start(deployment, name, ["client", "--name", name, "--client-index", str(i), "--token-file",
-                                      str(tmp_path / f"{name}.token"), "--state-dir", str(tmp_path / name), "--timeout", "20",
-                                      *common], passwords[name])
+            _start(
+                deployment,
+                name,
+                [
+                    "client",
+                    "--name",
+                    name,
+                    "--client-index",
+                    str(i),
+                    "--token-file",
+                    str(tmp_path / f"{name}.token"),
+                    "--state-dir",
+                    str(tmp_path / name),
+                    "--timeout",
+                    "20",
+                    *common,
+                ],
+                passwords[name],
+            )
         return deployment
 
     yield deploy
@@ -143,7 +182,7 @@ def test_five_devices_train_cartpole_to_the_target_through_a_broker_restart(depl
     exit_codes = {name: process.wait(240) for name, process in fleet.processes.items()}
 
     # Assert: the server stopped at the target, every device heard the run was over
-    version, score = fleet.deployed()
+    _version, score = fleet.deployed()
     assert exit_codes == dict.fromkeys(fleet.processes, 0), fleet.log("server").read_text()[-3000:]
     assert score is not None and score >= target
     assert fleet.events("server", "broker_disconnected") and len(fleet.events("server", "broker_connected")) >= 2
@@ -161,16 +200,27 @@ def test_a_suspended_device_is_seen_offline_and_catches_up(deploy):
     # Execute: suspend dev-2 until its will fires and the others have moved the model on
     os.killpg(sleeper.pid, signal.SIGSTOP)
     suspended_at = fleet.deployed()[0]
-    fleet.wait(lambda: any(e["client"] == "dev-2" for e in fleet.events("server", "client_offline")), 60, "dev-2 offline")
+    fleet.wait(
+        lambda: any(e["client"] == "dev-2" for e in fleet.events("server", "client_offline")), 60, "dev-2 offline"
+    )
     fleet.wait(lambda: fleet.deployed()[0] >= suspended_at + 3, 120, "three versions without dev-2")
     resumed_at = fleet.deployed()[0]
     os.killpg(sleeper.pid, signal.SIGCONT)
 
     # Assert: back online, it trains from a version deployed after it woke and acts with a new one
-    fleet.wait(lambda: [e["client"] for e in fleet.events("server", "client_online")].count("dev-2") >= 2, 60,
-               "dev-2 online again")
-    fleet.wait(lambda: any(e["base_version"] >= resumed_at for e in fleet.events("dev-2", "trained")), 120,
-               "dev-2 training from a fresh version")
-    fleet.wait(lambda: any(e["version"] >= resumed_at for e in fleet.events("dev-2", "acting")), 60,
-               "dev-2 acting with a fresh version")
+    fleet.wait(
+        lambda: [e["client"] for e in fleet.events("server", "client_online")].count("dev-2") >= 2,
+        60,
+        "dev-2 online again",
+    )
+    fleet.wait(
+        lambda: any(e["base_version"] >= resumed_at for e in fleet.events("dev-2", "trained")),
+        120,
+        "dev-2 training from a fresh version",
+    )
+    fleet.wait(
+        lambda: any(e["version"] >= resumed_at for e in fleet.events("dev-2", "acting")),
+        60,
+        "dev-2 acting with a fresh version",
+    )
     fleet.wait(lambda: len(fleet.events("dev-2", "acknowledged")) >= 2, 60, "an update from dev-2 after waking")

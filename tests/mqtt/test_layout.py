@@ -14,12 +14,17 @@ def test_every_topic_of_a_device_names_the_fleet_and_the_device():
     topics = Topics("plant-7")
     assert topics.model == "fedrl/plant-7/model"
     assert [topics.up("dev-1"), topics.down("dev-1"), topics.status("dev-1")] == [
-        "fedrl/plant-7/clients/dev-1/up", "fedrl/plant-7/clients/dev-1/down", "fedrl/plant-7/clients/dev-1/status"]
+        "fedrl/plant-7/clients/dev-1/up",
+        "fedrl/plant-7/clients/dev-1/down",
+        "fedrl/plant-7/clients/dev-1/status",
+    ]
     assert topics.every_up == "fedrl/plant-7/clients/+/up"
     assert topics.client_of("fedrl/plant-7/clients/dev-1/up") == "dev-1"
 
 
-@pytest.mark.parametrize("topic", ["fedrl/other/clients/dev-1/up", "fedrl/plant-7/model", "fedrl/plant-7/clients/dev-1/x"])
+@pytest.mark.parametrize(
+    "topic", ["fedrl/other/clients/dev-1/up", "fedrl/plant-7/model", "fedrl/plant-7/clients/dev-1/x"]
+)
 def test_a_topic_of_another_fleet_or_kind_has_no_client(topic):
     with pytest.raises(ValueError):
         Topics("plant-7").client_of(topic)

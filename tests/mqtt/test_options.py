@@ -1,12 +1,10 @@
-"""The MQTT options of ``fedrl server`` and ``fedrl client``: TLS is needed off loopback, and a
-fleet that names no strategy runs FedBuff."""
+"""The MQTT options of ``fedrl server`` and ``fedrl client``: TLS is needed off loopback."""
 
 from pathlib import Path
 
 import pytest
 
-from fedrl.cli.mqtt import asynchronous_by_default, broker_options
-from fedrl.server.config import load_server_config
+from fedrl.cli.mqtt import broker_options
 
 
 def test_plain_text_to_a_broker_is_refused_off_loopback_and_tls_needs_no_insecure():
@@ -19,21 +17,14 @@ def test_plain_text_to_a_broker_is_refused_off_loopback_and_tls_needs_no_insecur
 
 
 def test_broker_options_carry_the_login_fleet_and_version():
-    options = broker_options("broker.example.org:8883", "plant", "dev-1", "pw", Path("ca.pem"), None, None, False, "3.1.1")
+    options = broker_options(
+        "broker.example.org:8883", "plant", "dev-1", "pw", Path("ca.pem"), None, None, False, "3.1.1"
+    )
     assert (options.host, options.port, options.fleet, options.username, options.mqtt5) == (
-        "broker.example.org", 8883, "plant", "dev-1", False)
+        "broker.example.org",
+        8883,
+        "plant",
+        "dev-1",
+        False,
+    )
     assert options.topics.up("dev-1") == "fedrl/plant/clients/dev-1/up"
-
-
-def test_a_fleet_that_names_no_strategy_runs_fedbuff_over_mqtt(tmp_path):
-    # Prepare
-    unnamed = load_server_config(None, ["experiment.federation.n_clients=6"])
-    named = load_server_config(None, ["experiment.federation.n_clients=6", "experiment.strategy.name=fedprox"])
-
-    # Execute
-    default, kept = asynchronous_by_default(unnamed), asynchronous_by_default(named)
-
-    # Assert: half a round's updates per new version; the rest of the experiment as written
-    assert default.asynchronous and default.experiment.strategy.name == "fedbuff"
-    assert default.updates_per_round == 3 and default.experiment.federation.n_clients == 6
-    assert kept is named

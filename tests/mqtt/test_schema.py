@@ -13,8 +13,18 @@ WIRE = Path(fedrl.wire.__file__).parent
 
 def test_checked_in_modules_match_mqtt_proto(tmp_path):
     # Execute: the command at the top of mqtt.proto
-    assert protoc.main(["protoc", f"-I{WIRE.parents[1]}", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
-                        str(WIRE / "mqtt.proto")]) == 0
+    assert (
+        protoc.main(
+            [
+                "protoc",
+                f"-I{WIRE.parents[1]}",
+                f"--python_out={tmp_path}",
+                f"--pyi_out={tmp_path}",
+                str(WIRE / "mqtt.proto"),
+            ]
+        )
+        == 0
+    )
 
     # Assert
     for name in ("mqtt_pb2.py", "mqtt_pb2.pyi"):

@@ -30,15 +30,25 @@ TOPICS = Topics("test")  # the fleet of tests/mqtt/conftest.py
 
 def update(fleet, client: str, task: Task, fill: float = 0.01, **changes) -> Submission:
     delta = np.random.default_rng(7).uniform(-fill, fill, fleet.coordinator.dim).astype(np.float32)
-    fields = dict(update_id=f"{client}-r{task.round}", client=client, round=task.round, base_version=task.base_version,
-                  delta=delta, env_steps=64, metrics={"mean_return": 21.0}, digest=convert.vector_header(delta).sha256)
+    fields = dict(
+        update_id=f"{client}-r{task.round}",
+        client=client,
+        round=task.round,
+        base_version=task.base_version,
+        delta=delta,
+        env_steps=64,
+        metrics={"mean_return": 21.0},
+        digest=convert.vector_header(delta).sha256,
+    )
     return Submission(**{**fields, **changes})
 
 
 def push_frames(fleet, sender: str, submission: Submission, message_id: str, token: str | None = None) -> list[bytes]:
     """The frames of a push request, as a link would send them (4 kB each: ten chunks)."""
     request = mq.Request(push=mq.UpdateStream(parts=convert.update_parts(submission)))
-    return list(split(message_id, request.SerializeToString(), 4096, fleet.tokens[sender] if token is None else token).frames)
+    return list(
+        split(message_id, request.SerializeToString(), 4096, fleet.tokens[sender] if token is None else token).frames
+    )
 
 
 def replies(raw, count: int, timeout_s: float = 10.0) -> list[mq.Frame]:
@@ -80,12 +90,17 @@ def test_a_device_registers_pulls_and_pushes_through_the_broker(fleet):
 
 def test_an_update_encoded_by_the_pipeline_travels_through_the_broker_in_a_fraction_of_the_bytes(start_fleet):
     # Prepare: random-10 % at 4 bits
-    fleet = start_fleet("experiment.pipeline.compression.sparsify=randomk", "experiment.pipeline.compression.ratio=0.1",
-                        "experiment.pipeline.compression.bits=4")
+    fleet = start_fleet(
+        "experiment.pipeline.compression.sparsify=randomk",
+        "experiment.pipeline.compression.ratio=0.1",
+        "experiment.pipeline.compression.bits=4",
+    )
     alice, pipeline = fleet.link("alice"), fleet.coordinator.setup.config.pipeline
     delta = update(fleet, "alice", Task(1, 0, 1.0)).delta
     payload = client_message(pipeline, delta, None, np.random.default_rng(0)).payload
-    submission = update(fleet, "alice", alice.task(), delta=None, payload=payload, digest=hashlib.sha256(payload).hexdigest())
+    submission = update(
+        fleet, "alice", alice.task(), delta=None, payload=payload, digest=hashlib.sha256(payload).hexdigest()
+    )
 
     # Execute
     ack = alice.push(submission)
@@ -151,7 +166,7 @@ def test_a_corrupt_chunk_is_asked_for_again_and_never_stored(fleet):
     corrupt.chunk.data = corrupt.chunk.data[:-1] + bytes([corrupt.chunk.data[-1] ^ 0xFF])
 
     # Execute
-    for frame in frames[:3] + [corrupt.SerializeToString()] + frames[4:]:
+    for frame in [*frames[:3], corrupt.SerializeToString(), *frames[4:]]:
         raw.publish(TOPICS.up("alice"), frame)
     (ask,) = replies(raw, 1)
     time.sleep(0.5)
@@ -219,7 +234,9 @@ def test_a_device_cannot_submit_or_publish_as_another(fleet):
     with pytest.raises(Rejected) as as_bob:
         alice.push(update(fleet, "bob", task))  # on its own topic, an update that claims to be bob's
     alice_login = fleet.options("alice")
-    as_bobs_device = fleet.link("bob", token=fleet.tokens["alice"], username=alice_login.username, password=alice_login.password)
+    as_bobs_device = fleet.link(
+        "bob", token=fleet.tokens["alice"], username=alice_login.username, password=alice_login.password
+    )
     with pytest.raises(Rejected) as registering_as_bob:
         as_bobs_device.register()  # alice's login and token on bob's topic: the broker's ACL says no
     puback = raw.publish(TOPICS.up("bob"), push_frames(fleet, "alice", update(fleet, "bob", task), "x")[0])
@@ -329,8 +346,10 @@ def test_tls_to_the_broker_with_client_certificates_as_logins(tmp_path, start_br
     write_dev_pki(pki, clients=["fedrl-server", "alice"])
     tls = BrokerTls(pki / "ca.pem", pki / "server.pem", pki / "server.key", require_certificate=True)
     broker = start_broker(users={}, tls=tls)
-    certs = {name: dict(ca=pki / "ca.pem", cert=pki / f"client-{name}.pem", key=pki / f"client-{name}.key", username=None)
-             for name in ("fedrl-server", "alice")}
+    certs = {
+        name: dict(ca=pki / "ca.pem", cert=pki / f"client-{name}.pem", key=pki / f"client-{name}.key", username=None)
+        for name in ("fedrl-server", "alice")
+    }
     fleet = start_fleet(broker=broker, **certs["fedrl-server"])
 
     # Execute

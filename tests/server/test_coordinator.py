@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedrl.experiment.config import ConfigError
 from fedrl.server.config import ServerConfig, load_server_config
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.store import Store
-from fedrl.sim.config import ConfigError
 from fedrl.wire.codec import describe
 from fedrl.wire.records import Reason, Rejected, Submission, Task, Wait
 
@@ -44,10 +44,19 @@ def open_with_clients(tmp_path, config: ServerConfig, clock: Clock) -> tuple[Coo
     return coordinator, tokens
 
 
-def submission(coordinator: Coordinator, client: str, task: Task, value: float = 0.1, steps: int = 64, **changes) -> Submission:
+def submission(
+    coordinator: Coordinator, client: str, task: Task, value: float = 0.1, steps: int = 64, **changes
+) -> Submission:
     delta = np.full(coordinator.dim, value, dtype=np.float32)
-    fields = dict(update_id=f"{client}-{task.round}", client=client, round=task.round, base_version=task.base_version,
-                  delta=delta, env_steps=steps, digest=describe(delta).sha256)
+    fields = dict(
+        update_id=f"{client}-{task.round}",
+        client=client,
+        round=task.round,
+        base_version=task.base_version,
+        delta=delta,
+        env_steps=steps,
+        digest=describe(delta).sha256,
+    )
     return Submission(**{**fields, **changes})
 
 
@@ -87,18 +96,32 @@ def bad_submissions(coordinator: Coordinator, task: Task) -> dict[str, tuple[Rea
     return {
         "other client": (Reason.PERMISSION_DENIED, "cannot be sent as 'b'", submission(coordinator, "b", task)),
         "NaN": (Reason.INVALID_ARGUMENT, "NaN", submission(coordinator, "a", task, delta=nan, digest="")),
-        "shape": (Reason.INVALID_ARGUMENT, "shape", submission(coordinator, "a", task, delta=np.zeros(3, np.float32), digest="")),
-        "dtype": (Reason.INVALID_ARGUMENT, "float32", submission(coordinator, "a", task, delta=np.zeros(coordinator.dim), digest="")),
+        "shape": (
+            Reason.INVALID_ARGUMENT,
+            "shape",
+            submission(coordinator, "a", task, delta=np.zeros(3, np.float32), digest=""),
+        ),
+        "dtype": (
+            Reason.INVALID_ARGUMENT,
+            "float32",
+            submission(coordinator, "a", task, delta=np.zeros(coordinator.dim), digest=""),
+        ),
         "digest": (Reason.INVALID_ARGUMENT, "digest", submission(coordinator, "a", task, digest="00" * 32)),
-        "unknown base": (Reason.FAILED_PRECONDITION, "unknown base version 7", submission(coordinator, "a", task, base_version=7)),
+        "unknown base": (
+            Reason.FAILED_PRECONDITION,
+            "unknown base version 7",
+            submission(coordinator, "a", task, base_version=7),
+        ),
         "wrong round": (Reason.FAILED_PRECONDITION, "round 9 is not open", submission(coordinator, "a", task, round=9)),
         "no steps": (Reason.INVALID_ARGUMENT, "env_steps 0", submission(coordinator, "a", task, steps=0)),
         "too many steps": (Reason.INVALID_ARGUMENT, "env_steps", submission(coordinator, "a", task, steps=10**9)),
     }
 
 
-@pytest.mark.parametrize("case", ["other client", "NaN", "shape", "dtype", "digest", "unknown base", "wrong round",
-                                  "no steps", "too many steps"])
+@pytest.mark.parametrize(
+    "case",
+    ["other client", "NaN", "shape", "dtype", "digest", "unknown base", "wrong round", "no steps", "too many steps"],
+)
 def test_each_bad_update_is_refused_with_its_reason_and_changes_nothing(tmp_path, case):
     # Prepare
     coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
@@ -207,7 +230,9 @@ def test_the_gate_keeps_the_deployed_model_when_the_candidate_is_worse(tmp_path)
 
     # Execute
     for c in NAMES:
-        coordinator.submit(c, submission(coordinator, c, coordinator.task(c), delta=delta, digest=describe(delta).sha256))
+        coordinator.submit(
+            c, submission(coordinator, c, coordinator.task(c), delta=delta, digest=describe(delta).sha256)
+        )
     coordinator.tick()
 
     # Assert: round 1 closed without a new version; its candidate is kept for inspection
@@ -220,8 +245,12 @@ def test_the_gate_keeps_the_deployed_model_when_the_candidate_is_worse(tmp_path)
 
 def test_asynchronous_mode_accepts_slightly_stale_updates_and_closes_every_buffer(tmp_path):
     # Prepare
-    config = server_config(tmp_path, "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=2",
-                           "experiment.fleet.mode=async", "rounds.max_staleness=1")
+    config = server_config(
+        tmp_path,
+        "experiment.strategy.name=fedbuff",
+        "experiment.strategy.buffer_size=2",
+        "rounds.max_staleness=1",
+    )
     coordinator, _ = open_with_clients(tmp_path, config, Clock())
     old = coordinator.task("c")
     for c in ("a", "b"):
@@ -239,7 +268,9 @@ def test_asynchronous_mode_accepts_slightly_stale_updates_and_closes_every_buffe
 
 def test_a_client_over_its_rate_is_refused(tmp_path):
     # Prepare
-    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path, "limits.rate_per_s=1", "limits.burst=2"), Clock())
+    coordinator, _ = open_with_clients(
+        tmp_path, server_config(tmp_path, "limits.rate_per_s=1", "limits.burst=2"), Clock()
+    )
     coordinator.heartbeat("a", None)
     coordinator.heartbeat("a", None)
 

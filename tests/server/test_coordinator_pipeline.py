@@ -17,12 +17,12 @@ from fedrl.cli import app, console
 from fedrl.core.compress import decode, decompress, dense, encode
 from fedrl.core.pipeline import client_message
 from fedrl.core.privacy import epsilon
+from fedrl.experiment.config import ConfigError
 from fedrl.server.config import ServerConfig, load_server_config
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.log import logger
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.store import Store
-from fedrl.sim.config import ConfigError
 from fedrl.wire.records import Reason, Rejected, Submission, Task, Wait
 
 TOP_K = {"compression": {"sparsify": "topk", "ratio": 0.1, "bits": 8, "error_feedback": True}}
@@ -39,21 +39,37 @@ class Clock:
         return self.now
 
 
-def write_config(tmp_path, pipeline: dict, n_clients: int = 3, fraction: float = 1.0, rounds: int = 4,
-                 hidden: tuple[int, ...] = (8, 8)):
+def write_config(
+    tmp_path,
+    pipeline: dict,
+    n_clients: int = 3,
+    fraction: float = 1.0,
+    rounds: int = 4,
+    hidden: tuple[int, ...] = (8, 8),
+):
     """A server YAML with the given pipeline section; returns its path."""
     path = tmp_path / "server.yaml"
     experiment = {
-        "seed": 5, "learner": {"name": "ppo", "hidden": list(hidden)}, "pipeline": pipeline,
-        "federation": {"n_clients": n_clients, "fraction": fraction, "rounds": rounds, "local_steps": 64,
-                       "stop_at_target": False},
+        "seed": 5,
+        "learner": {"name": "ppo", "hidden": list(hidden)},
+        "pipeline": pipeline,
+        "federation": {
+            "n_clients": n_clients,
+            "fraction": fraction,
+            "rounds": rounds,
+            "local_steps": 64,
+            "stop_at_target": False,
+        },
     }
-    path.write_text(yaml.safe_dump({"experiment": experiment, "gate": {"enabled": False}, "rounds": {"deadline_s": 30}}))
+    path.write_text(
+        yaml.safe_dump({"experiment": experiment, "gate": {"enabled": False}, "rounds": {"deadline_s": 30}})
+    )
     return path
 
 
-def open_with_clients(tmp_path, config: ServerConfig, n: int = 3, metrics: ServerMetrics | None = None,
-                      clock: Clock | None = None) -> tuple[Coordinator, list[str]]:
+def open_with_clients(
+    tmp_path, config: ServerConfig, n: int = 3, metrics: ServerMetrics | None = None, clock: Clock | None = None
+) -> tuple[Coordinator, list[str]]:
     coordinator = Coordinator.open(config, tmp_path / "state", metrics, clock=clock or Clock())
     names = [f"c{i}" for i in range(n)]
     for name in names:
@@ -65,12 +81,21 @@ def payload_of(coordinator: Coordinator, delta: np.ndarray, seed: int = 0) -> by
     """What a client sends for ``delta``: the pipeline's message, from a fresh residual."""
     residual = np.zeros_like(delta) if coordinator.setup.config.pipeline.compression.error_feedback else None
     rng = np.random.default_rng(seed)
-    return client_message(coordinator.setup.config.pipeline, delta, residual, rng, coordinator.setup.net.spec.sizes).payload
+    return client_message(
+        coordinator.setup.config.pipeline, delta, residual, rng, coordinator.setup.net.spec.sizes
+    ).payload
 
 
 def encoded(client: str, task: Task, payload: bytes, **changes) -> Submission:
-    fields = dict(update_id=f"{client}-{task.round}", client=client, round=task.round, base_version=task.base_version,
-                  delta=None, env_steps=64, payload=payload)
+    fields = dict(
+        update_id=f"{client}-{task.round}",
+        client=client,
+        round=task.round,
+        base_version=task.base_version,
+        delta=None,
+        env_steps=64,
+        payload=payload,
+    )
     submission = Submission(**fields)
     return Submission(**{**fields, "digest": submission.sent_digest, **changes})
 
@@ -81,7 +106,9 @@ def submit_zeros(coordinator: Coordinator, names: list[str]) -> int:
     for name in names:
         task = coordinator.task(name)
         if isinstance(task, Task):
-            coordinator.submit(name, encoded(name, task, payload_of(coordinator, np.zeros(coordinator.dim, np.float32))))
+            coordinator.submit(
+                name, encoded(name, task, payload_of(coordinator, np.zeros(coordinator.dim, np.float32)))
+            )
             sent += 1
     return sent
 
@@ -244,19 +271,24 @@ def server_logging_restored():
     logger.setLevel(level)
 
 
-def test_a_server_whose_rounds_would_spend_more_than_the_target_epsilon_refuses_to_start(tmp_path, server_logging_restored):
+def test_a_server_whose_rounds_would_spend_more_than_the_target_epsilon_refuses_to_start(
+    tmp_path, server_logging_restored
+):
     # Prepare
     pipeline = {**CENTRAL, "dp": {**CENTRAL["dp"], "noise_multiplier": 1.0, "target_epsilon": 4.0}}
     path = write_config(tmp_path, pipeline, n_clients=10, fraction=0.1, rounds=60)
 
     # Execute
-    result = CliRunner().invoke(app, ["server", "--config", str(path), "--state-dir", str(tmp_path / "srv"),
-                                      "--insecure", "--metrics", "off"])
+    result = CliRunner().invoke(
+        app, ["server", "--config", str(path), "--state-dir", str(tmp_path / "srv"), "--insecure", "--metrics", "off"]
+    )
 
     # Assert: one line naming the key and the rounds that fit; nothing was started
     assert result.exit_code == 2
     message = " ".join(result.output.split())
-    assert "experiment.pipeline.dp.target_epsilon = 4.0: 60 rounds at noise_multiplier 1 and sampling rate 0.1" in message
+    assert (
+        "experiment.pipeline.dp.target_epsilon = 4.0: 60 rounds at noise_multiplier 1 and sampling rate 0.1" in message
+    )
     assert "at most 16 rounds fit (federation.rounds)" in message
     assert not (tmp_path / "srv").exists()
 

@@ -116,8 +116,15 @@ def server_errors(caplog, monkeypatch):
 
 def update(federation: Federation, client: str, task: Task, fill: float = 0.01, **changes) -> Submission:
     delta = np.full(federation.coordinator.dim, fill, dtype=np.float32)
-    fields = dict(update_id=f"{client}-r{task.round}", client=client, round=task.round, base_version=task.base_version,
-                  delta=delta, env_steps=64, metrics={"mean_return": 21.0})
+    fields = dict(
+        update_id=f"{client}-r{task.round}",
+        client=client,
+        round=task.round,
+        base_version=task.base_version,
+        delta=delta,
+        env_steps=64,
+        metrics={"mean_return": 21.0},
+    )
     return Submission(**{**fields, **changes})
 
 
@@ -187,8 +194,11 @@ def test_a_client_registers_pulls_and_uploads_over_grpc(federation):
 
 def test_a_compressed_update_round_trips_and_takes_a_fraction_of_the_dense_bytes_on_the_wire(start):
     # Prepare: top-1 % of each tensor, 8-bit; alice sends that, bob and carol their delta encoded dense
-    federation = start("experiment.pipeline.compression.sparsify=topk", "experiment.pipeline.compression.ratio=0.01",
-                       "experiment.pipeline.compression.bits=8")
+    federation = start(
+        "experiment.pipeline.compression.sparsify=topk",
+        "experiment.pipeline.compression.ratio=0.01",
+        "experiment.pipeline.compression.bits=8",
+    )
     coordinator, rng = federation.coordinator, np.random.default_rng(0)
     start_params = coordinator.model().params.copy()
     deltas = {name: rng.normal(0, 0.01, coordinator.dim).astype(np.float32) for name in NAMES}
@@ -229,8 +239,13 @@ def test_a_wrong_or_missing_token_is_unauthenticated(federation):
     before = federation.state()
     intruder = federation.link("alice", token="not-a-token")
 
-    for call, args in [(intruder.register, ()), (intruder.heartbeat, (0,)), (intruder.task, ()),
-                       (intruder.pull, (0,)), (intruder.push, (update(federation, "alice", task),))]:
+    for call, args in [
+        (intruder.register, ()),
+        (intruder.heartbeat, (0,)),
+        (intruder.task, ()),
+        (intruder.pull, (0,)),
+        (intruder.push, (update(federation, "alice", task),)),
+    ]:
         assert "unknown token" in refused(Reason.UNAUTHENTICATED, call, *args)
     with grpc.insecure_channel(federation.address) as channel, pytest.raises(grpc.RpcError) as anonymous:
         FederationStub(channel).Heartbeat(pb.HeartbeatRequest(), timeout=10)
@@ -245,16 +260,21 @@ def test_a_client_cannot_act_as_another(federation):
     before = federation.state()
 
     as_bob = refused(Reason.PERMISSION_DENIED, alice.push, update(federation, "bob", task))
-    registering_as_bob = refused(Reason.PERMISSION_DENIED, federation.link("bob", token=federation.tokens["alice"]).register)
+    registering_as_bob = refused(
+        Reason.PERMISSION_DENIED, federation.link("bob", token=federation.tokens["alice"]).register
+    )
 
     assert "belongs to 'alice'" in as_bob and "'bob'" in as_bob and "'bob'" in registering_as_bob
     assert federation.state() == before and alice.heartbeat(0) == 0
 
 
-@pytest.mark.parametrize("fault, expected", [
-    (lambda delta: np.where(np.arange(delta.size) == 7, np.nan, delta).astype(np.float32), "NaN"),
-    (lambda delta: delta[:-1], "shape"),
-])
+@pytest.mark.parametrize(
+    "fault, expected",
+    [
+        (lambda delta: np.where(np.arange(delta.size) == 7, np.nan, delta).astype(np.float32), "NaN"),
+        (lambda delta: delta[:-1], "shape"),
+    ],
+)
 def test_a_malformed_update_is_an_invalid_argument(federation, fault, expected):
     alice = federation.link("alice")
     good = update(federation, "alice", alice.task())
@@ -272,7 +292,9 @@ def test_an_oversized_message_or_declared_update_is_resource_exhausted(federatio
     before = federation.state()
     huge_chunk = pb.UpdatePart(chunk=bytes(MAX_MESSAGE + 2**20)).SerializeToString()
     too_long = pb.VectorHeader(dtype="float32", length=MAX_MESSAGE, sha256="0" * 64)
-    huge_header = pb.UpdatePart(header=pb.UpdateHeader(update_id="u", client="alice", delta=too_long)).SerializeToString()
+    huge_header = pb.UpdatePart(
+        header=pb.UpdateHeader(update_id="u", client="alice", delta=too_long)
+    ).SerializeToString()
 
     oversized = raw_call(federation, "PushUpdate", [huge_chunk], token)
     overdeclared = raw_call(federation, "PushUpdate", [huge_header], token)
@@ -326,7 +348,9 @@ def test_an_unexpected_server_error_is_internal_and_the_server_keeps_serving(fed
         alice.pull(0)
 
     assert "INTERNAL" in str(failure.value) and "see the server log" in str(failure.value)
-    assert [(record.getMessage(), record.exc_info[0]) for record in server_errors()] == [("call_failed", FileNotFoundError)]
+    assert [(record.getMessage(), record.exc_info[0]) for record in server_errors()] == [
+        ("call_failed", FileNotFoundError)
+    ]
     assert alice.pull(1).version == 1
 
 
@@ -352,12 +376,18 @@ def test_calls_beyond_the_concurrency_limit_are_refused_until_one_ends(start):
         yield from parts[1:]
 
     own_connection = [("grpc.use_local_subchannel_pool", 1)]  # else both channels share one HTTP/2 connection
-    with grpc.insecure_channel(federation.address) as uploading, \
-            grpc.insecure_channel(federation.address, options=own_connection) as other:
-        pending = FederationStub(uploading).PushUpdate.future(slow_upload(), metadata=bearer(federation.tokens["alice"]), timeout=20)
+    with (
+        grpc.insecure_channel(federation.address) as uploading,
+        grpc.insecure_channel(federation.address, options=own_connection) as other,
+    ):
+        pending = FederationStub(uploading).PushUpdate.future(
+            slow_upload(), metadata=bearer(federation.tokens["alice"]), timeout=20
+        )
 
         def beat() -> pb.HeartbeatReply:
-            return FederationStub(other).Heartbeat(pb.HeartbeatRequest(), metadata=bearer(federation.tokens["bob"]), timeout=5)
+            return FederationStub(other).Heartbeat(
+                pb.HeartbeatRequest(), metadata=bearer(federation.tokens["bob"]), timeout=5
+            )
 
         busy = poll(beat, lambda outcome: isinstance(outcome, grpc.RpcError))  # once the upload holds the one slot
         release.set()
@@ -381,7 +411,9 @@ def test_an_upload_cut_off_midway_changes_nothing_and_can_be_sent_again(federati
         yield from parts[1:]
 
     with grpc.insecure_channel(federation.address) as channel:
-        pending = FederationStub(channel).PushUpdate.future(cut_off_upload(), metadata=bearer(federation.tokens["alice"]), timeout=20)
+        pending = FederationStub(channel).PushUpdate.future(
+            cut_off_upload(), metadata=bearer(federation.tokens["alice"]), timeout=20
+        )
         time.sleep(0.2)
         pending.cancel()
         cut.set()
@@ -417,7 +449,6 @@ def test_a_link_to_no_server_is_unreachable():
             link.heartbeat(None)
     finally:
         link.close()
-
 
 
 def test_a_second_server_on_a_port_in_use_fails_instead_of_sharing_it(federation):

@@ -28,7 +28,14 @@ def test_each_event_is_one_json_line_with_time_level_event_and_fields(capsys):
     first, second = _lines(capsys)
     assert list(first)[:3] == ["ts", "level", "event"]
     assert first["ts"].endswith("+00:00")
-    assert first == {"ts": first["ts"], "level": "info", "event": "update_accepted", "client": "robot-1", "round": 3, "norm": 0.5}
+    assert first == {
+        "ts": first["ts"],
+        "level": "info",
+        "event": "update_accepted",
+        "client": "robot-1",
+        "round": 3,
+        "norm": 0.5,
+    }
     assert (second["level"], second["event"], second["reason"]) == ("warning", "update_rejected", "INVALID_ARGUMENT")
 
 

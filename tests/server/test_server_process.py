@@ -49,9 +49,23 @@ class ServerProcess:
         info = self.state_dir / "server.json"
         info.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fedrl.cli", "server", "--config", str(self.config), "--state-dir", str(self.state_dir),
-             "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--insecure"],
-            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            [
+                sys.executable,
+                "-m",
+                "fedrl.cli",
+                "server",
+                "--config",
+                str(self.config),
+                "--state-dir",
+                str(self.state_dir),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--insecure",
+            ],
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         deadline = time.monotonic() + 60
         while not info.exists():
@@ -89,8 +103,17 @@ def server(tmp_path):
 
 def update(link: GrpcLink, name: str, task: Task, dim: int, update_id: str | None = None) -> Submission:
     delta = np.full(dim, 0.01, dtype=np.float32)
-    return Submission(update_id or f"{name}-{task.round}", name, task.round, task.base_version, delta, 64,
-                      {}, None, describe(delta).sha256)
+    return Submission(
+        update_id or f"{name}-{task.round}",
+        name,
+        task.round,
+        task.base_version,
+        delta,
+        64,
+        {},
+        None,
+        describe(delta).sha256,
+    )
 
 
 def test_kill_9_mid_round_then_restart_keeps_acknowledged_updates_once(server):
@@ -125,9 +148,13 @@ def test_kill_9_mid_round_then_restart_keeps_acknowledged_updates_once(server):
 def test_every_acknowledged_update_survives_a_kill_9_during_uploads(server):
     # Prepare: one client per thread uploads as fast as it can (asynchronous FedBuff, so every
     # update is welcome); the server is killed while uploads are in flight
-    server.config.write_text(CONFIG.replace("stop_at_target: false}", "stop_at_target: false}\n"
-                             "  strategy: {name: fedbuff, buffer_size: 4}\n  fleet: {mode: async}")
-                             + "rounds: {max_staleness: 1000}\n")
+    server.config.write_text(
+        CONFIG.replace(
+            "stop_at_target: false}",
+            "stop_at_target: false}\n  strategy: {name: fedbuff, buffer_size: 4}",
+        )
+        + "rounds: {max_staleness: 1000}\n"
+    )
     server.start()
     acked: list[str] = []
     stop = threading.Event()

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from fedrl.sim.config import ConfigError, apply_override, load_config, parse_config
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.loading import apply_override, load_config, parse_config
 
 
 def test_defaults_are_a_valid_experiment():
@@ -42,9 +43,9 @@ def test_budget_and_client_list_consistency():
 def test_set_overrides_parse_yaml_values_and_nest():
     data = apply_override({"learner": {"lr": 1.0}}, "learner.lr=0.5")
     data = apply_override(data, "learner.hidden=[8, 8]")
-    data = apply_override(data, "strategy.name=fedprox")
+    data = apply_override(data, "strategy.robust.rule=median")
     config = parse_config(data)
-    assert config.learner.lr == 0.5 and config.learner.hidden == (8, 8) and config.strategy.mu == 0.01
+    assert config.learner.lr == 0.5 and config.learner.hidden == (8, 8) and config.strategy.robust.rule == "median"
     with pytest.raises(ConfigError, match="expected key.path=value"):
         apply_override({}, "learner.lr")
 

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
+from fedrl.experiment.loading import apply_override, parse_config
 from fedrl.sim import run as runs
-from fedrl.sim.config import apply_override, parse_config
-from fedrl.sim.engine import initial_state, run_round, sample_clients, shards
-from fedrl.sim.setup import Setup
+from fedrl.sim.clients import sample_clients, shards
+from fedrl.sim.engine import initial_state, run_round
+from fedrl.sim.setup import SimSetup
 
 
 def _metrics(run_dir):
@@ -50,8 +51,10 @@ def test_resume_gives_the_same_final_numbers_as_an_unbroken_run(tmp_path, tiny_c
     rr, cr = _metrics(resumed.dir)
     np.testing.assert_array_equal(np.nan_to_num(ru), np.nan_to_num(rr))
     np.testing.assert_array_equal(cu, cr)
-    np.testing.assert_array_equal(unbroken.dir.load_checkpoint(unbroken.setup, unbroken.dir.latest_checkpoint()).params,
-                                  resumed.dir.load_checkpoint(resumed.setup, resumed.dir.latest_checkpoint()).params)
+    np.testing.assert_array_equal(
+        unbroken.dir.load_checkpoint(unbroken.setup, unbroken.dir.latest_checkpoint()).params,
+        resumed.dir.load_checkpoint(resumed.setup, resumed.dir.latest_checkpoint()).params,
+    )
 
 
 def test_resume_drops_metrics_of_rounds_that_were_not_checkpointed(tmp_path, tiny_config):
@@ -65,7 +68,9 @@ def test_resume_drops_metrics_of_rounds_that_were_not_checkpointed(tmp_path, tin
 
 
 def test_client_sampling_uses_the_configured_fraction(tiny_config):
-    setup = Setup(parse_config(apply_override(apply_override(tiny_config, "federation.n_clients=10"), "federation.fraction=0.3")))
+    setup = SimSetup(
+        parse_config(apply_override(apply_override(tiny_config, "federation.n_clients=10"), "federation.fraction=0.3"))
+    )
     chosen = [tuple(sample_clients(setup, r)) for r in range(1, 6)]
     assert all(len(c) == 3 and len(set(c)) == 3 for c in chosen)
     assert len(set(chosen)) > 1
@@ -73,7 +78,7 @@ def test_client_sampling_uses_the_configured_fraction(tiny_config):
 
 
 def test_one_round_updates_the_policy_and_counts_steps(tiny_config):
-    setup = Setup(parse_config(apply_override(tiny_config, "federation.shard_size=2")))
+    setup = SimSetup(parse_config(apply_override(tiny_config, "federation.shard_size=2")))
     state = initial_state(setup)
     result, after = run_round(setup, state)
     assert result.stats.n_updates == 3 and after.env_steps == 3 * 256 == result.env_steps
@@ -82,15 +87,15 @@ def test_one_round_updates_the_policy_and_counts_steps(tiny_config):
     assert result.worst_client_return <= result.p10_client_return <= result.global_mean_return
 
 
-@pytest.mark.parametrize("strategy", ["fedavgm", "fedprox"])
+@pytest.mark.parametrize("strategy", [{"name": "fedavgm"}, {"name": "fedavg", "robust": {"rule": "median"}}])
 def test_strategies_run_in_the_engine(tiny_config, strategy):
-    setup = Setup(parse_config({**tiny_config, "strategy": {"name": strategy}}))
+    setup = SimSetup(parse_config({**tiny_config, "strategy": strategy}))
     result, state = run_round(setup, initial_state(setup))
     assert np.isfinite(state.params).all() and result.stats.n_updates == 3
 
 
 def test_personalisation_reports_personal_returns_beside_global(tiny_config):
-    setup = Setup(parse_config({**tiny_config, "personalization": {"steps": 256}}))
+    setup = SimSetup(parse_config({**tiny_config, "personalization": {"steps": 256}}))
     result, _ = run_round(setup, initial_state(setup))
     assert result.personalized_returns.shape == result.client_returns.shape == (3,)
     assert not np.array_equal(result.personalized_returns, result.client_returns)
@@ -98,7 +103,7 @@ def test_personalisation_reports_personal_returns_beside_global(tiny_config):
 
 def test_explicit_client_parameters_are_used(tiny_config):
     rows = [{"length": 0.2}, {"length": 0.5, "masscart": 2.0}, {}]
-    setup = Setup(parse_config({**tiny_config, "env": {"family": "cartpole", "clients": rows}}))
+    setup = SimSetup(parse_config({**tiny_config, "env": {"family": "cartpole", "clients": rows}}))
     names = setup.family.param_names
     assert setup.env_params[0, names.index("length")] == 0.2
     assert setup.env_params[1, names.index("masscart")] == 2.0

@@ -1,13 +1,17 @@
 import numpy as np
 import pytest
 
-from fedrl.sim.attacks import AttackConfig, attack, malicious_clients
-from fedrl.sim.fleet import FleetConfig, make_fleet
+from fedrl.experiment.config import AttackConfig, FleetConfig
+from fedrl.sim.attacks import attack, malicious_clients
+from fedrl.sim.fleet import make_fleet
 
 
 def test_durations_combine_compute_speed_and_both_link_directions():
-    fleet = make_fleet(FleetConfig(step_time_s=0.01, latency_s=0.5, straggler_fraction=0.5, straggler_slowdown=4.0),
-                       4, np.random.default_rng(0))
+    fleet = make_fleet(
+        FleetConfig(step_time_s=0.01, latency_s=0.5, straggler_fraction=0.5, straggler_slowdown=4.0),
+        4,
+        np.random.default_rng(0),
+    )
     durations = fleet.duration(np.arange(4), np.full(4, 100))
     expected = np.where(fleet.straggler, 100 * 0.01 * 4 + 1.0, 100 * 0.01 + 1.0)
     np.testing.assert_allclose(durations, expected)

@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.loading import load_config, parse_config
 from fedrl.sim import run as runs
-from fedrl.sim.config import ConfigError, load_config, parse_config
 from fedrl.sim.engine import initial_state, run_rounds
-from fedrl.sim.setup import Setup
+from fedrl.sim.setup import SimSetup
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -40,7 +41,7 @@ def gym_config():
 
 
 def test_two_rounds_through_the_adapter_give_finite_metrics_and_per_client_physics(gym_config):
-    setup = Setup(parse_config(gym_config))
+    setup = SimSetup(parse_config(gym_config))
     results = list(run_rounds(setup, initial_state(setup)))
 
     assert [r.round for r, _ in results] == [1, 2]
@@ -66,13 +67,17 @@ def test_a_checkpoint_resumes_with_fresh_episodes(tmp_path, gym_config):
 def test_the_example_config_loads_its_setter_from_beside_it():
     config = load_config(EXAMPLES / "gym_cartpole.yaml")
     assert Path(config.env.gym.setter_dir) == EXAMPLES.resolve()
-    assert Setup(config).family.param_names == ("length", "masspole", "masscart")
+    assert SimSetup(config).family.param_names == ("length", "masspole", "masscart")
 
 
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("setter", "no_such_module:set_it", r"env\.gym\.setter = 'no_such_module:set_it': cannot load setter .*No module named 'no_such_module'"),
+        (
+            "setter",
+            "no_such_module:set_it",
+            r"env\.gym\.setter = 'no_such_module:set_it': cannot load setter .*No module named 'no_such_module'",
+        ),
         ("setter", "gym_setters:no_such_function", r"env\.gym\.setter = .*cannot load setter"),
         ("setter", "gym_setters.set_cartpole", r"env\.gym\.setter = .*must look like 'package.module:function'"),
         ("id", "NoSuchEnv-v0", r"env\.gym\.id = 'NoSuchEnv-v0': not a registered Gymnasium id"),

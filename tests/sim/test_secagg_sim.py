@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.loading import parse_config, to_yaml
 from fedrl.sim import run as runs
-from fedrl.sim.config import ConfigError, parse_config, to_yaml
 from fedrl.sim.rundir import ROUND_COLUMNS
 
 SCALE = 2.0**16
@@ -53,8 +54,11 @@ def test_secure_fedavg_ends_within_quantization_error_of_fedavg_in_the_clear(tmp
     assert np.abs(clear[1] - clear[0]).max() > 100 * 8 * step  # the second round did move the model, far more
 
 
-@pytest.mark.parametrize("dp", [{"mode": "central", "noise_multiplier": 1.0}, {"mode": "local", "noise_multiplier": 0.1}],
-                         ids=["central-dp", "local-dp"])
+@pytest.mark.parametrize(
+    "dp",
+    [{"mode": "central", "noise_multiplier": 1.0}, {"mode": "local", "noise_multiplier": 0.1}],
+    ids=["central-dp", "local-dp"],
+)
 def test_secure_aggregation_composes_with_dp(tmp_path, tiny_config, dp):
     # Prepare: fraction 1, so central DP's Poisson sampling takes all 3 clients; the server's noise
     # and each client's (std 0.1, well within clip 1) come from the same streams in both runs
@@ -65,8 +69,11 @@ def test_secure_aggregation_composes_with_dp(tmp_path, tiny_config, dp):
     np.testing.assert_allclose(secure[0], clear[0], rtol=4 * np.finfo(np.float32).eps, atol=1 / (2 * SCALE))
 
 
-@pytest.mark.parametrize("trouble", [{"fleet": STRAGGLER}, {"attack": {"fraction": 0.25, "kind": "nan"}}],
-                         ids=["late-client", "client-with-nan"])
+@pytest.mark.parametrize(
+    "trouble",
+    [{"fleet": STRAGGLER}, {"attack": {"fraction": 0.25, "kind": "nan"}}],
+    ids=["late-client", "client-with-nan"],
+)
 def test_the_survivors_of_a_round_are_aggregated_when_a_client_drops_after_masking(tmp_path, tiny_config, trouble):
     # Prepare: 4 clients, t = ceil(2/3 * 4) = 3; one of them never delivers a masked input
     clear_config = {**_config(tiny_config, CLIPPED, rounds=1, n_clients=4), **trouble}
@@ -103,7 +110,9 @@ def test_uplink_bytes_are_the_protocols_measured_bytes_above_dense(tmp_path, tin
     # each), sealed shares (90 per peer), masked inputs (4 + 4d), revealed shares (42 per owner)
     dim, n = run.setup.net.spec.dim, 3
     dense = n * (24 + 4 * dim)
-    np.testing.assert_array_equal(_column(run, "uplink_bytes"), 68 * n + 90 * n * (n - 1) + (4 + 4 * dim) * n + 42 * n * n)
+    np.testing.assert_array_equal(
+        _column(run, "uplink_bytes"), 68 * n + 90 * n * (n - 1) + (4 + 4 * dim) * n + 42 * n * n
+    )
     np.testing.assert_array_equal(_column(run, "downlink_bytes"), dense + 68 * n * n + 90 * n * (n - 1) + 4 * n * n)
     assert (_column(run, "uplink_bytes") > dense).all()
     assert (_column(run, "compression_ratio") < 1).all()
@@ -118,26 +127,45 @@ def test_resume_with_secure_aggregation_matches_an_unbroken_run(tmp_path, tiny_c
     *_, (_, final) = resumed.rounds()
     # Assert
     np.testing.assert_array_equal(final.params, unbroken.state.params)
-    rows = [np.delete(np.array(r.dir.rows("rounds"), dtype=np.float64), ROUND_COLUMNS.index("wall_s"), axis=1)
-            for r in (unbroken, resumed)]
+    rows = [
+        np.delete(np.array(r.dir.rows("rounds"), dtype=np.float64), ROUND_COLUMNS.index("wall_s"), axis=1)
+        for r in (unbroken, resumed)
+    ]
     np.testing.assert_array_equal(np.nan_to_num(rows[0]), np.nan_to_num(rows[1]))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"pipeline": {"secure_aggregation": {"enabled": True}, "compression": {"sparsify": "topk", "ratio": 0.1}}},
-     "secure_aggregation needs compression.sparsify none and bits 32, got topk and 32"),
-    ({"pipeline": {"secure_aggregation": {"enabled": True}, "compression": {"bits": 8}}},
-     "secure_aggregation needs compression.sparsify none and bits 32, got none and 8"),
-    ({"strategy": {"name": "fedavg", "rule": "median"}}, "strategy.rule must be mean, not 'median'"),
-    ({"strategy": {"name": "fedavg", "norm_bound": 1.0}}, "cannot clip updates it never sees"),
-    ({"strategy": {"name": "scaffold"}}, "SCAFFOLD's control deltas would need a secure sum of their own"),
-    ({"strategy": {"name": "fedasync"}, "fleet": {"mode": "async"}}, "fleet.mode async has no rounds"),
-    ({"federation": {"n_clients": 3, "fraction": 0.3}}, r"federation.fraction = 0.3: .* at least 2 clients a round"),
-    ({"pipeline": {"secure_aggregation": {"enabled": True, "threshold": 4}}},
-     r"pipeline.secure_aggregation.threshold = 4: exceeds the 3 clients a round samples"),
-    ({"pipeline": {"secure_aggregation": {"enabled": True, "scale": 2.0**30}}},
-     r"pipeline.secure_aggregation.scale = .*would wrap around 2\^32"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"pipeline": {"secure_aggregation": {"enabled": True}, "compression": {"sparsify": "topk", "ratio": 0.1}}},
+            "secure_aggregation needs compression.sparsify none and bits 32, got topk and 32",
+        ),
+        (
+            {"pipeline": {"secure_aggregation": {"enabled": True}, "compression": {"bits": 8}}},
+            "secure_aggregation needs compression.sparsify none and bits 32, got none and 8",
+        ),
+        (
+            {"strategy": {"name": "fedavg", "robust": {"rule": "median"}}},
+            "strategy.robust.rule must be mean, not 'median'",
+        ),
+        ({"strategy": {"name": "fedavg", "robust": {"norm_bound": 1.0}}}, "cannot clip updates it never sees"),
+        ({"strategy": {"name": "scaffold"}}, "SCAFFOLD's control deltas would need a secure sum of their own"),
+        ({"strategy": {"name": "fedasync"}}, "the asynchronous strategy fedasync has no rounds"),
+        (
+            {"federation": {"n_clients": 3, "fraction": 0.3}},
+            r"federation.fraction = 0.3: .* at least 2 clients a round",
+        ),
+        (
+            {"pipeline": {"secure_aggregation": {"enabled": True, "threshold": 4}}},
+            r"pipeline.secure_aggregation.threshold = 4: exceeds the 3 clients a round samples",
+        ),
+        (
+            {"pipeline": {"secure_aggregation": {"enabled": True, "scale": 2.0**30}}},
+            r"pipeline.secure_aggregation.scale = .*would wrap around 2\^32",
+        ),
+    ],
+)
 def test_combinations_secure_aggregation_cannot_honour_are_refused(tiny_config, change, message):
     config = {**_config(tiny_config, {"secure_aggregation": {"enabled": True}}), **change}
     with pytest.raises(ConfigError, match=message):

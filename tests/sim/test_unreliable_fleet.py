@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.loading import parse_config
 from fedrl.sim import run as runs
-from fedrl.sim.config import ConfigError, parse_config
 from fedrl.sim.engine import initial_state, run_round
-from fedrl.sim.setup import Setup
+from fedrl.sim.setup import SimSetup
 
 
 def _cfg(tiny_config, **sections):
@@ -18,7 +19,7 @@ def _cfg(tiny_config, **sections):
 
 
 def _rounds(config, n):
-    setup = Setup(config)
+    setup = SimSetup(config)
     state = initial_state(setup)
     results = []
     for _ in range(n):
@@ -35,8 +36,13 @@ def test_dropouts_are_counted_and_never_aggregated(tiny_config):
 
 
 def test_deadline_drops_the_stragglers_updates(tiny_config):
-    fleet = {"straggler_fraction": 0.3, "straggler_slowdown": 5.0, "step_time_s": 0.001, "latency_s": 0.0,
-             "deadline_s": 0.256 * 2}  # 256 steps take 0.256 s on a normal device, 1.28 s on a straggler
+    fleet = {
+        "straggler_fraction": 0.3,
+        "straggler_slowdown": 5.0,
+        "step_time_s": 0.001,
+        "latency_s": 0.0,
+        "deadline_s": 0.256 * 2,
+    }  # 256 steps take 0.256 s on a normal device, 1.28 s on a straggler
     setup, state, results = _rounds(_cfg(tiny_config, fleet=fleet), 1)
     assert setup.fleet.straggler.sum() == 3
     assert results[0].stats.n_dropped == 3 and results[0].stats.n_updates == 7
@@ -51,8 +57,11 @@ def test_nan_attackers_are_rejected_and_the_model_stays_finite(tiny_config):
 
 
 def test_sign_flip_attackers_with_a_robust_rule(tiny_config):
-    config = _cfg(tiny_config, attack={"fraction": 0.2, "kind": "sign_flip", "scale": 5.0},
-                  strategy={"name": "fedavg", "rule": "median"})
+    config = _cfg(
+        tiny_config,
+        attack={"fraction": 0.2, "kind": "sign_flip", "scale": 5.0},
+        strategy={"name": "fedavg", "robust": {"rule": "median"}},
+    )
     _, state, results = _rounds(config, 2)
     assert results[-1].stats.n_updates == 10 and np.isfinite(state.params).all()
 
@@ -67,18 +76,24 @@ def test_scaffold_runs_with_control_variates_and_resumes_exactly(tmp_path, tiny_
 
 
 def test_dqn_keeps_its_replay_buffer_across_rounds_and_checkpoints(tmp_path, tiny_config):
-    config = _cfg(tiny_config, learner={"name": "dqn", "n_envs": 4, "hidden": [32, 32], "learning_starts": 128,
-                                        "buffer_size": 2000}, federation={"rounds": 3})
+    config = _cfg(
+        tiny_config,
+        learner={"name": "dqn", "n_envs": 4, "hidden": [32, 32], "learning_starts": 128, "buffer_size": 2000},
+        federation={"rounds": 3},
+    )
     _, state, _ = _rounds(config, 2)
     assert (state.client_state["dqn.replay.size"] == 512).all()
     _resume_matches(tmp_path, config)
 
 
 def test_asynchronous_fedbuff_reports_staleness_and_resumes_exactly(tmp_path, tiny_config):
-    config = _cfg(tiny_config, strategy={"name": "fedbuff", "buffer_size": 3},
-                  fleet={"mode": "async", "straggler_fraction": 0.2, "speed_heterogeneity": 1.0},
-                  federation={"rounds": 3})
-    setup, state, results = _rounds(config, 2)
+    config = _cfg(
+        tiny_config,
+        strategy={"name": "fedbuff", "buffer_size": 3},
+        fleet={"straggler_fraction": 0.2, "speed_heterogeneity": 1.0},
+        federation={"rounds": 3},
+    )
+    _setup, state, results = _rounds(config, 2)
     assert all(r.stats.n_sampled == 10 for r in results)
     assert state.version == int(state.strategy_state.version) >= 6
     assert results[-1].stats.mean_staleness > 0
@@ -87,7 +102,7 @@ def test_asynchronous_fedbuff_reports_staleness_and_resumes_exactly(tmp_path, ti
 
 
 def test_fedasync_applies_every_arrival(tiny_config):
-    config = _cfg(tiny_config, strategy={"name": "fedasync"}, fleet={"mode": "async", "dropout": 0.2})
+    config = _cfg(tiny_config, strategy={"name": "fedasync"}, fleet={"dropout": 0.2})
     _, state, results = _rounds(config, 1)
     assert state.version == 10 and results[0].stats.n_updates == 10
 
@@ -100,15 +115,16 @@ def test_partial_federation_evaluates_each_clients_own_actor(tiny_config):
     assert np.isfinite(state.client_state["personal.params"]).all()
 
 
-def test_mode_and_strategy_must_agree(tiny_config):
-    with pytest.raises(ConfigError, match="needs fleet.mode async"):
-        _cfg(tiny_config, strategy={"name": "fedasync"})
-    with pytest.raises(ConfigError, match="needs fleet.mode sync"):
+def test_the_strategy_alone_says_whether_a_run_is_asynchronous(tiny_config):
+    assert _cfg(tiny_config, strategy={"name": "fedasync"}).asynchronous
+    assert not _cfg(tiny_config, strategy={"name": "fedavgm"}).asynchronous
+    with pytest.raises(ConfigError, match="fleet.mode = 'async': removed: the strategy decides"):
         _cfg(tiny_config, fleet={"mode": "async"})
 
 
 def _resume_matches(tmp_path, config):
     """A run stopped after round 1 and resumed gives the same numbers as an unbroken one."""
+
     def metrics(run):
         rows = np.array(run.dir.rows("rounds"), dtype=np.float64)
         return np.nan_to_num(np.delete(rows, 2, axis=1))

@@ -64,7 +64,9 @@ def test_an_unsupported_dtype_is_refused_by_name():
 def test_fewer_or_more_bytes_than_declared_are_refused():
     vector = _vector(8)
     meta, payload = codec.describe(vector), codec.to_bytes(vector)
-    assert "received 28 bytes; the header declares 32" in _refused(Reason.INVALID_ARGUMENT, {"delta": meta}, [payload[:-4]])
+    assert "received 28 bytes; the header declares 32" in _refused(
+        Reason.INVALID_ARGUMENT, {"delta": meta}, [payload[:-4]]
+    )
     assert "more than the 32 bytes" in _refused(Reason.INVALID_ARGUMENT, {"delta": meta}, [payload, b"\0\0\0\0"])
 
 

@@ -16,7 +16,14 @@ GENERATED = ["fedrl_pb2.py", "fedrl_pb2.pyi", "fedrl_pb2_grpc.py"]
 def regenerated(tmp_path_factory) -> Path:
     """The modules compiled afresh from the checked-in schema, with the command the schema names."""
     out = tmp_path_factory.mktemp("gen")
-    args = ["protoc", f"-I{SRC}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", str(WIRE / "fedrl.proto")]
+    args = [
+        "protoc",
+        f"-I{SRC}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        str(WIRE / "fedrl.proto"),
+    ]
     assert protoc.main(args) == 0
     return out / "fedrl" / "wire"
 

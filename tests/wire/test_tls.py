@@ -112,7 +112,17 @@ def test_loaders_name_the_file_that_is_missing_or_wrong(pki, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "address", ["localhost:50051", "127.0.0.1:0", "127.0.0.5:80", "[::1]:50051", "::1", "dns:///localhost:50051", "ipv4:127.0.0.1:9", "unix:/tmp/fedrl.sock"]
+    "address",
+    [
+        "localhost:50051",
+        "127.0.0.1:0",
+        "127.0.0.5:80",
+        "[::1]:50051",
+        "::1",
+        "dns:///localhost:50051",
+        "ipv4:127.0.0.1:9",
+        "unix:/tmp/fedrl.sock",
+    ],
 )
 def test_plain_text_is_allowed_on_loopback_when_asked_for(address):
     assert is_loopback(address)
@@ -122,7 +132,15 @@ def test_plain_text_is_allowed_on_loopback_when_asked_for(address):
 
 
 @pytest.mark.parametrize(
-    "address", ["0.0.0.0:50051", "[::]:50051", "192.168.1.20:50051", "server.lan:50051", "dns:///server.lan:443", "localhost.evil.com:1"]
+    "address",
+    [
+        "0.0.0.0:50051",
+        "[::]:50051",
+        "192.168.1.20:50051",
+        "server.lan:50051",
+        "dns:///server.lan:443",
+        "localhost.evil.com:1",
+    ],
 )
 def test_plain_text_is_refused_off_loopback_even_when_asked_for(address):
     assert not is_loopback(address)

@@ -13,7 +13,9 @@ Only this package knows torch modules; everything it returns is numpy. What an e
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Union
 
 import numpy as np
 from pydantic import Discriminator, Tag
@@ -21,6 +23,7 @@ from pydantic import Discriminator, Tag
 from fedrl.agents import a2c, dqn, ppo, reinforce
 from fedrl.agents.a2c import A2CConfig
 from fedrl.agents.client import federated_mask, init_federation_state, local_params
+from fedrl.agents.config import LearnerBase
 from fedrl.agents.dqn import DQNConfig
 from fedrl.agents.evaluate import evaluate
 from fedrl.agents.local import Budget, LocalResult, LocalTask, make_task
@@ -30,40 +33,55 @@ from fedrl.agents.reinforce import ReinforceConfig
 from fedrl.envs.base import EnvFamily
 
 
+@dataclass(frozen=True)
+class LearnerKind:
+    """One registered learner: its config record (whose ``name`` default is its key), its training
+    loop, and what it needs beyond an actor-critic network."""
+
+    config: type[LearnerBase]
+    train: Callable[[Any, LocalTask, Budget], LocalResult]
+    critic: bool = True  # actor and critic towers; False: a Q-network alone
+    init_state: Callable[[Any, PolicyNet, int], dict[str, np.ndarray]] | None = None  # its own per-client state
+    check: Callable[[EnvFamily], None] | None = None  # raises ValueError for a family it cannot learn
+
+
+LEARNERS: dict[str, LearnerKind] = {
+    "ppo": LearnerKind(PPOConfig, ppo.train),
+    "reinforce": LearnerKind(ReinforceConfig, reinforce.train),
+    "a2c": LearnerKind(A2CConfig, a2c.train),
+    "dqn": LearnerKind(DQNConfig, dqn.train, critic=False, init_state=dqn.init_state, check=dqn.check_discrete),
+}
+"""Every learner by its config's ``name``; the first is the default. Adding a learner is one entry here."""
+
+
 def _learner_name(value: object) -> str:
     """The ``name`` tag of a learner config; a config that gives none means PPO."""
     return value.get("name", "ppo") if isinstance(value, dict) else getattr(value, "name", "ppo")
 
 
 LearnerConfig = Annotated[
-    Union[
-        Annotated[PPOConfig, Tag("ppo")],
-        Annotated[ReinforceConfig, Tag("reinforce")],
-        Annotated[A2CConfig, Tag("a2c")],
-        Annotated[DQNConfig, Tag("dqn")],
-    ],
+    Union[tuple(Annotated[kind.config, Tag(name)] for name, kind in LEARNERS.items())],  # noqa: UP007
     Discriminator(_learner_name),
 ]
+"""Any learner's config, chosen by its ``name`` key (PPO when there is none)."""
 
-_TRAIN = {PPOConfig: ppo.train, ReinforceConfig: reinforce.train, A2CConfig: a2c.train, DQNConfig: dqn.train}
 
-
-def train_local(config: PPOConfig | ReinforceConfig | A2CConfig | DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
+def train_local(config: LearnerBase, task: LocalTask, budget: Budget) -> LocalResult:
     """Run the learner ``config`` names on ``task`` until ``budget`` is spent."""
-    return _TRAIN[type(config)](config, task, budget)
+    return LEARNERS[config.name].train(config, task, budget)
 
 
-def make_net(config: PPOConfig | ReinforceConfig | A2CConfig | DQNConfig, family: EnvFamily) -> PolicyNet:
+def make_net(config: LearnerBase, family: EnvFamily) -> PolicyNet:
     """The network ``config``'s learner trains on ``family``: actor and critic towers, or for
-    DQN a Q-network alone (``ValueError`` if the family's actions are not discrete)."""
-    q_network = isinstance(config, DQNConfig)
-    if q_network:
-        dqn.check_discrete(family)
-    return PolicyNet(PolicyShape(family.obs_dim, family.action_space, tuple(config.hidden), critic=not q_network))
+    DQN a Q-network alone (``ValueError`` if the learner cannot learn the family's actions)."""
+    kind = LEARNERS[config.name]
+    if kind.check is not None:
+        kind.check(family)
+    return PolicyNet(PolicyShape(family.obs_dim, family.action_space, tuple(config.hidden), critic=kind.critic))
 
 
 def init_client_state(
-    config: PPOConfig | ReinforceConfig | A2CConfig | DQNConfig, net: PolicyNet, n_clients: int, uses_control_variates: bool
+    config: LearnerBase, net: PolicyNet, n_clients: int, uses_control_variates: bool
 ) -> dict[str, np.ndarray]:
     """What ``n_clients`` fresh clients keep between rounds, arrays with leading axis ``C``:
 
@@ -77,16 +95,20 @@ def init_client_state(
     Empty for PPO, REINFORCE and A2C with ``federate="all"`` and no control variates.
     """
     state = init_federation_state(config, net, n_clients, uses_control_variates)
-    if isinstance(config, DQNConfig):
-        state.update(dqn.init_state(config, net, n_clients))
+    init_state = LEARNERS[config.name].init_state
+    if init_state is not None:
+        state.update(init_state(config, net, n_clients))
     return state
 
 
 __all__ = [
+    "LEARNERS",
     "A2CConfig",
     "Budget",
     "DQNConfig",
+    "LearnerBase",
     "LearnerConfig",
+    "LearnerKind",
     "LocalResult",
     "LocalTask",
     "PPOConfig",

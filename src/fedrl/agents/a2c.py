@@ -52,7 +52,9 @@ def make_batch(rollout: Rollout, config: A2CConfig) -> Batch:
     return Batch(per_client(rollout.obs), per_client(rollout.actions), per_client(adv), per_client(returns))
 
 
-def loss(task: LocalTask, config: A2CConfig, flat: torch.Tensor, batch: Batch, reference: dict | None = None) -> torch.Tensor:
+def loss(
+    task: LocalTask, config: A2CConfig, flat: torch.Tensor, batch: Batch, reference: dict | None = None
+) -> torch.Tensor:
     """Per-client loss ``(C,)``: policy gradient + ``vf_coef`` value loss - ``ent_coef``
     entropy (+ ``kl_coef`` KL to the round-start policy), each a mean over the client's samples."""
     heads = task.net.heads(task.net.unpack(flat), batch.obs)

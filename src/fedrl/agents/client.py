@@ -84,7 +84,11 @@ class Terms(NamedTuple):
     correction: torch.Tensor | None  # (C, d) SCAFFOLD's c - c_i; None without control variates
 
     def apply(
-        self, optimizer: torch.optim.Optimizer, flat: torch.Tensor, loss: torch.Tensor, max_grad_norm: float,
+        self,
+        optimizer: torch.optim.Optimizer,
+        flat: torch.Tensor,
+        loss: torch.Tensor,
+        max_grad_norm: float,
         active: torch.Tensor | None = None,
     ) -> None:
         """One optimiser step on ``loss``; ``active`` ``(C,)`` bool limits the correction to

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from fedrl.core.frozen import FrozenConfig
 
 
-class LearnerBase(BaseModel):
+class LearnerBase(FrozenConfig):
     """Fields common to all learners; each learner's config extends this record."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(description="the learner (each config narrows it to its own name)")
 
     lr: float = Field(1e-3, gt=0, description="learning rate (also SCAFFOLD's local step size)")
     n_envs: int = Field(8, ge=1, description="parallel environments per client")
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
     max_grad_norm: float = Field(0.5, ge=0, description="per-client gradient norm clip (0 = off)")
     hidden: tuple[int, ...] = Field((64, 64), min_length=1, description="hidden layer sizes of each tower")
+    prox_mu: float = Field(
+        0.0, ge=0, description="FedProx's mu: each client adds mu/2 ||w - w_global||^2 to its loss (0 = off)"
+    )
 
 
 class ActorCriticBase(LearnerBase):
@@ -35,5 +40,7 @@ class ActorCriticBase(LearnerBase):
         "(value function aggregation: each client keeps its own actor)",
     )
     kl_coef: float = Field(
-        0.0, ge=0, description="weight of KL(pi_local || pi_global) in each client's loss, pi_global frozen at round start"
+        0.0,
+        ge=0,
+        description="weight of KL(pi_local || pi_global) in each client's loss, pi_global frozen at round start",
     )

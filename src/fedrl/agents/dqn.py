@@ -59,7 +59,9 @@ class DQNConfig(LearnerBase):
     @model_validator(mode="after")
     def _buffer_holds_a_step(self) -> DQNConfig:
         if self.buffer_size < self.n_envs:
-            raise ValueError(f"buffer_size ({self.buffer_size}) must hold one step of n_envs ({self.n_envs}) transitions")
+            raise ValueError(
+                f"buffer_size ({self.buffer_size}) must hold one step of n_envs ({self.n_envs}) transitions"
+            )
         return self
 
 
@@ -97,8 +99,13 @@ def empty_buffer(n_clients: int, capacity: int, obs_dim: int) -> ReplayBuffer:
     c, n = n_clients, capacity
     zeros = torch.zeros
     return ReplayBuffer(
-        zeros(c, n, obs_dim), zeros(c, n, dtype=torch.int64), zeros(c, n), zeros(c, n, obs_dim), zeros(c, n),
-        zeros(c, dtype=torch.int64), zeros(c, dtype=torch.int64),
+        zeros(c, n, obs_dim),
+        zeros(c, n, dtype=torch.int64),
+        zeros(c, n),
+        zeros(c, n, obs_dim),
+        zeros(c, n),
+        zeros(c, dtype=torch.int64),
+        zeros(c, dtype=torch.int64),
     )
 
 
@@ -194,7 +201,9 @@ def _train_phase(config: DQNConfig, task: LocalTask, start: client.Start, optimi
         if grad_steps % config.target_update_every == 0:
             target = task.net.unpack(start.flat.detach().clone())
         r = r._replace(
-            target=target, grad_steps=grad_steps, opt_steps=r.opt_steps + ready.numpy(),
+            target=target,
+            grad_steps=grad_steps,
+            opt_steps=r.opt_steps + ready.numpy(),
             loss_sum=r.loss_sum + loss.detach().numpy(),
         )
     return r
@@ -207,7 +216,9 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
     optimizer = make_optimizer(start.flat, config.lr)
     kept = task.client_state if ENV_STEPS in task.client_state else init_state(config, task.net, task.n_clients)
     env_steps = np.array(kept[ENV_STEPS], dtype=np.int64)
-    r = _Round(buffer_from_state(kept), start.reference, 0, np.zeros(task.n_clients, np.int64), np.zeros(task.n_clients))
+    r = _Round(
+        buffer_from_state(kept), start.reference, 0, np.zeros(task.n_clients, np.int64), np.zeros(task.n_clients)
+    )
     state = task.env_state
     obs = task.family.observe(task.env_params, state.physics)
     steps = np.zeros(task.n_clients, dtype=np.int64)
@@ -216,8 +227,14 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
     while not budget.spent(steps, episodes):
         action = act(task.net, start.flat.detach(), obs, epsilon(config, env_steps), task.gen)
         res = step(task.family, task.env_params, state, action.numpy(), task.rng)
-        buffer = store(r.buffer, torch.from_numpy(obs), action, torch.from_numpy(res.reward),
-                       torch.from_numpy(res.final_obs), torch.from_numpy(res.terminated.astype(np.float32)))
+        buffer = store(
+            r.buffer,
+            torch.from_numpy(obs),
+            action,
+            torch.from_numpy(res.reward),
+            torch.from_numpy(res.final_obs),
+            torch.from_numpy(res.terminated.astype(np.float32)),
+        )
         r = r._replace(buffer=buffer)
         state, obs = res.state, res.obs
         steps += config.n_envs

@@ -10,6 +10,7 @@ its outputs read as action values, so greedy evaluation (argmax) serves both kin
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -43,7 +44,7 @@ class PolicyShape:
 
 def _tower(prefix: str, sizes: list[int]) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         shapes[f"{prefix}.{i}.weight"] = (n_in, n_out)
         shapes[f"{prefix}.{i}.bias"] = (n_out,)
     return shapes
@@ -120,7 +121,7 @@ class PolicyNet:
         """Named ``(C, *shape)`` tensors from ``(C, d)``; differentiable with respect to ``flat``."""
         c = flat.shape[0]
         return {
-            name: flat[:, off : off + size].reshape((c,) + dims)
+            name: flat[:, off : off + size].reshape((c, *dims))
             for name, dims, off, size in zip(self.spec.names, self.spec.shapes, self.spec.offsets, self.spec.sizes)
         }
 

@@ -6,7 +6,7 @@ repeat until the budget is spent; the learner supplies only ``improve``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,8 +20,9 @@ from fedrl.agents.rollout import Rollout, collect
 Improve = Callable[[client.Start, torch.optim.Optimizer, Rollout], tuple[torch.Tensor, int]]
 
 
-def train_on_policy(config: ActorCriticBase, task: LocalTask, budget: Budget, improve: Improve,
-                    optimizer_kind: str = "adam") -> LocalResult:
+def train_on_policy(
+    config: ActorCriticBase, task: LocalTask, budget: Budget, improve: Improve, optimizer_kind: str = "adam"
+) -> LocalResult:
     """Rollouts of ``config.n_steps`` from the clients' persistent episodes, each followed by
     ``improve(start, optimizer, rollout) -> (loss (C,), optimiser steps)``, until every client
     has spent ``budget``."""
@@ -33,8 +34,15 @@ def train_on_policy(config: ActorCriticBase, task: LocalTask, budget: Budget, im
     losses, opt_steps = [], 0
     while not budget.spent(steps, episodes):
         rollout, state = collect(
-            task.net, start.flat.detach(), task.family, task.env_params, state, config.n_steps, config.gamma,
-            task.gen, task.rng,
+            task.net,
+            start.flat.detach(),
+            task.family,
+            task.env_params,
+            state,
+            config.n_steps,
+            config.gamma,
+            task.gen,
+            task.rng,
         )
         episodes += rollout.dones.sum(dim=(0, 2)).long().numpy()
         steps += config.n_envs * config.n_steps

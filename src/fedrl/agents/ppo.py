@@ -40,7 +40,12 @@ def _flatten_time(x: torch.Tensor) -> torch.Tensor:
 
 
 def _minibatch_loss(
-    task: LocalTask, config: PPOConfig, flat: torch.Tensor, batch: dict, idx: torch.Tensor, reference: dict | None = None
+    task: LocalTask,
+    config: PPOConfig,
+    flat: torch.Tensor,
+    batch: dict,
+    idx: torch.Tensor,
+    reference: dict | None = None,
 ) -> torch.Tensor:
     """Per-client loss ``(C,)`` on samples ``idx``; ``reference`` is the frozen KL policy."""
     obs = batch["obs"][:, idx]
@@ -84,4 +89,6 @@ def _update(task: LocalTask, config: PPOConfig, start: client.Start, optimizer, 
 def train(config: PPOConfig, task: LocalTask, budget: Budget) -> LocalResult:
     """Train every client of ``task`` from its local parameters until ``budget`` is spent:
     ``local_steps`` per client, or until each client has finished ``local_episodes``."""
-    return train_on_policy(config, task, budget, lambda start, opt, rollout: _update(task, config, start, opt, rollout, task.gen))
+    return train_on_policy(
+        config, task, budget, lambda start, opt, rollout: _update(task, config, start, opt, rollout, task.gen)
+    )

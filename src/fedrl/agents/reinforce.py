@@ -56,7 +56,9 @@ def _loss(
     ent = back(ent.expand(C, T * E)) if ent.shape[1] == 1 else back(ent)
     per_step = -logp * adv - config.ent_coef * ent + config.vf_coef * 0.5 * (value - returns).pow(2)
     if config.kl_coef > 0:
-        per_step = per_step + config.kl_coef * back(client.reference_kl(task.net, reference, heads, obs).expand(C, T * E))
+        per_step = per_step + config.kl_coef * back(
+            client.reference_kl(task.net, reference, heads, obs).expand(C, T * E)
+        )
     return _per_client_mean(per_step, mask)
 
 
@@ -71,8 +73,16 @@ def train(config: ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResu
     while not budget.spent(steps, episodes):
         state, _ = reset(task.family, task.env_params, config.n_envs, task.rng)
         rollout, _ = collect(
-            task.net, flat.detach(), task.family, task.env_params, state,
-            task.family.time_limit, config.gamma, task.gen, task.rng, until_all_done=True,
+            task.net,
+            flat.detach(),
+            task.family,
+            task.env_params,
+            state,
+            task.family.time_limit,
+            config.gamma,
+            task.gen,
+            task.rng,
+            until_all_done=True,
         )
         mask = first_episode_mask(rollout.dones)
         returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)

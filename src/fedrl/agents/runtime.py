@@ -13,7 +13,7 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
     """Stop glibc from mapping and unmapping large tensors on every training step.
 
     With glibc's default thresholds each multi-megabyte activation is a fresh ``mmap`` and
-    ``munmap``, which measured 1.5-1.75x slower training here (shared PERF-NOTES.md).
+    ``munmap``, which measured 1.5-1.75x slower training on a 2-core machine.
     Returns False where the C library is not glibc.
     """
     name = ctypes.util.find_library("c")

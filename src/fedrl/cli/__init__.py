@@ -6,54 +6,57 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedrl.cli.certs import certs
+from fedrl.cli.console import console, fail
 from fedrl.cli.deploy import fleet, server
+from fedrl.cli.edge import client
 
 app = typer.Typer(
     help="Federated reinforcement learning: many clients, each in its own environment, learn one policy.",
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @app.command()
 def run(
     config: Optional[Path] = typer.Argument(None, help="YAML experiment config (defaults are used without one)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set federation.rounds=50."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last checkpoint."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME-TIMESTAMP)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a federated policy in simulation, with a progress bar; writes a run directory."""
+    from fedrl.experiment.config import ConfigError
+    from fedrl.experiment.loading import load_config
     from fedrl.sim import run as runs
-    from fedrl.sim.config import ConfigError, load_config
 
     try:
         if resume is not None:
             if config is not None or out is not None:
-                _fail("--resume takes the run directory only; change settings with --set")
+                fail("--resume takes the run directory only; change settings with --set")
             current = runs.resume(resume, set_)
         else:
             cfg = load_config(config, set_)
             current = runs.start(cfg, out or runs.default_run_dir(cfg))
     except (ConfigError, FileExistsError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
     state = current.state
     total = current.setup.config.federation.rounds
     with Progress(
-        TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(), console=console, disable=quiet,
+        TextColumn("[bold]round"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
         for result, state in current.rounds():
@@ -71,7 +74,10 @@ def _print_summary(summary: dict, path: Path) -> None:
         if key != "plots":
             table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"results in [bold]{path}[/bold]: metrics.csv, metrics.sqlite, checkpoints/, final_policy.safetensors", highlight=False)
+    console.print(
+        f"results in [bold]{path}[/bold]: metrics.csv, metrics.sqlite, checkpoints/, final_policy.safetensors",
+        highlight=False,
+    )
     for plot in summary.get("plots", []):
         console.print(f"plot: {plot}", highlight=False)
 
@@ -112,7 +118,9 @@ def _parse_clients(spec: str, n_clients: int) -> tuple[str, list[int] | int]:
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(..., help="A run directory written by `fedrl run`."),
-    clients: str = typer.Option("all", help="all, comma-separated client ids (0,3,5), or heldout:N for N never-trained clients."),
+    clients: str = typer.Option(
+        "all", help="all, comma-separated client ids (0,3,5), or heldout:N for N never-trained clients."
+    ),
     episodes: int = typer.Option(10, min=1, help="Episodes per client."),
     seed: int = typer.Option(12345, help="Seed of the evaluation episodes."),
 ) -> None:
@@ -125,14 +133,16 @@ def eval_(
         current = runs.open_run(run_dir)
         kind, chosen = _parse_clients(clients, current.setup.config.federation.n_clients)
     except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
-        _fail(str(exc))
+        fail(str(exc))
     setup = current.setup
     final = current.dir.path / "final_policy.safetensors"
     params = current.dir.load_policy(setup) if final.exists() else current.state.params
     env_params = setup.heldout_params(chosen) if kind == "heldout" else setup.env_params[chosen]
     ids = list(range(chosen)) if kind == "heldout" else chosen
     returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
-    table = Table(title=f"{kind} clients, {episodes} episodes each ({'final policy' if final.exists() else 'round ' + str(current.state.round)})")
+    table = Table(
+        title=f"{kind} clients, {episodes} episodes each ({'final policy' if final.exists() else 'round ' + str(current.state.round)})"
+    )
     for column in ["client", *setup.family.param_names, "mean return", "std"]:
         table.add_column(column, justify="right")
     for i, row, ret in zip(ids, env_params, returns):
@@ -144,14 +154,14 @@ def eval_(
 @app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `fedrl run`.")) -> None:
     """(Re)draw a run's PNG plots from its metrics."""
+    from fedrl.experiment.config import ConfigError
     from fedrl.sim import run as runs
-    from fedrl.sim.config import ConfigError
     from fedrl.sim.plots import plot_run
 
     try:
         current = runs.open_run(run_dir)
     except (ConfigError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for path in plot_run(current.dir, current.setup.target_return):
         console.print(f"plot: {path}", highlight=False)
 
@@ -159,5 +169,4 @@ def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `f
 app.command("certs")(certs)
 app.command("server")(server)
 app.add_typer(fleet, name="fleet")
-from fedrl.cli.edge import client  # noqa: E402
 app.command("client")(client)

@@ -11,8 +11,16 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from fedrl.cli.console import console, fail
 from fedrl.cli.mqtt import (
-    BROKER, BROKER_PASSWORD, BROKER_USER, FLEET, MQTT_VERSION, TRANSPORT, Transport, asynchronous_by_default, broker_options,
+    BROKER,
+    BROKER_PASSWORD,
+    BROKER_USER,
+    FLEET,
+    MQTT_VERSION,
+    TRANSPORT,
+    Transport,
+    broker_options,
 )
 
 fleet = typer.Typer(help="Manage the clients of a server's state directory.", no_args_is_help=True)
@@ -40,7 +48,9 @@ def server(
     metrics: str = typer.Option("127.0.0.1:9108", "--metrics", help="Prometheus HOST:PORT, or 'off'."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Server certificate (PEM)."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Server private key (PEM)."),
-    client_ca: Optional[Path] = typer.Option(None, "--client-ca", help="Require client certificates signed by this CA."),
+    client_ca: Optional[Path] = typer.Option(
+        None, "--client-ca", help="Require client certificates signed by this CA."
+    ),
     insecure: bool = typer.Option(False, "--insecure", help="Plain text (loopback addresses only)."),
     exit_when_finished: bool = typer.Option(False, "--exit-when-finished", help="Stop once the run is over."),
     transport: Transport = TRANSPORT,
@@ -48,45 +58,58 @@ def server(
     fleet_name: str = FLEET,
     broker_user: Optional[str] = BROKER_USER,
     broker_password: Optional[str] = BROKER_PASSWORD,
-    broker_ca: Optional[Path] = typer.Option(None, "--broker-ca", help="With --transport mqtt: CA (PEM) of the broker's certificate: TLS."),
-    broker_cert: Optional[Path] = typer.Option(None, "--broker-cert", help="With --transport mqtt: the server's client certificate for the broker."),
+    broker_ca: Optional[Path] = typer.Option(
+        None, "--broker-ca", help="With --transport mqtt: CA (PEM) of the broker's certificate: TLS."
+    ),
+    broker_cert: Optional[Path] = typer.Option(
+        None, "--broker-cert", help="With --transport mqtt: the server's client certificate for the broker."
+    ),
     broker_key: Optional[Path] = typer.Option(None, "--broker-key", help="With --transport mqtt: its private key."),
     mqtt_version: str = MQTT_VERSION,
 ) -> None:
     """Serve a federation over gRPC or through an MQTT broker (rounds aggregated, evaluated,
-    deployed); JSON log lines on stderr. Over MQTT an experiment that names no strategy runs FedBuff."""
-    from fedrl.cli import _fail
+    deployed); JSON log lines on stderr. The transport never changes what the experiment runs."""
+    from fedrl.experiment.config import ConfigError
     from fedrl.server.app import ServeOptions, run_server
     from fedrl.server.config import load_server_config
     from fedrl.server.log import setup_logging
-    from fedrl.sim.config import ConfigError
 
     setup_logging()
     try:
         cfg, credentials, broker_opts = load_server_config(config, set_), None, None
         if transport is Transport.mqtt:
-            cfg = asynchronous_by_default(cfg)
-            broker_opts = broker_options(broker, fleet_name, broker_user, broker_password, broker_ca, broker_cert,
-                                         broker_key, insecure, mqtt_version)
+            broker_opts = broker_options(
+                broker,
+                fleet_name,
+                broker_user,
+                broker_password,
+                broker_ca,
+                broker_cert,
+                broker_key,
+                insecure,
+                mqtt_version,
+            )
         else:
             credentials = _grpc_credentials(listen, tls_cert, tls_key, client_ca, insecure)
-        options = ServeOptions(state_dir, listen, None if metrics == "off" else metrics, credentials, exit_when_finished,
-                               broker_opts)
+        options = ServeOptions(
+            state_dir, listen, None if metrics == "off" else metrics, credentials, exit_when_finished, broker_opts
+        )
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         run_server(cfg, options, stop)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _store(state_dir: Path):
-    from fedrl.cli import _fail
     from fedrl.server.store import Store
 
     if not (state_dir / "server.db").exists():
-        _fail(f"{state_dir} is not a server state directory (no server.db); start `fedrl server --state-dir {state_dir}` "
-              "or pass the right --state-dir")
+        fail(
+            f"{state_dir} is not a server state directory (no server.db); start `fedrl server --state-dir {state_dir}` "
+            "or pass the right --state-dir"
+        )
     return Store(state_dir)
 
 
@@ -94,13 +117,14 @@ def _store(state_dir: Path):
 def add_client(
     name: str = typer.Argument(..., help="The client's name (letters, digits, '-', '_', '.')."),
     state_dir: Path = STATE_DIR,
-    token_file: Optional[Path] = typer.Option(None, "--token-file", help="Write the token here (mode 600) instead of printing it."),
+    token_file: Optional[Path] = typer.Option(
+        None, "--token-file", help="Write the token here (mode 600) instead of printing it."
+    ),
 ) -> None:
     """Issue a token for a new client. The server keeps only its hash: store the token now."""
     import os
     import time
 
-    from fedrl.cli import _fail, console
     from fedrl.server.store import Store
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +132,7 @@ def add_client(
     try:
         token = store.add_client(name, time.time())
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         store.close()
     if token_file is None:
@@ -138,10 +162,11 @@ def _size(n: int) -> str:
 
 
 @fleet.command("status")
-def status(state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds", help="Recent rounds to show.")) -> None:
+def status(
+    state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds", help="Recent rounds to show.")
+) -> None:
     """Clients (last seen, acting version, updates) and recent rounds of a server (with the
     bytes their updates took on the wire and, with DP, the epsilon spent once each closed)."""
-    from fedrl.cli import console
 
     store = _store(state_dir)
     try:
@@ -152,12 +177,37 @@ def status(state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds
     console.print(f"deployed version: [bold]{shown}[/bold]", highlight=False)
     table = Table("client", "registered", "last seen (UTC)", "acting version", "updates", title="clients")
     for c in clients:
-        table.add_row(c.client, _when(c.registered_at), _when(c.last_seen), "-" if c.acting_version is None else str(c.acting_version), str(c.updates_accepted))
+        table.add_row(
+            c.client,
+            _when(c.registered_at),
+            _when(c.last_seen),
+            "-" if c.acting_version is None else str(c.acting_version),
+            str(c.updates_accepted),
+        )
     console.print(table)
-    table = Table("round", "base", "opened (UTC)", "closed (UTC)", "updates", "uplink", "candidate return", "deployed",
-                  "epsilon", title="rounds")
+    table = Table(
+        "round",
+        "base",
+        "opened (UTC)",
+        "closed (UTC)",
+        "updates",
+        "uplink",
+        "candidate return",
+        "deployed",
+        "epsilon",
+        title="rounds",
+    )
     for r in recent:
         outcome = "open" if r.promoted is None else f"v{r.new_version}" if r.promoted else "rejected"
-        table.add_row(str(r.round), str(r.base_version), _when(r.opened_at), _when(r.closed_at), str(r.n_updates),
-                      _size(r.uplink_bytes), _number(r.candidate_return), outcome, _number(r.epsilon, 2))
+        table.add_row(
+            str(r.round),
+            str(r.base_version),
+            _when(r.opened_at),
+            _when(r.closed_at),
+            str(r.n_updates),
+            _size(r.uplink_bytes),
+            _number(r.candidate_return),
+            outcome,
+            _number(r.epsilon, 2),
+        )
     console.print(table)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
+from fedrl.cli.console import fail
 from fedrl.cli.mqtt import BROKER, BROKER_PASSWORD, FLEET, MQTT_VERSION, TRANSPORT, Transport, broker_options
 
 
@@ -61,29 +63,53 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
 
 
 def client(
-    server: Optional[str] = typer.Option(None, "--server", help="The server's gRPC address, HOST:PORT (with --transport grpc)."),
+    server: Optional[str] = typer.Option(
+        None, "--server", help="The server's gRPC address, HOST:PORT (with --transport grpc)."
+    ),
     name: str = typer.Option(..., "--name", help="This client's name, as enrolled with `fedrl fleet add-client NAME`."),
-    client_index: int = typer.Option(..., "--client-index", min=0, help="This device's client (row of physical parameters) in the experiment."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="FEDRL_TOKEN", help="The client's token; prefer --token-file or FEDRL_TOKEN (a command line is visible to other users)."),
+    client_index: int = typer.Option(
+        ..., "--client-index", min=0, help="This device's client (row of physical parameters) in the experiment."
+    ),
+    token: Optional[str] = typer.Option(
+        None,
+        "--token",
+        envvar="FEDRL_TOKEN",
+        help="The client's token; prefer --token-file or FEDRL_TOKEN (a command line is visible to other users).",
+    ),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the client's token."),
-    env: Optional[str] = typer.Option(None, "--env", help="The environment family this device runs (or the Gymnasium id of a gym experiment); refuse a server that trains another."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where the pending update, learner state and acting policy survive a restart (default ~/.local/state/fedrl/NAME)."),
-    ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate (PEM) that signed the server's (with --transport mqtt: the broker's) certificate: connect with TLS."),
+    env: Optional[str] = typer.Option(
+        None,
+        "--env",
+        help="The environment family this device runs (or the Gymnasium id of a gym experiment); refuse a server that trains another.",
+    ),
+    state_dir: Optional[Path] = typer.Option(
+        None,
+        "--state-dir",
+        help="Where the pending update, learner state and acting policy survive a restart (default ~/.local/state/fedrl/NAME).",
+    ),
+    ca: Optional[Path] = typer.Option(
+        None,
+        "--ca",
+        help="CA certificate (PEM) that signed the server's (with --transport mqtt: the broker's) certificate: connect with TLS.",
+    ),
     cert: Optional[Path] = typer.Option(None, "--cert", help="This client's certificate (PEM), for mutual TLS."),
     key: Optional[Path] = typer.Option(None, "--key", help="This client's private key (PEM), for mutual TLS."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only."),
-    timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds one call (a whole model or update transfer) may take."),
+    timeout: float = typer.Option(
+        60.0, "--timeout", min=1.0, help="Seconds one call (a whole model or update transfer) may take."
+    ),
     verbose: bool = typer.Option(False, "--verbose", help="Also log waits and unanswered heartbeats."),
     transport: Transport = TRANSPORT,
     broker: str = BROKER,
     fleet: str = FLEET,
-    broker_user: Optional[str] = typer.Option(None, "--broker-user", help="Broker username (default: --name, as the fleet ACL expects)."),
+    broker_user: Optional[str] = typer.Option(
+        None, "--broker-user", help="Broker username (default: --name, as the fleet ACL expects)."
+    ),
     broker_password: Optional[str] = BROKER_PASSWORD,
     mqtt_version: str = MQTT_VERSION,
 ) -> None:
     """Run an edge agent: register, then pull, train locally and push updates until the run is
     finished, riding out server restarts and network loss. JSON log lines on stderr."""
-    from fedrl.cli import _fail
     from fedrl.edge.agent import Agent, AgentConfig, Fatal
     from fedrl.edge.grpc_link import GrpcLink
     from fedrl.edge.mqtt_link import MqttLink
@@ -92,20 +118,26 @@ def client(
     try:
         secret = read_token(token, token_file)
         if transport is Transport.mqtt:
-            options = broker_options(broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version)
+            options = broker_options(
+                broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version
+            )
         elif server is None:
             raise ValueError("give --server HOST:PORT (or --transport mqtt and --broker HOST:PORT)")
         else:
             credentials = channel_credentials(server, ca, cert, key, insecure)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     setup_logging("debug" if verbose else "info")
-    link = MqttLink(options, secret, name, timeout) if transport is Transport.mqtt else GrpcLink(server, secret, name, credentials, timeout)
+    link = (
+        MqttLink(options, secret, name, timeout)
+        if transport is Transport.mqtt
+        else GrpcLink(server, secret, name, credentials, timeout)
+    )
     agent = Agent(link, AgentConfig(state_dir or _default_state_dir(name), client_index, env))
     _stop_on_signals(agent.stop)
     try:
         agent.run()
     except Fatal as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         link.close()

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-if TYPE_CHECKING:  # imported where used: `fedrl --help` need not load paho or the server
-    from fedrl.server.config import ServerConfig
+if TYPE_CHECKING:  # imported where used: `fedrl --help` need not load paho
     from fedrl.wire.mqtt_client import BrokerOptions
 
 
@@ -21,17 +20,34 @@ class Transport(str, enum.Enum):
     mqtt = "mqtt"
 
 
-TRANSPORT = typer.Option(Transport.grpc, "--transport", help="grpc, or mqtt: through the broker at --broker (see docs/mqtt.md).")
+TRANSPORT = typer.Option(
+    Transport.grpc, "--transport", help="grpc, or mqtt: through the broker at --broker (see docs/mqtt.md)."
+)
 BROKER = typer.Option("127.0.0.1:1883", "--broker", help="With --transport mqtt: the broker, HOST:PORT.")
 FLEET = typer.Option("default", "--fleet", help="With --transport mqtt: the fleet, whose topics are fedrl/FLEET/...")
-BROKER_USER = typer.Option(None, "--broker-user", help="The server's broker username (the example ACL's server user is fedrl-server).")
-BROKER_PASSWORD = typer.Option(None, "--broker-password", envvar="FEDRL_BROKER_PASSWORD",
-                               help="Broker password; prefer FEDRL_BROKER_PASSWORD (a command line is visible to other users).")
+BROKER_USER = typer.Option(
+    None, "--broker-user", help="The server's broker username (the example ACL's server user is fedrl-server)."
+)
+BROKER_PASSWORD = typer.Option(
+    None,
+    "--broker-password",
+    envvar="FEDRL_BROKER_PASSWORD",
+    help="Broker password; prefer FEDRL_BROKER_PASSWORD (a command line is visible to other users).",
+)
 MQTT_VERSION = typer.Option("5", "--mqtt-version", help="5, or 3.1.1 for a broker without MQTT 5.")
 
 
-def broker_options(address: str, fleet: str, user: str | None, password: str | None, ca: Path | None,
-                   cert: Path | None, key: Path | None, insecure: bool, mqtt_version: str) -> BrokerOptions:
+def broker_options(
+    address: str,
+    fleet: str,
+    user: str | None,
+    password: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    insecure: bool,
+    mqtt_version: str,
+) -> BrokerOptions:
     """The broker to use, after checking the options fit together; TLS when ``ca`` is given, plain
     text only with ``insecure`` on a loopback address. ``ValueError`` says what to change."""
     from fedrl.wire.mqtt_client import BrokerOptions, parse_address
@@ -47,18 +63,3 @@ def broker_options(address: str, fleet: str, user: str | None, password: str | N
         raise ValueError("--insecure asks for plain text but a CA asks for TLS: give one of them")
     host, port = parse_address(address)
     return BrokerOptions(host, port, fleet, user, password, ca, cert, key, mqtt5=mqtt_version == "5")
-
-
-def asynchronous_by_default(config: ServerConfig) -> ServerConfig:
-    """``config`` with FedBuff (buffer: half a round's updates) unless its experiment chose a
-    strategy, a fleet mode or a pipeline: over MQTT, devices that wake up submit when they can,
-    weighted by staleness, rather than hold a round barrier for sleeping peers."""
-    from fedrl.sim.config import parse_config
-
-    experiment = config.experiment
-    if {"strategy", "pipeline"} & experiment.model_fields_set or "mode" in experiment.fleet.model_fields_set:
-        return config
-    data = experiment.model_dump(mode="json", exclude_unset=True)  # what the config said; parse_config fills the rest
-    data["strategy"] = {"name": "fedbuff", "buffer_size": max(1, config.updates_per_round // 2)}
-    data["fleet"] = {**(data.get("fleet") or {}), "mode": "async"}
-    return config.model_copy(update={"experiment": parse_config(data)})

@@ -31,18 +31,20 @@ paper's ``1/K`` sum when clients take equal steps and the buffer is full).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from fedrl.core.robust import BaseStrategyConfig, clipped_stack, reduce_stack, usable_updates
+from fedrl.core.robust import StrategyConfigBase, clipped_stack, reduce_stack, usable_updates
 from fedrl.core.staleness import StalenessConfig, staleness_weight
 from fedrl.core.update import Update, step_weights
 
 
-class FedAsyncConfig(BaseStrategyConfig):
+class FedAsyncConfig(StrategyConfigBase):
     """FedAsync: apply each update as it arrives, scaled by ``alpha * s(staleness)``."""
+
+    asynchronous: ClassVar[bool] = True
 
     name: Literal["fedasync"] = "fedasync"
     alpha: float = Field(0.6, gt=0, le=1, description="mixing weight of a fresh update (Xie et al.'s alpha)")
@@ -51,15 +53,17 @@ class FedAsyncConfig(BaseStrategyConfig):
     @model_validator(mode="after")
     def _one_update_has_no_rule(self) -> FedAsyncConfig:
         """A rule needs several updates; FedAsync has one at a time."""
-        if self.rule != "mean":
+        if self.robust.rule != "mean":
             raise ValueError(
-                f"fedasync applies one update at a time, so rule {self.rule!r} cannot apply; use norm_bound"
+                f"fedasync applies one update at a time, so rule {self.robust.rule!r} cannot apply; use robust.norm_bound"
             )
         return self
 
 
-class FedBuffConfig(BaseStrategyConfig):
+class FedBuffConfig(StrategyConfigBase):
     """FedBuff: buffer ``K`` arrivals, then one staleness-weighted step."""
+
+    asynchronous: ClassVar[bool] = True
 
     name: Literal["fedbuff"] = "fedbuff"
     buffer_size: int = Field(10, ge=1, description="K, the arrivals combined into one new global version")
@@ -69,11 +73,13 @@ class FedBuffConfig(BaseStrategyConfig):
     @model_validator(mode="after")
     def _buffer_fits_rule(self) -> FedBuffConfig:
         """Krum needs more than 2f+2 updates in a buffer, multi-Krum at least m."""
-        if self.rule in ("krum", "multikrum") and self.buffer_size <= 2 * self.byzantine + 2:
-            needed = 2 * self.byzantine + 2
-            raise ValueError(f"rule {self.rule} with byzantine={self.byzantine} needs buffer_size > {needed}")
-        if self.multikrum_m is not None and self.multikrum_m > self.buffer_size:
-            raise ValueError(f"multikrum_m={self.multikrum_m} exceeds buffer_size={self.buffer_size}")
+        if self.robust.rule in ("krum", "multikrum") and self.buffer_size <= 2 * self.robust.byzantine + 2:
+            needed = 2 * self.robust.byzantine + 2
+            raise ValueError(
+                f"rule {self.robust.rule} with byzantine={self.robust.byzantine} needs buffer_size > {needed}"
+            )
+        if self.robust.multikrum_m is not None and self.robust.multikrum_m > self.buffer_size:
+            raise ValueError(f"multikrum_m={self.robust.multikrum_m} exceeds buffer_size={self.buffer_size}")
         return self
 
 
@@ -115,7 +121,7 @@ def fedasync_aggregate(
     if not updates:
         return params, _next(state)
     weight = config.alpha * staleness_weight(config.staleness, staleness_of(state, updates))[0]
-    return (params + weight * clipped_stack(config, updates)[0]).astype(np.float32), _next(state)
+    return (params + weight * clipped_stack(config.robust, updates)[0]).astype(np.float32), _next(state)
 
 
 def fedbuff_aggregate(
@@ -126,6 +132,6 @@ def fedbuff_aggregate(
     if not updates:
         return params, _next(state)
     weights = staleness_weight(config.staleness, staleness_of(state, updates))
-    scaled = clipped_stack(config, updates) * weights[:, None].astype(np.float32)
-    delta = reduce_stack(config, scaled, step_weights(updates))
+    scaled = clipped_stack(config.robust, updates) * weights[:, None].astype(np.float32)
+    delta = reduce_stack(config.robust, scaled, step_weights(updates))
     return (params + config.server_lr * delta).astype(np.float32), _next(state)

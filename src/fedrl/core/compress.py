@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from fedrl.core.robust import FrozenConfig
+from fedrl.core.frozen import FrozenConfig
 
 _HEADER = struct.Struct("<BBBxIIQI")  # version, support, bits, (pad), dim, k, seed, block
 _VERSION = 1
@@ -54,12 +54,20 @@ _DENSE, _INDICES, _SEEDED = 0, 1, 2
 class CompressionConfig(FrozenConfig):
     """How a client compresses its update; the defaults send it whole, as float32."""
 
-    sparsify: Literal["none", "topk", "randomk"] = Field("none", description="keep every coordinate, the top-k, or a random k")
-    ratio: float = Field(1.0, gt=0, le=1, description="topk/randomk: fraction of coordinates kept (k = ratio * d, at least 1)")
+    sparsify: Literal["none", "topk", "randomk"] = Field(
+        "none", description="keep every coordinate, the top-k, or a random k"
+    )
+    ratio: float = Field(
+        1.0, gt=0, le=1, description="topk/randomk: fraction of coordinates kept (k = ratio * d, at least 1)"
+    )
     bits: Literal[32, 8, 4] = Field(32, description="32: float32 values; 8 or 4: unbiased stochastic quantization")
     per_tensor: bool = Field(True, description="topk: keep the fraction of each tensor (false: of the whole vector)")
-    block: int | None = Field(None, ge=1, description="values sharing one quantization scale; None: one scale per vector")
-    error_feedback: bool = Field(False, description="keep what compression drops on the client and add it to the next update")
+    block: int | None = Field(
+        None, ge=1, description="values sharing one quantization scale; None: one scale per vector"
+    )
+    error_feedback: bool = Field(
+        False, description="keep what compression drops on the client and add it to the next update"
+    )
 
     @model_validator(mode="after")
     def _options_match(self) -> CompressionConfig:
@@ -155,7 +163,9 @@ def dense(x: np.ndarray) -> Compressed:
     return Compressed(x.shape[0], None, None, np.asarray(x, dtype=np.float32))
 
 
-def _support(x: np.ndarray, config: CompressionConfig, rng: np.random.Generator, sizes: tuple[int, ...] | None) -> tuple[np.ndarray, int | None]:
+def _support(
+    x: np.ndarray, config: CompressionConfig, rng: np.random.Generator, sizes: tuple[int, ...] | None
+) -> tuple[np.ndarray, int | None]:
     """The coordinates a sparsifier keeps, and the seed they were drawn from (random-k only)."""
     if config.sparsify == "topk":
         return top_k(x, config.ratio, sizes if config.per_tensor and sizes else (x.shape[0],)), None
@@ -163,7 +173,9 @@ def _support(x: np.ndarray, config: CompressionConfig, rng: np.random.Generator,
     return random_k(x.shape[0], kept_count(x.shape[0], config.ratio), seed), seed
 
 
-def compress(x: np.ndarray, config: CompressionConfig, rng: np.random.Generator, sizes: tuple[int, ...] | None = None) -> Compressed:
+def compress(
+    x: np.ndarray, config: CompressionConfig, rng: np.random.Generator, sizes: tuple[int, ...] | None = None
+) -> Compressed:
     """Sparsify ``x`` (top-k or random-k), then quantize what is kept, as ``config`` says.
     ``sizes``: the sizes of the tensors packed in ``x`` (``ParamSpec.sizes``), for per-tensor top-k."""
     if config.sparsify == "none":
@@ -192,15 +204,21 @@ def scale(c: Compressed, factor: float) -> Compressed:
     """``c`` standing for ``factor`` times its vector; quantized values keep their codes (their scales move)."""
     if isinstance(c.values, Quantized):
         q = c.values
-        values = replace(q, lo=(q.lo * np.float64(factor)).astype(np.float32), step=(q.step * np.float64(factor)).astype(np.float32))
+        values = replace(
+            q, lo=(q.lo * np.float64(factor)).astype(np.float32), step=(q.step * np.float64(factor)).astype(np.float32)
+        )
     else:
         values = (c.values * np.float64(factor)).astype(np.float32)
     return replace(c, values=values)
 
 
 def compress_with_feedback(
-    x: np.ndarray, residual: np.ndarray | None, config: CompressionConfig, rng: np.random.Generator,
-    sizes: tuple[int, ...] | None = None, max_norm: float | None = None,
+    x: np.ndarray,
+    residual: np.ndarray | None,
+    config: CompressionConfig,
+    rng: np.random.Generator,
+    sizes: tuple[int, ...] | None = None,
+    max_norm: float | None = None,
 ) -> tuple[Compressed, np.ndarray | None]:
     """Compress ``x`` plus the client's residual; returns the message and the new residual.
 
@@ -277,7 +295,12 @@ def decode(data: bytes, dim: int | None = None) -> Compressed:
     if len(data) < _HEADER.size:
         raise ValueError(f"a compressed update has a {_HEADER.size}-byte header, got {len(data)} bytes")
     version, support, bits, length, k, seed, block = _HEADER.unpack_from(data)
-    if version != _VERSION or support not in (_DENSE, _INDICES, _SEEDED) or bits not in (32, 8, 4) or (bits == 32) != (block == 0):
+    if (
+        version != _VERSION
+        or support not in (_DENSE, _INDICES, _SEEDED)
+        or bits not in (32, 8, 4)
+        or (bits == 32) != (block == 0)
+    ):
         raise ValueError(f"not a compressed update (version {version}, support {support}, bits {bits}, block {block})")
     if dim is not None and length != dim:
         raise ValueError(f"it stands for {length} parameters, the model has {dim}")
@@ -286,7 +309,13 @@ def decode(data: bytes, dim: int | None = None) -> Compressed:
     if len(data) - _HEADER.size != _body_bytes(support, bits, length, k, block):
         raise ValueError(f"compressed update of {len(data)} bytes does not match its header")
     read = _Reader(data, _HEADER.size)
-    indices = None if support == _DENSE else random_k(length, k, seed) if support == _SEEDED else read.take(_index_type(length), k)
+    indices = (
+        None
+        if support == _DENSE
+        else random_k(length, k, seed)
+        if support == _SEEDED
+        else read.take(_index_type(length), k)
+    )
     if bits == 32:
         values: np.ndarray | Quantized = read.take("<f4", k).astype(np.float32)
     else:
@@ -295,4 +324,6 @@ def decode(data: bytes, dim: int | None = None) -> Compressed:
         raw = read.take(np.uint8, k if bits == 8 else (k + 1) // 2)
         codes = raw if bits == 8 else np.stack([raw & 0x0F, raw >> 4], axis=1).reshape(-1)[:k]
         values = Quantized(codes.astype(np.uint8), lo, step, bits, block)
-    return Compressed(length, None if indices is None else indices.astype(np.int64), seed if support == _SEEDED else None, values)
+    return Compressed(
+        length, None if indices is None else indices.astype(np.int64), seed if support == _SEEDED else None, values
+    )

@@ -25,16 +25,16 @@ full steps. RL deltas are noisy: tune ``server_lr`` first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from fedrl.core.robust import BaseStrategyConfig, combine, usable_updates
+from fedrl.core.robust import StrategyConfigBase, combine, usable_updates
 from fedrl.core.update import Update
 
 
-class _AdaptiveFields(BaseStrategyConfig):
+class _AdaptiveFields(StrategyConfigBase):
     """The fields FedAdagrad, FedAdam and FedYogi share."""
 
     server_lr: float = Field(0.01, gt=0, description="eta, the server learning rate")
@@ -63,7 +63,7 @@ class FedYogiConfig(_AdaptiveFields):
     beta2: float = Field(0.99, ge=0, lt=1, description="rate at which v moves toward Delta^2")
 
 
-AdaptiveConfig = Union[FedAdagradConfig, FedAdamConfig, FedYogiConfig]
+AdaptiveConfig = FedAdagradConfig | FedAdamConfig | FedYogiConfig
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def adaptive_aggregate(
     updates = usable_updates(params, updates)
     if not updates:
         return params, state
-    delta = combine(config, updates)
+    delta = combine(config.robust, updates)
     m = (config.beta1 * state.m + (1 - config.beta1) * delta).astype(np.float32)
     v = second_moment(config, state.v, delta).astype(np.float32)
     step = config.server_lr * m / (np.sqrt(v) + config.tau)

@@ -39,7 +39,7 @@ class ParamSpec:
     @property
     def offsets(self) -> tuple[int, ...]:
         """Start of each tensor in the flat vector."""
-        return tuple(int(o) for o in np.cumsum((0,) + self.sizes[:-1]))
+        return tuple(int(o) for o in np.cumsum((0, *self.sizes[:-1])))
 
     @property
     def dim(self) -> int:

@@ -8,7 +8,7 @@ Client side, one update at a time (``client_message``)::
 
 Server side, on the whole round at once::
 
-    bytes -> [secure-aggregation unmask: the sum only] -> decode_stack -> (central DP: central_mean,
+    bytes -> [secure-aggregation unmask: the sum only] -> decode_update -> (central DP: central_mean,
           the noised sum over the expected number of clients) -> strategy
 
 The DP noise comes before compression, not after as one might draw it: compression is then
@@ -42,15 +42,17 @@ from pydantic import Field, model_validator
 
 from fedrl.core.aggregation import clip_to_norm
 from fedrl.core.compress import CompressionConfig, compress_with_feedback, decode, decompress, encode
+from fedrl.core.frozen import FrozenConfig
 from fedrl.core.privacy import PrivacyConfig, add_gaussian_noise, epsilon, rounds_within, sampling_rate
-from fedrl.core.robust import FrozenConfig
 from fedrl.core.secagg import SecAggConfig, SecureSumResult, secure_sum
 
 
 class PipelineConfig(FrozenConfig):
     """The stages applied to every update; the defaults apply none (the update travels whole)."""
 
-    clip_norm: float | None = Field(None, gt=0, description="C: clip every update to this L2 norm first; required by dp")
+    clip_norm: float | None = Field(
+        None, gt=0, description="C: clip every update to this L2 norm first; required by dp"
+    )
     compression: CompressionConfig = CompressionConfig()
     dp: PrivacyConfig = PrivacyConfig()
     secure_aggregation: SecAggConfig = SecAggConfig()
@@ -59,7 +61,9 @@ class PipelineConfig(FrozenConfig):
     def _dp_needs_clip(self) -> PipelineConfig:
         """DP noise is calibrated to the clip norm, so it cannot run without one."""
         if self.dp.mode != "none" and self.clip_norm is None:
-            raise ValueError(f"dp mode {self.dp.mode!r} needs clip_norm (the noise std is noise_multiplier * clip_norm)")
+            raise ValueError(
+                f"dp mode {self.dp.mode!r} needs clip_norm (the noise std is noise_multiplier * clip_norm)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -67,15 +71,21 @@ class PipelineConfig(FrozenConfig):
         """Masked messages must add up as integers: secure aggregation quantizes the update itself."""
         c = self.compression
         if self.secure_aggregation.enabled and not c.lossless:
-            raise ValueError(f"secure_aggregation needs compression.sparsify none and bits 32, got {c.sparsify} and "
-                             f"{c.bits} (it sends its own fixed point; sparse supports and per-client scales do not sum)")
+            raise ValueError(
+                f"secure_aggregation needs compression.sparsify none and bits 32, got {c.sparsify} and "
+                f"{c.bits} (it sends its own fixed point; sparse supports and per-client scales do not sum)"
+            )
         return self
 
     @property
     def applies_nothing(self) -> bool:
         """Whether every update reaches the strategy exactly as the client computed it."""
-        return (self.clip_norm is None and self.compression.lossless and self.dp.mode == "none"
-                and not self.secure_aggregation.enabled)
+        return (
+            self.clip_norm is None
+            and self.compression.lossless
+            and self.dp.mode == "none"
+            and not self.secure_aggregation.enabled
+        )
 
     @property
     def noise_std(self) -> float:
@@ -92,7 +102,10 @@ class ClientMessage:
 
 
 def client_message(
-    config: PipelineConfig, delta: np.ndarray, residual: np.ndarray | None, rng: np.random.Generator,
+    config: PipelineConfig,
+    delta: np.ndarray,
+    residual: np.ndarray | None,
+    rng: np.random.Generator,
     sizes: tuple[int, ...] | None = None,
 ) -> ClientMessage:
     """The client side of the pipeline for one update (order and reasons in the module docstring);
@@ -105,32 +118,35 @@ def client_message(
     return ClientMessage(encode(message), residual)  # secure aggregation masks the vector these bytes stand for
 
 
-def decode_stack(payloads: list[bytes], dim: int) -> np.ndarray:
-    """The updates a round's payloads stand for, as an ``(n, dim)`` float32 stack."""
-    stack = np.zeros((len(payloads), dim), dtype=np.float32)
-    for i, payload in enumerate(payloads):
-        try:
-            stack[i] = decompress(decode(payload, dim))
-        except ValueError as exc:
-            raise ValueError(f"update {i} of the round: {exc}") from None
-    return stack
+def decode_update(payload: bytes, dim: int) -> np.ndarray:
+    """The float32 ``(dim,)`` update a client's payload stands for; ``ValueError`` saying why when
+    it is not an encoded update of that size. Every runtime's server decodes with this."""
+    return decompress(decode(payload, dim))
 
 
-def central_mean(config: PipelineConfig, stack: np.ndarray, expected_clients: float, rng: np.random.Generator) -> np.ndarray:
+def central_mean(
+    config: PipelineConfig, stack: np.ndarray, expected_clients: float, rng: np.random.Generator
+) -> np.ndarray:
     """Central DP's server step: ``(sum_i x_i + N(0, (zC)^2 I)) / (qN)``, the noised sum over the
     expected number of clients -- a fixed denominator, so the count of clients that took part
     stays hidden (DP-FedAvg's estimator; McMahan et al. 2018). An empty stack still gets noise."""
     return noised_mean(config, stack.sum(axis=0, dtype=np.float64).astype(np.float32), expected_clients, rng)
 
 
-def noised_mean(config: PipelineConfig, total: np.ndarray, expected_clients: float, rng: np.random.Generator) -> np.ndarray:
+def noised_mean(
+    config: PipelineConfig, total: np.ndarray, expected_clients: float, rng: np.random.Generator
+) -> np.ndarray:
     """``(total + N(0, (zC)^2 I)) / (qN)``: central DP's step on a round's sum of updates ``total`` ``(d,)``."""
     return (add_gaussian_noise(total, config.noise_std, rng) / np.float32(expected_clients)).astype(np.float32)
 
 
 def secure_mean(
-    config: PipelineConfig, stack: np.ndarray, dropped: np.ndarray, expected_clients: float,
-    rng: np.random.Generator, noise_rng: np.random.Generator,
+    config: PipelineConfig,
+    stack: np.ndarray,
+    dropped: np.ndarray,
+    expected_clients: float,
+    rng: np.random.Generator,
+    noise_rng: np.random.Generator,
 ) -> tuple[np.ndarray, SecureSumResult]:
     """The server side under secure aggregation: the sum of the rows of ``stack`` ``(n, d)`` whose
     masked inputs arrive (``dropped`` ``(n,)`` bool: shared keys, then sent nothing), through
@@ -153,7 +169,9 @@ def init_pipeline_state(config: PipelineConfig, n_clients: int, dim: int) -> dic
     return state
 
 
-def after_sending(state: dict[str, np.ndarray], clients: np.ndarray, messages: list[ClientMessage]) -> dict[str, np.ndarray]:
+def after_sending(
+    state: dict[str, np.ndarray], clients: np.ndarray, messages: list[ClientMessage]
+) -> dict[str, np.ndarray]:
     """A copy of the pipeline's client state after ``clients`` sent ``messages`` (in the same order)."""
     out = {key: value.copy() for key, value in state.items()}
     if "residual" in out and len(clients):
@@ -185,5 +203,7 @@ def budget_problem(config: PipelineConfig, fraction: float, rounds: int) -> str 
     if worst <= dp.target_epsilon:
         return None
     most = rounds_within(dp.target_epsilon, dp.noise_multiplier, rate, dp.delta)
-    return (f"{rounds} rounds at noise_multiplier {dp.noise_multiplier:g} and sampling rate {rate:g} spend "
-            f"epsilon {worst:.3g} at delta {dp.delta:g}; at most {most} rounds fit (federation.rounds)")
+    return (
+        f"{rounds} rounds at noise_multiplier {dp.noise_multiplier:g} and sampling rate {rate:g} spend "
+        f"epsilon {worst:.3g} at delta {dp.delta:g}; at most {most} rounds fit (federation.rounds)"
+    )

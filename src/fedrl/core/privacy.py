@@ -28,21 +28,26 @@ evaluation and grows with the number of compositions; docs/privacy.md compares t
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from fedrl.core.robust import FrozenConfig
+from fedrl.core.frozen import FrozenConfig
 
 
 class PrivacyConfig(FrozenConfig):
     """Client-level DP: where the noise is added, how much, and the budget a run may spend."""
 
-    mode: Literal["none", "central", "local"] = Field("none", description="none, central (server noises the sum) or local (each client noises its update)")
-    noise_multiplier: float | None = Field(None, gt=0, description="z: the noise std is z * pipeline.clip_norm; required with a mode")
+    mode: Literal["none", "central", "local"] = Field(
+        "none", description="none, central (server noises the sum) or local (each client noises its update)"
+    )
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="z: the noise std is z * pipeline.clip_norm; required with a mode"
+    )
     delta: float = Field(1e-5, gt=0, lt=1, description="the delta of the (epsilon, delta) guarantee reported")
     target_epsilon: float | None = Field(None, gt=0, description="refuse to start a run whose rounds would spend more")
 
@@ -112,13 +117,20 @@ def rounds_within(target_epsilon: float, noise_multiplier: float, sampling_rate:
         low, high = high, high * 2
     while high - low > 1:  # epsilon(low) <= target < epsilon(high)
         middle = (low + high) // 2
-        low, high = (middle, high) if epsilon(noise_multiplier, sampling_rate, middle, delta) <= target_epsilon else (low, middle)
+        low, high = (
+            (middle, high)
+            if epsilon(noise_multiplier, sampling_rate, middle, delta) <= target_epsilon
+            else (low, middle)
+        )
     return low
 
 
-def noise_multiplier_for(target_epsilon: float, sampling_rate: float, rounds: int, delta: float, rtol: float = 1e-3) -> float:
+def noise_multiplier_for(
+    target_epsilon: float, sampling_rate: float, rounds: int, delta: float, rtol: float = 1e-3
+) -> float:
     """The smallest noise multiplier (to a relative ``rtol``, rounded up) whose ``rounds`` rounds
     at sampling rate ``q`` spend at most ``target_epsilon`` at ``delta``."""
+
     def spends(z: float) -> float:
         return epsilon(z, sampling_rate, rounds, delta)
 

@@ -1,8 +1,9 @@
-"""The robust-aggregation settings every strategy config shares, and the step that uses them.
+"""How a strategy reduces its clients' deltas to one, robustly, and what every strategy config holds.
 
 Every strategy first reduces its clients' deltas to one "average delta" -- FedAvg adds it to
 the model, FedAvgM feeds it to momentum, FedAdam to its moments, FedBuff scales it by a server
-learning rate. ``BaseStrategyConfig`` says how that reduction is done and ``combine`` does it:
+learning rate. ``RobustConfig`` (a strategy's ``robust`` section) says how that reduction is done
+and ``combine`` does it:
 
 1. ``norm_bound``: each delta is first scaled down to an L2 norm of at most this bound (norm
    bounding; Sun et al., "Can You Really Backdoor Federated Learning?", 2019);
@@ -23,10 +24,10 @@ first to report the rejections, since a strategy has no side effects to report t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fedrl.core.aggregation import (
     clip_to_norm,
@@ -37,19 +38,14 @@ from fedrl.core.aggregation import (
     trimmed_mean,
     weighted_mean,
 )
+from fedrl.core.frozen import FrozenConfig
 from fedrl.core.update import Update, stack_deltas, step_weights
 
 Rule = Literal["mean", "median", "trimmed_mean", "krum", "multikrum"]
 
 
-class FrozenConfig(BaseModel):
-    """A frozen config record that rejects unknown keys."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BaseStrategyConfig(FrozenConfig):
-    """How every strategy reduces its clients' deltas to one: optional clipping, then a rule."""
+class RobustConfig(FrozenConfig):
+    """How a strategy reduces its clients' deltas to one: optional clipping, then a rule."""
 
     rule: Rule = Field("mean", description="how deltas are combined: mean, median, trimmed_mean, krum, multikrum")
     trim_ratio: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: fraction dropped at each end")
@@ -58,13 +54,23 @@ class BaseStrategyConfig(FrozenConfig):
     norm_bound: float | None = Field(None, gt=0, description="clip each delta to this L2 norm first; None: no clip")
 
     @model_validator(mode="after")
-    def _rule_options_match_rule(self) -> BaseStrategyConfig:
+    def _rule_options_match_rule(self) -> RobustConfig:
         """Reject Krum options given with a rule that would silently ignore them."""
         if self.byzantine and self.rule not in ("krum", "multikrum"):
             raise ValueError(f"byzantine={self.byzantine} is only used by rule krum or multikrum, not {self.rule!r}")
         if self.multikrum_m is not None and self.rule != "multikrum":
             raise ValueError(f"multikrum_m is only used by rule multikrum, not {self.rule!r}")
         return self
+
+
+class StrategyConfigBase(FrozenConfig):
+    """What every strategy's config holds besides its own fields: its ``robust`` section, and
+    whether the strategy is asynchronous (applies updates as they arrive, weighted by staleness)."""
+
+    asynchronous: ClassVar[bool] = False
+
+    name: str = Field(description="the strategy (each config narrows it to its own name)")
+    robust: RobustConfig = Field(RobustConfig(), description="how the deltas are reduced: clip, then a rule")
 
 
 def usable_updates(params: np.ndarray, updates: list[Update]) -> list[Update]:
@@ -78,13 +84,13 @@ def usable_updates(params: np.ndarray, updates: list[Update]) -> list[Update]:
     return screen(updates, params.shape[0]).accepted
 
 
-def clipped_stack(config: BaseStrategyConfig, updates: list[Update]) -> np.ndarray:
+def clipped_stack(config: RobustConfig, updates: list[Update]) -> np.ndarray:
     """The deltas as an ``(n, d)`` stack, each clipped to ``norm_bound`` when one is set."""
     stack = stack_deltas(updates)
     return stack if config.norm_bound is None else clip_to_norm(stack, config.norm_bound)
 
 
-def reduce_stack(config: BaseStrategyConfig, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def reduce_stack(config: RobustConfig, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Apply ``config.rule`` to a stack; ``weights`` are used by mean and multikrum only."""
     if config.rule == "mean":
         return weighted_mean(stack, weights)
@@ -98,6 +104,6 @@ def reduce_stack(config: BaseStrategyConfig, stack: np.ndarray, weights: np.ndar
     return multi_krum(stack, config.byzantine, config.multikrum_m, weights)
 
 
-def combine(config: BaseStrategyConfig, updates: list[Update]) -> np.ndarray:
+def combine(config: RobustConfig, updates: list[Update]) -> np.ndarray:
     """The one delta a strategy applies: clip each delta, then reduce them with the rule."""
     return reduce_stack(config, clipped_stack(config, updates), step_weights(updates))

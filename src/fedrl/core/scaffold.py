@@ -31,11 +31,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from fedrl.core.robust import BaseStrategyConfig, combine, reduce_stack, usable_updates
+from fedrl.core.robust import StrategyConfigBase, combine, reduce_stack, usable_updates
 from fedrl.core.update import Update
 
 
-class ScaffoldConfig(BaseStrategyConfig):
+class ScaffoldConfig(StrategyConfigBase):
     """SCAFFOLD's server: a global step on the deltas and an update of the control variate ``c``."""
 
     name: Literal["scaffold"] = "scaffold"
@@ -73,9 +73,9 @@ def scaffold_aggregate(
     if not updates:
         return params, state
     controls = _control_stack(config, updates)
-    new_params = params + config.server_lr * combine(config, updates)
+    new_params = params + config.server_lr * combine(config.robust, updates)
     share = len(updates) / config.n_clients
-    c = state.c + share * reduce_stack(config, controls, np.ones(len(updates)))
+    c = state.c + share * reduce_stack(config.robust, controls, np.ones(len(updates)))
     return new_params.astype(np.float32), ScaffoldState(c.astype(np.float32))
 
 

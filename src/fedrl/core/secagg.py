@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import Field, field_validator, model_validator
 
-from fedrl.core.robust import FrozenConfig
+from fedrl.core.frozen import FrozenConfig
 
 RandomBytes = Callable[[int], bytes]
 
@@ -448,8 +448,9 @@ def announce_survivors(masked: Sequence[MaskedInput], threshold: int) -> tuple[i
     return survivors
 
 
-def _reconstruct(revealed: Sequence[RevealedShare], owners: Collection[int], survivors: Collection[int],
-                 threshold: int) -> dict[int, bytes]:
+def _reconstruct(
+    revealed: Sequence[RevealedShare], owners: Collection[int], survivors: Collection[int], threshold: int
+) -> dict[int, bytes]:
     """Each owner's revealed secret (b_v for survivors, s_v for the dropped), from the first t holders."""
     by_holder: dict[int, dict[int, RevealedShare]] = {}
     for share in revealed:
@@ -467,8 +468,13 @@ def _reconstruct(revealed: Sequence[RevealedShare], owners: Collection[int], sur
     return secrets
 
 
-def unmask(roster: Sequence[KeyAdvert], shared: Collection[int], masked: Sequence[MaskedInput],
-           revealed: Sequence[RevealedShare], threshold: int) -> np.ndarray:
+def unmask(
+    roster: Sequence[KeyAdvert],
+    shared: Collection[int],
+    masked: Sequence[MaskedInput],
+    revealed: Sequence[RevealedShare],
+    threshold: int,
+) -> np.ndarray:
     """Round 3: ``sum_{u in U3} x_u mod 2^32`` (uint32), from U2, the masked inputs and t survivors' shares."""
     survivors = {m.client for m in masked}
     secrets = _reconstruct(revealed, shared, survivors, threshold)
@@ -566,8 +572,9 @@ def _round_keys(n: int, run: _Run) -> tuple[list[ClientKeys], tuple[KeyAdvert, .
         return list(keys), decode(KeyAdvert, broadcast)
 
 
-def _round_share(keys: list[ClientKeys], roster: tuple[KeyAdvert, ...],
-                 run: _Run) -> tuple[dict[int, ClientShared], dict[int, bytes]]:
+def _round_share(
+    keys: list[ClientKeys], roster: tuple[KeyAdvert, ...], run: _Run
+) -> tuple[dict[int, ClientShared], dict[int, bytes]]:
     """Round 1: the clients of U2 share and seal; the server routes each one's inbox."""
     states, uploads = {}, []
     with run.tally.clock("client"):
@@ -581,8 +588,9 @@ def _round_share(keys: list[ClientKeys], roster: tuple[KeyAdvert, ...],
     return states, inboxes
 
 
-def _round_mask(states: dict[int, ClientShared], inboxes: dict[int, bytes], inputs: np.ndarray, config: SecAggConfig,
-                run: _Run) -> tuple[dict[int, ClientMasked], list[MaskedInput], tuple[int, ...]]:
+def _round_mask(
+    states: dict[int, ClientShared], inboxes: dict[int, bytes], inputs: np.ndarray, config: SecAggConfig, run: _Run
+) -> tuple[dict[int, ClientMasked], list[MaskedInput], tuple[int, ...]]:
     """Round 2: the clients of U3 mask and send; the server announces U3 to them."""
     masked_states, uploads = {}, []
     with run.tally.clock("client"):
@@ -597,8 +605,14 @@ def _round_mask(states: dict[int, ClientShared], inboxes: dict[int, bytes], inpu
         return masked_states, masked, decode_ids(announcement)
 
 
-def _round_unmask(masked_states: dict[int, ClientMasked], survivors: tuple[int, ...], roster: tuple[KeyAdvert, ...],
-                  shared: Collection[int], masked: list[MaskedInput], run: _Run) -> np.ndarray:
+def _round_unmask(
+    masked_states: dict[int, ClientMasked],
+    survivors: tuple[int, ...],
+    roster: tuple[KeyAdvert, ...],
+    shared: Collection[int],
+    masked: list[MaskedInput],
+    run: _Run,
+) -> np.ndarray:
     """Round 3: the responding survivors reveal; the server rebuilds the secrets and unmasks."""
     with run.tally.clock("client"):
         uploads = [encode(reveal_shares(masked_states[u], survivors)) for u in survivors if run.reveals[u]]
@@ -631,11 +645,23 @@ def secure_sum(
     n = inputs.shape[0]
     t = config.threshold_for(n)
     check_headroom(config, n)
-    run = _Run(t, *_plan(n, dropped_before_masking, dropped_after_masking, silent_at_unmasking),
-               os.urandom if rng is None else rng.bytes, _Tally())
+    run = _Run(
+        t,
+        *_plan(n, dropped_before_masking, dropped_after_masking, silent_at_unmasking),
+        os.urandom if rng is None else rng.bytes,
+        _Tally(),
+    )
     keys, roster = _round_keys(n, run)
     states, inboxes = _round_share(keys, roster, run)
     masked_states, masked, survivors = _round_mask(states, inboxes, inputs, config, run)
     total = _round_unmask(masked_states, survivors, roster, states.keys(), masked, run)
-    return SecureSumResult(dequantize(total, config), survivors, t, run.tally.bytes_up, run.tally.bytes_down,
-                           run.tally.messages, run.tally.seconds["client"], run.tally.seconds["server"])
+    return SecureSumResult(
+        dequantize(total, config),
+        survivors,
+        t,
+        run.tally.bytes_up,
+        run.tally.bytes_down,
+        run.tally.messages,
+        run.tally.seconds["client"],
+        run.tally.seconds["server"],
+    )

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from fedrl.core.robust import FrozenConfig
+from fedrl.core.frozen import FrozenConfig
 
 
 class StalenessConfig(FrozenConfig):

@@ -1,31 +1,31 @@
-"""Server strategies as pure functions with explicit state.
+"""Server strategies as pure functions with explicit state, and the one registry of them.
 
 A strategy is ``init(params) -> state`` and ``aggregate(state, params, updates) ->
-(params, state)``; nothing is kept on an object. Client-side terms (FedProx's proximal
-coefficient, SCAFFOLD's control variates) travel with the strategy as plain values for the
-local learner to apply.
+(params, state)``; nothing is kept on an object. Client-side terms travel as plain values for the
+local learner to apply: SCAFFOLD's control variate with the model, and FedProx's proximal
+coefficient in the learner's own config (``learner.prox_mu``: FedProx is FedAvg on the server).
 
 - FedAvg: McMahan et al., "Communication-Efficient Learning of Deep Networks from
   Decentralized Data", AISTATS 2017 -- the step-weighted mean of the client deltas.
 - FedAvgM: Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for Federated
   Visual Classification", 2019 -- server momentum on the averaged delta, with a server
   learning rate.
-- FedProx: Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020 -- FedAvg
-  on the server; each client adds ``mu/2 * ||w - w_global||^2`` to its local loss.
 - FedAdagrad, FedAdam, FedYogi: Reddi et al., ICLR 2021 (``fedrl.core.fedopt``).
 - SCAFFOLD: Karimireddy et al., ICML 2020 (``fedrl.core.scaffold``).
 - FedAsync, FedBuff: Xie et al. 2019, Nguyen et al., AISTATS 2022 (``fedrl.core.asynchronous``).
 
-Every config shares the robust-aggregation fields of ``BaseStrategyConfig`` (``rule``,
-``trim_ratio``, ``byzantine``, ``multikrum_m``, ``norm_bound``; see ``fedrl.core.robust``), and
-every ``aggregate`` drops updates with NaN or Inf values before anything else.
+Every config holds a ``robust`` section (``fedrl.core.robust``: a norm bound, then the rule
+that reduces the deltas), and every ``aggregate`` drops updates with NaN or Inf values before
+anything else. ``STRATEGIES`` maps each ``name`` to its config record and the function that
+builds the strategy: adding a strategy is one entry there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 from pydantic import Discriminator, Field, Tag
@@ -46,18 +46,18 @@ from fedrl.core.fedopt import (
     adaptive_aggregate,
     adaptive_init,
 )
-from fedrl.core.robust import BaseStrategyConfig, combine, usable_updates
+from fedrl.core.robust import StrategyConfigBase, combine, usable_updates
 from fedrl.core.scaffold import ScaffoldConfig, ScaffoldState, scaffold_aggregate, scaffold_init
 from fedrl.core.update import Update
 
 
-class FedAvgConfig(BaseStrategyConfig):
+class FedAvgConfig(StrategyConfigBase):
     """FedAvg: the new global model is the env-step-weighted mean of the client models."""
 
     name: Literal["fedavg"] = "fedavg"
 
 
-class FedAvgMConfig(BaseStrategyConfig):
+class FedAvgMConfig(StrategyConfigBase):
     """FedAvgM: server momentum on the averaged delta."""
 
     name: Literal["fedavgm"] = "fedavgm"
@@ -65,52 +65,9 @@ class FedAvgMConfig(BaseStrategyConfig):
     momentum: float = Field(0.9, ge=0, lt=1, description="server momentum coefficient beta")
 
 
-class FedProxConfig(BaseStrategyConfig):
-    """FedProx: FedAvg on the server plus a proximal term on every client."""
-
-    name: Literal["fedprox"] = "fedprox"
-    mu: float = Field(0.01, ge=0, description="proximal coefficient applied by the local learner")
-
-
-STRATEGY_CONFIGS: dict[str, type[BaseStrategyConfig]] = {
-    "fedavg": FedAvgConfig,
-    "fedavgm": FedAvgMConfig,
-    "fedprox": FedProxConfig,
-    "fedadagrad": FedAdagradConfig,
-    "fedadam": FedAdamConfig,
-    "fedyogi": FedYogiConfig,
-    "scaffold": ScaffoldConfig,
-    "fedasync": FedAsyncConfig,
-    "fedbuff": FedBuffConfig,
-}
-"""Every strategy config by its ``name``, the tag of ``StrategyConfig``."""
-
-
-def _strategy_name(value: object) -> str:
-    """The ``name`` tag of a strategy config; a config that gives none means FedAvg."""
-    return value.get("name", "fedavg") if isinstance(value, dict) else getattr(value, "name", "fedavg")
-
-
-StrategyConfig = Annotated[
-    Union[
-        Annotated[FedAvgConfig, Tag("fedavg")],
-        Annotated[FedAvgMConfig, Tag("fedavgm")],
-        Annotated[FedProxConfig, Tag("fedprox")],
-        Annotated[FedAdagradConfig, Tag("fedadagrad")],
-        Annotated[FedAdamConfig, Tag("fedadam")],
-        Annotated[FedYogiConfig, Tag("fedyogi")],
-        Annotated[ScaffoldConfig, Tag("scaffold")],
-        Annotated[FedAsyncConfig, Tag("fedasync")],
-        Annotated[FedBuffConfig, Tag("fedbuff")],
-    ],
-    Discriminator(_strategy_name),
-]
-"""Any strategy's config, chosen by its ``name`` key (FedAvg when there is none)."""
-
-
 @dataclass(frozen=True)
 class NoState:
-    """State of a strategy that keeps none (FedAvg, FedProx)."""
+    """State of a strategy that keeps none (FedAvg)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +81,6 @@ class MomentumState:
 class Strategy:
     """A server strategy: two pure functions, the type of its state, and what the engine must know.
 
-    ``prox_mu``: FedProx's proximal coefficient for the local learner (0 for the others).
     ``uses_control_variates``: SCAFFOLD; the engine sends the state's ``c`` with the global
     params and the learner corrects its gradients and returns a ``control_delta``.
     ``buffer_size``: None for a synchronous strategy (``aggregate`` once per round); for an
@@ -135,19 +91,18 @@ class Strategy:
     init: Callable[[np.ndarray], Any]
     aggregate: Callable[[Any, np.ndarray, list[Update]], tuple[np.ndarray, Any]]
     state_type: type
-    prox_mu: float = 0.0
     uses_control_variates: bool = False
     buffer_size: int | None = None
 
 
 def fedavg_aggregate(
-    config: BaseStrategyConfig, state: NoState, params: np.ndarray, updates: list[Update]
+    config: FedAvgConfig, state: NoState, params: np.ndarray, updates: list[Update]
 ) -> tuple[np.ndarray, NoState]:
     """``params + rule(delta_i)`` (``sum_i (n_i / n) delta_i`` for the mean); no update keeps ``params``."""
     updates = usable_updates(params, updates)
     if not updates:
         return params, state
-    return (params + combine(config, updates)).astype(np.float32), state
+    return (params + combine(config.robust, updates)).astype(np.float32), state
 
 
 def fedavgm_aggregate(
@@ -157,12 +112,12 @@ def fedavgm_aggregate(
     updates = usable_updates(params, updates)
     if not updates:
         return params, state
-    velocity = (config.momentum * state.velocity + combine(config, updates)).astype(np.float32)
+    velocity = (config.momentum * state.velocity + combine(config.robust, updates)).astype(np.float32)
     return (params + config.server_lr * velocity).astype(np.float32), MomentumState(velocity)
 
 
 def _no_state(params: np.ndarray) -> NoState:
-    """FedAvg's and FedProx's state: nothing."""
+    """FedAvg's state: nothing."""
     return NoState()
 
 
@@ -171,34 +126,71 @@ def _zeros_like(params: np.ndarray) -> MomentumState:
     return MomentumState(np.zeros_like(params, dtype=np.float32))
 
 
-_AGGREGATES: dict[str, Callable[..., tuple[np.ndarray, Any]]] = {
-    "fedavg": fedavg_aggregate,
-    "fedavgm": fedavgm_aggregate,
-    "fedprox": fedavg_aggregate,
-    "fedadagrad": adaptive_aggregate,
-    "fedadam": adaptive_aggregate,
-    "fedyogi": adaptive_aggregate,
-    "scaffold": scaffold_aggregate,
-    "fedasync": fedasync_aggregate,
-    "fedbuff": fedbuff_aggregate,
+def _fedavg(config: FedAvgConfig) -> Strategy:
+    return Strategy(config.name, _no_state, partial(fedavg_aggregate, config), NoState)
+
+
+def _fedavgm(config: FedAvgMConfig) -> Strategy:
+    return Strategy(config.name, _zeros_like, partial(fedavgm_aggregate, config), MomentumState)
+
+
+def _adaptive(config: FedAdagradConfig | FedAdamConfig | FedYogiConfig) -> Strategy:
+    return Strategy(config.name, partial(adaptive_init, config), partial(adaptive_aggregate, config), AdaptiveState)
+
+
+def _scaffold(config: ScaffoldConfig) -> Strategy:
+    aggregate = partial(scaffold_aggregate, config)
+    return Strategy(config.name, scaffold_init, aggregate, ScaffoldState, uses_control_variates=True)
+
+
+def _fedasync(config: FedAsyncConfig) -> Strategy:
+    return Strategy(config.name, version_init, partial(fedasync_aggregate, config), VersionState, buffer_size=1)
+
+
+def _fedbuff(config: FedBuffConfig) -> Strategy:
+    aggregate = partial(fedbuff_aggregate, config)
+    return Strategy(config.name, version_init, aggregate, VersionState, buffer_size=config.buffer_size)
+
+
+@dataclass(frozen=True)
+class StrategyKind:
+    """One registered strategy: its config record (whose ``name`` default is its key) and the
+    function that builds the strategy from a config."""
+
+    config: type[StrategyConfigBase]
+    build: Callable[[Any], Strategy]
+
+
+STRATEGIES: dict[str, StrategyKind] = {
+    "fedavg": StrategyKind(FedAvgConfig, _fedavg),
+    "fedavgm": StrategyKind(FedAvgMConfig, _fedavgm),
+    "fedadagrad": StrategyKind(FedAdagradConfig, _adaptive),
+    "fedadam": StrategyKind(FedAdamConfig, _adaptive),
+    "fedyogi": StrategyKind(FedYogiConfig, _adaptive),
+    "scaffold": StrategyKind(ScaffoldConfig, _scaffold),
+    "fedasync": StrategyKind(FedAsyncConfig, _fedasync),
+    "fedbuff": StrategyKind(FedBuffConfig, _fedbuff),
 }
+"""Every strategy by its config's ``name``; the first is the default."""
+
+STRATEGY_CONFIGS: dict[str, type[StrategyConfigBase]] = {name: kind.config for name, kind in STRATEGIES.items()}
 
 
-def make_strategy(config: StrategyConfig) -> Strategy:
+def _strategy_name(value: object) -> str:
+    """The ``name`` tag of a strategy config; a config that gives none means FedAvg."""
+    return value.get("name", "fedavg") if isinstance(value, dict) else getattr(value, "name", "fedavg")
+
+
+StrategyConfig = Annotated[
+    Union[tuple(Annotated[kind.config, Tag(name)] for name, kind in STRATEGIES.items())],  # noqa: UP007
+    Discriminator(_strategy_name),
+]
+"""Any strategy's config, chosen by its ``name`` key (FedAvg when there is none)."""
+
+
+def make_strategy(config: StrategyConfigBase) -> Strategy:
     """The strategy a config names."""
-    aggregate = partial(_AGGREGATES[config.name], config)
-    if isinstance(config, FedAvgMConfig):
-        return Strategy(config.name, _zeros_like, aggregate, MomentumState)
-    if isinstance(config, (FedAdagradConfig, FedAdamConfig, FedYogiConfig)):
-        return Strategy(config.name, partial(adaptive_init, config), aggregate, AdaptiveState)
-    if isinstance(config, ScaffoldConfig):
-        return Strategy(config.name, scaffold_init, aggregate, ScaffoldState, uses_control_variates=True)
-    if isinstance(config, FedAsyncConfig):
-        return Strategy(config.name, version_init, aggregate, VersionState, buffer_size=1)
-    if isinstance(config, FedBuffConfig):
-        return Strategy(config.name, version_init, aggregate, VersionState, buffer_size=config.buffer_size)
-    mu = config.mu if isinstance(config, FedProxConfig) else 0.0
-    return Strategy(config.name, _no_state, aggregate, NoState, prox_mu=mu)
+    return STRATEGIES[config.name].build(config)
 
 
 def state_to_arrays(state: Any) -> dict[str, np.ndarray]:

@@ -23,8 +23,8 @@ import torch
 
 from fedrl.agents.distributions import greedy
 from fedrl.agents.rollout import env_action
-from fedrl.wire import disk
 from fedrl.edge.trainer import EdgeTrainer
+from fedrl.wire import disk
 
 PARAMS_FILE = "acting.safetensors"
 RECORD_FILE = "acting.json"

@@ -32,19 +32,20 @@ import fcntl
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-from fedrl.wire import disk
 from fedrl.edge.acting import ActingPolicy, Policy, clear_acting, load_acting, save_acting
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
 from fedrl.edge.link import Link, Unreachable
 from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.trainer import LEARNER_FILE, EdgeTrainer, LocalState, trainer_from_yaml
-from fedrl.sim.config import ConfigError
+from fedrl.experiment.config import ConfigError
+from fedrl.wire import disk
 from fedrl.wire.records import Model, Reason, Registration, Rejected, Submission, Task
 
 log = logging.getLogger("fedrl.edge")
@@ -140,7 +141,9 @@ class Agent:
                 self._restore()
                 registration = self._register()
                 period = registration.heartbeat_s if registration.heartbeat_s > 0 else self.config.heartbeat_s
-                heartbeat = threading.Thread(target=self._heartbeats, args=(period,), name="fedrl-heartbeat", daemon=True)
+                heartbeat = threading.Thread(
+                    target=self._heartbeats, args=(period,), name="fedrl-heartbeat", daemon=True
+                )
                 heartbeat.start()
                 self._push_pending()
                 while not self._stop.is_set():
@@ -187,8 +190,14 @@ class Agent:
             self._adopt(registration.experiment_yaml)
         check_env(self._trainer, self.config.env)
         self._learn_deployed(registration.deployed_version)
-        event(logging.INFO, "registered", client=registration.client, deployed_version=registration.deployed_version,
-              client_index=self.config.client_index, heartbeat_s=registration.heartbeat_s)
+        event(
+            logging.INFO,
+            "registered",
+            client=registration.client,
+            deployed_version=registration.deployed_version,
+            client_index=self.config.client_index,
+            heartbeat_s=registration.heartbeat_s,
+        )
         return registration
 
     def _adopt(self, experiment_yaml: str) -> None:
@@ -216,8 +225,12 @@ class Agent:
         if submission is None:
             return
         if submission.client != self._client:
-            event(logging.WARNING, "pending_dropped", update_id=submission.update_id,
-                  error=f"trained as client {submission.client}, registered as {self._client}")
+            event(
+                logging.WARNING,
+                "pending_dropped",
+                update_id=submission.update_id,
+                error=f"trained as client {submission.client}, registered as {self._client}",
+            )
             self.pending.clear()
             return
         event(logging.INFO, "resubmitting", update_id=submission.update_id, round=submission.round)
@@ -264,13 +277,30 @@ class Agent:
         started = time.monotonic()
         update, local = self._trainer.train(self._local, model.params, task.round, task.server_control)
         seconds = time.monotonic() - started
-        submission = new_submission(self._client, task.round, task.base_version, update.delta, update.env_steps,
-                                    update.metrics, update.control_delta, update.payload)
+        submission = new_submission(
+            self._client,
+            task.round,
+            task.base_version,
+            update.delta,
+            update.env_steps,
+            update.metrics,
+            update.control_delta,
+            update.payload,
+        )
         self.pending.save(submission)
         self._trainer.save_learner(self.config.state_dir, local)
         self._local = local
-        event(logging.INFO, "trained", round=task.round, base_version=task.base_version, env_steps=update.env_steps,
-              loss=update.metrics["loss"], seconds=seconds, update_id=submission.update_id, bytes=submission.sent_bytes)
+        event(
+            logging.INFO,
+            "trained",
+            round=task.round,
+            base_version=task.base_version,
+            env_steps=update.env_steps,
+            loss=update.metrics["loss"],
+            seconds=seconds,
+            update_id=submission.update_id,
+            bytes=submission.sent_bytes,
+        )
         if seconds > task.deadline_s:
             event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
         self._push(submission)
@@ -280,8 +310,14 @@ class Agent:
         try:
             ack = self._call("push", lambda: self.link.push(submission))
         except Rejected as exc:
-            event(logging.WARNING, "update_dropped", update_id=submission.update_id, round=submission.round,
-                  reason=exc.reason.value, message=exc.message)
+            event(
+                logging.WARNING,
+                "update_dropped",
+                update_id=submission.update_id,
+                round=submission.round,
+                reason=exc.reason.value,
+                message=exc.message,
+            )
         else:
             event(logging.INFO, "acknowledged", update_id=ack.update_id, round=ack.round, duplicate=ack.duplicate)
         self.pending.clear()
@@ -303,7 +339,9 @@ class Agent:
         try:
             model = self._model(version, patient)
         except Rejected as exc:
-            event(logging.WARNING, "refused", call="pull", version=version, reason=exc.reason.value, message=exc.message)
+            event(
+                logging.WARNING, "refused", call="pull", version=version, reason=exc.reason.value, message=exc.message
+            )
             return
         policy = Policy(version, self._trainer.acting_params(model.params, self._local), self._trainer, time.time())
         save_acting(self.config.state_dir, policy)  # first: a reboot acts with what acted last
@@ -318,8 +356,10 @@ class Agent:
             model = self._call("pull", pull) if patient else pull()
             dim = self._trainer.setup.net.spec.dim
             if np.shape(model.params) != (dim,):
-                raise Fatal(f"the server's version {version} has {np.size(model.params)} parameters; "
-                            f"its experiment's network has {dim}")
+                raise Fatal(
+                    f"the server's version {version} has {np.size(model.params)} parameters; "
+                    f"its experiment's network has {dim}"
+                )
             self._models = {v: m for v, m in self._models.items() if v == self._deployed} | {version: model}
         return self._models[version]
 
@@ -383,4 +423,6 @@ EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an upd
 
 
 def _refused_credentials(exc: Rejected) -> Fatal:
-    return Fatal(f"the server refused this client ({exc.reason.value}): {exc.message}; check the token and the client name")
+    return Fatal(
+        f"the server refused this client ({exc.reason.value}): {exc.message}; check the token and the client name"
+    )

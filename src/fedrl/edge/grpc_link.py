@@ -67,7 +67,9 @@ class GrpcLink:
     def heartbeat(self, acting_version: int | None) -> int:
         """Report liveness and the version acting now; returns the deployed version."""
         with _translated("Heartbeat"):
-            return self._stub.Heartbeat(pb.HeartbeatRequest(acting_version=acting_version), **self._call).deployed_version
+            return self._stub.Heartbeat(
+                pb.HeartbeatRequest(acting_version=acting_version), **self._call
+            ).deployed_version
 
     def task(self) -> Task | Wait:
         """Ask what to do: train from a version for a round (with the server control, if any), or wait."""
@@ -77,7 +79,9 @@ class GrpcLink:
     def pull(self, version: int) -> Model:
         """Download one stored global version."""
         with _translated("PullModel"):
-            return convert.read_model(self._stub.PullModel(pb.PullRequest(version=version), **self._call), MAX_DOWNLOAD_BYTES)
+            return convert.read_model(
+                self._stub.PullModel(pb.PullRequest(version=version), **self._call), MAX_DOWNLOAD_BYTES
+            )
 
     def push(self, submission: Submission) -> Ack:
         """Upload one update in chunks; returns its durable acknowledgement (again, for a resubmission)."""

@@ -63,9 +63,14 @@ class MqttLink:
         self._inbox = Inbox(MAX_DOWNLOAD_BYTES)
         self._announced: pb.ModelHeader | None = None
         self._announcement = threading.Event()
-        self._connection = Connection(options, f"fedrl-{options.fleet}-{client_name}",
-                                      [self._topics.down(client_name), self._topics.model], self._received,
-                                      will_topic=self._status, on_connected=self._online)
+        self._connection = Connection(
+            options,
+            f"fedrl-{options.fleet}-{client_name}",
+            [self._topics.down(client_name), self._topics.model],
+            self._received,
+            will_topic=self._status,
+            on_connected=self._online,
+        )
 
     @property
     def connection(self) -> Connection:
@@ -133,8 +138,10 @@ class MqttLink:
                 del self._calls[message_id]
                 self._inbox.forget(message_id)
         if call.reply is None:
-            raise Unreachable(f"{name}: {call.failure or f'no answer within {self._timeout_s:g} s'} "
-                              f"(broker {self._connection.options.address})")
+            raise Unreachable(
+                f"{name}: {call.failure or f'no answer within {self._timeout_s:g} s'} "
+                f"(broker {self._connection.options.address})"
+            )
         try:
             reply = mq.Reply.FromString(call.reply)
         except DecodeError:
@@ -147,9 +154,12 @@ class MqttLink:
         while not call.done.wait(min(RESEND_CHECK_S, max(0.0, deadline - time.monotonic()))):
             denied = next(filter(None, map(self._connection.denial, call.published)), None)
             if denied is not None:
-                raise Rejected(Reason.PERMISSION_DENIED, f"{name}: the broker refused to let "
-                               f"{self._connection.options.username!r} publish on {self._up} ({denied}); a device's "
-                               "broker username must be its client name")
+                raise Rejected(
+                    Reason.PERMISSION_DENIED,
+                    f"{name}: the broker refused to let "
+                    f"{self._connection.options.username!r} publish on {self._up} ({denied}); a device's "
+                    "broker username must be its client name",
+                )
             if time.monotonic() >= deadline:
                 return
             with self._lock:
@@ -168,7 +178,9 @@ class MqttLink:
         deadline = time.monotonic() + self._timeout_s
         self._connected("heartbeat", deadline)
         request = mq.Request(heartbeat=pb.HeartbeatRequest(acting_version=acting_version))
-        (frame,) = split(uuid.uuid4().hex, request.SerializeToString(), self._connection.max_payload, self._token).frames
+        (frame,) = split(
+            uuid.uuid4().hex, request.SerializeToString(), self._connection.max_payload, self._token
+        ).frames
         self._connection.publish(self._up, frame)
         if not self._announcement.wait(max(0.0, deadline - time.monotonic())):
             raise Unreachable(f"heartbeat: no deployed version announced on {self._topics.model} yet")

@@ -26,14 +26,27 @@ FILE = "pending.safetensors"
 
 
 def new_submission(
-    client: str, round_: int, base_version: int, delta: np.ndarray, env_steps: int,
-    metrics: dict[str, float], control_delta: np.ndarray | None = None, payload: bytes | None = None,
+    client: str,
+    round_: int,
+    base_version: int,
+    delta: np.ndarray,
+    env_steps: int,
+    metrics: dict[str, float],
+    control_delta: np.ndarray | None = None,
+    payload: bytes | None = None,
 ) -> Submission:
     """A fresh update with its own random ``update_id`` and the digest of what is sent: the
     ``payload`` (the update pipeline's encoding of ``delta``) when given, else ``delta`` itself."""
     submission = Submission(
-        str(uuid.uuid4()), client, round_, base_version, None if payload is not None else np.asarray(delta, dtype=np.float32),
-        int(env_steps), dict(metrics), control_delta, payload=payload,
+        str(uuid.uuid4()),
+        client,
+        round_,
+        base_version,
+        None if payload is not None else np.asarray(delta, dtype=np.float32),
+        int(env_steps),
+        dict(metrics),
+        control_delta,
+        payload=payload,
     )
     return replace(submission, digest=submission.sent_digest)
 
@@ -56,9 +69,13 @@ class PendingStore:
         if submission.control_delta is not None:
             arrays["control_delta"] = submission.control_delta
         header = {
-            "update_id": submission.update_id, "client": submission.client, "round": submission.round,
-            "base_version": submission.base_version, "env_steps": submission.env_steps,
-            "metrics": submission.metrics, "digest": submission.digest,
+            "update_id": submission.update_id,
+            "client": submission.client,
+            "round": submission.round,
+            "base_version": submission.base_version,
+            "env_steps": submission.env_steps,
+            "metrics": submission.metrics,
+            "digest": submission.digest,
         }
         disk.save_record(self.path, arrays, header)
 
@@ -72,8 +89,16 @@ class PendingStore:
         payload = arrays["payload"].tobytes() if "payload" in arrays else None
         try:
             submission = Submission(
-                h["update_id"], h["client"], int(h["round"]), int(h["base_version"]), None if payload else arrays["delta"],
-                int(h["env_steps"]), dict(h["metrics"]), arrays.get("control_delta"), h["digest"], payload,
+                h["update_id"],
+                h["client"],
+                int(h["round"]),
+                int(h["base_version"]),
+                None if payload else arrays["delta"],
+                int(h["env_steps"]),
+                dict(h["metrics"]),
+                arrays.get("control_delta"),
+                h["digest"],
+                payload,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{self.path}: not a pending update ({type(exc).__name__}: {exc})") from None

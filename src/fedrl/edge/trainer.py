@@ -3,8 +3,8 @@
 A device trains exactly what the simulator trains for one client: the experiment config's
 environment family, this client's row of physical parameters, the config's learner and local
 budget, and the strategy's client-side terms (FedProx's ``mu``; SCAFFOLD's correction when the
-task carries the server's control variate). It reuses the simulator's ``Setup`` (config ->
-family, parameters, network, budget), never its round loop.
+task carries the server's control variate). It builds the experiment's ``Setup`` (config ->
+family, parameters, network, budget), as every runtime does.
 
 When the experiment has an update pipeline (``fedrl.core.pipeline``), the delta leaves the device
 as the simulator's client would send it: clipped, noised (local DP), compressed with error
@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import yaml
 
 from fedrl.agents import init_client_state, local_params, make_task, train_local
 from fedrl.core.pipeline import after_sending, client_message, init_pipeline_state
-from fedrl.wire import disk
 from fedrl.envs.base import EnvState, reset
-from fedrl.sim.config import ConfigError, parse_config
-from fedrl.sim.setup import PIPELINE_STREAM, TRAIN_STREAM, Setup
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.loading import read_resolved
+from fedrl.experiment.setup import Setup
+from fedrl.experiment.streams import PIPELINE_STREAM, TRAIN_STREAM
+from fedrl.wire import disk
 
 LEARNER_FILE = "learner.safetensors"
 PIPELINE_PREFIX = "pipeline."  # the pipeline's arrays in the learner file, beside the learner's own
@@ -54,7 +55,9 @@ class LocalUpdate:
     env_steps: int
     metrics: dict[str, float]  # "loss" (NaN when no step was taken) and "episodes"
     control_delta: np.ndarray | None  # float32 (d,): SCAFFOLD's c_i+ - c_i; None without a server control
-    payload: bytes | None = None  # what is sent instead of delta: the pipeline's encoding of it; None without a pipeline
+    payload: bytes | None = (
+        None  # what is sent instead of delta: the pipeline's encoding of it; None without a pipeline
+    )
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,9 @@ class EdgeTrainer:
     def fresh_state(self) -> LocalState:
         """Fresh episodes and the learner state of a client that has never trained."""
         setup = self.setup
-        env_state, _ = reset(setup.family, self.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0, self.index))
+        env_state, _ = reset(
+            setup.family, self.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0, self.index)
+        )
         learner = init_client_state(setup.config.learner, setup.net, 1, setup.strategy.uses_control_variates)
         return LocalState(env_state, learner, init_pipeline_state(setup.config.pipeline, 1, setup.net.spec.dim))
 
@@ -92,16 +97,26 @@ class EdgeTrainer:
         setup = self.setup
         params = np.asarray(params, dtype=np.float32)
         task = make_task(
-            setup.net, setup.family, self.env_params, state.env_state, params, setup.strategy.prox_mu,
-            setup.rng(TRAIN_STREAM, round_, self.index), client_state=state.learner, server_control=server_control,
+            setup.net,
+            setup.family,
+            self.env_params,
+            state.env_state,
+            params,
+            setup.config.learner.prox_mu,
+            setup.rng(TRAIN_STREAM, round_, self.index),
+            client_state=state.learner,
+            server_control=server_control,
         )
         result = train_local(setup.config.learner, task, setup.budget)
         control = None if result.control_delta is None else result.control_delta[0].astype(np.float32)
         delta = (result.params[0] - params).astype(np.float32)
         payload, pipeline = self._encode(delta, state.pipeline, round_)
         update = LocalUpdate(
-            delta, int(result.env_steps[0]), {"loss": float(result.loss[0]), "episodes": float(result.episodes[0])},
-            control, payload,
+            delta,
+            int(result.env_steps[0]),
+            {"loss": float(result.loss[0]), "episodes": float(result.episodes[0])},
+            control,
+            payload,
         )
         return update, LocalState(result.env_state, result.client_state, pipeline)
 
@@ -134,7 +149,11 @@ class EdgeTrainer:
         another pipeline (``ValueError`` when the file is unreadable)."""
         fresh = self.fresh_state()
         record = disk.load_record(Path(state_dir) / LEARNER_FILE)
-        if record is None or record[1].get("client_index") != self.index or not _same_layout(record[0], _file_arrays(fresh)):
+        if (
+            record is None
+            or record[1].get("client_index") != self.index
+            or not _same_layout(record[0], _file_arrays(fresh))
+        ):
             return fresh
         saved = record[0]
         pipeline = {k.removeprefix(PIPELINE_PREFIX): v for k, v in saved.items() if k.startswith(PIPELINE_PREFIX)}
@@ -155,10 +174,4 @@ def _same_layout(saved: dict[str, np.ndarray], fresh: dict[str, np.ndarray]) -> 
 def trainer_from_yaml(experiment_yaml: str, index: int) -> EdgeTrainer:
     """The trainer of client ``index`` in the experiment the server sent, as YAML;
     ``ConfigError`` in one line when the config is unusable here or ``index`` is not a client."""
-    try:
-        data = yaml.safe_load(experiment_yaml)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the experiment config is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"the experiment config must be a mapping of sections, got {type(data).__name__}")
-    return EdgeTrainer(Setup(parse_config(data)), index)
+    return EdgeTrainer(Setup(read_resolved(experiment_yaml)), index)

@@ -14,8 +14,9 @@ episode is ever credited to the old one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -143,8 +144,7 @@ def params_from_rows(family: EnvFamily, rows: Sequence[dict[str, float]]) -> np.
         for key, value in row.items():
             if key not in family.param_names:
                 raise ValueError(
-                    f"client {i}: unknown {family.name} parameter {key!r}; "
-                    f"allowed: {', '.join(family.param_names)}"
+                    f"client {i}: unknown {family.name} parameter {key!r}; allowed: {', '.join(family.param_names)}"
                 )
             out[i, family.param_names.index(key)] = float(value)
     return out
@@ -186,9 +186,7 @@ def step(
         physics = select(done, fresh, physics)
         t = np.where(done, 0, t)
         obs = family.observe(params, physics)
-    return StepResult(
-        EnvState(physics, t), obs, reward.astype(np.float32), terminated, truncated, final_obs
-    )
+    return StepResult(EnvState(physics, t), obs, reward.astype(np.float32), terminated, truncated, final_obs)
 
 
 def take_clients(state: EnvState, rows: np.ndarray) -> EnvState:

@@ -17,7 +17,8 @@ without Gymnasium's ``TimeLimit``; its own ``truncated`` flag is ignored).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np

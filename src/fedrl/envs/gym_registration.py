@@ -10,7 +10,8 @@ no auto-reset and no double truncation here. Physical parameters are keyword arg
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -83,9 +84,7 @@ class FamilyEnv(gym.Env):
             action = np.full((1, 1), int(action))
         else:
             raise ValueError(f"invalid action {action!r} for {self.action_space}")
-        self._physics, reward, terminated = self.family.transition(
-            self.params, self._physics, action, self.np_random
-        )
+        self._physics, reward, terminated = self.family.transition(self.params, self._physics, action, self.np_random)
         obs = self.family.observe(self.params, self._physics)[0, 0]
         return obs, float(reward[0, 0]), bool(terminated[0, 0]), False, {}
 

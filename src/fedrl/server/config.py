@@ -13,16 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from fedrl.sim.config import ConfigError, ExperimentConfig, apply_override, load_config, parse_config, read_yaml
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from fedrl.core.frozen import FrozenConfig
+from fedrl.experiment.config import ConfigError, ExperimentConfig
+from fedrl.experiment.loading import apply_override, load_config, parse_config, read_yaml
 
 
-class RoundConfig(_Frozen):
+class RoundConfig(FrozenConfig):
     """When a round closes and who counts as online."""
 
     min_updates: int | None = Field(
@@ -35,7 +33,7 @@ class RoundConfig(_Frozen):
     max_staleness: int = Field(8, ge=0, description="asynchronous mode: oldest base version accepted, in versions")
 
 
-class GateConfig(_Frozen):
+class GateConfig(FrozenConfig):
     """The evaluation gate: a candidate is deployed only if it is not worse than the deployed model.
 
     The server evaluates each candidate on held-out clients of the experiment's environment
@@ -51,11 +49,12 @@ class GateConfig(_Frozen):
     relative_tolerance: float = Field(0.1, ge=0, description="fraction of |deployed return| a candidate may lose")
 
 
-class LimitsConfig(_Frozen):
+class LimitsConfig(FrozenConfig):
     """What one client may send, and how often."""
 
     max_message_bytes: int = Field(
-        64 * 2**20, ge=2 * 2**20,
+        64 * 2**20,
+        ge=2 * 2**20,
         description="largest message, and largest reassembled update (delta plus control delta); at least 2 MiB, "
         "since models and updates travel in 1 MiB chunks",
     )
@@ -63,7 +62,8 @@ class LimitsConfig(_Frozen):
         256, ge=1, description="calls served at once (server-wide, and per HTTP/2 connection); more are refused"
     )
     worker_threads: int = Field(
-        32, ge=1,
+        32,
+        ge=1,
         description="gRPC handler threads; calls beyond them wait in gRPC's queue (fewer threads contend less for "
         "the coordinator; a slow upload holds one thread while it lasts)",
     )
@@ -75,7 +75,7 @@ class LimitsConfig(_Frozen):
     )
 
 
-class StoreConfig(_Frozen):
+class StoreConfig(FrozenConfig):
     """How durable an acknowledgement is, and how many old versions to keep."""
 
     durability: Literal["fsync", "process"] = Field(
@@ -84,13 +84,14 @@ class StoreConfig(_Frozen):
         "process: it survives a crash or kill -9 of the server, not of the machine (synchronous=NORMAL)",
     )
     keep_versions: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="keep the files of only this many newest versions (at least max_staleness + 1 of them in "
         "asynchronous mode, which accepts updates from older ones); null keeps every version",
     )
 
 
-class ServerConfig(_Frozen):
+class ServerConfig(FrozenConfig):
     """Everything ``fedrl server`` needs besides addresses and certificates (given on the command line)."""
 
     experiment: ExperimentConfig = ExperimentConfig()
@@ -102,7 +103,7 @@ class ServerConfig(_Frozen):
     @property
     def asynchronous(self) -> bool:
         """FedAsync / FedBuff: rounds close after every ``buffer_size`` arrivals, with no barrier."""
-        return self.experiment.strategy.name in ("fedasync", "fedbuff")
+        return self.experiment.asynchronous
 
     @property
     def updates_per_round(self) -> int:

@@ -1,7 +1,7 @@
 """The coordinator: the deployed server's state machine, with no transport in it.
 
 It owns the client registry, the global versions, the open round, the sampling of clients,
-the round deadline, the arrived updates, aggregation through the simulator's strategies, the
+the round deadline, the arrived updates, aggregation as every runtime aggregates (``fedrl.experiment.aggregation``), the
 evaluation gate and the durable store. gRPC and MQTT adapters call the public methods below
 with records from ``fedrl.wire.records``; a refused call raises ``Rejected`` and changes
 nothing. Every public method is thread-safe.
@@ -20,7 +20,7 @@ held-out environments (the gate), and either deploys it as the next version or k
 ``rejected/`` while clients keep the deployed version. ``tick`` does this; a transport calls it
 a few times per second from one thread.
 
-The update pipeline (``fedrl.core.pipeline``) is the simulator's. When the experiment has one, an
+The update pipeline (``fedrl.core.pipeline``) is the experiment's, as in the simulator. When the experiment has one, an
 update arrives as the pipeline's encoded message (``Submission.payload``), which is decoded and
 then validated and stored like a float32 delta; a bare delta is refused, since it skipped the
 clip, noise or compression the experiment asks of every client. Under central DP the round works
@@ -37,28 +37,37 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from fedrl.agents import evaluate
-from fedrl.core.aggregation import screen
-from fedrl.core.compress import decode, decompress
-from fedrl.core.pipeline import central_mean, spent_epsilon
+from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
-from fedrl.core.update import Update, stack_deltas
+from fedrl.core.update import Update
+from fedrl.experiment.aggregation import aggregate_round, heldout_returns
+from fedrl.experiment.config import ConfigError, ExperimentConfig
+from fedrl.experiment.loading import read_resolved, to_yaml
+from fedrl.experiment.setup import Setup
+from fedrl.experiment.streams import SAMPLE_STREAM
 from fedrl.server.auth import hash_token
 from fedrl.server.config import ServerConfig
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.ratelimit import RateLimiter
 from fedrl.server.store import Store, StoredUpdate
-from fedrl.sim.config import ConfigError, to_yaml
-from fedrl.sim.setup import EVAL_STREAM, NOISE_STREAM, SAMPLE_STREAM, Setup
 from fedrl.wire.records import (
-    Ack, ClientStatus, Model, Reason, Registration, Rejected, RoundStatus, Submission, Task, Wait,
+    Ack,
+    ClientStatus,
+    Model,
+    Reason,
+    Registration,
+    Rejected,
+    RoundStatus,
+    Submission,
+    Task,
+    Wait,
 )
 
 LIVENESS_FLUSH_S = 2.0  # how often last-seen times go to the store (they are not worth a write per heartbeat)
@@ -79,8 +88,13 @@ class FleetStatus:
 class Coordinator:
     """The server's state machine over a ``Store``; see the module docstring."""
 
-    def __init__(self, config: ServerConfig, store: Store, metrics: ServerMetrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        metrics: ServerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.setup = Setup(config.experiment)
         self.dim = self.setup.net.spec.dim
@@ -97,20 +111,29 @@ class Coordinator:
         self._load()
 
     @classmethod
-    def open(cls, config: ServerConfig, state_dir: Path, metrics: ServerMetrics | None = None,
-             clock: Callable[[], float] = time.time) -> Coordinator:
+    def open(
+        cls,
+        config: ServerConfig,
+        state_dir: Path,
+        metrics: ServerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Coordinator:
         """Start a new run in ``state_dir``, or resume the one stored there (same experiment only);
         ``ConfigError`` for an experiment the deployment cannot run (secure aggregation)."""
         if config.experiment.pipeline.secure_aggregation.enabled:
-            raise ConfigError("bad config: experiment.pipeline.secure_aggregation.enabled = True: secure aggregation runs "
-                              "in the simulator only; its rounds of key exchange are not carried over gRPC or MQTT")
+            raise ConfigError(
+                "bad config: experiment.pipeline.secure_aggregation.enabled = True: secure aggregation runs "
+                "in the simulator only; its rounds of key exchange are not carried over gRPC or MQTT"
+            )
         store = Store(state_dir, config.store.durability)
         experiment = to_yaml(config.experiment)
         stored = store.meta("experiment")
-        if stored is not None and stored != experiment:
+        if stored is not None and stored != experiment and not _same_experiment(stored, config.experiment):
             store.close()
-            raise ConfigError(f"state dir {state_dir} holds a run of a different experiment; "
-                              "use a new --state-dir or the experiment it was started with")
+            raise ConfigError(
+                f"state dir {state_dir} holds a run of a different experiment; "
+                "use a new --state-dir or the experiment it was started with"
+            )
         if stored is None:
             setup = Setup(config.experiment)
             params = setup.initial_params()
@@ -141,7 +164,9 @@ class Coordinator:
             with self._lock:
                 found = self._store.client_for_token(token)
             if found is None:
-                raise Rejected(Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`")
+                raise Rejected(
+                    Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`"
+                )
             name = self._tokens[hashed] = found[0]
         return name
 
@@ -159,8 +184,11 @@ class Coordinator:
         """Rate-limit one call and mark the client as seen."""
         now = self._clock()
         if not self._limiter.allow(client, now):
-            raise Rejected(Reason.RESOURCE_EXHAUSTED, f"client {client!r} exceeded {self.config.limits.rate_per_s:g} "
-                          f"calls/s (burst {self.config.limits.burst}); slow down")
+            raise Rejected(
+                Reason.RESOURCE_EXHAUSTED,
+                f"client {client!r} exceeded {self.config.limits.rate_per_s:g} "
+                f"calls/s (burst {self.config.limits.burst}); slow down",
+            )
         previous = self._seen.get(client, (now, None))[1]
         self._seen[client] = (now, previous if acting_version is None else acting_version)
 
@@ -252,11 +280,16 @@ class Coordinator:
             if version is None or version == self._deployed.version:
                 return self._deployed
             if version < 0 or not self._store.has_version(version):
-                raise Rejected(Reason.NOT_FOUND, f"no version {version}; the deployed version is {self._deployed.version}")
+                raise Rejected(
+                    Reason.NOT_FOUND, f"no version {version}; the deployed version is {self._deployed.version}"
+                )
             kept = self.config.versions_kept
             if kept is not None and version <= self._deployed.version - kept:
-                raise Rejected(Reason.NOT_FOUND, f"version {version} was pruned (store.keep_versions="
-                               f"{self.config.store.keep_versions}); the deployed version is {self._deployed.version}")
+                raise Rejected(
+                    Reason.NOT_FOUND,
+                    f"version {version} was pruned (store.keep_versions="
+                    f"{self.config.store.keep_versions}); the deployed version is {self._deployed.version}",
+                )
             return self._store.load_version(version)[0]
 
     # --- updates -----------------------------------------------------------------------
@@ -288,7 +321,9 @@ class Coordinator:
     def note_rejected(self, client: str, refusal: Rejected) -> None:
         """Count and log a refused update; transports call it for updates they could not even decode."""
         self._metrics.updates_rejected.labels(reason=refusal.reason.value).inc()
-        log_event("update_rejected", level="warning", client=client, reason=refusal.reason.value, message=refusal.message)
+        log_event(
+            "update_rejected", level="warning", client=client, reason=refusal.reason.value, message=refusal.message
+        )
 
     def _counted(self, check: Callable, client: str, submission: Submission):
         """``check(client, submission)``, with a refusal counted and logged."""
@@ -302,7 +337,9 @@ class Coordinator:
         """The checks that need no shared state: identity, decoding, vectors; returns the update
         with its payload decoded into ``delta`` and the digest of what was sent."""
         if s.client != client:
-            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}")
+            raise Rejected(
+                Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}"
+            )
         s = self._decoded(s)
         return s, self._check_vectors(s)
 
@@ -311,11 +348,14 @@ class Coordinator:
         no update pipeline, which every update must pass through."""
         if s.payload is None:
             if not self.setup.config.pipeline.applies_nothing:
-                raise Rejected(Reason.INVALID_ARGUMENT, "the experiment's update pipeline (clip, compression, DP) "
-                              "encodes every update: send it as a payload, not a bare delta")
+                raise Rejected(
+                    Reason.INVALID_ARGUMENT,
+                    "the experiment's update pipeline (clip, compression, DP) "
+                    "encodes every update: send it as a payload, not a bare delta",
+                )
             return s
         try:
-            return replace(s, delta=decompress(decode(s.payload, self.dim)))
+            return replace(s, delta=decode_update(s.payload, self.dim))
         except (ValueError, IndexError) as exc:  # IndexError: an index past the end
             raise Rejected(Reason.INVALID_ARGUMENT, f"payload is not an encoded update: {exc}") from None
 
@@ -326,7 +366,9 @@ class Coordinator:
         if known is not None:
             return self._repeat(client, s, digest, known)
         if s.update_id in self._writing:
-            raise Rejected(Reason.ALREADY_EXISTS, f"update id {s.update_id!r} is being stored; ask again for its acknowledgement")
+            raise Rejected(
+                Reason.ALREADY_EXISTS, f"update id {s.update_id!r} is being stored; ask again for its acknowledgement"
+            )
         self._check_version(client, s)
         self._check_size(s)
         return None
@@ -355,7 +397,9 @@ class Coordinator:
             if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (self.dim,):
                 shape = getattr(v, "shape", None)
                 dtype = getattr(v, "dtype", type(v).__name__)
-                raise Rejected(Reason.INVALID_ARGUMENT, f"{label} must be float32 of shape ({self.dim},), got {dtype} {shape}")
+                raise Rejected(
+                    Reason.INVALID_ARGUMENT, f"{label} must be float32 of shape ({self.dim},), got {dtype} {shape}"
+                )
             bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
             if bad:
                 raise Rejected(Reason.INVALID_ARGUMENT, f"{label} has {bad} NaN or infinite values")
@@ -379,8 +423,11 @@ class Coordinator:
         clip = self.setup.config.pipeline.clip_norm
         exact = float(np.linalg.norm(delta.astype(np.float64)))
         if exact > clip * (1 + CLIP_SLACK):
-            raise Rejected(Reason.INVALID_ARGUMENT, f"update norm {exact:.6g} exceeds pipeline.clip_norm {clip:g}, "
-                          "the sensitivity central DP's noise is calibrated to")
+            raise Rejected(
+                Reason.INVALID_ARGUMENT,
+                f"update norm {exact:.6g} exceeds pipeline.clip_norm {clip:g}, "
+                "the sensitivity central DP's noise is calibrated to",
+            )
 
     def _check_size(self, s: Submission) -> None:
         if not 1 <= s.env_steps <= self.config.max_env_steps:
@@ -389,23 +436,33 @@ class Coordinator:
     def _check_version(self, client: str, s: Submission) -> int:
         """The round the update joins, after checking its base version and round."""
         if not 0 <= s.base_version <= self._deployed.version:  # versions are numbered 0, 1, 2 ... deployed
-            raise Rejected(Reason.FAILED_PRECONDITION, f"unknown base version {s.base_version}; "
-                          f"the deployed version is {self._deployed.version}")
+            raise Rejected(
+                Reason.FAILED_PRECONDITION,
+                f"unknown base version {s.base_version}; the deployed version is {self._deployed.version}",
+            )
         if self.config.asynchronous:
             staleness = self._deployed.version - s.base_version
             if staleness > self.config.rounds.max_staleness:
-                raise Rejected(Reason.FAILED_PRECONDITION, f"base version {s.base_version} is {staleness} versions old; "
-                              f"at most {self.config.rounds.max_staleness} are accepted")
+                raise Rejected(
+                    Reason.FAILED_PRECONDITION,
+                    f"base version {s.base_version} is {staleness} versions old; "
+                    f"at most {self.config.rounds.max_staleness} are accepted",
+                )
             # a full buffer (or one being aggregated) sends arrivals on to the next round
             full = self._closing or len(self._arrived) >= self.config.updates_per_round
             return self._round.round + 1 if full else self._round.round
         r = self._round
         if s.round != r.round or self._closing:
-            raise Rejected(Reason.FAILED_PRECONDITION, f"round {s.round} is not open for updates; the open round is "
-                          f"{r.round}{' (closing)' if self._closing else ''}")
+            raise Rejected(
+                Reason.FAILED_PRECONDITION,
+                f"round {s.round} is not open for updates; the open round is "
+                f"{r.round}{' (closing)' if self._closing else ''}",
+            )
         if s.base_version != r.base_version:
-            raise Rejected(Reason.FAILED_PRECONDITION, f"stale base version {s.base_version}: round {r.round} "
-                          f"trains from version {r.base_version}")
+            raise Rejected(
+                Reason.FAILED_PRECONDITION,
+                f"stale base version {s.base_version}: round {r.round} trains from version {r.base_version}",
+            )
         if client not in self._selected:
             raise Rejected(Reason.FAILED_PRECONDITION, f"client {client!r} has no task in round {r.round}")
         if client in self._arrived:
@@ -437,7 +494,9 @@ class Coordinator:
         n = len(self._arrived)
         if self.finished:
             return False
-        if self._central_dp:  # every sampled client is in, or the deadline passed: what came (even nothing) is one release
+        if (
+            self._central_dp
+        ):  # every sampled client is in, or the deadline passed: what came (even nothing) is one release
             return self._selected <= set(self._arrived) or self._time_left() == 0.0
         if n == 0:
             return False
@@ -445,22 +504,13 @@ class Coordinator:
         return n >= wanted or (n >= self.config.min_updates and self._time_left() == 0.0)
 
     def _aggregate(self, stored: list[StoredUpdate], deployed: Model, state, round_: int) -> tuple[np.ndarray, object]:
-        """The strategy's candidate from the round's stored updates (screened as in the simulator;
-        under central DP, their noised mean as one update)."""
-        updates = [Update(u.client_id, u.base_version, u.delta, u.env_steps, u.metrics, u.control_delta) for u in stored]
-        accepted = screen(updates, self.dim).accepted
-        if self._central_dp:
-            accepted = [self._central_update(accepted, deployed.version, round_)]
-        return self.setup.strategy.aggregate(state, deployed.params, accepted)
-
-    def _central_update(self, updates: list[Update], version: int, round_: int) -> Update:
-        """Central DP's one update: the noised sum over the expected number of clients,
-        ``fraction * n_clients`` (client id -1: no single client's); noise from the seed and the round."""
-        fed = self.config.experiment.federation
-        stack = stack_deltas(updates) if updates else np.zeros((0, self.dim), dtype=np.float32)
-        rng = self.setup.rng(NOISE_STREAM, round_)
-        mean = central_mean(self.setup.config.pipeline, stack, fed.fraction * fed.n_clients, rng)
-        return Update(-1, version, mean, sum(u.env_steps for u in updates))
+        """The candidate and strategy state from the round's stored updates, closed as every
+        runtime closes a round (``fedrl.experiment.aggregation``)."""
+        updates = [
+            Update(u.client_id, u.base_version, u.delta, u.env_steps, u.metrics, u.control_delta) for u in stored
+        ]
+        done = aggregate_round(self.setup, state, deployed.params, deployed.version, round_, updates)
+        return done.params, done.strategy_state
 
     def _epsilon(self, closed_rounds: int) -> float | None:
         """The DP epsilon spent by the first ``closed_rounds`` rounds (None without DP). Local mode
@@ -493,8 +543,15 @@ class Coordinator:
             self._store.write_rejected(round_.round, candidate)
             self._store.close_round(round_.round, now, score, None, self._deployed.version, spent)
             self._metrics.candidates_rejected.inc()
-        log_event("round_closed", round=round_.round, updates=len(self._arrived), candidate_return=score,
-                  deployed_version=self._deployed.version, promoted=self._deployed.round == round_.round, epsilon=spent)
+        log_event(
+            "round_closed",
+            round=round_.round,
+            updates=len(self._arrived),
+            candidate_return=score,
+            deployed_version=self._deployed.version,
+            promoted=self._deployed.round == round_.round,
+            epsilon=spent,
+        )
         self._metrics.round_duration_seconds.observe(now - round_.opened_at)
         self._round = self._store.open_round()
         self._arrived = self._store.round_clients(self._round.round)
@@ -526,8 +583,13 @@ class Coordinator:
         """Clients, their liveness and the newest rounds."""
         with self._lock:
             self._store.save_liveness(self._seen)
-            return FleetStatus(self._deployed.version, self._round.round, self.finished,
-                               self._store.clients(), self._store.rounds(rounds))
+            return FleetStatus(
+                self._deployed.version,
+                self._round.round,
+                self.finished,
+                self._store.clients(),
+                self._store.rounds(rounds),
+            )
 
     def close(self) -> None:
         """Store liveness and close the store."""
@@ -536,10 +598,14 @@ class Coordinator:
             self._store.close()
 
 
+def _same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:
+    """Whether a state directory's experiment, perhaps written by an older fedrl, is ``experiment``."""
+    try:
+        return read_resolved(stored_yaml) == experiment
+    except ConfigError:
+        return False
+
+
 def _gate_return(config: ServerConfig, setup: Setup, params: np.ndarray) -> float:
     """Mean return of ``params`` on the gate's held-out environments, always the same episodes."""
-    gate = config.gate
-    seed = int(setup.rng(EVAL_STREAM, 1).integers(2**31))
-    env_params = setup.heldout_params(gate.heldout_clients)
-    returns = evaluate(setup.net, params, setup.family, env_params, gate.episodes, seed, config.experiment.eval.greedy)
-    return float(returns.mean())
+    return float(heldout_returns(setup, params, config.gate.heldout_clients, config.gate.episodes).mean())

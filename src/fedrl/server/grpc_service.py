@@ -25,8 +25,8 @@ from fedrl.server.coordinator import Coordinator
 from fedrl.server.log import log_event, logger
 from fedrl.server.metrics import ServerMetrics
 from fedrl.wire import convert
-from fedrl.wire.convert import parse_message
 from fedrl.wire import fedrl_pb2 as pb
+from fedrl.wire.convert import parse_message
 from fedrl.wire.records import Reason, Rejected
 
 TRANSPORT = "grpc"  # the label of this transport in the byte counters
@@ -52,18 +52,24 @@ class FederationService:
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's methods, each guarded so that every failure is a status with a message."""
         unary, stream_out, stream_in = (
-            grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler, grpc.stream_unary_rpc_method_handler
+            grpc.unary_unary_rpc_method_handler,
+            grpc.unary_stream_rpc_method_handler,
+            grpc.stream_unary_rpc_method_handler,
         )
-        return grpc.method_handlers_generic_handler(SERVICE, {
-            "Register": unary(self._guarded("Register", self.register)),
-            "Heartbeat": unary(self._guarded("Heartbeat", self.heartbeat)),
-            "GetTask": stream_out(self._guarded("GetTask", self.get_task)),
-            "PullModel": stream_out(self._guarded("PullModel", self.pull_model)),
-            "PushUpdate": stream_in(self._guarded("PushUpdate", self.push_update)),
-        })
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Register": unary(self._guarded("Register", self.register)),
+                "Heartbeat": unary(self._guarded("Heartbeat", self.heartbeat)),
+                "GetTask": stream_out(self._guarded("GetTask", self.get_task)),
+                "PullModel": stream_out(self._guarded("PullModel", self.pull_model)),
+                "PushUpdate": stream_in(self._guarded("PushUpdate", self.push_update)),
+            },
+        )
 
     def _guarded(self, method: str, body: Callable) -> Callable:
         """``body``, with ``Rejected`` turned into its status and anything else into INTERNAL."""
+
         def call(request, context: grpc.ServicerContext):
             try:
                 return body(request, context)
@@ -74,9 +80,15 @@ class FederationService:
                 if not context.is_active():  # the caller hung up mid-call (a dropped link): no one to answer
                     log_event("call_abandoned", method=method, peer=context.peer())
                     return None
-                code, message = grpc.StatusCode.INTERNAL, f"internal server error in {method} ({type(error).__name__}); see the server log"
-                logger.error("call_failed", exc_info=error, extra={"fields": {"method": method, "peer": context.peer()}})
+                code, message = (
+                    grpc.StatusCode.INTERNAL,
+                    f"internal server error in {method} ({type(error).__name__}); see the server log",
+                )
+                logger.error(
+                    "call_failed", exc_info=error, extra={"fields": {"method": method, "peer": context.peer()}}
+                )
             context.abort(code, message)
+
         return call
 
     def _client(self, context: grpc.ServicerContext) -> str:
@@ -98,7 +110,9 @@ class FederationService:
         client = self._client(context)
         claimed = parse_message(pb.RegisterRequest, self._in(request)).client
         if claimed != client:
-            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}")
+            raise Rejected(
+                Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}"
+            )
         return self._out(convert.registration_message(self._coordinator.register(client)))
 
     def heartbeat(self, request: bytes, context: grpc.ServicerContext) -> bytes:

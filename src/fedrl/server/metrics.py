@@ -40,20 +40,30 @@ class ServerMetrics:
         common = {"namespace": NAMESPACE, "registry": registry}
         return cls(
             registry=registry,
-            clients_connected=Gauge("clients_connected", "Clients heard from within their heartbeat interval.", **common),
+            clients_connected=Gauge(
+                "clients_connected", "Clients heard from within their heartbeat interval.", **common
+            ),
             deployed_version=Gauge("deployed_version", "Global model version clients are told to run.", **common),
             current_round=Gauge("current_round", "Round now open (or last closed).", **common),
             round_duration_seconds=Histogram(
-                "round_duration_seconds", "Seconds from opening a round to aggregating it.", buckets=ROUND_BUCKETS_S, **common
+                "round_duration_seconds",
+                "Seconds from opening a round to aggregating it.",
+                buckets=ROUND_BUCKETS_S,
+                **common,
             ),
             updates_accepted=Counter("updates_accepted", "Client updates accepted.", **common),
             updates_rejected=Counter("updates_rejected", "Client updates rejected, by reason.", ["reason"], **common),
-            bytes_received=Counter("bytes_received", "Bytes received from clients, by transport.", ["transport"], **common),
+            bytes_received=Counter(
+                "bytes_received", "Bytes received from clients, by transport.", ["transport"], **common
+            ),
             bytes_sent=Counter("bytes_sent", "Bytes sent to clients, by transport.", ["transport"], **common),
-            candidates_rejected=Counter("candidates_rejected", "Aggregated models the evaluation gate refused.", **common),
+            candidates_rejected=Counter(
+                "candidates_rejected", "Aggregated models the evaluation gate refused.", **common
+            ),
             privacy_epsilon=Gauge(
-                "privacy_epsilon", "Differential-privacy epsilon spent by the closed rounds, at the configured delta; "
-                "+Inf without DP.", **common
+                "privacy_epsilon",
+                "Differential-privacy epsilon spent by the closed rounds, at the configured delta; +Inf without DP.",
+                **common,
             ),
         )
 

@@ -36,9 +36,9 @@ from fedrl.server.coordinator import Coordinator
 from fedrl.server.log import log_event, logger
 from fedrl.server.metrics import ServerMetrics
 from fedrl.wire import convert
-from fedrl.wire.convert import parse_message
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire import mqtt_pb2 as mq
+from fedrl.wire.convert import parse_message
 from fedrl.wire.mqtt_client import BrokerOptions, Connection
 from fedrl.wire.mqtt_frames import Inbox, Outbox, split
 from fedrl.wire.mqtt_topics import OFFLINE, ONLINE
@@ -68,12 +68,20 @@ class MqttService:
         self._queue: queue.Queue[paho.MQTTMessage] = queue.Queue()
         self._stop = threading.Event()
         self._calls: dict[str, Callable[[str, mq.Request], mq.Reply | None]] = {
-            "register": self._register, "heartbeat": self._heartbeat, "task": self._task,
-            "pull": self._pull, "push": self._push,
+            "register": self._register,
+            "heartbeat": self._heartbeat,
+            "task": self._task,
+            "pull": self._pull,
+            "push": self._push,
         }
-        self._connection = Connection(options, f"fedrl-server-{options.fleet}",
-                                      [self._topics.every_up, self._topics.every_status], self._queue.put,
-                                      on_connected=self._reannounce, manual_ack=True)
+        self._connection = Connection(
+            options,
+            f"fedrl-server-{options.fleet}",
+            [self._topics.every_up, self._topics.every_status],
+            self._queue.put,
+            on_connected=self._reannounce,
+            manual_ack=True,
+        )
         self._worker = threading.Thread(target=self._work, name="fedrl-mqtt", daemon=True)
         self._worker.start()
 
@@ -99,7 +107,7 @@ class MqttService:
             if message is not None:
                 try:
                     self._handle(message)
-                except Exception as error:  # noqa: BLE001 -- e.g. a failing disk: log, keep serving
+                except Exception as error:
                     logger.error("mqtt_message_failed", exc_info=error, extra={"fields": {"topic": message.topic}})
                 self._connection.ack(message)
             if time.monotonic() >= next_housekeeping:
@@ -129,8 +137,10 @@ class MqttService:
         try:
             self._announce()
             for (client, message_id), missing in self._inbox.stalled():
-                self._publish(client, mq.Frame(message_id=message_id, resend=mq.Resend(indices=missing)).SerializeToString())
-        except Exception as error:  # noqa: BLE001 -- a failing disk must not stop the service
+                self._publish(
+                    client, mq.Frame(message_id=message_id, resend=mq.Resend(indices=missing)).SerializeToString()
+                )
+        except Exception as error:
             logger.error("mqtt_housekeeping_failed", exc_info=error)
 
     def _reannounce(self, _connection: Connection) -> None:
@@ -161,8 +171,14 @@ class MqttService:
             self._refuse(topic_client, frame, refusal)
             return
         if client != topic_client:
-            self._refuse(client, frame, Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it "
-                                                 f"cannot publish on {topic_client!r}'s topic"))
+            self._refuse(
+                client,
+                frame,
+                Rejected(
+                    Reason.PERMISSION_DENIED,
+                    f"the token belongs to {client!r}; it cannot publish on {topic_client!r}'s topic",
+                ),
+            )
             return
         reply = self._answer(client, frame)
         if reply is not None:
@@ -170,7 +186,9 @@ class MqttService:
 
     def _refuse(self, client: str, frame: mq.Frame, refusal: Rejected) -> None:
         """Tell ``client`` why its frame was refused: once per message, not again for each chunk."""
-        log_event("frame_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message)
+        log_event(
+            "frame_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message
+        )
         if frame.WhichOneof("body") not in ("chunk", "resend"):
             self._send(client, frame.message_id, _refusal(refusal.reason.value, refusal.message))
 
@@ -179,7 +197,9 @@ class MqttService:
         try:
             return self._request(client, frame)
         except Rejected as refusal:
-            log_event("call_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message)
+            log_event(
+                "call_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message
+            )
             return _refusal(refusal.reason.value, refusal.message)
         except Exception as error:  # a bug or a failing disk: answer, log, keep serving
             logger.error("call_failed", exc_info=error, extra={"fields": {"transport": TRANSPORT, "client": client}})
@@ -194,7 +214,10 @@ class MqttService:
             return None
         offered = self._inbox.offer(key, frame)
         if offered.resend:
-            self._publish(client, mq.Frame(message_id=frame.message_id, resend=mq.Resend(indices=offered.resend)).SerializeToString())
+            self._publish(
+                client,
+                mq.Frame(message_id=frame.message_id, resend=mq.Resend(indices=offered.resend)).SerializeToString(),
+            )
         if offered.duplicate:
             log_event("duplicate_frame", level="debug", client=client, message_id=frame.message_id)
         if offered.message is None:
@@ -202,7 +225,9 @@ class MqttService:
         request = parse_message(mq.Request, offered.message)
         call = request.WhichOneof("call")
         if call is None:
-            raise Rejected(Reason.INVALID_ARGUMENT, "a request must name its call (register, heartbeat, task, pull, push)")
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, "a request must name its call (register, heartbeat, task, pull, push)"
+            )
         return self._calls[call](client, request)
 
     def _send(self, client: str, message_id: str, reply: mq.Reply) -> None:
@@ -220,7 +245,9 @@ class MqttService:
     def _register(self, client: str, request: mq.Request) -> mq.Reply:
         claimed = request.register.client
         if claimed != client:
-            raise Rejected(Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}")
+            raise Rejected(
+                Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}"
+            )
         return mq.Reply(registration=convert.registration_message(self._coordinator.register(client)))
 
     def _heartbeat(self, client: str, request: mq.Request) -> None:
@@ -249,4 +276,3 @@ class MqttService:
         self._stop.set()
         self._worker.join()
         self._connection.close()
-

@@ -21,7 +21,9 @@ class RateLimiter:
 
     def __init__(self, rate_per_s: float, burst: float, max_keys: int = 100_000) -> None:
         if rate_per_s <= 0 or burst < 1 or max_keys < 1:
-            raise ValueError(f"rate limiter needs rate_per_s > 0, burst >= 1 and max_keys >= 1, got {rate_per_s}, {burst}, {max_keys}")
+            raise ValueError(
+                f"rate limiter needs rate_per_s > 0, burst >= 1 and max_keys >= 1, got {rate_per_s}, {burst}, {max_keys}"
+            )
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.max_keys = max_keys
@@ -39,4 +41,3 @@ class RateLimiter:
             if len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
             return allowed
-

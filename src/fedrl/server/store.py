@@ -79,7 +79,9 @@ class StoredUpdate:
 
 def _fsynced_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     """Write a safetensors file so that it is either absent or complete, even after a power cut."""
-    disk.write_atomic(path, save({k: np.require(v, requirements="C") for k, v in arrays.items()}))  # keeps 0-d arrays 0-d
+    disk.write_atomic(
+        path, save({k: np.require(v, requirements="C") for k, v in arrays.items()})
+    )  # keeps 0-d arrays 0-d
 
 
 def update_file_name(update_id: str) -> str:
@@ -120,7 +122,6 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-
     # --- clients ------------------------------------------------------------------------
     def add_client(self, name: str, now: float) -> str:
         """Register a new client name and return its token; only the token's hash is stored."""
@@ -128,8 +129,9 @@ class Store:
             raise ValueError(f"client name {name!r}: use letters, digits, '-', '_' and '.' only")
         token = new_token()
         try:
-            self.db.execute("INSERT INTO clients(name, token_hash, added_at) VALUES (?, ?, ?)",
-                            (name, hash_token(token), now))
+            self.db.execute(
+                "INSERT INTO clients(name, token_hash, added_at) VALUES (?, ?, ?)", (name, hash_token(token), now)
+            )
         except sqlite3.IntegrityError:
             raise ValueError(f"client {name!r} already exists") from None
         return token
@@ -150,8 +152,10 @@ class Store:
 
     def save_liveness(self, seen: dict[str, tuple[float, int | None]]) -> None:
         """Store when each client was last heard from and the version it acts with."""
-        self.db.executemany("UPDATE clients SET last_seen = ?, acting_version = ? WHERE name = ?",
-                            [(t, v, name) for name, (t, v) in seen.items()])
+        self.db.executemany(
+            "UPDATE clients SET last_seen = ?, acting_version = ? WHERE name = ?",
+            [(t, v, name) for name, (t, v) in seen.items()],
+        )
 
     def liveness(self) -> dict[str, tuple[float, int | None]]:
         """Last-seen time and acting version of every client that has been seen."""
@@ -201,8 +205,9 @@ class Store:
         """Keep a candidate the gate refused."""
         _fsynced_arrays({"params": params}, self.path / "rejected" / f"r{round_:06d}.safetensors")
 
-    def record_initial(self, params: np.ndarray, state: dict[str, np.ndarray], eval_return: float | None,
-                       now: float, experiment: str) -> None:
+    def record_initial(
+        self, params: np.ndarray, state: dict[str, np.ndarray], eval_return: float | None, now: float, experiment: str
+    ) -> None:
         """A new run: its experiment, version 0 and round 1, in one transaction."""
         self.write_version_file(0, params, state)
         with self._transaction():
@@ -227,21 +232,31 @@ class Store:
         """Record the clients given a task in ``round_``."""
         self.db.execute("UPDATE rounds SET selected = ? WHERE round = ?", (json.dumps(sorted(names)), round_))
 
-    def close_round(self, round_: int, now: float, candidate_return: float | None, new_version: int | None,
-                    next_base: int, epsilon: float | None = None) -> None:
+    def close_round(
+        self,
+        round_: int,
+        now: float,
+        candidate_return: float | None,
+        new_version: int | None,
+        next_base: int,
+        epsilon: float | None = None,
+    ) -> None:
         """Close ``round_`` (recording its new version if the candidate was promoted, and the DP
         ``epsilon`` spent, None without DP) and open the next."""
         with self._transaction():
             if new_version is not None:
-                self.db.execute("INSERT INTO versions VALUES (?, ?, ?, ?)", (new_version, round_, now, candidate_return))
+                self.db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?)", (new_version, round_, now, candidate_return)
+                )
             self.db.execute(
                 "UPDATE rounds SET closed_at = ?, candidate_return = ?, promoted = ?, new_version = ?, epsilon = ?, "
                 "n_updates = (SELECT COUNT(*) FROM updates WHERE round = ?), "
                 "uplink_bytes = (SELECT COALESCE(SUM(uplink_bytes), 0) FROM updates WHERE round = ?) WHERE round = ?",
                 (now, candidate_return, new_version is not None, new_version, epsilon, round_, round_, round_),
             )
-            self.db.execute("INSERT INTO rounds(round, base_version, opened_at) VALUES (?, ?, ?)",
-                            (round_ + 1, next_base, now))
+            self.db.execute(
+                "INSERT INTO rounds(round, base_version, opened_at) VALUES (?, ?, ?)", (round_ + 1, next_base, now)
+            )
 
     def rounds(self, limit: int = 20) -> list[RoundStatus]:
         """The newest ``limit`` rounds, oldest first."""
@@ -250,7 +265,8 @@ class Store:
             "CASE WHEN closed_at IS NULL THEN (SELECT COUNT(*) FROM updates u WHERE u.round = r.round) ELSE n_updates END, "
             "candidate_return, promoted, new_version, "
             "CASE WHEN closed_at IS NULL THEN (SELECT COALESCE(SUM(uplink_bytes), 0) FROM updates u WHERE u.round = r.round) "
-            "ELSE uplink_bytes END, epsilon FROM rounds r ORDER BY round DESC LIMIT ?", (limit,)
+            "ELSE uplink_bytes END, epsilon FROM rounds r ORDER BY round DESC LIMIT ?",
+            (limit,),
         ).fetchall()
         return [RoundStatus(*row[:6], None if row[6] is None else bool(row[6]), *row[7:]) for row in reversed(rows)]
 
@@ -287,8 +303,18 @@ class Store:
         self.db.execute(
             "INSERT INTO updates(update_id, client, round, base_version, env_steps, metrics, digest, has_control, "
             "accepted_at, uplink_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (s.update_id, s.client, round_, s.base_version, s.env_steps, json.dumps(s.metrics), digest,
-             s.control_delta is not None, now, s.sent_bytes),
+            (
+                s.update_id,
+                s.client,
+                round_,
+                s.base_version,
+                s.env_steps,
+                json.dumps(s.metrics),
+                digest,
+                s.control_delta is not None,
+                now,
+                s.sent_bytes,
+            ),
         )
 
     def find_update(self, update_id: str) -> tuple[str, int, str, float] | None:
@@ -315,20 +341,27 @@ class Store:
         return self.db.execute(
             "SELECT u.update_id, u.client, c.id, u.round, u.base_version, u.env_steps, u.metrics, u.digest, "
             "u.has_control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
-            "WHERE u.round = ? ORDER BY u.rowid", (round_,)
+            "WHERE u.round = ? ORDER BY u.rowid",
+            (round_,),
         ).fetchall()
 
     def read_updates(self, records: list[tuple]) -> list[StoredUpdate]:
         """The updates of ``round_records``, with their vectors read from their files."""
         return [
-            StoredUpdate(uid, client, cid, r, base, steps, json.loads(metrics), digest, *self._vectors(uid, bool(ctl)), at)
+            StoredUpdate(
+                uid, client, cid, r, base, steps, json.loads(metrics), digest, *self._vectors(uid, bool(ctl)), at
+            )
             for uid, client, cid, r, base, steps, metrics, digest, ctl, at in records
         ]
 
     def sweep_update_files(self) -> int:
         """Delete update files that belong to no open round (applied, or never recorded); returns how many."""
-        keep = {update_file_name(uid) for (uid,) in self.db.execute(
-            "SELECT update_id FROM updates WHERE round >= (SELECT MIN(round) FROM rounds WHERE closed_at IS NULL)")}
+        keep = {
+            update_file_name(uid)
+            for (uid,) in self.db.execute(
+                "SELECT update_id FROM updates WHERE round >= (SELECT MIN(round) FROM rounds WHERE closed_at IS NULL)"
+            )
+        }
         removed = 0
         for path in (self.path / "updates").iterdir():
             if path.name not in keep:

@@ -17,23 +17,31 @@ from dataclasses import replace
 import numpy as np
 
 from fedrl.core.update import Update
-from fedrl.sim.engine import RoundStats, SimState, aggregate, clients_per_round, train_clients
-from fedrl.sim.setup import AVAILABILITY_STREAM, Setup
+from fedrl.experiment.streams import AVAILABILITY_STREAM
+from fedrl.sim.clients import train_clients
+from fedrl.sim.setup import SimSetup
+from fedrl.sim.state import RoundStats, SimState, aggregate
 
 
-def empty_inflight(setup: Setup, now: float) -> dict[str, np.ndarray]:
+def empty_inflight(setup: SimSetup, now: float) -> dict[str, np.ndarray]:
     """No client busy, every client ready to start at ``now``, an empty buffer."""
     n, d = setup.config.federation.n_clients, setup.net.spec.dim
     return {
-        "busy_until": np.full(n, np.inf), "next_try": np.full(n, now), "base_version": np.zeros(n, np.int64),
-        "env_steps": np.zeros(n, np.int64), "loss": np.zeros(n, np.float32), "episodes": np.zeros(n, np.int64), "delta": np.zeros((n, d), np.float32),
+        "busy_until": np.full(n, np.inf),
+        "next_try": np.full(n, now),
+        "base_version": np.zeros(n, np.int64),
+        "env_steps": np.zeros(n, np.int64),
+        "loss": np.zeros(n, np.float32),
+        "episodes": np.zeros(n, np.int64),
+        "delta": np.zeros((n, d), np.float32),
         "buffered": np.zeros(n, np.int64),  # position in the buffer + 1; 0 = not buffered
-        "buffer_delta": np.zeros((n, d), np.float32), "buffer_base": np.zeros(n, np.int64),
+        "buffer_delta": np.zeros((n, d), np.float32),
+        "buffer_base": np.zeros(n, np.int64),
         "buffer_steps": np.zeros(n, np.int64),
     }
 
 
-def _start_wave(setup: Setup, state: SimState, now: float, tags: tuple) -> tuple[SimState, int, int]:
+def _start_wave(setup: SimSetup, state: SimState, now: float, tags: tuple) -> tuple[SimState, int, int]:
     """Idle, ready clients try to start; returns the state, env steps trained and clients away."""
     fl = {k: v.copy() for k, v in state.inflight.items()}
     ready = np.flatnonzero(np.isinf(fl["busy_until"]) & (fl["next_try"] <= now))
@@ -73,20 +81,22 @@ def _buffer(fl: dict[str, np.ndarray], client: int) -> None:
     fl["busy_until"][client] = np.inf
 
 
-def _flush(setup: Setup, state: SimState) -> tuple[SimState, int, int, float]:
+def _flush(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, int, int, float]:
     """Aggregate the buffer into a new version; returns state, accepted, rejected, mean staleness."""
     fl = {k: v.copy() for k, v in state.inflight.items()}
-    order = np.argsort(fl["buffered"])[-int((fl["buffered"] > 0).sum()):]
-    updates = [Update(int(c), int(fl["buffer_base"][c]), fl["buffer_delta"][c].copy(), int(fl["buffer_steps"][c]))
-               for c in order]
+    order = np.argsort(fl["buffered"])[-int((fl["buffered"] > 0).sum()) :]
+    updates = [
+        Update(int(c), int(fl["buffer_base"][c]), fl["buffer_delta"][c].copy(), int(fl["buffer_steps"][c]))
+        for c in order
+    ]
     fl["buffered"][:] = 0
-    state, n_rejected, staleness = aggregate(setup, replace(state, inflight=fl), updates)
+    state, n_rejected, staleness = aggregate(setup, replace(state, inflight=fl), updates, round_)
     return state, len(updates) - n_rejected, n_rejected, staleness
 
 
-def async_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
+def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
     """Run simulated time until ``fraction * n_clients`` updates have arrived."""
-    target = clients_per_round(setup)
+    target = setup.config.federation.clients_per_round
     now = state.sim_time_s
     if not state.inflight:
         state = replace(state, inflight=empty_inflight(setup, now))
@@ -107,9 +117,16 @@ def async_round(setup: Setup, state: SimState, round_: int) -> tuple[SimState, R
         _buffer(fl, client)
         state, arrived = replace(state, inflight=fl), arrived + 1
         if (fl["buffered"] > 0).sum() >= setup.strategy.buffer_size:
-            state, n_ok, n_bad, stale = _flush(setup, state)
+            state, n_ok, n_bad, stale = _flush(setup, state, round_)
             accepted, rejected = accepted + n_ok, rejected + n_bad
             staleness += [stale] * n_ok
-    stats = RoundStats(arrived, accepted, away, rejected, float(np.mean(staleness)) if staleness else 0.0,
-                       float(np.nanmean(losses)) if losses else float("nan"), episodes)
+    stats = RoundStats(
+        arrived,
+        accepted,
+        away,
+        rejected,
+        float(np.mean(staleness)) if staleness else 0.0,
+        float(np.nanmean(losses)) if losses else float("nan"),
+        episodes,
+    )
     return replace(state, sim_time_s=now), stats

@@ -13,29 +13,15 @@ simulator only, never to the strategy. Their honest update is replaced by:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "random_policy"]
-
-
-class AttackConfig(BaseModel):
-    """Which clients attack, and how."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    fraction: float = Field(0.0, ge=0, lt=1, description="fraction of clients that are malicious")
-    kind: AttackKind = Field("sign_flip", description="what a malicious client sends")
-    scale: float = Field(1.0, gt=0, description="sign_flip and scale: multiplier of the honest delta")
-    sigma: float = Field(1.0, gt=0, description="gaussian: standard deviation of the noise")
+from fedrl.experiment.config import AttackConfig
 
 
 def malicious_clients(config: AttackConfig, n_clients: int, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask ``(n_clients,)`` of the attackers, fixed for a run."""
     mask = np.zeros(n_clients, dtype=bool)
-    mask[rng.choice(n_clients, int(round(config.fraction * n_clients)), replace=False)] = True
+    mask[rng.choice(n_clients, round(config.fraction * n_clients), replace=False)] = True
     return mask
 
 

@@ -13,30 +13,10 @@ rounds runs as fast as the learning does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class FleetConfig(BaseModel):
-    """Simulated device speeds, links, availability and round deadlines."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    mode: Literal["sync", "async"] = Field("sync", description="round barrier (sync) or arrival-driven (async)")
-    step_time_s: float = Field(1e-3, gt=0, description="simulated seconds per env step on a speed-1 device")
-    speed_heterogeneity: float = Field(0.0, ge=0, le=1, description="speeds spread log-uniformly over [0.25, 1] x at 1")
-    straggler_fraction: float = Field(0.0, ge=0, le=1, description="fraction of clients that are stragglers")
-    straggler_slowdown: float = Field(5.0, ge=1, description="how many times slower a straggler computes")
-    latency_s: float = Field(0.05, ge=0, description="mean one-way link latency per message")
-    latency_heterogeneity: float = Field(0.0, ge=0, le=1, description="latencies spread uniformly over mean x [1-h, 1+h]")
-    dropout: float = Field(0.0, ge=0, lt=1, description="probability a client is unavailable (per round, or per retry in async)")
-    availability: Literal["random", "onoff"] = Field("random", description="random dropouts or an on/off pattern")
-    on_rounds: int = Field(3, ge=1, description="on/off pattern: rounds up")
-    off_rounds: int = Field(1, ge=0, description="on/off pattern: rounds down")
-    deadline_s: float | None = Field(None, gt=0, description="sync: updates arriving later are dropped")
-    retry_s: float = Field(1.0, gt=0, description="async: how long an unavailable client waits before trying again")
+from fedrl.experiment.config import FleetConfig
 
 
 @dataclass(frozen=True)
@@ -65,7 +45,7 @@ class Fleet:
 def make_fleet(config: FleetConfig, n_clients: int, rng: np.random.Generator) -> Fleet:
     """Draw every client's speed, latency, phase and straggler flag."""
     speed = np.exp(rng.uniform(np.log(0.25) * config.speed_heterogeneity, 0.0, n_clients))
-    n_slow = int(round(config.straggler_fraction * n_clients))
+    n_slow = round(config.straggler_fraction * n_clients)
     straggler = np.zeros(n_clients, dtype=bool)
     straggler[rng.choice(n_clients, n_slow, replace=False)] = True
     speed = np.where(straggler, speed / config.straggler_slowdown, speed)

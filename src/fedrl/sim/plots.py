@@ -9,10 +9,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from fedrl.sim.rundir import ROUND_COLUMNS, RunDir  # noqa: E402
+from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
 
 
 def _finite(rows: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +56,13 @@ def plot_clients(run: RunDir) -> Path:
     clients = np.unique(rows[:, 1]) if len(rows) else []
     for c in clients:
         mine = rows[rows[:, 1] == c]
-        ax.plot(mine[:, 0], mine[:, 2], linewidth=0.8, alpha=0.7 if len(clients) > 20 else 1.0,
-                label=f"client {int(c)}" if len(clients) <= 10 else None)
+        ax.plot(
+            mine[:, 0],
+            mine[:, 2],
+            linewidth=0.8,
+            alpha=0.7 if len(clients) > 20 else 1.0,
+            label=f"client {int(c)}" if len(clients) <= 10 else None,
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("evaluation return")
     ax.set_title(f"{run.path.name}: per-client return of the global policy")
@@ -75,7 +80,10 @@ def plot_privacy(run: RunDir, target: float | None = None) -> Path | None:
     if not np.isfinite(spent).any():
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for column, label in (("global_mean_return", "global policy: mean over clients"), ("worst_client_return", "global policy: worst client")):
+    for column, label in (
+        ("global_mean_return", "global policy: mean over clients"),
+        ("worst_client_return", "global policy: worst client"),
+    ):
         y = rows[:, ROUND_COLUMNS.index(column)]
         keep = np.isfinite(y) & np.isfinite(spent)
         ax.plot(spent[keep], y[keep], marker=".", label=label)

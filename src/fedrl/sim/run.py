@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import yaml
 
-from fedrl.agents import evaluate
 from fedrl.agents.runtime import tune_allocator
-from fedrl.sim.config import ExperimentConfig, apply_override, parse_config, to_yaml
-from fedrl.sim.engine import RoundResult, SimState, initial_state, run_rounds
+from fedrl.experiment.aggregation import heldout_returns
+from fedrl.experiment.config import ExperimentConfig
+from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
+from fedrl.sim.engine import initial_state, run_rounds
 from fedrl.sim.plots import plot_run
 from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
-from fedrl.sim.setup import EVAL_STREAM, Setup
+from fedrl.sim.setup import SimSetup
+from fedrl.sim.state import RoundResult, SimState
 
 
 @dataclass(frozen=True)
 class Run:
     """A run ready to go: its fixed setup, the state to continue from, and its directory."""
 
-    setup: Setup
+    setup: SimSetup
     state: SimState
     dir: RunDir
 
@@ -47,7 +49,7 @@ def start(config: ExperimentConfig, path: Path) -> Run:
     run_dir = RunDir(Path(path))
     if (run_dir.path / "config.yaml").exists():
         raise FileExistsError(f"{path} already holds a run; use --resume to continue it")
-    setup = Setup(config)
+    setup = SimSetup(config)
     state = initial_state(setup)
     run_dir.create(to_yaml(config))
     run_dir.save_checkpoint(setup, state)
@@ -60,10 +62,10 @@ def open_run(path: Path, overrides: list[str] = ()) -> Run:
     config_file = run_dir.path / "config.yaml"
     if not config_file.exists():
         raise FileNotFoundError(f"{path} holds no run (no config.yaml)")
-    data = yaml.safe_load(config_file.read_text())
+    data = upgrade(yaml.safe_load(config_file.read_text()))
     for assignment in overrides:
         data = apply_override(data, assignment)
-    setup = Setup(parse_config(data))
+    setup = SimSetup(parse_config(data))
     checkpoint = run_dir.latest_checkpoint()
     if checkpoint is None:
         raise FileNotFoundError(f"{path} has no checkpoint to resume from")
@@ -81,18 +83,12 @@ def resume(path: Path, overrides: list[str] = ()) -> Run:
     return run
 
 
-def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int) -> np.ndarray:
-    """Mean return per held-out client (never trained on) of a global policy."""
-    cfg = setup.config.eval
-    seed = int(setup.rng(EVAL_STREAM, 1).integers(2**31))
-    env_params = setup.heldout_params(n_clients)
-    return evaluate(setup.net, params, setup.family, env_params, cfg.episodes, seed, cfg.greedy).mean(axis=1)
-
-
 def _traffic_and_privacy(rows: list[tuple]) -> dict:
     """The total uplink bytes (where measured) and the DP epsilon spent (where there is DP)."""
     out: dict = {}
-    uplink = [r[ROUND_COLUMNS.index("uplink_bytes")] for r in rows if r[ROUND_COLUMNS.index("uplink_bytes")] is not None]
+    uplink = [
+        r[ROUND_COLUMNS.index("uplink_bytes")] for r in rows if r[ROUND_COLUMNS.index("uplink_bytes")] is not None
+    ]
     if uplink:
         out["uplink_bytes"] = int(sum(uplink))
     if rows and np.isfinite(rows[-1][ROUND_COLUMNS.index("epsilon")]):
@@ -103,18 +99,30 @@ def _traffic_and_privacy(rows: list[tuple]) -> dict:
 def finish(run: Run, state: SimState) -> dict:
     """Save the final policy, evaluate held-out clients, write the summary and the plots."""
     setup = run.setup
-    evaluated = [r for r in run.dir.rows("rounds") if r[ROUND_COLUMNS.index("global_mean_return")] is not None
-                 and np.isfinite(r[ROUND_COLUMNS.index("global_mean_return")])]
-    summary: dict = {"rounds": state.round, "env_steps": state.env_steps, "wall_s": round(state.wall_s, 3),
-                     "target_return": setup.target_return, "solved": False}
+    evaluated = [
+        r
+        for r in run.dir.rows("rounds")
+        if r[ROUND_COLUMNS.index("global_mean_return")] is not None
+        and np.isfinite(r[ROUND_COLUMNS.index("global_mean_return")])
+    ]
+    summary: dict = {
+        "rounds": state.round,
+        "env_steps": state.env_steps,
+        "wall_s": round(state.wall_s, 3),
+        "target_return": setup.target_return,
+        "solved": False,
+    }
     if evaluated:
         last = dict(zip(ROUND_COLUMNS, evaluated[-1]))
-        summary.update(solved=bool(last["global_mean_return"] >= setup.target_return),
-                       global_mean_return=last["global_mean_return"], worst_client_return=last["worst_client_return"])
+        summary.update(
+            solved=bool(last["global_mean_return"] >= setup.target_return),
+            global_mean_return=last["global_mean_return"],
+            worst_client_return=last["worst_client_return"],
+        )
     summary.update(_traffic_and_privacy(run.dir.rows("rounds")))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
-        held = heldout_returns(setup, state.params, n_heldout)
+        held = heldout_returns(setup, state.params, n_heldout, setup.config.eval.episodes)
         summary.update(heldout_mean_return=float(held.mean()), heldout_worst_return=float(held.min()))
     run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round})
     run.dir.write_summary(summary)

@@ -11,7 +11,7 @@ Layout::
 
 Metrics of a round are written before its checkpoint; on resume, rows after the last
 checkpoint are dropped, so a crash between the two never duplicates a round. Files are
-written to a temporary name and renamed, so a checkpoint is either whole or absent.
+written durably (``fedrl.wire.disk``: a temporary file, fsync, rename), so a checkpoint is either whole or absent.
 
 A checkpoint holds every client's ongoing training episodes and the update pipeline's
 per-client state (error-feedback residuals, DP participation counts), so a resumed run matches an
@@ -27,41 +27,53 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.envs.base import EnvState, reset
 from fedrl.envs.base import state_from_arrays as env_state_from_arrays
 from fedrl.envs.base import state_to_arrays as env_state_to_arrays
-from fedrl.sim.engine import RoundResult, SimState
-from fedrl.sim.setup import RESUME_STREAM, Setup
+from fedrl.experiment.setup import Setup
+from fedrl.experiment.streams import RESUME_STREAM
+from fedrl.sim.state import RoundResult, SimState
+from fedrl.wire import disk
 
 ROUND_COLUMNS = (
-    "round", "env_steps", "wall_s", "n_updates", "train_loss", "global_mean_return",
-    "worst_client_return", "p10_client_return", "personalized_mean_return", "personalized_worst_client_return",
-    "sim_time_s", "n_sampled", "n_dropped", "n_rejected", "mean_staleness", "train_episodes",
-    "uplink_bytes", "downlink_bytes", "uplink_bytes_per_client", "downlink_bytes_per_client", "compression_ratio",
-    "epsilon", "secagg_threshold", "secagg_recovered",
+    "round",
+    "env_steps",
+    "wall_s",
+    "n_updates",
+    "train_loss",
+    "global_mean_return",
+    "worst_client_return",
+    "p10_client_return",
+    "personalized_mean_return",
+    "personalized_worst_client_return",
+    "sim_time_s",
+    "n_sampled",
+    "n_dropped",
+    "n_rejected",
+    "mean_staleness",
+    "train_episodes",
+    "uplink_bytes",
+    "downlink_bytes",
+    "uplink_bytes_per_client",
+    "downlink_bytes_per_client",
+    "compression_ratio",
+    "epsilon",
+    "secagg_threshold",
+    "secagg_recovered",
 )
 CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.require(v, requirements="C") for k, v in arrays.items()}, str(tmp))
-    os.replace(tmp, path)
+    disk.write_atomic(path, save({k: np.require(v, requirements="C") for k, v in arrays.items()}))
 
 
 def _traffic_cells(r: RoundResult) -> tuple:
@@ -82,12 +94,25 @@ def _secure_cells(r: RoundResult) -> tuple:
 def _round_row(r: RoundResult) -> tuple:
     personal = r.personalized_returns
     return (
-        r.round, r.env_steps, round(r.wall_s, 4), r.stats.n_updates, r.stats.train_loss, r.global_mean_return,
-        r.worst_client_return, r.p10_client_return,
+        r.round,
+        r.env_steps,
+        round(r.wall_s, 4),
+        r.stats.n_updates,
+        r.stats.train_loss,
+        r.global_mean_return,
+        r.worst_client_return,
+        r.p10_client_return,
         float(np.mean(personal)) if personal is not None else float("nan"),
         float(np.min(personal)) if personal is not None else float("nan"),
-        r.sim_time_s, r.stats.n_sampled, r.stats.n_dropped, r.stats.n_rejected, r.stats.mean_staleness,
-        r.stats.episodes, *_traffic_cells(r), r.epsilon, *_secure_cells(r),
+        r.sim_time_s,
+        r.stats.n_sampled,
+        r.stats.n_dropped,
+        r.stats.n_rejected,
+        r.stats.mean_staleness,
+        r.stats.episodes,
+        *_traffic_cells(r),
+        r.epsilon,
+        *_secure_cells(r),
     )
 
 
@@ -123,7 +148,7 @@ class RunDir:
     def create(self, config_yaml: str) -> None:
         """Make the directory, write the resolved config and empty metric tables."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path / "config.yaml", config_yaml.encode())
+        disk.write_atomic(self.path / "config.yaml", config_yaml.encode())
         with self._connect() as db:
             cols = ", ".join(f"{c} REAL" for c in ROUND_COLUMNS[1:])
             db.execute(f"CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, {cols})")
@@ -165,7 +190,10 @@ class RunDir:
                     db.execute(f"ALTER TABLE rounds ADD COLUMN {column} REAL")
             db.execute("DELETE FROM rounds WHERE round > ?", (round_,))
             db.execute("DELETE FROM client_returns WHERE round > ?", (round_,))
-        for name, table, header in (("metrics.csv", "rounds", ROUND_COLUMNS), ("client_returns.csv", "client_returns", CLIENT_COLUMNS)):
+        for name, table, header in (
+            ("metrics.csv", "rounds", ROUND_COLUMNS),
+            ("client_returns.csv", "client_returns", CLIENT_COLUMNS),
+        ):
             (self.path / name).unlink(missing_ok=True)
             self._append_csv(name, header, self.rows(table))
 
@@ -190,11 +218,16 @@ class RunDir:
         if per_client:
             _save_arrays(per_client, stem.with_suffix(".clients.safetensors"))
         meta = {
-            "round": state.round, "version": state.version, "env_steps": state.env_steps, "wall_s": state.wall_s,
-            "sim_time_s": state.sim_time_s, "family": setup.family.name, "param_spec": setup.net.spec.to_json(),
+            "round": state.round,
+            "version": state.version,
+            "env_steps": state.env_steps,
+            "wall_s": state.wall_s,
+            "sim_time_s": state.sim_time_s,
+            "family": setup.family.name,
+            "param_spec": setup.net.spec.to_json(),
             "env_state": "saved" if setup.env_state_is_value else "fresh",
         }
-        _atomic_write(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+        disk.write_atomic(stem.with_suffix(".json"), json.dumps(meta, indent=2).encode())
         for older in self.checkpoints.glob("round_*.clients.safetensors"):
             if older.name < stem.name:  # replay buffers can be large: keep only the newest learner state
                 older.unlink()
@@ -219,21 +252,30 @@ class RunDir:
         clients_file = path.with_suffix(".clients.safetensors")
         per_client = load_file(str(clients_file)) if clients_file.exists() else {}
         return SimState(
-            meta["round"], arrays["params"], strategy, env, meta["env_steps"], meta["wall_s"],
+            meta["round"],
+            arrays["params"],
+            strategy,
+            env,
+            meta["env_steps"],
+            meta["wall_s"],
             client_state={k[7:]: v for k, v in per_client.items() if k.startswith("client.")},
-            sim_time_s=meta.get("sim_time_s", 0.0), version=meta.get("version", meta["round"]),
+            sim_time_s=meta.get("sim_time_s", 0.0),
+            version=meta.get("version", meta["round"]),
             inflight={k[9:]: v for k, v in per_client.items() if k.startswith("inflight.")},
             pipeline_state={k[9:]: v for k, v in per_client.items() if k.startswith("pipeline.")},
         )
 
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:
         """Write a policy as safetensors (named tensors) with a JSON description beside it."""
-        tensors = {k: np.ascontiguousarray(v) for k, v in setup.net.spec.unflatten(params).items()}
         path = self.path / f"{name}.safetensors"
-        save_file(tensors, str(path))
-        description = {"family": setup.family.name, "hidden": list(setup.net.shape.hidden),
-                       "param_spec": setup.net.spec.to_json(), **meta}
-        _atomic_write(path.with_suffix(".json"), json.dumps(description, indent=2).encode())
+        _save_arrays(setup.net.spec.unflatten(params), path)
+        description = {
+            "family": setup.family.name,
+            "hidden": list(setup.net.shape.hidden),
+            "param_spec": setup.net.spec.to_json(),
+            **meta,
+        }
+        disk.write_atomic(path.with_suffix(".json"), json.dumps(description, indent=2).encode())
         return path
 
     def load_policy(self, setup: Setup, name: str = "final_policy") -> np.ndarray:
@@ -242,4 +284,4 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         """The run's headline numbers as JSON."""
-        _atomic_write(self.path / "summary.json", json.dumps(summary, indent=2).encode())
+        disk.write_atomic(self.path / "summary.json", json.dumps(summary, indent=2).encode())

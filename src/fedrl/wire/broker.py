@@ -89,10 +89,19 @@ class Mosquitto:
     def _write_config(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "data").mkdir(exist_ok=True)
-        lines = ["per_listener_settings false", "persistence true", f"persistence_location {self.folder / 'data'}/",
-                 f"log_dest file {self.log_path}", "log_type error", "log_type warning", "log_type notice",
-                 "log_type information", "set_tcp_nodelay true", f"user {getpass.getuser()}",  # as root, stay root (mosquitto would switch user)
-                 f"allow_anonymous {'false' if self.users or self.tls and self.tls.require_certificate else 'true'}"]
+        lines = [
+            "per_listener_settings false",
+            "persistence true",
+            f"persistence_location {self.folder / 'data'}/",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "set_tcp_nodelay true",
+            f"user {getpass.getuser()}",  # as root, stay root (mosquitto would switch user)
+            f"allow_anonymous {'false' if self.users or (self.tls and self.tls.require_certificate) else 'true'}",
+        ]
         if self.users:
             self._write_passwords()
             lines.append(f"password_file {self.folder / 'passwd'}")
@@ -120,12 +129,18 @@ class Mosquitto:
             self.port = _free_port()
             self._write_config()
         with open(self.log_path, "ab") as output:
-            self.process = subprocess.Popen([_program("mosquitto"), "-c", str(self.config_path)], stdout=output,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [_program("mosquitto"), "-c", str(self.config_path)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.process.returncode}:\n{self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mosquitto exited with {self.process.returncode}:\n{self.log_path.read_text()[-2000:]}"
+                )
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", self.port)) == 0:
                     return self

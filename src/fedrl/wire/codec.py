@@ -112,7 +112,10 @@ def assemble(
         payload = memoryview(buffer)[offset : offset + meta.nbytes]
         digest = hashlib.sha256(payload).hexdigest()
         if digest != meta.sha256:
-            raise Rejected(Reason.INVALID_ARGUMENT, f"{name}: sha256 {digest} of the bytes received differs from the declared {meta.sha256!r}")
+            raise Rejected(
+                Reason.INVALID_ARGUMENT,
+                f"{name}: sha256 {digest} of the bytes received differs from the declared {meta.sha256!r}",
+            )
         raw = isinstance(meta, BytesMeta)
         vectors.append(bytes(payload) if raw else np.frombuffer(payload, dtype=_WIRE_DTYPE).astype(np.float32))
         offset += meta.nbytes

@@ -31,7 +31,9 @@ def parse_message(kind: type[_M], raw: bytes) -> _M:
     try:
         return kind.FromString(raw)
     except DecodeError:
-        raise Rejected(Reason.INVALID_ARGUMENT, f"not a valid {kind.DESCRIPTOR.full_name} message ({len(raw)} bytes)") from None
+        raise Rejected(
+            Reason.INVALID_ARGUMENT, f"not a valid {kind.DESCRIPTOR.full_name} message ({len(raw)} bytes)"
+        ) from None
 
 
 def vector_header(vector: np.ndarray) -> pb.VectorHeader:
@@ -47,8 +49,10 @@ def _meta(header: pb.VectorHeader) -> codec.VectorMeta:
 def _payload_meta(header: pb.EncodedHeader) -> codec.BytesMeta:
     """The layout of an update's payload, after checking its encoding is one this side decodes."""
     if header.encoding != PAYLOAD_ENCODING:
-        raise Rejected(Reason.INVALID_ARGUMENT,
-                       f"payload: encoding {header.encoding!r} is not supported; send {PAYLOAD_ENCODING!r}")
+        raise Rejected(
+            Reason.INVALID_ARGUMENT,
+            f"payload: encoding {header.encoding!r} is not supported; send {PAYLOAD_ENCODING!r}",
+        )
     return codec.BytesMeta(header.length, header.sha256)
 
 

@@ -47,7 +47,8 @@ def load_record(path: Path) -> tuple[dict[str, np.ndarray], dict] | None:
     try:
         with safe_open(str(path), framework="np") as file:
             header = json.loads((file.metadata() or {})[_HEADER])
-            return {name: file.get_tensor(name) for name in file.keys()}, header
+            # a safe_open file has keys() but cannot be iterated
+            return {name: file.get_tensor(name) for name in file.keys()}, header  # noqa: SIM118
     except (SafetensorError, KeyError, ValueError, OSError) as exc:
         raise ValueError(f"{path}: not a readable record ({type(exc).__name__}: {exc})") from None
 

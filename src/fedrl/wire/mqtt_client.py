@@ -71,7 +71,11 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def _tls_context(options: BrokerOptions) -> ssl.SSLContext:
-    for path, what in ((options.ca, "CA certificate"), (options.cert, "client certificate"), (options.key, "client key")):
+    for path, what in (
+        (options.ca, "CA certificate"),
+        (options.cert, "client certificate"),
+        (options.key, "client key"),
+    ):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file (expected the broker's {what})")
     if (options.cert is None) != (options.key is None):
@@ -93,9 +97,16 @@ class Connection:
     connect (before anyone waiting for ``connected`` is woken). With ``manual_ack`` a QoS 1 message is acknowledged to the broker
     only by ``ack``, so one not yet handled is delivered again after a restart."""
 
-    def __init__(self, options: BrokerOptions, client_id: str, subscriptions: Sequence[str],
-                 on_message: Callable[[paho.MQTTMessage], None], will_topic: str | None = None,
-                 on_connected: Callable[[Connection], None] = lambda _connection: None, manual_ack: bool = False) -> None:
+    def __init__(
+        self,
+        options: BrokerOptions,
+        client_id: str,
+        subscriptions: Sequence[str],
+        on_message: Callable[[paho.MQTTMessage], None],
+        will_topic: str | None = None,
+        on_connected: Callable[[Connection], None] = lambda _connection: None,
+        manual_ack: bool = False,
+    ) -> None:
         self.options, self._subscriptions = options, list(subscriptions)
         self._on_message, self._on_connected = on_message, on_connected
         self.connected = threading.Event()
@@ -105,13 +116,17 @@ class Connection:
         self._closing = False
         version = paho.MQTTv5 if options.mqtt5 else paho.MQTTv311
         session = {} if options.mqtt5 else {"clean_session": False}
-        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id, protocol=version, manual_ack=manual_ack, **session)
+        self._client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id, protocol=version, manual_ack=manual_ack, **session
+        )
         self._configure(will_topic)
         properties = None
         if options.mqtt5:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = options.session_expiry_s
-        self._client.connect_async(options.host, options.port, options.keepalive_s, clean_start=False, properties=properties)
+        self._client.connect_async(
+            options.host, options.port, options.keepalive_s, clean_start=False, properties=properties
+        )
         self._client.loop_start()
 
     def _configure(self, will_topic: str | None) -> None:
@@ -139,13 +154,16 @@ class Connection:
             client.subscribe(topic, qos=QOS)
         self._on_connected(self)
         self.connected.set()
-        log.info("broker_connected", extra={"fields": {"broker": self.options.address, "session_present": flags.session_present}})
+        log.info(
+            "broker_connected",
+            extra={"fields": {"broker": self.options.address, "session_present": flags.session_present}},
+        )
 
     def _deliver(self, _client, _userdata, message: paho.MQTTMessage) -> None:
         """Hand a message on; a handler's bug is logged rather than ending paho's network thread."""
         try:
             self._on_message(message)
-        except Exception:  # noqa: BLE001 -- the session must outlive one bad message
+        except Exception:
             log.exception("mqtt_message_failed", extra={"fields": {"topic": message.topic}})
 
     def _published(self, _client, _userdata, mid: int, reason, _properties) -> None:
@@ -161,7 +179,9 @@ class Connection:
 
     def _disconnected(self, _client, _userdata, _flags, reason, _properties) -> None:
         if self.connected.is_set() and not self._closing:
-            log.warning("broker_disconnected", extra={"fields": {"broker": self.options.address, "reason": str(reason)}})
+            log.warning(
+                "broker_disconnected", extra={"fields": {"broker": self.options.address, "reason": str(reason)}}
+            )
         self.connected.clear()
 
     @property

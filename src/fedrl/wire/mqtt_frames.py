@@ -57,20 +57,27 @@ def split(message_id: str, message: bytes, max_payload: int, token: str = "") ->
     whole = mq.Frame(message_id=message_id, token=token, whole=message).SerializeToString()
     if len(whole) <= max_payload:
         return Outgoing((whole,))
-    overhead = len(mq.Frame(message_id=message_id, token=token, chunk=mq.Chunk(index=2**31 - 1, data=b"")).SerializeToString())
+    overhead = len(
+        mq.Frame(message_id=message_id, token=token, chunk=mq.Chunk(index=2**31 - 1, data=b"")).SerializeToString()
+    )
     chunk_bytes = max_payload - overhead - 5  # 5: the largest varint of the data's length
     if chunk_bytes < _MIN_CHUNK:
         raise ValueError(f"a packet limit of {max_payload} bytes leaves no room for data; raise it")
     view = memoryview(message)
     pieces = [view[start : start + chunk_bytes] for start in range(0, len(message), chunk_bytes)]
-    manifest = mq.Manifest(size=len(message), sha256=_digest(message), chunk_bytes=chunk_bytes,
-                           chunk_sha256=[_digest(p) for p in pieces])
+    manifest = mq.Manifest(
+        size=len(message), sha256=_digest(message), chunk_bytes=chunk_bytes, chunk_sha256=[_digest(p) for p in pieces]
+    )
     head = mq.Frame(message_id=message_id, token=token, manifest=manifest).SerializeToString()
     if len(head) > max_payload:
-        raise ValueError(f"a {len(message)}-byte message needs a {len(head)}-byte manifest, over the "
-                         f"{max_payload}-byte packet limit; raise the limit")
-    chunks = (mq.Frame(message_id=message_id, token=token, chunk=mq.Chunk(index=i, data=bytes(p))).SerializeToString()
-              for i, p in enumerate(pieces))
+        raise ValueError(
+            f"a {len(message)}-byte message needs a {len(head)}-byte manifest, over the "
+            f"{max_payload}-byte packet limit; raise the limit"
+        )
+    chunks = (
+        mq.Frame(message_id=message_id, token=token, chunk=mq.Chunk(index=i, data=bytes(p))).SerializeToString()
+        for i, p in enumerate(pieces)
+    )
     return Outgoing((head, *chunks))
 
 
@@ -78,8 +85,9 @@ class Outbox:
     """The frames of recently sent chunked messages, by key, kept ``keep_s`` seconds (and at most
     ``capacity_bytes`` of them, the newest) to answer resends."""
 
-    def __init__(self, keep_s: float = 60.0, capacity_bytes: int = 64 * 2**20,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, keep_s: float = 60.0, capacity_bytes: int = 64 * 2**20, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._keep_s, self._capacity, self._clock = keep_s, capacity_bytes, clock
         self._sent: OrderedDict[Hashable, tuple[float, Outgoing]] = OrderedDict()
         self._bytes = 0
@@ -133,19 +141,34 @@ class Offered:
 
 def _check_manifest(manifest: mq.Manifest, max_bytes: int) -> None:
     if manifest.size > max_bytes:
-        raise Rejected(Reason.RESOURCE_EXHAUSTED, f"the manifest declares {manifest.size} bytes; the limit is {max_bytes}")
+        raise Rejected(
+            Reason.RESOURCE_EXHAUSTED, f"the manifest declares {manifest.size} bytes; the limit is {max_bytes}"
+        )
     expected = -(-manifest.size // manifest.chunk_bytes) if manifest.chunk_bytes > 0 else -1
-    if manifest.size < 0 or expected != len(manifest.chunk_sha256) or len(manifest.sha256) != DIGEST_BYTES \
-            or any(len(d) != DIGEST_BYTES for d in manifest.chunk_sha256):
-        raise Rejected(Reason.INVALID_ARGUMENT, f"malformed manifest: {manifest.size} bytes in chunks of "
-                       f"{manifest.chunk_bytes} with {len(manifest.chunk_sha256)} chunk digests")
+    if (
+        manifest.size < 0
+        or expected != len(manifest.chunk_sha256)
+        or len(manifest.sha256) != DIGEST_BYTES
+        or any(len(d) != DIGEST_BYTES for d in manifest.chunk_sha256)
+    ):
+        raise Rejected(
+            Reason.INVALID_ARGUMENT,
+            f"malformed manifest: {manifest.size} bytes in chunks of "
+            f"{manifest.chunk_bytes} with {len(manifest.chunk_sha256)} chunk digests",
+        )
 
 
 class Inbox:
     """Messages being reassembled from frames, by key (the sender and the message id)."""
 
-    def __init__(self, max_bytes: int, resend_after_s: float = 2.0, max_resends: int = 5,
-                 clock: Callable[[], float] = time.monotonic, remember: int = 4096) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        resend_after_s: float = 2.0,
+        max_resends: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+        remember: int = 4096,
+    ) -> None:
         self._max_bytes, self._resend_after_s, self._max_resends = max_bytes, resend_after_s, max_resends
         self._clock, self._remember = clock, remember
         self._open: dict[Hashable, _Transfer] = {}

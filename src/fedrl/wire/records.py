@@ -82,8 +82,12 @@ class Submission:
     env_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
     control_delta: np.ndarray | None = None
-    digest: str = ""  # sha256 hex of the bytes sent for the delta (the payload's, else the vector's), as the client computed it
-    payload: bytes | None = None  # the update pipeline's encoded message (fedrl.core.compress's format), instead of delta
+    digest: str = (
+        ""  # sha256 hex of the bytes sent for the delta (the payload's, else the vector's), as the client computed it
+    )
+    payload: bytes | None = (
+        None  # the update pipeline's encoded message (fedrl.core.compress's format), instead of delta
+    )
 
     @property
     def sent_digest(self) -> str:
@@ -142,4 +146,6 @@ class RoundStatus:
     promoted: bool | None  # None while open
     new_version: int | None
     uplink_bytes: int = 0  # bytes of the round's accepted updates as sent (payloads, or float32 vectors)
-    epsilon: float | None = None  # DP epsilon spent once the round closed (at pipeline.dp.delta); None without DP or while open
+    epsilon: float | None = (
+        None  # DP epsilon spent once the round closed (at pipeline.dp.delta); None without DP or while open
+    )

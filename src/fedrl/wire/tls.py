@@ -58,7 +58,9 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _issue(subject: str, issuer: Identity | None, days: int, extensions: Sequence[tuple[x509.ExtensionType, bool]]) -> Identity:
+def _issue(
+    subject: str, issuer: Identity | None, days: int, extensions: Sequence[tuple[x509.ExtensionType, bool]]
+) -> Identity:
     """Sign a new key's certificate by ``issuer``, or by itself when ``issuer`` is None."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -84,17 +86,35 @@ def _issue(subject: str, issuer: Identity | None, days: int, extensions: Sequenc
 
 def _leaf_usage(purpose: x509.ObjectIdentifier) -> list[tuple[x509.ExtensionType, bool]]:
     key_usage = x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
     )
-    return [(x509.BasicConstraints(ca=False, path_length=None), True), (key_usage, True), (x509.ExtendedKeyUsage([purpose]), False)]
+    return [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (key_usage, True),
+        (x509.ExtendedKeyUsage([purpose]), False),
+    ]
 
 
 def make_ca(name: str = "fedrl development CA", days: int = DEFAULT_DAYS) -> Identity:
     """A self-signed certificate authority that signs the server's and the clients' certificates."""
     key_usage = x509.KeyUsage(
-        digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
     )
     return _issue(name, None, days, [(x509.BasicConstraints(ca=True, path_length=0), True), (key_usage, True)])
 
@@ -129,7 +149,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         file.write(data)
 
 
-def write_dev_pki(out: Path, hosts: Sequence[str] = (), clients: Sequence[str] = (), days: int = DEFAULT_DAYS) -> list[Path]:
+def write_dev_pki(
+    out: Path, hosts: Sequence[str] = (), clients: Sequence[str] = (), days: int = DEFAULT_DAYS
+) -> list[Path]:
     """Write a development set into ``out``: ca.pem, server.pem/.key, client-NAME.pem/.key; returns the paths.
 
     Private keys are created with mode 600. Existing files are never overwritten
@@ -204,7 +226,7 @@ def _host(address: str) -> str:
     """The host part of a gRPC address: ``host:port``, ``[v6]:port``, ``dns:///host:port``, ``ipv4:ip:port``."""
     for scheme in ("dns:", "ipv4:", "ipv6:"):
         if address.startswith(scheme):
-            address = address[len(scheme):]
+            address = address[len(scheme) :]
     if address.startswith("//"):  # dns://AUTHORITY/host:port names a DNS server first
         address = address[2:].partition("/")[2]
     if address.startswith("["):
@@ -236,6 +258,8 @@ def ensure_plaintext_allowed(address: str, allow_plaintext: bool) -> None:
     updates must never cross a network in the clear, even by a misconfiguration.
     """
     if not allow_plaintext:
-        raise ValueError(f"no TLS certificates given for {address}: give them, or explicitly allow plain text on a loopback address for testing")
+        raise ValueError(
+            f"no TLS certificates given for {address}: give them, or explicitly allow plain text on a loopback address for testing"
+        )
     if not is_loopback(address):
         raise ValueError(f"plain text refused for {address}: it is not a loopback address; use TLS off this machine")

@@ -1,7 +1,13 @@
-"""The experiment config: one frozen record per component, combined into one record.
+"""What a run is: the experiment config, one frozen record per component combined into one.
 
-Loaded from YAML, overridden with ``--set key=value``, validated by pydantic. Any problem is
-reported as one ``ConfigError`` line that names the key, the value and what is allowed.
+Every runtime reads the same record: the simulator (``fedrl run``), the deployed server and the
+edge agents. It is validated by pydantic; any problem is reported as one ``ConfigError`` line that
+names the key, the value and what is allowed (``fedrl.experiment.loading`` reads YAML and
+``--set`` overrides into it).
+
+Whether a run is asynchronous has one answer, ``ExperimentConfig.asynchronous``: the strategy's
+(FedAsync and FedBuff are). ``fleet`` and ``attack`` describe the simulated fleet and its
+attackers; a deployment ignores them.
 
 ``env.family: gym`` with an ``env.gym`` section runs any registered Gymnasium id through the
 adapter (``fedrl.envs.gym_adapter``). Its parameter setter, ``"module:function"``, is imported
@@ -16,28 +22,29 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal
 
 import gymnasium
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from fedrl.agents import A2CConfig, DQNConfig, LearnerConfig, PPOConfig, ReinforceConfig
+from fedrl.agents import LEARNERS, LearnerConfig, PPOConfig
+from fedrl.core.frozen import FrozenConfig
 from fedrl.core.pipeline import PipelineConfig, budget_problem
+from fedrl.core.robust import RobustConfig
 from fedrl.core.secagg import check_headroom
 from fedrl.core.strategies import STRATEGY_CONFIGS, FedAvgConfig, StrategyConfig
 from fedrl.envs import FAMILIES
 from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter, load_setter
-from fedrl.sim.attacks import AttackConfig
-from fedrl.sim.fleet import FleetConfig
 
 GYM_FAMILY = "gym"
 
 
 VARIANTS: dict[str, dict[str, type[BaseModel]]] = {
-    "learner": {"ppo": PPOConfig, "reinforce": ReinforceConfig, "a2c": A2CConfig, "dqn": DQNConfig},
+    "learner": {name: kind.config for name, kind in LEARNERS.items()},
     "strategy": dict(STRATEGY_CONFIGS),
 }
+"""The records a ``name`` key chooses between, per section."""
+ROBUST_KEYS = tuple(RobustConfig.model_fields)
 
 
 class ConfigError(ValueError):
@@ -51,10 +58,6 @@ class KeyProblem(ValueError):
     def __init__(self, key: str, message: str, value: Any = None):
         super().__init__(message)
         self.key, self.value = key, value
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def import_setter(spec: str, setter_dir: str | None) -> ParamSetter:
@@ -74,7 +77,7 @@ def import_setter(spec: str, setter_dir: str | None) -> ParamSetter:
         sys.path[:] = saved
 
 
-class GymParamConfig(_Frozen):
+class GymParamConfig(FrozenConfig):
     """One per-client physical parameter of an adapter family, as in the built-in families."""
 
     standard: float = Field(description="value at heterogeneity 0")
@@ -89,7 +92,7 @@ class GymParamConfig(_Frozen):
         return self
 
 
-class GymEnvConfig(_Frozen):
+class GymEnvConfig(FrozenConfig):
     """A Gymnasium id run through the adapter, with the per-client parameters to vary."""
 
     id: str = Field(description="registered Gymnasium id, e.g. CartPole-v1")
@@ -129,7 +132,7 @@ class GymEnvConfig(_Frozen):
         return self
 
 
-class EnvConfig(_Frozen):
+class EnvConfig(FrozenConfig):
     """Which environment family the clients run and how their physics differ."""
 
     family: str = Field("cartpole", description="environment family (see `fedrl envs`), or 'gym' for the adapter")
@@ -163,11 +166,13 @@ class EnvConfig(_Frozen):
         for i, row in enumerate(self.clients or ()):
             unknown = [k for k in row if k not in names]
             if unknown:
-                raise KeyProblem("clients", f"client {i} sets unknown parameter {unknown[0]!r}; allowed: {', '.join(shown)}")
+                raise KeyProblem(
+                    "clients", f"client {i} sets unknown parameter {unknown[0]!r}; allowed: {', '.join(shown)}"
+                )
         return self
 
 
-class FederationConfig(_Frozen):
+class FederationConfig(FrozenConfig):
     """How rounds run: who takes part, how long they train, when to stop."""
 
     n_clients: int = Field(10, ge=1, description="clients in the fleet")
@@ -193,7 +198,7 @@ class FederationConfig(_Frozen):
         return max(1, int(self.fraction * self.n_clients + 0.5))
 
 
-class EvalConfig(_Frozen):
+class EvalConfig(FrozenConfig):
     """How the global policy is evaluated on every client's environment."""
 
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and at the last round)")
@@ -202,13 +207,46 @@ class EvalConfig(_Frozen):
     heldout_clients: int = Field(10, ge=0, description="never-trained clients evaluated at the end")
 
 
-class PersonalizationConfig(_Frozen):
+class PersonalizationConfig(FrozenConfig):
     """Optional local fine-tuning of the global policy before evaluation."""
 
     steps: int = Field(0, ge=0, description="fine-tuning env steps per client at each evaluation (0 = off)")
 
 
-class ExperimentConfig(_Frozen):
+class FleetConfig(FrozenConfig):
+    """The simulated fleet: device speeds, links, availability and round deadlines (``fedrl.sim.fleet``)."""
+
+    step_time_s: float = Field(1e-3, gt=0, description="simulated seconds per env step on a speed-1 device")
+    speed_heterogeneity: float = Field(0.0, ge=0, le=1, description="speeds spread log-uniformly over [0.25, 1] x at 1")
+    straggler_fraction: float = Field(0.0, ge=0, le=1, description="fraction of clients that are stragglers")
+    straggler_slowdown: float = Field(5.0, ge=1, description="how many times slower a straggler computes")
+    latency_s: float = Field(0.05, ge=0, description="mean one-way link latency per message")
+    latency_heterogeneity: float = Field(
+        0.0, ge=0, le=1, description="latencies spread uniformly over mean x [1-h, 1+h]"
+    )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="probability a client is unavailable (per round, or per retry in async)"
+    )
+    availability: Literal["random", "onoff"] = Field("random", description="random dropouts or an on/off pattern")
+    on_rounds: int = Field(3, ge=1, description="on/off pattern: rounds up")
+    off_rounds: int = Field(1, ge=0, description="on/off pattern: rounds down")
+    deadline_s: float | None = Field(None, gt=0, description="sync: updates arriving later are dropped")
+    retry_s: float = Field(1.0, gt=0, description="async: how long an unavailable client waits before trying again")
+
+
+AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "random_policy"]
+
+
+class AttackConfig(FrozenConfig):
+    """Simulated Byzantine clients: which fraction attacks, and how (``fedrl.sim.attacks``)."""
+
+    fraction: float = Field(0.0, ge=0, lt=1, description="fraction of clients that are malicious")
+    kind: AttackKind = Field("sign_flip", description="what a malicious client sends")
+    scale: float = Field(1.0, gt=0, description="sign_flip and scale: multiplier of the honest delta")
+    sigma: float = Field(1.0, gt=0, description="gaussian: standard deviation of the noise")
+
+
+class ExperimentConfig(FrozenConfig):
     """Everything that defines a run; the same config and seed give the same numbers."""
 
     name: str = Field("fedrl", description="run name, used in the run directory's name")
@@ -227,23 +265,57 @@ class ExperimentConfig(_Frozen):
     @classmethod
     def _fleet_size_for_scaffold(cls, data: Any) -> Any:
         """SCAFFOLD's server needs the fleet size N: take it from ``federation.n_clients``."""
-        if isinstance(data, dict) and isinstance(data.get("strategy"), dict) and data["strategy"].get("name") == "scaffold":
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("strategy"), dict)
+            and data["strategy"].get("name") == "scaffold"
+        ):
             n = (data.get("federation") or {}).get("n_clients", FederationConfig.model_fields["n_clients"].default)
             data = {**data, "strategy": {"n_clients": n, **data["strategy"]}}
         return data
 
-    @model_validator(mode="after")
-    def _mode_matches_strategy(self) -> ExperimentConfig:
-        asynchronous = self.strategy.name in ("fedasync", "fedbuff")
-        if asynchronous != (self.fleet.mode == "async"):
-            raise ValueError(
-                f"strategy {self.strategy.name!r} needs fleet.mode {'async' if asynchronous else 'sync'} "
-                f"(got {self.fleet.mode!r}); fedasync and fedbuff are the asynchronous strategies"
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Keys that moved, named with where they went (``fedrl.experiment.loading.upgrade``
+        moves them in a run directory written by an older fedrl)."""
+        if not isinstance(data, dict):
+            return data
+        fleet = data.get("fleet") if isinstance(data.get("fleet"), dict) else {}
+        strategy = data.get("strategy") if isinstance(data.get("strategy"), dict) else {}
+        if "mode" in fleet:
+            raise KeyProblem(
+                "fleet.mode",
+                "removed: the strategy decides (fedasync and fedbuff are asynchronous, "
+                "the others synchronous); delete the key",
+                fleet["mode"],
             )
+        if strategy.get("name") == "fedprox":
+            raise KeyProblem(
+                "strategy.name",
+                "FedProx is FedAvg on the server with a proximal term on every client: "
+                "use strategy.name: fedavg and learner.prox_mu: MU",
+                "fedprox",
+            )
+        moved = [key for key in ROBUST_KEYS if key in strategy]
+        if moved:
+            raise KeyProblem(f"strategy.{moved[0]}", f"moved to strategy.robust.{moved[0]}", strategy[moved[0]])
+        return data
+
+    @model_validator(mode="after")
+    def _scaffold_knows_fleet_size(self) -> ExperimentConfig:
         if self.strategy.name == "scaffold" and self.strategy.n_clients != self.federation.n_clients:
-            raise ValueError(f"strategy.n_clients ({self.strategy.n_clients}) must equal federation.n_clients "
-                             f"({self.federation.n_clients})")
+            raise ValueError(
+                f"strategy.n_clients ({self.strategy.n_clients}) must equal federation.n_clients "
+                f"({self.federation.n_clients})"
+            )
         return self
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether updates are applied as they arrive, weighted by staleness (FedAsync, FedBuff),
+        instead of in synchronous rounds: the one answer every runtime asks."""
+        return self.strategy.asynchronous
 
     @model_validator(mode="after")
     def _secure_aggregation_fits_strategy(self) -> ExperimentConfig:
@@ -252,15 +324,17 @@ class ExperimentConfig(_Frozen):
         if not self.pipeline.secure_aggregation.enabled:
             return self
         strategy, problem = self.strategy, None
-        if self.fleet.mode == "async":
-            problem = "it sums a round of clients, and fleet.mode async has no rounds"
+        if self.asynchronous:
+            problem = f"it sums a round of clients, and the asynchronous strategy {strategy.name} has no rounds"
         elif strategy.name == "scaffold":
             problem = "SCAFFOLD's control deltas would need a secure sum of their own, which is not implemented"
-        elif strategy.rule != "mean":
-            problem = f"the server sees only the sum of the updates, so strategy.rule must be mean, not {strategy.rule!r}"
-        elif strategy.norm_bound is not None:
-            problem = ("the server cannot clip updates it never sees: set pipeline.clip_norm (each client clips) "
-                       "instead of strategy.norm_bound")
+        elif strategy.robust.rule != "mean":
+            problem = f"the server sees only the sum of the updates, so strategy.robust.rule must be mean, not {strategy.robust.rule!r}"
+        elif strategy.robust.norm_bound is not None:
+            problem = (
+                "the server cannot clip updates it never sees: set pipeline.clip_norm (each client clips) "
+                "instead of strategy.robust.norm_bound"
+            )
         if problem is not None:
             raise KeyProblem("pipeline.secure_aggregation.enabled", problem, True)
         return self
@@ -273,11 +347,17 @@ class ExperimentConfig(_Frozen):
             return self
         per_round = fed.clients_per_round
         if per_round < 2:
-            raise KeyProblem("federation.fraction", f"secure aggregation needs at least 2 clients a round; fraction * "
-                             f"n_clients gives {per_round}", fed.fraction)
+            raise KeyProblem(
+                "federation.fraction",
+                f"secure aggregation needs at least 2 clients a round; fraction * n_clients gives {per_round}",
+                fed.fraction,
+            )
         if isinstance(secure.threshold, int) and secure.threshold > per_round:
-            raise KeyProblem("pipeline.secure_aggregation.threshold", f"exceeds the {per_round} clients a round "
-                             "samples (fraction * n_clients), so no round could be summed", secure.threshold)
+            raise KeyProblem(
+                "pipeline.secure_aggregation.threshold",
+                f"exceeds the {per_round} clients a round samples (fraction * n_clients), so no round could be summed",
+                secure.threshold,
+            )
         try:  # Poisson sampling (central DP) may put the whole fleet in one round
             check_headroom(secure, fed.n_clients if self.pipeline.dp.mode == "central" else per_round)
         except ValueError as exc:
@@ -289,13 +369,23 @@ class ExperimentConfig(_Frozen):
         """The pipeline's stages need synchronous rounds; DP needs a strategy that sees only the
         clipped deltas (central mode: their noised mean) and a budget that covers the rounds."""
         pipeline, mode = self.pipeline, self.pipeline.dp.mode
-        if not pipeline.applies_nothing and self.fleet.mode == "async":
-            raise KeyProblem("pipeline", "clipping, compression and DP run in synchronous rounds only, not fleet.mode async")
+        if not pipeline.applies_nothing and self.asynchronous:
+            raise KeyProblem(
+                "pipeline",
+                "clipping, compression and DP run in synchronous rounds only, not with the "
+                f"asynchronous strategy {self.strategy.name}",
+            )
         if mode != "none" and self.strategy.name == "scaffold":
-            raise KeyProblem("pipeline.dp.mode", "SCAFFOLD's control deltas would leave clients unclipped and unnoised", mode)
-        if mode == "central" and self.strategy.rule != "mean":
-            raise KeyProblem("pipeline.dp.mode", f"central DP hands the strategy one noised mean, so strategy.rule "
-                             f"must be mean, not {self.strategy.rule!r}", mode)
+            raise KeyProblem(
+                "pipeline.dp.mode", "SCAFFOLD's control deltas would leave clients unclipped and unnoised", mode
+            )
+        if mode == "central" and self.strategy.robust.rule != "mean":
+            raise KeyProblem(
+                "pipeline.dp.mode",
+                f"central DP hands the strategy one noised mean, so strategy.robust.rule "
+                f"must be mean, not {self.strategy.robust.rule!r}",
+                mode,
+            )
         problem = budget_problem(pipeline, self.federation.fraction, self.federation.rounds)
         if problem is not None:
             raise KeyProblem("pipeline.dp.target_epsilon", problem, pipeline.dp.target_epsilon)
@@ -309,120 +399,3 @@ class ExperimentConfig(_Frozen):
                 f"{self.federation.n_clients}"
             )
         return self
-
-
-def _allowed_keys(model: type[BaseModel]) -> str:
-    return ", ".join(model.model_fields)
-
-
-def _config_path(loc: tuple) -> tuple:
-    """``loc`` without the tags pydantic inserts for a chosen variant (``learner.ppo.lr``)."""
-    return tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] in VARIANTS and p in VARIANTS[loc[i - 1]]))
-
-
-def _describe(error: dict[str, Any]) -> str:
-    loc = _config_path(error["loc"])
-    value, message = error.get("input"), error["msg"]
-    problem = (error.get("ctx") or {}).get("error")
-    if isinstance(problem, KeyProblem):
-        loc, message = (*loc, problem.key), str(problem)
-        value = {} if problem.value is None else problem.value  # a dict is never shown
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        parent = ".".join(str(p) for p in loc[:-1])
-        return f"unknown key {key!r}{' under ' + repr(parent) if parent else ''}"
-    shown = "" if isinstance(value, dict) else f" = {value!r}"
-    return " ".join(f"{key}{shown}: {message}".split())  # one line, whatever the message
-
-
-def parse_config(data: dict[str, Any]) -> ExperimentConfig:
-    """Validate a nested mapping into an ``ExperimentConfig`` or raise a one-line ``ConfigError``."""
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        message = _describe(first)
-        if first["type"] == "extra_forbidden":
-            message += f"; allowed: {_allowed_for(_config_path(first['loc'])[:-1], data)}"
-        raise ConfigError(f"bad config: {message}") from None
-
-
-def _allowed_for(loc: tuple, data: dict[str, Any]) -> str:
-    """The keys allowed at ``loc``, following the learner and strategy ``name`` choices."""
-    model: type[BaseModel] = ExperimentConfig
-    for part in loc:
-        if part in ("learner", "strategy"):
-            model = _variant(part, data)
-        elif part in model.model_fields:
-            model = _section_model(model.model_fields[part].annotation) or model
-    return _allowed_keys(model)
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    """The record type of a section annotated ``X``, ``X | None`` or ``dict[str, X]``."""
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _variant(section: str, data: dict[str, Any]) -> type[BaseModel]:
-    variants = VARIANTS[section]
-    chosen = (data.get(section) or {}).get("name", next(iter(variants)))
-    return variants.get(chosen, next(iter(variants.values())))
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
-    """Return a copy of ``data`` with ``key.path=value`` applied; the value is parsed as YAML."""
-    if "=" not in assignment:
-        raise ConfigError(f"bad --set {assignment!r}: expected key.path=value")
-    key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
-    out = dict(data)
-    node = out
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        node[part] = dict(child) if isinstance(child, dict) else {}
-        node = node[part]
-    node[parts[-1]] = value
-    return out
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A config file's mapping of sections, or a one-line ``ConfigError`` saying why not."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or start from the defaults), apply overrides, validate."""
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
-    for assignment in overrides:
-        data = apply_override(data, assignment)
-    if path is not None:
-        data = _anchor_setter_dir(data, Path(path).parent)
-    return parse_config(data)
-
-
-def _anchor_setter_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``data`` with ``env.gym.setter_dir`` made absolute, relative to ``folder`` (the config
-    file's) and defaulting to it, so a resumed run finds the setter from anywhere."""
-    env = data.get("env")
-    gym = env.get("gym") if isinstance(env, dict) else None
-    if not isinstance(gym, dict) or not isinstance(gym.get("setter_dir", ""), (str, type(None))):
-        return data
-    setter_dir = str((folder / (gym.get("setter_dir") or ".")).resolve())
-    return {**data, "env": {**env, "gym": {**gym, "setter_dir": setter_dir}}}
-
-
-def to_yaml(config: ExperimentConfig) -> str:
-    """The fully resolved config as YAML (every default written out)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,94 @@
+"""A round's aggregation and the held-out evaluation, one function each for every runtime.
+
+The simulator's engine and the deployed server's coordinator both close a round with
+``aggregate_round``::
+
+    updates (decoded on receipt) -> screen -> (central DP: one noised mean) -> strategy (robust rule inside)
+
+``screen`` rejects what no rule may see (NaN or Inf values, the wrong length). Under central DP
+the strategy receives a single update, the noised sum of the accepted deltas over the expected
+number of clients, its noise drawn from the run seed and the round (``NOISE_STREAM``), so a
+restarted server, a resumed run and the simulator all draw the same noise for the same round,
+and no two rounds share it, even when a round made no new version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrl.agents import evaluate
+from fedrl.core.aggregation import screen
+from fedrl.core.pipeline import central_mean
+from fedrl.core.update import Update, stack_deltas
+from fedrl.experiment.setup import Setup
+from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
+
+HELDOUT_EPISODES_TAG = 1  # after EVAL_STREAM: the held-out clients' episodes, apart from the training clients'
+
+
+@dataclass(frozen=True)
+class Aggregated:
+    """What closing a round made: the candidate global policy and strategy state, and what
+    became of the updates."""
+
+    params: np.ndarray  # (d,)
+    strategy_state: object
+    n_accepted: int
+    n_rejected: int  # refused by screening: non-finite values, the wrong length
+    mean_staleness: float  # of the accepted updates, in versions behind ``version``
+
+
+def noise_rng(setup: Setup, round_: int) -> np.random.Generator:
+    """The generator of central DP's noise (and a secure sum's) in ``round_``."""
+    return setup.rng(NOISE_STREAM, round_)
+
+
+def expected_clients(setup: Setup) -> float:
+    """``fraction * n_clients``: central DP's fixed denominator, which hides how many took part."""
+    fed = setup.config.federation
+    return fed.fraction * fed.n_clients
+
+
+def central_update(setup: Setup, updates: list[Update], version: int, round_: int) -> Update:
+    """Under central DP, the one update the strategy sees: the noised sum of ``updates`` over
+    the expected number of clients (client id -1: no single client's)."""
+    stack = stack_deltas(updates) if updates else np.zeros((0, setup.net.spec.dim), dtype=np.float32)
+    mean = central_mean(setup.config.pipeline, stack, expected_clients(setup), noise_rng(setup, round_))
+    return Update(-1, version, mean, sum(u.env_steps for u in updates))
+
+
+def aggregate_round(
+    setup: Setup, strategy_state: object, params: np.ndarray, version: int, round_: int, updates: list[Update]
+) -> Aggregated:
+    """Close ``round_``: screen ``updates`` (based on versions up to ``version``, the newest),
+    noise them under central DP, and let the strategy make the candidate from ``params``."""
+    screened = screen(updates, setup.net.spec.dim)
+    accepted = screened.accepted
+    staleness = float(np.mean([version - u.base_version for u in accepted])) if accepted else 0.0
+    if setup.config.pipeline.dp.mode == "central":
+        given = [central_update(setup, accepted, version, round_)]
+    else:
+        given = accepted
+    new_params, new_state = setup.strategy.aggregate(strategy_state, params, given)
+    return Aggregated(new_params, new_state, len(accepted), len(screened.rejected), staleness)
+
+
+def mean_returns(setup: Setup, params: np.ndarray, env_params: np.ndarray, episodes: int, *tags: int) -> np.ndarray:
+    """Mean return per client of ``params`` (shared ``(d,)`` or per-client ``(N, d)``) on the
+    clients with physics ``env_params``, over ``episodes`` seeded by ``EVAL_STREAM`` and ``tags``."""
+    seed = int(setup.rng(EVAL_STREAM, *tags).integers(2**31))
+    returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, setup.config.eval.greedy)
+    return returns.mean(axis=1)
+
+
+def client_returns(setup: Setup, params: np.ndarray) -> np.ndarray:
+    """Mean return per training client, ``eval.episodes`` each, the same episodes every round."""
+    return mean_returns(setup, params, setup.env_params, setup.config.eval.episodes)
+
+
+def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int, episodes: int) -> np.ndarray:
+    """Mean return per held-out client (physics never trained on), the same episodes for every
+    policy: the simulator's final check and the deployed server's evaluation gate."""
+    return mean_returns(setup, params, setup.heldout_params(n_clients), episodes, HELDOUT_EPISODES_TAG)

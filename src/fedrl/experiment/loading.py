@@ -1,0 +1,166 @@
+"""Reading an experiment: YAML files, ``--set key.path=value`` overrides, and one-line errors.
+
+``parse_config`` turns a nested mapping into an ``ExperimentConfig``; whatever pydantic finds wrong
+first becomes one ``ConfigError`` line naming the key, the value and, for an unknown key, the keys
+allowed there (following the learner's and strategy's ``name``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fedrl.experiment.config import ROBUST_KEYS, VARIANTS, ConfigError, ExperimentConfig, KeyProblem
+
+
+def _allowed_keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def _config_path(loc: tuple) -> tuple:
+    """``loc`` without the tags pydantic inserts for a chosen variant (``learner.ppo.lr``)."""
+    return tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] in VARIANTS and p in VARIANTS[loc[i - 1]]))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = _config_path(error["loc"])
+    value, message = error.get("input"), error["msg"]
+    problem = (error.get("ctx") or {}).get("error")
+    if isinstance(problem, KeyProblem):
+        loc, message = (*loc, problem.key), str(problem)
+        value = {} if problem.value is None else problem.value  # a dict is never shown
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = ".".join(str(p) for p in loc[:-1])
+        return f"unknown key {key!r}{' under ' + repr(parent) if parent else ''}"
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    return " ".join(f"{key}{shown}: {message}".split())  # one line, whatever the message
+
+
+def parse_config(data: dict[str, Any]) -> ExperimentConfig:
+    """Validate a nested mapping into an ``ExperimentConfig`` or raise a one-line ``ConfigError``."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = _describe(first)
+        if first["type"] == "extra_forbidden":
+            message += f"; allowed: {_allowed_for(_config_path(first['loc'])[:-1], data)}"
+        raise ConfigError(f"bad config: {message}") from None
+
+
+def _allowed_for(loc: tuple, data: dict[str, Any]) -> str:
+    """The keys allowed at ``loc``, following the learner and strategy ``name`` choices."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if part in ("learner", "strategy"):
+            model = _variant(part, data)
+        elif part in model.model_fields:
+            model = _section_model(model.model_fields[part].annotation) or model
+    return _allowed_keys(model)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The record type of a section annotated ``X``, ``X | None`` or ``dict[str, X]``."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _variant(section: str, data: dict[str, Any]) -> type[BaseModel]:
+    variants = VARIANTS[section]
+    chosen = (data.get(section) or {}).get("name", next(iter(variants)))
+    return variants.get(chosen, next(iter(variants.values())))
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``key.path=value`` applied; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"bad --set {assignment!r}: expected key.path=value")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    out = dict(data)
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping of sections, or a one-line ``ConfigError`` saying why not."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or start from the defaults), apply overrides, validate."""
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for assignment in overrides:
+        data = apply_override(data, assignment)
+    if path is not None:
+        data = _anchor_setter_dir(data, Path(path).parent)
+    return parse_config(data)
+
+
+def _anchor_setter_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with ``env.gym.setter_dir`` made absolute, relative to ``folder`` (the config
+    file's) and defaulting to it, so a resumed run finds the setter from anywhere."""
+    env = data.get("env")
+    gym = env.get("gym") if isinstance(env, dict) else None
+    if not isinstance(gym, dict) or not isinstance(gym.get("setter_dir", ""), (str, type(None))):
+        return data
+    setter_dir = str((folder / (gym.get("setter_dir") or ".")).resolve())
+    return {**data, "env": {**env, "gym": {**gym, "setter_dir": setter_dir}}}
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    """The fully resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config written by an older fedrl (a run directory's, a server's state), in
+    today's layout: ``fleet.mode`` dropped (the strategy says it), the robust-aggregation keys
+    under ``strategy.robust``, and FedProx as FedAvg with ``learner.prox_mu``."""
+    data = dict(data)
+    fleet, strategy = data.get("fleet"), data.get("strategy")
+    if isinstance(fleet, dict):
+        data["fleet"] = {k: v for k, v in fleet.items() if k != "mode"}
+    if isinstance(strategy, dict):
+        robust = {k: strategy[k] for k in ROBUST_KEYS if k in strategy}
+        strategy = {k: v for k, v in strategy.items() if k not in ROBUST_KEYS}
+        if robust:
+            strategy["robust"] = {**robust, **(strategy.get("robust") or {})}
+        if strategy.get("name") == "fedprox":
+            mu = strategy.pop("mu", 0.01)
+            strategy["name"] = "fedavg"
+            data["learner"] = {**(data.get("learner") or {}), "prox_mu": mu}
+        data["strategy"] = strategy
+    return data
+
+
+def read_resolved(text: str) -> ExperimentConfig:
+    """The experiment in a resolved config that fedrl wrote (``to_yaml``), by this version or an
+    older one (see ``upgrade``); ``ConfigError`` in one line when it cannot be used."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the experiment config is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the experiment config must be a mapping of sections, got {type(data).__name__}")
+    return parse_config(upgrade(data))

@@ -1,0 +1,149 @@
+"""The simulated clients' side of a round: who is asked, batched local training in shards, the
+attackers' replacements, and each update through the client side of the update pipeline and back
+out of the server's decoder, as the deployed server would receive it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from fedrl.agents import LocalResult, make_task, train_local
+from fedrl.core.compress import dense, encode
+from fedrl.core.pipeline import ClientMessage, after_sending, client_message, decode_update
+from fedrl.core.update import Update
+from fedrl.envs.base import put_clients, take_clients
+from fedrl.experiment.streams import ATTACK_STREAM, PIPELINE_STREAM, SAMPLE_STREAM, TRAIN_STREAM
+from fedrl.sim.attacks import attack
+from fedrl.sim.setup import SimSetup
+from fedrl.sim.state import SimState
+
+
+def take_rows(client_state: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The learner state of the clients at ``rows``."""
+    return {k: v[rows] for k, v in client_state.items()}
+
+
+def put_rows(
+    client_state: dict[str, np.ndarray], rows: np.ndarray, part: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """A copy of ``client_state`` with the clients at ``rows`` replaced by ``part``."""
+    out = {}
+    for key, whole in client_state.items():
+        whole = whole.copy()
+        whole[rows] = part[key]
+        out[key] = whole
+    return out
+
+
+def sample_clients(setup: SimSetup, round_: int) -> np.ndarray:
+    """The sorted indices of the clients asked to take part in ``round_``: ``clients_per_round``
+    of them, or under central DP each client independently with probability ``fraction`` (Poisson
+    sampling, the sampling its accountant assumes)."""
+    rng, fed = setup.rng(SAMPLE_STREAM, round_), setup.config.federation
+    if setup.config.pipeline.dp.mode == "central":
+        return np.flatnonzero(rng.random(fed.n_clients) < fed.fraction)
+    return np.sort(rng.choice(fed.n_clients, size=fed.clients_per_round, replace=False))
+
+
+def shards(clients: np.ndarray, shard_size: int) -> list[np.ndarray]:
+    """Split client indices into consecutive shards of at most ``shard_size``."""
+    return [clients[i : i + shard_size] for i in range(0, len(clients), shard_size)]
+
+
+def server_control(setup: SimSetup, strategy_state) -> np.ndarray | None:
+    """SCAFFOLD's global control variate, sent with the model; None for other strategies."""
+    return strategy_state.c if setup.strategy.uses_control_variates else None
+
+
+def train_shard(setup: SimSetup, state: SimState, rows: np.ndarray, rng: np.random.Generator) -> LocalResult:
+    """Local training of one shard of clients from the global params; pure apart from time."""
+    task = make_task(
+        setup.net,
+        setup.family,
+        setup.env_params[rows],
+        take_clients(state.env_state, rows),
+        state.params,
+        setup.config.learner.prox_mu,
+        rng,
+        client_state=take_rows(state.client_state, rows),
+        server_control=server_control(setup, state.strategy_state),
+    )
+    return train_local(setup.config.learner, task, setup.budget)
+
+
+def to_updates(
+    setup: SimSetup, rows: np.ndarray, result: LocalResult, params: np.ndarray, version: int, rng
+) -> list[Update]:
+    """One ``Update`` per client of a shard; a malicious client's delta is replaced by its attack."""
+    updates = []
+    for i, c in enumerate(rows):
+        delta = (result.params[i] - params).astype(np.float32)
+        if setup.malicious[c]:
+            delta = attack(setup.config.attack, delta, setup.random_policy - params, rng)
+        control = result.control_delta[i] if result.control_delta is not None else None
+        updates.append(
+            Update(
+                int(c),
+                version,
+                delta,
+                int(result.env_steps[i]),
+                {"loss": float(result.loss[i]), "episodes": float(result.episodes[i])},
+                control,
+            )
+        )
+    return updates
+
+
+def client_messages(
+    setup: SimSetup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple
+) -> tuple[list[ClientMessage], dict[str, np.ndarray]]:
+    """Each update through the client side of the pipeline, with its client's error-feedback
+    residual and its own random stream; and the pipeline state after sending."""
+    clients = np.array([u.client_id for u in updates], dtype=np.int64)
+    residuals = pipeline_state.get("residual")
+    messages = []
+    for u in updates:
+        residual = None if residuals is None else residuals[u.client_id]
+        rng = setup.rng(PIPELINE_STREAM, *tags, u.client_id)
+        messages.append(client_message(setup.config.pipeline, u.delta, residual, rng, setup.net.spec.sizes))
+    return messages, after_sending(pipeline_state, clients, messages)
+
+
+def transmit(
+    setup: SimSetup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple
+) -> tuple[list[Update], dict[str, np.ndarray]]:
+    """Send ``updates`` through the client side of the pipeline and decode them as the server
+    does; returns the updates as the server sees them, each with its measured size in
+    ``metrics["uplink_bytes"]``, and the pipeline state after sending."""
+    messages, pipeline_state = client_messages(setup, pipeline_state, updates, tags)
+    sent = []
+    for u, m in zip(updates, messages):
+        delta = decode_update(m.payload, setup.net.spec.dim)
+        control_bytes = len(encode(dense(u.control_delta))) if u.control_delta is not None else 0
+        sent.append(
+            replace(u, delta=delta, metrics={**u.metrics, "uplink_bytes": float(len(m.payload) + control_bytes)})
+        )
+    return sent, pipeline_state
+
+
+def train_clients(
+    setup: SimSetup, state: SimState, clients: np.ndarray, tags: tuple, send: Callable = transmit
+) -> tuple[list, SimState]:
+    """Train ``clients`` from ``state``'s global version, shard by shard; returns what ``send``
+    makes of their updates (attacks applied) -- by default the updates as the server sees them
+    after the pipeline -- and the state with their env, learner and pipeline state advanced."""
+    updates: list = []
+    for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
+        result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, *tags, i))
+        raw = to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, *tags, i))
+        sent, pipeline_state = send(setup, state.pipeline_state, raw, tags)
+        updates += sent
+        state = replace(
+            state,
+            env_state=put_clients(state.env_state, rows, result.env_state),
+            client_state=put_rows(state.client_state, rows, result.client_state),
+            pipeline_state=pipeline_state,
+        )
+    return updates, state

@@ -1,0 +1,125 @@
+"""The simulator's records: the state carried from round to round, and what a round reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from fedrl.core.update import Update
+from fedrl.envs.base import EnvState
+from fedrl.experiment.aggregation import aggregate_round
+from fedrl.experiment.setup import Setup
+
+
+@dataclass(frozen=True)
+class SimState:
+    """Everything that changes from round to round (and goes into a checkpoint)."""
+
+    round: int
+    params: np.ndarray  # (d,) the global policy
+    strategy_state: object
+    env_state: EnvState  # every client's ongoing training episodes
+    env_steps: int  # total env steps taken by all clients so far
+    wall_s: float  # wall-clock seconds spent in rounds so far
+    client_state: dict[str, np.ndarray] = field(default_factory=dict)  # learner state kept on each client (N, ...)
+    sim_time_s: float = 0.0  # simulated fleet time
+    version: int = 0  # number of global versions made
+    inflight: dict[str, np.ndarray] = field(default_factory=dict)  # asynchronous mode: see sim/asynchronous.py
+    pipeline_state: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # update pipeline state kept on each client (N, ...)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes on the wire in one round, each message's size measured as the length of its encoding."""
+
+    uplink: int  # what the clients sent: their encoded updates (and SCAFFOLD's dense control deltas),
+    # or with secure aggregation every message of the protocol
+    downlink: int  # what the server sent: the dense global model (and SCAFFOLD's control) to each client
+    # that trained, and secure aggregation's messages
+    senders: int
+    receivers: int
+    dense_uplink: (
+        int  # the uplink had every update (secure aggregation: every masked input that arrived) been sent as float32
+    )
+
+    @property
+    def uplink_per_client(self) -> float:
+        """Mean bytes sent per client that sent an update."""
+        return self.uplink / self.senders if self.senders else float("nan")
+
+    @property
+    def downlink_per_client(self) -> float:
+        """Mean bytes received per client that trained."""
+        return self.downlink / self.receivers if self.receivers else float("nan")
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dense uplink bytes over the bytes actually sent (1 without compression)."""
+        return self.dense_uplink / self.uplink if self.uplink else float("nan")
+
+
+@dataclass(frozen=True)
+class SecureOutcome:
+    """Secure aggregation in one round: its threshold t, and whether the survivors' sum was
+    recovered (when not, fewer than t clients were left and the round kept the old model)."""
+
+    threshold: int
+    recovered: bool
+
+
+@dataclass(frozen=True)
+class RoundStats:
+    """What happened to the updates of a round."""
+
+    n_sampled: int = 0  # clients asked to train (sync) or updates that arrived (async)
+    n_updates: int = 0  # updates aggregated
+    n_dropped: int = 0  # unavailable clients and late updates
+    n_rejected: int = 0  # updates refused by screening (non-finite, malformed)
+    mean_staleness: float = 0.0  # of the aggregated updates
+    train_loss: float = float("nan")
+    episodes: int = 0  # training episodes the clients finished this round (trajectories)
+    traffic: Traffic | None = (
+        None  # bytes up and down; None where not measured (asynchronous rounds, failed secure sums)
+    )
+    secure: SecureOutcome | None = None  # None without secure aggregation
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one round produced; returns are ``None`` in rounds without evaluation."""
+
+    round: int
+    env_steps: int
+    wall_s: float
+    sim_time_s: float
+    stats: RoundStats
+    client_returns: np.ndarray | None  # (n_clients,) mean greedy return per client
+    personalized_returns: np.ndarray | None
+    epsilon: float = float("inf")  # DP epsilon spent so far (at pipeline.dp.delta); inf without DP
+
+    @property
+    def global_mean_return(self) -> float:
+        """Mean over clients of the global policy's return."""
+        return float(np.mean(self.client_returns)) if self.client_returns is not None else float("nan")
+
+    @property
+    def worst_client_return(self) -> float:
+        """The lowest client's return under the global policy."""
+        return float(np.min(self.client_returns)) if self.client_returns is not None else float("nan")
+
+    @property
+    def p10_client_return(self) -> float:
+        """The 10th percentile of client returns under the global policy."""
+        return float(np.percentile(self.client_returns, 10)) if self.client_returns is not None else float("nan")
+
+
+def aggregate(setup: Setup, state: SimState, updates: list[Update], round_: int) -> tuple[SimState, int, float]:
+    """Close ``round_`` on ``updates`` (``fedrl.experiment.aggregation``, as the deployed server
+    does) into a new version; returns the state, the number rejected and the mean staleness of the
+    accepted ones."""
+    done = aggregate_round(setup, state.strategy_state, state.params, state.version, round_, updates)
+    state = replace(state, params=done.params, strategy_state=done.strategy_state, version=state.version + 1)
+    return state, done.n_rejected, done.mean_staleness

@@ -1,0 +1,120 @@
+"""Synchronous rounds: sample, train, drop the late, aggregate -- in the clear or through secure
+aggregation, where the strategy receives only the mean of the survivors' sum and a round left
+below the threshold keeps the old model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from fedrl.core.compress import dense, encode
+from fedrl.core.pipeline import secure_mean
+from fedrl.core.secagg import BelowThreshold, SecAggConfig, SecureSumResult
+from fedrl.core.update import Update, stack_deltas
+from fedrl.experiment.aggregation import expected_clients, noise_rng
+from fedrl.experiment.streams import AVAILABILITY_STREAM, SECAGG_STREAM
+from fedrl.sim.clients import sample_clients, train_clients
+from fedrl.sim.setup import SimSetup
+from fedrl.sim.state import RoundStats, SecureOutcome, SimState, Traffic, aggregate
+
+
+def model_bytes(setup: SimSetup, params: np.ndarray) -> int:
+    """What the server sends each client that trains: the dense float32 model (and SCAFFOLD's control)."""
+    return len(encode(dense(params))) * (2 if setup.strategy.uses_control_variates else 1)
+
+
+def measure_traffic(setup: SimSetup, params: np.ndarray, receivers: int, updates: list[Update]) -> Traffic:
+    """A round's bytes: the global model (dense float32) to each of ``receivers``, and the
+    updates' measured sizes back (late ones too: they were sent)."""
+    model = model_bytes(setup, params)
+    uplink = int(sum(u.metrics["uplink_bytes"] for u in updates))
+    return Traffic(uplink, receivers * model, len(updates), receivers, len(updates) * model)
+
+
+def plain_aggregate(
+    setup: SimSetup, state: SimState, updates: list[Update], on_time: np.ndarray, round_: int
+) -> tuple[SimState, RoundStats]:
+    """Screen the on-time ``updates`` and hand them to the strategy; the stats of what became of them."""
+    kept = [u for u, ok in zip(updates, on_time) if ok]
+    traffic = measure_traffic(setup, state.params, len(updates), updates)
+    state, n_rejected, _ = aggregate(setup, state, kept, round_)
+    return state, RoundStats(n_updates=len(kept) - n_rejected, n_rejected=n_rejected, traffic=traffic)
+
+
+def secure_threshold(config: SecAggConfig, n_clients: int) -> int:
+    """t for a roster of ``n_clients``: at least 2, and above ``n_clients`` when no sum is possible."""
+    return config.threshold if isinstance(config.threshold, int) else config.threshold_for(max(n_clients, 2))
+
+
+def secure_sum_of(
+    setup: SimSetup, updates: list[Update], arrives: np.ndarray, round_: int
+) -> tuple[np.ndarray, SecureSumResult] | None:
+    """The mean the strategy receives and the protocol's record, with the clients that sent
+    ``updates`` as the roster and those not in ``arrives`` dropping after sharing their keys;
+    None when fewer than t of them arrive."""
+    stack = np.where(arrives[:, None], stack_deltas(updates), np.float32(0))  # a dropped row is never read
+    try:
+        return secure_mean(
+            setup.config.pipeline,
+            stack,
+            ~arrives,
+            expected_clients(setup),
+            setup.rng(SECAGG_STREAM, round_),
+            noise_rng(setup, round_),
+        )
+    except BelowThreshold:
+        return None
+
+
+def secure_aggregate(
+    setup: SimSetup, state: SimState, updates: list[Update], on_time: np.ndarray, round_: int
+) -> tuple[SimState, RoundStats]:
+    """Aggregate through secure aggregation: late updates, and updates with NaN or Inf values
+    (which cannot be quantized: counted as rejected), drop out after sharing keys; the strategy
+    receives one update, the mean of the others' sum. Below the threshold the round keeps the
+    old model (no new version) and its traffic is not measured."""
+    finite = np.array([np.isfinite(u.delta).all() for u in updates], dtype=bool)
+    n_rejected = int((on_time & ~finite).sum())
+    arrives = on_time & finite
+    threshold = secure_threshold(setup.config.pipeline.secure_aggregation, len(updates))
+    secured = secure_sum_of(setup, updates, arrives, round_) if len(updates) >= threshold else None
+    if secured is None:
+        return state, RoundStats(n_rejected=n_rejected, secure=SecureOutcome(threshold, False))
+    mean, result = secured
+    steps = sum(u.env_steps for u, ok in zip(updates, arrives) if ok)
+    update = Update(-1, state.version, mean, steps)  # no single client's, as under central DP
+    params, strategy_state = setup.strategy.aggregate(state.strategy_state, state.params, [update])
+    n, model = len(updates), model_bytes(setup, state.params)
+    traffic = Traffic(result.bytes_up, n * model + result.bytes_down, n, n, result.n_survivors * model)
+    state = replace(state, params=params, strategy_state=strategy_state, version=state.version + 1)
+    return state, RoundStats(
+        n_updates=result.n_survivors,
+        n_rejected=n_rejected,
+        traffic=traffic,
+        secure=SecureOutcome(result.threshold, True),
+    )
+
+
+def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
+    """Sample, drop the unavailable, train, drop late updates, screen, aggregate (in the clear
+    or through secure aggregation)."""
+    fleet = setup.fleet
+    sampled = sample_clients(setup, round_)
+    present = sampled[fleet.available(sampled, round_, setup.rng(AVAILABILITY_STREAM, round_))]
+    updates, state = train_clients(setup, state, present, (round_,))
+    arrival = fleet.duration(present, np.array([u.env_steps for u in updates]))
+    deadline = setup.config.fleet.deadline_s
+    on_time = arrival <= deadline if deadline is not None else np.ones(len(updates), dtype=bool)
+    late = deadline is not None and (len(present) < len(sampled) or not on_time.all())
+    elapsed = deadline if late else float(arrival.max()) if len(arrival) else setup.config.fleet.retry_s
+    steps = state.env_steps + sum(u.env_steps for u in updates)
+    if setup.config.pipeline.secure_aggregation.enabled:
+        state, stats = secure_aggregate(setup, state, updates, on_time, round_)
+    else:
+        state, stats = plain_aggregate(setup, state, updates, on_time, round_)
+    loss = float(np.nanmean([u.metrics["loss"] for u in updates])) if updates else float("nan")
+    episodes = int(sum(u.metrics["episodes"] for u in updates))
+    n_dropped = len(sampled) - int(on_time.sum())
+    stats = replace(stats, n_sampled=len(sampled), n_dropped=n_dropped, train_loss=loss, episodes=episodes)
+    return replace(state, env_steps=steps, sim_time_s=state.sim_time_s + elapsed), stats
