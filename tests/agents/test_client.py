@@ -7,6 +7,7 @@ import torch
 from fedrl.agents import (
     A2CConfig,
     Budget,
+    ClientState,
     DQNConfig,
     PPOConfig,
     ReinforceConfig,
@@ -87,12 +88,12 @@ def test_partial_federation_sends_zero_deltas_off_its_tower_and_keeps_the_person
     np.testing.assert_array_equal(first.control_delta[:, ~mask], 0.0)
     assert np.abs(first.params - g0)[:, mask].max() > 0
     # ... the personal tower trained, and the next round acts with it
-    personal = first.client_state["personal.params"]
+    personal = first.client_state.personal
     assert personal.shape == (2, int((~mask).sum())) and np.isfinite(personal).all()
     assert np.abs(personal - g0[~mask]).max() > 0
     np.testing.assert_array_equal(acting[:, ~mask], personal)
     np.testing.assert_array_equal(acting[:, mask], np.broadcast_to(g1[mask], (2, int(mask.sum()))))
-    assert np.abs(second.client_state["personal.params"] - personal).max() > 0
+    assert np.abs(second.client_state.personal - personal).max() > 0
     assert not np.array_equal(second.params, fresh.params)
 
 
@@ -127,13 +128,13 @@ def test_control_delta_is_option_two_with_the_learners_own_step_count(config, bu
     c = (0.01 * rng.standard_normal(fleet.net.spec.dim)).astype(np.float32)
     c_i = (0.01 * rng.standard_normal((2, fleet.net.spec.dim))).astype(np.float32)
     # Execute
-    result = fleet.train(fleet.params, {"scaffold.c": c_i}, budget, server_control=c)
-    plain = fleet.train(fleet.params, {"scaffold.c": c_i}, budget, server_control=None)
+    result = fleet.train(fleet.params, ClientState(control=c_i), budget, server_control=c)
+    plain = fleet.train(fleet.params, ClientState(control=c_i), budget, server_control=None)
     # Assert
     k = _by_hand_steps(config, result, budget)
     expected_c_i, expected_delta = scaffold_client_control(c_i, c, fleet.params, result.params, k, config.lr)
     np.testing.assert_allclose(result.control_delta, expected_delta, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(result.client_state["scaffold.c"], expected_c_i, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result.client_state.control, expected_c_i, rtol=1e-6, atol=1e-6)
     assert result.control_delta.shape == c_i.shape and result.control_delta.dtype == np.float32
     assert plain.control_delta is None and not np.array_equal(plain.params, result.params)
 

@@ -6,6 +6,7 @@ import torch
 
 from fedrl.agents import Budget, DQNConfig, evaluate, init_client_state, init_params, make_net, make_task, train_local
 from fedrl.agents.dqn import empty_buffer, epsilon, sample, store
+from fedrl.core.rows import copy_rows, to_arrays
 from fedrl.envs import get_family, reset
 
 
@@ -69,8 +70,8 @@ def test_step_count_and_replay_persist_across_rounds():
     config = DQNConfig(n_envs=4, learning_starts=300, exploration_steps=1000, buffer_size=256, hidden=(16, 16))
     family, env_params, net, env_state = _cartpole(config, C=2)
     params = init_params(net.shape, 0)
-    client_state = init_client_state(config, net, 2, uses_control_variates=False)
-    before = {k: v.copy() for k, v in client_state.items()}
+    client_state = given = init_client_state(config, net, 2, uses_control_variates=False)
+    before = to_arrays(copy_rows(given))
     results = []
     # Execute
     for r in range(2):
@@ -81,13 +82,14 @@ def test_step_count_and_replay_persist_across_rounds():
         env_state, client_state = results[-1].env_state, results[-1].client_state
     # Assert: round 1 only explored; round 2 went on counting and learned once past 300
     first, second = results
-    assert first.client_state["dqn.env_steps"].tolist() == [200, 200]
+    assert first.client_state.dqn.env_steps.tolist() == [200, 200]
     assert np.isnan(first.loss).all() and np.array_equal(first.params, np.broadcast_to(params, first.params.shape))
-    assert second.client_state["dqn.env_steps"].tolist() == [400, 400]
+    assert second.client_state.dqn.env_steps.tolist() == [400, 400]
     assert np.isfinite(second.loss).all()
-    assert second.client_state["dqn.replay.size"].tolist() == [256, 256]
-    assert second.client_state["dqn.replay.index"].tolist() == [400 % 256] * 2
-    assert all(np.array_equal(before[k], init_client_state(config, net, 2, False)[k]) for k in before)
+    assert second.client_state.dqn.replay.size.tolist() == [256, 256]
+    assert second.client_state.dqn.replay.index.tolist() == [400 % 256] * 2
+    after = to_arrays(given)  # the caller's state was never written
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def test_dqn_refuses_continuous_actions():

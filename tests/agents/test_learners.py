@@ -19,6 +19,7 @@ from fedrl.agents import (
     make_task,
     train_local,
 )
+from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.envs import get_family, reset, sample_params
 
 
@@ -105,7 +106,7 @@ def test_every_learner_runs_two_rounds_and_keeps_its_client_state_shapes(name, n
     params = init_params(net.shape, 0)
     env_state, _ = reset(family, env_params, config.n_envs, np.random.default_rng(0))
     client_state = init_client_state(config, net, n_clients, uses_control_variates=True)
-    layout = {k: (v.shape, v.dtype) for k, v in client_state.items()}
+    layout = {k: (v.shape, v.dtype) for k, v in to_arrays(client_state).items()}
     control = np.zeros(net.spec.dim, np.float32)
     # Execute
     for r in range(2):
@@ -124,10 +125,12 @@ def test_every_learner_runs_two_rounds_and_keeps_its_client_state_shapes(name, n
         env_state, client_state = result.env_state, result.client_state
         params, control = result.params.mean(axis=0), control + result.control_delta.mean(axis=0)
     # Assert
-    assert {k: (v.shape, v.dtype) for k, v in client_state.items()} == layout
-    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for v in client_state.values())
-    restored = safetensors.numpy.load(safetensors.numpy.save(client_state))  # how the engine checkpoints it
-    assert all(np.array_equal(restored[k], v, equal_nan=True) for k, v in client_state.items())
+    arrays = to_arrays(client_state)
+    assert {k: (v.shape, v.dtype) for k, v in arrays.items()} == layout
+    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for v in arrays.values())
+    restored = safetensors.numpy.load(safetensors.numpy.save(arrays))  # how the engine checkpoints it
+    back = to_arrays(from_arrays(type(client_state), restored))
+    assert back.keys() == arrays.keys() and all(np.array_equal(back[k], v, equal_nan=True) for k, v in arrays.items())
     assert result.params.shape == result.control_delta.shape == (n_clients, net.spec.dim)
     assert result.params.dtype == result.control_delta.dtype == np.float32
     assert np.isfinite(result.params).all() and result.loss.shape == (n_clients,)

@@ -13,6 +13,7 @@ from fedrl.core.pipeline import (
     budget_problem,
     central_mean,
     client_message,
+    PipelineState,
     decode_update,
     init_pipeline_state,
     spent_epsilon,
@@ -117,19 +118,18 @@ def test_client_state_keeps_residuals_and_participation():
     # Execute
     after = after_sending(state, np.array([1, 3]), messages)
     # Assert: the senders' rows replaced, the input untouched
-    np.testing.assert_array_equal(after["residual"], [[0, 0], [1, 2], [0, 0], [3, 4]])
-    np.testing.assert_array_equal(after["participation"], [0, 1, 0, 1])
-    assert not state["participation"].any()
-    assert init_pipeline_state(PipelineConfig(), 4, 2) == {}
+    np.testing.assert_array_equal(after.residual, [[0, 0], [1, 2], [0, 0], [3, 4]])
+    np.testing.assert_array_equal(after.participation, [0, 1, 0, 1])
+    assert not state.participation.any() and after.most_participation == 1
+    assert init_pipeline_state(PipelineConfig(), 4, 2) == PipelineState()
 
 
 def test_spent_epsilon_per_mode():
-    participation = {"participation": np.array([3, 7, 0])}
     local = _config(clip_norm=1.0, dp={"mode": "local", "noise_multiplier": 2.0})
-    assert spent_epsilon(PipelineConfig(), 0.1, 10, {}) == math.inf
-    assert spent_epsilon(_central(), 0.1, 10, {}) == epsilon(1.0, 0.1, 10, 1e-5)
+    assert spent_epsilon(PipelineConfig(), 0.1, 10) == math.inf
+    assert spent_epsilon(_central(), 0.1, 10) == epsilon(1.0, 0.1, 10, 1e-5)
     # local: the client that took part most (7 rounds), each a full Gaussian mechanism
-    assert spent_epsilon(local, 0.1, 10, participation) == epsilon(2.0, 1.0, 7, 1e-5)
+    assert spent_epsilon(local, 0.1, 10, most_participation=7) == epsilon(2.0, 1.0, 7, 1e-5)
 
 
 def test_budget_problem_names_the_rounds_that_fit():

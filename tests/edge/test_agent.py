@@ -189,7 +189,7 @@ def test_with_a_pipeline_the_agent_pushes_the_payload_and_keeps_the_residual_on_
     (pushed,) = link.pushed
     assert pushed.delta is None and len(pushed.payload) < params.nbytes / 20
     assert pushed.digest == hashlib.sha256(pushed.payload).hexdigest()
-    residual = trainer.restore(tmp_path).pipeline["residual"]
+    residual = trainer.restore(tmp_path).pipeline.residual
     assert residual.shape == (1, params.size) and np.abs(residual).max() > 0
 
 

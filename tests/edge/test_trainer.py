@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedrl.core.pipeline import client_message
+from fedrl.core.pipeline import PipelineState, client_message
 from fedrl.edge.trainer import EdgeTrainer, trainer_from_yaml
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.streams import PIPELINE_STREAM
@@ -19,7 +19,7 @@ def test_a_cartpole_client_trains_a_finite_delta_of_the_policy_shape(experiment)
     assert update.delta.dtype == np.float32 and update.delta.shape == params.shape
     assert np.isfinite(update.delta).all() and np.abs(update.delta).max() > 0
     assert update.env_steps >= 128
-    assert np.isfinite(update.metrics["loss"]) and update.metrics["episodes"] >= 1
+    assert np.isfinite(update.metrics.loss) and update.metrics.episodes >= 1
     assert update.control_delta is None
     assert state.env_state.t.any()  # episodes still running: the next round goes on with them
 
@@ -55,7 +55,7 @@ def test_with_a_pipeline_the_update_leaves_as_the_simulated_clients_bytes_and_it
         setup.config.pipeline, update.delta, residual[2], setup.rng(PIPELINE_STREAM, 1, 2), setup.net.spec.sizes
     )
     assert update.payload == simulated.payload and len(update.payload) < update.delta.nbytes / 10
-    np.testing.assert_array_equal(restored.pipeline["residual"][0], simulated.residual)
+    np.testing.assert_array_equal(restored.pipeline.residual[0], simulated.residual)
     assert np.abs(simulated.residual).max() > 0 and again.payload == unbroken.payload
 
 
@@ -64,7 +64,7 @@ def test_without_a_pipeline_the_delta_travels_as_it_is(experiment):
 
     update, state = trainer.train(trainer.fresh_state(), trainer.setup.initial_params(), round_=1)
 
-    assert update.payload is None and state.pipeline == {}
+    assert update.payload is None and state.pipeline == PipelineState()
 
 
 def test_a_client_index_outside_the_experiment_is_a_clear_error(experiment):
@@ -93,8 +93,8 @@ def test_scaffold_sends_a_control_delta_and_keeps_its_c_i_across_a_restart(exper
     restored = EdgeTrainer(trainer.setup, 0).restore(tmp_path)
 
     assert update.control_delta.shape == params.shape and np.abs(update.control_delta).max() > 0
-    np.testing.assert_array_equal(restored.learner["scaffold.c"], state.learner["scaffold.c"])
-    assert not np.array_equal(restored.learner["scaffold.c"], trainer.fresh_state().learner["scaffold.c"])
+    np.testing.assert_array_equal(restored.learner.control, state.learner.control)
+    assert not np.array_equal(restored.learner.control, trainer.fresh_state().learner.control)
 
 
 def test_learner_state_of_another_client_or_network_is_not_taken_up(experiment, tmp_path):
@@ -113,8 +113,8 @@ def test_learner_state_of_another_client_or_network_is_not_taken_up(experiment, 
     data["learner"]["hidden"] = [16]
     other_net = trainer_from_yaml(yaml.safe_dump(data), 0).restore(tmp_path)
 
-    assert not other_client.learner["scaffold.c"].any()
-    assert not other_net.learner["scaffold.c"].any()
+    assert not other_client.learner.control.any()
+    assert not other_net.learner.control.any()
 
 
 def test_a_gymnasium_id_trains_through_the_adapter_and_the_agent_accepts_its_id(tiny_config):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrl.core.pipeline import PipelineState
 from fedrl.core.update import Update
 from fedrl.experiment.loading import parse_config
 from fedrl.server.config import ServerConfig
@@ -45,8 +46,8 @@ def open_coordinated(config: ServerConfig, state_dir: Path) -> tuple[Coordinator
 
 
 def encode(
-    setup: SimSetup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple
-) -> tuple[list[tuple[Update, bytes | None]], dict[str, np.ndarray]]:
+    setup: SimSetup, pipeline_state: PipelineState, updates: list[Update], tags: tuple
+) -> tuple[list[tuple[Update, bytes | None]], PipelineState]:
     """Each update with its payload from the client side of the pipeline (the simulator's own
     ``client_messages``), and the pipeline state after sending; no payloads (the deltas travel as
     they are) when the pipeline applies nothing. A ``send`` for ``train_clients``."""
@@ -77,7 +78,7 @@ def coordinated_round(coordinator: Coordinator, setup: SimSetup, state: SimState
                 task.base_version,
                 None if payload else u.delta,
                 u.env_steps,
-                u.metrics,
+                u.metrics.as_mapping(),
                 u.control_delta,
                 payload=payload,
             )
@@ -151,8 +152,7 @@ def test_a_compressed_run_through_the_coordinator_matches_the_simulator_and_its_
 
     # Assert: the same global model and client residuals, bit for bit, from the same bytes
     np.testing.assert_array_equal(coordinator.model().params, sim.params)
-    assert clients.pipeline_state.keys() == sim.pipeline_state.keys()
-    for key in sim.pipeline_state:
-        np.testing.assert_array_equal(clients.pipeline_state[key], sim.pipeline_state[key])
+    np.testing.assert_array_equal(clients.pipeline_state.residual, sim.pipeline_state.residual)
+    assert clients.pipeline_state.participation is sim.pipeline_state.participation is None
     assert [r.uplink_bytes for r in coordinator.status().rounds[:3]] == uplink
     assert uplink[0] < 3 * 4 * setup.net.spec.dim / 4

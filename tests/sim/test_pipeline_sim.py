@@ -71,14 +71,13 @@ def test_resume_with_client_pipeline_state_matches_an_unbroken_run(tmp_path, tin
     _run(_with(tiny_config, pipeline, rounds=2, n_clients=4, fraction=0.5), tmp_path / "resumed")
     # Execute
     resumed = runs.resume(tmp_path / "resumed", ["federation.rounds=4"])
-    assert resumed.state.pipeline_state["residual"].any()
+    assert resumed.state.pipeline_state.residual.any()
     list(resumed.rounds())  # run to the end (its final state is checked from the checkpoint below)
     # Assert
     np.testing.assert_array_equal(np.nan_to_num(_metrics(unbroken)), np.nan_to_num(_metrics(resumed)))
     final = [r.dir.load_checkpoint(r.setup, r.dir.latest_checkpoint()) for r in (unbroken, resumed)]
     np.testing.assert_array_equal(final[0].params, final[1].params)
-    for key in final[0].pipeline_state:
-        np.testing.assert_array_equal(final[0].pipeline_state[key], final[1].pipeline_state[key])
+    np.testing.assert_array_equal(final[0].pipeline_state.residual, final[1].pipeline_state.residual)
 
 
 def test_central_dp_reports_the_accountants_epsilon_and_samples_by_poisson(tmp_path, tiny_config):
@@ -92,7 +91,7 @@ def test_central_dp_reports_the_accountants_epsilon_and_samples_by_poisson(tmp_p
 
 def test_local_dp_reports_the_epsilon_of_the_client_that_took_part_most(tmp_path, tiny_config):
     run = _run(_with(tiny_config, LOCAL, n_clients=4, fraction=0.5, rounds=3), tmp_path / "local")
-    most = run.state.pipeline_state["participation"].max()
+    most = run.state.pipeline_state.most_participation
     assert _column(run, "epsilon")[-1] == epsilon(2.0, 1.0, int(most), 1e-5)
 
 

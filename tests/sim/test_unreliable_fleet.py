@@ -71,7 +71,7 @@ def test_scaffold_runs_with_control_variates_and_resumes_exactly(tmp_path, tiny_
     assert config.strategy.n_clients == 10
     setup, state, _ = _rounds(config, 1)
     assert np.abs(state.strategy_state.c).sum() > 0
-    assert state.client_state["scaffold.c"].shape == (10, setup.net.spec.dim)
+    assert state.client_state.control.shape == (10, setup.net.spec.dim)
     _resume_matches(tmp_path, config)
 
 
@@ -82,7 +82,7 @@ def test_dqn_keeps_its_replay_buffer_across_rounds_and_checkpoints(tmp_path, tin
         federation={"rounds": 3},
     )
     _, state, _ = _rounds(config, 2)
-    assert (state.client_state["dqn.replay.size"] == 512).all()
+    assert (state.client_state.dqn.replay.size == 512).all()
     _resume_matches(tmp_path, config)
 
 
@@ -112,7 +112,7 @@ def test_partial_federation_evaluates_each_clients_own_actor(tiny_config):
     setup, state, results = _rounds(config, 1)
     assert not setup.federated.all()
     assert np.isfinite(results[0].client_returns).all()
-    assert np.isfinite(state.client_state["personal.params"]).all()
+    assert np.isfinite(state.client_state.personal).all()
 
 
 def test_the_strategy_alone_says_whether_a_run_is_asynchronous(tiny_config):

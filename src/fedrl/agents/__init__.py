@@ -14,7 +14,7 @@ Only this package knows torch modules; everything it returns is numpy. What an e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Union
 
 import numpy as np
@@ -27,6 +27,7 @@ from fedrl.agents.config import LearnerBase
 from fedrl.agents.dqn import DQNConfig
 from fedrl.agents.evaluate import evaluate
 from fedrl.agents.local import Budget, LocalResult, LocalTask, make_task
+from fedrl.agents.memory import ClientState, DQNMemory
 from fedrl.agents.nets import PolicyNet, PolicyShape, init_params, policy_spec
 from fedrl.agents.ppo import PPOConfig
 from fedrl.agents.reinforce import ReinforceConfig
@@ -41,7 +42,7 @@ class LearnerKind:
     config: type[LearnerBase]
     train: Callable[[Any, LocalTask, Budget], LocalResult]
     critic: bool = True  # actor and critic towers; False: a Q-network alone
-    init_state: Callable[[Any, PolicyNet, int], dict[str, np.ndarray]] | None = None  # its own per-client state
+    init_state: Callable[[Any, PolicyNet, int], DQNMemory] | None = None  # its own per-client memory
     check: Callable[[EnvFamily], None] | None = None  # raises ValueError for a family it cannot learn
 
 
@@ -80,31 +81,21 @@ def make_net(config: LearnerBase, family: EnvFamily) -> PolicyNet:
     return PolicyNet(PolicyShape(family.obs_dim, family.action_space, tuple(config.hidden), critic=kind.critic))
 
 
-def init_client_state(
-    config: LearnerBase, net: PolicyNet, n_clients: int, uses_control_variates: bool
-) -> dict[str, np.ndarray]:
-    """What ``n_clients`` fresh clients keep between rounds, arrays with leading axis ``C``:
-
-    - ``"scaffold.c"`` ``(C, d)`` float32 zeros, when ``uses_control_variates``;
-    - ``"personal.params"`` ``(C, k)`` float32 NaN (= "not trained yet, use the global value"),
-      ``k`` the non-federated coordinates, when ``federate`` is ``"actor"`` or ``"critic"``;
-    - DQN: ``"dqn.replay.{obs,next_obs}"`` ``(C, buffer_size, obs_dim)`` float32,
-      ``"dqn.replay.{reward,terminated}"`` ``(C, buffer_size)`` float32, ``"dqn.replay.action"``
-      ``(C, buffer_size)`` int64, ``"dqn.replay.{index,size}"`` and ``"dqn.env_steps"`` ``(C,)`` int64.
-
-    Empty for PPO, REINFORCE and A2C with ``federate="all"`` and no control variates.
-    """
+def init_client_state(config: LearnerBase, net: PolicyNet, n_clients: int, uses_control_variates: bool) -> ClientState:
+    """What ``n_clients`` fresh clients keep between rounds (``fedrl.agents.memory``): SCAFFOLD's
+    ``c_i`` (zeros) with control variates, personal towers (NaN: "not trained yet, use the global
+    value") under partial federation, DQN's empty replay buffer. Holds nothing for PPO, REINFORCE
+    and A2C with ``federate="all"`` and no control variates."""
     state = init_federation_state(config, net, n_clients, uses_control_variates)
     init_state = LEARNERS[config.name].init_state
-    if init_state is not None:
-        state.update(init_state(config, net, n_clients))
-    return state
+    return state if init_state is None else replace(state, dqn=init_state(config, net, n_clients))
 
 
 __all__ = [
     "LEARNERS",
     "A2CConfig",
     "Budget",
+    "ClientState",
     "DQNConfig",
     "LearnerBase",
     "LearnerConfig",

@@ -5,7 +5,7 @@ Partial federation. ``federate`` (actor-critic learners) picks the towers that a
 ``"all"``; ``"actor"`` (each client keeps its own critic); ``"critic"`` (value function
 aggregation: the critic is averaged, each client keeps its own actor). A client acts with the
 global parameters on federated coordinates and its personal ones elsewhere (``local_params``);
-after training it stores the personal part back in ``client_state["personal.params"]`` ``(C, k)``
+after training it stores the personal part back in ``ClientState.personal`` ``(C, k)``
 (``k`` non-federated coordinates, in flat order) and returns parameters that equal the global
 ones off the federated coordinates, so the delta it sends is exactly zero there. A client that
 has not trained yet holds NaN there, which means "take the global value": every client's
@@ -15,7 +15,7 @@ SCAFFOLD (Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Fed
 Learning", ICML 2020). With the server's ``c`` given, every local step adds ``c - c_i`` to each
 client's (clipped) gradient; afterwards ``c_i`` becomes ``c_i+`` by option II
 (``core.scaffold.scaffold_client_control``, ``K`` = the client's optimiser steps, ``lr`` = the
-learner's) and ``c_i+ - c_i`` is sent. ``c_i`` lives in ``client_state["scaffold.c"]`` ``(C, d)``.
+learner's) and ``c_i+ - c_i`` is sent. ``c_i`` lives in ``ClientState.control`` ``(C, d)``.
 With Adam or RMSprop rather than SGD, ``(x - y) / (K lr)`` is a pseudo-gradient, as in every
 adaptive-optimiser use of SCAFFOLD. Both terms are zero on non-federated coordinates.
 """
@@ -30,13 +30,11 @@ import torch
 from fedrl.agents import distributions
 from fedrl.agents.config import ActorCriticBase, LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
+from fedrl.agents.memory import ClientState, DQNMemory
 from fedrl.agents.nets import Heads, PolicyNet
 from fedrl.agents.optim import apply_gradient
 from fedrl.core.scaffold import scaffold_client_control
 from fedrl.envs.base import EnvState
-
-PERSONAL = "personal.params"
-SCAFFOLD_C = "scaffold.c"
 
 
 def federated_mask(config: LearnerBase, net: PolicyNet) -> np.ndarray:
@@ -50,26 +48,26 @@ def federated_mask(config: LearnerBase, net: PolicyNet) -> np.ndarray:
     return mask
 
 
-def init_federation_state(config: LearnerBase, net: PolicyNet, n_clients: int, uses_control_variates: bool) -> dict:
-    """The part of ``client_state`` this module keeps: personal params (NaN = not trained
+def init_federation_state(
+    config: LearnerBase, net: PolicyNet, n_clients: int, uses_control_variates: bool
+) -> ClientState:
+    """The part of the client state this module keeps: personal params (NaN = not trained
     yet) under partial federation, zero ``c_i`` under SCAFFOLD."""
-    state = {}
     k = int((~federated_mask(config, net)).sum())
-    if k:
-        state[PERSONAL] = np.full((n_clients, k), np.nan, dtype=np.float32)
-    if uses_control_variates:
-        state[SCAFFOLD_C] = np.zeros((n_clients, net.spec.dim), dtype=np.float32)
-    return state
+    return ClientState(
+        personal=np.full((n_clients, k), np.nan, dtype=np.float32) if k else None,
+        control=np.zeros((n_clients, net.spec.dim), dtype=np.float32) if uses_control_variates else None,
+    )
 
 
 def local_params(
-    config: LearnerBase, net: PolicyNet, global_params: np.ndarray, client_state: dict[str, np.ndarray], n_clients: int
+    config: LearnerBase, net: PolicyNet, global_params: np.ndarray, client_state: ClientState, n_clients: int
 ) -> np.ndarray:
     """``(C, d)`` float32: the parameters each client acts with -- ``global_params`` (``(d,)``,
     or ``(C, d)`` such as ``LocalResult.params``) on federated coordinates, the client's
     personal ones elsewhere (the global value where it has none yet)."""
     out = np.array(np.broadcast_to(global_params, (n_clients, net.spec.dim)), dtype=np.float32, order="C")
-    personal = client_state.get(PERSONAL)
+    personal = client_state.personal
     if personal is not None:
         keep = ~federated_mask(config, net)
         out[:, keep] = np.where(np.isnan(personal), out[:, keep], personal)
@@ -116,7 +114,7 @@ def begin(config: LearnerBase, task: LocalTask) -> Start:
         prox_mu = torch.from_numpy(mask.astype(np.float32)) * task.prox_mu
     correction = None
     if task.server_control is not None:
-        c_i = task.client_state.get(SCAFFOLD_C, np.zeros_like(start))
+        c_i = task.client_state.control if task.client_state.control is not None else np.zeros_like(start)
         correction = torch.from_numpy(((task.server_control - c_i) * mask).astype(np.float32))
     flat = torch.from_numpy(start).clone().requires_grad_(True)  # torch's allocator: aligned like every tensor
     reference = task.net.unpack(flat.detach().clone())
@@ -127,27 +125,26 @@ class Outcome(NamedTuple):
     """What local training leaves: params to send from, new client state, control delta."""
 
     params: np.ndarray  # (C, d) float32, the global params off the federated coordinates
-    client_state: dict[str, np.ndarray]
+    client_state: ClientState
     control_delta: np.ndarray | None
 
 
 def finish(
-    config: LearnerBase, task: LocalTask, flat: torch.Tensor, opt_steps: np.ndarray, learner_state: dict | None = None
+    config: LearnerBase, task: LocalTask, flat: torch.Tensor, opt_steps: np.ndarray, dqn: DQNMemory | None = None
 ) -> Outcome:
     """Split trained ``flat`` into the federated params and the personal part, update ``c_i``
-    from ``opt_steps`` ``(C,)`` optimiser steps, and merge ``learner_state`` into the state."""
+    from ``opt_steps`` ``(C,)`` optimiser steps, and keep the learner's own memory ``dqn``."""
     mask = federated_mask(config, task.net)
     x = task.anchor.numpy()
     y = flat.detach().numpy()
     params = np.where(mask, y, x).astype(np.float32)
-    state = dict(task.client_state)
-    if not mask.all():
-        state[PERSONAL] = np.ascontiguousarray(y[:, ~mask], dtype=np.float32)
-    control_delta = None
+    kept = task.client_state
+    personal = np.ascontiguousarray(y[:, ~mask], dtype=np.float32) if not mask.all() else kept.personal
+    control, control_delta = kept.control, None
     if task.server_control is not None:
-        c_i = task.client_state.get(SCAFFOLD_C, np.zeros_like(params))
-        state[SCAFFOLD_C], control_delta = _new_controls(c_i, task.server_control, x, params, opt_steps, config.lr)
-    state.update(learner_state or {})
+        c_i = kept.control if kept.control is not None else np.zeros_like(params)
+        control, control_delta = _new_controls(c_i, task.server_control, x, params, opt_steps, config.lr)
+    state = ClientState(personal, control, dqn if dqn is not None else kept.dqn)
     return Outcome(params, state, control_delta)
 
 

@@ -31,12 +31,10 @@ from pydantic import Field, model_validator
 from fedrl.agents import client
 from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
+from fedrl.agents.memory import DQNMemory, ReplayArrays
 from fedrl.agents.nets import PolicyNet
 from fedrl.agents.optim import make_optimizer
 from fedrl.envs.base import Discrete, step
-
-PREFIX = "dqn."
-ENV_STEPS = "dqn.env_steps"
 
 
 class DQNConfig(LearnerBase):
@@ -109,22 +107,21 @@ def empty_buffer(n_clients: int, capacity: int, obs_dim: int) -> ReplayBuffer:
     )
 
 
-def init_state(config: DQNConfig, net: PolicyNet, n_clients: int) -> dict[str, np.ndarray]:
+def init_state(config: DQNConfig, net: PolicyNet, n_clients: int) -> DQNMemory:
     """A fresh client state: an empty replay buffer and no env steps taken."""
     check_discrete(net.shape.action_space)
-    state = buffer_to_state(empty_buffer(n_clients, config.buffer_size, net.shape.obs_dim))
-    state[ENV_STEPS] = np.zeros(n_clients, dtype=np.int64)
-    return state
+    buffer = empty_buffer(n_clients, config.buffer_size, net.shape.obs_dim)
+    return DQNMemory(buffer_to_arrays(buffer), np.zeros(n_clients, dtype=np.int64))
 
 
-def buffer_to_state(buffer: ReplayBuffer) -> dict[str, np.ndarray]:
-    """The buffer as ``client_state`` arrays, ``dqn.replay.<field>``."""
-    return {f"{PREFIX}replay.{k}": v.numpy() for k, v in buffer._asdict().items()}
+def buffer_to_arrays(buffer: ReplayBuffer) -> ReplayArrays:
+    """The buffer as the numpy record a client keeps."""
+    return ReplayArrays(*(v.numpy() for v in buffer))
 
 
-def buffer_from_state(state: dict[str, np.ndarray]) -> ReplayBuffer:
-    """A copy of the buffer in ``state`` (the caller's arrays are never written)."""
-    return ReplayBuffer(*(torch.from_numpy(np.array(state[f"{PREFIX}replay.{k}"])) for k in ReplayBuffer._fields))
+def buffer_from_arrays(arrays: ReplayArrays) -> ReplayBuffer:
+    """A copy of the buffer in ``arrays`` (the caller's arrays are never written)."""
+    return ReplayBuffer(*(torch.from_numpy(np.array(getattr(arrays, k))) for k in ReplayBuffer._fields))
 
 
 def store(buffer: ReplayBuffer, obs, action, reward, next_obs, terminated) -> ReplayBuffer:
@@ -214,10 +211,14 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
     check_discrete(task.family)
     start = client.begin(config, task)
     optimizer = make_optimizer(start.flat, config.lr)
-    kept = task.client_state if ENV_STEPS in task.client_state else init_state(config, task.net, task.n_clients)
-    env_steps = np.array(kept[ENV_STEPS], dtype=np.int64)
+    kept = task.client_state.dqn or init_state(config, task.net, task.n_clients)
+    env_steps = np.array(kept.env_steps, dtype=np.int64)
     r = _Round(
-        buffer_from_state(kept), start.reference, 0, np.zeros(task.n_clients, np.int64), np.zeros(task.n_clients)
+        buffer_from_arrays(kept.replay),
+        start.reference,
+        0,
+        np.zeros(task.n_clients, np.int64),
+        np.zeros(task.n_clients),
     )
     state = task.env_state
     obs = task.family.observe(task.env_params, state.physics)
@@ -243,8 +244,7 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
         vector_steps += 1
         if vector_steps % config.train_freq == 0:
             r = _train_phase(config, task, start, optimizer, env_steps, r)
-    learner_state = {**buffer_to_state(r.buffer), ENV_STEPS: env_steps}
-    outcome = client.finish(config, task, start.flat, r.opt_steps, learner_state)
+    outcome = client.finish(config, task, start.flat, r.opt_steps, DQNMemory(buffer_to_arrays(r.buffer), env_steps))
     took = r.opt_steps > 0
     loss = np.where(took, r.loss_sum / np.maximum(r.opt_steps, 1), np.nan)
     return client.result(outcome, state, steps, episodes, torch.from_numpy(loss))

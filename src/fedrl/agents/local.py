@@ -7,9 +7,8 @@ each client keeps between rounds (``client_state``) and the random generators. A
 (step and episode counts, a loss, SCAFFOLD's control delta) -- never the experience itself --
 plus the updated ``client_state``, which stays on the client.
 
-``client_state`` maps names to numpy arrays with a leading client axis ``C`` (numbers only, so
-that a checkpoint can hold them); which names a learner keeps is listed in
-``fedrl.agents.init_client_state``.
+``client_state`` is a ``ClientState`` (``fedrl.agents.memory``): numpy arrays with a leading
+client axis ``C`` (numbers only, so that a checkpoint can hold them).
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from fedrl.agents.memory import ClientState
 from fedrl.agents.nets import PolicyNet
+from fedrl.core.rows import to_arrays
 from fedrl.envs.base import EnvFamily, EnvState
 
 
@@ -52,7 +53,7 @@ class LocalResult(NamedTuple):
     env_steps: np.ndarray  # int64 (C,)
     episodes: np.ndarray  # int64 (C,)
     loss: np.ndarray  # float32 (C,), NaN when no update was made
-    client_state: dict[str, np.ndarray]  # the updated per-client state; stays on the client
+    client_state: ClientState  # the updated per-client state; stays on the client
     control_delta: np.ndarray | None  # float32 (C, d): SCAFFOLD's c_i+ - c_i; None without control variates
 
 
@@ -68,7 +69,7 @@ class LocalTask:
     prox_mu: float
     gen: torch.Generator
     rng: np.random.Generator
-    client_state: dict[str, np.ndarray] = field(default_factory=dict)  # arrays with leading axis C
+    client_state: ClientState = field(default_factory=ClientState)  # arrays with leading axis C
     server_control: np.ndarray | None = None  # (d,) SCAFFOLD's c; None unless the strategy uses it
 
     @property
@@ -77,11 +78,11 @@ class LocalTask:
         return self.env_params.shape[0]
 
 
-def _check_client_state(client_state: dict[str, np.ndarray], n_clients: int) -> None:
-    for name, array in client_state.items():
+def _check_client_state(client_state: ClientState, n_clients: int) -> None:
+    for name, array in to_arrays(client_state).items():
         if not isinstance(array, np.ndarray) or array.ndim == 0 or array.shape[0] != n_clients:
             shape = getattr(array, "shape", type(array).__name__)
-            raise ValueError(f"client_state[{name!r}] must be an array with leading axis {n_clients}, got {shape}")
+            raise ValueError(f"client state {name!r} must be an array with leading axis {n_clients}, got {shape}")
 
 
 def make_task(
@@ -93,16 +94,16 @@ def make_task(
     prox_mu: float,
     rng: np.random.Generator,
     *,
-    client_state: dict[str, np.ndarray] | None = None,
+    client_state: ClientState | None = None,
     server_control: np.ndarray | None = None,
 ) -> LocalTask:
     """A task for the clients of ``env_params`` from the global vector ``start`` ``(d,)``; the
     torch generator is seeded from ``rng`` so one numpy seed fixes the whole computation.
-    ``client_state`` None or missing names mean clients that have kept nothing yet."""
+    ``client_state`` None or None fields mean clients that have kept nothing yet."""
     anchor = torch.from_numpy(np.array(start, dtype=np.float32))
     if anchor.shape != (net.spec.dim,):
         raise ValueError(f"global params must have shape ({net.spec.dim},), got {tuple(anchor.shape)}")
-    client_state = dict(client_state or {})
+    client_state = client_state or ClientState()
     _check_client_state(client_state, env_params.shape[0])
     if server_control is not None:
         server_control = np.asarray(server_control, dtype=np.float32)

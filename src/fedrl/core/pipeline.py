@@ -158,37 +158,49 @@ def secure_mean(
     return (result.sum / np.float32(result.n_survivors)).astype(np.float32), result
 
 
-def init_pipeline_state(config: PipelineConfig, n_clients: int, dim: int) -> dict[str, np.ndarray]:
-    """What the pipeline keeps per client, arrays with leading axis ``N``: ``"residual"`` ``(N, d)``
-    float32 with error feedback; ``"participation"`` ``(N,)`` int64, rounds taken part in, with local DP."""
-    state = {}
-    if config.compression.error_feedback:
-        state["residual"] = np.zeros((n_clients, dim), dtype=np.float32)
-    if config.dp.mode == "local":
-        state["participation"] = np.zeros(n_clients, dtype=np.int64)
-    return state
+@dataclass(frozen=True)
+class PipelineState:
+    """What the pipeline keeps on each of N clients (``fedrl.core.rows``); a field is None when
+    the experiment's pipeline does not need it."""
+
+    residual: np.ndarray | None = None  # (N, d) float32: error feedback's residual, with error_feedback
+    participation: np.ndarray | None = None  # (N,) int64: rounds taken part in, with local DP
+
+    @property
+    def most_participation(self) -> int:
+        """The rounds taken part in by the client that took part most (0 without local DP)."""
+        return 0 if self.participation is None else int(self.participation.max(initial=0))
 
 
-def after_sending(
-    state: dict[str, np.ndarray], clients: np.ndarray, messages: list[ClientMessage]
-) -> dict[str, np.ndarray]:
-    """A copy of the pipeline's client state after ``clients`` sent ``messages`` (in the same order)."""
-    out = {key: value.copy() for key, value in state.items()}
-    if "residual" in out and len(clients):
-        out["residual"][clients] = np.stack([m.residual for m in messages])
-    if "participation" in out:
-        out["participation"][clients] += 1
-    return out
+def init_pipeline_state(config: PipelineConfig, n_clients: int, dim: int) -> PipelineState:
+    """The state of ``n_clients`` clients that have sent nothing yet."""
+    return PipelineState(
+        np.zeros((n_clients, dim), dtype=np.float32) if config.compression.error_feedback else None,
+        np.zeros(n_clients, dtype=np.int64) if config.dp.mode == "local" else None,
+    )
 
 
-def spent_epsilon(config: PipelineConfig, fraction: float, rounds: int, client_state: dict[str, np.ndarray]) -> float:
+def after_sending(state: PipelineState, clients: np.ndarray, messages: list[ClientMessage]) -> PipelineState:
+    """The pipeline's client state after ``clients`` sent ``messages`` (in the same order); ``state`` is unchanged."""
+    residual, participation = state.residual, state.participation
+    if residual is not None and len(clients):
+        residual = residual.copy()
+        residual[clients] = np.stack([m.residual for m in messages])
+    if participation is not None:
+        participation = participation.copy()
+        participation[clients] += 1
+    return PipelineState(residual, participation)
+
+
+def spent_epsilon(config: PipelineConfig, fraction: float, rounds: int, most_participation: int = 0) -> float:
     """The epsilon (at ``config.dp.delta``) spent after ``rounds`` rounds: central mode, one
     Poisson-sampled Gaussian mechanism per round; local mode, one full Gaussian mechanism per round
-    taken part in, for the client that took part most. Infinite without DP."""
+    taken part in, for the client that took part most (``most_participation`` rounds). Infinite
+    without DP."""
     dp = config.dp
     if dp.mode == "none":
         return math.inf
-    releases = rounds if dp.mode == "central" else int(client_state["participation"].max(initial=0))
+    releases = rounds if dp.mode == "central" else most_participation
     return epsilon(dp.noise_multiplier, sampling_rate(dp, fraction), releases, dp.delta)
 
 

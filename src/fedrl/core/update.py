@@ -8,6 +8,7 @@ observation, reward or trajectory ever leaves a client.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,23 @@ def _check_vector(client_id: int, label: str, value: np.ndarray) -> None:
 
 
 @dataclass(frozen=True)
+class UpdateMetrics:
+    """What a client reports of its training beside the update: two numbers, never experience."""
+
+    loss: float = float("nan")  # mean training loss; NaN when no optimiser step was taken
+    episodes: int = 0  # training episodes the client finished
+
+    def as_mapping(self) -> dict[str, float]:
+        """The metrics as the wire's name-to-number map."""
+        return {"loss": float(self.loss), "episodes": float(self.episodes)}
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, float]) -> UpdateMetrics:
+        """The metrics in a wire map (a name it lacks takes its default; others are ignored)."""
+        return cls(float(values.get("loss", float("nan"))), int(values.get("episodes", 0)))
+
+
+@dataclass(frozen=True)
 class Update:
     """One client's contribution to a round (or, asynchronously, to one new global version)."""
 
@@ -30,7 +48,7 @@ class Update:
     base_version: int  # the global version the client started from (its staleness reference)
     delta: np.ndarray  # float32 (d,): local params minus the global params it started from
     env_steps: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: UpdateMetrics = field(default_factory=UpdateMetrics)
     control_delta: np.ndarray | None = None  # float32 (d,): SCAFFOLD's c_i+ - c_i, else None
 
     def __post_init__(self) -> None:

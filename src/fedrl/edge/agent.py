@@ -283,7 +283,7 @@ class Agent:
             task.base_version,
             update.delta,
             update.env_steps,
-            update.metrics,
+            update.metrics.as_mapping(),
             update.control_delta,
             update.payload,
         )
@@ -296,7 +296,7 @@ class Agent:
             round=task.round,
             base_version=task.base_version,
             env_steps=update.env_steps,
-            loss=update.metrics["loss"],
+            loss=update.metrics.loss,
             seconds=seconds,
             update_id=submission.update_id,
             bytes=submission.sent_bytes,

@@ -26,8 +26,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedrl.agents import init_client_state, local_params, make_task, train_local
-from fedrl.core.pipeline import after_sending, client_message, init_pipeline_state
+from fedrl.agents import ClientState, init_client_state, local_params, make_task, train_local
+from fedrl.core.pipeline import PipelineState, after_sending, client_message, init_pipeline_state
+from fedrl.core.rows import from_arrays, to_arrays
+from fedrl.core.update import UpdateMetrics
 from fedrl.envs.base import EnvState, reset
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import read_resolved
@@ -43,8 +45,8 @@ class LocalState(NamedTuple):
     """What one client keeps between rounds."""
 
     env_state: EnvState  # its environments' ongoing episodes, (1, n_envs)
-    learner: dict[str, np.ndarray]  # the learner's client_state, arrays with leading axis 1
-    pipeline: dict[str, np.ndarray]  # the update pipeline's client state (init_pipeline_state), leading axis 1
+    learner: ClientState  # what the learner keeps, arrays with leading axis 1
+    pipeline: PipelineState  # what the update pipeline keeps, leading axis 1
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class LocalUpdate:
 
     delta: np.ndarray  # float32 (d,): trained params minus the global params
     env_steps: int
-    metrics: dict[str, float]  # "loss" (NaN when no step was taken) and "episodes"
+    metrics: UpdateMetrics
     control_delta: np.ndarray | None  # float32 (d,): SCAFFOLD's c_i+ - c_i; None without a server control
     payload: bytes | None = (
         None  # what is sent instead of delta: the pipeline's encoding of it; None without a pipeline
@@ -114,22 +116,20 @@ class EdgeTrainer:
         update = LocalUpdate(
             delta,
             int(result.env_steps[0]),
-            {"loss": float(result.loss[0]), "episodes": float(result.episodes[0])},
+            UpdateMetrics(float(result.loss[0]), int(result.episodes[0])),
             control,
             payload,
         )
         return update, LocalState(result.env_state, result.client_state, pipeline)
 
-    def _encode(
-        self, delta: np.ndarray, pipeline: dict[str, np.ndarray], round_: int
-    ) -> tuple[bytes | None, dict[str, np.ndarray]]:
+    def _encode(self, delta: np.ndarray, pipeline: PipelineState, round_: int) -> tuple[bytes | None, PipelineState]:
         """The pipeline's message for ``delta`` (None when the pipeline applies nothing: the delta
         travels as it is) and the pipeline state after sending it; the simulator's stream for this
         client and round, so the bytes are the simulated client's."""
         config = self.setup.config.pipeline
         if config.applies_nothing:
             return None, pipeline
-        residual = pipeline["residual"][0] if "residual" in pipeline else None
+        residual = None if pipeline.residual is None else pipeline.residual[0]
         rng = self.setup.rng(PIPELINE_STREAM, round_, self.index)
         message = client_message(config, delta, residual, rng, self.setup.net.spec.sizes)
         return message.payload, after_sending(pipeline, np.array([0]), [message])
@@ -156,13 +156,14 @@ class EdgeTrainer:
         ):
             return fresh
         saved = record[0]
-        pipeline = {k.removeprefix(PIPELINE_PREFIX): v for k, v in saved.items() if k.startswith(PIPELINE_PREFIX)}
-        return fresh._replace(learner={k: saved[k] for k in fresh.learner}, pipeline=pipeline)
+        return fresh._replace(
+            learner=from_arrays(ClientState, saved), pipeline=from_arrays(PipelineState, saved, PIPELINE_PREFIX)
+        )
 
 
 def _file_arrays(state: LocalState) -> dict[str, np.ndarray]:
     """The learner file's arrays: the learner's own, and the pipeline's under ``PIPELINE_PREFIX``."""
-    return {**state.learner, **{PIPELINE_PREFIX + k: v for k, v in state.pipeline.items()}}
+    return to_arrays(state.learner) | to_arrays(state.pipeline, PIPELINE_PREFIX)
 
 
 def _same_layout(saved: dict[str, np.ndarray], fresh: dict[str, np.ndarray]) -> bool:

@@ -45,7 +45,7 @@ import numpy as np
 
 from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
-from fedrl.core.update import Update
+from fedrl.core.update import Update, UpdateMetrics
 from fedrl.experiment.aggregation import aggregate_round, heldout_returns
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import read_resolved, to_yaml
@@ -507,7 +507,15 @@ class Coordinator:
         """The candidate and strategy state from the round's stored updates, closed as every
         runtime closes a round (``fedrl.experiment.aggregation``)."""
         updates = [
-            Update(u.client_id, u.base_version, u.delta, u.env_steps, u.metrics, u.control_delta) for u in stored
+            Update(
+                u.client_id,
+                u.base_version,
+                u.delta,
+                u.env_steps,
+                UpdateMetrics.from_mapping(u.metrics),
+                u.control_delta,
+            )
+            for u in stored
         ]
         done = aggregate_round(self.setup, state, deployed.params, deployed.version, round_, updates)
         return done.params, done.strategy_state
@@ -519,7 +527,7 @@ class Coordinator:
         if pipeline.dp.mode == "none":
             return None
         most = self._store.most_updates_per_client(closed_rounds) if pipeline.dp.mode == "local" else 0
-        return spent_epsilon(pipeline, fed.fraction, closed_rounds, {"participation": np.array([most])})
+        return spent_epsilon(pipeline, fed.fraction, closed_rounds, most)
 
     def _promotes(self, score: float | None) -> bool:
         """The gate: a candidate may lose at most the tolerance against the deployed version."""

@@ -6,7 +6,7 @@ client's compute and link time; arrivals go into the server's buffer, and every
 ``strategy.buffer_size`` of them (1 for FedAsync, K for FedBuff) the strategy makes a new
 version, discounting each update by its staleness. A client starts again as soon as its update
 has arrived; an unavailable client tries again ``fleet.retry_s`` later. What is in flight and
-in the buffer is kept as arrays in ``SimState.inflight``, so a checkpoint holds it and a
+in the buffer is kept as arrays in ``SimState.inflight`` (an ``InFlight``), so a checkpoint holds it and a
 resumed run continues exactly.
 """
 
@@ -16,117 +16,100 @@ from dataclasses import replace
 
 import numpy as np
 
+from fedrl.core.rows import copy_rows
 from fedrl.core.update import Update
 from fedrl.experiment.streams import AVAILABILITY_STREAM
 from fedrl.sim.clients import train_clients
 from fedrl.sim.setup import SimSetup
-from fedrl.sim.state import RoundStats, SimState, aggregate
+from fedrl.sim.state import InFlight, RoundStats, SimState, aggregate
 
 
-def empty_inflight(setup: SimSetup, now: float) -> dict[str, np.ndarray]:
-    """No client busy, every client ready to start at ``now``, an empty buffer."""
-    n, d = setup.config.federation.n_clients, setup.net.spec.dim
-    return {
-        "busy_until": np.full(n, np.inf),
-        "next_try": np.full(n, now),
-        "base_version": np.zeros(n, np.int64),
-        "env_steps": np.zeros(n, np.int64),
-        "loss": np.zeros(n, np.float32),
-        "episodes": np.zeros(n, np.int64),
-        "delta": np.zeros((n, d), np.float32),
-        "buffered": np.zeros(n, np.int64),  # position in the buffer + 1; 0 = not buffered
-        "buffer_delta": np.zeros((n, d), np.float32),
-        "buffer_base": np.zeros(n, np.int64),
-        "buffer_steps": np.zeros(n, np.int64),
-    }
-
-
-def _start_wave(setup: SimSetup, state: SimState, now: float, tags: tuple) -> tuple[SimState, int, int]:
-    """Idle, ready clients try to start; returns the state, env steps trained and clients away."""
-    fl = {k: v.copy() for k, v in state.inflight.items()}
-    ready = np.flatnonzero(np.isinf(fl["busy_until"]) & (fl["next_try"] <= now))
+def _start_wave(setup: SimSetup, state: SimState, fl: InFlight, now: float, tags: tuple) -> tuple[SimState, int]:
+    """Idle, ready clients try to start (writing ``fl``); returns the state and the clients away."""
+    ready = np.flatnonzero(np.isinf(fl.busy_until) & (fl.next_try <= now))
     if not len(ready):
-        return state, 0, 0
+        return state, 0
     ok = setup.fleet.available(ready, tags[0], setup.rng(AVAILABILITY_STREAM, *tags))
     away, go = ready[~ok], ready[ok]
-    fl["next_try"][away] = now + setup.config.fleet.retry_s
+    fl.next_try[away] = now + setup.config.fleet.retry_s
     if not len(go):
-        return replace(state, inflight=fl), 0, len(away)
-    updates, state = train_clients(setup, state, go, tags)
+        return state, len(away)
+    received, state = train_clients(setup, state, go, tags)
+    updates = [r.update for r in received]
     steps = np.array([u.env_steps for u in updates])
-    fl["delta"][go] = np.stack([u.delta for u in updates])
-    fl["base_version"][go], fl["env_steps"][go] = state.version, steps
-    fl["loss"][go] = [u.metrics["loss"] for u in updates]
-    fl["episodes"][go] = [u.metrics["episodes"] for u in updates]
-    fl["busy_until"][go] = now + setup.fleet.duration(go, steps)
-    return replace(state, inflight=fl, env_steps=state.env_steps + int(steps.sum())), int(steps.sum()), len(away)
+    fl.delta[go] = np.stack([u.delta for u in updates])
+    fl.base_version[go], fl.env_steps[go] = state.version, steps
+    fl.loss[go] = [u.metrics.loss for u in updates]
+    fl.episodes[go] = [u.metrics.episodes for u in updates]
+    fl.busy_until[go] = now + setup.fleet.duration(go, steps)
+    return replace(state, env_steps=state.env_steps + int(steps.sum())), len(away)
 
 
-def _next_event(fl: dict[str, np.ndarray], now: float) -> tuple[float, int | None]:
+def _next_event(fl: InFlight, now: float) -> tuple[float, int | None]:
     """The time of the next arrival or retry, and the arriving client (None for a retry)."""
-    arriving = int(np.argmin(fl["busy_until"]))
-    waiting = np.isinf(fl["busy_until"]) & (fl["next_try"] > now)
-    retry = fl["next_try"][waiting].min() if waiting.any() else np.inf
-    if fl["busy_until"][arriving] <= retry:
-        return float(fl["busy_until"][arriving]), arriving
+    arriving = int(np.argmin(fl.busy_until))
+    waiting = np.isinf(fl.busy_until) & (fl.next_try > now)
+    retry = fl.next_try[waiting].min() if waiting.any() else np.inf
+    if fl.busy_until[arriving] <= retry:
+        return float(fl.busy_until[arriving]), arriving
     return float(retry), None
 
 
-def _buffer(fl: dict[str, np.ndarray], client: int) -> None:
-    """Move ``client``'s arrived update into the server's buffer (in place)."""
-    slot = int(fl["buffered"].max())
-    fl["buffered"][client] = slot + 1
-    fl["buffer_delta"][client] = fl["delta"][client]
-    fl["buffer_base"][client], fl["buffer_steps"][client] = fl["base_version"][client], fl["env_steps"][client]
-    fl["busy_until"][client] = np.inf
+def _buffer(fl: InFlight, client: int, now: float) -> None:
+    """Move ``client``'s update, arrived at ``now``, into the server's buffer (writing ``fl``)."""
+    fl.next_try[client] = now
+    fl.buffered[client] = int(fl.buffered.max()) + 1
+    fl.buffer_delta[client] = fl.delta[client]
+    fl.buffer_base[client], fl.buffer_steps[client] = fl.base_version[client], fl.env_steps[client]
+    fl.busy_until[client] = np.inf
 
 
-def _flush(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, int, int, float]:
-    """Aggregate the buffer into a new version; returns state, accepted, rejected, mean staleness."""
-    fl = {k: v.copy() for k, v in state.inflight.items()}
-    order = np.argsort(fl["buffered"])[-int((fl["buffered"] > 0).sum()) :]
+def _flush(setup: SimSetup, state: SimState, fl: InFlight, round_: int) -> tuple[SimState, int, int, float]:
+    """Aggregate the buffer into a new version and empty it (writing ``fl``); returns state,
+    accepted, rejected, mean staleness."""
+    order = np.argsort(fl.buffered)[-int((fl.buffered > 0).sum()) :]
     updates = [
-        Update(int(c), int(fl["buffer_base"][c]), fl["buffer_delta"][c].copy(), int(fl["buffer_steps"][c]))
-        for c in order
+        Update(int(c), int(fl.buffer_base[c]), fl.buffer_delta[c].copy(), int(fl.buffer_steps[c])) for c in order
     ]
-    fl["buffered"][:] = 0
-    state, n_rejected, staleness = aggregate(setup, replace(state, inflight=fl), updates, round_)
+    fl.buffered[:] = 0
+    state, n_rejected, staleness = aggregate(setup, state, updates, round_)
     return state, len(updates) - n_rejected, n_rejected, staleness
 
 
 def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
-    """Run simulated time until ``fraction * n_clients`` updates have arrived."""
+    """Run simulated time until ``fraction * n_clients`` updates have arrived. The round works on
+    its own copy of the in-flight record, so ``state`` is never changed."""
     target = setup.config.federation.clients_per_round
     now = state.sim_time_s
-    if not state.inflight:
-        state = replace(state, inflight=empty_inflight(setup, now))
+    if state.inflight is None:
+        fl = InFlight.empty(setup.config.federation.n_clients, setup.net.spec.dim, now)
+    else:
+        fl = copy_rows(state.inflight)
     arrived = accepted = rejected = away = wave = 0
     staleness: list[float] = []
     losses: list[float] = []
     episodes = 0
     while arrived < target:
-        state, _, n_away = _start_wave(setup, state, now, (round_, wave))
+        state, n_away = _start_wave(setup, state, fl, now, (round_, wave))
         away, wave = away + n_away, wave + 1
-        now, client = _next_event(state.inflight, now)
+        now, client = _next_event(fl, now)
         if client is None:
             continue
-        fl = {k: v.copy() for k, v in state.inflight.items()}
-        fl["next_try"][client] = now
-        losses.append(float(fl["loss"][client]))
-        episodes += int(fl["episodes"][client])
-        _buffer(fl, client)
-        state, arrived = replace(state, inflight=fl), arrived + 1
-        if (fl["buffered"] > 0).sum() >= setup.strategy.buffer_size:
-            state, n_ok, n_bad, stale = _flush(setup, state, round_)
+        losses.append(float(fl.loss[client]))
+        episodes += int(fl.episodes[client])
+        _buffer(fl, client, now)
+        arrived += 1
+        if (fl.buffered > 0).sum() >= setup.strategy.buffer_size:
+            state, n_ok, n_bad, stale = _flush(setup, state, fl, round_)
             accepted, rejected = accepted + n_ok, rejected + n_bad
             staleness += [stale] * n_ok
     stats = RoundStats(
-        arrived,
-        accepted,
-        away,
-        rejected,
-        float(np.mean(staleness)) if staleness else 0.0,
-        float(np.nanmean(losses)) if losses else float("nan"),
-        episodes,
+        n_sampled=arrived,
+        n_updates=accepted,
+        n_dropped=away,
+        n_rejected=rejected,
+        mean_staleness=float(np.mean(staleness)) if staleness else 0.0,
+        train_loss=float(np.nanmean(losses)) if losses else float("nan"),
+        episodes=episodes,
     )
-    return replace(state, sim_time_s=now), stats
+    return replace(state, inflight=fl, sim_time_s=now), stats

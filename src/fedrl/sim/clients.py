@@ -6,35 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
 from fedrl.agents import LocalResult, make_task, train_local
 from fedrl.core.compress import dense, encode
-from fedrl.core.pipeline import ClientMessage, after_sending, client_message, decode_update
-from fedrl.core.update import Update
+from fedrl.core.pipeline import ClientMessage, PipelineState, after_sending, client_message, decode_update
+from fedrl.core.rows import put_rows, take_rows
+from fedrl.core.update import Update, UpdateMetrics
 from fedrl.envs.base import put_clients, take_clients
 from fedrl.experiment.streams import ATTACK_STREAM, PIPELINE_STREAM, SAMPLE_STREAM, TRAIN_STREAM
 from fedrl.sim.attacks import attack
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.state import SimState
-
-
-def take_rows(client_state: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The learner state of the clients at ``rows``."""
-    return {k: v[rows] for k, v in client_state.items()}
-
-
-def put_rows(
-    client_state: dict[str, np.ndarray], rows: np.ndarray, part: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """A copy of ``client_state`` with the clients at ``rows`` replaced by ``part``."""
-    out = {}
-    for key, whole in client_state.items():
-        whole = whole.copy()
-        whole[rows] = part[key]
-        out[key] = whole
-    return out
 
 
 def sample_clients(setup: SimSetup, round_: int) -> np.ndarray:
@@ -89,7 +74,7 @@ def to_updates(
                 version,
                 delta,
                 int(result.env_steps[i]),
-                {"loss": float(result.loss[i]), "episodes": float(result.episodes[i])},
+                UpdateMetrics(float(result.loss[i]), int(result.episodes[i])),
                 control,
             )
         )
@@ -97,12 +82,12 @@ def to_updates(
 
 
 def client_messages(
-    setup: SimSetup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple
-) -> tuple[list[ClientMessage], dict[str, np.ndarray]]:
+    setup: SimSetup, pipeline_state: PipelineState, updates: list[Update], tags: tuple
+) -> tuple[list[ClientMessage], PipelineState]:
     """Each update through the client side of the pipeline, with its client's error-feedback
     residual and its own random stream; and the pipeline state after sending."""
     clients = np.array([u.client_id for u in updates], dtype=np.int64)
-    residuals = pipeline_state.get("residual")
+    residuals = pipeline_state.residual
     messages = []
     for u in updates:
         residual = None if residuals is None else residuals[u.client_id]
@@ -111,29 +96,34 @@ def client_messages(
     return messages, after_sending(pipeline_state, clients, messages)
 
 
+class Received(NamedTuple):
+    """An update as the server decoded it, and the bytes its message took on the wire (with
+    SCAFFOLD's dense control delta)."""
+
+    update: Update
+    uplink_bytes: int
+
+
 def transmit(
-    setup: SimSetup, pipeline_state: dict[str, np.ndarray], updates: list[Update], tags: tuple
-) -> tuple[list[Update], dict[str, np.ndarray]]:
+    setup: SimSetup, pipeline_state: PipelineState, updates: list[Update], tags: tuple
+) -> tuple[list[Received], PipelineState]:
     """Send ``updates`` through the client side of the pipeline and decode them as the server
-    does; returns the updates as the server sees them, each with its measured size in
-    ``metrics["uplink_bytes"]``, and the pipeline state after sending."""
+    does; returns what the server received and the pipeline state after sending."""
     messages, pipeline_state = client_messages(setup, pipeline_state, updates, tags)
-    sent = []
+    received = []
     for u, m in zip(updates, messages):
         delta = decode_update(m.payload, setup.net.spec.dim)
         control_bytes = len(encode(dense(u.control_delta))) if u.control_delta is not None else 0
-        sent.append(
-            replace(u, delta=delta, metrics={**u.metrics, "uplink_bytes": float(len(m.payload) + control_bytes)})
-        )
-    return sent, pipeline_state
+        received.append(Received(replace(u, delta=delta), len(m.payload) + control_bytes))
+    return received, pipeline_state
 
 
 def train_clients(
     setup: SimSetup, state: SimState, clients: np.ndarray, tags: tuple, send: Callable = transmit
 ) -> tuple[list, SimState]:
     """Train ``clients`` from ``state``'s global version, shard by shard; returns what ``send``
-    makes of their updates (attacks applied) -- by default the updates as the server sees them
-    after the pipeline -- and the state with their env, learner and pipeline state advanced."""
+    makes of their updates (attacks applied) -- by default what the server receives after the
+    pipeline -- and the state with their env, learner and pipeline state advanced."""
     updates: list = []
     for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
         result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, *tags, i))

@@ -32,13 +32,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedrl.agents import Budget, init_client_state, local_params, make_task, train_local
+from fedrl.agents import Budget, ClientState, init_client_state, local_params, make_task, train_local
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
+from fedrl.core.rows import take_rows
 from fedrl.envs.base import reset
 from fedrl.experiment.aggregation import client_returns
 from fedrl.experiment.streams import PERSONAL_STREAM, TRAIN_STREAM
 from fedrl.sim.asynchronous import async_round
-from fedrl.sim.clients import shards, take_rows
+from fedrl.sim.clients import shards
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.state import RoundResult, SimState
 from fedrl.sim.sync import sync_round
@@ -56,7 +57,7 @@ def initial_state(setup: SimSetup) -> SimState:
     )
 
 
-def acting_params(setup: SimSetup, params: np.ndarray, client_state: dict[str, np.ndarray]) -> np.ndarray:
+def acting_params(setup: SimSetup, params: np.ndarray, client_state: ClientState) -> np.ndarray:
     """What each client acts with: the global vector, or with partial federation the global
     federated part joined to each client's personal part ``(N, d)``."""
     if setup.federated.all():
@@ -98,7 +99,7 @@ def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
     returns = client_returns(setup, acting_params(setup, state.params, state.client_state)) if evaluate_now else None
     personal = personalized_returns(setup, state, round_) if evaluate_now and cfg.personalization.steps else None
     state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)
-    spent = spent_epsilon(cfg.pipeline, cfg.federation.fraction, round_, state.pipeline_state)
+    spent = spent_epsilon(cfg.pipeline, cfg.federation.fraction, round_, state.pipeline_state.most_participation)
     result = RoundResult(round_, state.env_steps, state.wall_s, state.sim_time_s, stats, returns, personal, spent)
     return result, state
 

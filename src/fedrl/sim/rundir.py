@@ -34,13 +34,16 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save
 
+from fedrl.agents import ClientState
+from fedrl.core.pipeline import PipelineState
+from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.envs.base import EnvState, reset
 from fedrl.envs.base import state_from_arrays as env_state_from_arrays
 from fedrl.envs.base import state_to_arrays as env_state_to_arrays
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import RESUME_STREAM
-from fedrl.sim.state import RoundResult, SimState
+from fedrl.sim.state import InFlight, RoundResult, SimState
 from fedrl.wire import disk
 
 ROUND_COLUMNS = (
@@ -70,6 +73,19 @@ ROUND_COLUMNS = (
     "secagg_recovered",
 )
 CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
+
+
+# What a checkpoint's array names start with.
+STRATEGY, ENV, CLIENT, INFLIGHT, PIPELINE = "strategy.", "env.", "client.", "inflight.", "pipeline."
+
+
+def _prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {prefix + name: value for name, value in arrays.items()}
+
+
+def _under(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays whose names start with ``prefix``, by the rest of their names."""
+    return {name.removeprefix(prefix): value for name, value in arrays.items() if name.startswith(prefix)}
 
 
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -206,15 +222,14 @@ class RunDir:
     def save_checkpoint(self, setup: Setup, state: SimState) -> Path:
         """Write the global policy, strategy state and (where they are arrays) the client env
         states of ``state``."""
-        arrays = {"params": state.params}
-        arrays.update({f"strategy.{k}": v for k, v in state_to_arrays(state.strategy_state).items()})
+        arrays = {"params": state.params, **_prefixed(STRATEGY, state_to_arrays(state.strategy_state))}
         if setup.env_state_is_value:
-            arrays.update({f"env.{k}": v for k, v in env_state_to_arrays(state.env_state).items()})
+            arrays.update(_prefixed(ENV, env_state_to_arrays(state.env_state)))
         stem = self.checkpoints / f"round_{state.round:05d}"
         _save_arrays(arrays, stem.with_suffix(".safetensors"))
-        per_client = {f"client.{k}": v for k, v in state.client_state.items()}
-        per_client.update({f"inflight.{k}": v for k, v in state.inflight.items()})
-        per_client.update({f"pipeline.{k}": v for k, v in state.pipeline_state.items()})
+        per_client = to_arrays(state.client_state, CLIENT) | to_arrays(state.pipeline_state, PIPELINE)
+        if state.inflight is not None:
+            per_client |= to_arrays(state.inflight, INFLIGHT)
         if per_client:
             _save_arrays(per_client, stem.with_suffix(".clients.safetensors"))
         meta = {
@@ -243,8 +258,8 @@ class RunDir:
         holds no env state (adapter families, see the module docstring)."""
         arrays = load_file(str(path))
         meta = json.loads(path.with_suffix(".json").read_text())
-        strategy = state_from_arrays(setup.strategy, {k[9:]: v for k, v in arrays.items() if k.startswith("strategy.")})
-        env_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("env.")}
+        strategy = state_from_arrays(setup.strategy, _under(STRATEGY, arrays))
+        env_arrays = _under(ENV, arrays)
         if env_arrays:
             env = env_state_from_arrays(setup.family, setup.env_params, env_arrays)
         else:
@@ -258,11 +273,11 @@ class RunDir:
             env,
             meta["env_steps"],
             meta["wall_s"],
-            client_state={k[7:]: v for k, v in per_client.items() if k.startswith("client.")},
+            client_state=from_arrays(ClientState, per_client, CLIENT),
             sim_time_s=meta.get("sim_time_s", 0.0),
             version=meta.get("version", meta["round"]),
-            inflight={k[9:]: v for k, v in per_client.items() if k.startswith("inflight.")},
-            pipeline_state={k[9:]: v for k, v in per_client.items() if k.startswith("pipeline.")},
+            inflight=from_arrays(InFlight, per_client, INFLIGHT) if _under(INFLIGHT, per_client) else None,
+            pipeline_state=from_arrays(PipelineState, per_client, PIPELINE),
         )
 
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:

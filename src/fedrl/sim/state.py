@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from fedrl.agents import ClientState
+from fedrl.core.pipeline import PipelineState
 from fedrl.core.update import Update
 from fedrl.envs.base import EnvState
 from fedrl.experiment.aggregation import aggregate_round
@@ -22,13 +24,47 @@ class SimState:
     env_state: EnvState  # every client's ongoing training episodes
     env_steps: int  # total env steps taken by all clients so far
     wall_s: float  # wall-clock seconds spent in rounds so far
-    client_state: dict[str, np.ndarray] = field(default_factory=dict)  # learner state kept on each client (N, ...)
+    client_state: ClientState = field(default_factory=ClientState)  # what the learner keeps on each client (N, ...)
     sim_time_s: float = 0.0  # simulated fleet time
     version: int = 0  # number of global versions made
-    inflight: dict[str, np.ndarray] = field(default_factory=dict)  # asynchronous mode: see sim/asynchronous.py
-    pipeline_state: dict[str, np.ndarray] = field(
-        default_factory=dict
-    )  # update pipeline state kept on each client (N, ...)
+    inflight: InFlight | None = None  # asynchronous mode: updates in flight and the server's buffer
+    pipeline_state: PipelineState = field(default_factory=PipelineState)  # what the pipeline keeps on each client
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Asynchronous mode's clients in flight and the server's buffer, one row per client
+    (``fedrl.core.rows``), so that a checkpoint holds them and a resumed run continues exactly."""
+
+    busy_until: np.ndarray  # (N,) simulated time its update arrives; inf when idle
+    next_try: np.ndarray  # (N,) when an idle client tries to start
+    base_version: np.ndarray  # (N,) int64: the version its update in flight trains from
+    env_steps: np.ndarray  # (N,) int64: env steps of its update in flight
+    loss: np.ndarray  # (N,) float32
+    episodes: np.ndarray  # (N,) int64
+    delta: np.ndarray  # (N, d) float32: its update in flight
+    buffered: np.ndarray  # (N,) int64: position in the server's buffer + 1; 0 = not buffered
+    buffer_delta: np.ndarray  # (N, d) float32: its buffered update
+    buffer_base: np.ndarray  # (N,) int64
+    buffer_steps: np.ndarray  # (N,) int64
+
+    @classmethod
+    def empty(cls, n_clients: int, dim: int, now: float) -> InFlight:
+        """No client busy, every client ready to start at ``now``, an empty buffer."""
+        n = n_clients
+        return cls(
+            busy_until=np.full(n, np.inf),
+            next_try=np.full(n, now),
+            base_version=np.zeros(n, np.int64),
+            env_steps=np.zeros(n, np.int64),
+            loss=np.zeros(n, np.float32),
+            episodes=np.zeros(n, np.int64),
+            delta=np.zeros((n, dim), np.float32),
+            buffered=np.zeros(n, np.int64),
+            buffer_delta=np.zeros((n, dim), np.float32),
+            buffer_base=np.zeros(n, np.int64),
+            buffer_steps=np.zeros(n, np.int64),
+        )
 
 
 @dataclass(frozen=True)

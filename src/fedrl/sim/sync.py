@@ -24,20 +24,20 @@ def model_bytes(setup: SimSetup, params: np.ndarray) -> int:
     return len(encode(dense(params))) * (2 if setup.strategy.uses_control_variates else 1)
 
 
-def measure_traffic(setup: SimSetup, params: np.ndarray, receivers: int, updates: list[Update]) -> Traffic:
+def measure_traffic(setup: SimSetup, params: np.ndarray, receivers: int, senders: int, uplink: int) -> Traffic:
     """A round's bytes: the global model (dense float32) to each of ``receivers``, and the
     updates' measured sizes back (late ones too: they were sent)."""
     model = model_bytes(setup, params)
-    uplink = int(sum(u.metrics["uplink_bytes"] for u in updates))
-    return Traffic(uplink, receivers * model, len(updates), receivers, len(updates) * model)
+    return Traffic(uplink, receivers * model, senders, receivers, senders * model)
 
 
 def plain_aggregate(
-    setup: SimSetup, state: SimState, updates: list[Update], on_time: np.ndarray, round_: int
+    setup: SimSetup, state: SimState, updates: list[Update], on_time: np.ndarray, round_: int, uplink: int
 ) -> tuple[SimState, RoundStats]:
-    """Screen the on-time ``updates`` and hand them to the strategy; the stats of what became of them."""
+    """Screen the on-time ``updates`` and hand them to the strategy; the stats of what became of
+    them, with the ``uplink`` bytes all of them took (late ones too: they were sent)."""
     kept = [u for u, ok in zip(updates, on_time) if ok]
-    traffic = measure_traffic(setup, state.params, len(updates), updates)
+    traffic = measure_traffic(setup, state.params, len(updates), len(updates), uplink)
     state, n_rejected, _ = aggregate(setup, state, kept, round_)
     return state, RoundStats(n_updates=len(kept) - n_rejected, n_rejected=n_rejected, traffic=traffic)
 
@@ -102,7 +102,8 @@ def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState,
     fleet = setup.fleet
     sampled = sample_clients(setup, round_)
     present = sampled[fleet.available(sampled, round_, setup.rng(AVAILABILITY_STREAM, round_))]
-    updates, state = train_clients(setup, state, present, (round_,))
+    received, state = train_clients(setup, state, present, (round_,))
+    updates = [r.update for r in received]
     arrival = fleet.duration(present, np.array([u.env_steps for u in updates]))
     deadline = setup.config.fleet.deadline_s
     on_time = arrival <= deadline if deadline is not None else np.ones(len(updates), dtype=bool)
@@ -112,9 +113,9 @@ def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState,
     if setup.config.pipeline.secure_aggregation.enabled:
         state, stats = secure_aggregate(setup, state, updates, on_time, round_)
     else:
-        state, stats = plain_aggregate(setup, state, updates, on_time, round_)
-    loss = float(np.nanmean([u.metrics["loss"] for u in updates])) if updates else float("nan")
-    episodes = int(sum(u.metrics["episodes"] for u in updates))
+        state, stats = plain_aggregate(setup, state, updates, on_time, round_, sum(r.uplink_bytes for r in received))
+    loss = float(np.nanmean([u.metrics.loss for u in updates])) if updates else float("nan")
+    episodes = sum(u.metrics.episodes for u in updates)
     n_dropped = len(sampled) - int(on_time.sum())
     stats = replace(stats, n_sampled=len(sampled), n_dropped=n_dropped, train_loss=loss, episodes=episodes)
     return replace(state, env_steps=steps, sim_time_s=state.sim_time_s + elapsed), stats

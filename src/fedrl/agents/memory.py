@@ -1,0 +1,51 @@
+"""What each client keeps between rounds and never sends, as typed per-client records.
+
+Every array has a leading client axis ``C`` (``fedrl.core.rows`` selects, replaces and names
+rows). A field is None when the run does not need it: personal towers only under partial
+federation, ``c_i`` only under SCAFFOLD, a replay buffer only for DQN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ReplayArrays:
+    """DQN's per-client ring buffers: slot ``index[c]`` is written next, ``size[c]`` slots are filled."""
+
+    obs: np.ndarray  # (C, capacity, obs_dim) float32
+    action: np.ndarray  # (C, capacity) int64
+    reward: np.ndarray  # (C, capacity) float32
+    next_obs: np.ndarray  # (C, capacity, obs_dim) float32: the obs the step reached (before any reset)
+    terminated: np.ndarray  # (C, capacity) float32: 1 where the episode reached a terminal state
+    index: np.ndarray  # (C,) int64
+    size: np.ndarray  # (C,) int64
+
+
+@dataclass(frozen=True)
+class DQNMemory:
+    """What a DQN client keeps: its replay buffer and its env steps so far (epsilon's schedule)."""
+
+    replay: ReplayArrays = field(metadata={"record": ReplayArrays})
+    env_steps: np.ndarray  # (C,) int64
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """What C clients keep between rounds (checkpointed under the names in ``metadata``)."""
+
+    personal: np.ndarray | None = field(default=None, metadata={"key": "personal.params"})
+    # (C, k) float32, the non-federated coordinates; NaN = not trained yet (act with the global value)
+    control: np.ndarray | None = field(default=None, metadata={"key": "scaffold.c"})  # (C, d) SCAFFOLD's c_i
+    dqn: DQNMemory | None = field(default=None, metadata={"record": DQNMemory})
+
+    @property
+    def n_clients(self) -> int | None:
+        """C, or None for a state that holds nothing."""
+        for value in (self.personal, self.control, None if self.dqn is None else self.dqn.env_steps):
+            if value is not None:
+                return value.shape[0]
+        return None
