@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedrl.cli import app
-from fedrl.sim.rundir import RunDir
+from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
 
 runner = CliRunner()
 
@@ -60,7 +60,7 @@ def test_run_writes_a_complete_run_directory_then_eval_and_plot_use_it(tmp_path,
     assert yaml.safe_load((out / "config.yaml").read_text())["federation"]["rounds"] == 2
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"round", "env_steps", "wall_s", "global_mean_return", "worst_client_return"} <= set(header)
-    assert len(RunDir(out).rows("client_returns")) == 2 * 3
+    assert len(RunDir(out).client_returns()) == 2 * 3
 
     metrics_before = (out / "metrics.csv").read_bytes()
     evaluated = runner.invoke(app, ["eval", str(out), "--clients", "0,2", "--episodes", "2"])
@@ -117,8 +117,10 @@ def test_kill_9_mid_run_then_resume_matches_an_unbroken_run(tmp_path, config_fil
     subprocess.run([*fedrl, "run", "--resume", str(killed), "--quiet"], check=True, capture_output=True)
 
     def numbers(path):
-        rows = np.array(RunDir(path).rows("rounds"), dtype=np.float64)
-        return np.nan_to_num(np.delete(rows, 2, axis=1)), np.array(RunDir(path).rows("client_returns"))
+        rows = np.array(RunDir(path).rounds(), dtype=np.float64)
+        return np.nan_to_num(np.delete(rows, ROUND_COLUMNS.index("wall_s"), axis=1)), np.array(
+            RunDir(path).client_returns()
+        )
 
     a, b = numbers(tmp_path / "unbroken"), numbers(killed)
     assert len(a[0]) == 8

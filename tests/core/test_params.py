@@ -31,7 +31,6 @@ def test_wrong_shapes_are_named():
         spec.flatten({"w": np.zeros((3, 2))})
     with pytest.raises(ValueError, match="expected last dimension 4"):
         spec.unflatten(np.zeros(5, np.float32))
-    assert ParamSpec.from_json(spec.to_json()) == spec
 
 
 def test_update_requires_float32_vector():

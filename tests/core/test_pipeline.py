@@ -9,11 +9,11 @@ from fedrl.core.compress import decode, decompress
 from fedrl.core.pipeline import (
     ClientMessage,
     PipelineConfig,
+    PipelineState,
     after_sending,
     budget_problem,
     central_mean,
     client_message,
-    PipelineState,
     decode_update,
     init_pipeline_state,
     spent_epsilon,

@@ -3,6 +3,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 from safetensors.numpy import load, save
 
+from fedrl.core.robust import RobustConfig
 from fedrl.core.strategies import (
     STRATEGY_CONFIGS,
     FedAvgConfig,
@@ -12,7 +13,6 @@ from fedrl.core.strategies import (
     state_from_arrays,
     state_to_arrays,
 )
-from fedrl.core.robust import RobustConfig
 from fedrl.core.update import Update
 
 

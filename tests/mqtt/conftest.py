@@ -72,6 +72,7 @@ class Fleet:
     service: MqttService
     tokens: dict[str, str]
     metrics: ServerMetrics
+    state_dir: Path
     opened: list = field(default_factory=list)
 
     def options(self, user: str | None, **changes) -> BrokerOptions:
@@ -155,7 +156,7 @@ def start_fleet(tmp_path, start_broker):
         coordinator = Coordinator.open(server_config(tmp_path, *overrides), state_dir, metrics)
         service = MqttService(coordinator, options(broker, SERVER_USER, **service_options), metrics)
         assert service.connection.connected.wait(10), broker.log_path.read_text()
-        fleets.append(Fleet(broker, coordinator, service, tokens, metrics))
+        fleets.append(Fleet(broker, coordinator, service, tokens, metrics, state_dir))
         return fleets[-1]
 
     yield start

@@ -16,6 +16,7 @@ import pytest
 
 from fedrl.core.pipeline import client_message
 from fedrl.edge.link import Unreachable
+from fedrl.server.store import Store
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire import mqtt_pb2 as mq
@@ -178,8 +179,9 @@ def test_a_corrupt_chunk_is_asked_for_again_and_never_stored(fleet):
     assert ask.message_id == "push-1" and list(ask.resend.indices) == [corrupt.chunk.index]
     assert nothing_stored
     assert not reply_of(answer).ack.duplicate
-    store = fleet.coordinator._store
+    store = Store(fleet.state_dir)  # a second reader of the server's state
     stored = store.read_updates(store.round_records(1))
+    store.close()
     assert [u.delta.tobytes() for u in stored] == [submission.delta.tobytes()]
 
 
@@ -205,7 +207,7 @@ def test_a_link_repairs_a_reply_whose_chunk_was_lost(fleet):
     # Prepare: the server's reply to a pull is dropped between broker and device, chunk 1 only
     alice = fleet.link("alice", timeout_s=15)
     connection = alice.connection
-    original = connection._on_message
+    original = connection.on_message
     dropped = []
 
     def lossy(message):
@@ -215,7 +217,7 @@ def test_a_link_repairs_a_reply_whose_chunk_was_lost(fleet):
             return
         original(message)
 
-    connection._on_message = lossy
+    connection.on_message = lossy
 
     # Execute
     model = alice.pull(0)
@@ -297,11 +299,11 @@ def test_each_side_gets_what_was_published_while_it_was_away(fleet, start_fleet)
     pushing = threading.Thread(target=lambda: result.setdefault("ack", alice.push(submission)))
     pushing.start()
     time.sleep(0.5)  # the request is in the broker, queued for the server's session
-    alice.connection._client.loop_stop()  # the device freezes: no pings, the broker drops it
+    alice.connection.pause()  # the device freezes: no pings, the broker drops it
     time.sleep(2.5)
     fleet.service = type(fleet.service)(fleet.coordinator, fleet.options("fedrl-server"), fleet.metrics)
     offline = eventually(lambda: fleet.service.presence.get("alice") == "offline", timeout_s=10)
-    alice.connection._client.loop_start()  # the device wakes; its session's queue is delivered
+    alice.connection.resume()  # the device wakes; its session's queue is delivered
     pushing.join(20)
 
     # Assert

@@ -204,7 +204,7 @@ def test_a_restart_keeps_every_acknowledged_update_and_gives_the_same_model(tmp_
 
         # Execute
         if restart:
-            coordinator._store.close()
+            coordinator.close()
             coordinator = Coordinator.open(server_config(folder), folder / "state", clock=clock)
             again = coordinator.submit("a", submission(coordinator, "a", tasks["a"], value=0.5))
             assert again.duplicate
@@ -325,7 +325,7 @@ def test_applied_updates_leave_no_files_behind_and_orphans_are_swept(tmp_path):
     coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
     tasks = {c: coordinator.task(c) for c in NAMES}
     orphan = submission(coordinator, "a", tasks["a"], update_id="never-recorded")
-    coordinator._store.write_update_file(orphan)
+    Store(tmp_path / "state").write_update_file(orphan)  # as the server's store does before it commits
     updates = tmp_path / "state" / "updates"
 
     # Execute

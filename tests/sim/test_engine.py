@@ -1,5 +1,7 @@
 """Rounds, determinism and resume of the simulation engine."""
 
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -7,13 +9,14 @@ from fedrl.experiment.loading import apply_override, parse_config
 from fedrl.sim import run as runs
 from fedrl.sim.clients import sample_clients, shards
 from fedrl.sim.engine import initial_state, run_round
+from fedrl.sim.rundir import ROUND_COLUMNS
 from fedrl.sim.setup import SimSetup
 
 
 def _metrics(run_dir):
     """Every metric except wall-clock time."""
-    rows = np.array(run_dir.rows("rounds"), dtype=np.float64)
-    return np.delete(rows, 2, axis=1), np.array(run_dir.rows("client_returns"), dtype=np.float64)
+    rows = np.array(run_dir.rounds(), dtype=np.float64)
+    return np.delete(rows, ROUND_COLUMNS.index("wall_s"), axis=1), np.array(run_dir.client_returns(), dtype=np.float64)
 
 
 def _run_to_end(config, path):
@@ -62,7 +65,7 @@ def test_resume_drops_metrics_of_rounds_that_were_not_checkpointed(tmp_path, tin
     (tmp_path / "r" / "checkpoints" / "round_00003.json").unlink()  # as if killed before the checkpoint
     resumed = runs.resume(tmp_path / "r")
     assert resumed.state.round == 2
-    assert [row[0] for row in resumed.dir.rows("rounds")] == [1, 2]
+    assert [row[0] for row in resumed.dir.rounds()] == [1, 2]
     assert (tmp_path / "r" / "metrics.csv").read_text().count("\n") == 3  # header + 2 rounds
     assert current.setup.config == resumed.setup.config
 
@@ -111,15 +114,11 @@ def test_explicit_client_parameters_are_used(tiny_config):
 
 
 def test_a_run_written_before_newer_metric_columns_still_resumes(tmp_path, tiny_config):
-    import sqlite3
-
-    from fedrl.sim.rundir import ROUND_COLUMNS
-
     _run_to_end(parse_config(tiny_config), tmp_path / "r")
     (tmp_path / "r" / "checkpoints" / "round_00003.json").unlink()
     with sqlite3.connect(tmp_path / "r" / "metrics.sqlite") as db:  # as an older fedrl wrote it
         db.execute("ALTER TABLE rounds DROP COLUMN epsilon")
     resumed = runs.resume(tmp_path / "r")
     list(resumed.rounds())
-    assert [len(row) for row in resumed.dir.rows("rounds")] == [len(ROUND_COLUMNS)] * 3
+    assert [len(row) for row in resumed.dir.rounds()] == [len(ROUND_COLUMNS)] * 3
     assert (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0] == ",".join(ROUND_COLUMNS)

@@ -10,7 +10,7 @@ from fedrl.core.privacy import epsilon
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, to_yaml
 from fedrl.sim import run as runs
-from fedrl.sim.rundir import ROUND_COLUMNS
+from fedrl.sim.rundir import ROUND_COLUMNS, column
 
 COMPRESSED = {"compression": {"sparsify": "topk", "ratio": 0.01, "bits": 8, "error_feedback": True}}
 CENTRAL = {"clip_norm": 0.5, "dp": {"mode": "central", "noise_multiplier": 1.0}}
@@ -29,12 +29,12 @@ def _run(config: dict, path):
 
 
 def _column(run, name):
-    return np.array([row[ROUND_COLUMNS.index(name)] for row in run.dir.rows("rounds")], dtype=np.float64)
+    return column(run.dir.rounds(), name)
 
 
 def _metrics(run):
     """Every round metric except wall-clock time."""
-    return np.delete(np.array(run.dir.rows("rounds"), dtype=np.float64), ROUND_COLUMNS.index("wall_s"), axis=1)
+    return np.delete(np.array(run.dir.rounds(), dtype=np.float64), ROUND_COLUMNS.index("wall_s"), axis=1)
 
 
 def test_a_compressed_run_sends_measured_bytes_far_below_dense(tmp_path, tiny_config):

@@ -10,7 +10,7 @@ import yaml
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, to_yaml
 from fedrl.sim import run as runs
-from fedrl.sim.rundir import ROUND_COLUMNS
+from fedrl.sim.rundir import ROUND_COLUMNS, column
 
 SCALE = 2.0**16
 CLIPPED = {"clip_norm": 1.0}
@@ -37,7 +37,7 @@ def _run(config: dict, path):
 
 
 def _column(run, name):
-    return np.array([row[ROUND_COLUMNS.index(name)] for row in run.dir.rows("rounds")], dtype=np.float64)
+    return column(run.dir.rounds(), name)
 
 
 def test_secure_fedavg_ends_within_quantization_error_of_fedavg_in_the_clear(tmp_path, tiny_config):
@@ -128,7 +128,7 @@ def test_resume_with_secure_aggregation_matches_an_unbroken_run(tmp_path, tiny_c
     # Assert
     np.testing.assert_array_equal(final.params, unbroken.state.params)
     rows = [
-        np.delete(np.array(r.dir.rows("rounds"), dtype=np.float64), ROUND_COLUMNS.index("wall_s"), axis=1)
+        np.delete(np.array(r.dir.rounds(), dtype=np.float64), ROUND_COLUMNS.index("wall_s"), axis=1)
         for r in (unbroken, resumed)
     ]
     np.testing.assert_array_equal(np.nan_to_num(rows[0]), np.nan_to_num(rows[1]))

@@ -126,7 +126,7 @@ def _resume_matches(tmp_path, config):
     """A run stopped after round 1 and resumed gives the same numbers as an unbroken one."""
 
     def metrics(run):
-        rows = np.array(run.dir.rows("rounds"), dtype=np.float64)
+        rows = np.array(run.dir.rounds(), dtype=np.float64)
         return np.nan_to_num(np.delete(rows, 2, axis=1))
 
     unbroken = runs.start(config, tmp_path / "unbroken")

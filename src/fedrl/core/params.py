@@ -78,8 +78,3 @@ class ParamSpec:
     def to_json(self) -> dict:
         """A JSON-ready description (for checkpoints and the wire)."""
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> ParamSpec:
-        """Inverse of ``to_json``."""
-        return cls(tuple(data["names"]), tuple(tuple(s) for s in data["shapes"]))

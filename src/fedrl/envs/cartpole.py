@@ -36,7 +36,6 @@ PARAM_RANGES = (
     ParamRange("gravity", 9.8, 7.0, 12.5, "gravitational acceleration (m/s^2)"),
     ParamRange("force_mag", 10.0, 7.0, 13.0, "magnitude of the push left or right (N)"),
 )
-_COL = {r.name: i for i, r in enumerate(PARAM_RANGES)}
 
 
 def init_state(params: np.ndarray, n_envs: int, rng: np.random.Generator) -> CartPolePhysics:

@@ -35,7 +35,6 @@ class Aggregated:
 
     params: np.ndarray  # (d,)
     strategy_state: object
-    n_accepted: int
     n_rejected: int  # refused by screening: non-finite values, the wrong length
     mean_staleness: float  # of the accepted updates, in versions behind ``version``
 
@@ -72,7 +71,7 @@ def aggregate_round(
     else:
         given = accepted
     new_params, new_state = setup.strategy.aggregate(strategy_state, params, given)
-    return Aggregated(new_params, new_state, len(accepted), len(screened.rejected), staleness)
+    return Aggregated(new_params, new_state, len(screened.rejected), staleness)
 
 
 def mean_returns(setup: Setup, params: np.ndarray, env_params: np.ndarray, episodes: int, *tags: int) -> np.ndarray:

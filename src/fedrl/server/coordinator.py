@@ -56,7 +56,7 @@ from fedrl.server.config import ServerConfig
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.ratelimit import RateLimiter
-from fedrl.server.store import Store, StoredUpdate
+from fedrl.server.store import KnownUpdate, Store, StoredUpdate
 from fedrl.wire.records import (
     Ack,
     ClientStatus,
@@ -383,12 +383,11 @@ class Coordinator:
         self._metrics.updates_accepted.inc()
         return Ack(s.update_id, round_, now)
 
-    def _repeat(self, client: str, s: Submission, digest: str, known: tuple) -> Ack:
+    def _repeat(self, client: str, s: Submission, digest: str, known: KnownUpdate) -> Ack:
         """The original ack for an idempotent resubmission; a reused id with other content is refused."""
-        owner, round_, stored_digest, accepted_at = known
-        if owner != client or stored_digest != digest:
+        if known.client != client or known.digest != digest:
             raise Rejected(Reason.ALREADY_EXISTS, f"update id {s.update_id!r} was already used for a different update")
-        return Ack(s.update_id, round_, accepted_at, duplicate=True)
+        return Ack(s.update_id, known.round, known.accepted_at, duplicate=True)
 
     def _check_vectors(self, s: Submission) -> str:
         """Shape, dtype, finite values, digest and norm; returns the content digest."""

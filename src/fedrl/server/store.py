@@ -26,6 +26,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from safetensors.numpy import load_file, save
@@ -60,6 +61,15 @@ _ADDED_COLUMNS = (
 )
 
 
+class KnownUpdate(NamedTuple):
+    """What the store remembers of an accepted update id, to answer a resubmission."""
+
+    client: str
+    round: int
+    digest: str
+    accepted_at: float
+
+
 @dataclass(frozen=True)
 class StoredUpdate:
     """An accepted update as read back for aggregation."""
@@ -75,6 +85,19 @@ class StoredUpdate:
     delta: np.ndarray
     control_delta: np.ndarray | None
     accepted_at: float
+
+
+def _round_status(row: dict) -> RoundStatus:
+    """A ``rounds`` row as a record (``promoted`` is stored as an integer, NULL while open)."""
+    promoted = row.pop("promoted")
+    return RoundStatus(**row, promoted=None if promoted is None else bool(promoted))
+
+
+def _stored_update(row: dict, delta: np.ndarray, control_delta: np.ndarray | None) -> StoredUpdate:
+    """An ``updates`` row (joined with its client's id) and its vectors as a record."""
+    row.pop("has_control")
+    metrics = json.loads(row.pop("metrics"))
+    return StoredUpdate(**row, metrics=metrics, delta=delta, control_delta=control_delta)
 
 
 def _fsynced_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -98,6 +121,7 @@ class Store:
         for sub in ("models", "rejected", "updates"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path / "server.db", check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row  # rows are read by column name
         self.db.execute("PRAGMA page_size=65536")  # before WAL: it fixes the page size of a new database
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'fsync' else 'NORMAL'}")
@@ -165,10 +189,11 @@ class Store:
     def clients(self) -> list[ClientStatus]:
         """Every client, with its number of accepted updates."""
         rows = self.db.execute(
-            "SELECT c.name, c.registered_at, c.last_seen, c.acting_version, "
-            "(SELECT COUNT(*) FROM updates u WHERE u.client = c.name) FROM clients c ORDER BY c.name"
+            "SELECT c.name AS client, c.registered_at, c.last_seen, c.acting_version, "
+            "(SELECT COUNT(*) FROM updates u WHERE u.client = c.name) AS updates_accepted "
+            "FROM clients c ORDER BY c.name"
         )
-        return [ClientStatus(*row) for row in rows]
+        return [ClientStatus(**dict(row)) for row in rows]
 
     # --- versions -----------------------------------------------------------------------
     def _model_path(self, version: int) -> Path:
@@ -189,7 +214,7 @@ class Store:
             raise KeyError(version)
         arrays = load_file(str(self._model_path(version)))
         state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
-        return Model(version, arrays["params"], row[0], row[1]), state
+        return Model(version, arrays["params"], row["round"], row["eval_return"]), state
 
     def write_version_file(self, version: int, params: np.ndarray, state: dict[str, np.ndarray]) -> None:
         """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``)."""
@@ -219,10 +244,10 @@ class Store:
     def open_round(self) -> RoundStatus:
         """The round that is open now."""
         row = self.db.execute(
-            "SELECT round, base_version, opened_at, closed_at, n_updates, candidate_return, promoted, new_version "
+            "SELECT round, base_version, opened_at, closed_at, n_updates, candidate_return "
             "FROM rounds WHERE closed_at IS NULL ORDER BY round DESC LIMIT 1"
         ).fetchone()
-        return RoundStatus(*row[:6], None, None)
+        return RoundStatus(**dict(row), promoted=None, new_version=None)
 
     def selected(self, round_: int) -> list[str]:
         """The clients given a task in ``round_``."""
@@ -260,15 +285,17 @@ class Store:
 
     def rounds(self, limit: int = 20) -> list[RoundStatus]:
         """The newest ``limit`` rounds, oldest first."""
+        open_count = "(SELECT COUNT(*) FROM updates u WHERE u.round = r.round)"
+        open_bytes = "(SELECT COALESCE(SUM(uplink_bytes), 0) FROM updates u WHERE u.round = r.round)"
         rows = self.db.execute(
             "SELECT round, base_version, opened_at, closed_at, "
-            "CASE WHEN closed_at IS NULL THEN (SELECT COUNT(*) FROM updates u WHERE u.round = r.round) ELSE n_updates END, "
+            f"CASE WHEN closed_at IS NULL THEN {open_count} ELSE n_updates END AS n_updates, "
             "candidate_return, promoted, new_version, "
-            "CASE WHEN closed_at IS NULL THEN (SELECT COALESCE(SUM(uplink_bytes), 0) FROM updates u WHERE u.round = r.round) "
-            "ELSE uplink_bytes END, epsilon FROM rounds r ORDER BY round DESC LIMIT ?",
+            f"CASE WHEN closed_at IS NULL THEN {open_bytes} ELSE uplink_bytes END AS uplink_bytes, epsilon "
+            "FROM rounds r ORDER BY round DESC LIMIT ?",
             (limit,),
         ).fetchall()
-        return [RoundStatus(*row[:6], None if row[6] is None else bool(row[6]), *row[7:]) for row in reversed(rows)]
+        return [_round_status(dict(row)) for row in reversed(rows)]
 
     def most_updates_per_client(self, last_round: int) -> int:
         """The most updates any one client has had accepted in rounds up to ``last_round`` (0 if none)."""
@@ -317,11 +344,12 @@ class Store:
             ),
         )
 
-    def find_update(self, update_id: str) -> tuple[str, int, str, float] | None:
-        """(client, round, digest, accepted_at) of a stored update id, or None."""
-        return self.db.execute(
+    def find_update(self, update_id: str) -> KnownUpdate | None:
+        """What is stored of an accepted update id, or None."""
+        row = self.db.execute(
             "SELECT client, round, digest, accepted_at FROM updates WHERE update_id = ?", (update_id,)
         ).fetchone()
+        return None if row is None else KnownUpdate(**dict(row))
 
     def round_clients(self, round_: int) -> list[str]:
         """Clients with an accepted update in ``round_``, in arrival order."""
@@ -335,24 +363,19 @@ class Store:
             return data[:half], data[half:]
         return data, None
 
-    def round_records(self, round_: int) -> list[tuple]:
+    def round_records(self, round_: int) -> list[sqlite3.Row]:
         """The records of ``round_``'s accepted updates, in arrival order (``read_updates`` adds
         their vectors; it needs no database, so callers can run it outside their lock)."""
         return self.db.execute(
-            "SELECT u.update_id, u.client, c.id, u.round, u.base_version, u.env_steps, u.metrics, u.digest, "
-            "u.has_control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
+            "SELECT u.update_id, u.client, c.id AS client_id, u.round, u.base_version, u.env_steps, u.metrics, "
+            "u.digest, u.has_control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
             "WHERE u.round = ? ORDER BY u.rowid",
             (round_,),
         ).fetchall()
 
-    def read_updates(self, records: list[tuple]) -> list[StoredUpdate]:
+    def read_updates(self, records: list[sqlite3.Row]) -> list[StoredUpdate]:
         """The updates of ``round_records``, with their vectors read from their files."""
-        return [
-            StoredUpdate(
-                uid, client, cid, r, base, steps, json.loads(metrics), digest, *self._vectors(uid, bool(ctl)), at
-            )
-            for uid, client, cid, r, base, steps, metrics, digest, ctl, at in records
-        ]
+        return [_stored_update(dict(r), *self._vectors(r["update_id"], bool(r["has_control"]))) for r in records]
 
     def sweep_update_files(self) -> int:
         """Delete update files that belong to no open round (applied, or never recorded); returns how many."""

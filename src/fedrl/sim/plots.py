@@ -12,26 +12,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
+from fedrl.sim.rundir import RoundRow, RunDir, column
 
 
-def _finite(rows: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
-    x, y = rows[:, ROUND_COLUMNS.index("round")], rows[:, ROUND_COLUMNS.index(column)]
+def _finite(rows: list[RoundRow], name: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = column(rows, "round"), column(rows, name)
     keep = np.isfinite(y)
     return x[keep], y[keep]
 
 
 def plot_returns(run: RunDir, target: float | None = None) -> Path:
     """Global mean, 10th-percentile and worst-client return (and personalised, when run) per round."""
-    rows = np.array(run.rows("rounds"), dtype=np.float64)
+    rows = run.rounds()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for column, label in (
+    for name, label in (
         ("global_mean_return", "global policy: mean over clients"),
         ("p10_client_return", "global policy: 10th percentile client"),
         ("worst_client_return", "global policy: worst client"),
         ("personalized_mean_return", "personalised: mean over clients"),
     ):
-        x, y = _finite(rows, column)
+        x, y = _finite(rows, name)
         if len(x):
             ax.plot(x, y, marker=".", label=label)
     _label_returns(ax, target, "round", f"{run.path.name}: return of the global policy")
@@ -51,14 +51,15 @@ def _label_returns(ax, target: float | None, xlabel: str, title: str) -> None:
 
 def plot_clients(run: RunDir) -> Path:
     """One line per client: its return under the global policy, per round."""
-    rows = np.array(run.rows("client_returns"), dtype=np.float64)
+    rows = run.client_returns()
+    rounds, ids, returns = column(rows, "round"), column(rows, "client"), column(rows, "global_return")
     fig, ax = plt.subplots(figsize=(7, 4))
-    clients = np.unique(rows[:, 1]) if len(rows) else []
+    clients = np.unique(ids)
     for c in clients:
-        mine = rows[rows[:, 1] == c]
+        mine = ids == c
         ax.plot(
-            mine[:, 0],
-            mine[:, 2],
+            rounds[mine],
+            returns[mine],
             linewidth=0.8,
             alpha=0.7 if len(clients) > 20 else 1.0,
             label=f"client {int(c)}" if len(clients) <= 10 else None,
@@ -75,16 +76,16 @@ def plot_clients(run: RunDir) -> Path:
 def plot_privacy(run: RunDir, target: float | None = None) -> Path | None:
     """Global mean and worst-client return against the DP epsilon spent by that round; None
     for a run without DP (its epsilon is infinite)."""
-    rows = np.array(run.rows("rounds"), dtype=np.float64)
-    spent = rows[:, ROUND_COLUMNS.index("epsilon")] if len(rows) else rows
+    rows = run.rounds()
+    spent = column(rows, "epsilon")
     if not np.isfinite(spent).any():
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for column, label in (
+    for name, label in (
         ("global_mean_return", "global policy: mean over clients"),
         ("worst_client_return", "global policy: worst client"),
     ):
-        y = rows[:, ROUND_COLUMNS.index(column)]
+        y = column(rows, name)
         keep = np.isfinite(y) & np.isfinite(spent)
         ax.plot(spent[keep], y[keep], marker=".", label=label)
     _label_returns(ax, target, "epsilon spent (client-level DP)", f"{run.path.name}: return against privacy spent")

@@ -16,7 +16,7 @@ from fedrl.experiment.config import ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
 from fedrl.sim.engine import initial_state, run_rounds
 from fedrl.sim.plots import plot_run
-from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
+from fedrl.sim.rundir import RoundRow, RunDir
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.state import RoundResult, SimState
 
@@ -83,28 +83,22 @@ def resume(path: Path, overrides: list[str] = ()) -> Run:
     return run
 
 
-def _traffic_and_privacy(rows: list[tuple]) -> dict:
+def _traffic_and_privacy(rows: list[RoundRow]) -> dict:
     """The total uplink bytes (where measured) and the DP epsilon spent (where there is DP)."""
     out: dict = {}
-    uplink = [
-        r[ROUND_COLUMNS.index("uplink_bytes")] for r in rows if r[ROUND_COLUMNS.index("uplink_bytes")] is not None
-    ]
+    uplink = [r.uplink_bytes for r in rows if r.uplink_bytes is not None]
     if uplink:
         out["uplink_bytes"] = int(sum(uplink))
-    if rows and np.isfinite(rows[-1][ROUND_COLUMNS.index("epsilon")]):
-        out["epsilon"] = rows[-1][ROUND_COLUMNS.index("epsilon")]
+    if rows and np.isfinite(rows[-1].epsilon):
+        out["epsilon"] = rows[-1].epsilon
     return out
 
 
 def finish(run: Run, state: SimState) -> dict:
     """Save the final policy, evaluate held-out clients, write the summary and the plots."""
     setup = run.setup
-    evaluated = [
-        r
-        for r in run.dir.rows("rounds")
-        if r[ROUND_COLUMNS.index("global_mean_return")] is not None
-        and np.isfinite(r[ROUND_COLUMNS.index("global_mean_return")])
-    ]
+    rows = run.dir.rounds()
+    evaluated = [r for r in rows if r.global_mean_return is not None and np.isfinite(r.global_mean_return)]
     summary: dict = {
         "rounds": state.round,
         "env_steps": state.env_steps,
@@ -113,13 +107,13 @@ def finish(run: Run, state: SimState) -> dict:
         "solved": False,
     }
     if evaluated:
-        last = dict(zip(ROUND_COLUMNS, evaluated[-1]))
+        last = evaluated[-1]
         summary.update(
-            solved=bool(last["global_mean_return"] >= setup.target_return),
-            global_mean_return=last["global_mean_return"],
-            worst_client_return=last["worst_client_return"],
+            solved=bool(last.global_mean_return >= setup.target_return),
+            global_mean_return=last.global_mean_return,
+            worst_client_return=last.worst_client_return,
         )
-    summary.update(_traffic_and_privacy(run.dir.rows("rounds")))
+    summary.update(_traffic_and_privacy(rows))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
         held = heldout_returns(setup, state.params, n_heldout, setup.config.eval.episodes)

@@ -30,6 +30,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from safetensors.numpy import load_file, save
@@ -46,33 +47,52 @@ from fedrl.experiment.streams import RESUME_STREAM
 from fedrl.sim.state import InFlight, RoundResult, SimState
 from fedrl.wire import disk
 
-ROUND_COLUMNS = (
-    "round",
-    "env_steps",
-    "wall_s",
-    "n_updates",
-    "train_loss",
-    "global_mean_return",
-    "worst_client_return",
-    "p10_client_return",
-    "personalized_mean_return",
-    "personalized_worst_client_return",
-    "sim_time_s",
-    "n_sampled",
-    "n_dropped",
-    "n_rejected",
-    "mean_staleness",
-    "train_episodes",
-    "uplink_bytes",
-    "downlink_bytes",
-    "uplink_bytes_per_client",
-    "downlink_bytes_per_client",
-    "compression_ratio",
-    "epsilon",
-    "secagg_threshold",
-    "secagg_recovered",
-)
-CLIENT_COLUMNS = ("round", "client", "global_return", "personalized_return")
+
+class RoundRow(NamedTuple):
+    """One round's metrics: a row of ``metrics.csv`` and of the ``rounds`` table (NaN is stored as NULL)."""
+
+    round: int
+    env_steps: int
+    wall_s: float
+    n_updates: int
+    train_loss: float
+    global_mean_return: float
+    worst_client_return: float
+    p10_client_return: float
+    personalized_mean_return: float
+    personalized_worst_client_return: float
+    sim_time_s: float
+    n_sampled: int
+    n_dropped: int
+    n_rejected: int
+    mean_staleness: float
+    train_episodes: int
+    uplink_bytes: float
+    downlink_bytes: float
+    uplink_bytes_per_client: float
+    downlink_bytes_per_client: float
+    compression_ratio: float
+    epsilon: float
+    secagg_threshold: float
+    secagg_recovered: float
+
+
+class ClientRow(NamedTuple):
+    """One client's returns in one evaluated round: a row of ``client_returns.csv``."""
+
+    round: int
+    client: int
+    global_return: float
+    personalized_return: float
+
+
+ROUND_COLUMNS = RoundRow._fields
+CLIENT_COLUMNS = ClientRow._fields
+
+
+def column(rows: list[NamedTuple], name: str) -> np.ndarray:
+    """One column of metric rows as float64, NaN where nothing was stored."""
+    return np.array([getattr(r, name) for r in rows], dtype=np.float64)
 
 
 # What a checkpoint's array names start with.
@@ -92,51 +112,48 @@ def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     disk.write_atomic(path, save({k: np.require(v, requirements="C") for k, v in arrays.items()}))
 
 
-def _traffic_cells(r: RoundResult) -> tuple:
-    """Bytes up and down (total and per client) and the compression ratio; NaN where not measured."""
-    t = r.stats.traffic
-    if t is None:
-        return (float("nan"),) * 5
-    return t.uplink, t.downlink, t.uplink_per_client, t.downlink_per_client, t.compression_ratio
-
-
-def _secure_cells(r: RoundResult) -> tuple:
-    """Secure aggregation's threshold t and whether the sum was recovered (1) or the round kept
-    the old model (0); NaN without secure aggregation."""
-    s = r.stats.secure
-    return (float("nan"),) * 2 if s is None else (s.threshold, int(s.recovered))
-
-
-def _round_row(r: RoundResult) -> tuple:
-    personal = r.personalized_returns
-    return (
-        r.round,
-        r.env_steps,
-        round(r.wall_s, 4),
-        r.stats.n_updates,
-        r.stats.train_loss,
-        r.global_mean_return,
-        r.worst_client_return,
-        r.p10_client_return,
-        float(np.mean(personal)) if personal is not None else float("nan"),
-        float(np.min(personal)) if personal is not None else float("nan"),
-        r.sim_time_s,
-        r.stats.n_sampled,
-        r.stats.n_dropped,
-        r.stats.n_rejected,
-        r.stats.mean_staleness,
-        r.stats.episodes,
-        *_traffic_cells(r),
-        r.epsilon,
-        *_secure_cells(r),
+def _round_row(r: RoundResult) -> RoundRow:
+    nan, personal, traffic, secure = float("nan"), r.personalized_returns, r.stats.traffic, r.stats.secure
+    return RoundRow(
+        round=r.round,
+        env_steps=r.env_steps,
+        wall_s=round(r.wall_s, 4),
+        n_updates=r.stats.n_updates,
+        train_loss=r.stats.train_loss,
+        global_mean_return=r.global_mean_return,
+        worst_client_return=r.worst_client_return,
+        p10_client_return=r.p10_client_return,
+        personalized_mean_return=float(np.mean(personal)) if personal is not None else nan,
+        personalized_worst_client_return=float(np.min(personal)) if personal is not None else nan,
+        sim_time_s=r.sim_time_s,
+        n_sampled=r.stats.n_sampled,
+        n_dropped=r.stats.n_dropped,
+        n_rejected=r.stats.n_rejected,
+        mean_staleness=r.stats.mean_staleness,
+        train_episodes=r.stats.episodes,
+        # bytes: NaN where not measured (asynchronous rounds, failed secure sums)
+        uplink_bytes=nan if traffic is None else traffic.uplink,
+        downlink_bytes=nan if traffic is None else traffic.downlink,
+        uplink_bytes_per_client=nan if traffic is None else traffic.uplink_per_client,
+        downlink_bytes_per_client=nan if traffic is None else traffic.downlink_per_client,
+        compression_ratio=nan if traffic is None else traffic.compression_ratio,
+        epsilon=r.epsilon,
+        # secure aggregation's t, and whether the sum was recovered (1) or the round kept the old model (0)
+        secagg_threshold=nan if secure is None else secure.threshold,
+        secagg_recovered=nan if secure is None else int(secure.recovered),
     )
 
 
-def _client_rows(r: RoundResult) -> list[tuple]:
+def _client_rows(r: RoundResult) -> list[ClientRow]:
     if r.client_returns is None:
         return []
     personal = r.personalized_returns if r.personalized_returns is not None else [float("nan")] * len(r.client_returns)
-    return [(r.round, i, float(g), float(p)) for i, (g, p) in enumerate(zip(r.client_returns, personal))]
+    return [ClientRow(r.round, i, float(g), float(p)) for i, (g, p) in enumerate(zip(r.client_returns, personal))]
+
+
+def _insert(table: str, columns: tuple[str, ...]) -> str:
+    """An insert of one row by column name (an upgraded table may hold its columns in another order)."""
+    return f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def _fresh_episodes(setup: Setup, round_: int) -> EnvState:
@@ -182,8 +199,8 @@ class RunDir:
         """Append one round's metrics to SQLite and the CSV files."""
         row, clients = _round_row(result), _client_rows(result)
         with self._connect() as db:
-            db.execute(f"INSERT OR REPLACE INTO rounds VALUES ({', '.join('?' * len(ROUND_COLUMNS))})", row)
-            db.executemany("INSERT OR REPLACE INTO client_returns VALUES (?, ?, ?, ?)", clients)
+            db.execute(_insert("rounds", ROUND_COLUMNS), row)
+            db.executemany(_insert("client_returns", CLIENT_COLUMNS), clients)
         self._append_csv("metrics.csv", ROUND_COLUMNS, [row])
         self._append_csv("client_returns.csv", CLIENT_COLUMNS, clients)
 
@@ -211,13 +228,20 @@ class RunDir:
             ("client_returns.csv", "client_returns", CLIENT_COLUMNS),
         ):
             (self.path / name).unlink(missing_ok=True)
-            self._append_csv(name, header, self.rows(table))
+            self._append_csv(name, header, self._select(table, header))
 
-    def rows(self, table: str = "rounds") -> list[tuple]:
-        """All rows of a metrics table, in round order."""
+    def _select(self, table: str, columns: tuple[str, ...]) -> list[tuple]:
         order = "round" if table == "rounds" else "round, client"
         with self._connect() as db:
-            return db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+            return db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}").fetchall()
+
+    def rounds(self) -> list[RoundRow]:
+        """Every recorded round's metrics, in round order."""
+        return [RoundRow(*row) for row in self._select("rounds", ROUND_COLUMNS)]
+
+    def client_returns(self) -> list[ClientRow]:
+        """Every recorded client return, by round and client."""
+        return [ClientRow(*row) for row in self._select("client_returns", CLIENT_COLUMNS)]
 
     def save_checkpoint(self, setup: Setup, state: SimState) -> Path:
         """Write the global policy, strategy state and (where they are arrays) the client env

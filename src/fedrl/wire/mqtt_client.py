@@ -93,8 +93,9 @@ def _no_delay(_client, _userdata, sock) -> None:
 
 class Connection:
     """A persistent MQTT session that reconnects by itself; messages go to ``on_message`` on
-    paho's network thread, and ``on_connected`` is called with the connection after every
-    connect (before anyone waiting for ``connected`` is woken). With ``manual_ack`` a QoS 1 message is acknowledged to the broker
+    paho's network thread (an attribute: a wrapper may filter what reaches it), and
+    ``on_connected`` is called with the connection after every connect (before anyone waiting for
+    ``connected`` is woken). With ``manual_ack`` a QoS 1 message is acknowledged to the broker
     only by ``ack``, so one not yet handled is delivered again after a restart."""
 
     def __init__(
@@ -108,7 +109,7 @@ class Connection:
         manual_ack: bool = False,
     ) -> None:
         self.options, self._subscriptions = options, list(subscriptions)
-        self._on_message, self._on_connected = on_message, on_connected
+        self.on_message, self._on_connected = on_message, on_connected
         self.connected = threading.Event()
         self.refusal = ""  # why the broker last refused the connection, if it did
         self._denied: OrderedDict[int, str] = OrderedDict()  # message id -> the broker's PUBACK reason
@@ -162,7 +163,7 @@ class Connection:
     def _deliver(self, _client, _userdata, message: paho.MQTTMessage) -> None:
         """Hand a message on; a handler's bug is logged rather than ending paho's network thread."""
         try:
-            self._on_message(message)
+            self.on_message(message)
         except Exception:
             log.exception("mqtt_message_failed", extra={"fields": {"topic": message.topic}})
 
@@ -198,6 +199,15 @@ class Connection:
     def ack(self, message: paho.MQTTMessage) -> None:
         """Acknowledge a handled message to the broker (``manual_ack`` only)."""
         self._client.ack(message.mid, message.qos)
+
+    def pause(self) -> None:
+        """Stop talking to the broker without disconnecting, as a device that freezes or sleeps
+        does: no keep-alive pings, so the broker soon counts the session as gone."""
+        self._client.loop_stop()
+
+    def resume(self) -> None:
+        """Talk to the broker again after ``pause``: reconnect, and receive the session's queue."""
+        self._client.loop_start()
 
     def close(self, goodbye: tuple[str, bytes] | None = None, timeout_s: float = 2.0) -> None:
         """Publish ``goodbye`` (topic, retained payload) if connected, then disconnect; a clean
