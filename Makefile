@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto demo test test-fast bench clean
+.PHONY: setup mosquitto demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/fedrl run examples/cartpole.yaml --out runs/demo-$$(date -u +%Y%m%d-%H%M%S)
 
-test: setup mosquitto
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+test: setup mosquitto lint
 	$(BIN)/python -m pytest
 
 test-fast: setup mosquitto

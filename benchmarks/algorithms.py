@@ -69,7 +69,7 @@ def run(job: dict) -> dict:
     setup = SimSetup(parse_config(job["config"]))
     state, rows, trajectories = initial_state(setup), [], 0
     start = time.perf_counter()
-    for result, state in run_rounds(setup, state):
+    for result, _state in run_rounds(setup, state):
         trajectories += result.stats.episodes
         rows.append(
             (
@@ -253,7 +253,8 @@ def unreliable() -> None:
     body = "\n\n".join(
         [
             f"## Unreliable fleet\n\n`{COMMAND} --only unreliable` ({where()})",
-            "10 CartPole clients (heterogeneity 1): each round (or retry, in async) a client is away with probability 0.3; "
+            "10 CartPole clients (heterogeneity 1): each round (or retry, in async) a client is away with probability "
+            "0.3; "
             "2 of the 10 compute 5x slower (1,024 steps take 1.0 s simulated on a normal device, 5.1 s on a straggler, "
             "plus 0.05 s each way on the link). Simulated wall-clock time to a mean return of 475.",
             markdown_table(
@@ -312,7 +313,8 @@ def byzantine() -> None:
     body = "\n\n".join(
         [
             f"## Byzantine clients\n\n`{COMMAND} --only byzantine` ({where()})",
-            "10 CartPole clients (heterogeneity 1), 2 of them malicious for the whole run (the strategy is not told which). "
+            "10 CartPole clients (heterogeneity 1), 2 of them malicious for the whole run (the strategy is not told "
+            "which). "
             "At most 40 rounds.",
             markdown_table(["attack", "rule", *HEADER], summary_rows(results, ("attack", "rule"))),
             plot_bars(
@@ -415,20 +417,27 @@ def fedpg() -> None:
             f"## Against the literature: the FedPG-BR setting\n\n`{COMMAND} --only fedpg` ({where()})",
             'Fan et al., "Fault-Tolerant Federated Reinforcement Learning with Theoretical Guarantee" (FedPG-BR), '
             "NeurIPS 2021: CartPole-v1, 10 agents, 3 of them Byzantine (random noise, random actions, sign flipping); "
-            "they report about 1,000 trajectories per agent to reach a return of 475 with 10 honest agents, and 3,000 to "
-            "4,000 for a single agent. Here: standard CartPole (heterogeneity 0), PPO locally, FedAvg for honest fleets "
+            "they report about 1,000 trajectories per agent to reach a return of 475 with 10 honest agents, and 3,000 "
+            "to "
+            "4,000 for a single agent. Here: standard CartPole (heterogeneity 0), PPO locally, FedAvg for honest "
+            "fleets "
             "and a coordinate-wise trimmed mean (30% each end) under attack; a trajectory is a finished training "
             "episode, counted on every agent (attackers included, they train too).",
             markdown_table(["setting", "solved", "trajectories per agent to 475", "env steps per agent to 475"], rows),
             f"Speed-up from 1 to 10 honest agents, in trajectories per agent: **{speedup:.1f}x**. "
             f"Against FedPG-BR's figures: {statistics.mean(per_agent['10 honest agents']):,.0f} trajectories per agent "
-            f"with 10 honest agents (theirs: about 1,000) and {statistics.mean(per_agent['1 agent']):,.0f} for one agent "
+            f"with 10 honest agents (theirs: about 1,000) and {statistics.mean(per_agent['1 agent']):,.0f} for one "
+            "agent "
             "(theirs: 3,000 to 4,000). "
             + (
-                "The speed-up is small because PPO with 8 parallel environments already solves the one standard CartPole "
-                "in a few rounds on its own: ten identical agents mostly repeat each other's work, and every agent trains "
-                "its full local budget each round (they did not need fewer rounds either). On one identical task, federation "
-                "here buys tolerance of faulty agents, not sample efficiency; FedPG-BR's agents, policy gradients without "
+                "The speed-up is small because PPO with 8 parallel environments already solves the one standard "
+                "CartPole "
+                "in a few rounds on its own: ten identical agents mostly repeat each other's work, and every agent "
+                "trains "
+                "its full local budget each round (they did not need fewer rounds either). On one identical task, "
+                "federation "
+                "here buys tolerance of faulty agents, not sample efficiency; FedPG-BR's agents, policy gradients "
+                "without "
                 "PPO's sample reuse, have more to gain from pooling."
                 if speedup < 2
                 else ""

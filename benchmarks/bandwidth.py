@@ -67,7 +67,7 @@ def simulate(job: dict) -> dict:
     setup = SimSetup(parse_config(job["config"]))
     state, curve, uplink, solved = initial_state(setup), [], 0, False
     start = time.perf_counter()
-    for result, state in run_rounds(setup, state):
+    for result, _state in run_rounds(setup, state):
         uplink += result.stats.traffic.uplink
         solved = solved or is_solved(setup, result)
         curve.append((result.round, uplink, result.epsilon, result.global_mean_return, result.worst_client_return))
@@ -125,7 +125,8 @@ def summarize(results: list[dict], env: str, fleet: str) -> tuple[list[list], st
     )
     return (
         rows,
-        f"best within {TARGET_ROUNDS}x dense's rounds: {best[0]}, {best[1]:.1f}x fewer uplink bytes at {best[2]:.2f}x the rounds -- target {verdict}",
+        f"best within {TARGET_ROUNDS}x dense's rounds: {best[0]}, {best[1]:.1f}x fewer uplink bytes at {best[2]:.2f}x "
+        f"the rounds -- target {verdict}",
     )
 
 
@@ -178,7 +179,7 @@ def main() -> None:
         "header included, summed over all clients up to the round that reaches the target. Top-k keeps 1% of each "
         "tensor (uint16 indices + values); 8-bit and 4-bit use one scale per update; random-10% sends the seed of its "
         "coordinates instead of their indices, and scales the kept values by 10 (unbiased, no error feedback). "
-        "Target of the issue: at least "
+        "Target: at least "
         f"{TARGET_BYTES:.0f}x fewer uplink bytes to target with at most {TARGET_ROUNDS}x the rounds.",
     ]
     for env in ENVS:

@@ -55,7 +55,7 @@ from fedrl.wire import fedrl_pb2 as pb
 COMMAND = "flock /tmp/fedrl-bench.lock python benchmarks/load.py"
 SERVICE = "fedrl.v1.Federation"
 MODELS = {"10k": (67, 67), "100k": (220, 220), "1M": (704, 704)}  # name -> PPO hidden layers
-TARGET_CLIENTS, TARGET_RATE = 1000, 500  # issue 4: 1,000 clients, >= 500 accepted 100k-parameter updates/s
+TARGET_CLIENTS, TARGET_RATE = 1000, 500  # the target: 1,000 clients, >= 500 accepted 100k-parameter updates/s
 BUFFER_SIZE = 100  # FedBuff arrivals per new version
 HEARTBEAT_S = 5.0
 ENV_STEPS = 1024  # claimed by every update
@@ -610,7 +610,7 @@ def table(results: list[Result]) -> str:
 
 
 def verdict(results: list[Result]) -> str:
-    """Issue 4's target, judged on each 100k-parameter fedrl run."""
+    """The load target, judged on each 100k-parameter fedrl run."""
     lines = []
     for r in (r for r in results if r.model == "100k" and r.server == "fedrl"):
         met = r.rate >= TARGET_RATE and not r.errors and (r.window.connected or 0) >= TARGET_CLIENTS
@@ -630,14 +630,14 @@ def description(settings: Settings) -> str:
         "that saturates the server, so the PushUpdate latency is mostly queue (p50 about clients / rate). Server: "
         f"asynchronous FedBuff (buffer {BUFFER_SIZE}), no evaluation gate, CartPole PPO with hidden layers {hidden}, "
         f"`limits.max_concurrent_streams` {2 * settings.clients + 64} (the default 256 would refuse most of "
-        f"{settings.clients:,} active clients). Rates over a {settings.window_s:g} s window after {settings.warmup_s:g} s "
-        "of warm-up; `connected` is the server's own `fedrl_clients_connected` at the window's end. Durability `fsync`: "
-        "every acknowledged update is fsynced (file and SQLite); `process`: it survives kill -9 of the server, not a "
-        "power cut. The ceiling, `bare grpcio`, is `benchmarks/_echo_server.py` under the same generator: grpcio's "
-        "synchronous server with the same thread count and options (plus `grpc.server.max_pending_requests` at 4x the "
-        "clients), answering every call without parsing, hashing or storing. Generator, server and whatever else runs "
-        "on this shared 2-core machine compete for the same two cores: the last column gives the cores each used during "
-        "the window."
+        f"{settings.clients:,} active clients). Rates over a {settings.window_s:g} s window after "
+        f"{settings.warmup_s:g} s of warm-up; `connected` is the server's own `fedrl_clients_connected` at the "
+        "window's end. Durability `fsync`: every acknowledged update is fsynced (file and SQLite); `process`: it "
+        "survives kill -9 of the server, not a power cut. The ceiling, `bare grpcio`, is `benchmarks/_echo_server.py` "
+        "under the same generator: grpcio's synchronous server with the same thread count and options (plus "
+        "`grpc.server.max_pending_requests` at 4x the clients), answering every call without parsing, hashing or "
+        "storing. Generator, server and whatever else runs on this shared 2-core machine compete for the same two "
+        "cores: the last column gives the cores each used during the window."
     )
 
 
@@ -665,7 +665,7 @@ def write_report(results: list[Result], settings: Settings) -> None:
             f"## Load: {settings.clients:,} clients against `fedrl server`\n\n`{COMMAND}` ({machine()})",
             description(settings),
             table(results),
-            f"Target (issue 4): {TARGET_CLIENTS:,} connected clients, >= {TARGET_RATE} accepted 100k-parameter updates/s, "
+            f"Target: {TARGET_CLIENTS:,} connected clients, >= {TARGET_RATE} accepted 100k-parameter updates/s, "
             f"no failed calls. Measured: {verdict(results)}.",
             LIMITS,
             "![load](img/load.png)",
@@ -676,7 +676,7 @@ def write_report(results: list[Result], settings: Settings) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Load benchmark of fedrl server (issue 4).")
+    parser = argparse.ArgumentParser(description="Load benchmark of fedrl server.")
     parser.add_argument(
         "--quick", action="store_true", help="100 clients, models 10k and 100k, short windows; prints only"
     )

@@ -141,12 +141,15 @@ def main() -> None:
         [
             f"## Privacy: client-level DP\n\n`{COMMAND}` ({where()})",
             f"100 CartPole clients (heterogeneity 1), PPO with a 16-16 policy whose actor alone is federated (the "
-            f"critic stays on each client), FedAvg, {ROUNDS} rounds of 1,024 env steps per client, clients Poisson-sampled "
+            f"critic stays on each client), FedAvg, {ROUNDS} rounds of 1,024 env steps per client, clients "
+            "Poisson-sampled "
             f"with probability {FRACTION} (about 20 a round), every update clipped to L2 norm {CLIP} (a typical update "
             f"measures 0.5-0.75). Central: the server adds N(0, (z C)^2) to the sum and divides by the expected "
-            f"{FRACTION * 100:.0f} clients. Local: each client adds N(0, (z C)^2) to its own update, and its epsilon counts "
+            f"{FRACTION * 100:.0f} clients. Local: each client adds N(0, (z C)^2) to its own update, and its epsilon "
+            "counts "
             "every round it takes part in, with no amplification by sampling (the server sees who sent). epsilon is "
-            f"reported by the RDP accountant at delta {DELTA:g} after the last round; z is the smallest noise multiplier "
+            f"reported by the RDP accountant at delta {DELTA:g} after the last round; z is the smallest noise "
+            "multiplier "
             "whose rounds fit the target. Returns are of the global policy after the last round, 4 greedy episodes per "
             "client on all 100 clients' environments, mean ± spread over 3 seeds.",
             markdown_table(

@@ -166,8 +166,10 @@ def main() -> None:
         [
             f"## Secure aggregation cost\n\n`{COMMAND}` ({where()})",
             f"One round of Bonawitz et al.'s protocol (`fedrl.core.secagg.secure_sum`, all clients in one process), "
-            f"d = {D:,} float32 parameters, threshold t = ceil(2n/3), fixed point clip 1, scale 2^16; 10% dropouts leave "
-            f"after sharing their keys, so the server rebuilds their pairwise keys and their masks. Client time is each "
+            f"d = {D:,} float32 parameters, threshold t = ceil(2n/3), fixed point clip 1, scale 2^16; 10% dropouts "
+            "leave "
+            "after sharing their keys, so the server rebuilds their pairwise keys and their masks. Client time is "
+            "each "
             f"client's own work, averaged over all n clients, dropped ones included (on a fleet they run in parallel); "
             f"bytes are the serialized messages, per client also averaged over all n. Median of {REPEATS[10]} runs "
             f"at 10 clients, {REPEATS[100]} at 100, {REPEATS[500]} at 500.",
@@ -176,10 +178,13 @@ def main() -> None:
             unit_costs(),
             f"Each client agrees 2(n - 1) X25519 keys, expands n ChaCha20 masks of d words and evaluates two Shamir "
             f"polynomials of degree t - 1 at n points, so its work grows as n^2 once t is a fraction of n. Its traffic "
-            f"grows as n on top of the 4 + 4d bytes of its masked input: per other client of the round it sends 90 bytes "
+            "grows as n on top of the 4 + 4d bytes of its masked input: per other client of the round it sends 90 "
+            "bytes "
             f"(a sealed pair of shares) and 42 (a revealed share), and receives 68 (a roster entry), 90 and 4 (an id). "
-            f"At 500 clients a client sends {at_500['up_kb']:,.0f} kB and receives {at_500['down_kb']:,.0f} kB per round "
-            f"against {4 * D / 1e3:.0f} kB for a plain update. Dropouts add server work: one X25519 agreement and one mask "
+            f"At 500 clients a client sends {at_500['up_kb']:,.0f} kB and receives {at_500['down_kb']:,.0f} kB per "
+            "round "
+            f"against {4 * D / 1e3:.0f} kB for a plain update. Dropouts add server work: one X25519 agreement and one "
+            "mask "
             f"expansion per (dropped, survivor) pair. See docs/secure_aggregation.md.",
             plot(rows),
         ]

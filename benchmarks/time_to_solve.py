@@ -140,7 +140,8 @@ def main() -> None:
             f"Reference, same script: single-agent SB3 PPO (zoo hyper-parameters) on standard CartPole-v1: "
             f"solved={sb3['solved']} after {sb3['env_steps']:,} env steps, {sb3['process_wall_s']:.1f} s as a process, "
             f"final mean return {sb3['final_mean_return']}. Ratio SB3 wall / fedrl median wall: "
-            f"**{sb3['process_wall_s'] / median:.1f}x** (fedrl solves ten different CartPoles at once, SB3 one standard one).",
+            f"**{sb3['process_wall_s'] / median:.1f}x** (fedrl solves ten different CartPoles at once, SB3 one "
+            "standard one).",
             "![time to solve](img/time_to_solve.png)",
         ]
     )

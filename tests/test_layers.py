@@ -95,7 +95,8 @@ def core_violations(package: Path = PACKAGE) -> list[str]:
         for line, module in _imports(tree):
             if module.split(".")[0] in CORE_FORBIDS:
                 problems.append(
-                    f"{_where(package, path, line)} imports {module}: core is maths on arrays (no torch, files, network)"
+                    f"{_where(package, path, line)} imports {module}: core is maths on arrays (no torch, files, "
+                    "network)"
                 )
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":

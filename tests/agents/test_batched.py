@@ -10,8 +10,10 @@ from fedrl.agents.ppo import PPOConfig, _minibatch_loss
 from fedrl.envs import get_family, reset
 from fedrl.envs.base import Continuous, Discrete
 
+TWO_ACTIONS = Discrete(2)
 
-def _net(action_space=Discrete(2)):
+
+def _net(action_space=TWO_ACTIONS):
     return PolicyNet(PolicyShape(4, action_space, (16, 16)))
 
 

@@ -1,11 +1,14 @@
 """DQN: per-client replay rings, an exploration schedule that spans rounds, and learning CartPole."""
 
+from dataclasses import fields, replace
+
 import numpy as np
 import pytest
 import torch
 
 from fedrl.agents import Budget, DQNConfig, evaluate, init_client_state, init_params, make_net, make_task, train_local
-from fedrl.agents.dqn import empty_buffer, epsilon, sample, store
+from fedrl.agents.dqn import epsilon, sample, store, to_torch
+from fedrl.agents.memory import ReplayArrays, empty_replay
 from fedrl.core.rows import copy_rows, to_arrays
 from fedrl.envs import get_family, reset
 
@@ -25,8 +28,8 @@ def _store_step(buffer, t):
 
 def test_replay_ring_wraps_around_per_client():
     # Prepare: capacity 5, two clients with two envs each; client 1 starts writing at slot 3
-    buffer = empty_buffer(2, 5, 3)
-    buffer = buffer._replace(index=torch.tensor([0, 3]))
+    buffer = to_torch(empty_replay(2, 5, 3))
+    buffer = replace(buffer, index=torch.tensor([0, 3]))
     # Execute: four vector steps = eight transitions per client
     for t in range(4):
         buffer = _store_step(buffer, t)
@@ -40,10 +43,11 @@ def test_replay_ring_wraps_around_per_client():
 
 def test_sampling_draws_only_from_a_clients_own_filled_slots():
     # Prepare: client 0 has stored one vector step, client 1 three (its ring is full)
-    buffer = empty_buffer(2, 5, 3)
+    buffer = to_torch(empty_replay(2, 5, 3))
     buffer = _store_step(buffer, 0)
-    other = _store_step(_store_step(_store_step(empty_buffer(2, 5, 3), 0), 1), 2)
-    buffer = type(buffer)(*(torch.stack([mine[0], theirs[1]]) for mine, theirs in zip(buffer, other)))
+    other = _store_step(_store_step(_store_step(to_torch(empty_replay(2, 5, 3)), 0), 1), 2)
+    names = [f.name for f in fields(ReplayArrays)]
+    buffer = ReplayArrays(*(torch.stack([getattr(buffer, n)[0], getattr(other, n)[1]]) for n in names))
     # Execute
     batch = sample(buffer, 200, torch.Generator().manual_seed(0))
     # Assert

@@ -186,7 +186,7 @@ def freeze_server_during_upload(server: subprocess.Popen, log: Path) -> bool:
     for _ in range(20):
         trained = len(events(log, "trained"))
         os.kill(server.pid, signal.SIGSTOP)
-        if eventually(lambda: len(events(log, "trained")) > trained, timeout=8):
+        if eventually(lambda trained=trained: len(events(log, "trained")) > trained, timeout=8):
             return True
         os.kill(server.pid, signal.SIGCONT)
         time.sleep(0.3)

@@ -64,12 +64,13 @@ def test_termination_auto_reset():
     for n in range(1, 100):
         result = base.step(CARTPOLE, params, state, push, rng)
         if result.terminated[0, 0]:
+            steps = n  # the step that toppled the pole
             break
         state = result.state
     assert result.reward[0, 0] == 1.0 and not result.truncated[0, 0]
     assert abs(result.final_obs[0, 0, 2]) > 12 * 2 * np.pi / 360  # the terminal obs: pole fallen
     assert np.abs(result.obs[0, 0]).max() <= 0.05  # a fresh episode's first obs
-    assert result.state.t[0, 0] == 0 and state.t[0, 0] == n - 1
+    assert result.state.t[0, 0] == 0 and state.t[0, 0] == steps - 1
     after = base.step(CARTPOLE, params, result.state, push, rng)
     assert after.state.t[0, 0] == 1 and not after.terminated[0, 0]
     np.testing.assert_array_equal(after.final_obs, after.obs)  # not done: the two agree

@@ -18,7 +18,7 @@ def test_every_topic_of_a_device_names_the_fleet_and_the_device():
         "fedrl/plant-7/clients/dev-1/down",
         "fedrl/plant-7/clients/dev-1/status",
     ]
-    assert topics.every_up == "fedrl/plant-7/clients/+/up"
+    assert topics.every("up") == "fedrl/plant-7/clients/+/up"
     assert topics.client_of("fedrl/plant-7/clients/dev-1/up") == "dev-1"
 
 

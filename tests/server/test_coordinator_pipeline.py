@@ -235,7 +235,7 @@ def test_central_dp_samples_each_client_by_its_own_coin_without_stand_ins(tmp_pa
 
     # Execute: in every round the sampled clients send; the others ask again after the deadline
     sampled, stand_ins = [], 0
-    for round_ in range(1, 21):
+    for _ in range(1, 21):
         sampled.append(submit_zeros(coordinator, names))
         clock.now += 31
         stand_ins += sum(isinstance(coordinator.task(name), Task) for name in names)

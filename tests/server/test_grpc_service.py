@@ -152,7 +152,8 @@ def raw_call(federation: Federation, method: str, request: bytes | list[bytes], 
 
 
 def poll(call, done, seconds: float = 5.0):
-    """Call every 50 ms until ``done(outcome)`` (the reply, or the ``grpc.RpcError``) or time is up; the last outcome."""
+    """Call every 50 ms until ``done(outcome)`` (the reply, or the ``grpc.RpcError``) or time is up; the last
+    outcome."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -214,7 +215,8 @@ def test_a_compressed_update_round_trips_and_takes_a_fraction_of_the_dense_bytes
         wire[name] = federation.counter("bytes_received", transport="grpc") - before
     coordinator.tick()
 
-    # Assert: the deployed model is FedAvg of what was sent, as decoded; top-1 % at 8 bits took about 1/80 of the dense bytes
+    # Assert: the deployed model is FedAvg of what was sent, as decoded; top-1 % at 8 bits took about 1/80 of the
+    # dense bytes
     sent = np.mean([decompress(decode(payloads[name])) for name in NAMES], axis=0)
     np.testing.assert_allclose(coordinator.model().params - start_params, sent, rtol=1e-5, atol=1e-8)
     assert wire["alice"] < wire["bob"] / 30 and wire["bob"] > 4 * coordinator.dim

@@ -1,4 +1,4 @@
-"""Issue 3's simulated fleet: dropouts, deadlines, attackers, SCAFFOLD, DQN, asynchronous rounds."""
+"""The simulated fleet: dropouts, deadlines, attackers, SCAFFOLD, DQN, asynchronous rounds."""
 
 import numpy as np
 import pytest

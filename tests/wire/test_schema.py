@@ -32,7 +32,8 @@ def regenerated(tmp_path_factory) -> Path:
 def test_checked_in_module_matches_the_schema(regenerated, name):
     fresh = (regenerated / name).read_text()
     assert (WIRE / name).read_text() == fresh, (
-        f"src/fedrl/wire/{name} is out of date with fedrl.proto; regenerate it with the command at the top of fedrl.proto"
+        f"src/fedrl/wire/{name} is out of date with fedrl.proto; regenerate it with the command at the top of "
+        "fedrl.proto"
     )
 
 

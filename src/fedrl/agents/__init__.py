@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Union
 
-import numpy as np
 from pydantic import Discriminator, Tag
 
 from fedrl.agents import a2c, dqn, ppo, reinforce

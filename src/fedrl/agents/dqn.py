@@ -22,6 +22,7 @@ aggregation would pull each client back toward its own pre-round weights.
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -31,7 +32,7 @@ from pydantic import Field, model_validator
 from fedrl.agents import client
 from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
-from fedrl.agents.memory import DQNMemory, ReplayArrays
+from fedrl.agents.memory import DQNMemory, ReplayArrays, empty_replay
 from fedrl.agents.nets import PolicyNet
 from fedrl.agents.optim import make_optimizer
 from fedrl.envs.base import Discrete, step
@@ -63,18 +64,6 @@ class DQNConfig(LearnerBase):
         return self
 
 
-class ReplayBuffer(NamedTuple):
-    """Per-client ring buffers: slot ``index[c]`` is written next, ``size[c]`` slots are filled."""
-
-    obs: torch.Tensor  # (C, capacity, obs_dim) float32
-    action: torch.Tensor  # (C, capacity) int64
-    reward: torch.Tensor  # (C, capacity) float32
-    next_obs: torch.Tensor  # (C, capacity, obs_dim) float32: the obs the step reached (before any reset)
-    terminated: torch.Tensor  # (C, capacity) float32: 1 where the episode reached a terminal state
-    index: torch.Tensor  # (C,) int64
-    size: torch.Tensor  # (C,) int64
-
-
 class Transitions(NamedTuple):
     """A minibatch of ``B`` transitions per client, ``(C, B, ...)``."""
 
@@ -92,52 +81,36 @@ def check_discrete(family_or_space) -> None:
         raise ValueError(f"dqn needs discrete actions; this environment's action space is {space}")
 
 
-def empty_buffer(n_clients: int, capacity: int, obs_dim: int) -> ReplayBuffer:
-    """Zeroed buffers, nothing stored."""
-    c, n = n_clients, capacity
-    zeros = torch.zeros
-    return ReplayBuffer(
-        zeros(c, n, obs_dim),
-        zeros(c, n, dtype=torch.int64),
-        zeros(c, n),
-        zeros(c, n, obs_dim),
-        zeros(c, n),
-        zeros(c, dtype=torch.int64),
-        zeros(c, dtype=torch.int64),
-    )
-
-
 def init_state(config: DQNConfig, net: PolicyNet, n_clients: int) -> DQNMemory:
     """A fresh client state: an empty replay buffer and no env steps taken."""
     check_discrete(net.shape.action_space)
-    buffer = empty_buffer(n_clients, config.buffer_size, net.shape.obs_dim)
-    return DQNMemory(buffer_to_arrays(buffer), np.zeros(n_clients, dtype=np.int64))
+    return DQNMemory(empty_replay(n_clients, config.buffer_size, net.shape.obs_dim), np.zeros(n_clients, np.int64))
 
 
-def buffer_to_arrays(buffer: ReplayBuffer) -> ReplayArrays:
-    """The buffer as the numpy record a client keeps."""
-    return ReplayArrays(*(v.numpy() for v in buffer))
+def to_torch(arrays: ReplayArrays) -> ReplayArrays:
+    """The buffer as torch tensors, copies of ``arrays`` (the caller's arrays are never written)."""
+    return ReplayArrays(*(torch.from_numpy(np.array(getattr(arrays, f.name))) for f in fields(ReplayArrays)))
 
 
-def buffer_from_arrays(arrays: ReplayArrays) -> ReplayBuffer:
-    """A copy of the buffer in ``arrays`` (the caller's arrays are never written)."""
-    return ReplayBuffer(*(torch.from_numpy(np.array(getattr(arrays, k))) for k in ReplayBuffer._fields))
+def to_numpy(buffer: ReplayArrays) -> ReplayArrays:
+    """The buffer as the numpy arrays a client keeps (sharing the tensors' memory)."""
+    return ReplayArrays(*(getattr(buffer, f.name).numpy() for f in fields(ReplayArrays)))
 
 
-def store(buffer: ReplayBuffer, obs, action, reward, next_obs, terminated) -> ReplayBuffer:
+def store(buffer: ReplayArrays, obs, action, reward, next_obs, terminated) -> ReplayArrays:
     """Write one vector step, ``(C, E, ...)`` per field, at each client's own write index
     (wrapping around); writes into ``buffer``'s arrays and returns its new index and size."""
     c, e = action.shape
     capacity = buffer.action.shape[1]
     rows = torch.arange(c)[:, None]
     slots = (buffer.index[:, None] + torch.arange(e)) % capacity
-    for field, value in zip(ReplayBuffer._fields[:5], (obs, action, reward, next_obs, terminated)):
-        getattr(buffer, field)[rows, slots] = value
+    for name, value in zip(Transitions._fields, (obs, action, reward, next_obs, terminated)):
+        getattr(buffer, name)[rows, slots] = value
     index = (buffer.index + e) % capacity
-    return buffer._replace(index=index, size=torch.clamp(buffer.size + e, max=capacity))
+    return replace(buffer, index=index, size=torch.clamp(buffer.size + e, max=capacity))
 
 
-def sample(buffer: ReplayBuffer, batch_size: int, gen: torch.Generator) -> Transitions:
+def sample(buffer: ReplayArrays, batch_size: int, gen: torch.Generator) -> Transitions:
     """``batch_size`` transitions per client, uniformly with replacement from its filled slots."""
     c = buffer.size.shape[0]
     idx = (torch.rand(c, batch_size, generator=gen) * buffer.size[:, None]).long()
@@ -178,7 +151,7 @@ def td_loss(
 class _Round(NamedTuple):
     """What a round of DQN carries from step to step."""
 
-    buffer: ReplayBuffer
+    buffer: ReplayArrays  # of torch tensors
     target: dict[str, torch.Tensor]
     grad_steps: int  # gradient steps taken this round (all clients together)
     opt_steps: np.ndarray  # (C,) gradient steps each client took
@@ -214,7 +187,7 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
     kept = task.client_state.dqn or init_state(config, task.net, task.n_clients)
     env_steps = np.array(kept.env_steps, dtype=np.int64)
     r = _Round(
-        buffer_from_arrays(kept.replay),
+        to_torch(kept.replay),
         start.reference,
         0,
         np.zeros(task.n_clients, np.int64),
@@ -244,7 +217,7 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
         vector_steps += 1
         if vector_steps % config.train_freq == 0:
             r = _train_phase(config, task, start, optimizer, env_steps, r)
-    outcome = client.finish(config, task, start.flat, r.opt_steps, DQNMemory(buffer_to_arrays(r.buffer), env_steps))
+    outcome = client.finish(config, task, start.flat, r.opt_steps, DQNMemory(to_numpy(r.buffer), env_steps))
     took = r.opt_steps > 0
     loss = np.where(took, r.loss_sum / np.maximum(r.opt_steps, 1), np.nan)
     return client.result(outcome, state, steps, episodes, torch.from_numpy(loss))

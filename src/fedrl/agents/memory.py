@@ -14,7 +14,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ReplayArrays:
-    """DQN's per-client ring buffers: slot ``index[c]`` is written next, ``size[c]`` slots are filled."""
+    """DQN's per-client ring buffers: slot ``index[c]`` is written next, ``size[c]`` slots are
+    filled. numpy arrays on the client; the learner works on torch tensors of the same layout."""
 
     obs: np.ndarray  # (C, capacity, obs_dim) float32
     action: np.ndarray  # (C, capacity) int64
@@ -23,6 +24,21 @@ class ReplayArrays:
     terminated: np.ndarray  # (C, capacity) float32: 1 where the episode reached a terminal state
     index: np.ndarray  # (C,) int64
     size: np.ndarray  # (C,) int64
+
+
+def empty_replay(n_clients: int, capacity: int, obs_dim: int) -> ReplayArrays:
+    """Zeroed buffers, nothing stored."""
+    c, n = n_clients, capacity
+    f32, i64 = np.float32, np.int64
+    return ReplayArrays(
+        np.zeros((c, n, obs_dim), f32),
+        np.zeros((c, n), i64),
+        np.zeros((c, n), f32),
+        np.zeros((c, n, obs_dim), f32),
+        np.zeros((c, n), f32),
+        np.zeros(c, i64),
+        np.zeros(c, i64),
+    )
 
 
 @dataclass(frozen=True)

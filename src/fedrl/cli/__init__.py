@@ -59,7 +59,7 @@ def run(
         disable=quiet,
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
-        for result, state in current.rounds():
+        for result, _ in current.rounds():
             status = f"steps {result.env_steps:,}  updates {result.stats.n_updates}/{result.stats.n_sampled}"
             if result.client_returns is not None:
                 status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
@@ -140,9 +140,8 @@ def eval_(
     env_params = setup.heldout_params(chosen) if kind == "heldout" else setup.env_params[chosen]
     ids = list(range(chosen)) if kind == "heldout" else chosen
     returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
-    table = Table(
-        title=f"{kind} clients, {episodes} episodes each ({'final policy' if final.exists() else 'round ' + str(current.state.round)})"
-    )
+    policy = "final policy" if final.exists() else f"round {current.state.round}"
+    table = Table(title=f"{kind} clients, {episodes} episodes each ({policy})")
     for column in ["client", *setup.family.param_names, "mean return", "std"]:
         table.add_column(column, justify="right")
     for i, row, ret in zip(ids, env_params, returns):

@@ -16,7 +16,8 @@ def certs(
     hosts: list[str] = typer.Option(
         [],
         "--host",
-        help="A DNS name or IP clients dial the server by (repeatable); localhost, 127.0.0.1 and ::1 are always included.",
+        help="A DNS name or IP clients dial the server by (repeatable); "
+        "localhost, 127.0.0.1 and ::1 are always included.",
     ),
     clients: list[str] = typer.Option(
         [], "--client", help="Also make a certificate for this client, for mutual TLS (repeatable)."

@@ -80,17 +80,20 @@ def client(
     env: Optional[str] = typer.Option(
         None,
         "--env",
-        help="The environment family this device runs (or the Gymnasium id of a gym experiment); refuse a server that trains another.",
+        help="The environment family this device runs (or the Gymnasium id of a gym experiment); "
+        "refuse a server that trains another.",
     ),
     state_dir: Optional[Path] = typer.Option(
         None,
         "--state-dir",
-        help="Where the pending update, learner state and acting policy survive a restart (default ~/.local/state/fedrl/NAME).",
+        help="Where the pending update, learner state and acting policy survive a restart "
+        "(default ~/.local/state/fedrl/NAME).",
     ),
     ca: Optional[Path] = typer.Option(
         None,
         "--ca",
-        help="CA certificate (PEM) that signed the server's (with --transport mqtt: the broker's) certificate: connect with TLS.",
+        help="CA certificate (PEM) that signed the server's (with --transport mqtt: the broker's) certificate: "
+        "connect with TLS.",
     ),
     cert: Optional[Path] = typer.Option(None, "--cert", help="This client's certificate (PEM), for mutual TLS."),
     key: Optional[Path] = typer.Option(None, "--key", help="This client's private key (PEM), for mutual TLS."),

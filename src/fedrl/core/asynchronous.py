@@ -55,7 +55,8 @@ class FedAsyncConfig(StrategyConfigBase):
         """A rule needs several updates; FedAsync has one at a time."""
         if self.robust.rule != "mean":
             raise ValueError(
-                f"fedasync applies one update at a time, so rule {self.robust.rule!r} cannot apply; use robust.norm_bound"
+                f"fedasync applies one update at a time, so rule {self.robust.rule!r} cannot apply; "
+                "use robust.norm_bound"
             )
         return self
 

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from fedrl.core.robust import StrategyConfigBase, combine, usable_updates
+from fedrl.core.robust import StrategyConfigBase, combine
 from fedrl.core.update import Update
 
 
@@ -89,13 +89,10 @@ def second_moment(config: AdaptiveConfig, v: np.ndarray, delta: np.ndarray) -> n
     return config.beta2 * v + (1 - config.beta2) * delta2
 
 
-def adaptive_aggregate(
+def adaptive_step(
     config: AdaptiveConfig, state: AdaptiveState, params: np.ndarray, updates: list[Update]
 ) -> tuple[np.ndarray, AdaptiveState]:
-    """One FedOpt server step on the combined delta; no usable update leaves everything unchanged."""
-    updates = usable_updates(params, updates)
-    if not updates:
-        return params, state
+    """One FedOpt server step on the combined delta of ``updates`` (usable, at least one)."""
     delta = combine(config.robust, updates)
     m = (config.beta1 * state.m + (1 - config.beta1) * delta).astype(np.float32)
     v = second_moment(config, state.v, delta).astype(np.float32)

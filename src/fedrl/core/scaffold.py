@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from fedrl.core.robust import StrategyConfigBase, combine, reduce_stack, usable_updates
+from fedrl.core.robust import StrategyConfigBase, combine, reduce_stack
 from fedrl.core.update import Update
 
 
@@ -65,13 +65,10 @@ def _control_stack(config: ScaffoldConfig, updates: list[Update]) -> np.ndarray:
     return np.stack([u.control_delta for u in updates])
 
 
-def scaffold_aggregate(
+def scaffold_step(
     config: ScaffoldConfig, state: ScaffoldState, params: np.ndarray, updates: list[Update]
 ) -> tuple[np.ndarray, ScaffoldState]:
-    """``x += eta_g * rule(Delta y)``, ``c += |S|/N * rule(Delta c)``; no usable update changes nothing."""
-    updates = usable_updates(params, updates)
-    if not updates:
-        return params, state
+    """``x += eta_g * rule(Delta y)``, ``c += |S|/N * rule(Delta c)`` over ``updates`` (usable, at least one)."""
     controls = _control_stack(config, updates)
     new_params = params + config.server_lr * combine(config.robust, updates)
     share = len(updates) / config.n_clients

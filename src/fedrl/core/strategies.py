@@ -43,11 +43,11 @@ from fedrl.core.fedopt import (
     FedAdagradConfig,
     FedAdamConfig,
     FedYogiConfig,
-    adaptive_aggregate,
     adaptive_init,
+    adaptive_step,
 )
 from fedrl.core.robust import StrategyConfigBase, combine, usable_updates
-from fedrl.core.scaffold import ScaffoldConfig, ScaffoldState, scaffold_aggregate, scaffold_init
+from fedrl.core.scaffold import ScaffoldConfig, ScaffoldState, scaffold_init, scaffold_step
 from fedrl.core.update import Update
 
 
@@ -95,23 +95,17 @@ class Strategy:
     buffer_size: int | None = None
 
 
-def fedavg_aggregate(
+def fedavg_step(
     config: FedAvgConfig, state: NoState, params: np.ndarray, updates: list[Update]
 ) -> tuple[np.ndarray, NoState]:
-    """``params + rule(delta_i)`` (``sum_i (n_i / n) delta_i`` for the mean); no update keeps ``params``."""
-    updates = usable_updates(params, updates)
-    if not updates:
-        return params, state
+    """``params + rule(delta_i)`` (``sum_i (n_i / n) delta_i`` for the mean)."""
     return (params + combine(config.robust, updates)).astype(np.float32), state
 
 
-def fedavgm_aggregate(
+def fedavgm_step(
     config: FedAvgMConfig, state: MomentumState, params: np.ndarray, updates: list[Update]
 ) -> tuple[np.ndarray, MomentumState]:
     """``v = beta v + rule(delta_i); params = params + server_lr * v``."""
-    updates = usable_updates(params, updates)
-    if not updates:
-        return params, state
     velocity = (config.momentum * state.velocity + combine(config.robust, updates)).astype(np.float32)
     return (params + config.server_lr * velocity).astype(np.float32), MomentumState(velocity)
 
@@ -126,20 +120,28 @@ def _zeros_like(params: np.ndarray) -> MomentumState:
     return MomentumState(np.zeros_like(params, dtype=np.float32))
 
 
+def synchronous_aggregate(step: Callable, config: Any, state: Any, params: np.ndarray, updates: list[Update]) -> tuple:
+    """A synchronous strategy's ``aggregate``: its ``step`` on the usable updates (NaN and Inf
+    dropped, a wrong length refused); a round with none leaves ``params`` and ``state`` as they are."""
+    usable = usable_updates(params, updates)
+    return step(config, state, params, usable) if usable else (params, state)
+
+
 def _fedavg(config: FedAvgConfig) -> Strategy:
-    return Strategy(config.name, _no_state, partial(fedavg_aggregate, config), NoState)
+    return Strategy(config.name, _no_state, partial(synchronous_aggregate, fedavg_step, config), NoState)
 
 
 def _fedavgm(config: FedAvgMConfig) -> Strategy:
-    return Strategy(config.name, _zeros_like, partial(fedavgm_aggregate, config), MomentumState)
+    return Strategy(config.name, _zeros_like, partial(synchronous_aggregate, fedavgm_step, config), MomentumState)
 
 
 def _adaptive(config: FedAdagradConfig | FedAdamConfig | FedYogiConfig) -> Strategy:
-    return Strategy(config.name, partial(adaptive_init, config), partial(adaptive_aggregate, config), AdaptiveState)
+    aggregate = partial(synchronous_aggregate, adaptive_step, config)
+    return Strategy(config.name, partial(adaptive_init, config), aggregate, AdaptiveState)
 
 
 def _scaffold(config: ScaffoldConfig) -> Strategy:
-    aggregate = partial(scaffold_aggregate, config)
+    aggregate = partial(synchronous_aggregate, scaffold_step, config)
     return Strategy(config.name, scaffold_init, aggregate, ScaffoldState, uses_control_variates=True)
 
 

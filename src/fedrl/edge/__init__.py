@@ -1,1 +1,2 @@
-"""Edge agent runtime: the loop a device runs (register, pull, train, push, heartbeat), its durable state, and its links to the server."""
+"""Edge agent runtime: the loop a device runs (register, pull, train, push, heartbeat), its durable
+state, and its links to the server."""

@@ -11,7 +11,7 @@ no auto-reset and no double truncation here. Physical parameters are keyword arg
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -52,7 +52,7 @@ class FamilyEnv(gym.Env):
     """A single environment of ``family`` with the physical parameters given as keywords;
     a parameter left out takes its standard value, an unknown one raises ``ValueError``."""
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, family: EnvFamily, render_mode: str | None = None, **params: float):
         unknown = sorted(set(params) - set(family.param_names))

@@ -47,10 +47,10 @@ def init_state(params: np.ndarray, n_envs: int, rng: np.random.Generator) -> Pen
 
 def transition(params: np.ndarray, s: PendulumPhysics, action: np.ndarray, rng: np.random.Generator):
     """One step of the pendulum; ``action`` is the torque, shaped ``(C, E, 1)`` or ``(C, E)``."""
-    m, l, g, max_torque = (params[:, i, None] for i in range(4))
+    m, length, g, max_torque = (params[:, i, None] for i in range(4))
     u = np.clip(np.asarray(action, dtype=np.float64).reshape(s.th.shape), -max_torque, max_torque)
     costs = angle_normalize(s.th) ** 2 + 0.1 * s.thdot**2 + 0.001 * u**2
-    thdot = s.thdot + (3 * g / (2 * l) * np.sin(s.th) + 3.0 / (m * l**2) * u) * DT
+    thdot = s.thdot + (3 * g / (2 * length) * np.sin(s.th) + 3.0 / (m * length**2) * u) * DT
     thdot = np.clip(thdot, -MAX_SPEED, MAX_SPEED)
     new = PendulumPhysics(th=s.th + thdot * DT, thdot=thdot)
     return new, -costs, np.zeros(s.th.shape, dtype=bool)

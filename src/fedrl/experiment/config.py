@@ -329,7 +329,10 @@ class ExperimentConfig(FrozenConfig):
         elif strategy.name == "scaffold":
             problem = "SCAFFOLD's control deltas would need a secure sum of their own, which is not implemented"
         elif strategy.robust.rule != "mean":
-            problem = f"the server sees only the sum of the updates, so strategy.robust.rule must be mean, not {strategy.robust.rule!r}"
+            problem = (
+                "the server sees only the sum of the updates, so strategy.robust.rule must be mean, "
+                f"not {strategy.robust.rule!r}"
+            )
         elif strategy.robust.norm_bound is not None:
             problem = (
                 "the server cannot clip updates it never sees: set pipeline.clip_norm (each client clips) "

@@ -1,1 +1,2 @@
-"""The deployed server: the transport-agnostic coordinator, its durable store, and the gRPC and MQTT adapters over it."""
+"""The deployed server: the transport-agnostic coordinator, its durable store, and the gRPC and
+MQTT adapters over it."""

@@ -70,6 +70,7 @@ from fedrl.wire.records import (
     Wait,
 )
 
+Clock = Callable[[], float]  # seconds since the epoch (time.time; tests give their own)
 LIVENESS_FLUSH_S = 2.0  # how often last-seen times go to the store (they are not worth a write per heartbeat)
 CLIP_SLACK = 1e-5  # relative: a client's message scaled to clip_norm may exceed it by float32 rounding
 
@@ -89,12 +90,8 @@ class Coordinator:
     """The server's state machine over a ``Store``; see the module docstring."""
 
     def __init__(
-        self,
-        config: ServerConfig,
-        store: Store,
-        metrics: ServerMetrics | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+        self, config: ServerConfig, store: Store, metrics: ServerMetrics | None = None, clock: Clock = time.time
+    ):
         self.config = config
         self.setup = Setup(config.experiment)
         self.dim = self.setup.net.spec.dim
@@ -112,12 +109,8 @@ class Coordinator:
 
     @classmethod
     def open(
-        cls,
-        config: ServerConfig,
-        state_dir: Path,
-        metrics: ServerMetrics | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> Coordinator:
+        cls, config: ServerConfig, state_dir: Path, metrics: ServerMetrics | None = None, clock: Clock = time.time
+    ):
         """Start a new run in ``state_dir``, or resume the one stored there (same experiment only);
         ``ConfigError`` for an experiment the deployment cannot run (secure aggregation)."""
         if config.experiment.pipeline.secure_aggregation.enabled:

@@ -77,7 +77,7 @@ class MqttService:
         self._connection = Connection(
             options,
             f"fedrl-server-{options.fleet}",
-            [self._topics.every_up, self._topics.every_status],
+            [self._topics.every("up"), self._topics.every("status")],
             self._queue.put,
             on_connected=self._reannounce,
             manual_ack=True,

@@ -22,7 +22,8 @@ class RateLimiter:
     def __init__(self, rate_per_s: float, burst: float, max_keys: int = 100_000) -> None:
         if rate_per_s <= 0 or burst < 1 or max_keys < 1:
             raise ValueError(
-                f"rate limiter needs rate_per_s > 0, burst >= 1 and max_keys >= 1, got {rate_per_s}, {burst}, {max_keys}"
+                "rate limiter needs rate_per_s > 0, burst >= 1 and max_keys >= 1, "
+                f"got {rate_per_s}, {burst}, {max_keys}"
             )
         self.rate_per_s = rate_per_s
         self.burst = burst

@@ -11,10 +11,11 @@ Layout of a state directory::
 Crash safety. An update's vector is written to its file (fsynced under ``durability: fsync``)
 and then its record is committed, before its acknowledgement is returned: an acknowledged
 update is on disk. A file without a record (a crash in between) is never read and is swept at
-the next start; the files of a round are deleted once the version it made is recorded. A new version is written as a file first (temporary
-name, fsync, rename) and then recorded, together with the round's closing and the next round's
-opening, in one transaction: a crash between the two leaves an unrecorded file that the
-restarted server overwrites when it closes the same round again, from the same stored updates.
+the next start; the files of a round are deleted once the version it made is recorded. A new
+version is written as a file first (temporary name, fsync, rename) and then recorded, together
+with the round's closing and the next round's opening, in one transaction: a crash between the
+two leaves an unrecorded file that the restarted server overwrites when it closes the same round
+again, from the same stored updates.
 """
 
 from __future__ import annotations

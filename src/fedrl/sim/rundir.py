@@ -173,11 +173,6 @@ class RunDir:
         """Folder of per-round checkpoints."""
         return self.path / "checkpoints"
 
-    @property
-    def db(self) -> Path:
-        """The SQLite metrics database."""
-        return self.path / "metrics.sqlite"
-
     def create(self, config_yaml: str) -> None:
         """Make the directory, write the resolved config and empty metric tables."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -191,7 +186,7 @@ class RunDir:
             )
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.db)
+        db = sqlite3.connect(self.path / "metrics.sqlite")
         db.execute("PRAGMA journal_mode=WAL")
         return db
 

@@ -14,6 +14,7 @@ is on when a CA is given. The caller checks that plain text is allowed
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -215,10 +216,8 @@ class Connection:
         self._closing = True
         if goodbye is not None and self.connected.is_set():
             info = self.publish(*goodbye, retain=True)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):  # the link went down: the will says the same
                 info.wait_for_publish(timeout_s)
-            except (RuntimeError, ValueError):
-                pass  # the link went down meanwhile: the will says the same
         self._client.disconnect()
         self._client.loop_stop()
         self.connected.clear()

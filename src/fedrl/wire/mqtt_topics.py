@@ -58,15 +58,9 @@ class Topics:
         """Where ``client``'s presence (online / offline) is retained."""
         return self._client(client, "status")
 
-    @property
-    def every_up(self) -> str:
-        """The server's subscription to every device's requests."""
-        return f"{self.root}/clients/+/up"
-
-    @property
-    def every_status(self) -> str:
-        """The server's subscription to every device's presence."""
-        return f"{self.root}/clients/+/status"
+    def every(self, leaf: str) -> str:
+        """The server's subscription to every device's ``leaf`` topic (``up``: requests, ``status``: presence)."""
+        return f"{self.root}/clients/+/{leaf}"
 
     def client_of(self, topic: str) -> str:
         """The client a per-client topic of this fleet belongs to; ``ValueError`` for any other topic."""

@@ -84,39 +84,29 @@ def _issue(
     return Identity(builder.sign(signing_key, hashes.SHA256()), key)
 
 
+_KEY_USAGES = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+    "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)  # fmt: skip
+
+
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    """A key usage extension that allows ``allowed`` and nothing else."""
+    return x509.KeyUsage(**{usage: usage in allowed for usage in _KEY_USAGES})
+
+
 def _leaf_usage(purpose: x509.ObjectIdentifier) -> list[tuple[x509.ExtensionType, bool]]:
-    key_usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
     return [
         (x509.BasicConstraints(ca=False, path_length=None), True),
-        (key_usage, True),
+        (_key_usage("digital_signature"), True),
         (x509.ExtendedKeyUsage([purpose]), False),
     ]
 
 
 def make_ca(name: str = "fedrl development CA", days: int = DEFAULT_DAYS) -> Identity:
     """A self-signed certificate authority that signs the server's and the clients' certificates."""
-    key_usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    return _issue(name, None, days, [(x509.BasicConstraints(ca=True, path_length=0), True), (key_usage, True)])
+    ca = x509.BasicConstraints(ca=True, path_length=0)
+    return _issue(name, None, days, [(ca, True), (_key_usage("key_cert_sign", "crl_sign"), True)])
 
 
 def _general_name(host: str) -> x509.GeneralName:
@@ -259,7 +249,8 @@ def ensure_plaintext_allowed(address: str, allow_plaintext: bool) -> None:
     """
     if not allow_plaintext:
         raise ValueError(
-            f"no TLS certificates given for {address}: give them, or explicitly allow plain text on a loopback address for testing"
+            f"no TLS certificates given for {address}: give them, "
+            "or explicitly allow plain text on a loopback address for testing"
         )
     if not is_loopback(address):
         raise ValueError(f"plain text refused for {address}: it is not a loopback address; use TLS off this machine")
