@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file
 
 from fedrl.server.auth import hash_token, new_token
 from fedrl.wire import disk
@@ -99,13 +97,6 @@ def _stored_update(row: dict, delta: np.ndarray, control_delta: np.ndarray | Non
     row.pop("has_control")
     metrics = json.loads(row.pop("metrics"))
     return StoredUpdate(**row, metrics=metrics, delta=delta, control_delta=control_delta)
-
-
-def _fsynced_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """Write a safetensors file so that it is either absent or complete, even after a power cut."""
-    disk.write_atomic(
-        path, save({k: np.require(v, requirements="C") for k, v in arrays.items()})
-    )  # keeps 0-d arrays 0-d
 
 
 def update_file_name(update_id: str) -> str:
@@ -219,7 +210,9 @@ class Store:
 
     def write_version_file(self, version: int, params: np.ndarray, state: dict[str, np.ndarray]) -> None:
         """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``)."""
-        _fsynced_arrays({"params": params, **{f"strategy.{k}": v for k, v in state.items()}}, self._model_path(version))
+        disk.save_record(
+            self._model_path(version), {"params": params, **{f"strategy.{k}": v for k, v in state.items()}}
+        )
 
     def prune_versions(self, below: int) -> None:
         """Delete the files of versions older than ``below`` (their records stay)."""
@@ -229,7 +222,7 @@ class Store:
 
     def write_rejected(self, round_: int, params: np.ndarray) -> None:
         """Keep a candidate the gate refused."""
-        _fsynced_arrays({"params": params}, self.path / "rejected" / f"r{round_:06d}.safetensors")
+        disk.save_record(self.path / "rejected" / f"r{round_:06d}.safetensors", {"params": params})
 
     def record_initial(
         self, params: np.ndarray, state: dict[str, np.ndarray], eval_return: float | None, now: float, experiment: str
@@ -309,17 +302,9 @@ class Store:
     def write_update_file(self, submission: Submission) -> None:
         """Write an update's vectors to its file (safe to call without the coordinator's lock); an
         encoded update is written as the float32 delta it decodes to."""
+        vectors = [submission.delta] + ([] if submission.control_delta is None else [submission.control_delta])
         path = self.path / "updates" / update_file_name(submission.update_id)
-        tmp = path.with_name(path.name + f".{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(submission.delta.tobytes())
-            if submission.control_delta is not None:
-                f.write(submission.control_delta.tobytes())
-            if self.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if self.fsync:
-            disk.sync_folder(path.parent)
+        disk.write_atomic(path, b"".join(v.tobytes() for v in vectors), fsync=self.fsync)
 
     def remove_update_file(self, update_id: str) -> None:
         """Delete an update's file (one that was written but will not be recorded)."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file
 
 from fedrl.agents import ClientState
 from fedrl.core.pipeline import PipelineState
@@ -106,10 +106,6 @@ def _prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def _under(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays whose names start with ``prefix``, by the rest of their names."""
     return {name.removeprefix(prefix): value for name, value in arrays.items() if name.startswith(prefix)}
-
-
-def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
-    disk.write_atomic(path, save({k: np.require(v, requirements="C") for k, v in arrays.items()}))
 
 
 def _round_row(r: RoundResult) -> RoundRow:
@@ -245,12 +241,12 @@ class RunDir:
         if setup.env_state_is_value:
             arrays.update(_prefixed(ENV, env_state_to_arrays(state.env_state)))
         stem = self.checkpoints / f"round_{state.round:05d}"
-        _save_arrays(arrays, stem.with_suffix(".safetensors"))
+        disk.save_record(stem.with_suffix(".safetensors"), arrays)
         per_client = to_arrays(state.client_state, CLIENT) | to_arrays(state.pipeline_state, PIPELINE)
         if state.inflight is not None:
             per_client |= to_arrays(state.inflight, INFLIGHT)
         if per_client:
-            _save_arrays(per_client, stem.with_suffix(".clients.safetensors"))
+            disk.save_record(stem.with_suffix(".clients.safetensors"), per_client)
         meta = {
             "round": state.round,
             "version": state.version,
@@ -302,7 +298,7 @@ class RunDir:
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:
         """Write a policy as safetensors (named tensors) with a JSON description beside it."""
         path = self.path / f"{name}.safetensors"
-        _save_arrays(setup.net.spec.unflatten(params), path)
+        disk.save_record(path, setup.net.spec.unflatten(params))
         description = {
             "family": setup.family.name,
             "hidden": list(setup.net.shape.hidden),

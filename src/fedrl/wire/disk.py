@@ -1,11 +1,13 @@
-"""Durable files, for the server's store and the edge agent alike: written whole or not at all,
-so a power cut leaves no half file.
+"""Durable files, for run directories, the server's store and the edge agent alike: written whole
+or not at all, so a power cut leaves no half file.
 
 A record is one safetensors file: named arrays, plus a JSON header kept in the file's metadata,
 so arrays and header change together in one rename. ``write_atomic`` writes a temporary file
 beside the target, flushes it to the disk (fsync), renames it over the target and syncs the
 folder, so after a crash the target holds either the old bytes or the new ones. A leftover
-temporary file is never read.
+temporary file is never read, and the next write of the target replaces it. Two writers of the
+same file at once are the caller's to prevent (the server refuses a second upload of an update id
+whose file is being written).
 """
 
 from __future__ import annotations
@@ -21,22 +23,25 @@ from safetensors.numpy import save
 _HEADER = "fedrl.header"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` in one step that survives a crash (tmp file, fsync, rename)."""
+def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Replace ``path`` by ``data`` in one step (tmp file, fsync, rename); with ``fsync=False`` the
+    file survives a crash of the process but not of the machine."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as file:
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+        if fsync:
+            file.flush()
+            os.fsync(file.fileno())
     os.replace(tmp, path)
-    sync_folder(path.parent)  # the rename itself must reach the disk too
+    if fsync:
+        sync_folder(path.parent)  # the rename itself must reach the disk too
 
 
-def save_record(path: Path, arrays: dict[str, np.ndarray], header: dict) -> None:
-    """Write ``arrays`` and the JSON-able ``header`` atomically as one safetensors file."""
+def save_record(path: Path, arrays: dict[str, np.ndarray], header: dict | None = None) -> None:
+    """Write ``arrays`` (and the JSON-able ``header``, if any) atomically as one safetensors file."""
     tensors = {name: np.require(array, requirements="C") for name, array in arrays.items()}  # 0-d stays 0-d
-    write_atomic(path, save(tensors, metadata={_HEADER: json.dumps(header)}))
+    write_atomic(path, save(tensors, metadata=None if header is None else {_HEADER: json.dumps(header)}))
 
 
 def load_record(path: Path) -> tuple[dict[str, np.ndarray], dict] | None:
