@@ -1,5 +1,6 @@
 """The command line, in process (typer's runner) and as a real process killed with SIGKILL."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedrl.cli import app
+from fedrl.sim import run as runs
 from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
 
 runner = CliRunner()
@@ -60,6 +62,12 @@ def test_run_writes_a_complete_run_directory_then_eval_and_plot_use_it(tmp_path,
     assert yaml.safe_load((out / "config.yaml").read_text())["federation"]["rounds"] == 2
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"round", "env_steps", "wall_s", "global_mean_return", "worst_client_return"} <= set(header)
+    summary, last = json.loads((out / "summary.json").read_text()), RunDir(out).rounds()[-1]
+    assert (summary["rounds"], summary["env_steps"]) == (2, last.env_steps) and last.env_steps > 0
+    finished = runs.open_run(out)  # the final policy is the last round's, not the initial one
+    assert finished.state.round == 2
+    np.testing.assert_array_equal(finished.dir.load_policy(finished.setup), finished.state.params)
+    assert not np.array_equal(finished.state.params, finished.setup.initial_params())
     assert len(RunDir(out).client_returns()) == 2 * 3
 
     metrics_before = (out / "metrics.csv").read_bytes()

@@ -59,7 +59,8 @@ def run(
         disable=quiet,
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
-        for result, _ in current.rounds():
+        for result, reached in current.rounds():
+            state = reached
             status = f"steps {result.env_steps:,}  updates {result.stats.n_updates}/{result.stats.n_sampled}"
             if result.client_returns is not None:
                 status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
