@@ -14,12 +14,22 @@ mosquitto:
 		{ apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; } || \
 		{ echo "install the 'mosquitto' package (apt-get install mosquitto) for the MQTT transport"; exit 1; }
 
-# torch first, pinned, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
+# PyTorch first, as its CPU build (the `+cpu` local version): a plain `torch` from PyPI is the CUDA
+# build, several GB. A wheel pip already finds (a local wheel directory, a mirror) is taken as it is;
+# otherwise it comes from PyTorch's CPU wheel index. The project's own pin (torch>=2.2,<2.14) then
+# installs nothing more.
+TORCH := torch==2.13.0+cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
+		{ echo "error: '$(PYTHON) -m venv' failed; on Debian or Ubuntu install python3-venv first (apt-get install python3-venv)"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	@echo "installing $(TORCH), PyTorch's CPU build (about 200 MB to download on a fresh machine)..."
+	@$(BIN)/pip install --quiet $(TORCH) 2>/dev/null || $(BIN)/pip install --progress-bar on $(TORCH) --index-url $(TORCH_CPU_INDEX)
+	@echo "installing fedrl and its dependencies..."
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
 	touch $(STAMP)
 
 demo: setup
