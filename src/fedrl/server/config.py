@@ -4,8 +4,9 @@ A server YAML file has an ``experiment`` section -- the same experiment config `
 takes, inline or as a path relative to the server file -- and the deployment sections below.
 ``federation.n_clients`` is the fleet size (client indices run from 0 to n_clients - 1),
 ``federation.fraction * n_clients`` the updates a synchronous round waits for,
-``federation.rounds`` and ``target_return`` when the run ends, and ``strategy`` is aggregated
-exactly as in the simulator. Problems are one-line ``ConfigError`` messages naming the key.
+``federation.rounds`` and ``target_return`` when the run ends, and ``strategy`` is aggregated as
+every runtime aggregates (``fedrl.experiment.aggregation``). Problems are one-line
+``ConfigError`` messages naming the key.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ held-out environments (the gate), and either deploys it as the next version or k
 ``rejected/`` while clients keep the deployed version. ``tick`` does this; a transport calls it
 a few times per second from one thread.
 
-The update pipeline (``fedrl.core.pipeline``) is the experiment's, as in the simulator. When the experiment has one, an
+The update pipeline (``fedrl.core.pipeline``) is the experiment's. When the experiment has one, an
 update arrives as the pipeline's encoded message (``Submission.payload``), which is decoded and
 then validated and stored like a float32 delta; a bare delta is refused, since it skipped the
 clip, noise or compression the experiment asks of every client. Under central DP the round works
@@ -56,7 +56,7 @@ from fedrl.server.config import ServerConfig
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.ratelimit import RateLimiter
-from fedrl.server.store import KnownUpdate, Store, StoredUpdate
+from fedrl.server.store import KnownUpdate, Seen, Store, StoredUpdate
 from fedrl.wire.records import (
     Ack,
     ClientStatus,
@@ -182,8 +182,8 @@ class Coordinator:
                 f"client {client!r} exceeded {self.config.limits.rate_per_s:g} "
                 f"calls/s (burst {self.config.limits.burst}); slow down",
             )
-        previous = self._seen.get(client, (now, None))[1]
-        self._seen[client] = (now, previous if acting_version is None else acting_version)
+        previous = self._seen.get(client, Seen(now, None)).acting_version
+        self._seen[client] = Seen(now, previous if acting_version is None else acting_version)
 
     def register(self, client: str) -> Registration:
         """Record a client's registration (idempotent) and tell it what to train."""
@@ -259,7 +259,7 @@ class Coordinator:
             self._store.set_selected(self._round.round, sorted(self._selected))
             return
         now = self._clock()
-        online = sorted(c for c, (t, _) in self._seen.items() if now - t <= self.config.rounds.liveness_s)
+        online = sorted(c for c, seen in self._seen.items() if now - seen.last_seen <= self.config.rounds.liveness_s)
         size = min(self.config.updates_per_round, len(online))
         if self.config.asynchronous or size == 0:
             return
@@ -570,7 +570,7 @@ class Coordinator:
         if now - self._flushed_at >= LIVENESS_FLUSH_S:
             self._store.save_liveness(self._seen)
             self._flushed_at = now
-        online = sum(now - t <= self.config.rounds.liveness_s for t, _ in self._seen.values())
+        online = sum(now - seen.last_seen <= self.config.rounds.liveness_s for seen in self._seen.values())
         self._metrics.clients_connected.set(online)
 
     # --- inspection ----------------------------------------------------------------------

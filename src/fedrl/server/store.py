@@ -60,6 +60,13 @@ _ADDED_COLUMNS = (
 )
 
 
+class Seen(NamedTuple):
+    """When a client was last heard from, and the version it said it acts with (None: not said)."""
+
+    last_seen: float
+    acting_version: int | None
+
+
 class KnownUpdate(NamedTuple):
     """What the store remembers of an accepted update id, to answer a resubmission."""
 
@@ -166,17 +173,17 @@ class Store:
         """Record a client's first registration."""
         self.db.execute("UPDATE clients SET registered_at = COALESCE(registered_at, ?) WHERE name = ?", (now, name))
 
-    def save_liveness(self, seen: dict[str, tuple[float, int | None]]) -> None:
+    def save_liveness(self, seen: dict[str, Seen]) -> None:
         """Store when each client was last heard from and the version it acts with."""
         self.db.executemany(
             "UPDATE clients SET last_seen = ?, acting_version = ? WHERE name = ?",
-            [(t, v, name) for name, (t, v) in seen.items()],
+            [(s.last_seen, s.acting_version, name) for name, s in seen.items()],
         )
 
-    def liveness(self) -> dict[str, tuple[float, int | None]]:
+    def liveness(self) -> dict[str, Seen]:
         """Last-seen time and acting version of every client that has been seen."""
         rows = self.db.execute("SELECT name, last_seen, acting_version FROM clients WHERE last_seen IS NOT NULL")
-        return {name: (t, v) for name, t, v in rows}
+        return {row["name"]: Seen(row["last_seen"], row["acting_version"]) for row in rows}
 
     def clients(self) -> list[ClientStatus]:
         """Every client, with its number of accepted updates."""
