@@ -228,6 +228,9 @@ def test_five_clients_reach_the_target_and_a_client_killed_mid_upload_loses_noth
     assert final.promoted and final.candidate_return >= TARGET
     for i in range(5):
         assert json.loads((deployment.state_dir(i) / "acting.json").read_text())["version"] == deployed
+    # what the agents keep is theirs alone: files 0600, folders 0700
+    kept = [p for i in range(5) for p in [deployment.state_dir(i), *deployment.state_dir(i).rglob("*")]]
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in kept if p.stat().st_mode & 0o077} == {}
 
 
 @pytest.mark.parametrize("deployment", [(2, {"rounds": 3, "stop_at_target": False})], indirect=True)

@@ -127,7 +127,6 @@ def add_client(
 
     from fedrl.server.store import Store
 
-    state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(state_dir)
     try:
         token = store.add_client(name, time.time())
@@ -139,6 +138,7 @@ def add_client(
         console.print(token, highlight=False, soft_wrap=True)
         return
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     console.print(f"token for {name} written to {token_file}", highlight=False)

@@ -100,7 +100,7 @@ def check_env(trainer: EdgeTrainer, expected: str | None) -> None:
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     """Hold ``state_dir`` for one agent; ``Fatal`` when another agent holds it."""
-    with open(state_dir / LOCK_FILE, "a") as lock:
+    with open(disk.private_file(state_dir / LOCK_FILE), "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -133,8 +133,7 @@ class Agent:
     def run(self) -> None:
         """Serve until the server says the run is finished or ``stop`` is called; ``Fatal``
         when the server refuses the credentials or the experiment cannot be trained here."""
-        state_dir = Path(self.config.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = disk.private_dir(self.config.state_dir)
         heartbeat = None
         with _locked(state_dir):
             try:

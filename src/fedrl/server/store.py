@@ -118,7 +118,11 @@ class Store:
         self.path = Path(path)
         self.fsync = durability == "fsync"
         for sub in ("models", "rejected", "updates"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
+            disk.private_dir(self.path / sub)
+        disk.private_dir(self.path)
+        for name in ("server.db", "server.db-wal", "server.db-shm"):  # SQLite gives its journals the db's mode
+            if name == "server.db" or (self.path / name).exists():
+                disk.private_file(self.path / name)
         self.db = sqlite3.connect(self.path / "server.db", check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row  # rows are read by column name
         self.db.execute("PRAGMA page_size=65536")  # before WAL: it fixes the page size of a new database

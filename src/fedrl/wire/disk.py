@@ -5,7 +5,11 @@ A record is one safetensors file: named arrays, plus a JSON header kept in the f
 so arrays and header change together in one rename. ``write_atomic`` writes a temporary file
 beside the target, flushes it to the disk (fsync), renames it over the target and syncs the
 folder, so after a crash the target holds either the old bytes or the new ones. A leftover
-temporary file is never read, and the next write of the target replaces it. Two writers of the
+temporary file is never read, and the next write of the target replaces it.
+
+Everything written here is private to the user that runs fedrl: files 0600 and the folders made
+with ``private_dir`` 0700, whatever the umask and whatever mode an older file or folder had, since
+a server's store holds every client's updates and a device's holds its learner state and token. Two writers of the
 same file at once are the caller's to prevent (the server refuses a second upload of an update id
 whose file is being written).
 """
@@ -21,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 _HEADER = "fedrl.header"
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
 
 
 def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
@@ -28,7 +33,9 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     file survives a crash of the process but not of the machine."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # a leftover temporary file may have been made with another mode
+    with os.fdopen(fd, "wb") as file:
         file.write(data)
         if fsync:
             file.flush()
@@ -36,6 +43,23 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     os.replace(tmp, path)
     if fsync:
         sync_folder(path.parent)  # the rename itself must reach the disk too
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder (made with its parents if missing) that only its owner can enter."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    path.chmod(PRIVATE_DIR)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """``path`` made private: created empty with mode 0600 when missing, set to 0600 when not, so a
+    program that opens it afterwards (SQLite) writes into a file no one else can read."""
+    path = Path(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+    path.chmod(PRIVATE_FILE)
+    return path
 
 
 def save_record(path: Path, arrays: dict[str, np.ndarray], header: dict | None = None) -> None:
