@@ -14,8 +14,8 @@ between two decisions, without a restart.
 
 Failures. ``Unreachable`` (server down, restarting, network gone): back off with jitter
 (``fedrl.edge.backoff``) and try again, forever -- a device never gives up on its server.
-``Rejected`` for the credentials (UNAUTHENTICATED, PERMISSION_DENIED) raises ``Fatal``: a wrong
-token must fail loudly, not loop. RESOURCE_EXHAUSTED (a rate limit) is retried with backoff a
+``Rejected`` for the credentials (UNAUTHENTICATED, PERMISSION_DENIED) and ``Untrusted`` (the
+server's certificate does not verify) raise ``Fatal``: a wrong token or CA must fail loudly, not loop. RESOURCE_EXHAUSTED (a rate limit) is retried with backoff a
 few times. Any other ``Rejected`` is logged; a refused update is dropped.
 ``stop()`` (SIGTERM, SIGINT) ends the loop at the next call or wait; what is on disk stays.
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from fedrl.edge.acting import ActingPolicy, Policy, clear_acting, load_acting, save_acting
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
-from fedrl.edge.link import Link, Unreachable
+from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.trainer import LEARNER_FILE, EdgeTrainer, LocalState, trainer_from_yaml
 from fedrl.experiment.config import ConfigError
@@ -62,8 +62,8 @@ def event(level: int, name: str, **fields: object) -> None:
 
 
 class Fatal(Exception):
-    """A failure that retrying cannot fix: refused credentials, an experiment this device
-    cannot train. The message says what to change."""
+    """A failure that retrying cannot fix: refused credentials, a server whose certificate does not
+    verify, an experiment this device cannot train. The message says what to change."""
 
 
 class _Stopped(Exception):
@@ -391,6 +391,8 @@ class Agent:
             except Unreachable as exc:
                 self._pause("unreachable", call=name, error=str(exc))
                 continue
+            except Untrusted as exc:
+                raise Fatal(str(exc)) from None
             except Rejected as exc:
                 if exc.reason in CREDENTIAL_REASONS:
                     raise _refused_credentials(exc) from None

@@ -6,8 +6,9 @@ chunks (``fedrl.wire.convert``). Failures are sorted into the two the agent unde
 
 - ``Rejected`` when the server refused with a status that names a ``Reason`` (INVALID_ARGUMENT,
   PERMISSION_DENIED, ...), carrying the server's message: retrying the same call will not help;
-- ``Unreachable`` for every other status: UNAVAILABLE (no server, no network, a TLS handshake
-  that failed), DEADLINE_EXCEEDED, CANCELLED, and INTERNAL or UNKNOWN from a server in trouble,
+- ``Untrusted`` when the TLS handshake failed because the server's certificate does not verify
+  against the given CA or names another host: a wrong setting, not a passing failure;
+- ``Unreachable`` for every other status: UNAVAILABLE (no server, no network), DEADLINE_EXCEEDED, CANCELLED, and INTERNAL or UNKNOWN from a server in trouble,
   which may pass once it restarts -- the agent backs off and tries again.
 """
 
@@ -18,12 +19,14 @@ from collections.abc import Iterator
 
 import grpc
 
-from fedrl.edge.link import Unreachable
+from fedrl.edge.link import Unreachable, Untrusted
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.fedrl_pb2_grpc import FederationStub
 from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submission, Task, Wait
 
+# What gRPC's TLS handshake reports when the server's certificate does not verify: another CA, another host.
+UNTRUSTED_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "is not in peer certificate")
 MAX_DOWNLOAD_BYTES = 2**32  # largest model or server control the link will buffer (a billion float32)
 
 
@@ -36,6 +39,11 @@ def _translated(method: str) -> Iterator[None]:
         code, details = error.code(), error.details() or ""
         if code.name in Reason.__members__:
             raise Rejected(Reason[code.name], details) from error
+        if code is grpc.StatusCode.UNAVAILABLE and any(marker in details for marker in UNTRUSTED_MARKERS):
+            raise Untrusted(
+                f"{method}: the server's certificate failed verification; give --ca the CA that signed it "
+                f"and dial a name it was issued for ({details.rsplit('ipv4:', 1)[-1].strip()})"
+            ) from error
         raise Unreachable(f"{method}: {code.name}: {details}") from error
 
 

@@ -1,10 +1,11 @@
-"""What the edge agent needs from a transport: five calls and two kinds of failure.
+"""What the edge agent needs from a transport: five calls and three kinds of failure.
 
 The agent's loop (``fedrl.edge.agent``) is written against ``Link`` only; ``GrpcLink`` and
 ``MqttLink`` implement it. A call either returns a record from ``fedrl.wire.records``, raises
 ``Unreachable`` (no answer: the server is down, restarting or the network is gone -- the agent
 backs off and retries, forever) or raises ``Rejected`` (the server answered no, and said why --
-retrying the same call will not help).
+retrying the same call will not help). ``Untrusted`` means the server could not prove who it is:
+the agent stops rather than retry, since only a change of its settings can fix that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from fedrl.wire.records import Ack, Model, Registration, Submission, Task, Wait
 
 class Unreachable(Exception):
     """The server did not answer; the message says what the transport saw."""
+
+
+class Untrusted(Exception):
+    """The server's certificate failed verification (signed by another CA, or not issued for the
+    address dialled); the message says what the transport saw and what to change."""
 
 
 class Link(Protocol):
