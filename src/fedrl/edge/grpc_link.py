@@ -8,8 +8,9 @@ chunks (``fedrl.wire.convert``). Failures are sorted into the two the agent unde
   PERMISSION_DENIED, ...), carrying the server's message: retrying the same call will not help;
 - ``Untrusted`` when the TLS handshake failed because the server's certificate does not verify
   against the given CA or names another host: a wrong setting, not a passing failure;
-- ``Unreachable`` for every other status: UNAVAILABLE (no server, no network), DEADLINE_EXCEEDED, CANCELLED, and INTERNAL or UNKNOWN from a server in trouble,
-  which may pass once it restarts -- the agent backs off and tries again.
+- ``Unreachable`` for every other status: UNAVAILABLE (no server, no network), DEADLINE_EXCEEDED,
+  CANCELLED, and INTERNAL or UNKNOWN from a server in trouble, which may pass once it restarts --
+  the agent backs off and tries again.
 """
 
 from __future__ import annotations
