@@ -16,7 +16,8 @@ Failures. ``Unreachable`` (server down, restarting, network gone): back off with
 (``fedrl.edge.backoff``) and try again, forever -- a device never gives up on its server.
 ``Rejected`` for the credentials (UNAUTHENTICATED, PERMISSION_DENIED) and ``Untrusted`` (the
 server's certificate does not verify) raise ``Fatal``: a wrong token or CA must fail loudly, not
-loop. RESOURCE_EXHAUSTED (a rate limit) is retried with backoff a few times. Any other ``Rejected`` is logged; a refused update is dropped.
+loop. RESOURCE_EXHAUSTED (a rate limit) is retried with backoff a few times. Any other
+``Rejected`` is logged; a refused update is dropped.
 ``stop()`` (SIGTERM, SIGINT) ends the loop at the next call or wait; what is on disk stays.
 
 Everything that must survive a restart lives in ``AgentConfig.state_dir``: the experiment
