@@ -80,7 +80,7 @@ def test_a_full_round_deploys_the_step_weighted_mean(tmp_path):
     tasks = {c: coordinator.task(c) for c in NAMES}
 
     # Execute
-    for c, value, steps in zip(NAMES, (0.1, 0.2, 0.4), (64, 64, 128)):
+    for c, value, steps in zip(NAMES, (0.1, 0.2, 0.4), (32, 32, 64)):
         coordinator.submit(c, submission(coordinator, c, tasks[c], value, steps))
     coordinator.tick()
 
@@ -89,6 +89,21 @@ def test_a_full_round_deploys_the_step_weighted_mean(tmp_path):
     assert deployed.version == 1 and deployed.round == 1
     np.testing.assert_allclose(deployed.params - start, 0.1 / 4 + 0.2 / 4 + 0.4 / 2, rtol=1e-5)
     assert isinstance(coordinator.task("a"), Task) and coordinator.task("a").base_version == 1
+
+
+def test_claiming_more_steps_than_the_budget_buys_no_more_weight(tmp_path):
+    # Prepare: the budget is 64 steps; "c" claims 4x that (the most the server accepts)
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    start = coordinator.model().params.copy()
+    tasks = {c: coordinator.task(c) for c in NAMES}
+
+    # Execute
+    for c, value, steps in zip(NAMES, (0.1, 0.1, 1.0), (64, 64, 256)):
+        coordinator.submit(c, submission(coordinator, c, tasks[c], value, steps))
+    coordinator.tick()
+
+    # Assert: equal thirds, not the 4/6 its claim would have bought
+    np.testing.assert_allclose(coordinator.model().params - start, (0.1 + 0.1 + 1.0) / 3, rtol=1e-5)
 
 
 def bad_submissions(coordinator: Coordinator, task: Task) -> dict[str, tuple[Reason, str, Submission]]:

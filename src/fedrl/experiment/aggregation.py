@@ -3,9 +3,12 @@
 The simulator's engine and the deployed server's coordinator both close a round with
 ``aggregate_round``::
 
-    updates (decoded on receipt) -> screen -> (central DP: one noised mean) -> strategy (robust rule inside)
+    updates (decoded on receipt) -> screen -> weights capped -> (central DP: one noised mean) -> strategy
 
-``screen`` rejects what no rule may see (NaN or Inf values, the wrong length). Under central DP
+``screen`` rejects what no rule may see (NaN or Inf values, the wrong length). A client reports its
+own step count, which is its FedAvg weight, so a count above the round's step budget
+(``federation.local_steps``) counts as the budget: claiming more buys no more weight. The strategy
+reduces the deltas with its robust rule (``strategy.robust``). Under central DP
 the strategy receives a single update, the noised sum of the accepted deltas over the expected
 number of clients, its noise drawn from the run seed and the round (``NOISE_STREAM``), so a
 restarted server, a resumed run and the simulator all draw the same noise for the same round,
@@ -14,7 +17,7 @@ and no two rounds share it, even when a round made no new version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,13 +61,22 @@ def central_update(setup: Setup, updates: list[Update], version: int, round_: in
     return Update(-1, version, mean, sum(u.env_steps for u in updates))
 
 
+def capped_weights(setup: Setup, updates: list[Update]) -> list[Update]:
+    """``updates`` with every step count above the step budget set to the budget (under an episode
+    budget, counts honestly differ and are left as they are)."""
+    budget = setup.config.federation.local_steps
+    if budget is None:
+        return updates
+    return [u if u.env_steps <= budget else replace(u, env_steps=budget) for u in updates]
+
+
 def aggregate_round(
     setup: Setup, strategy_state: object, params: np.ndarray, version: int, round_: int, updates: list[Update]
 ) -> Aggregated:
-    """Close ``round_``: screen ``updates`` (based on versions up to ``version``, the newest),
-    noise them under central DP, and let the strategy make the candidate from ``params``."""
+    """Close ``round_``: screen ``updates`` (based on versions up to ``version``, the newest), cap
+    their weights, noise them under central DP, and let the strategy make the candidate from ``params``."""
     screened = screen(updates, setup.net.spec.dim)
-    accepted = screened.accepted
+    accepted = capped_weights(setup, screened.accepted)
     staleness = float(np.mean([version - u.base_version for u in accepted])) if accepted else 0.0
     if setup.config.pipeline.dp.mode == "central":
         given = [central_update(setup, accepted, version, round_)]
