@@ -293,17 +293,48 @@ def test_an_oversized_message_or_declared_update_is_resource_exhausted(federatio
     token = federation.tokens["alice"]
     before = federation.state()
     huge_chunk = pb.UpdatePart(chunk=bytes(MAX_MESSAGE + 2**20)).SerializeToString()
-    too_long = pb.VectorHeader(dtype="float32", length=MAX_MESSAGE, sha256="0" * 64)
-    huge_header = pb.UpdatePart(
-        header=pb.UpdateHeader(update_id="u", client="alice", delta=too_long)
-    ).SerializeToString()
+    too_long = pb.EncodedHeader(encoding=convert.PAYLOAD_ENCODING, length=MAX_MESSAGE + 1, sha256="0" * 64)
+    huge_header = header_part(pb.UpdateHeader(update_id="u", client="alice", payload=too_long))
+    wrong_shape = pb.VectorHeader(dtype="float32", length=MAX_MESSAGE // 4, sha256="0" * 64)
 
     oversized = raw_call(federation, "PushUpdate", [huge_chunk], token)
     overdeclared = raw_call(federation, "PushUpdate", [huge_header], token)
+    misshapen = raw_call(
+        federation,
+        "PushUpdate",
+        [header_part(pb.UpdateHeader(update_id="v", client="alice", delta=wrong_shape))],
+        token,
+    )
 
     assert oversized.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in oversized.details()
     assert overdeclared.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "declares" in overdeclared.details()
+    assert misshapen.code() == grpc.StatusCode.INVALID_ARGUMENT and "the model's is" in misshapen.details()
     assert federation.state() == before and federation.link("alice").heartbeat(0) == 0
+
+
+def test_an_update_may_declare_only_what_the_models_size_allows(start):
+    # Prepare: a small model (a few thousand parameters) under the default 64 MiB message limit
+    federation = start("experiment.learner.hidden=[32, 32]")
+    dim = federation.coordinator.dim
+    payload = pb.EncodedHeader(encoding=convert.PAYLOAD_ENCODING, length=2**20, sha256="0" * 64)
+
+    # Execute: a header declaring a 1 MiB payload, and nothing after it
+    refusal = raw_call(
+        federation,
+        "PushUpdate",
+        [header_part(pb.UpdateHeader(update_id="u", client="alice", payload=payload))],
+        federation.tokens["alice"],
+    )
+
+    # Assert: refused from the header alone, at a limit of the model's size, not 64 MiB
+    assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert federation.coordinator.max_update_bytes == 16 * dim + 65536 < 2**20
+    assert f"the limit is {federation.coordinator.max_update_bytes}" in refusal.details()
+
+
+def header_part(header: pb.UpdateHeader) -> bytes:
+    """The first message of an update's stream."""
+    return pb.UpdatePart(header=header).SerializeToString()
 
 
 def test_garbage_bytes_are_an_invalid_argument(federation):

@@ -72,6 +72,7 @@ from fedrl.wire.records import (
 
 Clock = Callable[[], float]  # seconds since the epoch (time.time; tests give their own)
 LIVENESS_FLUSH_S = 2.0  # how often last-seen times go to the store (they are not worth a write per heartbeat)
+UPDATE_HEADROOM_BYTES = 65536  # an encoded update's headers (per tensor) on top of its values
 CLIP_SLACK = 1e-5  # relative: a client's message scaled to clip_norm may exceed it by float32 rounding
 
 
@@ -574,6 +575,13 @@ class Coordinator:
         self._metrics.clients_connected.set(online)
 
     # --- inspection ----------------------------------------------------------------------
+    @property
+    def max_update_bytes(self) -> int:
+        """The most bytes one update may declare, checked before any of it is buffered: its delta
+        (or an encoded payload, whose indices may double it) and a control delta at the model's size,
+        with room for the encoding's headers; never more than ``limits.max_message_bytes``."""
+        return min(self.config.limits.max_message_bytes, 16 * self.dim + UPDATE_HEADROOM_BYTES)
+
     @property
     def deployed_version(self) -> int:
         """The version clients should act with."""

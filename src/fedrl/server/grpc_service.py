@@ -140,7 +140,7 @@ class FederationService:
         client = self._client(context)  # before a single chunk is read
         parts = (parse_message(pb.UpdatePart, self._in(raw)) for raw in requests)
         try:
-            submission = convert.read_update(parts, self._coordinator.config.limits.max_message_bytes)
+            submission = convert.read_update(parts, self._coordinator.max_update_bytes, self._coordinator.dim)
         except Rejected as refusal:  # the coordinator counts the refusals it makes itself
             self._coordinator.note_rejected(client, refusal)
             raise

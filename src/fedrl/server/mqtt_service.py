@@ -264,7 +264,9 @@ class MqttService:
 
     def _push(self, client: str, request: mq.Request) -> mq.Reply:
         try:
-            submission = convert.read_update(request.push.parts, self._coordinator.config.limits.max_message_bytes)
+            submission = convert.read_update(
+                request.push.parts, self._coordinator.max_update_bytes, self._coordinator.dim
+            )
         except Rejected as refusal:  # the coordinator counts the refusals it makes itself
             if self._rejected is not None:
                 self._rejected.labels(reason=refusal.reason.value).inc()

@@ -168,8 +168,10 @@ def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
         yield from (pb.UpdatePart(chunk=chunk) for chunk in codec.chunks(submission.control_delta))
 
 
-def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int) -> Submission:
-    """The submission a stream from ``update_parts`` carries, checked against its declared layout."""
+def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int, dim: int | None = None) -> Submission:
+    """The submission a stream from ``update_parts`` carries, checked against its declared layout.
+    With ``dim`` (the model's size) a header declaring vectors of another length is refused
+    before a single chunk is read, as is one declaring more than ``max_bytes`` in all."""
     header, chunks = _split(parts, "update")
     encoded = header.HasField("payload")
     if encoded and header.HasField("delta"):
@@ -177,6 +179,11 @@ def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int) -> Submission:
     metas = {"payload": _payload_meta(header.payload)} if encoded else {"delta": _meta(header.delta)}
     if header.HasField("control_delta"):
         metas["control_delta"] = _meta(header.control_delta)
+    for name, meta in metas.items():
+        if dim is not None and isinstance(meta, codec.VectorMeta) and meta.length != dim:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"{name}: the header declares shape ({meta.length},); the model's is ({dim},)"
+            )
     sent, *control = codec.assemble(metas, chunks, max_bytes)
     return Submission(
         update_id=header.update_id,
