@@ -68,6 +68,15 @@ class LimitsConfig(FrozenConfig):
         description="gRPC handler threads; calls beyond them wait in gRPC's queue (fewer threads contend less for "
         "the coordinator; a slow upload holds one thread while it lasts)",
     )
+    uploads_per_client: int = Field(
+        2, ge=1, description="updates one client may be uploading at once; more are refused (RESOURCE_EXHAUSTED)"
+    )
+    upload_idle_s: float = Field(
+        15.0, gt=0, description="an upload that sends nothing for this long is cancelled, freeing its thread"
+    )
+    upload_timeout_s: float = Field(
+        120.0, gt=0, description="the longest an upload may take, however slowly it trickles; then it is cancelled"
+    )
     rate_per_s: float = Field(50.0, gt=0, description="calls per second a client may make, on average")
     burst: int = Field(100, ge=1, description="calls a client may make at once")
     max_update_norm: float | None = Field(None, gt=0, description="refuse updates whose L2 norm exceeds this")

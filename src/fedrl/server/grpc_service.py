@@ -6,6 +6,11 @@ translates the answer back. A ``Rejected`` becomes the gRPC status named by its 
 message as the details; any other exception becomes INTERNAL, is logged with its traceback, and
 the server goes on serving.
 
+An upload cannot hold the server hostage: a client may have at most ``limits.uploads_per_client``
+uploads open at once, and a watchdog cancels an upload that sends nothing for
+``limits.upload_idle_s`` or lasts longer than ``limits.upload_timeout_s``, so that its handler
+thread is free again (one enrolled client holding dozens of silent streams once froze the server).
+
 The handlers take and return raw bytes and parse them here rather than leaving it to gRPC, for
 two reasons: bytes that are not a valid message get INVALID_ARGUMENT with a message saying so
 (gRPC's own deserializer answers a bare INTERNAL), and the bytes in and out are counted exactly
@@ -14,8 +19,12 @@ for the ``bytes_received`` and ``bytes_sent`` metrics.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import Message
@@ -30,6 +39,7 @@ from fedrl.wire.convert import parse_message
 from fedrl.wire.records import Reason, Rejected
 
 TRANSPORT = "grpc"  # the label of this transport in the byte counters
+WATCH_PERIOD_S = 0.5  # how often the upload watchdog looks
 SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 
 
@@ -41,11 +51,69 @@ def _bearer_token(context: grpc.ServicerContext) -> str:
     return ""
 
 
+@dataclass
+class _Upload:
+    """An upload in progress, as the watchdog sees it."""
+
+    client: str
+    context: grpc.ServicerContext
+    started: float
+    last_heard: float
+
+
+class Uploads:
+    """The uploads in progress: at most ``per_client`` for one client, and a watchdog thread that
+    cancels those silent for ``idle_s`` or running for more than ``timeout_s``."""
+
+    def __init__(self, per_client: int, idle_s: float, timeout_s: float) -> None:
+        self.per_client, self.idle_s, self.timeout_s = per_client, idle_s, timeout_s
+        self._open: dict[int, _Upload] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch, name="fedrl-upload-watchdog", daemon=True).start()
+
+    @contextlib.contextmanager
+    def open(self, client: str, context: grpc.ServicerContext) -> Iterator[Callable[[], None]]:
+        """Hold one of ``client``'s upload slots for the block; yields the function that notes a
+        chunk heard. ``Rejected(RESOURCE_EXHAUSTED)`` when its slots are all taken."""
+        now = time.monotonic()
+        with self._lock:
+            if sum(u.client == client for u in self._open.values()) >= self.per_client:
+                raise Rejected(
+                    Reason.RESOURCE_EXHAUSTED,
+                    f"client {client!r} already has {self.per_client} uploads open; finish one first",
+                )
+            upload = self._open[id(context)] = _Upload(client, context, now, now)
+        try:
+            yield lambda: setattr(upload, "last_heard", time.monotonic())
+        finally:
+            with self._lock:
+                self._open.pop(id(context), None)
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(WATCH_PERIOD_S):
+            now = time.monotonic()
+            with self._lock:
+                expired = [
+                    u for u in self._open.values()
+                    if now - u.last_heard > self.idle_s or now - u.started > self.timeout_s
+                ]  # fmt: skip
+            for upload in expired:
+                log_event("upload_cancelled", client=upload.client, seconds=round(now - upload.started, 1))
+                upload.context.cancel()
+
+    def close(self) -> None:
+        """Stop the watchdog."""
+        self._stopped.set()
+
+
 class FederationService:
     """The handlers of ``fedrl.v1.Federation``; ``handler()`` registers them with a ``grpc.Server``."""
 
     def __init__(self, coordinator: Coordinator, metrics: ServerMetrics | None = None) -> None:
         self._coordinator = coordinator
+        limits = coordinator.config.limits
+        self.uploads = Uploads(limits.uploads_per_client, limits.upload_idle_s, limits.upload_timeout_s)
         self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
         self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
 
@@ -138,13 +206,19 @@ class FederationService:
     def push_update(self, requests: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
         """Reassemble one update from its stream and submit it as the caller; answer its ``Ack``."""
         client = self._client(context)  # before a single chunk is read
-        parts = (parse_message(pb.UpdatePart, self._in(raw)) for raw in requests)
-        try:
-            submission = convert.read_update(parts, self._coordinator.max_update_bytes, self._coordinator.dim)
-        except Rejected as refusal:  # the coordinator counts the refusals it makes itself
-            self._coordinator.note_rejected(client, refusal)
-            raise
+        with self.uploads.open(client, context) as heard:
+            parts = (parse_message(pb.UpdatePart, self._in(_heard(raw, heard))) for raw in requests)
+            try:
+                submission = convert.read_update(parts, self._coordinator.max_update_bytes, self._coordinator.dim)
+            except Rejected as refusal:  # the coordinator counts the refusals it makes itself
+                self._coordinator.note_rejected(client, refusal)
+                raise
         return self._out(convert.ack_message(self._coordinator.submit(client, submission)))
+
+
+def _heard(raw: bytes, heard: Callable[[], None]) -> bytes:
+    heard()
+    return raw
 
 
 def serve_grpc(
