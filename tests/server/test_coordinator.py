@@ -98,12 +98,12 @@ def test_claiming_more_steps_than_the_budget_buys_no_more_weight(tmp_path):
     tasks = {c: coordinator.task(c) for c in NAMES}
 
     # Execute
-    for c, value, steps in zip(NAMES, (0.1, 0.1, 1.0), (64, 64, 256)):
+    for c, value, steps in zip(NAMES, (0.01, 0.01, 0.1), (64, 64, 256)):
         coordinator.submit(c, submission(coordinator, c, tasks[c], value, steps))
     coordinator.tick()
 
     # Assert: equal thirds, not the 4/6 its claim would have bought
-    np.testing.assert_allclose(coordinator.model().params - start, (0.1 + 0.1 + 1.0) / 3, rtol=1e-5)
+    np.testing.assert_allclose(coordinator.model().params - start, (0.01 + 0.01 + 0.1) / 3, rtol=1e-5)
 
 
 def bad_submissions(coordinator: Coordinator, task: Task) -> dict[str, tuple[Reason, str, Submission]]:
@@ -235,7 +235,9 @@ def test_a_restart_keeps_every_acknowledged_update_and_gives_the_same_model(tmp_
 def test_the_gate_keeps_the_deployed_model_when_the_candidate_is_worse(tmp_path):
     # Prepare: every client pushes the actor's output bias to "always left", worse on CartPole than
     # the near-uniform initial policy (sampled actions: a greedy near-uniform policy is one-sided too)
-    config = server_config(tmp_path, "gate.enabled=true", "experiment.eval.greedy=false")
+    config = server_config(  # the norm bound off: what the gate does with a bad candidate is tested
+        tmp_path, "gate.enabled=true", "experiment.eval.greedy=false", "limits.max_update_norm_ratio=null"
+    )
     coordinator, _ = open_with_clients(tmp_path, config, Clock())
     spec = coordinator.setup.net.spec
     bias = spec.offsets[spec.names.index("actor.2.bias")]
@@ -380,3 +382,20 @@ def test_old_version_files_are_pruned_when_asked_and_say_so(tmp_path):
     with pytest.raises(Rejected) as err:
         coordinator.model(1)
     assert err.value.reason is Reason.NOT_FOUND and "pruned" in err.value.message
+
+
+def test_an_update_far_larger_than_the_model_is_refused_by_default(tmp_path):
+    # Prepare: a finite update of 3e38 everywhere, as an attacker sent to throw every round away
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    task = coordinator.task("a")
+    model_norm = float(np.linalg.norm(coordinator.model().params.astype(np.float64)))
+
+    # Execute
+    with pytest.raises(Rejected) as huge:
+        coordinator.submit("a", submission(coordinator, "a", task, value=3e38))
+    honest = coordinator.submit("a", submission(coordinator, "a", task, value=0.5 * model_norm / coordinator.dim**0.5))
+
+    # Assert: refused by the bound relative to the deployed model (2x its norm by default)
+    assert huge.value.reason is Reason.INVALID_ARGUMENT
+    assert "2 x the deployed model's norm" in huge.value.message and "max_update_norm_ratio" in huge.value.message
+    assert honest.round == task.round

@@ -80,6 +80,12 @@ class LimitsConfig(FrozenConfig):
     rate_per_s: float = Field(50.0, gt=0, description="calls per second a client may make, on average")
     burst: int = Field(100, ge=1, description="calls a client may make at once")
     max_update_norm: float | None = Field(None, gt=0, description="refuse updates whose L2 norm exceeds this")
+    max_update_norm_ratio: float | None = Field(
+        2.0,
+        gt=0,
+        description="refuse updates whose L2 norm exceeds this many times the deployed model's (honest updates "
+        "measured 0.1-0.5 of it); not under local DP, whose noise alone may be larger; null: no such bound",
+    )
     max_env_steps: int | None = Field(
         None, ge=1, description="refuse updates claiming more env steps (default: 4x the local budget, or 10^7)"
     )

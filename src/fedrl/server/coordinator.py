@@ -105,6 +105,7 @@ class Coordinator:
         self._writing: set[str] = set()  # update ids whose files are being written
         self._tokens: dict[str, str] = {}  # token hash -> client name, filled as clients authenticate
         self._experiment_yaml = to_yaml(config.experiment)
+        self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         store.sweep_update_files()
         self._load()
 
@@ -406,11 +407,21 @@ class Coordinator:
         return digest
 
     def _check_norm(self, delta: np.ndarray) -> None:
-        """The configured bound on an update's norm and, under central DP, the clip norm its noise is calibrated to."""
-        bound = self.config.limits.max_update_norm
-        norm = float(np.linalg.norm(delta))
-        if bound is not None and norm > bound:
-            raise Rejected(Reason.INVALID_ARGUMENT, f"update norm {norm:.4g} exceeds the bound {bound:g}")
+        """The configured bounds on an update's norm (absolute, and relative to the deployed model)
+        and, under central DP, the clip norm its noise is calibrated to."""
+        limits = self.config.limits
+        norm = float(np.linalg.norm(delta.astype(np.float64)))
+        if limits.max_update_norm is not None and norm > limits.max_update_norm:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"update norm {norm:.4g} exceeds the bound {limits.max_update_norm:g}"
+            )
+        relative = limits.max_update_norm_ratio is not None and self.setup.config.pipeline.dp.mode != "local"
+        if relative and norm > limits.max_update_norm_ratio * self._model_norm():
+            raise Rejected(
+                Reason.INVALID_ARGUMENT,
+                f"update norm {norm:.4g} exceeds {limits.max_update_norm_ratio:g} x the deployed model's norm "
+                f"{self._model_norm():.4g} (limits.max_update_norm_ratio)",
+            )
         if not self._central_dp:
             return
         clip = self.setup.config.pipeline.clip_norm
@@ -421,6 +432,13 @@ class Coordinator:
                 f"update norm {exact:.6g} exceeds pipeline.clip_norm {clip:g}, "
                 "the sensitivity central DP's noise is calibrated to",
             )
+
+    def _model_norm(self) -> float:
+        """The L2 norm of the deployed parameters, computed once per version."""
+        deployed = self._deployed
+        if self._norm_of[0] != deployed.version:
+            self._norm_of = (deployed.version, float(np.linalg.norm(deployed.params.astype(np.float64))))
+        return self._norm_of[1]
 
     def _check_size(self, s: Submission) -> None:
         if not 1 <= s.env_steps <= self.config.max_env_steps:
