@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from fedrl.server.log import log_event, logger, setup_logging
+from fedrl.server.log import RefusalLog, log_event, logger, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +57,25 @@ def test_values_json_cannot_hold_and_exceptions_still_make_one_line(capsys, tmp_
     written, failed = _lines(capsys)
     assert written["path"] == str(tmp_path)
     assert failed["event"] == "checkpoint_failed" and "OSError: disk full" in failed["error"]
+
+
+def test_refusals_are_logged_once_per_client_and_reason_in_an_interval(capsys):
+    # Prepare: a clock the test moves
+    setup_logging()
+    now = [0.0]
+    refusals = RefusalLog(interval_s=10.0, clock=lambda: now[0])
+
+    # Execute: a burst of 100 refusals of one client, one of another; then the interval passes
+    for _ in range(100):
+        refusals.log("update_rejected", ("mallory", "INVALID_ARGUMENT"), client="mallory")
+    refusals.log("update_rejected", ("alice", "INVALID_ARGUMENT"), client="alice")
+    now[0] = 10.5
+    refusals.log("update_rejected", ("mallory", "INVALID_ARGUMENT"), client="mallory")
+
+    # Assert: three lines, the last saying how many were left out
+    lines = _lines(capsys)
+    assert [(line["client"], line.get("suppressed")) for line in lines] == [
+        ("mallory", None),
+        ("alice", None),
+        ("mallory", 99),
+    ]

@@ -53,7 +53,7 @@ from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import SAMPLE_STREAM
 from fedrl.server.auth import hash_token
 from fedrl.server.config import ServerConfig
-from fedrl.server.log import log_event
+from fedrl.server.log import RefusalLog, log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.ratelimit import RateLimiter
 from fedrl.server.store import KnownUpdate, Seen, Store, StoredUpdate
@@ -106,6 +106,7 @@ class Coordinator:
         self._tokens: dict[str, str] = {}  # token hash -> client name, filled as clients authenticate
         self._experiment_yaml = to_yaml(config.experiment)
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
+        self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
         store.sweep_update_files()
         self._load()
 
@@ -316,8 +317,12 @@ class Coordinator:
     def note_rejected(self, client: str, refusal: Rejected) -> None:
         """Count and log a refused update; transports call it for updates they could not even decode."""
         self._metrics.updates_rejected.labels(reason=refusal.reason.value).inc()
-        log_event(
-            "update_rejected", level="warning", client=client, reason=refusal.reason.value, message=refusal.message
+        self.refusals.log(
+            "update_rejected",
+            (client, refusal.reason),
+            client=client,
+            reason=refusal.reason.value,
+            message=refusal.message,
         )
 
     def _counted(self, check: Callable, client: str, submission: Submission):

@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 
 from fedrl.server.config import LimitsConfig
 from fedrl.server.coordinator import Coordinator
-from fedrl.server.log import log_event, logger
+from fedrl.server.log import RefusalLog, log_event, logger
 from fedrl.server.metrics import ServerMetrics
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
@@ -65,8 +65,8 @@ class Uploads:
     """The uploads in progress: at most ``per_client`` for one client, and a watchdog thread that
     cancels those silent for ``idle_s`` or running for more than ``timeout_s``."""
 
-    def __init__(self, per_client: int, idle_s: float, timeout_s: float) -> None:
-        self.per_client, self.idle_s, self.timeout_s = per_client, idle_s, timeout_s
+    def __init__(self, per_client: int, idle_s: float, timeout_s: float, refusals: RefusalLog) -> None:
+        self.per_client, self.idle_s, self.timeout_s, self._refusals = per_client, idle_s, timeout_s, refusals
         self._open: dict[int, _Upload] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -99,7 +99,10 @@ class Uploads:
                     if now - u.last_heard > self.idle_s or now - u.started > self.timeout_s
                 ]  # fmt: skip
             for upload in expired:
-                log_event("upload_cancelled", client=upload.client, seconds=round(now - upload.started, 1))
+                seconds = round(now - upload.started, 1)
+                self._refusals.log(
+                    "upload_cancelled", (upload.client, "cancelled"), client=upload.client, seconds=seconds
+                )
                 upload.context.cancel()
 
     def close(self) -> None:
@@ -113,7 +116,9 @@ class FederationService:
     def __init__(self, coordinator: Coordinator, metrics: ServerMetrics | None = None) -> None:
         self._coordinator = coordinator
         limits = coordinator.config.limits
-        self.uploads = Uploads(limits.uploads_per_client, limits.upload_idle_s, limits.upload_timeout_s)
+        self.uploads = Uploads(
+            limits.uploads_per_client, limits.upload_idle_s, limits.upload_timeout_s, coordinator.refusals
+        )
         self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
         self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
 
@@ -143,7 +148,11 @@ class FederationService:
                 return body(request, context)
             except Rejected as refusal:
                 code, message = grpc.StatusCode[refusal.reason.value], refusal.message
-                log_event("call_refused", method=method, code=code.name, message=message, peer=context.peer())
+                peer = context.peer()
+                self._coordinator.refusals.log(
+                    "call_refused", (peer.rsplit(":", 1)[0], method, code), method=method, code=code.name,
+                    message=message, peer=peer,
+                )  # fmt: skip
             except Exception as error:  # a bug or a failing disk: answer, log, keep serving
                 if not context.is_active():  # the caller hung up mid-call (a dropped link): no one to answer
                     log_event("call_abandoned", method=method, peer=context.peer())

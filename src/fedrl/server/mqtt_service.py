@@ -186,9 +186,10 @@ class MqttService:
 
     def _refuse(self, client: str, frame: mq.Frame, refusal: Rejected) -> None:
         """Tell ``client`` why its frame was refused: once per message, not again for each chunk."""
-        log_event(
-            "frame_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message
-        )
+        self._coordinator.refusals.log(
+            "frame_refused", (client, refusal.reason), transport=TRANSPORT, client=client, code=refusal.reason.value,
+            message=refusal.message,
+        )  # fmt: skip
         if frame.WhichOneof("body") not in ("chunk", "resend"):
             self._send(client, frame.message_id, _refusal(refusal.reason.value, refusal.message))
 
@@ -197,9 +198,10 @@ class MqttService:
         try:
             return self._request(client, frame)
         except Rejected as refusal:
-            log_event(
-                "call_refused", transport=TRANSPORT, client=client, code=refusal.reason.value, message=refusal.message
-            )
+            self._coordinator.refusals.log(
+                "call_refused", (client, refusal.reason), transport=TRANSPORT, client=client,
+                code=refusal.reason.value, message=refusal.message,
+            )  # fmt: skip
             return _refusal(refusal.reason.value, refusal.message)
         except Exception as error:  # a bug or a failing disk: answer, log, keep serving
             logger.error("call_failed", exc_info=error, extra={"fields": {"transport": TRANSPORT, "client": client}})
