@@ -73,6 +73,7 @@ class Mosquitto:
     acl_server_user: str | None = None  # write the fleet ACL with this server user; None: no ACL
     tls: BrokerTls | None = None
     max_packet_bytes: int | None = None  # the broker's packet limit, announced in CONNACK
+    bind_client_ids: bool = False  # each login's client id is its username: no one can take another's session
     port: int = 0  # 0: a free port, chosen by start()
     process: subprocess.Popen | None = None
 
@@ -111,6 +112,8 @@ class Mosquitto:
         if self.max_packet_bytes is not None:
             lines.append(f"max_packet_size {self.max_packet_bytes}")
         lines.append(f"listener {self.port} 127.0.0.1")
+        if self.bind_client_ids:  # a listener's setting: after its listener line
+            lines.append("use_username_as_clientid true")
         if self.tls is not None:
             lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
             if self.tls.require_certificate:
