@@ -10,7 +10,7 @@ error-feedback residual as the simulator's client.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,42 +87,50 @@ def coordinated_round(coordinator: Coordinator, setup: SimSetup, state: SimState
     return state
 
 
-def test_the_coordinator_reproduces_the_simulators_rounds_exactly(tmp_path, tiny_config):
-    # Prepare: every client takes part in every round; no gate, so every candidate is deployed
-    experiment = parse_config({**tiny_config, "strategy": {"name": "fedavgm", "momentum": 0.5}})
-    config = ServerConfig(experiment=experiment, gate={"enabled": False})
-    setup = SimSetup(experiment)
-    sim = initial_state(setup)
-    coordinator, clients = open_coordinated(config, tmp_path / "state")
+@dataclass
+class BothRuntimes:
+    """The same experiment run by the simulator and by a coordinator driven by simulated clients."""
 
-    # Execute
-    for round_ in (1, 2):
-        sim, _ = sync_round(setup, sim, round_)
+    setup: SimSetup
+    sim: SimState
+    coordinator: Coordinator
+    clients: SimState
+    uplink: list[int]  # the simulator's measured uplink bytes, per round
+
+
+def run_both(tmp_path: Path, experiment: dict, rounds: int) -> BothRuntimes:
+    """``rounds`` synchronous rounds of ``experiment`` in both runtimes (no gate: every candidate deploys)."""
+    parsed = parse_config(experiment)
+    setup = SimSetup(parsed)
+    coordinator, clients = open_coordinated(
+        ServerConfig(experiment=parsed, gate={"enabled": False}), tmp_path / "state"
+    )
+    sim, uplink = initial_state(setup), []
+    for round_ in range(1, rounds + 1):
+        sim, stats = sync_round(setup, sim, round_)
         clients = coordinated_round(coordinator, setup, clients, round_)
+        uplink.append(stats.traffic.uplink)
+    return BothRuntimes(setup, sim, coordinator, clients, uplink)
+
+
+def test_the_coordinator_reproduces_the_simulators_rounds_exactly(tmp_path, tiny_config):
+    # Prepare and execute: every client takes part in every round
+    both = run_both(tmp_path, {**tiny_config, "strategy": {"name": "fedavgm", "momentum": 0.5}}, rounds=2)
 
     # Assert: the same global model, bit for bit, and every update stored
-    assert coordinator.deployed_version == 2
-    np.testing.assert_array_equal(coordinator.model().params, sim.params)
-    assert [r.n_updates for r in coordinator.status().rounds[:2]] == [3, 3]
+    assert both.coordinator.deployed_version == 2
+    np.testing.assert_array_equal(both.coordinator.model().params, both.sim.params)
+    assert [r.n_updates for r in both.coordinator.status().rounds[:2]] == [3, 3]
 
 
 def test_a_central_dp_round_draws_the_same_noise_in_both_runtimes(tmp_path, tiny_config):
-    # Prepare: every client sampled (fraction 1), so both runtimes noise the same sum
+    # Prepare and execute: every client sampled (fraction 1), so both runtimes noise the same sum
     pipeline = {"clip_norm": 1.0, "dp": {"mode": "central", "noise_multiplier": 0.5}}
-    experiment = parse_config({**tiny_config, "pipeline": pipeline})
-    config = ServerConfig(experiment=experiment, gate={"enabled": False})
-    setup = SimSetup(experiment)
-    sim = initial_state(setup)
-    coordinator, clients = open_coordinated(config, tmp_path / "state")
+    both = run_both(tmp_path, {**tiny_config, "pipeline": pipeline}, rounds=2)
 
-    # Execute
-    for round_ in (1, 2):
-        sim, _ = sync_round(setup, sim, round_)
-        clients = coordinated_round(coordinator, setup, clients, round_)
-
-    # Assert: the same noised model, bit for bit, and the same epsilon recorded
-    np.testing.assert_array_equal(coordinator.model().params, sim.params)
-    assert coordinator.deployed_version == 2
+    # Assert: the same noised model, bit for bit
+    np.testing.assert_array_equal(both.coordinator.model().params, both.sim.params)
+    assert both.coordinator.deployed_version == 2
 
 
 @pytest.mark.parametrize(
@@ -136,23 +144,12 @@ def test_a_central_dp_round_draws_the_same_noise_in_both_runtimes(tmp_path, tiny
 def test_a_compressed_run_through_the_coordinator_matches_the_simulator_and_its_uplink_bytes(
     tmp_path, tiny_config, compression
 ):
-    # Prepare
-    experiment = parse_config({**tiny_config, "pipeline": {"compression": compression}})
-    config = ServerConfig(experiment=experiment, gate={"enabled": False})
-    setup = SimSetup(experiment)
-    sim = initial_state(setup)
-    coordinator, clients = open_coordinated(config, tmp_path / "state")
-
-    # Execute
-    uplink = []
-    for round_ in (1, 2, 3):
-        sim, stats = sync_round(setup, sim, round_)
-        clients = coordinated_round(coordinator, setup, clients, round_)
-        uplink.append(stats.traffic.uplink)
+    # Prepare and execute
+    both = run_both(tmp_path, {**tiny_config, "pipeline": {"compression": compression}}, rounds=3)
 
     # Assert: the same global model and client residuals, bit for bit, from the same bytes
-    np.testing.assert_array_equal(coordinator.model().params, sim.params)
-    np.testing.assert_array_equal(clients.pipeline_state.residual, sim.pipeline_state.residual)
-    assert clients.pipeline_state.participation is sim.pipeline_state.participation is None
-    assert [r.uplink_bytes for r in coordinator.status().rounds[:3]] == uplink
-    assert uplink[0] < 3 * 4 * setup.net.spec.dim / 4
+    np.testing.assert_array_equal(both.coordinator.model().params, both.sim.params)
+    np.testing.assert_array_equal(both.clients.pipeline_state.residual, both.sim.pipeline_state.residual)
+    assert both.clients.pipeline_state.participation is both.sim.pipeline_state.participation is None
+    assert [r.uplink_bytes for r in both.coordinator.status().rounds[:3]] == both.uplink
+    assert both.uplink[0] < 3 * 4 * both.setup.net.spec.dim / 4
