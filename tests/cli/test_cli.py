@@ -12,6 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import fedrl
 from fedrl.cli import app
 from fedrl.sim import run as runs
 from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
@@ -135,3 +136,8 @@ def test_kill_9_mid_run_then_resume_matches_an_unbroken_run(tmp_path, config_fil
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert (killed / "summary.json").exists()
+
+
+def test_version_is_printed():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"fedrl {fedrl.__version__}"

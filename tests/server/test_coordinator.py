@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedrl.experiment.config import ConfigError
-from fedrl.server.config import ServerConfig, load_server_config
+from fedrl.server.config import ServerConfig, load_server_config, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.store import Store
 from fedrl.wire.codec import describe
@@ -399,3 +399,9 @@ def test_an_update_far_larger_than_the_model_is_refused_by_default(tmp_path):
     assert huge.value.reason is Reason.INVALID_ARGUMENT
     assert "2 x the deployed model's norm" in huge.value.message and "max_update_norm_ratio" in huge.value.message
     assert honest.round == task.round
+
+
+def test_the_server_names_the_experiment_keys_only_the_simulator_uses(tmp_path):
+    config = server_config(tmp_path, "experiment.fleet.dropout=0.2", "experiment.attack.fraction=0.1")
+    assert simulator_only_keys(config.experiment) == ["fleet.dropout", "attack.fraction"]
+    assert simulator_only_keys(server_config(tmp_path).experiment) == []

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedrl import __version__
 from fedrl.cli.certs import certs
 from fedrl.cli.console import console, fail
 from fedrl.cli.deploy import fleet, server
@@ -19,6 +20,21 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        console.print(f"fedrl {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Federated reinforcement learning: many clients, each in its own environment, learn one policy."""
 
 
 @app.command()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from fedrl.server.config import ServerConfig
+from fedrl.server.config import ServerConfig, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.grpc_service import serve_grpc
 from fedrl.server.log import log_event
@@ -91,6 +91,9 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     info = {**serving.info, "metrics_port": http.port if http else None}
     _write_info(options, info)
     log_event("server_started", **info, deployed_version=coordinator.deployed_version, state_dir=str(options.state_dir))
+    ignored = simulator_only_keys(config.experiment)
+    if ignored:
+        log_event("experiment_keys_ignored", level="warning", keys=ignored, reason="only the simulator uses them")
     grace_s = 3 * config.rounds.retry_s + 1.0  # a few task polls for agents to hear that the run is over
     finished_since = None
     try:

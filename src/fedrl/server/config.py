@@ -153,6 +153,20 @@ class ServerConfig(FrozenConfig):
         return 4 * steps if steps is not None else 10**7
 
 
+SIMULATOR_ONLY = ("fleet", "attack", "personalization")  # experiment sections a deployment never reads
+
+
+def simulator_only_keys(experiment: ExperimentConfig) -> list[str]:
+    """The keys the experiment sets that only the simulator uses (``fleet.*``, ``attack.*``,
+    ``personalization.*``): a deployed server accepts and ignores them, and should say so."""
+    return [
+        f"{section}.{key}"
+        for section in SIMULATOR_ONLY
+        if section in experiment.model_fields_set
+        for key in sorted(getattr(experiment, section).model_fields_set)
+    ]
+
+
 def _experiment(data: Any, folder: Path, overrides: list[str]) -> ExperimentConfig:
     """The experiment section: a path to an experiment YAML (relative to ``folder``) or a mapping."""
     if isinstance(data, str):
