@@ -57,11 +57,3 @@ class ClientState:
     # (C, k) float32, the non-federated coordinates; NaN = not trained yet (act with the global value)
     control: np.ndarray | None = field(default=None, metadata={"key": "scaffold.c"})  # (C, d) SCAFFOLD's c_i
     dqn: DQNMemory | None = field(default=None, metadata={"record": DQNMemory})
-
-    @property
-    def n_clients(self) -> int | None:
-        """C, or None for a state that holds nothing."""
-        for value in (self.personal, self.control, None if self.dqn is None else self.dqn.env_steps):
-            if value is not None:
-                return value.shape[0]
-        return None

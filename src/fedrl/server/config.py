@@ -126,8 +126,7 @@ class ServerConfig(FrozenConfig):
         """Updates a round waits for: the buffer in asynchronous mode, else ``fraction * n_clients``."""
         if self.asynchronous:
             return self.experiment.strategy.buffer_size if self.experiment.strategy.name == "fedbuff" else 1
-        fed = self.experiment.federation
-        return max(1, int(fed.fraction * fed.n_clients + 0.5))
+        return self.experiment.federation.clients_per_round
 
     @property
     def min_updates(self) -> int:

@@ -63,14 +63,14 @@ class _Upload:
 
 class Uploads:
     """The uploads in progress: at most ``per_client`` for one client, and a watchdog thread that
-    cancels those silent for ``idle_s`` or running for more than ``timeout_s``."""
+    cancels those silent for ``idle_s`` or running for more than ``timeout_s``. The watchdog runs
+    only while some upload is open."""
 
     def __init__(self, per_client: int, idle_s: float, timeout_s: float, refusals: RefusalLog) -> None:
         self.per_client, self.idle_s, self.timeout_s, self._refusals = per_client, idle_s, timeout_s, refusals
         self._open: dict[int, _Upload] = {}
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        threading.Thread(target=self._watch, name="fedrl-upload-watchdog", daemon=True).start()
+        self._watching = False
 
     @contextlib.contextmanager
     def open(self, client: str, context: grpc.ServicerContext) -> Iterator[Callable[[], None]]:
@@ -84,6 +84,9 @@ class Uploads:
                     f"client {client!r} already has {self.per_client} uploads open; finish one first",
                 )
             upload = self._open[id(context)] = _Upload(client, context, now, now)
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, name="fedrl-upload-watchdog", daemon=True).start()
         try:
             yield lambda: setattr(upload, "last_heard", time.monotonic())
         finally:
@@ -91,9 +94,13 @@ class Uploads:
                 self._open.pop(id(context), None)
 
     def _watch(self) -> None:
-        while not self._stopped.wait(WATCH_PERIOD_S):
+        while True:
+            time.sleep(WATCH_PERIOD_S)
             now = time.monotonic()
             with self._lock:
+                if not self._open:
+                    self._watching = False
+                    return
                 expired = [
                     u for u in self._open.values()
                     if now - u.last_heard > self.idle_s or now - u.started > self.timeout_s
@@ -104,10 +111,6 @@ class Uploads:
                     "upload_cancelled", (upload.client, "cancelled"), client=upload.client, seconds=seconds
                 )
                 upload.context.cancel()
-
-    def close(self) -> None:
-        """Stop the watchdog."""
-        self._stopped.set()
 
 
 class FederationService:
