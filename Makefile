@@ -45,6 +45,9 @@ test: setup mosquitto lint
 test-fast: setup mosquitto
 	$(BIN)/python -m pytest -m "not slow"
 
+# Figures go to bench-results/ unless asked: `make bench BENCH_DOC=docs/benchmarks.md` refreshes the published ones.
+BENCH_DOC ?= bench-results/benchmarks.md
+bench: export FEDRL_BENCH_DOC = $(abspath $(BENCH_DOC))
 bench: setup mosquitto
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/time_to_solve.py
@@ -57,4 +60,4 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/mqtt_vs_grpc.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs bench-results .pytest_cache

@@ -1,7 +1,13 @@
-"""Shared output of the benchmark scripts: a markdown section in docs/benchmarks.md and PNGs."""
+"""Shared output of the benchmark scripts: a markdown section of a report and PNGs beside it.
+
+The report is ``$FEDRL_BENCH_DOC``, by default ``bench-results/benchmarks.md`` (untracked), with its
+figures in ``img/`` beside it; the project's published figures are refreshed with
+``FEDRL_BENCH_DOC=docs/benchmarks.md``, on purpose.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from datetime import datetime, timezone
@@ -10,8 +16,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
-IMG = ROOT / "docs" / "img"
+DOC = Path(os.environ.get("FEDRL_BENCH_DOC") or ROOT / "bench-results" / "benchmarks.md").resolve()
+IMG = DOC.parent / "img"
 
 
 def machine() -> str:
@@ -36,12 +42,13 @@ def write_section(name: str, body: str) -> None:
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
-    print(f"wrote section {name!r} of {DOC.relative_to(ROOT)}")
+    print(f"wrote section {name!r} of {DOC}")
 
 
 def save_figure(fig, name: str, title: str) -> str:
-    """Lay out ``fig``, write it to docs/img/``name`` and return its markdown image line."""
+    """Lay out ``fig``, write it to ``IMG/name`` and return its markdown image line."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
