@@ -1,0 +1,92 @@
+"""``fedrl export``: a saved policy as a file a device runs without fedrl -- ``.npz`` for the numpy
+runtime (``fedrl.policy``), an ONNX model, or dependency-free C99."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from fedrl.cli.console import console, fail
+
+if TYPE_CHECKING:  # imported where used: `fedrl --help` need not load numpy
+    from fedrl.policy import Policy, PolicyCard
+
+
+class Format(str, enum.Enum):
+    """What ``fedrl export`` writes."""
+
+    npz = "npz"
+    onnx = "onnx"
+    c = "c"
+
+
+def export(
+    source: Path = typer.Argument(
+        ...,
+        help="A run directory, an edge agent's or a server's state directory (its deployed version), "
+        "or a policy file (.safetensors, .npz).",
+    ),
+    fmt: Format = typer.Option(
+        Format.npz,
+        "--format",
+        help="npz (numpy runtime: fedrl.policy.load_policy), onnx (needs fedrl[onnx]), or c (a .c and a .h).",
+    ),
+    int8: bool = typer.Option(False, "--int8", help="Store the weights as int8, one scale per output (onnx, c)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Where to write (default ENV-vVERSION here); for c, the stem of the .c and .h files."
+    ),
+) -> None:
+    """Export a saved policy for a device: the numpy runtime, ONNX or C, checked against its digest."""
+    from fedrl.policy.export import export as write
+    from fedrl.policy.export_c import c_footprint
+
+    try:
+        policy = _load(source)
+        written = write(policy, fmt.value, out or _default_out(policy.card, int8), int8=int8)
+    except (ValueError, OSError, ModuleNotFoundError) as exc:
+        fail(str(exc))
+    lines = [f"wrote {path} ({path.stat().st_size:,} bytes)" for path in written]
+    lines.append(f"policy: {policy.card.env or '?'} version {policy.card.version}, {policy.card.digest}")
+    if fmt is Format.c:
+        flash, stack = c_footprint(policy, int8)
+        lines.append(f"C footprint: {flash:,} bytes flash (constant data), {stack:,} bytes stack")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _default_out(card: PolicyCard, int8: bool) -> Path:
+    """``ENV-vVERSION[-int8]`` in the current folder."""
+    version = "" if card.version is None else f"-v{card.version}"
+    return Path(f"{card.env or 'policy'}{version}{'-int8' if int8 else ''}")
+
+
+def _load(source: Path) -> Policy:
+    """The policy at ``source``; a run directory written before policy cards gets its card rebuilt
+    from its ``config.yaml``."""
+    from fedrl.policy.files import RUN_POLICY, MissingCard, load_policy
+
+    try:
+        return load_policy(source)
+    except MissingCard:
+        run_dir = source if source.is_dir() else source.parent
+        if (source.is_file() and source.name != RUN_POLICY) or not (run_dir / "config.yaml").is_file():
+            raise
+        return _rebuilt(run_dir)
+
+
+def _rebuilt(run_dir: Path) -> Policy:
+    """The final policy of ``run_dir`` with the card of its resolved experiment config."""
+    from safetensors.numpy import load_file
+
+    from fedrl.experiment.card import policy_card
+    from fedrl.experiment.loading import read_resolved
+    from fedrl.experiment.setup import Setup
+    from fedrl.policy import Policy
+    from fedrl.policy.files import RUN_POLICY
+
+    setup = Setup(read_resolved((run_dir / "config.yaml").read_text()))
+    params = setup.net.spec.flatten(load_file(str(run_dir / RUN_POLICY)))
+    return Policy(policy_card(setup, params), params)
