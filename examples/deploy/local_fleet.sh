@@ -26,7 +26,7 @@ CLIENTS=""
 for i in 0 1 2 3 4; do
   OMP_NUM_THREADS=1 "$BIN/fedrl" client --server "127.0.0.1:$PORT" --ca "$OUT/pki/ca.pem" \
     --name "dev$i" --token-file "$OUT/dev$i.token" --client-index "$i" --env cartpole \
-    --state-dir "$OUT/dev$i" 2>"$OUT/logs/dev$i.jsonl" &
+    --until-finished --state-dir "$OUT/dev$i" 2>"$OUT/logs/dev$i.jsonl" &
   CLIENTS="$CLIENTS $!"
 done
 

@@ -16,6 +16,7 @@ import yaml
 
 from fedrl.edge.agent import Agent, AgentConfig, Fatal
 from fedrl.edge.backoff import BackoffConfig
+from fedrl.edge.device_env import DeviceEnvSpec
 from fedrl.edge.link import Unreachable
 from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.trainer import trainer_from_yaml
@@ -112,7 +113,8 @@ def params(trainer):
 
 
 def agent(link, state_dir, **config):
-    return Agent(link, AgentConfig(state_dir, 0, backoff=FAST, jitter_seed=0, **config))
+    """An agent with fast backoff that returns when the run is finished (unless told otherwise)."""
+    return Agent(link, AgentConfig(state_dir, 0, backoff=FAST, jitter_seed=0, **{"until_finished": True, **config}))
 
 
 class Recorded(logging.Handler):
@@ -272,7 +274,58 @@ def test_an_experiment_of_another_environment_is_refused(experiment, params, tmp
     if earlier_run:  # the same experiment's state is on disk already
         agent(ScriptedLink(experiment, {0: params}), tmp_path).run()
     with pytest.raises(Fatal, match="runs env 'pendulum' but the server's experiment trains 'cartpole'"):
-        agent(ScriptedLink(experiment, {0: params}), tmp_path, env="pendulum").run()
+        agent(ScriptedLink(experiment, {0: params}), tmp_path, env=DeviceEnvSpec("pendulum")).run()
+
+
+def test_an_environment_with_other_spaces_is_refused_naming_both_sides(experiment, params, tmp_path):
+    with pytest.raises(
+        Fatal,
+        match=r"--env Pendulum-v1: the experiment trains obs \(4,\), 2 discrete actions; this device's environment "
+        r"has obs \(3,\), 1 continuous action in \[-2, 2\]",
+    ):
+        agent(ScriptedLink(experiment, {0: params}), tmp_path, env=DeviceEnvSpec("Pendulum-v1")).run()
+
+
+def test_the_device_learns_from_what_it_did_while_acting_and_acts_on_after_the_run(experiment, params, tmp_path):
+    link = ScriptedLink(experiment, {0: params, 1: params + 0.01}, tasks=[Task(1, 0, 60.0)])
+    running = Running(agent(link, tmp_path, until_finished=False))
+    eventually(lambda: len(link.pushed) == 1)
+    (pushed,) = link.pushed
+    actor = running.agent.actor
+
+    assert pushed.env_steps == 128 and actor.steps >= 128  # the round's budget, taken from the acting loop
+    eventually(lambda: "task" in link.calls[link.calls.index("push") :])  # the server said: finished
+    steps_at_end = actor.steps
+    eventually(lambda: actor.steps > steps_at_end + 1000)  # it keeps acting after the run ...
+    link.deployed = 1
+    eventually(lambda: running.agent.acting.version == 1)  # ... and follows a version deployed later
+    assert running.thread.is_alive() and running.error is None
+    assert actor.latency_us()["p99"] < 5_000
+    running.stop()
+    running.thread.join(10)
+    assert (tmp_path / "experience.safetensors").exists()
+
+
+def test_a_device_runs_its_own_environment_from_a_factory_in_its_folder(tiny_config, tmp_path):
+    (tmp_path / "my_device.py").write_text(
+        "import gymnasium\n\ndef make_env(length=0.5):\n    return gymnasium.make('CartPole-v1')\n"
+    )
+    config = {**tiny_config, "env": {"family": "device", "device": {"obs_dim": 4, "discrete": 2}}}
+    config["federation"] = {**config["federation"], "local_steps": 64}
+    experiment = yaml.safe_dump(config)
+    params = trainer_from_yaml(experiment, 0).setup.initial_params()
+    link = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)])
+    spec = DeviceEnvSpec("my_device:make_env", {"length": 0.4}, tmp_path)
+
+    agent(link, tmp_path / "state", env=spec).run()
+
+    assert link.pushed[0].env_steps == 64 and np.isfinite(link.pushed[0].delta).all()
+
+
+def test_a_device_experiment_without_a_device_environment_is_refused(tiny_config, tmp_path):
+    config = {**tiny_config, "env": {"family": "device", "device": {"obs_dim": 4, "discrete": 2}}}
+    with pytest.raises(Fatal, match="this device must bring its own environment"):
+        agent(ScriptedLink(yaml.safe_dump(config), {}), tmp_path).run()
 
 
 def test_a_client_index_outside_the_servers_experiment_is_refused(experiment, tmp_path):

@@ -143,6 +143,7 @@ class Deployment:
                 str(self.state_dir(i)),
                 "--env",
                 "cartpole",
+                "--until-finished",
                 "--insecure",
                 "--timeout",
                 "5",

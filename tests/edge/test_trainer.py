@@ -1,4 +1,5 @@
-"""One edge client's local training, from the experiment YAML a server sends."""
+"""One edge client's local training from its own recorded experience, for the experiment YAML a
+server sends."""
 
 import numpy as np
 import pytest
@@ -9,31 +10,52 @@ from fedrl.edge.trainer import EdgeTrainer, trainer_from_yaml
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.streams import PIPELINE_STREAM
 
+from .conftest import recorded
 
-def test_a_cartpole_client_trains_a_finite_delta_of_the_policy_shape(experiment):
+
+def test_a_cartpole_client_learns_a_finite_delta_of_the_policy_shape_from_its_experience(experiment):
     trainer = trainer_from_yaml(experiment, 1)
     params = trainer.setup.initial_params()
+    experience = recorded(trainer, params, 128)
 
-    update, state = trainer.train(trainer.fresh_state(), params, round_=1)
+    update, _ = trainer.train(trainer.fresh_state(), params, 1, experience)
 
     assert update.delta.dtype == np.float32 and update.delta.shape == params.shape
     assert np.isfinite(update.delta).all() and np.abs(update.delta).max() > 0
-    assert update.env_steps >= 128
-    assert np.isfinite(update.metrics.loss) and update.metrics.episodes >= 1
+    assert update.env_steps == 128  # what it learned from, no more
+    assert np.isfinite(update.metrics.loss) and update.metrics.episodes == experience.episodes >= 1
     assert update.control_delta is None
-    assert state.env_state.t.any()  # episodes still running: the next round goes on with them
 
 
-def test_same_config_client_and_round_give_the_same_delta_bit_for_bit(experiment):
+@pytest.mark.parametrize(
+    "learner",
+    [{"name": "ppo"}, {"name": "a2c"}, {"name": "reinforce"}, {"name": "dqn", "learning_starts": 32, "batch_size": 16}],
+    ids=lambda learner: learner["name"],
+)
+def test_every_learner_learns_from_recorded_experience(experiment, learner):
+    data = yaml.safe_load(experiment)
+    data["learner"] = {**data["learner"], **learner} if data["learner"].get("name", "ppo") == learner["name"] else learner
+    trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
+    params = trainer.setup.initial_params()
+
+    update, state = trainer.train(trainer.fresh_state(), params, 1, recorded(trainer, params, 128))
+
+    assert np.isfinite(update.delta).all() and np.abs(update.delta).max() > 0
+    if learner["name"] == "dqn":  # the transitions joined the replay buffer the device keeps
+        assert state.learner.dqn.replay.size[0] == 128 and state.learner.dqn.env_steps[0] == 128
+
+
+def test_same_experience_client_and_round_give_the_same_delta_bit_for_bit(experiment):
     first, second = trainer_from_yaml(experiment, 2), trainer_from_yaml(experiment, 2)
     params = first.setup.initial_params()
+    experience = recorded(first, params, 128)
 
-    a, _ = first.train(first.fresh_state(), params, round_=4)
-    b, _ = second.train(second.fresh_state(), params, round_=4)
-    other_round, _ = first.train(first.fresh_state(), params, round_=5)
+    a, _ = first.train(first.fresh_state(), params, 4, experience)
+    b, _ = second.train(second.fresh_state(), params, 4, experience)
+    other_round, _ = first.train(first.fresh_state(), params, 5, experience)
 
     assert a.delta.tobytes() == b.delta.tobytes()
-    assert a.delta.tobytes() != other_round.delta.tobytes()
+    assert a.delta.tobytes() != other_round.delta.tobytes()  # minibatches are drawn per round
 
 
 def test_with_a_pipeline_the_update_leaves_as_the_simulated_clients_bytes_and_its_residual_survives_a_restart(
@@ -45,11 +67,13 @@ def test_with_a_pipeline_the_update_leaves_as_the_simulated_clients_bytes_and_it
     setup, params = trainer.setup, trainer.setup.initial_params()
     residual = np.zeros((3, setup.net.spec.dim), np.float32)
 
-    update, state = trainer.train(trainer.fresh_state(), params, round_=1)
+    experience = recorded(trainer, params, 128)
+
+    update, state = trainer.train(trainer.fresh_state(), params, 1, experience)
     trainer.save_learner(tmp_path, state)
     restored = EdgeTrainer(setup, 2).restore(tmp_path)
-    again, _ = trainer.train(restored, params, round_=2)
-    unbroken, _ = trainer.train(state._replace(env_state=restored.env_state), params, round_=2)  # episodes restart
+    again, _ = trainer.train(restored, params, 2, experience)
+    unbroken, _ = trainer.train(state, params, 2, experience)
 
     simulated = client_message(
         setup.config.pipeline, update.delta, residual[2], setup.rng(PIPELINE_STREAM, 1, 2), setup.net.spec.sizes
@@ -62,7 +86,8 @@ def test_with_a_pipeline_the_update_leaves_as_the_simulated_clients_bytes_and_it
 def test_without_a_pipeline_the_delta_travels_as_it_is(experiment):
     trainer = trainer_from_yaml(experiment, 0)
 
-    update, state = trainer.train(trainer.fresh_state(), trainer.setup.initial_params(), round_=1)
+    params = trainer.setup.initial_params()
+    update, state = trainer.train(trainer.fresh_state(), params, 1, recorded(trainer, params, 64))
 
     assert update.payload is None and state.pipeline == PipelineState()
 
@@ -88,7 +113,7 @@ def test_scaffold_sends_a_control_delta_and_keeps_its_c_i_across_a_restart(exper
     params = trainer.setup.initial_params()
     control = np.full_like(params, 0.01)
 
-    update, state = trainer.train(trainer.fresh_state(), params, 1, server_control=control)
+    update, state = trainer.train(trainer.fresh_state(), params, 1, recorded(trainer, params, 64), control)
     trainer.save_learner(tmp_path, state)
     restored = EdgeTrainer(trainer.setup, 0).restore(tmp_path)
 
@@ -101,11 +126,9 @@ def test_learner_state_of_another_client_or_network_is_not_taken_up(experiment, 
     data = yaml.safe_load(experiment)
     data["strategy"] = {"name": "scaffold"}
     trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
+    params = trainer.setup.initial_params()
     _, state = trainer.train(
-        trainer.fresh_state(),
-        trainer.setup.initial_params(),
-        1,
-        server_control=np.zeros(trainer.setup.net.spec.dim, np.float32),
+        trainer.fresh_state(), params, 1, recorded(trainer, params, 64), np.zeros(trainer.setup.net.spec.dim, np.float32)
     )
     trainer.save_learner(tmp_path, state)
 
@@ -117,20 +140,38 @@ def test_learner_state_of_another_client_or_network_is_not_taken_up(experiment, 
     assert not other_net.learner.control.any()
 
 
-def test_a_gymnasium_id_trains_through_the_adapter_and_the_agent_accepts_its_id(tiny_config):
-    from fedrl.edge.agent import Fatal, check_env
+def test_a_device_experiment_trains_from_the_spaces_alone_with_the_devices_own_environment(tiny_config):
+    import gymnasium as gym
 
     config = {
         **tiny_config,
-        "env": {"family": "gym", "gym": {"id": "CartPole-v1"}},
+        "env": {"family": "device", "device": {"obs_dim": 4, "discrete": 2, "time_limit": 500}},
         "federation": {"n_clients": 2, "local_steps": 64},
     }
     trainer = trainer_from_yaml(yaml.safe_dump(config), 1)
+    params = trainer.setup.initial_params()
 
-    update, _ = trainer.train(trainer.fresh_state(), trainer.setup.initial_params(), 1)
+    experience = recorded(trainer, params, 64, env=gym.make("CartPole-v1"))
+    update, _ = trainer.train(trainer.fresh_state(), params, 1, experience)
 
-    assert update.env_steps >= 64 and np.isfinite(update.delta).all()
-    check_env(trainer, "CartPole-v1")
-    check_env(trainer, "gym")
-    with pytest.raises(Fatal, match="'cartpole'.*'gym / CartPole-v1'"):
-        check_env(trainer, "cartpole")
+    assert update.env_steps == 64 and np.isfinite(update.delta).all()
+
+
+def test_an_experiment_naming_a_gymnasium_setter_is_refused_before_anything_is_imported(tiny_config, tmp_path):
+    import sys
+
+    marker = tmp_path / "imported"
+    (tmp_path / "hostile_setter.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\ndef setter(env, row):\n    pass\n"
+    )
+    config = {
+        **tiny_config,
+        "env": {
+            "family": "gym",
+            "gym": {"id": "CartPole-v1", "setter": "hostile_setter:setter", "setter_dir": str(tmp_path)},
+        },
+    }
+
+    with pytest.raises(ConfigError, match="imports no code a server names"):
+        trainer_from_yaml(yaml.safe_dump(config), 0)
+    assert not marker.exists() and "hostile_setter" not in sys.modules

@@ -159,6 +159,7 @@ def deploy(tmp_path, start_broker):
                     str(tmp_path / name),
                     "--timeout",
                     "20",
+                    "--until-finished",
                     *common,
                 ],
                 passwords[name],

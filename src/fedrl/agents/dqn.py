@@ -148,7 +148,7 @@ def td_loss(
     return torch.nn.functional.smooth_l1_loss(q, y, reduction="none").mean(1)
 
 
-class _Round(NamedTuple):
+class Round(NamedTuple):
     """What a round of DQN carries from step to step."""
 
     buffer: ReplayArrays  # of torch tensors
@@ -158,7 +158,7 @@ class _Round(NamedTuple):
     loss_sum: np.ndarray  # (C,) float64
 
 
-def _train_phase(config: DQNConfig, task: LocalTask, start: client.Start, optimizer, env_steps, r: _Round) -> _Round:
+def train_phase(config: DQNConfig, task: LocalTask, start: client.Start, optimizer, env_steps, r: Round) -> Round:
     """``gradient_steps`` steps for the clients past ``learning_starts``; the others are masked out."""
     ready = torch.from_numpy((env_steps >= max(config.learning_starts, 1)) & (r.buffer.size.numpy() > 0))
     if not ready.any():
@@ -186,7 +186,7 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
     optimizer = make_optimizer(start.flat, config.lr)
     kept = task.client_state.dqn or init_state(config, task.net, task.n_clients)
     env_steps = np.array(kept.env_steps, dtype=np.int64)
-    r = _Round(
+    r = Round(
         to_torch(kept.replay),
         start.reference,
         0,
@@ -216,7 +216,7 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
         episodes += (res.terminated | res.truncated).sum(1)
         vector_steps += 1
         if vector_steps % config.train_freq == 0:
-            r = _train_phase(config, task, start, optimizer, env_steps, r)
+            r = train_phase(config, task, start, optimizer, env_steps, r)
     outcome = client.finish(config, task, start.flat, r.opt_steps, DQNMemory(to_numpy(r.buffer), env_steps))
     took = r.opt_steps > 0
     loss = np.where(took, r.loss_sum / np.maximum(r.opt_steps, 1), np.nan)

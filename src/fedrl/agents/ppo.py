@@ -64,7 +64,7 @@ def _minibatch_loss(
     return loss
 
 
-def _update(task: LocalTask, config: PPOConfig, start: client.Start, optimizer, rollout: Rollout, gen):
+def improve(task: LocalTask, config: PPOConfig, start: client.Start, optimizer, rollout: Rollout, gen):
     """Epochs of minibatch steps on one rollout: mean loss ``(C,)`` and the number of steps."""
     adv, returns = gae(rollout, config.gamma, config.gae_lambda)
     batch = {
@@ -90,5 +90,5 @@ def train(config: PPOConfig, task: LocalTask, budget: Budget) -> LocalResult:
     """Train every client of ``task`` from its local parameters until ``budget`` is spent:
     ``local_steps`` per client, or until each client has finished ``local_episodes``."""
     return train_on_policy(
-        config, task, budget, lambda start, opt, rollout: _update(task, config, start, opt, rollout, task.gen)
+        config, task, budget, lambda start, opt, rollout: improve(task, config, start, opt, rollout, task.gen)
     )

@@ -34,9 +34,11 @@ def _per_client_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum((0, 2)) / mask.sum((0, 2)).clamp(min=1.0)
 
 
-def _loss(
+def policy_loss(
     task: LocalTask, config: ReinforceConfig, flat: torch.Tensor, rollout, mask, returns, reference: dict | None = None
 ) -> torch.Tensor:
+    """Per-client loss ``(C,)`` over the steps ``mask`` ``(T, C, E)`` keeps: policy gradient on the
+    returns minus the value baseline, value regression, entropy bonus and the KL pull."""
     T, C, E = mask.shape
     obs = per_client(rollout.obs)
     heads = task.net.heads(task.net.unpack(flat), obs)
@@ -86,7 +88,7 @@ def train(config: ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResu
         )
         mask = first_episode_mask(rollout.dones)
         returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)
-        loss = _loss(task, config, flat, rollout, mask, returns, start.reference)
+        loss = policy_loss(task, config, flat, rollout, mask, returns, start.reference)
         start.terms.apply(optimizer, flat, loss.sum(), config.max_grad_norm)
         losses.append(loss.detach())
         steps += mask.sum((0, 2)).long().numpy()

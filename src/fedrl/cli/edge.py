@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable
@@ -36,6 +37,17 @@ def read_token(token: str | None, token_file: Path | None) -> str:
     return token
 
 
+def parse_env_kwargs(text: str) -> dict:
+    """``--env-kwargs``: a JSON object."""
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--env-kwargs is not JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--env-kwargs must be a JSON object, got {type(kwargs).__name__}")
+    return kwargs
+
+
 def channel_credentials(server: str, ca: Path | None, cert: Path | None, key: Path | None, insecure: bool):
     """TLS credentials trusting ``ca`` (with a client certificate for mutual TLS), or None for
     plain text, which is allowed only with ``insecure`` on a loopback address."""
@@ -68,7 +80,11 @@ def client(
     ),
     name: str = typer.Option(..., "--name", help="This client's name, as enrolled with `fedrl fleet add-client NAME`."),
     client_index: int = typer.Option(
-        ..., "--client-index", min=0, help="This device's client (row of physical parameters) in the experiment."
+        0,
+        "--client-index",
+        min=0,
+        help="This device's client in the experiment: its random streams, and with a built-in family "
+        "its row of physical parameters.",
     ),
     token: Optional[str] = typer.Option(
         None,
@@ -80,8 +96,22 @@ def client(
     env: Optional[str] = typer.Option(
         None,
         "--env",
-        help="The environment family this device runs (or the Gymnasium id of a gym experiment); "
-        "refuse a server that trains another.",
+        help="The environment this device acts in: 'package.module:make_env' (a factory returning a Gymnasium "
+        "env), a registered Gymnasium id, or a built-in family name (simulated, for demos). "
+        "Default: the experiment's built-in family.",
+    ),
+    env_kwargs: str = typer.Option("{}", "--env-kwargs", help="JSON object of keyword arguments for --env."),
+    env_dir: Optional[Path] = typer.Option(
+        None, "--env-dir", help="Folder searched first for --env's module (default: the current folder)."
+    ),
+    act_period: float = typer.Option(
+        0.0, "--act-period", min=0.0, help="Seconds between two decisions at least (0: at the environment's pace)."
+    ),
+    greedy: bool = typer.Option(
+        False, "--greedy", help="Act greedily (no exploration): the experience then suits DQN only."
+    ),
+    until_finished: bool = typer.Option(
+        False, "--until-finished", help="Exit when the run is finished instead of acting on with its last version."
     ),
     state_dir: Optional[Path] = typer.Option(
         None,
@@ -111,15 +141,18 @@ def client(
     broker_password: Optional[str] = BROKER_PASSWORD,
     mqtt_version: str = MQTT_VERSION,
 ) -> None:
-    """Run an edge agent: register, then pull, train locally and push updates until the run is
-    finished, riding out server restarts and network loss. JSON log lines on stderr."""
+    """Run an edge agent: act in this device's environment with the deployed policy all the time,
+    learn from that experience when the server asks, push the updates, and keep acting after the
+    run ends; rides out server restarts and network loss. JSON log lines on stderr."""
     from fedrl.edge.agent import Agent, AgentConfig, Fatal
+    from fedrl.edge.device_env import DeviceEnvSpec
     from fedrl.edge.grpc_link import GrpcLink
     from fedrl.edge.mqtt_link import MqttLink
     from fedrl.server.log import setup_logging  # the log format only: the agent itself never imports the server
 
     try:
         secret = read_token(token, token_file)
+        spec = None if env is None else DeviceEnvSpec(env, parse_env_kwargs(env_kwargs), env_dir or Path.cwd())
         if transport is Transport.mqtt:
             options = broker_options(
                 broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version
@@ -136,7 +169,15 @@ def client(
         if transport is Transport.mqtt
         else GrpcLink(server, secret, name, credentials, timeout)
     )
-    agent = Agent(link, AgentConfig(state_dir or _default_state_dir(name), client_index, env))
+    config = AgentConfig(
+        state_dir or _default_state_dir(name),
+        client_index,
+        spec,
+        explore=not greedy,
+        act_period_s=act_period,
+        until_finished=until_finished,
+    )
+    agent = Agent(link, config)
     _stop_on_signals(agent.stop)
     try:
         agent.run()

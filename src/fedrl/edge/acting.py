@@ -1,13 +1,15 @@
-"""The policy a device decides with, and the hot update that replaces it while the device runs.
+"""The policy a device acts with, and the hot update that replaces it while the device runs.
 
-``Policy`` is one global version ready to act: ``act(obs)`` is one greedy forward pass of the
-experiment's network (argmax, or the Gaussian mean clipped to the client's action bound).
+``Policy`` is one global version (with the device's personal part, if any) ready to act, run by
+``fedrl.policy``'s numpy runtime: ``act(obs)`` is the greedy action; ``explore(obs, rng)`` the
+action a learning device takes (a draw from the policy for actor-critic learners, epsilon-greedy
+for DQN) together with what the learner records (the unclipped draw of a Gaussian policy).
 ``ActingPolicy`` holds the current one and swaps in a new version as a whole, under a lock: a
-decision is made entirely by the old version or entirely by the new one, and the version
-changes between two ``act`` calls, with no restart. Each swap is recorded in
-``STATE_DIR/acting.json`` (``{"version", "since"}``), for an operator to read, and the
-parameters in ``acting.safetensors``, so a rebooted device acts again before it reaches the
-server.
+decision is made entirely by the old version or entirely by the new one, and the version changes
+between two decisions, with no restart. Each swap is recorded in ``STATE_DIR/acting.json``
+(``{"version", "since"}``), for an operator to read, and the parameters, with their policy card,
+in ``acting.safetensors`` (``fedrl.load_policy(STATE_DIR)`` runs it), so a rebooted device acts
+again before it reaches the server.
 """
 
 from __future__ import annotations
@@ -15,15 +17,14 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
-from fedrl.agents.distributions import greedy
-from fedrl.agents.rollout import env_action
-from fedrl.edge.trainer import EdgeTrainer
+from fedrl.policy.card import PolicyCard
+from fedrl.policy.runtime import Policy as Runtime
 from fedrl.wire import disk
 
 PARAMS_FILE = "acting.safetensors"
@@ -33,29 +34,41 @@ RECORD_FILE = "acting.json"
 class Decision(NamedTuple):
     """An action and the global version that chose it."""
 
-    action: np.ndarray  # an index () for discrete actions, reals (A,) for continuous ones
+    action: Any  # an int for discrete actions, float32 (A,) for continuous ones
     version: int
 
 
 @dataclass(frozen=True)
 class Policy:
-    """Global version ``version`` as client ``trainer.index`` acts with it."""
+    """Global version ``version`` as this device acts with it."""
 
     version: int
-    params: np.ndarray  # float32 (d,): the global params, with the client's personal part if any
-    trainer: EdgeTrainer
+    params: np.ndarray  # float32 (d,): the global params, with the device's personal part if any
+    card: PolicyCard
     since: float  # wall-clock seconds when it began to act
 
-    @torch.inference_mode()
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    @cached_property
+    def runtime(self) -> Runtime:
+        """The numpy runtime that computes the actions (built once per version)."""
+        return Runtime(self.card, self.params)
+
+    def act(self, obs: np.ndarray) -> Any:
         """The greedy action for one observation ``(obs_dim,)``."""
-        net, family = self.trainer.setup.net, self.trainer.setup.family
-        obs = np.asarray(obs, dtype=np.float32)
-        if obs.shape != (family.obs_dim,):
-            raise ValueError(f"an observation of {family.name} has shape ({family.obs_dim},), got {obs.shape}")
-        weights = net.unpack(torch.from_numpy(self.params).unsqueeze(0))
-        heads = net.policy(weights, torch.from_numpy(obs).reshape(1, 1, -1))
-        return env_action(family, self.trainer.env_params, greedy(heads))[0, 0]
+        return self.runtime.predict(obs)
+
+    def explore(self, obs: np.ndarray, rng: np.random.Generator, epsilon: float = 0.0) -> tuple[Any, Any]:
+        """``(action for the environment, action to record)`` of a learning device: epsilon-greedy
+        for a Q network, else a draw from the policy (a Gaussian draw is recorded unclipped)."""
+        runtime = self.runtime
+        if self.card.q_values:
+            action = int(rng.integers(self.card.action.n)) if rng.random() < epsilon else runtime.predict(obs)
+            return action, action
+        if runtime.bound is None:
+            action = int(runtime.predict(obs, deterministic=False, rng=rng))
+            return action, action
+        mean = runtime.logits_or_mean(np.asarray(obs, dtype=np.float32)[None])[0]
+        raw = (mean + runtime.std * rng.standard_normal(mean.shape)).astype(np.float32)
+        return np.clip(raw, -runtime.bound, runtime.bound), raw
 
 
 class ActingPolicy:
@@ -91,23 +104,24 @@ class ActingPolicy:
 
 
 def save_acting(state_dir: Path, policy: Policy) -> None:
-    """Record ``policy`` as the acting one in ``state_dir``: parameters, then ``acting.json``."""
+    """Record ``policy`` as the acting one in ``state_dir``: parameters and card, then ``acting.json``."""
     header = {"version": policy.version, "since": policy.since}
-    disk.save_record(Path(state_dir) / PARAMS_FILE, {"params": policy.params}, header)
+    disk.save_record(Path(state_dir) / PARAMS_FILE, {"params": policy.params}, header, card=policy.card)
     disk.write_atomic(Path(state_dir) / RECORD_FILE, (json.dumps(header) + "\n").encode())
 
 
-def load_acting(state_dir: Path, trainer: EdgeTrainer) -> Policy | None:
-    """The acting policy saved in ``state_dir``; None when there is none or it does not fit
-    ``trainer``'s network (``ValueError`` when the file is unreadable)."""
+def load_acting(state_dir: Path, card: PolicyCard) -> Policy | None:
+    """The acting policy saved in ``state_dir``; None when there is none or it does not fit the
+    layout of ``card`` (``ValueError`` when the file is unreadable)."""
     record = disk.load_record(Path(state_dir) / PARAMS_FILE)
     if record is None:
         return None
     arrays, header = record
     params = arrays.get("params")
-    if params is None or params.shape != (trainer.setup.net.spec.dim,) or params.dtype != np.float32:
+    if params is None or params.shape != (card.dim,) or params.dtype != np.float32:
         return None
-    return Policy(int(header["version"]), params, trainer, float(header["since"]))
+    version = int(header["version"])
+    return Policy(version, params, card.with_params(params, version=version), float(header["since"]))
 
 
 def clear_acting(state_dir: Path) -> None:

@@ -1,29 +1,36 @@
-"""The edge agent: one device's loop of register, pull, train, push -- that outlives the server.
+"""The edge agent: one device that acts in its own environment all the time, learns from its
+own experience, and shares only updates with the server -- and outlives the server.
 
-``Agent.run`` registers (learning the experiment to train), starts a heartbeat thread, pushes
-any update a previous run left pending, then asks the server what to do, over and over:
+``Agent.run`` takes up what a previous run left (experiment, acting policy, recorded experience,
+pending update), registers (learning the experiment), makes the device's environment
+(``fedrl.edge.device_env``: named on the device, checked against the experiment's spaces) and
+starts the acting loop (``fedrl.edge.actor``), which steps the environment with the deployed
+version from then on. It starts a heartbeat thread, pushes any update left pending, then asks the
+server what to do, over and over:
 
-- ``Task``: pull the base version unless it is held, train locally (``fedrl.edge.trainer``;
-  with an update pipeline in the experiment, the update is its encoded payload), write the
-  update to disk (``fedrl.edge.pending``), push it, and forget it after the ``Ack``;
-- ``Wait``: sleep as told, or return when the run is finished.
+- ``Task``: act with the task's base version until the acting loop has recorded the local budget
+  of fresh experience with it, learn from that experience (``fedrl.edge.trainer``; with an update
+  pipeline, the update is its encoded payload), write the update to disk
+  (``fedrl.edge.pending``), push it, and forget it after the ``Ack``;
+- ``Wait``: sleep as told; when the run is finished, keep acting with the final deployed version
+  and keep following new ones (or return, with ``until_finished``).
 
-The acting policy (``fedrl.edge.acting``) follows the version the server says is deployed
-(at registration and in every heartbeat's answer): a new version is pulled and swapped in
-between two decisions, without a restart.
+Acting never waits for training or the network: the acting loop runs in its own thread and a new
+version is swapped in between two decisions (``fedrl.edge.acting``).
 
 Failures. ``Unreachable`` (server down, restarting, network gone): back off with jitter
 (``fedrl.edge.backoff``) and try again, forever -- a device never gives up on its server.
 ``Rejected`` for the credentials (UNAUTHENTICATED, PERMISSION_DENIED) and ``Untrusted`` (the
-server's certificate does not verify) raise ``Fatal``: a wrong token or CA must fail loudly, not
-loop. RESOURCE_EXHAUSTED (a rate limit) is retried with backoff a few times. Any other
-``Rejected`` is logged; a refused update is dropped.
+server's certificate does not verify) raise ``Fatal``, as do an experiment that names code for
+the device to import and an environment whose spaces differ from the experiment's: these must
+fail loudly, not loop. RESOURCE_EXHAUSTED (a rate limit) is retried with backoff a few times. Any
+other ``Rejected`` is logged; a refused update is dropped.
 ``stop()`` (SIGTERM, SIGINT) ends the loop at the next call or wait; what is on disk stays.
 
 Everything that must survive a restart lives in ``AgentConfig.state_dir``: the experiment
 (``experiment.yaml``), the pending update, the learner state (with the update pipeline's
-error-feedback residual) and the acting policy. One agent
-at a time may use a folder (a lock file says so).
+error-feedback residual), the recorded experience and the acting policy. One agent at a time may
+use a folder (a lock file says so).
 """
 
 from __future__ import annotations
@@ -38,13 +45,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import gymnasium as gym
 import numpy as np
 
-from fedrl.edge.acting import ActingPolicy, Policy, clear_acting, load_acting, save_acting
+from fedrl.agents import dqn
+from fedrl.agents.experience import Experience
+from fedrl.edge.acting import ActingPolicy, clear_acting, load_acting, save_acting
+from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
+from fedrl.edge.device_env import DeviceEnvSpec, EnvUnusable, make_env
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
+from fedrl.edge.recorder import EXPERIENCE_FILE, Recorder
 from fedrl.edge.trainer import LEARNER_FILE, EdgeTrainer, LocalState, trainer_from_yaml
+from fedrl.envs import FAMILIES
 from fedrl.experiment.config import ConfigError
 from fedrl.wire import disk
 from fedrl.wire.records import Model, Reason, Registration, Rejected, Submission, Task
@@ -76,12 +90,20 @@ class AgentConfig:
     """How one edge agent runs."""
 
     state_dir: Path
-    """Where the agent keeps what must survive a restart (pending update, learner state, acting policy)."""
-    client_index: int
-    """This device's row of physical parameters in the experiment, 0 .. n_clients - 1."""
-    env: str | None = None
-    """The environment family this device runs (or, for a ``gym`` experiment, its Gymnasium id);
-    an experiment of another is refused. None: whatever the server's experiment trains."""
+    """Where the agent keeps what must survive a restart (pending update, learner state, experience, acting policy)."""
+    client_index: int = 0
+    """This device's client in the experiment, 0 .. n_clients - 1: its random streams, and with a
+    built-in family its row of physical parameters."""
+    env: DeviceEnvSpec | None = None
+    """The environment this device acts in; None: the experiment's built-in family, simulated."""
+    explore: bool = True
+    """Act as the learner explores (a draw from the policy; epsilon-greedy for DQN); else greedily."""
+    act_period_s: float = 0.0
+    """Seconds between two decisions at least (0: as fast as the environment steps)."""
+    until_finished: bool = False
+    """Return when the run is finished, rather than keep acting and following new versions."""
+    experience_capacity: int = 20_000
+    """Transitions the device keeps recorded (at least a round's budget is needed)."""
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     """Waits between attempts to reach the server."""
     heartbeat_s: float = 10.0
@@ -90,12 +112,28 @@ class AgentConfig:
     """Seed of the backoff jitter; None (on a device) draws it from the operating system."""
 
 
-def check_env(trainer: EdgeTrainer, expected: str | None) -> None:
-    """``Fatal`` unless the experiment trains the environment ``expected`` names (None: any)."""
-    env = trainer.setup.config.env
-    names = [env.family] + ([env.gym.id] if env.gym is not None else [])
-    if expected is not None and expected not in names:
-        raise Fatal(f"this device runs env {expected!r} but the server's experiment trains {' / '.join(names)!r}")
+def device_env(trainer: EdgeTrainer, spec: DeviceEnvSpec | None) -> gym.Env:
+    """The device's environment for ``trainer``'s experiment; ``Fatal`` naming both sides when
+    it cannot be made or does not have the experiment's spaces."""
+    if spec is None:
+        family = trainer.setup.config.env.family
+        if family not in FAMILIES:
+            raise Fatal(
+                f"the experiment's env.family is {family!r}: this device must bring its own environment (--env)"
+            )
+        spec = DeviceEnvSpec(family)
+    try:
+        return make_env(spec, trainer.setup, trainer.index)
+    except EnvUnusable as exc:
+        raise Fatal(str(exc)) from None
+
+
+def recorder_for(trainer: EdgeTrainer, capacity: int) -> Recorder:
+    """An empty record of transitions shaped for ``trainer``'s spaces, holding a round at least."""
+    shape = trainer.setup.net.shape
+    action = ((shape.action_dim,), np.float32) if shape.continuous else ((), np.int64)
+    budget = trainer.setup.budget.steps or 0
+    return Recorder(max(capacity, 2 * budget), shape.obs_dim, *action)
 
 
 @contextlib.contextmanager
@@ -125,6 +163,9 @@ class Agent:
         self._trainer: EdgeTrainer | None = None
         self._local: LocalState | None = None
         self._models: dict[int, Model] = {}
+        self._finished = False
+        self._actor: Actor | None = None
+        self._recorder: Recorder | None = None
 
     def stop(self) -> None:
         """Ask ``run`` to return at its next call or wait (safe from a signal handler or thread)."""
@@ -154,9 +195,44 @@ class Agent:
                 self.stop()
                 if heartbeat is not None:
                     heartbeat.join()
+                self._stop_acting()
         if self._fatal is not None:
             raise self._fatal
         event(logging.INFO, "stopped", client=self._client, acting_version=self.acting.version)
+
+    @property
+    def actor(self) -> Actor | None:
+        """The acting loop, once the device knows its experiment."""
+        return self._actor
+
+    def _start_acting(self) -> None:
+        """Make the device's environment and start acting in it (with the current policy, or as
+        soon as one arrives), taking up the experience a previous run recorded."""
+        self._stop_acting()
+        trainer, config = self._trainer, self.config
+        env = device_env(trainer, config.env)
+        recorder = recorder_for(trainer, config.experience_capacity)
+        try:
+            recorder.restore(config.state_dir)
+        except ValueError as exc:
+            event(logging.WARNING, "experience_dropped", error=str(exc))
+        learner = trainer.setup.config.learner
+        epsilon = (lambda steps: float(dqn.epsilon(learner, np.array([steps]))[0])) if learner.name == "dqn" else None
+        seed = None if config.jitter_seed is None else config.jitter_seed + 1
+        self._recorder = recorder
+        self._actor = Actor(env, self.acting, recorder, seed, epsilon, config.explore, config.act_period_s)
+        self._actor.start()
+
+    def _stop_acting(self) -> None:
+        """Stop the acting loop and keep its experience on disk."""
+        if self._actor is not None:
+            self._actor.stop()
+            self._save_experience()
+            self._actor = None
+
+    def _save_experience(self) -> None:
+        if self._recorder is not None:
+            self._recorder.save(self.config.state_dir)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -169,12 +245,15 @@ class Agent:
         try:
             text = path.read_text()
             trainer = trainer_from_yaml(text, self.config.client_index)
-            local, policy = trainer.restore(self.config.state_dir), load_acting(self.config.state_dir, trainer)
+            local = trainer.restore(self.config.state_dir)
+            blank = trainer.policy(0, trainer.setup.initial_params(), local, 0.0).card
+            policy = load_acting(self.config.state_dir, blank)
         except (OSError, ValueError) as exc:  # ConfigError is a ValueError
             event(logging.WARNING, "stored_state_ignored", error=str(exc))
             return
         self._experiment, self._trainer, self._local = text, trainer, local
         self.acting.swap(policy)
+        self._start_acting()
         event(logging.INFO, "restored", acting_version=self.acting.version)
 
     def _register(self) -> Registration:
@@ -188,7 +267,6 @@ class Agent:
         self._client = registration.client
         if registration.experiment_yaml != self._experiment:
             self._adopt(registration.experiment_yaml)
-        check_env(self._trainer, self.config.env)
         self._learn_deployed(registration.deployed_version)
         event(
             logging.INFO,
@@ -207,12 +285,17 @@ class Agent:
             local = trainer.fresh_state()
         except ConfigError as exc:
             raise Fatal(f"cannot train the server's experiment here: {exc}") from None
+        self._stop_acting()
+        device_env(trainer, self.config.env).close()  # refuse an environment that does not fit, before forgetting
         state_dir = Path(self.config.state_dir)
         clear_acting(state_dir)
-        disk.remove(state_dir / LEARNER_FILE)
+        for name in (LEARNER_FILE, EXPERIENCE_FILE):
+            disk.remove(state_dir / name)
         disk.write_atomic(state_dir / EXPERIMENT_FILE, experiment_yaml.encode())
         self._experiment, self._trainer, self._local, self._models = experiment_yaml, trainer, local, {}
         self.acting.swap(None)
+        self._recorder = None
+        self._start_acting()
 
     def _push_pending(self) -> None:
         """Push the update a previous run trained but never saw acknowledged."""
@@ -251,21 +334,28 @@ class Agent:
         if isinstance(reply, Task):
             self._train(reply)
         elif reply.finished:
-            self._finish(reply.reason)
+            self._finish(reply.reason, reply.retry_after_s)
         else:
             event(logging.DEBUG, "wait", seconds=reply.retry_after_s, reason=reply.reason)
             self._sleep(reply.retry_after_s)
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, retry_after_s: float) -> None:
         """The run is over: act with the final deployed version if the server answers at once
-        (a server that exits when its run is over must not keep the device waiting), then stop."""
+        (a server that exits when its run is over must not keep the device waiting); then stop
+        (``until_finished``) or keep acting, asking again later for new versions."""
         try:
             self._learn_deployed(self.link.heartbeat(self.acting.version))
             self._follow_deployed(patient=False)
         except (Unreachable, Rejected) as exc:
             event(logging.WARNING, "final_version_unknown", error=str(exc))
-        event(logging.INFO, "finished", reason=reason, acting_version=self.acting.version)
-        self.stop()
+        if not self._finished:
+            self._finished = True
+            event(logging.INFO, "finished", reason=reason, acting_version=self.acting.version, **self._acting_stats())
+        if self.config.until_finished:
+            self.stop()
+            return
+        self._save_experience()
+        self._sleep(max(retry_after_s, self.config.heartbeat_s))
 
     def _train(self, task: Task) -> None:
         """Train from the task's base version; the update is on disk before it is pushed."""
@@ -274,8 +364,11 @@ class Agent:
         except Rejected as exc:
             self._pause("refused", call="pull", version=task.base_version, reason=exc.reason.value, message=exc.message)
             return
+        experience = self._experience(task, model)
+        if experience is None:
+            return
         started = time.monotonic()
-        update, local = self._trainer.train(self._local, model.params, task.round, task.server_control)
+        update, local = self._trainer.train(self._local, model.params, task.round, experience, task.server_control)
         seconds = time.monotonic() - started
         submission = new_submission(
             self._client,
@@ -300,6 +393,7 @@ class Agent:
             seconds=seconds,
             update_id=submission.update_id,
             bytes=submission.sent_bytes,
+            **self._acting_stats(),
         )
         if seconds > task.deadline_s:
             event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
@@ -322,6 +416,48 @@ class Agent:
             event(logging.INFO, "acknowledged", update_id=ack.update_id, round=ack.round, duplicate=ack.duplicate)
         self.pending.clear()
 
+    def _experience(self, task: Task, model: Model) -> Experience | None:
+        """Act with the task's base version until the acting loop has recorded the round's budget
+        of fresh experience with it, then take that experience; None when the deadline passes
+        first with none recorded (the task is left; the server reassigns it)."""
+        if self.acting.version != task.base_version:
+            policy = self._trainer.policy(task.base_version, model.params, self._local, time.time())
+            self.acting.swap(policy)
+            event(logging.INFO, "acting", version=task.base_version, reason="task")
+        budget, deadline = self._trainer.setup.budget, time.monotonic() + task.deadline_s
+        while True:
+            steps, episodes = self._recorder.fresh(task.base_version)
+            if budget.spent(np.array([steps]), np.array([episodes])):
+                break
+            if self._actor is None or not self._actor.alive:
+                error = None if self._actor is None else self._actor.error
+                raise Fatal(f"the device's environment stopped acting: {error}")
+            if time.monotonic() > deadline:
+                if steps == 0:
+                    event(logging.WARNING, "no_experience", round=task.round, deadline_s=task.deadline_s)
+                    return None
+                break
+            if self._stop.wait(0.01):
+                raise _Stopped
+        experience = self._recorder.take(task.base_version, budget.steps)
+        self._save_experience()
+        return experience
+
+    def _acting_stats(self) -> dict[str, object]:
+        """What the acting loop did, for the log: steps, episodes, recent mean return, latency."""
+        actor = self._actor
+        if actor is None:
+            return {}
+        recent = list(actor.returns)[-10:]
+        latency = actor.latency_us()
+        return {
+            "acting_steps": actor.steps,
+            "acting_episodes": actor.episodes,
+            "recent_return": float(np.mean(recent)) if recent else None,
+            "act_p50_us": round(latency["p50"], 1),
+            "act_p99_us": round(latency["p99"], 1),
+        }
+
     # -- the deployed version ---------------------------------------------------------------
 
     def _learn_deployed(self, version: int) -> None:
@@ -343,7 +479,7 @@ class Agent:
                 logging.WARNING, "refused", call="pull", version=version, reason=exc.reason.value, message=exc.message
             )
             return
-        policy = Policy(version, self._trainer.acting_params(model.params, self._local), self._trainer, time.time())
+        policy = self._trainer.policy(version, model.params, self._local, time.time())
         save_acting(self.config.state_dir, policy)  # first: a reboot acts with what acted last
         self.acting.swap(policy)
         event(logging.INFO, "acting", version=version, eval_return=model.eval_return)

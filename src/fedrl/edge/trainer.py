@@ -1,21 +1,20 @@
 """Local training of one edge client (C = 1) from the global vector the server sent.
 
-A device trains exactly what the simulator trains for one client: the experiment config's
-environment family, this client's row of physical parameters, the config's learner and local
-budget, and the strategy's client-side terms (FedProx's ``mu``; SCAFFOLD's correction when the
+A device learns from its own experience: the transitions its acting loop recorded with the
+task's base version (``fedrl.agents.experience``), with the experiment's learner, its local
+budget and the strategy's client-side terms (FedProx's ``mu``; SCAFFOLD's correction when the
 task carries the server's control variate). It builds the experiment's ``Setup`` (config ->
-family, parameters, network, budget), as every runtime does.
+family or spaces, network, budget), as every runtime does.
 
 When the experiment has an update pipeline (``fedrl.core.pipeline``), the delta leaves the device
 as the simulator's client would send it: clipped, noised (local DP), compressed with error
 feedback and scaled to the clip norm (central DP), encoded as bytes (``LocalUpdate.payload``).
 
-What the client keeps between rounds is a ``LocalState``: its environments' ongoing episodes
-(in memory: after a restart they start afresh), the learner's ``client_state`` (personal
-parameters, SCAFFOLD's ``c_i``, DQN's replay buffer) and the pipeline's (the error-feedback
-residual, the rounds taken part in), which ``save_learner`` writes to disk so a reboot keeps them.
-Randomness comes from the config seed, the client index and the round, so the same inputs give
-the same update bit for bit -- and the same bytes as the simulator's client of that index.
+What the client keeps between rounds is a ``LocalState``: the learner's ``client_state``
+(personal parameters, SCAFFOLD's ``c_i``, DQN's replay buffer) and the pipeline's (the
+error-feedback residual, the rounds taken part in), which ``save_learner`` writes to disk so a
+reboot keeps them. Randomness comes from the config seed, the client index and the round, so the
+same experience gives the same update bit for bit.
 """
 
 from __future__ import annotations
@@ -26,13 +25,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedrl.agents import ClientState, init_client_state, local_params, make_task, train_local
+from fedrl.agents import ClientState, init_client_state, local_params, make_task
+from fedrl.agents.experience import Experience, train_from_experience
 from fedrl.core.pipeline import PipelineState, after_sending, client_message, init_pipeline_state
 from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.core.update import UpdateMetrics
-from fedrl.envs.base import EnvState, reset
+from fedrl.edge.acting import Policy
+from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError
-from fedrl.experiment.loading import read_resolved
+from fedrl.experiment.loading import read_from_server
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import PIPELINE_STREAM, TRAIN_STREAM
 from fedrl.wire import disk
@@ -44,7 +45,6 @@ PIPELINE_PREFIX = "pipeline."  # the pipeline's arrays in the learner file, besi
 class LocalState(NamedTuple):
     """What one client keeps between rounds."""
 
-    env_state: EnvState  # its environments' ongoing episodes, (1, n_envs)
     learner: ClientState  # what the learner keeps, arrays with leading axis 1
     pipeline: PipelineState  # what the update pipeline keeps, leading axis 1
 
@@ -83,33 +83,41 @@ class EdgeTrainer:
         return self.setup.env_params[[self.index]]
 
     def fresh_state(self) -> LocalState:
-        """Fresh episodes and the learner state of a client that has never trained."""
+        """The learner state of a client that has never trained."""
         setup = self.setup
-        env_state, _ = reset(
-            setup.family, self.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0, self.index)
-        )
         learner = init_client_state(setup.config.learner, setup.net, 1, setup.strategy.uses_control_variates)
-        return LocalState(env_state, learner, init_pipeline_state(setup.config.pipeline, 1, setup.net.spec.dim))
+        return LocalState(learner, init_pipeline_state(setup.config.pipeline, 1, setup.net.spec.dim))
+
+    def policy(self, version: int, params: np.ndarray, state: LocalState, since: float) -> Policy:
+        """Global version ``version`` as this client acts with it (its personal part included)."""
+        acting = self.acting_params(params, state)
+        return Policy(version, acting, policy_card(self.setup, acting, version, self.env_params[0]), since)
 
     def train(
-        self, state: LocalState, params: np.ndarray, round_: int, server_control: np.ndarray | None = None
+        self,
+        state: LocalState,
+        params: np.ndarray,
+        round_: int,
+        experience: Experience,
+        server_control: np.ndarray | None = None,
     ) -> tuple[LocalUpdate, LocalState]:
-        """Train from the global ``params`` ``(d,)`` for ``round_``; ``ValueError`` when
-        ``params`` or ``server_control`` do not fit this experiment's network."""
+        """Learn from ``experience`` starting at the global ``params`` ``(d,)`` for ``round_``;
+        ``ValueError`` when ``params`` or ``server_control`` do not fit this experiment's network
+        or there is no experience."""
         setup = self.setup
         params = np.asarray(params, dtype=np.float32)
         task = make_task(
             setup.net,
             setup.family,
             self.env_params,
-            state.env_state,
+            None,  # no simulated environments: the experience was recorded in the device's own
             params,
             setup.config.learner.prox_mu,
             setup.rng(TRAIN_STREAM, round_, self.index),
             client_state=state.learner,
             server_control=server_control,
         )
-        result = train_local(setup.config.learner, task, setup.budget)
+        result = train_from_experience(setup.config.learner, task, experience)
         control = None if result.control_delta is None else result.control_delta[0].astype(np.float32)
         delta = (result.params[0] - params).astype(np.float32)
         payload, pipeline = self._encode(delta, state.pipeline, round_)
@@ -120,7 +128,7 @@ class EdgeTrainer:
             control,
             payload,
         )
-        return update, LocalState(result.env_state, result.client_state, pipeline)
+        return update, LocalState(result.client_state, pipeline)
 
     def _encode(self, delta: np.ndarray, pipeline: PipelineState, round_: int) -> tuple[bytes | None, PipelineState]:
         """The pipeline's message for ``delta`` (None when the pipeline applies nothing: the delta
@@ -144,7 +152,7 @@ class EdgeTrainer:
         disk.save_record(Path(state_dir) / LEARNER_FILE, _file_arrays(state), {"client_index": self.index})
 
     def restore(self, state_dir: Path) -> LocalState:
-        """Fresh episodes with the learner and pipeline state saved in ``state_dir``; a fresh
+        """The learner and pipeline state saved in ``state_dir``; a fresh
         state when none was saved, or it was saved by another client index, another network or
         another pipeline (``ValueError`` when the file is unreadable)."""
         fresh = self.fresh_state()
@@ -174,5 +182,6 @@ def _same_layout(saved: dict[str, np.ndarray], fresh: dict[str, np.ndarray]) -> 
 
 def trainer_from_yaml(experiment_yaml: str, index: int) -> EdgeTrainer:
     """The trainer of client ``index`` in the experiment the server sent, as YAML;
-    ``ConfigError`` in one line when the config is unusable here or ``index`` is not a client."""
-    return EdgeTrainer(Setup(read_resolved(experiment_yaml)), index)
+    ``ConfigError`` in one line when the config is unusable here (or names code for the device
+    to import) or ``index`` is not a client."""
+    return EdgeTrainer(Setup(read_from_server(experiment_yaml)), index)

@@ -37,6 +37,7 @@ from fedrl.envs import FAMILIES
 from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter, load_setter
 
 GYM_FAMILY = "gym"
+DEVICE_FAMILY = "device"
 
 
 VARIANTS: dict[str, dict[str, type[BaseModel]]] = {
@@ -132,34 +133,61 @@ class GymEnvConfig(FrozenConfig):
         return self
 
 
+class DeviceSpacesConfig(FrozenConfig):
+    """The spaces of a fleet whose devices bring their own environments (``family: device``)."""
+
+    obs_dim: int = Field(ge=1, description="length of an observation (a flat Box)")
+    discrete: int | None = Field(None, ge=1, description="number of discrete actions")
+    continuous: int | None = Field(None, ge=1, description="number of continuous actions")
+    action_bound: float | None = Field(None, gt=0, description="continuous actions lie in [-bound, bound]")
+    time_limit: int = Field(1000, ge=1, description="episode length the devices' environments use")
+    solved_return: float = Field(0.0, description="return that counts as solved (reports only)")
+
+    @model_validator(mode="after")
+    def _one_action_space(self) -> DeviceSpacesConfig:
+        if (self.discrete is None) == (self.continuous is None):
+            raise KeyProblem("discrete", "give exactly one of discrete (number of actions) and continuous")
+        if (self.continuous is None) != (self.action_bound is None):
+            raise KeyProblem("action_bound", "required with continuous actions, and only with them")
+        return self
+
+
 class EnvConfig(FrozenConfig):
     """Which environment family the clients run and how their physics differ."""
 
-    family: str = Field("cartpole", description="environment family (see `fedrl envs`), or 'gym' for the adapter")
+    family: str = Field(
+        "cartpole",
+        description="environment family (see `fedrl envs`), 'gym' for the adapter, or 'device' when the devices "
+        "bring their own environments",
+    )
     heterogeneity: float = Field(1.0, ge=0, le=1, description="0 = identical clients, 1 = widest spread")
     clients: list[dict[str, float]] | None = Field(
         None, description="explicit physical parameters, one mapping per client (overrides heterogeneity)"
     )
     gym: GymEnvConfig | None = Field(None, description="the Gymnasium id and its parameters, with family: gym")
+    device: DeviceSpacesConfig | None = Field(None, description="the spaces devices' own environments share")
 
     @field_validator("family")
     @classmethod
     def _known_family(cls, value: str) -> str:
-        if value not in FAMILIES and value != GYM_FAMILY:
-            raise ValueError(f"unknown family; allowed: {', '.join([*FAMILIES, GYM_FAMILY])}")
+        if value not in FAMILIES and value not in (GYM_FAMILY, DEVICE_FAMILY):
+            raise ValueError(f"unknown family; allowed: {', '.join([*FAMILIES, GYM_FAMILY, DEVICE_FAMILY])}")
         return value
 
     @model_validator(mode="after")
-    def _gym_section_iff_gym(self) -> EnvConfig:
-        if self.family == GYM_FAMILY and self.gym is None:
-            raise KeyProblem("gym", "required with family: gym (at least gym.id)")
-        if self.family != GYM_FAMILY and self.gym is not None:
-            raise KeyProblem("gym", f"only used with family: gym, not family: {self.family}")
+    def _section_of_its_family(self) -> EnvConfig:
+        for name, section in ((GYM_FAMILY, self.gym), (DEVICE_FAMILY, self.device)):
+            if self.family == name and section is None:
+                raise KeyProblem(name, f"required with family: {name}")
+            if self.family != name and section is not None:
+                raise KeyProblem(name, f"only used with family: {name}, not family: {self.family}")
         return self
 
     @model_validator(mode="after")
     def _known_client_params(self) -> EnvConfig:
-        if self.gym is not None:  # the adapter adds action_bound for continuous actions only
+        if self.device is not None:
+            names = shown = ()
+        elif self.gym is not None:  # the adapter adds action_bound for continuous actions only
             names, shown = (*self.gym.params, ACTION_BOUND), [*self.gym.params, f"{ACTION_BOUND} (continuous actions)"]
         else:
             names = shown = FAMILIES[self.family].param_names

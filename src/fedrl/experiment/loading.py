@@ -13,7 +13,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fedrl.experiment.config import ROBUST_KEYS, VARIANTS, ConfigError, ExperimentConfig, KeyProblem
+from fedrl.experiment.config import GYM_FAMILY, ROBUST_KEYS, VARIANTS, ConfigError, ExperimentConfig, KeyProblem
 
 
 def _allowed_keys(model: type[BaseModel]) -> str:
@@ -152,6 +152,25 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
             data["learner"] = {**(data.get("learner") or {}), "prox_mu": mu}
         data["strategy"] = strategy
     return data
+
+
+def read_from_server(text: str) -> ExperimentConfig:
+    """The experiment a server sent to a device, refused (``ConfigError``) before anything in it
+    is imported when it names a Gymnasium id or setter: a device runs its own environment, and
+    a server must never make it import code (``Setup.for_devices`` is what servers send)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the experiment config is not valid YAML: {str(exc).splitlines()[0]}") from None
+    env = data.get("env") if isinstance(data, dict) else None
+    if isinstance(env, dict) and (env.get("gym") is not None or env.get("family") == GYM_FAMILY):
+        gym = env.get("gym") if isinstance(env.get("gym"), dict) else {}
+        raise ConfigError(
+            "the server's experiment names a Gymnasium environment for the device to load "
+            f"(env.gym.id = {gym.get('id')!r}, env.gym.setter = {gym.get('setter')!r}); a device imports no code "
+            "a server names: the server must send family: device, as servers of this fedrl version do"
+        )
+    return read_resolved(text)
 
 
 def read_resolved(text: str) -> ExperimentConfig:

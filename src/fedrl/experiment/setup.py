@@ -10,9 +10,25 @@ import numpy as np
 from fedrl.agents import Budget, PolicyNet, federated_mask, init_params, make_net
 from fedrl.core.strategies import Strategy, make_strategy
 from fedrl.envs import get_family
-from fedrl.envs.base import EnvFamily, ParamRange, heldout_params, params_from_rows, sample_params
-from fedrl.envs.gym_adapter import gym_family
-from fedrl.experiment.config import ConfigError, ExperimentConfig, GymEnvConfig, import_setter
+from fedrl.envs.base import (
+    Continuous,
+    Discrete,
+    EnvFamily,
+    ParamRange,
+    heldout_params,
+    params_from_rows,
+    sample_params,
+)
+from fedrl.envs.gym_adapter import ACTION_BOUND, gym_family
+from fedrl.envs.spaces import spaces_family
+from fedrl.experiment.config import (
+    DEVICE_FAMILY,
+    ConfigError,
+    DeviceSpacesConfig,
+    ExperimentConfig,
+    GymEnvConfig,
+    import_setter,
+)
 from fedrl.experiment.streams import INIT_STREAM
 
 
@@ -35,6 +51,34 @@ def build_gym_family(gym: GymEnvConfig) -> EnvFamily:
         raise ConfigError(f"bad config: env.gym.id = {gym.id!r}: {type(exc).__name__}: {reason}") from None
 
 
+def device_family(spaces: DeviceSpacesConfig) -> EnvFamily:
+    """The family of a fleet whose devices bring their own environments (``family: device``)."""
+    if spaces.discrete is not None:
+        action: Discrete | Continuous = Discrete(spaces.discrete)
+    else:
+        action = Continuous(spaces.continuous, ACTION_BOUND)
+    return spaces_family(
+        DEVICE_FAMILY, spaces.obs_dim, action, spaces.action_bound, spaces.time_limit, spaces.solved_return
+    )
+
+
+def spaces_config(family: EnvFamily) -> DeviceSpacesConfig:
+    """``family``'s spaces as a ``family: device`` section (a continuous bound: its standard value)."""
+    space = family.action_space
+    if isinstance(space, Discrete):
+        return DeviceSpacesConfig(
+            obs_dim=family.obs_dim, discrete=space.n, time_limit=family.time_limit, solved_return=family.solved_return
+        )
+    bound = float(family.standard_params[family.param_names.index(space.bound_param)])
+    return DeviceSpacesConfig(
+        obs_dim=family.obs_dim,
+        continuous=space.dim,
+        action_bound=bound,
+        time_limit=family.time_limit,
+        solved_return=family.solved_return,
+    )
+
+
 @dataclass(frozen=True)
 class Setup:
     """The immutable pieces of a run: family, client physics, network, strategy, budget, random streams."""
@@ -43,9 +87,28 @@ class Setup:
 
     @cached_property
     def family(self) -> EnvFamily:
-        """The clients' environment family: a built-in one, or a Gymnasium id through the adapter."""
-        gym = self.config.env.gym
-        return get_family(self.config.env.family) if gym is None else build_gym_family(gym)
+        """The clients' environment family: a built-in one, a Gymnasium id through the adapter, or
+        the spaces of the devices' own environments."""
+        env = self.config.env
+        if env.device is not None:
+            return device_family(env.device)
+        return get_family(env.family) if env.gym is None else build_gym_family(env.gym)
+
+    @property
+    def simulated(self) -> bool:
+        """Whether this machine can step the clients' environments (not for ``family: device``)."""
+        return self.config.env.device is None
+
+    def for_devices(self) -> ExperimentConfig:
+        """The experiment as the devices receive it: a Gymnasium section (an id and a setter a
+        device would have to import) becomes the spaces it has, ``family: device``; each device
+        runs its own environment, never code the server names."""
+        if self.config.env.gym is None:
+            return self.config
+        env = self.config.env.model_copy(
+            update={"family": DEVICE_FAMILY, "gym": None, "device": spaces_config(self.family), "clients": None}
+        )
+        return self.config.model_copy(update={"env": env})
 
     @property
     def env_state_is_value(self) -> bool:

@@ -47,6 +47,7 @@ from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.core.update import Update, UpdateMetrics
 from fedrl.experiment.aggregation import aggregate_round, heldout_returns
+from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import read_resolved, to_yaml
 from fedrl.experiment.setup import Setup
@@ -104,7 +105,7 @@ class Coordinator:
         self._closing = False
         self._writing: set[str] = set()  # update ids whose files are being written
         self._tokens: dict[str, str] = {}  # token hash -> client name, filled as clients authenticate
-        self._experiment_yaml = to_yaml(config.experiment)
+        self._experiment_yaml = to_yaml(self.setup.for_devices())
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
         store.sweep_update_files()
@@ -121,6 +122,11 @@ class Coordinator:
                 "bad config: experiment.pipeline.secure_aggregation.enabled = True: secure aggregation runs "
                 "in the simulator only; its rounds of key exchange are not carried over gRPC or MQTT"
             )
+        if config.gate.enabled and not Setup(config.experiment).simulated:
+            raise ConfigError(
+                "bad config: gate.enabled = True: the gate evaluates candidates on environments the server "
+                "simulates, and with experiment.env.family: device there are none; set gate.enabled: false"
+            )
         store = Store(state_dir, config.store.durability)
         experiment = to_yaml(config.experiment)
         stored = store.meta("experiment")
@@ -134,7 +140,8 @@ class Coordinator:
             setup = Setup(config.experiment)
             params = setup.initial_params()
             score = _gate_return(config, setup, params) if config.gate.enabled else None
-            store.record_initial(params, state_to_arrays(setup.strategy.init(params)), score, clock(), experiment)
+            state = state_to_arrays(setup.strategy.init(params))
+            store.record_initial(params, state, score, clock(), experiment, policy_card(setup, params, 0))
         return cls(config, store, metrics, clock)
 
     def _load(self) -> None:
@@ -558,7 +565,8 @@ class Coordinator:
         now, spent = self._clock(), self._epsilon(round_.round)
         if self._promotes(score):
             version = self._deployed.version + 1
-            self._store.write_version_file(version, candidate, state_to_arrays(state))
+            card = policy_card(self.setup, candidate, version)
+            self._store.write_version_file(version, candidate, state_to_arrays(state), card)
             self._store.close_round(round_.round, now, score, version, version, spent)
             self._deployed, self._strategy_state = Model(version, candidate, round_.round, score), state
             if self.config.versions_kept is not None:

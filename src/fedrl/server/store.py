@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import load_file
 
+from fedrl.policy.card import PolicyCard
 from fedrl.server.auth import hash_token, new_token
 from fedrl.wire import disk
 from fedrl.wire.records import ClientStatus, Model, RoundStatus, Submission
@@ -219,10 +220,13 @@ class Store:
         state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
         return Model(version, arrays["params"], row["round"], row["eval_return"]), state
 
-    def write_version_file(self, version: int, params: np.ndarray, state: dict[str, np.ndarray]) -> None:
-        """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``)."""
+    def write_version_file(
+        self, version: int, params: np.ndarray, state: dict[str, np.ndarray], card: PolicyCard | None = None
+    ) -> None:
+        """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``);
+        with its ``card``, ``fedrl.policy.load_policy`` runs the state directory's deployed version."""
         disk.save_record(
-            self._model_path(version), {"params": params, **{f"strategy.{k}": v for k, v in state.items()}}
+            self._model_path(version), {"params": params, **{f"strategy.{k}": v for k, v in state.items()}}, card=card
         )
 
     def prune_versions(self, below: int) -> None:
@@ -236,10 +240,16 @@ class Store:
         disk.save_record(self.path / "rejected" / f"r{round_:06d}.safetensors", {"params": params})
 
     def record_initial(
-        self, params: np.ndarray, state: dict[str, np.ndarray], eval_return: float | None, now: float, experiment: str
+        self,
+        params: np.ndarray,
+        state: dict[str, np.ndarray],
+        eval_return: float | None,
+        now: float,
+        experiment: str,
+        card: PolicyCard | None = None,
     ) -> None:
         """A new run: its experiment, version 0 and round 1, in one transaction."""
-        self.write_version_file(0, params, state)
+        self.write_version_file(0, params, state, card)
         with self._transaction():
             self.db.execute("INSERT INTO meta(key, value) VALUES ('experiment', ?)", (experiment,))
             self.db.execute("INSERT INTO versions VALUES (0, 0, ?, ?)", (now, eval_return))

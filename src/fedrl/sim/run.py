@@ -12,7 +12,7 @@ import yaml
 
 from fedrl.agents.runtime import tune_allocator
 from fedrl.experiment.aggregation import heldout_returns
-from fedrl.experiment.config import ExperimentConfig
+from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
 from fedrl.sim.engine import initial_state, run_rounds
 from fedrl.sim.plots import plot_run
@@ -50,6 +50,11 @@ def start(config: ExperimentConfig, path: Path) -> Run:
     if (run_dir.path / "config.yaml").exists():
         raise FileExistsError(f"{path} already holds a run; use --resume to continue it")
     setup = SimSetup(config)
+    if not setup.simulated:
+        raise ConfigError(
+            "bad config: env.family = 'device': the devices bring their own environments, which the "
+            "simulator cannot step; run it with `fedrl server` and `fedrl client --env ...`"
+        )
     state = initial_state(setup)
     run_dir.create(to_yaml(config))
     run_dir.save_checkpoint(setup, state)

@@ -42,6 +42,7 @@ from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.envs.base import EnvState, reset
 from fedrl.envs.base import state_from_arrays as env_state_from_arrays
 from fedrl.envs.base import state_to_arrays as env_state_to_arrays
+from fedrl.experiment.card import policy_card
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import RESUME_STREAM
 from fedrl.sim.state import InFlight, RoundResult, SimState
@@ -298,7 +299,8 @@ class RunDir:
     def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:
         """Write a policy as safetensors (named tensors) with a JSON description beside it."""
         path = self.path / f"{name}.safetensors"
-        disk.save_record(path, setup.net.spec.unflatten(params))
+        card = policy_card(setup, params, meta.get("version", meta.get("round")))
+        disk.save_record(path, setup.net.spec.unflatten(params), card=card)
         description = {
             "family": setup.family.name,
             "hidden": list(setup.net.shape.hidden),

@@ -24,6 +24,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
+from fedrl.policy.card import CARD_KEY, PolicyCard
+
 _HEADER = "fedrl.header"
 PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
 
@@ -62,10 +64,16 @@ def private_file(path: Path) -> Path:
     return path
 
 
-def save_record(path: Path, arrays: dict[str, np.ndarray], header: dict | None = None) -> None:
-    """Write ``arrays`` (and the JSON-able ``header``, if any) atomically as one safetensors file."""
+def save_record(
+    path: Path, arrays: dict[str, np.ndarray], header: dict | None = None, card: PolicyCard | None = None
+) -> None:
+    """Write ``arrays`` (and the JSON-able ``header``, if any) atomically as one safetensors file;
+    with ``card``, the file is also a policy any ``fedrl.policy.load_policy`` can run."""
     tensors = {name: np.require(array, requirements="C") for name, array in arrays.items()}  # 0-d stays 0-d
-    write_atomic(path, save(tensors, metadata=None if header is None else {_HEADER: json.dumps(header)}))
+    metadata = {} if header is None else {_HEADER: json.dumps(header)}
+    if card is not None:
+        metadata[CARD_KEY] = card.to_json()
+    write_atomic(path, save(tensors, metadata=metadata or None))
 
 
 def load_record(path: Path) -> tuple[dict[str, np.ndarray], dict] | None:

@@ -1,0 +1,163 @@
+"""Learning from experience a device recorded while acting (the edge agent's act-and-learn loop).
+
+In simulation a learner steps its own batched environments; on a device the environment is the
+world, stepped by one acting loop at its own pace, and the learner only sees what that loop
+recorded: ``Experience``, consecutive transitions of one environment. ``train_from_experience``
+turns them into one round of local training for any registered learner:
+
+- PPO and A2C: the transitions, collected with the policy being improved (the acting version),
+  are one rollout (``C = E = 1``): values, log-probabilities and GAE are computed at the round's
+  start parameters, then PPO's epochs of minibatches, or A2C's one gradient step per ``n_steps``;
+- REINFORCE: one gradient step on the Monte-Carlo returns of the steps whose episode ended
+  within the batch (a return needs the episode's end);
+- DQN: the transitions join the replay buffer the client keeps, then one training phase per
+  ``train_freq`` new transitions, as in simulation.
+
+A break in the record (the next transition does not start where the last one ended: a restart,
+a gap) is treated as a time-out: the value of the state reached is bootstrapped, so no return
+runs across it. The strategy's client-side terms (FedProx, SCAFFOLD, personal towers) apply as
+in simulation (``fedrl.agents.client``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from fedrl.agents import a2c, client, distributions, dqn, ppo, reinforce
+from fedrl.agents.config import LearnerBase
+from fedrl.agents.local import LocalResult, LocalTask
+from fedrl.agents.memory import DQNMemory
+from fedrl.agents.optim import make_optimizer
+from fedrl.agents.rollout import Rollout, returns_to_go
+
+
+class Experience(NamedTuple):
+    """``T`` transitions of one environment, in the order they happened."""
+
+    obs: np.ndarray  # float32 (T, obs_dim): the observation acted on
+    action: np.ndarray  # int64 (T,) or float32 (T, A): the action taken (before clipping)
+    reward: np.ndarray  # float32 (T,)
+    terminated: np.ndarray  # bool (T,)
+    truncated: np.ndarray  # bool (T,)
+    next_obs: np.ndarray  # float32 (T, obs_dim): the observation the step reached, before any reset
+
+    @property
+    def steps(self) -> int:
+        """Number of transitions."""
+        return len(self.reward)
+
+    @property
+    def episodes(self) -> int:
+        """Episodes that ended within these transitions."""
+        return int((self.terminated | self.truncated).sum())
+
+
+def _breaks(exp: Experience) -> np.ndarray:
+    """``(T,)`` bool: transitions after which the record does not go on from where it ended
+    (never the last one, whose successor is unknown)."""
+    out = np.zeros(exp.steps, dtype=bool)
+    done = exp.terminated | exp.truncated
+    out[:-1] = ~done[:-1] & (exp.next_obs[:-1] != exp.obs[1:]).any(-1)
+    return out
+
+
+@torch.inference_mode()
+def rollout_of(task: LocalTask, flat: torch.Tensor, exp: Experience, gamma: float) -> Rollout:
+    """The transitions as a ``(T, 1, 1)`` rollout, valued by the policy ``flat`` ``(1, d)``;
+    time-outs and breaks bootstrap ``gamma * V(next_obs)`` into the reward."""
+    w = task.net.unpack(flat)
+    obs = torch.from_numpy(np.ascontiguousarray(exp.obs, dtype=np.float32))[None]
+    next_obs = torch.from_numpy(np.ascontiguousarray(exp.next_obs, dtype=np.float32))[None]
+    action = torch.from_numpy(np.ascontiguousarray(exp.action))[None]
+    heads = task.net.heads(w, obs)
+    next_value = task.net.value(w, next_obs)[0]
+    cut = exp.truncated | _breaks(exp)
+    reward = torch.from_numpy(exp.reward.astype(np.float32)) + gamma * next_value * torch.from_numpy(cut)
+    done = torch.from_numpy((exp.terminated | cut).astype(np.float32))
+
+    def steps(x: torch.Tensor) -> torch.Tensor:  # (1, T, ...) or (T,) -> (T, 1, 1, ...)
+        x = x[0] if x.dim() > 1 and x.shape[0] == 1 else x
+        return x.reshape(x.shape[0], 1, 1, *x.shape[1:]).clone()
+
+    last = next_value[-1] * (0.0 if exp.terminated[-1] else 1.0)
+    return Rollout(
+        obs=steps(obs),
+        actions=steps(action),
+        logp=steps(distributions.log_prob(heads, action)),
+        values=steps(heads.value),
+        rewards=steps(reward),
+        dones=steps(done),
+        last_value=last.reshape(1, 1),
+    )
+
+
+def _ppo(config: ppo.PPOConfig, task: LocalTask, start: client.Start, exp: Experience):
+    optimizer = make_optimizer(start.flat, config.lr)
+    rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
+    loss, n = ppo.improve(task, config, start, optimizer, rollout, task.gen)
+    return loss, n, None
+
+
+def _a2c(config: a2c.A2CConfig, task: LocalTask, start: client.Start, exp: Experience):
+    optimizer = make_optimizer(start.flat, config.lr, config.optimizer)
+    losses = []
+    for first in range(0, exp.steps, config.n_steps):
+        part = Experience(*(field[first : first + config.n_steps] for field in exp))
+        rollout = rollout_of(task, start.flat.detach(), part, config.gamma)
+        loss = a2c.loss(task, config, start.flat, a2c.make_batch(rollout, config), start.reference)
+        start.terms.apply(optimizer, start.flat, loss.sum(), config.max_grad_norm)
+        losses.append(loss.detach())
+    return torch.stack(losses).mean(0), len(losses), None
+
+
+def _reinforce(config: reinforce.ReinforceConfig, task: LocalTask, start: client.Start, exp: Experience):
+    ends = np.flatnonzero(exp.terminated | exp.truncated | _breaks(exp))
+    if len(ends) == 0:
+        return None, 0, None
+    optimizer = make_optimizer(start.flat, config.lr)
+    rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
+    mask = torch.zeros(exp.steps, 1, 1)
+    mask[: ends[-1] + 1] = 1.0
+    returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)
+    loss = reinforce.policy_loss(task, config, start.flat, rollout, mask, returns, start.reference)
+    start.terms.apply(optimizer, start.flat, loss.sum(), config.max_grad_norm)
+    return loss.detach(), 1, None
+
+
+def _dqn(config: dqn.DQNConfig, task: LocalTask, start: client.Start, exp: Experience):
+    optimizer = make_optimizer(start.flat, config.lr)
+    kept = task.client_state.dqn or dqn.init_state(config, task.net, 1)
+    r = dqn.Round(dqn.to_torch(kept.replay), start.reference, 0, np.zeros(1, np.int64), np.zeros(1))
+    env_steps = np.array(kept.env_steps, dtype=np.int64)
+    for t in range(exp.steps):
+        buffer = dqn.store(
+            r.buffer,
+            torch.from_numpy(exp.obs[t : t + 1, None].astype(np.float32)),
+            torch.from_numpy(exp.action[t : t + 1, None].astype(np.int64)),
+            torch.from_numpy(exp.reward[t : t + 1, None].astype(np.float32)),
+            torch.from_numpy(exp.next_obs[t : t + 1, None].astype(np.float32)),
+            torch.from_numpy(exp.terminated[t : t + 1, None].astype(np.float32)),
+        )
+        r = r._replace(buffer=buffer)
+        env_steps += 1
+        if (t + 1) % config.train_freq == 0:
+            r = dqn.train_phase(config, task, start, optimizer, env_steps, r)
+    loss = torch.from_numpy(r.loss_sum / np.maximum(r.opt_steps, 1)) if r.opt_steps[0] else None
+    return loss, int(r.opt_steps[0]), DQNMemory(dqn.to_numpy(r.buffer), env_steps)
+
+
+_LEARN = {"ppo": _ppo, "a2c": _a2c, "reinforce": _reinforce, "dqn": _dqn}
+
+
+def train_from_experience(config: LearnerBase, task: LocalTask, exp: Experience) -> LocalResult:
+    """One round of local training of the single client of ``task`` on ``exp``; the counts in
+    the result are the transitions and finished episodes it learned from."""
+    if exp.steps == 0:
+        raise ValueError("no experience to learn from")
+    start = client.begin(config, task)
+    loss, opt_steps, memory = _LEARN[config.name](config, task, start, exp)
+    outcome = client.finish(config, task, start.flat, np.array([opt_steps]), memory)
+    return client.result(outcome, task.env_state, np.array([exp.steps]), np.array([exp.episodes]), loss)
