@@ -34,7 +34,7 @@ def test_a_cartpole_client_learns_a_finite_delta_of_the_policy_shape_from_its_ex
 )
 def test_every_learner_learns_from_recorded_experience(experiment, learner):
     data = yaml.safe_load(experiment)
-    data["learner"] = {**data["learner"], **learner} if data["learner"].get("name", "ppo") == learner["name"] else learner
+    data["learner"] = learner
     trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
     params = trainer.setup.initial_params()
 
@@ -127,9 +127,8 @@ def test_learner_state_of_another_client_or_network_is_not_taken_up(experiment, 
     data["strategy"] = {"name": "scaffold"}
     trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
     params = trainer.setup.initial_params()
-    _, state = trainer.train(
-        trainer.fresh_state(), params, 1, recorded(trainer, params, 64), np.zeros(trainer.setup.net.spec.dim, np.float32)
-    )
+    control = np.zeros(trainer.setup.net.spec.dim, np.float32)
+    _, state = trainer.train(trainer.fresh_state(), params, 1, recorded(trainer, params, 64), control)
     trainer.save_learner(tmp_path, state)
 
     other_client = trainer_from_yaml(yaml.safe_dump(data), 1).restore(tmp_path)

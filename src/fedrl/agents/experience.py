@@ -21,8 +21,6 @@ in simulation (``fedrl.agents.client``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
@@ -32,27 +30,7 @@ from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import DQNMemory
 from fedrl.agents.optim import make_optimizer
 from fedrl.agents.rollout import Rollout, returns_to_go
-
-
-class Experience(NamedTuple):
-    """``T`` transitions of one environment, in the order they happened."""
-
-    obs: np.ndarray  # float32 (T, obs_dim): the observation acted on
-    action: np.ndarray  # int64 (T,) or float32 (T, A): the action taken (before clipping)
-    reward: np.ndarray  # float32 (T,)
-    terminated: np.ndarray  # bool (T,)
-    truncated: np.ndarray  # bool (T,)
-    next_obs: np.ndarray  # float32 (T, obs_dim): the observation the step reached, before any reset
-
-    @property
-    def steps(self) -> int:
-        """Number of transitions."""
-        return len(self.reward)
-
-    @property
-    def episodes(self) -> int:
-        """Episodes that ended within these transitions."""
-        return int((self.terminated | self.truncated).sum())
+from fedrl.core.experience import Experience
 
 
 def _breaks(exp: Experience) -> np.ndarray:

@@ -13,7 +13,8 @@ from fedrl import __version__
 from fedrl.cli.certs import certs
 from fedrl.cli.console import console, fail
 from fedrl.cli.deploy import fleet, server
-from fedrl.cli.edge import client
+from fedrl.cli.edge import act, client
+from fedrl.cli.export import export
 
 app = typer.Typer(
     help="Federated reinforcement learning: many clients, each in its own environment, learn one policy.",
@@ -186,3 +187,5 @@ app.command("certs")(certs)
 app.command("server")(server)
 app.add_typer(fleet, name="fleet")
 app.command("client")(client)
+app.command("act")(act)
+app.command("export")(export)

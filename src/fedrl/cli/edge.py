@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from fedrl.cli.console import fail
@@ -185,3 +186,85 @@ def client(
         fail(str(exc))
     finally:
         link.close()
+
+
+def act(
+    policy: Path = typer.Option(
+        ...,
+        "--policy",
+        help="The policy to act with: an exported artifact (.npz, .safetensors with its card), or a run or state dir.",
+    ),
+    env: str = typer.Option(
+        ...,
+        "--env",
+        help="The environment this device acts in: 'package.module:make_env' (a factory), or a Gymnasium id.",
+    ),
+    env_kwargs: str = typer.Option("{}", "--env-kwargs", help="JSON object of keyword arguments for --env."),
+    env_dir: Optional[Path] = typer.Option(
+        None, "--env-dir", help="Folder searched first for --env's module (default: the current folder)."
+    ),
+    state_dir: Path = typer.Option(
+        ..., "--state-dir", help="Where the acting version is kept, so a reboot acts with it again."
+    ),
+    server: Optional[str] = typer.Option(
+        None, "--server", help="Follow this server's deployed version (gRPC HOST:PORT); without it, act offline."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="This device's enrolled name (with --server or MQTT)."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the device's token."),
+    ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate (PEM) of the server's (or broker's) one."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only."),
+    heartbeat: float = typer.Option(10.0, "--heartbeat", min=0.01, help="Seconds between asks for a new version."),
+    act_period: float = typer.Option(
+        0.0, "--act-period", min=0.0, help="Seconds between two decisions at least (0: at the environment's pace)."
+    ),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Stop after this many decisions."),
+    transport: Transport = TRANSPORT,
+    broker: str = BROKER,
+    fleet: str = FLEET,
+    broker_password: Optional[str] = BROKER_PASSWORD,
+    mqtt_version: str = MQTT_VERSION,
+) -> None:
+    """Act with a policy without torch (numpy only) and, given a server or broker, hot-swap each
+    newly deployed version between two decisions. JSON log lines on stderr; a summary at the end."""
+    from fedrl.edge.device import Fatal
+    from fedrl.edge.inference import Follower, make_env
+    from fedrl.policy import load_policy
+    from fedrl.server.log import setup_logging  # the log format only
+
+    try:
+        loaded = load_policy(policy)
+        link = None
+        if server is not None or transport is Transport.mqtt:
+            if name is None:
+                raise ValueError("--name is needed to follow a server")
+            secret = read_token(None, token_file)
+            if transport is Transport.mqtt:
+                from fedrl.edge.mqtt_link import MqttLink
+
+                options = broker_options(broker, fleet, name, broker_password, ca, None, None, insecure, mqtt_version)
+                link = MqttLink(options, secret, name, 30.0)
+            else:
+                from fedrl.edge.grpc_link import GrpcLink
+
+                link = GrpcLink(server, secret, name, channel_credentials(server, ca, None, None, insecure), 30.0)
+        environment = make_env(env, parse_env_kwargs(env_kwargs), env_dir or Path.cwd())
+        follower = Follower(loaded, environment, state_dir, link, heartbeat_s=heartbeat, act_period_s=act_period)
+    except (ValueError, FileNotFoundError, Fatal) as exc:
+        fail(str(exc))
+    setup_logging("info")
+    _stop_on_signals(follower.stop)
+    try:
+        follower.run(steps)
+    except Fatal as exc:
+        fail(str(exc))
+    finally:
+        if link is not None:
+            link.close()
+    actor = follower.actor
+    latency = actor.latency_us()
+    returns = list(actor.returns)
+    mean = f"{np.mean(returns):.2f}" if returns else "n/a"
+    print(
+        f"acted {actor.steps} steps, {actor.episodes} episodes (mean return {mean}) with version "
+        f"{follower.acting.version}; decision latency p50 {latency['p50']:.1f} us, p99 {latency['p99']:.1f} us"
+    )

@@ -1,23 +1,9 @@
-"""Pure maths on flat float32 parameter vectors: layouts, updates and server strategies.
+"""Pure numpy: flat parameter vectors and what is done to them.
 
-Nothing here imports torch, a transport or the file system.
+``params`` (the layout of a flat vector), ``update`` (one client's update), ``strategies`` (every
+aggregation strategy, one registry), ``robust`` rules, ``staleness``, ``compress``, ``privacy``,
+``secagg``, ``pipeline`` (what happens to an update between a client and the strategy) and
+``experience`` (what a device records while acting). Nothing here imports torch, a transport or
+the file system; import the module you need (this package imports none of them, so that a
+torch-free device that needs one record does not load the rest).
 """
-
-from fedrl.core.aggregation import Rejection, Screened, screen
-from fedrl.core.params import ParamSpec
-from fedrl.core.scaffold import scaffold_client_control
-from fedrl.core.strategies import STRATEGY_CONFIGS, Strategy, StrategyConfig, make_strategy
-from fedrl.core.update import Update
-
-__all__ = [
-    "STRATEGY_CONFIGS",
-    "ParamSpec",
-    "Rejection",
-    "Screened",
-    "Strategy",
-    "StrategyConfig",
-    "Update",
-    "make_strategy",
-    "scaffold_client_control",
-    "screen",
-]

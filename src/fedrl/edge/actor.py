@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from fedrl.edge.acting import ActingPolicy
@@ -27,13 +27,14 @@ LATENCY_WINDOW = 10_000  # decisions whose latency the percentiles cover
 
 
 class Actor:
-    """Acts in ``env`` with ``acting``'s policy in a thread of its own, recording into ``recorder``."""
+    """Acts in ``env`` (anything with Gymnasium's ``reset`` and ``step``) with ``acting``'s policy in a
+    thread of its own, recording into ``recorder`` (None: a device that only runs the policy)."""
 
     def __init__(
         self,
-        env: gym.Env,
+        env: Any,
         acting: ActingPolicy,
-        recorder: Recorder,
+        recorder: Recorder | None,
         seed: int | None,
         epsilon: Callable[[int], float] | None = None,
         explore: bool = True,
@@ -95,7 +96,8 @@ class Actor:
                     continue
                 action, recorded = self._decide(policy, obs)
                 next_obs, reward, terminated, truncated, _ = self.env.step(action)
-                self.recorder.add(obs, recorded, reward, terminated, truncated, next_obs, policy.version)
+                if self.recorder is not None:
+                    self.recorder.add(obs, recorded, reward, terminated, truncated, next_obs, policy.version)
                 self.steps += 1
                 episode_return += float(reward)
                 if terminated or truncated:

@@ -35,12 +35,10 @@ use a folder (a lock file says so).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -49,10 +47,11 @@ import gymnasium as gym
 import numpy as np
 
 from fedrl.agents import dqn
-from fedrl.agents.experience import Experience
+from fedrl.core.experience import Experience
 from fedrl.edge.acting import ActingPolicy, clear_acting, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
+from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, locked, refused_credentials
 from fedrl.edge.device_env import DeviceEnvSpec, EnvUnusable, make_env
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
@@ -63,22 +62,8 @@ from fedrl.experiment.config import ConfigError
 from fedrl.wire import disk
 from fedrl.wire.records import Model, Reason, Registration, Rejected, Submission, Task
 
-log = logging.getLogger("fedrl.edge")
 T = TypeVar("T")
-CREDENTIAL_REASONS = (Reason.UNAUTHENTICATED, Reason.PERMISSION_DENIED)
 EXPERIMENT_FILE = "experiment.yaml"
-LOCK_FILE = "agent.lock"
-
-
-def event(level: int, name: str, **fields: object) -> None:
-    """Log event ``name`` (snake_case) with its fields as the record's ``fields`` attribute, the
-    convention of fedrl's structured logs: ``fedrl client`` writes each as one JSON line."""
-    log.log(level, name, extra={"fields": fields})
-
-
-class Fatal(Exception):
-    """A failure that retrying cannot fix: refused credentials, a server whose certificate does not
-    verify, an experiment this device cannot train. The message says what to change."""
 
 
 class _Stopped(Exception):
@@ -136,17 +121,6 @@ def recorder_for(trainer: EdgeTrainer, capacity: int) -> Recorder:
     return Recorder(max(capacity, 2 * budget), shape.obs_dim, *action)
 
 
-@contextlib.contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    """Hold ``state_dir`` for one agent; ``Fatal`` when another agent holds it."""
-    with open(disk.private_file(state_dir / LOCK_FILE), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Fatal(f"state dir {state_dir} is in use by another agent") from None
-        yield
-
-
 class Agent:
     """One device's connection to the federation: trains when asked, acts with the deployed version."""
 
@@ -177,7 +151,7 @@ class Agent:
         when the server refuses the credentials or the experiment cannot be trained here."""
         state_dir = disk.private_dir(self.config.state_dir)
         heartbeat = None
-        with _locked(state_dir):
+        with locked(state_dir):
             try:
                 self._restore()
                 registration = self._register()
@@ -508,7 +482,7 @@ class Agent:
                 event(logging.DEBUG, "heartbeat_unanswered", error=str(exc))
             except Rejected as exc:
                 if exc.reason in CREDENTIAL_REASONS:
-                    self._fatal = _refused_credentials(exc)
+                    self._fatal = refused_credentials(exc)
                     self.stop()
                     return
                 event(logging.WARNING, "refused", call="heartbeat", reason=exc.reason.value, message=exc.message)
@@ -532,7 +506,7 @@ class Agent:
                 raise Fatal(str(exc)) from None
             except Rejected as exc:
                 if exc.reason in CREDENTIAL_REASONS:
-                    raise _refused_credentials(exc) from None
+                    raise refused_credentials(exc) from None
                 if exc.reason is Reason.RESOURCE_EXHAUSTED and exhausted < EXHAUSTED_RETRIES:
                     exhausted += 1
                     self._pause("slowed_down", call=name, message=exc.message)
@@ -558,9 +532,3 @@ class Agent:
 
 
 EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)
-
-
-def _refused_credentials(exc: Rejected) -> Fatal:
-    return Fatal(
-        f"the server refused this client ({exc.reason.value}): {exc.message}; check the token and the client name"
-    )

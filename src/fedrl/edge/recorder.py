@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrl.agents.experience import Experience
+from fedrl.core.experience import Experience
 from fedrl.wire import disk
 
 EXPERIENCE_FILE = "experience.safetensors"
