@@ -142,8 +142,7 @@ def test_the_layer_check_names_the_file_line_and_rule_broken(tmp_path):
     # Assert: each problem names its file, line and rule
     assert (
         "fedrl/server/bad.py:3 imports fedrl.sim.engine: server may import only agents, core, envs, experiment, "
-        "policy, wire"
-        in problems
+        "policy, wire" in problems
     )
     assert "fedrl/core/bad.py:1 imports torch: core is maths on arrays (no torch, files, network)" in problems
     assert "fedrl/core/bad.py:6 opens a file: core reads and writes no files" in problems

@@ -141,3 +141,19 @@ def test_kill_9_mid_run_then_resume_matches_an_unbroken_run(tmp_path, config_fil
 def test_version_is_printed():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"fedrl {fedrl.__version__}"
+
+
+def test_a_command_that_needs_the_training_stack_says_which_extra_to_install():
+    # Prepare: an install without gymnasium, as `pip install fedrl[edge]` is
+    script = (
+        "import sys; sys.modules['gymnasium'] = None; sys.argv = ['fedrl', 'run']\n"
+        "from fedrl.cli import run_cli; run_cli()"
+    )
+
+    # Execute
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+    # Assert: one line naming the module and the extra, exit status 2, no traceback
+    assert result.returncode == 2, result.stderr
+    assert "needs gymnasium, which this install left out: pip install 'fedrl[train]'" in result.stdout
+    assert "Traceback" not in result.stderr

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -189,3 +190,20 @@ app.add_typer(fleet, name="fleet")
 app.command("client")(client)
 app.command("act")(act)
 app.command("export")(export)
+
+TRAINING_STACK = {"torch", "gymnasium", "pydantic", "yaml", "matplotlib", "prometheus_client", "dp_accounting"}
+
+
+def run_cli() -> None:
+    """The ``fedrl`` command: ``app``, with one line instead of a traceback when a command needs a
+    part of fedrl this install left out (``pip install fedrl[edge]`` has no training stack)."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        extra = "train" if missing in TRAINING_STACK else "onnx" if missing in ("onnx", "onnxruntime") else None
+        if extra is None:
+            raise
+        needs = escape(f"this command needs {missing}, which this install left out: pip install 'fedrl[{extra}]'")
+        console.print(f"[red]error:[/red] {needs}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None

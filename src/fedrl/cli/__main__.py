@@ -1,5 +1,5 @@
 """``python -m fedrl.cli`` runs the command line."""
 
-from fedrl.cli import app
+from fedrl.cli import run_cli
 
-app()
+run_cli()
