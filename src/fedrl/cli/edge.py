@@ -248,13 +248,15 @@ def act(
 
                 link = GrpcLink(server, secret, name, channel_credentials(server, ca, None, None, insecure), 30.0)
         environment = make_env(env, parse_env_kwargs(env_kwargs), env_dir or Path.cwd())
-        follower = Follower(loaded, environment, state_dir, link, heartbeat_s=heartbeat, act_period_s=act_period)
+        follower = Follower(
+            loaded, environment, state_dir, link, heartbeat_s=heartbeat, act_period_s=act_period, max_steps=steps
+        )
     except (ValueError, FileNotFoundError, Fatal) as exc:
         fail(str(exc))
     setup_logging("info")
     _stop_on_signals(follower.stop)
     try:
-        follower.run(steps)
+        follower.run()
     except Fatal as exc:
         fail(str(exc))
     finally:

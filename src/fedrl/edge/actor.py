@@ -28,7 +28,8 @@ LATENCY_WINDOW = 10_000  # decisions whose latency the percentiles cover
 
 class Actor:
     """Acts in ``env`` (anything with Gymnasium's ``reset`` and ``step``) with ``acting``'s policy in a
-    thread of its own, recording into ``recorder`` (None: a device that only runs the policy)."""
+    thread of its own, recording into ``recorder`` (None: a device that only runs the policy), until
+    stopped or ``max_steps`` decisions are made."""
 
     def __init__(
         self,
@@ -39,12 +40,13 @@ class Actor:
         epsilon: Callable[[int], float] | None = None,
         explore: bool = True,
         period_s: float = 0.0,
+        max_steps: int | None = None,
     ) -> None:
         self.env, self.acting, self.recorder = env, acting, recorder
         self._rng = np.random.default_rng(seed)
         self._seed = None if seed is None else int(self._rng.integers(2**31))
         self._epsilon = epsilon or (lambda _steps: 0.0)
-        self._explore, self._period = explore, period_s
+        self._explore, self._period, self._max_steps = explore, period_s, max_steps
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedrl-act", daemon=True)
         self._latency_ns: collections.deque[int] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -89,7 +91,7 @@ class Actor:
         try:
             obs, _ = self.env.reset(seed=self._seed)
             episode_return, tick = 0.0, time.monotonic()
-            while not self._stop.is_set():
+            while not self._stop.is_set() and self.steps != self._max_steps:
                 policy = self.acting.current
                 if policy is None:
                     self._stop.wait(0.05)

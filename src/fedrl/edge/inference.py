@@ -82,6 +82,7 @@ class Follower:
         act_period_s: float = 0.0,
         backoff: BackoffConfig | None = None,
         seed: int | None = None,
+        max_steps: int | None = None,
     ) -> None:
         problem = spaces_problem(policy.card, env)
         if problem is not None:
@@ -90,7 +91,7 @@ class Follower:
         self.heartbeat_s, self.backoff = heartbeat_s, backoff or BackoffConfig()
         self.acting = ActingPolicy()
         self._start = Policy(policy.version or 0, policy.params, policy.card, time.time())
-        self._actor = Actor(env, self.acting, None, seed, explore=False, period_s=act_period_s)
+        self._actor = Actor(env, self.acting, None, seed, explore=False, period_s=act_period_s, max_steps=max_steps)
         self._stop = threading.Event()
         self._rng = np.random.default_rng(seed)
         self._failures = 0
@@ -104,14 +105,16 @@ class Follower:
         """Return from ``run`` at the next wait (safe from a signal handler)."""
         self._stop.set()
 
-    def run(self, max_steps: int | None = None) -> None:
-        """Act until ``stop`` (or ``max_steps`` decisions), following the deployed version."""
+    def run(self) -> None:
+        """Act until ``stop`` (or the acting loop's ``max_steps``), following the deployed version."""
         state_dir = disk.private_dir(self.state_dir)
         with locked(state_dir):
-            self.acting.swap(self._newest_policy())
+            policy = self._newest_policy()
+            save_acting(state_dir, policy)  # acting.json tells an operator what acts
+            self.acting.swap(policy)
             self._actor.start()
             try:
-                self._serve(max_steps)
+                self._serve()
             finally:
                 self._actor.stop()
         if self._actor.error is not None:
@@ -127,12 +130,10 @@ class Follower:
             kept = None
         return kept if kept is not None and kept.version > self._start.version else self._start
 
-    def _serve(self, max_steps: int | None) -> None:
+    def _serve(self) -> None:
         """Every ``heartbeat_s``: register once, then report the acting version and follow the deployed one."""
         registered, next_beat = False, 0.0
         while not self._stop.wait(0.01) and self._actor.alive:
-            if max_steps is not None and self._actor.steps >= max_steps:
-                return
             if self.link is None or time.monotonic() < next_beat:
                 continue
             next_beat = time.monotonic() + self.heartbeat_s
