@@ -58,6 +58,7 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/secagg.py
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/mqtt_vs_grpc.py
+	$(BIN)/python benchmarks/edge.py
 
 clean:
 	rm -rf $(VENV) runs bench-results .pytest_cache

@@ -13,6 +13,12 @@ median of each figure. Every runtime uses one thread (``OMP_NUM_THREADS=1``,
 small device would. The torch path unpacks the parameters once, then runs ``PolicyNet.policy``
 and ``greedy`` per call: the edge agent's forward pass, without its per-call unpacking.
 
+A learning device acts while it trains: the second table runs the edge agent's acting loop
+(``fedrl.edge.actor``: numpy runtime, exploring, recording) as a 1 kHz control loop on CartPole in one
+thread and measures its decision latency for 3 s with nothing else running, then while the agent's
+thread trains PPO on 2,048 recorded transitions five times over (torch, one thread): what training
+costs the control loop.
+
     python benchmarks/edge.py
 """
 
@@ -24,12 +30,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from _report import machine, markdown_table, write_section
 
 from fedrl.agents import init_params
+from fedrl.edge.acting import ActingPolicy
+from fedrl.edge.actor import Actor
+from fedrl.edge.agent import recorder_for
+from fedrl.edge.device_env import DeviceEnvSpec, make_env
+from fedrl.edge.trainer import EdgeTrainer
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.loading import load_config
 from fedrl.experiment.setup import Setup
@@ -138,6 +151,43 @@ def available(name: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True).returncode == 0
 
 
+TRAINING_STEPS = 2048
+CONTROL_PERIOD_S = 0.001
+
+
+def latency_while_training() -> list[list[str]]:
+    """Rows of the second table: the acting loop's latency idle, then while training runs."""
+    torch.set_num_threads(1)
+    setup = Setup(load_config(None, ["env.family=cartpole", f"federation.local_steps={TRAINING_STEPS}"]))
+    trainer = EdgeTrainer(setup, 0)
+    state, params = trainer.fresh_state(), setup.initial_params()
+    acting, recorder = ActingPolicy(), recorder_for(trainer, 4 * TRAINING_STEPS)
+    acting.swap(trainer.policy(0, params, state, time.time()))
+    actor = Actor(make_env(DeviceEnvSpec("cartpole"), setup, 0), acting, recorder, 0, period_s=CONTROL_PERIOD_S)
+    actor.start()
+    rows = []
+    try:
+        time.sleep(3.0)  # records the first experience, and warms up
+        for phase in ("idle", "training"):
+            actor.reset_latency()
+            steps, started = actor.steps, time.perf_counter()
+            if phase == "idle":
+                time.sleep(3.0)
+            else:
+                for round_ in range(1, 6):
+                    trainer.train(state, params, round_, recorder.take(0, TRAINING_STEPS))
+            seconds = time.perf_counter() - started
+            latency = actor.latency_us()
+            made, due = actor.steps - steps, seconds / CONTROL_PERIOD_S
+            rows.append(
+                [phase, f"{seconds:.1f}", f"{made:,}", f"{made / due:.0%}"]
+                + [f"{latency[key]:.1f}" for key in ("p50", "p99", "max")]
+            )
+    finally:
+        actor.stop()
+    return rows
+
+
 def main() -> None:
     """Measure every runtime, print the table and write the report's ``edge`` section."""
     with tempfile.TemporaryDirectory() as folder:
@@ -169,6 +219,10 @@ def main() -> None:
     )
     print(table)
     print(verdict)
+    loop = markdown_table(
+        ["acting loop", "seconds", "decisions", "of 1 kHz", "p50 us", "p99 us", "max us"], latency_while_training()
+    )
+    print(loop)
     write_section(
         "edge",
         f"""## Edge runtime: one greedy action for one observation
@@ -184,6 +238,15 @@ Measured on {machine()}.
 {table}
 
 {verdict}
+
+### A learning device: decision latency while it trains
+
+The edge agent's acting loop (numpy runtime, exploring, recording each transition) as a 1 kHz control
+loop on CartPole, first alone for 3 s, then while the agent's thread trains PPO on {TRAINING_STEPS:,}
+recorded transitions five times over (torch, one thread). "of 1 kHz": decisions made against the
+periods that passed.
+
+{loop}
 """,
     )
 

@@ -70,6 +70,10 @@ class Actor:
         """Whether the loop is running."""
         return self._thread.is_alive()
 
+    def reset_latency(self) -> None:
+        """Forget the latencies measured so far (to measure one phase of the device's life)."""
+        self._latency_ns.clear()
+
     def latency_us(self) -> dict[str, float]:
         """p50, p99 and max decision latency in microseconds over the latest decisions."""
         sample = np.array(self._latency_ns, dtype=np.float64)
