@@ -3,6 +3,36 @@ import yaml
 
 
 @pytest.fixture
+def trainer(experiment):
+    """Client 0 of the experiment."""
+    from fedrl.edge.trainer import trainer_from_yaml
+
+    return trainer_from_yaml(experiment, 0)
+
+
+@pytest.fixture
+def params(trainer):
+    """The experiment's initial global parameters."""
+    return trainer.setup.initial_params()
+
+
+@pytest.fixture
+def edge_log():
+    """The agent's log records, caught at its own logger."""
+    import logging
+
+    from .test_agent import Recorded
+
+    logger = logging.getLogger("fedrl.edge")
+    handler, level = Recorded(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
 def experiment(tiny_config):
     """The experiment a server would send: tiny federated CartPole, as YAML."""
     config = {**tiny_config, "federation": {**tiny_config["federation"], "local_steps": 128}}

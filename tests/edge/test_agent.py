@@ -102,16 +102,6 @@ class Running:
         assert not self.thread.is_alive()
 
 
-@pytest.fixture
-def trainer(experiment):
-    return trainer_from_yaml(experiment, 0)
-
-
-@pytest.fixture
-def params(trainer):
-    return trainer.setup.initial_params()
-
-
 def agent(link, state_dir, **config):
     """An agent with fast backoff that returns when the run is finished (unless told otherwise)."""
     return Agent(link, AgentConfig(state_dir, 0, backoff=FAST, jitter_seed=0, **{"until_finished": True, **config}))
@@ -129,17 +119,6 @@ class Recorded(logging.Handler):
 
     def events(self, name):
         return [r for r in self.records if r.getMessage() == name]
-
-
-@pytest.fixture
-def edge_log():
-    logger = logging.getLogger("fedrl.edge")
-    handler, level = Recorded(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def test_the_agent_rides_out_an_unreachable_server_then_trains_pushes_and_finishes(

@@ -405,3 +405,33 @@ def test_the_server_names_the_experiment_keys_only_the_simulator_uses(tmp_path):
     config = server_config(tmp_path, "experiment.fleet.dropout=0.2", "experiment.attack.fraction=0.1")
     assert simulator_only_keys(config.experiment) == ["fleet.dropout", "attack.fraction"]
     assert simulator_only_keys(server_config(tmp_path).experiment) == []
+
+
+def test_a_new_run_starts_from_a_pretrained_policy_and_refuses_one_of_another_network(tmp_path):
+    from fedrl.experiment.card import policy_card
+    from fedrl.policy.files import save_npz
+
+    # Prepare: a "pre-trained" policy of this experiment's network, and one of another network
+    config = server_config(tmp_path)
+    setup = Coordinator.open(config, tmp_path / "probe").setup
+    pretrained = setup.initial_params() + np.float32(0.5)
+    save_npz(tmp_path / "pretrained.npz", pretrained, policy_card(setup, pretrained, 7))
+    other = server_config(tmp_path, "experiment.learner.hidden=[16]")
+    other_setup = Coordinator.open(other, tmp_path / "probe-other").setup
+    wide = other_setup.initial_params()
+    save_npz(tmp_path / "other.npz", wide, policy_card(other_setup, wide, 1))
+
+    # Execute
+    coordinator = Coordinator.open(config, tmp_path / "state", init_from=tmp_path / "pretrained.npz")
+
+    # Assert: version 0 is the pre-trained policy; a mismatch or an existing run is refused by name
+    assert coordinator.deployed_version == 0
+    np.testing.assert_array_equal(coordinator.model(0).params, pretrained)
+    with pytest.raises(
+        ConfigError,
+        match=r"actor-critic 4-16-2 \(discrete\) network; this experiment trains a "
+        r"actor-critic 4-8-8-2 \(discrete\) one",
+    ):
+        Coordinator.open(config, tmp_path / "fresh", init_from=tmp_path / "other.npz")
+    with pytest.raises(ConfigError, match="--init-from starts a new run, but .* holds one already"):
+        Coordinator.open(config, tmp_path / "state", init_from=tmp_path / "pretrained.npz")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
+import torch
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
@@ -25,3 +27,14 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, threshold_bytes) and mallopt(_M_TRIM_THRESHOLD, threshold_bytes)
     return bool(ok)
+
+
+def set_threads(n: int) -> None:
+    """Let torch's CPU kernels use ``n`` threads when called from this thread (a device owner's
+    budget for training; the setting is the calling thread's, as OpenMP's is)."""
+    torch.set_num_threads(n)
+
+
+def torch_threads() -> int:
+    """The threads torch's CPU kernels use when called from this thread."""
+    return torch.get_num_threads()

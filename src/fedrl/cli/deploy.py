@@ -53,6 +53,11 @@ def server(
     ),
     insecure: bool = typer.Option(False, "--insecure", help="Plain text (loopback addresses only)."),
     exit_when_finished: bool = typer.Option(False, "--exit-when-finished", help="Stop once the run is over."),
+    init_from: Optional[Path] = typer.Option(
+        None,
+        "--init-from",
+        help="Start a new run from a pre-trained policy: a run directory, a state directory or a policy file.",
+    ),
     transport: Transport = TRANSPORT,
     broker: str = BROKER,
     fleet_name: str = FLEET,
@@ -92,7 +97,13 @@ def server(
         else:
             credentials = _grpc_credentials(listen, tls_cert, tls_key, client_ca, insecure)
         options = ServeOptions(
-            state_dir, listen, None if metrics == "off" else metrics, credentials, exit_when_finished, broker_opts
+            state_dir,
+            listen,
+            None if metrics == "off" else metrics,
+            credentials,
+            exit_when_finished,
+            broker_opts,
+            init_from,
         )
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

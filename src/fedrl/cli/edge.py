@@ -114,6 +114,29 @@ def client(
     until_finished: bool = typer.Option(
         False, "--until-finished", help="Exit when the run is finished instead of acting on with its last version."
     ),
+    train_threads: Optional[int] = typer.Option(None, "--train-threads", min=1, help="Torch threads for training."),
+    train_nice: int = typer.Option(
+        0, "--train-nice", min=0, max=19, help="Niceness added to the training thread only (acting keeps its priority)."
+    ),
+    max_rss_mb: Optional[float] = typer.Option(
+        None, "--max-rss-mb", min=1.0, help="Skip a task while this process's resident memory is above this (MiB)."
+    ),
+    train_when: Optional[str] = typer.Option(
+        None,
+        "--train-when",
+        help="'module:function' returning True when training may run now (on mains power, idle, a time window); "
+        "looked up in --env-dir first.",
+    ),
+    ask_after_steps: Optional[int] = typer.Option(
+        None, "--ask-after-steps", min=1, help="Ask the server for work only after acting this many steps since."
+    ),
+    ask_after_episodes: Optional[int] = typer.Option(
+        None, "--ask-after-episodes", min=1, help="... or after finishing this many episodes since."
+    ),
+    ask_below_return: Optional[float] = typer.Option(
+        None, "--ask-below-return", help="... or when the mean return of the last 10 episodes falls below this."
+    ),
+    ask_above_return: Optional[float] = typer.Option(None, "--ask-above-return", help="... or rises above this."),
     state_dir: Optional[Path] = typer.Option(
         None,
         "--state-dir",
@@ -148,6 +171,7 @@ def client(
     from fedrl.edge.agent import Agent, AgentConfig, Fatal
     from fedrl.edge.device_env import DeviceEnvSpec
     from fedrl.edge.grpc_link import GrpcLink
+    from fedrl.edge.limits import OwnerLimits, Triggers
     from fedrl.edge.mqtt_link import MqttLink
     from fedrl.server.log import setup_logging  # the log format only: the agent itself never imports the server
 
@@ -177,6 +201,8 @@ def client(
         explore=not greedy,
         act_period_s=act_period,
         until_finished=until_finished,
+        limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir or Path.cwd()),
+        triggers=Triggers(ask_after_steps, ask_after_episodes, ask_below_return, ask_above_return),
     )
     agent = Agent(link, config)
     _stop_on_signals(agent.stop)

@@ -39,6 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -47,12 +48,14 @@ import gymnasium as gym
 import numpy as np
 
 from fedrl.agents import dqn
+from fedrl.agents.runtime import set_threads, torch_threads
 from fedrl.core.experience import Experience
 from fedrl.edge.acting import ActingPolicy, clear_acting, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
 from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, locked, refused_credentials
 from fedrl.edge.device_env import DeviceEnvSpec, EnvUnusable, make_env
+from fedrl.edge.limits import HOOK_POLL_S, OwnerLimits, Triggers, load_hook, nice_this_thread, rss_mb
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.recorder import EXPERIENCE_FILE, Recorder
@@ -89,6 +92,10 @@ class AgentConfig:
     """Return when the run is finished, rather than keep acting and following new versions."""
     experience_capacity: int = 20_000
     """Transitions the device keeps recorded (at least a round's budget is needed)."""
+    limits: OwnerLimits = field(default_factory=OwnerLimits)
+    """What the device's owner allows training to use, and when."""
+    triggers: Triggers = field(default_factory=Triggers)
+    """When the device asks for work; none set: whenever it is free."""
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     """Waits between attempts to reach the server."""
     heartbeat_s: float = 10.0
@@ -138,6 +145,8 @@ class Agent:
         self._local: LocalState | None = None
         self._models: dict[int, Model] = {}
         self._finished = False
+        self._asked_at = (0, 0)  # the acting loop's (steps, episodes) when the device last trained
+        self._training = ThreadPoolExecutor(1, thread_name_prefix="fedrl-train", initializer=self._budget_thread)
         self._actor: Actor | None = None
         self._recorder: Recorder | None = None
 
@@ -153,6 +162,7 @@ class Agent:
         heartbeat = None
         with locked(state_dir):
             try:
+                self._hook = self._owner_hook()
                 self._restore()
                 registration = self._register()
                 period = registration.heartbeat_s if registration.heartbeat_s > 0 else self.config.heartbeat_s
@@ -170,9 +180,66 @@ class Agent:
                 if heartbeat is not None:
                     heartbeat.join()
                 self._stop_acting()
+                self._training.shutdown()
         if self._fatal is not None:
             raise self._fatal
         event(logging.INFO, "stopped", client=self._client, acting_version=self.acting.version)
+
+    def _budget_thread(self) -> None:
+        """Make the training thread the owner's: its niceness and torch threads (both per thread)."""
+        limits = self.config.limits
+        nice_this_thread(limits.nice)
+        if limits.threads is not None:
+            set_threads(limits.threads)
+        event(logging.INFO, "training_thread", torch_threads=torch_threads(), nice_added=limits.nice)
+
+    def _owner_hook(self) -> Callable[[], bool] | None:
+        """Start the training thread on the owner's budget; the hook that says when training may
+        run (``Fatal`` when it cannot be loaded)."""
+        self._training.submit(lambda: None).result()
+        limits = self.config.limits
+        if limits.train_when is None:
+            return None
+        try:
+            return load_hook(limits.train_when, limits.hook_dir)
+        except ValueError as exc:
+            raise Fatal(str(exc)) from None
+
+    def _may_train(self, task: Task, deadline: float) -> bool:
+        """Whether the owner's limits let this task be trained: resident memory under the ceiling,
+        and the hook (asked again every second until the task's deadline) agreeing."""
+        limits = self.config.limits
+        if limits.max_rss_mb is not None and (used := rss_mb()) > limits.max_rss_mb:
+            event(
+                logging.WARNING,
+                "over_memory_budget",
+                round=task.round,
+                rss_mb=round(used, 1),
+                max_rss_mb=limits.max_rss_mb,
+            )
+            return False
+        said_no = False
+        while self._hook is not None and not self._hook():
+            if not said_no:
+                event(logging.INFO, "training_deferred", round=task.round, hook=limits.train_when)
+                said_no = True
+            if time.monotonic() + HOOK_POLL_S > deadline:
+                event(
+                    logging.WARNING, "training_skipped", round=task.round, reason="the hook said no until the deadline"
+                )
+                return False
+            if self._stop.wait(HOOK_POLL_S):
+                raise _Stopped
+        return True
+
+    def _may_ask(self) -> bool:
+        """Whether the device's triggers let it ask for work now (always, without triggers)."""
+        actor, triggers = self._actor, self.config.triggers
+        if not triggers.any or actor is None:
+            return True
+        recent = list(actor.returns)[-10:]
+        steps, episodes = actor.steps - self._asked_at[0], actor.episodes - self._asked_at[1]
+        return triggers.hold(steps, episodes, float(np.mean(recent)) if recent else None)
 
     @property
     def actor(self) -> Actor | None:
@@ -296,8 +363,11 @@ class Agent:
     # -- the loop ---------------------------------------------------------------------------
 
     def _step(self) -> None:
-        """Follow the deployed version, then do what the server asks."""
+        """Follow the deployed version, then (when the triggers allow) do what the server asks."""
         self._follow_deployed()
+        if not self._may_ask():
+            self._sleep(0.05)
+            return
         try:
             reply = self._call("task", self.link.task)
         except Rejected as exc:
@@ -338,11 +408,16 @@ class Agent:
         except Rejected as exc:
             self._pause("refused", call="pull", version=task.base_version, reason=exc.reason.value, message=exc.message)
             return
-        experience = self._experience(task, model)
-        if experience is None:
+        deadline = time.monotonic() + task.deadline_s
+        experience = self._experience(task, model, deadline)
+        if experience is None or not self._may_train(task, deadline):
             return
+        self._asked_at = (self._actor.steps, self._actor.episodes)
         started = time.monotonic()
-        update, local = self._trainer.train(self._local, model.params, task.round, experience, task.server_control)
+        training = self._training.submit(
+            self._trainer.train, self._local, model.params, task.round, experience, task.server_control
+        )
+        update, local = training.result()  # in the owner's nice'd thread; acting goes on meanwhile
         seconds = time.monotonic() - started
         submission = new_submission(
             self._client,
@@ -390,7 +465,7 @@ class Agent:
             event(logging.INFO, "acknowledged", update_id=ack.update_id, round=ack.round, duplicate=ack.duplicate)
         self.pending.clear()
 
-    def _experience(self, task: Task, model: Model) -> Experience | None:
+    def _experience(self, task: Task, model: Model, deadline: float) -> Experience | None:
         """Act with the task's base version until the acting loop has recorded the round's budget
         of fresh experience with it, then take that experience; None when the deadline passes
         first with none recorded (the task is left; the server reassigns it)."""
@@ -398,7 +473,7 @@ class Agent:
             policy = self._trainer.policy(task.base_version, model.params, self._local, time.time())
             self.acting.swap(policy)
             event(logging.INFO, "acting", version=task.base_version, reason="task")
-        budget, deadline = self._trainer.setup.budget, time.monotonic() + task.deadline_s
+        budget = self._trainer.setup.budget
         while True:
             steps, episodes = self._recorder.fresh(task.base_version)
             if budget.spent(np.array([steps]), np.array([episodes])):

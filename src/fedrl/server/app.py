@@ -42,6 +42,7 @@ class ServeOptions:
     credentials: grpc.ServerCredentials | None = None  # None: plain text (loopback only, checked by the CLI)
     exit_when_finished: bool = False  # stop once the run is over and clients have had time to hear it
     broker: BrokerOptions | None = None  # serve through this MQTT broker instead of gRPC on ``listen``
+    init_from: Path | None = None  # a new run starts from the policy saved here (pre-trained)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _tick(coordinator: Coordinator) -> None:
 def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Event) -> None:
     """Serve until ``stop`` is set (or, with ``exit_when_finished``, the run is over)."""
     metrics = ServerMetrics.create()
-    coordinator = Coordinator.open(config, options.state_dir, metrics)
+    coordinator = Coordinator.open(config, options.state_dir, metrics, init_from=options.init_from)
     serving = start_transport(coordinator, options, config, metrics)
     http = serve_metrics(metrics, *_host_port(options.metrics_listen)) if options.metrics_listen else None
     info = {**serving.info, "metrics_port": http.port if http else None}

@@ -52,6 +52,7 @@ from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import read_resolved, to_yaml
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import SAMPLE_STREAM
+from fedrl.policy import load_policy
 from fedrl.server.auth import hash_token
 from fedrl.server.config import ServerConfig
 from fedrl.server.log import RefusalLog, log_event
@@ -113,9 +114,15 @@ class Coordinator:
 
     @classmethod
     def open(
-        cls, config: ServerConfig, state_dir: Path, metrics: ServerMetrics | None = None, clock: Clock = time.time
+        cls,
+        config: ServerConfig,
+        state_dir: Path,
+        metrics: ServerMetrics | None = None,
+        clock: Clock = time.time,
+        init_from: Path | None = None,
     ):
-        """Start a new run in ``state_dir``, or resume the one stored there (same experiment only);
+        """Start a new run in ``state_dir`` (from the policy saved at ``init_from``, when given:
+        ``pretrained_params``), or resume the one stored there (same experiment only);
         ``ConfigError`` for an experiment the deployment cannot run (secure aggregation)."""
         if config.experiment.pipeline.secure_aggregation.enabled:
             raise ConfigError(
@@ -136,9 +143,15 @@ class Coordinator:
                 f"state dir {state_dir} holds a run of a different experiment; "
                 "use a new --state-dir or the experiment it was started with"
             )
+        if stored is not None and init_from is not None:
+            store.close()
+            raise ConfigError(
+                f"--init-from starts a new run, but {state_dir} holds one already; use a new --state-dir "
+                "(or leave --init-from out to resume it)"
+            )
         if stored is None:
             setup = Setup(config.experiment)
-            params = setup.initial_params()
+            params = setup.initial_params() if init_from is None else pretrained_params(setup, init_from)
             score = _gate_return(config, setup, params) if config.gate.enabled else None
             state = state_to_arrays(setup.strategy.init(params))
             store.record_initial(params, state, score, clock(), experiment, policy_card(setup, params, 0))
@@ -643,6 +656,29 @@ def _same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:
         return read_resolved(stored_yaml) == experiment
     except ConfigError:
         return False
+
+
+def pretrained_params(setup: Setup, source: Path) -> np.ndarray:
+    """The parameters of the policy saved at ``source`` (a run directory, a server's or device's state
+    directory, a policy file or an export: ``fedrl.policy.load_policy``), to start a run from;
+    ``ConfigError`` naming both sides when its network is not the experiment's."""
+    try:
+        policy = load_policy(source)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--init-from {source}: {exc}") from None
+    expected = policy_card(setup, setup.initial_params())
+    theirs, ours = policy.card, expected
+    if (theirs.layout, theirs.q_values) != (ours.layout, ours.q_values):
+        raise ConfigError(
+            f"--init-from {source}: its policy is a {_network(theirs)} network; this experiment trains a "
+            f"{_network(ours)} one"
+        )
+    return np.array(policy.params, dtype=np.float32)
+
+
+def _network(card) -> str:
+    kind = "Q" if card.q_values else "actor-critic"
+    return f"{kind} {card.obs_dim}-{'-'.join(map(str, card.hidden))}-{card.action.n} ({card.action.kind})"
 
 
 def _gate_return(config: ServerConfig, setup: Setup, params: np.ndarray) -> float:
