@@ -111,15 +111,18 @@ def deploy(tmp_path, start_broker):
     """Start a broker, ``fedrl server --transport mqtt`` and ``n`` devices; everything stopped after the test."""
     started: list[Deployment] = []
 
-    def deploy(yaml_text: str, n: int = 5) -> Deployment:
+    def deploy(yaml_text: str, n: int = 5, spare: tuple[str, ...] = ()) -> Deployment:
+        """``spare`` names are enrolled (server token in ``NAME.token``, broker login) but not started."""
         names = [f"dev-{i}" for i in range(n)]
-        passwords = {"fedrl-server": "server-secret", **{name: f"{name}-secret" for name in names}}
+        passwords = {"fedrl-server": "server-secret", **{name: f"{name}-secret" for name in (*names, *spare)}}
         broker = start_broker(users=passwords, max_packet_bytes=4096)  # models and updates (10 kB) go in chunks
         deployment = Deployment(tmp_path, broker, {})
         started.append(deployment)
         store = Store(deployment.state_dir)
-        tokens = {name: store.add_client(name, time.time()) for name in names}
+        tokens = {name: store.add_client(name, time.time()) for name in (*names, *spare)}
         store.close()
+        for name in spare:
+            (tmp_path / f"{name}.token").write_text(tokens[name])
         (tmp_path / "server.yaml").write_text(yaml_text)
         common = ["--transport", "mqtt", "--broker", f"127.0.0.1:{broker.port}", "--fleet", FLEET, "--insecure"]
         _start(
@@ -225,3 +228,23 @@ def test_a_suspended_device_is_seen_offline_and_catches_up(deploy):
         "dev-2 acting with a fresh version",
     )
     fleet.wait(lambda: len(fleet.events("dev-2", "acknowledged")) >= 2, 60, "an update from dev-2 after waking")
+
+
+def test_a_torch_free_device_follows_the_deployed_version_through_the_broker(deploy):
+    # Prepare: a fleet learning through the broker, and a device that only acts, enrolled as act-0
+    fleet = deploy(server_yaml(target=500.0, rounds=1000, stop_at_target=False), n=2, spare=("act-0",))
+    fleet.wait(lambda: fleet.deployed()[0] >= 0, 60, "version 0")
+    common = ["--transport", "mqtt", "--broker", f"127.0.0.1:{fleet.broker.port}", "--fleet", FLEET, "--insecure"]
+
+    # Execute: `fedrl act` starts from the server's version 0 and follows what is deployed
+    _start(
+        fleet,
+        "act-0",
+        ["act", "--policy", str(fleet.state_dir), "--env", "CartPole-v1", "--state-dir", str(fleet.root / "act-0"),
+         "--name", "act-0", "--token-file", str(fleet.root / "act-0.token"), "--heartbeat", "0.5", *common],
+        "act-0-secret",
+    )  # fmt: skip
+
+    # Assert: it swaps in newer versions as the fleet makes them
+    fleet.wait(lambda: any(e["version"] >= 2 for e in fleet.events("act-0", "acting")), 180, "act-0 acting with v2")
+    assert fleet.processes["act-0"].poll() is None

@@ -75,7 +75,47 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
         signal.signal(sig, handler)
 
 
+PATH_KEYS = ("token_file", "env_dir", "state_dir", "ca", "cert", "key")  # relative to the device config's folder
+
+
+def load_device_config(ctx: typer.Context, path: Optional[Path]) -> Optional[Path]:
+    """``--device-config FILE``: a YAML mapping of this command's options (``env: thermostat:make_env``,
+    ``env_kwargs: {loss_per_h: 0.2}``, ``train_nice: 10``, ...), taken as their defaults: a flag given
+    on the command line wins. Paths are relative to the file's folder."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path} must be a mapping of option names to values")
+    allowed = {p.name for p in ctx.command.params if p.name != "device_config"}
+    defaults = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in allowed:
+            raise typer.BadParameter(f"{path}: unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+        if name == "env_kwargs" and isinstance(value, dict):
+            value = json.dumps(value)
+        if name in PATH_KEYS and value is not None:
+            value = str((path.parent / str(value)).resolve())
+        defaults[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
 def client(
+    device_config: Optional[Path] = typer.Option(
+        None,
+        "--device-config",
+        is_eager=True,
+        callback=load_device_config,
+        help="YAML file of this command's options (their names with '_'), e.g. env, env_kwargs, train_nice; "
+        "flags on the command line win.",
+    ),
     server: Optional[str] = typer.Option(
         None, "--server", help="The server's gRPC address, HOST:PORT (with --transport grpc)."
     ),
@@ -137,6 +177,19 @@ def client(
         None, "--ask-below-return", help="... or when the mean return of the last 10 episodes falls below this."
     ),
     ask_above_return: Optional[float] = typer.Option(None, "--ask-above-return", help="... or rises above this."),
+    personalize_steps: int = typer.Option(
+        0,
+        "--personalize-steps",
+        min=0,
+        help="Fine-tune a personal copy of each deployed version on this many of its steps here, and act with it "
+        "while it does not do worse than the global version (0: off).",
+    ),
+    personalize_episodes: int = typer.Option(
+        5, "--personalize-episodes", min=1, help="Greedy episodes each side of the personal-vs-global comparison."
+    ),
+    personal_tolerance: float = typer.Option(
+        0.0, "--personal-tolerance", help="Return the personal copy may lose against the global version and stay."
+    ),
     state_dir: Optional[Path] = typer.Option(
         None,
         "--state-dir",
@@ -173,6 +226,7 @@ def client(
     from fedrl.edge.grpc_link import GrpcLink
     from fedrl.edge.limits import OwnerLimits, Triggers
     from fedrl.edge.mqtt_link import MqttLink
+    from fedrl.edge.personal import Personalization
     from fedrl.server.log import setup_logging  # the log format only: the agent itself never imports the server
 
     try:
@@ -203,6 +257,7 @@ def client(
         until_finished=until_finished,
         limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir or Path.cwd()),
         triggers=Triggers(ask_after_steps, ask_after_episodes, ask_below_return, ask_above_return),
+        personalization=Personalization(personalize_steps, personalize_episodes, personal_tolerance),
     )
     agent = Agent(link, config)
     _stop_on_signals(agent.stop)

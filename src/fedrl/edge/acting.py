@@ -46,6 +46,14 @@ class Policy:
     params: np.ndarray  # float32 (d,): the global params, with the device's personal part if any
     card: PolicyCard
     since: float  # wall-clock seconds when it began to act
+    personal: bool = False  # a copy of ``version`` fine-tuned on this device (never sent)
+    greedy: bool = False  # act greedily even on a learning device (while it is being evaluated)
+
+    @property
+    def tag(self) -> int:
+        """What the device's record files this policy's transitions under: the version, or
+        ``-1 - version`` for a personal copy (never taken as experience of the global version)."""
+        return -1 - self.version if self.personal else self.version
 
     @cached_property
     def runtime(self) -> Runtime:

@@ -84,7 +84,7 @@ class Actor:
 
     def _decide(self, policy, obs):
         started = time.perf_counter_ns()
-        if self._explore:
+        if self._explore and not policy.greedy:
             action, recorded = policy.explore(obs, self._rng, self._epsilon(self.steps))
         else:
             action = recorded = policy.act(obs)
@@ -103,7 +103,7 @@ class Actor:
                 action, recorded = self._decide(policy, obs)
                 next_obs, reward, terminated, truncated, _ = self.env.step(action)
                 if self.recorder is not None:
-                    self.recorder.add(obs, recorded, reward, terminated, truncated, next_obs, policy.version)
+                    self.recorder.add(obs, recorded, reward, terminated, truncated, next_obs, policy.tag)
                 self.steps += 1
                 episode_return += float(reward)
                 if terminated or truncated:

@@ -58,8 +58,9 @@ from fedrl.edge.device_env import DeviceEnvSpec, EnvUnusable, make_env
 from fedrl.edge.limits import HOOK_POLL_S, OwnerLimits, Triggers, load_hook, nice_this_thread, rss_mb
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
+from fedrl.edge.personal import Personalization, Personalizer
 from fedrl.edge.recorder import EXPERIENCE_FILE, Recorder
-from fedrl.edge.trainer import LEARNER_FILE, EdgeTrainer, LocalState, trainer_from_yaml
+from fedrl.edge.trainer import LEARNER_FILE, EdgeTrainer, LocalState, LocalUpdate, trainer_from_yaml
 from fedrl.envs import FAMILIES
 from fedrl.experiment.config import ConfigError
 from fedrl.wire import disk
@@ -96,6 +97,8 @@ class AgentConfig:
     """What the device's owner allows training to use, and when."""
     triggers: Triggers = field(default_factory=Triggers)
     """When the device asks for work; none set: whenever it is free."""
+    personalization: Personalization = field(default_factory=Personalization)
+    """A personal copy of each deployed version, kept while it does better here (steps 0: none)."""
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
     """Waits between attempts to reach the server."""
     heartbeat_s: float = 10.0
@@ -148,6 +151,7 @@ class Agent:
         self._asked_at = (0, 0)  # the acting loop's (steps, episodes) when the device last trained
         self._training = ThreadPoolExecutor(1, thread_name_prefix="fedrl-train", initializer=self._budget_thread)
         self._actor: Actor | None = None
+        self._personalizer: Personalizer | None = None
         self._recorder: Recorder | None = None
 
     def stop(self) -> None:
@@ -232,6 +236,11 @@ class Agent:
                 raise _Stopped
         return True
 
+    def _train_in_budget(self, *args: object) -> tuple[LocalUpdate, LocalState]:
+        """``EdgeTrainer.train(*args)`` in the training thread (the owner's niceness and threads);
+        the acting loop goes on meanwhile."""
+        return self._training.submit(self._trainer.train, *args).result()
+
     def _may_ask(self) -> bool:
         """Whether the device's triggers let it ask for work now (always, without triggers)."""
         actor, triggers = self._actor, self.config.triggers
@@ -262,6 +271,11 @@ class Agent:
         seed = None if config.jitter_seed is None else config.jitter_seed + 1
         self._recorder = recorder
         self._actor = Actor(env, self.acting, recorder, seed, epsilon, config.explore, config.act_period_s)
+        self._personalizer = None
+        if config.personalization.steps > 0:
+            self._personalizer = Personalizer(
+                config.personalization, trainer, recorder, self._actor, self.acting, self._train_in_budget
+            )
         self._actor.start()
 
     def _stop_acting(self) -> None:
@@ -365,6 +379,8 @@ class Agent:
     def _step(self) -> None:
         """Follow the deployed version, then (when the triggers allow) do what the server asks."""
         self._follow_deployed()
+        if self._personalizer is not None:
+            self._personalizer.advance(self._local)
         if not self._may_ask():
             self._sleep(0.05)
             return
@@ -414,10 +430,7 @@ class Agent:
             return
         self._asked_at = (self._actor.steps, self._actor.episodes)
         started = time.monotonic()
-        training = self._training.submit(
-            self._trainer.train, self._local, model.params, task.round, experience, task.server_control
-        )
-        update, local = training.result()  # in the owner's nice'd thread; acting goes on meanwhile
+        update, local = self._train_in_budget(self._local, model.params, task.round, experience, task.server_control)
         seconds = time.monotonic() - started
         submission = new_submission(
             self._client,
@@ -447,6 +460,8 @@ class Agent:
         if seconds > task.deadline_s:
             event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
         self._push(submission)
+        if self._personalizer is not None:
+            self._personalizer.resume()
 
     def _push(self, submission: Submission) -> None:
         """Push until answered; forget the update once acknowledged or refused."""
@@ -469,7 +484,8 @@ class Agent:
         """Act with the task's base version until the acting loop has recorded the round's budget
         of fresh experience with it, then take that experience; None when the deadline passes
         first with none recorded (the task is left; the server reassigns it)."""
-        if self.acting.version != task.base_version:
+        current = self.acting.current
+        if current is None or current.tag != task.base_version or current.greedy:
             policy = self._trainer.policy(task.base_version, model.params, self._local, time.time())
             self.acting.swap(policy)
             event(logging.INFO, "acting", version=task.base_version, reason="task")
@@ -531,6 +547,8 @@ class Agent:
         policy = self._trainer.policy(version, model.params, self._local, time.time())
         save_acting(self.config.state_dir, policy)  # first: a reboot acts with what acted last
         self.acting.swap(policy)
+        if self._personalizer is not None:
+            self._personalizer.restart(policy, model.params)
         event(logging.INFO, "acting", version=version, eval_return=model.eval_return)
 
     def _model(self, version: int, patient: bool = True) -> Model:

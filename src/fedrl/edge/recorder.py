@@ -1,6 +1,7 @@
 """The transitions a device's acting loop made, kept for learning: a bounded record on disk.
 
-The acting loop ``add``s every transition with the version that chose it; training ``take``s
+The acting loop ``add``s every transition with the tag of the policy that chose it (its version;
+a personal copy's is negative, ``fedrl.edge.acting.Policy.tag``); training ``take``s
 the latest transitions of the version it starts from that it has not learned from yet (on-policy
 learners need experience of the policy they improve) and marks them used. The record is a ring
 of ``capacity`` transitions; ``save`` writes it to the state directory (the agent does so between
@@ -19,6 +20,7 @@ from fedrl.wire import disk
 
 EXPERIENCE_FILE = "experience.safetensors"
 _FIELDS = (*Experience._fields, "version")
+_EMPTY = np.iinfo(np.int64).min  # the tag of a slot never written
 
 
 class Recorder:
@@ -34,7 +36,7 @@ class Recorder:
             "terminated": np.zeros(capacity, bool),
             "truncated": np.zeros(capacity, bool),
             "next_obs": np.zeros((capacity, obs_dim), np.float32),
-            "version": np.full(capacity, -1, np.int64),
+            "version": np.full(capacity, _EMPTY, np.int64),
         }
         self.total = 0  # transitions ever added
         self._run_start = 0  # where the latest run of one version began

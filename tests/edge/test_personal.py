@@ -1,0 +1,59 @@
+"""A device's personal copy of the deployed version: fine-tuned on its own experience, compared with
+the global version on its own episodes, kept only while it does not do worse."""
+
+import pytest
+
+from fedrl.edge.personal import Personalization
+
+from .test_agent import Running, ScriptedLink, agent, eventually
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "decision", "personal"),
+    [(1e9, "personal_kept", True), (-1e9, "personal_fallback", False)],
+    ids=["kept", "fallback"],
+)
+def test_the_device_keeps_its_personal_copy_only_while_it_does_not_do_worse(
+    experiment, params, tmp_path, edge_log, tolerance, decision, personal
+):
+    # Prepare: a server with nothing to do but a deployed version
+    link = ScriptedLink(experiment, {0: params})
+    link.waiting = True
+    config = Personalization(steps=256, episodes=2, tolerance=tolerance)
+
+    # Execute
+    running = Running(agent(link, tmp_path, personalization=config, until_finished=False))
+    eventually(lambda: edge_log.events(decision), timeout=60)
+
+    # Assert: both sides were measured; what acts afterwards is the decision's
+    (tuned,) = edge_log.events("personal_tuned")
+    assert tuned.fields == {"version": 0, "env_steps": 256}
+    (made,) = edge_log.events(decision)
+    assert {"personal_return", "global_return"} <= set(made.fields)
+    acting = running.agent.acting.current
+    assert acting.personal is personal and acting.version == 0 and not acting.greedy
+    assert link.pushed == []  # a personal copy is never sent
+    running.stop()
+    running.thread.join(10)
+    assert running.error is None
+
+
+def test_a_task_during_the_comparison_learns_from_the_global_version_and_the_comparison_goes_on(
+    experiment, params, tmp_path, edge_log
+):
+    from fedrl.wire.records import Task
+
+    link = ScriptedLink(experiment, {0: params}, tasks=[])
+    link.waiting = True
+    config = Personalization(steps=256, episodes=3, tolerance=1e9)
+    running = Running(agent(link, tmp_path, personalization=config, until_finished=False))
+    eventually(lambda: edge_log.events("personal_tuned"), timeout=60)
+
+    link.tasks.append(Task(1, 0, 60.0))  # the server asks for an update mid-comparison
+    eventually(lambda: len(link.pushed) == 1, timeout=60)
+    eventually(lambda: edge_log.events("personal_kept"), timeout=60)
+
+    assert link.pushed[0].env_steps == 128
+    assert running.agent.acting.current.personal
+    running.stop()
+    running.thread.join(10)
