@@ -70,6 +70,10 @@ def test_run_writes_a_complete_run_directory_then_eval_and_plot_use_it(tmp_path,
     np.testing.assert_array_equal(finished.dir.load_policy(finished.setup), finished.state.params)
     assert not np.array_equal(finished.state.params, finished.setup.initial_params())
     assert len(RunDir(out).client_returns()) == 2 * 3
+    # the run directory and its checkpoints are policies fedrl.load_policy runs, as the network does
+    for source in (out, out / "checkpoints/round_00002.safetensors"):
+        policy = fedrl.load_policy(source)
+        assert policy.version == 2 and policy.params.tobytes() == finished.state.params.tobytes()
 
     metrics_before = (out / "metrics.csv").read_bytes()
     evaluated = runner.invoke(app, ["eval", str(out), "--clients", "0,2", "--episodes", "2"])

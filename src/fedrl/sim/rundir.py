@@ -242,7 +242,8 @@ class RunDir:
         if setup.env_state_is_value:
             arrays.update(_prefixed(ENV, env_state_to_arrays(state.env_state)))
         stem = self.checkpoints / f"round_{state.round:05d}"
-        disk.save_record(stem.with_suffix(".safetensors"), arrays)
+        card = policy_card(setup, state.params, state.version)  # fedrl.load_policy runs a checkpoint too
+        disk.save_record(stem.with_suffix(".safetensors"), arrays, card=card)
         per_client = to_arrays(state.client_state, CLIENT) | to_arrays(state.pipeline_state, PIPELINE)
         if state.inflight is not None:
             per_client |= to_arrays(state.inflight, INFLIGHT)
