@@ -79,6 +79,12 @@ class LimitsConfig(FrozenConfig):
     )
     rate_per_s: float = Field(50.0, gt=0, description="calls per second a client may make, on average")
     burst: int = Field(100, ge=1, description="calls a client may make at once")
+    unknown_token_rate_per_s: float = Field(
+        1.0, gt=0, description="calls per second with an unknown token one source (a peer address) may make"
+    )
+    unknown_token_burst: int = Field(
+        10, ge=1, description="calls with an unknown token one source may make at once; then refused unread"
+    )
     max_update_norm: float | None = Field(None, gt=0, description="refuse updates whose L2 norm exceeds this")
     max_update_norm_ratio: float | None = Field(
         2.0,

@@ -101,11 +101,12 @@ class Coordinator:
         self._store, self._metrics, self._clock = store, metrics or ServerMetrics.create(), clock
         self._lock = threading.RLock()
         self._limiter = RateLimiter(config.limits.rate_per_s, config.limits.burst)
+        self._strangers = RateLimiter(config.limits.unknown_token_rate_per_s, config.limits.unknown_token_burst)
         self._seen = store.liveness()
         self._flushed_at = clock()
         self._closing = False
         self._writing: set[str] = set()  # update ids whose files are being written
-        self._tokens: dict[str, str] = {}  # token hash -> client name, filled as clients authenticate
+        self._tokens = store.token_names()  # token hash -> client name; clients added later join on first use
         self._experiment_yaml = to_yaml(self.setup.for_devices())
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
@@ -170,13 +171,21 @@ class Coordinator:
         self._publish()
 
     # --- authentication and liveness ---------------------------------------------------
-    def authenticate(self, token: str) -> str:
-        """The client a token belongs to; ``Rejected(UNAUTHENTICATED)`` for a missing or unknown one."""
+    def authenticate(self, token: str, source: str = "") -> str:
+        """The client a token belongs to; ``Rejected(UNAUTHENTICATED)`` for a missing or unknown one.
+        A token not seen before costs ``source`` (a peer address) one of its few unknown-token calls
+        (``limits.unknown_token_*``): past them its calls are refused (RESOURCE_EXHAUSTED) before the
+        store is asked, so guessing tokens cannot keep the store busy."""
         if not token:
             raise Rejected(Reason.UNAUTHENTICATED, "missing token: send 'authorization: Bearer <token>'")
         hashed = hash_token(token)
         name = self._tokens.get(hashed)
         if name is None:  # a client added since (perhaps by `fedrl fleet add-client` in another process)
+            if not self._strangers.allow(source, self._clock()):
+                raise Rejected(
+                    Reason.RESOURCE_EXHAUSTED,
+                    f"too many calls with unknown tokens from {source or 'this source'}; slow down",
+                )
             with self._lock:
                 found = self._store.client_for_token(token)
             if found is None:
@@ -195,6 +204,12 @@ class Coordinator:
                 self._selected.add(name)
                 self._store.set_selected(self._round.round, sorted(self._selected))
             return token
+
+    def admit(self, client: str) -> None:
+        """Rate-limit an update upload at its start, before a byte of it is read (``submit`` with
+        ``admitted`` then does not count it again)."""
+        with self._lock:
+            self._admit(client)
 
     def _admit(self, client: str, acting_version: int | None = None) -> None:
         """Rate-limit one call and mark the client as seen."""
@@ -309,13 +324,14 @@ class Coordinator:
             return self._store.load_version(version)[0]
 
     # --- updates -----------------------------------------------------------------------
-    def submit(self, client: str, submission: Submission) -> Ack:
+    def submit(self, client: str, submission: Submission, admitted: bool = False) -> Ack:
         """Validate and durably store one update; the ``Ack`` is returned only once it is on disk.
         A resubmission of a stored update id returns the original acknowledgement. The checks
         that need no shared state (decoding, shape, finite values, digest, norm) and the file
-        write run outside the lock, so uploads from many clients proceed in parallel."""
-        with self._lock:
-            self._admit(client)
+        write run outside the lock, so uploads from many clients proceed in parallel. ``admitted``:
+        the transport rate-limited the upload at its start (``admit``)."""
+        if not admitted:
+            self.admit(client)
         submission, digest = self._counted(self._prepared, client, submission)
         with self._lock:
             repeated = self._counted(lambda c, sub: self._screen(c, sub, digest), client, submission)

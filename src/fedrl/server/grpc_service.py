@@ -172,7 +172,8 @@ class FederationService:
         return call
 
     def _client(self, context: grpc.ServicerContext) -> str:
-        return self._coordinator.authenticate(_bearer_token(context))
+        """The calling client, by its token; unknown tokens are limited per peer address."""
+        return self._coordinator.authenticate(_bearer_token(context), context.peer().rsplit(":", 1)[0])
 
     def _in(self, raw: bytes) -> bytes:
         if self._received is not None:
@@ -210,7 +211,7 @@ class FederationService:
 
     def pull_model(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """One stored version (the deployed one when none is named), header then chunks."""
-        self._client(context)
+        self._coordinator.admit(self._client(context))
         pull = parse_message(pb.PullRequest, self._in(request))
         model = self._coordinator.model(pull.version if pull.HasField("version") else None)
         return map(self._out, convert.model_parts(model))
@@ -218,6 +219,7 @@ class FederationService:
     def push_update(self, requests: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
         """Reassemble one update from its stream and submit it as the caller; answer its ``Ack``."""
         client = self._client(context)  # before a single chunk is read
+        self._coordinator.admit(client)  # the rate limit too, so refused uploads are counted as calls
         with self.uploads.open(client, context) as heard:
             parts = (parse_message(pb.UpdatePart, self._in(_heard(raw, heard))) for raw in requests)
             try:
@@ -225,7 +227,7 @@ class FederationService:
             except Rejected as refusal:  # the coordinator counts the refusals it makes itself
                 self._coordinator.note_rejected(client, refusal)
                 raise
-        return self._out(convert.ack_message(self._coordinator.submit(client, submission)))
+        return self._out(convert.ack_message(self._coordinator.submit(client, submission, admitted=True)))
 
 
 def _heard(raw: bytes, heard: Callable[[], None]) -> bytes:

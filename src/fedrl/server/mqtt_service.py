@@ -166,7 +166,7 @@ class MqttService:
         frame = mq.Frame()
         try:
             frame = parse_message(mq.Frame, payload)
-            client = self._coordinator.authenticate(frame.token)
+            client = self._coordinator.authenticate(frame.token, topic_client)
         except Rejected as refusal:
             self._refuse(topic_client, frame, refusal)
             return
@@ -259,7 +259,8 @@ class MqttService:
     def _task(self, client: str, _request: mq.Request) -> mq.Reply:
         return mq.Reply(task=mq.TaskStream(parts=convert.task_parts(self._coordinator.task(client))))
 
-    def _pull(self, _client: str, request: mq.Request) -> mq.Reply:
+    def _pull(self, client: str, request: mq.Request) -> mq.Reply:
+        self._coordinator.admit(client)
         pull = request.pull
         model = self._coordinator.model(pull.version if pull.HasField("version") else None)
         return mq.Reply(model=mq.ModelStream(parts=convert.model_parts(model)))

@@ -169,6 +169,10 @@ class Store:
         row = self.db.execute("SELECT name, id FROM clients WHERE token_hash = ?", (hash_token(token),)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def token_names(self) -> dict[str, str]:
+        """Every client's token hash and name."""
+        return {row["token_hash"]: row["name"] for row in self.db.execute("SELECT token_hash, name FROM clients")}
+
     def client_id(self, name: str) -> int | None:
         """A client's numeric id, or None when it does not exist."""
         row = self.db.execute("SELECT id FROM clients WHERE name = ?", (name,)).fetchone()
