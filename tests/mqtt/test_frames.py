@@ -150,3 +150,19 @@ def test_the_outbox_answers_resends_until_it_forgets():
 def test_a_packet_limit_too_small_for_any_data_is_refused():
     with pytest.raises(ValueError, match="raise it"):
         split("m1", bytes(5000), 80, token="t" * 43)
+
+
+def test_one_sender_cannot_open_more_than_its_share_of_messages_and_no_one_more_than_the_total():
+    inbox = Inbox(max_bytes=4096, max_open_per_sender=2, max_open=3)
+    manifest = split("m", bytes(3000), max_payload=512).frames[0]
+
+    def open_one(sender, message_id):
+        return inbox.offer((sender, message_id), mq.Frame.FromString(manifest))
+
+    open_one("mallory", "1")
+    open_one("mallory", "2")
+    with pytest.raises(Rejected, match="2 messages from this sender are being reassembled already"):
+        open_one("mallory", "3")
+    open_one("alice", "1")  # others still get their share ...
+    with pytest.raises(Rejected, match="3 messages are being reassembled; try later"):
+        open_one("bob", "1")  # ... up to the total

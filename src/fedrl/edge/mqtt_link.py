@@ -60,7 +60,7 @@ class MqttLink:
         self._up, self._status = self._topics.up(client_name), self._topics.status(client_name)
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
-        self._inbox = Inbox(MAX_DOWNLOAD_BYTES)
+        self._inbox = Inbox(MAX_DOWNLOAD_BYTES, max_open_per_sender=8)  # replies from the one server
         self._announced: pb.ModelHeader | None = None
         self._announcement = threading.Event()
         self._connection = Connection(

@@ -44,6 +44,7 @@ from fedrl.wire.mqtt_frames import Inbox, Outbox, split
 from fedrl.wire.mqtt_topics import OFFLINE, ONLINE
 from fedrl.wire.records import Reason, Rejected
 
+REQUEST_OVERHEAD = 64 * 1024  # the protobuf framing around an update's bytes, generously
 TRANSPORT = "mqtt"  # the label of this transport in the byte counters
 HOUSEKEEPING_S = 0.2
 
@@ -61,7 +62,10 @@ class MqttService:
         self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
         self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
         self._rejected = metrics.updates_rejected if metrics else None
-        self._inbox = Inbox(coordinator.config.limits.max_message_bytes)
+        # a request holds at most one update (the largest message a device sends) and its framing
+        self._inbox = Inbox(
+            min(coordinator.max_update_bytes + REQUEST_OVERHEAD, coordinator.config.limits.max_message_bytes)
+        )
         self._outbox = Outbox()
         self._presence: dict[str, str] = {}
         self._announced: int | None = None

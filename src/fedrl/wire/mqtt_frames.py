@@ -120,6 +120,10 @@ class Outbox:
             self._forget(key)
 
 
+def _sender(key: Hashable) -> Hashable:
+    return key[0] if isinstance(key, tuple) and key else None
+
+
 @dataclass
 class _Transfer:
     """A chunked message being reassembled (mutable, private to ``Inbox``)."""
@@ -159,7 +163,9 @@ def _check_manifest(manifest: mq.Manifest, max_bytes: int) -> None:
 
 
 class Inbox:
-    """Messages being reassembled from frames, by key (the sender and the message id)."""
+    """Messages being reassembled from frames, by key (the sender and the message id: a tuple whose
+    first item is the sender). Memory is bounded: each message by ``max_bytes``, each sender by
+    ``max_open_per_sender`` messages at once, everyone by ``max_open`` messages."""
 
     def __init__(
         self,
@@ -168,8 +174,11 @@ class Inbox:
         max_resends: int = 5,
         clock: Callable[[], float] = time.monotonic,
         remember: int = 4096,
+        max_open_per_sender: int = 2,
+        max_open: int = 256,
     ) -> None:
         self._max_bytes, self._resend_after_s, self._max_resends = max_bytes, resend_after_s, max_resends
+        self._max_open_per_sender, self._max_open = max_open_per_sender, max_open
         self._clock, self._remember = clock, remember
         self._open: dict[Hashable, _Transfer] = {}
         self._done: OrderedDict[Hashable, None] = OrderedDict()
@@ -184,10 +193,23 @@ class Inbox:
             return Offered(self._finish(key, frame.whole))
         if kind == "manifest" and key not in self._open:
             _check_manifest(frame.manifest, self._max_bytes)
+            self._check_room(key)
             self._open[key] = _Transfer(frame.manifest, progress_at=self._clock())
         if kind == "chunk" and key in self._open:
             return self._chunk(key, self._open[key], frame.chunk)
         return Offered()
+
+    def _check_room(self, key: Hashable) -> None:
+        """``Rejected(RESOURCE_EXHAUSTED)`` when ``key``'s sender, or everyone, has too many messages open."""
+        sender = _sender(key)
+        mine = sum(1 for open_key in self._open if _sender(open_key) == sender)
+        if mine >= self._max_open_per_sender:
+            raise Rejected(
+                Reason.RESOURCE_EXHAUSTED,
+                f"{mine} messages from this sender are being reassembled already; finish one first",
+            )
+        if len(self._open) >= self._max_open:
+            raise Rejected(Reason.RESOURCE_EXHAUSTED, f"{len(self._open)} messages are being reassembled; try later")
 
     def _chunk(self, key: Hashable, transfer: _Transfer, chunk: mq.Chunk) -> Offered:
         digests = transfer.manifest.chunk_sha256
