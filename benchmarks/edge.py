@@ -175,7 +175,7 @@ def latency_while_training() -> list[list[str]]:
                 time.sleep(3.0)
             else:
                 for round_ in range(1, 6):
-                    trainer.train(state, params, round_, recorder.take(0, TRAINING_STEPS))
+                    trainer.train(state, params, round_, recorder.take(0, TRAINING_STEPS)[0])
             seconds = time.perf_counter() - started
             latency = actor.latency_us()
             made, due = actor.steps - steps, seconds / CONTROL_PERIOD_S

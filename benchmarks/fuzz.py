@@ -53,9 +53,7 @@ def main() -> None:
     rows, failed, seconds = run(args.examples)
     total = sum(int(row[1].replace(",", "")) for row in rows)
     table = markdown_table(["target", "inputs", "failing", "invalid (discarded)"], rows)
-    verdict = (
-        f"{total:,} inputs in {seconds:.0f} s; {failed} failing target(s): crashes and state changes found = {failed}."
-    )
+    verdict = f"{total:,} inputs in {seconds:.0f} s; failing targets (a crash or a state change): {failed}."
     print(table)
     print(verdict)
     write_section(

@@ -61,4 +61,4 @@ def recorded(trainer, params, steps, seed=0, env=None):
         recorder.add(obs, kept, reward, terminated, truncated, next_obs, 0)
         obs = env.reset()[0] if terminated or truncated else next_obs
     assert isinstance(env, gym.Env)
-    return recorder.take(0)
+    return recorder.take(0)[0]

@@ -174,3 +174,24 @@ def test_an_experiment_naming_a_gymnasium_setter_is_refused_before_anything_is_i
     with pytest.raises(ConfigError, match="imports no code a server names"):
         trainer_from_yaml(yaml.safe_dump(config), 0)
     assert not marker.exists() and "hostile_setter" not in sys.modules
+
+
+@pytest.mark.parametrize("pending", [True, False], ids=["update-saved", "update-never-saved"])
+def test_the_state_after_an_update_is_kept_only_with_that_update(experiment, tmp_path, pending):
+    # Prepare: SCAFFOLD's c_i before a round, and after it (staged beside the update)
+    data = yaml.safe_load(experiment)
+    data["strategy"] = {"name": "scaffold"}
+    trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
+    params, before = trainer.setup.initial_params(), trainer.fresh_state()
+    trainer.save_learner(tmp_path, before)
+    control = np.full_like(params, 0.01)
+    _, after = trainer.train(before, params, 1, recorded(trainer, params, 64), control)
+    trainer.save_learner(tmp_path, after, staged=True)
+
+    # Execute: the device restarts, with its update on disk or killed before writing it
+    restored = trainer.restore(tmp_path, pending=pending)
+
+    # Assert: the state that made a saved update goes on; a state without its update is dropped
+    expected = after if pending else before
+    np.testing.assert_array_equal(restored.learner.control, expected.learner.control)
+    assert not (tmp_path / "learner.next.safetensors").exists()

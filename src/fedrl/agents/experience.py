@@ -52,7 +52,7 @@ def rollout_of(task: LocalTask, flat: torch.Tensor, exp: Experience, gamma: floa
     action = torch.from_numpy(np.ascontiguousarray(exp.action))[None]
     heads = task.net.heads(w, obs)
     next_value = task.net.value(w, next_obs)[0]
-    cut = exp.truncated | _breaks(exp)
+    cut = (exp.truncated & ~exp.terminated) | _breaks(exp)  # a terminal state has no value to bootstrap
     reward = torch.from_numpy(exp.reward.astype(np.float32)) + gamma * next_value * torch.from_numpy(cut)
     done = torch.from_numpy((exp.terminated | cut).astype(np.float32))
 
@@ -76,7 +76,7 @@ def _ppo(config: ppo.PPOConfig, task: LocalTask, start: client.Start, exp: Exper
     optimizer = make_optimizer(start.flat, config.lr)
     rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
     loss, n = ppo.improve(task, config, start, optimizer, rollout, task.gen)
-    return loss, n, None
+    return loss, n, None, exp.steps
 
 
 def _a2c(config: a2c.A2CConfig, task: LocalTask, start: client.Start, exp: Experience):
@@ -88,13 +88,13 @@ def _a2c(config: a2c.A2CConfig, task: LocalTask, start: client.Start, exp: Exper
         loss = a2c.loss(task, config, start.flat, a2c.make_batch(rollout, config), start.reference)
         start.terms.apply(optimizer, start.flat, loss.sum(), config.max_grad_norm)
         losses.append(loss.detach())
-    return torch.stack(losses).mean(0), len(losses), None
+    return torch.stack(losses).mean(0), len(losses), None, exp.steps
 
 
 def _reinforce(config: reinforce.ReinforceConfig, task: LocalTask, start: client.Start, exp: Experience):
     ends = np.flatnonzero(exp.terminated | exp.truncated | _breaks(exp))
     if len(ends) == 0:
-        return None, 0, None
+        return None, 0, None, 0
     optimizer = make_optimizer(start.flat, config.lr)
     rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
     mask = torch.zeros(exp.steps, 1, 1)
@@ -102,7 +102,7 @@ def _reinforce(config: reinforce.ReinforceConfig, task: LocalTask, start: client
     returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)
     loss = reinforce.policy_loss(task, config, start.flat, rollout, mask, returns, start.reference)
     start.terms.apply(optimizer, start.flat, loss.sum(), config.max_grad_norm)
-    return loss.detach(), 1, None
+    return loss.detach(), 1, None, int(ends[-1]) + 1  # the steps whose returns it learned from
 
 
 def _dqn(config: dqn.DQNConfig, task: LocalTask, start: client.Start, exp: Experience):
@@ -124,7 +124,7 @@ def _dqn(config: dqn.DQNConfig, task: LocalTask, start: client.Start, exp: Exper
         if (t + 1) % config.train_freq == 0:
             r = dqn.train_phase(config, task, start, optimizer, env_steps, r)
     loss = torch.from_numpy(r.loss_sum / np.maximum(r.opt_steps, 1)) if r.opt_steps[0] else None
-    return loss, int(r.opt_steps[0]), DQNMemory(dqn.to_numpy(r.buffer), env_steps)
+    return loss, int(r.opt_steps[0]), DQNMemory(dqn.to_numpy(r.buffer), env_steps), exp.steps
 
 
 _LEARN = {"ppo": _ppo, "a2c": _a2c, "reinforce": _reinforce, "dqn": _dqn}
@@ -132,10 +132,11 @@ _LEARN = {"ppo": _ppo, "a2c": _a2c, "reinforce": _reinforce, "dqn": _dqn}
 
 def train_from_experience(config: LearnerBase, task: LocalTask, exp: Experience) -> LocalResult:
     """One round of local training of the single client of ``task`` on ``exp``; the counts in
-    the result are the transitions and finished episodes it learned from."""
+    the result are the transitions it learned from (REINFORCE: those of finished episodes) and the
+    episodes that ended among them."""
     if exp.steps == 0:
         raise ValueError("no experience to learn from")
     start = client.begin(config, task)
-    loss, opt_steps, memory = _LEARN[config.name](config, task, start, exp)
+    loss, opt_steps, memory, steps = _LEARN[config.name](config, task, start, exp)
     outcome = client.finish(config, task, start.flat, np.array([opt_steps]), memory)
-    return client.result(outcome, task.env_state, np.array([exp.steps]), np.array([exp.episodes]), loss)
+    return client.result(outcome, task.env_state, np.array([steps]), np.array([exp.episodes]), loss)

@@ -143,7 +143,9 @@ def client(
     ),
     env_kwargs: str = typer.Option("{}", "--env-kwargs", help="JSON object of keyword arguments for --env."),
     env_dir: Optional[Path] = typer.Option(
-        None, "--env-dir", help="Folder searched first for --env's module (default: the current folder)."
+        None,
+        "--env-dir",
+        help="Folder searched first for --env's module (default: Python's path, then the current folder).",
     ),
     act_period: float = typer.Option(
         0.0, "--act-period", min=0.0, help="Seconds between two decisions at least (0: at the environment's pace)."
@@ -231,7 +233,7 @@ def client(
 
     try:
         secret = read_token(token, token_file)
-        spec = None if env is None else DeviceEnvSpec(env, parse_env_kwargs(env_kwargs), env_dir or Path.cwd())
+        spec = None if env is None else DeviceEnvSpec(env, parse_env_kwargs(env_kwargs), env_dir)
         if transport is Transport.mqtt:
             options = broker_options(
                 broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version
@@ -255,7 +257,7 @@ def client(
         explore=not greedy,
         act_period_s=act_period,
         until_finished=until_finished,
-        limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir or Path.cwd()),
+        limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir),
         triggers=Triggers(ask_after_steps, ask_after_episodes, ask_below_return, ask_above_return),
         personalization=Personalization(personalize_steps, personalize_episodes, personal_tolerance),
     )
@@ -282,7 +284,9 @@ def act(
     ),
     env_kwargs: str = typer.Option("{}", "--env-kwargs", help="JSON object of keyword arguments for --env."),
     env_dir: Optional[Path] = typer.Option(
-        None, "--env-dir", help="Folder searched first for --env's module (default: the current folder)."
+        None,
+        "--env-dir",
+        help="Folder searched first for --env's module (default: Python's path, then the current folder).",
     ),
     state_dir: Path = typer.Option(
         ..., "--state-dir", help="Where the acting version is kept, so a reboot acts with it again."
@@ -293,6 +297,8 @@ def act(
     name: Optional[str] = typer.Option(None, "--name", help="This device's enrolled name (with --server or MQTT)."),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the device's token."),
     ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate (PEM) of the server's (or broker's) one."),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="This device's certificate (PEM), for mutual TLS."),
+    key: Optional[Path] = typer.Option(None, "--key", help="This device's private key (PEM), for mutual TLS."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only."),
     heartbeat: float = typer.Option(10.0, "--heartbeat", min=0.01, help="Seconds between asks for a new version."),
     act_period: float = typer.Option(
@@ -322,13 +328,13 @@ def act(
             if transport is Transport.mqtt:
                 from fedrl.edge.mqtt_link import MqttLink
 
-                options = broker_options(broker, fleet, name, broker_password, ca, None, None, insecure, mqtt_version)
+                options = broker_options(broker, fleet, name, broker_password, ca, cert, key, insecure, mqtt_version)
                 link = MqttLink(options, secret, name, 30.0)
             else:
                 from fedrl.edge.grpc_link import GrpcLink
 
-                link = GrpcLink(server, secret, name, channel_credentials(server, ca, None, None, insecure), 30.0)
-        environment = make_env(env, parse_env_kwargs(env_kwargs), env_dir or Path.cwd())
+                link = GrpcLink(server, secret, name, channel_credentials(server, ca, cert, key, insecure), 30.0)
+        environment = make_env(env, parse_env_kwargs(env_kwargs), env_dir)
         follower = Follower(
             loaded, environment, state_dir, link, heartbeat_s=heartbeat, act_period_s=act_period, max_steps=steps
         )

@@ -51,9 +51,10 @@ class Policy:
 
     @property
     def tag(self) -> int:
-        """What the device's record files this policy's transitions under: the version, or
-        ``-1 - version`` for a personal copy (never taken as experience of the global version)."""
-        return -1 - self.version if self.personal else self.version
+        """What the device's record files this policy's transitions under: the version when they are
+        experience of it (the global version, exploring), else ``-1 - version`` (a personal copy, a
+        greedy evaluation), which training never takes as experience of the global version."""
+        return -1 - self.version if self.personal or self.greedy else self.version
 
     @cached_property
     def runtime(self) -> Runtime:

@@ -49,7 +49,6 @@ import numpy as np
 
 from fedrl.agents import dqn
 from fedrl.agents.runtime import set_threads, torch_threads
-from fedrl.core.experience import Experience
 from fedrl.edge.acting import ActingPolicy, clear_acting, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
@@ -60,7 +59,7 @@ from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.personal import Personalization, Personalizer
 from fedrl.edge.recorder import EXPERIENCE_FILE, Recorder
-from fedrl.edge.trainer import LEARNER_FILE, EdgeTrainer, LocalState, LocalUpdate, trainer_from_yaml
+from fedrl.edge.trainer import LEARNER_FILE, STAGED_FILE, EdgeTrainer, LocalState, LocalUpdate, trainer_from_yaml
 from fedrl.envs import FAMILIES
 from fedrl.experiment.config import ConfigError
 from fedrl.wire import disk
@@ -68,6 +67,8 @@ from fedrl.wire.records import Model, Reason, Registration, Rejected, Submission
 
 T = TypeVar("T")
 EXPERIMENT_FILE = "experiment.yaml"
+EXPERIENCE_SAVE_S = 300.0  # between two saves of the recorded experience, outside training
+EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)
 
 
 class _Stopped(Exception):
@@ -148,6 +149,8 @@ class Agent:
         self._local: LocalState | None = None
         self._models: dict[int, Model] = {}
         self._finished = False
+        self._hook: Callable[[], bool] | None = None  # the owner's train-when hook, loaded by run
+        self._experience_saved_at = 0.0
         self._asked_at = (0, 0)  # the acting loop's (steps, episodes) when the device last trained
         self._training = ThreadPoolExecutor(1, thread_name_prefix="fedrl-train", initializer=self._budget_thread)
         self._actor: Actor | None = None
@@ -266,8 +269,10 @@ class Agent:
             recorder.restore(config.state_dir)
         except ValueError as exc:
             event(logging.WARNING, "experience_dropped", error=str(exc))
-        learner = trainer.setup.config.learner
-        epsilon = (lambda steps: float(dqn.epsilon(learner, np.array([steps]))[0])) if learner.name == "dqn" else None
+        learner, before = trainer.setup.config.learner, recorder.total  # DQN's schedule goes on after a reboot
+        epsilon = None
+        if learner.name == "dqn":
+            epsilon = lambda steps: float(dqn.epsilon(learner, np.array([before + steps]))[0])  # noqa: E731
         seed = None if config.jitter_seed is None else config.jitter_seed + 1
         self._recorder = recorder
         self._actor = Actor(env, self.acting, recorder, seed, epsilon, config.explore, config.act_period_s)
@@ -282,12 +287,17 @@ class Agent:
         """Stop the acting loop and keep its experience on disk."""
         if self._actor is not None:
             self._actor.stop()
-            self._save_experience()
+            self._save_experience(force=True)
             self._actor = None
 
-    def _save_experience(self) -> None:
-        if self._recorder is not None:
+    def _save_experience(self, force: bool = False) -> None:
+        """Write the recorded experience to disk: always when ``force``d (after training, at stop),
+        else at most every ``EXPERIENCE_SAVE_S`` (a device that acts for months must not wear out
+        its flash)."""
+        now = time.monotonic()
+        if self._recorder is not None and (force or now - self._experience_saved_at >= EXPERIENCE_SAVE_S):
             self._recorder.save(self.config.state_dir)
+            self._experience_saved_at = now
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -300,7 +310,7 @@ class Agent:
         try:
             text = path.read_text()
             trainer = trainer_from_yaml(text, self.config.client_index)
-            local = trainer.restore(self.config.state_dir)
+            local = trainer.restore(self.config.state_dir, pending=self.pending.path.exists())
             blank = trainer.policy(0, trainer.setup.initial_params(), local, 0.0).card
             policy = load_acting(self.config.state_dir, blank)
         except (OSError, ValueError) as exc:  # ConfigError is a ValueError
@@ -344,7 +354,7 @@ class Agent:
         device_env(trainer, self.config.env).close()  # refuse an environment that does not fit, before forgetting
         state_dir = Path(self.config.state_dir)
         clear_acting(state_dir)
-        for name in (LEARNER_FILE, EXPERIENCE_FILE):
+        for name in (LEARNER_FILE, STAGED_FILE, EXPERIENCE_FILE):
             disk.remove(state_dir / name)
         disk.write_atomic(state_dir / EXPERIMENT_FILE, experiment_yaml.encode())
         self._experiment, self._trainer, self._local, self._models = experiment_yaml, trainer, local, {}
@@ -378,6 +388,7 @@ class Agent:
 
     def _step(self) -> None:
         """Follow the deployed version, then (when the triggers allow) do what the server asks."""
+        self._check_acting()
         self._follow_deployed()
         if self._personalizer is not None:
             self._personalizer.advance(self._local)
@@ -397,6 +408,7 @@ class Agent:
             self._finish(reply.reason, reply.retry_after_s)
         else:
             event(logging.DEBUG, "wait", seconds=reply.retry_after_s, reason=reply.reason)
+            self._save_experience()
             self._sleep(reply.retry_after_s)
 
     def _finish(self, reason: str, retry_after_s: float) -> None:
@@ -425,9 +437,17 @@ class Agent:
             self._pause("refused", call="pull", version=task.base_version, reason=exc.reason.value, message=exc.message)
             return
         deadline = time.monotonic() + task.deadline_s
-        experience = self._experience(task, model, deadline)
-        if experience is None or not self._may_train(task, deadline):
-            return
+        try:
+            if self._await_experience(task, model, deadline) and self._may_train(task, deadline):
+                self._learn(task, model)
+        finally:
+            if self._personalizer is not None:
+                self._personalizer.resume()
+
+    def _learn(self, task: Task, model: Model) -> None:
+        """Learn from the fresh experience of the task's base version; stage the new learner state,
+        save the update, then (both on disk) count the experience used and push the update."""
+        experience, upto = self._recorder.take(task.base_version, self._trainer.setup.budget.steps)
         self._asked_at = (self._actor.steps, self._actor.episodes)
         started = time.monotonic()
         update, local = self._train_in_budget(self._local, model.params, task.round, experience, task.server_control)
@@ -442,8 +462,10 @@ class Agent:
             update.control_delta,
             update.payload,
         )
+        self._trainer.save_learner(self.config.state_dir, local, staged=True)
         self.pending.save(submission)
-        self._trainer.save_learner(self.config.state_dir, local)
+        self._recorder.mark_used(upto)
+        self._save_experience(force=True)
         self._local = local
         event(
             logging.INFO,
@@ -460,8 +482,6 @@ class Agent:
         if seconds > task.deadline_s:
             event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
         self._push(submission)
-        if self._personalizer is not None:
-            self._personalizer.resume()
 
     def _push(self, submission: Submission) -> None:
         """Push until answered; forget the update once acknowledged or refused."""
@@ -478,35 +498,38 @@ class Agent:
             )
         else:
             event(logging.INFO, "acknowledged", update_id=ack.update_id, round=ack.round, duplicate=ack.duplicate)
+        self._trainer.commit_learner(self.config.state_dir)
         self.pending.clear()
 
-    def _experience(self, task: Task, model: Model, deadline: float) -> Experience | None:
+    def _await_experience(self, task: Task, model: Model, deadline: float) -> bool:
         """Act with the task's base version until the acting loop has recorded the round's budget
-        of fresh experience with it, then take that experience; None when the deadline passes
-        first with none recorded (the task is left; the server reassigns it)."""
+        of fresh experience with it (REINFORCE: and one finished episode), or the deadline passes;
+        False when it passes with nothing to learn from (the server gives the round to others)."""
         current = self.acting.current
         if current is None or current.tag != task.base_version or current.greedy:
             policy = self._trainer.policy(task.base_version, model.params, self._local, time.time())
             self.acting.swap(policy)
             event(logging.INFO, "acting", version=task.base_version, reason="task")
         budget = self._trainer.setup.budget
+        needs_episode = self._trainer.setup.config.learner.name == "reinforce"  # returns need an episode's end
         while True:
             steps, episodes = self._recorder.fresh(task.base_version)
-            if budget.spent(np.array([steps]), np.array([episodes])):
-                break
-            if self._actor is None or not self._actor.alive:
-                error = None if self._actor is None else self._actor.error
-                raise Fatal(f"the device's environment stopped acting: {error}")
+            enough = budget.spent(np.array([steps]), np.array([episodes])) and (episodes > 0 or not needs_episode)
+            if enough:
+                return True
+            self._check_acting()
             if time.monotonic() > deadline:
-                if steps == 0:
+                usable = steps > 0 and (episodes > 0 or not needs_episode)
+                if not usable:
                     event(logging.WARNING, "no_experience", round=task.round, deadline_s=task.deadline_s)
-                    return None
-                break
+                return usable
             if self._stop.wait(0.01):
                 raise _Stopped
-        experience = self._recorder.take(task.base_version, budget.steps)
-        self._save_experience()
-        return experience
+
+    def _check_acting(self) -> None:
+        """``Fatal`` when the acting loop has stopped (its environment failed)."""
+        if self._actor is not None and not self._actor.alive and self._actor.error is not None:
+            raise Fatal(f"the device's environment stopped acting: {self._actor.error}")
 
     def _acting_stats(self) -> dict[str, object]:
         """What the acting loop did, for the log: steps, episodes, recent mean return, latency."""
@@ -622,6 +645,3 @@ class Agent:
         self._wake.clear()
         if self._stop.is_set():
             raise _Stopped
-
-
-EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import logging
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fedrl.wire import disk
@@ -47,3 +49,25 @@ def refused_credentials(exc: Rejected) -> Fatal:
     return Fatal(
         f"the server refused this client ({exc.reason.value}): {exc.message}; check the token and the client name"
     )
+
+
+def load_callable(spec: str, search_dir: Path | None, what: str) -> Callable:
+    """The device owner's ``module:function`` (``what`` names the option, for errors): its module is
+    looked up in ``search_dir`` first when one is given, else on the Python path and then in the
+    working directory (last, so a stray file there cannot shadow an installed module);
+    ``ValueError`` naming ``what`` when it cannot be loaded."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{what} must look like 'package.module:function', got {spec!r}")
+    if search_dir is not None:
+        if str(search_dir) not in sys.path:
+            sys.path.insert(0, str(search_dir))
+    elif str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{what} {spec}: cannot load it: {exc}") from None
+    if not callable(found):
+        raise ValueError(f"{what} {spec} is not callable")
+    return found

@@ -4,7 +4,7 @@
 
 - ``package.module:function`` (or ``:Class``): a factory that returns a Gymnasium environment
   wrapping the device's sensors and actuators, called with ``--env-kwargs``; its module is looked
-  up in ``--env-dir`` first, then on the Python path;
+  up in ``--env-dir`` first when given, else on the Python path, then in the working directory;
 - a registered Gymnasium id (``CartPole-v1``, ``fedrl/Pendulum-v0``), made with the kwargs;
 - a built-in family name (``cartpole``): the simulated environment of client ``--client-index``
   of the server's experiment, for demos and tests.
@@ -15,14 +15,13 @@ Before acting, the device checks that its environment has the spaces the experim
 
 from __future__ import annotations
 
-import importlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
+from fedrl.edge.device import load_callable
 from fedrl.envs import FAMILIES
 from fedrl.envs.gym_registration import GYM_IDS
 from fedrl.envs.spaces import mismatch
@@ -47,16 +46,6 @@ class DeviceEnvSpec:
         return self.entry in FAMILIES
 
 
-def _factory(spec: DeviceEnvSpec):
-    module_name, _, attr = spec.entry.partition(":")
-    if spec.search_dir is not None and str(spec.search_dir) not in sys.path:
-        sys.path.insert(0, str(spec.search_dir))
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise EnvUnusable(f"--env {spec.entry}: cannot load it: {exc}") from None
-
-
 def make_env(spec: DeviceEnvSpec, setup: Setup, client_index: int) -> gym.Env:
     """The device's environment, checked against the experiment ``setup`` trains."""
     family = setup.family
@@ -69,11 +58,11 @@ def make_env(spec: DeviceEnvSpec, setup: Setup, client_index: int) -> gym.Env:
     else:
         try:
             if ":" in spec.entry and spec.entry not in gym.registry:
-                env = _factory(spec)(**spec.kwargs)
+                env = load_callable(spec.entry, spec.search_dir, "--env")(**spec.kwargs)
             else:
                 env = gym.make(spec.entry, **spec.kwargs)
-        except EnvUnusable:
-            raise
+        except ValueError as exc:  # load_callable's, naming --env
+            raise EnvUnusable(str(exc)) from None
         except Exception as exc:  # a user's constructor may raise anything
             raise EnvUnusable(f"--env {spec.entry}: making it failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(env, gym.Env):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,26 +26,22 @@ import numpy as np
 from fedrl.edge.acting import ActingPolicy, Policy, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
-from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, locked, refused_credentials
+from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, load_callable, locked, refused_credentials
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.policy.card import PolicyCard
 from fedrl.policy.runtime import Policy as Runtime
 from fedrl.wire import disk
-from fedrl.wire.records import Rejected
+from fedrl.wire.records import Reason, Rejected
 
 
 def make_env(entry: str, kwargs: dict[str, Any], search_dir: Path | None = None) -> Any:
     """The environment ``entry`` names: ``module:function`` called with ``kwargs`` (its module looked
     up in ``search_dir`` first), else a Gymnasium id (Gymnasium imported only then)."""
     if ":" in entry and "/" not in entry.partition(":")[0]:
-        module_name, _, attr = entry.partition(":")
-        if search_dir is not None and str(search_dir) not in sys.path:
-            sys.path.insert(0, str(search_dir))
         try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise Fatal(f"--env {entry}: cannot load it: {exc}") from None
-        return factory(**kwargs)
+            return load_callable(entry, search_dir, "--env")(**kwargs)
+        except ValueError as exc:
+            raise Fatal(str(exc)) from None
     try:
         gymnasium = importlib.import_module("gymnasium")
     except ImportError:
@@ -150,6 +145,7 @@ class Follower:
             except Rejected as exc:
                 if exc.reason in CREDENTIAL_REASONS:
                     raise refused_credentials(exc) from None
+                registered = registered and exc.reason is not Reason.NOT_FOUND  # forgotten: register again
                 event(logging.WARNING, "refused", reason=exc.reason.value, message=exc.message)
 
     def _follow(self, deployed: int) -> None:

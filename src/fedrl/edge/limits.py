@@ -10,13 +10,13 @@ threshold; with none set it asks whenever it is free.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedrl.edge.device import load_callable
 
 HOOK_POLL_S = 1.0  # how often a hook that said "not now" is asked again
 
@@ -63,18 +63,7 @@ class Triggers:
 
 def load_hook(name: str, search_dir: Path | None = None) -> Callable[[], bool]:
     """The owner's hook ``module:function``; ``ValueError`` naming it when it cannot be loaded."""
-    module_name, sep, attr = name.partition(":")
-    if not sep:
-        raise ValueError(f"--train-when must look like 'module:function', got {name!r}")
-    if search_dir is not None and str(search_dir) not in sys.path:
-        sys.path.insert(0, str(search_dir))
-    try:
-        hook = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"--train-when {name}: cannot load it: {exc}") from None
-    if not callable(hook):
-        raise ValueError(f"--train-when {name} is not callable")
-    return hook
+    return load_callable(name, search_dir, "--train-when")
 
 
 def rss_mb() -> float:

@@ -5,9 +5,11 @@ device fine-tunes a copy of it on that experience (the learner's own round, not 
 compares the two on its own environment: a few greedy episodes with the global version, then as
 many with the personal copy. It keeps the copy unless its mean return is more than ``tolerance``
 below the global version's, and falls back to the global version otherwise (``personal_kept`` /
-``personal_fallback`` in the log, with both returns). A task from the server interrupts the
-comparison (the device collects the task's experience with the global version), which then
-starts its phase again.
+``personal_fallback`` in the log, with both returns); while the copy acts, every further batch of
+as many episodes is judged the same way, and a drop falls back too. A task from the server
+interrupts (the device collects the task's experience with the global version), and the phase
+starts again after it. The copy and its phase live in memory: after a reboot the device acts with
+the global version until the next one is deployed.
 """
 
 from __future__ import annotations
@@ -67,11 +69,13 @@ class Personalizer:
         """Move the cycle on as far as the acting loop's progress allows (the agent's thread)."""
         if self._phase == "collect":
             self._fine_tune(local)
-        elif self._phase in ("global", "personal"):
-            if self.acting.current is not self._expected:  # a task took over acting: start the phase again
-                self._act(self._expected)
-            elif self.actor.episodes >= self._mark + 1 + self.config.episodes:  # the first may be partial
+        elif self._phase != "idle" and self.acting.current is not self._expected:
+            self._act(self._expected)  # a task took over acting: start the phase again
+        elif self.actor.episodes >= self._mark + 1 + self.config.episodes:  # the first may be partial
+            if self._phase in ("global", "personal"):
                 self._compare()
+            elif self._phase == "done" and self._expected is self._personal:
+                self._watch()
 
     def resume(self) -> None:
         """After a task: act again with what the cycle had acting."""
@@ -82,7 +86,7 @@ class Personalizer:
         steps, _ = self.recorder.fresh(self._global.tag)
         if steps < self.config.steps:
             return
-        experience = self.recorder.take(self._global.tag, self.config.steps)
+        experience, _ = self.recorder.take(self._global.tag, self.config.steps)  # a look: tasks may learn from it too
         version = self._global.version
         update, tuned = self._train(local, self._params, version, experience)
         personal = self.trainer.policy(version, self._params + update.delta, tuned, time.time())
@@ -107,6 +111,23 @@ class Personalizer:
         )
         self._phase = "done"
         self._act(self._personal if keep else self._global)
+
+    def _watch(self) -> None:
+        """While the personal copy acts: fall back when its latest episodes do worse than the
+        global version did, by more than the tolerance."""
+        recent = float(np.mean(list(self.actor.returns)[-self.config.episodes :]))
+        if recent < self._global_return - self.config.tolerance:
+            event(
+                logging.INFO,
+                "personal_fallback",
+                version=self._global.version,
+                personal_return=recent,
+                global_return=self._global_return,
+                reason="its return dropped while it acted",
+            )
+            self._act(self._global)
+        else:
+            self._mark = self.actor.episodes  # judge the next episodes afresh
 
     def _act(self, policy: Policy) -> None:
         self._expected, self._mark = policy, self.actor.episodes

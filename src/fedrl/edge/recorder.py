@@ -3,7 +3,8 @@
 The acting loop ``add``s every transition with the tag of the policy that chose it (its version;
 a personal copy's is negative, ``fedrl.edge.acting.Policy.tag``); training ``take``s
 the latest transitions of the version it starts from that it has not learned from yet (on-policy
-learners need experience of the policy they improve) and marks them used. The record is a ring
+learners need experience of the policy they improve) and marks them used once the update made from
+them is on disk. The record is a ring
 of ``capacity`` transitions; ``save`` writes it to the state directory (the agent does so between
 rounds and before training), so a killed device keeps its experience up to the last save.
 """
@@ -68,17 +69,22 @@ class Recorder:
             ended = self._arrays["terminated"][idx] | self._arrays["truncated"][idx]
             return len(idx), int(ended.sum())
 
-    def take(self, version: int, steps: int | None = None) -> Experience:
-        """The latest ``steps`` (all, with None) fresh transitions of ``version``, in order; every
-        fresh transition counts as used afterwards."""
+    def take(self, version: int, steps: int | None = None) -> tuple[Experience, int]:
+        """The latest ``steps`` (all, with None) fresh transitions of ``version``, in order, and the
+        count to pass to ``mark_used`` once they have been learned from (until then they stay fresh:
+        a device killed while training learns from them again)."""
         with self._lock:
             start = self._fresh_start(version)
             start = self.total if start is None else start
             if steps is not None:
                 start = max(start, self.total - steps)
             idx = np.arange(start, self.total) % self.capacity
-            self._used = self.total
-            return Experience(*(self._arrays[name][idx].copy() for name in Experience._fields))
+            return Experience(*(self._arrays[name][idx].copy() for name in Experience._fields)), self.total
+
+    def mark_used(self, upto: int) -> None:
+        """Transitions recorded before ``upto`` (a count ``take`` gave) are no longer fresh."""
+        with self._lock:
+            self._used = max(self._used, upto)
 
     def save(self, state_dir: Path) -> None:
         """Write the record durably to ``state_dir``."""

@@ -39,6 +39,7 @@ from fedrl.experiment.streams import PIPELINE_STREAM, TRAIN_STREAM
 from fedrl.wire import disk
 
 LEARNER_FILE = "learner.safetensors"
+STAGED_FILE = "learner.next.safetensors"  # the state after the pending update, until it is answered
 PIPELINE_PREFIX = "pipeline."  # the pipeline's arrays in the learner file, beside the learner's own
 
 
@@ -147,14 +148,32 @@ class EdgeTrainer:
         part where only some towers are federated."""
         return local_params(self.setup.config.learner, self.setup.net, params, state.learner, 1)[0]
 
-    def save_learner(self, state_dir: Path, state: LocalState) -> None:
-        """Write the learner and pipeline state durably to ``state_dir``, as one file."""
-        disk.save_record(Path(state_dir) / LEARNER_FILE, _file_arrays(state), {"client_index": self.index})
+    def save_learner(self, state_dir: Path, state: LocalState, staged: bool = False) -> None:
+        """Write the learner and pipeline state durably to ``state_dir``, as one file; ``staged``:
+        as the state that follows the pending update (``commit_learner`` makes it the state once
+        the server has answered the update), written before the update itself, so that a device
+        killed in between resubmits the update and goes on from the state that made it."""
+        name = STAGED_FILE if staged else LEARNER_FILE
+        disk.save_record(Path(state_dir) / name, _file_arrays(state), {"client_index": self.index})
 
-    def restore(self, state_dir: Path) -> LocalState:
-        """The learner and pipeline state saved in ``state_dir``; a fresh
-        state when none was saved, or it was saved by another client index, another network or
-        another pipeline (``ValueError`` when the file is unreadable)."""
+    @staticmethod
+    def commit_learner(state_dir: Path) -> None:
+        """Make the staged state (if any) the learner state: its update has been answered."""
+        staged = Path(state_dir) / STAGED_FILE
+        if staged.exists():
+            staged.replace(Path(state_dir) / LEARNER_FILE)
+            disk.sync_folder(Path(state_dir))
+
+    def restore(self, state_dir: Path, pending: bool = False) -> LocalState:
+        """The learner and pipeline state saved in ``state_dir`` (with an update ``pending``, the
+        state staged after it; without, a staged state is an update that was never saved, and is
+        dropped); a fresh state when none was saved, or it was saved by another client index, another
+        network or another pipeline (``ValueError`` when the file is unreadable)."""
+        staged = Path(state_dir) / STAGED_FILE
+        if pending and staged.exists():
+            self.commit_learner(state_dir)
+        else:
+            disk.remove(staged)
         fresh = self.fresh_state()
         record = disk.load_record(Path(state_dir) / LEARNER_FILE)
         if (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import gymnasium
 import numpy as np
 
 from fedrl.agents import Budget, PolicyNet, federated_mask, init_params, make_net
@@ -37,12 +38,18 @@ def _no_params(env, row: dict[str, float]) -> None:
 
 
 def build_gym_family(gym: GymEnvConfig) -> EnvFamily:
-    """The adapter family an ``env.gym`` section describes; ``ConfigError`` if the id cannot
-    be made (a missing dependency) or has spaces the adapter does not support."""
+    """The adapter family an ``env.gym`` section describes, importing its setter's module (first:
+    it may register the id); ``ConfigError`` naming the key when the setter cannot be loaded, the
+    id is not registered or cannot be made (a missing dependency), or has spaces the adapter does
+    not support."""
     try:
         setter = import_setter(gym.setter, gym.setter_dir) if gym.setter else _no_params
-    except ValueError as exc:  # validated with the config, but the module may have gone since
+    except ValueError as exc:
         raise ConfigError(f"bad config: env.gym.setter = {gym.setter!r}: {exc}") from None
+    try:
+        gymnasium.spec(gym.id)
+    except Exception as exc:  # gymnasium.error.NameNotFound, VersionNotFound, ...
+        raise ConfigError(f"bad config: env.gym.id = {gym.id!r}: not a registered Gymnasium id: {exc}") from None
     ranges = [ParamRange(name, p.standard, p.low, p.high, p.doc) for name, p in gym.params.items()]
     try:
         return gym_family(gym.id, ranges, setter, gym.time_limit, gym.solved_return)
