@@ -3,10 +3,11 @@
 A fleet of real devices brings its own environments (a thermostat, a sensor node): the server
 and the devices agree on the length of an observation and on the actions (how many choices, or
 how many reals), nothing more; a device clips continuous actions to the experiment's bound, and
-its episodes end when its own environment says so. ``spaces_family`` is the ``EnvFamily`` of such a fleet: enough to build the network and
-describe the policy, never simulated (stepping it raises). ``gym_spaces`` reads the spaces of a
-Gymnasium environment in fedrl's terms, and ``mismatch`` says, naming both sides, where a
-device's environment differs from what the experiment trains.
+its episodes end when its own environment says so. ``spaces_family`` is the ``EnvFamily`` of
+such a fleet: enough to build the network and describe the policy, never simulated (stepping it
+raises). ``gym_spaces`` reads the spaces of a Gymnasium environment in fedrl's terms, and
+``mismatch`` says, naming both sides, where a device's environment differs from what the
+experiment trains.
 """
 
 from __future__ import annotations
