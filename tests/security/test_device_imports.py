@@ -41,7 +41,7 @@ def gym_server(tmp_path):
                 },
             },
             "learner": {"name": "ppo", "hidden": [16, 16]},
-            "federation": {"n_clients": 2, "rounds": 2, "local_steps": 256},
+            "federation": {"n_clients": 1, "rounds": 2, "local_steps": 256},
         },
         "rounds": {"deadline_s": 60, "heartbeat_s": 0.5, "retry_s": 0.2, "min_updates": 1},
         "gate": {"enabled": False},
@@ -75,7 +75,10 @@ def test_a_device_trains_a_setter_experiment_without_importing_the_setter(gym_se
     port, root = gym_server
 
     device = _device(port, root, "CartPole-v1")
-    _, stderr = device.communicate(timeout=240)
+    try:
+        _, stderr = device.communicate(timeout=240)
+    finally:
+        device.kill()  # never left running, whatever happened
 
     assert device.returncode == 0, stderr[-2000:]
     imported_by = {p.name for p in root.glob("imported-by-*")}
@@ -92,7 +95,10 @@ def test_a_device_whose_environment_does_not_fit_stops_naming_both_sides(gym_ser
     port, root = gym_server
 
     device = _device(port, root, "Pendulum-v1")
-    stdout, _ = device.communicate(timeout=120)
+    try:
+        stdout, _ = device.communicate(timeout=120)
+    finally:
+        device.kill()
 
     assert device.returncode == 2
     assert (

@@ -102,6 +102,8 @@ class Personalizer:
             self._act(replace(self._personal, greedy=True))
             return
         keep = recent >= self._global_return - self.config.tolerance
+        self._phase = "done"
+        self._act(self._personal if keep else self._global)  # before the log line: who reads it sees the result
         event(
             logging.INFO,
             "personal_kept" if keep else "personal_fallback",
@@ -109,14 +111,13 @@ class Personalizer:
             personal_return=recent,
             global_return=self._global_return,
         )
-        self._phase = "done"
-        self._act(self._personal if keep else self._global)
 
     def _watch(self) -> None:
         """While the personal copy acts: fall back when its latest episodes do worse than the
         global version did, by more than the tolerance."""
         recent = float(np.mean(list(self.actor.returns)[-self.config.episodes :]))
         if recent < self._global_return - self.config.tolerance:
+            self._act(self._global)
             event(
                 logging.INFO,
                 "personal_fallback",
@@ -125,7 +126,6 @@ class Personalizer:
                 global_return=self._global_return,
                 reason="its return dropped while it acted",
             )
-            self._act(self._global)
         else:
             self._mark = self.actor.episodes  # judge the next episodes afresh
 
