@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto demo lint test test-fast bench clean
+.PHONY: setup mosquitto compiler demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -39,10 +39,16 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 
-test: setup mosquitto lint
+# The C export's tests compile what it writes.
+compiler:
+	@command -v cc >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null; } || \
+		{ echo "install a C compiler (apt-get install gcc) for the C export's tests"; exit 1; }
+
+test: setup mosquitto compiler lint
 	$(BIN)/python -m pytest
 
-test-fast: setup mosquitto
+test-fast: setup mosquitto compiler
 	$(BIN)/python -m pytest -m "not slow"
 
 # Figures go to bench-results/ unless asked: `make bench BENCH_DOC=docs/benchmarks.md` refreshes the published ones.

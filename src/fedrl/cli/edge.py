@@ -15,6 +15,19 @@ import typer
 from fedrl.cli.console import fail
 from fedrl.cli.mqtt import BROKER, BROKER_PASSWORD, FLEET, MQTT_VERSION, TRANSPORT, Transport, broker_options
 
+ENV_KWARGS = typer.Option("{}", "--env-kwargs", help="JSON object of keyword arguments for --env.")
+ENV_DIR = typer.Option(
+    None,
+    "--env-dir",
+    help="Folder searched first for --env's module (default: Python's path, then the working folder).",
+)
+ACT_PERIOD = typer.Option(
+    0.0, "--act-period", min=0.0, help="Seconds between two decisions at least (0: at the environment's pace)."
+)
+CERT = typer.Option(None, "--cert", help="This device's certificate (PEM), for mutual TLS.")
+KEY = typer.Option(None, "--key", help="This device's private key (PEM), for mutual TLS.")
+INSECURE = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only.")
+
 
 def _default_state_dir(name: str) -> Path:
     """``$XDG_STATE_HOME/fedrl/NAME``, by default ``~/.local/state/fedrl/NAME``."""
@@ -84,14 +97,13 @@ def load_device_config(ctx: typer.Context, path: Optional[Path]) -> Optional[Pat
     on the command line wins. Paths are relative to the file's folder."""
     if path is None:
         return None
-    import yaml
+    from fedrl.experiment.config import ConfigError
+    from fedrl.experiment.loading import read_yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path} must be a mapping of option names to values")
+        data = read_yaml(path)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
     allowed = {p.name for p in ctx.command.params if p.name != "device_config"}
     defaults = {}
     for key, value in data.items():
@@ -141,15 +153,9 @@ def client(
         "env), a registered Gymnasium id, or a built-in family name (simulated, for demos). "
         "Default: the experiment's built-in family.",
     ),
-    env_kwargs: str = typer.Option("{}", "--env-kwargs", help="JSON object of keyword arguments for --env."),
-    env_dir: Optional[Path] = typer.Option(
-        None,
-        "--env-dir",
-        help="Folder searched first for --env's module (default: Python's path, then the current folder).",
-    ),
-    act_period: float = typer.Option(
-        0.0, "--act-period", min=0.0, help="Seconds between two decisions at least (0: at the environment's pace)."
-    ),
+    env_kwargs: str = ENV_KWARGS,
+    env_dir: Optional[Path] = ENV_DIR,
+    act_period: float = ACT_PERIOD,
     greedy: bool = typer.Option(
         False, "--greedy", help="Act greedily (no exploration): the experience then suits DQN only."
     ),
@@ -204,9 +210,9 @@ def client(
         help="CA certificate (PEM) that signed the server's (with --transport mqtt: the broker's) certificate: "
         "connect with TLS.",
     ),
-    cert: Optional[Path] = typer.Option(None, "--cert", help="This client's certificate (PEM), for mutual TLS."),
-    key: Optional[Path] = typer.Option(None, "--key", help="This client's private key (PEM), for mutual TLS."),
-    insecure: bool = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only."),
+    cert: Optional[Path] = CERT,
+    key: Optional[Path] = KEY,
+    insecure: bool = INSECURE,
     timeout: float = typer.Option(
         60.0, "--timeout", min=1.0, help="Seconds one call (a whole model or update transfer) may take."
     ),
@@ -282,12 +288,8 @@ def act(
         "--env",
         help="The environment this device acts in: 'package.module:make_env' (a factory), or a Gymnasium id.",
     ),
-    env_kwargs: str = typer.Option("{}", "--env-kwargs", help="JSON object of keyword arguments for --env."),
-    env_dir: Optional[Path] = typer.Option(
-        None,
-        "--env-dir",
-        help="Folder searched first for --env's module (default: Python's path, then the current folder).",
-    ),
+    env_kwargs: str = ENV_KWARGS,
+    env_dir: Optional[Path] = ENV_DIR,
     state_dir: Path = typer.Option(
         ..., "--state-dir", help="Where the acting version is kept, so a reboot acts with it again."
     ),
@@ -297,13 +299,11 @@ def act(
     name: Optional[str] = typer.Option(None, "--name", help="This device's enrolled name (with --server or MQTT)."),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the device's token."),
     ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate (PEM) of the server's (or broker's) one."),
-    cert: Optional[Path] = typer.Option(None, "--cert", help="This device's certificate (PEM), for mutual TLS."),
-    key: Optional[Path] = typer.Option(None, "--key", help="This device's private key (PEM), for mutual TLS."),
-    insecure: bool = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only."),
+    cert: Optional[Path] = CERT,
+    key: Optional[Path] = KEY,
+    insecure: bool = INSECURE,
     heartbeat: float = typer.Option(10.0, "--heartbeat", min=0.01, help="Seconds between asks for a new version."),
-    act_period: float = typer.Option(
-        0.0, "--act-period", min=0.0, help="Seconds between two decisions at least (0: at the environment's pace)."
-    ),
+    act_period: float = ACT_PERIOD,
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Stop after this many decisions."),
     transport: Transport = TRANSPORT,
     broker: str = BROKER,

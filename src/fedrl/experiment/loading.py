@@ -158,11 +158,8 @@ def read_from_server(text: str) -> ExperimentConfig:
     """The experiment a server sent to a device, refused (``ConfigError``) before anything in it
     is imported when it names a Gymnasium id or setter: a device runs its own environment, and
     a server must never make it import code (``Setup.for_devices`` is what servers send)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the experiment config is not valid YAML: {str(exc).splitlines()[0]}") from None
-    env = data.get("env") if isinstance(data, dict) else None
+    data = _sections(text)
+    env = data.get("env")
     if isinstance(env, dict) and (env.get("gym") is not None or env.get("family") == GYM_FAMILY):
         gym = env.get("gym") if isinstance(env.get("gym"), dict) else {}
         raise ConfigError(
@@ -170,16 +167,21 @@ def read_from_server(text: str) -> ExperimentConfig:
             f"(env.gym.id = {gym.get('id')!r}, env.gym.setter = {gym.get('setter')!r}); a device imports no code "
             "a server names: the server must send family: device, as servers of this fedrl version do"
         )
-    return read_resolved(text)
+    return parse_config(upgrade(data))
 
 
 def read_resolved(text: str) -> ExperimentConfig:
     """The experiment in a resolved config that fedrl wrote (``to_yaml``), by this version or an
     older one (see ``upgrade``); ``ConfigError`` in one line when it cannot be used."""
+    return parse_config(upgrade(_sections(text)))
+
+
+def _sections(text: str) -> dict[str, Any]:
+    """A resolved config's mapping of sections, or a one-line ``ConfigError``."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"the experiment config is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"the experiment config must be a mapping of sections, got {type(data).__name__}")
-    return parse_config(upgrade(data))
+    return data
