@@ -41,19 +41,34 @@ def test_the_device_keeps_its_personal_copy_only_while_it_does_not_do_worse(
 def test_a_task_during_the_comparison_learns_from_the_global_version_and_the_comparison_goes_on(
     experiment, params, tmp_path, edge_log
 ):
+    import logging
+
     from fedrl.wire.records import Task
 
     link = ScriptedLink(experiment, {0: params}, tasks=[])
     link.waiting = True
-    config = Personalization(steps=256, episodes=3, tolerance=1e9)
-    running = Running(agent(link, tmp_path, personalization=config, until_finished=False))
-    eventually(lambda: edge_log.events("personal_tuned"), timeout=60)
 
-    link.tasks.append(Task(1, 0, 60.0))  # the server asks for an update mid-comparison
-    eventually(lambda: len(link.pushed) == 1, timeout=60)
-    eventually(lambda: edge_log.events("personal_kept"), timeout=60)
+    class AskWhenTuned(logging.Handler):
+        """The server asks for an update the moment the copy is tuned: before the comparison ends."""
 
-    assert link.pushed[0].env_steps == 128
-    assert running.agent.acting.current.personal
+        def emit(self, record):
+            if record.getMessage() == "personal_tuned":
+                link.tasks.append(Task(1, 0, 60.0))
+
+    asking = AskWhenTuned()
+    logging.getLogger("fedrl.edge").addHandler(asking)
+    try:
+        config = Personalization(steps=256, episodes=3, tolerance=1e9)
+        running = Running(agent(link, tmp_path, personalization=config, until_finished=False))
+        eventually(lambda: len(link.pushed) == 1, timeout=60)
+        eventually(lambda: edge_log.events("personal_kept"), timeout=60)
+        eventually(lambda: running.agent.acting.current.personal, timeout=10)
+    finally:
+        logging.getLogger("fedrl.edge").removeHandler(asking)
+
+    names = [r.getMessage() for r in edge_log.records]
+    assert names.index("personal_tuned") < names.index("trained") < names.index("personal_kept")
+    assert link.pushed[0].env_steps == 128 and link.pushed[0].base_version == 0
     running.stop()
     running.thread.join(10)
+    assert running.error is None
