@@ -71,12 +71,12 @@ def logged(log: Path, name: str, process: subprocess.Popen, timeout: float) -> N
         time.sleep(0.05)
 
 
-def eventually(condition, timeout: float) -> bool:
+def eventually(condition, timeout: float, poll: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(poll)
     return False
 
 
@@ -182,15 +182,18 @@ def deployment(request, tmp_path):
 
 
 def freeze_server_during_upload(server: subprocess.Popen, log: Path) -> bool:
-    """Freeze the server while the client logging to ``log`` trains, so its push hangs; retry
-    from a later moment when it was not training. True once its push hangs."""
-    for _ in range(20):
-        trained = len(events(log, "trained"))
+    """Freeze the server the moment the client logging to ``log`` takes a task, so the push of
+    what it then learns hangs; retry with a later task when it could not learn without the
+    server. True once its push hangs."""
+    for _ in range(10):
+        tasks = len(events(log, "task"))
+        if not eventually(lambda tasks=tasks: len(events(log, "task")) > tasks, timeout=60, poll=0.005):
+            return False
         os.kill(server.pid, signal.SIGSTOP)
+        trained = len(events(log, "trained"))
         if eventually(lambda trained=trained: len(events(log, "trained")) > trained, timeout=8):
             return True
         os.kill(server.pid, signal.SIGCONT)
-        time.sleep(0.3)
     return False
 
 

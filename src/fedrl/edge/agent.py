@@ -431,6 +431,7 @@ class Agent:
 
     def _train(self, task: Task) -> None:
         """Train from the task's base version; the update is on disk before it is pushed."""
+        event(logging.INFO, "task", round=task.round, base_version=task.base_version, deadline_s=task.deadline_s)
         try:
             model = self._model(task.base_version)
         except Rejected as exc:
