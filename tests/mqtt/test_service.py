@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from fedrl.core.pipeline import client_message
-from fedrl.edge.link import Unreachable
+from fedrl.edge.link import Unreachable, Untrusted
 from fedrl.server.store import Store
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire import mqtt_pb2 as mq
 from fedrl.wire.broker import BrokerTls
 from fedrl.wire.mqtt_frames import split
+from fedrl.wire.mqtt_seal import key_from_token, seal, unsealed
 from fedrl.wire.mqtt_topics import Topics
 from fedrl.wire.records import Reason, Rejected, Submission, Task
 from fedrl.wire.tls import write_dev_pki
@@ -44,16 +45,29 @@ def update(fleet, client: str, task: Task, fill: float = 0.01, **changes) -> Sub
     return Submission(**{**fields, **changes})
 
 
-def push_frames(fleet, sender: str, submission: Submission, message_id: str, token: str | None = None) -> list[bytes]:
-    """The frames of a push request, as a link would send them (4 kB each: ten chunks)."""
+def sealed_for(fleet, client: str, frame: bytes, token: str | None = None) -> bytes:
+    """``frame`` sealed for ``client``'s up topic as its device seals it (with ``token``: as the
+    holder of that token would)."""
+    return seal(key_from_token(fleet.tokens[client] if token is None else token), TOPICS.up(client), frame)
+
+
+def push_frames(
+    fleet, sender: str, submission: Submission, message_id: str, token: str | None = None, topic: str | None = None
+) -> list[bytes]:
+    """The sealed frames of a push request, as a link would send them (4 kB each: ten chunks), for
+    ``topic``'s up topic (default: the sender's own)."""
     request = mq.Request(push=mq.UpdateStream(parts=convert.update_parts(submission)))
-    return list(
-        split(message_id, request.SerializeToString(), 4096, fleet.tokens[sender] if token is None else token).frames
-    )
+    token = fleet.tokens[sender] if token is None else token
+    frames = split(message_id, request.SerializeToString(), 4096).frames
+    return [sealed_for(fleet, topic or sender, frame, token) for frame in frames]
+
+
+def unseal(payload: bytes) -> mq.Frame:
+    return mq.Frame.FromString(mq.Sealed.FromString(payload).frame)
 
 
 def replies(raw, count: int, timeout_s: float = 10.0) -> list[mq.Frame]:
-    return [mq.Frame.FromString(m.payload) for m in raw.wait_for(count, timeout_s)]
+    return [unseal(m.payload) for m in raw.wait_for(count, timeout_s)]
 
 
 def eventually(condition, timeout_s: float = 5.0) -> bool:
@@ -163,11 +177,11 @@ def test_a_corrupt_chunk_is_asked_for_again_and_never_stored(fleet):
     submission = update(fleet, "alice", alice.task())
     raw.subscribe(TOPICS.down("alice"))
     frames = push_frames(fleet, "alice", submission, "push-1")
-    corrupt = mq.Frame.FromString(frames[3])
+    corrupt = unseal(frames[3])
     corrupt.chunk.data = corrupt.chunk.data[:-1] + bytes([corrupt.chunk.data[-1] ^ 0xFF])
 
-    # Execute
-    for frame in [*frames[:3], corrupt.SerializeToString(), *frames[4:]]:
+    # Execute: a chunk corrupted before it was sealed (a bug on the device, not in flight)
+    for frame in [*frames[:3], sealed_for(fleet, "alice", corrupt.SerializeToString()), *frames[4:]]:
         raw.publish(TOPICS.up("alice"), frame)
     (ask,) = replies(raw, 1)
     time.sleep(0.5)
@@ -211,7 +225,7 @@ def test_a_link_repairs_a_reply_whose_chunk_was_lost(fleet):
     dropped = []
 
     def lossy(message):
-        frame = mq.Frame.FromString(message.payload) if message.topic == TOPICS.down("alice") else None
+        frame = unseal(message.payload) if message.topic == TOPICS.down("alice") else None
         if frame is not None and frame.WhichOneof("body") == "chunk" and frame.chunk.index == 1 and not dropped:
             dropped.append(frame.chunk.index)
             return
@@ -250,23 +264,80 @@ def test_a_device_cannot_submit_or_publish_as_another(fleet):
     assert fleet.updates() == {"alice": 0, "bob": 0, "carol": 0}
 
 
-def test_without_an_acl_the_token_still_decides_who_a_device_is(start_broker, start_fleet):
+def test_without_an_acl_a_frame_sealed_with_another_devices_token_is_refused(start_broker, start_fleet):
     # Prepare: a broker that lets every device publish anywhere
     fleet = start_fleet(broker=start_broker(acl_server_user=None))
     raw, bob = fleet.raw("alice"), fleet.link("bob")
-    raw.subscribe(TOPICS.down("alice"))
     submission = update(fleet, "bob", bob.task())
+    raw.subscribe(TOPICS.down("bob"))
 
-    # Execute: alice publishes bob's update on bob's topic, with her own token
-    for frame in push_frames(fleet, "alice", submission, "spoof"):
+    # Execute: alice publishes bob's update on bob's topic, sealed with her own token
+    for frame in push_frames(fleet, "alice", submission, "spoof", topic="bob"):
         raw.publish(TOPICS.up("bob"), frame)
     (answer,) = replies(raw, 1)
 
-    # Assert: refused, and told to alice (whose token it was), not to bob
+    # Assert: refused (unsealed: the server cannot seal for whoever sent it); bob's own update goes in
     refusal = reply_of(answer).refusal
-    assert refusal.reason == "PERMISSION_DENIED" and "'bob'" in refusal.message
+    assert refusal.reason == "UNAUTHENTICATED" and "'bob'" in refusal.message
+    assert not mq.Sealed.FromString(raw.received[0].payload).mac
     assert fleet.updates()["bob"] == 0
-    assert bob.push(submission).round == 1  # bob's own update goes in
+    assert bob.push(submission).round == 1
+
+
+def test_without_an_acl_an_eavesdropper_learns_no_token_and_cannot_replay_or_alter_a_push(start_broker, start_fleet):
+    # Prepare: a login that reads every topic of the fleet
+    fleet = start_fleet(broker=start_broker(acl_server_user=None))
+    eavesdropper, alice = fleet.raw("bob"), fleet.link("alice")
+    eavesdropper.subscribe(f"{TOPICS.root}/#")
+    task = alice.task()
+
+    # Execute: alice pushes; the eavesdropper replays what she sent, then sends it altered
+    alice.push(update(fleet, "alice", task))
+    time.sleep(0.5)
+    sent = [m.payload for m in eavesdropper.received if m.topic == TOPICS.up("alice")]
+    for payload in sent:
+        eavesdropper.publish(TOPICS.up("alice"), payload)
+    altered = mq.Sealed.FromString(sent[-1])
+    altered.frame = altered.frame[:-1] + bytes([altered.frame[-1] ^ 1])
+    altered_refused = len(fleet.coordinator.refusals._last)
+    eavesdropper.publish(TOPICS.up("alice"), altered.SerializeToString())
+    time.sleep(0.5)
+
+    # Assert: no token on the wire; the replay changed nothing; the altered frame was refused
+    seen = b"".join(m.payload for m in eavesdropper.received)
+    assert sent and all(fleet.tokens[name].encode() not in seen for name in fleet.tokens)
+    assert fleet.updates() == {"alice": 1, "bob": 0, "carol": 0}
+    assert len(fleet.coordinator.refusals._last) > altered_refused
+
+
+def test_a_device_drops_replies_not_sealed_with_its_key(start_broker, start_fleet):
+    # Prepare: no ACL, and the server gone, so only a forger answers alice
+    fleet = start_fleet(broker=start_broker(acl_server_user=None))
+    fleet.service.close()
+    forger, alice = fleet.raw("bob"), fleet.link("alice", timeout_s=3)
+    forger.subscribe(TOPICS.up("alice"))
+
+    def forge():
+        (request,) = forger.wait_for(1)
+        message_id = unseal(request.payload).message_id
+        registration = mq.Reply(registration=pb.Registration(client="alice", experiment_yaml="name: forged"))
+        for token in (fleet.tokens["bob"], "guessed"):  # sealed with the wrong key
+            frame = split(message_id, registration.SerializeToString(), 4096).frames[0]
+            forger.publish(TOPICS.down("alice"), seal(key_from_token(token), TOPICS.down("alice"), frame))
+        refusal = mq.Reply(refusal=mq.Refusal(reason="PERMISSION_DENIED", message="go away"))
+        forger.publish(TOPICS.down("alice"), unsealed(split(message_id, refusal.SerializeToString(), 4096).frames[0]))
+
+    forging = threading.Thread(target=forge)
+    forging.start()
+
+    # Execute
+    with pytest.raises(Unreachable) as outcome:
+        alice.register()
+    forging.join()
+
+    # Assert: nothing forged was taken for an answer, and the failure says what came
+    assert "no answer within 3 s" in str(outcome.value) and "3 frames" in str(outcome.value)
+    assert alice.forged == 3
 
 
 def test_a_wrong_token_is_unauthenticated_and_garbage_is_invalid(fleet):
@@ -275,14 +346,16 @@ def test_a_wrong_token_is_unauthenticated_and_garbage_is_invalid(fleet):
     raw.subscribe(TOPICS.down("alice"))
 
     # Execute
-    with pytest.raises(Rejected) as unknown:
+    with pytest.raises(Unreachable) as unknown:
         fleet.link("alice", token="not-a-token").register()
     raw.publish(TOPICS.up("alice"), b"\xff\xfe not a frame")
     garbage = reply_of(replies(raw, 2)[-1]).refusal  # the first is the unknown token's refusal
 
-    # Assert: and the service goes on serving
-    assert unknown.value.reason is Reason.UNAUTHENTICATED
-    assert garbage.reason == "INVALID_ARGUMENT" and "fedrl.mqtt.v1.Frame" in garbage.message
+    # Assert: the device is told, but not stopped (the refusal is unsealed); the service goes on
+    assert "could not authenticate this device" in str(unknown.value) and "not sealed with 'alice'" in str(
+        unknown.value
+    )
+    assert garbage.reason == "INVALID_ARGUMENT" and "fedrl.mqtt.v1.Sealed" in garbage.message
     assert fleet.link("alice").register().client == "alice"
 
 
@@ -363,3 +436,23 @@ def test_tls_to_the_broker_with_client_certificates_as_logins(tmp_path, start_br
     assert alice.push(update(fleet, "alice", task)).round == 1
     with pytest.raises(Unreachable):
         no_certificate.register()
+
+
+def test_a_broker_certificate_from_another_ca_is_untrusted_at_once(tmp_path, start_broker, start_fleet):
+    # Prepare: the broker's certificate comes from one PKI, the device was given another's CA
+    write_dev_pki(tmp_path / "pki-a", clients=["fedrl-server"])
+    write_dev_pki(tmp_path / "pki-b")
+    pki = tmp_path / "pki-a"
+    broker = start_broker(tls=BrokerTls(pki / "ca.pem", pki / "server.pem", pki / "server.key"))
+    fleet = start_fleet(broker=broker, ca=pki / "ca.pem")
+    misled = fleet.link("alice", timeout_s=20, ca=tmp_path / "pki-b" / "ca.pem")
+
+    # Execute
+    started = time.monotonic()
+    with pytest.raises(Untrusted) as untrusted:
+        misled.register()
+
+    # Assert: no waiting out the timeout, and a message that says what to change
+    assert time.monotonic() - started < 10
+    assert "certificate failed verification" in str(untrusted.value) and "CA" in str(untrusted.value)
+    assert fleet.link("alice", ca=pki / "ca.pem").register().client == "alice"

@@ -89,7 +89,7 @@ def test_the_grpc_update_decoder_refuses_mutated_updates_cleanly(data):
 @given(st.data())
 def test_the_mqtt_inbox_refuses_random_and_mutated_frames_cleanly(data):
     inbox = Inbox(max_bytes=4096, clock=lambda: 0.0)
-    valid = split("m-1", bytes(range(256)) * 8, max_payload=512, token="t").frames
+    valid = split("m-1", bytes(range(256)) * 8, max_payload=512).frames
     frames = _mutated(list(valid), data) + data.draw(st.lists(st.binary(max_size=128), max_size=3))
     for raw in frames:
         try:

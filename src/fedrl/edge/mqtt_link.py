@@ -6,15 +6,21 @@ server answers while the device has no coverage waits in the broker and arrives 
 back, and its will ("offline", retained, on its ``status`` topic) tells the server when it
 vanished. On every connect it says "online" there.
 
-Each call sends a ``Request`` in frames (``fedrl.wire.mqtt_frames``), every frame carrying the
-client's token, and waits up to ``timeout_s`` for the ``Reply`` with the same id, asking again
-for chunks of it that stop coming and sending again those the server asks for. A heartbeat is
+Each call sends a ``Request`` in frames (``fedrl.wire.mqtt_frames``), every frame sealed with
+the device's frame key (``fedrl.wire.mqtt_seal``: derived from its token, which never travels),
+and waits up to ``timeout_s`` for the ``Reply`` with the same id, asking again for chunks of it
+that stop coming and sending again those the server asks for. A reply frame must be sealed with
+the same key; anything else on the down topic is dropped and counted, except the unsealed
+refusal with which the server answers a frame it could not authenticate. A heartbeat is
 one frame with no reply: the deployed version it returns is the fleet's retained announcement.
 Failures are sorted into the two the agent understands:
 
 - ``Rejected`` when the server answered with a ``Refusal`` naming a ``Reason``, with its message;
 - ``Unreachable`` when no answer came in time (no broker, no server, no coverage, a broker that
-  refused the login) or the server answered INTERNAL -- the agent backs off and tries again.
+  refused the login), the server answered INTERNAL, or it said it could not authenticate this
+  device: that answer is unsealed, so anyone on a broker without the ACL could forge it, and
+  stopping on it would let them stop the device -- the agent backs off, tries again, and says why;
+- ``Untrusted`` when the broker's certificate fails verification: the agent stops.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as paho
 from google.protobuf.message import DecodeError
 
-from fedrl.edge.link import Unreachable
+from fedrl.edge.link import Unreachable, Untrusted
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire import mqtt_pb2 as mq
 from fedrl.wire.mqtt_client import BrokerOptions, Connection
 from fedrl.wire.mqtt_frames import Inbox, Outgoing, split
+from fedrl.wire.mqtt_seal import SEAL_OVERHEAD, key_from_token, open_payload, seal, verified
 from fedrl.wire.mqtt_topics import OFFLINE, ONLINE
 from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submission, Task, Wait
 
@@ -56,8 +63,10 @@ class MqttLink:
 
     def __init__(self, options: BrokerOptions, token: str, client_name: str, timeout_s: float = 30.0) -> None:
         self.client_name = client_name
-        self._topics, self._token, self._timeout_s = options.topics, token, timeout_s
-        self._up, self._status = self._topics.up(client_name), self._topics.status(client_name)
+        self._topics, self._key, self._timeout_s = options.topics, key_from_token(token), timeout_s
+        self._up, self._down = self._topics.up(client_name), self._topics.down(client_name)
+        self._status = self._topics.status(client_name)
+        self.forged = 0  # frames on the down topic that were not sealed with this device's key
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}
         self._inbox = Inbox(MAX_DOWNLOAD_BYTES, max_open_per_sender=8)  # replies from the one server
@@ -66,7 +75,7 @@ class MqttLink:
         self._connection = Connection(
             options,
             f"fedrl-{options.fleet}-{client_name}",
-            [self._topics.down(client_name), self._topics.model],
+            [self._down, self._topics.model],
             self._received,
             will_topic=self._status,
             on_connected=self._online,
@@ -86,10 +95,29 @@ class MqttLink:
             if message.topic == self._topics.model:
                 self._announced = pb.ModelHeader.FromString(message.payload)
                 self._announcement.set()
-            else:
-                self._reply_frame(mq.Frame.FromString(message.payload))
-        except DecodeError:
-            pass  # not ours to read: nothing waits for it
+            elif message.topic == self._down:
+                self._sealed_frame(open_payload(message.payload))
+        except (DecodeError, Rejected):
+            self.forged += 1  # not a frame of ours: nothing waits for it
+
+    def _sealed_frame(self, sealed: mq.Sealed) -> None:
+        """Hand on a frame sealed with this device's key; an unsealed one only when it is the
+        server's refusal of a frame it could not authenticate, for a call still waiting."""
+        frame = mq.Frame.FromString(sealed.frame)
+        if verified(self._key, self._down, sealed):
+            self._reply_frame(frame)
+            return
+        refusal = mq.Reply.FromString(frame.whole).refusal if not sealed.mac and frame.HasField("whole") else None
+        with self._lock:
+            call = self._calls.get(frame.message_id)
+            if refusal is None or refusal.reason != Reason.UNAUTHENTICATED.value or call is None:
+                self.forged += 1
+                return
+            call.failure = (
+                f"the server could not authenticate this device: {refusal.message} (check its token; this "
+                "answer is unsealed, so on a broker without the ACL it may not come from the server)"
+            )
+            call.done.set()
 
     def _reply_frame(self, frame: mq.Frame) -> None:
         with self._lock:
@@ -98,7 +126,7 @@ class MqttLink:
                 return  # the answer to a call that has given up, or a redelivery
             if frame.WhichOneof("body") == "resend":
                 for again in call.outgoing.chunks(frame.resend.indices):
-                    self._connection.publish(self._up, again)
+                    self._publish(again)
                 return
             try:
                 offered = self._inbox.offer(frame.message_id, frame)
@@ -113,12 +141,23 @@ class MqttLink:
             call.done.set()
 
     def _ask_again(self, message_id: str, indices: tuple[int, ...]) -> None:
-        frame = mq.Frame(message_id=message_id, token=self._token, resend=mq.Resend(indices=indices))
-        self._connection.publish(self._up, frame.SerializeToString())
+        self._publish(mq.Frame(message_id=message_id, resend=mq.Resend(indices=indices)).SerializeToString())
+
+    def _publish(self, frame: bytes) -> paho.MQTTMessageInfo:
+        """Publish a serialized frame on the up topic, sealed with this device's key."""
+        return self._connection.publish(self._up, seal(self._key, self._up, frame))
+
+    def _split(self, message_id: str, request: mq.Request) -> Outgoing:
+        return split(message_id, request.SerializeToString(), self._connection.max_payload - SEAL_OVERHEAD)
 
     # --- calling ---------------------------------------------------------------------------
     def _connected(self, name: str, deadline: float) -> None:
-        if not self._connection.connected.wait(max(0.0, deadline - time.monotonic())):
+        """Wait for the broker; ``Untrusted`` as soon as its certificate fails verification."""
+        while not self._connection.connected.wait(min(RESEND_CHECK_S, max(0.0, deadline - time.monotonic()))):
+            if self._connection.untrusted:
+                raise Untrusted(f"{name}: {self._connection.untrusted}")
+            if time.monotonic() < deadline:
+                continue
             refused = f" (the broker refused the login: {self._connection.refusal})" if self._connection.refusal else ""
             raise Unreachable(f"{name}: not connected to the broker {self._connection.options.address}{refused}")
 
@@ -127,20 +166,21 @@ class MqttLink:
         deadline = time.monotonic() + self._timeout_s
         self._connected(name, deadline)
         message_id = uuid.uuid4().hex
-        call = _Call(split(message_id, request.SerializeToString(), self._connection.max_payload, self._token))
+        call = _Call(self._split(message_id, request))
         with self._lock:
             self._calls[message_id] = call
         try:
-            call.published = [self._connection.publish(self._up, frame) for frame in call.outgoing.frames]
+            call.published = [self._publish(frame) for frame in call.outgoing.frames]
             self._await(name, call, deadline)
         finally:
             with self._lock:
                 del self._calls[message_id]
                 self._inbox.forget(message_id)
         if call.reply is None:
+            forged = f"; {self.forged} frames on {self._down} were not sealed with its key" if self.forged else ""
             raise Unreachable(
                 f"{name}: {call.failure or f'no answer within {self._timeout_s:g} s'} "
-                f"(broker {self._connection.options.address})"
+                f"(broker {self._connection.options.address}{forged})"
             )
         try:
             reply = mq.Reply.FromString(call.reply)
@@ -178,10 +218,8 @@ class MqttLink:
         deadline = time.monotonic() + self._timeout_s
         self._connected("heartbeat", deadline)
         request = mq.Request(heartbeat=pb.HeartbeatRequest(acting_version=acting_version))
-        (frame,) = split(
-            uuid.uuid4().hex, request.SerializeToString(), self._connection.max_payload, self._token
-        ).frames
-        self._connection.publish(self._up, frame)
+        (frame,) = self._split(uuid.uuid4().hex, request).frames
+        self._publish(frame)
         if not self._announcement.wait(max(0.0, deadline - time.monotonic())):
             raise Unreachable(f"heartbeat: no deployed version announced on {self._topics.model} yet")
         return self._announced.version

@@ -59,6 +59,7 @@ from fedrl.server.log import RefusalLog, log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.ratelimit import RateLimiter
 from fedrl.server.store import KnownUpdate, Seen, Store, StoredUpdate
+from fedrl.wire.mqtt_seal import key_from_token_hash
 from fedrl.wire.records import (
     Ack,
     ClientStatus,
@@ -107,6 +108,7 @@ class Coordinator:
         self._closing = False
         self._writing: set[str] = set()  # update ids whose files are being written
         self._tokens = store.token_names()  # token hash -> client name; clients added later join on first use
+        self._frame_keys = {name: key_from_token_hash(bytes.fromhex(h)) for h, name in self._tokens.items()}
         self._experiment_yaml = to_yaml(self.setup.for_devices())
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
@@ -194,6 +196,25 @@ class Coordinator:
                 )
             name = self._tokens[hashed] = found[0]
         return name
+
+    def frame_key(self, client: str) -> bytes:
+        """``client``'s MQTT frame key (``fedrl.wire.mqtt_seal``), from its stored token hash;
+        ``Rejected(UNAUTHENTICATED)`` for a name never enrolled. A name not seen before costs its
+        topic one of the few unknown-token calls, as ``authenticate`` does for an address."""
+        key = self._frame_keys.get(client)
+        if key is not None:
+            return key
+        if not self._strangers.allow(f"mqtt:{client}", self._clock()):
+            raise Rejected(Reason.RESOURCE_EXHAUSTED, f"too many frames for the unknown client {client!r}; slow down")
+        with self._lock:
+            hashed = self._store.token_hash(client)
+        if hashed is None:
+            raise Rejected(
+                Reason.UNAUTHENTICATED,
+                f"no client {client!r} is enrolled: add it with `fedrl fleet add-client {client}`",
+            )
+        key = self._frame_keys[client] = key_from_token_hash(bytes.fromhex(hashed))
+        return key
 
     def add_client(self, name: str) -> str:
         """Create a client and return its token (``fedrl fleet add-client`` does the same offline);

@@ -2,9 +2,10 @@
 
 The server holds one persistent session with the broker (``fedrl.wire.mqtt_client``) and
 subscribes to every device's ``up`` and ``status`` topic (``fedrl.wire.mqtt_topics``). Every
-frame on an ``up`` topic carries the device's token; the service authenticates it through the
-coordinator and refuses, with PERMISSION_DENIED, a token used on another device's topic -- so a
-device that can publish to the broker still cannot speak for another. Frames are reassembled
+frame on a device's ``up`` topic must be sealed with that device's frame key
+(``fedrl.wire.mqtt_seal``, derived from its token, which never travels); one that is not is
+refused with UNAUTHENTICATED -- so a login that can publish anywhere on the broker still cannot
+speak for another device -- and every reply is sealed the same way. Frames are reassembled
 (``fedrl.wire.mqtt_frames``: manifest, per-chunk and whole-message sha256, resends), the request
 is answered by the coordinator, and the reply goes back in frames on the device's ``down``
 topic. A refusal is a ``Refusal`` reply naming its ``Reason`` with the coordinator's message.
@@ -41,12 +42,15 @@ from fedrl.wire import mqtt_pb2 as mq
 from fedrl.wire.convert import parse_message
 from fedrl.wire.mqtt_client import BrokerOptions, Connection
 from fedrl.wire.mqtt_frames import Inbox, Outbox, split
+from fedrl.wire.mqtt_seal import SEAL_OVERHEAD, open_payload, seal, unsealed, verified
 from fedrl.wire.mqtt_topics import OFFLINE, ONLINE
 from fedrl.wire.records import Reason, Rejected
 
 REQUEST_OVERHEAD = 64 * 1024  # the protobuf framing around an update's bytes, generously
 TRANSPORT = "mqtt"  # the label of this transport in the byte counters
 HOUSEKEEPING_S = 0.2
+TAKEN_OVER = "Session taken over"  # the MQTT 5 reason code 0x8E, as paho spells it
+CONTESTED_DROPS, CONTESTED_WINDOW_S = 3, 30.0  # this many drops this fast: two clients fight over the session
 
 
 def _refusal(reason: str, message: str) -> mq.Reply:
@@ -78,13 +82,18 @@ class MqttService:
             "pull": self._pull,
             "push": self._push,
         }
+        self.sessions_lost = 0  # times the server's session was taken over or lost
+        self._drops: list[float] = []  # when the session last dropped (monotonic), within the window
+        self._ever_connected = False
+        self._client_id = f"fedrl-server-{options.fleet}"
         self._connection = Connection(
             options,
-            f"fedrl-server-{options.fleet}",
+            self._client_id,
             [self._topics.every("up"), self._topics.every("status")],
             self._queue.put,
-            on_connected=self._reannounce,
+            on_connected=self._reconnected,
             manual_ack=True,
+            on_disconnected=self._disconnected,
         )
         self._worker = threading.Thread(target=self._work, name="fedrl-mqtt", daemon=True)
         self._worker.start()
@@ -147,9 +156,39 @@ class MqttService:
         except Exception as error:
             logger.error("mqtt_housekeeping_failed", exc_info=error)
 
-    def _reannounce(self, _connection: Connection) -> None:
-        """After every connect: announce again, in case the broker lost its retained messages."""
+    def _disconnected(self, reason: str) -> None:
+        """A dropped session: the broker may say it was taken over (MQTT 5, when it sends the
+        reason); drops in quick succession say the same when it does not."""
+        now = time.monotonic()
+        self._drops = [t for t in self._drops if now - t < CONTESTED_WINDOW_S] + [now]
+        if reason == TAKEN_OVER:
+            self._session_lost("the broker said the session was taken over")
+        elif len(self._drops) >= CONTESTED_DROPS:
+            self._session_lost(f"the session dropped {len(self._drops)} times in {CONTESTED_WINDOW_S:g} s")
+
+    def _reconnected(self, connection: Connection) -> None:
+        """After every connect: announce again, in case the broker lost its retained messages;
+        a reconnect that finds the server's session gone means someone took or ended it."""
         self._announced = None
+        if self._ever_connected and not connection.session_present:
+            self._session_lost("the broker no longer held the server's session when it reconnected")
+        self._ever_connected = True
+
+    def _session_lost(self, evidence: str) -> None:
+        self.sessions_lost += 1
+        log_event(
+            "mqtt_session_lost",
+            level="error",
+            client_id=self._client_id,
+            broker=self._connection.options.address,
+            evidence=evidence,
+            message=(
+                f"another login may have connected with the server's client id {self._client_id!r} (or the broker "
+                "restarted without persistence): requests queued for the server may be lost; bind client ids to "
+                "usernames (use_username_as_clientid true, examples/mosquitto/mosquitto.conf), check who holds "
+                "broker logins, and give the broker a persistence file"
+            ),
+        )
 
     def _announce(self) -> None:
         version = self._coordinator.deployed_version
@@ -164,38 +203,37 @@ class MqttService:
         log_event("model_announced", version=version, topic=self._topics.model)
 
     # --- frames ----------------------------------------------------------------------------
-    def _frame(self, topic_client: str, payload: bytes) -> None:
-        """Authenticate one frame, reassemble, answer; a token used on another device's topic is
-        refused with PERMISSION_DENIED, and the refusal told to the token's owner."""
+    def _frame(self, client: str, payload: bytes) -> None:
+        """Authenticate one sealed frame with ``client``'s frame key, reassemble, answer. A frame
+        that does not verify -- another device's key, a changed byte, a name never enrolled -- is
+        refused with UNAUTHENTICATED, unsealed: who cannot seal cannot check a sealed answer."""
         frame = mq.Frame()
         try:
-            frame = parse_message(mq.Frame, payload)
-            client = self._coordinator.authenticate(frame.token, topic_client)
+            sealed = open_payload(payload)
+            frame = parse_message(mq.Frame, sealed.frame)  # its message id, for the refusal's sake
+            if not verified(self._coordinator.frame_key(client), self._topics.up(client), sealed):
+                raise Rejected(
+                    Reason.UNAUTHENTICATED,
+                    f"the frame is not sealed with {client!r}'s token: the device holds another token, or "
+                    "someone else publishes on its topic",
+                )
         except Rejected as refusal:
-            self._refuse(topic_client, frame, refusal)
-            return
-        if client != topic_client:
-            self._refuse(
-                client,
-                frame,
-                Rejected(
-                    Reason.PERMISSION_DENIED,
-                    f"the token belongs to {client!r}; it cannot publish on {topic_client!r}'s topic",
-                ),
-            )
+            self._refuse(client, frame, refusal)
             return
         reply = self._answer(client, frame)
         if reply is not None:
             self._send(client, frame.message_id, reply)
 
     def _refuse(self, client: str, frame: mq.Frame, refusal: Rejected) -> None:
-        """Tell ``client`` why its frame was refused: once per message, not again for each chunk."""
+        """Tell ``client`` why its frame was refused: once per message, not again for each chunk;
+        unsealed when the frame could not be authenticated."""
         self._coordinator.refusals.log(
             "frame_refused", (client, refusal.reason), transport=TRANSPORT, client=client, code=refusal.reason.value,
             message=refusal.message,
         )  # fmt: skip
         if frame.WhichOneof("body") not in ("chunk", "resend"):
-            self._send(client, frame.message_id, _refusal(refusal.reason.value, refusal.message))
+            reply = _refusal(refusal.reason.value, refusal.message).SerializeToString()
+            self._publish(client, split(frame.message_id, reply, self._max_frame).frames[0], sealed=False)
 
     def _answer(self, client: str, frame: mq.Frame) -> mq.Reply | None:
         """The reply to the request ``frame`` completes (None while incomplete); every failure is a ``Refusal``."""
@@ -236,16 +274,23 @@ class MqttService:
             )
         return self._calls[call](client, request)
 
+    @property
+    def _max_frame(self) -> int:
+        return self._connection.max_payload - SEAL_OVERHEAD
+
     def _send(self, client: str, message_id: str, reply: mq.Reply) -> None:
-        outgoing = split(message_id, reply.SerializeToString(), self._connection.max_payload)
+        outgoing = split(message_id, reply.SerializeToString(), self._max_frame)
         self._outbox.put((client, message_id), outgoing)
         for frame in outgoing.frames:
             self._publish(client, frame)
 
-    def _publish(self, client: str, frame: bytes) -> None:
-        self._connection.publish(self._topics.down(client), frame)
+    def _publish(self, client: str, frame: bytes, sealed: bool = True) -> None:
+        """Publish a serialized frame on ``client``'s down topic, sealed with its frame key."""
+        topic = self._topics.down(client)
+        payload = seal(self._coordinator.frame_key(client), topic, frame) if sealed else unsealed(frame)
+        self._connection.publish(topic, payload)
         if self._sent is not None:
-            self._sent.inc(len(frame))
+            self._sent.inc(len(payload))
 
     # --- the calls -------------------------------------------------------------------------
     def _register(self, client: str, request: mq.Request) -> mq.Reply:

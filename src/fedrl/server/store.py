@@ -173,6 +173,11 @@ class Store:
         """Every client's token hash and name."""
         return {row["token_hash"]: row["name"] for row in self.db.execute("SELECT token_hash, name FROM clients")}
 
+    def token_hash(self, name: str) -> str | None:
+        """A client's token hash (hex), or None when it does not exist."""
+        row = self.db.execute("SELECT token_hash FROM clients WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
     def client_id(self, name: str) -> int | None:
         """A client's numeric id, or None when it does not exist."""
         row = self.db.execute("SELECT id FROM clients WHERE name = ?", (name,)).fetchone()

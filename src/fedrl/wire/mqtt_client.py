@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -94,10 +95,11 @@ def _no_delay(_client, _userdata, sock) -> None:
 
 class Connection:
     """A persistent MQTT session that reconnects by itself; messages go to ``on_message`` on
-    paho's network thread (an attribute: a wrapper may filter what reaches it), and
-    ``on_connected`` is called with the connection after every connect (before anyone waiting for
-    ``connected`` is woken). With ``manual_ack`` a QoS 1 message is acknowledged to the broker
-    only by ``ack``, so one not yet handled is delivered again after a restart."""
+        paho's network thread (an attribute: a wrapper may filter what reaches it), and
+        ``on_connected`` is called with the connection after every connect (before anyone waiting for
+        ``connected`` is woken); ``on_disconnected`` with the broker's reason when an established session
+    drops. With ``manual_ack`` a QoS 1 message is acknowledged to the broker
+        only by ``ack``, so one not yet handled is delivered again after a restart."""
 
     def __init__(
         self,
@@ -108,11 +110,14 @@ class Connection:
         will_topic: str | None = None,
         on_connected: Callable[[Connection], None] = lambda _connection: None,
         manual_ack: bool = False,
+        on_disconnected: Callable[[str], None] = lambda _reason: None,
     ) -> None:
         self.options, self._subscriptions = options, list(subscriptions)
-        self.on_message, self._on_connected = on_message, on_connected
+        self.on_message, self._on_connected, self._on_disconnected = on_message, on_connected, on_disconnected
         self.connected = threading.Event()
         self.refusal = ""  # why the broker last refused the connection, if it did
+        self.untrusted = ""  # why the broker's certificate failed verification, if it did
+        self.session_present = False  # whether the broker still held this session at the last connect
         self._denied: OrderedDict[int, str] = OrderedDict()  # message id -> the broker's PUBACK reason
         self._packet_limit: int | None = None
         self._closing = False
@@ -141,6 +146,7 @@ class Connection:
             client.will_set(will_topic, OFFLINE, qos=QOS, retain=True)
         client.reconnect_delay_set(1, 4)
         client.on_connect, client.on_disconnect = self._connected, self._disconnected
+        client.on_connect_fail = self._connect_failed
         client.on_message = self._deliver
         client.on_socket_open = _no_delay
         client.on_publish = self._published
@@ -151,6 +157,7 @@ class Connection:
             log.warning("broker_refused", extra={"fields": {"broker": self.options.address, "reason": str(reason)}})
             return
         self.refusal = ""
+        self.session_present = bool(flags.session_present)
         self._packet_limit = getattr(properties, "MaximumPacketSize", None)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=QOS)
@@ -160,6 +167,18 @@ class Connection:
             "broker_connected",
             extra={"fields": {"broker": self.options.address, "session_present": flags.session_present}},
         )
+
+    def _connect_failed(self, _client, _userdata) -> None:
+        """Note a broker certificate that failed verification: unlike a refused or lost
+        connection, no retry can mend it. paho calls this while handling the failure, so the
+        exception is the one being handled."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLCertVerificationError):
+            self.untrusted = (
+                f"the broker's certificate failed verification ({error.verify_message}); give the CA "
+                f"that signed it and dial a name it was issued for ({self.options.address})"
+            )
+            log.error("broker_untrusted", extra={"fields": {"broker": self.options.address, "error": str(error)}})
 
     def _deliver(self, _client, _userdata, message: paho.MQTTMessage) -> None:
         """Hand a message on; a handler's bug is logged rather than ending paho's network thread."""
@@ -184,6 +203,7 @@ class Connection:
             log.warning(
                 "broker_disconnected", extra={"fields": {"broker": self.options.address, "reason": str(reason)}}
             )
+            self._on_disconnected(str(reason))
         self.connected.clear()
 
     @property

@@ -51,15 +51,13 @@ def _digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def split(message_id: str, message: bytes, max_payload: int, token: str = "") -> Outgoing:
+def split(message_id: str, message: bytes, max_payload: int) -> Outgoing:
     """``message``'s frames, each at most ``max_payload`` bytes; ``ValueError`` when even its
     manifest cannot fit (raise the broker's limit)."""
-    whole = mq.Frame(message_id=message_id, token=token, whole=message).SerializeToString()
+    whole = mq.Frame(message_id=message_id, whole=message).SerializeToString()
     if len(whole) <= max_payload:
         return Outgoing((whole,))
-    overhead = len(
-        mq.Frame(message_id=message_id, token=token, chunk=mq.Chunk(index=2**31 - 1, data=b"")).SerializeToString()
-    )
+    overhead = len(mq.Frame(message_id=message_id, chunk=mq.Chunk(index=2**31 - 1, data=b"")).SerializeToString())
     chunk_bytes = max_payload - overhead - 5  # 5: the largest varint of the data's length
     if chunk_bytes < _MIN_CHUNK:
         raise ValueError(f"a packet limit of {max_payload} bytes leaves no room for data; raise it")
@@ -68,14 +66,14 @@ def split(message_id: str, message: bytes, max_payload: int, token: str = "") ->
     manifest = mq.Manifest(
         size=len(message), sha256=_digest(message), chunk_bytes=chunk_bytes, chunk_sha256=[_digest(p) for p in pieces]
     )
-    head = mq.Frame(message_id=message_id, token=token, manifest=manifest).SerializeToString()
+    head = mq.Frame(message_id=message_id, manifest=manifest).SerializeToString()
     if len(head) > max_payload:
         raise ValueError(
             f"a {len(message)}-byte message needs a {len(head)}-byte manifest, over the "
             f"{max_payload}-byte packet limit; raise the limit"
         )
     chunks = (
-        mq.Frame(message_id=message_id, token=token, chunk=mq.Chunk(index=i, data=bytes(p))).SerializeToString()
+        mq.Frame(message_id=message_id, chunk=mq.Chunk(index=i, data=bytes(p))).SerializeToString()
         for i, p in enumerate(pieces)
     )
     return Outgoing((head, *chunks))

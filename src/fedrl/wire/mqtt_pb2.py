@@ -25,31 +25,33 @@ _sym_db = _symbol_database.Default()
 from fedrl.wire import fedrl_pb2 as fedrl_dot_wire_dot_fedrl__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x65\x64rl/wire/mqtt.proto\x12\rfedrl.mqtt.v1\x1a\x16\x66\x65\x64rl/wire/fedrl.proto\"\xc0\x01\n\x05\x46rame\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x05whole\x18\x03 \x01(\x0cH\x00\x12+\n\x08manifest\x18\x04 \x01(\x0b\x32\x17.fedrl.mqtt.v1.ManifestH\x00\x12%\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x14.fedrl.mqtt.v1.ChunkH\x00\x12\'\n\x06resend\x18\x06 \x01(\x0b\x32\x15.fedrl.mqtt.v1.ResendH\x00\x42\x06\n\x04\x62ody\"S\n\x08Manifest\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x63hunk_sha256\x18\x04 \x03(\x0c\"$\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x19\n\x06Resend\x12\x0f\n\x07indices\x18\x01 \x03(\x05\"\xec\x01\n\x07Request\x12-\n\x08register\x18\x01 \x01(\x0b\x32\x19.fedrl.v1.RegisterRequestH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.fedrl.v1.HeartbeatRequestH\x00\x12%\n\x04task\x18\x03 \x01(\x0b\x32\x15.fedrl.v1.TaskRequestH\x00\x12%\n\x04pull\x18\x04 \x01(\x0b\x32\x15.fedrl.v1.PullRequestH\x00\x12+\n\x04push\x18\x05 \x01(\x0b\x32\x1b.fedrl.mqtt.v1.UpdateStreamH\x00\x42\x06\n\x04\x63\x61ll\"3\n\x0cUpdateStream\x12#\n\x05parts\x18\x01 \x03(\x0b\x32\x14.fedrl.v1.UpdatePart\"/\n\nTaskStream\x12!\n\x05parts\x18\x01 \x03(\x0b\x32\x12.fedrl.v1.TaskPart\"1\n\x0bModelStream\x12\"\n\x05parts\x18\x01 \x03(\x0b\x32\x13.fedrl.v1.ModelPart\"*\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe2\x01\n\x05Reply\x12.\n\x0cregistration\x18\x01 \x01(\x0b\x32\x16.fedrl.v1.RegistrationH\x00\x12)\n\x04task\x18\x02 \x01(\x0b\x32\x19.fedrl.mqtt.v1.TaskStreamH\x00\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1a.fedrl.mqtt.v1.ModelStreamH\x00\x12\x1c\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\r.fedrl.v1.AckH\x00\x12)\n\x07refusal\x18\x05 \x01(\x0b\x32\x16.fedrl.mqtt.v1.RefusalH\x00\x42\x08\n\x06resultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66\x65\x64rl/wire/mqtt.proto\x12\rfedrl.mqtt.v1\x1a\x16\x66\x65\x64rl/wire/fedrl.proto\"$\n\x06Sealed\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\x12\x0b\n\x03mac\x18\x02 \x01(\x0c\"\xbe\x01\n\x05\x46rame\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x05whole\x18\x03 \x01(\x0cH\x00\x12+\n\x08manifest\x18\x04 \x01(\x0b\x32\x17.fedrl.mqtt.v1.ManifestH\x00\x12%\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x14.fedrl.mqtt.v1.ChunkH\x00\x12\'\n\x06resend\x18\x06 \x01(\x0b\x32\x15.fedrl.mqtt.v1.ResendH\x00\x42\x06\n\x04\x62odyJ\x04\x08\x02\x10\x03R\x05token\"S\n\x08Manifest\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63hunk_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x63hunk_sha256\x18\x04 \x03(\x0c\"$\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x19\n\x06Resend\x12\x0f\n\x07indices\x18\x01 \x03(\x05\"\xec\x01\n\x07Request\x12-\n\x08register\x18\x01 \x01(\x0b\x32\x19.fedrl.v1.RegisterRequestH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.fedrl.v1.HeartbeatRequestH\x00\x12%\n\x04task\x18\x03 \x01(\x0b\x32\x15.fedrl.v1.TaskRequestH\x00\x12%\n\x04pull\x18\x04 \x01(\x0b\x32\x15.fedrl.v1.PullRequestH\x00\x12+\n\x04push\x18\x05 \x01(\x0b\x32\x1b.fedrl.mqtt.v1.UpdateStreamH\x00\x42\x06\n\x04\x63\x61ll\"3\n\x0cUpdateStream\x12#\n\x05parts\x18\x01 \x03(\x0b\x32\x14.fedrl.v1.UpdatePart\"/\n\nTaskStream\x12!\n\x05parts\x18\x01 \x03(\x0b\x32\x12.fedrl.v1.TaskPart\"1\n\x0bModelStream\x12\"\n\x05parts\x18\x01 \x03(\x0b\x32\x13.fedrl.v1.ModelPart\"*\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe2\x01\n\x05Reply\x12.\n\x0cregistration\x18\x01 \x01(\x0b\x32\x16.fedrl.v1.RegistrationH\x00\x12)\n\x04task\x18\x02 \x01(\x0b\x32\x19.fedrl.mqtt.v1.TaskStreamH\x00\x12+\n\x05model\x18\x03 \x01(\x0b\x32\x1a.fedrl.mqtt.v1.ModelStreamH\x00\x12\x1c\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\r.fedrl.v1.AckH\x00\x12)\n\x07refusal\x18\x05 \x01(\x0b\x32\x16.fedrl.mqtt.v1.RefusalH\x00\x42\x08\n\x06resultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedrl.wire.mqtt_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRAME']._serialized_start=65
-  _globals['_FRAME']._serialized_end=257
-  _globals['_MANIFEST']._serialized_start=259
-  _globals['_MANIFEST']._serialized_end=342
-  _globals['_CHUNK']._serialized_start=344
-  _globals['_CHUNK']._serialized_end=380
-  _globals['_RESEND']._serialized_start=382
-  _globals['_RESEND']._serialized_end=407
-  _globals['_REQUEST']._serialized_start=410
-  _globals['_REQUEST']._serialized_end=646
-  _globals['_UPDATESTREAM']._serialized_start=648
-  _globals['_UPDATESTREAM']._serialized_end=699
-  _globals['_TASKSTREAM']._serialized_start=701
-  _globals['_TASKSTREAM']._serialized_end=748
-  _globals['_MODELSTREAM']._serialized_start=750
-  _globals['_MODELSTREAM']._serialized_end=799
-  _globals['_REFUSAL']._serialized_start=801
-  _globals['_REFUSAL']._serialized_end=843
-  _globals['_REPLY']._serialized_start=846
-  _globals['_REPLY']._serialized_end=1072
+  _globals['_SEALED']._serialized_start=64
+  _globals['_SEALED']._serialized_end=100
+  _globals['_FRAME']._serialized_start=103
+  _globals['_FRAME']._serialized_end=293
+  _globals['_MANIFEST']._serialized_start=295
+  _globals['_MANIFEST']._serialized_end=378
+  _globals['_CHUNK']._serialized_start=380
+  _globals['_CHUNK']._serialized_end=416
+  _globals['_RESEND']._serialized_start=418
+  _globals['_RESEND']._serialized_end=443
+  _globals['_REQUEST']._serialized_start=446
+  _globals['_REQUEST']._serialized_end=682
+  _globals['_UPDATESTREAM']._serialized_start=684
+  _globals['_UPDATESTREAM']._serialized_end=735
+  _globals['_TASKSTREAM']._serialized_start=737
+  _globals['_TASKSTREAM']._serialized_end=784
+  _globals['_MODELSTREAM']._serialized_start=786
+  _globals['_MODELSTREAM']._serialized_end=835
+  _globals['_REFUSAL']._serialized_start=837
+  _globals['_REFUSAL']._serialized_end=879
+  _globals['_REPLY']._serialized_start=882
+  _globals['_REPLY']._serialized_end=1108
 # @@protoc_insertion_point(module_scope)

@@ -7,21 +7,27 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Sealed(_message.Message):
+    __slots__ = ("frame", "mac")
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    frame: bytes
+    mac: bytes
+    def __init__(self, frame: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
+
 class Frame(_message.Message):
-    __slots__ = ("message_id", "token", "whole", "manifest", "chunk", "resend")
+    __slots__ = ("message_id", "whole", "manifest", "chunk", "resend")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
     WHOLE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     RESEND_FIELD_NUMBER: _ClassVar[int]
     message_id: str
-    token: str
     whole: bytes
     manifest: Manifest
     chunk: Chunk
     resend: Resend
-    def __init__(self, message_id: _Optional[str] = ..., token: _Optional[str] = ..., whole: _Optional[bytes] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., resend: _Optional[_Union[Resend, _Mapping]] = ...) -> None: ...
+    def __init__(self, message_id: _Optional[str] = ..., whole: _Optional[bytes] = ..., manifest: _Optional[_Union[Manifest, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., resend: _Optional[_Union[Resend, _Mapping]] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("size", "sha256", "chunk_bytes", "chunk_sha256")
