@@ -17,7 +17,6 @@ from fedrl.cli import app, console
 from fedrl.core.compress import decode, decompress, dense, encode
 from fedrl.core.pipeline import client_message
 from fedrl.core.privacy import epsilon
-from fedrl.experiment.config import ConfigError
 from fedrl.server.config import ServerConfig, load_server_config
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.log import logger
@@ -293,14 +292,19 @@ def test_a_server_whose_rounds_would_spend_more_than_the_target_epsilon_refuses_
     assert not (tmp_path / "srv").exists()
 
 
-def test_secure_aggregation_is_refused_by_the_deployed_server(tmp_path):
+def test_under_secure_aggregation_an_update_in_the_clear_is_refused_and_nothing_stored(tmp_path):
     # Prepare
     config = load_server_config(write_config(tmp_path, {"secure_aggregation": {"enabled": True}}))
+    coordinator, names = open_with_clients(tmp_path, config)
 
-    # Execute / Assert
-    with pytest.raises(ConfigError, match="simulator only"):
-        Coordinator.open(config, tmp_path / "state")
-    assert not (tmp_path / "state").exists()
+    # Execute
+    with pytest.raises(Rejected) as refused:
+        submit_zeros(coordinator, names)
+
+    # Assert
+    assert refused.value.reason is Reason.FAILED_PRECONDITION and "masked" in refused.value.message
+    assert coordinator.status().clients[0].updates_accepted == 0
+    coordinator.close()
 
 
 def test_fleet_status_shows_each_rounds_uplink_bytes_and_epsilon(tmp_path, monkeypatch):

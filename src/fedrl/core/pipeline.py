@@ -153,9 +153,17 @@ def secure_mean(
     ``secure_sum``; then central DP's ``noised_mean`` of it, or else its mean over the survivors.
     ``rng`` draws the protocol's keys and seeds. Raises ``BelowThreshold`` (no sum exists)."""
     result = secure_sum(stack, dropped, config.secure_aggregation, rng)
+    return mean_of_secure_sum(config, result.sum, result.n_survivors, expected_clients, noise_rng), result
+
+
+def mean_of_secure_sum(
+    config: PipelineConfig, total: np.ndarray, n_survivors: int, expected_clients: float, noise_rng: np.random.Generator
+) -> np.ndarray:
+    """What the strategy receives from a secure sum ``total`` (float32, dequantized) of
+    ``n_survivors`` inputs: central DP's ``noised_mean``, or else the mean over the survivors."""
     if config.dp.mode == "central":
-        return noised_mean(config, result.sum, expected_clients, noise_rng), result
-    return (result.sum / np.float32(result.n_survivors)).astype(np.float32), result
+        return noised_mean(config, total, expected_clients, noise_rng)
+    return (total / np.float32(n_survivors)).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ import numpy as np
 
 from fedrl.agents import evaluate
 from fedrl.core.aggregation import screen
-from fedrl.core.pipeline import central_mean
+from fedrl.core.pipeline import central_mean, mean_of_secure_sum
+from fedrl.core.secagg import dequantize
 from fedrl.core.update import Update, stack_deltas
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
@@ -59,6 +60,16 @@ def central_update(setup: Setup, updates: list[Update], version: int, round_: in
     stack = stack_deltas(updates) if updates else np.zeros((0, setup.net.spec.dim), dtype=np.float32)
     mean = central_mean(setup.config.pipeline, stack, expected_clients(setup), noise_rng(setup, round_))
     return Update(-1, version, mean, sum(u.env_steps for u in updates))
+
+
+def secure_update(setup: Setup, total: np.ndarray, n_survivors: int, version: int, round_: int) -> Update:
+    """The one update the strategy sees from a deployed secure round: the unmasked uint32 sum
+    ``total`` of ``n_survivors`` inputs, dequantized, as its mean (or central DP's noised mean),
+    weighted as that many clients' step budgets (client id -1: no single client's)."""
+    pipeline = setup.config.pipeline
+    floats = dequantize(total, pipeline.secure_aggregation)
+    mean = mean_of_secure_sum(pipeline, floats, n_survivors, expected_clients(setup), noise_rng(setup, round_))
+    return Update(-1, version, mean, n_survivors * (setup.config.federation.local_steps or 1))
 
 
 def capped_weights(setup: Setup, updates: list[Update]) -> list[Update]:

@@ -32,6 +32,9 @@ class RoundConfig(FrozenConfig):
     heartbeat_s: float = Field(5.0, gt=0, description="how often clients are asked to send a heartbeat")
     retry_s: float = Field(1.0, gt=0, description="how long a client told to wait should wait before asking again")
     max_staleness: int = Field(8, ge=0, description="asynchronous mode: oldest base version accepted, in versions")
+    secure_step_s: float = Field(
+        30.0, gt=0, description="secure aggregation: how long a step after the first waits for clients that are late"
+    )
 
 
 class GateConfig(FrozenConfig):

@@ -46,7 +46,7 @@ import numpy as np
 from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.core.update import Update, UpdateMetrics
-from fedrl.experiment.aggregation import aggregate_round, heldout_returns
+from fedrl.experiment.aggregation import aggregate_round, heldout_returns, secure_update
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import read_resolved, to_yaml
@@ -58,6 +58,7 @@ from fedrl.server.config import ServerConfig
 from fedrl.server.log import RefusalLog, log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.ratelimit import RateLimiter
+from fedrl.server.secure_round import SecureRound
 from fedrl.server.store import KnownUpdate, Seen, Store, StoredUpdate
 from fedrl.wire.mqtt_seal import key_from_token_hash
 from fedrl.wire.records import (
@@ -68,6 +69,8 @@ from fedrl.wire.records import (
     Registration,
     Rejected,
     RoundStatus,
+    SecureReply,
+    SecureStep,
     Submission,
     Task,
     Wait,
@@ -126,12 +129,7 @@ class Coordinator:
     ):
         """Start a new run in ``state_dir`` (from the policy saved at ``init_from``, when given:
         ``pretrained_params``), or resume the one stored there (same experiment only);
-        ``ConfigError`` for an experiment the deployment cannot run (secure aggregation)."""
-        if config.experiment.pipeline.secure_aggregation.enabled:
-            raise ConfigError(
-                "bad config: experiment.pipeline.secure_aggregation.enabled = True: secure aggregation runs "
-                "in the simulator only; its rounds of key exchange are not carried over gRPC or MQTT"
-            )
+        ``ConfigError`` for an experiment the deployment cannot run."""
         if config.gate.enabled and not Setup(config.experiment).simulated:
             raise ConfigError(
                 "bad config: gate.enabled = True: the gate evaluates candidates on environments the server "
@@ -170,7 +168,20 @@ class Coordinator:
         self._arrived = self._store.round_clients(self._round.round)
         if not self._selected:
             self._sample()
+        self._secure = self._new_secure_round()
+        self._secure_failures: dict[int, str] = {}
         self._publish()
+
+    def _new_secure_round(self) -> SecureRound | None:
+        """The open round's secure-aggregation protocol, when the experiment asks for it."""
+        config = self.setup.config.pipeline.secure_aggregation
+        if not config.enabled:
+            return None
+        rounds = self.config.rounds
+        return SecureRound(
+            self._round.round, config, self.dim, rounds.secure_step_s, rounds.retry_s, self._clock,
+            config.threshold_for,
+        )  # fmt: skip
 
     # --- authentication and liveness ---------------------------------------------------
     def authenticate(self, token: str, source: str = "") -> str:
@@ -277,6 +288,8 @@ class Coordinator:
             if self._closing and not self.config.asynchronous:
                 return Wait(retry, f"round {self._round.round} is closing")
             if not self.config.asynchronous:
+                if self._secure is not None and self._store.client_id(client) in self._secure.joined:
+                    return Wait(retry, f"your part in round {self._round.round}'s secure aggregation is in")
                 if client in self._arrived:
                     return Wait(retry, f"your update for round {self._round.round} is in; waiting for the others")
                 if not self._take_part(client):
@@ -326,6 +339,28 @@ class Coordinator:
         self._selected = {online[i] for i in rng.choice(len(online), size=size, replace=False)}
         self._store.set_selected(self._round.round, sorted(self._selected))
 
+    def secure_step(self, client: str, round_: int, step: SecureStep, payload: bytes) -> SecureReply:
+        """``client``'s message for one step of the open round's secure aggregation, or a poll
+        (``fedrl.server.secure_round``); ``Rejected(FAILED_PRECONDITION)`` when that round is not
+        open or not secure, or the client has no part in it."""
+        with self._lock:
+            self._admit(client)
+            secure = self._secure
+            if round_ in self._secure_failures:
+                raise Rejected(
+                    Reason.FAILED_PRECONDITION,
+                    f"round {round_}'s secure aggregation failed: {self._secure_failures[round_]}",
+                )
+            if secure is None or round_ != self._round.round:
+                open_round = f"round {self._round.round} is open" if secure else "this run does not aggregate securely"
+                raise Rejected(Reason.FAILED_PRECONDITION, f"no secure aggregation for round {round_}: {open_round}")
+            if client not in self._selected:
+                raise Rejected(Reason.FAILED_PRECONDITION, f"{client!r} has no task in round {round_}")
+            secure.takers = {self._store.client_id(c) for c in self._selected}
+            secure.expected = len(self._selected) if self._central_dp else self.config.updates_per_round
+            secure.deadline = self._round.opened_at + self.config.rounds.deadline_s
+            return secure.offer(self._store.client_id(client), step, payload)
+
     def model(self, version: int | None = None) -> Model:
         """A deployed (current or earlier) version; ``Rejected(NOT_FOUND)`` for any other."""
         with self._lock:
@@ -353,6 +388,8 @@ class Coordinator:
         the transport rate-limited the upload at its start (``admit``)."""
         if not admitted:
             self.admit(client)
+        if self._secure is not None:
+            self._counted(_refuse_in_clear, client, submission)
         submission, digest = self._counted(self._prepared, client, submission)
         with self._lock:
             repeated = self._counted(lambda c, sub: self._screen(c, sub, digest), client, submission)
@@ -550,11 +587,19 @@ class Coordinator:
             if self._closing or not self._due():
                 return
             self._closing = True
-            round_, deployed, state = self._round, self._deployed, self._strategy_state
+            round_, deployed, state, secure = self._round, self._deployed, self._strategy_state, self._secure
             records = self._store.round_records(round_.round)
         try:
+            if secure is not None and secure.total is None:
+                with self._lock:
+                    self._close_failed(round_, secure.failure)
+                return
             stored = self._store.read_updates(records)
-            candidate, new_state = self._aggregate(stored, deployed, state, round_.round)
+            if secure is not None:
+                update = secure_update(self.setup, secure.total, len(secure.survivors), deployed.version, round_.round)
+                candidate, new_state = self.setup.strategy.aggregate(state, deployed.params, [update])
+            else:
+                candidate, new_state = self._aggregate(stored, deployed, state, round_.round)
             score = _gate_return(self.config, self.setup, candidate) if self.config.gate.enabled else None
             with self._lock:
                 self._commit(round_, candidate, new_state, score)
@@ -567,6 +612,9 @@ class Coordinator:
         n = len(self._arrived)
         if self.finished:
             return False
+        if self._secure is not None:
+            self._secure.advance()
+            return self._secure.settled
         if (
             self._central_dp
         ):  # every sampled client is in, or the deadline passed: what came (even nothing) is one release
@@ -628,17 +676,30 @@ class Coordinator:
         log_event(
             "round_closed",
             round=round_.round,
-            updates=len(self._arrived),
+            updates=len(self._secure.survivors) if self._secure is not None else len(self._arrived),
             candidate_return=score,
             deployed_version=self._deployed.version,
             promoted=self._deployed.round == round_.round,
             epsilon=spent,
         )
         self._metrics.round_duration_seconds.observe(now - round_.opened_at)
+        self._open_next_round()
+
+    def _close_failed(self, round_: RoundStatus, reason: str) -> None:
+        """Close a round that produced no candidate; the deployed version stays."""
+        now, spent = self._clock(), self._epsilon(round_.round)
+        self._store.close_round(round_.round, now, None, None, self._deployed.version, spent)
+        log_event("round_failed", level="warning", round=round_.round, reason=reason)
+        self._secure_failures = {round_.round: reason}  # told to its clients that are still polling
+        self._metrics.round_duration_seconds.observe(now - round_.opened_at)
+        self._open_next_round()
+
+    def _open_next_round(self) -> None:
         self._round = self._store.open_round()
         self._arrived = self._store.round_clients(self._round.round)
         self._selected = set()
         self._sample()
+        self._secure = self._new_secure_round()
         self._publish()
 
     def _publish(self) -> None:
@@ -685,6 +746,14 @@ class Coordinator:
         with self._lock:
             self._store.save_liveness(self._seen)
             self._store.close()
+
+
+def _refuse_in_clear(_client: str, _submission: Submission) -> None:
+    """Under secure aggregation the server must never hold a single update in the clear."""
+    raise Rejected(
+        Reason.FAILED_PRECONDITION,
+        "this run aggregates securely: an update is sent masked, in the secure-aggregation steps, never pushed",
+    )
 
 
 def _same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:

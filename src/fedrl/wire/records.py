@@ -112,6 +112,33 @@ class Ack:
     duplicate: bool = False  # True when this repeats an earlier acknowledgement
 
 
+class SecureStep(enum.IntEnum):
+    """A client's steps in a secure-aggregation round, in order (the wire's ``SecAggStep`` values)."""
+
+    ADVERTISE = 1  # its public keys
+    SHARE = 2  # its sealed shares
+    MASK = 3  # its masked input
+    UNMASK = 4  # its shares of the others' secrets
+
+
+@dataclass(frozen=True)
+class SecureReply:
+    """The server's answer to one step of a secure-aggregation round (``fedrl.server.secure_round``):
+    "ask again after ``retry_after_s``" (> 0), or the next step's input in ``payload`` (``done``
+    after the last step). ``client`` is the caller's id in the protocol, ``threshold`` its t."""
+
+    client: int
+    retry_after_s: float = 0.0
+    payload: bytes = b""
+    threshold: int = 0
+    done: bool = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether the step is still collecting: poll again."""
+        return self.retry_after_s > 0
+
+
 @dataclass(frozen=True)
 class Model:
     """A stored global version."""

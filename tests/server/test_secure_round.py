@@ -1,0 +1,144 @@
+"""Secure aggregation carried by the coordinator: clients run their half of the protocol
+(``fedrl.edge.secure``) against ``Coordinator.secure_step`` in threads, as transports would carry
+it; the server learns the sum -- exact within quantization -- even when a client drops out."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fedrl.edge.secure import run_secure_round
+from fedrl.server.coordinator import Coordinator
+from fedrl.server.store import Store
+from fedrl.wire.records import Reason, Rejected, SecureStep, Task, Wait
+
+from .test_coordinator import server_config
+
+NAMES = ("a", "b", "c", "d")
+SECURE = (
+    "experiment.federation.n_clients=4",
+    "experiment.pipeline.secure_aggregation.enabled=true",
+    "experiment.pipeline.secure_aggregation.threshold=3",
+    "rounds.secure_step_s=1.0",
+)
+
+
+class Dropped(Exception):
+    """A client that leaves the protocol after a step."""
+
+
+@pytest.fixture
+def coordinator(tmp_path):
+    config = server_config(tmp_path, *SECURE)
+    store = Store(tmp_path / "state")
+    store.close()
+    made = Coordinator.open(config, tmp_path / "state")
+    for name in NAMES:
+        made.add_client(name)
+    yield made
+    made.close()
+
+
+def take_part(coordinator: Coordinator, name: str, x: np.ndarray, results: dict, leave_after=None) -> None:
+    """One client's task and secure round; ``leave_after``: the step after which it vanishes."""
+    task = coordinator.task(name)
+    assert isinstance(task, Task)
+
+    def on_step(step, _reply):
+        if step is leave_after:
+            raise Dropped
+
+    try:
+        results[name] = run_secure_round(
+            lambda step, payload: coordinator.secure_step(name, task.round, step, payload),
+            x,
+            coordinator.setup.config.pipeline.secure_aggregation,
+            lambda seconds: time.sleep(min(seconds, 0.02)),
+            on_step,
+        )
+    except Dropped:
+        results[name] = "left"
+    except Rejected as refusal:
+        results[name] = refusal
+
+
+def run_round(coordinator: Coordinator, inputs: dict[str, np.ndarray], leave: dict) -> dict:
+    results: dict = {}
+    threads = [
+        threading.Thread(target=take_part, args=(coordinator, n, x, results, leave.get(n))) for n, x in inputs.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while (any(t.is_alive() for t in threads) or coordinator.status().round == 1) and time.monotonic() < deadline:
+        coordinator.tick()
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def inputs_for(coordinator: Coordinator, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.uniform(-0.05, 0.05, coordinator.dim).astype(np.float32) for name in NAMES}
+
+
+@pytest.mark.parametrize(
+    ("leave", "in_sum"),
+    [({}, NAMES), ({"d": SecureStep.MASK}, NAMES), ({"d": SecureStep.SHARE}, NAMES[:3])],
+    ids=["all-stay", "one-leaves-after-masking", "one-leaves-before-masking"],
+)
+def test_the_new_version_moves_by_the_mean_of_the_summed_inputs(coordinator, leave, in_sum):
+    # Prepare
+    before = coordinator.model(0).params.copy()
+    inputs = inputs_for(coordinator)
+
+    # Execute
+    results = run_round(coordinator, inputs, leave)
+
+    # Assert: one new version, moved by the survivors' mean, exact within the fixed point's step
+    assert coordinator.deployed_version == 1
+    expected = np.mean([inputs[n] for n in in_sum], axis=0)
+    moved = coordinator.model(1).params - before
+    scale = coordinator.setup.config.pipeline.secure_aggregation.scale
+    np.testing.assert_allclose(moved, expected, atol=1.0 / scale)
+    assert all(results[n].done for n in NAMES if n not in leave)
+
+
+def test_below_the_threshold_the_round_fails_and_the_model_stays(coordinator):
+    # Prepare: two of four leave after sharing; t is 3
+    inputs = inputs_for(coordinator)
+
+    # Execute
+    results = run_round(coordinator, inputs, {"c": SecureStep.SHARE, "d": SecureStep.SHARE})
+
+    # Assert: the stayers were told why; no new version; the next round is open
+    refusals = [results[n] for n in ("a", "b")]
+    assert all(isinstance(r, Rejected) and r.reason is Reason.FAILED_PRECONDITION for r in refusals)
+    assert all("secure aggregation failed" in r.message and "sent masked inputs" in r.message for r in refusals)
+    assert coordinator.deployed_version == 0 and coordinator.status().round == 2
+    assert isinstance(coordinator.task("a"), Task)
+
+
+def test_records_in_another_clients_name_or_of_the_wrong_length_are_refused(coordinator):
+    from fedrl.core.secagg import MaskedInput, advertise_keys, encode, encode_masked
+
+    task = coordinator.task("a")
+    me = coordinator.secure_step("a", task.round, SecureStep.ADVERTISE, b"").client
+    _, someone_else = advertise_keys(me + 1, lambda n: bytes(n))
+
+    with pytest.raises(Rejected) as as_another:
+        coordinator.secure_step("a", task.round, SecureStep.ADVERTISE, encode([someone_else]))
+    with pytest.raises(Rejected) as garbage:
+        coordinator.secure_step("a", task.round, SecureStep.ADVERTISE, b"\x01\x02")
+    with pytest.raises(Rejected) as too_early:
+        masked = encode_masked(MaskedInput(me, np.zeros(3, np.uint32)))
+        coordinator.secure_step("a", task.round, SecureStep.MASK, masked)
+
+    assert as_another.value.reason is Reason.PERMISSION_DENIED
+    assert garbage.value.reason is Reason.INVALID_ARGUMENT
+    assert too_early.value.reason is Reason.FAILED_PRECONDITION
+    assert isinstance(coordinator.task("a"), (Task, Wait))
