@@ -285,6 +285,31 @@ def test_agents_send_compressed_updates_and_the_server_records_their_bytes_and_t
     assert 0 < closed[0].epsilon < closed[1].epsilon < closed[2].epsilon
 
 
+@pytest.mark.parametrize(
+    "deployment",
+    [(3, {"rounds": 2, "stop_at_target": False}, {"secure_aggregation": {"enabled": True, "threshold": 2}})],
+    indirect=True,
+)
+def test_agents_aggregate_securely_and_the_server_stores_no_update(deployment):
+    deployment.start_server()
+    clients = [deployment.start_client(i) for i in range(3)]
+
+    for client in clients:
+        assert client.wait(timeout=240) == 0
+    store = Store(deployment.root / "srv")
+    try:
+        closed = store.rounds()[:2]
+        files = list((deployment.root / "srv" / "updates").glob("*"))
+    finally:
+        store.close()
+
+    # every round closed with a new version from the masked sum; no single update was ever stored
+    assert [r.new_version for r in closed] == [1, 2] and all(r.n_updates == 0 for r in closed) and files == []
+    for i in range(3):
+        steps = [e["step"] for e in events(deployment.root / f"c{i}.log", "secure_step")]
+        assert steps == ["advertise", "share", "mask", "unmask"] * 2
+
+
 @pytest.mark.parametrize("deployment", [(1, {"rounds": 3})], indirect=True)
 def test_a_client_with_a_wrong_token_exits_with_the_servers_reason(deployment):
     deployment.start_server()

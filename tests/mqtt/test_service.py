@@ -16,6 +16,7 @@ import pytest
 
 from fedrl.core.pipeline import client_message
 from fedrl.edge.link import Unreachable, Untrusted
+from fedrl.edge.secure import run_secure_round
 from fedrl.server.store import Store
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
@@ -24,7 +25,7 @@ from fedrl.wire.broker import BrokerTls
 from fedrl.wire.mqtt_frames import split
 from fedrl.wire.mqtt_seal import key_from_token, seal, unsealed
 from fedrl.wire.mqtt_topics import Topics
-from fedrl.wire.records import Reason, Rejected, Submission, Task
+from fedrl.wire.records import Reason, Rejected, SecureStep, Submission, Task
 from fedrl.wire.tls import write_dev_pki
 
 TOPICS = Topics("test")  # the fleet of tests/mqtt/conftest.py
@@ -456,3 +457,50 @@ def test_a_broker_certificate_from_another_ca_is_untrusted_at_once(tmp_path, sta
     assert time.monotonic() - started < 10
     assert "certificate failed verification" in str(untrusted.value) and "CA" in str(untrusted.value)
     assert fleet.link("alice", ca=pki / "ca.pem").register().client == "alice"
+
+
+def test_a_secure_round_through_the_broker_sums_exactly_with_a_device_gone_after_masking(start_fleet):
+    # Prepare: three devices; bob vanishes once his masked input is in (t = 2)
+    fleet = start_fleet(
+        "experiment.pipeline.secure_aggregation.enabled=true",
+        "experiment.pipeline.secure_aggregation.threshold=2",
+        "rounds.secure_step_s=1",
+        "rounds.retry_s=0.1",
+    )
+    config = fleet.coordinator.setup.config.pipeline.secure_aggregation
+    inputs = {n: np.random.default_rng(i).uniform(-0.05, 0.05, fleet.coordinator.dim).astype(np.float32)
+              for i, n in enumerate(("alice", "bob", "carol"))}  # fmt: skip
+    before, outcome = fleet.coordinator.model(0).params.copy(), {}
+
+    class Gone(Exception):
+        pass
+
+    def device(name):
+        link = fleet.link(name, timeout_s=20)
+        task = link.task()
+
+        def stepped(step, _reply):
+            if name == "bob" and step is SecureStep.MASK:
+                raise Gone
+
+        try:
+            ask = lambda step, payload: link.secure(task.round, step, payload)  # noqa: E731
+            outcome[name] = run_secure_round(ask, inputs[name], config, time.sleep, stepped).done
+        except Gone:
+            outcome[name] = "gone"
+
+    # Execute
+    threads = [threading.Thread(target=device, args=(n,)) for n in inputs]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while fleet.coordinator.deployed_version == 0 and time.monotonic() < deadline:
+        fleet.coordinator.tick()
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(20)
+
+    # Assert: a masked input larger than a packet travelled in chunks; the sum came out exact
+    assert outcome == {"alice": True, "bob": "gone", "carol": True}
+    moved = fleet.coordinator.model(1).params - before
+    np.testing.assert_allclose(moved, np.mean(list(inputs.values()), axis=0), atol=1.0 / config.scale)

@@ -49,6 +49,7 @@ import numpy as np
 
 from fedrl.agents import dqn
 from fedrl.agents.runtime import set_threads, torch_threads
+from fedrl.core.pipeline import decode_update
 from fedrl.edge.acting import ActingPolicy, clear_acting, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
@@ -59,11 +60,12 @@ from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.personal import Personalization, Personalizer
 from fedrl.edge.recorder import EXPERIENCE_FILE, Recorder
+from fedrl.edge.secure import run_secure_round
 from fedrl.edge.trainer import LEARNER_FILE, STAGED_FILE, EdgeTrainer, LocalState, LocalUpdate, trainer_from_yaml
 from fedrl.envs import FAMILIES
 from fedrl.experiment.config import ConfigError
 from fedrl.wire import disk
-from fedrl.wire.records import Model, Reason, Registration, Rejected, Submission, Task
+from fedrl.wire.records import Model, Reason, Registration, Rejected, SecureReply, SecureStep, Submission, Task
 
 T = TypeVar("T")
 EXPERIMENT_FILE = "experiment.yaml"
@@ -464,7 +466,9 @@ class Agent:
             update.payload,
         )
         self._trainer.save_learner(self.config.state_dir, local, staged=True)
-        self.pending.save(submission)
+        secure = self._trainer.setup.config.pipeline.secure_aggregation
+        if not secure.enabled:  # a masked update cannot be resent after a restart: its keys are gone
+            self.pending.save(submission)
         self._recorder.mark_used(upto)
         self._save_experience(force=True)
         self._local = local
@@ -482,7 +486,28 @@ class Agent:
         )
         if seconds > task.deadline_s:
             event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
-        self._push(submission)
+        if secure.enabled:
+            self._send_masked(task, update)
+        else:
+            self._push(submission)
+
+    def _send_masked(self, task: Task, update: LocalUpdate) -> None:
+        """Take part in the round's secure aggregation with this update (``fedrl.edge.secure``);
+        a round that fails, or goes on without this device, drops the update."""
+        dim = self._trainer.setup.net.spec.dim
+        x = update.delta if update.payload is None else decode_update(update.payload, dim)
+
+        def ask(step: SecureStep, payload: bytes) -> SecureReply:
+            return self._call("secure", lambda: self.link.secure(task.round, step, payload))
+
+        def stepped(step: SecureStep, reply: SecureReply) -> None:
+            event(logging.INFO, "secure_step", round=task.round, step=step.name.lower(), threshold=reply.threshold)
+
+        try:
+            run_secure_round(ask, x, self._trainer.setup.config.pipeline.secure_aggregation, self._sleep, stepped)
+        except Rejected as exc:
+            event(logging.WARNING, "update_dropped", round=task.round, reason=exc.reason.value, message=exc.message)
+        self._trainer.commit_learner(self.config.state_dir)
 
     def _push(self, submission: Submission) -> None:
         """Push until answered; forget the update once acknowledged or refused."""

@@ -24,7 +24,18 @@ from fedrl.edge.link import Unreachable, Untrusted
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.fedrl_pb2_grpc import FederationStub
-from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submission, Task, Wait
+from fedrl.wire.records import (
+    Ack,
+    Model,
+    Reason,
+    Registration,
+    Rejected,
+    SecureReply,
+    SecureStep,
+    Submission,
+    Task,
+    Wait,
+)
 
 # What gRPC's TLS handshake reports when the server's certificate does not verify: another CA, another host.
 UNTRUSTED_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "is not in peer certificate")
@@ -97,6 +108,12 @@ class GrpcLink:
         with _translated("PushUpdate"):
             reply = self._stub.PushUpdate(convert.update_parts(submission), **self._call)
         return convert.read_ack(reply)
+
+    def secure(self, round_: int, step: SecureStep, payload: bytes) -> SecureReply:
+        """One step of a secure-aggregation round (or a poll, with an empty payload)."""
+        with _translated("SecureStep"):
+            reply = self._stub.SecureStep(convert.secure_request(round_, step, payload), **self._call)
+        return convert.read_secure_reply(reply)
 
     def close(self) -> None:
         """Close the channel; calls after this fail."""

@@ -1,4 +1,4 @@
-"""What the edge agent needs from a transport: five calls and three kinds of failure.
+"""What the edge agent needs from a transport: six calls and three kinds of failure.
 
 The agent's loop (``fedrl.edge.agent``) is written against ``Link`` only; ``GrpcLink`` and
 ``MqttLink`` implement it. A call either returns a record from ``fedrl.wire.records``, raises
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fedrl.wire.records import Ack, Model, Registration, Submission, Task, Wait
+from fedrl.wire.records import Ack, Model, Registration, SecureReply, SecureStep, Submission, Task, Wait
 
 
 class Unreachable(Exception):
@@ -45,6 +45,10 @@ class Link(Protocol):
 
     def push(self, submission: Submission) -> Ack:
         """Upload one update; returns its durable acknowledgement (again, for a resubmission)."""
+        ...
+
+    def secure(self, round_: int, step: SecureStep, payload: bytes) -> SecureReply:
+        """One step of a secure-aggregation round (or a poll, with an empty payload)."""
         ...
 
     def close(self) -> None:

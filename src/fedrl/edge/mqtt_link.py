@@ -41,7 +41,18 @@ from fedrl.wire.mqtt_client import BrokerOptions, Connection
 from fedrl.wire.mqtt_frames import Inbox, Outgoing, split
 from fedrl.wire.mqtt_seal import SEAL_OVERHEAD, key_from_token, open_payload, seal, verified
 from fedrl.wire.mqtt_topics import OFFLINE, ONLINE
-from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submission, Task, Wait
+from fedrl.wire.records import (
+    Ack,
+    Model,
+    Reason,
+    Registration,
+    Rejected,
+    SecureReply,
+    SecureStep,
+    Submission,
+    Task,
+    Wait,
+)
 
 MAX_DOWNLOAD_BYTES = 2**32  # largest reply the link will reassemble (a billion float32)
 RESEND_CHECK_S = 0.5  # how often a waiting call looks for chunks that stopped coming
@@ -238,6 +249,11 @@ class MqttLink:
         """Upload one update (in chunks when it is larger than a frame); returns its durable acknowledgement."""
         request = mq.Request(push=mq.UpdateStream(parts=convert.update_parts(submission)))
         return convert.read_ack(self._call("push", request, "ack"))
+
+    def secure(self, round_: int, step: SecureStep, payload: bytes) -> SecureReply:
+        """One step of a secure-aggregation round (or a poll, with an empty payload)."""
+        reply = self._call("secure", mq.Request(secure=convert.secure_request(round_, step, payload)), "secure")
+        return convert.read_secure_reply(reply)
 
     def close(self) -> None:
         """Say "offline" (a sleep, not a loss: the will stays unsent) and leave the broker; the

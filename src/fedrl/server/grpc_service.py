@@ -140,6 +140,7 @@ class FederationService:
                 "GetTask": stream_out(self._guarded("GetTask", self.get_task)),
                 "PullModel": stream_out(self._guarded("PullModel", self.pull_model)),
                 "PushUpdate": stream_in(self._guarded("PushUpdate", self.push_update)),
+                "SecureStep": unary(self._guarded("SecureStep", self.secure_step)),
             },
         )
 
@@ -228,6 +229,12 @@ class FederationService:
                 self._coordinator.note_rejected(client, refusal)
                 raise
         return self._out(convert.ack_message(self._coordinator.submit(client, submission, admitted=True)))
+
+    def secure_step(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """One step of the open round's secure aggregation, as the caller."""
+        client = self._client(context)
+        round_, step, payload = convert.read_secure_request(parse_message(pb.SecureRequest, self._in(request)))
+        return self._out(convert.secure_reply_message(self._coordinator.secure_step(client, round_, step, payload)))
 
 
 def _heard(raw: bytes, heard: Callable[[], None]) -> bytes:

@@ -81,6 +81,7 @@ class MqttService:
             "task": self._task,
             "pull": self._pull,
             "push": self._push,
+            "secure": self._secure_step,
         }
         self.sessions_lost = 0  # times the server's session was taken over or lost
         self._drops: list[float] = []  # when the session last dropped (monotonic), within the window
@@ -270,7 +271,7 @@ class MqttService:
         call = request.WhichOneof("call")
         if call is None:
             raise Rejected(
-                Reason.INVALID_ARGUMENT, "a request must name its call (register, heartbeat, task, pull, push)"
+                Reason.INVALID_ARGUMENT, "a request must name its call (register, heartbeat, task, pull, push, secure)"
             )
         return self._calls[call](client, request)
 
@@ -324,6 +325,11 @@ class MqttService:
                 self._rejected.labels(reason=refusal.reason.value).inc()
             raise
         return mq.Reply(ack=convert.ack_message(self._coordinator.submit(client, submission)))
+
+    def _secure_step(self, client: str, request: mq.Request) -> mq.Reply:
+        round_, step, payload = convert.read_secure_request(request.secure)
+        reply = self._coordinator.secure_step(client, round_, step, payload)
+        return mq.Reply(secure=convert.secure_reply_message(reply))
 
     def close(self) -> None:
         """Stop handling messages and leave the broker (the session and its queue stay there)."""

@@ -19,7 +19,18 @@ from google.protobuf.message import DecodeError, Message
 
 from fedrl.wire import codec
 from fedrl.wire import fedrl_pb2 as pb
-from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Submission, Task, Wait
+from fedrl.wire.records import (
+    Ack,
+    Model,
+    Reason,
+    Registration,
+    Rejected,
+    SecureReply,
+    SecureStep,
+    Submission,
+    Task,
+    Wait,
+)
 
 _Part = TypeVar("_Part", pb.TaskPart, pb.ModelPart, pb.UpdatePart)
 _M = TypeVar("_M", bound=Message)
@@ -95,6 +106,36 @@ def ack_message(ack: Ack) -> pb.Ack:
 def read_ack(message: pb.Ack) -> Ack:
     """``Ack`` as received."""
     return Ack(message.update_id, message.round, message.accepted_at, message.duplicate)
+
+
+def secure_request(round_: int, step: SecureStep, payload: bytes) -> pb.SecureRequest:
+    """One step of a secure-aggregation round, as sent."""
+    return pb.SecureRequest(round=round_, step=int(step), payload=payload)
+
+
+def read_secure_request(message: pb.SecureRequest) -> tuple[int, SecureStep, bytes]:
+    """The round, step and payload of a received step; INVALID_ARGUMENT for an unknown step."""
+    try:
+        step = SecureStep(message.step)
+    except ValueError:
+        raise Rejected(Reason.INVALID_ARGUMENT, f"unknown secure-aggregation step {message.step}") from None
+    return message.round, step, message.payload
+
+
+def secure_reply_message(reply: SecureReply) -> pb.SecureReply:
+    """``SecureReply`` as sent."""
+    return pb.SecureReply(
+        client=reply.client,
+        retry_after_s=reply.retry_after_s,
+        payload=reply.payload,
+        threshold=reply.threshold,
+        done=reply.done,
+    )
+
+
+def read_secure_reply(message: pb.SecureReply) -> SecureReply:
+    """``SecureReply`` as received."""
+    return SecureReply(message.client, message.retry_after_s, message.payload, message.threshold, message.done)
 
 
 def task_parts(task: Task | Wait) -> Iterator[pb.TaskPart]:

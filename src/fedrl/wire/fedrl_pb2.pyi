@@ -1,10 +1,24 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SecureStepKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SECURE_STEP_UNSPECIFIED: _ClassVar[SecureStepKind]
+    ADVERTISE: _ClassVar[SecureStepKind]
+    SHARE: _ClassVar[SecureStepKind]
+    MASK: _ClassVar[SecureStepKind]
+    UNMASK: _ClassVar[SecureStepKind]
+SECURE_STEP_UNSPECIFIED: SecureStepKind
+ADVERTISE: SecureStepKind
+SHARE: SecureStepKind
+MASK: SecureStepKind
+UNMASK: SecureStepKind
 
 class VectorHeader(_message.Message):
     __slots__ = ("dtype", "length", "sha256")
@@ -172,3 +186,27 @@ class Ack(_message.Message):
     accepted_at: float
     duplicate: bool
     def __init__(self, update_id: _Optional[str] = ..., round: _Optional[int] = ..., accepted_at: _Optional[float] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class SecureRequest(_message.Message):
+    __slots__ = ("round", "step", "payload")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    step: SecureStepKind
+    payload: bytes
+    def __init__(self, round: _Optional[int] = ..., step: _Optional[_Union[SecureStepKind, str]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class SecureReply(_message.Message):
+    __slots__ = ("client", "retry_after_s", "payload", "threshold", "done")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    client: int
+    retry_after_s: float
+    payload: bytes
+    threshold: int
+    done: bool
+    def __init__(self, client: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., payload: _Optional[bytes] = ..., threshold: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...

@@ -60,6 +60,11 @@ class FederationStub:
                 request_serializer=fedrl_dot_wire_dot_fedrl__pb2.UpdatePart.SerializeToString,
                 response_deserializer=fedrl_dot_wire_dot_fedrl__pb2.Ack.FromString,
                 _registered_method=True)
+        self.SecureStep = channel.unary_unary(
+                '/fedrl.v1.Federation/SecureStep',
+                request_serializer=fedrl_dot_wire_dot_fedrl__pb2.SecureRequest.SerializeToString,
+                response_deserializer=fedrl_dot_wire_dot_fedrl__pb2.SecureReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -101,6 +106,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecureStep(self, request, context):
+        """One step of a secure-aggregation round (fedrl/server/secure_round.py): the caller's message
+        for the step, or a poll; the next step's input once the step closes, else "ask again".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.PushUpdate,
                     request_deserializer=fedrl_dot_wire_dot_fedrl__pb2.UpdatePart.FromString,
                     response_serializer=fedrl_dot_wire_dot_fedrl__pb2.Ack.SerializeToString,
+            ),
+            'SecureStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecureStep,
+                    request_deserializer=fedrl_dot_wire_dot_fedrl__pb2.SecureRequest.FromString,
+                    response_serializer=fedrl_dot_wire_dot_fedrl__pb2.SecureReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class Federation:
             '/fedrl.v1.Federation/PushUpdate',
             fedrl_dot_wire_dot_fedrl__pb2.UpdatePart.SerializeToString,
             fedrl_dot_wire_dot_fedrl__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecureStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedrl.v1.Federation/SecureStep',
+            fedrl_dot_wire_dot_fedrl__pb2.SecureRequest.SerializeToString,
+            fedrl_dot_wire_dot_fedrl__pb2.SecureReply.FromString,
             options,
             channel_credentials,
             insecure,

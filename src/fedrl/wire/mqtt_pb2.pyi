@@ -56,18 +56,20 @@ class Resend(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("register", "heartbeat", "task", "pull", "push")
+    __slots__ = ("register", "heartbeat", "task", "pull", "push", "secure")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
+    SECURE_FIELD_NUMBER: _ClassVar[int]
     register: _fedrl_pb2.RegisterRequest
     heartbeat: _fedrl_pb2.HeartbeatRequest
     task: _fedrl_pb2.TaskRequest
     pull: _fedrl_pb2.PullRequest
     push: UpdateStream
-    def __init__(self, register: _Optional[_Union[_fedrl_pb2.RegisterRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[_fedrl_pb2.HeartbeatRequest, _Mapping]] = ..., task: _Optional[_Union[_fedrl_pb2.TaskRequest, _Mapping]] = ..., pull: _Optional[_Union[_fedrl_pb2.PullRequest, _Mapping]] = ..., push: _Optional[_Union[UpdateStream, _Mapping]] = ...) -> None: ...
+    secure: _fedrl_pb2.SecureRequest
+    def __init__(self, register: _Optional[_Union[_fedrl_pb2.RegisterRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[_fedrl_pb2.HeartbeatRequest, _Mapping]] = ..., task: _Optional[_Union[_fedrl_pb2.TaskRequest, _Mapping]] = ..., pull: _Optional[_Union[_fedrl_pb2.PullRequest, _Mapping]] = ..., push: _Optional[_Union[UpdateStream, _Mapping]] = ..., secure: _Optional[_Union[_fedrl_pb2.SecureRequest, _Mapping]] = ...) -> None: ...
 
 class UpdateStream(_message.Message):
     __slots__ = ("parts",)
@@ -96,15 +98,17 @@ class Refusal(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("registration", "task", "model", "ack", "refusal")
+    __slots__ = ("registration", "task", "model", "ack", "refusal", "secure")
     REGISTRATION_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    SECURE_FIELD_NUMBER: _ClassVar[int]
     registration: _fedrl_pb2.Registration
     task: TaskStream
     model: ModelStream
     ack: _fedrl_pb2.Ack
     refusal: Refusal
-    def __init__(self, registration: _Optional[_Union[_fedrl_pb2.Registration, _Mapping]] = ..., task: _Optional[_Union[TaskStream, _Mapping]] = ..., model: _Optional[_Union[ModelStream, _Mapping]] = ..., ack: _Optional[_Union[_fedrl_pb2.Ack, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
+    secure: _fedrl_pb2.SecureReply
+    def __init__(self, registration: _Optional[_Union[_fedrl_pb2.Registration, _Mapping]] = ..., task: _Optional[_Union[TaskStream, _Mapping]] = ..., model: _Optional[_Union[ModelStream, _Mapping]] = ..., ack: _Optional[_Union[_fedrl_pb2.Ack, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., secure: _Optional[_Union[_fedrl_pb2.SecureReply, _Mapping]] = ...) -> None: ...
