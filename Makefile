@@ -65,6 +65,7 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/mqtt_vs_grpc.py
 	$(BIN)/python benchmarks/edge.py
+	$(BIN)/python benchmarks/attack.py
 
 clean:
 	rm -rf $(VENV) runs bench-results .pytest_cache

@@ -72,11 +72,12 @@ def secure_server(tmp_path):
     store = Store(state)
     tokens = {name: store.add_client(name, time.time()) for name in NAMES}
     store.close()
-    server = subprocess.Popen(
-        [*FEDRL, "server", "--config", str(tmp_path / "server.yaml"), "--state-dir", str(state),
-         "--listen", "127.0.0.1:0", "--metrics", "off", "--insecure"],
-        stderr=open(tmp_path / "server.log", "w"), env=QUIET,
-    )  # fmt: skip
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [*FEDRL, "server", "--config", str(tmp_path / "server.yaml"), "--state-dir", str(state),
+             "--listen", "127.0.0.1:0", "--metrics", "off", "--insecure"],
+            stderr=log, env=QUIET,
+        )  # fmt: skip
     info, deadline = state / "server.json", time.monotonic() + 60
     while not info.exists():
         assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
@@ -107,7 +108,7 @@ def test_five_devices_one_killed_after_masking_the_sum_is_still_exact(secure_ser
             stderr=subprocess.PIPE,
             text=True,
             env=QUIET,
-        )  # fmt: skip
+        )
         for i, name in enumerate(NAMES)
     ]
     try:
