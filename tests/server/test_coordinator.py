@@ -190,6 +190,27 @@ def test_a_stale_update_is_refused_after_the_round_moved_on(tmp_path):
     assert err.value.reason is Reason.FAILED_PRECONDITION and "stale base version 0" in err.value.message
 
 
+def test_a_client_whose_update_is_refused_gives_its_place_to_one_that_asks(tmp_path):
+    # Prepare: two places a round; "a" and "b" take them, "c" is told to wait
+    config = server_config(tmp_path, "experiment.federation.fraction=0.67")
+    coordinator, _ = open_with_clients(tmp_path, config, Clock())
+    tasks = {c: coordinator.task(c) for c in ("a", "b")}
+    waiting = coordinator.task("c")
+
+    # Execute: "a" sends garbage (a NaN); "c" asks again; the round does not wait for "a"
+    with pytest.raises(Rejected):
+        coordinator.submit("a", submission(coordinator, "a", tasks["a"], value=float("nan")))
+    stand_in = coordinator.task("c")
+    coordinator.submit("b", submission(coordinator, "b", tasks["b"]))
+    coordinator.submit("c", submission(coordinator, "c", stand_in))
+    again = coordinator.task("a")
+    coordinator.tick()
+
+    # Assert: "c" took the place, "a" got no second chance this round, the round closed at once
+    assert isinstance(waiting, Wait) and isinstance(stand_in, Task) and isinstance(again, Wait)
+    assert coordinator.deployed_version == 1 and coordinator.status().rounds[-2].n_updates == 2
+
+
 def test_the_deadline_closes_a_round_with_the_minimum_of_updates(tmp_path):
     # Prepare
     clock = Clock()

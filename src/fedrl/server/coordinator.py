@@ -79,6 +79,7 @@ from fedrl.wire.records import (
 Clock = Callable[[], float]  # seconds since the epoch (time.time; tests give their own)
 LIVENESS_FLUSH_S = 2.0  # how often last-seen times go to the store (they are not worth a write per heartbeat)
 UPDATE_HEADROOM_BYTES = 65536  # an encoded update's headers (per tensor) on top of its values
+FORFEITING = (Reason.INVALID_ARGUMENT, Reason.PERMISSION_DENIED, Reason.RESOURCE_EXHAUSTED)  # lose the place
 CLIP_SLACK = 1e-5  # relative: a client's message scaled to clip_norm may exceed it by float32 rounding
 
 
@@ -170,6 +171,8 @@ class Coordinator:
             self._sample()
         self._secure = self._new_secure_round()
         self._secure_failures: dict[int, str] = {}
+        self._forfeiting: dict[str, str] = {}  # selected clients whose place the next newcomer may take: why
+        self._replaced: set[str] = set()  # clients whose place was taken: no new task this round
         self._publish()
 
     def _new_secure_round(self) -> SecureRound | None:
@@ -296,12 +299,35 @@ class Coordinator:
                     return Wait(retry, f"not sampled for round {self._round.round}")
             return Task(self._round.round, self._deployed.version, self._time_left(), self._server_control())
 
+    def forfeit(self, client: str, reason: str) -> None:
+        """``client``'s update was refused or its upload went silent: it keeps its place in the
+        open synchronous round (it may still send a good update), but only until another online
+        client asks for work and the round has no room -- then that client takes the place and
+        ``client`` gets no new task this round. So one misbehaving client cannot hold a round until
+        its deadline. Under central DP the sample is fixed by each client's coin: nothing changes."""
+        with self._lock:
+            if self.config.asynchronous or self._central_dp or client not in self._selected or client in self._arrived:
+                return
+            self._forfeiting[client] = reason
+
+    def _replace_forfeiting(self) -> bool:
+        """Free the place of one client that forfeited it and has not sent a good update since."""
+        for client, reason in list(self._forfeiting.items()):
+            del self._forfeiting[client]
+            if client in self._selected and client not in self._arrived:
+                self._selected.discard(client)
+                self._replaced.add(client)
+                log_event("place_given_up", level="warning", round=self._round.round, client=client, reason=reason)
+                return True
+        return False
+
     def _take_part(self, client: str) -> bool:
         """Whether ``client`` gets a task in this synchronous round (adding it when there is room,
         except under central DP, whose accountant counts on Poisson sampling: no stand-ins)."""
-        if client in self._selected or self._central_dp:
+        if client in self._selected or self._central_dp or client in self._replaced:
             return client in self._selected
-        if len(self._selected) < self.config.updates_per_round or self._time_left() == 0.0:
+        room = len(self._selected) < self.config.updates_per_round or self._replace_forfeiting()
+        if room or self._time_left() == 0.0:
             self._selected.add(client)
             self._store.set_selected(self._round.round, sorted(self._selected))
             return True
@@ -409,7 +435,11 @@ class Coordinator:
                 raise
 
     def note_rejected(self, client: str, refusal: Rejected) -> None:
-        """Count and log a refused update; transports call it for updates they could not even decode."""
+        """Count and log a refused update; transports call it for updates they could not even
+        decode. A malformed, hostile or over-the-limit one costs its client its place in the open
+        round (``forfeit``)."""
+        if refusal.reason in FORFEITING:
+            self.forfeit(client, f"its update was refused: {refusal.reason.value}")
         self._metrics.updates_rejected.labels(reason=refusal.reason.value).inc()
         self.refusals.log(
             "update_rejected",
@@ -698,6 +728,7 @@ class Coordinator:
         self._round = self._store.open_round()
         self._arrived = self._store.round_clients(self._round.round)
         self._selected = set()
+        self._forfeiting, self._replaced = {}, set()
         self._sample()
         self._secure = self._new_secure_round()
         self._publish()

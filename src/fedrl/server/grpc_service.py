@@ -66,8 +66,16 @@ class Uploads:
     cancels those silent for ``idle_s`` or running for more than ``timeout_s``. The watchdog runs
     only while some upload is open."""
 
-    def __init__(self, per_client: int, idle_s: float, timeout_s: float, refusals: RefusalLog) -> None:
+    def __init__(
+        self,
+        per_client: int,
+        idle_s: float,
+        timeout_s: float,
+        refusals: RefusalLog,
+        on_cancel: Callable[[str], None] = lambda _client: None,
+    ) -> None:
         self.per_client, self.idle_s, self.timeout_s, self._refusals = per_client, idle_s, timeout_s, refusals
+        self._on_cancel = on_cancel
         self._open: dict[int, _Upload] = {}
         self._lock = threading.Lock()
         self._watching = False
@@ -111,6 +119,7 @@ class Uploads:
                     "upload_cancelled", (upload.client, "cancelled"), client=upload.client, seconds=seconds
                 )
                 upload.context.cancel()
+                self._on_cancel(upload.client)
 
 
 class FederationService:
@@ -120,7 +129,11 @@ class FederationService:
         self._coordinator = coordinator
         limits = coordinator.config.limits
         self.uploads = Uploads(
-            limits.uploads_per_client, limits.upload_idle_s, limits.upload_timeout_s, coordinator.refusals
+            limits.uploads_per_client,
+            limits.upload_idle_s,
+            limits.upload_timeout_s,
+            coordinator.refusals,
+            lambda client: coordinator.forfeit(client, "its upload went silent and was cancelled"),
         )
         self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
         self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
