@@ -103,8 +103,10 @@ class Running:
 
 
 def agent(link, state_dir, **config):
-    """An agent with fast backoff that returns when the run is finished (unless told otherwise)."""
-    return Agent(link, AgentConfig(state_dir, 0, backoff=FAST, jitter_seed=0, **{"until_finished": True, **config}))
+    """An agent with fast backoff that returns when the run is finished (unless told otherwise),
+    acting at 1 kHz: an unpaced simulated env would hold the GIL and starve its training thread."""
+    settings = {"until_finished": True, "act_period_s": 0.001, **config}
+    return Agent(link, AgentConfig(state_dir, 0, backoff=FAST, jitter_seed=0, **settings))
 
 
 class Recorded(logging.Handler):

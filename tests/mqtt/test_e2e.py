@@ -163,6 +163,8 @@ def deploy(tmp_path, start_broker):
                     "--timeout",
                     "20",
                     "--until-finished",
+                    "--act-period",
+                    "0.001",  # a device's pace: unpaced, simulated devices would fight for two cores
                     *common,
                 ],
                 passwords[name],

@@ -88,12 +88,14 @@ def secure_server(tmp_path):
 
 
 def _lines_until(device: subprocess.Popen, wanted: str, timeout_s: float) -> list[str]:
+    """The lines ``device`` prints up to ``wanted``, its exit (end of output) or the timeout."""
     lines, deadline = [], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        line = device.stdout.readline().strip()
-        if line:
-            lines.append(line)
-        if line == wanted or device.poll() is not None:
+        line = device.stdout.readline()
+        if not line:  # end of output: the device exited
+            break
+        lines.append(line.strip())
+        if lines[-1] == wanted:
             break
     return lines
 
@@ -118,7 +120,9 @@ def test_five_devices_one_killed_after_masking_the_sum_is_still_exact(secure_ser
         finished = [_lines_until(d, "DONE", 120) for d in devices[:4]]
 
         # Assert: every survivor finished; the new version moved by the mean of all five inputs
-        assert all(lines[-1] == "DONE" for lines in finished), [d.stderr.read() for d in devices[:4]]
+        assert all(lines[-1:] == ["DONE"] for lines in finished), [
+            (lines, d.poll(), d.stderr.read() if d.poll() is not None else "") for lines, d in zip(finished, devices)
+        ]
         link = GrpcLink(f"127.0.0.1:{port}", tokens["dev0"], "dev0")
         deadline = time.monotonic() + 30
         while link.heartbeat(None) < 1 and time.monotonic() < deadline:
