@@ -66,7 +66,8 @@ def gym_server(tmp_path):
 def _device(port: int, root: Path, env: str) -> subprocess.Popen:
     return subprocess.Popen(
         fedrl("client", "--server", f"127.0.0.1:{port}", "--insecure", "--name", "dev0", "--token-file",
-              str(root / "t"), "--env", env, "--state-dir", str(root / "dev0"), "--until-finished", "--act-period", "0.001"),
+              str(root / "t"), "--env", env, "--state-dir", str(root / "dev0"), "--until-finished",
+              "--act-period", "0.001"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
     )  # fmt: skip
 
