@@ -62,6 +62,7 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/bandwidth.py
 	$(BIN)/python benchmarks/privacy.py
 	$(BIN)/python benchmarks/secagg.py
+	$(BIN)/python benchmarks/secagg_deployed.py
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/mqtt_vs_grpc.py
 	$(BIN)/python benchmarks/edge.py

@@ -235,6 +235,9 @@ class Coordinator:
         under central DP it takes part in the open round if its coin says so."""
         with self._lock:
             token = self._store.add_client(name, self._clock())
+            hashed = hash_token(token)
+            self._tokens[hashed] = name  # known at once: its first calls cost no unknown-token allowance
+            self._frame_keys[name] = key_from_token_hash(bytes.fromhex(hashed))
             if self._central_dp and self._coin(name):
                 self._selected.add(name)
                 self._store.set_selected(self._round.round, sorted(self._selected))
