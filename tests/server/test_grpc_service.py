@@ -422,6 +422,7 @@ def test_calls_beyond_the_concurrency_limit_are_refused_until_one_ends(start):
                 pb.HeartbeatRequest(), metadata=bearer(federation.tokens["bob"]), timeout=5
             )
 
+        time.sleep(0.5)  # the upload takes the one slot first: a heartbeat racing it could take it instead
         busy = poll(beat, lambda outcome: isinstance(outcome, grpc.RpcError))  # once the upload holds the one slot
         release.set()
         ack = pending.result()
