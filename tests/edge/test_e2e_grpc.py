@@ -184,16 +184,16 @@ def deployment(request, tmp_path):
 
 
 def freeze_server_during_upload(server: subprocess.Popen, log: Path) -> bool:
-    """Freeze the server the moment the client logging to ``log`` takes a task, so the push of
-    what it then learns hangs; retry with a later task when it could not learn without the
-    server. True once its push hangs."""
+    """Freeze the server the moment the client logging to ``log`` takes a task (its base version
+    in hand), so the push of what it then learns hangs; retry with a later task when it could not
+    learn without the server. True once its push hangs."""
     for _ in range(10):
         tasks = len(events(log, "task"))
         if not eventually(lambda tasks=tasks: len(events(log, "task")) > tasks, timeout=60, poll=0.005):
             return False
         os.kill(server.pid, signal.SIGSTOP)
         trained = len(events(log, "trained"))
-        if eventually(lambda trained=trained: len(events(log, "trained")) > trained, timeout=8):
+        if eventually(lambda trained=trained: len(events(log, "trained")) > trained, timeout=20):
             return True
         os.kill(server.pid, signal.SIGCONT)
     return False

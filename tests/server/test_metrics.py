@@ -1,5 +1,6 @@
 """The server's metrics, scraped over real HTTP as Prometheus would."""
 
+import urllib.error
 import urllib.request
 
 import pytest
@@ -64,3 +65,40 @@ def test_close_releases_the_port():
     endpoint.close()
     with pytest.raises(OSError):
         _scrape(port)
+
+
+def test_the_health_endpoint_answers_503_with_the_reason_when_unhealthy():
+    state = {"healthy": True}
+    endpoint = serve_metrics(ServerMetrics.create(), health=lambda: (state["healthy"], {"status": str(state)}))
+    url = f"http://127.0.0.1:{endpoint.port}/healthz"
+    try:
+        ok = urllib.request.urlopen(url, timeout=10)
+        state["healthy"] = False
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            urllib.request.urlopen(url, timeout=10)
+    finally:
+        endpoint.close()
+    assert ok.status == 200 and unhealthy.value.code == 503
+    assert "False" in unhealthy.value.read().decode()
+
+
+def test_every_metric_the_grafana_dashboard_queries_is_one_the_server_exports():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "fedrl-server.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bfedrl_[a-z_]+", target["expr"])
+    }
+    metrics = ServerMetrics.create()
+    metrics.updates_rejected.labels(reason="INVALID_ARGUMENT").inc()  # a labelled family shows once it has a child
+    metrics.bytes_received.labels(transport="grpc").inc()
+    metrics.bytes_sent.labels(transport="grpc").inc()
+    exported = {sample.name for family in metrics.registry.collect() for sample in family.samples}
+
+    assert len(dashboard["panels"]) >= 8 and queried
+    assert queried <= exported, f"the dashboard queries metrics the server does not export: {queried - exported}"

@@ -197,5 +197,52 @@ def test_metrics_endpoint_reports_the_server(server):
     # Execute
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
 
+    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/healthz", timeout=10).read())
+
     # Assert
     assert "fedrl_deployed_version 0.0" in text and "fedrl_current_round 1.0" in text
+    assert health == {"status": "ok", "deployed_version": 0, "finished": False}
+
+
+def _fleet(server: ServerProcess, *args: str) -> subprocess.CompletedProcess:
+    """``fedrl fleet ARGS --state-dir ...`` in its own process, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "fedrl.cli", "fleet", *args, "--state-dir", str(server.state_dir)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def _refused_within(call, seconds: float) -> Rejected | None:
+    """The refusal ``call`` meets within ``seconds`` (it may still succeed for a moment), or None."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            call()
+        except Rejected as refusal:
+            return refusal
+        time.sleep(0.05)
+    return None
+
+
+def test_a_revoked_token_stops_working_on_the_running_server_and_a_rotated_one_replaces_it(server, tmp_path):
+    # Prepare: "a" is known to the running server (its token is cached)
+    server.start()
+    a = server.link("a", server.tokens["a"])
+    assert a.register().client == "a"
+
+    # Execute: the operator revokes it from another process, then issues a new token
+    revoked = _fleet(server, "revoke", "a")
+    refused = _refused_within(a.register, 2.0)
+    status = _fleet(server, "status")
+    rotated = _fleet(server, "rotate-token", "a", "--token-file", str(tmp_path / "a.token"))
+    renewed = server.link("a", (tmp_path / "a.token").read_text().strip())
+
+    # Assert: refused within a second or two, saying why; shown in the status; the new token works
+    assert revoked.returncode == 0 and refused is not None and refused.reason.value == "UNAUTHENTICATED"
+    assert "revoked" in refused.message and "rotate-token a" in refused.message
+    assert "revoked" in status.stdout
+    assert rotated.returncode == 0 and oct((tmp_path / "a.token").stat().st_mode & 0o777) == "0o600"
+    assert renewed.register().client == "a"
+    assert _refused_within(a.register, 2.0) is not None  # the old token stays dead
+    assert server.link("b", server.tokens["b"]).register().client == "b"  # no one else is touched
+    assert _fleet(server, "revoke", "nobody").returncode == 2

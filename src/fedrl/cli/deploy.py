@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,7 @@ from fedrl.cli.mqtt import (
     broker_options,
 )
 
+TOKEN_FILE = typer.Option(None, "--token-file", help="Write the token here (mode 600) instead of printing it.")
 fleet = typer.Typer(help="Manage the clients of a server's state directory.", no_args_is_help=True)
 
 STATE_DIR = typer.Option(Path("server-state"), "--state-dir", help="The server's state directory.")
@@ -128,23 +130,53 @@ def _store(state_dir: Path):
 def add_client(
     name: str = typer.Argument(..., help="The client's name (letters, digits, '-', '_', '.')."),
     state_dir: Path = STATE_DIR,
-    token_file: Optional[Path] = typer.Option(
-        None, "--token-file", help="Write the token here (mode 600) instead of printing it."
-    ),
+    token_file: Optional[Path] = TOKEN_FILE,
 ) -> None:
     """Issue a token for a new client. The server keeps only its hash: store the token now."""
-    import os
-    import time
-
     from fedrl.server.store import Store
 
-    store = Store(state_dir)
+    _hand_over(name, _changed(Store(state_dir), lambda store, now: store.add_client(name, now)), token_file)
+
+
+@fleet.command("revoke")
+def revoke(
+    name: str = typer.Argument(..., help="The client whose token stops working."),
+    state_dir: Path = STATE_DIR,
+) -> None:
+    """Revoke a client's token (a lost or stolen device): a running server refuses it within a
+    second; `fedrl fleet rotate-token NAME` brings the client back with a new token."""
+    _changed(_store(state_dir), lambda store, now: store.revoke(name, now))
+    console.print(f"token of {name} revoked", highlight=False)
+
+
+@fleet.command("rotate-token")
+def rotate_token(
+    name: str = typer.Argument(..., help="The client that gets a new token."),
+    state_dir: Path = STATE_DIR,
+    token_file: Optional[Path] = TOKEN_FILE,
+) -> None:
+    """Issue a new token for a client; its old token stops working within a second on a running
+    server (a revoked client is active again)."""
+    _hand_over(name, _changed(_store(state_dir), lambda store, now: store.rotate_token(name, now)), token_file)
+
+
+def _changed(store, change: Callable) -> str | None:
+    """``change(store, now)``'s result, or one line and exit 2 for the ``ValueError`` it raises;
+    the store is closed after."""
+    import time
+
     try:
-        token = store.add_client(name, time.time())
+        return change(store, time.time())
     except ValueError as exc:
         fail(str(exc))
     finally:
         store.close()
+
+
+def _hand_over(name: str, token: str, token_file: Path | None) -> None:
+    """Print ``token``, or write it to ``token_file`` with mode 600."""
+    import os
+
     if token_file is None:
         console.print(token, highlight=False, soft_wrap=True)
         return
@@ -186,7 +218,7 @@ def status(
         store.close()
     shown = "none yet (the server has not started)" if deployed is None else deployed
     console.print(f"deployed version: [bold]{shown}[/bold]", highlight=False)
-    table = Table("client", "registered", "last seen (UTC)", "acting version", "updates", title="clients")
+    table = Table("client", "registered", "last seen (UTC)", "acting version", "updates", "token", title="clients")
     for c in clients:
         table.add_row(
             c.client,
@@ -194,6 +226,7 @@ def status(
             _when(c.last_seen),
             "-" if c.acting_version is None else str(c.acting_version),
             str(c.updates_accepted),
+            "valid" if c.revoked_at is None else f"revoked {_when(c.revoked_at)}",
         )
     console.print(table)
     table = Table(

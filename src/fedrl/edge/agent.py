@@ -433,12 +433,12 @@ class Agent:
 
     def _train(self, task: Task) -> None:
         """Train from the task's base version; the update is on disk before it is pushed."""
-        event(logging.INFO, "task", round=task.round, base_version=task.base_version, deadline_s=task.deadline_s)
         try:
             model = self._model(task.base_version)
         except Rejected as exc:
             self._pause("refused", call="pull", version=task.base_version, reason=exc.reason.value, message=exc.message)
             return
+        event(logging.INFO, "task", round=task.round, base_version=task.base_version, deadline_s=task.deadline_s)
         deadline = time.monotonic() + task.deadline_s
         try:
             if self._await_experience(task, model, deadline) and self._may_train(task, deadline):

@@ -30,6 +30,8 @@ from fedrl.wire import disk
 from fedrl.wire.mqtt_client import BrokerOptions
 
 TICK_S = 0.2
+STALE_S = 30.0  # /healthz says unhealthy once the loop has not ticked for this long
+BUSY_S = 3600.0  # ... or once one tick (aggregating, evaluating a candidate) has taken this long
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,44 @@ def _tick(coordinator: Coordinator) -> None:
         log_event("tick_failed", level="error", error=f"{type(exc).__name__}: {exc}")
 
 
+class Liveness:
+    """When the server's loop last ticked: it is healthy while that is recent, or while a tick
+    is still aggregating or evaluating a round (up to ``BUSY_S``) (``/healthz``)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator, self.ticked_at, self.ticking = coordinator, time.monotonic(), False
+
+    def tick(self) -> None:
+        """Run one tick of the server's loop, noting when it started and ended."""
+        self.ticking, self.ticked_at = True, time.monotonic()
+        try:
+            _tick(self._coordinator)
+        finally:
+            self.ticking, self.ticked_at = False, time.monotonic()
+
+    def __call__(self) -> tuple[bool, dict]:
+        """Healthy, and the facts a probe or an operator wants: deployed version, whether finished."""
+        since = time.monotonic() - self.ticked_at
+        healthy = since < (BUSY_S if self.ticking else STALE_S)
+        return healthy, {
+            "status": "ok" if healthy else f"the server's loop has been stuck for {since:.0f} s",
+            "deployed_version": self._coordinator.deployed_version,
+            "finished": self._coordinator.finished,
+        }
+
+
 def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Event) -> None:
     """Serve until ``stop`` is set (or, with ``exit_when_finished``, the run is over)."""
     metrics = ServerMetrics.create()
     coordinator = Coordinator.open(config, options.state_dir, metrics, init_from=options.init_from)
     serving = start_transport(coordinator, options, config, metrics)
-    http = serve_metrics(metrics, *_host_port(options.metrics_listen)) if options.metrics_listen else None
+    liveness = Liveness(coordinator)
+    http = serve_metrics(metrics, *_host_port(options.metrics_listen), liveness) if options.metrics_listen else None
     info = {**serving.info, "metrics_port": http.port if http else None}
     _write_info(options, info)
+    if http:
+        host = _host_port(options.metrics_listen)[0]
+        info = {**info, "metrics": f"http://{host}:{http.port}/metrics", "health": f"http://{host}:{http.port}/healthz"}
     log_event("server_started", **info, deployed_version=coordinator.deployed_version, state_dir=str(options.state_dir))
     ignored = simulator_only_keys(config.experiment)
     if ignored:
@@ -99,7 +131,7 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     finished_since = None
     try:
         while not stop.wait(TICK_S):
-            _tick(coordinator)
+            liveness.tick()
             if options.exit_when_finished and coordinator.finished:
                 finished_since = finished_since or time.monotonic()
                 if time.monotonic() - finished_since > grace_s:

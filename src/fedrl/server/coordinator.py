@@ -203,7 +203,13 @@ class Coordinator:
                     f"too many calls with unknown tokens from {source or 'this source'}; slow down",
                 )
             with self._lock:
-                found = self._store.client_for_token(token)
+                found, revoked = self._store.client_for_token(token), self._store.revoked_at(token)
+            if revoked is not None:
+                raise Rejected(
+                    Reason.UNAUTHENTICATED,
+                    f"the token of {revoked[0]!r} was revoked; "
+                    f"`fedrl fleet rotate-token {revoked[0]}` issues a new one",
+                )
             if found is None:
                 raise Rejected(
                     Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`"
@@ -229,6 +235,13 @@ class Coordinator:
             )
         key = self._frame_keys[client] = key_from_token_hash(bytes.fromhex(hashed))
         return key
+
+    def _reload_tokens(self) -> None:
+        """Forget cached tokens when another process changed the store (``fedrl fleet revoke`` or
+        ``rotate-token``): a revoked token stops working at the next tick."""
+        if self._store.changed_elsewhere():
+            self._tokens = self._store.token_names()
+            self._frame_keys = {name: key_from_token_hash(bytes.fromhex(h)) for h, name in self._tokens.items()}
 
     def add_client(self, name: str) -> str:
         """Create a client and return its token (``fedrl fleet add-client`` does the same offline);
@@ -617,6 +630,7 @@ class Coordinator:
         """Store liveness now and then, and close the open round if it is due."""
         with self._lock:
             self._flush_liveness()
+            self._reload_tokens()
             if self._closing or not self._due():
                 return
             self._closing = True

@@ -1,4 +1,5 @@
-"""The server's Prometheus metrics and the HTTP endpoint Prometheus scrapes them from.
+"""The server's Prometheus metrics, the HTTP endpoint Prometheus scrapes them from, and the
+health endpoint probes ask (``/healthz``).
 
 Every ``ServerMetrics`` has its own ``CollectorRegistry`` rather than prometheus_client's
 global one, so several servers in one process (as in the tests) each count their own.
@@ -7,11 +8,14 @@ Names carry the ``fedrl_`` prefix; counters end in ``_total``.
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 NAMESPACE = "fedrl"
 ROUND_BUCKETS_S = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)  # a round takes seconds to an hour
@@ -70,7 +74,7 @@ class ServerMetrics:
 
 @dataclass(frozen=True)
 class MetricsServer:
-    """A running metrics endpoint (``http://HOST:PORT/metrics``); ``close()`` stops it."""
+    """A running metrics and health endpoint (``http://HOST:PORT/metrics``, ``/healthz``); ``close()`` stops it."""
 
     httpd: WSGIServer
     thread: threading.Thread
@@ -87,7 +91,30 @@ class MetricsServer:
         self.thread.join()
 
 
-def serve_metrics(metrics: ServerMetrics, host: str = "127.0.0.1", port: int = 0) -> MetricsServer:
-    """Serve ``metrics`` in Prometheus' text format over HTTP, from a daemon thread; port 0 picks a free port."""
-    httpd, thread = start_http_server(port, addr=host, registry=metrics.registry)
+Health = Callable[[], tuple[bool, dict]]  # whether the server is healthy, and what to say about it
+
+
+def _routes(metrics: ServerMetrics, health: Health) -> Callable:
+    """The WSGI app: ``/healthz`` answers ``health()`` as JSON (200, or 503 when unhealthy);
+    every other path is Prometheus' text format."""
+    exposition = make_wsgi_app(metrics.registry)
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != "/healthz":
+            return exposition(environ, start_response)
+        healthy, facts = health()
+        start_response("200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "application/json")])
+        return [json.dumps(facts).encode()]
+
+    return app
+
+
+def serve_metrics(
+    metrics: ServerMetrics, host: str = "127.0.0.1", port: int = 0, health: Health = lambda: (True, {"status": "ok"})
+) -> MetricsServer:
+    """Serve ``metrics`` in Prometheus' text format (``/metrics``) and ``health`` for probes
+    (``/healthz``) over HTTP, from a daemon thread; port 0 picks a free port."""
+    httpd = make_server(host, port, _routes(metrics, health), ThreadingWSGIServer, handler_class=_SilentHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="fedrl-metrics", daemon=True)
+    thread.start()
     return MetricsServer(httpd, thread)

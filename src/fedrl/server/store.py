@@ -58,7 +58,10 @@ _ADDED_COLUMNS = (
     ("rounds", "uplink_bytes", "INTEGER NOT NULL DEFAULT 0"),  # bytes of the round's updates as sent
     ("rounds", "epsilon", "REAL"),  # DP epsilon spent once the round closed; NULL without DP
     ("updates", "uplink_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("clients", "revoked_at", "REAL"),  # when its token was revoked; NULL while it is valid
+    ("clients", "token_issued_at", "REAL"),  # when its token was last rotated; NULL: since it was added
 )
+REVOKED = "revoked:"  # a revoked client's token_hash is this prefix and its old hash: still unique, never matched
 
 
 class Seen(NamedTuple):
@@ -132,6 +135,7 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.executescript(_SCHEMA)
         self._add_missing_columns()
+        self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
 
     def _add_missing_columns(self) -> None:
         """Give a database made by an earlier release the columns added since (``_ADDED_COLUMNS``)."""
@@ -164,6 +168,46 @@ class Store:
             raise ValueError(f"client {name!r} already exists") from None
         return token
 
+    def revoke(self, name: str, now: float) -> None:
+        """Make ``name``'s token worthless (a running server drops it from its cache at its next
+        tick); ``ValueError`` for an unknown or already revoked client."""
+        row = self.db.execute("SELECT token_hash, revoked_at FROM clients WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise ValueError(f"no client {name!r} in this state directory")
+        if row["revoked_at"] is not None:
+            raise ValueError(
+                f"client {name!r} was revoked already; `fedrl fleet rotate-token {name}` issues a new token"
+            )
+        self.db.execute(
+            "UPDATE clients SET token_hash = ?, revoked_at = ? WHERE name = ?", (REVOKED + row["token_hash"], now, name)
+        )
+
+    def rotate_token(self, name: str, now: float) -> str:
+        """A new token for ``name`` (the old one stops working; a revoked client is active again);
+        ``ValueError`` for an unknown client."""
+        token = new_token()
+        changed = self.db.execute(
+            "UPDATE clients SET token_hash = ?, revoked_at = NULL, token_issued_at = ? WHERE name = ?",
+            (hash_token(token), now, name),
+        ).rowcount
+        if not changed:
+            raise ValueError(f"no client {name!r} in this state directory")
+        return token
+
+    def revoked_at(self, token: str) -> tuple[str, float] | None:
+        """The client whose revoked token this is and when it was revoked, or None."""
+        row = self.db.execute(
+            "SELECT name, revoked_at FROM clients WHERE token_hash = ?", (REVOKED + hash_token(token),)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (another process: ``fedrl fleet ...``) committed a change
+        since the last call (SQLite's ``data_version``)."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
     def client_for_token(self, token: str) -> tuple[str, int] | None:
         """The (name, id) whose token this is, or None."""
         row = self.db.execute("SELECT name, id FROM clients WHERE token_hash = ?", (hash_token(token),)).fetchone()
@@ -171,11 +215,13 @@ class Store:
 
     def token_names(self) -> dict[str, str]:
         """Every client's token hash and name."""
-        return {row["token_hash"]: row["name"] for row in self.db.execute("SELECT token_hash, name FROM clients")}
+        rows = self.db.execute("SELECT token_hash, name FROM clients WHERE revoked_at IS NULL")
+        return {row["token_hash"]: row["name"] for row in rows}
 
     def token_hash(self, name: str) -> str | None:
         """A client's token hash (hex), or None when it does not exist."""
-        row = self.db.execute("SELECT token_hash FROM clients WHERE name = ?", (name,)).fetchone()
+        query = "SELECT token_hash FROM clients WHERE name = ? AND revoked_at IS NULL"
+        row = self.db.execute(query, (name,)).fetchone()
         return row[0] if row else None
 
     def client_id(self, name: str) -> int | None:
@@ -203,7 +249,7 @@ class Store:
         """Every client, with its number of accepted updates."""
         rows = self.db.execute(
             "SELECT c.name AS client, c.registered_at, c.last_seen, c.acting_version, "
-            "(SELECT COUNT(*) FROM updates u WHERE u.client = c.name) AS updates_accepted "
+            "(SELECT COUNT(*) FROM updates u WHERE u.client = c.name) AS updates_accepted, c.revoked_at "
             "FROM clients c ORDER BY c.name"
         )
         return [ClientStatus(**dict(row)) for row in rows]

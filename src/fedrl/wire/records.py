@@ -158,6 +158,7 @@ class ClientStatus:
     last_seen: float | None
     acting_version: int | None
     updates_accepted: int
+    revoked_at: float | None = None  # when its token was revoked; None while valid
 
 
 @dataclass(frozen=True)
