@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto compiler demo lint test test-fast bench clean
+.PHONY: setup mosquitto compiler systemd-analyze demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -45,10 +45,16 @@ compiler:
 		{ apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null; } || \
 		{ echo "install a C compiler (apt-get install gcc) for the C export's tests"; exit 1; }
 
-test: setup mosquitto compiler lint
+# The unit files' tests run systemd-analyze (systemd need not be running).
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq systemd >/dev/null; } || \
+		{ echo "install systemd (apt-get install systemd) for the unit files' tests"; exit 1; }
+
+test: setup mosquitto compiler systemd-analyze lint
 	$(BIN)/python -m pytest
 
-test-fast: setup mosquitto compiler
+test-fast: setup mosquitto compiler systemd-analyze
 	$(BIN)/python -m pytest -m "not slow"
 
 # Figures go to bench-results/ unless asked: `make bench BENCH_DOC=docs/benchmarks.md` refreshes the published ones.
