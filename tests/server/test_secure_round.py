@@ -4,6 +4,7 @@ it; the server learns the sum -- exact within quantization -- even when a client
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -142,3 +143,53 @@ def test_records_in_another_clients_name_or_of_the_wrong_length_are_refused(coor
     assert garbage.value.reason is Reason.INVALID_ARGUMENT
     assert too_early.value.reason is Reason.FAILED_PRECONDITION
     assert isinstance(coordinator.task("a"), (Task, Wait))
+
+
+def test_part_of_what_a_client_owes_is_refused_so_no_round_is_left_unable_to_finish():
+    from fedrl.core.secagg import (
+        KeyAdvert,
+        SealedShare,
+        SecAggConfig,
+        advertise_keys,
+        decode,
+        decode_ids,
+        encode,
+        encode_masked,
+        mask_input,
+        reveal_shares,
+        share_keys,
+    )
+    from fedrl.server.secure_round import SecureRound
+
+    # Prepare: three clients through ADVERTISE, driven by hand
+    config, dim = SecAggConfig(enabled=True, threshold=2), 6
+    secure = SecureRound(1, config, dim, 30.0, 0.1, time.monotonic, config.threshold_for)
+    secure.takers, secure.expected = {0, 1, 2}, 3
+    keys = {}
+    for u in (0, 1, 2):
+        keys[u], advert = advertise_keys(u, os.urandom)
+        secure.offer(u, SecureStep.ADVERTISE, encode([advert]))
+    roster = decode(KeyAdvert, secure.offer(0, SecureStep.ADVERTISE, b"").payload)
+    shared = {u: share_keys(keys[u], roster, 2, os.urandom) for u in (0, 1, 2)}
+
+    # Execute / Assert: a SHARE missing a recipient is refused; the whole one is taken
+    with pytest.raises(Rejected) as short_share:
+        secure.offer(0, SecureStep.SHARE, encode(shared[0][1][:1]))
+    for u in (0, 1, 2):
+        secure.offer(u, SecureStep.SHARE, encode(shared[u][1]))
+    inbox = {u: decode(SealedShare, secure.offer(u, SecureStep.SHARE, b"").payload) for u in (0, 1, 2)}
+    masked = {u: mask_input(shared[u][0], inbox[u], np.zeros(dim, np.float32), config) for u in (0, 1, 2)}
+    for u in (0, 1, 2):
+        secure.offer(u, SecureStep.MASK, encode_masked(masked[u][1]))
+    survivors = decode_ids(secure.offer(0, SecureStep.MASK, b"").payload)
+    reveals = {u: reveal_shares(masked[u][0], survivors) for u in (0, 1, 2)}
+
+    # ... and an UNMASK missing an owner is refused; the round still completes with whole ones
+    with pytest.raises(Rejected) as short_reveal:
+        secure.offer(0, SecureStep.UNMASK, encode(reveals[0][:-1]))
+    for u in (0, 1, 2):
+        assert secure.offer(u, SecureStep.UNMASK, encode(reveals[u])).done
+
+    assert short_share.value.reason is Reason.INVALID_ARGUMENT and "roster needs" in short_share.value.message
+    assert short_reveal.value.reason is Reason.INVALID_ARGUMENT
+    assert secure.total is not None and not secure.total.any()  # three zero inputs sum to zero

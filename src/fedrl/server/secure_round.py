@@ -44,6 +44,7 @@ from fedrl.core.secagg import (
     RevealedShare,
     SealedShare,
     SecAggConfig,
+    Secret,
     collect_keys,
     decode,
     decode_masked,
@@ -143,7 +144,32 @@ class SecureRound:
             raise Rejected(
                 Reason.PERMISSION_DENIED, f"{step.name}: records in the name of clients {sorted(owners - {client})}"
             )
+        problem = self._incomplete(client, step, records)
+        if problem:
+            raise Rejected(Reason.INVALID_ARGUMENT, f"{step.name}: {problem}")
         return records[0] if step in (Step.ADVERTISE, Step.MASK) else records
+
+    def _incomplete(self, client: int, step: Step, records: tuple) -> str:
+        """What is missing from or extra in a client's records for ``step`` ("" when they are
+        whole): one advert; one sealed share for every other member of the roster; one revealed
+        share for every member of U2, of the secret the survivors decide. A round must never
+        reach a step it cannot finish because one client sent part of what it owed."""
+        if step is Step.ADVERTISE and len(records) != 1:
+            return f"{len(records)} key adverts; send one"
+        if step is Step.SHARE:
+            owed = sorted(a.client for a in self.roster if a.client != client)
+            sent = sorted(r.recipient for r in records)
+            return "" if sent == owed else f"sealed shares for clients {sent}; the roster needs {owed}"
+        if step is Step.UNMASK:
+            alive = set(self.survivors)
+            owed = {u: Secret.SELF_MASK if u in alive else Secret.MASK_KEY for u in self._steps[Step.SHARE].messages}
+            sent = {r.owner: r.secret for r in records}
+            if len(sent) != len(records) or sent != owed:
+                return (
+                    "revealed shares must be one per client that shared keys: "
+                    "its self-mask's if it survived, else its key's"
+                )
+        return ""
 
     # --- closing steps -----------------------------------------------------------------
     def advance(self) -> None:
@@ -166,8 +192,8 @@ class SecureRound:
                 return
             try:
                 self._close(step, collected)
-            except (BelowThreshold, ValueError) as exc:
-                self.failure = str(exc)
+            except Exception as exc:  # below the threshold, or records that do not add up: the round ends here
+                self.failure = str(exc) if isinstance(exc, (BelowThreshold, ValueError)) else repr(exc)
                 return
             collected.closed = True
             if step is not Step.UNMASK:
