@@ -326,6 +326,25 @@ def test_fleet_status_shows_each_rounds_uplink_bytes_and_epsilon(tmp_path, monke
     assert f"{closed.uplink_bytes / 1024:.1f} KiB" in row and f"{closed.epsilon:.2f}" in row
 
 
+def test_fleet_status_fits_80_columns_and_says_when_the_run_finished(tmp_path, monkeypatch):
+    # Prepare: a one-round run, closed; the server's next tick notes that it finished
+    coordinator, names = open_with_clients(tmp_path, load_server_config(write_config(tmp_path, {}, rounds=1)))
+    submit_zeros(coordinator, names)
+    coordinator.tick()
+    coordinator.tick()
+    coordinator.close()
+    monkeypatch.setattr(console, "width", 80)
+
+    # Execute
+    result = CliRunner().invoke(app, ["fleet", "status", "--state-dir", str(tmp_path / "state")])
+
+    # Assert
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "run finished" in lines[0] and all(len(line) <= 80 for line in lines)
+    assert all(name in result.output for name in names) and " v1 " in result.output
+
+
 def test_a_state_dir_of_an_earlier_release_gains_the_new_columns(tmp_path):
     # Prepare: a database without the uplink and epsilon columns
     Store(tmp_path / "state").close()

@@ -188,7 +188,8 @@ def _hand_over(name: str, token: str, token_file: Path | None) -> None:
 
 
 def _when(t: float | None) -> str:
-    return "-" if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    """A UTC time, short enough for an 80-column table: month-day hour:minute."""
+    return "-" if t is None else datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%m-%d %H:%M")
 
 
 def _number(x: float | None, digits: int = 1) -> str:
@@ -204,54 +205,66 @@ def _size(n: int) -> str:
     return f"{n:.1f} GiB"
 
 
+def _run_line(store, deployed: int | None, recent: list) -> str:
+    """Where the run stands: finished (when), or which round of how many is open."""
+    import yaml
+
+    if deployed is None:
+        return "deployed version: none yet (the server has not started)"
+    finished = store.meta("finished_at")
+    if finished is not None:
+        return f"deployed version: [bold]{deployed}[/bold] · run finished {_when(float(finished))} UTC"
+    experiment = yaml.safe_load(store.meta("experiment") or "{}") or {}
+    total = experiment.get("federation", {}).get("rounds", "?")
+    current = recent[-1].round if recent else 1
+    return f"deployed version: [bold]{deployed}[/bold] · round {current} of {total} open"
+
+
+def _outcome(r) -> str:
+    if r.promoted is None:
+        return "open"
+    if r.promoted:
+        return f"v{r.new_version}"
+    return "rejected" if r.candidate_return is not None else "failed"
+
+
 @fleet.command("status")
 def status(
     state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds", help="Recent rounds to show.")
 ) -> None:
-    """Clients (last seen, acting version, updates) and recent rounds of a server (with the
-    bytes their updates took on the wire and, with DP, the epsilon spent once each closed)."""
+    """Where the run stands, the clients (last seen, acting version as each reports it, updates,
+    token) and recent rounds (updates, their bytes on the wire, candidate return, outcome, and
+    with DP the epsilon spent once each closed). Times are UTC."""
+    from rich import box
 
     store = _store(state_dir)
     try:
         clients, recent, deployed = store.clients(), store.rounds(rounds), store.latest_version()
+        console.print(_run_line(store, deployed, recent), highlight=False)
     finally:
         store.close()
-    shown = "none yet (the server has not started)" if deployed is None else deployed
-    console.print(f"deployed version: [bold]{shown}[/bold]", highlight=False)
-    table = Table("client", "registered", "last seen (UTC)", "acting version", "updates", "token", title="clients")
+    table = Table("client", "registered", "last seen", "acting", "updates", "token", title="clients", box=box.SIMPLE)
     for c in clients:
         table.add_row(
             c.client,
             _when(c.registered_at),
             _when(c.last_seen),
-            "-" if c.acting_version is None else str(c.acting_version),
+            "-" if c.acting_version is None else f"v{c.acting_version}",
             str(c.updates_accepted),
             "valid" if c.revoked_at is None else f"revoked {_when(c.revoked_at)}",
         )
     console.print(table)
     table = Table(
-        "round",
-        "base",
-        "opened (UTC)",
-        "closed (UTC)",
-        "updates",
-        "uplink",
-        "candidate return",
-        "deployed",
-        "epsilon",
-        title="rounds",
+        "round", "closed", "updates", "uplink", "return", "outcome", "epsilon", title="rounds", box=box.SIMPLE
     )
     for r in recent:
-        outcome = "open" if r.promoted is None else f"v{r.new_version}" if r.promoted else "rejected"
         table.add_row(
             str(r.round),
-            str(r.base_version),
-            _when(r.opened_at),
             _when(r.closed_at),
             str(r.n_updates),
             _size(r.uplink_bytes),
             _number(r.candidate_return),
-            outcome,
+            _outcome(r),
             _number(r.epsilon, 2),
         )
     console.print(table)

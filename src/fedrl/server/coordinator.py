@@ -79,6 +79,7 @@ from fedrl.wire.records import (
 Clock = Callable[[], float]  # seconds since the epoch (time.time; tests give their own)
 LIVENESS_FLUSH_S = 2.0  # how often last-seen times go to the store (they are not worth a write per heartbeat)
 UPDATE_HEADROOM_BYTES = 65536  # an encoded update's headers (per tensor) on top of its values
+FINISHED_AT = "finished_at"  # meta key: when the run finished (unix seconds), once it has
 FORFEITING = (Reason.INVALID_ARGUMENT, Reason.PERMISSION_DENIED, Reason.RESOURCE_EXHAUSTED)  # lose the place
 CLIP_SLACK = 1e-5  # relative: a client's message scaled to clip_norm may exceed it by float32 rounding
 
@@ -115,6 +116,7 @@ class Coordinator:
         self._frame_keys = {name: key_from_token_hash(bytes.fromhex(h)) for h, name in self._tokens.items()}
         self._experiment_yaml = to_yaml(self.setup.for_devices())
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
+        self._finished_noted = False
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
         store.sweep_update_files()
         self._load()
@@ -235,6 +237,13 @@ class Coordinator:
             )
         key = self._frame_keys[client] = key_from_token_hash(bytes.fromhex(hashed))
         return key
+
+    def _note_finished(self) -> None:
+        """Record once when the run finished, for ``fedrl fleet status`` (another process)."""
+        if self.finished and not self._finished_noted:
+            if self._store.meta(FINISHED_AT) is None:
+                self._store.set_meta(FINISHED_AT, repr(self._clock()))
+            self._finished_noted = True
 
     def _reload_tokens(self) -> None:
         """Forget cached tokens when another process changed the store (``fedrl fleet revoke`` or
@@ -631,6 +640,7 @@ class Coordinator:
         with self._lock:
             self._flush_liveness()
             self._reload_tokens()
+            self._note_finished()
             if self._closing or not self._due():
                 return
             self._closing = True

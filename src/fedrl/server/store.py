@@ -149,6 +149,10 @@ class Store:
         self.db.close()
 
     # --- meta ---------------------------------------------------------------------------
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a setting (replacing an earlier value)."""
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
     def meta(self, key: str) -> str | None:
         """A stored setting, or None."""
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
