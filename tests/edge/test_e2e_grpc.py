@@ -186,13 +186,14 @@ def deployment(request, tmp_path):
 def freeze_server_during_upload(server: subprocess.Popen, log: Path) -> bool:
     """Freeze the server the moment the client logging to ``log`` takes a task (its base version
     in hand), so the push of what it then learns hangs; retry with a later task when it could not
-    learn without the server. True once its push hangs."""
+    learn without the server. Called before the client starts, so its first task is caught too
+    (a run may reach its target in one round). True once its push hangs."""
+    seen = 0
     for _ in range(10):
-        tasks = len(events(log, "task"))
-        if not eventually(lambda tasks=tasks: len(events(log, "task")) > tasks, timeout=60, poll=0.005):
+        if not eventually(lambda seen=seen: len(events(log, "task")) > seen, timeout=120, poll=0.005):
             return False
         os.kill(server.pid, signal.SIGSTOP)
-        trained = len(events(log, "trained"))
+        seen, trained = len(events(log, "task")), len(events(log, "trained"))
         if eventually(lambda trained=trained: len(events(log, "trained")) > trained, timeout=20):
             return True
         os.kill(server.pid, signal.SIGCONT)
@@ -203,7 +204,6 @@ def freeze_server_during_upload(server: subprocess.Popen, log: Path) -> bool:
 def test_five_clients_reach_the_target_and_a_client_killed_mid_upload_loses_nothing(deployment):
     server = deployment.start_server()
     clients = [deployment.start_client(i) for i in range(5)]
-    logged(deployment.root / "c0.log", "acting", clients[0], timeout=120)
 
     assert freeze_server_during_upload(server, deployment.root / "c0.log")
     time.sleep(0.5)  # well inside the hanging push
