@@ -163,7 +163,7 @@ def test_part_of_what_a_client_owes_is_refused_so_no_round_is_left_unable_to_fin
 
     # Prepare: three clients through ADVERTISE, driven by hand
     config, dim = SecAggConfig(enabled=True, threshold=2), 6
-    secure = SecureRound(1, config, dim, 30.0, 0.1, time.monotonic, config.threshold_for)
+    secure = SecureRound(1, config, dim, 30.0, 0.1, time.monotonic)
     secure.takers, secure.expected = {0, 1, 2}, 3
     keys = {}
     for u in (0, 1, 2):

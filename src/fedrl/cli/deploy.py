@@ -157,7 +157,7 @@ def rotate_token(
 ) -> None:
     """Issue a new token for a client; its old token stops working within a second on a running
     server (a revoked client is active again)."""
-    _hand_over(name, _changed(_store(state_dir), lambda store, now: store.rotate_token(name, now)), token_file)
+    _hand_over(name, _changed(_store(state_dir), lambda store, _now: store.rotate_token(name)), token_file)
 
 
 def _changed(store, change: Callable) -> str | None:

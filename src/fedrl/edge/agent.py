@@ -50,6 +50,7 @@ import numpy as np
 from fedrl.agents import dqn
 from fedrl.agents.runtime import set_threads, torch_threads
 from fedrl.core.pipeline import decode_update
+from fedrl.core.secagg import SecAggConfig
 from fedrl.edge.acting import ActingPolicy, clear_acting, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
@@ -487,11 +488,11 @@ class Agent:
         if seconds > task.deadline_s:
             event(logging.WARNING, "late", round=task.round, seconds=seconds, deadline_s=task.deadline_s)
         if secure.enabled:
-            self._send_masked(task, update)
+            self._send_masked(task, update, secure)
         else:
             self._push(submission)
 
-    def _send_masked(self, task: Task, update: LocalUpdate) -> None:
+    def _send_masked(self, task: Task, update: LocalUpdate, config: SecAggConfig) -> None:
         """Take part in the round's secure aggregation with this update (``fedrl.edge.secure``);
         a round that fails, or goes on without this device, drops the update."""
         dim = self._trainer.setup.net.spec.dim
@@ -504,7 +505,7 @@ class Agent:
             event(logging.INFO, "secure_step", round=task.round, step=step.name.lower(), threshold=reply.threshold)
 
         try:
-            run_secure_round(ask, x, self._trainer.setup.config.pipeline.secure_aggregation, self._sleep, stepped)
+            run_secure_round(ask, x, config, self._sleep, stepped)
         except Rejected as exc:
             event(logging.WARNING, "update_dropped", round=task.round, reason=exc.reason.value, message=exc.message)
         self._trainer.commit_learner(self.config.state_dir)

@@ -112,8 +112,8 @@ class Coordinator:
         self._flushed_at = clock()
         self._closing = False
         self._writing: set[str] = set()  # update ids whose files are being written
-        self._tokens = store.token_names()  # token hash -> client name; clients added later join on first use
-        self._frame_keys = {name: key_from_token_hash(bytes.fromhex(h)) for h, name in self._tokens.items()}
+        self._load_tokens()
+        self._client_ids: dict[str, int] = {}  # name -> the store's id, which never changes
         self._experiment_yaml = to_yaml(self.setup.for_devices())
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         self._finished_noted = False
@@ -183,10 +183,7 @@ class Coordinator:
         if not config.enabled:
             return None
         rounds = self.config.rounds
-        return SecureRound(
-            self._round.round, config, self.dim, rounds.secure_step_s, rounds.retry_s, self._clock,
-            config.threshold_for,
-        )  # fmt: skip
+        return SecureRound(self._round.round, config, self.dim, rounds.secure_step_s, rounds.retry_s, self._clock)
 
     # --- authentication and liveness ---------------------------------------------------
     def authenticate(self, token: str, source: str = "") -> str:
@@ -235,7 +232,7 @@ class Coordinator:
                 Reason.UNAUTHENTICATED,
                 f"no client {client!r} is enrolled: add it with `fedrl fleet add-client {client}`",
             )
-        key = self._frame_keys[client] = key_from_token_hash(bytes.fromhex(hashed))
+        key = self._frame_keys[client] = _frame_key(hashed)
         return key
 
     def _note_finished(self) -> None:
@@ -245,12 +242,22 @@ class Coordinator:
                 self._store.set_meta(FINISHED_AT, repr(self._clock()))
             self._finished_noted = True
 
+    def _load_tokens(self) -> None:
+        """Cache every valid token hash and MQTT frame key; clients added later join on first use."""
+        self._tokens = self._store.token_names()  # token hash -> client name
+        self._frame_keys = {name: _frame_key(hashed) for hashed, name in self._tokens.items()}
+
     def _reload_tokens(self) -> None:
         """Forget cached tokens when another process changed the store (``fedrl fleet revoke`` or
         ``rotate-token``): a revoked token stops working at the next tick."""
         if self._store.changed_elsewhere():
-            self._tokens = self._store.token_names()
-            self._frame_keys = {name: key_from_token_hash(bytes.fromhex(h)) for h, name in self._tokens.items()}
+            self._load_tokens()
+
+    def _client_id(self, client: str) -> int:
+        """The store's numeric id of ``client`` (cached: ids never change)."""
+        if client not in self._client_ids:
+            self._client_ids[client] = self._store.client_id(client)
+        return self._client_ids[client]
 
     def add_client(self, name: str) -> str:
         """Create a client and return its token (``fedrl fleet add-client`` does the same offline);
@@ -259,7 +266,7 @@ class Coordinator:
             token = self._store.add_client(name, self._clock())
             hashed = hash_token(token)
             self._tokens[hashed] = name  # known at once: its first calls cost no unknown-token allowance
-            self._frame_keys[name] = key_from_token_hash(bytes.fromhex(hashed))
+            self._frame_keys[name] = _frame_key(hashed)
             if self._central_dp and self._coin(name):
                 self._selected.add(name)
                 self._store.set_selected(self._round.round, sorted(self._selected))
@@ -316,7 +323,7 @@ class Coordinator:
             if self._closing and not self.config.asynchronous:
                 return Wait(retry, f"round {self._round.round} is closing")
             if not self.config.asynchronous:
-                if self._secure is not None and self._store.client_id(client) in self._secure.joined:
+                if self._secure is not None and self._client_id(client) in self._secure.joined:
                     return Wait(retry, f"your part in round {self._round.round}'s secure aggregation is in")
                 if client in self._arrived:
                     return Wait(retry, f"your update for round {self._round.round} is in; waiting for the others")
@@ -371,7 +378,7 @@ class Coordinator:
     def _coin(self, client: str) -> bool:
         """Central DP: whether ``client`` takes part in the open round, with probability ``fraction``
         from the run seed, the round and the client's id alone (independent of every other client)."""
-        rng = self.setup.rng(SAMPLE_STREAM, self._round.round, self._store.client_id(client))
+        rng = self.setup.rng(SAMPLE_STREAM, self._round.round, self._client_id(client))
         return bool(rng.random() < self.config.experiment.federation.fraction)
 
     def _sample(self) -> None:
@@ -407,10 +414,10 @@ class Coordinator:
                 raise Rejected(Reason.FAILED_PRECONDITION, f"no secure aggregation for round {round_}: {open_round}")
             if client not in self._selected:
                 raise Rejected(Reason.FAILED_PRECONDITION, f"{client!r} has no task in round {round_}")
-            secure.takers = {self._store.client_id(c) for c in self._selected}
+            secure.takers = {self._client_id(c) for c in self._selected}
             secure.expected = len(self._selected) if self._central_dp else self.config.updates_per_round
             secure.deadline = self._round.opened_at + self.config.rounds.deadline_s
-            return secure.offer(self._store.client_id(client), step, payload)
+            return secure.offer(self._client_id(client), step, payload)
 
     def model(self, version: int | None = None) -> Model:
         """A deployed (current or earlier) version; ``Rejected(NOT_FOUND)`` for any other."""
@@ -804,6 +811,11 @@ class Coordinator:
         with self._lock:
             self._store.save_liveness(self._seen)
             self._store.close()
+
+
+def _frame_key(token_hash: str) -> bytes:
+    """The MQTT frame key of the client whose token hash (hex) this is."""
+    return key_from_token_hash(bytes.fromhex(token_hash))
 
 
 def _refuse_in_clear(_client: str, _submission: Submission) -> None:

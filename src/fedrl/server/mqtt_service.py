@@ -227,7 +227,7 @@ class MqttService:
 
     def _refuse(self, client: str, frame: mq.Frame, refusal: Rejected) -> None:
         """Tell ``client`` why its frame was refused: once per message, not again for each chunk;
-        unsealed when the frame could not be authenticated."""
+        unsealed, since the frame was not authenticated (the device accepts only UNAUTHENTICATED so)."""
         self._coordinator.refusals.log(
             "frame_refused", (client, refusal.reason), transport=TRANSPORT, client=client, code=refusal.reason.value,
             message=refusal.message,

@@ -40,11 +40,11 @@ import numpy as np
 from fedrl.core.secagg import (
     BelowThreshold,
     KeyAdvert,
-    MaskedInput,
     RevealedShare,
     SealedShare,
     SecAggConfig,
     Secret,
+    announce_survivors,
     collect_keys,
     decode,
     decode_masked,
@@ -72,17 +72,10 @@ class SecureRound:
     may close with fewer than that."""
 
     def __init__(
-        self,
-        round_: int,
-        config: SecAggConfig,
-        dim: int,
-        step_s: float,
-        retry_s: float,
-        clock: Callable[[], float],
-        threshold_for: Callable[[int], int],
+        self, round_: int, config: SecAggConfig, dim: int, step_s: float, retry_s: float, clock: Callable[[], float]
     ) -> None:
         self.round, self.dim, self._config, self._step_s, self._retry_s = round_, dim, config, step_s, retry_s
-        self._clock, self._threshold_for = clock, threshold_for
+        self._clock = clock
         self.takers: set[int] = set()
         self.expected = 2  # takers the round waits for before ADVERTISE may close early
         self.deadline = float("inf")
@@ -204,20 +197,14 @@ class SecureRound:
             adverts = list(collected.messages.values())
             if len(adverts) < 2:
                 raise BelowThreshold(len(adverts), 2, "advertised keys")
-            self.threshold = self._threshold_for(len(adverts))
+            self.threshold = self._config.threshold_for(len(adverts))
             self.roster = collect_keys(adverts, self.threshold)
         elif step is Step.SHARE:
-            sealed = [s for records in collected.messages.values() for s in records]
-            self._inboxes = route_shares(sealed, self.threshold)
-            for sender in collected.messages:
-                self._inboxes.setdefault(sender, ())
-            if len(collected.messages) < self.threshold:
-                raise BelowThreshold(len(collected.messages), self.threshold, "shared keys")
+            self._inboxes = route_shares(
+                [s for records in collected.messages.values() for s in records], self.threshold
+            )
         elif step is Step.MASK:
-            masked: list[MaskedInput] = list(collected.messages.values())
-            if len(masked) < self.threshold:
-                raise BelowThreshold(len(masked), self.threshold, "sent masked inputs")
-            self.survivors = tuple(sorted(m.client for m in masked))
+            self.survivors = announce_survivors(list(collected.messages.values()), self.threshold)
         else:
             revealed = [r for records in collected.messages.values() for r in records]
             shared = set(self._steps[Step.SHARE].messages)
@@ -225,12 +212,14 @@ class SecureRound:
             self.total = unmask(self.roster, shared, masked, revealed, self.threshold)
 
     def _answer(self, client: int, step: Step) -> SecureReply:
-        payload = {
-            Step.ADVERTISE: lambda: encode(self.roster),
-            Step.SHARE: lambda: encode(self._inboxes.get(client, ())),
-            Step.MASK: lambda: encode_ids(self.survivors),
-            Step.UNMASK: lambda: b"",
-        }[step]()
+        if step is Step.ADVERTISE:
+            payload = encode(self.roster)
+        elif step is Step.SHARE:
+            payload = encode(self._inboxes[client])
+        elif step is Step.MASK:
+            payload = encode_ids(self.survivors)
+        else:
+            payload = b""
         return SecureReply(client, payload=payload, threshold=self.threshold, done=step is Step.UNMASK)
 
     def _check_alive(self) -> None:
@@ -249,11 +238,6 @@ class SecureRound:
     def settled(self) -> bool:
         """Whether the round has its sum or has failed."""
         return self.total is not None or self.failure is not None
-
-    @property
-    def config(self) -> SecAggConfig:
-        """The round's secure-aggregation settings."""
-        return self._config
 
 
 def _author(record: object) -> int:

@@ -59,7 +59,6 @@ _ADDED_COLUMNS = (
     ("rounds", "epsilon", "REAL"),  # DP epsilon spent once the round closed; NULL without DP
     ("updates", "uplink_bytes", "INTEGER NOT NULL DEFAULT 0"),
     ("clients", "revoked_at", "REAL"),  # when its token was revoked; NULL while it is valid
-    ("clients", "token_issued_at", "REAL"),  # when its token was last rotated; NULL: since it was added
 )
 REVOKED = "revoked:"  # a revoked client's token_hash is this prefix and its old hash: still unique, never matched
 
@@ -186,13 +185,12 @@ class Store:
             "UPDATE clients SET token_hash = ?, revoked_at = ? WHERE name = ?", (REVOKED + row["token_hash"], now, name)
         )
 
-    def rotate_token(self, name: str, now: float) -> str:
+    def rotate_token(self, name: str) -> str:
         """A new token for ``name`` (the old one stops working; a revoked client is active again);
         ``ValueError`` for an unknown client."""
         token = new_token()
         changed = self.db.execute(
-            "UPDATE clients SET token_hash = ?, revoked_at = NULL, token_issued_at = ? WHERE name = ?",
-            (hash_token(token), now, name),
+            "UPDATE clients SET token_hash = ?, revoked_at = NULL WHERE name = ?", (hash_token(token), name)
         ).rowcount
         if not changed:
             raise ValueError(f"no client {name!r} in this state directory")
@@ -223,7 +221,7 @@ class Store:
         return {row["token_hash"]: row["name"] for row in rows}
 
     def token_hash(self, name: str) -> str | None:
-        """A client's token hash (hex), or None when it does not exist."""
+        """A client's token hash (hex), or None when it does not exist or its token was revoked."""
         query = "SELECT token_hash FROM clients WHERE name = ? AND revoked_at IS NULL"
         row = self.db.execute(query, (name,)).fetchone()
         return row[0] if row else None
