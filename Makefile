@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto compiler systemd-analyze demo lint test test-fast bench clean
+.PHONY: setup mosquitto compiler systemd-analyze podman images demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -51,7 +51,18 @@ systemd-analyze:
 		{ apt-get update -qq && apt-get install -y -qq systemd >/dev/null; } || \
 		{ echo "install systemd (apt-get install systemd) for the unit files' tests"; exit 1; }
 
-test: setup mosquitto compiler systemd-analyze lint
+# The images' tests build and run them with Podman (runc, as deploy/containers/containers.conf says),
+# on a base image made from Debian's packages with mmdebstrap.
+podman:
+	@{ command -v podman && command -v runc && command -v mmdebstrap; } >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq podman runc mmdebstrap >/dev/null; } || \
+		{ echo "install podman, runc and mmdebstrap (apt-get install podman runc mmdebstrap) for the images"; exit 1; }
+
+# localhost/fedrl-{server,agent,act}:VERSION, offline (docs/deploy.md).
+images: setup podman
+	deploy/containers/build-images
+
+test: setup mosquitto compiler systemd-analyze podman lint
 	$(BIN)/python -m pytest
 
 test-fast: setup mosquitto compiler systemd-analyze

@@ -5,12 +5,16 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from fedrl.edge.device import Fatal
+from fedrl.edge.health import HEALTH_FILE, check
 from fedrl.edge.inference import Follower
+from fedrl.edge.link import Unreachable
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.loading import load_config
 from fedrl.experiment.setup import Setup
@@ -131,3 +135,30 @@ def test_a_deployed_version_that_does_not_fit_the_policy_is_refused_and_acting_g
     follower.run()
 
     assert follower.acting.version == 1 and follower.actor.steps == 300
+
+
+def test_a_device_that_cannot_reach_its_server_acts_on_and_beats_healthy(artifact, tmp_path):
+    import gymnasium as gym
+
+    class Away:  # every call unanswered
+        def register(self):
+            raise Unreachable("no route to host")
+
+        heartbeat = pull = register
+
+    state = tmp_path / "state"
+    follower = Follower(load_policy(artifact[0]), gym.make("CartPole-v1"), state, Away(), 0.01, 0.001, seed=0)
+    runner = threading.Thread(target=follower.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (state / HEALTH_FILE).exists():
+            time.sleep(0.01)
+        healthy, message = check(state)
+        record = json.loads((state / HEALTH_FILE).read_text())
+    finally:
+        follower.stop()
+        runner.join()
+
+    assert healthy, message
+    assert record["acting"] is True and record["acting_version"] == 1 and record["server_answered_at"] is None

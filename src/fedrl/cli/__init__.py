@@ -16,6 +16,7 @@ from fedrl.cli.console import console, fail
 from fedrl.cli.deploy import fleet, server
 from fedrl.cli.edge import act, client
 from fedrl.cli.export import export
+from fedrl.cli.health import health
 
 app = typer.Typer(
     help="Federated reinforcement learning: many clients, each in its own environment, learn one policy.",
@@ -190,6 +191,7 @@ app.add_typer(fleet, name="fleet")
 app.command("client")(client)
 app.command("act")(act)
 app.command("export")(export)
+app.command("health")(health)
 
 TRAINING_STACK = {"torch", "gymnasium", "pydantic", "yaml", "matplotlib", "prometheus_client", "dp_accounting"}
 

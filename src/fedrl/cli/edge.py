@@ -129,12 +129,15 @@ def client(
         "flags on the command line win.",
     ),
     server: Optional[str] = typer.Option(
-        None, "--server", help="The server's gRPC address, HOST:PORT (with --transport grpc)."
+        None, "--server", envvar="FEDRL_SERVER", help="The server's gRPC address, HOST:PORT (with --transport grpc)."
     ),
-    name: str = typer.Option(..., "--name", help="This client's name, as enrolled with `fedrl fleet add-client NAME`."),
+    name: str = typer.Option(
+        ..., "--name", envvar="FEDRL_NAME", help="This client's name, as enrolled with `fedrl fleet add-client NAME`."
+    ),
     client_index: int = typer.Option(
         0,
         "--client-index",
+        envvar="FEDRL_CLIENT_INDEX",
         min=0,
         help="This device's client in the experiment: its random streams, and with a built-in family "
         "its row of physical parameters.",
@@ -145,10 +148,13 @@ def client(
         envvar="FEDRL_TOKEN",
         help="The client's token; prefer --token-file or FEDRL_TOKEN (a command line is visible to other users).",
     ),
-    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the client's token."),
+    token_file: Optional[Path] = typer.Option(
+        None, "--token-file", envvar="FEDRL_TOKEN_FILE", help="File holding the client's token."
+    ),
     env: Optional[str] = typer.Option(
         None,
         "--env",
+        envvar="FEDRL_ENV",
         help="The environment this device acts in: 'package.module:make_env' (a factory returning a Gymnasium "
         "env), a registered Gymnasium id, or a built-in family name (simulated, for demos). "
         "Default: the experiment's built-in family.",
@@ -207,6 +213,7 @@ def client(
     ca: Optional[Path] = typer.Option(
         None,
         "--ca",
+        envvar="FEDRL_CA",
         help="CA certificate (PEM) that signed the server's (with --transport mqtt: the broker's) certificate: "
         "connect with TLS.",
     ),
@@ -281,11 +288,13 @@ def act(
     policy: Path = typer.Option(
         ...,
         "--policy",
+        envvar="FEDRL_POLICY",
         help="The policy to act with: an exported artifact (.npz, .safetensors with its card), or a run or state dir.",
     ),
     env: str = typer.Option(
         ...,
         "--env",
+        envvar="FEDRL_ENV",
         help="The environment this device acts in: 'package.module:make_env' (a factory), or a Gymnasium id.",
     ),
     env_kwargs: str = ENV_KWARGS,
@@ -294,11 +303,20 @@ def act(
         ..., "--state-dir", help="Where the acting version is kept, so a reboot acts with it again."
     ),
     server: Optional[str] = typer.Option(
-        None, "--server", help="Follow this server's deployed version (gRPC HOST:PORT); without it, act offline."
+        None,
+        "--server",
+        envvar="FEDRL_SERVER",
+        help="Follow this server's deployed version (gRPC HOST:PORT); without it, act offline.",
     ),
-    name: Optional[str] = typer.Option(None, "--name", help="This device's enrolled name (with --server or MQTT)."),
-    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the device's token."),
-    ca: Optional[Path] = typer.Option(None, "--ca", help="CA certificate (PEM) of the server's (or broker's) one."),
+    name: Optional[str] = typer.Option(
+        None, "--name", envvar="FEDRL_NAME", help="This device's enrolled name (with --server or MQTT)."
+    ),
+    token_file: Optional[Path] = typer.Option(
+        None, "--token-file", envvar="FEDRL_TOKEN_FILE", help="File holding the device's token."
+    ),
+    ca: Optional[Path] = typer.Option(
+        None, "--ca", envvar="FEDRL_CA", help="CA certificate (PEM) of the server's (or broker's) one."
+    ),
     cert: Optional[Path] = CERT,
     key: Optional[Path] = KEY,
     insecure: bool = INSECURE,

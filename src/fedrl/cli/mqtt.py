@@ -21,10 +21,20 @@ class Transport(str, enum.Enum):
 
 
 TRANSPORT = typer.Option(
-    Transport.grpc, "--transport", help="grpc, or mqtt: through the broker at --broker (see docs/mqtt.md)."
+    Transport.grpc,
+    "--transport",
+    envvar="FEDRL_TRANSPORT",
+    help="grpc, or mqtt: through the broker at --broker (see docs/mqtt.md).",
 )
-BROKER = typer.Option("127.0.0.1:1883", "--broker", help="With --transport mqtt: the broker, HOST:PORT.")
-FLEET = typer.Option("default", "--fleet", help="With --transport mqtt: the fleet, whose topics are fedrl/FLEET/...")
+BROKER = typer.Option(
+    "127.0.0.1:1883", "--broker", envvar="FEDRL_BROKER", help="With --transport mqtt: the broker, HOST:PORT."
+)
+FLEET = typer.Option(
+    "default",
+    "--fleet",
+    envvar="FEDRL_FLEET",
+    help="With --transport mqtt: the fleet, whose topics are fedrl/FLEET/...",
+)
 BROKER_USER = typer.Option(
     None, "--broker-user", help="The server's broker username (the example ACL's server user is fedrl-server)."
 )

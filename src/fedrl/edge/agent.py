@@ -56,6 +56,7 @@ from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
 from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, locked, refused_credentials
 from fedrl.edge.device_env import DeviceEnvSpec, EnvUnusable, make_env
+from fedrl.edge.health import HealthBeat
 from fedrl.edge.limits import HOOK_POLL_S, OwnerLimits, Triggers, load_hook, nice_this_thread, rss_mb
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.edge.pending import PendingStore, new_submission
@@ -159,6 +160,7 @@ class Agent:
         self._actor: Actor | None = None
         self._personalizer: Personalizer | None = None
         self._recorder: Recorder | None = None
+        self._answered_at: float | None = None  # when the server last answered a heartbeat
 
     def stop(self) -> None:
         """Ask ``run`` to return at its next call or wait (safe from a signal handler or thread)."""
@@ -170,7 +172,9 @@ class Agent:
         when the server refuses the credentials or the experiment cannot be trained here."""
         state_dir = disk.private_dir(self.config.state_dir)
         heartbeat = None
+        health = HealthBeat(state_dir, self._health)
         with locked(state_dir):
+            health.start()
             try:
                 self._hook = self._owner_hook()
                 self._restore()
@@ -191,6 +195,7 @@ class Agent:
                     heartbeat.join()
                 self._stop_acting()
                 self._training.shutdown()
+                health.stop()
         if self._fatal is not None:
             raise self._fatal
         event(logging.INFO, "stopped", client=self._client, acting_version=self.acting.version)
@@ -558,6 +563,17 @@ class Agent:
         if self._actor is not None and not self._actor.alive and self._actor.error is not None:
             raise Fatal(f"the device's environment stopped acting: {self._actor.error}")
 
+    def _health(self) -> dict[str, object]:
+        """What ``health.json`` says: whether the acting loop runs, with which version, and when
+        the server last answered."""
+        actor = self._actor
+        return {
+            "acting": actor is None or actor.alive,
+            "acting_version": self.acting.version,
+            "acting_steps": 0 if actor is None else actor.steps,
+            "server_answered_at": self._answered_at,
+        }
+
     def _acting_stats(self) -> dict[str, object]:
         """What the acting loop did, for the log: steps, episodes, recent mean return, latency."""
         actor = self._actor
@@ -621,6 +637,7 @@ class Agent:
         while not self._stop.wait(period):
             try:
                 self._learn_deployed(self.link.heartbeat(self.acting.version))
+                self._answered_at = time.time()
             except Unreachable as exc:
                 event(logging.DEBUG, "heartbeat_unanswered", error=str(exc))
             except Rejected as exc:

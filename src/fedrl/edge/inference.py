@@ -27,6 +27,7 @@ from fedrl.edge.acting import ActingPolicy, Policy, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
 from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, load_callable, locked, refused_credentials
+from fedrl.edge.health import HealthBeat
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.policy.card import PolicyCard
 from fedrl.policy.runtime import Policy as Runtime
@@ -90,6 +91,7 @@ class Follower:
         self._stop = threading.Event()
         self._rng = np.random.default_rng(seed)
         self._failures = 0
+        self._answered_at: float | None = None  # when the server last answered a heartbeat
 
     @property
     def actor(self) -> Actor:
@@ -108,13 +110,26 @@ class Follower:
             save_acting(state_dir, policy)  # acting.json tells an operator what acts
             self.acting.swap(policy)
             self._actor.start()
+            health = HealthBeat(state_dir, self._health)
+            health.start()
             try:
                 self._serve()
             finally:
                 self._actor.stop()
+                health.stop()
         if self._actor.error is not None:
             raise Fatal(f"the device's environment stopped acting: {self._actor.error}")
         event(logging.INFO, "stopped", acting_version=self.acting.version, steps=self._actor.steps)
+
+    def _health(self) -> dict[str, object]:
+        """What ``health.json`` says: whether the acting loop runs, with which version, and when
+        the server last answered."""
+        return {
+            "acting": self._actor.alive,
+            "acting_version": self.acting.version,
+            "acting_steps": self._actor.steps,
+            "server_answered_at": self._answered_at,
+        }
 
     def _newest_policy(self) -> Policy:
         """The artifact given, or the version this folder acted with last when it is newer."""
@@ -137,6 +152,7 @@ class Follower:
                     event(logging.INFO, "registered", client=self.link.register().client)
                     registered = True
                 self._follow(self.link.heartbeat(self.acting.version))
+                self._answered_at = time.time()
                 self._failures = 0
             except Unreachable as exc:
                 next_beat = time.monotonic() + self._pause_s(str(exc))
