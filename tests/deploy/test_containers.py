@@ -59,22 +59,17 @@ gate: {enabled: false}
 """
 
 
-def _hadolint(path: Path) -> subprocess.CompletedProcess:
-    hadolint = Path(sys.executable).parent / "hadolint"
-    return subprocess.run([str(hadolint), "--no-color", str(path)], capture_output=True, text=True, timeout=60)
-
-
-def test_the_containerfile_lints_clean():
-    linted = _hadolint(CONTAINERFILE)
+def test_the_containerfile_lints_clean(run_tool):
+    linted = run_tool("hadolint", "--no-color", str(CONTAINERFILE))
 
     assert linted.returncode == 0, linted.stdout
 
 
-def test_the_lint_catches_an_image_that_runs_as_root(tmp_path):
+def test_the_lint_catches_an_image_that_runs_as_root(run_tool, tmp_path):
     copy = tmp_path / "Containerfile"
     copy.write_text(CONTAINERFILE.read_text().replace("USER 10001:10001", "USER root"))
 
-    linted = _hadolint(copy)
+    linted = run_tool("hadolint", "--no-color", str(copy))
 
     assert linted.returncode == 1 and "DL3002" in linted.stdout
 
@@ -206,6 +201,7 @@ def fleet(images, tmp_path_factory):
         made.remove()
 
 
+@pytest.mark.slow
 def test_the_server_container_answers_its_health_check(fleet):
     checked = _podman("healthcheck", "run", fleet["server"], check=False)
     probe = _podman("exec", fleet["server"], "fedrl", "health", "http://127.0.0.1:9108/healthz", check=False)
@@ -214,6 +210,7 @@ def test_the_server_container_answers_its_health_check(fleet):
     assert probe.returncode == 0 and probe.stdout.startswith("healthy:"), probe.stdout
 
 
+@pytest.mark.slow
 def test_two_agent_containers_join_the_server_container_and_train_its_rounds(fleet):
     for round_ in (1, 2):
         closed = _wait_for(fleet["server"], "round_closed", round=round_)
@@ -224,6 +221,7 @@ def test_two_agent_containers_join_the_server_container_and_train_its_rounds(fle
         assert _podman("healthcheck", "run", agent, check=False).returncode == 0
 
 
+@pytest.mark.slow
 def test_the_containers_run_as_a_numeric_user_with_a_read_only_root_and_no_capabilities(fleet):
     for name in (fleet["server"], *fleet["agents"]):
         config = json.loads(_podman("inspect", name).stdout)[0]
@@ -236,6 +234,7 @@ def test_the_containers_run_as_a_numeric_user_with_a_read_only_root_and_no_capab
         assert set(re.findall(r"Cap(?:Prm|Eff|Bnd):\s*([0-9a-f]+)", status)) == {"0" * 16}
 
 
+@pytest.mark.slow
 def test_no_secret_is_baked_into_an_image(images):
     for image in images.values():
         config = json.loads(_podman("image", "inspect", image).stdout)[0]["Config"]
@@ -247,6 +246,7 @@ def test_no_secret_is_baked_into_an_image(images):
         assert not any("TOKEN=" in e and not e.endswith("/run/secrets/token") for e in config.get("Env", []))
 
 
+@pytest.mark.slow
 def test_the_inference_image_is_a_fraction_of_the_training_image_and_has_no_torch(images):
     sizes = {name: json.loads(_podman("image", "inspect", image).stdout)[0]["Size"] for name, image in images.items()}
     torch = _podman("run", "--rm", "--network=none", "--health-interval=disable", "--entrypoint", "python3",
@@ -256,6 +256,7 @@ def test_the_inference_image_is_a_fraction_of_the_training_image_and_has_no_torc
     assert torch.returncode != 0 and "No module named 'torch'" in torch.stderr
 
 
+@pytest.mark.slow
 def test_the_inference_container_follows_the_version_the_fleet_trained(fleet, images):
     made = fleet["made"]
     viewer = made.add("volume", f"{made.prefix}-viewer")

@@ -27,10 +27,7 @@ MANIFESTS = sorted(
 )
 
 
-def _validate(*paths: Path, version: str) -> subprocess.CompletedProcess:
-    tool = Path(sys.executable).parent / "kubernetes-validate"
-    args = [str(tool), "--strict", "--no-warn", "-k", version, *map(str, paths)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+STRICT = ("--strict", "--no-warn", "-k")
 
 
 def _resources() -> list[dict]:
@@ -65,19 +62,19 @@ def test_there_is_a_server_statefulset_a_service_and_an_agent_daemonset():
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_every_manifest_validates_strictly(version):
-    validated = _validate(*MANIFESTS, version=version)
+def test_every_manifest_validates_strictly(run_tool, version):
+    validated = run_tool("kubernetes-validate", *STRICT, version, *map(str, MANIFESTS))
 
     assert validated.returncode == 0, validated.stdout + validated.stderr
 
 
-def test_a_misspelt_field_fails_validation(tmp_path):
+def test_a_misspelt_field_fails_validation(run_tool, tmp_path):
     copy = tmp_path / "server.yaml"
     copy.write_text(
         (K8S / "base" / "server.yaml").read_text().replace("readOnlyRootFilesystem", "readOnlyRootFileSystem")
     )
 
-    validated = _validate(copy, version=VERSIONS[-1])
+    validated = run_tool("kubernetes-validate", *STRICT, VERSIONS[-1], str(copy))
 
     assert validated.returncode != 0 and "readOnlyRootFileSystem" in validated.stdout + validated.stderr
 
