@@ -40,6 +40,78 @@ def test_budget_and_client_list_consistency():
         parse_config({"env": {"clients": [{"length": 0.2}, {"length": 0.8}]}})
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"strategy": {"name": "fedavgg"}},
+            "bad config: unknown strategy 'fedavgg'; did you mean 'fedavg'? allowed: fedavg, fedavgm, fedadagrad, "
+            "fedadam, fedyogi, scaffold, fedasync, fedbuff",
+        ),
+        ({"learner": {"name": "ppp"}}, "bad config: unknown learner 'ppp'; did you mean 'ppo'? allowed: ppo, "),
+        (
+            {"learner": {"name": "ppo", "lrr": 0.1}},
+            "bad config: unknown key 'learner.lrr' under 'learner'; did you mean 'lr'? ",
+        ),
+        ({"federatoin": {}}, "bad config: unknown key 'federatoin'; did you mean 'federation'? allowed: name, "),
+        (
+            {"env": {"family": "cartpol"}},
+            "bad config: env.family = 'cartpol': unknown family; did you mean 'cartpole'? ",
+        ),
+        (
+            {"strategy": {"robust": {"rule": "medain"}}},
+            "bad config: strategy.robust.rule = 'medain': did you mean 'median'? allowed: mean, median, trimmed_mean",
+        ),
+        ({"seed": "x"}, "bad config: seed = 'x': should be a valid integer"),
+        (
+            {"federation": {"n_clients": 2, "fraction": 0}},
+            "bad config: federation.fraction = 0: should be greater than 0",
+        ),
+    ],
+)
+def test_a_misspelt_or_wrong_value_is_named_in_plain_words_with_the_nearest_valid_name(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+
+    assert str(err.value).startswith(message)
+    assert not any(internal in str(err.value) for internal in ("Input tag", "Value error", "top level", "Input should"))
+
+
+def test_a_name_nothing_is_close_to_gets_no_suggestion():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"strategy": {"name": "zzz"}})
+
+    assert str(err.value).startswith("bad config: unknown strategy 'zzz'; allowed: fedavg")
+
+
+def test_episodes_replace_the_default_steps_and_an_override_replaces_the_files_budget():
+    alone = parse_config({"federation": {"local_episodes": 3}})
+    overridden = parse_config(apply_override({"federation": {"local_steps": 512}}, "federation.local_episodes=2"))
+    back = parse_config(apply_override({"federation": {"local_episodes": 2}}, "federation.local_steps=256"))
+
+    assert (alone.federation.local_steps, alone.federation.local_episodes) == (None, 3)
+    assert (overridden.federation.local_steps, overridden.federation.local_episodes) == (None, 2)
+    assert (back.federation.local_steps, back.federation.local_episodes) == (256, None)
+
+
+def test_a_yaml_error_keeps_its_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\nenv:\n  family: cartpole\n   heterogeneity: 1\n")
+
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+
+    assert str(err.value) == f"config {bad} is not valid YAML: line 4, column 17: mapping values are not allowed here"
+
+
+def test_a_server_config_given_to_run_is_named_as_one(tmp_path):
+    server = tmp_path / "server.yaml"
+    server.write_text("experiment: {seed: 1}\nrounds: {deadline_s: 5}\n")
+
+    with pytest.raises(ConfigError, match=r"is a server config .* start it with `fedrl server --config .*server.yaml`"):
+        load_config(server)
+
+
 def test_set_overrides_parse_yaml_values_and_nest():
     data = apply_override({"learner": {"lr": 1.0}}, "learner.lr=0.5")
     data = apply_override(data, "learner.hidden=[8, 8]")

@@ -209,6 +209,14 @@ class FederationConfig(FrozenConfig):
     )
     stop_at_target: bool = Field(True, description="stop early at the target return")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _episodes_replace_steps(cls, data: Any) -> Any:
+        """Setting ``local_episodes`` alone unsets the default ``local_steps``."""
+        if isinstance(data, dict) and data.get("local_episodes") is not None and "local_steps" not in data:
+            return {**data, "local_steps": None}
+        return data
+
     @model_validator(mode="after")
     def _one_budget(self) -> FederationConfig:
         if (self.local_steps is None) == (self.local_episodes is None):

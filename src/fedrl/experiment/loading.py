@@ -7,6 +7,8 @@ allowed there (following the learner's and strategy's ``name``).
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -16,51 +18,77 @@ from pydantic import BaseModel, ValidationError
 from fedrl.experiment.config import GYM_FAMILY, ROBUST_KEYS, VARIANTS, ConfigError, ExperimentConfig, KeyProblem
 
 
-def _allowed_keys(model: type[BaseModel]) -> str:
-    return ", ".join(model.model_fields)
-
-
 def _config_path(loc: tuple) -> tuple:
     """``loc`` without the tags pydantic inserts for a chosen variant (``learner.ppo.lr``)."""
     return tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] in VARIANTS and p in VARIANTS[loc[i - 1]]))
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _names(text: str) -> list[str]:
+    """The quoted names in one of pydantic's lists (``'a', 'b' or 'c'``)."""
+    return re.findall(r"'([^']*)'", text)
+
+
+def _nearest(given: Any, names: list[str]) -> str:
+    """``did you mean 'x'? `` when a name in ``names`` is close to ``given``, else nothing."""
+    close = difflib.get_close_matches(str(given), names, n=1, cutoff=0.6) if isinstance(given, str) else []
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def describe_error(
+    error: dict[str, Any], data: dict[str, Any], root: type[BaseModel] = ExperimentConfig, within: str = ""
+) -> str:
+    """One line for pydantic's ``error`` about ``data`` (a ``root`` record, itself the section ``within``
+    of a larger file): the key, the value, what is wrong, and the nearest valid name for a misspelt
+    key or value; never pydantic's own words for it."""
     loc = _config_path(error["loc"])
-    value, message = error.get("input"), error["msg"]
-    problem = (error.get("ctx") or {}).get("error")
+    value, message, ctx = error.get("input"), error["msg"], error.get("ctx") or {}
+    problem = ctx.get("error")
     if isinstance(problem, KeyProblem):
         loc, message = (*loc, problem.key), str(problem)
         value = {} if problem.value is None else problem.value  # a dict is never shown
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    elif problem is not None:
+        message = str(problem)  # a validator's own words, without pydantic's "Value error, "
+    path = (within,) if within else ()
+    key = ".".join(str(p) for p in (*path, *loc))
     if error["type"] == "extra_forbidden":
-        parent = ".".join(str(p) for p in loc[:-1])
-        return f"unknown key {key!r}{' under ' + repr(parent) if parent else ''}"
+        allowed = _allowed_for(loc[:-1], data, root)
+        parent = ".".join(str(p) for p in (*path, *loc[:-1]))
+        where = f" under {parent!r}" if parent else ""
+        return f"unknown key {key!r}{where}; {_nearest(str(loc[-1]), allowed)}allowed: {', '.join(allowed)}"
+    if error["type"] == "union_tag_invalid":
+        names, tag = _names(ctx.get("expected_tags", "")), ctx.get("tag")
+        at = f" ({key})" if within else ""
+        return f"unknown {loc[-1]} {tag!r}{at}; {_nearest(tag, names)}allowed: {', '.join(names)}"
+    if error["type"] == "literal_error":
+        names = _names(ctx.get("expected", ""))
+        return f"{key} = {value!r}: {_nearest(value, names)}allowed: {', '.join(names)}"
+    if message.startswith("Input should be"):  # pydantic's type checks: "should be a valid integer"
+        message = message.replace("Input should be", "should be", 1).split(", unable to")[0]
+    if "allowed: " in message:
+        head, names = message.rsplit("allowed: ", 1)
+        message = f"{head}{_nearest(value, [n.strip() for n in names.split(',')])}allowed: {names}"
     shown = "" if isinstance(value, dict) else f" = {value!r}"
-    return " ".join(f"{key}{shown}: {message}".split())  # one line, whatever the message
+    return " ".join((f"{key}{shown}: {message}" if key else message).split())
 
 
-def parse_config(data: dict[str, Any]) -> ExperimentConfig:
-    """Validate a nested mapping into an ``ExperimentConfig`` or raise a one-line ``ConfigError``."""
+def parse_config(data: dict[str, Any], within: str = "") -> ExperimentConfig:
+    """Validate a nested mapping into an ``ExperimentConfig`` or raise a one-line ``ConfigError``
+    (naming keys under ``within`` when the experiment is a section of a larger file)."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        message = _describe(first)
-        if first["type"] == "extra_forbidden":
-            message += f"; allowed: {_allowed_for(_config_path(first['loc'])[:-1], data)}"
-        raise ConfigError(f"bad config: {message}") from None
+        raise ConfigError(f"bad config: {describe_error(exc.errors()[0], data, within=within)}") from None
 
 
-def _allowed_for(loc: tuple, data: dict[str, Any]) -> str:
-    """The keys allowed at ``loc``, following the learner and strategy ``name`` choices."""
-    model: type[BaseModel] = ExperimentConfig
+def _allowed_for(loc: tuple, data: dict[str, Any], root: type[BaseModel]) -> list[str]:
+    """The keys allowed at ``loc`` in a ``root`` record, following the learner and strategy ``name`` choices."""
+    model = root
     for part in loc:
-        if part in ("learner", "strategy"):
+        if model is ExperimentConfig and part in ("learner", "strategy"):
             model = _variant(part, data)
         elif part in model.model_fields:
             model = _section_model(model.model_fields[part].annotation) or model
-    return _allowed_keys(model)
+    return list(model.model_fields)
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
@@ -77,6 +105,10 @@ def _variant(section: str, data: dict[str, Any]) -> type[BaseModel]:
     return variants.get(chosen, next(iter(variants.values())))
 
 
+EITHER_OR = {"federation.local_episodes": "local_steps", "federation.local_steps": "local_episodes"}
+"""Overriding one of these budgets unsets the other, whatever the file says."""
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     """Return a copy of ``data`` with ``key.path=value`` applied; the value is parsed as YAML."""
     if "=" not in assignment:
@@ -91,6 +123,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> dict[str, Any]:
         node[part] = dict(child) if isinstance(child, dict) else {}
         node = node[part]
     node[parts[-1]] = value
+    other = EITHER_OR.get(key.strip())
+    if other is not None and value is not None:
+        node[other] = None
     return out
 
 
@@ -101,15 +136,30 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
     return data
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's complaint on one line, with the line and column (1-based) where it found it."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return " ".join(str(exc).split())
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    said = [part for part in (exc.context, exc.problem) if part]
+    return where + " ".join("; ".join(said).split())
+
+
 def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML config (or start from the defaults), apply overrides, validate."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    if "experiment" in data:  # an experiment has no such key; a server config has it at the top
+        raise ConfigError(
+            f"{path} is a server config (it has an 'experiment' section): start it with "
+            f"`fedrl server --config {path}`; `fedrl run` simulates an experiment file"
+        )
     for assignment in overrides:
         data = apply_override(data, assignment)
     if path is not None:

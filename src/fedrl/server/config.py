@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 
 from fedrl.core.frozen import FrozenConfig
 from fedrl.experiment.config import ConfigError, ExperimentConfig
-from fedrl.experiment.loading import apply_override, load_config, parse_config, read_yaml
+from fedrl.experiment.loading import apply_override, describe_error, load_config, parse_config, read_yaml
 
 
 class RoundConfig(FrozenConfig):
@@ -184,10 +184,7 @@ def _experiment(data: Any, folder: Path, overrides: list[str]) -> ExperimentConf
     merged = dict(data or {})
     for assignment in overrides:
         merged = apply_override(merged, assignment)
-    try:
-        return parse_config(merged)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("bad config: ", "bad config: experiment.", 1)) from None
+    return parse_config(merged, within="experiment")
 
 
 def load_server_config(path: Path | None, overrides: list[str] = ()) -> ServerConfig:
@@ -202,8 +199,4 @@ def load_server_config(path: Path | None, overrides: list[str] = ()) -> ServerCo
     try:
         return ServerConfig.model_validate({**data, "experiment": experiment})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"])
-        if error["type"] == "extra_forbidden":
-            raise ConfigError(f"bad config: unknown key {key!r}") from None
-        raise ConfigError(f"bad config: {key} = {error.get('input')!r}: {error['msg']}") from None
+        raise ConfigError(f"bad config: {describe_error(exc.errors()[0], data, ServerConfig)}") from None
