@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,8 @@ def test_run_writes_a_complete_run_directory_then_eval_and_plot_use_it(tmp_path,
     assert "worst client" in evaluated.output and "client" in evaluated.output.splitlines()[0]
     heldout = runner.invoke(app, ["eval", str(out), "--clients", "heldout:3", "--episodes", "1"])
     assert heldout.exit_code == 0 and "heldout clients" in heldout.output
+    labels = re.findall(r"^\W+(\w+)\s+│", heldout.output, re.MULTILINE)
+    assert labels[-3:] == ["h0", "h1", "h2"]  # none mistaken for trained client 0, 1 or 2
     assert runner.invoke(app, ["eval", str(out), "--clients", "7"]).exit_code == 2
     assert (out / "metrics.csv").read_bytes() == metrics_before  # evaluating changes nothing
     (out / "plots/returns.png").unlink()
@@ -161,3 +164,44 @@ def test_a_command_that_needs_the_training_stack_says_which_extra_to_install():
     assert result.returncode == 2, result.stderr
     assert "needs gymnasium, which this install left out: pip install 'fedrl[train]'" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_broken_setter_ends_the_run_with_one_line_naming_the_users_file(tmp_path):
+    (tmp_path / "my_setters.py").write_text("def set_length(env, row):\n    env.length = row['length'] / 0\n")
+    config = {
+        "env": {
+            "family": "gym",
+            "gym": {
+                "id": "CartPole-v1",
+                "setter": "my_setters:set_length",
+                "params": {"length": {"standard": 0.5, "low": 0.1, "high": 0.9}},
+            },
+        },
+        "federation": {"n_clients": 2, "rounds": 1, "local_steps": 64},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+
+    result = runner.invoke(app, ["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
+
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: setter my_setters:set_length raised ZeroDivisionError: float division by zero "
+        f"at {tmp_path / 'my_setters.py'}:2"
+    )
+
+
+def test_a_family_without_a_solved_return_reports_no_target(tmp_path):
+    config = {
+        "env": {"family": "gym", "gym": {"id": "Pendulum-v1"}},  # Gymnasium gives Pendulum no reward_threshold
+        "learner": {"name": "ppo", "n_envs": 2, "n_steps": 32},
+        "federation": {"n_clients": 2, "rounds": 1, "local_steps": 64},
+        "eval": {"episodes": 1, "heldout_clients": 0},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+
+    result = runner.invoke(app, ["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "out"), "--quiet"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+
+    assert result.exit_code == 0, result.output
+    assert re.search(r"target_return\s+│\s+no target", result.output) and "│ solved" not in result.output
+    assert summary["target_return"] is None and "solved" not in summary

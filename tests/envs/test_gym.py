@@ -14,7 +14,7 @@ from gymnasium.utils.env_checker import check_env
 import fedrl.envs
 from fedrl.envs import base, get_family
 from fedrl.envs.cartpole import CARTPOLE, CartPolePhysics
-from fedrl.envs.gym_adapter import gym_family, load_setter
+from fedrl.envs.gym_adapter import UserCodeError, gym_family, load_setter
 from fedrl.envs.gym_registration import GYM_IDS
 
 IDS = list(GYM_IDS.values())
@@ -116,3 +116,64 @@ def test_load_setter():
     for bad in ("math", "math:nope", "no_such_module:f", "math:pi"):
         with pytest.raises(ValueError):
             load_setter(bad)
+
+
+def set_misspelt(env, row):
+    env.lenght = row["length"]  # a typo: Gymnasium's CartPole has `length`
+
+
+def set_dividing(env, row):
+    env.length = row["length"] / 0.0 if row["length"] > 1 else 1 / 0
+
+
+class Crashing(gym.Env):  # a user's environment that fails on its third step
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.t == 3:
+            raise RuntimeError("sensor unplugged")
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def _first_steps(family, n=5):
+    params = base.sample_params(family, 1, 1.0, seed=0)
+    rng = np.random.default_rng(0)
+    state, _ = base.reset(family, params, 1, rng)
+    for _ in range(n):
+        state = base.step(family, params, state, np.zeros((1, 1), dtype=np.int64), rng).state
+
+
+def test_a_setter_that_sets_an_attribute_the_env_lacks_is_an_error_naming_it():
+    family = gym_family("CartPole-v1", [("length", 0.5, 0.1, 0.9)], set_misspelt)
+
+    with pytest.raises(UserCodeError) as err:
+        _first_steps(family)
+
+    assert str(err.value) == (
+        f"setter {__name__}:set_misspelt set 'lenght', which CartPole-v1 does not have; did you mean 'length'?"
+    )
+
+
+def test_a_failing_setter_or_environment_is_one_line_naming_the_users_file_and_line():
+    gym.register("FedrlTestCrashing-v0", entry_point=Crashing, max_episode_steps=50)
+    setter_line = set_dividing.__code__.co_firstlineno + 1
+    step_line = Crashing.step.__code__.co_firstlineno + 3
+
+    with pytest.raises(UserCodeError) as setter:
+        _first_steps(gym_family("CartPole-v1", [("length", 0.5, 0.1, 0.9)], set_dividing))
+    with pytest.raises(UserCodeError) as stepping:
+        _first_steps(gym_family("FedrlTestCrashing-v0", [], lambda env, row: None))
+
+    assert str(setter.value) == (
+        f"setter {__name__}:set_dividing raised ZeroDivisionError: division by zero at {__file__}:{setter_line}"
+    )
+    assert str(stepping.value) == (
+        f"environment 'FedrlTestCrashing-v0' (step) raised RuntimeError: sensor unplugged at {__file__}:{step_line}"
+    )
+    assert "\n" not in str(setter.value) + str(stepping.value)

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedrl.experiment.config import ConfigError
@@ -146,3 +147,24 @@ def test_the_examples_cover_cartpole_pendulum_and_airquality():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_are_valid(path):
     load_config(path)
+
+
+def test_heldout_clients_come_from_the_listed_clients_range_or_the_listed_heldout_ones():
+    from fedrl.experiment.setup import Setup
+
+    listed = {"clients": [{"length": 0.2, "masspole": 0.1}, {"length": 0.3, "masspole": 0.3}]}
+    fed = {"n_clients": 2}
+    within = Setup(parse_config({"env": listed, "federation": fed})).heldout_params(50)
+    explicit = Setup(parse_config({"env": {**listed, "heldout": [{"length": 0.9}]}, "federation": fed}))
+    names = explicit.family.param_names
+    length, masspole, masscart = (names.index(n) for n in ("length", "masspole", "masscart"))
+
+    assert within.shape == (50, len(names))
+    assert within[:, length].min() >= 0.2 and within[:, length].max() <= 0.3  # not the family's 0.1-0.9
+    assert within[:, masspole].min() >= 0.1 and within[:, masspole].max() <= 0.3
+    assert np.all(within[:, masscart] == explicit.family.standard_params[masscart])  # unlisted: standard
+    assert explicit.heldout_params(10).tolist() == [
+        [0.9 if i == length else v for i, v in enumerate(explicit.family.standard_params)]
+    ]
+    with pytest.raises(ConfigError, match=r"env.heldout: client 0 sets unknown parameter 'lenght'"):
+        parse_config({"env": {"heldout": [{"lenght": 0.9}]}})

@@ -51,6 +51,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a federated policy in simulation, with a progress bar; writes a run directory."""
+    from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.experiment.config import ConfigError
     from fedrl.experiment.loading import load_config
     from fedrl.sim import run as runs
@@ -63,7 +64,7 @@ def run(
         else:
             cfg = load_config(config, set_)
             current = runs.start(cfg, out or runs.default_run_dir(cfg))
-    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, FileExistsError, FileNotFoundError, UserCodeError) as exc:
         fail(str(exc))
     console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
     state = current.state
@@ -78,12 +79,16 @@ def run(
         disable=quiet,
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
-        for result, reached in current.rounds():
-            state = reached
-            status = f"steps {result.env_steps:,}  updates {result.stats.n_updates}/{result.stats.n_sampled}"
-            if result.client_returns is not None:
-                status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
-            progress.update(task, completed=result.round, status=status)
+        try:
+            for result, reached in current.rounds():
+                state = reached
+                status = f"steps {result.env_steps:,}  updates {result.stats.n_updates}/{result.stats.n_sampled}"
+                if result.client_returns is not None:
+                    status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
+                progress.update(task, completed=result.round, status=status)
+        except UserCodeError as exc:
+            progress.stop()
+            fail(str(exc))
     summary = runs.finish(current, state)
     _print_summary(summary, current.dir.path)
 
@@ -91,7 +96,9 @@ def run(
 def _print_summary(summary: dict, path: Path) -> None:
     table = Table(title="result", show_header=False)
     for key, value in summary.items():
-        if key != "plots":
+        if key == "target_return" and value is None:
+            table.add_row(key, "no target")
+        elif key != "plots":
             table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
     console.print(table)
     console.print(
@@ -114,7 +121,8 @@ def envs() -> None:
         for r in family.param_ranges:
             table.add_row(r.name, f"{r.standard:g}", f"{r.low:g} .. {r.high:g}", r.doc)
         console.print(table)
-        console.print(f"  time limit {family.time_limit} steps, solved at return {family.solved_return:g}\n")
+        solved = "no target" if family.solved_return is None else f"solved at return {family.solved_return:g}"
+        console.print(f"  time limit {family.time_limit} steps, {solved}\n")
 
 
 def _parse_clients(spec: str, n_clients: int) -> tuple[str, list[int] | int]:
@@ -147,6 +155,7 @@ def eval_(
     """Evaluate a run's final (or latest checkpointed) policy, client by client."""
 
     from fedrl.agents import evaluate
+    from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.sim import run as runs
 
     try:
@@ -158,8 +167,11 @@ def eval_(
     final = current.dir.path / "final_policy.safetensors"
     params = current.dir.load_policy(setup) if final.exists() else current.state.params
     env_params = setup.heldout_params(chosen) if kind == "heldout" else setup.env_params[chosen]
-    ids = list(range(chosen)) if kind == "heldout" else chosen
-    returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
+    ids = [f"h{i}" for i in range(chosen)] if kind == "heldout" else chosen  # never mistaken for a trained id
+    try:
+        returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
+    except UserCodeError as exc:
+        fail(str(exc))
     policy = "final policy" if final.exists() else f"round {current.state.round}"
     table = Table(title=f"{kind} clients, {episodes} episodes each ({policy})")
     for column in ["client", *setup.family.param_names, "mean return", "std"]:

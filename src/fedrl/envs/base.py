@@ -88,7 +88,7 @@ class EnvFamily:
     obs_dim: int
     action_space: ActionSpace
     time_limit: int
-    solved_return: float
+    solved_return: float | None  # None: no return counts as solved (no target)
     init_state: Callable[..., Any]
     transition: Callable[..., tuple[Any, np.ndarray, np.ndarray]]
     observe: Callable[..., np.ndarray]
@@ -134,6 +134,13 @@ def heldout_params(family: EnvFamily, n_clients: int, heterogeneity: float, seed
     """Draw parameters for clients never trained on, from the same distribution as
     ``sample_params`` but an independent random stream."""
     return _draw(family, n_clients, heterogeneity, seed, HELDOUT_STREAM)
+
+
+def heldout_within(params: np.ndarray, n_clients: int, seed: int) -> np.ndarray:
+    """Parameters for ``n_clients`` never-trained clients drawn uniformly within the per-parameter
+    range of the listed clients ``params`` (``(C, P)``), on the held-out random stream."""
+    low, high = params.min(axis=0), params.max(axis=0)
+    return np.random.default_rng([seed, HELDOUT_STREAM]).uniform(low, high, size=(n_clients, params.shape[1]))
 
 
 def params_from_rows(family: EnvFamily, rows: Sequence[dict[str, float]]) -> np.ndarray:

@@ -16,8 +16,11 @@ without Gymnasium's ``TimeLimit``; its own ``truncated`` flag is ignored).
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -27,6 +30,30 @@ from fedrl.envs.base import Continuous, Discrete, EnvFamily, ParamRange
 
 ParamSetter = Callable[[gym.Env, dict[str, float]], None]
 ACTION_BOUND = "action_bound"
+
+
+class UserCodeError(RuntimeError):
+    """A user's setter or environment failed, or a setter set an attribute its environment does not
+    have; the message is one line naming the user's file and line."""
+
+
+LIBRARIES = (Path(__file__).resolve().parents[1], Path(gym.__file__).resolve().parent)  # fedrl's and Gymnasium's
+
+
+def blame(what: str, exc: BaseException) -> UserCodeError:
+    """``exc``, raised by the user's ``what``, as one line naming the last frame of the user's own code."""
+    theirs = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not any(Path(frame.filename).resolve().is_relative_to(folder) for folder in LIBRARIES)
+    ]
+    where = f" at {theirs[-1].filename}:{theirs[-1].lineno}" if theirs else ""
+    return UserCodeError(f"{what} raised {type(exc).__name__}: {exc}{where}")
+
+
+def setter_name(set_params: ParamSetter) -> str:
+    """``module:function``, as a config names a setter."""
+    return f"{getattr(set_params, '__module__', '?')}:{getattr(set_params, '__qualname__', set_params)}"
 
 
 class LazyEnv:
@@ -39,11 +66,31 @@ class LazyEnv:
 
     def _ready(self) -> gym.Env:
         if self._env is None:
-            env = gym.make(self.env_id, disable_env_checker=True).unwrapped
-            self.set_params(env, self.row)
-            self._obs, _ = env.reset(seed=self.seed)
+            try:
+                env = gym.make(self.env_id, disable_env_checker=True).unwrapped
+            except Exception as exc:
+                raise blame(f"making environment {self.env_id!r}", exc) from None
+            self._set_params(env)
+            try:
+                self._obs, _ = env.reset(seed=self.seed)
+            except Exception as exc:
+                raise blame(f"environment {self.env_id!r} (reset)", exc) from None
             self._env = env
         return self._env
+
+    def _set_params(self, env: gym.Env) -> None:
+        """Run the user's setter; one line naming its file and line when it fails, or when it sets an
+        attribute the environment does not have (a misspelt parameter would otherwise do nothing)."""
+        name, before = setter_name(self.set_params), set(vars(env))
+        try:
+            self.set_params(env, self.row)
+        except Exception as exc:
+            raise blame(f"setter {name}", exc) from None
+        added = sorted(set(vars(env)) - before)
+        if added:
+            close = difflib.get_close_matches(added[0], sorted(before), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserCodeError(f"setter {name} set {added[0]!r}, which {self.env_id} does not have{hint}")
 
     @property
     def env(self) -> gym.Env:
@@ -58,7 +105,11 @@ class LazyEnv:
 
     def step(self, action: Any) -> tuple[float, bool]:
         """Step the environment; returns ``(reward, terminated)``."""
-        self._obs, reward, terminated, _, _ = self._ready().step(action)
+        env = self._ready()
+        try:
+            self._obs, reward, terminated, _, _ = env.step(action)
+        except Exception as exc:
+            raise blame(f"environment {self.env_id!r} (step)", exc) from None
         return float(reward), bool(terminated)
 
 
@@ -133,7 +184,7 @@ def gym_family(
         obs_dim=int(obs_space.shape[0]),
         action_space=action_space,
         time_limit=int(limit),
-        solved_return=float(solved_return if solved_return is not None else (spec.reward_threshold or 0.0)),
+        solved_return=solved_return if solved_return is not None else spec.reward_threshold,
         init_state=init_state,
         transition=_transition,
         observe=_observe,

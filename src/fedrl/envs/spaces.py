@@ -26,7 +26,12 @@ def _not_simulated(*_: Any) -> Any:
 
 
 def spaces_family(
-    name: str, obs_dim: int, action_space: Discrete | Continuous, bound: float | None, time_limit: int, solved: float
+    name: str,
+    obs_dim: int,
+    action_space: Discrete | Continuous,
+    bound: float | None,
+    time_limit: int,
+    solved: float | None,
 ) -> EnvFamily:
     """An ``EnvFamily`` with the given spaces whose environments cannot be stepped here;
     continuous actions are clipped to ``bound`` (a fixed ``action_bound`` parameter)."""

@@ -136,7 +136,9 @@ class DeviceSpacesConfig(FrozenConfig):
     continuous: int | None = Field(None, ge=1, description="number of continuous actions")
     action_bound: float | None = Field(None, gt=0, description="continuous actions lie in [-bound, bound]")
     time_limit: int = Field(1000, ge=1, description="episode length the devices' environments use")
-    solved_return: float = Field(0.0, description="return that counts as solved (reports only)")
+    solved_return: float | None = Field(
+        None, description="return that counts as solved (reports only; none: no target)"
+    )
 
     @model_validator(mode="after")
     def _one_action_space(self) -> DeviceSpacesConfig:
@@ -158,6 +160,11 @@ class EnvConfig(FrozenConfig):
     heterogeneity: float = Field(1.0, ge=0, le=1, description="0 = identical clients, 1 = widest spread")
     clients: list[dict[str, float]] | None = Field(
         None, description="explicit physical parameters, one mapping per client (overrides heterogeneity)"
+    )
+    heldout: list[dict[str, float]] | None = Field(
+        None,
+        description="explicit physical parameters of the never-trained clients evaluated at the end (default: "
+        "drawn within the range of env.clients when those are listed, else from the family's ranges)",
     )
     gym: GymEnvConfig | None = Field(None, description="the Gymnasium id and its parameters, with family: gym")
     device: DeviceSpacesConfig | None = Field(None, description="the spaces devices' own environments share")
@@ -186,12 +193,13 @@ class EnvConfig(FrozenConfig):
             names, shown = (*self.gym.params, ACTION_BOUND), [*self.gym.params, f"{ACTION_BOUND} (continuous actions)"]
         else:
             names = shown = FAMILIES[self.family].param_names
-        for i, row in enumerate(self.clients or ()):
-            unknown = [k for k in row if k not in names]
-            if unknown:
-                raise KeyProblem(
-                    "clients", f"client {i} sets unknown parameter {unknown[0]!r}; allowed: {', '.join(shown)}"
-                )
+        for key, rows in (("clients", self.clients), ("heldout", self.heldout)):
+            for i, row in enumerate(rows or ()):
+                unknown = [k for k in row if k not in names]
+                if unknown:
+                    raise KeyProblem(
+                        key, f"client {i} sets unknown parameter {unknown[0]!r}; allowed: {', '.join(shown)}"
+                    )
         return self
 
 

@@ -17,6 +17,7 @@ from fedrl.envs.base import (
     EnvFamily,
     ParamRange,
     heldout_params,
+    heldout_within,
     params_from_rows,
     sample_params,
 )
@@ -135,8 +136,18 @@ class Setup:
         return sample_params(self.family, fed.n_clients, env.heterogeneity, self.config.seed)
 
     def heldout_params(self, n_clients: int) -> np.ndarray:
-        """Physical parameters of ``n_clients`` clients never trained on."""
-        return heldout_params(self.family, n_clients, self.config.env.heterogeneity, self.config.seed)
+        """Physical parameters of (up to) ``n_clients`` clients never trained on: the first of
+        ``env.heldout`` when listed; drawn within the range of ``env.clients`` when those are listed
+        (never from ranges the config did not give); else from the family's ranges."""
+        env = self.config.env
+        if env.heldout is not None:
+            try:
+                return params_from_rows(self.family, env.heldout)[:n_clients]
+            except ValueError as exc:
+                raise ConfigError(f"bad config: env.heldout: {exc}") from None
+        if env.clients is not None:
+            return heldout_within(self.env_params, n_clients, self.config.seed)
+        return heldout_params(self.family, n_clients, env.heterogeneity, self.config.seed)
 
     @cached_property
     def net(self) -> PolicyNet:
@@ -163,8 +174,8 @@ class Setup:
         return Budget(steps=fed.local_steps, episodes=fed.local_episodes)
 
     @property
-    def target_return(self) -> float:
-        """The global mean return at which a run counts as solved."""
+    def target_return(self) -> float | None:
+        """The global mean return at which a run counts as solved; None when nothing sets one."""
         target = self.config.federation.target_return
         return self.family.solved_return if target is None else target
 

@@ -310,7 +310,8 @@ class Coordinator:
         """Whether the run is over: all rounds done, or the target return reached."""
         fed = self.config.experiment.federation
         score = self._deployed.eval_return
-        at_target = fed.stop_at_target and score is not None and score >= self.setup.target_return
+        target = self.setup.target_return
+        at_target = fed.stop_at_target and None not in (score, target) and score >= target
         return at_target or self._round.round > fed.rounds
 
     def task(self, client: str) -> Task | Wait:

@@ -109,6 +109,7 @@ def is_solved(setup: SimSetup, result: RoundResult) -> bool:
     return (
         setup.config.federation.stop_at_target
         and result.client_returns is not None
+        and setup.target_return is not None
         and result.global_mean_return >= setup.target_return
     )
 

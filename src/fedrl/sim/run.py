@@ -108,16 +108,15 @@ def finish(run: Run, state: SimState) -> dict:
         "rounds": state.round,
         "env_steps": state.env_steps,
         "wall_s": round(state.wall_s, 3),
-        "target_return": setup.target_return,
-        "solved": False,
+        "target_return": setup.target_return,  # None: the family sets none and neither did the config
     }
+    if setup.target_return is not None:
+        summary["solved"] = False
     if evaluated:
         last = evaluated[-1]
-        summary.update(
-            solved=bool(last.global_mean_return >= setup.target_return),
-            global_mean_return=last.global_mean_return,
-            worst_client_return=last.worst_client_return,
-        )
+        summary.update(global_mean_return=last.global_mean_return, worst_client_return=last.worst_client_return)
+        if setup.target_return is not None:
+            summary["solved"] = bool(last.global_mean_return >= setup.target_return)
     summary.update(_traffic_and_privacy(rows))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
