@@ -205,3 +205,11 @@ def test_a_family_without_a_solved_return_reports_no_target(tmp_path):
     assert result.exit_code == 0, result.output
     assert re.search(r"target_return\s+│\s+no target", result.output) and "│ solved" not in result.output
     assert summary["target_return"] is None and "solved" not in summary
+
+
+def test_without_a_terminal_the_progress_is_one_plain_line_per_round(config_file, tmp_path):
+    result = runner.invoke(app, ["run", str(config_file), "--out", str(tmp_path / "out")])  # output is not a tty
+
+    rounds = re.findall(r"^round (\d+)/3  steps [\d,]+  updates \d+/\d+  mean .* s$", result.output, re.MULTILINE)
+    assert result.exit_code == 0, result.output
+    assert rounds == ["1", "2", "3"] and "━" not in result.output

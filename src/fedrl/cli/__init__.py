@@ -69,6 +69,7 @@ def run(
     console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
     state = current.state
     total = current.setup.config.federation.rounds
+    lines = not quiet and not console.is_terminal  # a log file or CI: one plain line per round, not a bar
     with Progress(
         TextColumn("[bold]round"),
         MofNCompleteColumn(),
@@ -76,7 +77,7 @@ def run(
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         console=console,
-        disable=quiet,
+        disable=quiet or lines,
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
         try:
@@ -86,6 +87,8 @@ def run(
                 if result.client_returns is not None:
                     status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
                 progress.update(task, completed=result.round, status=status)
+                if lines:
+                    console.print(f"round {result.round}/{total}  {status}  {state.wall_s:.1f} s", highlight=False)
         except UserCodeError as exc:
             progress.stop()
             fail(str(exc))
