@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 
 @pytest.fixture
@@ -12,3 +13,11 @@ def tiny_config():
         "federation": {"n_clients": 3, "rounds": 3, "local_steps": 256, "stop_at_target": False},
         "eval": {"episodes": 2, "heldout_clients": 2},
     }
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_config):
+    """``tiny_config`` written as a YAML file."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return path

@@ -21,13 +21,6 @@ from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
 runner = CliRunner()
 
 
-@pytest.fixture
-def config_file(tmp_path, tiny_config):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_config))
-    return path
-
-
 @pytest.mark.parametrize("command", [[], ["run"], ["envs"], ["eval"], ["plot"]])
 def test_help_is_useful_on_its_own(command):
     result = runner.invoke(app, [*command, "--help"])

@@ -456,3 +456,32 @@ def test_a_new_run_starts_from_a_pretrained_policy_and_refuses_one_of_another_ne
         Coordinator.open(config, tmp_path / "fresh", init_from=tmp_path / "other.npz")
     with pytest.raises(ConfigError, match="--init-from starts a new run, but .* holds one already"):
         Coordinator.open(config, tmp_path / "state", init_from=tmp_path / "pretrained.npz")
+
+
+def test_each_closed_round_is_told_to_the_callbacks_and_a_failing_one_does_not_stop_the_server(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedrl.experiment.callbacks import TensorBoardCallback
+
+    class Broken:
+        def on_round(self, report):
+            raise RuntimeError("the logging service is down")
+
+        def close(self):
+            raise RuntimeError("still down")
+
+    clock = Clock()
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), clock)
+    coordinator.callbacks += [Broken(), TensorBoardCallback(tmp_path / "tb", purge_step=coordinator.open_round)]
+    for _ in range(2):
+        tasks = {c: coordinator.task(c) for c in NAMES}
+        for c in NAMES:
+            coordinator.submit(c, submission(coordinator, c, tasks[c]))
+        coordinator.tick()
+    coordinator.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+
+    assert coordinator.model().version == 2  # the broken callback stopped nothing
+    assert [(e.step, e.value) for e in events.Scalars("deploy/version")] == [(1, 1.0), (2, 2.0)]
+    assert [e.value for e in events.Scalars("round/updates")] == [3.0, 3.0]

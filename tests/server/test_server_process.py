@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedrl.edge.grpc_link import GrpcLink
 from fedrl.edge.link import Unreachable
@@ -143,6 +144,9 @@ def test_kill_9_mid_round_then_restart_keeps_acknowledged_updates_once(server):
     store = Store(server.state_dir)
     assert [r.n_updates for r in store.rounds() if r.round == 1] == [3]
     assert sorted(store.round_clients(1)) == list(NAMES)
+    events = EventAccumulator(str(server.state_dir / "tensorboard"))  # the server's own TensorBoard files
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("round/updates")] == [(1, 3.0)]
 
 
 def test_every_acknowledged_update_survives_a_kill_9_during_uploads(server):

@@ -49,9 +49,18 @@ def run(
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/NAME-TIMESTAMP)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    callback: list[str] = typer.Option(
+        [],
+        "--callback",
+        help="module:factory making a round callback (on_round, close) from the run directory; repeatable.",
+    ),
+    tensorboard: bool = typer.Option(
+        True, "--tensorboard/--no-tensorboard", help="Write TensorBoard event files to RUN_DIR/tensorboard."
+    ),
 ) -> None:
     """Train a federated policy in simulation, with a progress bar; writes a run directory."""
     from fedrl.envs.gym_adapter import UserCodeError
+    from fedrl.experiment.callbacks import load_callbacks
     from fedrl.experiment.config import ConfigError
     from fedrl.experiment.loading import load_config
     from fedrl.sim import run as runs
@@ -60,10 +69,13 @@ def run(
         if resume is not None:
             if config is not None or out is not None:
                 fail("--resume takes the run directory only; change settings with --set")
+            callbacks = load_callbacks(callback, resume)
             current = runs.resume(resume, set_)
         else:
             cfg = load_config(config, set_)
-            current = runs.start(cfg, out or runs.default_run_dir(cfg))
+            path = out or runs.default_run_dir(cfg)
+            callbacks = load_callbacks(callback, path)  # before the run exists: a bad one leaves nothing behind
+            current = runs.start(cfg, path)
     except (ConfigError, FileExistsError, FileNotFoundError, UserCodeError) as exc:
         fail(str(exc))
     console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
@@ -81,7 +93,7 @@ def run(
     ) as progress:
         task = progress.add_task("rounds", total=total, completed=state.round, status="")
         try:
-            for result, reached in current.rounds():
+            for result, reached in current.rounds(callbacks, tensorboard):
                 state = reached
                 status = f"steps {result.env_steps:,}  updates {result.stats.n_updates}/{result.stats.n_sampled}"
                 if result.client_returns is not None:

@@ -73,9 +73,16 @@ def server(
     ),
     broker_key: Optional[Path] = typer.Option(None, "--broker-key", help="With --transport mqtt: its private key."),
     mqtt_version: str = MQTT_VERSION,
+    callback: list[str] = typer.Option(
+        [],
+        "--callback",
+        help="module:factory making a round callback (on_round, close) from the state directory; repeatable. "
+        "TensorBoard event files go to STATE_DIR/tensorboard in any case.",
+    ),
 ) -> None:
     """Serve a federation over gRPC or through an MQTT broker (rounds aggregated, evaluated,
     deployed); JSON log lines on stderr. The transport never changes what the experiment runs."""
+    from fedrl.experiment.callbacks import load_callbacks
     from fedrl.experiment.config import ConfigError
     from fedrl.server.app import ServeOptions, run_server
     from fedrl.server.config import load_server_config
@@ -106,6 +113,7 @@ def server(
             exit_when_finished,
             broker_opts,
             init_from,
+            tuple(load_callbacks(callback, state_dir)),
         )
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

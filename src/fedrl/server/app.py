@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from fedrl.experiment.callbacks import Callback, TensorBoardCallback
 from fedrl.server.config import ServerConfig, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.grpc_service import serve_grpc
@@ -45,6 +46,7 @@ class ServeOptions:
     exit_when_finished: bool = False  # stop once the run is over and clients have had time to hear it
     broker: BrokerOptions | None = None  # serve through this MQTT broker instead of gRPC on ``listen``
     init_from: Path | None = None  # a new run starts from the policy saved here (pre-trained)
+    callbacks: tuple[Callback, ...] = ()  # a user's round callbacks (fedrl server --callback)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     """Serve until ``stop`` is set (or, with ``exit_when_finished``, the run is over)."""
     metrics = ServerMetrics.create()
     coordinator = Coordinator.open(config, options.state_dir, metrics, init_from=options.init_from)
+    coordinator.callbacks += [
+        TensorBoardCallback(options.state_dir / "tensorboard", purge_step=coordinator.open_round),
+        *options.callbacks,
+    ]
     serving = start_transport(coordinator, options, config, metrics)
     liveness = Liveness(coordinator)
     http = serve_metrics(metrics, *_host_port(options.metrics_listen), liveness) if options.metrics_listen else None

@@ -47,6 +47,7 @@ from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.core.update import Update, UpdateMetrics
 from fedrl.experiment.aggregation import aggregate_round, heldout_returns, secure_update
+from fedrl.experiment.callbacks import Callback, RoundReport, finite
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import read_resolved, to_yaml
@@ -118,6 +119,7 @@ class Coordinator:
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         self._finished_noted = False
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
+        self.callbacks: list[Callback] = []  # told about each closed round (TensorBoard, a user's logger)
         store.sweep_update_files()
         self._load()
 
@@ -748,7 +750,32 @@ class Coordinator:
             epsilon=spent,
         )
         self._metrics.round_duration_seconds.observe(now - round_.opened_at)
+        self._tell(round_, now, score, spent)
         self._open_next_round()
+
+    @property
+    def open_round(self) -> int:
+        """The number of the round now open."""
+        return self._round.round
+
+    def _tell(self, round_: RoundStatus, now: float, score: float | None, spent: float | None) -> None:
+        """Report the closed round to the callbacks; one that fails is logged and the server goes on."""
+        updates = len(self._secure.survivors) if self._secure is not None else len(self._arrived)
+        scalars = {
+            "return/candidate": score,
+            "return/deployed": self._deployed.eval_return,
+            "deploy/version": self._deployed.version,
+            "deploy/promoted": int(self._deployed.round == round_.round),
+            "round/updates": updates,
+            "round/duration_s": now - round_.opened_at,
+            "privacy/epsilon": spent,
+        }
+        report = RoundReport(round_.round, finite(scalars))
+        for callback in self.callbacks:
+            try:
+                callback.on_round(report)
+            except Exception as exc:  # a logger must not stop the federation
+                log_event("callback_failed", level="warning", callback=type(callback).__name__, error=repr(exc))
 
     def _close_failed(self, round_: RoundStatus, reason: str) -> None:
         """Close a round that produced no candidate; the deployed version stays."""
@@ -757,6 +784,7 @@ class Coordinator:
         log_event("round_failed", level="warning", round=round_.round, reason=reason)
         self._secure_failures = {round_.round: reason}  # told to its clients that are still polling
         self._metrics.round_duration_seconds.observe(now - round_.opened_at)
+        self._tell(round_, now, None, spent)
         self._open_next_round()
 
     def _open_next_round(self) -> None:
@@ -808,10 +836,15 @@ class Coordinator:
             )
 
     def close(self) -> None:
-        """Store liveness and close the store."""
+        """Store liveness, close the store and the callbacks."""
         with self._lock:
             self._store.save_liveness(self._seen)
             self._store.close()
+            for callback in self.callbacks:
+                try:
+                    callback.close()
+                except Exception as exc:
+                    log_event("callback_failed", level="warning", callback=type(callback).__name__, error=repr(exc))
 
 
 def _frame_key(token_hash: str) -> bytes:

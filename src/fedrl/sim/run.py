@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +12,7 @@ import yaml
 
 from fedrl.agents.runtime import tune_allocator
 from fedrl.experiment.aggregation import heldout_returns
+from fedrl.experiment.callbacks import Callback, RoundReport, TensorBoardCallback, finite
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
 from fedrl.sim.engine import initial_state, run_rounds
@@ -29,13 +30,58 @@ class Run:
     state: SimState
     dir: RunDir
 
-    def rounds(self) -> Iterator[tuple[RoundResult, SimState]]:
-        """Run the remaining rounds, recording metrics and a checkpoint after each."""
+    def rounds(
+        self, callbacks: Sequence[Callback] = (), tensorboard: bool = True
+    ) -> Iterator[tuple[RoundResult, SimState]]:
+        """Run the remaining rounds, recording metrics and a checkpoint after each, then telling
+        ``callbacks`` (and TensorBoard, in ``RUN_DIR/tensorboard``); they are closed at the end."""
         tune_allocator()
-        for result, state in run_rounds(self.setup, self.state):
-            self.dir.record(result)
-            self.dir.save_checkpoint(self.setup, state)
-            yield result, state
+        told = list(callbacks)
+        if tensorboard:
+            told.append(TensorBoardCallback(self.dir.path / TENSORBOARD_DIR, purge_step=self.state.round + 1))
+        try:
+            for result, state in run_rounds(self.setup, self.state):
+                row = self.dir.record(result)
+                self.dir.save_checkpoint(self.setup, state)
+                report = round_report(row, result.client_returns)
+                for callback in told:
+                    callback.on_round(report)
+                yield result, state
+        finally:
+            for callback in told:
+                callback.close()
+
+
+TENSORBOARD_DIR = "tensorboard"
+TAGS = {  # RoundRow column -> TensorBoard tag
+    "global_mean_return": "return/mean",
+    "p10_client_return": "return/p10_client",
+    "worst_client_return": "return/worst_client",
+    "personalized_mean_return": "return/personalized_mean",
+    "personalized_worst_client_return": "return/personalized_worst_client",
+    "train_loss": "train/loss",
+    "train_episodes": "train/episodes",
+    "n_updates": "round/updates",
+    "n_sampled": "round/sampled",
+    "n_dropped": "round/dropped",
+    "n_rejected": "round/rejected",
+    "mean_staleness": "round/mean_staleness",
+    "wall_s": "time/wall_s",
+    "sim_time_s": "time/simulated_s",
+    "uplink_bytes": "traffic/uplink_bytes",
+    "downlink_bytes": "traffic/downlink_bytes",
+    "compression_ratio": "traffic/compression_ratio",
+    "epsilon": "privacy/epsilon",
+    "secagg_recovered": "secure_aggregation/recovered",
+}
+
+
+def round_report(row: RoundRow, client_returns: np.ndarray | None) -> RoundReport:
+    """A round's row as callbacks see it: its measured values by tag."""
+    values = row._asdict()
+    return RoundReport(
+        row.round, finite({tag: values[name] for name, tag in TAGS.items()}), row.env_steps, client_returns
+    )
 
 
 def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path:

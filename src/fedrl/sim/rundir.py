@@ -187,14 +187,15 @@ class RunDir:
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
-    def record(self, result: RoundResult) -> None:
-        """Append one round's metrics to SQLite and the CSV files."""
+    def record(self, result: RoundResult) -> RoundRow:
+        """Append one round's metrics to SQLite and the CSV files; returns the round's row."""
         row, clients = _round_row(result), _client_rows(result)
         with self._connect() as db:
             db.execute(_insert("rounds", ROUND_COLUMNS), row)
             db.executemany(_insert("client_returns", CLIENT_COLUMNS), clients)
         self._append_csv("metrics.csv", ROUND_COLUMNS, [row])
         self._append_csv("client_returns.csv", CLIENT_COLUMNS, clients)
+        return row
 
     def _append_csv(self, name: str, header: tuple[str, ...], rows: list[tuple]) -> None:
         path = self.path / name
