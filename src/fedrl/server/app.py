@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ import grpc
 from fedrl.experiment.callbacks import Callback, TensorBoardCallback
 from fedrl.server.config import ServerConfig, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
+from fedrl.server.dashboard import server_status
 from fedrl.server.grpc_service import serve_grpc
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics, serve_metrics
@@ -123,12 +125,18 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     ]
     serving = start_transport(coordinator, options, config, metrics)
     liveness = Liveness(coordinator)
-    http = serve_metrics(metrics, *_host_port(options.metrics_listen), liveness) if options.metrics_listen else None
+    status = partial(server_status, coordinator, metrics)
+    http = (
+        serve_metrics(metrics, *_host_port(options.metrics_listen), liveness, status)
+        if options.metrics_listen
+        else None
+    )
     info = {**serving.info, "metrics_port": http.port if http else None}
     _write_info(options, info)
     if http:
         host = _host_port(options.metrics_listen)[0]
-        info = {**info, "metrics": f"http://{host}:{http.port}/metrics", "health": f"http://{host}:{http.port}/healthz"}
+        base = f"http://{host}:{http.port}"
+        info = {**info, "metrics": f"{base}/metrics", "health": f"{base}/healthz", "dashboard": f"{base}/"}
     log_event("server_started", **info, deployed_version=coordinator.deployed_version, state_dir=str(options.state_dir))
     ignored = simulator_only_keys(config.experiment)
     if ignored:

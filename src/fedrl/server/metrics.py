@@ -17,6 +17,8 @@ from wsgiref.simple_server import WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
+from fedrl.experiment.dashboard import Status, dashboard_app
+
 NAMESPACE = "fedrl"
 ROUND_BUCKETS_S = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)  # a round takes seconds to an hour
 
@@ -100,7 +102,7 @@ def _routes(metrics: ServerMetrics, health: Health) -> Callable:
     exposition = make_wsgi_app(metrics.registry)
 
     def app(environ, start_response):
-        if environ.get("PATH_INFO") != "/healthz":
+        if environ.get("PATH_INFO") != "/healthz":  # /metrics, and any other path
             return exposition(environ, start_response)
         healthy, facts = health()
         start_response("200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "application/json")])
@@ -110,11 +112,18 @@ def _routes(metrics: ServerMetrics, health: Health) -> Callable:
 
 
 def serve_metrics(
-    metrics: ServerMetrics, host: str = "127.0.0.1", port: int = 0, health: Health = lambda: (True, {"status": "ok"})
+    metrics: ServerMetrics,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    health: Health = lambda: (True, {"status": "ok"}),
+    status: Status | None = None,
 ) -> MetricsServer:
-    """Serve ``metrics`` in Prometheus' text format (``/metrics``) and ``health`` for probes
-    (``/healthz``) over HTTP, from a daemon thread; port 0 picks a free port."""
-    httpd = make_server(host, port, _routes(metrics, health), ThreadingWSGIServer, handler_class=_SilentHandler)
+    """Serve ``metrics`` in Prometheus' text format (``/metrics``), ``health`` for probes
+    (``/healthz``) and, given ``status``, the live dashboard (``/``) over HTTP, from a daemon
+    thread; port 0 picks a free port."""
+    routes = _routes(metrics, health)
+    app = routes if status is None else dashboard_app(status, fallback=routes)
+    httpd = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
     thread = threading.Thread(target=httpd.serve_forever, name="fedrl-metrics", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)
