@@ -29,6 +29,7 @@ from safetensors.numpy import save
 
 from fedrl.policy.card import CARD_KEY, PolicyCard, check_params
 from fedrl.policy.runtime import Policy
+from fedrl.policy.sb3 import from_sb3
 
 RUN_POLICY = "final_policy.safetensors"
 ACTING_POLICY = "acting.safetensors"
@@ -107,7 +108,11 @@ def load_policy(path: Path | str) -> Policy:
         return _load_npz(path)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    raise ValueError(f"{path}: not a policy (expected a .npz or .safetensors file, or a folder that holds one)")
+    if path.suffix == ".zip":  # a Stable-Baselines3 model (this one needs torch and stable-baselines3)
+        return from_sb3(path)
+    raise ValueError(
+        f"{path}: not a policy (expected a .npz or .safetensors file, an SB3 model's .zip, or a folder that holds one)"
+    )
 
 
 def policy_file(folder: Path) -> Path:
