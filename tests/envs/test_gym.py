@@ -14,8 +14,9 @@ from gymnasium.utils.env_checker import check_env
 import fedrl.envs
 from fedrl.envs import base, get_family
 from fedrl.envs.cartpole import CARTPOLE, CartPolePhysics
-from fedrl.envs.gym_adapter import UserCodeError, gym_family, load_setter
+from fedrl.envs.gym_adapter import UserCodeError, gym_family
 from fedrl.envs.gym_registration import GYM_IDS
+from fedrl.experiment.config import import_function
 
 IDS = list(GYM_IDS.values())
 
@@ -111,11 +112,17 @@ def test_adapter_continuous_actions_are_clipped():
     assert all(h.env.last_u == 2.0 for h in result.state.physics.env.ravel())
 
 
-def test_load_setter():
-    assert load_setter("math:sqrt")(4.0) == 2.0
-    for bad in ("math", "math:nope", "no_such_module:f", "math:pi"):
-        with pytest.raises(ValueError):
-            load_setter(bad)
+def test_a_users_function_is_imported_or_refused_in_one_line():
+    assert import_function("math:sqrt", None, "setter")(4.0) == 2.0
+    for bad, message in (
+        ("math", "setter must look like 'package.module:function', got 'math'"),
+        ("math:nope", "cannot load setter 'math:nope': AttributeError"),
+        ("no_such_module:f", "cannot load setter 'no_such_module:f': ModuleNotFoundError"),
+        ("math:pi", "setter 'math:pi' is not callable"),
+    ):
+        with pytest.raises(ValueError) as err:
+            import_function(bad, None, "setter")
+        assert str(err.value).startswith(message)
 
 
 def set_misspelt(env, row):

@@ -80,5 +80,5 @@ def test_a_callback_that_cannot_be_loaded_stops_the_run_before_it_exists(config_
     result = runner.invoke(app, ["run", str(config_file), "--out", str(out), "--callback", "no_such_module:Logger"])
 
     assert result.exit_code == 2
-    assert result.output.startswith("error: --callback no_such_module:Logger: cannot load it: ModuleNotFoundError")
+    assert result.output.startswith("error: cannot load --callback 'no_such_module:Logger': ModuleNotFoundError")
     assert not out.exists()

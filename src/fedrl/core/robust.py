@@ -11,6 +11,10 @@ and ``combine`` does it:
    median or trimmed mean (Yin et al., ICML 2018), Krum or multi-Krum (Blanchard et al.,
    NeurIPS 2017) -- see ``fedrl.core.aggregation``.
 
+A rule of your own is named ``"package.module:function"``: ``function(stack, weights)`` gets the
+clipped ``(n, d)`` float32 deltas and their env-step weights and returns the one ``(d,)`` delta.
+The experiment layer imports it and ``register_rule``s it under that name before the strategy runs.
+
 Weights: ``mean`` and ``multikrum`` weight each delta by its env steps, as FedAvg does.
 ``median``, ``trimmed_mean`` and ``krum`` ignore the weights: a client reports its own step
 count, so a weight would let one attacker outvote the honest majority these rules protect.
@@ -24,10 +28,12 @@ first to report the rejections, since a strategy has no side effects to report t
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import re
+from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedrl.core.aggregation import (
     clip_to_norm,
@@ -41,17 +47,37 @@ from fedrl.core.aggregation import (
 from fedrl.core.frozen import FrozenConfig
 from fedrl.core.update import Update, stack_deltas, step_weights
 
-Rule = Literal["mean", "median", "trimmed_mean", "krum", "multikrum"]
+RULES = ("mean", "median", "trimmed_mean", "krum", "multikrum")
+CUSTOM_RULE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # "package.module:function"
+RuleFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_custom: dict[str, RuleFunction] = {}  # "module:function" -> the function, registered by the experiment layer
+
+
+def register_rule(name: str, function: RuleFunction) -> None:
+    """Make ``function(stack, weights) -> delta`` the rule a config names ``name`` ("module:function")."""
+    _custom[name] = function
 
 
 class RobustConfig(FrozenConfig):
     """How a strategy reduces its clients' deltas to one: optional clipping, then a rule."""
 
-    rule: Rule = Field("mean", description="how deltas are combined: mean, median, trimmed_mean, krum, multikrum")
+    rule: str = Field(
+        "mean", description="how deltas are combined: mean, median, trimmed_mean, krum, multikrum, or module:function"
+    )
     trim_ratio: float = Field(0.1, ge=0, lt=0.5, description="trimmed_mean: fraction dropped at each end")
     byzantine: int = Field(0, ge=0, description="krum/multikrum: f, the attackers tolerated (needs n > 2f+2)")
     multikrum_m: int | None = Field(None, ge=1, description="multikrum: how many best deltas to average; None: n - f")
     norm_bound: float | None = Field(None, gt=0, description="clip each delta to this L2 norm first; None: no clip")
+    rule_dir: str | None = Field(
+        None, description="where a rule of your own is looked up first (default: the config file's folder)"
+    )
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        if value not in RULES and not CUSTOM_RULE.fullmatch(value):
+            raise ValueError(f"unknown rule; allowed: {', '.join(RULES)}, or package.module:function of your own")
+        return value
 
     @model_validator(mode="after")
     def _rule_options_match_rule(self) -> RobustConfig:
@@ -100,8 +126,26 @@ def reduce_stack(config: RobustConfig, stack: np.ndarray, weights: np.ndarray) -
         return trimmed_mean(stack, config.trim_ratio)
     if config.rule == "krum":
         return krum(stack, config.byzantine)
-    # the last of the Literal's choices: "multikrum"
-    return multi_krum(stack, config.byzantine, config.multikrum_m, weights)
+    if config.rule == "multikrum":
+        return multi_krum(stack, config.byzantine, config.multikrum_m, weights)
+    return _custom_rule(config.rule, stack, weights)
+
+
+def _custom_rule(name: str, stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """A registered rule's delta; ``ValueError`` naming the rule when it is not registered or
+    returns anything but ``d`` finite numbers."""
+    if name not in _custom:
+        raise ValueError(f"rule {name!r} is not registered (the experiment's Setup loads it)")
+    try:
+        delta = np.asarray(_custom[name](stack.copy(), weights.copy()), dtype=np.float32)
+    except Exception as exc:
+        raise ValueError(f"rule {name} raised {type(exc).__name__}: {exc}") from exc
+    if delta.shape != stack.shape[1:] or not np.isfinite(delta).all():
+        raise ValueError(
+            f"rule {name} returned {delta.shape} values (finite: {np.isfinite(delta).all()}); "
+            f"it must return {stack.shape[1]} finite numbers, one delta"
+        )
+    return delta
 
 
 def combine(config: RobustConfig, updates: list[Update]) -> np.ndarray:

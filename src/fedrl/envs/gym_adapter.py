@@ -17,7 +17,6 @@ without Gymnasium's ``TimeLimit``; its own ``truncated`` flag is ignored).
 from __future__ import annotations
 
 import difflib
-import importlib
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -210,17 +209,3 @@ def _observe(params: np.ndarray, physics: GymPhysics) -> np.ndarray:
     """The handles' last observations as float32 ``(C, E, obs_dim)``."""
     obs = [np.asarray(h.obs, dtype=np.float32) for h in physics.env.ravel()]
     return np.stack(obs).reshape(physics.env.shape + obs[0].shape)
-
-
-def load_setter(path: str) -> ParamSetter:
-    """Import a parameter setter named ``"package.module:function"`` (for configs)."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"setter must look like 'package.module:function', got {path!r}")
-    try:
-        setter = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load setter {path!r}: {exc}") from exc
-    if not callable(setter):
-        raise ValueError(f"setter {path!r} is not callable")
-    return setter

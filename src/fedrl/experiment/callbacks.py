@@ -9,16 +9,14 @@ own logger (Weights & Biases, MLflow, a database) plugs in without editing fedrl
 
 from __future__ import annotations
 
-import importlib
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from fedrl.experiment.config import ConfigError
+from fedrl.experiment.config import ConfigError, import_function
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,10 @@ def load_callbacks(specs: Sequence[str], log_dir: Path) -> list[Callback]:
     naming the one that cannot be loaded or lacks ``on_round``/``close``."""
     callbacks = []
     for spec in specs:
-        factory = _factory(spec)
+        try:
+            factory = import_function(spec, None, "--callback")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             callback = factory(log_dir)
         except Exception as exc:
@@ -93,20 +94,3 @@ def load_callbacks(specs: Sequence[str], log_dir: Path) -> list[Callback]:
             raise ConfigError(f"--callback {spec}: what it made has no {' or '.join(missing)}()")
         callbacks.append(callback)
     return callbacks
-
-
-def _factory(spec: str) -> Callable:
-    """The callable ``module:name`` names, its module looked up on the Python path, then in the
-    working directory."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"--callback must look like 'package.module:factory', got {spec!r}")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.append(str(Path.cwd()))
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # ImportError, AttributeError, or the module failing as it loads
-        raise ConfigError(f"--callback {spec}: cannot load it: {type(exc).__name__}: {exc}") from None
-    if not callable(found):
-        raise ConfigError(f"--callback {spec} is not callable")
-    return found

@@ -22,6 +22,7 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ from fedrl.core.robust import RobustConfig
 from fedrl.core.secagg import check_headroom
 from fedrl.core.strategies import STRATEGY_CONFIGS, FedAvgConfig, StrategyConfig
 from fedrl.envs import FAMILIES
-from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter, load_setter
+from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter
 
 GYM_FAMILY = "gym"
 DEVICE_FAMILY = "device"
@@ -63,20 +64,29 @@ class KeyProblem(ValueError):
 
 
 def import_setter(spec: str, setter_dir: str | None) -> ParamSetter:
-    """The parameter setter ``"module:function"``, its module imported from ``setter_dir``
-    first, then the working directory, then ``sys.path``; ``ValueError`` in one line otherwise."""
-    folders = ([str(Path(setter_dir))] if setter_dir else []) + [os.getcwd()]
+    """The parameter setter ``"module:function"`` (``import_function``, looked up in ``setter_dir`` first)."""
+    return import_function(spec, setter_dir, "setter")
+
+
+def import_function(spec: str, folder: str | None, what: str) -> Callable[..., Any]:
+    """The user's callable ``"module:function"`` (a setter, a robust rule, a callback factory), its
+    module imported from ``folder`` first, then the working directory, then ``sys.path``;
+    ``ValueError`` in one line naming ``what`` otherwise."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{what} must look like 'package.module:function', got {spec!r}")
     saved = list(sys.path)
-    sys.path[:0] = folders
+    sys.path[:0] = ([str(Path(folder))] if folder else []) + [os.getcwd()]
     importlib.invalidate_caches()
     try:
-        return load_setter(spec)
-    except ValueError:
-        raise
-    except Exception as exc:  # the module itself failed to import (SyntaxError, RuntimeError ...)
-        raise ValueError(f"cannot load setter {spec!r}: {type(exc).__name__}: {exc}") from exc
+        found = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # not found, or the module itself failed to import (SyntaxError, RuntimeError ...)
+        raise ValueError(f"cannot load {what} {spec!r}: {type(exc).__name__}: {exc}") from exc
     finally:
         sys.path[:] = saved
+    if not callable(found):
+        raise ValueError(f"{what} {spec!r} is not callable")
+    return found
 
 
 class GymParamConfig(FrozenConfig):

@@ -163,7 +163,7 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfi
     for assignment in overrides:
         data = apply_override(data, assignment)
     if path is not None:
-        data = _anchor_setter_dir(data, Path(path).parent)
+        data = _anchor_rule_dir(_anchor_setter_dir(data, Path(path).parent), Path(path).parent)
     return parse_config(data)
 
 
@@ -176,6 +176,19 @@ def _anchor_setter_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
         return data
     setter_dir = str((folder / (gym.get("setter_dir") or ".")).resolve())
     return {**data, "env": {**env, "gym": {**gym, "setter_dir": setter_dir}}}
+
+
+def _anchor_rule_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with ``strategy.robust.rule_dir`` made absolute, as ``_anchor_setter_dir`` does for
+    setters, when the rule is one of the user's (``module:function``)."""
+    strategy = data.get("strategy")
+    robust = strategy.get("robust") if isinstance(strategy, dict) else None
+    if not isinstance(robust, dict) or ":" not in str(robust.get("rule", "")):
+        return data
+    if not isinstance(robust.get("rule_dir", ""), (str, type(None))):
+        return data
+    rule_dir = str((folder / (robust.get("rule_dir") or ".")).resolve())
+    return {**data, "strategy": {**strategy, "robust": {**robust, "rule_dir": rule_dir}}}
 
 
 def to_yaml(config: ExperimentConfig) -> str:

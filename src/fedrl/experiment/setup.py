@@ -9,6 +9,7 @@ import gymnasium
 import numpy as np
 
 from fedrl.agents import Budget, PolicyNet, federated_mask, init_params, make_net
+from fedrl.core.robust import CUSTOM_RULE, register_rule
 from fedrl.core.strategies import Strategy, make_strategy
 from fedrl.envs import get_family
 from fedrl.envs.base import (
@@ -29,6 +30,7 @@ from fedrl.experiment.config import (
     DeviceSpacesConfig,
     ExperimentConfig,
     GymEnvConfig,
+    import_function,
     import_setter,
 )
 from fedrl.experiment.streams import INIT_STREAM
@@ -164,7 +166,14 @@ class Setup:
 
     @cached_property
     def strategy(self) -> Strategy:
-        """The server strategy."""
+        """The server strategy (its robust rule imported first when it is one of the user's)."""
+        robust = self.config.strategy.robust
+        rule = robust.rule
+        if CUSTOM_RULE.fullmatch(rule):
+            try:
+                register_rule(rule, import_function(rule, robust.rule_dir, "robust rule"))
+            except ValueError as exc:
+                raise ConfigError(f"bad config: strategy.robust.rule = {rule!r}: {exc}") from None
         return make_strategy(self.config.strategy)
 
     @property
