@@ -61,7 +61,8 @@ def test_budget_and_client_list_consistency():
         ),
         (
             {"strategy": {"robust": {"rule": "medain"}}},
-            "bad config: strategy.robust.rule = 'medain': unknown rule; did you mean 'median'? allowed: mean, median, trimmed_mean",
+            "bad config: strategy.robust.rule = 'medain': unknown rule; did you mean 'median'? "
+            "allowed: mean, median, trimmed_mean",
         ),
         ({"seed": "x"}, "bad config: seed = 'x': should be a valid integer"),
         (
