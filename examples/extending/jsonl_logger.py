@@ -14,7 +14,7 @@ class JsonlLogger:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(f"{run_dir}.rounds.jsonl")
-        self.file = self.path.open("w")
+        self.file = self.path.open("a")  # a resumed run appends
 
     def on_round(self, report) -> None:
         """One line per round."""

@@ -184,3 +184,18 @@ def test_a_failing_setter_or_environment_is_one_line_naming_the_users_file_and_l
         f"environment 'FedrlTestCrashing-v0' (step) raised RuntimeError: sensor unplugged at {__file__}:{step_line}"
     )
     assert "\n" not in str(setter.value) + str(stepping.value)
+
+
+def test_setters_that_change_a_class_constant_or_reset_the_env_are_accepted():
+    def set_link_mass(env, row):
+        env.LINK_MASS_1 = row["mass"]  # a class attribute of Acrobot, set on the instance
+
+    def set_force_and_reset(env, row):
+        env.force = row["force"]
+        env.reset(seed=0)  # creates `state`, which a fresh MountainCar has only after a reset
+
+    for env_id, param, setter in (
+        ("Acrobot-v1", ("mass", 1.0, 0.5, 1.5), set_link_mass),
+        ("MountainCar-v0", ("force", 0.001, 0.0005, 0.002), set_force_and_reset),
+    ):
+        _first_steps(gym_family(env_id, [param], setter), n=2)

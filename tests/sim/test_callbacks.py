@@ -5,6 +5,7 @@ run's own numbers (resuming rewrites, never duplicates), and a user's callback p
 import sys
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
@@ -14,8 +15,8 @@ from fedrl.sim.rundir import RunDir
 runner = CliRunner()
 
 
-def _events(run_dir):
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+def _events(run_dir, run=""):
+    events = EventAccumulator(str(run_dir / "tensorboard" / run), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
     return events
 
@@ -33,7 +34,7 @@ def test_a_run_writes_tensorboard_events_with_its_own_numbers(config_file, tmp_p
     mean = events.Scalars("return/mean")
     assert [e.step for e in mean] == [r.round for r in rows]
     np.testing.assert_allclose([e.value for e in mean], [r.global_mean_return for r in rows], rtol=1e-6)
-    assert [e.step for e in events.Scalars("return_by_env_step/mean")] == [r.env_steps for r in rows]
+    assert [e.step for e in _events(out, "by_env_step").Scalars("return/mean")] == [r.env_steps for r in rows]
     assert [h.step for h in events.Histograms("clients/return")] == [1, 2, 3]
     assert events.Histograms("clients/return")[0].histogram_value.num == 3  # one return per client
 
@@ -46,6 +47,8 @@ def test_a_resumed_run_rewrites_its_later_rounds_once(config_file, tmp_path):
 
     assert result.exit_code == 0, result.output
     assert [e.step for e in _events(out).Scalars("return/mean")] == [1, 2, 3, 4]
+    by_steps = [e.step for e in _events(out, "by_env_step").Scalars("return/mean")]
+    assert by_steps == [r.env_steps for r in RunDir(out).rounds()]  # the env-step series survives the resume
 
 
 def test_a_users_callback_gets_every_round_and_is_closed(config_file, tmp_path, monkeypatch):
@@ -82,3 +85,27 @@ def test_a_callback_that_cannot_be_loaded_stops_the_run_before_it_exists(config_
     assert result.exit_code == 2
     assert result.output.startswith("error: cannot load --callback 'no_such_module:Logger': ModuleNotFoundError")
     assert not out.exists()
+
+
+def test_when_one_callback_cannot_be_made_those_made_are_closed(tmp_path):
+    from fedrl.experiment.callbacks import make_callbacks
+    from fedrl.experiment.config import ConfigError
+
+    closed = []
+
+    class Fine:
+        def __init__(self, run_dir):
+            pass
+
+        def on_round(self, report):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    def broken(run_dir):
+        raise OSError("no such service")
+
+    with pytest.raises(ConfigError, match=r"--callback my:broken: OSError: no such service"):
+        make_callbacks([("my:Fine", Fine), ("my:broken", broken)], tmp_path)
+    assert closed == [True]

@@ -55,3 +55,19 @@ def test_a_rule_that_cannot_be_loaded_or_returns_garbage_is_named(tmp_path):
         _ = Setup(load_config(tmp_path / "run.yaml", ["strategy.robust.rule=nope:rule"])).strategy
     with pytest.raises(ValueError, match=r"rule bad:rule returned \(2,\) values .* it must return 5 finite numbers"):
         reduce_stack(RobustConfig(rule="bad:rule"), np.zeros((3, 5), np.float32), np.ones(3))
+
+
+def test_devices_never_receive_a_rule_of_the_users(tmp_path):
+    from fedrl.experiment.loading import read_from_server, to_yaml
+
+    shutil.copy(EXAMPLE / "cartpole_geomedian.yaml", tmp_path / "run.yaml")
+    shutil.copy(EXAMPLE / "geometric_median.py", tmp_path / "geometric_median.py")
+    setup = Setup(load_config(tmp_path / "run.yaml"))
+
+    sent = setup.for_devices()
+    forged = to_yaml(setup.config)  # a server that sends the rule anyway
+
+    assert sent.strategy.robust.rule == "mean" and sent.strategy.robust.rule_dir is None
+    assert setup.strategy is not None and setup.config.strategy.robust.rule == "geometric_median:geometric_median"
+    with pytest.raises(ConfigError, match="names a robust rule for the device to load"):
+        read_from_server(forged)

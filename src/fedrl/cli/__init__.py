@@ -63,28 +63,29 @@ def run(
 ) -> None:
     """Train a federated policy in simulation, with a progress bar; writes a run directory."""
     from fedrl.envs.gym_adapter import UserCodeError
-    from fedrl.experiment.callbacks import load_callbacks
+    from fedrl.experiment.callbacks import callback_factories, make_callbacks
     from fedrl.experiment.config import ConfigError
     from fedrl.experiment.loading import load_config
     from fedrl.sim import run as runs
 
     try:
+        factories = callback_factories(callback)  # imported before the run exists: a bad one leaves nothing
         if resume is not None:
             if config is not None or out is not None:
                 fail("--resume takes the run directory only; change settings with --set")
-            callbacks = load_callbacks(callback, resume)
             current = runs.resume(resume, set_)
         else:
             cfg = load_config(config, set_)
-            path = out or runs.default_run_dir(cfg)
-            callbacks = load_callbacks(callback, path)  # before the run exists: a bad one leaves nothing behind
-            current = runs.start(cfg, path)
+            current = runs.start(cfg, out or runs.default_run_dir(cfg))
     except (ConfigError, FileExistsError, FileNotFoundError, UserCodeError) as exc:
         fail(str(exc))
     console.print(f"run directory: [bold]{current.dir.path}[/bold]", highlight=False)
     live = _serve_dashboard(current, dashboard) if dashboard else None
     try:
-        state = _train(current, callbacks, tensorboard, quiet)
+        callbacks = make_callbacks(factories, current.dir.path)
+        state = _train(current, callbacks, tensorboard, quiet)  # closes the callbacks, however it ends
+    except ConfigError as exc:
+        fail(str(exc))
     finally:
         if live is not None:
             live.close()
@@ -251,7 +252,17 @@ app.command("act")(act)
 app.command("export")(export)
 app.command("health")(health)
 
-TRAINING_STACK = {"torch", "gymnasium", "pydantic", "yaml", "matplotlib", "prometheus_client", "dp_accounting"}
+TRAINING_STACK = {
+    "torch",
+    "gymnasium",
+    "pydantic",
+    "yaml",
+    "matplotlib",
+    "prometheus_client",
+    "dp_accounting",
+    "tensorboardX",
+    "stable_baselines3",
+}
 
 
 def run_cli() -> None:

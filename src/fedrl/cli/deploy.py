@@ -82,7 +82,7 @@ def server(
 ) -> None:
     """Serve a federation over gRPC or through an MQTT broker (rounds aggregated, evaluated,
     deployed); JSON log lines on stderr. The transport never changes what the experiment runs."""
-    from fedrl.experiment.callbacks import load_callbacks
+    from fedrl.experiment.callbacks import callback_factories
     from fedrl.experiment.config import ConfigError
     from fedrl.server.app import ServeOptions, run_server
     from fedrl.server.config import load_server_config
@@ -113,7 +113,7 @@ def server(
             exit_when_finished,
             broker_opts,
             init_from,
-            tuple(load_callbacks(callback, state_dir)),
+            tuple(callback_factories(callback)),
         )
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,6 +10,7 @@ older than ``max_age_s`` means the process is gone or wedged; a stopped acting l
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +49,10 @@ class HealthBeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.period_s):
-            self.beat()
+            try:
+                self.beat()
+            except OSError as exc:  # a full disk, say: try again next beat; the file ages meanwhile
+                logging.getLogger("fedrl").warning("health beat not written: %s", exc)
 
 
 def check(state_dir: Path, max_age_s: float = MAX_AGE_S, now: float | None = None) -> tuple[bool, str]:

@@ -17,6 +17,7 @@ without Gymnasium's ``TimeLimit``; its own ``truncated`` flag is ignored).
 from __future__ import annotations
 
 import difflib
+import functools
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +45,8 @@ def blame(what: str, exc: BaseException) -> UserCodeError:
     theirs = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
-        if not any(Path(frame.filename).resolve().is_relative_to(folder) for folder in LIBRARIES)
+        if not frame.filename.startswith("<")  # <frozen importlib._bootstrap> and the like
+        and not any(Path(frame.filename).resolve().is_relative_to(folder) for folder in LIBRARIES)
     ]
     where = f" at {theirs[-1].filename}:{theirs[-1].lineno}" if theirs else ""
     return UserCodeError(f"{what} raised {type(exc).__name__}: {exc}{where}")
@@ -53,6 +55,17 @@ def blame(what: str, exc: BaseException) -> UserCodeError:
 def setter_name(set_params: ParamSetter) -> str:
     """``module:function``, as a config names a setter."""
     return f"{getattr(set_params, '__module__', '?')}:{getattr(set_params, '__qualname__', set_params)}"
+
+
+@functools.cache
+def _attributes_after_reset(env_id: str) -> frozenset[str]:
+    """The instance attributes an ``env_id`` environment has once reset (a setter may reset it)."""
+    env = gym.make(env_id, disable_env_checker=True).unwrapped
+    try:
+        env.reset(seed=0)
+        return frozenset(vars(env))
+    finally:
+        env.close()
 
 
 class LazyEnv:
@@ -85,7 +98,12 @@ class LazyEnv:
             self.set_params(env, self.row)
         except Exception as exc:
             raise blame(f"setter {name}", exc) from None
-        added = sorted(set(vars(env)) - before)
+        known = before | _attributes_after_reset(self.env_id)
+        added = sorted(
+            name
+            for name in set(vars(env)) - known
+            if not hasattr(type(env), name) and not name.startswith("_")  # a class constant, a property's storage
+        )
         if added:
             close = difflib.get_close_matches(added[0], sorted(before), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -2,14 +2,15 @@
 (``fedrl server``): after each round, a ``RoundReport``; at the end, ``close``.
 
 A callback is any object with ``on_round(report)`` and ``close()``; ``fedrl run --callback
-module:factory`` (and ``fedrl server --callback``) calls ``factory(log_dir)`` for one, so a user's
-own logger (Weights & Biases, MLflow, a database) plugs in without editing fedrl.
+module:factory`` (and ``fedrl server --callback``) calls ``factory(log_dir)`` for one (the run or
+state directory, which exists by then), so a user's own logger (Weights & Biases, MLflow, a
+database) plugs in without editing fedrl.
 ``TensorBoardCallback`` is the one every run and server has by default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -49,48 +50,71 @@ def finite(scalars: dict[str, float | int | None]) -> dict[str, float]:
 class TensorBoardCallback:
     """TensorBoard event files in ``log_dir``, written by tensorboardX (no TensorFlow needed; the
     ``tensorboard`` viewer is optional): every scalar per round; returns (``return/*``) also per env
-    step under ``return_by_env_step/*``; a histogram of the clients' returns. ``purge_step``: events
-    of that round and later are dropped (a run resumed from a checkpoint rewrites them)."""
+    step, in the ``by_env_step`` run beside it; a histogram of the clients' returns. ``purge_step``
+    and ``purge_env_step``: events of that round (env step) and later are dropped, as a run resumed
+    from a checkpoint rewrites them. (TensorBoard purges every tag of a file at its purge step, so
+    the two step scales need files of their own.)"""
 
-    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
-        from tensorboardX import SummaryWriter
-
+    def __init__(self, log_dir: Path, purge_step: int | None = None, purge_env_step: int | None = None) -> None:
         self.log_dir = Path(log_dir)
-        # the suffix keeps a resumed run's file apart from (and sorted after) one begun in the same second
-        suffix = f".from-round-{purge_step or 0:06d}"
-        self._writer = SummaryWriter(str(self.log_dir), purge_step=purge_step, flush_secs=10, filename_suffix=suffix)
+        self._writer = _writer(self.log_dir, purge_step)
+        self._by_env_step = _writer(self.log_dir / "by_env_step", purge_env_step)
 
     def on_round(self, report: RoundReport) -> None:
         """Write the round's scalars and histogram."""
         for tag, value in report.scalars.items():
             self._writer.add_scalar(tag, value, report.round)
             if tag.startswith("return/") and report.env_steps is not None:
-                self._writer.add_scalar(tag.replace("return/", "return_by_env_step/", 1), value, report.env_steps)
+                self._by_env_step.add_scalar(tag, value, report.env_steps)
         returns = report.client_returns
         if returns is not None and np.isfinite(returns).any():
             self._writer.add_histogram("clients/return", returns[np.isfinite(returns)], report.round)
         self._writer.flush()
+        self._by_env_step.flush()
 
     def close(self) -> None:
-        """Flush and close the event file."""
+        """Flush and close the event files."""
         self._writer.close()
+        self._by_env_step.close()
 
 
-def load_callbacks(specs: Sequence[str], log_dir: Path) -> list[Callback]:
-    """The callbacks ``module:factory`` names, each made as ``factory(log_dir)``; ``ConfigError``
-    naming the one that cannot be loaded or lacks ``on_round``/``close``."""
-    callbacks = []
-    for spec in specs:
-        try:
-            factory = import_function(spec, None, "--callback")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        try:
-            callback = factory(log_dir)
-        except Exception as exc:
-            raise ConfigError(f"--callback {spec}: {type(exc).__name__}: {exc}") from None
-        missing = [name for name in ("on_round", "close") if not callable(getattr(callback, name, None))]
-        if missing:
-            raise ConfigError(f"--callback {spec}: what it made has no {' or '.join(missing)}()")
-        callbacks.append(callback)
-    return callbacks
+def _writer(log_dir: Path, purge_step: int | None):
+    """A tensorboardX writer into ``log_dir``; the file name's suffix keeps a resumed run's file apart
+    from (and sorted after) one begun in the same second."""
+    from tensorboardX import SummaryWriter
+
+    suffix = f".from-step-{purge_step or 0:09d}"
+    return SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=10, filename_suffix=suffix)
+
+
+Factory = tuple[str, Callable[[Path], Callback]]  # "module:factory" and what it names
+
+
+def callback_factories(specs: Sequence[str]) -> list[Factory]:
+    """The factories ``module:factory`` names, imported now (before anything is created), each with
+    its name; ``ConfigError`` naming the one that cannot be loaded."""
+    try:
+        return [(spec, import_function(spec, None, "--callback")) for spec in specs]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def make_callbacks(factories: Sequence[Factory], log_dir: Path) -> list[Callback]:
+    """One callback per factory, made as ``factory(log_dir)`` (the folder exists by then);
+    ``ConfigError`` naming the one that fails or lacks ``on_round``/``close``, the others closed."""
+    made: list[Callback] = []
+    try:
+        for spec, factory in factories:
+            try:
+                callback = factory(log_dir)
+            except Exception as exc:
+                raise ConfigError(f"--callback {spec}: {type(exc).__name__}: {exc}") from None
+            missing = [name for name in ("on_round", "close") if not callable(getattr(callback, name, None))]
+            if missing:
+                raise ConfigError(f"--callback {spec}: what it made has no {' or '.join(missing)}()")
+            made.append(callback)
+    except ConfigError:
+        for callback in made:
+            callback.close()
+        raise
+    return made

@@ -173,6 +173,7 @@ class EnvConfig(FrozenConfig):
     )
     heldout: list[dict[str, float]] | None = Field(
         None,
+        min_length=1,
         description="explicit physical parameters of the never-trained clients evaluated at the end (default: "
         "drawn within the range of env.clients when those are listed, else from the family's ranges)",
     )

@@ -163,8 +163,14 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfi
     for assignment in overrides:
         data = apply_override(data, assignment)
     if path is not None:
-        data = _anchor_rule_dir(_anchor_setter_dir(data, Path(path).parent), Path(path).parent)
+        data = anchor_user_dirs(data, Path(path).parent)
     return parse_config(data)
+
+
+def anchor_user_dirs(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` with the folders of the user's code (a setter's, a robust rule's) made absolute,
+    relative to ``folder``, the folder of the file the experiment was read from."""
+    return _anchor_rule_dir(_anchor_setter_dir(data, folder), folder)
 
 
 def _anchor_setter_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -222,7 +228,13 @@ def read_from_server(text: str) -> ExperimentConfig:
     is imported when it names a Gymnasium id or setter: a device runs its own environment, and
     a server must never make it import code (``Setup.for_devices`` is what servers send)."""
     data = _sections(text)
-    env = data.get("env")
+    env, strategy = data.get("env"), data.get("strategy")
+    robust = strategy.get("robust") if isinstance(strategy, dict) else None
+    if isinstance(robust, dict) and ":" in str(robust.get("rule", "")):
+        raise ConfigError(
+            f"the server's experiment names a robust rule for the device to load ({robust.get('rule')!r}); a device "
+            "imports no code a server names (and never aggregates): the server must send rule: mean"
+        )
     if isinstance(env, dict) and (env.get("gym") is not None or env.get("family") == GYM_FAMILY):
         gym = env.get("gym") if isinstance(env.get("gym"), dict) else {}
         raise ConfigError(

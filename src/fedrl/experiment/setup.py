@@ -111,14 +111,20 @@ class Setup:
 
     def for_devices(self) -> ExperimentConfig:
         """The experiment as the devices receive it: a Gymnasium section (an id and a setter a
-        device would have to import) becomes the spaces it has, ``family: device``; each device
-        runs its own environment, never code the server names."""
-        if self.config.env.gym is None:
-            return self.config
-        env = self.config.env.model_copy(
+        device would have to import) becomes the spaces it has, ``family: device``, and a robust
+        rule of the user's (which only the server runs) becomes ``mean``; each device runs its own
+        environment, never code the server names."""
+        config = self.config
+        robust = config.strategy.robust
+        if CUSTOM_RULE.fullmatch(robust.rule):
+            plain = robust.model_copy(update={"rule": "mean", "rule_dir": None})
+            config = config.model_copy(update={"strategy": config.strategy.model_copy(update={"robust": plain})})
+        if config.env.gym is None:
+            return config
+        env = config.env.model_copy(
             update={"family": DEVICE_FAMILY, "gym": None, "device": spaces_config(self.family), "clients": None}
         )
-        return self.config.model_copy(update={"env": env})
+        return config.model_copy(update={"env": env})
 
     @property
     def env_state_is_value(self) -> bool:

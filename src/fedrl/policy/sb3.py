@@ -1,6 +1,7 @@
 """Stable-Baselines3 interop: a fedrl policy as an SB3 PPO (or A2C) model, and an SB3 model as a
-fedrl policy (``load_policy("model.zip")``, hence ``fedrl server --init-from model.zip``, ``fedrl
-export``, ``fedrl act``).
+fedrl policy (``load_policy("model.zip")``, hence ``fedrl server --init-from model.zip`` and
+``fedrl export``: where torch and stable-baselines3 are installed, as with ``fedrl[train]``; the
+torch-free runtime reads the ``.npz`` that ``fedrl export`` writes from it).
 
 fedrl's actor-critic network is SB3's ``MlpPolicy`` with separate actor and critic towers of the
 same sizes (``net_arch=dict(pi=hidden, vf=hidden)``), tanh activations and, for continuous actions,
@@ -53,16 +54,17 @@ def from_sb3(model_or_path: Any) -> Policy:
     obs_space, action_space = policy.observation_space, policy.action_space
     if len(getattr(obs_space, "shape", ()) or ()) != 1:
         raise ValueError(f"{where}: observations of shape {obs_space.shape}; fedrl's networks take flat vectors")
-    continuous = hasattr(action_space, "high") and not hasattr(action_space, "n")
+    kind = type(action_space).__name__
+    if kind not in ("Discrete", "Box"):
+        raise ValueError(f"{where}: a {kind} action space; fedrl's policies take Discrete or Box actions")
+    continuous = kind == "Box"
     if continuous:
         high = np.asarray(action_space.high, dtype=np.float64)
         if not np.allclose(np.asarray(action_space.low), -high) or not np.isfinite(high).all():
             raise ValueError(f"{where}: actions must lie in a symmetric, finite box [-b, b], got {action_space}")
         action = ActionSpec("continuous", int(high.size), tuple(float(b) for b in high))
-    elif hasattr(action_space, "n"):
-        action = ActionSpec("discrete", int(action_space.n))
     else:
-        raise ValueError(f"{where}: action space {action_space} is neither discrete nor a box")
+        action = ActionSpec("discrete", int(action_space.n))
     state = {name: tensor.detach().cpu().numpy() for name, tensor in policy.state_dict().items()}
     hidden = _hidden(policy, state, where)
     obs_dim = int(obs_space.shape[0])
@@ -109,7 +111,7 @@ def _hidden(policy: Any, state: dict[str, np.ndarray], where: str) -> list[int]:
 
 def _load(path: str | Path) -> Any:
     """An SB3 PPO or A2C model saved at ``path``, whichever it is."""
-    import stable_baselines3
+    stable_baselines3 = _sb3(path)
 
     errors = []
     for name in ALGORITHMS:
@@ -124,7 +126,7 @@ def to_sb3(policy: Policy, env: Any = None, algorithm: str = "PPO", **kwargs: An
     """An SB3 ``algorithm`` model (PPO or A2C) whose policy is ``policy`` (``fedrl.load_policy``'s
     result), built for ``env`` (default: a stand-in with the policy's spaces, enough to predict and
     to save; give the real env to train on). ``kwargs`` go to the algorithm (learning rate, ...)."""
-    import stable_baselines3
+    stable_baselines3 = _sb3("an SB3 model")
     import torch
 
     card = policy.card
@@ -150,6 +152,17 @@ def to_sb3(policy: Policy, env: Any = None, algorithm: str = "PPO", **kwargs: An
         state["log_std"] = torch.from_numpy(params[slices["actor.log_std"][0]].copy())
     model.policy.load_state_dict(state, strict=True)
     return model
+
+
+def _sb3(what: Any) -> Any:
+    """The stable_baselines3 package; ``ValueError`` saying how to install it when it is missing."""
+    try:
+        import stable_baselines3
+    except ImportError:
+        raise ValueError(
+            f"{what}: Stable-Baselines3 models need torch and stable-baselines3: pip install 'fedrl[train]'"
+        ) from None
+    return stable_baselines3
 
 
 def _standin(card: PolicyCard) -> Any:

@@ -16,15 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import grpc
 
-from fedrl.experiment.callbacks import Callback, TensorBoardCallback
+from fedrl.experiment.callbacks import Factory, TensorBoardCallback, make_callbacks
 from fedrl.server.config import ServerConfig, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
-from fedrl.server.dashboard import server_status
+from fedrl.server.dashboard import ServerStatus
 from fedrl.server.grpc_service import serve_grpc
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics, serve_metrics
@@ -48,7 +47,7 @@ class ServeOptions:
     exit_when_finished: bool = False  # stop once the run is over and clients have had time to hear it
     broker: BrokerOptions | None = None  # serve through this MQTT broker instead of gRPC on ``listen``
     init_from: Path | None = None  # a new run starts from the policy saved here (pre-trained)
-    callbacks: tuple[Callback, ...] = ()  # a user's round callbacks (fedrl server --callback)
+    callbacks: tuple[Factory, ...] = ()  # factories of a user's round callbacks (fedrl server --callback)
 
 
 @dataclass(frozen=True)
@@ -119,18 +118,20 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     """Serve until ``stop`` is set (or, with ``exit_when_finished``, the run is over)."""
     metrics = ServerMetrics.create()
     coordinator = Coordinator.open(config, options.state_dir, metrics, init_from=options.init_from)
-    coordinator.callbacks += [
-        TensorBoardCallback(options.state_dir / "tensorboard", purge_step=coordinator.open_round),
-        *options.callbacks,
-    ]
-    serving = start_transport(coordinator, options, config, metrics)
-    liveness = Liveness(coordinator)
-    status = partial(server_status, coordinator, metrics)
-    http = (
-        serve_metrics(metrics, *_host_port(options.metrics_listen), liveness, status)
-        if options.metrics_listen
-        else None
-    )
+    serving = http = None
+    try:
+        coordinator.callbacks += make_callbacks(options.callbacks, options.state_dir)
+        coordinator.callbacks.append(TensorBoardCallback(options.state_dir / "tensorboard", coordinator.open_round))
+        serving = start_transport(coordinator, options, config, metrics)
+        liveness = Liveness(coordinator)
+        if options.metrics_listen:
+            status = ServerStatus(coordinator, metrics)
+            http = serve_metrics(metrics, *_host_port(options.metrics_listen), liveness, status)
+    except Exception:  # a port in use, a callback that fails: close what was opened (store, callbacks)
+        if serving is not None:
+            serving.stop()
+        coordinator.close()
+        raise
     info = {**serving.info, "metrics_port": http.port if http else None}
     _write_info(options, info)
     if http:

@@ -18,7 +18,14 @@ from pydantic import Field, ValidationError
 
 from fedrl.core.frozen import FrozenConfig
 from fedrl.experiment.config import ConfigError, ExperimentConfig
-from fedrl.experiment.loading import apply_override, describe_error, load_config, parse_config, read_yaml
+from fedrl.experiment.loading import (
+    anchor_user_dirs,
+    apply_override,
+    describe_error,
+    load_config,
+    parse_config,
+    read_yaml,
+)
 
 
 class RoundConfig(FrozenConfig):
@@ -181,7 +188,7 @@ def _experiment(data: Any, folder: Path, overrides: list[str]) -> ExperimentConf
         return load_config(folder / data, overrides)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"bad config: experiment must be a mapping or a file path, got {type(data).__name__}")
-    merged = dict(data or {})
+    merged = anchor_user_dirs(dict(data or {}), folder)  # a setter or rule module beside the server's config
     for assignment in overrides:
         merged = apply_override(merged, assignment)
     return parse_config(merged, within="experiment")

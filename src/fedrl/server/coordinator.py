@@ -35,6 +35,8 @@ aggregates a round identically). The epsilon spent is recorded with every closed
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -120,6 +122,7 @@ class Coordinator:
         self._finished_noted = False
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
         self.callbacks: list[Callback] = []  # told about each closed round (TensorBoard, a user's logger)
+        self._reports: collections.deque[RoundReport] = collections.deque()  # closed rounds not yet told
         store.sweep_update_files()
         self._load()
 
@@ -674,6 +677,7 @@ class Coordinator:
                 self._store.remove_update_file(u.update_id)
         finally:
             self._closing = False
+            self._tell_callbacks()  # outside the lock: a slow logger must not hold up the clients
 
     def _due(self) -> bool:
         n = len(self._arrived)
@@ -759,7 +763,7 @@ class Coordinator:
         return self._round.round
 
     def _tell(self, round_: RoundStatus, now: float, score: float | None, spent: float | None) -> None:
-        """Report the closed round to the callbacks; one that fails is logged and the server goes on."""
+        """Queue the closed round's report for the callbacks (told by ``tick`` outside the lock)."""
         updates = len(self._secure.survivors) if self._secure is not None else len(self._arrived)
         scalars = {
             "return/candidate": score,
@@ -770,12 +774,17 @@ class Coordinator:
             "round/duration_s": now - round_.opened_at,
             "privacy/epsilon": spent,
         }
-        report = RoundReport(round_.round, finite(scalars))
-        for callback in self.callbacks:
-            try:
-                callback.on_round(report)
-            except Exception as exc:  # a logger must not stop the federation
-                log_event("callback_failed", level="warning", callback=type(callback).__name__, error=repr(exc))
+        self._reports.append(RoundReport(round_.round, finite(scalars)))
+
+    def _tell_callbacks(self) -> None:
+        """Hand the queued reports to the callbacks; one that fails is logged and the server goes on."""
+        while self._reports:
+            report = self._reports.popleft()
+            for callback in self.callbacks:
+                try:
+                    callback.on_round(report)
+                except Exception as exc:  # a logger must not stop the federation
+                    log_event("callback_failed", level="warning", callback=type(callback).__name__, error=repr(exc))
 
     def _close_failed(self, round_: RoundStatus, reason: str) -> None:
         """Close a round that produced no candidate; the deployed version stays."""
@@ -823,16 +832,17 @@ class Coordinator:
         """The version clients should act with."""
         return self._deployed.version
 
-    def status(self, rounds: int = 20) -> FleetStatus:
-        """Clients, their liveness and the newest rounds."""
+    def status(self, rounds: int = 20, save: bool = True) -> FleetStatus:
+        """Clients, their liveness and the newest rounds; ``save``: store the liveness first (for a
+        reader of the store), else overlay the liveness held in memory (a dashboard polling it)."""
         with self._lock:
-            self._store.save_liveness(self._seen)
+            if save:
+                self._store.save_liveness(self._seen)
+            clients = self._store.clients()
+            if not save:
+                clients = [_seen_now(c, self._seen.get(c.client)) for c in clients]
             return FleetStatus(
-                self._deployed.version,
-                self._round.round,
-                self.finished,
-                self._store.clients(),
-                self._store.rounds(rounds),
+                self._deployed.version, self._round.round, self.finished, clients, self._store.rounds(rounds)
             )
 
     def close(self) -> None:
@@ -845,6 +855,13 @@ class Coordinator:
                     callback.close()
                 except Exception as exc:
                     log_event("callback_failed", level="warning", callback=type(callback).__name__, error=repr(exc))
+
+
+def _seen_now(client: ClientStatus, seen: Seen | None) -> ClientStatus:
+    """``client`` with the last contact and acting version held in memory, when newer than stored."""
+    if seen is None:
+        return client
+    return dataclasses.replace(client, last_seen=seen.last_seen, acting_version=seen.acting_version)
 
 
 def _frame_key(token_hash: str) -> bytes:

@@ -4,6 +4,7 @@ rejected updates, and each client's last contact, acting version and accepted up
 
 from __future__ import annotations
 
+import threading
 import time
 
 from fedrl.experiment.dashboard import finite_or_none
@@ -26,9 +27,26 @@ def rejected_updates(metrics: ServerMetrics) -> int:
     return int(sum(s.value for m in metrics.updates_rejected.collect() for s in m.samples if s.name.endswith("_total")))
 
 
+class ServerStatus:
+    """The dashboard's ``api/status`` for a running server, computed at most once a second however
+    many pages poll it, from what the coordinator holds (it writes nothing)."""
+
+    def __init__(self, coordinator: Coordinator, metrics: ServerMetrics, max_age_s: float = 1.0) -> None:
+        self.coordinator, self.metrics, self.max_age_s = coordinator, metrics, max_age_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict] | None = None
+
+    def __call__(self) -> dict:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] > self.max_age_s:
+                self._cached = (now, server_status(self.coordinator, self.metrics))
+            return self._cached[1]
+
+
 def server_status(coordinator: Coordinator, metrics: ServerMetrics) -> dict:
-    """The dashboard's ``api/status`` for a running server."""
-    status = coordinator.status(ROUNDS_SHOWN)
+    """The dashboard's ``api/status`` for a running server, now."""
+    status = coordinator.status(ROUNDS_SHOWN, save=False)
     curve, deployed = [], None
     for r in sorted(status.rounds, key=lambda r: r.round):
         if r.closed_at is None:

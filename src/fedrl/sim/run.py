@@ -38,7 +38,8 @@ class Run:
         tune_allocator()
         told = list(callbacks)
         if tensorboard:
-            told.append(TensorBoardCallback(self.dir.path / TENSORBOARD_DIR, purge_step=self.state.round + 1))
+            state = self.state
+            told.append(TensorBoardCallback(self.dir.path / TENSORBOARD_DIR, state.round + 1, state.env_steps + 1))
         try:
             for result, state in run_rounds(self.setup, self.state):
                 row = self.dir.record(result)
