@@ -32,7 +32,7 @@ from fedrl.agents.config import ActorCriticBase, LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import ClientState, DQNMemory
 from fedrl.agents.nets import Heads, PolicyNet
-from fedrl.agents.optim import apply_gradient
+from fedrl.agents.optim import Optimizer, apply_gradient
 from fedrl.core.scaffold import scaffold_client_control
 from fedrl.envs.base import EnvState
 
@@ -83,7 +83,7 @@ class Terms(NamedTuple):
 
     def apply(
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: Optimizer,
         flat: torch.Tensor,
         loss: torch.Tensor,
         max_grad_norm: float,

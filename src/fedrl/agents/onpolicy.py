@@ -14,10 +14,10 @@ import torch
 from fedrl.agents import client
 from fedrl.agents.config import ActorCriticBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
-from fedrl.agents.optim import make_optimizer
+from fedrl.agents.optim import Optimizer, make_optimizer
 from fedrl.agents.rollout import Rollout, collect
 
-Improve = Callable[[client.Start, torch.optim.Optimizer, Rollout], tuple[torch.Tensor, int]]
+Improve = Callable[[client.Start, Optimizer, Rollout], tuple[torch.Tensor, int]]
 
 
 def train_on_policy(
