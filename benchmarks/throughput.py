@@ -4,6 +4,9 @@ For 1, 10, 100 and 1000 clients: the rate with learning (rollouts + 4 PPO epochs
 aggregation; evaluation excluded) and the rollout-only rate (acting in the batched envs,
 no learning), to show where the time goes. In the same run, the reference: single-agent
 Stable-Baselines3 PPO on CartPole-v1 (benchmarks/sb3_reference.py), so the ratio is printed.
+And start-up, as its own line: `fedrl run examples/cartpole.yaml` for one round, launched as a user
+launches it, timed to its first output (the run set up, before the first round) and to the end of
+its first round, median of STARTUP_RUNS launches.
 
     python benchmarks/throughput.py            # needs the bench extra: pip install -e '.[bench]'
 """
@@ -11,6 +14,7 @@ Stable-Baselines3 PPO on CartPole-v1 (benchmarks/sb3_reference.py), so the ratio
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +38,7 @@ from fedrl.sim.state import aggregate
 COMMAND = "python benchmarks/throughput.py"
 LOCAL_STEPS = 1024  # per client per round: 16 envs x 64 steps, one rollout, 4 epochs of 4 minibatches
 MIN_STEPS = 400_000  # measure at least this many env steps per setting
+STARTUP_RUNS = 5
 
 
 def setup_for(n_clients: int) -> SimSetup:
@@ -88,6 +93,27 @@ def sb3_rate() -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["steps_per_s"]
 
 
+def startup_s() -> tuple[float, float]:
+    """Median seconds from launching ``fedrl run`` to its first line (``run directory: ...``: set up,
+    before the first round) and to the end of its first round (``round 1/1 ...``)."""
+    ready, first = [], []
+    for i in range(STARTUP_RUNS):
+        out = ROOT / "bench-results" / f"startup-{i}"
+        shutil.rmtree(out, ignore_errors=True)
+        config = str(ROOT / "examples" / "cartpole.yaml")
+        command = [sys.executable, "-m", "fedrl.cli", "run", config, "--out", str(out), "--set", "federation.rounds=1"]
+        command.append("--no-tensorboard")
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        for line in process.stdout:
+            if line.startswith("run directory:"):
+                ready.append(time.perf_counter() - started)
+            if line.startswith("round 1/1"):
+                first.append(time.perf_counter() - started)
+        process.wait()
+    return float(np.median(ready)), float(np.median(first))
+
+
 def plot(rows: list[tuple[int, float, float]], sb3: float) -> None:
     """Bars per fleet size, log scale, with the reference as a line."""
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -117,6 +143,8 @@ def main() -> None:
             flush=True,
         )
     sb3 = sb3_rate()
+    ready, first = startup_s()
+    print(f"start-up: {ready:.2f} s to the run set up, {first:.2f} s to the end of the first round", flush=True)
     plot(rows, sb3)
     table = markdown_table(
         ["clients", "env steps/s with learning", "rollout-only env steps/s", "learning vs SB3 PPO"],
@@ -129,6 +157,10 @@ def main() -> None:
             "evaluation excluded. Target: >= 100,000 env steps/s with learning at 100 clients.",
             table,
             f"Reference in the same run: single-agent SB3 PPO on CartPole-v1 trains at **{sb3:,.0f} env steps/s**.",
+            f"Start-up, launch of `fedrl run examples/cartpole.yaml --set federation.rounds=1` to its first line "
+            f"(imports, config, set-up: the first round begins): **{ready:.2f} s**; to the end of its first round "
+            f"(10 clients, 1,024 steps each, evaluation included): **{first:.2f} s** "
+            f"(median of {STARTUP_RUNS} launches; target <= 1 s to the first round).",
             "![throughput](img/throughput.png)",
         ]
     )
