@@ -24,6 +24,7 @@ ENV_DIR = typer.Option(
 ACT_PERIOD = typer.Option(
     0.0, "--act-period", min=0.0, help="Seconds between two decisions at least (0: at the environment's pace)."
 )
+TOKEN_FILE = typer.Option(None, "--token-file", envvar="FEDRL_TOKEN_FILE", help="File holding this device's token.")
 CERT = typer.Option(None, "--cert", help="This device's certificate (PEM), for mutual TLS.")
 KEY = typer.Option(None, "--key", help="This device's private key (PEM), for mutual TLS.")
 INSECURE = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only.")
@@ -148,9 +149,7 @@ def client(
         envvar="FEDRL_TOKEN",
         help="The client's token; prefer --token-file or FEDRL_TOKEN (a command line is visible to other users).",
     ),
-    token_file: Optional[Path] = typer.Option(
-        None, "--token-file", envvar="FEDRL_TOKEN_FILE", help="File holding the client's token."
-    ),
+    token_file: Optional[Path] = TOKEN_FILE,
     env: Optional[str] = typer.Option(
         None,
         "--env",
@@ -311,9 +310,7 @@ def act(
     name: Optional[str] = typer.Option(
         None, "--name", envvar="FEDRL_NAME", help="This device's enrolled name (with --server or MQTT)."
     ),
-    token_file: Optional[Path] = typer.Option(
-        None, "--token-file", envvar="FEDRL_TOKEN_FILE", help="File holding the device's token."
-    ),
+    token_file: Optional[Path] = TOKEN_FILE,
     ca: Optional[Path] = typer.Option(
         None, "--ca", envvar="FEDRL_CA", help="CA certificate (PEM) of the server's (or broker's) one."
     ),

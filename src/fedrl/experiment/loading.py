@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -168,33 +169,22 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfi
 
 
 def anchor_user_dirs(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``data`` with the folders of the user's code (a setter's, a robust rule's) made absolute,
-    relative to ``folder``, the folder of the file the experiment was read from."""
-    return _anchor_rule_dir(_anchor_setter_dir(data, folder), folder)
+    """``data`` with the folders of the user's code (``env.gym.setter_dir``, and
+    ``strategy.robust.rule_dir`` when the rule is one of the user's) made absolute, relative to
+    ``folder`` (the folder of the file the experiment was read from) and defaulting to it, so a
+    resumed run finds the code from anywhere."""
+    data = _anchor(data, ("env", "gym"), "setter_dir", folder, lambda gym: True)
+    return _anchor(data, ("strategy", "robust"), "rule_dir", folder, lambda robust: ":" in str(robust.get("rule", "")))
 
 
-def _anchor_setter_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``data`` with ``env.gym.setter_dir`` made absolute, relative to ``folder`` (the config
-    file's) and defaulting to it, so a resumed run finds the setter from anywhere."""
-    env = data.get("env")
-    gym = env.get("gym") if isinstance(env, dict) else None
-    if not isinstance(gym, dict) or not isinstance(gym.get("setter_dir", ""), (str, type(None))):
+def _anchor(data: dict[str, Any], path: tuple[str, str], key: str, folder: Path, wanted: Callable) -> dict[str, Any]:
+    """``data`` with ``path[0].path[1].key`` anchored at ``folder`` when that section is there and ``wanted``."""
+    outer = data.get(path[0])
+    inner = outer.get(path[1]) if isinstance(outer, dict) else None
+    if not isinstance(inner, dict) or not wanted(inner) or not isinstance(inner.get(key, ""), (str, type(None))):
         return data
-    setter_dir = str((folder / (gym.get("setter_dir") or ".")).resolve())
-    return {**data, "env": {**env, "gym": {**gym, "setter_dir": setter_dir}}}
-
-
-def _anchor_rule_dir(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``data`` with ``strategy.robust.rule_dir`` made absolute, as ``_anchor_setter_dir`` does for
-    setters, when the rule is one of the user's (``module:function``)."""
-    strategy = data.get("strategy")
-    robust = strategy.get("robust") if isinstance(strategy, dict) else None
-    if not isinstance(robust, dict) or ":" not in str(robust.get("rule", "")):
-        return data
-    if not isinstance(robust.get("rule_dir", ""), (str, type(None))):
-        return data
-    rule_dir = str((folder / (robust.get("rule_dir") or ".")).resolve())
-    return {**data, "strategy": {**strategy, "robust": {**robust, "rule_dir": rule_dir}}}
+    anchored = str((folder / (inner.get(key) or ".")).resolve())
+    return {**data, path[0]: {**outer, path[1]: {**inner, key: anchored}}}
 
 
 def to_yaml(config: ExperimentConfig) -> str:

@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable, Iterable
 from functools import cache
 from importlib import resources
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import make_server
+
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler  # as the server's metrics use
 
 Status = Callable[[], dict]
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -47,20 +48,11 @@ def dashboard_app(status: Status, fallback: WSGIApp | None = None) -> WSGIApp:
     return app
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format, *args):  # the page polls every second: no line per request
-        pass
-
-
-class _Threading(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
 class Dashboard:
     """A dashboard served from a daemon thread; ``url`` to open, ``close()`` to stop."""
 
     def __init__(self, status: Status, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._httpd = make_server(host, port, dashboard_app(status), _Threading, handler_class=_Quiet)
+        self._httpd = make_server(host, port, dashboard_app(status), ThreadingWSGIServer, handler_class=_SilentHandler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fedrl-dashboard", daemon=True)
         self._thread.start()
         self.url = f"http://{host}:{self._httpd.server_address[1]}/"
