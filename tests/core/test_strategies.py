@@ -228,3 +228,59 @@ def test_every_state_round_trips_through_safetensors(name):
         np.testing.assert_array_equal(restored, value)
     if name in ("fedasync", "fedbuff"):
         assert back.version.shape == () and back.version.dtype == np.int64 and int(back.version) == 1
+
+
+class _Momentum:
+    """A user's server optimiser: heavy-ball momentum on the combined delta."""
+
+    def __init__(self, beta=0.5):
+        self.beta = beta
+
+    def init(self, params):
+        return {"v": np.zeros_like(params)}
+
+    def step(self, state, params, delta):
+        v = self.beta * state["v"] + delta
+        return params + v, {"v": v}
+
+
+def test_a_users_strategy_steps_on_the_robust_rules_delta_and_checkpoints_its_state():
+    config = TypeAdapter(StrategyConfig).validate_python(
+        {"name": "my_opt:Momentum", "options": {"beta": 0.5}, "robust": {"rule": "median"}}
+    )
+    strategy = make_strategy(config, _Momentum(**config.options))
+    params = np.zeros(2, np.float32)
+    updates = [_update(0, [1.0, 0.0], 1), _update(1, [3.0, 2.0], 1), _update(2, [100.0, 4.0], 1)]
+
+    state = strategy.init(params)
+    params, state = strategy.aggregate(state, params, updates)  # median delta (3, 2)
+    params, state = strategy.aggregate(state, params, updates)  # v = 0.5 (3, 2) + (3, 2)
+    restored = state_from_arrays(strategy, load(save(state_to_arrays(state))))
+
+    assert type(config).__name__ == "UserStrategyConfig" and not strategy.uses_control_variates
+    np.testing.assert_allclose(params, [3 + 4.5, 2 + 3.0])
+    np.testing.assert_array_equal(restored["v"], [4.5, 3.0])
+    with pytest.raises(ValueError, match="needs its optimizer"):
+        make_strategy(config)
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (lambda state, params, delta: (params[:1], state), r"returned parameters of shape \(1,\).*2 finite numbers"),
+        (lambda state, params, delta: (params * np.nan, state), r"\(finite: False\)"),
+        (lambda state, params, delta: (params, [1, 2]), "must return its state as a dict of arrays"),
+    ],
+    ids=["short", "nan", "state not a dict"],
+)
+def test_a_users_strategy_that_returns_what_does_not_fit_is_named(step, message):
+    from fedrl.core.errors import UserCodeError
+
+    optimizer = _Momentum()
+    optimizer.step = step
+    config = TypeAdapter(StrategyConfig).validate_python({"name": "my_opt:Broken"})
+    strategy = make_strategy(config, optimizer)
+    params = np.zeros(2, np.float32)
+
+    with pytest.raises(UserCodeError, match=rf"strategy my_opt:Broken.*{message}"):
+        strategy.aggregate(strategy.init(params), params, [_update(0, [1.0, 1.0], 1)])

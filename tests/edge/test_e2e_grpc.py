@@ -104,9 +104,9 @@ class Deployment:
                 env=ENV,
             )
 
-    def _start(self, command: list[str], log: Path) -> subprocess.Popen:
+    def _start(self, command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         with open(log, "a") as output:
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=ENV)
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env or ENV)
         self.processes.append(process)
         return process
 
@@ -127,7 +127,9 @@ class Deployment:
             self.root / "server.log",
         )
 
-    def start_client(self, i: int, log: str | None = None, token: str | None = None) -> subprocess.Popen:
+    def start_client(
+        self, i: int, log: str | None = None, token: str | None = None, extra: tuple = (), env: dict | None = None
+    ) -> subprocess.Popen:
         secret = ["--token", token] if token else ["--token-file", str(self.root / f"token{i}")]
         return self._start(
             fedrl(
@@ -149,8 +151,10 @@ class Deployment:
                 "5",
                 "--act-period",
                 "0.001",  # a device's pace: unpaced, five simulated devices would fight for two cores
+                *extra,
             ),
             self.root / (log or f"c{i}.log"),
+            env,
         )
 
     def state_dir(self, i: int) -> Path:
@@ -357,3 +361,43 @@ def test_a_client_without_a_server_keeps_trying_until_sigterm_stops_it_cleanly(t
             client.kill()
     assert events(log, "stopped")
     assert [e["attempt"] for e in events(log, "unreachable")][:3] == [1, 2, 3]
+
+
+USER_CODE = Path(__file__).parents[2] / "examples" / "extending"
+
+
+@pytest.mark.parametrize("deployment", [(1, {"rounds": 2, "stop_at_target": False})], indirect=True)
+def test_a_device_runs_the_experiments_own_network_and_loss_only_when_its_operator_allows_them(deployment):
+    config = yaml.safe_load((deployment.root / "server.yaml").read_text())
+    config["experiment"]["learner"] = {
+        "name": "spo_loss:spo",
+        "n_envs": 4,
+        "n_steps": 64,
+        "network": "residual_net:make",
+    }
+    config["experiment"]["strategy"] = {"name": "server_nesterov:NesterovMomentum", "options": {"momentum": 0.5}}
+    config["experiment"]["learner"]["network_dir"] = config["experiment"]["strategy"]["strategy_dir"] = str(USER_CODE)
+    config["experiment"]["learner"]["learner_dir"] = str(USER_CODE)
+    (deployment.root / "server.yaml").write_text(yaml.safe_dump(config))
+    server = deployment.start_server()
+    device_env = {**ENV, "PYTHONPATH": os.pathsep.join([str(USER_CODE), ENV.get("PYTHONPATH", "")])}
+
+    refused = deployment.start_client(0, log="refused.log", env=device_env)
+    assert refused.wait(timeout=120) != 0
+    allowed = deployment.start_client(
+        0, extra=("--allow-code", "residual_net:make", "--allow-code", "spo_loss:spo"), env=device_env
+    )
+    assert allowed.wait(timeout=240) == 0
+    server.terminate()
+    server.wait(20)
+
+    reason = " ".join((deployment.root / "refused.log").read_text().split())
+    assert "is the server's to name but this device's to allow" in reason and "--allow-code" in reason
+    assert [e["round"] for e in events(deployment.root / "server.log", "round_closed")] == [1, 2]
+    acting = json.loads((deployment.state_dir(0) / "acting.json").read_text())
+    assert acting["version"] >= 1
+    from fedrl.policy import load_policy
+
+    sys.path.append(str(USER_CODE))
+    assert load_policy(deployment.root / "srv").card.network == "residual_net:make"
+    assert load_policy(deployment.state_dir(0)).card.network == "residual_net:make"

@@ -31,13 +31,13 @@ from fedrl.agents import distributions
 from fedrl.agents.config import ActorCriticBase, LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import ClientState, DQNMemory
-from fedrl.agents.nets import Heads, PolicyNet
+from fedrl.agents.nets import BatchedNet, Heads
 from fedrl.agents.optim import Optimizer, apply_gradient
 from fedrl.core.scaffold import scaffold_client_control
 from fedrl.envs.base import EnvState
 
 
-def federated_mask(config: LearnerBase, net: PolicyNet) -> np.ndarray:
+def federated_mask(config: LearnerBase, net: BatchedNet) -> np.ndarray:
     """``(d,)`` bool: the coordinates of the flat vector whose deltas are sent."""
     federate = config.federate if isinstance(config, ActorCriticBase) else "all"
     mask = np.ones(net.spec.dim, dtype=bool)
@@ -49,7 +49,7 @@ def federated_mask(config: LearnerBase, net: PolicyNet) -> np.ndarray:
 
 
 def init_federation_state(
-    config: LearnerBase, net: PolicyNet, n_clients: int, uses_control_variates: bool
+    config: LearnerBase, net: BatchedNet, n_clients: int, uses_control_variates: bool
 ) -> ClientState:
     """The part of the client state this module keeps: personal params (NaN = not trained
     yet) under partial federation, zero ``c_i`` under SCAFFOLD."""
@@ -61,7 +61,7 @@ def init_federation_state(
 
 
 def local_params(
-    config: LearnerBase, net: PolicyNet, global_params: np.ndarray, client_state: ClientState, n_clients: int
+    config: LearnerBase, net: BatchedNet, global_params: np.ndarray, client_state: ClientState, n_clients: int
 ) -> np.ndarray:
     """``(C, d)`` float32: the parameters each client acts with -- ``global_params`` (``(d,)``,
     or ``(C, d)`` such as ``LocalResult.params``) on federated coordinates, the client's
@@ -174,7 +174,7 @@ def _new_controls(c_i, c, x, y, opt_steps: np.ndarray, lr: float) -> tuple[np.nd
     return new_c_i, delta
 
 
-def reference_kl(net: PolicyNet, reference: dict[str, torch.Tensor], heads: Heads, obs: torch.Tensor) -> torch.Tensor:
+def reference_kl(net: BatchedNet, reference: dict[str, torch.Tensor], heads: Heads, obs: torch.Tensor) -> torch.Tensor:
     """``KL(pi_local || pi_global)`` ``(C, N)`` at ``obs``, ``pi_global`` the frozen round-start
     policy (the global one whenever the actor is federated; under ``federate="critic"`` the
     client's own round-start actor, a trust region)."""

@@ -24,6 +24,15 @@ class LearnerBase(FrozenConfig):
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
     max_grad_norm: float = Field(0.5, ge=0, description="per-client gradient norm clip (0 = off)")
     hidden: tuple[int, ...] = Field((64, 64), min_length=1, description="hidden layer sizes of each tower")
+    network: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="your own torch network instead of the MLP: 'module:function', called as function(obs_dim, "
+        "n_out) for each tower (hidden is then unused; see docs/howto/extending.md)",
+    )
+    network_dir: str | None = Field(
+        None, description="folder searched first for the network's module (load_config: the config file's folder)"
+    )
     prox_mu: float = Field(
         0.0, ge=0, description="FedProx's mu: each client adds mu/2 ||w - w_global||^2 to its loss (0 = off)"
     )

@@ -33,7 +33,7 @@ from fedrl.agents import client
 from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
 from fedrl.agents.memory import DQNMemory, ReplayArrays, empty_replay
-from fedrl.agents.nets import PolicyNet
+from fedrl.agents.nets import BatchedNet
 from fedrl.agents.optim import make_optimizer
 from fedrl.envs.base import Discrete, step
 
@@ -81,7 +81,7 @@ def check_discrete(family_or_space) -> None:
         raise ValueError(f"dqn needs discrete actions; this environment's action space is {space}")
 
 
-def init_state(config: DQNConfig, net: PolicyNet, n_clients: int) -> DQNMemory:
+def init_state(config: DQNConfig, net: BatchedNet, n_clients: int) -> DQNMemory:
     """A fresh client state: an empty replay buffer and no env steps taken."""
     check_discrete(net.shape.action_space)
     return DQNMemory(empty_replay(n_clients, config.buffer_size, net.shape.obs_dim), np.zeros(n_clients, np.int64))
@@ -125,7 +125,7 @@ def epsilon(config: DQNConfig, env_steps: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def act(net: PolicyNet, flat: torch.Tensor, obs: np.ndarray, eps: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+def act(net: BatchedNet, flat: torch.Tensor, obs: np.ndarray, eps: np.ndarray, gen: torch.Generator) -> torch.Tensor:
     """Epsilon-greedy actions ``(C, E)``: each client explores with its own probability."""
     q = net.actor(net.unpack(flat), torch.from_numpy(obs))
     explore = torch.rand(q.shape[:2], generator=gen) < torch.from_numpy(eps).float()[:, None]
@@ -134,7 +134,7 @@ def act(net: PolicyNet, flat: torch.Tensor, obs: np.ndarray, eps: np.ndarray, ge
 
 
 def td_loss(
-    net: PolicyNet, config: DQNConfig, flat: torch.Tensor, target: dict[str, torch.Tensor], batch: Transitions
+    net: BatchedNet, config: DQNConfig, flat: torch.Tensor, target: dict[str, torch.Tensor], batch: Transitions
 ) -> torch.Tensor:
     """Per-client Huber loss ``(C,)`` between ``Q(s, a)`` and ``r + gamma (1 - term) Q_target(s', a')``,
     ``a'`` the online argmax (double DQN) or the target's own."""

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 
 from fedrl.agents import distributions
-from fedrl.agents.nets import PolicyNet
+from fedrl.agents.nets import BatchedNet
 from fedrl.agents.rollout import env_action
 from fedrl.envs.base import EnvFamily, reset, step
 
 
 @torch.inference_mode()
 def evaluate(
-    net: PolicyNet,
+    net: BatchedNet,
     params: np.ndarray,
     family: EnvFamily,
     env_params: np.ndarray,

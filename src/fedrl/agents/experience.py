@@ -5,9 +5,10 @@ world, stepped by one acting loop at its own pace, and the learner only sees wha
 recorded: ``Experience``, consecutive transitions of one environment. ``train_from_experience``
 turns them into one round of local training for any registered learner:
 
-- PPO and A2C: the transitions, collected with the policy being improved (the acting version),
-  are one rollout (``C = E = 1``): values, log-probabilities and GAE are computed at the round's
-  start parameters, then PPO's epochs of minibatches, or A2C's one gradient step per ``n_steps``;
+- PPO, A2C and a user's loss: the transitions, collected with the policy being improved (the
+  acting version), are one rollout (``C = E = 1``): values, log-probabilities and GAE are computed
+  at the round's start parameters, then PPO's (or the user loss's) epochs of minibatches, or A2C's
+  one gradient step per ``n_steps``;
 - REINFORCE: one gradient step on the Monte-Carlo returns of the steps whose episode ended
   within the batch (a return needs the episode's end);
 - DQN: the transitions join the replay buffer the client keeps, then one training phase per
@@ -24,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedrl.agents import a2c, client, distributions, dqn, ppo, reinforce
+from fedrl.agents import a2c, client, distributions, dqn, ppo, reinforce, user
 from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import DQNMemory
@@ -76,6 +77,13 @@ def _ppo(config: ppo.PPOConfig, task: LocalTask, start: client.Start, exp: Exper
     optimizer = make_optimizer(start.flat, config.lr)
     rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
     loss, n = ppo.improve(task, config, start, optimizer, rollout, task.gen)
+    return loss, n, None, exp.steps
+
+
+def _user(config: user.UserLearnerConfig, task: LocalTask, start: client.Start, exp: Experience):
+    optimizer = make_optimizer(start.flat, config.lr)
+    rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
+    loss, n = user.improve(task, config, start, optimizer, rollout)
     return loss, n, None, exp.steps
 
 
@@ -137,6 +145,7 @@ def train_from_experience(config: LearnerBase, task: LocalTask, exp: Experience)
     if exp.steps == 0:
         raise ValueError("no experience to learn from")
     start = client.begin(config, task)
-    loss, opt_steps, memory, steps = _LEARN[config.name](config, task, start, exp)
+    learn = _user if isinstance(config, user.UserLearnerConfig) else _LEARN[config.name]
+    loss, opt_steps, memory, steps = learn(config, task, start, exp)
     outcome = client.finish(config, task, start.flat, np.array([opt_steps]), memory)
     return client.result(outcome, task.env_state, np.array([steps]), np.array([exp.episodes]), loss)

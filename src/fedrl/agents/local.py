@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fedrl.agents.memory import ClientState
-from fedrl.agents.nets import PolicyNet
+from fedrl.agents.nets import BatchedNet
 from fedrl.core.rows import to_arrays
 from fedrl.envs.base import EnvFamily, EnvState
 
@@ -61,7 +61,7 @@ class LocalResult(NamedTuple):
 class LocalTask:
     """Inputs of one client batch's local training."""
 
-    net: PolicyNet
+    net: BatchedNet
     family: EnvFamily
     env_params: np.ndarray  # (C, P)
     env_state: EnvState
@@ -86,7 +86,7 @@ def _check_client_state(client_state: ClientState, n_clients: int) -> None:
 
 
 def make_task(
-    net: PolicyNet,
+    net: BatchedNet,
     family: EnvFamily,
     env_params: np.ndarray,
     env_state: EnvState,

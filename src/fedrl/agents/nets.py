@@ -5,7 +5,9 @@ clients are one ``(C, d)`` tensor, and a forward pass is a chain of batched matr
 (``torch.baddbmm``) over the client axis, so each client's output -- and gradient -- depends
 only on its own parameters and data. Actor and critic are separate tanh MLPs with
 orthogonal initialisation, as in CleanRL's PPO. A Q-network (DQN) is the actor tower alone,
-its outputs read as action values, so greedy evaluation (argmax) serves both kinds.
+its outputs read as action values, so greedy evaluation (argmax) serves both kinds. A user's own
+torch modules take the towers' place through the same interface (``BatchedNet``;
+``fedrl.agents.modules``).
 """
 
 from __future__ import annotations
@@ -109,13 +111,21 @@ class Heads(NamedTuple):
     value: torch.Tensor | None
 
 
-class PolicyNet:
-    """Batched forward passes for one ``PolicyShape``; holds no parameters itself."""
+class BatchedNet:
+    """Batched forward passes over stacked flat vectors for one ``PolicyShape``; holds no parameters.
 
-    def __init__(self, shape: PolicyShape):
-        self.shape = shape
-        self.spec = policy_spec(shape)
-        self.n_layers = len(shape.hidden) + 1
+    A subclass gives the layout (``spec``), the round-0 parameters and ``_tower``, one tower's
+    output for every client at once; everything a learner calls is defined here on top of them."""
+
+    shape: PolicyShape
+    spec: ParamSpec
+
+    def initial_params(self, seed: int) -> np.ndarray:
+        """The round-0 parameters as one float32 vector, fixed by ``seed``."""
+        raise NotImplementedError
+
+    def _tower(self, w: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named ``(C, *shape)`` tensors from ``(C, d)``; differentiable with respect to ``flat``."""
@@ -124,13 +134,6 @@ class PolicyNet:
             name: flat[:, off : off + size].reshape((c, *dims))
             for name, dims, off, size in zip(self.spec.names, self.spec.shapes, self.spec.offsets, self.spec.sizes)
         }
-
-    def _tower(self, w: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
-        for i in range(self.n_layers):
-            x = torch.baddbmm(w[f"{prefix}.{i}.bias"].unsqueeze(1), x, w[f"{prefix}.{i}.weight"])
-            if i < self.n_layers - 1:
-                x = tanh(x)
-        return x
 
     def heads(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> Heads:
         """Actor output, log-std and value for observations ``(C, N, obs_dim)``."""
@@ -149,3 +152,23 @@ class PolicyNet:
     def actor(self, w: dict[str, torch.Tensor], obs: torch.Tensor) -> torch.Tensor:
         """Actor output ``(C, N, A)`` only."""
         return self._tower(w, "actor", obs)
+
+
+class PolicyNet(BatchedNet):
+    """fedrl's own network: tanh MLP towers as chains of ``torch.baddbmm`` over the client axis."""
+
+    def __init__(self, shape: PolicyShape):
+        self.shape = shape
+        self.spec = policy_spec(shape)
+        self.n_layers = len(shape.hidden) + 1
+
+    def initial_params(self, seed: int) -> np.ndarray:
+        """``init_params`` of this network's shape."""
+        return init_params(self.shape, seed)
+
+    def _tower(self, w: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+        for i in range(self.n_layers):
+            x = torch.baddbmm(w[f"{prefix}.{i}.bias"].unsqueeze(1), x, w[f"{prefix}.{i}.weight"])
+            if i < self.n_layers - 1:
+                x = tanh(x)
+        return x

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fedrl.agents import distributions
-from fedrl.agents.nets import PolicyNet
+from fedrl.agents.nets import BatchedNet
 from fedrl.envs.base import Continuous, EnvFamily, EnvState, step
 
 
@@ -42,7 +42,7 @@ def env_action(family: EnvFamily, env_params: np.ndarray, action: torch.Tensor) 
 
 @torch.inference_mode()
 def collect(
-    net: PolicyNet,
+    net: BatchedNet,
     flat: torch.Tensor,
     family: EnvFamily,
     env_params: np.ndarray,

@@ -28,6 +28,13 @@ TOKEN_FILE = typer.Option(None, "--token-file", envvar="FEDRL_TOKEN_FILE", help=
 CERT = typer.Option(None, "--cert", help="This device's certificate (PEM), for mutual TLS.")
 KEY = typer.Option(None, "--key", help="This device's private key (PEM), for mutual TLS.")
 INSECURE = typer.Option(False, "--insecure", help="Plain text, for tests: loopback addresses only.")
+ALLOW_CODE = typer.Option(
+    [],
+    "--allow-code",
+    envvar="FEDRL_ALLOW_CODE",
+    help="module:function of the experiment's own network or learner loss that this device may run (repeat "
+    "for each; the module on the Python path). Nothing the server names runs without it.",
+)
 
 
 def _default_state_dir(name: str) -> Path:
@@ -231,6 +238,7 @@ def client(
     ),
     broker_password: Optional[str] = BROKER_PASSWORD,
     mqtt_version: str = MQTT_VERSION,
+    allow_code: list[str] = ALLOW_CODE,
 ) -> None:
     """Run an edge agent: act in this device's environment with the deployed policy all the time,
     learn from that experience when the server asks, push the updates, and keep acting after the
@@ -241,46 +249,48 @@ def client(
     from fedrl.edge.limits import OwnerLimits, Triggers
     from fedrl.edge.mqtt_link import MqttLink
     from fedrl.edge.personal import Personalization
+    from fedrl.policy.usercode import only_code
     from fedrl.server.log import setup_logging  # the log format only: the agent itself never imports the server
 
-    try:
-        secret = read_token(token, token_file)
-        spec = None if env is None else DeviceEnvSpec(env, parse_env_kwargs(env_kwargs), env_dir)
-        if transport is Transport.mqtt:
-            options = broker_options(
-                broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version
-            )
-        elif server is None:
-            raise ValueError("give --server HOST:PORT (or --transport mqtt and --broker HOST:PORT)")
-        else:
-            credentials = channel_credentials(server, ca, cert, key, insecure)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    setup_logging("debug" if verbose else "info")
-    link = (
-        MqttLink(options, secret, name, timeout)
-        if transport is Transport.mqtt
-        else GrpcLink(server, secret, name, credentials, timeout)
-    )
-    config = AgentConfig(
-        state_dir or _default_state_dir(name),
-        client_index,
-        spec,
-        explore=not greedy,
-        act_period_s=act_period,
-        until_finished=until_finished,
-        limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir),
-        triggers=Triggers(ask_after_steps, ask_after_episodes, ask_below_return, ask_above_return),
-        personalization=Personalization(personalize_steps, personalize_episodes, personal_tolerance),
-    )
-    agent = Agent(link, config)
-    _stop_on_signals(agent.stop)
-    try:
-        agent.run()
-    except Fatal as exc:
-        fail(str(exc))
-    finally:
-        link.close()
+    with only_code(allow_code):
+        try:
+            secret = read_token(token, token_file)
+            spec = None if env is None else DeviceEnvSpec(env, parse_env_kwargs(env_kwargs), env_dir)
+            if transport is Transport.mqtt:
+                options = broker_options(
+                    broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version
+                )
+            elif server is None:
+                raise ValueError("give --server HOST:PORT (or --transport mqtt and --broker HOST:PORT)")
+            else:
+                credentials = channel_credentials(server, ca, cert, key, insecure)
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+        setup_logging("debug" if verbose else "info")
+        link = (
+            MqttLink(options, secret, name, timeout)
+            if transport is Transport.mqtt
+            else GrpcLink(server, secret, name, credentials, timeout)
+        )
+        config = AgentConfig(
+            state_dir or _default_state_dir(name),
+            client_index,
+            spec,
+            explore=not greedy,
+            act_period_s=act_period,
+            until_finished=until_finished,
+            limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir),
+            triggers=Triggers(ask_after_steps, ask_after_episodes, ask_below_return, ask_above_return),
+            personalization=Personalization(personalize_steps, personalize_episodes, personal_tolerance),
+        )
+        agent = Agent(link, config)
+        _stop_on_signals(agent.stop)
+        try:
+            agent.run()
+        except Fatal as exc:
+            fail(str(exc))
+        finally:
+            link.close()
 
 
 def act(
@@ -325,50 +335,55 @@ def act(
     fleet: str = FLEET,
     broker_password: Optional[str] = BROKER_PASSWORD,
     mqtt_version: str = MQTT_VERSION,
+    allow_code: list[str] = ALLOW_CODE,
 ) -> None:
     """Act with a policy without torch (numpy only) and, given a server or broker, hot-swap each
     newly deployed version between two decisions. JSON log lines on stderr; a summary at the end."""
     from fedrl.edge.device import Fatal
     from fedrl.edge.inference import Follower, make_env
     from fedrl.policy import load_policy
+    from fedrl.policy.usercode import only_code
     from fedrl.server.log import setup_logging  # the log format only
 
-    try:
-        loaded = load_policy(policy)
-        link = None
-        if server is not None or transport is Transport.mqtt:
-            if name is None:
-                raise ValueError("--name is needed to follow a server")
-            secret = read_token(None, token_file)
-            if transport is Transport.mqtt:
-                from fedrl.edge.mqtt_link import MqttLink
+    with only_code(allow_code):
+        try:
+            loaded = load_policy(policy)
+            link = None
+            if server is not None or transport is Transport.mqtt:
+                if name is None:
+                    raise ValueError("--name is needed to follow a server")
+                secret = read_token(None, token_file)
+                if transport is Transport.mqtt:
+                    from fedrl.edge.mqtt_link import MqttLink
 
-                options = broker_options(broker, fleet, name, broker_password, ca, cert, key, insecure, mqtt_version)
-                link = MqttLink(options, secret, name, 30.0)
-            else:
-                from fedrl.edge.grpc_link import GrpcLink
+                    options = broker_options(
+                        broker, fleet, name, broker_password, ca, cert, key, insecure, mqtt_version
+                    )
+                    link = MqttLink(options, secret, name, 30.0)
+                else:
+                    from fedrl.edge.grpc_link import GrpcLink
 
-                link = GrpcLink(server, secret, name, channel_credentials(server, ca, cert, key, insecure), 30.0)
-        environment = make_env(env, parse_env_kwargs(env_kwargs), env_dir)
-        follower = Follower(
-            loaded, environment, state_dir, link, heartbeat_s=heartbeat, act_period_s=act_period, max_steps=steps
+                    link = GrpcLink(server, secret, name, channel_credentials(server, ca, cert, key, insecure), 30.0)
+            environment = make_env(env, parse_env_kwargs(env_kwargs), env_dir)
+            follower = Follower(
+                loaded, environment, state_dir, link, heartbeat_s=heartbeat, act_period_s=act_period, max_steps=steps
+            )
+        except (ValueError, FileNotFoundError, Fatal) as exc:
+            fail(str(exc))
+        setup_logging("info")
+        _stop_on_signals(follower.stop)
+        try:
+            follower.run()
+        except Fatal as exc:
+            fail(str(exc))
+        finally:
+            if link is not None:
+                link.close()
+        actor = follower.actor
+        latency = actor.latency_us()
+        returns = list(actor.returns)
+        mean = f"{np.mean(returns):.2f}" if returns else "n/a"
+        print(
+            f"acted {actor.steps} steps, {actor.episodes} episodes (mean return {mean}) with version "
+            f"{follower.acting.version}; decision latency p50 {latency['p50']:.1f} us, p99 {latency['p99']:.1f} us"
         )
-    except (ValueError, FileNotFoundError, Fatal) as exc:
-        fail(str(exc))
-    setup_logging("info")
-    _stop_on_signals(follower.stop)
-    try:
-        follower.run()
-    except Fatal as exc:
-        fail(str(exc))
-    finally:
-        if link is not None:
-            link.close()
-    actor = follower.actor
-    latency = actor.latency_us()
-    returns = list(actor.returns)
-    mean = f"{np.mean(returns):.2f}" if returns else "n/a"
-    print(
-        f"acted {actor.steps} steps, {actor.episodes} episodes (mean return {mean}) with version "
-        f"{follower.acting.version}; decision latency p50 {latency['p50']:.1f} us, p99 {latency['p99']:.1f} us"
-    )

@@ -4,8 +4,9 @@ runtime (``fedrl.policy``), an ONNX model, or dependency-free C99."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -65,16 +66,32 @@ def _default_out(card: PolicyCard, int8: bool) -> Path:
 
 def _load(source: Path) -> Policy:
     """The policy at ``source``; a run directory written before policy cards gets its card rebuilt
-    from its ``config.yaml``."""
+    from its ``config.yaml``, and one whose experiment names a network of the user's finds it
+    where the experiment does."""
     from fedrl.policy.files import RUN_POLICY, MissingCard, load_policy
 
     try:
-        return load_policy(source)
+        return load_policy(source, _run_network(source))
     except MissingCard:
         run_dir = source if source.is_dir() else source.parent
         if (source.is_file() and source.name != RUN_POLICY) or not (run_dir / "config.yaml").is_file():
             raise
         return _rebuilt(run_dir)
+
+
+def _run_network(source: Path) -> Callable[..., Any] | None:
+    """The network factory of the run directory ``source`` is (or is in), imported from the folder
+    its experiment names first; None without one (a policy then looks its network up by name)."""
+    from fedrl.experiment.config import ConfigError
+    from fedrl.experiment.loading import read_resolved
+    from fedrl.policy.usercode import import_function
+
+    config_file = (source if source.is_dir() else source.parent) / "config.yaml"
+    try:
+        learner = read_resolved(config_file.read_text()).learner
+        return import_function(learner.network, learner.network_dir, "network") if learner.network else None
+    except (OSError, ConfigError, ValueError):
+        return None
 
 
 def _rebuilt(run_dir: Path) -> Policy:

@@ -18,6 +18,13 @@ Every config holds a ``robust`` section (``fedrl.core.robust``: a norm bound, th
 that reduces the deltas), and every ``aggregate`` drops updates with NaN or Inf values before
 anything else. ``STRATEGIES`` maps each ``name`` to its config record and the function that
 builds the strategy: adding a strategy is one entry there.
+
+A strategy of the user's (``name: "module:function"``, ``UserStrategyConfig``) is a server
+optimiser: the function, called with the config's ``options``, returns an object with
+``init(params) -> state`` and ``step(state, params, delta) -> (params, state)``, where ``delta`` is
+the robust rule's reduction of the round's deltas (the env-step-weighted mean by default) and the
+state a dict of arrays, checkpointed with the model. ``experiment.setup`` imports it; ``user_strategy``
+wraps it and refuses what it returns when it does not fit.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
 import numpy as np
 from pydantic import Discriminator, Field, Tag
@@ -38,6 +45,7 @@ from fedrl.core.asynchronous import (
     fedbuff_aggregate,
     version_init,
 )
+from fedrl.core.errors import UserCodeError
 from fedrl.core.fedopt import (
     AdaptiveState,
     FedAdagradConfig,
@@ -46,7 +54,7 @@ from fedrl.core.fedopt import (
     adaptive_init,
     adaptive_step,
 )
-from fedrl.core.robust import StrategyConfigBase, combine, usable_updates
+from fedrl.core.robust import CUSTOM_RULE, StrategyConfigBase, combine, usable_updates
 from fedrl.core.scaffold import ScaffoldConfig, ScaffoldState, scaffold_init, scaffold_step
 from fedrl.core.update import Update
 
@@ -63,6 +71,34 @@ class FedAvgMConfig(StrategyConfigBase):
     name: Literal["fedavgm"] = "fedavgm"
     server_lr: float = Field(1.0, gt=0, description="step size applied to the momentum buffer")
     momentum: float = Field(0.9, ge=0, lt=1, description="server momentum coefficient beta")
+
+
+USER_TAG = "module:function"
+"""How config errors name the choice of a strategy (or learner) of the user's own."""
+
+
+class UserStrategyConfig(StrategyConfigBase):
+    """A server optimiser of the user's, named ``"module:function"`` (see the module docstring)."""
+
+    name: str = Field(
+        pattern=f"^{CUSTOM_RULE.pattern}$", description="package.module:function that makes the optimiser"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of that function")
+    strategy_dir: str | None = Field(
+        None, description="where its module is looked up first (default: the config file's folder)"
+    )
+
+
+class ServerOptimizer(Protocol):
+    """What a user's strategy function returns."""
+
+    def init(self, params: np.ndarray) -> dict[str, np.ndarray]:
+        """The state before round 1, from the round-0 parameters ``(d,)``."""
+
+    def step(
+        self, state: dict[str, np.ndarray], params: np.ndarray, delta: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The new parameters and state from the round's combined ``delta`` ``(d,)``."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +190,37 @@ def _fedbuff(config: FedBuffConfig) -> Strategy:
     return Strategy(config.name, version_init, aggregate, VersionState, buffer_size=config.buffer_size)
 
 
+def user_strategy(config: UserStrategyConfig, optimizer: ServerOptimizer) -> Strategy:
+    """The synchronous strategy that runs the user's ``optimizer`` on the robust rule's delta."""
+    name = config.name
+
+    def init(params: np.ndarray) -> dict[str, np.ndarray]:
+        return _checked_state(name, "init", optimizer.init(np.array(params, dtype=np.float32)))
+
+    def step(config: UserStrategyConfig, state: dict, params: np.ndarray, updates: list[Update]) -> tuple:
+        delta = combine(config.robust, updates)
+        new, state = optimizer.step(dict(state), np.array(params, dtype=np.float32), delta)
+        new = np.asarray(new, dtype=np.float32)
+        if new.shape != params.shape or not np.isfinite(new).all():
+            raise UserCodeError(
+                f"strategy {name} returned parameters of shape {new.shape} (finite: {bool(np.isfinite(new).all())}); "
+                f"step must return {params.size} finite numbers and its state"
+            )
+        return new, _checked_state(name, "step", state)
+
+    return Strategy(name, init, partial(synchronous_aggregate, step, config), dict)
+
+
+def _checked_state(name: str, method: str, state: Any) -> dict[str, np.ndarray]:
+    """A user's strategy state as a dict of arrays, or ``UserCodeError`` naming what it returned."""
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise UserCodeError(f"strategy {name}: {method} must return its state as a dict of arrays by name")
+    try:
+        return {key: np.asarray(value) for key, value in state.items()}
+    except (TypeError, ValueError) as exc:
+        raise UserCodeError(f"strategy {name}: {method} returned a state that is not arrays ({exc})") from None
+
+
 @dataclass(frozen=True)
 class StrategyKind:
     """One registered strategy: its config record (whose ``name`` default is its key) and the
@@ -180,26 +247,42 @@ STRATEGY_CONFIGS: dict[str, type[StrategyConfigBase]] = {name: kind.config for n
 
 def _strategy_name(value: object) -> str:
     """The ``name`` tag of a strategy config; a config that gives none means FedAvg."""
-    return value.get("name", "fedavg") if isinstance(value, dict) else getattr(value, "name", "fedavg")
+    name = value.get("name", "fedavg") if isinstance(value, dict) else getattr(value, "name", "fedavg")
+    return USER_TAG if isinstance(name, str) and CUSTOM_RULE.fullmatch(name) else name
 
 
 StrategyConfig = Annotated[
-    Union[tuple(Annotated[kind.config, Tag(name)] for name, kind in STRATEGIES.items())],  # noqa: UP007
+    Union[
+        (
+            *(Annotated[kind.config, Tag(name)] for name, kind in STRATEGIES.items()),
+            Annotated[UserStrategyConfig, Tag(USER_TAG)],
+        )
+    ],
     Discriminator(_strategy_name),
 ]
-"""Any strategy's config, chosen by its ``name`` key (FedAvg when there is none)."""
+"""Any strategy's config, chosen by its ``name`` key (FedAvg when there is none; a user's own
+when it reads ``module:function``)."""
 
 
-def make_strategy(config: StrategyConfigBase) -> Strategy:
-    """The strategy a config names."""
+def make_strategy(config: StrategyConfigBase, optimizer: ServerOptimizer | None = None) -> Strategy:
+    """The strategy a config names (a user's needs its ``optimizer``, imported and made by the caller)."""
+    if isinstance(config, UserStrategyConfig):
+        if optimizer is None:
+            raise ValueError(f"strategy {config.name} is the user's own: make_strategy needs its optimizer")
+        return user_strategy(config, optimizer)
     return STRATEGIES[config.name].build(config)
 
 
 def state_to_arrays(state: Any) -> dict[str, np.ndarray]:
-    """A strategy state's arrays by field name (for checkpoints); scalars are 0-d arrays."""
+    """A strategy state's arrays by field name (for checkpoints; a user's state is its own dict);
+    scalars are 0-d arrays."""
+    if isinstance(state, dict):
+        return dict(state)
     return {f.name: getattr(state, f.name) for f in fields(state)}
 
 
 def state_from_arrays(strategy: Strategy, arrays: dict[str, np.ndarray]) -> Any:
     """Rebuild a strategy state from ``state_to_arrays`` output."""
+    if strategy.state_type is dict:
+        return {key: np.asarray(value) for key, value in arrays.items()}
     return strategy.state_type(**{f.name: np.asarray(arrays[f.name]) for f in fields(strategy.state_type)})

@@ -26,27 +26,24 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
+from fedrl.core.errors import UserCodeError
 from fedrl.envs.base import Continuous, Discrete, EnvFamily, ParamRange
 
 ParamSetter = Callable[[gym.Env, dict[str, float]], None]
 ACTION_BOUND = "action_bound"
 
 
-class UserCodeError(RuntimeError):
-    """A user's setter or environment failed, or a setter set an attribute its environment does not
-    have; the message is one line naming the user's file and line."""
-
-
 LIBRARIES = (Path(__file__).resolve().parents[1], Path(gym.__file__).resolve().parent)  # fedrl's and Gymnasium's
 
 
-def blame(what: str, exc: BaseException) -> UserCodeError:
-    """``exc``, raised by the user's ``what``, as one line naming the last frame of the user's own code."""
+def blame(what: str, exc: BaseException, libraries: tuple[Path, ...] = LIBRARIES) -> UserCodeError:
+    """``exc``, raised by the user's ``what``, as one line naming the last frame of the user's own
+    code (any frame outside ``libraries``)."""
     theirs = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
         if not frame.filename.startswith("<")  # <frozen importlib._bootstrap> and the like
-        and not any(Path(frame.filename).resolve().is_relative_to(folder) for folder in LIBRARIES)
+        and not any(Path(frame.filename).resolve().is_relative_to(folder) for folder in libraries)
     ]
     where = f" at {theirs[-1].filename}:{theirs[-1].lineno}" if theirs else ""
     return UserCodeError(f"{what} raised {type(exc).__name__}: {exc}{where}")

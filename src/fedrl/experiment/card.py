@@ -26,8 +26,9 @@ def policy_card(
     card = PolicyCard(
         obs_dim=family.obs_dim,
         action=action,
-        hidden=tuple(shape.hidden),
+        hidden=() if setup.config.learner.network else tuple(shape.hidden),
         layout=tuple(zip(spec.names, spec.shapes)),
+        network=setup.config.learner.network or "",
         q_values=not shape.critic,
         env=family.name,
         experiment=setup.config.name,

@@ -18,24 +18,20 @@ the config file's folder, or resolves against it), then the working directory, t
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
-import sys
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from fedrl.agents import LEARNERS, LearnerConfig, PPOConfig
+from fedrl.agents import LEARNERS, LearnerConfig, PPOConfig, UserLearnerConfig
 from fedrl.core.frozen import FrozenConfig
 from fedrl.core.pipeline import PipelineConfig, budget_problem
 from fedrl.core.robust import RobustConfig
 from fedrl.core.secagg import check_headroom
-from fedrl.core.strategies import STRATEGY_CONFIGS, FedAvgConfig, StrategyConfig
+from fedrl.core.strategies import STRATEGY_CONFIGS, USER_TAG, FedAvgConfig, StrategyConfig, UserStrategyConfig
 from fedrl.envs import FAMILIES
 from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter
+from fedrl.policy.usercode import import_function
 
 GYM_FAMILY = "gym"
 DEVICE_FAMILY = "device"
@@ -43,8 +39,8 @@ SETTER_FORM = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
 VARIANTS: dict[str, dict[str, type[BaseModel]]] = {
-    "learner": {name: kind.config for name, kind in LEARNERS.items()},
-    "strategy": dict(STRATEGY_CONFIGS),
+    "learner": {**{name: kind.config for name, kind in LEARNERS.items()}, USER_TAG: UserLearnerConfig},
+    "strategy": {**STRATEGY_CONFIGS, USER_TAG: UserStrategyConfig},
 }
 """The records a ``name`` key chooses between, per section."""
 ROBUST_KEYS = tuple(RobustConfig.model_fields)
@@ -66,27 +62,6 @@ class KeyProblem(ValueError):
 def import_setter(spec: str, setter_dir: str | None) -> ParamSetter:
     """The parameter setter ``"module:function"`` (``import_function``, looked up in ``setter_dir`` first)."""
     return import_function(spec, setter_dir, "setter")
-
-
-def import_function(spec: str, folder: str | None, what: str) -> Callable[..., Any]:
-    """The user's callable ``"module:function"`` (a setter, a robust rule, a callback factory), its
-    module imported from ``folder`` first, then the working directory, then ``sys.path``;
-    ``ValueError`` in one line naming ``what`` otherwise."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{what} must look like 'package.module:function', got {spec!r}")
-    saved = list(sys.path)
-    sys.path[:0] = ([str(Path(folder))] if folder else []) + [os.getcwd()]
-    importlib.invalidate_caches()
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # not found, or the module itself failed to import (SyntaxError, RuntimeError ...)
-        raise ValueError(f"cannot load {what} {spec!r}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.path[:] = saved
-    if not callable(found):
-        raise ValueError(f"{what} {spec!r} is not callable")
-    return found
 
 
 class GymParamConfig(FrozenConfig):

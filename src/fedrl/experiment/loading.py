@@ -16,6 +16,8 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fedrl.core.robust import CUSTOM_RULE
+from fedrl.core.strategies import USER_TAG
 from fedrl.experiment.config import GYM_FAMILY, ROBUST_KEYS, VARIANTS, ConfigError, ExperimentConfig, KeyProblem
 
 
@@ -103,6 +105,7 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
 def _variant(section: str, data: dict[str, Any]) -> type[BaseModel]:
     variants = VARIANTS[section]
     chosen = (data.get(section) or {}).get("name", next(iter(variants)))
+    chosen = USER_TAG if _users(chosen) else chosen
     return variants.get(chosen, next(iter(variants.values())))
 
 
@@ -169,22 +172,34 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> ExperimentConfi
 
 
 def anchor_user_dirs(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``data`` with the folders of the user's code (``env.gym.setter_dir``, and
-    ``strategy.robust.rule_dir`` when the rule is one of the user's) made absolute, relative to
-    ``folder`` (the folder of the file the experiment was read from) and defaulting to it, so a
-    resumed run finds the code from anywhere."""
+    """``data`` with the folders of the user's code (``env.gym.setter_dir``, ``learner.network_dir``
+    with a network of the user's, ``learner.learner_dir`` and ``strategy.strategy_dir`` with a loss
+    or a strategy of the user's, and ``strategy.robust.rule_dir`` when the rule is one of the
+    user's) made absolute, relative to ``folder`` (the folder of the file the experiment was read
+    from) and defaulting to it, so a resumed run finds the code from anywhere."""
     data = _anchor(data, ("env", "gym"), "setter_dir", folder, lambda gym: True)
+    data = _anchor(data, ("learner",), "network_dir", folder, lambda learner: bool(learner.get("network")))
+    data = _anchor(data, ("learner",), "learner_dir", folder, lambda learner: _users(learner.get("name")))
+    data = _anchor(data, ("strategy",), "strategy_dir", folder, lambda strategy: _users(strategy.get("name")))
     return _anchor(data, ("strategy", "robust"), "rule_dir", folder, lambda robust: ":" in str(robust.get("rule", "")))
 
 
-def _anchor(data: dict[str, Any], path: tuple[str, str], key: str, folder: Path, wanted: Callable) -> dict[str, Any]:
-    """``data`` with ``path[0].path[1].key`` anchored at ``folder`` when that section is there and ``wanted``."""
-    outer = data.get(path[0])
-    inner = outer.get(path[1]) if isinstance(outer, dict) else None
-    if not isinstance(inner, dict) or not wanted(inner) or not isinstance(inner.get(key, ""), (str, type(None))):
+def _users(name: Any) -> bool:
+    """Whether a ``name`` is the user's own code (``module:function``)."""
+    return isinstance(name, str) and CUSTOM_RULE.fullmatch(name) is not None
+
+
+def _anchor(data: dict[str, Any], path: tuple[str, ...], key: str, folder: Path, wanted: Callable) -> dict[str, Any]:
+    """``data`` with ``path...key`` anchored at ``folder`` when that section is there and ``wanted``."""
+    section = data.get(path[0])
+    if len(path) > 1:
+        if not isinstance(section, dict):
+            return data
+        return {**data, path[0]: _anchor(section, path[1:], key, folder, wanted)}
+    if not isinstance(section, dict) or not wanted(section) or not isinstance(section.get(key, ""), (str, type(None))):
         return data
-    anchored = str((folder / (inner.get(key) or ".")).resolve())
-    return {**data, path[0]: {**outer, path[1]: {**inner, key: anchored}}}
+    anchored = str((folder / (section.get(key) or ".")).resolve())
+    return {**data, path[0]: {**section, key: anchored}}
 
 
 def to_yaml(config: ExperimentConfig) -> str:

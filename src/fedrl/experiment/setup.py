@@ -8,9 +8,17 @@ from functools import cached_property
 import gymnasium
 import numpy as np
 
-from fedrl.agents import Budget, PolicyNet, federated_mask, init_params, make_net
+from fedrl.agents import (
+    BatchedNet,
+    Budget,
+    NetworkFactory,
+    UserLearnerConfig,
+    federated_mask,
+    make_net,
+    register_loss,
+)
 from fedrl.core.robust import CUSTOM_RULE, register_rule
-from fedrl.core.strategies import Strategy, make_strategy
+from fedrl.core.strategies import FedAvgConfig, Strategy, UserStrategyConfig, make_strategy
 from fedrl.envs import get_family
 from fedrl.envs.base import (
     Continuous,
@@ -34,6 +42,7 @@ from fedrl.experiment.config import (
     import_setter,
 )
 from fedrl.experiment.streams import INIT_STREAM
+from fedrl.experiment.usercode import load_loss, load_strategy
 
 
 def _no_params(env, row: dict[str, float]) -> None:
@@ -113,12 +122,23 @@ class Setup:
         """The experiment as the devices receive it: a Gymnasium section (an id and a setter a
         device would have to import) becomes the spaces it has, ``family: device``, and a robust
         rule of the user's (which only the server runs) becomes ``mean``; each device runs its own
-        environment, never code the server names."""
+        environment, never code the server names. A strategy of the user's runs on the server only, so
+        devices are told FedAvg (the client side of both is the same plain local training). A network
+        of the user's and a learner loss of the user's are every device's too: each imports them by name
+        from its own working directory or Python path, and only when its operator allows it."""
         config = self.config
-        robust = config.strategy.robust
-        if CUSTOM_RULE.fullmatch(robust.rule):
-            plain = robust.model_copy(update={"rule": "mean", "rule_dir": None})
-            config = config.model_copy(update={"strategy": config.strategy.model_copy(update={"robust": plain})})
+        learner = config.learner.model_copy(update={"network_dir": None})
+        if isinstance(learner, UserLearnerConfig):
+            learner = learner.model_copy(update={"learner_dir": None})
+        config = config.model_copy(update={"learner": learner})
+        strategy = config.strategy
+        if isinstance(strategy, UserStrategyConfig):
+            strategy = FedAvgConfig(robust=strategy.robust)
+        if CUSTOM_RULE.fullmatch(strategy.robust.rule):
+            strategy = strategy.model_copy(
+                update={"robust": strategy.robust.model_copy(update={"rule": "mean", "rule_dir": None})}
+            )
+        config = config.model_copy(update={"strategy": strategy})
         if config.env.gym is None:
             return config
         env = config.env.model_copy(
@@ -158,12 +178,29 @@ class Setup:
         return heldout_params(self.family, n_clients, env.heterogeneity, self.config.seed)
 
     @cached_property
-    def net(self) -> PolicyNet:
-        """The network every client trains (actor-critic, or a Q-network for DQN)."""
+    def network(self) -> NetworkFactory | None:
+        """The factory of the user's own network (``learner.network``, imported), or None for fedrl's MLP."""
+        learner = self.config.learner
+        if not learner.network:
+            return None
         try:
-            return make_net(self.config.learner, self.family)
+            return import_function(learner.network, learner.network_dir, "network")
         except ValueError as exc:
-            raise ConfigError(f"bad config: learner.name = {self.config.learner.name!r}: {exc}") from None
+            raise ConfigError(f"bad config: learner.network = {learner.network!r}: {exc}") from None
+
+    @cached_property
+    def net(self) -> BatchedNet:
+        """The network every client trains (actor-critic, or a Q-network for DQN): fedrl's MLP, or
+        the modules of the user's ``learner.network``; a learner loss of the user's is imported and
+        registered here too."""
+        learner = self.config.learner
+        if isinstance(learner, UserLearnerConfig):  # registered first: every runtime builds the net before training
+            register_loss(learner.name, load_loss(learner))
+        key, value = ("learner.network", learner.network) if learner.network else ("learner.name", learner.name)
+        try:
+            return make_net(learner, self.family, self.network)
+        except ValueError as exc:
+            raise ConfigError(f"bad config: {key} = {value!r}: {exc}") from None
 
     @cached_property
     def federated(self) -> np.ndarray:
@@ -172,15 +209,19 @@ class Setup:
 
     @cached_property
     def strategy(self) -> Strategy:
-        """The server strategy (its robust rule imported first when it is one of the user's)."""
-        robust = self.config.strategy.robust
+        """The server strategy (its robust rule imported first when it is one of the user's; a
+        strategy of the user's imported and made, ``fedrl.experiment.usercode``)."""
+        config = self.config.strategy
+        robust = config.robust
         rule = robust.rule
         if CUSTOM_RULE.fullmatch(rule):
             try:
                 register_rule(rule, import_function(rule, robust.rule_dir, "robust rule"))
             except ValueError as exc:
                 raise ConfigError(f"bad config: strategy.robust.rule = {rule!r}: {exc}") from None
-        return make_strategy(self.config.strategy)
+        if isinstance(config, UserStrategyConfig):
+            return make_strategy(config, load_strategy(config))
+        return make_strategy(config)
 
     @property
     def budget(self) -> Budget:
@@ -196,7 +237,7 @@ class Setup:
 
     def initial_params(self) -> np.ndarray:
         """The round-0 global policy."""
-        return init_params(self.net.shape, seed=int(self.rng(INIT_STREAM).integers(2**31)))
+        return self.net.initial_params(seed=int(self.rng(INIT_STREAM).integers(2**31)))
 
     def rng(self, *tags: int) -> np.random.Generator:
         """The random generator for one purpose, e.g. ``rng(TRAIN_STREAM, round, shard)``."""

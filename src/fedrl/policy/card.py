@@ -62,6 +62,7 @@ class PolicyCard:
     """Every tensor of the flat vector, in order: ``actor.{i}.weight`` ``(in, out)``, ``actor.{i}.bias``,
     ``actor.log_std`` (continuous), and the critic's tensors, which acting ignores."""
     activation: str = "tanh"
+    network: str = ""  # a user's torch network, "module:function" (fedrl.agents.modules); "" for fedrl's MLP
     q_values: bool = False  # the actor's outputs are action values (DQN): act by argmax
     obs_norm: ObsNorm | None = None
     version: int | None = None
@@ -119,6 +120,7 @@ class PolicyCard:
                 hidden=tuple(int(h) for h in raw["hidden"]),
                 layout=tuple((str(name), tuple(int(n) for n in shape)) for name, shape in raw["layout"]),
                 activation=str(raw.get("activation", "tanh")),
+                network=str(raw.get("network", "")),
                 q_values=bool(raw.get("q_values", False)),
                 obs_norm=None
                 if norm is None

@@ -59,6 +59,11 @@ def export_c(policy: Policy, out_stem: Path, int8: bool = False, name: str = "fe
     (documented in the header). ``ValueError`` if ``name`` is not a C identifier."""
     if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"C export: the name {name!r} is not a C identifier")
+    if policy.card.network:
+        raise ValueError(
+            f"C export: this policy runs your network {policy.card.network!r}; C99 export writes fedrl's own MLP "
+            "only: export it to ONNX (--format onnx)"
+        )
     out_stem = Path(out_stem)
     c_path, h_path = out_stem.with_name(out_stem.name + ".c"), out_stem.with_name(out_stem.name + ".h")
     h_path.write_text(_header(policy, name, int8, h_path.name))

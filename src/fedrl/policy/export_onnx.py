@@ -6,11 +6,15 @@ discrete actions, float32 ``[N, A]`` (means clipped to the bound) for continuous
 under ``CARD_KEY``. With ``int8`` the weights are stored as int8 initialisers with one scale per
 output (the C export's quantisation) and restored by ``DequantizeLinear`` in the graph: the file
 is about four times smaller and the arithmetic stays float32, so any ONNX runtime runs it
-unchanged, without calibration data. Needs the optional ``onnx`` package (``fedrl[onnx]``).
+unchanged, without calibration data. Needs the optional ``onnx`` package (``fedrl[onnx]``). A policy
+that runs a user's own torch network is exported by torch's TorchScript-based exporter, with the
+same inputs, outputs and metadata (float32 only).
 """
 
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from fedrl.policy.export_c import quantize_int8
 from fedrl.policy.runtime import Policy
 
 OPSET = 13  # the first with per-axis DequantizeLinear
+MODULE_OPSET = 17  # a user's network: the first opset with LayerNormalization
 IR_VERSION = 7  # the oldest that holds opset 13, so older runtimes load the model too
 
 
@@ -40,6 +45,8 @@ def onnx_model(policy: Policy, int8: bool = False) -> onnx.ModelProto:
     """The checked ONNX model of ``policy``; ``ModuleNotFoundError`` without the ``onnx`` package."""
     if onnx is None:
         raise ModuleNotFoundError("ONNX export needs the onnx package: pip install 'fedrl[onnx]'")
+    if policy.module_actor is not None:
+        return _module_model(policy, int8)
     graph = _Graph()
     x = "obs"
     if policy.norm is not None:
@@ -76,6 +83,61 @@ def onnx_model(policy: Policy, int8: bool = False) -> onnx.ModelProto:
     helper.set_model_props(model, {CARD_KEY: policy.card.to_json(), "fedrl_weights": "int8" if int8 else "float32"})
     onnx.checker.check_model(model)
     return model
+
+
+def _module_model(policy: Policy, int8: bool) -> onnx.ModelProto:
+    """The model of a policy that runs a user's torch network: the network traced by torch's
+    TorchScript-based exporter inside the same normalisation and action choice, same inputs and outputs."""
+    import torch
+
+    if int8:
+        raise ValueError("export: --int8 quantises fedrl's own MLP; this policy runs your network, exported as float32")
+    card = policy.card
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the torch.export one needs onnxscript
+        torch.onnx.export(
+            _acting_module(policy),
+            (torch.zeros(1, card.obs_dim),),
+            buffer,
+            dynamo=False,
+            input_names=["obs"],
+            output_names=["action", "actor_out"],
+            dynamic_axes={"obs": {0: "N"}, "action": {0: "N"}, "actor_out": {0: "N"}},
+            opset_version=MODULE_OPSET,
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    model.producer_name = "fedrl"
+    helper.set_model_props(model, {CARD_KEY: card.to_json(), "fedrl_weights": "float32"})
+    onnx.checker.check_model(model)
+    return model
+
+
+def _acting_module(policy: Policy):
+    """A torch module from observations to ``(action, actor_out)``: the card's normalisation, the
+    user's actor, then argmax or the clip to the bound, as ``Policy.predict`` acts greedily."""
+    import torch
+
+    norm, bound = policy.norm, policy.bound
+
+    class Acting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.actor = policy.module_actor.module
+
+        def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = obs
+            if norm is not None:
+                x = ((x - torch.from_numpy(norm.mean)) / torch.from_numpy(norm.std)).clamp(
+                    -float(norm.clip), float(norm.clip)
+                )
+            out = self.actor(x)
+            if bound is None:
+                return out.argmax(1), out
+            high = torch.from_numpy(bound)
+            return torch.minimum(torch.maximum(out, -high), high), out
+
+    return Acting().eval()
 
 
 class _Graph:

@@ -22,6 +22,7 @@ import sqlite3
 import zipfile
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -95,19 +96,21 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(folder)
 
 
-def load_policy(path: Path | str) -> Policy:
+def load_policy(path: Path | str, network: Callable[..., Any] | None = None) -> Policy:
     """The policy in ``path``: an ``.npz`` artifact, a safetensors file with a card, or a run,
     agent or server state directory (see the module docstring). ``FileNotFoundError`` or
-    ``ValueError`` naming the path and what is missing or wrong."""
+    ``ValueError`` naming the path and what is missing or wrong. A policy of a user's own torch
+    network runs it with torch: ``network`` is its factory, by default imported by the name the
+    card records (from the working directory or ``sys.path``)."""
     path = Path(path)
     if path.is_dir():
         path = policy_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".npz":
-        return _load_npz(path)
+        return _load_npz(path, network)
     if path.suffix == ".safetensors":
-        return _load_safetensors(path)
+        return _load_safetensors(path, network)
     if path.suffix == ".zip":  # a Stable-Baselines3 model (this one needs torch and stable-baselines3)
         return from_sb3(path)
     raise ValueError(
@@ -147,16 +150,16 @@ def _deployed_model(folder: Path) -> Path:
     return model
 
 
-def _load_safetensors(path: Path) -> Policy:
+def _load_safetensors(path: Path, network: Callable[..., Any] | None) -> Policy:
     try:
         with safe_open(str(path), framework="np") as file:
             card = _card(path, (file.metadata() or {}).get(CARD_KEY))
-            return _policy(path, card, set(file.keys()), file.get_tensor)
+            return _policy(path, card, set(file.keys()), file.get_tensor, network)
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
 
 
-def _load_npz(path: Path) -> Policy:
+def _load_npz(path: Path, network: Callable[..., Any] | None) -> Policy:
     try:
         file = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -165,7 +168,7 @@ def _load_npz(path: Path) -> Policy:
         raise ValueError(f"{path}: not a policy (one array, not an .npz archive of named arrays)")
     with file:
         text = str(file["card"][()]) if "card" in file.files else None
-        return _policy(path, _card(path, text), set(file.files), file.__getitem__)
+        return _policy(path, _card(path, text), set(file.files), file.__getitem__, network)
 
 
 def _card(path: Path, text: str | None) -> PolicyCard:
@@ -180,10 +183,16 @@ def _card(path: Path, text: str | None) -> PolicyCard:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _policy(path: Path, card: PolicyCard, names: Collection[str], get: Callable[[str], np.ndarray]) -> Policy:
+def _policy(
+    path: Path,
+    card: PolicyCard,
+    names: Collection[str],
+    get: Callable[[str], np.ndarray],
+    network: Callable[..., Any] | None = None,
+) -> Policy:
     """The policy of ``card`` whose parameters are the tensors ``names`` that ``get`` reads."""
     try:
-        return Policy(card, flat_params(card, names, get))
+        return Policy(card, flat_params(card, names, get), network)
     except ValueError as exc:
         raise ValueError(f"{path}: {str(exc).removeprefix('policy: ')}") from None
 

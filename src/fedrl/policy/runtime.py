@@ -4,18 +4,21 @@ The network is the experiment's actor tower (``fedrl.agents.nets``): ``x -> x @ 
 ``tanh`` between layers, after the card's observation normalisation, if any. A greedy action is
 the argmax of the actor's outputs (logits, or Q values) or its output -- the Gaussian mean --
 clipped to the action bound. One observation at a time runs through per-thread buffers that are
-allocated once, so the hot path allocates only its result.
+allocated once, so the hot path allocates only its result. A policy whose card names a user's own
+torch network runs that network's actor instead, with torch (``fedrl.policy.module_actor``).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from fedrl.policy.card import PolicyCard, check_params
+from fedrl.policy.module_actor import ModuleActor
 
 
 class Norm(NamedTuple):
@@ -83,14 +86,17 @@ class Policy:
     ``rng``.
     """
 
-    def __init__(self, card: PolicyCard, params: np.ndarray):
-        """Check ``params`` against ``card`` (length, finite values, digest) and lay out the weights."""
+    def __init__(self, card: PolicyCard, params: np.ndarray, network: Callable[..., Any] | None = None):
+        """Check ``params`` against ``card`` (length, finite values, digest) and lay out the weights;
+        a card that names a user's network builds it (``network``, or the factory imported by name)
+        and runs it with torch (``fedrl.policy.module_actor``)."""
         params = check_params(card, params).copy()
         params.flags.writeable = False
         self.card = card
         self.params = params
         self.version = card.version
-        self.layers = actor_layers(card, params)
+        self.layers = () if card.network else actor_layers(card, params)
+        self.module_actor = ModuleActor(card, params, network) if card.network else None
         self.norm = _norm(card)
         self.bound, self.std = _gaussian(card, params)
         self._low = None if self.bound is None else -self.bound
@@ -130,6 +136,8 @@ class Policy:
             raise ValueError(self._finite_error())
         if self.norm is not None:
             x = np.clip((x - self.norm.mean) / self.norm.std, -self.norm.clip, self.norm.clip)
+        if self.module_actor is not None:
+            return self.module_actor(x)
         *hidden, head = self.layers
         for layer in hidden:
             x = x @ layer.weight
@@ -151,6 +159,8 @@ class Policy:
             np.divide(x, norm.std, out=x)
             np.maximum(x, -norm.clip, out=x)
             np.minimum(x, norm.clip, out=x)
+        if self.module_actor is not None:
+            return self.module_actor(x[None])[0]
         last = len(self.layers) - 1
         for i, (layer, out) in enumerate(zip(self.layers, outs)):
             np.dot(x, layer.weight, out=out)

@@ -130,6 +130,8 @@ def to_sb3(policy: Policy, env: Any = None, algorithm: str = "PPO", **kwargs: An
     import torch
 
     card = policy.card
+    if card.network:
+        raise ValueError(f"this policy runs your network {card.network!r}; only fedrl's MLP maps onto an SB3 MlpPolicy")
     if card.q_values or card.obs_norm is not None:
         kind = "a Q-network (DQN)" if card.q_values else "observation normalisation, which SB3 keeps outside the policy"
         raise ValueError(f"this policy has {kind}; only actor-critic policies without it map onto an SB3 MlpPolicy")

@@ -890,7 +890,7 @@ def pretrained_params(setup: Setup, source: Path) -> np.ndarray:
     directory, a policy file or an export: ``fedrl.policy.load_policy``), to start a run from;
     ``ConfigError`` naming both sides when its network is not the experiment's."""
     try:
-        policy = load_policy(source)
+        policy = load_policy(source, setup.network)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"--init-from {source}: {exc}") from None
     expected = policy_card(setup, setup.initial_params())
@@ -905,7 +905,8 @@ def pretrained_params(setup: Setup, source: Path) -> np.ndarray:
 
 def _network(card) -> str:
     kind = "Q" if card.q_values else "actor-critic"
-    return f"{kind} {card.obs_dim}-{'-'.join(map(str, card.hidden))}-{card.action.n} ({card.action.kind})"
+    layers = card.network or "-".join(map(str, card.hidden))
+    return f"{kind} {card.obs_dim}-{layers}-{card.action.n} ({card.action.kind})"
 
 
 def _gate_return(config: ServerConfig, setup: Setup, params: np.ndarray) -> float:

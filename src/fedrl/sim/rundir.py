@@ -306,6 +306,7 @@ class RunDir:
         description = {
             "family": setup.family.name,
             "hidden": list(setup.net.shape.hidden),
+            "network": setup.config.learner.network,
             "param_spec": setup.net.spec.to_json(),
             **meta,
         }

@@ -7,7 +7,6 @@ from functools import cached_property
 
 import numpy as np
 
-from fedrl.agents import init_params
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import ATTACK_STREAM, FLEET_STREAM
 from fedrl.sim.attacks import malicious_clients
@@ -31,4 +30,4 @@ class SimSetup(Setup):
     @cached_property
     def random_policy(self) -> np.ndarray:
         """The fixed unrelated policy that ``random_policy`` attackers push towards."""
-        return init_params(self.net.shape, seed=int(self.rng(ATTACK_STREAM, 1).integers(2**31)))
+        return self.net.initial_params(seed=int(self.rng(ATTACK_STREAM, 1).integers(2**31)))
