@@ -470,9 +470,30 @@ def test_each_closed_round_is_told_to_the_callbacks_and_a_failing_one_does_not_s
         def close(self):
             raise RuntimeError("still down")
 
+    class Watcher:
+        def __init__(self):
+            self.evaluated, self.deployed = [], []
+
+        def on_round(self, report):
+            pass
+
+        def on_evaluation(self, report):
+            self.evaluated.append((report.round, report.scalars["return/candidate"]))
+
+        def on_deploy(self, deployed):
+            self.deployed.append(deployed)
+
+        def close(self):
+            pass
+
     clock = Clock()
-    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), clock)
-    coordinator.callbacks += [Broken(), TensorBoardCallback(tmp_path / "tb", purge_step=coordinator.open_round)]
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path, "gate.enabled=true"), clock)
+    watcher = Watcher()
+    coordinator.callbacks += [
+        Broken(),
+        TensorBoardCallback(tmp_path / "tb", purge_step=coordinator.open_round),
+        watcher,
+    ]
     for _ in range(2):
         tasks = {c: coordinator.task(c) for c in NAMES}
         for c in NAMES:
@@ -485,3 +506,6 @@ def test_each_closed_round_is_told_to_the_callbacks_and_a_failing_one_does_not_s
     assert coordinator.model().version == 2  # the broken callback stopped nothing
     assert [(e.step, e.value) for e in events.Scalars("deploy/version")] == [(1, 1.0), (2, 2.0)]
     assert [e.value for e in events.Scalars("round/updates")] == [3.0, 3.0]
+    assert [r for r, _ in watcher.evaluated] == [1, 2]  # the gate scored each candidate
+    assert [d.version for d in watcher.deployed] == [1, 2] and watcher.deployed[-1].card.version == 2
+    np.testing.assert_array_equal(watcher.deployed[-1].params, coordinator.model(2).params)

@@ -77,6 +77,52 @@ def test_a_users_callback_gets_every_round_and_is_closed(config_file, tmp_path, 
     )
 
 
+def test_a_callback_is_told_of_each_evaluation_and_each_new_version_when_it_asks(config_file, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file
+
+    (tmp_path / "watcher.py").write_text(
+        "class Watcher:\n"
+        "    seen = []\n"
+        "    def __init__(self, run_dir): pass\n"
+        "    def on_round(self, report): pass\n"
+        "    def on_evaluation(self, report): Watcher.seen.append(('evaluation', report.round))\n"
+        "    def on_deploy(self, deployed): Watcher.seen.append(('deploy', deployed.version, deployed))\n"
+        "    def close(self): pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    out = tmp_path / "run"
+
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(config_file),
+            "--out",
+            str(out),
+            "--quiet",
+            "--callback",
+            "watcher:Watcher",
+            "--set",
+            "eval.every=2",
+        ],
+    )
+    from watcher import Watcher
+
+    assert result.exit_code == 0, result.output
+    assert [event[:2] for event in Watcher.seen] == [
+        ("deploy", 1),
+        ("evaluation", 2),
+        ("deploy", 2),
+        ("evaluation", 3),  # the last round is always evaluated
+        ("deploy", 3),
+    ]
+    final, last = load_file(str(out / "final_policy.safetensors")), Watcher.seen[-1][2]
+    np.testing.assert_array_equal(
+        last.params, last.card and np.concatenate([final[n].ravel() for n, _ in last.card.layout])
+    )
+
+
 def test_a_callback_that_cannot_be_loaded_stops_the_run_before_it_exists(config_file, tmp_path):
     out = tmp_path / "run"
 
@@ -109,3 +155,25 @@ def test_when_one_callback_cannot_be_made_those_made_are_closed(tmp_path):
     with pytest.raises(ConfigError, match=r"--callback my:broken: OSError: no such service"):
         make_callbacks([("my:Fine", Fine), ("my:broken", broken)], tmp_path)
     assert closed == [True]
+
+
+def test_a_callback_that_raises_stops_the_run_in_one_line_naming_its_method_and_line(
+    config_file, tmp_path, monkeypatch
+):
+    (tmp_path / "flaky.py").write_text(
+        "class Flaky:\n"
+        "    def __init__(self, run_dir): pass\n"
+        "    def on_round(self, report): pass\n"
+        "    def on_deploy(self, deployed):\n"
+        "        raise ConnectionError('the tracking server is down')\n"
+        "    def close(self): pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    result = runner.invoke(app, ["run", str(config_file), "--out", "run", "--quiet", "--callback", "flaky:Flaky"])
+
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert "callback Flaky.on_deploy raised ConnectionError: the tracking server is down at" in message
+    assert "flaky.py:5" in message

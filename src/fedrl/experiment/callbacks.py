@@ -1,7 +1,11 @@
 """Hooks into a training loop, the same for the simulator (``fedrl run``) and the server
 (``fedrl server``): after each round, a ``RoundReport``; at the end, ``close``.
 
-A callback is any object with ``on_round(report)`` and ``close()``; ``fedrl run --callback
+A callback is any object with ``on_round(report)`` and ``close()``, and optionally
+``on_evaluation(report)`` (rounds whose global policy was evaluated: the simulator's evaluation
+rounds, the server's gate) and ``on_deploy(deployed)`` (a new global version: every round's
+aggregate in simulation, a promoted candidate on the server), as SB3's callbacks are told about
+steps, evaluations and new best models. ``tell`` calls them in that order. ``fedrl run --callback
 module:factory`` (and ``fedrl server --callback``) calls ``factory(log_dir)`` for one (the run or
 state directory, which exists by then), so a user's own logger (Weights & Biases, MLflow, a
 database) plugs in without editing fedrl.
@@ -17,19 +21,35 @@ from typing import Protocol
 
 import numpy as np
 
+from fedrl.envs.gym_adapter import blame
 from fedrl.experiment.config import ConfigError, import_function
+from fedrl.experiment.usercode import THEIRS_NOT
+from fedrl.policy.card import PolicyCard
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A new global version: its number, flat parameters and card (``fedrl.policy.Policy(card,
+    params)`` acts with it; ``fedrl.policy.files.save_safetensors`` keeps it)."""
+
+    version: int
+    params: np.ndarray = field(compare=False)
+    card: PolicyCard
 
 
 @dataclass(frozen=True)
 class RoundReport:
     """What one round produced: finite scalars by TensorBoard tag (``return/mean``,
-    ``traffic/uplink_bytes``, ...), the env steps so far (None where not counted) and each
-    evaluated client's return under the global policy (None when the round was not evaluated)."""
+    ``traffic/uplink_bytes``, ...), the env steps so far (None where not counted), each evaluated
+    client's return under the global policy (None when not measured per client), whether the global
+    policy was evaluated, and the version it deployed (None when it deployed none)."""
 
     round: int
     scalars: dict[str, float]
     env_steps: int | None = None
     client_returns: np.ndarray | None = field(default=None, compare=False)
+    evaluated: bool = False
+    deployed: Deployed | None = None
 
 
 class Callback(Protocol):
@@ -40,6 +60,25 @@ class Callback(Protocol):
 
     def close(self) -> None:
         """Called once, when the loop ends (finished, interrupted or failed)."""
+
+
+def tell(callback: Callback, report: RoundReport) -> None:
+    """Tell ``callback`` about a round: ``on_round``, then ``on_evaluation`` if the round evaluated
+    the global policy and ``on_deploy`` if it deployed a version, each when the callback has it.
+    What the callback raises comes out as one ``UserCodeError`` line naming its method and line."""
+    calls = [("on_round", report)]
+    if report.evaluated:
+        calls.append(("on_evaluation", report))
+    if report.deployed is not None:
+        calls.append(("on_deploy", report.deployed))
+    for method, argument in calls:
+        hook = getattr(callback, method, None)
+        if not callable(hook):
+            continue
+        try:
+            hook(argument)
+        except Exception as exc:  # the user's code
+            raise blame(f"callback {type(callback).__name__}.{method}", exc, THEIRS_NOT) from None
 
 
 def finite(scalars: dict[str, float | int | None]) -> dict[str, float]:

@@ -49,7 +49,7 @@ from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.core.update import Update, UpdateMetrics
 from fedrl.experiment.aggregation import aggregate_round, heldout_returns, secure_update
-from fedrl.experiment.callbacks import Callback, RoundReport, finite
+from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, finite, tell
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import read_resolved, to_yaml
@@ -732,9 +732,11 @@ class Coordinator:
     def _commit(self, round_: RoundStatus, candidate: np.ndarray, state, score: float | None) -> None:
         """Deploy or reject the candidate, close the round durably and open the next."""
         now, spent = self._clock(), self._epsilon(round_.round)
+        deployed = None
         if self._promotes(score):
             version = self._deployed.version + 1
             card = policy_card(self.setup, candidate, version)
+            deployed = Deployed(version, candidate, card)
             self._store.write_version_file(version, candidate, state_to_arrays(state), card)
             self._store.close_round(round_.round, now, score, version, version, spent)
             self._deployed, self._strategy_state = Model(version, candidate, round_.round, score), state
@@ -754,7 +756,7 @@ class Coordinator:
             epsilon=spent,
         )
         self._metrics.round_duration_seconds.observe(now - round_.opened_at)
-        self._tell(round_, now, score, spent)
+        self._tell(round_, now, score, spent, deployed)
         self._open_next_round()
 
     @property
@@ -762,8 +764,16 @@ class Coordinator:
         """The number of the round now open."""
         return self._round.round
 
-    def _tell(self, round_: RoundStatus, now: float, score: float | None, spent: float | None) -> None:
-        """Queue the closed round's report for the callbacks (told by ``tick`` outside the lock)."""
+    def _tell(
+        self,
+        round_: RoundStatus,
+        now: float,
+        score: float | None,
+        spent: float | None,
+        deployed: Deployed | None = None,
+    ) -> None:
+        """Queue the closed round's report for the callbacks (told by ``tick`` outside the lock):
+        evaluated when the gate scored a candidate, ``deployed`` when it was promoted."""
         updates = len(self._secure.survivors) if self._secure is not None else len(self._arrived)
         scalars = {
             "return/candidate": score,
@@ -774,7 +784,7 @@ class Coordinator:
             "round/duration_s": now - round_.opened_at,
             "privacy/epsilon": spent,
         }
-        self._reports.append(RoundReport(round_.round, finite(scalars)))
+        self._reports.append(RoundReport(round_.round, finite(scalars), evaluated=score is not None, deployed=deployed))
 
     def _tell_callbacks(self) -> None:
         """Hand the queued reports to the callbacks; one that fails is logged and the server goes on."""
@@ -782,7 +792,7 @@ class Coordinator:
             report = self._reports.popleft()
             for callback in self.callbacks:
                 try:
-                    callback.on_round(report)
+                    tell(callback, report)
                 except Exception as exc:  # a logger must not stop the federation
                     log_event("callback_failed", level="warning", callback=type(callback).__name__, error=repr(exc))
 

@@ -12,7 +12,8 @@ import yaml
 
 from fedrl.agents.runtime import tune_allocator
 from fedrl.experiment.aggregation import heldout_returns
-from fedrl.experiment.callbacks import Callback, RoundReport, TensorBoardCallback, finite
+from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, TensorBoardCallback, finite, tell
+from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
 from fedrl.sim.engine import initial_state, run_rounds
@@ -34,19 +35,25 @@ class Run:
         self, callbacks: Sequence[Callback] = (), tensorboard: bool = True
     ) -> Iterator[tuple[RoundResult, SimState]]:
         """Run the remaining rounds, recording metrics and a checkpoint after each, then telling
-        ``callbacks`` (and TensorBoard, in ``RUN_DIR/tensorboard``); they are closed at the end."""
+        ``callbacks`` (and TensorBoard, in ``RUN_DIR/tensorboard``) about the round, its evaluation
+        and the version it made; they are closed at the end."""
         tune_allocator()
         told = list(callbacks)
         if tensorboard:
             state = self.state
             told.append(TensorBoardCallback(self.dir.path / TENSORBOARD_DIR, state.round + 1, state.env_steps + 1))
+        version = self.state.version
         try:
             for result, state in run_rounds(self.setup, self.state):
                 row = self.dir.record(result)
                 self.dir.save_checkpoint(self.setup, state)
-                report = round_report(row, result.client_returns)
+                deployed = None
+                if state.version != version:  # a round without usable updates makes no version
+                    version = state.version
+                    deployed = Deployed(version, state.params, policy_card(self.setup, state.params, version))
+                report = round_report(row, result.client_returns, deployed)
                 for callback in told:
-                    callback.on_round(report)
+                    tell(callback, report)
                 yield result, state
         finally:
             for callback in told:
@@ -77,12 +84,12 @@ TAGS = {  # RoundRow column -> TensorBoard tag
 }
 
 
-def round_report(row: RoundRow, client_returns: np.ndarray | None) -> RoundReport:
-    """A round's row as callbacks see it: its measured values by tag."""
+def round_report(row: RoundRow, client_returns: np.ndarray | None, deployed: Deployed | None = None) -> RoundReport:
+    """A round's row as callbacks see it: its measured values by tag; evaluated when it measured
+    the clients' returns; ``deployed``, the global version it made."""
     values = row._asdict()
-    return RoundReport(
-        row.round, finite({tag: values[name] for name, tag in TAGS.items()}), row.env_steps, client_returns
-    )
+    scalars = finite({tag: values[name] for name, tag in TAGS.items()})
+    return RoundReport(row.round, scalars, row.env_steps, client_returns, client_returns is not None, deployed)
 
 
 def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path:
