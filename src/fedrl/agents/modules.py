@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from fedrl.agents.nets import BatchedNet, PolicyShape
+from fedrl.agents.nets import BatchedNet, PolicyShape, one_thread
 from fedrl.core.params import ParamSpec
 from fedrl.envs.gym_adapter import LIBRARIES, blame
 
@@ -107,7 +107,7 @@ class ModuleNet(BatchedNet):
     def initial_params(self, seed: int) -> np.ndarray:
         """The factory's own initialisation of fresh modules, with torch's random state seeded by
         ``seed`` (and restored afterwards); log-std starts at zero."""
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), one_thread():
             torch.manual_seed(seed)
             modules = self._build()
         tensors = {name: np.zeros(dims, np.float32) for name, dims in zip(self.spec.names, self.spec.shapes)}

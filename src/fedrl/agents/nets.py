@@ -13,6 +13,8 @@ torch modules take the towers' place through the same interface (``BatchedNet``;
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -63,20 +65,33 @@ def policy_spec(shape: PolicyShape) -> ParamSpec:
     return ParamSpec.from_shapes(shapes)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread within the block: the QR decomposition behind orthogonal initialisation
+    rounds differently with more, and a seed must give the same round-0 model on any machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def init_params(shape: PolicyShape, seed: int) -> np.ndarray:
     """Orthogonal initialisation (gain sqrt 2 inside, 0.01 for the actor head, 1 for the
-    critic head), zero biases and log-std, as one float32 vector."""
+    critic head), zero biases and log-std, as one float32 vector; the same on any machine."""
     spec = policy_spec(shape)
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     n_layers = len(shape.hidden) + 1
-    for name, dims in zip(spec.names, spec.shapes):
-        t = torch.zeros(dims)
-        if name.endswith("weight"):
-            last = name.split(".")[1] == str(n_layers - 1)
-            gain = (0.01 if name.startswith("actor") else 1.0) if last else np.sqrt(2)
-            torch.nn.init.orthogonal_(t, gain=gain, generator=gen)
-        tensors[name] = t.numpy()
+    with one_thread():
+        for name, dims in zip(spec.names, spec.shapes):
+            t = torch.zeros(dims)
+            if name.endswith("weight"):
+                last = name.split(".")[1] == str(n_layers - 1)
+                gain = (0.01 if name.startswith("actor") else 1.0) if last else np.sqrt(2)
+                torch.nn.init.orthogonal_(t, gain=gain, generator=gen)
+            tensors[name] = t.numpy()
     return spec.flatten(tensors)
 
 

@@ -35,6 +35,12 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def use_threads(n: int | None) -> None:
+    """``set_threads(n)``, or nothing for None (torch's default: one thread per core)."""
+    if n is not None:
+        set_threads(n)
+
+
 def torch_threads() -> int:
     """The threads torch's CPU kernels use when called from this thread."""
     return torch.get_num_threads()

@@ -202,6 +202,7 @@ def eval_(
     """Evaluate a run's final (or latest checkpointed) policy, client by client."""
 
     from fedrl.agents import evaluate
+    from fedrl.agents.runtime import use_threads
     from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.sim import run as runs
 
@@ -215,6 +216,7 @@ def eval_(
     params = current.dir.load_policy(setup) if final.exists() else current.state.params
     env_params = setup.heldout_params(chosen) if kind == "heldout" else setup.env_params[chosen]
     ids = [f"h{i}" for i in range(chosen)] if kind == "heldout" else chosen  # never mistaken for a trained id
+    use_threads(setup.config.threads)  # the run's own: the same numbers on any machine
     try:
         returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
     except UserCodeError as exc:

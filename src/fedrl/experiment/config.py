@@ -285,6 +285,13 @@ class ExperimentConfig(FrozenConfig):
     fleet: FleetConfig = FleetConfig()
     attack: AttackConfig = AttackConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    threads: int | None = Field(
+        2,
+        ge=1,
+        description="torch threads a simulation trains and evaluates with: fixed, because the numbers depend on it "
+        "(summation order), so a seed gives the same run on any machine whatever its core count; null: all cores, "
+        "fastest, but the numbers then depend on the machine",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from fedrl.agents.runtime import tune_allocator
+from fedrl.agents.runtime import tune_allocator, use_threads
 from fedrl.experiment.aggregation import heldout_returns
 from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, TensorBoardCallback, finite, tell
 from fedrl.experiment.card import policy_card
@@ -38,6 +38,7 @@ class Run:
         ``callbacks`` (and TensorBoard, in ``RUN_DIR/tensorboard``) about the round, its evaluation
         and the version it made; they are closed at the end."""
         tune_allocator()
+        use_threads(self.setup.config.threads)
         told = list(callbacks)
         if tensorboard:
             state = self.state
@@ -156,6 +157,7 @@ def _traffic_and_privacy(rows: list[RoundRow]) -> dict:
 def finish(run: Run, state: SimState) -> dict:
     """Save the final policy, evaluate held-out clients, write the summary and the plots."""
     setup = run.setup
+    use_threads(setup.config.threads)
     rows = run.dir.rounds()
     evaluated = [r for r in rows if r.global_mean_return is not None and np.isfinite(r.global_mean_return)]
     summary: dict = {
