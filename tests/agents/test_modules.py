@@ -146,3 +146,33 @@ class _NotBatchable(nn.Module):
 def test_a_factory_that_does_not_fit_is_refused_naming_why(factory, message):
     with pytest.raises(ValueError, match=message):
         make_net(PPOConfig(), get_family("cartpole"), factory)
+
+
+class _RandomProjection(nn.Module):
+    """A module whose buffer the factory draws at random: every copy must draw the same."""
+
+    def __init__(self, obs_dim, n_out):
+        super().__init__()
+        self.register_buffer("projection", torch.randn(obs_dim, 8))
+        self.head = nn.Linear(8, n_out)
+
+    def forward(self, x):
+        return self.head(x @ self.projection)
+
+
+def test_a_random_buffer_is_the_same_in_every_copy_of_the_users_network():
+    from fedrl.policy.card import ActionSpec, PolicyCard
+    from fedrl.policy.runtime import Policy
+
+    shape = PolicyShape(4, Discrete(2), (64,))
+    first, second = ModuleNet(shape, _RandomProjection), ModuleNet(shape, _RandomProjection)
+    params = first.initial_params(3)
+    obs = torch.randn(1, 5, 4)
+    card = PolicyCard(4, ActionSpec("discrete", 2), (), tuple(zip(first.spec.names, first.spec.shapes)), network="x:y")
+
+    mine = first.actor(first.unpack(torch.from_numpy(params)[None]), obs)[0]
+    again = second.actor(second.unpack(torch.from_numpy(params)[None]), obs)[0]
+    deployed = Policy(card.with_params(params), params, network=_RandomProjection).logits_or_mean(obs[0].numpy())
+
+    torch.testing.assert_close(mine, again, rtol=0, atol=0)
+    np.testing.assert_allclose(deployed, mine.detach().numpy(), rtol=1e-6, atol=1e-6)

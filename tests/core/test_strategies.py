@@ -270,8 +270,12 @@ def test_a_users_strategy_steps_on_the_robust_rules_delta_and_checkpoints_its_st
         (lambda state, params, delta: (params[:1], state), r"returned parameters of shape \(1,\).*2 finite numbers"),
         (lambda state, params, delta: (params * np.nan, state), r"\(finite: False\)"),
         (lambda state, params, delta: (params, [1, 2]), "must return its state as a dict of arrays"),
+        (
+            lambda state, params, delta: (params, {"t": None}),
+            "returned state 't' of dtype object; a state holds numbers",
+        ),
     ],
-    ids=["short", "nan", "state not a dict"],
+    ids=["short", "nan", "state not a dict", "state not numbers"],
 )
 def test_a_users_strategy_that_returns_what_does_not_fit_is_named(step, message):
     from fedrl.core.errors import UserCodeError
@@ -284,3 +288,21 @@ def test_a_users_strategy_that_returns_what_does_not_fit_is_named(step, message)
 
     with pytest.raises(UserCodeError, match=rf"strategy my_opt:Broken.*{message}"):
         strategy.aggregate(strategy.init(params), params, [_update(0, [1.0, 1.0], 1)])
+
+
+def test_a_users_strategy_that_changes_its_state_in_place_leaves_the_kept_state_as_it_was():
+    class InPlace(_Momentum):
+        def step(self, state, params, delta):
+            state["v"] += delta  # in place, as numpy code often does
+            return params + state["v"], state
+
+    config = TypeAdapter(StrategyConfig).validate_python({"name": "my_opt:InPlace"})
+    strategy = make_strategy(config, InPlace())
+    params = np.zeros(2, np.float32)
+    kept = strategy.init(params)
+
+    new_params, new_state = strategy.aggregate(kept, params, [_update(0, [1.0, 2.0], 1)])
+    np.testing.assert_array_equal(new_params, [1.0, 2.0])
+
+    np.testing.assert_array_equal(kept["v"], [0.0, 0.0])  # a rejected candidate's round can be undone
+    np.testing.assert_array_equal(new_state["v"], [1.0, 2.0])

@@ -396,8 +396,7 @@ def test_a_device_runs_the_experiments_own_network_and_loss_only_when_its_operat
     assert [e["round"] for e in events(deployment.root / "server.log", "round_closed")] == [1, 2]
     acting = json.loads((deployment.state_dir(0) / "acting.json").read_text())
     assert acting["version"] >= 1
-    from fedrl.policy import load_policy
+    from fedrl.policy.files import read_card
 
-    sys.path.append(str(USER_CODE))
-    assert load_policy(deployment.root / "srv").card.network == "residual_net:make"
-    assert load_policy(deployment.state_dir(0)).card.network == "residual_net:make"
+    assert read_card(deployment.root / "srv").network == "residual_net:make"
+    assert read_card(deployment.state_dir(0)).network == "residual_net:make"

@@ -198,3 +198,22 @@ def test_loading_and_acting_import_neither_torch_nor_the_rest_of_fedrl(tmp_path,
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
 
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_file_that_names_a_network_never_makes_fedrl_import_or_call_it(tmp_path, cases, capfd):
+    from dataclasses import replace
+
+    from fedrl.policy.files import read_card
+    from fedrl.policy.usercode import only_code
+
+    case = cases["cartpole"]
+    forged = replace(case.card, network="builtins:print")  # the digest covers the parameters, not the card
+    save_npz(tmp_path / "forged.npz", case.params, forged)
+
+    with pytest.raises(ValueError, match="a policy file never makes fedrl import code by itself"):
+        load_policy(tmp_path / "forged.npz")
+    with only_code(["builtins:print"]), pytest.raises(ValueError, match="returned NoneType, not a torch.nn.Module"):
+        load_policy(tmp_path / "forged.npz")  # allowed by name: imported, and refused for what it returns
+
+    assert read_card(tmp_path / "forged.npz").network == "builtins:print"
+    assert capfd.readouterr().out == "4 2\n"  # called once: when the name was allowed, never before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -456,6 +458,12 @@ def test_a_new_run_starts_from_a_pretrained_policy_and_refuses_one_of_another_ne
         Coordinator.open(config, tmp_path / "fresh", init_from=tmp_path / "other.npz")
     with pytest.raises(ConfigError, match="--init-from starts a new run, but .* holds one already"):
         Coordinator.open(config, tmp_path / "state", init_from=tmp_path / "pretrained.npz")
+    forged = dataclasses.replace(policy_card(setup, pretrained, 7), network="builtins:print")
+    save_npz(tmp_path / "forged.npz", pretrained, forged)  # compared on the card: never imported
+    with pytest.raises(
+        ConfigError, match="its policy runs your network 'builtins:print'; this experiment trains fedrl's MLP"
+    ):
+        Coordinator.open(config, tmp_path / "forged", init_from=tmp_path / "forged.npz")
 
 
 def test_each_closed_round_is_told_to_the_callbacks_and_a_failing_one_does_not_stop_the_server(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from fedrl.cli import app
@@ -95,7 +96,9 @@ def test_the_example_network_trains_saves_loads_and_exports_as_the_users_module(
     assert refused.exit_code == 2 and "--allow-code residual_net:make" in " ".join(refused.output.split())
     assert acted.exit_code == 0 and "acted 50 steps" in acted.output, acted.output
 
-    policy = load_policy(out)
+    with pytest.raises(ValueError, match="a policy file never makes fedrl import code by itself"):
+        load_policy(out)  # the name on the card is data, not an instruction
+    policy = load_policy(out, network=make)
     obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     module = make(4, 2)
     weights = {name.removeprefix("actor."): v for name, v in zip(*_named(policy)) if name.startswith("actor.")}
@@ -115,7 +118,7 @@ def test_the_example_network_trains_saves_loads_and_exports_as_the_users_module(
         export(policy, "onnx", tmp_path / "policy8", int8=True)
     monkeypatch.setitem(sys.modules, "torch", None)  # a device without torch
     with pytest.raises(ValueError, match=r"runs your network 'residual_net:make', which needs torch .* ONNX"):
-        load_policy(out)
+        load_policy(out, network=make)
 
 
 def _named(policy):
@@ -244,3 +247,22 @@ def test_the_example_mlflow_logger_records_every_round_and_the_last_version(tmp_
     policy = load_policy(found["policy"])
     assert policy.version == 2
     np.testing.assert_array_equal(policy.params, load_policy(out).params)
+
+
+@pytest.mark.parametrize(
+    ("forged", "message"),
+    [
+        (
+            {"strategy": {"name": "subprocess:run", "options": {"args": ["touch", "x"]}}},
+            "names a strategy for the device",
+        ),
+        ({"learner": {"name": "ppo", "network": "residual_net:make", "network_dir": "/tmp"}}, r"folders .*network_dir"),
+        ({"learner": {"name": "spo_loss:spo", "learner_dir": "/srv/code"}}, r"folders .*learner.learner_dir"),
+    ],
+    ids=["strategy", "network folder", "loss folder"],
+)
+def test_a_device_refuses_a_strategy_or_a_code_folder_the_server_names(forged, message):
+    from fedrl.experiment.loading import read_from_server
+
+    with pytest.raises(ConfigError, match=message):
+        read_from_server(yaml.safe_dump({"seed": 1, **forged}))

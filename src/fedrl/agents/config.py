@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from fedrl.core.frozen import FrozenConfig
+from fedrl.core.robust import CUSTOM_RULE
 
 
 class LearnerBase(FrozenConfig):
@@ -26,7 +27,7 @@ class LearnerBase(FrozenConfig):
     hidden: tuple[int, ...] = Field((64, 64), min_length=1, description="hidden layer sizes of each tower")
     network: str | None = Field(
         None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        pattern=f"^{CUSTOM_RULE.pattern}$",
         description="your own torch network instead of the MLP: 'module:function', called as function(obs_dim, "
         "n_out) for each tower (hidden is then unused; see docs/howto/extending.md)",
     )

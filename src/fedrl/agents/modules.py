@@ -9,8 +9,9 @@ partial federation, compression and every strategy treat them as they treat the 
 
 Every client runs the same module with its own parameters: ``torch.func.functional_call`` under
 ``torch.func.vmap`` over the client axis, so one client's output and gradient never depend on
-another's. The modules run in eval mode: buffers are the factory's own and are neither trained
-nor federated, and batch normalisation, whose statistics would mix clients, is refused.
+another's. The modules run in eval mode: buffers are the factory's own (made with torch seeded by
+0, so every copy holds the same) and are neither trained nor federated, and batch normalisation,
+whose statistics would mix clients, is refused.
 """
 
 from __future__ import annotations
@@ -98,18 +99,20 @@ class ModuleNet(BatchedNet):
                 str(blame("the network, run for each client by torch.func.vmap,", exc, (*LIBRARIES, TORCH)))
             ) from None
 
-    def _build(self) -> dict[str, torch.nn.Module]:
-        modules = {"actor": build_module(self.factory, self.shape.obs_dim, self.shape.action_dim)}
-        if self.shape.critic:
-            modules["critic"] = build_module(self.factory, self.shape.obs_dim, 1)
+    def _build(self, seed: int = 0) -> dict[str, torch.nn.Module]:
+        """Fresh modules made with torch seeded by ``seed`` on one thread (torch's random state
+        restored afterwards): the modules that run are made with 0, as every saved policy's are
+        (``fedrl.policy.module_actor``), so buffers the factory draws are the same everywhere."""
+        with torch.random.fork_rng(devices=[]), one_thread():
+            torch.manual_seed(seed)
+            modules = {"actor": build_module(self.factory, self.shape.obs_dim, self.shape.action_dim)}
+            if self.shape.critic:
+                modules["critic"] = build_module(self.factory, self.shape.obs_dim, 1)
         return modules
 
     def initial_params(self, seed: int) -> np.ndarray:
-        """The factory's own initialisation of fresh modules, with torch's random state seeded by
-        ``seed`` (and restored afterwards); log-std starts at zero."""
-        with torch.random.fork_rng(devices=[]), one_thread():
-            torch.manual_seed(seed)
-            modules = self._build()
+        """The factory's own initialisation of fresh modules made with ``seed``; log-std starts at zero."""
+        modules = self._build(seed)
         tensors = {name: np.zeros(dims, np.float32) for name, dims in zip(self.spec.names, self.spec.shapes)}
         for prefix, module in modules.items():
             for name, p in module.named_parameters():

@@ -25,8 +25,9 @@ from fedrl.agents.nets import Heads
 from fedrl.agents.onpolicy import train_on_policy
 from fedrl.agents.rollout import Rollout, gae
 from fedrl.core.errors import UserCodeError
+from fedrl.core.robust import CUSTOM_RULE
 
-USER_CODE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+USER_CODE = f"^{CUSTOM_RULE.pattern}$"
 
 
 class UserLearnerConfig(ActorCriticBase):

@@ -249,48 +249,47 @@ def client(
     from fedrl.edge.limits import OwnerLimits, Triggers
     from fedrl.edge.mqtt_link import MqttLink
     from fedrl.edge.personal import Personalization
-    from fedrl.policy.usercode import only_code
     from fedrl.server.log import setup_logging  # the log format only: the agent itself never imports the server
 
-    with only_code(allow_code):
-        try:
-            secret = read_token(token, token_file)
-            spec = None if env is None else DeviceEnvSpec(env, parse_env_kwargs(env_kwargs), env_dir)
-            if transport is Transport.mqtt:
-                options = broker_options(
-                    broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version
-                )
-            elif server is None:
-                raise ValueError("give --server HOST:PORT (or --transport mqtt and --broker HOST:PORT)")
-            else:
-                credentials = channel_credentials(server, ca, cert, key, insecure)
-        except (ValueError, FileNotFoundError) as exc:
-            fail(str(exc))
-        setup_logging("debug" if verbose else "info")
-        link = (
-            MqttLink(options, secret, name, timeout)
-            if transport is Transport.mqtt
-            else GrpcLink(server, secret, name, credentials, timeout)
-        )
-        config = AgentConfig(
-            state_dir or _default_state_dir(name),
-            client_index,
-            spec,
-            explore=not greedy,
-            act_period_s=act_period,
-            until_finished=until_finished,
-            limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir),
-            triggers=Triggers(ask_after_steps, ask_after_episodes, ask_below_return, ask_above_return),
-            personalization=Personalization(personalize_steps, personalize_episodes, personal_tolerance),
-        )
-        agent = Agent(link, config)
-        _stop_on_signals(agent.stop)
-        try:
-            agent.run()
-        except Fatal as exc:
-            fail(str(exc))
-        finally:
-            link.close()
+    try:
+        secret = read_token(token, token_file)
+        spec = None if env is None else DeviceEnvSpec(env, parse_env_kwargs(env_kwargs), env_dir)
+        if transport is Transport.mqtt:
+            options = broker_options(
+                broker, fleet, broker_user or name, broker_password, ca, cert, key, insecure, mqtt_version
+            )
+        elif server is None:
+            raise ValueError("give --server HOST:PORT (or --transport mqtt and --broker HOST:PORT)")
+        else:
+            credentials = channel_credentials(server, ca, cert, key, insecure)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    setup_logging("debug" if verbose else "info")
+    link = (
+        MqttLink(options, secret, name, timeout)
+        if transport is Transport.mqtt
+        else GrpcLink(server, secret, name, credentials, timeout)
+    )
+    config = AgentConfig(
+        state_dir or _default_state_dir(name),
+        client_index,
+        spec,
+        explore=not greedy,
+        act_period_s=act_period,
+        until_finished=until_finished,
+        limits=OwnerLimits(train_threads, train_nice, max_rss_mb, train_when, env_dir),
+        triggers=Triggers(ask_after_steps, ask_after_episodes, ask_below_return, ask_above_return),
+        personalization=Personalization(personalize_steps, personalize_episodes, personal_tolerance),
+        allow_code=tuple(allow_code),
+    )
+    agent = Agent(link, config)
+    _stop_on_signals(agent.stop)
+    try:
+        agent.run()
+    except Fatal as exc:
+        fail(str(exc))
+    finally:
+        link.close()
 
 
 def act(

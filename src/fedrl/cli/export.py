@@ -39,13 +39,23 @@ def export(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Where to write (default ENV-vVERSION here); for c, the stem of the .c and .h files."
     ),
+    allow_code: list[str] = typer.Option(
+        [],
+        "--allow-code",
+        help="module:function: the network of your own that a policy file names, imported by that name "
+        "(a run directory's policy finds its experiment's own without it).",
+    ),
 ) -> None:
     """Export a saved policy for a device: the numpy runtime, ONNX or C, checked against its digest."""
+    from contextlib import nullcontext
+
     from fedrl.policy.export import export as write
     from fedrl.policy.export_c import c_footprint
+    from fedrl.policy.usercode import only_code
 
     try:
-        policy = _load(source)
+        with only_code(allow_code) if allow_code else nullcontext():
+            policy = _load(source)
         written = write(policy, fmt.value, out or _default_out(policy.card, int8), int8=int8)
     except (ValueError, OSError, ModuleNotFoundError) as exc:
         fail(str(exc))
@@ -66,12 +76,13 @@ def _default_out(card: PolicyCard, int8: bool) -> Path:
 
 def _load(source: Path) -> Policy:
     """The policy at ``source``; a run directory written before policy cards gets its card rebuilt
-    from its ``config.yaml``, and one whose experiment names a network of the user's finds it
-    where the experiment does."""
-    from fedrl.policy.files import RUN_POLICY, MissingCard, load_policy
+    from its ``config.yaml``, and the policy of a run whose experiment names a network of the user's
+    finds it where the experiment does."""
+    from fedrl.policy.files import RUN_POLICY, MissingCard, load_policy, read_card
 
     try:
-        return load_policy(source, _run_network(source))
+        network = _run_network(source, read_card(source).network) if source.suffix != ".zip" else None
+        return load_policy(source, network)
     except MissingCard:
         run_dir = source if source.is_dir() else source.parent
         if (source.is_file() and source.name != RUN_POLICY) or not (run_dir / "config.yaml").is_file():
@@ -79,19 +90,21 @@ def _load(source: Path) -> Policy:
         return _rebuilt(run_dir)
 
 
-def _run_network(source: Path) -> Callable[..., Any] | None:
-    """The network factory of the run directory ``source`` is (or is in), imported from the folder
-    its experiment names first; None without one (a policy then looks its network up by name)."""
-    from fedrl.experiment.config import ConfigError
+def _run_network(source: Path, network: str) -> Callable[..., Any] | None:
+    """The factory of ``network`` (the card's) when ``source`` is a run directory, or its final
+    policy, whose experiment trains that network: imported from the folder the experiment names
+    first. None otherwise: the policy then runs its network only if --allow-code names it."""
     from fedrl.experiment.loading import read_resolved
+    from fedrl.policy.files import RUN_POLICY
     from fedrl.policy.usercode import import_function
 
     config_file = (source if source.is_dir() else source.parent) / "config.yaml"
-    try:
-        learner = read_resolved(config_file.read_text()).learner
-        return import_function(learner.network, learner.network_dir, "network") if learner.network else None
-    except (OSError, ConfigError, ValueError):
+    if not network or not (source.is_dir() or source.name == RUN_POLICY) or not config_file.is_file():
         return None
+    learner = read_resolved(config_file.read_text()).learner
+    if learner.network != network:
+        return None
+    return import_function(learner.network, learner.network_dir, "network")
 
 
 def _rebuilt(run_dir: Path) -> Policy:

@@ -199,7 +199,8 @@ def user_strategy(config: UserStrategyConfig, optimizer: ServerOptimizer) -> Str
 
     def step(config: UserStrategyConfig, state: dict, params: np.ndarray, updates: list[Update]) -> tuple:
         delta = combine(config.robust, updates)
-        new, state = optimizer.step(dict(state), np.array(params, dtype=np.float32), delta)
+        mine = {key: np.array(value, copy=True) for key, value in state.items()}  # the kept state stays as it is
+        new, state = optimizer.step(mine, np.array(params, dtype=np.float32), delta)
         new = np.asarray(new, dtype=np.float32)
         if new.shape != params.shape or not np.isfinite(new).all():
             raise UserCodeError(
@@ -215,10 +216,19 @@ def _checked_state(name: str, method: str, state: Any) -> dict[str, np.ndarray]:
     """A user's strategy state as a dict of arrays, or ``UserCodeError`` naming what it returned."""
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
         raise UserCodeError(f"strategy {name}: {method} must return its state as a dict of arrays by name")
-    try:
-        return {key: np.asarray(value) for key, value in state.items()}
-    except (TypeError, ValueError) as exc:
-        raise UserCodeError(f"strategy {name}: {method} returned a state that is not arrays ({exc})") from None
+    arrays = {}
+    for key, value in state.items():
+        try:
+            arrays[key] = np.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise UserCodeError(
+                f"strategy {name}: {method} returned state {key!r} that is not an array ({exc})"
+            ) from None
+        if arrays[key].dtype.kind not in "biuf":
+            raise UserCodeError(
+                f"strategy {name}: {method} returned state {key!r} of dtype {arrays[key].dtype}; a state holds numbers"
+            )
+    return arrays
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from fedrl.edge.secure import run_secure_round
 from fedrl.edge.trainer import LEARNER_FILE, STAGED_FILE, EdgeTrainer, LocalState, LocalUpdate, trainer_from_yaml
 from fedrl.envs import FAMILIES
 from fedrl.experiment.config import ConfigError
+from fedrl.policy.usercode import only_code
 from fedrl.wire import disk
 from fedrl.wire.records import Model, Reason, Registration, Rejected, SecureReply, SecureStep, Submission, Task
 
@@ -110,6 +111,9 @@ class AgentConfig:
     """Heartbeat period when the server's registration gives none."""
     jitter_seed: int | None = None
     """Seed of the backoff jitter; None (on a device) draws it from the operating system."""
+    allow_code: tuple[str, ...] = ()
+    """The experiment's own network or learner loss (``module:function``) this device may run; a
+    name the server sends that is not here is refused (``fedrl.policy.usercode.only_code``)."""
 
 
 def device_env(trainer: EdgeTrainer, spec: DeviceEnvSpec | None) -> gym.Env:
@@ -173,7 +177,7 @@ class Agent:
         state_dir = disk.private_dir(self.config.state_dir)
         heartbeat = None
         health = HealthBeat(state_dir, self._health)
-        with locked(state_dir):
+        with locked(state_dir), only_code(self.config.allow_code):
             health.start()
             try:
                 self._hook = self._owner_hook()

@@ -230,10 +230,28 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
 
 def read_from_server(text: str) -> ExperimentConfig:
     """The experiment a server sent to a device, refused (``ConfigError``) before anything in it
-    is imported when it names a Gymnasium id or setter: a device runs its own environment, and
-    a server must never make it import code (``Setup.for_devices`` is what servers send)."""
+    is imported when it names a Gymnasium id or setter, a robust rule, a strategy of the user's or a
+    folder to import from: a device runs its own environment and never aggregates, and it runs the
+    network or learner loss an experiment names only when its operator allows them (``--allow-code``,
+    ``fedrl.policy.usercode``). ``Setup.for_devices`` is what servers send."""
     data = _sections(text)
     env, strategy = data.get("env"), data.get("strategy")
+    if isinstance(strategy, dict) and _users(strategy.get("name")):
+        raise ConfigError(
+            f"the server's experiment names a strategy for the device to load ({strategy.get('name')!r}); a device "
+            "never aggregates: the server must send strategy: fedavg, as servers of this fedrl version do"
+        )
+    folders = [
+        f"{section}.{key}"
+        for section, keys in (("learner", ("network_dir", "learner_dir")), ("strategy", ("strategy_dir",)))
+        for key in keys
+        if isinstance(data.get(section), dict) and data[section].get(key) is not None
+    ]
+    if folders:
+        raise ConfigError(
+            f"the server's experiment names folders to import code from ({', '.join(folders)}); a device looks "
+            "for the code its operator allows (--allow-code) on its own Python path only"
+        )
     robust = strategy.get("robust") if isinstance(strategy, dict) else None
     if isinstance(robust, dict) and ":" in str(robust.get("rule", "")):
         raise ConfigError(

@@ -5,6 +5,7 @@ where they are built, ``fedrl.agents.modules``.)"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ import numpy as np
 import torch
 
 from fedrl.agents import LossBatch, Outputs, UserLearnerConfig
+from fedrl.core.errors import UserCodeError
 from fedrl.core.strategies import ServerOptimizer, UserStrategyConfig
-from fedrl.envs.gym_adapter import LIBRARIES, UserCodeError, blame
+from fedrl.envs.gym_adapter import LIBRARIES, blame
 from fedrl.experiment.config import ConfigError
 from fedrl.policy.usercode import import_function
 
@@ -52,9 +54,13 @@ def load_strategy(config: UserStrategyConfig) -> ServerOptimizer:
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
     try:
-        optimizer = factory(**config.options)
+        inspect.signature(factory).bind(**config.options)
     except TypeError as exc:
         raise ConfigError(f"{key}: strategy.options do not fit it: {exc}") from None
+    except ValueError:  # a callable without a signature to read: let the call say
+        pass
+    try:
+        optimizer = factory(**config.options)
     except Exception as exc:  # the user's code
         raise ConfigError(f"{key}: {blame('making it', exc, THEIRS_NOT)}") from None
     missing = [method for method in ("init", "step") if not callable(getattr(optimizer, method, None))]

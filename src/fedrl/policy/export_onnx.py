@@ -13,6 +13,7 @@ same inputs, outputs and metadata (float32 only).
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from pathlib import Path
@@ -94,18 +95,24 @@ def _module_model(policy: Policy, int8: bool) -> onnx.ModelProto:
         raise ValueError("export: --int8 quantises fedrl's own MLP; this policy runs your network, exported as float32")
     card = policy.card
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the torch.export one needs onnxscript
-        torch.onnx.export(
-            _acting_module(policy),
-            (torch.zeros(1, card.obs_dim),),
-            buffer,
-            dynamo=False,
-            input_names=["obs"],
-            output_names=["action", "actor_out"],
-            dynamic_axes={"obs": {0: "N"}, "action": {0: "N"}, "actor_out": {0: "N"}},
-            opset_version=MODULE_OPSET,
-        )
+    # The TorchScript exporter: the torch.export one needs onnxscript. Before torch 2.5 it was the
+    # only one (no ``dynamo`` argument); since 2.9 it is deprecated, hence the silenced warning.
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _acting_module(policy),
+                (torch.zeros(1, card.obs_dim),),
+                buffer,
+                input_names=["obs"],
+                output_names=["action", "actor_out"],
+                dynamic_axes={"obs": {0: "N"}, "action": {0: "N"}, "actor_out": {0: "N"}},
+                opset_version=MODULE_OPSET,
+                **legacy,
+            )
+    except Exception as exc:  # what the exporter cannot trace in the user's module
+        raise ValueError(f"export: torch could not export your network {card.network!r} to ONNX: {exc}") from None
     model = onnx.load_from_string(buffer.getvalue())
     model.producer_name = "fedrl"
     helper.set_model_props(model, {CARD_KEY: card.to_json(), "fedrl_weights": "float32"})

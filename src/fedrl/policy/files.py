@@ -100,13 +100,9 @@ def load_policy(path: Path | str, network: Callable[..., Any] | None = None) -> 
     """The policy in ``path``: an ``.npz`` artifact, a safetensors file with a card, or a run,
     agent or server state directory (see the module docstring). ``FileNotFoundError`` or
     ``ValueError`` naming the path and what is missing or wrong. A policy of a user's own torch
-    network runs it with torch: ``network`` is its factory, by default imported by the name the
-    card records (from the working directory or ``sys.path``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = policy_file(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    network runs it with torch: ``network`` is its factory; without one, the name on the card is
+    imported only when allowed (``fedrl.policy.usercode.only_code``), never on the file's say."""
+    path = _policy_path(path)
     if path.suffix == ".npz":
         return _load_npz(path, network)
     if path.suffix == ".safetensors":
@@ -116,6 +112,32 @@ def load_policy(path: Path | str, network: Callable[..., Any] | None = None) -> 
     raise ValueError(
         f"{path}: not a policy (expected a .npz or .safetensors file, an SB3 model's .zip, or a folder that holds one)"
     )
+
+
+def read_card(path: Path | str) -> PolicyCard:
+    """The card of the policy ``load_policy(path)`` would load, read without building the policy
+    (so without importing anything the card names); errors as ``load_policy``'s."""
+    path = _policy_path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as file:
+                text = str(file["card"][()]) if "card" in file.files else None
+        else:
+            with safe_open(str(path), framework="np") as file:
+                text = (file.metadata() or {}).get(CARD_KEY)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError, SafetensorError) as exc:
+        raise ValueError(f"{path}: not a readable policy file ({type(exc).__name__}: {exc})") from None
+    return _card(path, text)
+
+
+def _policy_path(path: Path | str) -> Path:
+    """The policy file ``path`` names: itself, or the one its folder holds (``policy_file``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = policy_file(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
 
 
 def policy_file(folder: Path) -> Path:

@@ -1,9 +1,12 @@
 """Running the actor of a policy whose card names a user's torch network (``card.network``).
 
 fedrl's own MLP runs with numpy alone (``fedrl.policy.runtime``); a user's network is a torch
-module, so running it needs torch and the module's code: the factory is imported by its
-``"module:function"`` name (from the working directory, then ``sys.path``) unless the caller
-passes it. Torch is imported here, when such a policy is loaded, never by ``import fedrl``.
+module, so running it needs torch and the module's code. A policy file is data: the name on its
+card is never imported on the file's say. The caller passes the factory, or allows the name
+(``fedrl.policy.usercode.only_code``, the commands' ``--allow-code``). The module is built as the
+trainer builds it (``fedrl.agents.modules``: torch seeded with 0, one thread), so buffers the
+factory draws at random are the same in every copy. Torch is imported here, when such a policy is
+loaded, never by ``import fedrl``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedrl.policy.card import PolicyCard
-from fedrl.policy.usercode import import_function
+from fedrl.policy.usercode import allowed, import_function
 
 
 def actor_module(card: PolicyCard, params: np.ndarray, network: Callable[..., Any] | None = None) -> Any:
@@ -25,12 +28,16 @@ def actor_module(card: PolicyCard, params: np.ndarray, network: Callable[..., An
     except ModuleNotFoundError:
         raise ValueError(
             f"policy: this policy runs your network {card.network!r}, which needs torch (pip install 'fedrl[train]'); "
-            "a device without torch can run it exported to ONNX (fedrl export --format onnx)"
+            "without torch, export it to ONNX (fedrl export --format onnx) and run that with onnxruntime"
         ) from None
+    if network is None and not allowed(card.network):
+        raise ValueError(
+            f"policy: this policy runs your network {card.network!r}, and a policy file never makes fedrl import code "
+            f"by itself: pass the factory (load_policy(path, network=...)) or allow the name (--allow-code "
+            f"{card.network})"
+        )
     factory = network or import_function(card.network, None, "network")
-    module = factory(card.obs_dim, card.action.n)
-    if not isinstance(module, torch.nn.Module):
-        raise ValueError(f"policy: network {card.network!r} must return a torch.nn.Module, got {type(module).__name__}")
+    module = _built(torch, factory, card)
     slices = card.slices()
     state = {}
     for name, p in module.named_parameters():
@@ -46,6 +53,28 @@ def actor_module(card: PolicyCard, params: np.ndarray, network: Callable[..., An
         raise ValueError(f"policy: network {card.network!r} does not have the card's actor tensors {sorted(expected)}")
     module.load_state_dict(state, strict=False)
     return module.eval()
+
+
+def _built(torch: Any, factory: Callable[..., Any], card: PolicyCard) -> Any:
+    """``factory(obs_dim, n_actions)`` built as the trainer builds it, and checked on a zero batch;
+    ``ValueError`` naming what the factory raised or returned."""
+    n, threads = card.action.n, torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            torch.set_num_threads(1)
+            module = factory(card.obs_dim, n)
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"returned {type(module).__name__}, not a torch.nn.Module")
+        with torch.no_grad():
+            shape = tuple(module.eval()(torch.zeros(2, card.obs_dim)).shape)
+    except Exception as exc:  # the user's code, whatever it raises
+        raise ValueError(f"policy: network {card.network!r}: {type(exc).__name__}: {exc}") from None
+    finally:
+        torch.set_num_threads(threads)
+    if shape != (2, n):
+        raise ValueError(f"policy: network {card.network!r} maps (2, {card.obs_dim}) to {shape}, not (2, {n})")
+    return module
 
 
 class ModuleActor:

@@ -14,12 +14,20 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 _allowed: frozenset[str] | None = None  # None: this process runs the code its own configs name
+_path_lock = threading.Lock()
+
+
+def allowed(spec: str) -> bool:
+    """Whether ``spec`` was named in the ``only_code`` block now running: the one way a name fedrl
+    did not read from the user's own config (a policy card's, a server's) may be imported."""
+    return _allowed is not None and spec in _allowed
 
 
 @contextmanager
@@ -48,15 +56,16 @@ def import_function(spec: str, folder: str | None, what: str) -> Callable[..., A
             f"{what} {spec!r} is the server's to name but this device's to allow: it runs only the code its "
             f"operator names (start it with --allow-code {spec}, with the module on its Python path)"
         )
-    saved = list(sys.path)
-    sys.path[:0] = ([str(Path(folder))] if folder else []) + [os.getcwd()]
-    importlib.invalidate_caches()
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # not found, or the module itself failed to import (SyntaxError, RuntimeError ...)
-        raise ValueError(f"cannot load {what} {spec!r}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.path[:] = saved
+    with _path_lock:  # sys.path is the process's: an acting and a training thread may both import
+        saved = list(sys.path)
+        sys.path[:0] = ([str(Path(folder))] if folder else []) + [os.getcwd()]
+        importlib.invalidate_caches()
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:  # not found, or the module itself failed to import (SyntaxError, RuntimeError ...)
+            raise ValueError(f"cannot load {what} {spec!r}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path[:] = saved
     if not callable(found):
         raise ValueError(f"{what} {spec!r} is not callable")
     return found

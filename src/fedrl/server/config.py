@@ -188,10 +188,11 @@ def _experiment(data: Any, folder: Path, overrides: list[str]) -> ExperimentConf
         return load_config(folder / data, overrides)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"bad config: experiment must be a mapping or a file path, got {type(data).__name__}")
-    merged = anchor_user_dirs(dict(data or {}), folder)  # a setter or rule module beside the server's config
+    merged = dict(data or {})
     for assignment in overrides:
         merged = apply_override(merged, assignment)
-    return parse_config(merged, within="experiment")
+    # after the overrides, as load_config does: the user's code named either way is looked up beside the config
+    return parse_config(anchor_user_dirs(merged, folder), within="experiment")
 
 
 def load_server_config(path: Path | None, overrides: list[str] = ()) -> ServerConfig:

@@ -56,6 +56,7 @@ from fedrl.experiment.loading import read_resolved, to_yaml
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import SAMPLE_STREAM
 from fedrl.policy import load_policy
+from fedrl.policy.files import read_card
 from fedrl.server.auth import hash_token
 from fedrl.server.config import ServerConfig
 from fedrl.server.log import RefusalLog, log_event
@@ -898,8 +899,15 @@ def _same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:
 def pretrained_params(setup: Setup, source: Path) -> np.ndarray:
     """The parameters of the policy saved at ``source`` (a run directory, a server's or device's state
     directory, a policy file or an export: ``fedrl.policy.load_policy``), to start a run from;
-    ``ConfigError`` naming both sides when its network is not the experiment's."""
+    ``ConfigError`` naming both sides when its network is not the experiment's (compared on the card
+    first, so a file never makes the server import the network it names)."""
+    ours_name = setup.config.learner.network or ""
     try:
+        theirs_name = "" if Path(source).suffix == ".zip" else read_card(source).network
+        if theirs_name != ours_name:
+            raise ValueError(
+                f"its policy runs {_named_network(theirs_name)}; this experiment trains {_named_network(ours_name)}"
+            )
         policy = load_policy(source, setup.network)
     except (ValueError, OSError) as exc:
         raise ConfigError(f"--init-from {source}: {exc}") from None
@@ -911,6 +919,10 @@ def pretrained_params(setup: Setup, source: Path) -> np.ndarray:
             f"{_network(ours)} one"
         )
     return np.array(policy.params, dtype=np.float32)
+
+
+def _named_network(name: str) -> str:
+    return f"your network {name!r}" if name else "fedrl's MLP"
 
 
 def _network(card) -> str:
