@@ -232,6 +232,42 @@ def eval_(
 
 
 @app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories written by `fedrl run`: several seeds per setting."
+    ),
+    out: Path = typer.Option(Path("compare"), "--out", help="Folder for compare.md, compare.json and compare.png."),
+) -> None:
+    """Compare runs over their seeds: IQM with 95% bootstrap intervals, fairness, learning curves."""
+    import json
+
+    from fedrl.sim.compare import fmt, group_runs, markdown, plot_comparison, read_run, summarize
+
+    try:
+        runs = [read_run(path) for path in run_dirs]
+    except (ValueError, OSError) as exc:  # ConfigError is a ValueError
+        fail(str(exc))
+    groups = group_runs(runs)
+    summaries = summarize(groups)
+    table = Table(title="final global policy, IQM over seeds [95% bootstrap CI]")
+    for column in ("#", "runs", "solved", "mean return", "worst client", "p10 client", "held-out", "steps to target"):
+        table.add_column(column, justify="right")
+    for i, s in enumerate(summaries, 1):
+        steps = "-" if s.steps_to_target != s.steps_to_target else f"{s.steps_to_target:,.0f}"
+        cells = (fmt(s.final_mean), fmt(s.final_worst), fmt(s.final_p10), fmt(s.heldout_mean))
+        table.add_row(str(i), str(s.runs), s.solved, *cells, steps)
+    console.print(table)
+    for i, s in enumerate(summaries, 1):
+        console.print(f"#{i}: {s.label}", highlight=False, soft_wrap=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(markdown(summaries))
+    (out / "compare.json").write_text(json.dumps([s._asdict() for s in summaries], indent=2))
+    targets = {r.target for r in runs}
+    plot = plot_comparison(groups, out / "compare.png", targets.pop() if len(targets) == 1 else None)
+    console.print(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {plot}", highlight=False)
+
+
+@app.command()
 def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `fedrl run`.")) -> None:
     """(Re)draw a run's PNG plots from its metrics."""
     from fedrl.experiment.config import ConfigError
