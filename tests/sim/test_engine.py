@@ -122,3 +122,43 @@ def test_a_run_written_before_newer_metric_columns_still_resumes(tmp_path, tiny_
     list(resumed.rounds())
     assert [len(row) for row in resumed.dir.rounds()] == [len(ROUND_COLUMNS)] * 3
     assert (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0] == ",".join(ROUND_COLUMNS)
+
+
+def _run(tmp_path, tiny_config, *overrides):
+    config = tiny_config
+    for assignment in ("federation.stop_at_target=true", *overrides):
+        config = apply_override(config, assignment)
+    current = runs.start(parse_config(config), tmp_path / "run")
+    *_, (_, state) = current.rounds(tensorboard=False)
+    return runs.finish(current, state), current.dir.rounds()
+
+
+def test_a_crossing_of_the_target_is_confirmed_on_fresh_episodes_before_the_run_stops(tmp_path, tiny_config):
+    summary, rows = _run(tmp_path, tiny_config, "federation.target_return=9", "eval.confirm_episodes=6")
+
+    assert summary["solved"] and summary["rounds"] == len(rows) == 1  # crossed at round 1, and confirmed
+    assert summary["confirmed_return"] == rows[-1].confirmed_return >= 9
+    assert summary["confirmed_return"] != rows[-1].global_mean_return  # other episodes, more of them
+
+
+def test_a_crossing_that_a_larger_evaluation_does_not_confirm_lets_the_run_go_on():
+    from fedrl.sim.engine import is_solved
+    from fedrl.sim.state import RoundResult
+
+    setup = SimSetup(parse_config({"federation": {"target_return": 100.0}}))
+    unconfirmed = setup.config.model_copy(update={"eval": setup.config.eval.model_copy(update={"confirm_episodes": 0})})
+
+    def result(routine, confirmed):
+        return RoundResult(1, 0, 0.0, 0.0, None, np.array(routine), None, confirmed_returns=confirmed)
+
+    assert not is_solved(setup, result([120.0, 90.0], np.array([101.0, 95.0])))  # mean 98: not confirmed
+    assert is_solved(setup, result([120.0, 90.0], np.array([110.0, 95.0])))
+    assert not is_solved(setup, result([90.0, 90.0], None))
+    assert is_solved(SimSetup(unconfirmed), result([120.0, 90.0], None))  # confirm_episodes 0: the first crossing
+
+
+def test_without_a_confirmation_no_larger_evaluation_runs(tmp_path, tiny_config):
+    summary, rows = _run(tmp_path, tiny_config, "federation.target_return=9", "eval.confirm_episodes=0")
+
+    assert summary["solved"] and "confirmed_return" not in summary
+    assert all(r.confirmed_return is None for r in rows)  # NaN is stored as NULL

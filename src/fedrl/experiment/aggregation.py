@@ -30,6 +30,7 @@ from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
 
 HELDOUT_EPISODES_TAG = 1  # after EVAL_STREAM: the held-out clients' episodes, apart from the training clients'
+CONFIRM_EPISODES_TAG = 2  # after EVAL_STREAM, then the round: the episodes that confirm a crossing of the target
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,13 @@ def mean_returns(setup: Setup, params: np.ndarray, env_params: np.ndarray, episo
 def client_returns(setup: Setup, params: np.ndarray) -> np.ndarray:
     """Mean return per training client, ``eval.episodes`` each, the same episodes every round."""
     return mean_returns(setup, params, setup.env_params, setup.config.eval.episodes)
+
+
+def confirmed_returns(setup: Setup, params: np.ndarray, round_: int) -> np.ndarray:
+    """Mean return per training client over ``eval.confirm_episodes`` episodes of their own (not
+    the routine evaluation's): the check that a crossing of the target was not luck."""
+    episodes = setup.config.eval.confirm_episodes
+    return mean_returns(setup, params, setup.env_params, episodes, CONFIRM_EPISODES_TAG, round_)
 
 
 def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int, episodes: int) -> np.ndarray:

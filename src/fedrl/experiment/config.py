@@ -228,6 +228,12 @@ class EvalConfig(FrozenConfig):
 
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and at the last round)")
     episodes: int = Field(4, ge=1, description="episodes per client, each to the env's time limit")
+    confirm_episodes: int = Field(
+        20,
+        ge=0,
+        description="when an evaluation reaches the target, evaluate again with this many fresh episodes per "
+        "client and stop only if that confirms it (0: stop at the first crossing)",
+    )
     greedy: bool = Field(True, description="act greedily (argmax / mean) instead of sampling")
     heldout_clients: int = Field(10, ge=0, description="never-trained clients evaluated at the end")
 

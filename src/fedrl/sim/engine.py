@@ -36,7 +36,7 @@ from fedrl.agents import Budget, ClientState, init_client_state, local_params, m
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
 from fedrl.core.rows import take_rows
 from fedrl.envs.base import reset
-from fedrl.experiment.aggregation import client_returns
+from fedrl.experiment.aggregation import client_returns, confirmed_returns
 from fedrl.experiment.streams import PERSONAL_STREAM, TRAIN_STREAM
 from fedrl.sim.asynchronous import async_round
 from fedrl.sim.clients import shards
@@ -96,22 +96,32 @@ def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
     state, stats = step(setup, state, round_)
     cfg = setup.config
     evaluate_now = round_ % cfg.eval.every == 0 or round_ == cfg.federation.rounds
-    returns = client_returns(setup, acting_params(setup, state.params, state.client_state)) if evaluate_now else None
+    acting = acting_params(setup, state.params, state.client_state)
+    returns = client_returns(setup, acting) if evaluate_now else None
+    confirmed = None
+    if returns is not None and cfg.eval.confirm_episodes and _crossed(setup, float(np.mean(returns))):
+        confirmed = confirmed_returns(setup, acting, round_)
     personal = personalized_returns(setup, state, round_) if evaluate_now and cfg.personalization.steps else None
     state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)
     spent = spent_epsilon(cfg.pipeline, cfg.federation.fraction, round_, state.pipeline_state.most_participation)
-    result = RoundResult(round_, state.env_steps, state.wall_s, state.sim_time_s, stats, returns, personal, spent)
+    result = RoundResult(
+        round_, state.env_steps, state.wall_s, state.sim_time_s, stats, returns, personal, spent, confirmed
+    )
     return result, state
 
 
+def _crossed(setup: SimSetup, mean_return: float) -> bool:
+    """Whether early stopping is on and ``mean_return`` reaches the target."""
+    target = setup.target_return
+    return setup.config.federation.stop_at_target and target is not None and mean_return >= target
+
+
 def is_solved(setup: SimSetup, result: RoundResult) -> bool:
-    """Whether the global mean return reached the target (and early stopping is on)."""
-    return (
-        setup.config.federation.stop_at_target
-        and result.client_returns is not None
-        and setup.target_return is not None
-        and result.global_mean_return >= setup.target_return
-    )
+    """Whether the run may stop at ``result``: its evaluation reached the target (and early
+    stopping is on), and, with ``eval.confirm_episodes``, the larger evaluation confirmed it."""
+    if result.client_returns is None or not _crossed(setup, result.global_mean_return):
+        return False
+    return not setup.config.eval.confirm_episodes or _crossed(setup, result.confirmed_return)
 
 
 def run_rounds(setup: SimSetup, state: SimState) -> Iterator[tuple[RoundResult, SimState]]:

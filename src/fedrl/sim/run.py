@@ -66,6 +66,7 @@ TAGS = {  # RoundRow column -> TensorBoard tag
     "global_mean_return": "return/mean",
     "p10_client_return": "return/p10_client",
     "worst_client_return": "return/worst_client",
+    "confirmed_return": "return/confirmed",
     "personalized_mean_return": "return/personalized_mean",
     "personalized_worst_client_return": "return/personalized_worst_client",
     "train_loss": "train/loss",
@@ -173,6 +174,10 @@ def finish(run: Run, state: SimState) -> dict:
         summary.update(global_mean_return=last.global_mean_return, worst_client_return=last.worst_client_return)
         if setup.target_return is not None:
             summary["solved"] = bool(last.global_mean_return >= setup.target_return)
+            if last.confirmed_return is not None and np.isfinite(last.confirmed_return):
+                # the crossing was checked on eval.confirm_episodes fresh episodes per client
+                summary["confirmed_return"] = last.confirmed_return
+                summary["solved"] = bool(summary["solved"] and last.confirmed_return >= setup.target_return)
     summary.update(_traffic_and_privacy(rows))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:

@@ -76,6 +76,7 @@ class RoundRow(NamedTuple):
     epsilon: float
     secagg_threshold: float
     secagg_recovered: float
+    confirmed_return: float
 
 
 class ClientRow(NamedTuple):
@@ -138,6 +139,8 @@ def _round_row(r: RoundResult) -> RoundRow:
         # secure aggregation's t, and whether the sum was recovered (1) or the round kept the old model (0)
         secagg_threshold=nan if secure is None else secure.threshold,
         secagg_recovered=nan if secure is None else int(secure.recovered),
+        # the larger evaluation of a round whose evaluation reached the target (eval.confirm_episodes)
+        confirmed_return=r.confirmed_return,
     )
 
 

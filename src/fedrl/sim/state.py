@@ -135,6 +135,12 @@ class RoundResult:
     client_returns: np.ndarray | None  # (n_clients,) mean greedy return per client
     personalized_returns: np.ndarray | None
     epsilon: float = float("inf")  # DP epsilon spent so far (at pipeline.dp.delta); inf without DP
+    confirmed_returns: np.ndarray | None = None  # (n_clients,): the larger evaluation of a crossing of the target
+
+    @property
+    def confirmed_return(self) -> float:
+        """Mean over clients of the confirming evaluation; NaN in rounds that needed none."""
+        return float(np.mean(self.confirmed_returns)) if self.confirmed_returns is not None else float("nan")
 
     @property
     def global_mean_return(self) -> float:
