@@ -162,3 +162,23 @@ def test_without_a_confirmation_no_larger_evaluation_runs(tmp_path, tiny_config)
 
     assert summary["solved"] and "confirmed_return" not in summary
     assert all(r.confirmed_return is None for r in rows)  # NaN is stored as NULL
+
+
+def test_a_sampled_evaluation_draws_its_clients_afresh_and_its_interval_holds_the_fleets_mean(tmp_path, tiny_config):
+    from fedrl.experiment.aggregation import client_returns, eval_sample
+
+    config = apply_override(tiny_config, "federation.n_clients=12")
+    summary, rows = _run(tmp_path, config, "eval.clients=5", "eval.confirm_episodes=0", "federation.rounds=2")
+    setup = SimSetup(parse_config(apply_override(config, "eval.clients=5")))
+    current = runs.open_run(tmp_path / "run")
+    full = client_returns(setup, current.state.params).mean()  # every client, the same final policy
+    logged = np.array(current.dir.client_returns(), dtype=np.float64)
+
+    assert [len(eval_sample(setup, r)) for r in (1, 2)] == [5, 5]
+    assert not np.array_equal(eval_sample(setup, 1), eval_sample(setup, 2))  # a fresh draw each round
+    np.testing.assert_array_equal(eval_sample(setup, 2), eval_sample(setup, 2))
+    assert eval_sample(SimSetup(parse_config(config)), 1) is None
+    assert [r.eval_clients for r in rows] == [5, 5]
+    np.testing.assert_array_equal(logged[logged[:, 0] == 2, 1], eval_sample(setup, 2))  # the ids, not 0..4
+    assert rows[-1].mean_return_low <= full <= rows[-1].mean_return_high
+    assert summary["eval_clients"] == 5 and summary["global_mean_low"] == rows[-1].mean_return_low

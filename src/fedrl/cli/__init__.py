@@ -131,6 +131,9 @@ def _train(current, callbacks: list, tensorboard: bool, quiet: bool):
                 status = f"steps {result.env_steps:,}  updates {result.stats.n_updates}/{result.stats.n_sampled}"
                 if result.client_returns is not None:
                     status += f"  mean {result.global_mean_return:7.1f}  worst {result.worst_client_return:7.1f}"
+                    if result.eval_clients is not None:  # a sample: the fleet's mean lies in this interval
+                        low, high = result.mean_return_interval
+                        status += f" [{low:.1f}, {high:.1f}] ({len(result.eval_clients)} clients)"
                 if result.confirmed_returns is not None:  # the crossing of the target, checked on more episodes
                     status += f"  confirmed {result.confirmed_return:7.1f}"
                 progress.update(task, completed=result.round, status=status)

@@ -31,6 +31,7 @@ from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
 
 HELDOUT_EPISODES_TAG = 1  # after EVAL_STREAM: the held-out clients' episodes, apart from the training clients'
 CONFIRM_EPISODES_TAG = 2  # after EVAL_STREAM, then the round: the episodes that confirm a crossing of the target
+EVAL_SAMPLE_TAG = 3  # after EVAL_STREAM, then the round: which clients a sampled evaluation draws
 
 
 @dataclass(frozen=True)
@@ -106,16 +107,33 @@ def mean_returns(setup: Setup, params: np.ndarray, env_params: np.ndarray, episo
     return returns.mean(axis=1)
 
 
-def client_returns(setup: Setup, params: np.ndarray) -> np.ndarray:
-    """Mean return per training client, ``eval.episodes`` each, the same episodes every round."""
-    return mean_returns(setup, params, setup.env_params, setup.config.eval.episodes)
+def eval_sample(setup: Setup, round_: int) -> np.ndarray | None:
+    """The training clients an evaluation in ``round_`` draws (sorted ids; ``eval.clients`` of them,
+    a fresh draw each round), or None when every client is evaluated."""
+    n, wanted = setup.config.federation.n_clients, setup.config.eval.clients
+    if wanted is None or wanted >= n:
+        return None
+    return np.sort(setup.rng(EVAL_STREAM, EVAL_SAMPLE_TAG, round_).choice(n, wanted, replace=False))
 
 
-def confirmed_returns(setup: Setup, params: np.ndarray, round_: int) -> np.ndarray:
-    """Mean return per training client over ``eval.confirm_episodes`` episodes of their own (not
-    the routine evaluation's): the check that a crossing of the target was not luck."""
+def _on(setup: Setup, params: np.ndarray, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(params, env_params)`` of the clients ``ids`` (all for None); shared params stay shared."""
+    if ids is None:
+        return params, setup.env_params
+    return (params if np.ndim(params) == 1 else params[ids]), setup.env_params[ids]
+
+
+def client_returns(setup: Setup, params: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    """Mean return per training client (those ``ids``; default all), ``eval.episodes`` each, the
+    same episodes every round for the same clients."""
+    return mean_returns(setup, *_on(setup, params, ids), setup.config.eval.episodes)
+
+
+def confirmed_returns(setup: Setup, params: np.ndarray, round_: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """Mean return per training client (those ``ids``) over ``eval.confirm_episodes`` episodes of
+    their own (not the routine evaluation's): the check that a crossing of the target was not luck."""
     episodes = setup.config.eval.confirm_episodes
-    return mean_returns(setup, params, setup.env_params, episodes, CONFIRM_EPISODES_TAG, round_)
+    return mean_returns(setup, *_on(setup, params, ids), episodes, CONFIRM_EPISODES_TAG, round_)
 
 
 def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int, episodes: int) -> np.ndarray:

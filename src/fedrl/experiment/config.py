@@ -228,6 +228,12 @@ class EvalConfig(FrozenConfig):
 
     every: int = Field(1, ge=1, description="evaluate every this many rounds (and at the last round)")
     episodes: int = Field(4, ge=1, description="episodes per client, each to the env's time limit")
+    clients: int | None = Field(
+        None,
+        ge=1,
+        description="evaluate this many clients, drawn afresh at each evaluation, and report the fleet's mean with "
+        "a 95 % interval (large fleets); None: every client",
+    )
     confirm_episodes: int = Field(
         20,
         ge=0,

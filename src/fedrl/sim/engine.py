@@ -36,7 +36,7 @@ from fedrl.agents import Budget, ClientState, init_client_state, local_params, m
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
 from fedrl.core.rows import take_rows
 from fedrl.envs.base import reset
-from fedrl.experiment.aggregation import client_returns, confirmed_returns
+from fedrl.experiment.aggregation import client_returns, confirmed_returns, eval_sample, mean_returns
 from fedrl.experiment.streams import PERSONAL_STREAM, TRAIN_STREAM
 from fedrl.sim.asynchronous import async_round
 from fedrl.sim.clients import shards
@@ -65,12 +65,13 @@ def acting_params(setup: SimSetup, params: np.ndarray, client_state: ClientState
     return local_params(setup.config.learner, setup.net, params, client_state, setup.config.federation.n_clients)
 
 
-def personalized_returns(setup: SimSetup, state: SimState, round_: int) -> np.ndarray:
-    """Each client fine-tunes the global policy for the configured steps on its own
-    environment (from a copy of what it keeps), then is evaluated like the global policy."""
+def personalized_returns(setup: SimSetup, state: SimState, round_: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """Each client (of ``ids``; default all) fine-tunes the global policy for the configured steps
+    on its own environment (from a copy of what it keeps), then is evaluated like the global policy."""
     steps = setup.config.personalization.steps
+    chosen = np.arange(setup.config.federation.n_clients) if ids is None else ids
     tuned = []
-    for i, rows in enumerate(shards(np.arange(setup.config.federation.n_clients), setup.config.federation.shard_size)):
+    for i, rows in enumerate(shards(chosen, setup.config.federation.shard_size)):
         rng = setup.rng(PERSONAL_STREAM, round_, i)
         env_state, _ = reset(setup.family, setup.env_params[rows], setup.config.learner.n_envs, rng)
         task = make_task(
@@ -85,7 +86,7 @@ def personalized_returns(setup: SimSetup, state: SimState, round_: int) -> np.nd
         )
         result = train_local(setup.config.learner, task, Budget(steps=steps))
         tuned.append(local_params(setup.config.learner, setup.net, result.params, result.client_state, len(rows)))
-    return client_returns(setup, np.concatenate(tuned))
+    return mean_returns(setup, np.concatenate(tuned), setup.env_params[chosen], setup.config.eval.episodes)
 
 
 def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
@@ -97,15 +98,26 @@ def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
     cfg = setup.config
     evaluate_now = round_ % cfg.eval.every == 0 or round_ == cfg.federation.rounds
     acting = acting_params(setup, state.params, state.client_state)
-    returns = client_returns(setup, acting) if evaluate_now else None
+    ids = eval_sample(setup, round_)
+    returns = client_returns(setup, acting, ids) if evaluate_now else None
     confirmed = None
     if returns is not None and cfg.eval.confirm_episodes and _crossed(setup, float(np.mean(returns))):
-        confirmed = confirmed_returns(setup, acting, round_)
-    personal = personalized_returns(setup, state, round_) if evaluate_now and cfg.personalization.steps else None
+        confirmed = confirmed_returns(setup, acting, round_, ids)
+    personal = personalized_returns(setup, state, round_, ids) if evaluate_now and cfg.personalization.steps else None
     state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)
     spent = spent_epsilon(cfg.pipeline, cfg.federation.fraction, round_, state.pipeline_state.most_participation)
     result = RoundResult(
-        round_, state.env_steps, state.wall_s, state.sim_time_s, stats, returns, personal, spent, confirmed
+        round_,
+        state.env_steps,
+        state.wall_s,
+        state.sim_time_s,
+        stats,
+        returns,
+        personal,
+        spent,
+        confirmed,
+        ids,
+        cfg.federation.n_clients,
     )
     return result, state
 

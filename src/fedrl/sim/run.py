@@ -67,6 +67,8 @@ TAGS = {  # RoundRow column -> TensorBoard tag
     "p10_client_return": "return/p10_client",
     "worst_client_return": "return/worst_client",
     "confirmed_return": "return/confirmed",
+    "mean_return_low": "return/mean_low",
+    "mean_return_high": "return/mean_high",
     "personalized_mean_return": "return/personalized_mean",
     "personalized_worst_client_return": "return/personalized_worst_client",
     "train_loss": "train/loss",
@@ -172,6 +174,12 @@ def finish(run: Run, state: SimState) -> dict:
     if evaluated:
         last = evaluated[-1]
         summary.update(global_mean_return=last.global_mean_return, worst_client_return=last.worst_client_return)
+        if last.mean_return_low is not None and np.isfinite(last.mean_return_low):  # a sampled evaluation
+            summary.update(
+                eval_clients=int(last.eval_clients),
+                global_mean_low=last.mean_return_low,
+                global_mean_high=last.mean_return_high,
+            )
         if setup.target_return is not None:
             summary["solved"] = bool(last.global_mean_return >= setup.target_return)
             if last.confirmed_return is not None and np.isfinite(last.confirmed_return):

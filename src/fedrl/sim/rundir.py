@@ -77,6 +77,9 @@ class RoundRow(NamedTuple):
     secagg_threshold: float
     secagg_recovered: float
     confirmed_return: float
+    eval_clients: float  # clients evaluated (a sample's size); NaN in rounds without evaluation
+    mean_return_low: float  # a sampled evaluation's 95 % interval for the fleet's mean; NaN otherwise
+    mean_return_high: float
 
 
 class ClientRow(NamedTuple):
@@ -141,6 +144,9 @@ def _round_row(r: RoundResult) -> RoundRow:
         secagg_recovered=nan if secure is None else int(secure.recovered),
         # the larger evaluation of a round whose evaluation reached the target (eval.confirm_episodes)
         confirmed_return=r.confirmed_return,
+        eval_clients=nan if r.client_returns is None else len(r.client_returns),
+        mean_return_low=r.mean_return_interval[0],
+        mean_return_high=r.mean_return_interval[1],
     )
 
 
@@ -148,7 +154,7 @@ def _client_rows(r: RoundResult) -> list[ClientRow]:
     if r.client_returns is None:
         return []
     personal = r.personalized_returns if r.personalized_returns is not None else [float("nan")] * len(r.client_returns)
-    return [ClientRow(r.round, i, float(g), float(p)) for i, (g, p) in enumerate(zip(r.client_returns, personal))]
+    return [ClientRow(r.round, int(i), float(g), float(p)) for i, g, p in zip(r.client_ids, r.client_returns, personal)]
 
 
 def _insert(table: str, columns: tuple[str, ...]) -> str:

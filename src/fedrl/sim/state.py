@@ -136,6 +136,24 @@ class RoundResult:
     personalized_returns: np.ndarray | None
     epsilon: float = float("inf")  # DP epsilon spent so far (at pipeline.dp.delta); inf without DP
     confirmed_returns: np.ndarray | None = None  # (n_clients,): the larger evaluation of a crossing of the target
+    eval_clients: np.ndarray | None = None  # the ids the returns are of, when an evaluation sampled; None: all
+    fleet_size: int = 0  # the training clients there are (a sample's population)
+
+    @property
+    def client_ids(self) -> np.ndarray:
+        """The training clients ``client_returns`` holds, in order."""
+        return np.arange(len(self.client_returns)) if self.eval_clients is None else self.eval_clients
+
+    @property
+    def mean_return_interval(self) -> tuple[float, float]:
+        """A 95 % interval for the whole fleet's mean return when the evaluation sampled clients
+        (normal approximation, with the finite-population correction for drawing without
+        replacement); NaNs when every client was evaluated (the mean is then the fleet's own)."""
+        if self.eval_clients is None or self.client_returns is None or len(self.client_returns) < 2:
+            return float("nan"), float("nan")
+        n, big_n = len(self.client_returns), max(self.fleet_size, len(self.client_returns))
+        half = 1.96 * np.std(self.client_returns, ddof=1) / np.sqrt(n) * np.sqrt((big_n - n) / max(big_n - 1, 1))
+        return self.global_mean_return - half, self.global_mean_return + half
 
     @property
     def confirmed_return(self) -> float:
