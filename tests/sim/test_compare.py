@@ -72,3 +72,30 @@ def test_one_setting_is_labelled_by_its_name_and_a_folder_that_is_no_run_is_name
     result = runner.invoke(app, ["compare", str(four_runs[0]), str(tmp_path)])
 
     assert result.exit_code == 2 and "not a run directory (no config.yaml)" in " ".join(result.output.split())
+
+
+def test_settings_that_share_a_name_are_told_apart_by_the_keys_only_some_have():
+    from fedrl.sim.compare import RunResult
+
+    def run(seed, strategy):
+        config = {"name": "c", "seed": seed, "strategy": strategy}
+        return RunResult(None, config, 1.0, 1.0, 1.0, 1.0, 1.0, True, 475.0, np.ones(1), np.ones(1))
+
+    runs = [run(0, {"name": "fedavg"}), run(0, {"name": "fedadam", "server_lr": 0.01})]
+    runs += [run(1, {"name": "fedadam", "server_lr": 0.1}), run(2, {"name": "fedadam", "server_lr": 0.1})]
+
+    assert {label: len(members) for label, members in group_runs(runs).items()} == {
+        "strategy.name=fedavg": 1,
+        "strategy.name=fedadam, strategy.server_lr=0.01": 1,
+        "strategy.name=fedadam, strategy.server_lr=0.1": 2,
+    }
+
+
+def test_steps_to_target_count_a_crossing_only_once_it_is_confirmed(tmp_path, config_file):
+    sets = ["federation.stop_at_target=true", "federation.target_return=9", "eval.confirm_episodes=6"]
+    args = ["run", str(config_file), "--out", str(tmp_path / "run"), "--quiet"]
+    assert runner.invoke(app, [*args, *(x for s in sets for x in ("--set", s))]).exit_code == 0
+
+    run = read_run(tmp_path / "run")
+
+    assert run.solved and run.steps_to_target == run.env_steps[0]  # crossed and confirmed at round 1

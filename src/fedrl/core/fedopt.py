@@ -37,7 +37,9 @@ from fedrl.core.update import Update
 class _AdaptiveFields(StrategyConfigBase):
     """The fields FedAdagrad, FedAdam and FedYogi share."""
 
-    server_lr: float = Field(0.01, gt=0, description="eta, the server learning rate")
+    server_lr: float = Field(
+        0.03, gt=0, description="eta, the server learning rate (from a sweep on federated PPO: docs/benchmarks.md)"
+    )
     beta1: float = Field(0.9, ge=0, lt=1, description="decay of the first moment m")
     tau: float = Field(1e-3, gt=0, description="adaptivity: added to sqrt(v); v starts at tau^2")
 
@@ -46,7 +48,7 @@ class FedAdagradConfig(_AdaptiveFields):
     """FedAdagrad: the second moment ``v`` sums every squared delta."""
 
     name: Literal["fedadagrad"] = "fedadagrad"
-    server_lr: float = Field(0.1, gt=0, description="eta, the server learning rate")
+    server_lr: float = Field(0.3, gt=0, description="eta, the server learning rate (from a sweep: docs/benchmarks.md)")
 
 
 class FedAdamConfig(_AdaptiveFields):
@@ -60,6 +62,7 @@ class FedYogiConfig(_AdaptiveFields):
     """FedYogi: ``v`` moves toward the squared delta by an additive, sign-controlled step."""
 
     name: Literal["fedyogi"] = "fedyogi"
+    server_lr: float = Field(0.1, gt=0, description="eta, the server learning rate (from a sweep: docs/benchmarks.md)")
     beta2: float = Field(0.99, ge=0, lt=1, description="rate at which v moves toward Delta^2")
 
 

@@ -42,7 +42,8 @@ class RunResult(NamedTuple):
     final_worst: float
     final_p10: float
     heldout_mean: float  # NaN without held-out clients
-    steps_to_target: float  # env steps at the first evaluation at or above the target; NaN if never
+    steps_to_target: float  # env steps at the first evaluation at or above the target (confirmed, when the
+    # run confirms crossings: eval.confirm_episodes); NaN if never
     solved: bool | None  # None: no target
     target: float | None  # the return the run counted as solved
     env_steps: np.ndarray  # the learning curve: env steps at each evaluated round ...
@@ -93,14 +94,18 @@ def read_run(path: Path) -> RunResult:
     if not rows:
         raise ValueError(f"{path}: no evaluated round yet")
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    config = yaml.safe_load(config_file.read_text())
     target = summary.get("target_return")
     steps = np.array([r.env_steps for r in rows], dtype=np.float64)
     returns = np.array([r.global_mean_return for r in rows], dtype=np.float64)
-    reached = np.flatnonzero(returns >= target) if target is not None else np.array([], int)
+    confirmed = np.array([np.nan if r.confirmed_return is None else r.confirmed_return for r in rows], dtype=float)
+    checked = config.get("eval", {}).get("confirm_episodes", 0)
+    crossing = np.minimum(returns, confirmed) if checked else returns  # NaN (unchecked) never counts then
+    reached = np.flatnonzero(crossing >= target) if target is not None else np.array([], int)
     last = rows[-1]
     return RunResult(
         path=path,
-        config=yaml.safe_load(config_file.read_text()),
+        config=config,
         final_mean=float(last.global_mean_return),
         final_worst=float(last.worst_client_return),
         final_p10=float(last.p10_client_return),
@@ -126,8 +131,8 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def group_runs(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     """Runs grouped by their config without its seed, each group labelled by the keys whose values
-    tell the groups apart -- those every group's config has, when some do -- (its experiment name
-    when there is one group), in the order first seen."""
+    tell the groups apart -- those every group's config has, when they are enough to tell every group
+    apart -- (its experiment name when there is one group), in the order first seen."""
     groups: dict[str, list[RunResult]] = {}
     settings: dict[str, dict[str, Any]] = {}
     for run in runs:
@@ -140,10 +145,17 @@ def group_runs(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
         return {str(settings[key].get("name", "runs")): groups[key]}
     keys = sorted({k for s in settings.values() for k in s})
     differing = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings.values()}) > 1]
-    # keys every group has tell them apart (strategy.name); those only some have follow from them (momentum)
-    shared = [k for k in differing if k != "name" and all(k in s for s in settings.values())]
-    shown = shared or [k for k in differing if k != "name"] or differing
-    return {", ".join(f"{k}={settings[key].get(k)}" for k in shown): members for key, members in groups.items()}
+    # keys every group has tell them apart (strategy.name); those only some have follow from them (momentum),
+    # unless the shared keys alone leave two groups with one label (fedadam at two learning rates)
+    own = [k for k in differing if k != "name"] or differing
+    shared = [k for k in own if all(k in s for s in settings.values())]
+    # of the keys only some groups have, those whose value varies among them (server_lr, not beta1)
+    varying = [k for k in own if len({json.dumps(s[k], default=str) for s in settings.values() if k in s}) > 1]
+    for shown in (shared, varying, own):
+        labels = [", ".join(f"{k}={settings[key][k]}" for k in shown if k in settings[key]) for key in groups]
+        if shown and len(set(labels)) == len(labels):
+            break
+    return dict(zip(labels, groups.values()))
 
 
 def summarize(groups: dict[str, list[RunResult]]) -> list[GroupSummary]:

@@ -20,6 +20,11 @@ staleness, and every ``buffer_size`` arrivals make a new global version. A "roun
 time until ``fraction * n_clients`` updates have arrived, the same amount of client work as a
 synchronous round, and ends with an evaluation. See ``fedrl.sim.sync`` and ``fedrl.sim.asynchronous``.
 
+Evaluation: every client (or a fresh sample of ``eval.clients`` per evaluation, whose mean then
+comes with a 95 % interval for the fleet's), ``eval.episodes`` each. An evaluation that reaches the
+target is checked on ``eval.confirm_episodes`` fresh episodes per client, and the run stops only
+when that confirms it.
+
 All randomness is derived from the run seed, the round and the shard (or wave), so a run --
 and a run resumed from any checkpoint -- gives the same numbers.
 """
