@@ -19,7 +19,7 @@ import numpy as np
 from _report import machine, markdown_table, write_section
 
 from fedrl.agents import evaluate
-from fedrl.agents.runtime import use_threads
+from fedrl.agents.runtime import threads
 from fedrl.envs.airquality import hand_policy
 from fedrl.envs.base import EnvFamily, reset, step
 from fedrl.sim.run import open_run
@@ -52,7 +52,6 @@ def main(run_dir: Path) -> None:
     setup = run.setup
     if setup.family.name != "airquality":
         raise SystemExit(f"{run_dir}: an {setup.family.name} run; this compares airquality runs with the hand policy")
-    use_threads(setup.config.threads)
     params = run.dir.load_policy(setup) if (run.dir.path / "final_policy.safetensors").exists() else run.state.params
     sites = {
         f"the {setup.config.federation.n_clients} training sites": setup.env_params,
@@ -61,7 +60,8 @@ def main(run_dir: Path) -> None:
     }
     rows = []
     for name, env_params in sites.items():
-        learned = evaluate(setup.net, params, setup.family, env_params, EPISODES, SEED, setup.config.eval.greedy)
+        with threads(setup.config.threads):  # the run's own count: its numbers on any machine
+            learned = evaluate(setup.net, params, setup.family, env_params, EPISODES, SEED, setup.config.eval.greedy)
         hand = hand_returns(setup.family, env_params, EPISODES, SEED)
         per_site_learned, per_site_hand = learned.mean(1), hand.mean(1)
         rows.append(

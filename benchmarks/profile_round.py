@@ -20,7 +20,7 @@ import numpy as np
 from _report import machine, markdown_table, write_section
 from throughput import LOCAL_STEPS, setup_for
 
-from fedrl.agents.runtime import tune_allocator, use_threads
+from fedrl.agents.runtime import threads, tune_allocator
 from fedrl.experiment.aggregation import client_returns
 from fedrl.sim.clients import train_clients
 from fedrl.sim.engine import initial_state
@@ -56,17 +56,17 @@ def cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:
 def main() -> None:
     tune_allocator()
     setup = setup_for(CLIENTS)
-    use_threads(setup.config.threads)
-    state = one_round(setup, initial_state(setup), 0)
-    start = time.perf_counter()
-    state = one_round(setup, state, 1)
-    wall = time.perf_counter() - start
-    profiler = cProfile.Profile()
-    profiler.enable()
-    profiled_start = time.perf_counter()
-    one_round(setup, state, 2)
-    profiled = time.perf_counter() - profiled_start
-    profiler.disable()
+    with threads(setup.config.threads):
+        state = one_round(setup, initial_state(setup), 0)
+        start = time.perf_counter()
+        state = one_round(setup, state, 1)
+        wall = time.perf_counter() - start
+        profiler = cProfile.Profile()
+        profiler.enable()
+        profiled_start = time.perf_counter()
+        one_round(setup, state, 2)
+        profiled = time.perf_counter() - profiled_start
+        profiler.disable()
     stats = pstats.Stats(profiler)
     rows, accounted = [], 0.0
     for phase, (suffix, name) in PHASES.items():

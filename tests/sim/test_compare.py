@@ -99,3 +99,16 @@ def test_steps_to_target_count_a_crossing_only_once_it_is_confirmed(tmp_path, co
     run = read_run(tmp_path / "run")
 
     assert run.solved and run.steps_to_target == run.env_steps[0]  # crossed and confirmed at round 1
+
+
+def test_settings_no_key_tells_apart_are_all_kept_and_numbered():
+    from fedrl.sim.compare import RunResult
+
+    def run(config):
+        return RunResult(None, {"seed": 0, **config}, 1.0, 1.0, 1.0, 1.0, 1.0, True, 475.0, np.ones(1), np.ones(1))
+
+    named = group_runs([run({"name": "a", "lr": 1}), run({"name": "b", "lr": 1}), run({"name": "c", "lr": 2})])
+    unlabelled = group_runs([run({"name": "x", "k": None}), run({"name": "x"})])
+
+    assert list(named) == ["lr=1, name=a", "lr=1, name=b", "lr=2, name=c"]  # no setting dropped
+    assert len(unlabelled) == 2 and all("#" in label for label in unlabelled)

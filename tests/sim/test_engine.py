@@ -124,6 +124,18 @@ def test_a_run_written_before_newer_metric_columns_still_resumes(tmp_path, tiny_
     assert (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0] == ",".join(ROUND_COLUMNS)
 
 
+def test_a_run_written_before_newer_metric_columns_is_read_without_resuming_it(tmp_path, tiny_config):
+    from fedrl.sim.rundir import RunDir
+
+    _run_to_end(parse_config(tiny_config), tmp_path / "r")
+    with sqlite3.connect(tmp_path / "r" / "metrics.sqlite") as db:  # as an older fedrl wrote it
+        db.execute("ALTER TABLE rounds DROP COLUMN confirmed_return")
+
+    rows = RunDir(tmp_path / "r").rounds()  # what fedrl plot and fedrl compare read
+
+    assert len(rows) == 3 and all(r.confirmed_return is None for r in rows)
+
+
 def _run(tmp_path, tiny_config, *overrides):
     config = tiny_config
     for assignment in ("federation.stop_at_target=true", *overrides):
@@ -182,3 +194,38 @@ def test_a_sampled_evaluation_draws_its_clients_afresh_and_its_interval_holds_th
     np.testing.assert_array_equal(logged[logged[:, 0] == 2, 1], eval_sample(setup, 2))  # the ids, not 0..4
     assert rows[-1].mean_return_low <= full <= rows[-1].mean_return_high
     assert summary["eval_clients"] == 5 and summary["global_mean_low"] == rows[-1].mean_return_low
+
+
+def test_a_run_trains_on_its_own_thread_count_and_gives_the_process_its_count_back(tmp_path, tiny_config):
+    import torch
+
+    from fedrl.experiment.callbacks import RoundReport
+
+    seen = []
+
+    class Watch:
+        def on_round(self, report: RoundReport):
+            seen.append(torch.get_num_threads())
+
+        def close(self):
+            pass
+
+    before = torch.get_num_threads()
+    current = runs.start(parse_config(apply_override(tiny_config, "threads=1")), tmp_path / "run")
+    *_, (_, state) = current.rounds([Watch()], tensorboard=False)
+    runs.finish(current, state)
+
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+
+
+def test_a_run_that_does_not_stop_at_its_target_confirms_its_last_evaluation_at_the_end(tmp_path, tiny_config):
+    summary, rows = _run(
+        tmp_path,
+        tiny_config,
+        "federation.stop_at_target=false",
+        "federation.target_return=9",
+        "eval.confirm_episodes=6",
+    )
+
+    assert len(rows) == 3 and all(r.confirmed_return is None for r in rows)  # rounds checked nothing
+    assert summary["solved"] and summary["confirmed_return"] >= 9  # the summary's solved is confirmed

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -35,10 +37,17 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def use_threads(n: int | None) -> None:
-    """``set_threads(n)``, or nothing for None (torch's default: one thread per core)."""
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Within the block, torch's CPU kernels use ``n`` threads (None: as they were); the count
+    before is restored after, so one run's setting never leaks into what the process does next."""
+    before = torch.get_num_threads()
     if n is not None:
         set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(before)
 
 
 def torch_threads() -> int:

@@ -207,7 +207,7 @@ def eval_(
     """Evaluate a run's final (or latest checkpointed) policy, client by client."""
 
     from fedrl.agents import evaluate
-    from fedrl.agents.runtime import use_threads
+    from fedrl.agents.runtime import threads
     from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.sim import run as runs
 
@@ -221,9 +221,9 @@ def eval_(
     params = current.dir.load_policy(setup) if final.exists() else current.state.params
     env_params = setup.heldout_params(chosen) if kind == "heldout" else setup.env_params[chosen]
     ids = [f"h{i}" for i in range(chosen)] if kind == "heldout" else chosen  # never mistaken for a trained id
-    use_threads(setup.config.threads)  # the run's own: the same numbers on any machine
     try:
-        returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
+        with threads(setup.config.threads):  # the run's own: the same numbers on any machine
+            returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
     except UserCodeError as exc:
         fail(str(exc))
     policy = "final policy" if final.exists() else f"round {current.state.round}"
@@ -246,7 +246,7 @@ def compare(
     """Compare runs over their seeds: IQM with 95% bootstrap intervals, fairness, learning curves."""
     import json
 
-    from fedrl.sim.compare import fmt, group_runs, markdown, plot_comparison, read_run, summarize
+    from fedrl.sim.compare import as_records, fmt, group_runs, markdown, plot_comparison, read_run, summarize
 
     try:
         runs = [read_run(path) for path in run_dirs]
@@ -266,7 +266,7 @@ def compare(
         console.print(f"#{i}: {s.label}", highlight=False, soft_wrap=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(markdown(summaries))
-    (out / "compare.json").write_text(json.dumps([s._asdict() for s in summaries], indent=2))
+    (out / "compare.json").write_text(json.dumps(as_records(summaries), indent=2, allow_nan=False))
     targets = {r.target for r in runs}
     plot = plot_comparison(groups, out / "compare.png", targets.pop() if len(targets) == 1 else None)
     console.print(f"wrote {out / 'compare.md'}, {out / 'compare.json'} and {plot}", highlight=False)

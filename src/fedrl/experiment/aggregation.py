@@ -32,6 +32,7 @@ from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
 HELDOUT_EPISODES_TAG = 1  # after EVAL_STREAM: the held-out clients' episodes, apart from the training clients'
 CONFIRM_EPISODES_TAG = 2  # after EVAL_STREAM, then the round: the episodes that confirm a crossing of the target
 EVAL_SAMPLE_TAG = 3  # after EVAL_STREAM, then the round: which clients a sampled evaluation draws
+CONFIRM_SAMPLE_TAG = 4  # after EVAL_STREAM, then the round: which clients a sampled confirmation draws
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,14 @@ def mean_returns(setup: Setup, params: np.ndarray, env_params: np.ndarray, episo
     return returns.mean(axis=1)
 
 
-def eval_sample(setup: Setup, round_: int) -> np.ndarray | None:
+def eval_sample(setup: Setup, round_: int, tag: int = EVAL_SAMPLE_TAG) -> np.ndarray | None:
     """The training clients an evaluation in ``round_`` draws (sorted ids; ``eval.clients`` of them,
-    a fresh draw each round), or None when every client is evaluated."""
+    a fresh draw each round, and another for a confirmation: ``tag`` CONFIRM_SAMPLE_TAG), or None
+    when every client is evaluated."""
     n, wanted = setup.config.federation.n_clients, setup.config.eval.clients
     if wanted is None or wanted >= n:
         return None
-    return np.sort(setup.rng(EVAL_STREAM, EVAL_SAMPLE_TAG, round_).choice(n, wanted, replace=False))
+    return np.sort(setup.rng(EVAL_STREAM, tag, round_).choice(n, wanted, replace=False))
 
 
 def _on(setup: Setup, params: np.ndarray, ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,8 @@ class RoundReport:
     """What one round produced: finite scalars by TensorBoard tag (``return/mean``,
     ``traffic/uplink_bytes``, ...), the env steps so far (None where not counted), each evaluated
     client's return under the global policy (None when not measured per client), whether the global
-    policy was evaluated, and the version it deployed (None when it deployed none)."""
+    policy was evaluated, the version it deployed (None when it deployed none), and which clients
+    the returns are of when the evaluation sampled some (``eval.clients``; None: client i is i)."""
 
     round: int
     scalars: dict[str, float]
@@ -50,6 +51,7 @@ class RoundReport:
     client_returns: np.ndarray | None = field(default=None, compare=False)
     evaluated: bool = False
     deployed: Deployed | None = None
+    client_ids: np.ndarray | None = field(default=None, compare=False)  # whose returns, when a sample; None: all
 
 
 class Callback(Protocol):

@@ -230,7 +230,7 @@ class EvalConfig(FrozenConfig):
     episodes: int = Field(4, ge=1, description="episodes per client, each to the env's time limit")
     clients: int | None = Field(
         None,
-        ge=1,
+        ge=2,
         description="evaluate this many clients, drawn afresh at each evaluation, and report the fleet's mean with "
         "a 95 % interval (large fleets); None: every client",
     )

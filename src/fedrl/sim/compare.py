@@ -2,8 +2,9 @@
 
 Agarwal et al., "Deep Reinforcement Learning at the Edge of the Statistical Precipice" (NeurIPS
 2021, the rliable library): a handful of seeds is too few for a mean, so each group of runs is
-summarised by its interquartile mean (the mean of the middle half, robust to one lucky or failed
-seed) with a 95 % percentile-bootstrap confidence interval over its runs, and learning curves
+summarised by its interquartile mean (the mean of the middle half: with four seeds or more, robust to
+one lucky or failed seed; below four it is the plain mean) with a 95 % percentile-bootstrap
+confidence interval over its runs, and learning curves
 are drawn as the IQM across seeds with the same interval as a band. Federated runs add fairness:
 the worst client's and the 10th-percentile client's return under the final global policy.
 
@@ -99,7 +100,7 @@ def read_run(path: Path) -> RunResult:
     steps = np.array([r.env_steps for r in rows], dtype=np.float64)
     returns = np.array([r.global_mean_return for r in rows], dtype=np.float64)
     confirmed = np.array([np.nan if r.confirmed_return is None else r.confirmed_return for r in rows], dtype=float)
-    checked = config.get("eval", {}).get("confirm_episodes", 0)
+    checked = config.get("eval", {}).get("confirm_episodes", 0) and config.get("federation", {}).get("stop_at_target")
     crossing = np.minimum(returns, confirmed) if checked else returns  # NaN (unchecked) never counts then
     reached = np.flatnonzero(crossing >= target) if target is not None else np.array([], int)
     last = rows[-1]
@@ -151,10 +152,12 @@ def group_runs(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     shared = [k for k in own if all(k in s for s in settings.values())]
     # of the keys only some groups have, those whose value varies among them (server_lr, not beta1)
     varying = [k for k in own if len({json.dumps(s[k], default=str) for s in settings.values() if k in s}) > 1]
-    for shown in (shared, varying, own):
+    for shown in (shared, varying, own, differing):
         labels = [", ".join(f"{k}={settings[key][k]}" for k in shown if k in settings[key]) for key in groups]
-        if shown and len(set(labels)) == len(labels):
+        if shown and len(set(labels)) == len(labels) and all(labels):
             break
+    else:  # nothing tells them apart by value (a key null in one config, absent in another): number them
+        labels = [f"{label or 'setting'} #{i}" for i, label in enumerate(labels, 1)]
     return dict(zip(labels, groups.values()))
 
 
@@ -189,6 +192,17 @@ def curve(runs: Sequence[RunResult], points: int = CURVE_POINTS) -> tuple[np.nda
     at = np.stack([r.returns[np.searchsorted(r.env_steps, grid, side="right") - 1] for r in runs], axis=1)
     stats = [bootstrap_iqm(row) for row in at]
     return grid, np.array([s[0] for s in stats]), np.array([[s[1] for s in stats], [s[2] for s in stats]])
+
+
+def as_records(summaries: Sequence[GroupSummary]) -> list[dict[str, Any]]:
+    """The summaries as JSON-ready records: each figure a list, a figure no run measured null."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return None if isinstance(value, float) and not np.isfinite(value) else value
+
+    return [{key: plain(value) for key, value in s._asdict().items()} for s in summaries]
 
 
 def markdown(summaries: Sequence[GroupSummary]) -> str:

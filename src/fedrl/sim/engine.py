@@ -22,8 +22,8 @@ synchronous round, and ends with an evaluation. See ``fedrl.sim.sync`` and ``fed
 
 Evaluation: every client (or a fresh sample of ``eval.clients`` per evaluation, whose mean then
 comes with a 95 % interval for the fleet's), ``eval.episodes`` each. An evaluation that reaches the
-target is checked on ``eval.confirm_episodes`` fresh episodes per client, and the run stops only
-when that confirms it.
+target is checked on ``eval.confirm_episodes`` fresh episodes per client (of a fresh sample, when
+sampling), and the run stops only when that confirms it.
 
 All randomness is derived from the run seed, the round and the shard (or wave), so a run --
 and a run resumed from any checkpoint -- gives the same numbers.
@@ -41,7 +41,13 @@ from fedrl.agents import Budget, ClientState, init_client_state, local_params, m
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
 from fedrl.core.rows import take_rows
 from fedrl.envs.base import reset
-from fedrl.experiment.aggregation import client_returns, confirmed_returns, eval_sample, mean_returns
+from fedrl.experiment.aggregation import (
+    CONFIRM_SAMPLE_TAG,
+    client_returns,
+    confirmed_returns,
+    eval_sample,
+    mean_returns,
+)
 from fedrl.experiment.streams import PERSONAL_STREAM, TRAIN_STREAM
 from fedrl.sim.asynchronous import async_round
 from fedrl.sim.clients import shards
@@ -107,7 +113,7 @@ def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
     returns = client_returns(setup, acting, ids) if evaluate_now else None
     confirmed = None
     if returns is not None and cfg.eval.confirm_episodes and _crossed(setup, float(np.mean(returns))):
-        confirmed = confirmed_returns(setup, acting, round_, ids)
+        confirmed = confirmed_returns(setup, acting, round_, eval_sample(setup, round_, CONFIRM_SAMPLE_TAG))
     personal = personalized_returns(setup, state, round_, ids) if evaluate_now and cfg.personalization.steps else None
     state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)
     spent = spent_epsilon(cfg.pipeline, cfg.federation.fraction, round_, state.pipeline_state.most_participation)

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from fedrl.agents.runtime import tune_allocator, use_threads
-from fedrl.experiment.aggregation import heldout_returns
+from fedrl.agents.runtime import threads, tune_allocator
+from fedrl.experiment.aggregation import CONFIRM_SAMPLE_TAG, confirmed_returns, eval_sample, heldout_returns
 from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, TensorBoardCallback, finite, tell
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
-from fedrl.sim.engine import initial_state, run_rounds
+from fedrl.sim.engine import acting_params, initial_state, run_rounds
 from fedrl.sim.plots import plot_run
 from fedrl.sim.rundir import RoundRow, RunDir
 from fedrl.sim.setup import SimSetup
@@ -38,24 +38,24 @@ class Run:
         ``callbacks`` (and TensorBoard, in ``RUN_DIR/tensorboard``) about the round, its evaluation
         and the version it made; they are closed at the end."""
         tune_allocator()
-        use_threads(self.setup.config.threads)
         told = list(callbacks)
         if tensorboard:
             state = self.state
             told.append(TensorBoardCallback(self.dir.path / TENSORBOARD_DIR, state.round + 1, state.env_steps + 1))
         version = self.state.version
         try:
-            for result, state in run_rounds(self.setup, self.state):
-                row = self.dir.record(result)
-                self.dir.save_checkpoint(self.setup, state)
-                deployed = None
-                if state.version != version:  # a round without usable updates makes no version
-                    version = state.version
-                    deployed = Deployed(version, state.params, policy_card(self.setup, state.params, version))
-                report = round_report(row, result.client_returns, deployed)
-                for callback in told:
-                    tell(callback, report)
-                yield result, state
+            with threads(self.setup.config.threads):
+                for result, state in run_rounds(self.setup, self.state):
+                    row = self.dir.record(result)
+                    self.dir.save_checkpoint(self.setup, state)
+                    deployed = None
+                    if state.version != version:  # a round without usable updates makes no version
+                        version = state.version
+                        deployed = Deployed(version, state.params, policy_card(self.setup, state.params, version))
+                    report = round_report(row, result, deployed)
+                    for callback in told:
+                        tell(callback, report)
+                    yield result, state
         finally:
             for callback in told:
                 callback.close()
@@ -88,12 +88,14 @@ TAGS = {  # RoundRow column -> TensorBoard tag
 }
 
 
-def round_report(row: RoundRow, client_returns: np.ndarray | None, deployed: Deployed | None = None) -> RoundReport:
-    """A round's row as callbacks see it: its measured values by tag; evaluated when it measured
-    the clients' returns; ``deployed``, the global version it made."""
+def round_report(row: RoundRow, result: RoundResult, deployed: Deployed | None = None) -> RoundReport:
+    """A round's row as callbacks see it: its measured values by tag; the clients' returns (and,
+    for a sampled evaluation, whose they are); evaluated when it measured them; ``deployed``, the
+    global version it made."""
     values = row._asdict()
     scalars = finite({tag: values[name] for name, tag in TAGS.items()})
-    return RoundReport(row.round, scalars, row.env_steps, client_returns, client_returns is not None, deployed)
+    returns = result.client_returns
+    return RoundReport(row.round, scalars, row.env_steps, returns, returns is not None, deployed, result.eval_clients)
 
 
 def default_run_dir(config: ExperimentConfig, root: Path = Path("runs")) -> Path:
@@ -159,8 +161,28 @@ def _traffic_and_privacy(rows: list[RoundRow]) -> dict:
 
 def finish(run: Run, state: SimState) -> dict:
     """Save the final policy, evaluate held-out clients, write the summary and the plots."""
+    with threads(run.setup.config.threads):
+        return _finish(run, state)
+
+
+def _confirmed(run: Run, state: SimState, last: RoundRow) -> float | None:
+    """The confirmed mean return of the last evaluation when it reached the target: the round's
+    own check, or -- in a run that does not stop at its target, whose rounds check nothing -- one
+    made now on the final policy. None when confirmation is off or the target was not reached."""
     setup = run.setup
-    use_threads(setup.config.threads)
+    if not setup.config.eval.confirm_episodes or last.global_mean_return < setup.target_return:
+        return None
+    if last.confirmed_return is not None and np.isfinite(last.confirmed_return):
+        return float(last.confirmed_return)
+    if last.round != state.round:  # the state is not that of the last evaluation
+        return None
+    acting = acting_params(setup, state.params, state.client_state)
+    ids = eval_sample(setup, state.round, CONFIRM_SAMPLE_TAG)
+    return float(confirmed_returns(setup, acting, state.round, ids).mean())
+
+
+def _finish(run: Run, state: SimState) -> dict:
+    setup = run.setup
     rows = run.dir.rounds()
     evaluated = [r for r in rows if r.global_mean_return is not None and np.isfinite(r.global_mean_return)]
     summary: dict = {
@@ -182,10 +204,10 @@ def finish(run: Run, state: SimState) -> dict:
             )
         if setup.target_return is not None:
             summary["solved"] = bool(last.global_mean_return >= setup.target_return)
-            if last.confirmed_return is not None and np.isfinite(last.confirmed_return):
-                # the crossing was checked on eval.confirm_episodes fresh episodes per client
-                summary["confirmed_return"] = last.confirmed_return
-                summary["solved"] = bool(summary["solved"] and last.confirmed_return >= setup.target_return)
+            confirmed = _confirmed(run, state, last)
+            if confirmed is not None:  # the crossing checked on eval.confirm_episodes fresh episodes per client
+                summary["confirmed_return"] = confirmed
+                summary["solved"] = bool(summary["solved"] and confirmed >= setup.target_return)
     summary.update(_traffic_and_privacy(rows))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:

@@ -233,9 +233,12 @@ class RunDir:
             self._append_csv(name, header, self._select(table, header))
 
     def _select(self, table: str, columns: tuple[str, ...]) -> list[tuple]:
+        """Every row's ``columns``; a column a run written by an older fedrl lacks reads as NULL."""
         order = "round" if table == "rounds" else "round, client"
         with self._connect() as db:
-            return db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}").fetchall()
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            chosen = ", ".join(column if column in have else f"NULL AS {column}" for column in columns)
+            return db.execute(f"SELECT {chosen} FROM {table} ORDER BY {order}").fetchall()
 
     def rounds(self) -> list[RoundRow]:
         """Every recorded round's metrics, in round order."""
