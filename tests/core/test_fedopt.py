@@ -75,27 +75,28 @@ def test_fedadagrad_two_rounds_by_hand():
 
 
 @pytest.mark.parametrize(
-    ("config", "step"), [(FedAdamConfig(), 0.03), (FedYogiConfig(), 0.1), (FedAdagradConfig(), 0.03)]
+    ("config", "step"), [(FedAdamConfig(), 0.1), (FedYogiConfig(), 0.1), (FedAdagradConfig(), 0.03)]
 )
 def test_the_default_first_step_is_the_same_size_for_every_coordinate(config, step):
-    # Prepare: deltas of very different scales
+    # Prepare: deltas of very different scales, large against tau
     strategy = make_strategy(config)
     params = np.zeros(2, dtype=np.float32)
     # Execute
-    new, _ = strategy.aggregate(strategy.init(params), params, [_update(0, [0.5, -2.0])])
-    # Assert: eta (1 - beta1)/sqrt(1 - beta2) (Adam, Yogi: 0.03, 0.1); eta (1 - beta1) (Adagrad: 0.03)
+    new, _ = strategy.aggregate(strategy.init(params), params, [_update(0, [5.0, -20.0])])
+    # Assert: eta (1 - beta1)/sqrt(1 - beta2) (Adam, Yogi: 0.1); eta (1 - beta1) (Adagrad: 0.03)
     np.testing.assert_allclose(new, [step, -step], rtol=0.03)
 
 
 def test_fedopt_defaults():
     # server learning rates from benchmarks/fedopt_defaults.py's sweep on federated PPO (docs/benchmarks.md)
     assert (FedAdamConfig().server_lr, FedAdamConfig().beta1, FedAdamConfig().beta2, FedAdamConfig().tau) == (
-        0.03,
+        0.1,
         0.9,
         0.99,
-        1e-3,
+        1e-2,
     )
-    assert (FedYogiConfig().server_lr, FedYogiConfig().beta2, FedAdagradConfig().server_lr) == (0.1, 0.99, 0.3)
+    assert (FedYogiConfig().server_lr, FedYogiConfig().tau, FedYogiConfig().beta2) == (0.1, 1e-3, 0.99)
+    assert (FedAdagradConfig().server_lr, FedAdagradConfig().tau) == (0.3, 1e-2)
     assert "beta2" not in FedAdagradConfig.model_fields
 
 

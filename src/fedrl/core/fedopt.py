@@ -38,7 +38,7 @@ class _AdaptiveFields(StrategyConfigBase):
     """The fields FedAdagrad, FedAdam and FedYogi share."""
 
     server_lr: float = Field(
-        0.03, gt=0, description="eta, the server learning rate (from a sweep on federated PPO: docs/benchmarks.md)"
+        0.1, gt=0, description="eta, the server learning rate (from a sweep on federated PPO: docs/benchmarks.md)"
     )
     beta1: float = Field(0.9, ge=0, lt=1, description="decay of the first moment m")
     tau: float = Field(1e-3, gt=0, description="adaptivity: added to sqrt(v); v starts at tau^2")
@@ -49,12 +49,14 @@ class FedAdagradConfig(_AdaptiveFields):
 
     name: Literal["fedadagrad"] = "fedadagrad"
     server_lr: float = Field(0.3, gt=0, description="eta, the server learning rate (from a sweep: docs/benchmarks.md)")
+    tau: float = Field(1e-2, gt=0, description="adaptivity: added to sqrt(v); v starts at tau^2 (from the sweep)")
 
 
 class FedAdamConfig(_AdaptiveFields):
     """FedAdam: the second moment ``v`` is an exponential average of squared deltas."""
 
     name: Literal["fedadam"] = "fedadam"
+    tau: float = Field(1e-2, gt=0, description="adaptivity: added to sqrt(v); v starts at tau^2 (from the sweep)")
     beta2: float = Field(0.99, ge=0, lt=1, description="decay of the second moment v")
 
 
@@ -62,7 +64,6 @@ class FedYogiConfig(_AdaptiveFields):
     """FedYogi: ``v`` moves toward the squared delta by an additive, sign-controlled step."""
 
     name: Literal["fedyogi"] = "fedyogi"
-    server_lr: float = Field(0.1, gt=0, description="eta, the server learning rate (from a sweep: docs/benchmarks.md)")
     beta2: float = Field(0.99, ge=0, lt=1, description="rate at which v moves toward Delta^2")
 
 

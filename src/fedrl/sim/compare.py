@@ -132,8 +132,9 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def group_runs(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     """Runs grouped by their config without its seed, each group labelled by the keys whose values
-    tell the groups apart -- those every group's config has, when they are enough to tell every group
-    apart -- (its experiment name when there is one group), in the order first seen."""
+    tell the groups apart -- those every group's config has, and those whose value varies among the
+    groups that have them (``server_lr``, not a ``beta1`` only some have and all share) -- or its
+    experiment name when there is one group; in the order first seen."""
     groups: dict[str, list[RunResult]] = {}
     settings: dict[str, dict[str, Any]] = {}
     for run in runs:
@@ -152,7 +153,8 @@ def group_runs(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     shared = [k for k in own if all(k in s for s in settings.values())]
     # of the keys only some groups have, those whose value varies among them (server_lr, not beta1)
     varying = [k for k in own if len({json.dumps(s[k], default=str) for s in settings.values() if k in s}) > 1]
-    for shown in (shared, varying, own, differing):
+    both = [k for k in own if k in shared or k in varying]
+    for shown in (both, own, differing):
         labels = [", ".join(f"{k}={settings[key][k]}" for k in shown if k in settings[key]) for key in groups]
         if shown and len(set(labels)) == len(labels) and all(labels):
             break
