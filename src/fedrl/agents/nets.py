@@ -13,6 +13,7 @@ torch modules take the towers' place through the same interface (``BatchedNet``;
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ class Heads(NamedTuple):
     value: torch.Tensor | None
 
 
-class BatchedNet:
+class BatchedNet(ABC):
     """Batched forward passes over stacked flat vectors for one ``PolicyShape``; holds no parameters.
 
     A subclass gives the layout (``spec``), the round-0 parameters and ``_tower``, one tower's
@@ -135,12 +136,13 @@ class BatchedNet:
     shape: PolicyShape
     spec: ParamSpec
 
+    @abstractmethod
     def initial_params(self, seed: int) -> np.ndarray:
         """The round-0 parameters as one float32 vector, fixed by ``seed``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _tower(self, w: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """One tower's (``actor`` or ``critic``) outputs ``(C, N, out)`` for observations ``(C, N, obs_dim)``."""
 
     def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named ``(C, *shape)`` tensors from ``(C, d)``; differentiable with respect to ``flat``."""

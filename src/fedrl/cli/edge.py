@@ -7,7 +7,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import typer
@@ -83,6 +83,19 @@ def channel_credentials(server: str, ca: Path | None, cert: Path | None, key: Pa
     if insecure:
         raise ValueError("--insecure asks for plain text but --ca asks for TLS: give one of them")
     return tls.channel_credentials(ca, cert, key)
+
+
+def _serve(runner: Any, link: Any, fatal: type[Exception]) -> None:
+    """Run an agent or a follower until it ends (SIGTERM and SIGINT stop it); its ``fatal`` error is
+    one line and exit status 2; the link, if any, is closed however it ends."""
+    _stop_on_signals(runner.stop)
+    try:
+        runner.run()
+    except fatal as exc:
+        fail(str(exc))
+    finally:
+        if link is not None:
+            link.close()
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -282,14 +295,7 @@ def client(
         personalization=Personalization(personalize_steps, personalize_episodes, personal_tolerance),
         allow_code=tuple(allow_code),
     )
-    agent = Agent(link, config)
-    _stop_on_signals(agent.stop)
-    try:
-        agent.run()
-    except Fatal as exc:
-        fail(str(exc))
-    finally:
-        link.close()
+    _serve(Agent(link, config), link, Fatal)
 
 
 def act(
@@ -370,14 +376,7 @@ def act(
         except (ValueError, FileNotFoundError, Fatal) as exc:
             fail(str(exc))
         setup_logging("info")
-        _stop_on_signals(follower.stop)
-        try:
-            follower.run()
-        except Fatal as exc:
-            fail(str(exc))
-        finally:
-            if link is not None:
-                link.close()
+        _serve(follower, link, Fatal)
         actor = follower.actor
         latency = actor.latency_us()
         returns = list(actor.returns)

@@ -82,12 +82,14 @@ class ModuleActor:
     outputs ``(N, A)`` float32, run without autograd; ``module`` is the torch module itself."""
 
     def __init__(self, card: PolicyCard, params: np.ndarray, network: Callable[..., Any] | None = None):
-        self.module = actor_module(card, params, network)
+        self.module = actor_module(card, params, network)  # says what to install when torch is missing
+        import torch
+
+        self._torch = torch  # kept for the acting hot path
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The actor's outputs for a batch of observations (already normalised)."""
-        import torch
-
+        torch = self._torch
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         return out.numpy().astype(np.float32)

@@ -108,13 +108,15 @@ def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
     state, stats = step(setup, state, round_)
     cfg = setup.config
     evaluate_now = round_ % cfg.eval.every == 0 or round_ == cfg.federation.rounds
-    acting = acting_params(setup, state.params, state.client_state)
-    ids = eval_sample(setup, round_)
-    returns = client_returns(setup, acting, ids) if evaluate_now else None
-    confirmed = None
-    if returns is not None and cfg.eval.confirm_episodes and _crossed(setup, float(np.mean(returns))):
-        confirmed = confirmed_returns(setup, acting, round_, eval_sample(setup, round_, CONFIRM_SAMPLE_TAG))
-    personal = personalized_returns(setup, state, round_, ids) if evaluate_now and cfg.personalization.steps else None
+    ids = returns = confirmed = personal = None
+    if evaluate_now:
+        acting = acting_params(setup, state.params, state.client_state)
+        ids = eval_sample(setup, round_)
+        returns = client_returns(setup, acting, ids)
+        if cfg.eval.confirm_episodes and _crossed(setup, float(np.mean(returns))):
+            confirmed = confirmed_returns(setup, acting, round_, eval_sample(setup, round_, CONFIRM_SAMPLE_TAG))
+        if cfg.personalization.steps:
+            personal = personalized_returns(setup, state, round_, ids)
     state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)
     spent = spent_epsilon(cfg.pipeline, cfg.federation.fraction, round_, state.pipeline_state.most_participation)
     result = RoundResult(
