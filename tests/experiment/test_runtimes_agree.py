@@ -68,7 +68,7 @@ def coordinated_round(coordinator: Coordinator, setup: SimSetup, state: SimState
     if tasks:
         model = coordinator.model()
         state = replace(state, params=model.params, version=model.version)
-        sent, state = train_clients(setup, state, np.array(sorted(tasks)), (round_,), send=encode)
+        sent, state, _ = train_clients(setup, state, np.array(sorted(tasks)), (round_,), send=encode)
         for u, payload in sent:
             task, name = tasks[u.client_id], client_name(u.client_id)
             submission = Submission(

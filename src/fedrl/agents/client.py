@@ -32,6 +32,7 @@ from fedrl.agents.config import ActorCriticBase, LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import ClientState, DQNMemory
 from fedrl.agents.nets import BatchedNet, Heads
+from fedrl.agents.normalize import Normalizer, NormStats, make_normalizer
 from fedrl.agents.optim import Optimizer, apply_gradient
 from fedrl.core.scaffold import scaffold_client_control
 from fedrl.envs.base import EnvState
@@ -52,11 +53,13 @@ def init_federation_state(
     config: LearnerBase, net: BatchedNet, n_clients: int, uses_control_variates: bool
 ) -> ClientState:
     """The part of the client state this module keeps: personal params (NaN = not trained
-    yet) under partial federation, zero ``c_i`` under SCAFFOLD."""
+    yet) under partial federation, zero ``c_i`` under SCAFFOLD, zero running returns under reward
+    scaling."""
     k = int((~federated_mask(config, net)).sum())
     return ClientState(
         personal=np.full((n_clients, k), np.nan, dtype=np.float32) if k else None,
         control=np.zeros((n_clients, net.spec.dim), dtype=np.float32) if uses_control_variates else None,
+        returns=np.zeros((n_clients, config.n_envs)) if config.normalize.reward else None,
     )
 
 
@@ -103,10 +106,13 @@ class Start(NamedTuple):
     flat: torch.Tensor  # (C, d) leaf that requires grad: the local params, trained in place
     reference: dict[str, torch.Tensor]  # the frozen start params, unpacked: pi_global of the KL term
     terms: Terms
+    norm: Normalizer | None  # observation and reward normalisation; None when the learner normalises nothing
 
 
 def begin(config: LearnerBase, task: LocalTask) -> Start:
-    """Local params to train from, the frozen KL reference, and the per-step terms."""
+    """Local params to train from, the frozen KL reference, the per-step terms and the normaliser."""
+    if config.normalize.active and task.norm is None:
+        raise ValueError("learner.normalize is on, but the task carries no normalisation statistics")
     mask = federated_mask(config, task.net)
     start = local_params(config, task.net, task.anchor.numpy(), task.client_state, task.n_clients)
     prox_mu: float | torch.Tensor = task.prox_mu
@@ -118,22 +124,34 @@ def begin(config: LearnerBase, task: LocalTask) -> Start:
         correction = torch.from_numpy(((task.server_control - c_i) * mask).astype(np.float32))
     flat = torch.from_numpy(start).clone().requires_grad_(True)  # torch's allocator: aligned like every tensor
     reference = task.net.unpack(flat.detach().clone())
-    return Start(flat, reference, Terms(task.anchor, prox_mu, correction))
+    returns = task.client_state.returns
+    if returns is None and config.normalize.reward:
+        returns = np.zeros((task.n_clients, config.n_envs))
+    norm = make_normalizer(config.normalize, task.norm, task.n_clients, returns, config.gamma)
+    return Start(flat, reference, Terms(task.anchor, prox_mu, correction), norm)
 
 
 class Outcome(NamedTuple):
-    """What local training leaves: params to send from, new client state, control delta."""
+    """What local training leaves: params to send from, new client state, control delta, and the
+    statistics of what each client observed."""
 
     params: np.ndarray  # (C, d) float32, the global params off the federated coordinates
     client_state: ClientState
     control_delta: np.ndarray | None
+    norm: NormStats | None = None
 
 
 def finish(
-    config: LearnerBase, task: LocalTask, flat: torch.Tensor, opt_steps: np.ndarray, dqn: DQNMemory | None = None
+    config: LearnerBase,
+    task: LocalTask,
+    start: Start,
+    opt_steps: np.ndarray,
+    dqn: DQNMemory | None = None,
 ) -> Outcome:
-    """Split trained ``flat`` into the federated params and the personal part, update ``c_i``
-    from ``opt_steps`` ``(C,)`` optimiser steps, and keep the learner's own memory ``dqn``."""
+    """Split the trained ``start.flat`` into the federated params and the personal part, update
+    ``c_i`` from ``opt_steps`` ``(C,)`` optimiser steps, keep the learner's own memory ``dqn`` and
+    the running returns, and hand over the normaliser's statistics."""
+    flat = start.flat
     mask = federated_mask(config, task.net)
     x = task.anchor.numpy()
     y = flat.detach().numpy()
@@ -144,8 +162,10 @@ def finish(
     if task.server_control is not None:
         c_i = kept.control if kept.control is not None else np.zeros_like(params)
         control, control_delta = _new_controls(c_i, task.server_control, x, params, opt_steps, config.lr)
-    state = ClientState(personal, control, dqn if dqn is not None else kept.dqn)
-    return Outcome(params, state, control_delta)
+    norm = start.norm
+    returns = kept.returns if norm is None or norm.returns is None else norm.returns
+    state = ClientState(personal, control, dqn if dqn is not None else kept.dqn, returns)
+    return Outcome(params, state, control_delta, None if norm is None else norm.seen)
 
 
 def result(
@@ -161,6 +181,7 @@ def result(
         loss=np.full(c, np.nan, np.float32) if loss is None else loss.detach().numpy().astype(np.float32),
         client_state=outcome.client_state,
         control_delta=outcome.control_delta,
+        norm=outcome.norm,
     )
 
 

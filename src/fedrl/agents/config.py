@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from fedrl.agents.normalize import NormalizeConfig
 from fedrl.core.frozen import FrozenConfig
 from fedrl.core.robust import CUSTOM_RULE
 
@@ -36,6 +37,10 @@ class LearnerBase(FrozenConfig):
     )
     prox_mu: float = Field(
         0.0, ge=0, description="FedProx's mu: each client adds mu/2 ||w - w_global||^2 to its loss (0 = off)"
+    )
+    normalize: NormalizeConfig = Field(
+        default_factory=NormalizeConfig,
+        description="observation normalisation and reward scaling, statistics merged by counts over the fleet",
     )
 
 

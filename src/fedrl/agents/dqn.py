@@ -13,6 +13,10 @@ total env steps, which drive the epsilon schedule and ``learning_starts`` across
 Environments keep their episodes across rounds, as in PPO. A time-out is not terminal: its
 transition bootstraps from the observation it reached.
 
+Normalisation (``learner.normalize``). The buffer keeps raw observations and rewards; a
+minibatch is normalised with the client's statistics when it is sampled, as Stable-Baselines3
+does with ``VecNormalize``, so old transitions are read on today's scale.
+
 Target network. It is set to the parameters a client starts the round from -- the new global
 Q-network -- and refreshed from the online network every ``target_update_every`` gradient steps
 within the round. So it is not kept between rounds: after aggregation the global network is
@@ -34,6 +38,7 @@ from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import Budget, LocalResult, LocalTask
 from fedrl.agents.memory import DQNMemory, ReplayArrays, empty_replay
 from fedrl.agents.nets import BatchedNet
+from fedrl.agents.normalize import Normalizer
 from fedrl.agents.optim import make_optimizer
 from fedrl.envs.base import Discrete, step
 
@@ -158,13 +163,25 @@ class Round(NamedTuple):
     loss_sum: np.ndarray  # (C,) float64
 
 
+def normalized(batch: Transitions, norm: Normalizer | None) -> Transitions:
+    """``batch`` on the normaliser's current scale: observations normalised, rewards scaled."""
+    if norm is None:
+        return batch
+    return batch._replace(
+        obs=torch.from_numpy(norm.scale(batch.obs.numpy())),
+        next_obs=torch.from_numpy(norm.scale(batch.next_obs.numpy())),
+        reward=torch.from_numpy(norm.scale_reward(batch.reward.numpy())),
+    )
+
+
 def train_phase(config: DQNConfig, task: LocalTask, start: client.Start, optimizer, env_steps, r: Round) -> Round:
     """``gradient_steps`` steps for the clients past ``learning_starts``; the others are masked out."""
     ready = torch.from_numpy((env_steps >= max(config.learning_starts, 1)) & (r.buffer.size.numpy() > 0))
     if not ready.any():
         return r
     for _ in range(config.gradient_steps):
-        loss = td_loss(task.net, config, start.flat, r.target, sample(r.buffer, config.batch_size, task.gen)) * ready
+        batch = normalized(sample(r.buffer, config.batch_size, task.gen), start.norm)
+        loss = td_loss(task.net, config, start.flat, r.target, batch) * ready
         start.terms.apply(optimizer, start.flat, loss.sum(), config.max_grad_norm, active=ready)
         grad_steps = r.grad_steps + 1
         target = r.target
@@ -199,8 +216,11 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
     episodes = np.zeros(task.n_clients, dtype=np.int64)
     vector_steps = 0
     while not budget.spent(steps, episodes):
-        action = act(task.net, start.flat.detach(), obs, epsilon(config, env_steps), task.gen)
+        seen = obs if start.norm is None else start.norm.observe(obs)
+        action = act(task.net, start.flat.detach(), seen, epsilon(config, env_steps), task.gen)
         res = step(task.family, task.env_params, state, action.numpy(), task.rng)
+        if start.norm is not None:
+            start.norm.reward(res.reward, res.terminated | res.truncated)  # the return statistics; raw rewards stored
         buffer = store(
             r.buffer,
             torch.from_numpy(obs),
@@ -217,7 +237,7 @@ def train(config: DQNConfig, task: LocalTask, budget: Budget) -> LocalResult:
         vector_steps += 1
         if vector_steps % config.train_freq == 0:
             r = train_phase(config, task, start, optimizer, env_steps, r)
-    outcome = client.finish(config, task, start.flat, r.opt_steps, DQNMemory(to_numpy(r.buffer), env_steps))
+    outcome = client.finish(config, task, start, r.opt_steps, DQNMemory(to_numpy(r.buffer), env_steps))
     took = r.opt_steps > 0
     loss = np.where(took, r.loss_sum / np.maximum(r.opt_steps, 1), np.nan)
     return client.result(outcome, state, steps, episodes, torch.from_numpy(loss))

@@ -11,6 +11,7 @@ import torch
 
 from fedrl.agents import distributions
 from fedrl.agents.nets import BatchedNet
+from fedrl.agents.normalize import ObsScale
 from fedrl.agents.rollout import env_action
 from fedrl.envs.base import EnvFamily, reset, step
 
@@ -24,9 +25,11 @@ def evaluate(
     n_episodes: int,
     seed: int,
     greedy: bool = True,
+    obs_norm: ObsScale | None = None,
 ) -> np.ndarray:
     """Undiscounted returns ``(C, n_episodes)`` of policy ``params`` -- one vector ``(d,)``
-    shared by every client, or one per client ``(C, d)`` -- on each client's environment."""
+    shared by every client, or one per client ``(C, d)`` -- on each client's environment, its
+    observations normalised by ``obs_norm`` (fixed, as a saved policy applies it) when given."""
     c = env_params.shape[0]
     flat = torch.from_numpy(np.asarray(params, dtype=np.float32))
     flat = flat.expand(c, -1) if flat.ndim == 1 else flat
@@ -37,7 +40,7 @@ def evaluate(
     returns = np.zeros((c, n_episodes), dtype=np.float64)
     running = np.ones((c, n_episodes), dtype=bool)
     while running.any():
-        heads = net.policy(w, torch.from_numpy(obs))
+        heads = net.policy(w, torch.from_numpy(obs if obs_norm is None else obs_norm.apply(obs)))
         action = distributions.greedy(heads) if greedy else distributions.sample(heads, gen)
         res = step(family, env_params, state, env_action(family, env_params, action), rng)
         returns += res.reward * running

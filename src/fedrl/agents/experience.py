@@ -147,5 +147,5 @@ def train_from_experience(config: LearnerBase, task: LocalTask, exp: Experience)
     start = client.begin(config, task)
     learn = _user if isinstance(config, user.UserLearnerConfig) else _LEARN[config.name]
     loss, opt_steps, memory, steps = learn(config, task, start, exp)
-    outcome = client.finish(config, task, start.flat, np.array([opt_steps]), memory)
+    outcome = client.finish(config, task, start, np.array([opt_steps]), memory)
     return client.result(outcome, task.env_state, np.array([steps]), np.array([exp.episodes]), loss)

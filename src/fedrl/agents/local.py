@@ -21,6 +21,7 @@ import torch
 
 from fedrl.agents.memory import ClientState
 from fedrl.agents.nets import BatchedNet
+from fedrl.agents.normalize import NormStats
 from fedrl.core.rows import to_arrays
 from fedrl.envs.base import EnvFamily, EnvState
 
@@ -55,6 +56,7 @@ class LocalResult(NamedTuple):
     loss: np.ndarray  # float32 (C,), NaN when no update was made
     client_state: ClientState  # the updated per-client state; stays on the client
     control_delta: np.ndarray | None  # float32 (C, d): SCAFFOLD's c_i+ - c_i; None without control variates
+    norm: NormStats | None = None  # (C, ...) the statistics of what each client observed; None without normalisation
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class LocalTask:
     rng: np.random.Generator
     client_state: ClientState = field(default_factory=ClientState)  # arrays with leading axis C
     server_control: np.ndarray | None = None  # (d,) SCAFFOLD's c; None unless the strategy uses it
+    norm: NormStats | None = None  # the fleet's statistics (unbatched); None unless the learner normalises
 
     @property
     def n_clients(self) -> int:
@@ -96,10 +99,12 @@ def make_task(
     *,
     client_state: ClientState | None = None,
     server_control: np.ndarray | None = None,
+    norm: NormStats | None = None,
 ) -> LocalTask:
     """A task for the clients of ``env_params`` from the global vector ``start`` ``(d,)``; the
     torch generator is seeded from ``rng`` so one numpy seed fixes the whole computation.
-    ``client_state`` None or None fields mean clients that have kept nothing yet."""
+    ``client_state`` None or None fields mean clients that have kept nothing yet; ``norm`` is the
+    fleet's normalisation statistics."""
     anchor = torch.from_numpy(np.array(start, dtype=np.float32))
     if anchor.shape != (net.spec.dim,):
         raise ValueError(f"global params must have shape ({net.spec.dim},), got {tuple(anchor.shape)}")
@@ -110,4 +115,4 @@ def make_task(
         if server_control.shape != (net.spec.dim,):
             raise ValueError(f"server_control must have shape ({net.spec.dim},), got {server_control.shape}")
     gen = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
-    return LocalTask(net, family, env_params, env_state, anchor, prox_mu, gen, rng, client_state, server_control)
+    return LocalTask(net, family, env_params, env_state, anchor, prox_mu, gen, rng, client_state, server_control, norm)

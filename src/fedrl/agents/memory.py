@@ -2,7 +2,8 @@
 
 Every array has a leading client axis ``C`` (``fedrl.core.rows`` selects, replaces and names
 rows). A field is None when the run does not need it: personal towers only under partial
-federation, ``c_i`` only under SCAFFOLD, a replay buffer only for DQN.
+federation, ``c_i`` only under SCAFFOLD, a replay buffer only for DQN, running discounted returns
+only with reward scaling.
 """
 
 from __future__ import annotations
@@ -57,3 +58,5 @@ class ClientState:
     # (C, k) float32, the non-federated coordinates; NaN = not trained yet (act with the global value)
     control: np.ndarray | None = field(default=None, metadata={"key": "scaffold.c"})  # (C, d) SCAFFOLD's c_i
     dqn: DQNMemory | None = field(default=None, metadata={"record": DQNMemory})
+    returns: np.ndarray | None = field(default=None, metadata={"key": "normalize.returns"})
+    # (C, E) float64: each environment's running discounted return (reward scaling only)

@@ -43,11 +43,12 @@ def train_on_policy(
             config.gamma,
             task.gen,
             task.rng,
+            norm=start.norm,
         )
         episodes += rollout.dones.sum(dim=(0, 2)).long().numpy()
         steps += config.n_envs * config.n_steps
         loss, n = improve(start, optimizer, rollout)
         losses.append(loss)
         opt_steps += n
-    outcome = client.finish(config, task, start.flat, np.full(task.n_clients, opt_steps))
+    outcome = client.finish(config, task, start, np.full(task.n_clients, opt_steps))
     return client.result(outcome, state, steps, episodes, torch.stack(losses).mean(0) if losses else None)

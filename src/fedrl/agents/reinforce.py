@@ -74,6 +74,8 @@ def train(config: ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResu
     losses = []
     while not budget.spent(steps, episodes):
         state, _ = reset(task.family, task.env_params, config.n_envs, task.rng)
+        if start.norm is not None:
+            start.norm.restart()
         rollout, _ = collect(
             task.net,
             flat.detach(),
@@ -85,6 +87,7 @@ def train(config: ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResu
             task.gen,
             task.rng,
             until_all_done=True,
+            norm=start.norm,
         )
         mask = first_episode_mask(rollout.dones)
         returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)
@@ -93,5 +96,5 @@ def train(config: ReinforceConfig, task: LocalTask, budget: Budget) -> LocalResu
         losses.append(loss.detach())
         steps += mask.sum((0, 2)).long().numpy()
         episodes += config.n_envs
-    outcome = client.finish(config, task, flat, np.full(task.n_clients, len(losses)))
+    outcome = client.finish(config, task, start, np.full(task.n_clients, len(losses)))
     return client.result(outcome, task.env_state, steps, episodes, torch.stack(losses).mean(0) if losses else None)

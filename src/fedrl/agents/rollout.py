@@ -15,6 +15,7 @@ import torch
 
 from fedrl.agents import distributions
 from fedrl.agents.nets import BatchedNet
+from fedrl.agents.normalize import Normalizer
 from fedrl.envs.base import Continuous, EnvFamily, EnvState, step
 
 
@@ -52,31 +53,34 @@ def collect(
     gen: torch.Generator,
     rng: np.random.Generator,
     until_all_done: bool = False,
+    norm: Normalizer | None = None,
 ) -> tuple[Rollout, EnvState]:
     """Run ``n_steps`` steps (or fewer, once every env has finished an episode when
-    ``until_all_done``) from ``state`` with the stochastic policy ``flat`` ``(C, d)``."""
+    ``until_all_done``) from ``state`` with the stochastic policy ``flat`` ``(C, d)``; with a
+    normaliser the rollout holds normalised observations and scaled rewards."""
     w = net.unpack(flat)
     obs = family.observe(env_params, state.physics)
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in Rollout._fields[:-1]}
     finished = np.zeros(state.t.shape, dtype=bool)
     for _ in range(n_steps):
-        o = torch.from_numpy(obs)
+        o = torch.from_numpy(obs if norm is None else norm.observe(obs))  # each observation counted once
         heads = net.heads(w, o)
         action = distributions.sample(heads, gen)
         res = step(family, env_params, state, env_action(family, env_params, action), rng)
-        reward = torch.from_numpy(res.reward)
+        done = res.terminated | res.truncated
+        reward = torch.from_numpy(res.reward if norm is None else norm.reward(res.reward, done))
         if res.truncated.any():
-            final_value = net.value(w, torch.from_numpy(res.final_obs))
+            final_obs = res.final_obs if norm is None else norm.scale(res.final_obs)
+            final_value = net.value(w, torch.from_numpy(final_obs))
             reward = reward + gamma * final_value * torch.from_numpy(res.truncated)
         for key, value in zip(rows, (o, action, distributions.log_prob(heads, action), heads.value, reward)):
             rows[key].append(value)
-        done = res.terminated | res.truncated
         rows["dones"].append(torch.from_numpy(done.astype(np.float32)))
         state, obs = res.state, res.obs
         finished |= done
         if until_all_done and finished.all():
             break
-    last_value = net.value(w, torch.from_numpy(obs))
+    last_value = net.value(w, torch.from_numpy(obs if norm is None else norm.scale(obs)))
     return Rollout(**{k: torch.stack(v) for k, v in rows.items()}, last_value=last_value), state
 
 

@@ -207,6 +207,7 @@ def eval_(
     """Evaluate a run's final (or latest checkpointed) policy, client by client."""
 
     from fedrl.agents import evaluate
+    from fedrl.agents.normalize import obs_scale
     from fedrl.agents.runtime import threads
     from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.sim import run as runs
@@ -223,7 +224,8 @@ def eval_(
     ids = [f"h{i}" for i in range(chosen)] if kind == "heldout" else chosen  # never mistaken for a trained id
     try:
         with threads(setup.config.threads):  # the run's own: the same numbers on any machine
-            returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed)
+            scale = obs_scale(setup.config.learner.normalize, current.state.norm)  # the final policy's too
+            returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, obs_norm=scale)
     except UserCodeError as exc:
         fail(str(exc))
     policy = "final policy" if final.exists() else f"round {current.state.round}"

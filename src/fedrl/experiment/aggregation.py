@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedrl.agents import evaluate
+from fedrl.agents.normalize import NormStats, obs_scale
 from fedrl.core.aggregation import screen
 from fedrl.core.pipeline import central_mean, mean_of_secure_sum
 from fedrl.core.secagg import dequantize
@@ -100,11 +101,15 @@ def aggregate_round(
     return Aggregated(new_params, new_state, len(screened.rejected), staleness)
 
 
-def mean_returns(setup: Setup, params: np.ndarray, env_params: np.ndarray, episodes: int, *tags: int) -> np.ndarray:
+def mean_returns(
+    setup: Setup, params: np.ndarray, env_params: np.ndarray, episodes: int, *tags: int, norm: NormStats | None = None
+) -> np.ndarray:
     """Mean return per client of ``params`` (shared ``(d,)`` or per-client ``(N, d)``) on the
-    clients with physics ``env_params``, over ``episodes`` seeded by ``EVAL_STREAM`` and ``tags``."""
+    clients with physics ``env_params``, over ``episodes`` seeded by ``EVAL_STREAM`` and ``tags``,
+    observations normalised by the fleet's ``norm`` statistics when the learner normalises them."""
     seed = int(setup.rng(EVAL_STREAM, *tags).integers(2**31))
-    returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, setup.config.eval.greedy)
+    scale = obs_scale(setup.config.learner.normalize, norm)
+    returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, setup.config.eval.greedy, scale)
     return returns.mean(axis=1)
 
 
@@ -125,20 +130,27 @@ def _on(setup: Setup, params: np.ndarray, ids: np.ndarray | None) -> tuple[np.nd
     return (params if np.ndim(params) == 1 else params[ids]), setup.env_params[ids]
 
 
-def client_returns(setup: Setup, params: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+def client_returns(
+    setup: Setup, params: np.ndarray, ids: np.ndarray | None = None, norm: NormStats | None = None
+) -> np.ndarray:
     """Mean return per training client (those ``ids``; default all), ``eval.episodes`` each, the
     same episodes every round for the same clients."""
-    return mean_returns(setup, *_on(setup, params, ids), setup.config.eval.episodes)
+    return mean_returns(setup, *_on(setup, params, ids), setup.config.eval.episodes, norm=norm)
 
 
-def confirmed_returns(setup: Setup, params: np.ndarray, round_: int, ids: np.ndarray | None = None) -> np.ndarray:
+def confirmed_returns(
+    setup: Setup, params: np.ndarray, round_: int, ids: np.ndarray | None = None, norm: NormStats | None = None
+) -> np.ndarray:
     """Mean return per training client (those ``ids``) over ``eval.confirm_episodes`` episodes of
     their own (not the routine evaluation's): the check that a crossing of the target was not luck."""
     episodes = setup.config.eval.confirm_episodes
-    return mean_returns(setup, *_on(setup, params, ids), episodes, CONFIRM_EPISODES_TAG, round_)
+    return mean_returns(setup, *_on(setup, params, ids), episodes, CONFIRM_EPISODES_TAG, round_, norm=norm)
 
 
-def heldout_returns(setup: Setup, params: np.ndarray, n_clients: int, episodes: int) -> np.ndarray:
+def heldout_returns(
+    setup: Setup, params: np.ndarray, n_clients: int, episodes: int, norm: NormStats | None = None
+) -> np.ndarray:
     """Mean return per held-out client (physics never trained on), the same episodes for every
     policy: the simulator's final check and the deployed server's evaluation gate."""
-    return mean_returns(setup, params, setup.heldout_params(n_clients), episodes, HELDOUT_EPISODES_TAG)
+    env_params = setup.heldout_params(n_clients)
+    return mean_returns(setup, params, env_params, episodes, HELDOUT_EPISODES_TAG, norm=norm)

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedrl.agents.normalize import EPS, NormStats
 from fedrl.envs.base import Continuous
 from fedrl.experiment.setup import Setup
-from fedrl.policy.card import ActionSpec, PolicyCard
+from fedrl.policy.card import ActionSpec, ObsNorm, PolicyCard
+
+
+def card_obs_norm(setup: Setup, stats: NormStats | None) -> ObsNorm | None:
+    """The observation normalisation a policy trained with the fleet's ``stats`` carries (float32
+    values, as evaluation applied them); None when observations are not normalised."""
+    if stats is None or stats.obs is None:
+        return None
+    mean, var = stats.obs.mean.astype(np.float32), stats.obs.var.astype(np.float32)
+    clip = setup.config.learner.normalize.clip_obs
+    return ObsNorm(tuple(float(m) for m in mean), tuple(float(v) for v in var), clip, EPS)
 
 
 def policy_card(
-    setup: Setup, params: np.ndarray, version: int | None = None, env_row: np.ndarray | None = None
+    setup: Setup,
+    params: np.ndarray,
+    version: int | None = None,
+    env_row: np.ndarray | None = None,
+    norm: NormStats | None = None,
 ) -> PolicyCard:
     """The card of ``params`` ``(d,)`` as ``setup``'s network: continuous actions are clipped to
-    the bound of ``env_row`` (one client's physical parameters; default: the family's standard row)."""
+    the bound of ``env_row`` (one client's physical parameters; default: the family's standard row);
+    observations normalised by the fleet's ``norm`` statistics, when the learner normalises them."""
     family, shape = setup.family, setup.net.shape
     space = family.action_space
     if isinstance(space, Continuous):
@@ -30,6 +46,7 @@ def policy_card(
         layout=tuple(zip(spec.names, spec.shapes)),
         network=setup.config.learner.network or "",
         q_values=not shape.critic,
+        obs_norm=card_obs_norm(setup, norm),
         env=family.name,
         experiment=setup.config.name,
     )

@@ -439,6 +439,25 @@ class ExperimentConfig(FrozenConfig):
         return self
 
     @model_validator(mode="after")
+    def _normalisation_fits_run(self) -> ExperimentConfig:
+        """Each client sends the statistics of what it observed beside its update, in the clear and
+        at the end of a synchronous round: nothing that hides or delays single updates can run beside it."""
+        normalize = self.learner.normalize
+        if not normalize.active:
+            return self
+        problem = None
+        if self.asynchronous:
+            problem = f"the fleet's statistics are merged at the end of a round, and {self.strategy.name} has no rounds"
+        elif self.pipeline.secure_aggregation.enabled:
+            problem = "each client's observation statistics would reach the server in the clear, beside the secure sum"
+        elif self.pipeline.dp.mode != "none":
+            problem = "each client's observation statistics would reach the server unclipped and unnoised"
+        if problem is not None:
+            key = "learner.normalize.obs" if normalize.obs else "learner.normalize.reward"
+            raise KeyProblem(key, f"not available here: {problem}", True)
+        return self
+
+    @model_validator(mode="after")
     def _clients_match(self) -> ExperimentConfig:
         if self.env.clients is not None and len(self.env.clients) != self.federation.n_clients:
             raise ValueError(

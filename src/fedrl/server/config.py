@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from fedrl.core.frozen import FrozenConfig
-from fedrl.experiment.config import ConfigError, ExperimentConfig
+from fedrl.experiment.config import ConfigError, ExperimentConfig, KeyProblem
 from fedrl.experiment.loading import (
     anchor_user_dirs,
     apply_override,
@@ -131,6 +131,15 @@ class ServerConfig(FrozenConfig):
     gate: GateConfig = GateConfig()
     limits: LimitsConfig = LimitsConfig()
     store: StoreConfig = StoreConfig()
+
+    @model_validator(mode="after")
+    def _no_normalisation(self) -> ServerConfig:
+        """The wire carries no observation statistics yet, so a deployed fleet cannot merge them."""
+        normalize = self.experiment.learner.normalize
+        if normalize.active:
+            key = "experiment.learner.normalize." + ("obs" if normalize.obs else "reward")
+            raise KeyProblem(key, "the simulator's only, for now: devices cannot send their statistics yet", True)
+        return self
 
     @property
     def asynchronous(self) -> bool:

@@ -34,7 +34,7 @@ def _start_wave(setup: SimSetup, state: SimState, fl: InFlight, now: float, tags
     fl.next_try[away] = now + setup.config.fleet.retry_s
     if not len(go):
         return state, len(away)
-    received, state = train_clients(setup, state, go, tags)
+    received, state, _ = train_clients(setup, state, go, tags)  # no statistics: normalisation is synchronous only
     updates = [r.update for r in received]
     steps = np.array([u.env_steps for u in updates])
     fl.delta[go] = np.stack([u.delta for u in updates])

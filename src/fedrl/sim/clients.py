@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fedrl.agents import LocalResult, make_task, train_local
+from fedrl.agents.normalize import NormStats
 from fedrl.core.compress import dense, encode
 from fedrl.core.pipeline import ClientMessage, PipelineState, after_sending, client_message, decode_update
 from fedrl.core.rows import put_rows, take_rows
@@ -54,6 +55,7 @@ def train_shard(setup: SimSetup, state: SimState, rows: np.ndarray, rng: np.rand
         rng,
         client_state=take_rows(state.client_state, rows),
         server_control=server_control(setup, state.strategy_state),
+        norm=state.norm,
     )
     return train_local(setup.config.learner, task, setup.budget)
 
@@ -120,20 +122,24 @@ def transmit(
 
 def train_clients(
     setup: SimSetup, state: SimState, clients: np.ndarray, tags: tuple, send: Callable = transmit
-) -> tuple[list, SimState]:
+) -> tuple[list, SimState, NormStats | None]:
     """Train ``clients`` from ``state``'s global version, shard by shard; returns what ``send``
     makes of their updates (attacks applied) -- by default what the server receives after the
-    pipeline -- and the state with their env, learner and pipeline state advanced."""
+    pipeline --, the state with their env, learner and pipeline state advanced, and the
+    normalisation statistics of what each of them observed (None without normalisation)."""
     updates: list = []
+    increments: list[NormStats] = []
     for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
         result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, *tags, i))
         raw = to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, *tags, i))
         sent, pipeline_state = send(setup, state.pipeline_state, raw, tags)
         updates += sent
+        if result.norm is not None:
+            increments.append(result.norm)
         state = replace(
             state,
             env_state=put_clients(state.env_state, rows, result.env_state),
             client_state=put_rows(state.client_state, rows, result.client_state),
             pipeline_state=pipeline_state,
         )
-    return updates, state
+    return updates, state, NormStats.concat(increments) if increments else None

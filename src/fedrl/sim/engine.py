@@ -38,6 +38,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedrl.agents import Budget, ClientState, init_client_state, local_params, make_task, train_local
+from fedrl.agents.normalize import init_stats
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
 from fedrl.core.rows import take_rows
 from fedrl.envs.base import reset
@@ -63,8 +64,17 @@ def initial_state(setup: SimSetup) -> SimState:
     env_state, _ = reset(setup.family, setup.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0))
     client_state = init_client_state(setup.config.learner, setup.net, n, setup.strategy.uses_control_variates)
     pipeline_state = init_pipeline_state(setup.config.pipeline, n, setup.net.spec.dim)
+    norm = init_stats(setup.config.learner.normalize, setup.family.obs_dim)
     return SimState(
-        0, params, setup.strategy.init(params), env_state, 0, 0.0, client_state, pipeline_state=pipeline_state
+        0,
+        params,
+        setup.strategy.init(params),
+        env_state,
+        0,
+        0.0,
+        client_state,
+        pipeline_state=pipeline_state,
+        norm=norm,
     )
 
 
@@ -94,10 +104,12 @@ def personalized_returns(setup: SimSetup, state: SimState, round_: int, ids: np.
             0.0,
             rng,
             client_state=take_rows(state.client_state, rows),
+            norm=state.norm,
         )
         result = train_local(setup.config.learner, task, Budget(steps=steps))
         tuned.append(local_params(setup.config.learner, setup.net, result.params, result.client_state, len(rows)))
-    return mean_returns(setup, np.concatenate(tuned), setup.env_params[chosen], setup.config.eval.episodes)
+    episodes = setup.config.eval.episodes
+    return mean_returns(setup, np.concatenate(tuned), setup.env_params[chosen], episodes, norm=state.norm)
 
 
 def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
@@ -112,9 +124,10 @@ def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
     if evaluate_now:
         acting = acting_params(setup, state.params, state.client_state)
         ids = eval_sample(setup, round_)
-        returns = client_returns(setup, acting, ids)
+        returns = client_returns(setup, acting, ids, state.norm)
         if cfg.eval.confirm_episodes and _crossed(setup, float(np.mean(returns))):
-            confirmed = confirmed_returns(setup, acting, round_, eval_sample(setup, round_, CONFIRM_SAMPLE_TAG))
+            sample = eval_sample(setup, round_, CONFIRM_SAMPLE_TAG)
+            confirmed = confirmed_returns(setup, acting, round_, sample, state.norm)
         if cfg.personalization.steps:
             personal = personalized_returns(setup, state, round_, ids)
     state = replace(state, round=round_, wall_s=state.wall_s + time.perf_counter() - started)

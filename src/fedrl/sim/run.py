@@ -51,7 +51,9 @@ class Run:
                     deployed = None
                     if state.version != version:  # a round without usable updates makes no version
                         version = state.version
-                        deployed = Deployed(version, state.params, policy_card(self.setup, state.params, version))
+                        deployed = Deployed(
+                            version, state.params, policy_card(self.setup, state.params, version, norm=state.norm)
+                        )
                     report = round_report(row, result, deployed)
                     for callback in told:
                         tell(callback, report)
@@ -178,7 +180,7 @@ def _confirmed(run: Run, state: SimState, last: RoundRow) -> float | None:
         return None
     acting = acting_params(setup, state.params, state.client_state)
     ids = eval_sample(setup, state.round, CONFIRM_SAMPLE_TAG)
-    return float(confirmed_returns(setup, acting, state.round, ids).mean())
+    return float(confirmed_returns(setup, acting, state.round, ids, state.norm).mean())
 
 
 def _finish(run: Run, state: SimState) -> dict:
@@ -211,9 +213,9 @@ def _finish(run: Run, state: SimState) -> dict:
     summary.update(_traffic_and_privacy(rows))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
-        held = heldout_returns(setup, state.params, n_heldout, setup.config.eval.episodes)
+        held = heldout_returns(setup, state.params, n_heldout, setup.config.eval.episodes, state.norm)
         summary.update(heldout_mean_return=float(held.mean()), heldout_worst_return=float(held.min()))
-    run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round})
+    run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round}, state.norm)
     run.dir.write_summary(summary)
     summary["plots"] = [str(p) for p in plot_run(run.dir, setup.target_return)]
     return summary

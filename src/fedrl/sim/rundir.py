@@ -14,7 +14,8 @@ checkpoint are dropped, so a crash between the two never duplicates a round. Fil
 written durably (``fedrl.wire.disk``: a temporary file, fsync, rename), so a checkpoint is either whole or absent.
 
 A checkpoint holds every client's ongoing training episodes and the update pipeline's
-per-client state (error-feedback residuals, DP participation counts), so a resumed run matches an
+per-client state (error-feedback residuals, DP participation counts), and the fleet's normalisation
+statistics (``normalize.*``, also in the card of every saved policy), so a resumed run matches an
 unbroken one bit for bit -- except with a Gymnasium adapter family (``env.family: gym``),
 whose environments are live Python objects that step in place and cannot be written as
 arrays. Its checkpoints hold no env state (their JSON says ``"env_state": "fresh"``), and on
@@ -36,6 +37,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from fedrl.agents import ClientState
+from fedrl.agents.normalize import NormStats
 from fedrl.core.pipeline import PipelineState
 from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
@@ -101,7 +103,7 @@ def column(rows: list[NamedTuple], name: str) -> np.ndarray:
 
 
 # What a checkpoint's array names start with.
-STRATEGY, ENV, CLIENT, INFLIGHT, PIPELINE = "strategy.", "env.", "client.", "inflight.", "pipeline."
+STRATEGY, ENV, CLIENT, INFLIGHT, PIPELINE, NORM = "strategy.", "env.", "client.", "inflight.", "pipeline.", "normalize."
 
 
 def _prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -252,10 +254,12 @@ class RunDir:
         """Write the global policy, strategy state and (where they are arrays) the client env
         states of ``state``."""
         arrays = {"params": state.params, **_prefixed(STRATEGY, state_to_arrays(state.strategy_state))}
+        if state.norm is not None:
+            arrays.update(to_arrays(state.norm, NORM))
         if setup.env_state_is_value:
             arrays.update(_prefixed(ENV, env_state_to_arrays(state.env_state)))
         stem = self.checkpoints / f"round_{state.round:05d}"
-        card = policy_card(setup, state.params, state.version)  # fedrl.load_policy runs a checkpoint too
+        card = policy_card(setup, state.params, state.version, norm=state.norm)  # fedrl.load_policy runs it too
         disk.save_record(stem.with_suffix(".safetensors"), arrays, card=card)
         per_client = to_arrays(state.client_state, CLIENT) | to_arrays(state.pipeline_state, PIPELINE)
         if state.inflight is not None:
@@ -308,12 +312,16 @@ class RunDir:
             version=meta.get("version", meta["round"]),
             inflight=from_arrays(InFlight, per_client, INFLIGHT) if _under(INFLIGHT, per_client) else None,
             pipeline_state=from_arrays(PipelineState, per_client, PIPELINE),
+            norm=from_arrays(NormStats, arrays, NORM) if _under(NORM, arrays) else None,
         )
 
-    def save_policy(self, setup: Setup, params: np.ndarray, name: str, meta: dict) -> Path:
-        """Write a policy as safetensors (named tensors) with a JSON description beside it."""
+    def save_policy(
+        self, setup: Setup, params: np.ndarray, name: str, meta: dict, norm: NormStats | None = None
+    ) -> Path:
+        """Write a policy as safetensors (named tensors) with a JSON description beside it; its card
+        carries the fleet's observation statistics ``norm`` when the learner normalises."""
         path = self.path / f"{name}.safetensors"
-        card = policy_card(setup, params, meta.get("version", meta.get("round")))
+        card = policy_card(setup, params, meta.get("version", meta.get("round")), norm=norm)
         disk.save_record(path, setup.net.spec.unflatten(params), card=card)
         description = {
             "family": setup.family.name,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedrl.agents import ClientState
+from fedrl.agents.normalize import NormStats
 from fedrl.core.pipeline import PipelineState
 from fedrl.core.update import Update
 from fedrl.envs.base import EnvState
@@ -29,6 +30,7 @@ class SimState:
     version: int = 0  # number of global versions made
     inflight: InFlight | None = None  # asynchronous mode: updates in flight and the server's buffer
     pipeline_state: PipelineState = field(default_factory=PipelineState)  # what the pipeline keeps on each client
+    norm: NormStats | None = None  # the fleet's normalisation statistics; None unless the learner normalises
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState,
     fleet = setup.fleet
     sampled = sample_clients(setup, round_)
     present = sampled[fleet.available(sampled, round_, setup.rng(AVAILABILITY_STREAM, round_))]
-    received, state = train_clients(setup, state, present, (round_,))
+    received, state, increments = train_clients(setup, state, present, (round_,))
     updates = [r.update for r in received]
     arrival = fleet.duration(present, np.array([u.env_steps for u in updates]))
     deadline = setup.config.fleet.deadline_s
@@ -113,7 +113,11 @@ def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState,
     if setup.config.pipeline.secure_aggregation.enabled:
         state, stats = secure_aggregate(setup, state, updates, on_time, round_)
     else:
-        state, stats = plain_aggregate(setup, state, updates, on_time, round_, sum(r.uplink_bytes for r in received))
+        uplink = sum(r.uplink_bytes for r in received)
+        if increments is not None:  # each client's statistics travel beside its update
+            uplink += len(received) * increments.wire_bytes
+            state = replace(state, norm=state.norm.merge_rows(increments, on_time))
+        state, stats = plain_aggregate(setup, state, updates, on_time, round_, uplink)
     loss = float(np.nanmean([u.metrics.loss for u in updates])) if updates else float("nan")
     episodes = sum(u.metrics.episodes for u in updates)
     n_dropped = len(sampled) - int(on_time.sum())

@@ -1,0 +1,95 @@
+"""Observation normalisation and reward scaling in simulated runs: the fleet's statistics are
+merged by counts, checkpointed, carried by every saved policy, and refused where they cannot travel."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import fedrl
+from fedrl.agents.normalize import obs_scale
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.loading import apply_override, parse_config
+from fedrl.server.config import load_server_config
+from fedrl.sim import run as runs
+
+NORMALISED = ("learner.normalize.obs=true", "learner.normalize.reward=true")
+
+
+def _config(tiny_config, *overrides):
+    data = tiny_config
+    for assignment in (*NORMALISED, *overrides):
+        data = apply_override(data, assignment)
+    return data
+
+
+def test_the_fleets_statistics_hold_every_observation_any_client_trained_on_once(tmp_path, tiny_config):
+    current = runs.start(parse_config(_config(tiny_config)), tmp_path / "r")
+    *_, (_, state) = current.rounds()
+    assert state.norm.obs.count == state.env_steps  # every client trains every round; each step seen once
+    assert state.norm.returns.count == state.env_steps
+    assert np.all(state.norm.obs.var > 0)
+
+
+@pytest.mark.parametrize("saved", ["checkpoint", "final policy"])
+def test_every_saved_policy_carries_the_statistics_evaluation_normalised_with(tmp_path, tiny_config, saved):
+    path = tmp_path / "r"
+    current = runs.start(parse_config(_config(tiny_config)), path)
+    *_, (_, state) = current.rounds()
+    runs.finish(current, state)
+    source = current.dir.latest_checkpoint() if saved == "checkpoint" else path
+    policy = fedrl.load_policy(source)
+    norm = policy.card.obs_norm
+    np.testing.assert_array_equal(np.array(norm.mean, np.float32), state.norm.obs.mean.astype(np.float32))
+    np.testing.assert_array_equal(np.array(norm.var, np.float32), state.norm.obs.var.astype(np.float32))
+    assert norm.clip == 10.0
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    scale = obs_scale(current.setup.config.learner.normalize, state.norm)
+    net = current.setup.net
+    heads = net.policy(net.unpack(torch.from_numpy(state.params)[None]), torch.from_numpy(scale.apply(obs))[None])
+    np.testing.assert_array_equal(policy.predict(obs), heads.actor[0].argmax(-1).numpy())
+
+
+def test_a_resumed_normalised_run_ends_where_an_unbroken_one_does(tmp_path, tiny_config):
+    config = _config(tiny_config, "federation.rounds=4")
+    unbroken = runs.start(parse_config(config), tmp_path / "unbroken")
+    *_, (_, whole) = unbroken.rounds()
+    short = runs.start(parse_config(_config(tiny_config, "federation.rounds=2")), tmp_path / "resumed")
+    list(short.rounds())
+    resumed = runs.resume(tmp_path / "resumed", ["federation.rounds=4"])
+    np.testing.assert_array_equal(
+        resumed.state.client_state.returns,
+        short.dir.load_checkpoint(short.setup, short.dir.latest_checkpoint()).client_state.returns,
+    )
+    *_, (_, again) = resumed.rounds()
+    np.testing.assert_array_equal(whole.params, again.params)
+    np.testing.assert_array_equal(whole.norm.obs.mean, again.norm.obs.mean)
+    np.testing.assert_array_equal(whole.norm.returns.m2, again.norm.returns.m2)
+
+
+def test_without_normalisation_nothing_is_kept_or_carried(tmp_path, tiny_config):
+    current = runs.start(parse_config(tiny_config), tmp_path / "r")
+    *_, (_, state) = current.rounds()
+    assert state.norm is None and state.client_state.returns is None
+    checkpoint = current.dir.latest_checkpoint()
+    assert not [k for k in load_file(str(checkpoint)) if k.startswith("normalize.")]
+    assert fedrl.load_policy(checkpoint).card.obs_norm is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (("strategy.name=fedasync",), "fedasync has no rounds"),
+        (("federation.n_clients=4", "pipeline.secure_aggregation.enabled=true"), "in the clear, beside the secure sum"),
+        (("pipeline.clip_norm=1.0", "pipeline.dp.mode=local", "pipeline.dp.noise_multiplier=1.0"), "unnoised"),
+    ],
+)
+def test_normalisation_is_refused_where_the_statistics_cannot_travel(tiny_config, overrides, reason):
+    with pytest.raises(ConfigError, match="learner.normalize.obs") as err:
+        parse_config(_config(tiny_config, *overrides))
+    assert reason in str(err.value)
+
+
+def test_a_deployed_server_refuses_normalisation_by_name():
+    with pytest.raises(ConfigError, match="experiment.learner.normalize.reward.*devices cannot send"):
+        load_server_config(None, ["experiment.learner.normalize.reward=true"])
