@@ -19,6 +19,7 @@ import numpy as np
 from _report import machine, markdown_table, write_section
 
 from fedrl.agents import evaluate
+from fedrl.agents.normalize import obs_scale
 from fedrl.agents.runtime import threads
 from fedrl.envs.airquality import hand_policy
 from fedrl.envs.base import EnvFamily, reset, step
@@ -61,7 +62,9 @@ def main(run_dir: Path) -> None:
     rows = []
     for name, env_params in sites.items():
         with threads(setup.config.threads):  # the run's own count: its numbers on any machine
-            learned = evaluate(setup.net, params, setup.family, env_params, EPISODES, SEED, setup.config.eval.greedy)
+            scale = obs_scale(setup.config.learner.normalize, run.state.norm)  # the final policy's statistics too
+            greedy = setup.config.eval.greedy
+            learned = evaluate(setup.net, params, setup.family, env_params, EPISODES, SEED, greedy, scale)
         hand = hand_returns(setup.family, env_params, EPISODES, SEED)
         per_site_learned, per_site_hand = learned.mean(1), hand.mean(1)
         rows.append(
