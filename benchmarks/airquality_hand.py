@@ -81,7 +81,8 @@ def main(run_dir: Path) -> None:
     body = (
         f"`python benchmarks/airquality_hand.py {run_dir}` ({machine()})\n\n"
         f"The final policy of `{run_dir}` (round {run.state.round}, {run.state.env_steps:,} env steps, "
-        f"{'greedy' if setup.config.eval.greedy else 'sampled'} actions) against `airquality.hand_policy`, on the "
+        f"{'greedy' if setup.config.eval.greedy else 'sampled'} actions; learner.normalize: "
+        f"{setup.config.learner.normalize.model_dump()}) against `airquality.hand_policy`, on the "
         f"same sites from the same reset seeds, {EPISODES} two-day episodes per site.\n\n{table}\n"
     )
     write_section("airquality-hand", "## Air quality: the learned policy against the hand policy\n\n" + body)
