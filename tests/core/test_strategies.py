@@ -8,6 +8,7 @@ from fedrl.core.strategies import (
     STRATEGY_CONFIGS,
     FedAvgConfig,
     FedAvgMConfig,
+    ReptileConfig,
     StrategyConfig,
     make_strategy,
     state_from_arrays,
@@ -52,6 +53,27 @@ def test_fedavgm_momentum_by_hand():
     np.testing.assert_allclose(params, [2.4], rtol=1e-6)
 
 
+def test_reptile_meta_steps_by_hand_with_the_step_size_annealed_to_zero():
+    strategy = make_strategy(ReptileConfig(meta_lr=0.8, anneal_rounds=4))
+    params = np.zeros(1, dtype=np.float32)
+    state = strategy.init(params)
+    seen = []
+    for _ in range(5):  # eps = 0.8, 0.6, 0.4, 0.2, then 0 from the fifth meta-step on
+        params, state = strategy.aggregate(state, params, [_update(0, [1.0], 1), _update(1, [3.0], 1)])
+        seen.append(float(params[0]))
+    np.testing.assert_allclose(seen, [1.6, 2.8, 3.6, 4.0, 4.0], rtol=1e-6)
+    assert int(state.steps) == 5
+
+
+def test_reptile_with_a_constant_unit_step_is_fedavg():
+    params = np.array([0.5, -0.5], dtype=np.float32)
+    updates = [_update(0, [1.0, 2.0], 10), _update(1, [3.0, -2.0], 30)]
+    avg, reptile = make_strategy(FedAvgConfig()), make_strategy(ReptileConfig())
+    a, _ = avg.aggregate(avg.init(params), params, updates)
+    r, _ = reptile.aggregate(reptile.init(params), params, updates)
+    np.testing.assert_array_equal(a, r)
+
+
 def test_fedavgm_with_zero_momentum_and_unit_lr_is_fedavg():
     params = np.array([0.5, -0.5], dtype=np.float32)
     updates = [_update(0, [1.0, 2.0], 10), _update(1, [3.0, -2.0], 30)]
@@ -90,6 +112,7 @@ OPTIONAL = {
     "scaffold": {"n_clients": 10, "server_lr": 0.5},
     "fedasync": {"alpha": 0.4, "staleness": {"kind": "hinge", "a": 10, "b": 4}},
     "fedbuff": {"buffer_size": 5, "server_lr": 0.5, "staleness": {"kind": "constant"}},
+    "reptile": {"meta_lr": 0.5, "anneal_rounds": 100},
 }
 PARSE = TypeAdapter(StrategyConfig)
 

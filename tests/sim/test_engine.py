@@ -90,7 +90,10 @@ def test_one_round_updates_the_policy_and_counts_steps(tiny_config):
     assert result.worst_client_return <= result.p10_client_return <= result.global_mean_return
 
 
-@pytest.mark.parametrize("strategy", [{"name": "fedavgm"}, {"name": "fedavg", "robust": {"rule": "median"}}])
+@pytest.mark.parametrize(
+    "strategy",
+    [{"name": "fedavgm"}, {"name": "fedavg", "robust": {"rule": "median"}}, {"name": "reptile", "anneal_rounds": 3}],
+)
 def test_strategies_run_in_the_engine(tiny_config, strategy):
     setup = SimSetup(parse_config({**tiny_config, "strategy": strategy}))
     result, state = run_round(setup, initial_state(setup))

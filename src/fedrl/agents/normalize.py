@@ -121,10 +121,14 @@ class ObsScale(NamedTuple):
 
 
 def obs_scale(config: NormalizeConfig, stats: NormStats | None) -> ObsScale | None:
-    """How a policy trained under ``config`` with the fleet's ``stats`` normalises what it observes."""
+    """How a policy trained under ``config`` with the fleet's ``stats`` (or one row of statistics per
+    client) normalises what it observes."""
     if stats is None or stats.obs is None:
         return None
-    return ObsScale.of(stats.obs, config.clip_obs)
+    scale = ObsScale.of(stats.obs, config.clip_obs)
+    if scale.mean.ndim == 2:  # one row per client: broadcast over each client's episodes
+        return ObsScale(scale.mean[:, None], scale.std[:, None], scale.clip)
+    return scale
 
 
 class Normalizer:

@@ -10,6 +10,11 @@ coefficient in the learner's own config (``learner.prox_mu``: FedProx is FedAvg 
 - FedAvgM: Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for Federated
   Visual Classification", 2019 -- server momentum on the averaged delta, with a server
   learning rate.
+- Reptile: Nichol, Achiam and Schulman, "On First-Order Meta-Learning Algorithms", 2018 -- the
+  meta-step ``params + eps_t * mean delta`` with the meta step size ``eps_t`` annealed linearly to
+  0, each client's local training the inner loop; Jiang et al., "Improving Federated Learning
+  Personalization via Model Agnostic Meta Learning", 2019, read FedAvg itself as Reptile (eps 1).
+  What it is for: an initialisation that new clients adapt quickly (``eval.adapt_steps``).
 - FedAdagrad, FedAdam, FedYogi: Reddi et al., ICLR 2021 (``fedrl.core.fedopt``).
 - SCAFFOLD: Karimireddy et al., ICML 2020 (``fedrl.core.scaffold``).
 - FedAsync, FedBuff: Xie et al. 2019, Nguyen et al., AISTATS 2022 (``fedrl.core.asynchronous``).
@@ -71,6 +76,25 @@ class FedAvgMConfig(StrategyConfigBase):
     name: Literal["fedavgm"] = "fedavgm"
     server_lr: float = Field(1.0, gt=0, description="step size applied to the momentum buffer")
     momentum: float = Field(0.9, ge=0, lt=1, description="server momentum coefficient beta")
+
+
+class ReptileConfig(StrategyConfigBase):
+    """Reptile's meta-step on the averaged delta, its step size annealed linearly."""
+
+    name: Literal["reptile"] = "reptile"
+    meta_lr: float = Field(1.0, gt=0, description="the meta step size eps in round 1")
+    anneal_rounds: int | None = Field(
+        None,
+        ge=1,
+        description="eps falls linearly from meta_lr to 0 over this many rounds (Nichol et al. anneal over the "
+        "whole run: set it to federation.rounds); null keeps it constant",
+    )
+
+    def meta_step_size(self, step: int) -> float:
+        """``eps`` for the meta-step after ``step`` earlier ones."""
+        if self.anneal_rounds is None:
+            return self.meta_lr
+        return self.meta_lr * max(0.0, 1.0 - step / self.anneal_rounds)
 
 
 USER_TAG = "module:function"
@@ -138,6 +162,22 @@ def fedavg_step(
     return (params + combine(config.robust, updates)).astype(np.float32), state
 
 
+@dataclass(frozen=True)
+class ReptileState:
+    """How many meta-steps Reptile has taken (its step size's schedule), a 0-d int64 array."""
+
+    steps: np.ndarray
+
+
+def reptile_step(
+    config: ReptileConfig, state: ReptileState, params: np.ndarray, updates: list[Update]
+) -> tuple[np.ndarray, ReptileState]:
+    """``params + eps_t * rule(delta_i)``, ``eps_t`` the annealed meta step size."""
+    eps = np.float32(config.meta_step_size(int(state.steps)))
+    new = (params + eps * combine(config.robust, updates)).astype(np.float32)
+    return new, ReptileState(np.asarray(state.steps + 1, dtype=np.int64))
+
+
 def fedavgm_step(
     config: FedAvgMConfig, state: MomentumState, params: np.ndarray, updates: list[Update]
 ) -> tuple[np.ndarray, MomentumState]:
@@ -169,6 +209,15 @@ def _fedavg(config: FedAvgConfig) -> Strategy:
 
 def _fedavgm(config: FedAvgMConfig) -> Strategy:
     return Strategy(config.name, _zeros_like, partial(synchronous_aggregate, fedavgm_step, config), MomentumState)
+
+
+def _no_steps(params: np.ndarray) -> ReptileState:
+    """Reptile's initial state: no meta-step taken."""
+    return ReptileState(np.asarray(0, dtype=np.int64))
+
+
+def _reptile(config: ReptileConfig) -> Strategy:
+    return Strategy(config.name, _no_steps, partial(synchronous_aggregate, reptile_step, config), ReptileState)
 
 
 def _adaptive(config: FedAdagradConfig | FedAdamConfig | FedYogiConfig) -> Strategy:
@@ -249,6 +298,7 @@ STRATEGIES: dict[str, StrategyKind] = {
     "scaffold": StrategyKind(ScaffoldConfig, _scaffold),
     "fedasync": StrategyKind(FedAsyncConfig, _fedasync),
     "fedbuff": StrategyKind(FedBuffConfig, _fedbuff),
+    "reptile": StrategyKind(ReptileConfig, _reptile),
 }
 """Every strategy by its config's ``name``; the first is the default."""
 

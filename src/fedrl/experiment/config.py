@@ -242,6 +242,19 @@ class EvalConfig(FrozenConfig):
     )
     greedy: bool = Field(True, description="act greedily (argmax / mean) instead of sampling")
     heldout_clients: int = Field(10, ge=0, description="never-trained clients evaluated at the end")
+    adapt_steps: tuple[int, ...] = Field(
+        (),
+        description="at the end, each held-out client also adapts the final policy for each of these numbers of its "
+        "own env steps (the run's learner) before it is evaluated, and the untrained initial policy for as many "
+        "(from scratch): how quickly new clients adapt, as meta-learning is judged",
+    )
+
+    @field_validator("adapt_steps")
+    @classmethod
+    def _adapt_steps_sorted(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 0 for k in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"must be distinct env step counts >= 0 in increasing order, got {list(value)}")
+        return value
 
 
 class PersonalizationConfig(FrozenConfig):

@@ -17,3 +17,4 @@ ATTACK_STREAM = 19  # which simulated clients attack, and their noise
 PIPELINE_STREAM = 20  # a client's compression and local DP noise
 NOISE_STREAM = 21  # the server's central DP noise for a round
 SECAGG_STREAM = 22  # a round's secure-aggregation keys and mask seeds (known to anyone who knows the seed)
+ADAPT_STREAM = 23  # held-out clients' local adaptation before they are evaluated (eval.adapt_steps)

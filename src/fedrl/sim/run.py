@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from fedrl.agents.runtime import threads, tune_allocator
+from fedrl.experiment.adaptation import adaptation_summary
 from fedrl.experiment.aggregation import CONFIRM_SAMPLE_TAG, confirmed_returns, eval_sample, heldout_returns
 from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, TensorBoardCallback, finite, tell
 from fedrl.experiment.card import policy_card
@@ -215,6 +216,7 @@ def _finish(run: Run, state: SimState) -> dict:
     if n_heldout:
         held = heldout_returns(setup, state.params, n_heldout, setup.config.eval.episodes, state.norm)
         summary.update(heldout_mean_return=float(held.mean()), heldout_worst_return=float(held.min()))
+        summary.update(adaptation_summary(setup, state.params, state.norm))
     run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round}, state.norm)
     run.dir.write_summary(summary)
     summary["plots"] = [str(p) for p in plot_run(run.dir, setup.target_return)]
