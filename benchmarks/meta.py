@@ -20,7 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from _report import IMG, ROOT, machine, markdown_table, write_section
+from _report import ROOT, machine, markdown_table, save_figure, write_section
 
 from fedrl.experiment.loading import load_config
 from fedrl.sim import run as runs
@@ -56,7 +56,7 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.pstdev(values):.2f}"
 
 
-def plot(results: dict[str, list[dict]], path: Path) -> None:
+def plot(results: dict[str, list[dict]]) -> str:
     """Held-out return against adaptation steps, per strategy and from scratch (mean, spread over seeds)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     x = list(range(len(STEPS)))
@@ -73,10 +73,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     ax.set_title("Air quality, 20 held-out sites: return after adapting")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, "meta.png", "meta-learning")
 
 
 def main() -> None:
@@ -99,14 +96,14 @@ def main() -> None:
     header = ["trained by", "training sites, final"] + [f"held out, after {k:,} steps" for k in STEPS]
     table = markdown_table(header, rows)
     print(table)
-    plot(results, IMG / "meta.png")
+    image = plot(results)
     body = (
         f"## Federated meta-learning: adapting on new sites\n\n`{COMMAND}` ({machine()})\n\n"
         f"Air quality at heterogeneity 1 (`examples/airquality.yaml`, observations normalised), 10 training sites, "
         f"{ROUNDS} rounds of 2,048 env steps per site, seeds {list(SEEDS)} (mean ± spread). Each of 20 held-out "
         f"sites then adapts the final policy for k env steps of its own with the run's PPO "
         f'(`eval.adapt_steps`) and is evaluated on the same episodes for every k; "from scratch" adapts the '
-        f"untrained initial policy as long.\n\n{table}\n\n![meta-learning](img/meta.png)\n"
+        f"untrained initial policy as long.\n\n{table}\n\n{image}\n"
     )
     write_section("meta", body)
 

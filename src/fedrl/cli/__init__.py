@@ -211,6 +211,7 @@ def eval_(
     from fedrl.agents.runtime import threads
     from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.sim import run as runs
+    from fedrl.sim.clusters import heldout_choice
 
     try:
         current = runs.open_run(run_dir)
@@ -224,11 +225,20 @@ def eval_(
     ids = [f"h{i}" for i in range(chosen)] if kind == "heldout" else chosen  # never mistaken for a trained id
     try:
         with threads(setup.config.threads):  # the run's own: the same numbers on any machine
-            scale = obs_scale(setup.config.learner.normalize, current.state.norm)  # the final policy's too
+            norm, clusters = current.state.norm, current.state.clusters
+            if clusters is not None:  # each client's model: the one it chose last, or chooses now if held out
+                params = (
+                    heldout_choice(setup, clusters, env_params, norm)
+                    if kind == "heldout"
+                    else clusters.acting()[chosen]
+                )
+            scale = obs_scale(setup.config.learner.normalize, norm)  # the final policy's too
             returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, obs_norm=scale)
     except UserCodeError as exc:
         fail(str(exc))
     policy = "final policy" if final.exists() else f"round {current.state.round}"
+    if current.state.clusters is not None:
+        policy = f"each client's model of {len(current.state.clusters.params)}, round {current.state.round}"
     table = Table(title=f"{kind} clients, {episodes} episodes each ({policy})")
     for column in ["client", *setup.family.param_names, "mean return", "std"]:
         table.add_column(column, justify="right")

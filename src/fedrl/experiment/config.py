@@ -202,6 +202,19 @@ class FederationConfig(FrozenConfig):
         None, description="stop once the global mean return reaches this (default: the family's solved return)"
     )
     stop_at_target: bool = Field(True, description="stop early at the target return")
+    clusters: int = Field(
+        1,
+        ge=1,
+        description="clustered federation (IFCA): this many global models; each round a client plays "
+        "cluster_probe_episodes with each, trains the best and sends its update to that model's average",
+    )
+    cluster_probe_episodes: int = Field(1, ge=1, description="episodes a client plays with each model to choose one")
+
+    @model_validator(mode="after")
+    def _clusters_fit_fleet(self) -> FederationConfig:
+        if self.clusters > self.n_clients:
+            raise KeyProblem("clusters", f"more models than the {self.n_clients} clients", self.clusters)
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -449,6 +462,26 @@ class ExperimentConfig(FrozenConfig):
         problem = budget_problem(pipeline, self.federation.fraction, self.federation.rounds)
         if problem is not None:
             raise KeyProblem("pipeline.dp.target_epsilon", problem, pipeline.dp.target_epsilon)
+        return self
+
+    @model_validator(mode="after")
+    def _clusters_fit_run(self) -> ExperimentConfig:
+        """Clustered federation runs synchronous rounds in the clear, one strategy state per model."""
+        if self.federation.clusters == 1:
+            return self
+        problem = None
+        if self.asynchronous:
+            problem = f"each model is averaged at the end of a round, and {self.strategy.name} has no rounds"
+        elif self.pipeline.secure_aggregation.enabled:
+            problem = "each model would need a secure sum of its own, which is not implemented"
+        elif self.pipeline.dp.mode == "central":
+            problem = "central DP's accountant counts one noised mean a round, not one per model"
+        elif self.strategy.name == "scaffold":
+            problem = "SCAFFOLD's control variates would need one set per model, which is not implemented"
+        elif self.personalization.steps or self.eval.adapt_steps:
+            problem = "fine-tuning from each client's own model (personalization, eval.adapt_steps) is not implemented"
+        if problem is not None:
+            raise KeyProblem("federation.clusters", f"not available here: {problem}", self.federation.clusters)
         return self
 
     @model_validator(mode="after")

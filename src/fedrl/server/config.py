@@ -133,8 +133,13 @@ class ServerConfig(FrozenConfig):
     store: StoreConfig = StoreConfig()
 
     @model_validator(mode="after")
-    def _no_normalisation(self) -> ServerConfig:
-        """The wire carries no observation statistics yet, so a deployed fleet cannot merge them."""
+    def _simulator_only(self) -> ServerConfig:
+        """The wire carries no observation statistics yet, so a deployed fleet cannot merge them; and a
+        server deploys one model, not a clustered run's several."""
+        if self.experiment.federation.clusters > 1:
+            raise KeyProblem(
+                "experiment.federation.clusters", "the simulator's only, for now: a server serves one model", True
+            )
         normalize = self.experiment.learner.normalize
         if normalize.active:
             key = "experiment.learner.normalize." + ("obs" if normalize.obs else "reward")

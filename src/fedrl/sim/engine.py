@@ -37,7 +37,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedrl.agents import Budget, ClientState, init_client_state, local_params, make_task, train_local
+from fedrl.agents import Budget, init_client_state, local_params, make_task, train_local
 from fedrl.agents.normalize import init_stats
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
 from fedrl.core.rows import take_rows
@@ -52,6 +52,7 @@ from fedrl.experiment.aggregation import (
 from fedrl.experiment.streams import PERSONAL_STREAM, TRAIN_STREAM
 from fedrl.sim.asynchronous import async_round
 from fedrl.sim.clients import shards
+from fedrl.sim.clusters import clustered_round, initial_clusters, with_clusters
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.state import RoundResult, SimState
 from fedrl.sim.sync import sync_round
@@ -65,7 +66,7 @@ def initial_state(setup: SimSetup) -> SimState:
     client_state = init_client_state(setup.config.learner, setup.net, n, setup.strategy.uses_control_variates)
     pipeline_state = init_pipeline_state(setup.config.pipeline, n, setup.net.spec.dim)
     norm = init_stats(setup.config.learner.normalize, setup.family.obs_dim)
-    return SimState(
+    state = SimState(
         0,
         params,
         setup.strategy.init(params),
@@ -76,11 +77,15 @@ def initial_state(setup: SimSetup) -> SimState:
         pipeline_state=pipeline_state,
         norm=norm,
     )
+    clusters = initial_clusters(setup, params, norm)
+    return state if clusters is None else with_clusters(state, clusters)
 
 
-def acting_params(setup: SimSetup, params: np.ndarray, client_state: ClientState) -> np.ndarray:
-    """What each client acts with: the global vector, or with partial federation the global
-    federated part joined to each client's personal part ``(N, d)``."""
+def acting_params(setup: SimSetup, state: SimState) -> np.ndarray:
+    """What each client acts with: the global vector (with clustered federation, the model it
+    chose, ``(N, d)``), or with partial federation that joined to each client's personal part."""
+    params = state.params if state.clusters is None else state.clusters.acting()
+    client_state = state.client_state
     if setup.federated.all():
         return params
     return local_params(setup.config.learner, setup.net, params, client_state, setup.config.federation.n_clients)
@@ -116,13 +121,13 @@ def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:
     """One round (synchronous, or an asynchronous period of the same client work), then evaluation."""
     started = time.perf_counter()
     round_ = state.round + 1
-    step = async_round if setup.config.asynchronous else sync_round
+    step = async_round if setup.config.asynchronous else sync_round if state.clusters is None else clustered_round
     state, stats = step(setup, state, round_)
     cfg = setup.config
     evaluate_now = round_ % cfg.eval.every == 0 or round_ == cfg.federation.rounds
     ids = returns = confirmed = personal = None
     if evaluate_now:
-        acting = acting_params(setup, state.params, state.client_state)
+        acting = acting_params(setup, state)
         ids = eval_sample(setup, round_)
         returns = client_returns(setup, acting, ids, state.norm)
         if cfg.eval.confirm_episodes and _crossed(setup, float(np.mean(returns))):

@@ -17,6 +17,7 @@ from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, TensorBo
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
+from fedrl.sim.clusters import heldout_choice
 from fedrl.sim.engine import acting_params, initial_state, run_rounds
 from fedrl.sim.plots import plot_run
 from fedrl.sim.rundir import RoundRow, RunDir
@@ -179,9 +180,17 @@ def _confirmed(run: Run, state: SimState, last: RoundRow) -> float | None:
         return float(last.confirmed_return)
     if last.round != state.round:  # the state is not that of the last evaluation
         return None
-    acting = acting_params(setup, state.params, state.client_state)
+    acting = acting_params(setup, state)
     ids = eval_sample(setup, state.round, CONFIRM_SAMPLE_TAG)
     return float(confirmed_returns(setup, acting, state.round, ids, state.norm).mean())
+
+
+def _heldout_params(setup: SimSetup, state: SimState) -> np.ndarray:
+    """What the held-out clients act with: the global policy, or with clustered federation the model
+    each of them chooses."""
+    if state.clusters is None:
+        return state.params
+    return heldout_choice(setup, state.clusters, setup.heldout_params(setup.config.eval.heldout_clients), state.norm)
 
 
 def _finish(run: Run, state: SimState) -> dict:
@@ -214,10 +223,14 @@ def _finish(run: Run, state: SimState) -> dict:
     summary.update(_traffic_and_privacy(rows))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
-        held = heldout_returns(setup, state.params, n_heldout, setup.config.eval.episodes, state.norm)
+        held = heldout_returns(setup, _heldout_params(setup, state), n_heldout, setup.config.eval.episodes, state.norm)
         summary.update(heldout_mean_return=float(held.mean()), heldout_worst_return=float(held.min()))
         summary.update(adaptation_summary(setup, state.params, state.norm))
     run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round}, state.norm)
+    if state.clusters is not None:
+        summary["cluster_sizes"] = state.clusters.sizes.tolist()  # how many clients chose each model last
+        for k, model in enumerate(state.clusters.params):
+            run.dir.save_policy(setup, model, f"cluster_{k}_policy", {"round": state.round, "cluster": k}, state.norm)
     run.dir.write_summary(summary)
     summary["plots"] = [str(p) for p in plot_run(run.dir, setup.target_return)]
     return summary

@@ -47,7 +47,7 @@ from fedrl.envs.base import state_to_arrays as env_state_to_arrays
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import RESUME_STREAM
-from fedrl.sim.state import InFlight, RoundResult, SimState
+from fedrl.sim.state import Clusters, InFlight, RoundResult, SimState
 from fedrl.wire import disk
 
 
@@ -104,6 +104,7 @@ def column(rows: list[NamedTuple], name: str) -> np.ndarray:
 
 # What a checkpoint's array names start with.
 STRATEGY, ENV, CLIENT, INFLIGHT, PIPELINE, NORM = "strategy.", "env.", "client.", "inflight.", "pipeline.", "normalize."
+CLUSTERS = "clusters."
 
 
 def _prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,6 +114,23 @@ def _prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def _under(prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays whose names start with ``prefix``, by the rest of their names."""
     return {name.removeprefix(prefix): value for name, value in arrays.items() if name.startswith(prefix)}
+
+
+def _clusters_to_arrays(clusters: Clusters) -> dict[str, np.ndarray]:
+    """A clustered run's models, each one's strategy state and the clients' choices, by name."""
+    arrays = {CLUSTERS + "params": clusters.params, CLUSTERS + "assignment": clusters.assignment}
+    for k, state in enumerate(clusters.strategy_states):
+        arrays.update(_prefixed(f"{CLUSTERS}{k}.{STRATEGY}", state_to_arrays(state)))
+    return arrays
+
+
+def _clusters_from_arrays(setup: Setup, arrays: dict[str, np.ndarray]) -> Clusters:
+    """What ``_clusters_to_arrays`` wrote."""
+    params = arrays[CLUSTERS + "params"]
+    states = tuple(
+        state_from_arrays(setup.strategy, _under(f"{CLUSTERS}{k}.{STRATEGY}", arrays)) for k in range(len(params))
+    )
+    return Clusters(params, states, arrays[CLUSTERS + "assignment"])
 
 
 def _round_row(r: RoundResult) -> RoundRow:
@@ -256,6 +274,8 @@ class RunDir:
         arrays = {"params": state.params, **_prefixed(STRATEGY, state_to_arrays(state.strategy_state))}
         if state.norm is not None:
             arrays.update(to_arrays(state.norm, NORM))
+        if state.clusters is not None:
+            arrays.update(_clusters_to_arrays(state.clusters))
         if setup.env_state_is_value:
             arrays.update(_prefixed(ENV, env_state_to_arrays(state.env_state)))
         stem = self.checkpoints / f"round_{state.round:05d}"
@@ -313,6 +333,7 @@ class RunDir:
             inflight=from_arrays(InFlight, per_client, INFLIGHT) if _under(INFLIGHT, per_client) else None,
             pipeline_state=from_arrays(PipelineState, per_client, PIPELINE),
             norm=from_arrays(NormStats, arrays, NORM) if _under(NORM, arrays) else None,
+            clusters=_clusters_from_arrays(setup, arrays) if _under(CLUSTERS, arrays) else None,
         )
 
     def save_policy(

@@ -31,6 +31,29 @@ class SimState:
     inflight: InFlight | None = None  # asynchronous mode: updates in flight and the server's buffer
     pipeline_state: PipelineState = field(default_factory=PipelineState)  # what the pipeline keeps on each client
     norm: NormStats | None = None  # the fleet's normalisation statistics; None unless the learner normalises
+    clusters: Clusters | None = None  # clustered federation's models (fedrl.sim.clusters); None with one model
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """The K global models of a clustered run, their strategy states and each client's choice."""
+
+    params: np.ndarray  # (K, d) float32
+    strategy_states: tuple  # one strategy state per model
+    assignment: np.ndarray  # (N,) int64: the model each client chose last
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """How many clients chose each model last, ``(K,)``."""
+        return np.bincount(self.assignment, minlength=len(self.params))
+
+    def largest(self) -> int:
+        """The model most clients chose (the lowest index on a tie)."""
+        return int(np.argmax(self.sizes))
+
+    def acting(self) -> np.ndarray:
+        """Each client's model, ``(N, d)``."""
+        return self.params[self.assignment]
 
 
 @dataclass(frozen=True)

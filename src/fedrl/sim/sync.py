@@ -5,6 +5,7 @@ below the threshold keeps the old model."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -96,19 +97,32 @@ def secure_aggregate(
     )
 
 
-def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
-    """Sample, drop the unavailable, train, drop late updates, screen, aggregate (in the clear
-    or through secure aggregation)."""
-    fleet = setup.fleet
+def present_clients(setup: SimSetup, round_: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clients ``round_`` samples, and those of them that are available."""
     sampled = sample_clients(setup, round_)
-    present = sampled[fleet.available(sampled, round_, setup.rng(AVAILABILITY_STREAM, round_))]
-    received, state, increments = train_clients(setup, state, present, (round_,))
+    return sampled, sampled[setup.fleet.available(sampled, round_, setup.rng(AVAILABILITY_STREAM, round_))]
+
+
+class Trained(NamedTuple):
+    """What training and aggregating a group of clients left: the updates, when each arrives, and
+    whether it was on time."""
+
+    updates: list[Update]
+    arrival: np.ndarray  # (n,) simulated seconds
+    on_time: np.ndarray  # (n,) bool
+
+
+def train_and_aggregate(
+    setup: SimSetup, state: SimState, present: np.ndarray, round_: int, tags: tuple
+) -> tuple[SimState, RoundStats, Trained]:
+    """Train ``present`` from ``state``'s global version, drop late updates, merge the on-time
+    clients' normalisation statistics, screen and aggregate (in the clear or through secure
+    aggregation)."""
+    received, state, increments = train_clients(setup, state, present, tags)
     updates = [r.update for r in received]
-    arrival = fleet.duration(present, np.array([u.env_steps for u in updates]))
+    arrival = setup.fleet.duration(present, np.array([u.env_steps for u in updates]))
     deadline = setup.config.fleet.deadline_s
     on_time = arrival <= deadline if deadline is not None else np.ones(len(updates), dtype=bool)
-    late = deadline is not None and (len(present) < len(sampled) or not on_time.all())
-    elapsed = deadline if late else float(arrival.max()) if len(arrival) else setup.config.fleet.retry_s
     steps = state.env_steps + sum(u.env_steps for u in updates)
     if setup.config.pipeline.secure_aggregation.enabled:
         state, stats = secure_aggregate(setup, state, updates, on_time, round_)
@@ -118,8 +132,29 @@ def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState,
             uplink += len(received) * increments.wire_bytes
             state = replace(state, norm=state.norm.merge_rows(increments, on_time))
         state, stats = plain_aggregate(setup, state, updates, on_time, round_, uplink)
+    return replace(state, env_steps=steps), stats, Trained(updates, arrival, on_time)
+
+
+def close_round(
+    setup: SimSetup, state: SimState, stats: RoundStats, sampled: np.ndarray, present: np.ndarray, trained: Trained
+) -> tuple[SimState, RoundStats]:
+    """The round's simulated duration (its deadline when someone was late or away), drops and
+    training figures."""
+    deadline = setup.config.fleet.deadline_s
+    late = deadline is not None and (len(present) < len(sampled) or not trained.on_time.all())
+    arrival = trained.arrival
+    elapsed = deadline if late else float(arrival.max()) if len(arrival) else setup.config.fleet.retry_s
+    updates = trained.updates
     loss = float(np.nanmean([u.metrics.loss for u in updates])) if updates else float("nan")
     episodes = sum(u.metrics.episodes for u in updates)
-    n_dropped = len(sampled) - int(on_time.sum())
+    n_dropped = len(sampled) - int(trained.on_time.sum())
     stats = replace(stats, n_sampled=len(sampled), n_dropped=n_dropped, train_loss=loss, episodes=episodes)
-    return replace(state, env_steps=steps, sim_time_s=state.sim_time_s + elapsed), stats
+    return replace(state, sim_time_s=state.sim_time_s + elapsed), stats
+
+
+def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
+    """Sample, drop the unavailable, train, drop late updates, screen, aggregate (in the clear
+    or through secure aggregation)."""
+    sampled, present = present_clients(setup, round_)
+    state, stats, trained = train_and_aggregate(setup, state, present, round_, (round_,))
+    return close_round(setup, state, stats, sampled, present, trained)
