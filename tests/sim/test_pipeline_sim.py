@@ -10,6 +10,7 @@ from fedrl.core.privacy import epsilon
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, to_yaml
 from fedrl.sim import run as runs
+from fedrl.sim.plots import plot_run
 from fedrl.sim.rundir import ROUND_COLUMNS, column
 
 COMPRESSED = {"compression": {"sparsify": "topk", "ratio": 0.01, "bits": 8, "error_feedback": True}}
@@ -86,7 +87,7 @@ def test_central_dp_reports_the_accountants_epsilon_and_samples_by_poisson(tmp_p
     # Assert
     np.testing.assert_allclose(_column(run, "epsilon"), [epsilon(1.0, 0.5, r, 1e-5) for r in (1, 2, 3, 4)])
     assert len(set(_column(run, "n_sampled"))) > 1  # Poisson: the count varies from round to round
-    assert any(p.endswith("privacy.png") for p in runs.finish(run, run.state)["plots"])
+    assert any(p.endswith("privacy.png") for p in runs.finish(run, run.state, plot_run)["plots"])
 
 
 def test_local_dp_reports_the_epsilon_of_the_client_that_took_part_most(tmp_path, tiny_config):

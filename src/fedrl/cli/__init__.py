@@ -89,7 +89,9 @@ def run(
     finally:
         if live is not None:
             live.close()
-    summary = runs.finish(current, state)
+    from fedrl.sim.plots import plot_run  # matplotlib, only once the rounds are done
+
+    summary = runs.finish(current, state, plot_run)
     _print_summary(summary, current.dir.path)
 
 

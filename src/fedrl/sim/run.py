@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +19,6 @@ from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
 from fedrl.sim.clusters import heldout_choice
 from fedrl.sim.engine import acting_params, initial_state, run_rounds
-from fedrl.sim.plots import plot_run
 from fedrl.sim.rundir import RoundRow, RunDir
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.state import RoundResult, SimState
@@ -163,10 +162,19 @@ def _traffic_and_privacy(rows: list[RoundRow]) -> dict:
     return out
 
 
-def finish(run: Run, state: SimState) -> dict:
-    """Save the final policy, evaluate held-out clients, write the summary and the plots."""
+Plotter = Callable[[RunDir, float | None], list[Path]]
+"""Draws a run's PNG plots (``fedrl.sim.plots.plot_run``): the command line passes it, so that a
+run starts without importing matplotlib."""
+
+
+def finish(run: Run, state: SimState, plot: Plotter | None = None) -> dict:
+    """Save the final policy, evaluate held-out clients, write the summary and, with ``plot``, the
+    plots (their paths under ``"plots"``)."""
     with threads(run.setup.config.threads):
-        return _finish(run, state)
+        summary = _finish(run, state)
+    if plot is not None:
+        summary["plots"] = [str(p) for p in plot(run.dir, run.setup.target_return)]
+    return summary
 
 
 def _confirmed(run: Run, state: SimState, last: RoundRow) -> float | None:
@@ -232,5 +240,4 @@ def _finish(run: Run, state: SimState) -> dict:
         for k, model in enumerate(state.clusters.params):
             run.dir.save_policy(setup, model, f"cluster_{k}_policy", {"round": state.round, "cluster": k}, state.norm)
     run.dir.write_summary(summary)
-    summary["plots"] = [str(p) for p in plot_run(run.dir, setup.target_return)]
     return summary
