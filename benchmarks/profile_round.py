@@ -42,7 +42,7 @@ PHASES = {  # phase -> (file suffix, function) whose cumulative time it is
 def one_round(setup, state, round_: int):
     """Train every client, aggregate, evaluate: what one synchronous round of the engine does."""
     clients = np.arange(CLIENTS)
-    received, state = train_clients(setup, state, clients, (99, round_))
+    received, state, _ = train_clients(setup, state, clients, (99, round_))
     state, _, _ = aggregate(setup, state, [sent.update for sent in received], round_)
     client_returns(setup, state.params)
     return state

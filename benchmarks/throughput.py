@@ -61,7 +61,7 @@ def learning_rate(setup: SimSetup) -> float:
     for r in range(rounds + 1):
         if r == 1:
             start, steps = time.perf_counter(), 0
-        received, state = train_clients(setup, state, clients, (99, r))
+        received, state, _ = train_clients(setup, state, clients, (99, r))
         updates = [sent.update for sent in received]
         state, _, _ = aggregate(setup, state, updates, r)
         if r >= 1:

@@ -232,3 +232,13 @@ def test_a_run_that_does_not_stop_at_its_target_confirms_its_last_evaluation_at_
 
     assert len(rows) == 3 and all(r.confirmed_return is None for r in rows)  # rounds checked nothing
     assert summary["solved"] and summary["confirmed_return"] >= 9  # the summary's solved is confirmed
+
+
+def test_local_training_alone_shares_nothing_and_each_client_acts_with_its_own(tiny_config):
+    setup = SimSetup(parse_config(apply_override(tiny_config, "learner.federate=none")))
+    start = initial_state(setup)
+    _, state = run_round(setup, start)
+    np.testing.assert_array_equal(state.params, start.params)  # every delta is zero
+    personal = state.client_state.personal
+    assert personal.shape == (3, setup.net.spec.dim) and np.isfinite(personal).all()
+    assert not np.array_equal(personal[0], personal[1]) and not np.array_equal(personal[0], start.params)

@@ -3,7 +3,8 @@ the personal parameters a client keeps, and SCAFFOLD's control variate.
 
 Partial federation. ``federate`` (actor-critic learners) picks the towers that are sent:
 ``"all"``; ``"actor"`` (each client keeps its own critic); ``"critic"`` (value function
-aggregation: the critic is averaged, each client keeps its own actor). A client acts with the
+aggregation: the critic is averaged, each client keeps its own actor); ``"none"`` (local training
+alone, the baseline: every coordinate is personal). A client acts with the
 global parameters on federated coordinates and its personal ones elsewhere (``local_params``);
 after training it stores the personal part back in ``ClientState.personal`` ``(C, k)``
 (``k`` non-federated coordinates, in flat order) and returns parameters that equal the global
@@ -41,8 +42,8 @@ from fedrl.envs.base import EnvState
 def federated_mask(config: LearnerBase, net: BatchedNet) -> np.ndarray:
     """``(d,)`` bool: the coordinates of the flat vector whose deltas are sent."""
     federate = config.federate if isinstance(config, ActorCriticBase) else "all"
-    mask = np.ones(net.spec.dim, dtype=bool)
-    if federate == "all":
+    mask = np.full(net.spec.dim, federate != "none")
+    if federate in ("all", "none"):
         return mask
     for name, off, size in zip(net.spec.names, net.spec.offsets, net.spec.sizes):
         mask[off : off + size] = name.startswith(federate + ".")

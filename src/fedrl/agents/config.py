@@ -49,10 +49,11 @@ class ActorCriticBase(LearnerBase):
 
     ent_coef: float = Field(0.0, ge=0, description="entropy bonus coefficient")
     vf_coef: float = Field(0.5, ge=0, description="value loss coefficient")
-    federate: Literal["all", "actor", "critic"] = Field(
+    federate: Literal["all", "actor", "critic", "none"] = Field(
         "all",
         description="towers sent to the server: all; actor (each client keeps its own critic); critic "
-        "(value function aggregation: each client keeps its own actor)",
+        "(value function aggregation: each client keeps its own actor); none (local training only, the "
+        "baseline federation is measured against: nothing is shared, new clients get the untrained policy)",
     )
     kl_coef: float = Field(
         0.0,
