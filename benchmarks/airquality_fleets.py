@@ -15,6 +15,8 @@ plays HAND_EPISODES episodes on the same sites.
 from __future__ import annotations
 
 import statistics
+import tempfile
+from pathlib import Path
 
 import matplotlib
 
@@ -45,9 +47,7 @@ def run(job: dict) -> dict:
 
     from fedrl.experiment.aggregation import heldout_returns
     from fedrl.experiment.loading import load_config
-    from fedrl.sim.engine import initial_state, run_rounds
-    from fedrl.sim.run import heldout_acting
-    from fedrl.sim.setup import SimSetup
+    from fedrl.sim import run as runs
 
     n, fraction = FLEETS[job["fleet"]]
     strategy, learner, federation = METHODS[job["method"]]
@@ -66,9 +66,11 @@ def run(job: dict) -> dict:
         *(f"learner.{k}={v}" for k, v in learner.items()),
         *(f"federation.{k}={v}" for k, v in federation.items()),
     ]
-    setup = SimSetup(load_config(ROOT / "examples" / "airquality.yaml", overrides))
-    *_, (result, state) = run_rounds(setup, initial_state(setup))
-    held = heldout_returns(setup, heldout_acting(setup, state), HELDOUT, setup.config.eval.episodes, state.norm)
+    with tempfile.TemporaryDirectory() as tmp:  # the run as `fedrl run` makes it: threads, allocator
+        current = runs.start(load_config(ROOT / "examples" / "airquality.yaml", overrides), Path(tmp) / "run")
+        *_, (result, state) = current.rounds(tensorboard=False)
+    setup = current.setup
+    held = heldout_returns(setup, runs.heldout_acting(setup, state), HELDOUT, setup.config.eval.episodes, state.norm)
     hand = hand_returns(setup.family, setup.env_params, HAND_EPISODES, HAND_SEED).mean(1)
     hand_held = hand_returns(setup.family, setup.heldout_params(HELDOUT), HAND_EPISODES, HAND_SEED).mean(1)
     return {

@@ -46,3 +46,8 @@ def test_a_run_reports_adaptation_from_its_policy_and_from_scratch(tmp_path, tin
 def test_adaptation_steps_must_be_distinct_increasing_counts(tiny_config, steps):
     with pytest.raises(ConfigError, match="eval.adapt_steps"):
         parse_config(apply_override(tiny_config, f"eval.adapt_steps={steps}"))
+
+
+def test_adaptation_needs_heldout_clients(tiny_config):
+    with pytest.raises(ConfigError, match="eval.adapt_steps.*heldout_clients"):
+        parse_config(apply_override(apply_override(tiny_config, "eval.adapt_steps=[0]"), "eval.heldout_clients=0"))

@@ -5,6 +5,8 @@ import sqlite3
 import numpy as np
 import pytest
 
+from fedrl.experiment import aggregation
+from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import apply_override, parse_config
 from fedrl.sim import run as runs
 from fedrl.sim.clients import sample_clients, shards
@@ -242,3 +244,14 @@ def test_local_training_alone_shares_nothing_and_each_client_acts_with_its_own(t
     personal = state.client_state.personal
     assert personal.shape == (3, setup.net.spec.dim) and np.isfinite(personal).all()
     assert not np.array_equal(personal[0], personal[1]) and not np.array_equal(personal[0], start.params)
+
+
+def test_local_training_alone_refuses_central_dp(tiny_config):
+    central = {"clip_norm": 1.0, "dp": {"mode": "central", "noise_multiplier": 1.0}}
+    with pytest.raises(ConfigError, match="learner.federate.*central DP has nothing to protect"):
+        parse_config({**apply_override(tiny_config, "learner.federate=none"), "pipeline": central})
+
+
+def test_every_evaluation_stream_tag_is_its_own():
+    tags = {name: value for name, value in vars(aggregation).items() if name.endswith("_TAG")}
+    assert len(set(tags.values())) == len(tags), tags

@@ -57,10 +57,8 @@ def test_a_resumed_normalised_run_ends_where_an_unbroken_one_does(tmp_path, tiny
     short = runs.start(parse_config(_config(tiny_config, "federation.rounds=2")), tmp_path / "resumed")
     list(short.rounds())
     resumed = runs.resume(tmp_path / "resumed", ["federation.rounds=4"])
-    np.testing.assert_array_equal(
-        resumed.state.client_state.returns,
-        short.dir.load_checkpoint(short.setup, short.dir.latest_checkpoint()).client_state.returns,
-    )
+    assert resumed.state.norm.obs.count == resumed.state.env_steps > 0  # the statistics came back with the run
+    assert np.abs(resumed.state.client_state.returns).sum() > 0  # and each environment's running return
     *_, (_, again) = resumed.rounds()
     np.testing.assert_array_equal(whole.params, again.params)
     np.testing.assert_array_equal(whole.norm.obs.mean, again.norm.obs.mean)

@@ -214,6 +214,7 @@ def eval_(
     from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.sim import run as runs
     from fedrl.sim.clusters import heldout_choice
+    from fedrl.sim.engine import acting_params
 
     try:
         current = runs.open_run(run_dir)
@@ -234,11 +235,15 @@ def eval_(
                     if kind == "heldout"
                     else clusters.acting()[chosen]
                 )
+            elif kind != "heldout" and not setup.federated.all():  # each trained client's own towers
+                params = acting_params(setup, current.state)[chosen]
             scale = obs_scale(setup.config.learner.normalize, norm)  # the final policy's too
             returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, obs_norm=scale)
     except UserCodeError as exc:
         fail(str(exc))
     policy = "final policy" if final.exists() else f"round {current.state.round}"
+    if kind != "heldout" and not setup.federated.all():
+        policy = f"each client's own towers, round {current.state.round}"
     if current.state.clusters is not None:
         policy = f"each client's model of {len(current.state.clusters.params)}, round {current.state.round}"
     table = Table(title=f"{kind} clients, {episodes} episodes each ({policy})")

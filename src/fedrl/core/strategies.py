@@ -86,8 +86,9 @@ class ReptileConfig(StrategyConfigBase):
     anneal_rounds: int | None = Field(
         None,
         ge=1,
-        description="eps falls linearly from meta_lr to 0 over this many rounds (Nichol et al. anneal over the "
-        "whole run: set it to federation.rounds); null keeps it constant",
+        description="eps falls linearly from meta_lr to 0 over this many meta-steps (rounds that made a new model; "
+        "Nichol et al. anneal over the whole run: set it to federation.rounds), and stays 0 after; null keeps it "
+        "constant",
     )
 
     def meta_step_size(self, step: int) -> float:

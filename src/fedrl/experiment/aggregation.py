@@ -33,8 +33,8 @@ from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
 HELDOUT_EPISODES_TAG = 1  # after EVAL_STREAM: the held-out clients' episodes, apart from the training clients'
 CONFIRM_EPISODES_TAG = 2  # after EVAL_STREAM, then the round: the episodes that confirm a crossing of the target
 EVAL_SAMPLE_TAG = 3  # after EVAL_STREAM, then the round: which clients a sampled evaluation draws
-CHOOSE_TAG = 4  # after EVAL_STREAM, then the round: the probe episodes a client chooses a clustered model on
 CONFIRM_SAMPLE_TAG = 4  # after EVAL_STREAM, then the round: which clients a sampled confirmation draws
+CHOOSE_TAG = 5  # after EVAL_STREAM, then the round: the probe episodes a client chooses a clustered model on
 
 
 @dataclass(frozen=True)

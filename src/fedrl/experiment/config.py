@@ -480,8 +480,27 @@ class ExperimentConfig(FrozenConfig):
             problem = "SCAFFOLD's control variates would need one set per model, which is not implemented"
         elif self.personalization.steps or self.eval.adapt_steps:
             problem = "fine-tuning from each client's own model (personalization, eval.adapt_steps) is not implemented"
+        elif getattr(self.learner, "federate", "all") in ("critic", "none"):
+            problem = "a client chooses among the models' actors, which learner.federate critic or none never trains"
+        elif self.pipeline.compression.error_feedback:
+            problem = "error feedback keeps one residual per client, which would carry one model's error into another"
         if problem is not None:
             raise KeyProblem("federation.clusters", f"not available here: {problem}", self.federation.clusters)
+        return self
+
+    @model_validator(mode="after")
+    def _local_only_fits_run(self) -> ExperimentConfig:
+        """With ``federate: none`` nothing is aggregated, so central DP would only noise the untrained model."""
+        if getattr(self.learner, "federate", "all") == "none" and self.pipeline.dp.mode == "central":
+            raise KeyProblem(
+                "learner.federate", "none trains each client alone: central DP has nothing to protect", "none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _adaptation_has_clients(self) -> ExperimentConfig:
+        if self.eval.adapt_steps and not self.eval.heldout_clients:
+            raise KeyProblem("eval.adapt_steps", "needs held-out clients to adapt: set eval.heldout_clients", None)
         return self
 
     @model_validator(mode="after")

@@ -71,6 +71,10 @@ def clustered_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimS
         state, stats, trained = train_and_aggregate(setup, state, members, round_, (round_, k))
         models[k], states[k] = state.params, state.strategy_state
         parts.append((stats, trained))
+    norm = state.norm  # every model's clients started from the fleet's statistics; now merge, model by model
+    for _, trained in parts:
+        norm = trained.merged_into(norm)
+    state = replace(state, norm=norm)
     assignment = clusters.assignment.copy()
     assignment[present] = choice
     state = with_clusters(state, Clusters(models, tuple(states), assignment))

@@ -38,7 +38,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedrl.agents import Budget, init_client_state, local_params, make_task, train_local
-from fedrl.agents.normalize import init_stats
+from fedrl.agents.normalize import NormStats, init_stats
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
 from fedrl.core.rows import take_rows
 from fedrl.envs.base import reset
@@ -93,10 +93,11 @@ def acting_params(setup: SimSetup, state: SimState) -> np.ndarray:
 
 def personalized_returns(setup: SimSetup, state: SimState, round_: int, ids: np.ndarray | None = None) -> np.ndarray:
     """Each client (of ``ids``; default all) fine-tunes the global policy for the configured steps
-    on its own environment (from a copy of what it keeps), then is evaluated like the global policy."""
+    on its own environment (from a copy of what it keeps), then is evaluated like the global policy,
+    normalising by the fleet's statistics with what it added while fine-tuning."""
     steps = setup.config.personalization.steps
     chosen = np.arange(setup.config.federation.n_clients) if ids is None else ids
-    tuned = []
+    tuned, own = [], []
     for i, rows in enumerate(shards(chosen, setup.config.federation.shard_size)):
         rng = setup.rng(PERSONAL_STREAM, round_, i)
         env_state, _ = reset(setup.family, setup.env_params[rows], setup.config.learner.n_envs, rng)
@@ -113,8 +114,10 @@ def personalized_returns(setup: SimSetup, state: SimState, round_: int, ids: np.
         )
         result = train_local(setup.config.learner, task, Budget(steps=steps))
         tuned.append(local_params(setup.config.learner, setup.net, result.params, result.client_state, len(rows)))
-    episodes = setup.config.eval.episodes
-    return mean_returns(setup, np.concatenate(tuned), setup.env_params[chosen], episodes, norm=state.norm)
+        if result.norm is not None:  # each client keeps the statistics it added while fine-tuning
+            own.append(state.norm.broadcast(len(rows)).merge(result.norm))
+    norm = NormStats.concat(own) if own else None
+    return mean_returns(setup, np.concatenate(tuned), setup.env_params[chosen], setup.config.eval.episodes, norm=norm)
 
 
 def run_round(setup: SimSetup, state: SimState) -> tuple[RoundResult, SimState]:

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fedrl.agents.normalize import NormStats
 from fedrl.core.compress import dense, encode
 from fedrl.core.pipeline import secure_mean
 from fedrl.core.secagg import BelowThreshold, SecAggConfig, SecureSumResult
@@ -104,20 +105,25 @@ def present_clients(setup: SimSetup, round_: int) -> tuple[np.ndarray, np.ndarra
 
 
 class Trained(NamedTuple):
-    """What training and aggregating a group of clients left: the updates, when each arrives, and
-    whether it was on time."""
+    """What training and aggregating a group of clients left: the updates, when each arrives,
+    whether it was on time, and the statistics of what each client observed."""
 
     updates: list[Update]
     arrival: np.ndarray  # (n,) simulated seconds
     on_time: np.ndarray  # (n,) bool
+    increments: NormStats | None = None  # one row per client; None without normalisation
+
+    def merged_into(self, norm: NormStats | None) -> NormStats | None:
+        """The fleet's statistics ``norm`` with the on-time clients' increments merged in."""
+        return norm if self.increments is None else norm.merge_rows(self.increments, self.on_time)
 
 
 def train_and_aggregate(
     setup: SimSetup, state: SimState, present: np.ndarray, round_: int, tags: tuple
 ) -> tuple[SimState, RoundStats, Trained]:
-    """Train ``present`` from ``state``'s global version, drop late updates, merge the on-time
-    clients' normalisation statistics, screen and aggregate (in the clear or through secure
-    aggregation)."""
+    """Train ``present`` from ``state``'s global version, drop late updates, screen and aggregate (in
+    the clear or through secure aggregation). The clients' normalisation statistics come back in
+    ``Trained``, for the round to merge once every client has trained."""
     received, state, increments = train_clients(setup, state, present, tags)
     updates = [r.update for r in received]
     arrival = setup.fleet.duration(present, np.array([u.env_steps for u in updates]))
@@ -130,9 +136,8 @@ def train_and_aggregate(
         uplink = sum(r.uplink_bytes for r in received)
         if increments is not None:  # each client's statistics travel beside its update
             uplink += len(received) * increments.wire_bytes
-            state = replace(state, norm=state.norm.merge_rows(increments, on_time))
         state, stats = plain_aggregate(setup, state, updates, on_time, round_, uplink)
-    return replace(state, env_steps=steps), stats, Trained(updates, arrival, on_time)
+    return replace(state, env_steps=steps), stats, Trained(updates, arrival, on_time, increments)
 
 
 def close_round(
@@ -157,4 +162,5 @@ def sync_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState,
     or through secure aggregation)."""
     sampled, present = present_clients(setup, round_)
     state, stats, trained = train_and_aggregate(setup, state, present, round_, (round_,))
+    state = replace(state, norm=trained.merged_into(state.norm))
     return close_round(setup, state, stats, sampled, present, trained)
