@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedrl.core.aggregation import (
+    all_finite,
     clip_to_norm,
     coordinate_median,
     krum,
@@ -152,3 +153,13 @@ def test_screen_rejects_non_finite_and_misshapen_updates_with_reasons():
         (4, "non-finite values in control_delta (1 NaN, 0 Inf)"),
         (5, "delta is float64, expected float32"),
     ]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 4_097, 99_999])
+def test_the_fast_finite_check_finds_a_single_nan_or_inf_anywhere_and_passes_huge_finite_values(bad, where):
+    x = np.random.default_rng(0).normal(size=100_000).astype(np.float32)
+    x[1] = np.finfo(np.float32).max  # finite: its square would overflow, 0 * it does not
+    assert all_finite(x)
+    x[where] = bad
+    assert not all_finite(x)

@@ -18,6 +18,7 @@ wrong length or dtype) and says why, one short sentence per rejected client.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,12 +122,29 @@ class Screened:
     rejected: list[Rejection]
 
 
+@functools.lru_cache(maxsize=4)
+def _zeros(dim: int) -> np.ndarray:
+    zeros = np.zeros(dim, dtype=np.float32)
+    zeros.flags.writeable = False
+    return zeros
+
+
+def all_finite(value: np.ndarray) -> bool:
+    """Whether a float32 vector holds no NaN and no Inf, in one pass at memory speed: ``0 * x`` is NaN
+    exactly where ``x`` is NaN or Inf, and the dot product carries a NaN through (``np.isnan`` and
+    ``np.isinf`` each make a boolean copy, several times slower on large updates)."""
+    with np.errstate(invalid="ignore"):
+        return bool(np.isfinite(np.dot(value, _zeros(value.shape[0]))))
+
+
 def _vector_problem(label: str, value: np.ndarray, dim: int) -> str | None:
     """Why ``value`` cannot be aggregated into a ``(dim,)`` float32 model, or None if it can."""
     if value.dtype != np.float32:
         return f"{label} is {value.dtype}, expected float32"
     if value.shape != (dim,):
         return f"{label} has shape {value.shape}, the global model has ({dim},)"
+    if all_finite(value):
+        return None
     nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
     if nan or inf:
         return f"non-finite values in {label} ({nan} NaN, {inf} Inf)"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from fedrl.agents.runtime import tune_allocator
 from fedrl.experiment.callbacks import Factory, TensorBoardCallback, make_callbacks
 from fedrl.server.config import ServerConfig, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
@@ -116,6 +117,7 @@ class Liveness:
 
 def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Event) -> None:
     """Serve until ``stop`` is set (or, with ``exit_when_finished``, the run is over)."""
+    tune_allocator()  # a round stacks every update: reuse that memory rather than map it afresh each time
     metrics = ServerMetrics.create()
     coordinator = Coordinator.open(config, options.state_dir, metrics, init_from=options.init_from)
     serving = http = None
