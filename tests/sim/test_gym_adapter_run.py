@@ -57,10 +57,13 @@ def test_two_rounds_through_the_adapter_give_finite_metrics_and_per_client_physi
 
 
 def test_a_checkpoint_resumes_with_fresh_episodes(tmp_path, gym_config):
-    current = runs.start(parse_config(gym_config), tmp_path / "run")
-    list(current.rounds())  # run to the end
+    scaled = {**gym_config, "learner": {**gym_config["learner"], "normalize": {"reward": True}}}
+    current = runs.start(parse_config(scaled), tmp_path / "run")
+    *_, (_, state) = current.rounds()  # run to the end
+    assert np.abs(state.client_state.returns).sum() > 0  # episodes under way carry their running returns
     resumed = runs.resume(tmp_path / "run", ["federation.rounds=3"])
     assert resumed.state.round == 2 and np.array_equal(resumed.state.env_state.t, np.zeros((3, 2)))
+    np.testing.assert_array_equal(resumed.state.client_state.returns, 0.0)  # fresh episodes: they restart
     assert [r.round for r, _ in resumed.rounds()] == [3]
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -320,6 +320,9 @@ class RunDir:
             env = _fresh_episodes(setup, meta["round"])
         clients_file = path.with_suffix(".clients.safetensors")
         per_client = load_file(str(clients_file)) if clients_file.exists() else {}
+        client_state = from_arrays(ClientState, per_client, CLIENT)
+        if not env_arrays and client_state.returns is not None:  # fresh episodes: their running returns restart
+            client_state = replace(client_state, returns=np.zeros_like(client_state.returns))
         return SimState(
             meta["round"],
             arrays["params"],
@@ -327,7 +330,7 @@ class RunDir:
             env,
             meta["env_steps"],
             meta["wall_s"],
-            client_state=from_arrays(ClientState, per_client, CLIENT),
+            client_state=client_state,
             sim_time_s=meta.get("sim_time_s", 0.0),
             version=meta.get("version", meta["round"]),
             inflight=from_arrays(InFlight, per_client, INFLIGHT) if _under(INFLIGHT, per_client) else None,
