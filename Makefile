@@ -106,6 +106,15 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/mqtt_vs_grpc.py
 	$(BIN)/python benchmarks/edge.py
 	$(BIN)/python benchmarks/attack.py
+	$(BIN)/python benchmarks/fuzz.py
+	$(BIN)/python benchmarks/fedopt_defaults.py
+	$(BIN)/python benchmarks/profile_round.py
+	$(BIN)/python benchmarks/aggregation.py
+	$(BIN)/python benchmarks/meta.py
+	$(BIN)/python benchmarks/clusters.py
+	$(BIN)/python benchmarks/airquality_fleets.py
+	$(BIN)/fedrl run examples/airquality.yaml --out runs/airquality --quiet
+	$(BIN)/python benchmarks/airquality_hand.py runs/airquality
 
 clean:
 	rm -rf $(VENV) runs bench-results .pytest_cache build
