@@ -91,13 +91,12 @@ class NormStats:
         return 8 * sum(1 + 2 * m.mean.shape[-1] for m in (self.obs, self.returns) if m is not None)
 
 
-def init_stats(config: NormalizeConfig, obs_dim: int, batch: tuple[int, ...] = ()) -> NormStats | None:
-    """Empty statistics for what ``config`` normalises; None when it normalises nothing."""
+def init_stats(config: NormalizeConfig, obs_dim: int) -> NormStats | None:
+    """The fleet's statistics before anything is observed; None when ``config`` normalises nothing."""
     if not config.active:
         return None
     return NormStats(
-        Moments.empty(batch, obs_dim) if config.obs else None,
-        Moments.empty(batch, 1) if config.reward else None,
+        Moments.empty((), obs_dim) if config.obs else None, Moments.empty((), 1) if config.reward else None
     )
 
 
