@@ -11,12 +11,13 @@ runtime does not re-quantise.
 
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from fedrl.policy import PolicyCard, load_policy
-from fedrl.policy.card import CARD_KEY
+from fedrl.policy.card import CARD_KEY, ObsNorm
 from fedrl.policy.export import export
 from fedrl.policy.export_c import c_footprint, export_c, quantize_int8
 from fedrl.policy.runtime import Policy
@@ -185,3 +186,15 @@ def test_export_refuses_what_it_cannot_write(cases, tmp_path):
     with pytest.raises(ValueError, match="'my-policy' is not a C identifier"):
         export_c(policy, tmp_path / "policy", name="my-policy")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("run_export", [run_onnx, run_c], ids=["onnx", "c"])
+def test_exports_normalise_observations_as_the_runtime_does(cases, tmp_path, run_export):
+    plain = cases["cartpole"]
+    norm = ObsNorm((0.5, -1.0, 0.05, 0.0), (4.0, 0.25, 0.01, 9.0), clip=1.5)
+    card = PolicyCard(**{**vars(plain.card), "obs_norm": norm})
+    runtime = Policy(card, plain.params)
+    case = replace(plain, card=card, action=runtime.predict(plain.obs), actor_out=runtime.logits_or_mean(plain.obs))
+    assert not np.array_equal(case.actor_out, plain.actor_out)  # the statistics matter to these observations
+
+    assert_matches_torch(case, *run_export(case, tmp_path, int8=False))
