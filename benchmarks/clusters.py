@@ -70,7 +70,11 @@ def run_one(out: Path, seed: int, extra: dict) -> dict:
     rows = current.dir.rounds()
     personal = [r.personalized_mean_return for r in rows if r.personalized_mean_return is not None]
     summary["personal_mean"] = personal[-1] if personal else None
-    summary["curve"] = [(r.env_steps, r.global_mean_return) for r in rows]
+    # the fine-tuning setting is drawn by its clients' fine-tuned returns: its global model is the first setting's
+    summary["curve"] = [
+        (r.env_steps, r.global_mean_return if r.personalized_mean_return is None else r.personalized_mean_return)
+        for r in rows
+    ]
     return summary
 
 
@@ -79,14 +83,15 @@ def _cell(values: list[float]) -> str:
 
 
 def plot(results: dict[str, list[dict]]) -> str:
-    """Mean return over env steps per setting, one line per seed."""
+    """Mean return over env steps per setting, one line per seed (the fine-tuning setting: after
+    fine-tuning)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (name, summaries) in enumerate(results.items()):
         for j, s in enumerate(summaries):
             steps, returns = zip(*s["curve"])
             ax.plot(steps, returns, color=f"C{i}", alpha=0.8, label=name if j == 0 else None)
     ax.set_xlabel("env steps (all clients)")
-    ax.set_ylabel("mean return of the global model(s)")
+    ax.set_ylabel("mean return over the clients")
     ax.set_title("Two kinds of CartPole (push force negated for half)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
