@@ -70,7 +70,8 @@ def run(job: dict) -> dict:
         current = runs.start(load_config(ROOT / "examples" / "airquality.yaml", overrides), Path(tmp) / "run")
         *_, (result, state) = current.rounds(tensorboard=False)
     setup = current.setup
-    held = heldout_returns(setup, runs.heldout_acting(setup, state), HELDOUT, setup.config.eval.episodes, state.norm)
+    acting = runs.heldout_acting(setup, state, setup.heldout_params(HELDOUT))
+    held = heldout_returns(setup, acting, HELDOUT, setup.config.eval.episodes, state.norm)
     hand = hand_returns(setup.family, setup.env_params, HAND_EPISODES, HAND_SEED).mean(1)
     hand_held = hand_returns(setup.family, setup.heldout_params(HELDOUT), HAND_EPISODES, HAND_SEED).mean(1)
     return {

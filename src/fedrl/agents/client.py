@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fedrl.agents import distributions
-from fedrl.agents.config import ActorCriticBase, LearnerBase
+from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import ClientState, DQNMemory
 from fedrl.agents.nets import BatchedNet, Heads
@@ -41,7 +41,7 @@ from fedrl.envs.base import EnvState
 
 def federated_mask(config: LearnerBase, net: BatchedNet) -> np.ndarray:
     """``(d,)`` bool: the coordinates of the flat vector whose deltas are sent."""
-    federate = config.federate if isinstance(config, ActorCriticBase) else "all"
+    federate = config.towers
     mask = np.full(net.spec.dim, federate != "none")
     if federate in ("all", "none"):
         return mask

@@ -43,6 +43,11 @@ class LearnerBase(FrozenConfig):
         description="observation normalisation and reward scaling, statistics merged by counts over the fleet",
     )
 
+    @property
+    def towers(self) -> str:
+        """The towers a client sends: ``all`` (a DQN's Q-network), or an actor-critic's ``federate``."""
+        return "all"
+
 
 class ActorCriticBase(LearnerBase):
     """Fields of the learners with an actor and a critic tower (PPO, REINFORCE, A2C)."""
@@ -60,3 +65,8 @@ class ActorCriticBase(LearnerBase):
         ge=0,
         description="weight of KL(pi_local || pi_global) in each client's loss, pi_global frozen at round start",
     )
+
+    @property
+    def towers(self) -> str:
+        """The towers a client sends: ``federate``."""
+        return self.federate

@@ -213,7 +213,6 @@ def eval_(
     from fedrl.agents.runtime import threads
     from fedrl.envs.gym_adapter import UserCodeError
     from fedrl.sim import run as runs
-    from fedrl.sim.clusters import heldout_choice
     from fedrl.sim.engine import acting_params
 
     try:
@@ -226,26 +225,23 @@ def eval_(
     params = current.dir.load_policy(setup) if final.exists() else current.state.params
     env_params = setup.heldout_params(chosen) if kind == "heldout" else setup.env_params[chosen]
     ids = [f"h{i}" for i in range(chosen)] if kind == "heldout" else chosen  # never mistaken for a trained id
+    own_models = current.state.clusters is not None or not setup.federated.all()
     try:
         with threads(setup.config.threads):  # the run's own: the same numbers on any machine
-            norm, clusters = current.state.norm, current.state.clusters
-            if clusters is not None:  # each client's model: the one it chose last, or chooses now if held out
-                params = (
-                    heldout_choice(setup, clusters, env_params, norm)
-                    if kind == "heldout"
-                    else clusters.acting()[chosen]
-                )
-            elif kind != "heldout" and not setup.federated.all():  # each trained client's own towers
-                params = acting_params(setup, current.state)[chosen]
-            scale = obs_scale(setup.config.learner.normalize, norm)  # the final policy's too
+            state = current.state
+            if kind == "heldout":  # with clusters, the model each chooses now
+                params = runs.heldout_acting(setup, state, env_params) if state.clusters is not None else params
+            elif own_models:  # the model each chose last, and its own towers
+                params = acting_params(setup, state)[chosen]
+            scale = obs_scale(setup.config.learner.normalize, state.norm)  # the final policy's too
             returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, obs_norm=scale)
     except UserCodeError as exc:
         fail(str(exc))
     policy = "final policy" if final.exists() else f"round {current.state.round}"
-    if kind != "heldout" and not setup.federated.all():
-        policy = f"each client's own towers, round {current.state.round}"
     if current.state.clusters is not None:
         policy = f"each client's model of {len(current.state.clusters.params)}, round {current.state.round}"
+    elif kind != "heldout" and own_models:
+        policy = f"each client's own towers, round {current.state.round}"
     table = Table(title=f"{kind} clients, {episodes} episodes each ({policy})")
     for column in ["client", *setup.family.param_names, "mean return", "std"]:
         table.add_column(column, justify="right")

@@ -480,7 +480,7 @@ class ExperimentConfig(FrozenConfig):
             problem = "SCAFFOLD's control variates would need one set per model, which is not implemented"
         elif self.personalization.steps or self.eval.adapt_steps:
             problem = "fine-tuning from each client's own model (personalization, eval.adapt_steps) is not implemented"
-        elif getattr(self.learner, "federate", "all") in ("critic", "none"):
+        elif self.learner.towers in ("critic", "none"):
             problem = "a client chooses among the models' actors, which learner.federate critic or none never trains"
         elif self.pipeline.compression.error_feedback:
             problem = "error feedback keeps one residual per client, which would carry one model's error into another"
@@ -491,7 +491,7 @@ class ExperimentConfig(FrozenConfig):
     @model_validator(mode="after")
     def _local_only_fits_run(self) -> ExperimentConfig:
         """With ``federate: none`` nothing is aggregated, so central DP would only noise the untrained model."""
-        if getattr(self.learner, "federate", "all") == "none" and self.pipeline.dp.mode == "central":
+        if self.learner.towers == "none" and self.pipeline.dp.mode == "central":
             raise KeyProblem(
                 "learner.federate", "none trains each client alone: central DP has nothing to protect", "none"
             )

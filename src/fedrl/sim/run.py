@@ -193,12 +193,12 @@ def _confirmed(run: Run, state: SimState, last: RoundRow) -> float | None:
     return float(confirmed_returns(setup, acting, state.round, ids, state.norm).mean())
 
 
-def heldout_acting(setup: SimSetup, state: SimState) -> np.ndarray:
-    """What the held-out clients act with: the global policy, or with clustered federation the model
-    each of them chooses."""
+def heldout_acting(setup: SimSetup, state: SimState, env_params: np.ndarray) -> np.ndarray:
+    """What held-out clients of physics ``env_params`` act with: the global policy, or with clustered
+    federation the model each of them chooses."""
     if state.clusters is None:
         return state.params
-    return heldout_choice(setup, state.clusters, setup.heldout_params(setup.config.eval.heldout_clients), state.norm)
+    return heldout_choice(setup, state.clusters, env_params, state.norm)
 
 
 def _finish(run: Run, state: SimState) -> dict:
@@ -231,7 +231,8 @@ def _finish(run: Run, state: SimState) -> dict:
     summary.update(_traffic_and_privacy(rows))
     n_heldout = setup.config.eval.heldout_clients
     if n_heldout:
-        held = heldout_returns(setup, heldout_acting(setup, state), n_heldout, setup.config.eval.episodes, state.norm)
+        acting = heldout_acting(setup, state, setup.heldout_params(n_heldout))
+        held = heldout_returns(setup, acting, n_heldout, setup.config.eval.episodes, state.norm)
         summary.update(heldout_mean_return=float(held.mean()), heldout_worst_return=float(held.min()))
         summary.update(adaptation_summary(setup, state.params, state.norm))
     run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round}, state.norm)
