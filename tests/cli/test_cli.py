@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +90,19 @@ def test_bad_config_is_one_clear_line(tmp_path, config_file):
     assert result.exit_code == 2
     assert "unknown key 'learner.lrr'" in result.output.replace("\n", " ")
     assert not (tmp_path / "x").exists()
+
+
+def test_backend_flags_reach_the_config_and_an_unreachable_cluster_is_one_clear_line(tmp_path, config_file):
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    out = tmp_path / "x"
+    result = runner.invoke(app, ["run", str(config_file), "--backend", "ray", "--address", address, "--out", str(out)])
+    assert result.exit_code == 2
+    assert f"backend.address = '{address}': nothing answers there" in result.output.replace("\n", " ")
+    assert not out.exists()
+    bogus = runner.invoke(app, ["run", str(config_file), "--backend", "spark", "--out", str(out)])
+    assert "backend.name = 'spark': allowed: inprocess, ray" in bogus.output.replace("\n", " ")
 
 
 def test_resume_of_a_missing_run_and_reuse_of_a_run_directory_are_refused(tmp_path, config_file):

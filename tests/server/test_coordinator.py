@@ -425,8 +425,10 @@ def test_an_update_far_larger_than_the_model_is_refused_by_default(tmp_path):
 
 
 def test_the_server_names_the_experiment_keys_only_the_simulator_uses(tmp_path):
-    config = server_config(tmp_path, "experiment.fleet.dropout=0.2", "experiment.attack.fraction=0.1")
-    assert simulator_only_keys(config.experiment) == ["fleet.dropout", "attack.fraction"]
+    config = server_config(
+        tmp_path, "experiment.fleet.dropout=0.2", "experiment.attack.fraction=0.1", "experiment.backend.name=ray"
+    )
+    assert simulator_only_keys(config.experiment) == ["fleet.dropout", "attack.fraction", "backend.name"]
     assert simulator_only_keys(server_config(tmp_path).experiment) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +61,14 @@ def run(
     dashboard: Optional[str] = typer.Option(
         None, "--dashboard", help="Serve a live dashboard at HOST:PORT while the run goes (port 0: any free one)."
     ),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="Where shards of clients train: inprocess, or ray (sets backend.name)."
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="The Ray cluster to join: auto or HOST:PORT (sets backend.address; default: start a local one).",
+    ),
 ) -> None:
     """Train a federated policy in simulation, with a progress bar; writes a run directory."""
     from fedrl.envs.gym_adapter import UserCodeError
@@ -68,6 +77,7 @@ def run(
     from fedrl.experiment.loading import load_config
     from fedrl.sim import run as runs
 
+    set_ = [*set_, *_backend_overrides(backend, address)]
     try:
         factories = callback_factories(callback)  # imported before the run exists: a bad one leaves nothing
         if resume is not None:
@@ -93,6 +103,15 @@ def run(
 
     summary = runs.finish(current, state, plot_run)
     _print_summary(summary, current.dir.path)
+
+
+def _backend_overrides(backend: str | None, address: str | None) -> list[str]:
+    """``--backend`` and ``--address`` as the ``--set`` overrides they stand for (the address
+    quoted, so that YAML keeps HOST:PORT a string)."""
+    overrides = [] if backend is None else [f"backend.name={backend}"]
+    if address is not None:
+        overrides.append(f"backend.address={json.dumps(address)}")
+    return overrides
 
 
 def _serve_dashboard(current, listen: str):

@@ -297,6 +297,29 @@ class FleetConfig(FrozenConfig):
     retry_s: float = Field(1.0, gt=0, description="async: how long an unavailable client waits before trying again")
 
 
+class BackendConfig(FrozenConfig):
+    """Where a simulation trains its shards of clients (``fedrl.sim.shards``): in this process, or on
+    the actors of a Ray cluster (``pip install 'fedrl[ray]'``), which give the same numbers."""
+
+    name: Literal["inprocess", "ray"] = Field(
+        "inprocess", description="inprocess: shard after shard in this process; ray: shards on Ray actors in parallel"
+    )
+    address: str | None = Field(
+        None,
+        description="ray: the cluster to join, 'auto' (the one `ray start` made on this machine) or HOST:PORT; "
+        "null starts a local cluster of `workers` CPUs for the run",
+    )
+    workers: int | None = Field(
+        None, ge=1, description="ray: actors training shards, one CPU each; null: one per CPU of the cluster"
+    )
+    on_failure: Literal["retry", "drop"] = Field(
+        "retry",
+        description="ray: when an actor dies mid-round, retry its shard on the restarted actor (same numbers), or "
+        "count the shard's clients as dropped for the round",
+    )
+    retries: int = Field(3, ge=0, description="ray, on_failure retry: attempts after the first before the run fails")
+
+
 AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "random_policy"]
 
 
@@ -323,6 +346,7 @@ class ExperimentConfig(FrozenConfig):
     fleet: FleetConfig = FleetConfig()
     attack: AttackConfig = AttackConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    backend: BackendConfig = BackendConfig()
     threads: int | None = Field(
         2,
         ge=1,

@@ -182,12 +182,12 @@ class ServerConfig(FrozenConfig):
         return 4 * steps if steps is not None else 10**7
 
 
-SIMULATOR_ONLY = ("fleet", "attack", "personalization")  # experiment sections a deployment never reads
+SIMULATOR_ONLY = ("fleet", "attack", "personalization", "backend")  # experiment sections a deployment never reads
 
 
 def simulator_only_keys(experiment: ExperimentConfig) -> list[str]:
     """The keys the experiment sets that only the simulator uses (``fleet.*``, ``attack.*``,
-    ``personalization.*``): a deployed server accepts and ignores them, and should say so."""
+    ``personalization.*``, ``backend.*``): a deployed server accepts and ignores them, and should say so."""
     return [
         f"{section}.{key}"
         for section in SIMULATOR_ONLY

@@ -36,13 +36,19 @@ def _start_wave(setup: SimSetup, state: SimState, fl: InFlight, now: float, tags
         return state, len(away)
     received, state, _ = train_clients(setup, state, go, tags)  # no statistics: normalisation is synchronous only
     updates = [r.update for r in received]
+    trained = np.array([u.client_id for u in updates], dtype=np.int64)
+    lost = np.setdiff1d(go, trained)  # a shard lost with its worker: away until their next try
+    fl.next_try[lost] = now + setup.config.fleet.retry_s
+    go = trained
+    if not len(go):
+        return state, len(away) + len(lost)
     steps = np.array([u.env_steps for u in updates])
     fl.delta[go] = np.stack([u.delta for u in updates])
     fl.base_version[go], fl.env_steps[go] = state.version, steps
     fl.loss[go] = [u.metrics.loss for u in updates]
     fl.episodes[go] = [u.metrics.episodes for u in updates]
     fl.busy_until[go] = now + setup.fleet.duration(go, steps)
-    return replace(state, env_steps=state.env_steps + int(steps.sum())), len(away)
+    return replace(state, env_steps=state.env_steps + int(steps.sum())), len(away) + len(lost)
 
 
 def _next_event(fl: InFlight, now: float) -> tuple[float, int | None]:

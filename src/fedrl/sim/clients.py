@@ -10,16 +10,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedrl.agents import LocalResult, make_task, train_local
+from fedrl.agents import LocalResult
 from fedrl.agents.normalize import NormStats
 from fedrl.core.compress import dense, encode
 from fedrl.core.pipeline import ClientMessage, PipelineState, after_sending, client_message, decode_update
-from fedrl.core.rows import put_rows, take_rows
+from fedrl.core.rows import put_rows
 from fedrl.core.update import Update, UpdateMetrics
-from fedrl.envs.base import put_clients, take_clients
-from fedrl.experiment.streams import ATTACK_STREAM, PIPELINE_STREAM, SAMPLE_STREAM, TRAIN_STREAM
+from fedrl.envs.base import put_clients
+from fedrl.experiment.streams import ATTACK_STREAM, PIPELINE_STREAM, SAMPLE_STREAM
 from fedrl.sim.attacks import attack
 from fedrl.sim.setup import SimSetup
+from fedrl.sim.shards import shard_job
 from fedrl.sim.state import SimState
 
 
@@ -36,28 +37,6 @@ def sample_clients(setup: SimSetup, round_: int) -> np.ndarray:
 def shards(clients: np.ndarray, shard_size: int) -> list[np.ndarray]:
     """Split client indices into consecutive shards of at most ``shard_size``."""
     return [clients[i : i + shard_size] for i in range(0, len(clients), shard_size)]
-
-
-def server_control(setup: SimSetup, strategy_state) -> np.ndarray | None:
-    """SCAFFOLD's global control variate, sent with the model; None for other strategies."""
-    return strategy_state.c if setup.strategy.uses_control_variates else None
-
-
-def train_shard(setup: SimSetup, state: SimState, rows: np.ndarray, rng: np.random.Generator) -> LocalResult:
-    """Local training of one shard of clients from the global params; pure apart from time."""
-    task = make_task(
-        setup.net,
-        setup.family,
-        setup.env_params[rows],
-        take_clients(state.env_state, rows),
-        state.params,
-        setup.config.learner.prox_mu,
-        rng,
-        client_state=take_rows(state.client_state, rows),
-        server_control=server_control(setup, state.strategy_state),
-        norm=state.norm,
-    )
-    return train_local(setup.config.learner, task, setup.budget)
 
 
 def to_updates(
@@ -123,14 +102,20 @@ def transmit(
 def train_clients(
     setup: SimSetup, state: SimState, clients: np.ndarray, tags: tuple, send: Callable = transmit
 ) -> tuple[list, SimState, NormStats | None]:
-    """Train ``clients`` from ``state``'s global version, shard by shard; returns what ``send``
-    makes of their updates (attacks applied) -- by default what the server receives after the
-    pipeline --, the state with their env, learner and pipeline state advanced, and the
-    normalisation statistics of what each of them observed (None without normalisation)."""
+    """Train ``clients`` from ``state``'s global version in shards, on the run's backend; returns
+    what ``send`` makes of their updates (attacks applied) -- by default what the server receives
+    after the pipeline --, the state with their env, learner and pipeline state advanced, and the
+    normalisation statistics of what each of them observed (None without normalisation). The
+    clients of a shard lost with its worker (``backend.on_failure: drop``) send nothing and keep
+    their state, as if they had not been reached."""
+    groups = shards(clients, setup.config.federation.shard_size)
+    jobs = [shard_job(setup, state, rows, (*tags, i)) for i, rows in enumerate(groups)]
+    results = setup.shards.train(setup, state.params, jobs)
     updates: list = []
     increments: list[NormStats] = []
-    for i, rows in enumerate(shards(clients, setup.config.federation.shard_size)):
-        result = train_shard(setup, state, rows, setup.rng(TRAIN_STREAM, *tags, i))
+    for i, (rows, result) in enumerate(zip(groups, results)):
+        if result is None:
+            continue
         raw = to_updates(setup, rows, result, state.params, state.version, setup.rng(ATTACK_STREAM, *tags, i))
         sent, pipeline_state = send(setup, state.pipeline_state, raw, tags)
         updates += sent

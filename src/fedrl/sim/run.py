@@ -37,7 +37,7 @@ class Run:
     ) -> Iterator[tuple[RoundResult, SimState]]:
         """Run the remaining rounds, recording metrics and a checkpoint after each, then telling
         ``callbacks`` (and TensorBoard, in ``RUN_DIR/tensorboard``) about the round, its evaluation
-        and the version it made; they are closed at the end."""
+        and the version it made; they are closed at the end, and the backend's workers released."""
         tune_allocator()
         told = list(callbacks)
         if tensorboard:
@@ -60,6 +60,7 @@ class Run:
                         tell(callback, report)
                     yield result, state
         finally:
+            self.setup.close()
             for callback in told:
                 callback.close()
 
@@ -119,6 +120,7 @@ def start(config: ExperimentConfig, path: Path) -> Run:
             "simulator cannot step; run it with `fedrl server` and `fedrl client --env ...`"
         )
     state = initial_state(setup)
+    setup.start_backend()  # it says what is missing before anything is written
     run_dir.create(to_yaml(config))
     run_dir.save_checkpoint(setup, state)
     return Run(setup, state, run_dir)

@@ -1,4 +1,5 @@
-"""What only a simulated run derives from its config: the simulated fleet and its attackers."""
+"""What only a simulated run derives from its config: the simulated fleet, its attackers, and the
+backend its shards train on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import ATTACK_STREAM, FLEET_STREAM
 from fedrl.sim.attacks import malicious_clients
 from fedrl.sim.fleet import Fleet, make_fleet
+from fedrl.sim.ray_shards import RayShards
+from fedrl.sim.shards import InProcess, Shards
 
 
 @dataclass(frozen=True)
@@ -31,3 +34,19 @@ class SimSetup(Setup):
     def random_policy(self) -> np.ndarray:
         """The fixed unrelated policy that ``random_policy`` attackers push towards."""
         return self.net.initial_params(seed=int(self.rng(ATTACK_STREAM, 1).integers(2**31)))
+
+    @cached_property
+    def shards(self) -> Shards:
+        """The backend a round's shards train on (``backend``), started on first use."""
+        backend = self.config.backend
+        return InProcess() if backend.name == "inprocess" else RayShards(backend, self.config)
+
+    def start_backend(self) -> Shards:
+        """The backend, started now if it was not: a missing extra or an unreachable cluster is said here."""
+        return self.shards
+
+    def close(self) -> None:
+        """Release the backend's workers, if started; a later round starts them again."""
+        shards = self.__dict__.pop("shards", None)
+        if shards is not None:
+            shards.close()

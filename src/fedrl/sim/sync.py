@@ -126,7 +126,8 @@ def train_and_aggregate(
     ``Trained``, for the round to merge once every client has trained."""
     received, state, increments = train_clients(setup, state, present, tags)
     updates = [r.update for r in received]
-    arrival = setup.fleet.duration(present, np.array([u.env_steps for u in updates]))
+    senders = np.array([u.client_id for u in updates], dtype=np.int64)  # all present but a lost shard's
+    arrival = setup.fleet.duration(senders, np.array([u.env_steps for u in updates]))
     deadline = setup.config.fleet.deadline_s
     on_time = arrival <= deadline if deadline is not None else np.ones(len(updates), dtype=bool)
     steps = state.env_steps + sum(u.env_steps for u in updates)
@@ -143,10 +144,11 @@ def train_and_aggregate(
 def close_round(
     setup: SimSetup, state: SimState, stats: RoundStats, sampled: np.ndarray, present: np.ndarray, trained: Trained
 ) -> tuple[SimState, RoundStats]:
-    """The round's simulated duration (its deadline when someone was late or away), drops and
-    training figures."""
+    """The round's simulated duration (its deadline when someone was late, away or lost with a
+    worker), drops and training figures."""
     deadline = setup.config.fleet.deadline_s
-    late = deadline is not None and (len(present) < len(sampled) or not trained.on_time.all())
+    missing = len(trained.on_time) < len(sampled)
+    late = deadline is not None and (missing or not trained.on_time.all())
     arrival = trained.arrival
     elapsed = deadline if late else float(arrival.max()) if len(arrival) else setup.config.fleet.retry_s
     updates = trained.updates
