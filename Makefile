@@ -112,6 +112,7 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/aggregation.py
 	$(BIN)/python benchmarks/meta.py
 	$(BIN)/python benchmarks/clusters.py
+	$(BIN)/python benchmarks/ray_backend.py
 	$(BIN)/python benchmarks/airquality_fleets.py
 	$(BIN)/fedrl run examples/airquality.yaml --out runs/airquality --quiet
 	$(BIN)/python benchmarks/airquality_hand.py runs/airquality

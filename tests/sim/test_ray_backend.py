@@ -20,7 +20,7 @@ from fedrl.sim.engine import initial_state
 from fedrl.sim.ray_shards import RayShards
 from fedrl.sim.rundir import ROUND_COLUMNS
 from fedrl.sim.setup import SimSetup
-from fedrl.sim.shards import InProcess, shard_job
+from fedrl.sim.shards import InProcess, ShardLost, shard_job
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,8 @@ def test_when_retries_run_out_the_run_stops_naming_the_setting(cluster, slow_rou
     backend = slow_round.backend(name="ray", retries=0)
     try:
         outcome, _ = _kill_while_training(backend, slow_round)
-        assert "backend.retries = 0" in str(outcome["error"])
+        assert isinstance(outcome["error"], ShardLost)
+        assert "its Ray actor died 1 times (backend.retries = 0)" in str(outcome["error"])
     finally:
         backend.close()
 

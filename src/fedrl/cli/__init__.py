@@ -132,6 +132,7 @@ def _train(current, callbacks: list, tensorboard: bool, quiet: bool):
     """Run ``current``'s remaining rounds with a progress bar (plain lines without a terminal);
     the last state."""
     from fedrl.envs.gym_adapter import UserCodeError
+    from fedrl.sim.shards import ShardLost
 
     state = current.state
     total = current.setup.config.federation.rounds
@@ -163,6 +164,9 @@ def _train(current, callbacks: list, tensorboard: bool, quiet: bool):
         except UserCodeError as exc:
             progress.stop()
             fail(str(exc))
+        except ShardLost as exc:
+            progress.stop()
+            fail(f"{exc}; the run stopped at its last checkpoint (continue it with --resume)")
     return state
 
 

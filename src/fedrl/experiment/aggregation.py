@@ -3,12 +3,15 @@
 The simulator's engine and the deployed server's coordinator both close a round with
 ``aggregate_round``::
 
-    updates (decoded on receipt) -> screen -> weights capped -> (central DP: one noised mean) -> strategy
+    updates (decoded on receipt) -> screen -> weights capped -> (central DP: one noised mean)
+        -> (regions: one reduced update per region) -> strategy
 
 ``screen`` rejects what no rule may see (NaN or Inf values, the wrong length). A client reports its
 own step count, which is its FedAvg weight, so a count above the round's step budget
 (``federation.local_steps``) counts as the budget: claiming more buys no more weight. The strategy
-reduces the deltas with its robust rule (``strategy.robust``). Under central DP
+reduces the deltas with its robust rule (``strategy.robust``); in a hierarchy
+(``federation.regions``) each region applies it to its own clients' deltas and the root's strategy
+takes the weighted mean of the regions' (``Setup.root_strategy``). Under central DP
 the strategy receives a single update, the noised sum of the accepted deltas over the expected
 number of clients, its noise drawn from the run seed and the round (``NOISE_STREAM``), so a
 restarted server, a resumed run and the simulator all draw the same noise for the same round,
@@ -25,6 +28,7 @@ from fedrl.agents import evaluate
 from fedrl.agents.normalize import NormStats, obs_scale
 from fedrl.core.aggregation import screen
 from fedrl.core.pipeline import central_mean, mean_of_secure_sum
+from fedrl.core.robust import combine
 from fedrl.core.secagg import dequantize
 from fedrl.core.update import Update, stack_deltas
 from fedrl.experiment.setup import Setup
@@ -86,6 +90,25 @@ def capped_weights(setup: Setup, updates: list[Update]) -> list[Update]:
     return [u if u.env_steps <= budget else replace(u, env_steps=budget) for u in updates]
 
 
+def region_of(setup: Setup, clients: np.ndarray) -> np.ndarray:
+    """The region of each client id: ``c * regions // n_clients`` (consecutive ids share one)."""
+    fed = setup.config.federation
+    return np.asarray(clients, dtype=np.int64) * fed.regions // fed.n_clients
+
+
+def regional_updates(setup: Setup, updates: list[Update], version: int) -> list[Update]:
+    """What each region with accepted ``updates`` forwards to the root: its clients' deltas clipped and
+    reduced by the strategy's robust rule, weighted by their env steps in all (client id -1: no single
+    client's), in region order."""
+    regions = region_of(setup, np.array([u.client_id for u in updates], dtype=np.int64))
+    robust = setup.config.strategy.robust
+    forwarded = []
+    for region in np.unique(regions):
+        members = [u for u, r in zip(updates, regions) if r == region]
+        forwarded.append(Update(-1, version, combine(robust, members), sum(u.env_steps for u in members)))
+    return forwarded
+
+
 def aggregate_round(
     setup: Setup, strategy_state: object, params: np.ndarray, version: int, round_: int, updates: list[Update]
 ) -> Aggregated:
@@ -94,11 +117,14 @@ def aggregate_round(
     screened = screen(updates, setup.net.spec.dim)
     accepted = capped_weights(setup, screened.accepted)
     staleness = float(np.mean([version - u.base_version for u in accepted])) if accepted else 0.0
+    strategy = setup.strategy
     if setup.config.pipeline.dp.mode == "central":
         given = [central_update(setup, accepted, version, round_)]
+    elif setup.config.federation.regions > 1:
+        given, strategy = regional_updates(setup, accepted, version), setup.root_strategy
     else:
         given = accepted
-    new_params, new_state = setup.strategy.aggregate(strategy_state, params, given)
+    new_params, new_state = strategy.aggregate(strategy_state, params, given)
     return Aggregated(new_params, new_state, len(screened.rejected), staleness)
 
 

@@ -209,11 +209,20 @@ class FederationConfig(FrozenConfig):
         "cluster_probe_episodes with each, trains the best and sends its update to that model's average",
     )
     cluster_probe_episodes: int = Field(1, ge=1, description="episodes a client plays with each model to choose one")
+    regions: int = Field(
+        1,
+        ge=1,
+        description="hierarchical aggregation: the clients in this many regions (client c in region "
+        "c * regions // n_clients); each region reduces its clients' updates with strategy.robust and forwards one, "
+        "weighted by their env steps, and the root averages the regions' by weight before the server optimiser",
+    )
 
     @model_validator(mode="after")
     def _clusters_fit_fleet(self) -> FederationConfig:
         if self.clusters > self.n_clients:
             raise KeyProblem("clusters", f"more models than the {self.n_clients} clients", self.clusters)
+        if self.regions > self.n_clients:
+            raise KeyProblem("regions", f"more regions than the {self.n_clients} clients", self.regions)
         return self
 
     @model_validator(mode="before")
@@ -510,6 +519,28 @@ class ExperimentConfig(FrozenConfig):
             problem = "error feedback keeps one residual per client, which would carry one model's error into another"
         if problem is not None:
             raise KeyProblem("federation.clusters", f"not available here: {problem}", self.federation.clusters)
+        return self
+
+    @model_validator(mode="after")
+    def _regions_fit_run(self) -> ExperimentConfig:
+        """A region forwards one reduced update per round: what needs every client's own update at the root
+        (a secure sum, central DP's clipped sum, SCAFFOLD's control deltas, an arrival order, a model choice)
+        cannot pass through it yet."""
+        if self.federation.regions == 1:
+            return self
+        problem = None
+        if self.asynchronous:
+            problem = f"{self.strategy.name} applies updates as they arrive, and a region forwards one per round"
+        elif self.pipeline.secure_aggregation.enabled:
+            problem = "a secure sum across regions is not implemented: the root would need every client's masked input"
+        elif self.pipeline.dp.mode == "central":
+            problem = "central DP noises the sum of every client's clipped update, which the regions do not forward"
+        elif self.strategy.name == "scaffold":
+            problem = "SCAFFOLD's control deltas are not aggregated by the regions"
+        elif self.federation.clusters > 1:
+            problem = "clustered federation chooses a model per client, which the regions do not forward"
+        if problem is not None:
+            raise KeyProblem("federation.regions", f"not available here: {problem}", self.federation.regions)
         return self
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from fedrl.agents import (
     make_net,
     register_loss,
 )
-from fedrl.core.robust import CUSTOM_RULE, register_rule
+from fedrl.core.robust import CUSTOM_RULE, RobustConfig, register_rule
 from fedrl.core.strategies import FedAvgConfig, Strategy, UserStrategyConfig, make_strategy
 from fedrl.envs import get_family
 from fedrl.envs.base import (
@@ -219,6 +219,18 @@ class Setup:
                 register_rule(rule, import_function(rule, robust.rule_dir, "robust rule"))
             except ValueError as exc:
                 raise ConfigError(f"bad config: strategy.robust.rule = {rule!r}: {exc}") from None
+        if isinstance(config, UserStrategyConfig):
+            return make_strategy(config, load_strategy(config))
+        return make_strategy(config)
+
+    @cached_property
+    def root_strategy(self) -> Strategy:
+        """The strategy as the root of a hierarchy runs it (``federation.regions``): the same server
+        optimiser over the regions' updates, reduced by their weighted mean, each region having applied the
+        robust rule and its norm bound to its own clients' updates; without regions, ``strategy``."""
+        if self.config.federation.regions == 1:
+            return self.strategy
+        config = self.config.strategy.model_copy(update={"robust": RobustConfig()})
         if isinstance(config, UserStrategyConfig):
             return make_strategy(config, load_strategy(config))
         return make_strategy(config)

@@ -140,6 +140,12 @@ class ServerConfig(FrozenConfig):
             raise KeyProblem(
                 "experiment.federation.clusters", "the simulator's only, for now: a server serves one model", True
             )
+        if self.experiment.federation.regions > 1:
+            raise KeyProblem(
+                "experiment.federation.regions",
+                "the simulator's only, for now: a deployed hierarchy needs regional aggregator processes",
+                self.experiment.federation.regions,
+            )
         normalize = self.experiment.learner.normalize
         if normalize.active:
             key = "experiment.learner.normalize." + ("obs" if normalize.obs else "reward")

@@ -21,7 +21,7 @@ from fedrl.agents import LocalResult
 from fedrl.agents.runtime import threads, tune_allocator
 from fedrl.experiment.config import BackendConfig, ConfigError, ExperimentConfig
 from fedrl.experiment.setup import Setup
-from fedrl.sim.shards import ShardJob, run_shard
+from fedrl.sim.shards import ShardJob, ShardLost, run_shard
 
 
 def _import_ray():
@@ -158,7 +158,7 @@ class RayShards:
             if self.config.on_failure == "drop":
                 self.actors[actor] = self._worker.remote(*self._args)
                 return None
-            raise RuntimeError(
+            raise ShardLost(
                 f"shard {shard}: its Ray actor died {self.config.retries + 1} times (backend.retries = "
                 f"{self.config.retries}); the last: {exc}"
             ) from None

@@ -23,6 +23,10 @@ from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import TRAIN_STREAM
 
 
+class ShardLost(RuntimeError):
+    """A shard could not be trained: its worker died more often than the backend retries."""
+
+
 class ShardJob(NamedTuple):
     """What one shard's local training needs besides the global params and the run's config."""
 
