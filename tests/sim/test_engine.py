@@ -8,6 +8,7 @@ import pytest
 from fedrl.experiment import aggregation
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import apply_override, parse_config
+from fedrl.server.config import load_server_config
 from fedrl.sim import run as runs
 from fedrl.sim.clients import sample_clients, shards
 from fedrl.sim.engine import initial_state, run_round
@@ -255,3 +256,32 @@ def test_local_training_alone_refuses_central_dp(tiny_config):
 def test_every_evaluation_stream_tag_is_its_own():
     tags = {name: value for name, value in vars(aggregation).items() if name.endswith("_TAG")}
     assert len(set(tags.values())) == len(tags), tags
+
+
+def test_checkpoint_every_writes_fewer_and_a_resume_redoes_the_rounds_after_the_newest(tmp_path, tiny_config):
+    # Prepare: 5 rounds checkpointed every 2 (and the last), and the same run stopped after round 3
+    config = parse_config(
+        apply_override(apply_override(tiny_config, "federation.rounds=5"), "federation.checkpoint_every=2")
+    )
+    unbroken = _run_to_end(config, tmp_path / "unbroken")
+    stopped = runs.start(config, tmp_path / "stopped")
+    rounds = stopped.rounds()
+    for _ in range(3):
+        next(rounds)
+    rounds.close()  # the process ends after round 3 (its metrics written, its state not)
+    # Act
+    resumed = runs.resume(tmp_path / "stopped")
+    list(resumed.rounds())
+    # Assert: checkpoints of rounds 0, 2, 4 and the last; the resumed run went back to round 2 and ends the same
+    names = sorted(p.name for p in (tmp_path / "unbroken" / "checkpoints").glob("round_*.json"))
+    assert names == ["round_00000.json", "round_00002.json", "round_00004.json", "round_00005.json"]
+    assert resumed.state.round == 2
+    ru, cu = _metrics(unbroken.dir)
+    rr, cr = _metrics(resumed.dir)
+    np.testing.assert_array_equal(np.nan_to_num(ru), np.nan_to_num(rr))
+    np.testing.assert_array_equal(cu, cr)
+
+
+def test_checkpoint_every_is_the_simulators_only():
+    with pytest.raises(ConfigError, match="experiment.federation.checkpoint_every.*stores every round"):
+        load_server_config(None, ["experiment.federation.checkpoint_every=5"])

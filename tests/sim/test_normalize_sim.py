@@ -8,6 +8,7 @@ from safetensors.numpy import load_file
 
 import fedrl
 from fedrl.agents.normalize import obs_scale
+from fedrl.experiment.aggregation import mean_returns
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import apply_override, parse_config
 from fedrl.server.config import load_server_config
@@ -91,3 +92,67 @@ def test_normalisation_is_refused_where_the_statistics_cannot_travel(tiny_config
 def test_a_deployed_server_refuses_normalisation_by_name():
     with pytest.raises(ConfigError, match="experiment.learner.normalize.reward.*devices cannot send"):
         load_server_config(None, ["experiment.learner.normalize.reward=true"])
+
+
+PERSONAL = "learner.normalize.stats=personal"
+
+
+def test_personal_statistics_hold_each_clients_own_observations_and_travel_nowhere(tmp_path, tiny_config):
+    # Prepare: the same run with the fleet's statistics and with personal ones
+    fleet = runs.start(parse_config(_config(tiny_config)), tmp_path / "fleet")
+    *_, (fleet_result, fleet_state) = fleet.rounds()
+    current = runs.start(parse_config(_config(tiny_config, PERSONAL)), tmp_path / "personal")
+    # Act
+    *_, (result, state) = current.rounds()
+    # Assert: one row per client, each counting that client's steps alone, and nothing sent beside the update
+    n = current.setup.config.federation.n_clients
+    assert state.norm.personal and state.norm.obs.count.shape == (n,)
+    np.testing.assert_array_equal(state.norm.obs.count, np.full(n, state.env_steps / n))
+    assert not np.allclose(state.norm.obs.mean[0], state.norm.obs.mean[1])  # their physics differ
+    stats_bytes = n * fleet_state.norm.wire_bytes
+    assert fleet_result.stats.traffic.uplink - result.stats.traffic.uplink == stats_bytes
+    # the first round starts from the same untrained model: different statistics change the training
+    assert not np.array_equal(fleet_state.params, state.params)
+
+
+def test_each_client_is_evaluated_with_its_own_statistics_and_a_saved_policy_carries_them_pooled(tmp_path, tiny_config):
+    path = tmp_path / "r"
+    current = runs.start(parse_config(_config(tiny_config, PERSONAL)), path)
+    *_, (result, state) = current.rounds()
+    setup = current.setup
+    # evaluation: each client normalises with its own row, and that differs from the pooled statistics
+    episodes = setup.config.eval.episodes
+    own = mean_returns(setup, state.params, setup.env_params, episodes, norm=state.norm)
+    pooled = mean_returns(setup, state.params, setup.env_params, episodes, norm=state.norm.pooled())
+    np.testing.assert_array_equal(result.client_returns, own)
+    assert not np.array_equal(own, pooled)
+    # the saved policy: every client's statistics pooled, as a new client would start
+    summary = runs.finish(current, state)
+    pooled = state.norm.pooled().obs
+    card = fedrl.load_policy(path).card.obs_norm
+    np.testing.assert_array_equal(np.array(card.mean, np.float32), pooled.mean.astype(np.float32))
+    assert pooled.count == state.env_steps
+    assert np.isfinite(summary["heldout_mean_return"])
+
+
+def test_a_resumed_run_with_personal_statistics_ends_where_an_unbroken_one_does(tmp_path, tiny_config):
+    unbroken = runs.start(parse_config(_config(tiny_config, PERSONAL, "federation.rounds=4")), tmp_path / "u")
+    *_, (_, whole) = unbroken.rounds()
+    list(runs.start(parse_config(_config(tiny_config, PERSONAL, "federation.rounds=2")), tmp_path / "r").rounds())
+    resumed = runs.resume(tmp_path / "r", ["federation.rounds=4"])
+    *_, (_, again) = resumed.rounds()
+    np.testing.assert_array_equal(whole.params, again.params)
+    np.testing.assert_array_equal(whole.norm.obs.m2, again.norm.obs.m2)
+
+
+def test_personal_statistics_run_beside_secure_aggregation_and_dp_which_refuse_the_fleets(tmp_path, tiny_config):
+    secure = ("federation.n_clients=4", "pipeline.secure_aggregation.enabled=true")
+    with pytest.raises(ConfigError, match="stats: personal keeps them on the client"):
+        parse_config(_config(tiny_config, *secure))
+    current = runs.start(parse_config(_config(tiny_config, PERSONAL, *secure, "federation.rounds=1")), tmp_path / "s")
+    ((result, state),) = current.rounds()
+    assert result.stats.n_updates == 4 and state.norm.obs.count.sum() == state.env_steps
+    dp = ("pipeline.clip_norm=1.0", "pipeline.dp.mode=local", "pipeline.dp.noise_multiplier=1.0")
+    assert parse_config(_config(tiny_config, PERSONAL, *dp)).learner.normalize.stats == "personal"
+    with pytest.raises(ConfigError, match="personal ones are not implemented there"):
+        parse_config(_config(tiny_config, PERSONAL, "federation.clusters=2"))

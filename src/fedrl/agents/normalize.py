@@ -11,7 +11,10 @@ it trains (so it normalises with the fleet's statistics and its own new data) an
 statistics of its new data beside its update; the server merges them by counts
 (``fedrl.core.moments``), so the fleet's statistics are those of every observation any client
 made. They are not part of the parameter vector: a server optimiser's momentum, a robust rule or
-compression never touches them. The saved policy carries the observation statistics in its card
+compression never touches them. With ``stats: personal`` each client keeps its own statistics
+instead (FedBN's idea, Li et al., ICLR 2021, applied to the input scaling) and sends none; a
+policy saved for a new client carries every client's pooled. The saved policy carries the
+observation statistics in its card
 (``PolicyCard.obs_norm``), so a loaded or exported policy normalises exactly as evaluation did;
 reward scaling only shapes training and is not carried.
 """
@@ -19,13 +22,14 @@ reward scaling only shapes training and is not carried.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field
 
 from fedrl.core.frozen import FrozenConfig
 from fedrl.core.moments import Moments
+from fedrl.core.rows import put_rows, take_rows
 
 EPS = 1e-8
 
@@ -37,6 +41,11 @@ class NormalizeConfig(FrozenConfig):
     reward: bool = Field(False, description="divide rewards by the running standard deviation of the discounted return")
     clip_obs: float = Field(10.0, gt=0, description="normalised observations are clipped to [-clip_obs, clip_obs]")
     clip_reward: float = Field(10.0, gt=0, description="scaled rewards are clipped to [-clip_reward, clip_reward]")
+    stats: Literal["fleet", "personal"] = Field(
+        "fleet",
+        description="fleet: one set of statistics, every client's observations merged by counts at the end of a "
+        "round; personal: each client keeps its own and sends none (a new client starts from all of them pooled)",
+    )
 
     @property
     def active(self) -> bool:
@@ -86,17 +95,49 @@ class NormStats:
         return self.merge(part.total())
 
     @property
+    def personal(self) -> bool:
+        """Whether these are one row of statistics per client (``stats: personal``) rather than the fleet's."""
+        return (self.obs or self.returns).count.ndim == 1
+
+    def of_clients(self, ids: np.ndarray) -> NormStats:
+        """What the clients ``ids`` normalise with: the fleet's statistics, or their own rows."""
+        return take_rows(self, np.asarray(ids)) if self.personal else self
+
+    def rows_of(self, ids: np.ndarray) -> NormStats:
+        """One row of statistics for each client of ``ids``: the fleet's repeated, or their own."""
+        return take_rows(self, np.asarray(ids)) if self.personal else self.broadcast(len(ids))
+
+    def pooled(self) -> NormStats:
+        """One set of statistics for a client that has none of its own (a held-out client, a saved
+        policy): the fleet's, or every client's own pooled by counts."""
+        return self.total() if self.personal else self
+
+    def absorbed(self, ids: np.ndarray, increments: NormStats, sent: np.ndarray) -> NormStats:
+        """The statistics after the clients ``ids`` observed ``increments`` (one row each, a row with a
+        non-finite value left out): merged into the fleet's for the clients whose update was ``sent`` on
+        time, or into each client's own, sent or not."""
+        if not self.personal:
+            return self.merge_rows(increments, sent)
+        present = [m for m in (increments.obs, increments.returns) if m is not None]
+        rows = np.flatnonzero(np.logical_and.reduce([m.finite for m in present]))
+        part = take_rows(increments, rows)
+        ids = np.asarray(ids)[rows]
+        return put_rows(self, ids, take_rows(self, ids).merge(part))
+
+    @property
     def wire_bytes(self) -> int:
         """What one client's increments take on the wire as float64 values."""
         return 8 * sum(1 + 2 * m.mean.shape[-1] for m in (self.obs, self.returns) if m is not None)
 
 
-def init_stats(config: NormalizeConfig, obs_dim: int) -> NormStats | None:
-    """The fleet's statistics before anything is observed; None when ``config`` normalises nothing."""
+def init_stats(config: NormalizeConfig, obs_dim: int, n_clients: int = 1) -> NormStats | None:
+    """The statistics before anything is observed: the fleet's, or with ``stats: personal`` one row
+    for each of ``n_clients``; None when ``config`` normalises nothing."""
     if not config.active:
         return None
+    batch = (n_clients,) if config.stats == "personal" else ()
     return NormStats(
-        Moments.empty((), obs_dim) if config.obs else None, Moments.empty((), 1) if config.reward else None
+        Moments.empty(batch, obs_dim) if config.obs else None, Moments.empty(batch, 1) if config.reward else None
     )
 
 
@@ -188,8 +229,8 @@ class Normalizer:
 def make_normalizer(
     config: NormalizeConfig, stats: NormStats | None, n_clients: int, returns: np.ndarray | None, gamma: float
 ) -> Normalizer | None:
-    """The normaliser of a client batch starting from the fleet's ``stats``; None when nothing is
-    normalised."""
+    """The normaliser of a client batch starting from the fleet's ``stats`` (or each client's own
+    row); None when nothing is normalised."""
     if stats is None:
         return None
-    return Normalizer(config, stats.broadcast(n_clients), returns, gamma)
+    return Normalizer(config, stats if stats.personal else stats.broadcast(n_clients), returns, gamma)

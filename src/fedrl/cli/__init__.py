@@ -256,7 +256,10 @@ def eval_(
                 params = runs.heldout_acting(setup, state, env_params) if state.clusters is not None else params
             elif own_models:  # the model each chose last, and its own towers
                 params = acting_params(setup, state)[chosen]
-            scale = obs_scale(setup.config.learner.normalize, state.norm)  # the final policy's too
+            norm = state.norm  # the final policy's too; personal statistics: each client's own, pooled for new ones
+            if norm is not None:
+                norm = norm.pooled() if kind == "heldout" else norm.of_clients(chosen)
+            scale = obs_scale(setup.config.learner.normalize, norm)
             returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, obs_norm=scale)
     except UserCodeError as exc:
         fail(str(exc))

@@ -157,12 +157,17 @@ def _on(setup: Setup, params: np.ndarray, ids: np.ndarray | None) -> tuple[np.nd
     return (params if np.ndim(params) == 1 else params[ids]), setup.env_params[ids]
 
 
+def _norm_on(norm: NormStats | None, ids: np.ndarray | None) -> NormStats | None:
+    """The statistics the clients ``ids`` (all for None) normalise with."""
+    return norm if norm is None or ids is None else norm.of_clients(ids)
+
+
 def client_returns(
     setup: Setup, params: np.ndarray, ids: np.ndarray | None = None, norm: NormStats | None = None
 ) -> np.ndarray:
     """Mean return per training client (those ``ids``; default all), ``eval.episodes`` each, the
     same episodes every round for the same clients."""
-    return mean_returns(setup, *_on(setup, params, ids), setup.config.eval.episodes, norm=norm)
+    return mean_returns(setup, *_on(setup, params, ids), setup.config.eval.episodes, norm=_norm_on(norm, ids))
 
 
 def confirmed_returns(
@@ -171,6 +176,7 @@ def confirmed_returns(
     """Mean return per training client (those ``ids``) over ``eval.confirm_episodes`` episodes of
     their own (not the routine evaluation's): the check that a crossing of the target was not luck."""
     episodes = setup.config.eval.confirm_episodes
+    norm = _norm_on(norm, ids)
     return mean_returns(setup, *_on(setup, params, ids), episodes, CONFIRM_EPISODES_TAG, round_, norm=norm)
 
 
@@ -180,4 +186,5 @@ def heldout_returns(
     """Mean return per held-out client (physics never trained on), the same episodes for every
     policy: the simulator's final check and the deployed server's evaluation gate."""
     env_params = setup.heldout_params(n_clients)
+    norm = None if norm is None else norm.pooled()  # personal statistics: a new client starts from all pooled
     return mean_returns(setup, params, env_params, episodes, HELDOUT_EPISODES_TAG, norm=norm)

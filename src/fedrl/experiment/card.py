@@ -12,10 +12,12 @@ from fedrl.policy.card import ActionSpec, ObsNorm, PolicyCard
 
 def card_obs_norm(setup: Setup, stats: NormStats | None) -> ObsNorm | None:
     """The observation normalisation a policy trained with the fleet's ``stats`` carries (float32
-    values, as evaluation applied them); None when observations are not normalised."""
+    values, as evaluation applied them; personal statistics pooled, for a client that has none of its
+    own); None when observations are not normalised."""
     if stats is None or stats.obs is None:
         return None
-    mean, var = stats.obs.mean.astype(np.float32), stats.obs.var.astype(np.float32)
+    obs = stats.pooled().obs
+    mean, var = obs.mean.astype(np.float32), obs.var.astype(np.float32)
     clip = setup.config.learner.normalize.clip_obs
     return ObsNorm(tuple(float(m) for m in mean), tuple(float(v) for v in var), clip, EPS)
 

@@ -209,6 +209,12 @@ class FederationConfig(FrozenConfig):
         "cluster_probe_episodes with each, trains the best and sends its update to that model's average",
     )
     cluster_probe_episodes: int = Field(1, ge=1, description="episodes a client plays with each model to choose one")
+    checkpoint_every: int = Field(
+        1,
+        ge=1,
+        description="simulator: write a checkpoint every this many rounds, and at the last (a resumed run goes back "
+        "to the newest and runs the rounds after it again, with the same numbers); every client's state is in each",
+    )
     regions: int = Field(
         1,
         ge=1,
@@ -560,18 +566,28 @@ class ExperimentConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _normalisation_fits_run(self) -> ExperimentConfig:
-        """Each client sends the statistics of what it observed beside its update, in the clear and
-        at the end of a synchronous round: nothing that hides or delays single updates can run beside it."""
+        """With the fleet's statistics each client sends those of what it observed beside its update, in
+        the clear and at the end of a synchronous round: nothing that hides or delays single updates can run
+        beside it. Personal statistics travel nowhere, but still merge at the end of a synchronous round."""
         normalize = self.learner.normalize
         if not normalize.active:
             return self
+        fleet = normalize.stats == "fleet"
         problem = None
         if self.asynchronous:
-            problem = f"the fleet's statistics are merged at the end of a round, and {self.strategy.name} has no rounds"
-        elif self.pipeline.secure_aggregation.enabled:
-            problem = "each client's observation statistics would reach the server in the clear, beside the secure sum"
-        elif self.pipeline.dp.mode != "none":
-            problem = "each client's observation statistics would reach the server unclipped and unnoised"
+            problem = f"the statistics are merged at the end of a round, and {self.strategy.name} has no rounds"
+        elif fleet and self.pipeline.secure_aggregation.enabled:
+            problem = (
+                "each client's observation statistics would reach the server in the clear, beside the secure sum "
+                "(learner.normalize.stats: personal keeps them on the client)"
+            )
+        elif fleet and self.pipeline.dp.mode != "none":
+            problem = (
+                "each client's observation statistics would reach the server unclipped and unnoised "
+                "(learner.normalize.stats: personal keeps them on the client)"
+            )
+        elif not fleet and self.federation.clusters > 1:
+            problem = "clients choose their model on the fleet's statistics; personal ones are not implemented there"
         if problem is not None:
             key = "learner.normalize.obs" if normalize.obs else "learner.normalize.reward"
             raise KeyProblem(key, f"not available here: {problem}", True)

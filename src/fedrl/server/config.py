@@ -140,6 +140,12 @@ class ServerConfig(FrozenConfig):
             raise KeyProblem(
                 "experiment.federation.clusters", "the simulator's only, for now: a server serves one model", True
             )
+        if self.experiment.federation.checkpoint_every != 1:
+            raise KeyProblem(
+                "experiment.federation.checkpoint_every",
+                "the simulator's only: a server stores every round and update durably",
+                self.experiment.federation.checkpoint_every,
+            )
         if self.experiment.federation.regions > 1:
             raise KeyProblem(
                 "experiment.federation.regions",

@@ -65,7 +65,7 @@ def initial_state(setup: SimSetup) -> SimState:
     env_state, _ = reset(setup.family, setup.env_params, setup.config.learner.n_envs, setup.rng(TRAIN_STREAM, 0))
     client_state = init_client_state(setup.config.learner, setup.net, n, setup.strategy.uses_control_variates)
     pipeline_state = init_pipeline_state(setup.config.pipeline, n, setup.net.spec.dim)
-    norm = init_stats(setup.config.learner.normalize, setup.family.obs_dim)
+    norm = init_stats(setup.config.learner.normalize, setup.family.obs_dim, n)
     state = SimState(
         0,
         params,
@@ -94,7 +94,7 @@ def acting_params(setup: SimSetup, state: SimState) -> np.ndarray:
 def personalized_returns(setup: SimSetup, state: SimState, round_: int, ids: np.ndarray | None = None) -> np.ndarray:
     """Each client (of ``ids``; default all) fine-tunes the global policy for the configured steps
     on its own environment (from a copy of what it keeps), then is evaluated like the global policy,
-    normalising by the fleet's statistics with what it added while fine-tuning."""
+    normalising by the fleet's statistics (or its own) with what it added while fine-tuning."""
     steps = setup.config.personalization.steps
     chosen = np.arange(setup.config.federation.n_clients) if ids is None else ids
     tuned, own = [], []
@@ -110,12 +110,12 @@ def personalized_returns(setup: SimSetup, state: SimState, round_: int, ids: np.
             0.0,
             rng,
             client_state=take_rows(state.client_state, rows),
-            norm=state.norm,
+            norm=None if state.norm is None else state.norm.of_clients(rows),
         )
         result = train_local(setup.config.learner, task, Budget(steps=steps))
         tuned.append(local_params(setup.config.learner, setup.net, result.params, result.client_state, len(rows)))
         if result.norm is not None:  # each client keeps the statistics it added while fine-tuning
-            own.append(state.norm.broadcast(len(rows)).merge(result.norm))
+            own.append(state.norm.rows_of(rows).merge(result.norm))
     norm = NormStats.concat(own) if own else None
     return mean_returns(setup, np.concatenate(tuned), setup.env_params[chosen], setup.config.eval.episodes, norm=norm)
 

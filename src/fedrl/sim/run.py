@@ -18,7 +18,7 @@ from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
 from fedrl.experiment.loading import apply_override, parse_config, to_yaml, upgrade
 from fedrl.sim.clusters import heldout_choice
-from fedrl.sim.engine import acting_params, initial_state, run_rounds
+from fedrl.sim.engine import acting_params, initial_state, is_solved, run_rounds
 from fedrl.sim.rundir import RoundRow, RunDir
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.state import RoundResult, SimState
@@ -35,7 +35,8 @@ class Run:
     def rounds(
         self, callbacks: Sequence[Callback] = (), tensorboard: bool = True
     ) -> Iterator[tuple[RoundResult, SimState]]:
-        """Run the remaining rounds, recording metrics and a checkpoint after each, then telling
+        """Run the remaining rounds, recording metrics and a checkpoint after each (or every
+        ``federation.checkpoint_every``, and the last), then telling
         ``callbacks`` (and TensorBoard, in ``RUN_DIR/tensorboard``) about the round, its evaluation
         and the version it made; they are closed at the end, and the backend's workers released."""
         tune_allocator()
@@ -48,7 +49,8 @@ class Run:
             with threads(self.setup.config.threads):
                 for result, state in run_rounds(self.setup, self.state):
                     row = self.dir.record(result)
-                    self.dir.save_checkpoint(self.setup, state)
+                    if checkpoint_due(self.setup, result):
+                        self.dir.save_checkpoint(self.setup, state)
                     deployed = None
                     if state.version != version:  # a round without usable updates makes no version
                         version = state.version
@@ -63,6 +65,13 @@ class Run:
             self.setup.close()
             for callback in told:
                 callback.close()
+
+
+def checkpoint_due(setup: SimSetup, result: RoundResult) -> bool:
+    """Whether the round of ``result`` is checkpointed: every ``federation.checkpoint_every`` rounds,
+    and the run's last (its round limit, or the target reached)."""
+    fed = setup.config.federation
+    return result.round % fed.checkpoint_every == 0 or result.round >= fed.rounds or is_solved(setup, result)
 
 
 TENSORBOARD_DIR = "tensorboard"
@@ -236,7 +245,7 @@ def _finish(run: Run, state: SimState) -> dict:
         acting = heldout_acting(setup, state, setup.heldout_params(n_heldout))
         held = heldout_returns(setup, acting, n_heldout, setup.config.eval.episodes, state.norm)
         summary.update(heldout_mean_return=float(held.mean()), heldout_worst_return=float(held.min()))
-        summary.update(adaptation_summary(setup, state.params, state.norm))
+        summary.update(adaptation_summary(setup, state.params, None if state.norm is None else state.norm.pooled()))
     run.dir.save_policy(setup, state.params, "final_policy", {"round": state.round}, state.norm)
     if state.clusters is not None:
         summary["cluster_sizes"] = state.clusters.sizes.tolist()  # how many clients chose each model last

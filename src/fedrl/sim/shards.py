@@ -34,16 +34,15 @@ class ShardJob(NamedTuple):
     env_state: Any  # their environments, as ``fedrl.envs.base.take_clients`` cuts them
     client_state: ClientState  # what each of them keeps between rounds
     server_control: np.ndarray | None  # SCAFFOLD's global control variate
-    norm: NormStats | None  # the fleet's normalisation statistics
+    norm: NormStats | None  # the fleet's normalisation statistics, or the shard's clients' own
     tags: tuple  # the shard's training stream: ``setup.rng(TRAIN_STREAM, *tags)``
 
 
 def shard_job(setup: Setup, state, rows: np.ndarray, tags: tuple) -> ShardJob:
     """The job of training ``rows`` from ``state`` (a ``SimState``) with the stream ``tags``."""
     control = state.strategy_state.c if setup.strategy.uses_control_variates else None
-    return ShardJob(
-        rows, take_clients(state.env_state, rows), take_rows(state.client_state, rows), control, state.norm, tags
-    )
+    norm = None if state.norm is None else state.norm.of_clients(rows)
+    return ShardJob(rows, take_clients(state.env_state, rows), take_rows(state.client_state, rows), control, norm, tags)
 
 
 def run_shard(setup: Setup, params: np.ndarray, job: ShardJob) -> LocalResult:

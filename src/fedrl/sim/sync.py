@@ -114,8 +114,12 @@ class Trained(NamedTuple):
     increments: NormStats | None = None  # one row per client; None without normalisation
 
     def merged_into(self, norm: NormStats | None) -> NormStats | None:
-        """The fleet's statistics ``norm`` with the on-time clients' increments merged in."""
-        return norm if self.increments is None else norm.merge_rows(self.increments, self.on_time)
+        """The fleet's statistics ``norm`` with the on-time clients' increments merged in (with
+        personal statistics, every client's into its own)."""
+        if self.increments is None:
+            return norm
+        ids = np.array([u.client_id for u in self.updates], dtype=np.int64)
+        return norm.absorbed(ids, self.increments, self.on_time)
 
 
 def train_and_aggregate(
@@ -135,7 +139,7 @@ def train_and_aggregate(
         state, stats = secure_aggregate(setup, state, updates, on_time, round_)
     else:
         uplink = sum(r.uplink_bytes for r in received)
-        if increments is not None:  # each client's statistics travel beside its update
+        if increments is not None and not state.norm.personal:  # each client's statistics travel beside its update
             uplink += len(received) * increments.wire_bytes
         state, stats = plain_aggregate(setup, state, updates, on_time, round_, uplink)
     return replace(state, env_steps=steps), stats, Trained(updates, arrival, on_time, increments)
