@@ -115,6 +115,7 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/ray_backend.py
 	$(BIN)/python benchmarks/million.py
 	$(BIN)/python benchmarks/personal_stats.py
+	$(BIN)/python benchmarks/round_latency.py
 	$(BIN)/python benchmarks/airquality_fleets.py
 	$(BIN)/fedrl run examples/airquality.yaml --out runs/airquality --quiet
 	$(BIN)/python benchmarks/airquality_hand.py runs/airquality

@@ -4,12 +4,14 @@ the hand-written policy of docs/envs.md.
 examples/airquality.yaml (PPO locally, observations normalised, rewards scaled, 2,048 env steps per
 site per round) with 10 sites, and with 100 sites of which 10 are sampled a round, ROUNDS rounds,
 SEEDS seeds; 20 held-out sites. The methods: FedAvg, FedProx (mu 0.01), SCAFFOLD, Reptile (meta
-step annealed to 0), IFCA with two models, and local training alone (``learner.federate: none``:
-nothing shared; a held-out site gets the untrained policy). "Sites" is the last evaluation of the
+step annealed to 0), IFCA with two models, local training alone (``learner.federate: none``:
+nothing shared; a held-out site gets the untrained policy), and FedAvg and FedProx with each site
+keeping its own normalisation statistics (``learner.normalize.stats: personal``; held-out sites
+start from all of them pooled). "Sites" is the last evaluation of the
 training sites (4 sampled episodes each, each on its own model where it has one); the hand policy
 plays HAND_EPISODES episodes on the same sites.
 
-    python benchmarks/airquality_fleets.py      # about 15 minutes on 2 cores
+    python benchmarks/airquality_fleets.py      # about 20 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ METHODS = {  # name: (strategy, learner fields, federation fields)
     "Reptile": ({"name": "reptile", "anneal_rounds": ROUNDS}, {}, {}),
     "IFCA, 2 models": ({"name": "fedavg"}, {}, {"clusters": 2}),
     "local only": ({"name": "fedavg"}, {"federate": "none"}, {}),
+    "FedAvg, personal statistics": ({"name": "fedavg"}, {"normalize.stats": "personal"}, {}),
+    "FedProx, personal statistics": ({"name": "fedavg"}, {"prox_mu": 0.01, "normalize.stats": "personal"}, {}),
 }
 
 
@@ -139,7 +143,9 @@ def main() -> None:
         f"{ROUNDS} rounds of 2,048 env steps per sampled site, seeds {list(SEEDS)} (mean ± spread). Training "
         f"sites: the last evaluation (4 sampled episodes per site, each site on its own model where it has one); "
         f"the hand policy (`airquality.hand_policy`) plays {HAND_EPISODES} episodes per site on the same sites. "
-        f"Local only: `learner.federate: none`, nothing shared (a held-out site gets the untrained policy).\n\n"
+        f"Local only: `learner.federate: none`, nothing shared (a held-out site gets the untrained policy). "
+        f"Personal statistics: `learner.normalize.stats: personal`, one shared model whose input scaling is each "
+        f"site's own (a personalisation of the scaling alone); held-out sites use every site's statistics pooled.\n\n"
         + "\n\n".join(sections)
         + f"\n\n{plot(results)}\n"
     )

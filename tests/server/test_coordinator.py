@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -519,3 +521,84 @@ def test_each_closed_round_is_told_to_the_callbacks_and_a_failing_one_does_not_s
     assert [r for r, _ in watcher.evaluated] == [1, 2]  # the gate scored each candidate
     assert [d.version for d in watcher.deployed] == [1, 2] and watcher.deployed[-1].card.version == 2
     np.testing.assert_array_equal(watcher.deployed[-1].params, coordinator.model(2).params)
+
+
+# --- fast rounds: an arrival that completes the round wakes the loop; clients waiting for the next round are held
+def _tasks(coordinator) -> dict[str, Task]:
+    return {name: coordinator.task(name) for name in NAMES}
+
+
+def _in_thread(function, *args) -> tuple[threading.Thread, dict]:
+    """``function(*args)`` in a thread; its answer and seconds taken land in the dict."""
+    out: dict = {}
+
+    def body():
+        started = time.monotonic()
+        out["answer"] = function(*args)
+        out["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    return thread, out
+
+
+def test_the_last_update_of_a_round_wakes_the_loop(tmp_path):
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    tasks = _tasks(coordinator)
+    for name in NAMES[:2]:
+        coordinator.submit(name, submission(coordinator, name, tasks[name]))
+        assert not coordinator.wake.is_set()
+    coordinator.submit("c", submission(coordinator, "c", tasks["c"]))
+    assert coordinator.wake.is_set()
+
+
+def test_a_client_waiting_for_the_next_round_gets_its_task_as_soon_as_the_round_opens(tmp_path):
+    # Prepare: a's update is in; it asks for work and is held
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    tasks = _tasks(coordinator)
+    coordinator.submit("a", submission(coordinator, "a", tasks["a"]))
+    thread, out = _in_thread(coordinator.task, "a", 5.0)
+    time.sleep(0.2)
+    assert "answer" not in out  # still held
+    # Act: the others send theirs, and the loop closes the round
+    for name in ("b", "c"):
+        coordinator.submit(name, submission(coordinator, name, tasks[name]))
+    coordinator.tick()
+    thread.join(timeout=5)
+    # Assert: a got round 2's task at once, long before its 5 s
+    assert isinstance(out["answer"], Task) and out["answer"].round == 2
+    assert out["seconds"] < 2.0
+
+
+def test_a_client_held_the_whole_time_may_ask_again_at_once(tmp_path):
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    tasks = _tasks(coordinator)
+    coordinator.submit("a", submission(coordinator, "a", tasks["a"]))
+    started = time.monotonic()
+    answer = coordinator.task("a", 0.3)
+    assert isinstance(answer, Wait) and answer.retry_after_s == 0.0
+    assert time.monotonic() - started >= 0.3
+
+
+def test_beyond_long_polls_clients_are_told_to_ask_again_later(tmp_path):
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path, "limits.long_polls=1"), Clock())
+    tasks = _tasks(coordinator)
+    for name in ("a", "b"):
+        coordinator.submit(name, submission(coordinator, name, tasks[name]))
+    thread, held = _in_thread(coordinator.task, "a", 5.0)
+    time.sleep(0.2)
+    started = time.monotonic()
+    answer = coordinator.task("b", 5.0)  # the one slot is a's
+    assert isinstance(answer, Wait) and answer.retry_after_s == coordinator.config.rounds.retry_s
+    assert time.monotonic() - started < 1.0
+    coordinator.release()  # the server stops: a is answered at once
+    thread.join(timeout=5)
+    assert isinstance(held["answer"], Wait) and held["seconds"] < 2.0
+
+
+@pytest.mark.parametrize("wait_s", [0.0, 5.0])
+def test_a_client_with_work_is_never_held(tmp_path, wait_s):
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    started = time.monotonic()
+    assert isinstance(coordinator.task("a", wait_s), Task)
+    assert time.monotonic() - started < 1.0

@@ -147,13 +147,18 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     grace_s = 3 * config.rounds.retry_s + 1.0  # a few task polls for agents to hear that the run is over
     finished_since = None
     try:
-        while not stop.wait(TICK_S):
+        while not stop.is_set():
+            coordinator.wake.wait(TICK_S)  # a tick now and then, at once when an arrival makes the round due
+            coordinator.wake.clear()
+            if stop.is_set():
+                break
             liveness.tick()
             if options.exit_when_finished and coordinator.finished:
                 finished_since = finished_since or time.monotonic()
                 if time.monotonic() - finished_since > grace_s:
                     break
     finally:
+        coordinator.release()
         serving.stop()
         if http:
             http.close()

@@ -38,6 +38,12 @@ class RoundConfig(FrozenConfig):
     liveness_s: float = Field(30.0, gt=0, description="a client not heard from for this long is offline")
     heartbeat_s: float = Field(5.0, gt=0, description="how often clients are asked to send a heartbeat")
     retry_s: float = Field(1.0, gt=0, description="how long a client told to wait should wait before asking again")
+    long_poll_s: float = Field(
+        5.0,
+        ge=0,
+        description="gRPC: a client told to wait for the next round is held this long, and answered as soon as a "
+        "round opens (0: answered at once, to ask again after retry_s); limits.long_polls are held at a time",
+    )
     max_staleness: int = Field(8, ge=0, description="asynchronous mode: oldest base version accepted, in versions")
     secure_step_s: float = Field(
         30.0, gt=0, description="secure aggregation: how long a step after the first waits for clients that are late"
@@ -77,6 +83,12 @@ class LimitsConfig(FrozenConfig):
         ge=1,
         description="gRPC handler threads; calls beyond them wait in gRPC's queue (fewer threads contend less for "
         "the coordinator; a slow upload holds one thread while it lasts)",
+    )
+    long_polls: int = Field(
+        16,
+        ge=0,
+        description="clients held at once waiting for the next round (rounds.long_poll_s), each holding a handler "
+        "thread: keep it well under worker_threads; the others are told to ask again after retry_s",
     )
     uploads_per_client: int = Field(
         2, ge=1, description="updates one client may be uploading at once; more are refused (RESOURCE_EXHAUSTED)"

@@ -110,6 +110,10 @@ class Coordinator:
         self.dim = self.setup.net.spec.dim
         self._store, self._metrics, self._clock = store, metrics or ServerMetrics.create(), clock
         self._lock = threading.RLock()
+        self._opened = threading.Condition(self._lock)  # notified when a round opens: long-polling clients wake
+        self._waiting = 0  # clients long-polling for a task now
+        self._released = False  # the server is stopping: no client is held any longer
+        self.wake = threading.Event()  # set when an arrival makes the open round due: the loop closes it at once
         self._limiter = RateLimiter(config.limits.rate_per_s, config.limits.burst)
         self._strangers = RateLimiter(config.limits.unknown_token_rate_per_s, config.limits.unknown_token_burst)
         self._seen = store.liveness()
@@ -320,10 +324,35 @@ class Coordinator:
         at_target = fed.stop_at_target and None not in (score, target) and score >= target
         return at_target or self._round.round > fed.rounds
 
-    def task(self, client: str) -> Task | Wait:
-        """What ``client`` should do now: train from a version for the open round, or wait."""
+    def task(self, client: str, wait_s: float = 0.0) -> Task | Wait:
+        """What ``client`` should do now: train from a version for the open round, or wait. With
+        ``wait_s``, a client told to wait for the next round is held until a round opens (for at most
+        that long, and while fewer than ``limits.long_polls`` are held), then told again; a client held
+        for all of ``wait_s`` may ask again at once."""
         with self._lock:
-            self._admit(client)
+            answer = self._task(client)
+            if not isinstance(answer, Wait) or answer.finished or wait_s <= 0:
+                return answer
+            if self._waiting >= self.config.limits.long_polls or self._released:
+                return answer
+            deadline = time.monotonic() + wait_s
+            self._waiting += 1
+            try:
+                while isinstance(answer, Wait) and not answer.finished:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._released:
+                        return replace(answer, retry_after_s=0.0)
+                    self._opened.wait(left)
+                    answer = self._task(client, admit=False)
+            finally:
+                self._waiting -= 1
+            return answer
+
+    def _task(self, client: str, admit: bool = True) -> Task | Wait:
+        """``task`` without waiting; ``admit``: count the call against the client's rate (once per call)."""
+        with self._lock:
+            if admit:
+                self._admit(client)
             retry = self.config.rounds.retry_s
             if self.finished:
                 return Wait(retry, "the run is finished", finished=True)
@@ -543,6 +572,8 @@ class Coordinator:
         self._store.record_update(s, round_, digest, now)
         if round_ == self._round.round:
             self._arrived.append(client)
+            if len(self._arrived) >= self.config.updates_per_round:
+                self.wake.set()
         self._metrics.updates_accepted.inc()
         return Ack(s.update_id, round_, now)
 
@@ -677,7 +708,9 @@ class Coordinator:
             for u in stored:
                 self._store.remove_update_file(u.update_id)
         finally:
-            self._closing = False
+            with self._lock:
+                self._closing = False
+                self._opened.notify_all()  # clients held while the round was closing may have work now
             self._tell_callbacks()  # outside the lock: a slow logger must not hold up the clients
 
     def _due(self) -> bool:
@@ -855,6 +888,12 @@ class Coordinator:
             return FleetStatus(
                 self._deployed.version, self._round.round, self.finished, clients, self._store.rounds(rounds)
             )
+
+    def release(self) -> None:
+        """Answer every client held waiting for a round now, and hold none from now on (the server stops)."""
+        with self._lock:
+            self._released = True
+            self._opened.notify_all()
 
     def close(self) -> None:
         """Store liveness, close the store and the callbacks."""

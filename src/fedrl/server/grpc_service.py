@@ -221,7 +221,8 @@ class FederationService:
         """The caller's task (with SCAFFOLD's server control in chunks) or a wait."""
         client = self._client(context)
         parse_message(pb.TaskRequest, self._in(request))
-        return map(self._out, convert.task_parts(self._coordinator.task(client)))
+        task = self._coordinator.task(client, self._coordinator.config.rounds.long_poll_s)
+        return map(self._out, convert.task_parts(task))
 
     def pull_model(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """One stored version (the deployed one when none is named), header then chunks."""
