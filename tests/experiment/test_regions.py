@@ -85,6 +85,7 @@ def test_a_run_with_regions_trains_and_counts_clients_not_regions(tmp_path, tiny
         (["pipeline.dp.mode=central", "pipeline.clip_norm=1.0", "pipeline.dp.noise_multiplier=1.0"], "central DP"),
         (["strategy.name=scaffold"], "SCAFFOLD's control deltas"),
         (["federation.clusters=2"], "clustered federation"),
+        (["strategy.robust.rule=krum", "strategy.robust.byzantine=1"], "krum needs more than 2 x byzantine"),
     ],
 )
 def test_what_regions_cannot_forward_is_refused_by_name(overrides, reason):

@@ -570,14 +570,39 @@ def test_a_client_waiting_for_the_next_round_gets_its_task_as_soon_as_the_round_
     assert out["seconds"] < 2.0
 
 
-def test_a_client_held_the_whole_time_may_ask_again_at_once(tmp_path):
+@pytest.mark.parametrize(("wait_s", "retry_after_s"), [(0.3, 0.7), (1.5, 0.0)])
+def test_a_client_held_the_whole_time_asks_again_after_what_is_left_of_retry_s(tmp_path, wait_s, retry_after_s):
     coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
     tasks = _tasks(coordinator)
     coordinator.submit("a", submission(coordinator, "a", tasks["a"]))
     started = time.monotonic()
-    answer = coordinator.task("a", 0.3)
-    assert isinstance(answer, Wait) and answer.retry_after_s == 0.0
-    assert time.monotonic() - started >= 0.3
+    answer = coordinator.task("a", wait_s)
+    assert isinstance(answer, Wait) and answer.retry_after_s == pytest.approx(retry_after_s)
+    assert time.monotonic() - started >= wait_s
+
+
+def test_a_client_is_held_once_and_a_place_given_up_wakes_the_held(tmp_path):
+    # Prepare: one place a round; a has it, b is held waiting
+    coordinator, _ = open_with_clients(
+        tmp_path, server_config(tmp_path, "experiment.federation.fraction=0.34"), Clock()
+    )
+    assert isinstance(coordinator.task("a"), Task)
+    thread, held = _in_thread(coordinator.task, "b", 5.0)
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert isinstance(coordinator.task("b", 5.0), Wait)  # a second call of b's is not held too
+    assert time.monotonic() - started < 1.0
+    # Act: a's upload is refused and it gives its place up
+    coordinator.forfeit("a", "a malformed update")
+    thread.join(timeout=5)
+    # Assert: b was woken and took the place
+    assert isinstance(held["answer"], Task) and held["seconds"] < 2.0
+
+
+def test_long_polls_must_leave_handler_threads_for_uploads(tmp_path):
+    with pytest.raises(ConfigError, match="limits.long_polls.*must be below worker_threads \\(8\\)"):
+        server_config(tmp_path, "limits.worker_threads=8", "limits.long_polls=8")
+    assert server_config(tmp_path, "limits.worker_threads=4").limits.held_at_most == 2
 
 
 def test_beyond_long_polls_clients_are_told_to_ask_again_later(tmp_path):

@@ -156,3 +156,23 @@ def test_personal_statistics_run_beside_secure_aggregation_and_dp_which_refuse_t
     assert parse_config(_config(tiny_config, PERSONAL, *dp)).learner.normalize.stats == "personal"
     with pytest.raises(ConfigError, match="personal ones are not implemented there"):
         parse_config(_config(tiny_config, PERSONAL, "federation.clusters=2"))
+
+
+def test_personal_statistics_with_adaptation_and_a_sampled_fleet_evaluate_every_client(tmp_path, tiny_config):
+    # a fleet of 6 with 2 a round: some clients never train, and are evaluated with everyone's pooled statistics
+    config = _config(
+        tiny_config,
+        PERSONAL,
+        "federation.n_clients=6",
+        "federation.fraction=0.34",
+        "federation.rounds=2",
+        "eval.adapt_steps=[0, 64]",
+    )
+    current = runs.start(parse_config(config), tmp_path / "r")
+    *_, (result, state) = current.rounds()
+    never = np.flatnonzero(state.norm.obs.count == 0)
+    assert len(never) and np.all(np.isfinite(result.client_returns))
+    pooled = state.norm.pooled().obs
+    np.testing.assert_array_equal(state.norm.acting(never).obs.mean, np.repeat(pooled.mean[None], len(never), 0))
+    summary = runs.finish(current, state)
+    assert np.isfinite(summary["heldout_adapted_64"]) and np.isfinite(summary["heldout_scratch_64"])

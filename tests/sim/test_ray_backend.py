@@ -54,7 +54,7 @@ def _kill_while_training(backend, round_, delay_s=0.5):
 
     def train():
         try:
-            outcome["results"] = backend.train(round_.setup, round_.params, round_.jobs)
+            outcome["results"] = list(backend.train(round_.setup, round_.params, round_.jobs))
         except Exception as exc:  # what the caller asserts on
             outcome["error"] = exc
 
@@ -93,7 +93,7 @@ def slow_round():
     groups = shards(np.arange(8), 2)
     jobs = [shard_job(setup, state, rows, (1, i)) for i, rows in enumerate(groups)]
     with threads(1):
-        expected = InProcess().train(setup, state.params, jobs)
+        expected = list(InProcess().train(setup, state.params, jobs))
     return SlowRound(setup, state.params, jobs, expected)
 
 
@@ -155,7 +155,7 @@ def test_with_on_failure_drop_a_killed_actors_shard_is_lost_and_the_rest_kept(cl
         _assert_same_results([results[i] for i in kept], [slow_round.expected[i] for i in kept])
         # a new actor took its place and trains the next round's shards
         assert victim not in backend.pids()
-        again = backend.train(slow_round.setup, slow_round.params, slow_round.jobs)
+        again = list(backend.train(slow_round.setup, slow_round.params, slow_round.jobs))
         _assert_same_results(again, slow_round.expected)
     finally:
         backend.close()

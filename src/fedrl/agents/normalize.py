@@ -107,6 +107,18 @@ class NormStats:
         """One row of statistics for each client of ``ids``: the fleet's repeated, or their own."""
         return take_rows(self, np.asarray(ids)) if self.personal else self.broadcast(len(ids))
 
+    def acting(self, ids: np.ndarray | None = None) -> NormStats:
+        """What the clients ``ids`` (all for None) act and are evaluated with: the fleet's statistics,
+        or their own, except that a client which has observed nothing yet uses everyone's pooled (its
+        own would scale by nothing)."""
+        if not self.personal:
+            return self
+        rows = self if ids is None else take_rows(self, np.asarray(ids))
+        empty = np.flatnonzero((rows.obs or rows.returns).count == 0)
+        if not len(empty):
+            return rows
+        return put_rows(rows, empty, self.total().broadcast(len(empty)))
+
     def pooled(self) -> NormStats:
         """One set of statistics for a client that has none of its own (a held-out client, a saved
         policy): the fleet's, or every client's own pooled by counts."""

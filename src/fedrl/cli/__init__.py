@@ -258,7 +258,7 @@ def eval_(
                 params = acting_params(setup, state)[chosen]
             norm = state.norm  # the final policy's too; personal statistics: each client's own, pooled for new ones
             if norm is not None:
-                norm = norm.pooled() if kind == "heldout" else norm.of_clients(chosen)
+                norm = norm.pooled() if kind == "heldout" else norm.acting(chosen)
             scale = obs_scale(setup.config.learner.normalize, norm)
             returns = evaluate(setup.net, params, setup.family, env_params, episodes, seed, obs_norm=scale)
     except UserCodeError as exc:

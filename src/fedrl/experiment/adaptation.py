@@ -46,6 +46,7 @@ def adaptation_summary(setup: Setup, params: np.ndarray, norm: NormStats | None)
     (``heldout_scratch_k``)."""
     n = setup.config.eval.heldout_clients
     scratch, scratch_norm = setup.initial_params(), init_stats(setup.config.learner.normalize, setup.family.obs_dim)
+    scratch_norm = None if scratch_norm is None else scratch_norm.pooled()  # personal: one client's empty row
     out: dict[str, float] = {}
     for k in setup.config.eval.adapt_steps:
         out[f"heldout_adapted_{k}"] = float(adapted_returns(setup, params, norm, n, k).mean())

@@ -158,8 +158,8 @@ def _on(setup: Setup, params: np.ndarray, ids: np.ndarray | None) -> tuple[np.nd
 
 
 def _norm_on(norm: NormStats | None, ids: np.ndarray | None) -> NormStats | None:
-    """The statistics the clients ``ids`` (all for None) normalise with."""
-    return norm if norm is None or ids is None else norm.of_clients(ids)
+    """The statistics the clients ``ids`` (all for None) are evaluated with."""
+    return None if norm is None else norm.acting(ids)
 
 
 def client_returns(

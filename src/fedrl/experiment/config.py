@@ -213,7 +213,8 @@ class FederationConfig(FrozenConfig):
         1,
         ge=1,
         description="simulator: write a checkpoint every this many rounds, and at the last (a resumed run goes back "
-        "to the newest and runs the rounds after it again, with the same numbers); every client's state is in each",
+        "to the newest and runs the rounds after it again, with the same numbers where checkpoints hold the "
+        "environments' state: not for a Gymnasium adapter family); every client's state is in each",
     )
     regions: int = Field(
         1,
@@ -322,7 +323,7 @@ class BackendConfig(FrozenConfig):
     address: str | None = Field(
         None,
         description="ray: the cluster to join, 'auto' (the one `ray start` made on this machine) or HOST:PORT; "
-        "null starts a local cluster of `workers` CPUs for the run",
+        "null starts a local cluster of this machine's CPUs for the run",
     )
     workers: int | None = Field(
         None, ge=1, description="ray: actors training shards, one CPU each; null: one per CPU of the cluster"
@@ -545,6 +546,11 @@ class ExperimentConfig(FrozenConfig):
             problem = "SCAFFOLD's control deltas are not aggregated by the regions"
         elif self.federation.clusters > 1:
             problem = "clustered federation chooses a model per client, which the regions do not forward"
+        elif self.strategy.robust.rule in ("krum", "multikrum"):
+            problem = (
+                f"{self.strategy.robust.rule} needs more than 2 x byzantine + 2 updates in every region, and a "
+                "region's sample of a round may be smaller (median or trimmed_mean work with any number)"
+            )
         if problem is not None:
             raise KeyProblem("federation.regions", f"not available here: {problem}", self.federation.regions)
         return self

@@ -84,12 +84,29 @@ class LimitsConfig(FrozenConfig):
         description="gRPC handler threads; calls beyond them wait in gRPC's queue (fewer threads contend less for "
         "the coordinator; a slow upload holds one thread while it lasts)",
     )
-    long_polls: int = Field(
-        16,
+    long_polls: int | None = Field(
+        None,
         ge=0,
         description="clients held at once waiting for the next round (rounds.long_poll_s), each holding a handler "
-        "thread: keep it well under worker_threads; the others are told to ask again after retry_s",
+        "thread, so fewer than worker_threads; the others are told to ask again after retry_s. null: half of "
+        "worker_threads, at most 16",
     )
+
+    @model_validator(mode="after")
+    def _threads_left_for_uploads(self) -> LimitsConfig:
+        if self.long_polls is not None and self.long_polls >= self.worker_threads:
+            raise KeyProblem(
+                "long_polls",
+                f"must be below worker_threads ({self.worker_threads}): held clients must leave threads for uploads",
+                self.long_polls,
+            )
+        return self
+
+    @property
+    def held_at_most(self) -> int:
+        """Clients ``task`` may hold at once: ``long_polls``, or half the handler threads (at most 16)."""
+        return self.long_polls if self.long_polls is not None else min(16, self.worker_threads // 2)
+
     uploads_per_client: int = Field(
         2, ge=1, description="updates one client may be uploading at once; more are refused (RESOURCE_EXHAUSTED)"
     )

@@ -111,7 +111,7 @@ class Coordinator:
         self._store, self._metrics, self._clock = store, metrics or ServerMetrics.create(), clock
         self._lock = threading.RLock()
         self._opened = threading.Condition(self._lock)  # notified when a round opens: long-polling clients wake
-        self._waiting = 0  # clients long-polling for a task now
+        self._held: set[str] = set()  # clients long-polling for a task now (one call each)
         self._released = False  # the server is stopping: no client is held any longer
         self.wake = threading.Event()  # set when an arrival makes the open round due: the loop closes it at once
         self._limiter = RateLimiter(config.limits.rate_per_s, config.limits.burst)
@@ -326,27 +326,35 @@ class Coordinator:
 
     def task(self, client: str, wait_s: float = 0.0) -> Task | Wait:
         """What ``client`` should do now: train from a version for the open round, or wait. With
-        ``wait_s``, a client told to wait for the next round is held until a round opens (for at most
-        that long, and while fewer than ``limits.long_polls`` are held), then told again; a client held
-        for all of ``wait_s`` may ask again at once."""
+        ``wait_s``, a client told to wait for the next round is held until there may be work for it
+        (a round opened, a place was given up, the deadline passed), for at most that long, one call
+        per client and at most ``limits.long_polls`` at a time; then it is told again, and one held for
+        all of ``wait_s`` may ask again after what is left of ``rounds.retry_s``."""
         with self._lock:
             answer = self._task(client)
-            if not isinstance(answer, Wait) or answer.finished or wait_s <= 0:
-                return answer
-            if self._waiting >= self.config.limits.long_polls or self._released:
+            if not self._holds(client, answer, wait_s):
                 return answer
             deadline = time.monotonic() + wait_s
-            self._waiting += 1
+            self._held.add(client)
             try:
                 while isinstance(answer, Wait) and not answer.finished:
                     left = deadline - time.monotonic()
-                    if left <= 0 or self._released:
-                        return replace(answer, retry_after_s=0.0)
-                    self._opened.wait(left)
+                    if left <= 0:
+                        return replace(answer, retry_after_s=max(0.0, self.config.rounds.retry_s - wait_s))
+                    until_deadline = self._time_left()  # then stand-ins may take part: ask again
+                    self._opened.wait(min(left, until_deadline) if until_deadline > 0 else left)
+                    if self._released:
+                        return answer
                     answer = self._task(client, admit=False)
             finally:
-                self._waiting -= 1
+                self._held.discard(client)
             return answer
+
+    def _holds(self, client: str, answer: Task | Wait, wait_s: float) -> bool:
+        """Whether ``task`` holds ``client`` told ``answer``: a wait for the next round, with room to hold it."""
+        if not isinstance(answer, Wait) or answer.finished or wait_s <= 0 or self._released:
+            return False
+        return client not in self._held and len(self._held) < self.config.limits.held_at_most
 
     def _task(self, client: str, admit: bool = True) -> Task | Wait:
         """``task`` without waiting; ``admit``: count the call against the client's rate (once per call)."""
@@ -377,6 +385,7 @@ class Coordinator:
             if self.config.asynchronous or self._central_dp or client not in self._selected or client in self._arrived:
                 return
             self._forfeiting[client] = reason
+            self._opened.notify_all()  # a held client may take the place now
 
     def _replace_forfeiting(self) -> bool:
         """Free the place of one client that forfeited it and has not sent a good update since."""

@@ -109,8 +109,9 @@ def train_clients(
     clients of a shard lost with its worker (``backend.on_failure: drop``) send nothing and keep
     their state, as if they had not been reached."""
     groups = shards(clients, setup.config.federation.shard_size)
-    jobs = [shard_job(setup, state, rows, (*tags, i)) for i, rows in enumerate(groups)]
-    results = setup.shards.train(setup, state.params, jobs)
+    start = state  # every shard trains from the round's start (the loop below advances ``state``)
+    jobs = (shard_job(setup, start, rows, (*tags, i)) for i, rows in enumerate(groups))
+    results = setup.shards.train(setup, start.params, jobs)
     updates: list = []
     increments: list[NormStats] = []
     for i, (rows, result) in enumerate(zip(groups, results)):

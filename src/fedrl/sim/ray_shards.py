@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -128,9 +129,23 @@ class RayShards:
         self._worker = ray.remote(num_cpus=cpus, **options)(ShardWorker)
         self._args = (experiment, os.getcwd(), list(sys.path))
         self.actors = [self._worker.remote(*self._args) for _ in range(n)]
+        try:
+            self.pids()  # every actor up, its setup built: a module it cannot import is said now, once
+        except ray.exceptions.RayActorError as exc:
+            self.close()
+            raise ConfigError(f"bad config: backend.name = 'ray': the Ray actors could not start: {exc}") from None
 
-    def train(self, setup: Setup, params: np.ndarray, jobs: list[ShardJob]) -> list[LocalResult | None]:
-        """Each job's result in order; None for one whose actor died, with ``on_failure: drop``."""
+    def train(self, setup: Setup, params: np.ndarray, jobs: Iterable[ShardJob]) -> Iterator[LocalResult | None]:
+        """Each job's result in order; None for one whose actor died, with ``on_failure: drop``
+        (``ShardLost`` when every shard of the round was)."""
+        jobs = list(jobs)
+        results = self._run(params, jobs)
+        if jobs and all(r is None for r in results):
+            raise ShardLost(f"every shard of the round ({len(jobs)}) was lost with its Ray actor")
+        yield from results
+
+    def _run(self, params: np.ndarray, jobs: list[ShardJob]) -> list[LocalResult | None]:
+        """The jobs on the actors, each free actor taking the next; results in job order."""
         ray = self.ray
         shared = ray.put(np.asarray(params))
         results: list[LocalResult | None] = [None] * len(jobs)
@@ -156,6 +171,7 @@ class RayShards:
             raise exc.cause from None
         except (errors.RayActorError, errors.ActorUnavailableError) as exc:
             if self.config.on_failure == "drop":
+                self.ray.kill(self.actors[actor])  # it may be alive but unreachable, holding its CPUs
                 self.actors[actor] = self._worker.remote(*self._args)
                 return None
             raise ShardLost(

@@ -156,6 +156,7 @@ def resume(path: Path, overrides: list[str] = ()) -> Run:
     before a crash, never checkpointed) are dropped; ``overrides`` (e.g. a larger
     ``federation.rounds``) are written into the run's config."""
     run = open_run(path, overrides)
+    run.setup.start_backend()  # a bad backend (--backend, --address) is said before anything is rewritten
     run.dir.truncate_after(run.state.round)
     if overrides:
         run.dir.create(to_yaml(run.setup.config))

@@ -10,6 +10,7 @@ evaluation and the run directory.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -66,7 +67,7 @@ def run_shard(setup: Setup, params: np.ndarray, job: ShardJob) -> LocalResult:
 class Shards(Protocol):
     """A backend: trains a round's shard jobs and closes when the run is done."""
 
-    def train(self, setup: Setup, params: np.ndarray, jobs: list[ShardJob]) -> list[LocalResult | None]:
+    def train(self, setup: Setup, params: np.ndarray, jobs: Iterable[ShardJob]) -> Iterator[LocalResult | None]:
         """Each job's result, in order; None for a job whose worker died and that is dropped."""
         ...
 
@@ -78,9 +79,10 @@ class Shards(Protocol):
 class InProcess:
     """The default backend: the shards one after another, in this process and on its threads."""
 
-    def train(self, setup: Setup, params: np.ndarray, jobs: list[ShardJob]) -> list[LocalResult | None]:
-        """Each job's result, in order."""
-        return [run_shard(setup, params, job) for job in jobs]
+    def train(self, setup: Setup, params: np.ndarray, jobs: Iterable[ShardJob]) -> Iterator[LocalResult]:
+        """Each job's result, in order, one job at a time (only one shard's copies are held)."""
+        for job in jobs:
+            yield run_shard(setup, params, job)
 
     def close(self) -> None:
         """Nothing to release."""
