@@ -3,13 +3,17 @@
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 import ray
+import yaml
 
 from fedrl.agents.runtime import threads
 from fedrl.experiment.config import ConfigError
@@ -18,7 +22,7 @@ from fedrl.sim import run as runs
 from fedrl.sim.clients import shards
 from fedrl.sim.engine import initial_state
 from fedrl.sim.ray_shards import RayShards
-from fedrl.sim.rundir import ROUND_COLUMNS
+from fedrl.sim.rundir import ROUND_COLUMNS, RunDir
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.shards import InProcess, ShardLost, shard_job
 
@@ -112,6 +116,39 @@ def test_an_address_where_nothing_answers_is_refused_before_anything_is_written(
     with pytest.raises(ConfigError, match="backend.address = '127.0.0.1:.*nothing answers there"):
         runs.start(config, tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_fedrl_run_with_backend_ray_starts_its_own_cluster_and_matches_fedrl_run(tmp_path, config_file):
+    # Prepare: the same config through the command line, in process and on a cluster the run starts itself
+    fedrl = [sys.executable, "-m", "fedrl.cli", "run", str(config_file), "--quiet", "--no-tensorboard"]
+    common = ["--set", "threads=1", "--set", "federation.n_clients=4", "--set", "federation.shard_size=2"]
+    subprocess.run([*fedrl, *common, "--out", str(tmp_path / "local")], check=True, capture_output=True)
+    # Act
+    done = subprocess.run(
+        [*fedrl, *common, "--backend", "ray", "--out", str(tmp_path / "ray")], capture_output=True, text=True
+    )
+    # Assert: it ran to its end, wrote the same metrics, and left no cluster behind it
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert yaml.safe_load((tmp_path / "ray" / "config.yaml").read_text())["backend"]["name"] == "ray"
+    local, remote = (RunDir(tmp_path / name) for name in ("local", "ray"))
+    np.testing.assert_array_equal(_metrics(local), _metrics(remote))
+    deadline = time.monotonic() + 15
+    while _raylets() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _raylets()
+
+
+def _raylets() -> list[str]:
+    """Ray node processes running on this machine (/proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        if "raylet" in text.split(" ")[0]:
+            found.append(text)
+    return found
 
 
 def test_a_ray_run_gives_the_in_process_numbers_bit_for_bit(cluster, tmp_path, tiny_config):
