@@ -81,7 +81,6 @@ def test_a_run_with_regions_trains_and_counts_clients_not_regions(tmp_path, tiny
     ("overrides", "reason"),
     [
         (["strategy.name=fedbuff"], "fedbuff applies updates as they arrive"),
-        (["pipeline.secure_aggregation.enabled=true"], "a secure sum across regions is not implemented"),
         (["pipeline.dp.mode=central", "pipeline.clip_norm=1.0", "pipeline.dp.noise_multiplier=1.0"], "central DP"),
         (["strategy.name=scaffold"], "SCAFFOLD's control deltas"),
         (["federation.clusters=2"], "clustered federation"),

@@ -176,3 +176,17 @@ def test_a_resolved_secure_pipeline_reads_back_as_itself(tiny_config):
     # every default is written out (to_yaml), and a resumed run must accept it
     config = parse_config(_config(tiny_config, {**SECURE, "secure_aggregation": {"enabled": True, "threshold": 3}}))
     assert parse_config(yaml.safe_load(to_yaml(config))) == config
+
+
+def test_with_regions_each_region_runs_the_protocol_and_the_root_makes_the_flat_secure_model(tmp_path, tiny_config):
+    # Prepare: 4 clients, a flat secure round and one through 2 regions of 2 (each region's own protocol)
+    flat = _run(_config(tiny_config, SECURE, rounds=1, n_clients=4), tmp_path / "flat")
+    # Execute
+    regional = _run(_config(tiny_config, SECURE, rounds=1, n_clients=4, regions=2), tmp_path / "regions")
+    # Assert: every client's update is in, through two sums of two (threshold 2, not the flat round's 3); the
+    # model is the flat one (each region's mean is its own exact sum's, the root weighs the two by their steps)
+    np.testing.assert_array_equal(_column(regional, "n_updates"), [4])
+    np.testing.assert_array_equal(_column(regional, "secagg_recovered"), [1])
+    np.testing.assert_array_equal(_column(regional, "secagg_threshold"), [2])
+    np.testing.assert_allclose(regional.state.params, flat.state.params, rtol=1e-5, atol=2 / (2 * SCALE))
+    assert _column(regional, "uplink_bytes")[0] < _column(flat, "uplink_bytes")[0]  # rosters of 2, not 4

@@ -531,15 +531,13 @@ class ExperimentConfig(FrozenConfig):
     @model_validator(mode="after")
     def _regions_fit_run(self) -> ExperimentConfig:
         """A region forwards one reduced update per round: what needs every client's own update at the root
-        (a secure sum, central DP's clipped sum, SCAFFOLD's control deltas, an arrival order, a model choice)
-        cannot pass through it yet."""
+        (central DP's clipped sum, SCAFFOLD's control deltas, an arrival order, a model choice) cannot pass
+        through it yet. Secure aggregation runs within each region."""
         if self.federation.regions == 1:
             return self
         problem = None
         if self.asynchronous:
             problem = f"{self.strategy.name} applies updates as they arrive, and a region forwards one per round"
-        elif self.pipeline.secure_aggregation.enabled:
-            problem = "a secure sum across regions is not implemented: the root would need every client's masked input"
         elif self.pipeline.dp.mode == "central":
             problem = "central DP noises the sum of every client's clipped update, which the regions do not forward"
         elif self.strategy.name == "scaffold":

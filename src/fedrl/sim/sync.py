@@ -14,7 +14,7 @@ from fedrl.core.compress import dense, encode
 from fedrl.core.pipeline import secure_mean
 from fedrl.core.secagg import BelowThreshold, SecAggConfig, SecureSumResult
 from fedrl.core.update import Update, stack_deltas
-from fedrl.experiment.aggregation import expected_clients, noise_rng
+from fedrl.experiment.aggregation import expected_clients, noise_rng, region_of
 from fedrl.experiment.streams import AVAILABILITY_STREAM, SECAGG_STREAM
 from fedrl.sim.clients import sample_clients, train_clients
 from fedrl.sim.setup import SimSetup
@@ -50,11 +50,11 @@ def secure_threshold(config: SecAggConfig, n_clients: int) -> int:
 
 
 def secure_sum_of(
-    setup: SimSetup, updates: list[Update], arrives: np.ndarray, round_: int
+    setup: SimSetup, updates: list[Update], arrives: np.ndarray, round_: int, *tags: int
 ) -> tuple[np.ndarray, SecureSumResult] | None:
     """The mean the strategy receives and the protocol's record, with the clients that sent
     ``updates`` as the roster and those not in ``arrives`` dropping after sharing their keys;
-    None when fewer than t of them arrive."""
+    None when fewer than t of them arrive. ``tags`` (a region's) give the protocol its own keys."""
     stack = np.where(arrives[:, None], stack_deltas(updates), np.float32(0))  # a dropped row is never read
     try:
         return secure_mean(
@@ -62,11 +62,20 @@ def secure_sum_of(
             stack,
             ~arrives,
             expected_clients(setup),
-            setup.rng(SECAGG_STREAM, round_),
+            setup.rng(SECAGG_STREAM, round_, *tags),
             noise_rng(setup, round_),
         )
     except BelowThreshold:
         return None
+
+
+def secure_groups(setup: SimSetup, updates: list[Update]) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Who runs the protocol together: every sender, or with ``federation.regions`` each region's
+    senders (tagged with the region, for keys of their own)."""
+    if setup.config.federation.regions == 1:
+        return [((), np.arange(len(updates)))]
+    regions = region_of(setup, np.array([u.client_id for u in updates], dtype=np.int64))
+    return [((int(r),), np.flatnonzero(regions == r)) for r in np.unique(regions)]
 
 
 def secure_aggregate(
@@ -74,27 +83,39 @@ def secure_aggregate(
 ) -> tuple[SimState, RoundStats]:
     """Aggregate through secure aggregation: late updates, and updates with NaN or Inf values
     (which cannot be quantized: counted as rejected), drop out after sharing keys; the strategy
-    receives one update, the mean of the others' sum. Below the threshold the round keeps the
-    old model (no new version) and its traffic is not measured."""
+    receives one update, the mean of the others' sum. With regions, each region runs the protocol
+    among its own senders and forwards the mean of its sum, weighted by their steps, and the root's
+    strategy averages them (it sees each region's sum, never a client's); a region left below its
+    threshold forwards nothing. When no sum is recovered the round keeps the old model (no new
+    version) and its traffic is not measured."""
     finite = np.array([np.isfinite(u.delta).all() for u in updates], dtype=bool)
     n_rejected = int((on_time & ~finite).sum())
     arrives = on_time & finite
-    threshold = secure_threshold(setup.config.pipeline.secure_aggregation, len(updates))
-    secured = secure_sum_of(setup, updates, arrives, round_) if len(updates) >= threshold else None
-    if secured is None:
+    config = setup.config.pipeline.secure_aggregation
+    forwarded, results, thresholds = [], [], []
+    for tags, rows in secure_groups(setup, updates):
+        members = [updates[i] for i in rows]
+        threshold = secure_threshold(config, len(members))
+        thresholds.append(threshold)
+        secured = secure_sum_of(setup, members, arrives[rows], round_, *tags) if len(members) >= threshold else None
+        if secured is not None:
+            mean, result = secured
+            steps = sum(u.env_steps for u, ok in zip(members, arrives[rows]) if ok)
+            forwarded.append(Update(-1, state.version, mean, steps))  # no single client's, as under central DP
+            results.append(result)
+    threshold = min(thresholds, default=secure_threshold(config, 0))
+    if not forwarded:
         return state, RoundStats(n_rejected=n_rejected, secure=SecureOutcome(threshold, False))
-    mean, result = secured
-    steps = sum(u.env_steps for u, ok in zip(updates, arrives) if ok)
-    update = Update(-1, state.version, mean, steps)  # no single client's, as under central DP
-    params, strategy_state = setup.strategy.aggregate(state.strategy_state, state.params, [update])
-    n, model = len(updates), model_bytes(setup, state.params)
-    traffic = Traffic(result.bytes_up, n * model + result.bytes_down, n, n, result.n_survivors * model)
+    params, strategy_state = setup.root_strategy.aggregate(state.strategy_state, state.params, forwarded)
+    n, model, survivors = len(updates), model_bytes(setup, state.params), sum(r.n_survivors for r in results)
+    up, down = sum(r.bytes_up for r in results), sum(r.bytes_down for r in results)
+    traffic = Traffic(up, n * model + down, n, n, survivors * model)
     state = replace(state, params=params, strategy_state=strategy_state, version=state.version + 1)
     return state, RoundStats(
-        n_updates=result.n_survivors,
+        n_updates=survivors,
         n_rejected=n_rejected,
         traffic=traffic,
-        secure=SecureOutcome(result.threshold, True),
+        secure=SecureOutcome(min(r.threshold for r in results), True),
     )
 
 
