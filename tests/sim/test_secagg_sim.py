@@ -190,3 +190,17 @@ def test_with_regions_each_region_runs_the_protocol_and_the_root_makes_the_flat_
     np.testing.assert_array_equal(_column(regional, "secagg_threshold"), [2])
     np.testing.assert_allclose(regional.state.params, flat.state.params, rtol=1e-5, atol=2 / (2 * SCALE))
     assert _column(regional, "uplink_bytes")[0] < _column(flat, "uplink_bytes")[0]  # rosters of 2, not 4
+
+
+def test_with_regions_and_unequal_step_counts_the_root_still_makes_the_flat_secure_model(tmp_path, tiny_config):
+    # local_episodes: every client takes its own number of steps, and the secure mean counts survivors equally
+    episodes = {"local_steps": None, "local_episodes": 2}
+    flat = _run(_config(tiny_config, SECURE, rounds=1, n_clients=4, **episodes), tmp_path / "flat")
+    regional = _run(_config(tiny_config, SECURE, rounds=1, n_clients=4, regions=2, **episodes), tmp_path / "regions")
+    np.testing.assert_allclose(regional.state.params, flat.state.params, rtol=1e-5, atol=2 / (2 * SCALE))
+
+
+def test_a_fixed_threshold_no_region_can_reach_is_refused(tiny_config):
+    pipeline = {**SECURE, "secure_aggregation": {**SECURE["secure_aggregation"], "threshold": 3}}
+    with pytest.raises(ConfigError, match="federation.regions.*threshold 3 is above a region's share of a round"):
+        parse_config(_config(tiny_config, pipeline, n_clients=4, regions=2))

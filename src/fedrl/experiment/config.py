@@ -313,6 +313,13 @@ class FleetConfig(FrozenConfig):
     retry_s: float = Field(1.0, gt=0, description="async: how long an unavailable client waits before trying again")
 
 
+def secure_too_high(config: ExperimentConfig) -> bool:
+    """Whether a fixed secure-aggregation threshold exceeds what one region of a round holds."""
+    secure, fed = config.pipeline.secure_aggregation, config.federation
+    share = fed.clients_per_round // fed.regions
+    return secure.enabled and isinstance(secure.threshold, int) and secure.threshold > share
+
+
 class BackendConfig(FrozenConfig):
     """Where a simulation trains its shards of clients (``fedrl.sim.shards``): in this process, or on
     the actors of a Ray cluster (``pip install 'fedrl[ray]'``), which give the same numbers."""
@@ -544,6 +551,12 @@ class ExperimentConfig(FrozenConfig):
             problem = "SCAFFOLD's control deltas are not aggregated by the regions"
         elif self.federation.clusters > 1:
             problem = "clustered federation chooses a model per client, which the regions do not forward"
+        elif secure_too_high(self):
+            problem = (
+                f"pipeline.secure_aggregation.threshold {self.pipeline.secure_aggregation.threshold} is above a "
+                f"region's share of a round ({self.federation.clients_per_round // self.federation.regions} "
+                "clients): no region could ever recover its sum"
+            )
         elif self.strategy.robust.rule in ("krum", "multikrum"):
             problem = (
                 f"{self.strategy.robust.rule} needs more than 2 x byzantine + 2 updates in every region, and a "

@@ -341,7 +341,9 @@ class Coordinator:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return replace(answer, retry_after_s=max(0.0, self.config.rounds.retry_s - wait_s))
-                    until_deadline = self._time_left()  # then stand-ins may take part: ask again
+                    # at the deadline stand-ins may take part, when the round still lacks updates: ask again then
+                    short = len(self._arrived) < self.config.min_updates
+                    until_deadline = self._time_left() if short else 0.0
                     self._opened.wait(min(left, until_deadline) if until_deadline > 0 else left)
                     if self._released:
                         return answer

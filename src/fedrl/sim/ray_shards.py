@@ -136,13 +136,8 @@ class RayShards:
             raise ConfigError(f"bad config: backend.name = 'ray': the Ray actors could not start: {exc}") from None
 
     def train(self, setup: Setup, params: np.ndarray, jobs: Iterable[ShardJob]) -> Iterator[LocalResult | None]:
-        """Each job's result in order; None for one whose actor died, with ``on_failure: drop``
-        (``ShardLost`` when every shard of the round was)."""
-        jobs = list(jobs)
-        results = self._run(params, jobs)
-        if jobs and all(r is None for r in results):
-            raise ShardLost(f"every shard of the round ({len(jobs)}) was lost with its Ray actor")
-        yield from results
+        """Each job's result in order; None for one whose actor died, with ``on_failure: drop``."""
+        yield from self._run(params, list(jobs))
 
     def _run(self, params: np.ndarray, jobs: list[ShardJob]) -> list[LocalResult | None]:
         """The jobs on the actors, each free actor taking the next; results in job order."""
@@ -171,13 +166,22 @@ class RayShards:
             raise exc.cause from None
         except (errors.RayActorError, errors.ActorUnavailableError) as exc:
             if self.config.on_failure == "drop":
-                self.ray.kill(self.actors[actor])  # it may be alive but unreachable, holding its CPUs
-                self.actors[actor] = self._worker.remote(*self._args)
+                self._replace(actor)
                 return None
             raise ShardLost(
                 f"shard {shard}: its Ray actor died {self.config.retries + 1} times (backend.retries = "
                 f"{self.config.retries}); the last: {exc}"
             ) from None
+
+    def _replace(self, actor: int) -> None:
+        """A new actor in place of a dead one, up before it takes a shard (``ShardLost`` if it cannot start,
+        rather than dropping every later shard of the run)."""
+        self.ray.kill(self.actors[actor])  # it may be alive but unreachable, holding its CPUs
+        self.actors[actor] = self._worker.remote(*self._args)
+        try:
+            self.ray.get(self.actors[actor].pid.remote())
+        except self.ray.exceptions.RayActorError as exc:
+            raise ShardLost(f"a Ray actor died and its replacement could not start: {exc}") from None
 
     def pids(self) -> list[int]:
         """The actors' process ids."""

@@ -86,24 +86,30 @@ def secure_aggregate(
     receives one update, the mean of the others' sum. With regions, each region runs the protocol
     among its own senders and forwards the mean of its sum, weighted by their steps, and the root's
     strategy averages them (it sees each region's sum, never a client's); a region left below its
-    threshold forwards nothing. When no sum is recovered the round keeps the old model (no new
-    version) and its traffic is not measured."""
+    threshold forwards nothing, and the round counts as not recovered (its model still made from the
+    regions that were). When no sum is recovered the round keeps the old model (no new version), and
+    the bytes of a protocol that did not finish are not measured."""
     finite = np.array([np.isfinite(u.delta).all() for u in updates], dtype=bool)
     n_rejected = int((on_time & ~finite).sum())
     arrives = on_time & finite
     config = setup.config.pipeline.secure_aggregation
-    forwarded, results, thresholds = [], [], []
+    budget = setup.config.federation.local_steps or 1
+    forwarded, results, ran, lost = [], [], [], 0
     for tags, rows in secure_groups(setup, updates):
         members = [updates[i] for i in rows]
         threshold = secure_threshold(config, len(members))
-        thresholds.append(threshold)
         secured = secure_sum_of(setup, members, arrives[rows], round_, *tags) if len(members) >= threshold else None
-        if secured is not None:
-            mean, result = secured
-            steps = sum(u.env_steps for u, ok in zip(members, arrives[rows]) if ok)
-            forwarded.append(Update(-1, state.version, mean, steps))  # no single client's, as under central DP
-            results.append(result)
-    threshold = min(thresholds, default=secure_threshold(config, 0))
+        if len(members) >= threshold:
+            ran.append(threshold)
+        if secured is None:
+            lost += int(arrives[rows].any())
+            continue
+        mean, result = secured
+        # the survivors' plain mean, weighted as that many step budgets (the deployed server's secure_update):
+        # so the root's mean of regions is the flat round's mean of every survivor
+        forwarded.append(Update(-1, state.version, mean, result.n_survivors * budget))  # no single client's
+        results.append(result)
+    threshold = min(ran, default=secure_threshold(config, len(updates)))
     if not forwarded:
         return state, RoundStats(n_rejected=n_rejected, secure=SecureOutcome(threshold, False))
     params, strategy_state = setup.root_strategy.aggregate(state.strategy_state, state.params, forwarded)
@@ -115,7 +121,7 @@ def secure_aggregate(
         n_updates=survivors,
         n_rejected=n_rejected,
         traffic=traffic,
-        secure=SecureOutcome(min(r.threshold for r in results), True),
+        secure=SecureOutcome(threshold, lost == 0),
     )
 
 
