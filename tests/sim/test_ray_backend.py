@@ -31,8 +31,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray cluster of 2 CPUs for the module; runs join it and leave it running."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    """A local Ray cluster of 2 CPUs for the module; runs join it and leave it running. Ray gives its
+    node 30 s to start; on a loaded machine the first try may run out: a second one then."""
+    for attempt in range(2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+            break
+        except Exception:  # Ray raises a bare Exception when its node is slow to start
+            ray.shutdown()
+            if attempt:
+                raise
     yield
     ray.shutdown()
 

@@ -202,5 +202,8 @@ def test_with_regions_and_unequal_step_counts_the_root_still_makes_the_flat_secu
 
 def test_a_fixed_threshold_no_region_can_reach_is_refused(tiny_config):
     pipeline = {**SECURE, "secure_aggregation": {**SECURE["secure_aggregation"], "threshold": 3}}
-    with pytest.raises(ConfigError, match="federation.regions.*threshold 3 is above a region's share of a round"):
+    with pytest.raises(ConfigError, match=r"federation.regions.*threshold \(3, at least 2\) is above the 2 clients"):
         parse_config(_config(tiny_config, pipeline, n_clients=4, regions=2))
+    with pytest.raises(ConfigError, match="above the 1 clients a region can have"):  # regions of one client
+        parse_config(_config(tiny_config, SECURE, n_clients=4, regions=4))
+    assert parse_config(_config(tiny_config, pipeline, n_clients=5, regions=2)).federation.regions == 2  # 3 and 2

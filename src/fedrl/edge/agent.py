@@ -544,7 +544,8 @@ class Agent:
         current = self.acting.current
         if current is None or current.tag != task.base_version or current.greedy:
             policy = self._trainer.policy(task.base_version, model.params, self._local, time.time())
-            save_acting(self.config.state_dir, policy)  # what acts is on record, as when following a deployment
+            if current is None or current.tag != task.base_version:  # a new version: on record, as when following
+                save_acting(self.config.state_dir, policy)
             self.acting.swap(policy)
             event(logging.INFO, "acting", version=task.base_version, reason="task")
         budget = self._trainer.setup.budget

@@ -221,7 +221,8 @@ class FederationConfig(FrozenConfig):
         ge=1,
         description="hierarchical aggregation: the clients in this many regions (client c in region "
         "c * regions // n_clients); each region reduces its clients' updates with strategy.robust and forwards one, "
-        "weighted by their env steps, and the root averages the regions' by weight before the server optimiser",
+        "weighted by their env steps (under secure aggregation: by its survivors), and the root averages the "
+        "regions' by weight before the server optimiser",
     )
 
     @model_validator(mode="after")
@@ -313,11 +314,18 @@ class FleetConfig(FrozenConfig):
     retry_s: float = Field(1.0, gt=0, description="async: how long an unavailable client waits before trying again")
 
 
+def region_room(config: ExperimentConfig) -> int:
+    """The most senders one region can have in a round: its clients (regions differ by one at most),
+    and the round's sample."""
+    fed = config.federation
+    return min(fed.clients_per_round, -(-fed.n_clients // fed.regions))
+
+
 def secure_too_high(config: ExperimentConfig) -> bool:
-    """Whether a fixed secure-aggregation threshold exceeds what one region of a round holds."""
-    secure, fed = config.pipeline.secure_aggregation, config.federation
-    share = fed.clients_per_round // fed.regions
-    return secure.enabled and isinstance(secure.threshold, int) and secure.threshold > share
+    """Whether no region can ever reach secure aggregation's threshold (a count, and at least 2)."""
+    secure = config.pipeline.secure_aggregation
+    least = secure.threshold if isinstance(secure.threshold, int) else 2
+    return secure.enabled and max(2, least) > region_room(config)
 
 
 class BackendConfig(FrozenConfig):
@@ -340,7 +348,12 @@ class BackendConfig(FrozenConfig):
         description="ray: when an actor dies mid-round, retry its shard on the restarted actor (same numbers), or "
         "count the shard's clients as dropped for the round",
     )
-    retries: int = Field(3, ge=0, description="ray, on_failure retry: attempts after the first before the run fails")
+    retries: int = Field(
+        3,
+        ge=0,
+        description="ray, on_failure retry: attempts after the first before the run fails; on_failure drop: rounds "
+        "in a row that may lose every shard before the run fails",
+    )
 
 
 AttackKind = Literal["sign_flip", "scale", "gaussian", "nan", "random_policy"]
@@ -553,9 +566,8 @@ class ExperimentConfig(FrozenConfig):
             problem = "clustered federation chooses a model per client, which the regions do not forward"
         elif secure_too_high(self):
             problem = (
-                f"pipeline.secure_aggregation.threshold {self.pipeline.secure_aggregation.threshold} is above a "
-                f"region's share of a round ({self.federation.clients_per_round // self.federation.regions} "
-                "clients): no region could ever recover its sum"
+                f"secure aggregation's threshold ({self.pipeline.secure_aggregation.threshold}, at least 2) is above "
+                f"the {region_room(self)} clients a region can have in a round: no region could ever recover its sum"
             )
         elif self.strategy.robust.rule in ("krum", "multikrum"):
             problem = (

@@ -24,6 +24,8 @@ from fedrl.experiment.config import BackendConfig, ConfigError, ExperimentConfig
 from fedrl.experiment.setup import Setup
 from fedrl.sim.shards import ShardJob, ShardLost, run_shard
 
+REPLACE_TIMEOUT_S = 120.0  # how long a dead actor's replacement may take to be placed and start
+
 
 def _import_ray():
     """Ray, imported on first use (0.3 s that an in-process run does not pay), or ``ConfigError``
@@ -115,6 +117,7 @@ class RayShards:
     def __init__(self, config: BackendConfig, experiment: ExperimentConfig):
         ray = self.ray = _import_ray()
         self.config, self.actors = config, []
+        self._all_lost = 0  # rounds in a row that lost every shard
         self._owns_cluster = _connect(ray, config)
         cpus = actor_threads(experiment)
         try:
@@ -124,6 +127,7 @@ class RayShards:
             raise
         # retry: Ray restarts a dead actor and runs its shard again there; drop: a dead actor is
         # replaced by a new one, which takes the next shard once it is up
+        self._cpus = cpus
         retry = config.on_failure == "retry"
         options = {"max_restarts": -1, "max_task_retries": config.retries} if retry else {}
         self._worker = ray.remote(num_cpus=cpus, **options)(ShardWorker)
@@ -136,8 +140,19 @@ class RayShards:
             raise ConfigError(f"bad config: backend.name = 'ray': the Ray actors could not start: {exc}") from None
 
     def train(self, setup: Setup, params: np.ndarray, jobs: Iterable[ShardJob]) -> Iterator[LocalResult | None]:
-        """Each job's result in order; None for one whose actor died, with ``on_failure: drop``."""
-        yield from self._run(params, list(jobs))
+        """Each job's result in order; None for one whose actor died, with ``on_failure: drop``
+        (``ShardLost`` once more than ``retries`` rounds in a row lost every shard: actors that die the
+        same way on every shard would otherwise leave a run that never trains)."""
+        jobs = list(jobs)
+        results = self._run(params, jobs)
+        everything = bool(jobs) and all(r is None for r in results)
+        self._all_lost = self._all_lost + 1 if everything else 0
+        if self._all_lost > self.config.retries:
+            raise ShardLost(
+                f"every shard was lost with its Ray actor in {self._all_lost} rounds in a row (backend.retries = "
+                f"{self.config.retries})"
+            )
+        yield from results
 
     def _run(self, params: np.ndarray, jobs: list[ShardJob]) -> list[LocalResult | None]:
         """The jobs on the actors, each free actor taking the next; results in job order."""
@@ -178,10 +193,17 @@ class RayShards:
         rather than dropping every later shard of the run)."""
         self.ray.kill(self.actors[actor])  # it may be alive but unreachable, holding its CPUs
         self.actors[actor] = self._worker.remote(*self._args)
+        errors = self.ray.exceptions
         try:
-            self.ray.get(self.actors[actor].pid.remote())
-        except self.ray.exceptions.RayActorError as exc:
+            self.ray.get(self.actors[actor].pid.remote(), timeout=REPLACE_TIMEOUT_S)
+        except (errors.RayActorError, errors.ActorUnavailableError) as exc:
             raise ShardLost(f"a Ray actor died and its replacement could not start: {exc}") from None
+        except errors.GetTimeoutError:
+            free = self.ray.available_resources().get("CPU", 0)
+            raise ShardLost(
+                f"a Ray actor died and its replacement was not placed within {REPLACE_TIMEOUT_S:.0f} s: it needs "
+                f"{self._cpus} CPUs and the cluster has {free:g} free"
+            ) from None
 
     def pids(self) -> list[int]:
         """The actors' process ids."""

@@ -84,7 +84,7 @@ def secure_aggregate(
     """Aggregate through secure aggregation: late updates, and updates with NaN or Inf values
     (which cannot be quantized: counted as rejected), drop out after sharing keys; the strategy
     receives one update, the mean of the others' sum. With regions, each region runs the protocol
-    among its own senders and forwards the mean of its sum, weighted by their steps, and the root's
+    among its own senders and forwards the mean of its sum, weighted by its survivors, and the root's
     strategy averages them (it sees each region's sum, never a client's); a region left below its
     threshold forwards nothing, and the round counts as not recovered (its model still made from the
     regions that were). When no sum is recovered the round keeps the old model (no new version), and
