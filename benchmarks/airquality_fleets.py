@@ -60,6 +60,7 @@ def run(job: dict) -> dict:
     overrides = [
         f"seed={job['seed']}",
         "threads=1",
+        "learner.normalize.stats=fleet",  # the example keeps them per site; the personal rows say so themselves
         f"federation.n_clients={n}",
         f"federation.fraction={fraction}",
         f"federation.rounds={ROUNDS}",
@@ -139,7 +140,8 @@ def main() -> None:
         print(sections[-1])
     body = (
         f"## Air quality: every method against the hand policy\n\n`{COMMAND}` ({machine()}; one torch thread per run, "
-        f"two runs at a time)\n\n`examples/airquality.yaml` at heterogeneity 1 (observations normalised), "
+        f"two runs at a time)\n\n`examples/airquality.yaml` at heterogeneity 1 (observations normalised by the "
+        f"fleet's statistics, but in the personal rows), "
         f"{ROUNDS} rounds of 2,048 env steps per sampled site, seeds {list(SEEDS)} (mean ± spread). Training "
         f"sites: the last evaluation (4 sampled episodes per site, each site on its own model where it has one); "
         f"the hand policy (`airquality.hand_policy`) plays {HAND_EPISODES} episodes per site on the same sites. "

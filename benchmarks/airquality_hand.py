@@ -54,15 +54,18 @@ def main(run_dir: Path) -> None:
     if setup.family.name != "airquality":
         raise SystemExit(f"{run_dir}: an {setup.family.name} run; this compares airquality runs with the hand policy")
     params = run.dir.load_policy(setup) if (run.dir.path / "final_policy.safetensors").exists() else run.state.params
-    sites = {
-        f"the {setup.config.federation.n_clients} training sites": setup.env_params,
-        f"{HELDOUT} held-out sites": setup.heldout_params(HELDOUT),
-        "the standard site": setup.family.standard_params[None],
+    sites = {  # name: (physics, whether they trained: with personal statistics they act with their own)
+        f"the {setup.config.federation.n_clients} training sites": (setup.env_params, True),
+        f"{HELDOUT} held-out sites": (setup.heldout_params(HELDOUT), False),
+        "the standard site": (setup.family.standard_params[None], False),
     }
     rows = []
-    for name, env_params in sites.items():
+    for name, (env_params, trained) in sites.items():
+        norm = run.state.norm
+        if norm is not None:  # the final policy's statistics; personal ones: each site's own, pooled for new ones
+            norm = norm.acting() if trained else norm.pooled()
         with threads(setup.config.threads):  # the run's own count: its numbers on any machine
-            scale = obs_scale(setup.config.learner.normalize, run.state.norm)  # the final policy's statistics too
+            scale = obs_scale(setup.config.learner.normalize, norm)
             greedy = setup.config.eval.greedy
             learned = evaluate(setup.net, params, setup.family, env_params, EPISODES, SEED, greedy, scale)
         hand = hand_returns(setup.family, env_params, EPISODES, SEED)

@@ -40,6 +40,7 @@ def run_one(out: Path, seed: int, strategy: dict) -> dict:
     """One run in this process (its thread count fixed); returns its summary."""
     overrides = [
         f"seed={seed}",
+        "learner.normalize.stats=fleet",  # as measured and published (the example now keeps them per site)
         "federation.n_clients=10",
         f"federation.rounds={ROUNDS}",
         "federation.stop_at_target=false",
