@@ -207,3 +207,13 @@ def test_a_fixed_threshold_no_region_can_reach_is_refused(tiny_config):
     with pytest.raises(ConfigError, match="above the 1 clients a region can have"):  # regions of one client
         parse_config(_config(tiny_config, SECURE, n_clients=4, regions=4))
     assert parse_config(_config(tiny_config, pipeline, n_clients=5, regions=2)).federation.regions == 2  # 3 and 2
+
+
+def test_a_region_left_below_its_threshold_drops_its_senders_and_the_others_still_make_the_model(tmp_path, tiny_config):
+    # 4 clients in 2 regions of 2; the straggler's region loses it to the deadline and has one sender left (t = 2)
+    config = _config(tiny_config, SECURE, STRAGGLER, rounds=1, n_clients=4, regions=2)
+    run = _run(config, tmp_path / "run")
+    np.testing.assert_array_equal(_column(run, "n_updates"), [2])  # the other region's two
+    np.testing.assert_array_equal(_column(run, "n_dropped"), [2])  # the late client and its stranded neighbour
+    np.testing.assert_array_equal(_column(run, "secagg_recovered"), [0])
+    assert run.state.version == 1  # the model was still made from the region that recovered

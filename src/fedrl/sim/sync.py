@@ -86,15 +86,15 @@ def secure_aggregate(
     receives one update, the mean of the others' sum. With regions, each region runs the protocol
     among its own senders and forwards the mean of its sum, weighted by its survivors, and the root's
     strategy averages them (it sees each region's sum, never a client's); a region left below its
-    threshold forwards nothing, and the round counts as not recovered (its model still made from the
-    regions that were). When no sum is recovered the round keeps the old model (no new version), and
-    the bytes of a protocol that did not finish are not measured."""
+    threshold forwards nothing, its in-time senders count as dropped, and the round as not recovered
+    (its model still made from the regions that were). When no sum is recovered the round keeps the
+    old model (no new version), and the bytes of a protocol that did not finish are not measured."""
     finite = np.array([np.isfinite(u.delta).all() for u in updates], dtype=bool)
     n_rejected = int((on_time & ~finite).sum())
     arrives = on_time & finite
     config = setup.config.pipeline.secure_aggregation
     budget = setup.config.federation.local_steps or 1
-    forwarded, results, ran, lost = [], [], [], 0
+    forwarded, results, ran, lost, stranded = [], [], [], 0, 0
     for tags, rows in secure_groups(setup, updates):
         members = [updates[i] for i in rows]
         threshold = secure_threshold(config, len(members))
@@ -103,6 +103,7 @@ def secure_aggregate(
             ran.append(threshold)
         if secured is None:
             lost += int(arrives[rows].any())
+            stranded += int(arrives[rows].sum())  # sent in time, but their region has no sum
             continue
         mean, result = secured
         # the survivors' plain mean, weighted as that many step budgets (the deployed server's secure_update):
@@ -119,6 +120,7 @@ def secure_aggregate(
     state = replace(state, params=params, strategy_state=strategy_state, version=state.version + 1)
     return state, RoundStats(
         n_updates=survivors,
+        n_dropped=stranded,  # close_round adds the unavailable and the late
         n_rejected=n_rejected,
         traffic=traffic,
         secure=SecureOutcome(threshold, lost == 0),
@@ -185,7 +187,7 @@ def close_round(
     updates = trained.updates
     loss = float(np.nanmean([u.metrics.loss for u in updates])) if updates else float("nan")
     episodes = sum(u.metrics.episodes for u in updates)
-    n_dropped = len(sampled) - int(trained.on_time.sum())
+    n_dropped = len(sampled) - int(trained.on_time.sum()) + stats.n_dropped
     stats = replace(stats, n_sampled=len(sampled), n_dropped=n_dropped, train_loss=loss, episodes=episodes)
     return replace(state, sim_time_s=state.sim_time_s + elapsed), stats
 
