@@ -12,8 +12,8 @@ statistics of its new data beside its update; the server merges them by counts
 (``fedrl.core.moments``), so the fleet's statistics are those of every observation any client
 made. They are not part of the parameter vector: a server optimiser's momentum, a robust rule or
 compression never touches them. With ``stats: personal`` each client keeps its own statistics
-instead (FedBN's idea, Li et al., ICLR 2021, applied to the input scaling) and sends none; a
-policy saved for a new client carries every client's pooled. The saved policy carries the
+instead (FedBN's idea, Li et al., ICLR 2021, applied to the input scaling) and sends none; held-out
+clients and saved policies use every client's pooled by counts. The saved policy carries the
 observation statistics in its card
 (``PolicyCard.obs_norm``), so a loaded or exported policy normalises exactly as evaluation did;
 reward scaling only shapes training and is not carried.
@@ -87,12 +87,15 @@ class NormStats:
     def merge_rows(self, increments: NormStats, keep: np.ndarray) -> NormStats:
         """These (unbatched) statistics with the rows of ``increments`` where ``keep`` ``(C,)`` is
         true merged in, in row order; a row with a non-finite value is left out."""
-        present = [m for m in (increments.obs, increments.returns) if m is not None]
-        rows = np.flatnonzero(keep & np.logical_and.reduce([m.finite for m in present]))
+        rows = np.flatnonzero(keep & increments.finite)
         if not len(rows):
             return self
-        part = NormStats(*(None if m is None else m.take(rows) for m in (increments.obs, increments.returns)))
-        return self.merge(part.total())
+        return self.merge(take_rows(increments, rows).total())
+
+    @property
+    def finite(self) -> np.ndarray:
+        """Per row of a client batch: whether every value is finite."""
+        return np.logical_and.reduce([m.finite for m in (self.obs, self.returns) if m is not None])
 
     @property
     def personal(self) -> bool:
@@ -130,11 +133,9 @@ class NormStats:
         time, or into each client's own, sent or not."""
         if not self.personal:
             return self.merge_rows(increments, sent)
-        present = [m for m in (increments.obs, increments.returns) if m is not None]
-        rows = np.flatnonzero(np.logical_and.reduce([m.finite for m in present]))
-        part = take_rows(increments, rows)
+        rows = np.flatnonzero(increments.finite)
         ids = np.asarray(ids)[rows]
-        return put_rows(self, ids, take_rows(self, ids).merge(part))
+        return put_rows(self, ids, take_rows(self, ids).merge(take_rows(increments, rows)))
 
     @property
     def wire_bytes(self) -> int:
