@@ -115,3 +115,17 @@ def test_an_encoded_update_is_kept_as_its_payload_and_a_changed_payload_is_refus
     store.path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="the payload does not match its digest"):
         store.load()
+
+
+def test_the_statistics_sent_beside_a_pending_update_survive_a_restart(tmp_path):
+    from fedrl.core.moments import Moments
+    from fedrl.core.normstats import NormStats
+
+    norm = NormStats(Moments.of(np.random.default_rng(0).normal(size=(20, 3))), None)
+    submission = new_submission("dev", 2, 1, np.ones(5, dtype=np.float32), 64, {}, norm=norm)
+    PendingStore(tmp_path).save(submission)
+
+    loaded = PendingStore(tmp_path).load()
+
+    assert loaded.norm.returns is None
+    assert loaded.norm.obs.count == 20 and loaded.norm.obs.mean.tobytes() == norm.obs.mean.tobytes()

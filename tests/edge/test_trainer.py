@@ -195,3 +195,70 @@ def test_the_state_after_an_update_is_kept_only_with_that_update(experiment, tmp
     expected = after if pending else before
     np.testing.assert_array_equal(restored.learner.control, expected.learner.control)
     assert not (tmp_path / "learner.next.safetensors").exists()
+
+
+def _normalising(experiment: str, **normalize) -> str:
+    data = yaml.safe_load(experiment)
+    data["learner"] = {**data.get("learner", {}), "normalize": {"obs": True, "reward": True, **normalize}}
+    return yaml.safe_dump(data)
+
+
+@pytest.mark.parametrize("name", ["ppo", "a2c", "reinforce", "dqn"])
+def test_a_normalising_learner_starts_from_the_fleets_statistics_and_sends_those_of_what_it_observed(experiment, name):
+    from fedrl.agents.normalize import init_stats
+    from fedrl.core.moments import Moments
+    from fedrl.core.normstats import NormStats
+
+    data = yaml.safe_load(experiment)
+    extra = {"learning_starts": 32} if name == "dqn" else {}
+    data["learner"] = {"name": name, "normalize": {"obs": True, "reward": True}, **extra}
+    trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
+    params = trainer.setup.initial_params()
+    experience = recorded(trainer, params, 128)
+    nothing = init_stats(trainer.setup.config.learner.normalize, 4)
+    rng = np.random.default_rng(0)
+    fleet = NormStats(Moments.of(rng.normal(5, 2, (500, 4))), Moments.of(rng.normal(0, 30, (500, 1))))
+
+    update, state = trainer.train(trainer.fresh_state(), params, 1, experience, norm=fleet)
+    raw, _ = trainer.train(trainer.fresh_state(), params, 1, experience, norm=nothing)
+
+    # the statistics of every observation it learned from, exactly; nothing kept for the fleet's
+    assert update.norm.obs.count == 128 and update.norm.returns.count == 128
+    np.testing.assert_allclose(update.norm.obs.mean, experience.obs.astype(np.float64).mean(0), rtol=1e-9)
+    assert state.norm is None
+    # the fleet's statistics shaped the update
+    assert np.isfinite(update.delta).all() and update.delta.tobytes() != raw.delta.tobytes()
+
+
+def test_without_the_tasks_statistics_a_normalising_learner_refuses_to_train(experiment):
+    trainer = trainer_from_yaml(_normalising(experiment), 0)
+    params = trainer.setup.initial_params()
+
+    with pytest.raises(ValueError, match="the task carries no statistics"):
+        trainer.train(trainer.fresh_state(), params, 1, recorded(trainer, params, 64))
+
+
+def test_personal_statistics_are_the_devices_own_across_rounds_and_a_restart(experiment, tmp_path):
+    from fedrl.agents.normalize import init_stats
+
+    trainer = trainer_from_yaml(_normalising(experiment, stats="personal"), 0)
+    params = trainer.setup.initial_params()
+    pooled = init_stats(trainer.setup.config.learner.normalize, 4, 1).total()
+    fresh = trainer.fresh_state()
+    assert fresh.norm.obs.count.tolist() == [0]
+    # before it observed anything, it acts with the version's (pooled) statistics
+    assert trainer.acting_stats(fresh, pooled) is pooled
+
+    first, state = trainer.train(fresh, params, 1, recorded(trainer, params, 64, seed=1), norm=pooled)
+    trainer.save_learner(tmp_path, state)
+    restored = trainer.restore(tmp_path)
+    second, after = trainer.train(restored, params, 2, recorded(trainer, params, 64, seed=2), norm=pooled)
+
+    # it sends each round's statistics and keeps all of them as its own
+    assert first.norm.obs.count == second.norm.obs.count == 64
+    assert after.norm.obs.count.tolist() == [128]
+    np.testing.assert_allclose(after.norm.total().obs.mean, first.norm.merge(second.norm).obs.mean)
+    own = trainer.acting_stats(after, pooled)
+    assert own.obs.count == 128
+    card = trainer.policy(2, params, after, 0.0, pooled).card
+    np.testing.assert_allclose(card.obs_norm.mean, own.obs.mean.astype(np.float32))

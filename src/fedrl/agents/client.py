@@ -33,8 +33,9 @@ from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import ClientState, DQNMemory
 from fedrl.agents.nets import BatchedNet, Heads
-from fedrl.agents.normalize import Normalizer, NormStats, make_normalizer
+from fedrl.agents.normalize import Normalizer, make_normalizer
 from fedrl.agents.optim import Optimizer, apply_gradient
+from fedrl.core.normstats import NormStats
 from fedrl.core.scaffold import scaffold_client_control
 from fedrl.envs.base import EnvState
 

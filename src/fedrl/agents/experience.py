@@ -18,6 +18,11 @@ A break in the record (the next transition does not start where the last one end
 a gap) is treated as a time-out: the value of the state reached is bootstrapped, so no return
 runs across it. The strategy's client-side terms (FedProx, SCAFFOLD, personal towers) apply as
 in simulation (``fedrl.agents.client``).
+
+Normalisation (``learner.normalize``) goes through the record step by step as a simulated rollout
+does: each observation joins the statistics and is normalised by them, each reward adds to the
+running discounted return (a break restarts it) and is scaled by its deviation. DQN keeps the raw
+transitions in its buffer and normalises its minibatches, as in simulation.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from fedrl.agents import a2c, client, distributions, dqn, ppo, reinforce, user
 from fedrl.agents.config import LearnerBase
 from fedrl.agents.local import LocalResult, LocalTask
 from fedrl.agents.memory import DQNMemory
+from fedrl.agents.normalize import Normalizer
 from fedrl.agents.optim import make_optimizer
 from fedrl.agents.rollout import Rollout, returns_to_go
 from fedrl.core.experience import Experience
@@ -73,16 +79,31 @@ def rollout_of(task: LocalTask, flat: torch.Tensor, exp: Experience, gamma: floa
     )
 
 
+def normalised(exp: Experience, norm: Normalizer | None, ends: np.ndarray | None = None) -> Experience:
+    """``exp`` on the normaliser's scale, step by step, adding its observations and returns to the
+    normaliser's statistics; ``exp`` itself when nothing is normalised. ``ends`` ``(T,)``: the steps
+    after which the running return restarts (default: episode ends and breaks in ``exp``)."""
+    if norm is None:
+        return exp
+    obs, reward, next_obs = np.empty_like(exp.obs), np.empty_like(exp.reward), np.empty_like(exp.next_obs)
+    ends = exp.terminated | exp.truncated | _breaks(exp) if ends is None else ends
+    for t in range(exp.steps):
+        obs[t] = norm.observe(exp.obs[None, t : t + 1])[0, 0]
+        reward[t] = norm.reward(exp.reward[None, t : t + 1], ends[None, t : t + 1])[0, 0]
+        next_obs[t] = norm.scale(exp.next_obs[None, t : t + 1])[0, 0]
+    return exp._replace(obs=obs, reward=reward, next_obs=next_obs)
+
+
 def _ppo(config: ppo.PPOConfig, task: LocalTask, start: client.Start, exp: Experience):
     optimizer = make_optimizer(start.flat, config.lr)
-    rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
+    rollout = rollout_of(task, start.flat.detach(), normalised(exp, start.norm), config.gamma)
     loss, n = ppo.improve(task, config, start, optimizer, rollout, task.gen)
     return loss, n, None, exp.steps
 
 
 def _user(config: user.UserLearnerConfig, task: LocalTask, start: client.Start, exp: Experience):
     optimizer = make_optimizer(start.flat, config.lr)
-    rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
+    rollout = rollout_of(task, start.flat.detach(), normalised(exp, start.norm), config.gamma)
     loss, n = user.improve(task, config, start, optimizer, rollout)
     return loss, n, None, exp.steps
 
@@ -90,6 +111,7 @@ def _user(config: user.UserLearnerConfig, task: LocalTask, start: client.Start, 
 def _a2c(config: a2c.A2CConfig, task: LocalTask, start: client.Start, exp: Experience):
     optimizer = make_optimizer(start.flat, config.lr, config.optimizer)
     losses = []
+    exp = normalised(exp, start.norm)
     for first in range(0, exp.steps, config.n_steps):
         part = Experience(*(field[first : first + config.n_steps] for field in exp))
         rollout = rollout_of(task, start.flat.detach(), part, config.gamma)
@@ -104,7 +126,7 @@ def _reinforce(config: reinforce.ReinforceConfig, task: LocalTask, start: client
     if len(ends) == 0:
         return None, 0, None, 0
     optimizer = make_optimizer(start.flat, config.lr)
-    rollout = rollout_of(task, start.flat.detach(), exp, config.gamma)
+    rollout = rollout_of(task, start.flat.detach(), normalised(exp, start.norm), config.gamma)
     mask = torch.zeros(exp.steps, 1, 1)
     mask[: ends[-1] + 1] = 1.0
     returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)
@@ -118,7 +140,10 @@ def _dqn(config: dqn.DQNConfig, task: LocalTask, start: client.Start, exp: Exper
     kept = task.client_state.dqn or dqn.init_state(config, task.net, 1)
     r = dqn.Round(dqn.to_torch(kept.replay), start.reference, 0, np.zeros(1, np.int64), np.zeros(1))
     env_steps = np.array(kept.env_steps, dtype=np.int64)
+    ends = exp.terminated | exp.truncated | _breaks(exp)
     for t in range(exp.steps):
+        step = Experience(*(field[t : t + 1] for field in exp))
+        normalised(step, start.norm, ends[t : t + 1])  # the statistics only: the buffer keeps raw transitions
         buffer = dqn.store(
             r.buffer,
             torch.from_numpy(exp.obs[t : t + 1, None].astype(np.float32)),

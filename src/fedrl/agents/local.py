@@ -21,7 +21,7 @@ import torch
 
 from fedrl.agents.memory import ClientState
 from fedrl.agents.nets import BatchedNet
-from fedrl.agents.normalize import NormStats
+from fedrl.core.normstats import NormStats
 from fedrl.core.rows import to_arrays
 from fedrl.envs.base import EnvFamily, EnvState
 

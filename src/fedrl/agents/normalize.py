@@ -21,7 +21,6 @@ reward scaling only shapes training and is not carried.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -29,7 +28,7 @@ from pydantic import Field
 
 from fedrl.core.frozen import FrozenConfig
 from fedrl.core.moments import Moments
-from fedrl.core.rows import put_rows, take_rows
+from fedrl.core.normstats import NormStats
 
 EPS = 1e-8
 
@@ -51,96 +50,6 @@ class NormalizeConfig(FrozenConfig):
     def active(self) -> bool:
         """Whether anything is normalised (and statistics are kept)."""
         return self.obs or self.reward
-
-
-@dataclass(frozen=True)
-class NormStats:
-    """Running statistics of observations ``(k = obs_dim)`` and of discounted returns ``(k = 1)``;
-    a field is None when it is not normalised. Unbatched on the server, one row per client in a
-    client batch's increments."""
-
-    obs: Moments | None = field(default=None, metadata={"record": Moments})
-    returns: Moments | None = field(default=None, metadata={"record": Moments})
-
-    def merge(self, other: NormStats) -> NormStats:
-        """Both sets of statistics pooled."""
-        pairs = ((self.obs, other.obs), (self.returns, other.returns))
-        return NormStats(*(None if a is None else a.merge(b) for a, b in pairs))
-
-    def total(self) -> NormStats:
-        """A client batch's rows merged into one, in row order."""
-        return NormStats(*(None if m is None else m.total() for m in (self.obs, self.returns)))
-
-    def broadcast(self, batch: int) -> NormStats:
-        """``batch`` rows of these statistics."""
-        return NormStats(*(None if m is None else m.broadcast(batch) for m in (self.obs, self.returns)))
-
-    @classmethod
-    def concat(cls, parts: list[NormStats]) -> NormStats:
-        """Client batches' rows one after another."""
-        first = parts[0]
-        return cls(
-            None if first.obs is None else Moments.concat([p.obs for p in parts]),
-            None if first.returns is None else Moments.concat([p.returns for p in parts]),
-        )
-
-    def merge_rows(self, increments: NormStats, keep: np.ndarray) -> NormStats:
-        """These (unbatched) statistics with the rows of ``increments`` where ``keep`` ``(C,)`` is
-        true merged in, in row order; a row with a non-finite value is left out."""
-        rows = np.flatnonzero(keep & increments.finite)
-        if not len(rows):
-            return self
-        return self.merge(take_rows(increments, rows).total())
-
-    @property
-    def finite(self) -> np.ndarray:
-        """Per row of a client batch: whether every value is finite."""
-        return np.logical_and.reduce([m.finite for m in (self.obs, self.returns) if m is not None])
-
-    @property
-    def personal(self) -> bool:
-        """Whether these are one row of statistics per client (``stats: personal``) rather than the fleet's."""
-        return (self.obs or self.returns).count.ndim == 1
-
-    def of_clients(self, ids: np.ndarray) -> NormStats:
-        """What the clients ``ids`` normalise with: the fleet's statistics, or their own rows."""
-        return take_rows(self, np.asarray(ids)) if self.personal else self
-
-    def rows_of(self, ids: np.ndarray) -> NormStats:
-        """One row of statistics for each client of ``ids``: the fleet's repeated, or their own."""
-        return take_rows(self, np.asarray(ids)) if self.personal else self.broadcast(len(ids))
-
-    def acting(self, ids: np.ndarray | None = None) -> NormStats:
-        """What the clients ``ids`` (all for None) act and are evaluated with: the fleet's statistics,
-        or their own, except that a client which has observed nothing yet uses everyone's pooled (its
-        own would scale by nothing)."""
-        if not self.personal:
-            return self
-        rows = self if ids is None else take_rows(self, np.asarray(ids))
-        empty = np.flatnonzero((rows.obs or rows.returns).count == 0)
-        if not len(empty):
-            return rows
-        return put_rows(rows, empty, self.total().broadcast(len(empty)))
-
-    def pooled(self) -> NormStats:
-        """One set of statistics for a client that has none of its own (a held-out client, a saved
-        policy): the fleet's, or every client's own pooled by counts."""
-        return self.total() if self.personal else self
-
-    def absorbed(self, ids: np.ndarray, increments: NormStats, sent: np.ndarray) -> NormStats:
-        """The statistics after the clients ``ids`` observed ``increments`` (one row each, a row with a
-        non-finite value left out): merged into the fleet's for the clients whose update was ``sent`` on
-        time, or into each client's own, sent or not."""
-        if not self.personal:
-            return self.merge_rows(increments, sent)
-        rows = np.flatnonzero(increments.finite)
-        ids = np.asarray(ids)[rows]
-        return put_rows(self, ids, take_rows(self, ids).merge(take_rows(increments, rows)))
-
-    @property
-    def wire_bytes(self) -> int:
-        """What one client's increments take on the wire as float64 values."""
-        return 8 * sum(1 + 2 * m.mean.shape[-1] for m in (self.obs, self.returns) if m is not None)
 
 
 def init_stats(config: NormalizeConfig, obs_dim: int, n_clients: int = 1) -> NormStats | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedrl.policy.card import PolicyCard
+from fedrl.policy.files import read_card
 from fedrl.policy.runtime import Policy as Runtime
 from fedrl.wire import disk
 
@@ -120,9 +121,11 @@ def save_acting(state_dir: Path, policy: Policy) -> None:
 
 
 def load_acting(state_dir: Path, card: PolicyCard) -> Policy | None:
-    """The acting policy saved in ``state_dir``; None when there is none or it does not fit the
-    layout of ``card`` (``ValueError`` when the file is unreadable)."""
-    record = disk.load_record(Path(state_dir) / PARAMS_FILE)
+    """The acting policy saved in ``state_dir``, with the observation normalisation it was saved
+    with; None when there is none or it does not fit the layout of ``card`` (``ValueError`` when
+    the file is unreadable)."""
+    path = Path(state_dir) / PARAMS_FILE
+    record = disk.load_record(path)
     if record is None:
         return None
     arrays, header = record
@@ -130,6 +133,7 @@ def load_acting(state_dir: Path, card: PolicyCard) -> Policy | None:
     if params is None or params.shape != (card.dim,) or params.dtype != np.float32:
         return None
     version = int(header["version"])
+    card = replace(card, obs_norm=read_card(path).obs_norm)
     return Policy(version, params, card.with_params(params, version=version), float(header["since"]))
 
 

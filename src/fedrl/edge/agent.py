@@ -463,7 +463,9 @@ class Agent:
         experience, upto = self._recorder.take(task.base_version, self._trainer.setup.budget.steps)
         self._asked_at = (self._actor.steps, self._actor.episodes)
         started = time.monotonic()
-        update, local = self._train_in_budget(self._local, model.params, task.round, experience, task.server_control)
+        update, local = self._train_in_budget(
+            self._local, model.params, task.round, experience, task.server_control, task.norm
+        )
         seconds = time.monotonic() - started
         submission = new_submission(
             self._client,
@@ -474,6 +476,7 @@ class Agent:
             update.metrics.as_mapping(),
             update.control_delta,
             update.payload,
+            update.norm,
         )
         self._trainer.save_learner(self.config.state_dir, local, staged=True)
         secure = self._trainer.setup.config.pipeline.secure_aggregation
@@ -543,7 +546,7 @@ class Agent:
         False when it passes with nothing to learn from (the server gives the round to others)."""
         current = self.acting.current
         if current is None or current.tag != task.base_version or current.greedy:
-            policy = self._trainer.policy(task.base_version, model.params, self._local, time.time())
+            policy = self._trainer.policy(task.base_version, model.params, self._local, time.time(), model.norm)
             if current is None or current.tag != task.base_version:  # a new version: on record, as when following
                 save_acting(self.config.state_dir, policy)
             self.acting.swap(policy)
@@ -616,11 +619,11 @@ class Agent:
                 logging.WARNING, "refused", call="pull", version=version, reason=exc.reason.value, message=exc.message
             )
             return
-        policy = self._trainer.policy(version, model.params, self._local, time.time())
+        policy = self._trainer.policy(version, model.params, self._local, time.time(), model.norm)
         save_acting(self.config.state_dir, policy)  # first: a reboot acts with what acted last
         self.acting.swap(policy)
         if self._personalizer is not None:
-            self._personalizer.restart(policy, model.params)
+            self._personalizer.restart(policy, model.params, model.norm)
         event(logging.INFO, "acting", version=version, eval_return=model.eval_return)
 
     def _model(self, version: int, patient: bool = True) -> Model:

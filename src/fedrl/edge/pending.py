@@ -7,8 +7,8 @@ made, and travels with it, so the server recognises a resubmission and returns t
 acknowledgement instead of counting the update twice.
 
 One file, ``STATE_DIR/pending.safetensors``: the delta -- or, with an update pipeline, the
-payload that stands for it, as uint8 -- and SCAFFOLD's control delta as arrays, everything else
-as the JSON header (``fedrl.wire.disk``).
+payload that stands for it, as uint8 --, SCAFFOLD's control delta and the normalisation
+statistics sent beside it as arrays, everything else as the JSON header (``fedrl.wire.disk``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrl.core.normstats import NormStats
+from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.wire import disk
 from fedrl.wire.records import Submission
 
 FILE = "pending.safetensors"
+NORM_PREFIX = "norm."  # the statistics' arrays in the file
 
 
 def new_submission(
@@ -34,9 +37,11 @@ def new_submission(
     metrics: dict[str, float],
     control_delta: np.ndarray | None = None,
     payload: bytes | None = None,
+    norm: NormStats | None = None,
 ) -> Submission:
     """A fresh update with its own random ``update_id`` and the digest of what is sent: the
-    ``payload`` (the update pipeline's encoding of ``delta``) when given, else ``delta`` itself."""
+    ``payload`` (the update pipeline's encoding of ``delta``) when given, else ``delta`` itself;
+    ``norm``: the statistics of what the client observed, sent beside it."""
     submission = Submission(
         str(uuid.uuid4()),
         client,
@@ -47,6 +52,7 @@ def new_submission(
         dict(metrics),
         control_delta,
         payload=payload,
+        norm=norm,
     )
     return replace(submission, digest=submission.sent_digest)
 
@@ -68,6 +74,8 @@ class PendingStore:
         arrays = {"delta": submission.delta} if payload is None else {"payload": np.frombuffer(payload, np.uint8)}
         if submission.control_delta is not None:
             arrays["control_delta"] = submission.control_delta
+        if submission.norm is not None:
+            arrays |= to_arrays(submission.norm, NORM_PREFIX)
         header = {
             "update_id": submission.update_id,
             "client": submission.client,
@@ -99,6 +107,7 @@ class PendingStore:
                 arrays.get("control_delta"),
                 h["digest"],
                 payload,
+                from_arrays(NormStats, arrays, NORM_PREFIX) if any(k.startswith(NORM_PREFIX) for k in arrays) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{self.path}: not a pending update ({type(exc).__name__}: {exc})") from None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedrl.core.normstats import NormStats
 from fedrl.edge.acting import ActingPolicy, Policy
 from fedrl.edge.actor import Actor
 from fedrl.edge.device import event
@@ -54,15 +55,16 @@ class Personalizer:
         self._train = train
         self._global: Policy | None = None
         self._params: np.ndarray | None = None  # the global version's parameters
+        self._norm: NormStats | None = None  # the global version's normalisation statistics
         self._personal: Policy | None = None
         self._phase = "idle"  # collect -> global -> personal -> done
         self._expected: Policy | None = None  # what acts during the phase
         self._mark = 0  # the acting loop's episode count when the phase's policy began
         self._global_return = 0.0
 
-    def restart(self, policy: Policy, params: np.ndarray) -> None:
-        """A new global version acts: collect its experience for a personal copy."""
-        self._global, self._params, self._personal = policy, params, None
+    def restart(self, policy: Policy, params: np.ndarray, norm: NormStats | None = None) -> None:
+        """A new global version (normalising with ``norm``) acts: collect its experience for a personal copy."""
+        self._global, self._params, self._norm, self._personal = policy, params, norm, None
         self._phase, self._expected = "collect", policy
 
     def advance(self, local: LocalState) -> None:
@@ -88,8 +90,9 @@ class Personalizer:
             return
         experience, _ = self.recorder.take(self._global.tag, self.config.steps)  # a look: tasks may learn from it too
         version = self._global.version
-        update, tuned = self._train(local, self._params, version, experience)
-        personal = self.trainer.policy(version, self._params + update.delta, tuned, time.time())
+        update, tuned = self._train(local, self._params, version, experience, None, self._norm)
+        norm = None if self._norm is None else self._norm.merge(update.norm)  # what the copy was tuned with
+        personal = self.trainer.policy(version, self._params + update.delta, tuned, time.time(), norm)
         self._personal = replace(personal, personal=True)
         event(logging.INFO, "personal_tuned", version=version, env_steps=update.env_steps)
         self._phase = "global"

@@ -10,16 +10,23 @@ When the experiment has an update pipeline (``fedrl.core.pipeline``), the delta 
 as the simulator's client would send it: clipped, noised (local DP), compressed with error
 feedback and scaled to the clip norm (central DP), encoded as bytes (``LocalUpdate.payload``).
 
-What the client keeps between rounds is a ``LocalState``: the learner's ``client_state``
-(personal parameters, SCAFFOLD's ``c_i``, DQN's replay buffer) and the pipeline's (the
-error-feedback residual, the rounds taken part in), which ``save_learner`` writes to disk so a
-reboot keeps them. Randomness comes from the config seed, the client index and the round, so the
-same experience gives the same update bit for bit.
+With normalisation (``learner.normalize``) the client starts from the statistics the task carries
+(the fleet's, as of the base version) or, with ``stats: personal``, from its own; either way it
+sends the statistics of what it observed beside the update, which the server merges into the
+next version's (the pooled ones, with personal statistics: for devices that have none yet and
+for the saved policy).
+
+What the client keeps between rounds is a ``LocalState``: the learner's ``client_state`` (personal
+parameters, SCAFFOLD's ``c_i``, DQN's replay buffer, reward scaling's running returns), the
+pipeline's (the error-feedback residual, the rounds taken part in) and its personal normalisation
+statistics, which ``save_learner`` writes to disk so a reboot keeps them. Randomness comes from the
+config seed, the client index and the round, so the same experience gives the same update bit for
+bit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +34,8 @@ import numpy as np
 
 from fedrl.agents import ClientState, init_client_state, local_params, make_task
 from fedrl.agents.experience import Experience, train_from_experience
+from fedrl.agents.normalize import init_stats
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import PipelineState, after_sending, client_message, init_pipeline_state
 from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.core.update import UpdateMetrics
@@ -41,6 +50,7 @@ from fedrl.wire import disk
 LEARNER_FILE = "learner.safetensors"
 STAGED_FILE = "learner.next.safetensors"  # the state after the pending update, until it is answered
 PIPELINE_PREFIX = "pipeline."  # the pipeline's arrays in the learner file, beside the learner's own
+NORM_PREFIX = "normalize."  # the personal normalisation statistics in the learner file
 
 
 class LocalState(NamedTuple):
@@ -48,6 +58,7 @@ class LocalState(NamedTuple):
 
     learner: ClientState  # what the learner keeps, arrays with leading axis 1
     pipeline: PipelineState  # what the update pipeline keeps, leading axis 1
+    norm: NormStats | None = None  # its own normalisation statistics (one row) with stats: personal, else None
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class LocalUpdate:
     payload: bytes | None = (
         None  # what is sent instead of delta: the pipeline's encoding of it; None without a pipeline
     )
+    norm: NormStats | None = None  # the statistics of what it observed (unbatched); None without normalisation
 
 
 @dataclass(frozen=True)
@@ -86,13 +98,31 @@ class EdgeTrainer:
     def fresh_state(self) -> LocalState:
         """The learner state of a client that has never trained."""
         setup = self.setup
-        learner = init_client_state(setup.config.learner, setup.net, 1, setup.strategy.uses_control_variates)
-        return LocalState(learner, init_pipeline_state(setup.config.pipeline, 1, setup.net.spec.dim))
+        config = setup.config.learner
+        learner = init_client_state(config, setup.net, 1, setup.strategy.uses_control_variates)
+        if learner.returns is not None:  # reward scaling's running return: a device steps one environment
+            learner = replace(learner, returns=np.zeros((1, 1)))
+        own = init_stats(config.normalize, setup.family.obs_dim, 1) if config.normalize.stats == "personal" else None
+        return LocalState(learner, init_pipeline_state(setup.config.pipeline, 1, setup.net.spec.dim), own)
 
-    def policy(self, version: int, params: np.ndarray, state: LocalState, since: float) -> Policy:
-        """Global version ``version`` as this client acts with it (its personal part included)."""
+    def policy(
+        self, version: int, params: np.ndarray, state: LocalState, since: float, norm: NormStats | None = None
+    ) -> Policy:
+        """Global version ``version`` as this client acts with it: its personal part included, and
+        observations normalised by the version's statistics ``norm`` or, with personal statistics,
+        by its own once it has observed anything."""
         acting = self.acting_params(params, state)
-        return Policy(version, acting, policy_card(self.setup, acting, version, self.env_params[0]), since)
+        card = policy_card(self.setup, acting, version, self.env_params[0], self.acting_stats(state, norm))
+        return Policy(version, acting, card, since)
+
+    @staticmethod
+    def acting_stats(state: LocalState, norm: NormStats | None) -> NormStats | None:
+        """What this client normalises its observations with when it acts: its own statistics
+        once it has any, else the version's ``norm``."""
+        own = state.norm
+        if own is None or norm is None or not (own.obs or own.returns).count[0] > 0:
+            return norm
+        return own.total()
 
     def train(
         self,
@@ -101,12 +131,17 @@ class EdgeTrainer:
         round_: int,
         experience: Experience,
         server_control: np.ndarray | None = None,
+        norm: NormStats | None = None,
     ) -> tuple[LocalUpdate, LocalState]:
-        """Learn from ``experience`` starting at the global ``params`` ``(d,)`` for ``round_``;
-        ``ValueError`` when ``params`` or ``server_control`` do not fit this experiment's network
-        or there is no experience."""
+        """Learn from ``experience`` starting at the global ``params`` ``(d,)`` for ``round_``
+        (normalising from the fleet's statistics ``norm``, or its own with personal statistics);
+        ``ValueError`` when ``params`` or ``server_control`` do not fit this experiment's network,
+        the experiment normalises but no statistics came, or there is no experience."""
         setup = self.setup
         params = np.asarray(params, dtype=np.float32)
+        start = state.norm if state.norm is not None else norm
+        if setup.config.learner.normalize.active and start is None:
+            raise ValueError("the experiment normalises (learner.normalize), but the task carries no statistics")
         task = make_task(
             setup.net,
             setup.family,
@@ -117,6 +152,7 @@ class EdgeTrainer:
             setup.rng(TRAIN_STREAM, round_, self.index),
             client_state=state.learner,
             server_control=server_control,
+            norm=start,
         )
         result = train_from_experience(setup.config.learner, task, experience)
         control = None if result.control_delta is None else result.control_delta[0].astype(np.float32)
@@ -128,8 +164,10 @@ class EdgeTrainer:
             UpdateMetrics(float(result.loss[0]), int(result.episodes[0])),
             control,
             payload,
+            None if result.norm is None else result.norm.total(),
         )
-        return update, LocalState(result.client_state, pipeline)
+        own = None if state.norm is None else state.norm.merge(result.norm)
+        return update, LocalState(result.client_state, pipeline, own)
 
     def _encode(self, delta: np.ndarray, pipeline: PipelineState, round_: int) -> tuple[bytes | None, PipelineState]:
         """The pipeline's message for ``delta`` (None when the pipeline applies nothing: the delta
@@ -184,13 +222,17 @@ class EdgeTrainer:
             return fresh
         saved = record[0]
         return fresh._replace(
-            learner=from_arrays(ClientState, saved), pipeline=from_arrays(PipelineState, saved, PIPELINE_PREFIX)
+            learner=from_arrays(ClientState, saved),
+            pipeline=from_arrays(PipelineState, saved, PIPELINE_PREFIX),
+            norm=None if fresh.norm is None else from_arrays(NormStats, saved, NORM_PREFIX),
         )
 
 
 def _file_arrays(state: LocalState) -> dict[str, np.ndarray]:
-    """The learner file's arrays: the learner's own, and the pipeline's under ``PIPELINE_PREFIX``."""
-    return to_arrays(state.learner) | to_arrays(state.pipeline, PIPELINE_PREFIX)
+    """The learner file's arrays: the learner's own, the pipeline's under ``PIPELINE_PREFIX`` and
+    the personal normalisation statistics under ``NORM_PREFIX``."""
+    own = {} if state.norm is None else to_arrays(state.norm, NORM_PREFIX)
+    return to_arrays(state.learner) | to_arrays(state.pipeline, PIPELINE_PREFIX) | own
 
 
 def _same_layout(saved: dict[str, np.ndarray], fresh: dict[str, np.ndarray]) -> bool:

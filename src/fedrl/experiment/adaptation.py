@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from fedrl.agents import Budget, init_client_state, local_params, make_task, train_local
-from fedrl.agents.normalize import NormStats, init_stats
+from fedrl.agents.normalize import init_stats
+from fedrl.core.normstats import NormStats
 from fedrl.envs.base import reset
 from fedrl.experiment.aggregation import HELDOUT_EPISODES_TAG, mean_returns
 from fedrl.experiment.setup import Setup

@@ -25,8 +25,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedrl.agents import evaluate
-from fedrl.agents.normalize import NormStats, obs_scale
+from fedrl.agents.normalize import obs_scale
 from fedrl.core.aggregation import screen
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import central_mean, mean_of_secure_sum
 from fedrl.core.robust import combine
 from fedrl.core.secagg import dequantize

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrl.agents.normalize import EPS, NormStats
+from fedrl.agents.normalize import EPS
+from fedrl.core.normstats import NormStats
 from fedrl.envs.base import Continuous
 from fedrl.experiment.setup import Setup
 from fedrl.policy.card import ActionSpec, ObsNorm, PolicyCard

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrl.agents.normalize import init_stats
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.core.update import Update, UpdateMetrics
@@ -166,9 +168,11 @@ class Coordinator:
         if stored is None:
             setup = Setup(config.experiment)
             params = setup.initial_params() if init_from is None else pretrained_params(setup, init_from)
-            score = _gate_return(config, setup, params) if config.gate.enabled else None
+            norm = fleet_stats(setup)
+            score = _gate_return(config, setup, params, norm) if config.gate.enabled else None
             state = state_to_arrays(setup.strategy.init(params))
-            store.record_initial(params, state, score, clock(), experiment, policy_card(setup, params, 0))
+            card = policy_card(setup, params, 0, norm=norm)
+            store.record_initial(params, state, score, clock(), experiment, card, norm)
         return cls(config, store, metrics, clock)
 
     def _load(self) -> None:
@@ -375,7 +379,8 @@ class Coordinator:
                     return Wait(retry, f"your update for round {self._round.round} is in; waiting for the others")
                 if not self._take_part(client):
                     return Wait(retry, f"not sampled for round {self._round.round}")
-            return Task(self._round.round, self._deployed.version, self._time_left(), self._server_control())
+            deployed = self._deployed
+            return Task(self._round.round, deployed.version, self._time_left(), self._server_control(), deployed.norm)
 
     def forfeit(self, client: str, reason: str) -> None:
         """``client``'s update was refused or its upload went silent: it keeps its place in the
@@ -544,7 +549,9 @@ class Coordinator:
                 Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}"
             )
         s = self._decoded(s)
-        return s, self._check_vectors(s)
+        digest = self._check_vectors(s)
+        self._check_stats(s)
+        return s, digest
 
     def _decoded(self, s: Submission) -> Submission:
         """``s`` with its payload decoded into ``delta``; a bare delta only when the experiment has
@@ -643,6 +650,23 @@ class Coordinator:
                 "the sensitivity central DP's noise is calibrated to",
             )
 
+    def _check_stats(self, s: Submission) -> None:
+        """The normalisation statistics beside an update: those the experiment keeps, finite, and of no
+        more observations than an update may claim (``limits.max_env_steps``)."""
+        normalize = self.setup.config.learner.normalize
+        if s.norm is None and not normalize.active:
+            return
+        if s.norm is None:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT,
+                "the experiment normalises (learner.normalize): send the statistics of what you observed "
+                "with the update",
+            )
+        obs_dim = self.setup.family.obs_dim if normalize.obs else None
+        problem = s.norm.problem(obs_dim, normalize.reward, self.config.max_env_steps)
+        if problem is not None:
+            raise Rejected(Reason.INVALID_ARGUMENT, problem)
+
     def _model_norm(self) -> float:
         """The L2 norm of the deployed parameters, computed once per version."""
         deployed = self._deployed
@@ -713,9 +737,10 @@ class Coordinator:
                 candidate, new_state = self.setup.strategy.aggregate(state, deployed.params, [update])
             else:
                 candidate, new_state = self._aggregate(stored, deployed, state, round_.round)
-            score = _gate_return(self.config, self.setup, candidate) if self.config.gate.enabled else None
+            norm = merged_stats(deployed.norm, stored)
+            score = _gate_return(self.config, self.setup, candidate, norm) if self.config.gate.enabled else None
             with self._lock:
-                self._commit(round_, candidate, new_state, score)
+                self._commit(round_, candidate, new_state, score, norm)
             for u in stored:
                 self._store.remove_update_file(u.update_id)
         finally:
@@ -774,17 +799,20 @@ class Coordinator:
         gate = self.config.gate
         return score >= current - max(gate.tolerance, gate.relative_tolerance * abs(current))
 
-    def _commit(self, round_: RoundStatus, candidate: np.ndarray, state, score: float | None) -> None:
-        """Deploy or reject the candidate, close the round durably and open the next."""
+    def _commit(
+        self, round_: RoundStatus, candidate: np.ndarray, state, score: float | None, norm: NormStats | None
+    ) -> None:
+        """Deploy or reject the candidate (with the statistics ``norm`` it normalises with), close the
+        round durably and open the next."""
         now, spent = self._clock(), self._epsilon(round_.round)
         deployed = None
         if self._promotes(score):
             version = self._deployed.version + 1
-            card = policy_card(self.setup, candidate, version)
+            card = policy_card(self.setup, candidate, version, norm=norm)
             deployed = Deployed(version, candidate, card)
-            self._store.write_version_file(version, candidate, state_to_arrays(state), card)
+            self._store.write_version_file(version, candidate, state_to_arrays(state), card, norm)
             self._store.close_round(round_.round, now, score, version, version, spent)
-            self._deployed, self._strategy_state = Model(version, candidate, round_.round, score), state
+            self._deployed, self._strategy_state = Model(version, candidate, round_.round, score, norm), state
             if self.config.versions_kept is not None:
                 self._store.prune_versions(version + 1 - self.config.versions_kept)
         else:
@@ -981,6 +1009,26 @@ def _network(card) -> str:
     return f"{kind} {card.obs_dim}-{layers}-{card.action.n} ({card.action.kind})"
 
 
-def _gate_return(config: ServerConfig, setup: Setup, params: np.ndarray) -> float:
-    """Mean return of ``params`` on the gate's held-out environments, always the same episodes."""
-    return float(heldout_returns(setup, params, config.gate.heldout_clients, config.gate.episodes).mean())
+def _gate_return(config: ServerConfig, setup: Setup, params: np.ndarray, norm: NormStats | None) -> float:
+    """Mean return of ``params`` (normalising with ``norm``) on the gate's held-out environments,
+    always the same episodes."""
+    gate = config.gate
+    return float(heldout_returns(setup, params, gate.heldout_clients, gate.episodes, norm=norm).mean())
+
+
+def fleet_stats(setup: Setup) -> NormStats | None:
+    """The statistics a deployment starts from: nothing observed yet, one set for the whole fleet
+    (with personal statistics too: devices keep their own, and the server pools what they send for
+    the devices that have none and for the saved policy); None when the experiment normalises nothing."""
+    stats = init_stats(setup.config.learner.normalize, setup.family.obs_dim, 1)
+    return None if stats is None else stats.pooled()
+
+
+def merged_stats(norm: NormStats | None, stored: list[StoredUpdate]) -> NormStats | None:
+    """``norm`` with the statistics sent beside the round's ``stored`` updates merged in, in client
+    order, so the result does not depend on the order they arrived in."""
+    if norm is None:
+        return None
+    for u in sorted(stored, key=lambda u: u.client_id):
+        norm = norm.merge(u.norm)
+    return norm

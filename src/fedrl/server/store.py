@@ -30,6 +30,9 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import load_file
 
+from fedrl.core.moments import Moments
+from fedrl.core.normstats import NormStats
+from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.policy.card import PolicyCard
 from fedrl.server.auth import hash_token, new_token
 from fedrl.wire import disk
@@ -59,7 +62,9 @@ _ADDED_COLUMNS = (
     ("rounds", "epsilon", "REAL"),  # DP epsilon spent once the round closed; NULL without DP
     ("updates", "uplink_bytes", "INTEGER NOT NULL DEFAULT 0"),
     ("clients", "revoked_at", "REAL"),  # when its token was revoked; NULL while it is valid
+    ("updates", "norm", "TEXT"),  # the normalisation statistics sent beside the update (JSON); NULL without
 )
+NORM = "normalize."  # a version file's normalisation statistics, beside its params and strategy state
 REVOKED = "revoked:"  # a revoked client's token_hash is this prefix and its old hash: still unique, never matched
 
 
@@ -94,6 +99,7 @@ class StoredUpdate:
     delta: np.ndarray
     control_delta: np.ndarray | None
     accepted_at: float
+    norm: NormStats | None = None  # the statistics of what the client observed; None when nothing is normalised
 
 
 def _round_status(row: dict) -> RoundStatus:
@@ -106,7 +112,26 @@ def _stored_update(row: dict, delta: np.ndarray, control_delta: np.ndarray | Non
     """An ``updates`` row (joined with its client's id) and its vectors as a record."""
     row.pop("has_control")
     metrics = json.loads(row.pop("metrics"))
-    return StoredUpdate(**row, metrics=metrics, delta=delta, control_delta=control_delta)
+    norm = _norm_from_json(row.pop("norm"))
+    return StoredUpdate(**row, metrics=metrics, delta=delta, control_delta=control_delta, norm=norm)
+
+
+def _norm_json(norm: NormStats | None) -> str | None:
+    """Statistics as a JSON text (Python's float repr round-trips every float64 exactly); None stays None."""
+    if norm is None:
+        return None
+    moments = {"obs": norm.obs, "returns": norm.returns}
+    return json.dumps(
+        {k: [float(m.count), m.mean.tolist(), m.m2.tolist()] for k, m in moments.items() if m is not None}
+    )
+
+
+def _norm_from_json(text: str | None) -> NormStats | None:
+    """The statistics ``_norm_json`` wrote."""
+    if text is None:
+        return None
+    found = {k: Moments(np.array(c), np.array(mean), np.array(m2)) for k, (c, mean, m2) in json.loads(text).items()}
+    return NormStats(found.get("obs"), found.get("returns"))
 
 
 def update_file_name(update_id: str) -> str:
@@ -275,16 +300,22 @@ class Store:
             raise KeyError(version)
         arrays = load_file(str(self._model_path(version)))
         state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
-        return Model(version, arrays["params"], row["round"], row["eval_return"]), state
+        norm = from_arrays(NormStats, arrays, NORM) if any(k.startswith(NORM) for k in arrays) else None
+        return Model(version, arrays["params"], row["round"], row["eval_return"], norm), state
 
     def write_version_file(
-        self, version: int, params: np.ndarray, state: dict[str, np.ndarray], card: PolicyCard | None = None
+        self,
+        version: int,
+        params: np.ndarray,
+        state: dict[str, np.ndarray],
+        card: PolicyCard | None = None,
+        norm: NormStats | None = None,
     ) -> None:
-        """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``);
-        with its ``card``, ``fedrl.policy.load_policy`` runs the state directory's deployed version."""
-        disk.save_record(
-            self._model_path(version), {"params": params, **{f"strategy.{k}": v for k, v in state.items()}}, card=card
-        )
+        """Write a version's file (before it is recorded by ``close_round`` or ``record_initial``)
+        with the normalisation statistics it acts with, if any; with its ``card``,
+        ``fedrl.policy.load_policy`` runs the state directory's deployed version."""
+        arrays = {"params": params, **{f"strategy.{k}": v for k, v in state.items()}}
+        disk.save_record(self._model_path(version), arrays | ({} if norm is None else to_arrays(norm, NORM)), card=card)
 
     def prune_versions(self, below: int) -> None:
         """Delete the files of versions older than ``below`` (their records stay)."""
@@ -304,9 +335,10 @@ class Store:
         now: float,
         experiment: str,
         card: PolicyCard | None = None,
+        norm: NormStats | None = None,
     ) -> None:
-        """A new run: its experiment, version 0 and round 1, in one transaction."""
-        self.write_version_file(0, params, state, card)
+        """A new run: its experiment, version 0 (with the statistics it starts from) and round 1, in one transaction."""
+        self.write_version_file(0, params, state, card, norm)
         with self._transaction():
             self.db.execute("INSERT INTO meta(key, value) VALUES ('experiment', ?)", (experiment,))
             self.db.execute("INSERT INTO versions VALUES (0, 0, ?, ?)", (now, eval_return))
@@ -393,7 +425,7 @@ class Store:
         s = submission
         self.db.execute(
             "INSERT INTO updates(update_id, client, round, base_version, env_steps, metrics, digest, has_control, "
-            "accepted_at, uplink_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "accepted_at, uplink_bytes, norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 s.update_id,
                 s.client,
@@ -405,6 +437,7 @@ class Store:
                 s.control_delta is not None,
                 now,
                 s.sent_bytes,
+                _norm_json(s.norm),
             ),
         )
 
@@ -432,7 +465,7 @@ class Store:
         their vectors; it needs no database, so callers can run it outside their lock)."""
         return self.db.execute(
             "SELECT u.update_id, u.client, c.id AS client_id, u.round, u.base_version, u.env_steps, u.metrics, "
-            "u.digest, u.has_control, u.accepted_at FROM updates u JOIN clients c ON c.name = u.client "
+            "u.digest, u.has_control, u.accepted_at, u.norm FROM updates u JOIN clients c ON c.name = u.client "
             "WHERE u.round = ? ORDER BY u.rowid",
             (round_,),
         ).fetchall()

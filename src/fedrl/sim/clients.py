@@ -11,8 +11,8 @@ from typing import NamedTuple
 import numpy as np
 
 from fedrl.agents import LocalResult
-from fedrl.agents.normalize import NormStats
 from fedrl.core.compress import dense, encode
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import ClientMessage, PipelineState, after_sending, client_message, decode_update
 from fedrl.core.rows import put_rows
 from fedrl.core.update import Update, UpdateMetrics

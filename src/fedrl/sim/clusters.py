@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedrl.agents.normalize import NormStats
+from fedrl.core.normstats import NormStats
 from fedrl.experiment.aggregation import CHOOSE_TAG, HELDOUT_EPISODES_TAG, mean_returns
 from fedrl.experiment.streams import INIT_STREAM
 from fedrl.sim.setup import SimSetup

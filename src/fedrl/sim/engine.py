@@ -38,7 +38,8 @@ from dataclasses import replace
 import numpy as np
 
 from fedrl.agents import Budget, init_client_state, local_params, make_task, train_local
-from fedrl.agents.normalize import NormStats, init_stats
+from fedrl.agents.normalize import init_stats
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import init_pipeline_state, spent_epsilon
 from fedrl.core.rows import take_rows
 from fedrl.envs.base import reset

@@ -37,7 +37,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from fedrl.agents import ClientState
-from fedrl.agents.normalize import NormStats
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import PipelineState
 from fedrl.core.rows import from_arrays, to_arrays
 from fedrl.core.strategies import state_from_arrays, state_to_arrays

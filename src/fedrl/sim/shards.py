@@ -17,7 +17,7 @@ import numpy as np
 
 from fedrl.agents import LocalResult, make_task, train_local
 from fedrl.agents.memory import ClientState
-from fedrl.agents.normalize import NormStats
+from fedrl.core.normstats import NormStats
 from fedrl.core.rows import take_rows
 from fedrl.envs.base import take_clients
 from fedrl.experiment.setup import Setup

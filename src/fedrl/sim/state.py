@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fedrl.agents import ClientState
-from fedrl.agents.normalize import NormStats
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import PipelineState
 from fedrl.core.update import Update
 from fedrl.envs.base import EnvState

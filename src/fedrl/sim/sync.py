@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedrl.agents.normalize import NormStats
 from fedrl.core.compress import dense, encode
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import secure_mean
 from fedrl.core.secagg import BelowThreshold, SecAggConfig, SecureSumResult
 from fedrl.core.update import Update, stack_deltas

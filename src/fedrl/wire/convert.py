@@ -17,6 +17,8 @@ from typing import TypeVar
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
+from fedrl.core.moments import Moments
+from fedrl.core.normstats import NormStats
 from fedrl.wire import codec
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.records import (
@@ -138,6 +140,36 @@ def read_secure_reply(message: pb.SecureReply) -> SecureReply:
     return SecureReply(message.client, message.retry_after_s, message.payload, message.threshold, message.done)
 
 
+def norm_message(norm: NormStats) -> pb.NormStats:
+    """Unbatched normalisation statistics as a message."""
+    message = pb.NormStats()
+    for name in ("obs", "returns"):
+        moments = getattr(norm, name)
+        if moments is not None:
+            getattr(message, name).CopyFrom(
+                pb.Moments(count=float(moments.count), mean=moments.mean.tolist(), m2=moments.m2.tolist())
+            )
+    return message
+
+
+def read_norm(message: pb.NormStats) -> NormStats:
+    """The statistics a ``norm_message`` carries; a set whose means and sums of squares differ in
+    length is refused (``Rejected(INVALID_ARGUMENT)``). Values are not judged here: the receiver
+    knows what its experiment observes."""
+    found = {}
+    for name in ("obs", "returns"):
+        if not message.HasField(name):
+            found[name] = None
+            continue
+        m = getattr(message, name)
+        if len(m.mean) != len(m.m2):
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"norm.{name}: {len(m.mean)} means but {len(m.m2)} sums of squared deviations"
+            )
+        found[name] = Moments(np.array(m.count), np.array(m.mean, dtype=np.float64), np.array(m.m2, dtype=np.float64))
+    return NormStats(**found)
+
+
 def task_parts(task: Task | Wait) -> Iterator[pb.TaskPart]:
     """A task (with the chunks of its server control, if any) or a wait, as a stream."""
     if isinstance(task, Wait):
@@ -147,6 +179,8 @@ def task_parts(task: Task | Wait) -> Iterator[pb.TaskPart]:
     train = pb.Train(round=task.round, base_version=task.base_version, deadline_s=task.deadline_s)
     if task.server_control is not None:
         train.server_control.CopyFrom(vector_header(task.server_control))
+    if task.norm is not None:
+        train.norm.CopyFrom(norm_message(task.norm))
     yield pb.TaskPart(header=pb.TaskHeader(train=train))
     if task.server_control is not None:
         yield from (pb.TaskPart(chunk=chunk) for chunk in codec.chunks(task.server_control))
@@ -164,7 +198,8 @@ def read_task(parts: Iterable[pb.TaskPart], max_bytes: int) -> Task | Wait:
     train = header.train
     metas = {"server_control": _meta(train.server_control)} if train.HasField("server_control") else {}
     control = codec.assemble(metas, chunks, max_bytes)
-    return Task(train.round, train.base_version, train.deadline_s, control[0] if control else None)
+    norm = read_norm(train.norm) if train.HasField("norm") else None
+    return Task(train.round, train.base_version, train.deadline_s, control[0] if control else None, norm)
 
 
 def model_parts(model: Model) -> Iterator[pb.ModelPart]:
@@ -172,6 +207,8 @@ def model_parts(model: Model) -> Iterator[pb.ModelPart]:
     header = pb.ModelHeader(version=model.version, round=model.round, params=vector_header(model.params))
     if model.eval_return is not None:
         header.eval_return = model.eval_return
+    if model.norm is not None:
+        header.norm.CopyFrom(norm_message(model.norm))
     yield pb.ModelPart(header=header)
     yield from (pb.ModelPart(chunk=chunk) for chunk in codec.chunks(model.params))
 
@@ -181,7 +218,8 @@ def read_model(parts: Iterable[pb.ModelPart], max_bytes: int) -> Model:
     header, chunks = _split(parts, "model")
     (params,) = codec.assemble({"params": _meta(header.params)}, chunks, max_bytes)
     eval_return = header.eval_return if header.HasField("eval_return") else None
-    return Model(header.version, params, header.round, eval_return)
+    norm = read_norm(header.norm) if header.HasField("norm") else None
+    return Model(header.version, params, header.round, eval_return, norm)
 
 
 def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
@@ -202,6 +240,8 @@ def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
         header.delta.CopyFrom(vector_header(submission.delta))
     if submission.control_delta is not None:
         header.control_delta.CopyFrom(vector_header(submission.control_delta))
+    if submission.norm is not None:
+        header.norm.CopyFrom(norm_message(submission.norm))
     yield pb.UpdatePart(header=header)
     sent = submission.payload if submission.payload is not None else submission.delta
     yield from (pb.UpdatePart(chunk=chunk) for chunk in codec.chunks(sent))
@@ -237,4 +277,5 @@ def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int, dim: int | None 
         control_delta=control[0] if control else None,
         digest=(header.payload if encoded else header.delta).sha256,
         payload=sent if encoded else None,
+        norm=read_norm(header.norm) if header.HasField("norm") else None,
     )

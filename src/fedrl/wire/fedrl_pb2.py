@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64rl/wire/fedrl.proto\x12\x08\x66\x65\x64rl.v1\"=\n\x0cVectorHeader\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"!\n\x0fRegisterRequest\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\"f\n\x0cRegistration\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x17\n\x0f\x65xperiment_yaml\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65ployed_version\x18\x03 \x01(\x03\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\"B\n\x10HeartbeatRequest\x12\x1b\n\x0e\x61\x63ting_version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_acting_version\"*\n\x0eHeartbeatReply\x12\x18\n\x10\x64\x65ployed_version\x18\x01 \x01(\x03\"\r\n\x0bTaskRequest\"p\n\x05Train\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x12\n\ndeadline_s\x18\x03 \x01(\x01\x12.\n\x0eserver_control\x18\x04 \x01(\x0b\x32\x16.fedrl.v1.VectorHeader\"?\n\x04Wait\x12\x15\n\rretry_after_s\x18\x01 \x01(\x01\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\"V\n\nTaskHeader\x12 \n\x05train\x18\x01 \x01(\x0b\x32\x0f.fedrl.v1.TrainH\x00\x12\x1e\n\x04wait\x18\x02 \x01(\x0b\x32\x0e.fedrl.v1.WaitH\x00\x42\x06\n\x04kind\"K\n\x08TaskPart\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.fedrl.v1.TaskHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bPullRequest\x12\x14\n\x07version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x7f\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x18\n\x0b\x65val_return\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12&\n\x06params\x18\x04 \x01(\x0b\x32\x16.fedrl.v1.VectorHeaderB\x0e\n\x0c_eval_return\"M\n\tModelPart\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedrl.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xcf\x02\n\x0cUpdateHeader\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12\x11\n\tenv_steps\x18\x05 \x01(\x03\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.fedrl.v1.UpdateHeader.MetricsEntry\x12%\n\x05\x64\x65lta\x18\x07 \x01(\x0b\x32\x16.fedrl.v1.VectorHeader\x12-\n\rcontrol_delta\x18\x08 \x01(\x0b\x32\x16.fedrl.v1.VectorHeader\x12(\n\x07payload\x18\t \x01(\x0b\x32\x17.fedrl.v1.EncodedHeader\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"A\n\rEncodedHeader\x12\x10\n\x08\x65ncoding\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"O\n\nUpdatePart\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedrl.v1.UpdateHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"O\n\x03\x41\x63k\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x13\n\x0b\x61\x63\x63\x65pted_at\x18\x03 \x01(\x01\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"W\n\rSecureRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12&\n\x04step\x18\x02 \x01(\x0e\x32\x18.fedrl.v1.SecureStepKind\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"f\n\x0bSecureReply\x12\x0e\n\x06\x63lient\x18\x01 \x01(\x03\x12\x15\n\rretry_after_s\x18\x02 \x01(\x01\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tthreshold\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08*]\n\x0eSecureStepKind\x12\x1b\n\x17SECURE_STEP_UNSPECIFIED\x10\x00\x12\r\n\tADVERTISE\x10\x01\x12\t\n\x05SHARE\x10\x02\x12\x08\n\x04MASK\x10\x03\x12\n\n\x06UNMASK\x10\x04\x32\xf4\x02\n\nFederation\x12=\n\x08Register\x12\x19.fedrl.v1.RegisterRequest\x1a\x16.fedrl.v1.Registration\x12\x41\n\tHeartbeat\x12\x1a.fedrl.v1.HeartbeatRequest\x1a\x18.fedrl.v1.HeartbeatReply\x12\x36\n\x07GetTask\x12\x15.fedrl.v1.TaskRequest\x1a\x12.fedrl.v1.TaskPart0\x01\x12\x39\n\tPullModel\x12\x15.fedrl.v1.PullRequest\x1a\x13.fedrl.v1.ModelPart0\x01\x12\x33\n\nPushUpdate\x12\x14.fedrl.v1.UpdatePart\x1a\r.fedrl.v1.Ack(\x01\x12<\n\nSecureStep\x12\x17.fedrl.v1.SecureRequest\x1a\x15.fedrl.v1.SecureReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66\x65\x64rl/wire/fedrl.proto\x12\x08\x66\x65\x64rl.v1\"=\n\x0cVectorHeader\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"!\n\x0fRegisterRequest\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\"f\n\x0cRegistration\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x17\n\x0f\x65xperiment_yaml\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65ployed_version\x18\x03 \x01(\x03\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\"B\n\x10HeartbeatRequest\x12\x1b\n\x0e\x61\x63ting_version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_acting_version\"*\n\x0eHeartbeatReply\x12\x18\n\x10\x64\x65ployed_version\x18\x01 \x01(\x03\"\r\n\x0bTaskRequest\"\x93\x01\n\x05Train\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\x12\n\ndeadline_s\x18\x03 \x01(\x01\x12.\n\x0eserver_control\x18\x04 \x01(\x0b\x32\x16.fedrl.v1.VectorHeader\x12!\n\x04norm\x18\x05 \x01(\x0b\x32\x13.fedrl.v1.NormStats\"?\n\x04Wait\x12\x15\n\rretry_after_s\x18\x01 \x01(\x01\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\"V\n\nTaskHeader\x12 \n\x05train\x18\x01 \x01(\x0b\x32\x0f.fedrl.v1.TrainH\x00\x12\x1e\n\x04wait\x18\x02 \x01(\x0b\x32\x0e.fedrl.v1.WaitH\x00\x42\x06\n\x04kind\"K\n\x08TaskPart\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.fedrl.v1.TaskHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bPullRequest\x12\x14\n\x07version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\xa2\x01\n\x0bModelHeader\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x18\n\x0b\x65val_return\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12&\n\x06params\x18\x04 \x01(\x0b\x32\x16.fedrl.v1.VectorHeader\x12!\n\x04norm\x18\x05 \x01(\x0b\x32\x13.fedrl.v1.NormStatsB\x0e\n\x0c_eval_return\"M\n\tModelPart\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedrl.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xf2\x02\n\x0cUpdateHeader\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\x12\x14\n\x0c\x62\x61se_version\x18\x04 \x01(\x03\x12\x11\n\tenv_steps\x18\x05 \x01(\x03\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.fedrl.v1.UpdateHeader.MetricsEntry\x12%\n\x05\x64\x65lta\x18\x07 \x01(\x0b\x32\x16.fedrl.v1.VectorHeader\x12-\n\rcontrol_delta\x18\x08 \x01(\x0b\x32\x16.fedrl.v1.VectorHeader\x12(\n\x07payload\x18\t \x01(\x0b\x32\x17.fedrl.v1.EncodedHeader\x12!\n\x04norm\x18\n \x01(\x0b\x32\x13.fedrl.v1.NormStats\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"2\n\x07Moments\x12\r\n\x05\x63ount\x18\x01 \x01(\x01\x12\x0c\n\x04mean\x18\x02 \x03(\x01\x12\n\n\x02m2\x18\x03 \x03(\x01\"O\n\tNormStats\x12\x1e\n\x03obs\x18\x01 \x01(\x0b\x32\x11.fedrl.v1.Moments\x12\"\n\x07returns\x18\x02 \x01(\x0b\x32\x11.fedrl.v1.Moments\"A\n\rEncodedHeader\x12\x10\n\x08\x65ncoding\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"O\n\nUpdatePart\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedrl.v1.UpdateHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"O\n\x03\x41\x63k\x12\x11\n\tupdate_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x13\n\x0b\x61\x63\x63\x65pted_at\x18\x03 \x01(\x01\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"W\n\rSecureRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12&\n\x04step\x18\x02 \x01(\x0e\x32\x18.fedrl.v1.SecureStepKind\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"f\n\x0bSecureReply\x12\x0e\n\x06\x63lient\x18\x01 \x01(\x03\x12\x15\n\rretry_after_s\x18\x02 \x01(\x01\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tthreshold\x18\x04 \x01(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08*]\n\x0eSecureStepKind\x12\x1b\n\x17SECURE_STEP_UNSPECIFIED\x10\x00\x12\r\n\tADVERTISE\x10\x01\x12\t\n\x05SHARE\x10\x02\x12\x08\n\x04MASK\x10\x03\x12\n\n\x06UNMASK\x10\x04\x32\xf4\x02\n\nFederation\x12=\n\x08Register\x12\x19.fedrl.v1.RegisterRequest\x1a\x16.fedrl.v1.Registration\x12\x41\n\tHeartbeat\x12\x1a.fedrl.v1.HeartbeatRequest\x1a\x18.fedrl.v1.HeartbeatReply\x12\x36\n\x07GetTask\x12\x15.fedrl.v1.TaskRequest\x1a\x12.fedrl.v1.TaskPart0\x01\x12\x39\n\tPullModel\x12\x15.fedrl.v1.PullRequest\x1a\x13.fedrl.v1.ModelPart0\x01\x12\x33\n\nPushUpdate\x12\x14.fedrl.v1.UpdatePart\x1a\r.fedrl.v1.Ack(\x01\x12<\n\nSecureStep\x12\x17.fedrl.v1.SecureRequest\x1a\x15.fedrl.v1.SecureReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPDATEHEADER_METRICSENTRY']._loaded_options = None
   _globals['_UPDATEHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SECURESTEPKIND']._serialized_start=1726
-  _globals['_SECURESTEPKIND']._serialized_end=1819
+  _globals['_SECURESTEPKIND']._serialized_start=1966
+  _globals['_SECURESTEPKIND']._serialized_end=2059
   _globals['_VECTORHEADER']._serialized_start=36
   _globals['_VECTORHEADER']._serialized_end=97
   _globals['_REGISTERREQUEST']._serialized_start=99
@@ -47,34 +47,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREPLY']._serialized_end=348
   _globals['_TASKREQUEST']._serialized_start=350
   _globals['_TASKREQUEST']._serialized_end=363
-  _globals['_TRAIN']._serialized_start=365
-  _globals['_TRAIN']._serialized_end=477
-  _globals['_WAIT']._serialized_start=479
-  _globals['_WAIT']._serialized_end=542
-  _globals['_TASKHEADER']._serialized_start=544
-  _globals['_TASKHEADER']._serialized_end=630
-  _globals['_TASKPART']._serialized_start=632
-  _globals['_TASKPART']._serialized_end=707
-  _globals['_PULLREQUEST']._serialized_start=709
-  _globals['_PULLREQUEST']._serialized_end=756
-  _globals['_MODELHEADER']._serialized_start=758
-  _globals['_MODELHEADER']._serialized_end=885
-  _globals['_MODELPART']._serialized_start=887
-  _globals['_MODELPART']._serialized_end=964
-  _globals['_UPDATEHEADER']._serialized_start=967
-  _globals['_UPDATEHEADER']._serialized_end=1302
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1256
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1302
-  _globals['_ENCODEDHEADER']._serialized_start=1304
-  _globals['_ENCODEDHEADER']._serialized_end=1369
-  _globals['_UPDATEPART']._serialized_start=1371
-  _globals['_UPDATEPART']._serialized_end=1450
-  _globals['_ACK']._serialized_start=1452
-  _globals['_ACK']._serialized_end=1531
-  _globals['_SECUREREQUEST']._serialized_start=1533
-  _globals['_SECUREREQUEST']._serialized_end=1620
-  _globals['_SECUREREPLY']._serialized_start=1622
-  _globals['_SECUREREPLY']._serialized_end=1724
-  _globals['_FEDERATION']._serialized_start=1822
-  _globals['_FEDERATION']._serialized_end=2194
+  _globals['_TRAIN']._serialized_start=366
+  _globals['_TRAIN']._serialized_end=513
+  _globals['_WAIT']._serialized_start=515
+  _globals['_WAIT']._serialized_end=578
+  _globals['_TASKHEADER']._serialized_start=580
+  _globals['_TASKHEADER']._serialized_end=666
+  _globals['_TASKPART']._serialized_start=668
+  _globals['_TASKPART']._serialized_end=743
+  _globals['_PULLREQUEST']._serialized_start=745
+  _globals['_PULLREQUEST']._serialized_end=792
+  _globals['_MODELHEADER']._serialized_start=795
+  _globals['_MODELHEADER']._serialized_end=957
+  _globals['_MODELPART']._serialized_start=959
+  _globals['_MODELPART']._serialized_end=1036
+  _globals['_UPDATEHEADER']._serialized_start=1039
+  _globals['_UPDATEHEADER']._serialized_end=1409
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1363
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1409
+  _globals['_MOMENTS']._serialized_start=1411
+  _globals['_MOMENTS']._serialized_end=1461
+  _globals['_NORMSTATS']._serialized_start=1463
+  _globals['_NORMSTATS']._serialized_end=1542
+  _globals['_ENCODEDHEADER']._serialized_start=1544
+  _globals['_ENCODEDHEADER']._serialized_end=1609
+  _globals['_UPDATEPART']._serialized_start=1611
+  _globals['_UPDATEPART']._serialized_end=1690
+  _globals['_ACK']._serialized_start=1692
+  _globals['_ACK']._serialized_end=1771
+  _globals['_SECUREREQUEST']._serialized_start=1773
+  _globals['_SECUREREQUEST']._serialized_end=1860
+  _globals['_SECUREREPLY']._serialized_start=1862
+  _globals['_SECUREREPLY']._serialized_end=1964
+  _globals['_FEDERATION']._serialized_start=2062
+  _globals['_FEDERATION']._serialized_end=2434
 # @@protoc_insertion_point(module_scope)

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -65,16 +65,18 @@ class TaskRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Train(_message.Message):
-    __slots__ = ("round", "base_version", "deadline_s", "server_control")
+    __slots__ = ("round", "base_version", "deadline_s", "server_control", "norm")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     SERVER_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
     round: int
     base_version: int
     deadline_s: float
     server_control: VectorHeader
-    def __init__(self, round: _Optional[int] = ..., base_version: _Optional[int] = ..., deadline_s: _Optional[float] = ..., server_control: _Optional[_Union[VectorHeader, _Mapping]] = ...) -> None: ...
+    norm: NormStats
+    def __init__(self, round: _Optional[int] = ..., base_version: _Optional[int] = ..., deadline_s: _Optional[float] = ..., server_control: _Optional[_Union[VectorHeader, _Mapping]] = ..., norm: _Optional[_Union[NormStats, _Mapping]] = ...) -> None: ...
 
 class Wait(_message.Message):
     __slots__ = ("retry_after_s", "reason", "finished")
@@ -109,16 +111,18 @@ class PullRequest(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class ModelHeader(_message.Message):
-    __slots__ = ("version", "round", "eval_return", "params")
+    __slots__ = ("version", "round", "eval_return", "params", "norm")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EVAL_RETURN_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
     version: int
     round: int
     eval_return: float
     params: VectorHeader
-    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., eval_return: _Optional[float] = ..., params: _Optional[_Union[VectorHeader, _Mapping]] = ...) -> None: ...
+    norm: NormStats
+    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., eval_return: _Optional[float] = ..., params: _Optional[_Union[VectorHeader, _Mapping]] = ..., norm: _Optional[_Union[NormStats, _Mapping]] = ...) -> None: ...
 
 class ModelPart(_message.Message):
     __slots__ = ("header", "chunk")
@@ -129,7 +133,7 @@ class ModelPart(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("update_id", "client", "round", "base_version", "env_steps", "metrics", "delta", "control_delta", "payload")
+    __slots__ = ("update_id", "client", "round", "base_version", "env_steps", "metrics", "delta", "control_delta", "payload", "norm")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +150,7 @@ class UpdateHeader(_message.Message):
     DELTA_FIELD_NUMBER: _ClassVar[int]
     CONTROL_DELTA_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    NORM_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     client: str
     round: int
@@ -155,7 +160,26 @@ class UpdateHeader(_message.Message):
     delta: VectorHeader
     control_delta: VectorHeader
     payload: EncodedHeader
-    def __init__(self, update_id: _Optional[str] = ..., client: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., env_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., control_delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., payload: _Optional[_Union[EncodedHeader, _Mapping]] = ...) -> None: ...
+    norm: NormStats
+    def __init__(self, update_id: _Optional[str] = ..., client: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., env_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., control_delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., payload: _Optional[_Union[EncodedHeader, _Mapping]] = ..., norm: _Optional[_Union[NormStats, _Mapping]] = ...) -> None: ...
+
+class Moments(_message.Message):
+    __slots__ = ("count", "mean", "m2")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    M2_FIELD_NUMBER: _ClassVar[int]
+    count: float
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    m2: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, count: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., m2: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class NormStats(_message.Message):
+    __slots__ = ("obs", "returns")
+    OBS_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_FIELD_NUMBER: _ClassVar[int]
+    obs: Moments
+    returns: Moments
+    def __init__(self, obs: _Optional[_Union[Moments, _Mapping]] = ..., returns: _Optional[_Union[Moments, _Mapping]] = ...) -> None: ...
 
 class EncodedHeader(_message.Message):
     __slots__ = ("encoding", "length", "sha256")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedrl.core.normstats import NormStats
+
 
 class Reason(enum.Enum):
     """Why a call was refused; the value is the matching gRPC status code name."""
@@ -56,6 +58,7 @@ class Task:
     base_version: int
     deadline_s: float
     server_control: np.ndarray | None = None  # SCAFFOLD's c, else None
+    norm: NormStats | None = None  # the base version's normalisation statistics; None when nothing is normalised
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Submission:
     payload: bytes | None = (
         None  # the update pipeline's encoded message (fedrl.core.compress's format), instead of delta
     )
+    norm: NormStats | None = None  # the statistics of what the client observed this round (unbatched)
 
     @property
     def sent_digest(self) -> str:
@@ -99,7 +103,8 @@ class Submission:
     def sent_bytes(self) -> int:
         """Bytes the update's vectors take on the wire: the payload (else the float32 delta) and the control delta."""
         sent = len(self.payload) if self.payload is not None else self.delta.nbytes
-        return sent + (self.control_delta.nbytes if self.control_delta is not None else 0)
+        control = self.control_delta.nbytes if self.control_delta is not None else 0
+        return sent + control + (self.norm.wire_bytes if self.norm is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ class Model:
     params: np.ndarray  # float32 (d,)
     round: int  # the round that produced it (0 for the initial model)
     eval_return: float | None  # its gate evaluation, None when not evaluated
+    norm: NormStats | None = None  # the statistics it normalises with; None when nothing is normalised
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""Normalisation statistics through the coordinator: sent beside updates, checked, merged by
+counts into the next version, stored with it and carried by its policy card."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedrl.core.moments import Moments
+from fedrl.core.normstats import NormStats
+from fedrl.experiment.aggregation import heldout_returns
+from fedrl.experiment.config import ConfigError
+from fedrl.policy import load_policy
+from fedrl.server.config import load_server_config
+from fedrl.server.coordinator import Coordinator
+from fedrl.wire.codec import describe
+from fedrl.wire.records import Reason, Rejected, Submission
+
+NAMES = ("a", "b", "c")
+OBS_DIM = 4  # CartPole
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_coordinator(tmp_path, *overrides: str, gate: bool = False) -> Coordinator:
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        "experiment:\n"
+        "  seed: 5\n"
+        "  learner: {name: ppo, hidden: [8, 8], normalize: {obs: true, reward: true}}\n"
+        "  federation: {n_clients: 3, rounds: 4, local_steps: 64, stop_at_target: false}\n"
+        f"gate: {{enabled: {str(gate).lower()}, heldout_clients: 2, episodes: 2}}\n"
+        "rounds: {deadline_s: 30}\n"
+    )
+    coordinator = Coordinator.open(load_server_config(path, list(overrides)), tmp_path / "state", clock=Clock())
+    for name in NAMES:
+        coordinator.add_client(name)
+    return coordinator
+
+
+def observed(seed: int, n: int = 64) -> NormStats:
+    """The statistics of ``n`` made-up observations and returns."""
+    rng = np.random.default_rng(seed)
+    return NormStats(Moments.of(rng.normal(seed, 1 + seed, (n, OBS_DIM))), Moments.of(rng.normal(0, 3, (n, 1))))
+
+
+def submission(coordinator: Coordinator, client: str, norm: NormStats | None, steps: int = 64) -> Submission:
+    """``client``'s update for its task: a small delta, and ``norm`` beside it."""
+    task = coordinator.task(client)
+    delta = np.full(coordinator.dim, 0.01, dtype=np.float32)
+    digest = describe(delta).sha256
+    return Submission(
+        f"{client}-{task.round}", client, task.round, task.base_version, delta, steps, digest=digest, norm=norm
+    )
+
+
+def test_a_round_merges_the_statistics_sent_beside_its_updates_into_the_next_version(tmp_path):
+    # Prepare
+    coordinator = open_coordinator(tmp_path)
+    start = coordinator.model().norm
+    assert start.obs.count == 0 and start.returns.count == 0  # nothing observed yet
+    assert coordinator.task("a").norm == start  # a task carries the statistics to start from
+    sent = {c: observed(i) for i, c in enumerate(NAMES)}
+
+    # Execute: they arrive out of client order
+    for c in ("c", "a", "b"):
+        coordinator.submit(c, submission(coordinator, c, sent[c]))
+    coordinator.tick()
+
+    # Assert: the fleet's statistics now describe every observation sent, merged in client order
+    deployed = coordinator.model()
+    expected = start.merge(sent["a"]).merge(sent["b"]).merge(sent["c"])
+    assert deployed.version == 1 and deployed.norm.obs.count == 3 * 64
+    np.testing.assert_array_equal(deployed.norm.obs.mean, expected.obs.mean)
+    np.testing.assert_array_equal(deployed.norm.returns.m2, expected.returns.m2)
+    assert coordinator.task("a").norm == deployed.norm
+
+    # the stored version and its policy card carry them through a restart
+    coordinator.close()
+    again = open_coordinator_again(tmp_path)
+    np.testing.assert_array_equal(again.model().norm.obs.m2, expected.obs.m2)
+    card = load_policy(tmp_path / "state").card
+    np.testing.assert_allclose(card.obs_norm.mean, expected.obs.mean.astype(np.float32))
+    np.testing.assert_allclose(card.obs_norm.var, expected.obs.var.astype(np.float32), rtol=1e-6)
+
+
+def open_coordinator_again(tmp_path) -> Coordinator:
+    config = load_server_config(tmp_path / "server.yaml", [])
+    return Coordinator.open(config, tmp_path / "state", clock=Clock())
+
+
+@pytest.mark.parametrize(
+    ("norm", "message"),
+    [
+        (None, "send the statistics of what you observed"),
+        (NormStats(observed(0).obs, None), "norm.returns is missing"),
+        (replace(observed(0), obs=Moments.of(np.ones((8, 3)))), "norm.obs holds 3 values; the experiment's have 4"),
+        (replace(observed(0), obs=replace(observed(0).obs, count=np.array(1e9))), "norm.obs.count 1e+09 outside"),
+        (replace(observed(0), obs=replace(observed(0).obs, count=np.array(np.nan))), "norm.obs.count nan outside"),
+        (replace(observed(0), returns=replace(observed(0).returns, mean=np.array([np.inf]))), "means must be finite"),
+        (replace(observed(0), obs=replace(observed(0).obs, m2=-np.ones(OBS_DIM))), "finite and >= 0"),
+    ],
+)
+def test_statistics_that_do_not_fit_are_refused_naming_what_is_wrong_and_nothing_is_merged(tmp_path, norm, message):
+    # Prepare
+    coordinator = open_coordinator(tmp_path, "rounds.min_updates=2")
+
+    # Execute
+    with pytest.raises(Rejected) as err:
+        coordinator.submit("a", submission(coordinator, "a", norm))
+
+    # Assert: refused by name; the others' round goes on and only their statistics count
+    assert err.value.reason is Reason.INVALID_ARGUMENT and message in err.value.message
+    for c in ("b", "c"):
+        coordinator.submit(c, submission(coordinator, c, observed(1)))
+    coordinator._clock.now += 31  # past the round's deadline: it closes with what came
+    coordinator.tick()
+    assert coordinator.model().norm.obs.count == 2 * 64
+
+
+def test_statistics_are_refused_when_the_experiment_normalises_nothing(tmp_path):
+    coordinator = open_coordinator(
+        tmp_path, "experiment.learner.normalize.obs=false", "experiment.learner.normalize.reward=false"
+    )
+    assert coordinator.model().norm is None and coordinator.task("a").norm is None
+
+    with pytest.raises(Rejected) as err:
+        coordinator.submit("a", submission(coordinator, "a", observed(0)))
+
+    assert "norm.obs is sent, but the experiment does not normalise it" in err.value.message
+
+
+def test_the_gate_evaluates_a_candidate_with_the_statistics_it_would_deploy_with(tmp_path):
+    # Prepare: statistics far from CartPole's own, so the scaling changes what the policy does
+    coordinator = open_coordinator(tmp_path, gate=True)
+    start = coordinator.model()
+    sent = observed(3)
+
+    # Execute
+    for c in NAMES:
+        coordinator.submit(c, submission(coordinator, c, sent))
+    coordinator.tick()
+
+    # Assert: the candidate (every delta 0.01) scored on the merged statistics
+    candidate = start.params + np.float32(0.01)
+    merged = start.norm.merge(sent).merge(sent).merge(sent)
+    score = coordinator.status().rounds[0].candidate_return  # round 1; round 2 is open
+    with_merged = heldout_returns(coordinator.setup, candidate, 2, 2, norm=merged).mean()
+    with_start = heldout_returns(coordinator.setup, candidate, 2, 2, norm=start.norm).mean()
+    assert score == pytest.approx(float(with_merged)) and score != pytest.approx(float(with_start))
+
+
+def test_a_server_refuses_normalisation_with_dp_or_secure_aggregation(tmp_path):
+    path = tmp_path / "server.yaml"
+    path.write_text(
+        "experiment:\n"
+        "  learner: {name: ppo, normalize: {obs: true, stats: personal}}\n"
+        "  federation: {n_clients: 3}\n"
+        "  pipeline: {secure_aggregation: {enabled: true, threshold: 2}}\n"
+    )
+    with pytest.raises(ConfigError, match="experiment.learner.normalize.obs.*not with DP or secure aggregation"):
+        load_server_config(path, [])
