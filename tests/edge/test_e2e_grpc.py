@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -28,14 +29,14 @@ TARGET = 300.0
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def server_config(n_clients: int, federation: dict, pipeline: dict) -> dict:
+def server_config(n_clients: int, federation: dict, pipeline: dict, learner: dict | None = None) -> dict:
     """Federated CartPole that a few rounds solve, with short waits."""
     return {
         "experiment": {
             "name": "e2e",
             "seed": 1,
             "env": {"family": "cartpole", "heterogeneity": 0.5},
-            "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "lr": 0.005, "hidden": [32, 32]},
+            "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "lr": 0.005, "hidden": [32, 32], **(learner or {})},
             "federation": {"n_clients": n_clients, "local_steps": 512, **federation},
             "pipeline": pipeline,
         },
@@ -83,11 +84,14 @@ def eventually(condition, timeout: float, poll: float = 0.05) -> bool:
 class Deployment:
     """A server state directory with enrolled clients, and the processes started on it."""
 
-    def __init__(self, root: Path, n_clients: int, federation: dict, pipeline: dict) -> None:
+    def __init__(
+        self, root: Path, n_clients: int, federation: dict, pipeline: dict, learner: dict | None = None
+    ) -> None:
         self.root, self.n_clients = root, n_clients
         self.port = _free_port()
         self.processes: list[subprocess.Popen] = []
-        (root / "server.yaml").write_text(yaml.safe_dump(server_config(n_clients, federation, pipeline)))
+        config = server_config(n_clients, federation, pipeline, learner)
+        (root / "server.yaml").write_text(yaml.safe_dump(config))
         for i in range(n_clients):
             subprocess.run(
                 fedrl(
@@ -181,8 +185,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def deployment(request, tmp_path):
-    n_clients, federation, *pipeline = request.param  # the experiment's pipeline section, when given
-    made = Deployment(tmp_path, n_clients, federation, pipeline[0] if pipeline else {})
+    n_clients, federation, *more = request.param  # the experiment's pipeline and learner sections, when given
+    pipeline, learner = [*more, {}, {}][:2]
+    made = Deployment(tmp_path, n_clients, federation, pipeline, learner)
     yield made
     made.stop_all()
 
@@ -400,3 +405,46 @@ def test_a_device_runs_the_experiments_own_network_and_loss_only_when_its_operat
 
     assert read_card(deployment.root / "srv").network == "residual_net:make"
     assert read_card(deployment.state_dir(0)).network == "residual_net:make"
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        (3, {"rounds": 2, "stop_at_target": False}, {}, {"normalize": {"obs": True, "reward": True}}),
+        (3, {"rounds": 2, "stop_at_target": False}, {}, {"normalize": {"obs": True, "stats": "personal"}}),
+    ],
+    ids=["fleet", "personal"],
+    indirect=True,
+)
+def test_devices_normalise_and_the_server_merges_their_statistics_into_each_version(deployment):
+    from fedrl.policy import load_policy
+
+    deployment.start_server()
+    clients = [deployment.start_client(i) for i in range(3)]
+
+    for client in clients:
+        assert client.wait(timeout=240) == 0
+    store = Store(deployment.root / "srv")
+    try:
+        latest = store.latest_version()
+        model = store.load_version(latest)[0]
+        promoted = [r.round for r in store.rounds() if r.promoted]
+        steps = store.db.execute(
+            f"SELECT SUM(env_steps) FROM updates WHERE round IN ({','.join(map(str, promoted))})"
+        ).fetchone()[0]
+    finally:
+        store.close()
+
+    # every observation the devices learned from, counted once, in the deployed version's statistics
+    assert latest == len(promoted) >= 1 and model.norm.obs.count == steps
+    card = load_policy(deployment.root / "srv").card  # the deployed policy scales as the devices do
+    np.testing.assert_allclose(card.obs_norm.mean, model.norm.obs.mean.astype(np.float32))
+    personal = "personal" in (deployment.root / "server.yaml").read_text()
+    for i in range(3):
+        acting = load_policy(deployment.state_dir(i)).card.obs_norm  # what each device acts with
+        assert acting is not None
+        if personal:  # its own statistics: those of the 512 steps of each of its 2 rounds
+            own = np.array(acting.mean)
+            assert not np.allclose(own, card.obs_norm.mean)
+        else:
+            assert acting.mean == card.obs_norm.mean

@@ -504,3 +504,31 @@ def test_a_secure_round_through_the_broker_sums_exactly_with_a_device_gone_after
     assert outcome == {"alice": True, "bob": "gone", "carol": True}
     moved = fleet.coordinator.model(1).params - before
     np.testing.assert_allclose(moved, np.mean(list(inputs.values()), axis=0), atol=1.0 / config.scale)
+
+
+def test_normalisation_statistics_travel_through_the_broker_both_ways(start_fleet):
+    from fedrl.core.moments import Moments
+    from fedrl.core.normstats import NormStats
+
+    # Prepare
+    fleet = start_fleet("experiment.learner.normalize.obs=true")
+    alice = fleet.link("alice")
+    observed = NormStats(Moments.of(np.random.default_rng(3).normal(2, 3, (64, 4))), None)
+
+    # Execute
+    task = alice.task()
+    model = alice.pull(task.base_version)
+    alice.push(update(fleet, "alice", task, norm=observed))
+    refused = update(fleet, "bob", fleet.link("bob").task(), norm=None)
+    with pytest.raises(Rejected) as err:
+        fleet.link("bob").push(refused)
+
+    # Assert: the task and the model carry the statistics to start from; the update's reached the store
+    assert task.norm.obs.count == 0 and model.norm.obs.count == 0
+    assert "send the statistics of what you observed" in err.value.message
+    store = Store(fleet.state_dir)
+    try:
+        (stored,) = store.read_updates(store.round_records(1))
+    finally:
+        store.close()
+    assert stored.norm.obs.mean.tobytes() == observed.obs.mean.tobytes()

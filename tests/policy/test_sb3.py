@@ -12,7 +12,7 @@ from fedrl.experiment.loading import load_config
 from fedrl.experiment.setup import Setup
 from fedrl.policy import Policy, load_policy
 from fedrl.policy.sb3 import from_sb3, to_sb3
-from fedrl.server.coordinator import pretrained_params
+from fedrl.server.coordinator import pretrained
 
 TANH = {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "activation_fn": torch.nn.Tanh}
 
@@ -53,7 +53,7 @@ def test_an_sb3_model_is_a_fedrl_policy_and_a_warm_start_for_a_run(tmp_path):
     setup = Setup(load_config(None, ["learner.hidden=[32,32]"]))
 
     policy = load_policy(tmp_path / "sb3.zip")
-    start = pretrained_params(setup, tmp_path / "sb3.zip")
+    start, _ = pretrained(setup, tmp_path / "sb3.zip")
 
     np.testing.assert_array_equal(policy.predict(obs), model.predict(obs, deterministic=True)[0])
     np.testing.assert_array_equal(start, policy.params)

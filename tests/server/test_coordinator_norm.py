@@ -20,6 +20,7 @@ from fedrl.wire.records import Reason, Rejected, Submission
 
 NAMES = ("a", "b", "c")
 OBS_DIM = 4  # CartPole
+RAW = ("experiment.learner.normalize.obs=false", "experiment.learner.normalize.reward=false")
 
 
 class Clock:
@@ -31,6 +32,7 @@ class Clock:
 
 
 def open_coordinator(tmp_path, *overrides: str, gate: bool = False) -> Coordinator:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "server.yaml"
     path.write_text(
         "experiment:\n"
@@ -127,9 +129,7 @@ def test_statistics_that_do_not_fit_are_refused_naming_what_is_wrong_and_nothing
 
 
 def test_statistics_are_refused_when_the_experiment_normalises_nothing(tmp_path):
-    coordinator = open_coordinator(
-        tmp_path, "experiment.learner.normalize.obs=false", "experiment.learner.normalize.reward=false"
-    )
+    coordinator = open_coordinator(tmp_path, *RAW)
     assert coordinator.model().norm is None and coordinator.task("a").norm is None
 
     with pytest.raises(Rejected) as err:
@@ -168,3 +168,31 @@ def test_a_server_refuses_normalisation_with_dp_or_secure_aggregation(tmp_path):
     )
     with pytest.raises(ConfigError, match="experiment.learner.normalize.obs.*not with DP or secure aggregation"):
         load_server_config(path, [])
+
+
+def test_a_run_from_a_saved_normalising_policy_starts_from_its_statistics_and_a_mismatch_is_refused(tmp_path):
+    from fedrl.experiment.card import policy_card
+    from fedrl.policy.files import save_npz
+
+    # Prepare: a policy trained with observation statistics, and one trained on raw observations
+    probe = open_coordinator(tmp_path / "probe")
+    setup, params = probe.setup, probe.model().params
+    trained = NormStats(observed(2).obs, None)
+    save_npz(tmp_path / "normalised.npz", params, policy_card(setup, params, 3, norm=trained))
+    raw_setup = open_coordinator(tmp_path / "raw-probe", *RAW).setup
+    save_npz(tmp_path / "raw.npz", params, policy_card(raw_setup, params, 3))
+    config = load_server_config(tmp_path / "probe" / "server.yaml", [])
+
+    # Execute
+    started = Coordinator.open(config, tmp_path / "run", clock=Clock(), init_from=tmp_path / "normalised.npz")
+
+    # Assert: the card's statistics (float32 in the card), counted as one round of env steps
+    norm = started.model().norm
+    assert norm.obs.count == 64 and norm.returns.count == 0
+    np.testing.assert_allclose(norm.obs.mean, trained.obs.mean, rtol=1e-6)
+    np.testing.assert_allclose(norm.obs.var, trained.obs.var, rtol=1e-6)
+    with pytest.raises(ConfigError, match="its policy takes raw observations; this experiment trains on normalised"):
+        Coordinator.open(config, tmp_path / "run2", init_from=tmp_path / "raw.npz")
+    raw_config = load_server_config(tmp_path / "raw-probe" / "server.yaml", list(RAW))
+    with pytest.raises(ConfigError, match="its policy takes normalised observations; this experiment trains on raw"):
+        Coordinator.open(raw_config, tmp_path / "run3", init_from=tmp_path / "normalised.npz")

@@ -11,7 +11,6 @@ from fedrl.agents.normalize import obs_scale
 from fedrl.experiment.aggregation import mean_returns
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import apply_override, parse_config
-from fedrl.server.config import load_server_config
 from fedrl.sim import run as runs
 
 NORMALISED = ("learner.normalize.obs=true", "learner.normalize.reward=true")
@@ -87,11 +86,6 @@ def test_normalisation_is_refused_where_the_statistics_cannot_travel(tiny_config
     with pytest.raises(ConfigError, match="learner.normalize.obs") as err:
         parse_config(_config(tiny_config, *overrides))
     assert reason in str(err.value)
-
-
-def test_a_deployed_server_refuses_normalisation_by_name():
-    with pytest.raises(ConfigError, match="experiment.learner.normalize.reward.*devices cannot send"):
-        load_server_config(None, ["experiment.learner.normalize.reward=true"])
 
 
 PERSONAL = "learner.normalize.stats=personal"

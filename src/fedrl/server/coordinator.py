@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrl.agents.normalize import init_stats
+from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
@@ -58,6 +59,7 @@ from fedrl.experiment.loading import read_resolved, to_yaml
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import SAMPLE_STREAM
 from fedrl.policy import load_policy
+from fedrl.policy.card import ObsNorm
 from fedrl.policy.files import read_card
 from fedrl.server.auth import hash_token
 from fedrl.server.config import ServerConfig
@@ -143,7 +145,7 @@ class Coordinator:
         init_from: Path | None = None,
     ):
         """Start a new run in ``state_dir`` (from the policy saved at ``init_from``, when given:
-        ``pretrained_params``), or resume the one stored there (same experiment only);
+        ``pretrained``), or resume the one stored there (same experiment only);
         ``ConfigError`` for an experiment the deployment cannot run."""
         if config.gate.enabled and not Setup(config.experiment).simulated:
             raise ConfigError(
@@ -167,8 +169,10 @@ class Coordinator:
             )
         if stored is None:
             setup = Setup(config.experiment)
-            params = setup.initial_params() if init_from is None else pretrained_params(setup, init_from)
-            norm = fleet_stats(setup)
+            if init_from is None:
+                params, norm = setup.initial_params(), fleet_stats(setup)
+            else:
+                params, norm = pretrained(setup, init_from, setup.budget.steps or config.max_env_steps)
             score = _gate_return(config, setup, params, norm) if config.gate.enabled else None
             state = state_to_arrays(setup.strategy.init(params))
             card = policy_card(setup, params, 0, norm=norm)
@@ -974,11 +978,13 @@ def _same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:
         return False
 
 
-def pretrained_params(setup: Setup, source: Path) -> np.ndarray:
+def pretrained(setup: Setup, source: Path, count: int = 1) -> tuple[np.ndarray, NormStats | None]:
     """The parameters of the policy saved at ``source`` (a run directory, a server's or device's state
-    directory, a policy file or an export: ``fedrl.policy.load_policy``), to start a run from;
+    directory, a policy file or an export: ``fedrl.policy.load_policy``), to start a run from, and the
+    normalisation statistics to start with (``pretrained_stats``, as ``count`` observations);
     ``ConfigError`` naming both sides when its network is not the experiment's (compared on the card
-    first, so a file never makes the server import the network it names)."""
+    first, so a file never makes the server import the network it names) or one normalises
+    observations and the other does not."""
     ours_name = setup.config.learner.network or ""
     try:
         theirs_name = "" if Path(source).suffix == ".zip" else read_card(source).network
@@ -996,7 +1002,28 @@ def pretrained_params(setup: Setup, source: Path) -> np.ndarray:
             f"--init-from {source}: its policy is a {_network(theirs)} network; this experiment trains a "
             f"{_network(ours)} one"
         )
-    return np.array(policy.params, dtype=np.float32)
+    return np.array(policy.params, dtype=np.float32), pretrained_stats(setup, theirs.obs_norm, source, count)
+
+
+def pretrained_stats(setup: Setup, obs_norm: ObsNorm | None, source: Path, count: int) -> NormStats | None:
+    """The statistics a run from a saved policy starts with: the observation statistics its card
+    carries, counted as ``count`` observations (a card keeps no count; the server passes one
+    client's round of env steps, so the fleet's own observations soon outweigh them);
+    ``ConfigError`` when the policy takes raw observations and the experiment normalises them, or
+    the other way round."""
+    start = fleet_stats(setup)
+    normalises = start is not None and start.obs is not None
+    if normalises != (obs_norm is not None):
+        theirs, ours = ("normalised", "raw") if obs_norm is not None else ("raw", "normalised")
+        raise ConfigError(
+            f"--init-from {source}: its policy takes {theirs} observations; this experiment trains on {ours} ones "
+            f"(learner.normalize.obs: {str(normalises).lower()})"
+        )
+    if obs_norm is None:
+        return start
+    var = np.asarray(obs_norm.var, dtype=np.float64)
+    obs = Moments(np.array(float(count)), np.asarray(obs_norm.mean, dtype=np.float64), var * count)
+    return replace(start, obs=obs)
 
 
 def _named_network(name: str) -> str:
