@@ -54,6 +54,13 @@ def observed(seed: int, n: int = 64) -> NormStats:
     return NormStats(Moments.of(rng.normal(seed, 1 + seed, (n, OBS_DIM))), Moments.of(rng.normal(0, 3, (n, 1))))
 
 
+def with_obs(moments: Moments | None = None, **changes) -> NormStats:
+    """``observed(0)`` with its observation moments replaced, or some of their fields changed."""
+    base = observed(0)
+    fields = {k: np.asarray(v, dtype=np.float64) for k, v in changes.items()}
+    return replace(base, obs=moments if moments is not None else replace(base.obs, **fields))
+
+
 def submission(coordinator: Coordinator, client: str, norm: NormStats | None, steps: int = 64) -> Submission:
     """``client``'s update for its task: a small delta, and ``norm`` beside it."""
     task = coordinator.task(client)
@@ -104,11 +111,21 @@ def open_coordinator_again(tmp_path) -> Coordinator:
     [
         (None, "send the statistics of what you observed"),
         (NormStats(observed(0).obs, None), "norm.returns is missing"),
-        (replace(observed(0), obs=Moments.of(np.ones((8, 3)))), "norm.obs holds 3 values; the experiment's have 4"),
-        (replace(observed(0), obs=replace(observed(0).obs, count=np.array(1e9))), "norm.obs.count 1e+09 outside"),
-        (replace(observed(0), obs=replace(observed(0).obs, count=np.array(np.nan))), "norm.obs.count nan outside"),
-        (replace(observed(0), returns=replace(observed(0).returns, mean=np.array([np.inf]))), "means must be finite"),
-        (replace(observed(0), obs=replace(observed(0).obs, m2=-np.ones(OBS_DIM))), "finite and >= 0"),
+        (
+            with_obs(Moments.of(np.ones((8, 3)))),
+            "norm.obs holds 3 means and 3 sums of squares; the experiment's have 4",
+        ),
+        (with_obs(m2=np.ones(3)), "norm.obs holds 4 means and 3 sums of squares"),
+        (with_obs(count=65), "norm.obs.count 65 is not a whole number in 0..64 (the update's env steps)"),
+        (with_obs(count=10.5), "norm.obs.count 10.5 is not a whole number"),
+        (with_obs(count=np.nan), "norm.obs.count nan is not a whole number"),
+        (with_obs(count=-1), "norm.obs.count -1 is not a whole number"),
+        (replace(observed(0), returns=replace(observed(0).returns, mean=np.array([np.inf]))), "must be finite"),
+        (with_obs(m2=-np.ones(OBS_DIM)), "the sums >= 0"),
+        (with_obs(count=1), "1 sample(s) cannot have squared deviations"),
+        (with_obs(Moments(np.array(0.0), np.ones(OBS_DIM), np.zeros(OBS_DIM))), "no samples cannot have a mean"),
+        (with_obs(mean=np.full(OBS_DIM, 1e200)), "means and variances must be within 1e+15"),
+        (with_obs(m2=np.full(OBS_DIM, 1e300)), "means and variances must be within 1e+15"),
     ],
 )
 def test_statistics_that_do_not_fit_are_refused_naming_what_is_wrong_and_nothing_is_merged(tmp_path, norm, message):

@@ -40,6 +40,11 @@ from fedrl.agents.rollout import Rollout, returns_to_go
 from fedrl.core.experience import Experience
 
 
+def _ends(exp: Experience) -> np.ndarray:
+    """``(T,)`` bool: the transitions after which the running return restarts (episode ends, breaks)."""
+    return exp.terminated | exp.truncated | _breaks(exp)
+
+
 def _breaks(exp: Experience) -> np.ndarray:
     """``(T,)`` bool: transitions after which the record does not go on from where it ended
     (never the last one, whose successor is unknown)."""
@@ -86,12 +91,18 @@ def normalised(exp: Experience, norm: Normalizer | None, ends: np.ndarray | None
     if norm is None:
         return exp
     obs, reward, next_obs = np.empty_like(exp.obs), np.empty_like(exp.reward), np.empty_like(exp.next_obs)
-    ends = exp.terminated | exp.truncated | _breaks(exp) if ends is None else ends
+    ends = _ends(exp) if ends is None else ends
     for t in range(exp.steps):
-        obs[t] = norm.observe(exp.obs[None, t : t + 1])[0, 0]
-        reward[t] = norm.reward(exp.reward[None, t : t + 1], ends[None, t : t + 1])[0, 0]
+        obs[t], reward[t] = _observe(norm, exp, t, ends)
         next_obs[t] = norm.scale(exp.next_obs[None, t : t + 1])[0, 0]
     return exp._replace(obs=obs, reward=reward, next_obs=next_obs)
+
+
+def _observe(norm: Normalizer, exp: Experience, t: int, ends: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """Add step ``t``'s observation and return to ``norm``'s statistics; the step's observation
+    normalised and its reward scaled."""
+    obs = norm.observe(exp.obs[None, t : t + 1])[0, 0]
+    return obs, norm.reward(exp.reward[None, t : t + 1], ends[None, t : t + 1])[0, 0]
 
 
 def _ppo(config: ppo.PPOConfig, task: LocalTask, start: client.Start, exp: Experience):
@@ -126,9 +137,11 @@ def _reinforce(config: reinforce.ReinforceConfig, task: LocalTask, start: client
     if len(ends) == 0:
         return None, 0, None, 0
     optimizer = make_optimizer(start.flat, config.lr)
-    rollout = rollout_of(task, start.flat.detach(), normalised(exp, start.norm), config.gamma)
-    mask = torch.zeros(exp.steps, 1, 1)
-    mask[: ends[-1] + 1] = 1.0
+    finished = Experience(*(field[: ends[-1] + 1] for field in exp))  # returns need the episode's end
+    if not (finished.terminated[-1] or finished.truncated[-1]):  # it ends at a break: bootstrapped like a time-out
+        finished = finished._replace(truncated=np.append(finished.truncated[:-1], True))
+    rollout = rollout_of(task, start.flat.detach(), normalised(finished, start.norm), config.gamma)
+    mask = torch.ones(finished.steps, 1, 1)
     returns = returns_to_go(rollout.rewards, rollout.dones, config.gamma)
     loss = reinforce.policy_loss(task, config, start.flat, rollout, mask, returns, start.reference)
     start.terms.apply(optimizer, start.flat, loss.sum(), config.max_grad_norm)
@@ -140,10 +153,10 @@ def _dqn(config: dqn.DQNConfig, task: LocalTask, start: client.Start, exp: Exper
     kept = task.client_state.dqn or dqn.init_state(config, task.net, 1)
     r = dqn.Round(dqn.to_torch(kept.replay), start.reference, 0, np.zeros(1, np.int64), np.zeros(1))
     env_steps = np.array(kept.env_steps, dtype=np.int64)
-    ends = exp.terminated | exp.truncated | _breaks(exp)
+    ends = _ends(exp)
     for t in range(exp.steps):
-        step = Experience(*(field[t : t + 1] for field in exp))
-        normalised(step, start.norm, ends[t : t + 1])  # the statistics only: the buffer keeps raw transitions
+        if start.norm is not None:  # the statistics only: the buffer keeps raw transitions
+            _observe(start.norm, exp, t, ends)
         buffer = dqn.store(
             r.buffer,
             torch.from_numpy(exp.obs[t : t + 1, None].astype(np.float32)),

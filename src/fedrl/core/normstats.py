@@ -109,21 +109,42 @@ class NormStats:
     def problem(self, obs_dim: int | None, returns: bool, max_count: int) -> str | None:
         """Why these (unbatched) statistics, received from a client, cannot be merged into a fleet's
         that normalises observations of ``obs_dim`` values (None: not normalised) and, with
-        ``returns``, rewards; None when they can. Each set needs a count in ``0..max_count`` (what
-        one update may claim to have observed), finite means and finite non-negative sums of squares."""
+        ``returns``, rewards; None when they can. Each set needs a whole count in ``0..max_count``
+        (what the update says it observed), means and sums of squared deviations of the right size
+        and within ``LIMIT`` (so no merge and no float32 policy card overflows), and sums of squares
+        that are non-negative and 0 for fewer than two samples. What stays is merged by counts, not
+        robustly: a client moves the fleet's statistics by its share of the observations."""
         for name, want in (("obs", obs_dim), ("returns", 1 if returns else None)):
             moments = getattr(self, name)
             if (moments is None) != (want is None):
                 return f"norm.{name} is {'missing' if moments is None else 'sent'}, but the experiment " + (
                     "normalises it" if moments is None else "does not normalise it"
                 )
-            if moments is None:
-                continue
-            if moments.count.shape != () or moments.mean.shape != (want,):
-                return f"norm.{name} holds {moments.mean.shape[-1]} values; the experiment's have {want}"
-            count = float(moments.count)
-            if not 0 <= count <= max_count:
-                return f"norm.{name}.count {count:g} outside 0..{max_count}"
-            if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all() and (moments.m2 >= 0).all()):
-                return f"norm.{name}: means must be finite and sums of squared deviations finite and >= 0"
+            if moments is not None:
+                problem = _moments_problem(f"norm.{name}", moments, want, max_count)
+                if problem is not None:
+                    return problem
         return None
+
+
+LIMIT = 1e15  # the largest mean magnitude and variance a client may report: far beyond any sensor, far below overflow
+
+
+def _moments_problem(label: str, moments: Moments, size: int, max_count: int) -> str | None:
+    """Why one set of a client's moments cannot be merged (see ``NormStats.problem``), or None."""
+    if moments.count.shape != () or moments.mean.shape != (size,) or moments.m2.shape != (size,):
+        sizes = f"{moments.mean.size} means and {moments.m2.size} sums of squares"
+        return f"{label} holds {sizes}; the experiment's have {size}"
+    count = float(moments.count)
+    if not (0 <= count <= max_count and count == int(count)):
+        return f"{label}.count {count:g} is not a whole number in 0..{max_count} (the update's env steps)"
+    mean, m2 = moments.mean, moments.m2
+    if not (np.isfinite(mean).all() and np.isfinite(m2).all() and (m2 >= 0).all()):
+        return f"{label}: means and sums of squared deviations must be finite, the sums >= 0"
+    if count <= 1 and (m2 > 0).any():
+        return f"{label}: {count:g} sample(s) cannot have squared deviations"
+    if count == 0 and (mean != 0).any():
+        return f"{label}: no samples cannot have a mean"
+    if (np.abs(mean) > LIMIT).any() or (m2 > LIMIT * max(count, 1)).any():
+        return f"{label}: means and variances must be within {LIMIT:g}"
+    return None

@@ -142,6 +142,9 @@ class EdgeTrainer:
         start = state.norm if state.norm is not None else norm
         if setup.config.learner.normalize.active and start is None:
             raise ValueError("the experiment normalises (learner.normalize), but the task carries no statistics")
+        learner = state.learner
+        if learner.returns is not None:  # the experience need not go on from last round's: no running return carries
+            learner = replace(learner, returns=np.zeros_like(learner.returns))
         task = make_task(
             setup.net,
             setup.family,
@@ -150,7 +153,7 @@ class EdgeTrainer:
             params,
             setup.config.learner.prox_mu,
             setup.rng(TRAIN_STREAM, round_, self.index),
-            client_state=state.learner,
+            client_state=learner,
             server_control=server_control,
             norm=start,
         )

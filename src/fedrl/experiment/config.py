@@ -597,7 +597,8 @@ class ExperimentConfig(FrozenConfig):
     def _normalisation_fits_run(self) -> ExperimentConfig:
         """With the fleet's statistics each client sends those of what it observed beside its update, in
         the clear and at the end of a synchronous round: nothing that hides or delays single updates can run
-        beside it. Personal statistics travel nowhere, but still merge at the end of a synchronous round."""
+        beside it. Simulated personal statistics travel nowhere, but still merge at the end of a synchronous round
+        (a deployed server refuses normalisation with DP and secure aggregation: its devices send them)."""
         normalize = self.learner.normalize
         if not normalize.active:
             return self

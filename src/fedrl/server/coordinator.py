@@ -172,7 +172,7 @@ class Coordinator:
             if init_from is None:
                 params, norm = setup.initial_params(), fleet_stats(setup)
             else:
-                params, norm = pretrained(setup, init_from, setup.budget.steps or config.max_env_steps)
+                params, norm = pretrained(setup, init_from, _one_round(setup))
             score = _gate_return(config, setup, params, norm) if config.gate.enabled else None
             state = state_to_arrays(setup.strategy.init(params))
             card = policy_card(setup, params, 0, norm=norm)
@@ -655,8 +655,8 @@ class Coordinator:
             )
 
     def _check_stats(self, s: Submission) -> None:
-        """The normalisation statistics beside an update: those the experiment keeps, finite, and of no
-        more observations than an update may claim (``limits.max_env_steps``)."""
+        """The normalisation statistics beside an update: those the experiment keeps, of no more
+        observations than the update's env steps, and sane (``NormStats.problem``)."""
         normalize = self.setup.config.learner.normalize
         if s.norm is None and not normalize.active:
             return
@@ -667,7 +667,7 @@ class Coordinator:
                 "with the update",
             )
         obs_dim = self.setup.family.obs_dim if normalize.obs else None
-        problem = s.norm.problem(obs_dim, normalize.reward, self.config.max_env_steps)
+        problem = s.norm.problem(obs_dim, normalize.reward, s.env_steps)
         if problem is not None:
             raise Rejected(Reason.INVALID_ARGUMENT, problem)
 
@@ -820,7 +820,7 @@ class Coordinator:
             if self.config.versions_kept is not None:
                 self._store.prune_versions(version + 1 - self.config.versions_kept)
         else:
-            self._store.write_rejected(round_.round, candidate)
+            self._store.write_rejected(round_.round, candidate, norm)
             self._store.close_round(round_.round, now, score, None, self._deployed.version, spent)
             self._metrics.candidates_rejected.inc()
         log_event(
@@ -1043,6 +1043,13 @@ def _gate_return(config: ServerConfig, setup: Setup, params: np.ndarray, norm: N
     return float(heldout_returns(setup, params, gate.heldout_clients, gate.episodes, norm=norm).mean())
 
 
+def _one_round(setup: Setup) -> int:
+    """About the observations one client makes in a round: its step budget, or its episode budget
+    at the family's episode length."""
+    budget = setup.budget
+    return budget.steps if budget.steps is not None else budget.episodes * setup.family.time_limit
+
+
 def fleet_stats(setup: Setup) -> NormStats | None:
     """The statistics a deployment starts from: nothing observed yet, one set for the whole fleet
     (with personal statistics too: devices keep their own, and the server pools what they send for
@@ -1052,10 +1059,12 @@ def fleet_stats(setup: Setup) -> NormStats | None:
 
 
 def merged_stats(norm: NormStats | None, stored: list[StoredUpdate]) -> NormStats | None:
-    """``norm`` with the statistics sent beside the round's ``stored`` updates merged in, in client
-    order, so the result does not depend on the order they arrived in."""
-    if norm is None:
-        return None
-    for u in sorted(stored, key=lambda u: u.client_id):
-        norm = norm.merge(u.norm)
-    return norm
+    """``norm`` with the statistics sent beside the round's ``stored`` updates merged in as the
+    simulator merges a round's (``NormStats.merge_rows``): pooled in client order, whatever order
+    they arrived in, then merged into ``norm``."""
+    if norm is None or not stored:
+        return norm
+    first, *rest = [u.norm for u in sorted(stored, key=lambda u: u.client_id)]
+    for increments in rest:
+        first = first.merge(increments)
+    return norm.merge(first)

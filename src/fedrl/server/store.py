@@ -323,9 +323,10 @@ class Store:
             if int(path.stem[1:]) < below:
                 path.unlink(missing_ok=True)
 
-    def write_rejected(self, round_: int, params: np.ndarray) -> None:
-        """Keep a candidate the gate refused."""
-        disk.save_record(self.path / "rejected" / f"r{round_:06d}.safetensors", {"params": params})
+    def write_rejected(self, round_: int, params: np.ndarray, norm: NormStats | None = None) -> None:
+        """Keep a candidate the gate refused, with the normalisation statistics it was judged with."""
+        arrays = {"params": params} | ({} if norm is None else to_arrays(norm, NORM))
+        disk.save_record(self.path / "rejected" / f"r{round_:06d}.safetensors", arrays)
 
     def record_initial(
         self,

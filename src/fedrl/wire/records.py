@@ -101,7 +101,8 @@ class Submission:
 
     @property
     def sent_bytes(self) -> int:
-        """Bytes the update's vectors take on the wire: the payload (else the float32 delta) and the control delta."""
+        """Bytes the update's vectors take on the wire: the payload (else the float32 delta), the control
+        delta and the normalisation statistics (float64 values)."""
         sent = len(self.payload) if self.payload is not None else self.delta.nbytes
         control = self.control_delta.nbytes if self.control_delta is not None else 0
         return sent + control + (self.norm.wire_bytes if self.norm is not None else 0)
