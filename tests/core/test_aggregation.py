@@ -144,8 +144,9 @@ def test_screen_rejects_non_finite_and_misshapen_updates_with_reasons():
     ]
     # Execute
     screened = screen(updates, 3)
-    # Assert
-    assert screened.accepted == [good]
+    # Assert: the one good update, marked as screened (a strategy does not read it again)
+    (accepted,) = screened.accepted
+    assert accepted.client_id == 0 and accepted.delta is good.delta and accepted.screened and not good.screened
     assert [(r.client_id, r.reason) for r in screened.rejected] == [
         (1, "non-finite values in delta (2 NaN, 0 Inf)"),
         (2, "non-finite values in delta (0 NaN, 1 Inf)"),

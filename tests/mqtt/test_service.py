@@ -195,7 +195,7 @@ def test_a_corrupt_chunk_is_asked_for_again_and_never_stored(fleet):
     assert nothing_stored
     assert not reply_of(answer).ack.duplicate
     store = Store(fleet.state_dir)  # a second reader of the server's state
-    stored = store.read_updates(store.round_records(1))
+    stored = store.read_updates(store.round_records(1), fleet.coordinator.dim)
     store.close()
     assert [u.delta.tobytes() for u in stored] == [submission.delta.tobytes()]
 
@@ -528,7 +528,7 @@ def test_normalisation_statistics_travel_through_the_broker_both_ways(start_flee
     assert "send the statistics of what you observed" in err.value.message
     store = Store(fleet.state_dir)
     try:
-        (stored,) = store.read_updates(store.round_records(1))
+        (stored,) = store.read_updates(store.round_records(1), fleet.coordinator.dim)
     finally:
         store.close()
     assert stored.norm.obs.mean.tobytes() == observed.obs.mean.tobytes()

@@ -19,7 +19,7 @@ wrong length or dtype) and says why, one short sentence per rejected client.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -137,13 +137,14 @@ def all_finite(value: np.ndarray) -> bool:
         return bool(np.isfinite(np.dot(value, _zeros(value.shape[0]))))
 
 
-def _vector_problem(label: str, value: np.ndarray, dim: int) -> str | None:
-    """Why ``value`` cannot be aggregated into a ``(dim,)`` float32 model, or None if it can."""
+def _vector_problem(label: str, value: np.ndarray, dim: int, values: bool) -> str | None:
+    """Why ``value`` cannot be aggregated into a ``(dim,)`` float32 model (with ``values``, also
+    for a NaN or an Inf), or None if it can."""
     if value.dtype != np.float32:
         return f"{label} is {value.dtype}, expected float32"
     if value.shape != (dim,):
         return f"{label} has shape {value.shape}, the global model has ({dim},)"
-    if all_finite(value):
+    if not values or all_finite(value):
         return None
     nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
     if nan or inf:
@@ -151,19 +152,22 @@ def _vector_problem(label: str, value: np.ndarray, dim: int) -> str | None:
     return None
 
 
-def screen(updates: list[Update], dim: int) -> Screened:
+def screen(updates: list[Update], dim: int, values: bool = True) -> Screened:
     """Split ``updates`` into those fit to aggregate into a ``(dim,)`` model and those that are not.
 
     An update is rejected -- never averaged -- when its delta (or its SCAFFOLD control delta)
-    is not a float32 vector of length ``dim`` or holds a NaN or an Inf.
+    is not a float32 vector of length ``dim`` or holds a NaN or an Inf. The accepted ones are
+    marked ``screened``, so a strategy does not read their values again; ``values=False`` checks
+    dtype and length alone, marking nothing (an update already ``screened`` is not read again).
     """
     accepted, rejected = [], []
     for u in updates:
-        reason = _vector_problem("delta", u.delta, dim)
+        check = values and not u.screened
+        reason = _vector_problem("delta", u.delta, dim, check)
         if reason is None and u.control_delta is not None:
-            reason = _vector_problem("control_delta", u.control_delta, dim)
+            reason = _vector_problem("control_delta", u.control_delta, dim, check)
         if reason is None:
-            accepted.append(u)
+            accepted.append(replace(u, screened=True) if check else u)
         else:
             rejected.append(Rejection(u.client_id, reason))
     return Screened(accepted, rejected)

@@ -50,6 +50,7 @@ class Update:
     env_steps: int
     metrics: UpdateMetrics = field(default_factory=UpdateMetrics)
     control_delta: np.ndarray | None = None  # float32 (d,): SCAFFOLD's c_i+ - c_i, else None
+    screened: bool = False  # ``screen`` found its values finite: a strategy does not look again
 
     def __post_init__(self) -> None:
         _check_vector(self.client_id, "delta", self.delta)
@@ -65,8 +66,32 @@ class Update:
 
 
 def stack_deltas(updates: list[Update]) -> np.ndarray:
-    """The deltas as one ``(n, d)`` float32 array."""
-    return np.stack([u.delta for u in updates])
+    """The deltas as one ``(n, d)`` float32 array: a view, with nothing copied, when they are
+    consecutive rows of one array already (a round buffer: the simulator's shard, the server's
+    round as read from its store), else a stack of copies. Read it, never write it."""
+    rows = consecutive_rows([u.delta for u in updates])
+    return rows if rows is not None else np.stack([u.delta for u in updates])
+
+
+def consecutive_rows(vectors: list[np.ndarray]) -> np.ndarray | None:
+    """``vectors`` as one read-only ``(n, d)`` view when they lie back to back in one buffer, in
+    order (rows of one array); None when they do not."""
+    first = vectors[0]
+    owner, width = first.base, first.nbytes
+    if owner is None or not first.flags.c_contiguous:
+        return None
+    start = _address(first)
+    for k, v in enumerate(vectors):
+        if v.base is not owner or _address(v) != start + k * width or v.shape != first.shape or v.dtype != first.dtype:
+            return None
+        if not v.flags.c_contiguous:
+            return None
+    shape, strides = (len(vectors), first.shape[0]), (width, first.itemsize)
+    return np.lib.stride_tricks.as_strided(first, shape, strides, writeable=False)
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
 
 
 def step_weights(updates: list[Update]) -> np.ndarray:

@@ -6,7 +6,9 @@ The simulator's engine and the deployed server's coordinator both close a round 
     updates (decoded on receipt) -> screen -> weights capped -> (central DP: one noised mean)
         -> (regions: one reduced update per region) -> strategy
 
-``screen`` rejects what no rule may see (NaN or Inf values, the wrong length). A client reports its
+``screen`` rejects what no rule may see (NaN or Inf values, the wrong length); where a NaN or an Inf
+would spread to the candidate anyway (the weighted mean), the values are judged by the candidate
+instead, and screened only when it is not finite (``aggregate_round``). A client reports its
 own step count, which is its FedAvg weight, so a count above the round's step budget
 (``federation.local_steps``) counts as the budget: claiming more buys no more weight. The strategy
 reduces the deltas with its robust rule (``strategy.robust``); in a hierarchy
@@ -26,11 +28,12 @@ import numpy as np
 
 from fedrl.agents import evaluate
 from fedrl.agents.normalize import obs_scale
-from fedrl.core.aggregation import screen
+from fedrl.core.aggregation import all_finite, screen
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import central_mean, mean_of_secure_sum
 from fedrl.core.robust import combine
 from fedrl.core.secagg import dequantize
+from fedrl.core.strategies import state_to_arrays
 from fedrl.core.update import Update, stack_deltas
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
@@ -114,9 +117,52 @@ def aggregate_round(
     setup: Setup, strategy_state: object, params: np.ndarray, version: int, round_: int, updates: list[Update]
 ) -> Aggregated:
     """Close ``round_``: screen ``updates`` (based on versions up to ``version``, the newest), cap
-    their weights, noise them under central DP, and let the strategy make the candidate from ``params``."""
-    screened = screen(updates, setup.net.spec.dim)
-    accepted = capped_weights(setup, screened.accepted)
+    their weights, noise them under central DP, and let the strategy make the candidate from ``params``.
+
+    Where a NaN or an Inf in any delta would make the candidate non-finite (``carries_non_finite``),
+    the values are not screened first: the strategy runs on every well-formed update, and only a
+    non-finite candidate sends the round through the screen and the strategy again. A finite
+    candidate is then exactly the one the screen-first path makes (it would have accepted them all),
+    made without reading every update once more for NaN. Screened updates are marked, so the
+    strategy does not read them again either."""
+    dim = setup.net.spec.dim
+    if carries_non_finite(setup):
+        shaped = screen(updates, dim, values=False)
+        trusted = [replace(u, screened=True) for u in shaped.accepted]
+        with np.errstate(invalid="ignore", over="ignore"):  # a poisoned round is expected to make NaN here
+            trial = _aggregated(setup, strategy_state, params, version, round_, trusted)
+        if _finite(trial):
+            return replace(trial, n_rejected=len(shaped.rejected))
+    screened = screen(updates, dim)
+    return replace(
+        _aggregated(setup, strategy_state, params, version, round_, screened.accepted),
+        n_rejected=len(screened.rejected),
+    )
+
+
+SPREADING = ("fedavg", "fedavgm", "reptile", "fedadam", "fedyogi", "fedadagrad", "scaffold")  # see carries_non_finite
+
+
+def carries_non_finite(setup: Setup) -> bool:
+    """Whether a NaN or an Inf in any update's delta (or control delta) makes the candidate or the
+    strategy state non-finite: fedrl's synchronous strategies with the weighted mean (every weight
+    is positive; clipping an Inf makes a NaN), without central DP. Not the median or a trimmed mean,
+    which an Inf may pass by, nor a user's rule or strategy, which may refuse one."""
+    strategy = setup.config.strategy
+    return strategy.name in SPREADING and strategy.robust.rule == "mean" and setup.config.pipeline.dp.mode != "central"
+
+
+def _finite(done: Aggregated) -> bool:
+    arrays = [done.params, *state_to_arrays(done.strategy_state).values()]
+    return all(all_finite(a) if a.dtype == np.float32 and a.ndim == 1 else np.isfinite(a).all() for a in arrays)
+
+
+def _aggregated(
+    setup: Setup, strategy_state: object, params: np.ndarray, version: int, round_: int, accepted: list[Update]
+) -> Aggregated:
+    """The candidate from ``accepted`` (screened) updates: weights capped, central DP's noised mean,
+    regions reduced, then the strategy (``n_rejected`` left 0 for the caller)."""
+    accepted = capped_weights(setup, accepted)
     staleness = float(np.mean([version - u.base_version for u in accepted])) if accepted else 0.0
     strategy = setup.strategy
     if setup.config.pipeline.dp.mode == "central":
@@ -126,7 +172,7 @@ def aggregate_round(
     else:
         given = accepted
     new_params, new_state = strategy.aggregate(strategy_state, params, given)
-    return Aggregated(new_params, new_state, len(screened.rejected), staleness)
+    return Aggregated(new_params, new_state, 0, staleness)
 
 
 def mean_returns(

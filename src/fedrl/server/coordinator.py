@@ -735,7 +735,7 @@ class Coordinator:
                 with self._lock:
                     self._close_failed(round_, secure.failure)
                 return
-            stored = self._store.read_updates(records)
+            stored = self._store.read_updates(records, self.dim)
             if secure is not None:
                 update = secure_update(self.setup, secure.total, len(secure.survivors), deployed.version, round_.round)
                 candidate, new_state = self.setup.strategy.aggregate(state, deployed.params, [update])

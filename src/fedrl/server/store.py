@@ -454,13 +454,6 @@ class Store:
         rows = self.db.execute("SELECT client FROM updates WHERE round = ? ORDER BY rowid", (round_,))
         return [r[0] for r in rows]
 
-    def _vectors(self, update_id: str, has_control: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        data = np.fromfile(self.path / "updates" / update_file_name(update_id), dtype=np.float32)
-        if has_control:
-            half = data.size // 2
-            return data[:half], data[half:]
-        return data, None
-
     def round_records(self, round_: int) -> list[sqlite3.Row]:
         """The records of ``round_``'s accepted updates, in arrival order (``read_updates`` adds
         their vectors; it needs no database, so callers can run it outside their lock)."""
@@ -471,9 +464,33 @@ class Store:
             (round_,),
         ).fetchall()
 
-    def read_updates(self, records: list[sqlite3.Row]) -> list[StoredUpdate]:
-        """The updates of ``round_records``, with their vectors read from their files."""
-        return [_stored_update(dict(r), *self._vectors(r["update_id"], bool(r["has_control"]))) for r in records]
+    def read_updates(self, records: list[sqlite3.Row], dim: int) -> list[StoredUpdate]:
+        """The updates of ``round_records``, their ``(dim,)`` vectors read from their files straight
+        into one round buffer (deltas, and control deltas: rows of one array each, which aggregation
+        reads as they are, so a round's updates are in memory once). A file of another size than its
+        record declares is read as it is, for the screen to refuse."""
+        controls = [bool(r["has_control"]) for r in records]
+        deltas = np.empty((len(records), dim), dtype=np.float32)
+        control = np.empty((sum(controls), dim), dtype=np.float32)
+        out, k = [], 0
+        for i, r in enumerate(records):
+            rows = [deltas[i]] + ([control[k]] if controls[i] else [])
+            delta, control_delta = [*self._read_into(r["update_id"], rows), None][:2]
+            out.append(_stored_update(dict(r), delta, control_delta))
+            k += controls[i]
+        return out
+
+    def _read_into(self, update_id: str, rows: list[np.ndarray]) -> list[np.ndarray]:
+        """An update's vectors: read into ``rows`` when its file holds exactly as many floats, else
+        as the file holds them (split in two halves when it has a control delta)."""
+        path = self.path / "updates" / update_file_name(update_id)
+        if path.stat().st_size == sum(v.nbytes for v in rows):
+            with open(path, "rb") as file:
+                for v in rows:
+                    file.readinto(memoryview(v).cast("B"))
+            return rows
+        data = np.fromfile(path, dtype=np.float32)
+        return [data] if len(rows) == 1 else [data[: data.size // 2], data[data.size // 2 :]]
 
     def sweep_update_files(self) -> int:
         """Delete update files that belong to no open round (applied, or never recorded); returns how many."""
