@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -631,7 +632,7 @@ class Coordinator:
         """The configured bounds on an update's norm (absolute, and relative to the deployed model)
         and, under central DP, the clip norm its noise is calibrated to."""
         limits = self.config.limits
-        norm = float(np.linalg.norm(delta.astype(np.float64)))
+        norm = l2_norm(delta)
         if limits.max_update_norm is not None and norm > limits.max_update_norm:
             raise Rejected(
                 Reason.INVALID_ARGUMENT, f"update norm {norm:.4g} exceeds the bound {limits.max_update_norm:g}"
@@ -646,11 +647,10 @@ class Coordinator:
         if not self._central_dp:
             return
         clip = self.setup.config.pipeline.clip_norm
-        exact = float(np.linalg.norm(delta.astype(np.float64)))
-        if exact > clip * (1 + CLIP_SLACK):
+        if norm > clip * (1 + CLIP_SLACK):
             raise Rejected(
                 Reason.INVALID_ARGUMENT,
-                f"update norm {exact:.6g} exceeds pipeline.clip_norm {clip:g}, "
+                f"update norm {norm:.6g} exceeds pipeline.clip_norm {clip:g}, "
                 "the sensitivity central DP's noise is calibrated to",
             )
 
@@ -675,7 +675,7 @@ class Coordinator:
         """The L2 norm of the deployed parameters, computed once per version."""
         deployed = self._deployed
         if self._norm_of[0] != deployed.version:
-            self._norm_of = (deployed.version, float(np.linalg.norm(deployed.params.astype(np.float64))))
+            self._norm_of = (deployed.version, l2_norm(deployed.params))
         return self._norm_of[1]
 
     def _check_size(self, s: Submission) -> None:
@@ -1068,3 +1068,11 @@ def merged_stats(norm: NormStats | None, stored: list[StoredUpdate]) -> NormStat
     for increments in rest:
         first = first.merge(increments)
     return norm.merge(first)
+
+
+def l2_norm(vector: np.ndarray) -> float:
+    """The L2 norm of ``vector``, summed in float64 by numpy's own loop: handler threads call it at
+    once, and OpenBLAS's ``dot`` (behind ``np.linalg.norm``), called from 32 threads at a time on
+    two cores, took 130 times as long per call (its threads contend)."""
+    wide = vector.astype(np.float64)
+    return math.sqrt(np.einsum("i,i->", wide, wide))
