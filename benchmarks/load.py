@@ -651,9 +651,15 @@ LIMITS = (
     "token lookup, the per-update checks and hashing, and the reading of a round's files moved out of the lock, "
     "a FedBuff round stopped growing past its buffer, the handler threads went from one per call to a pool of 32 "
     "(`limits.worker_threads`) and gRPC's queue of pending calls was raised: 100k went from 0.17-0.21x to 0.30x "
-    "of the ceiling, 1M from 11-15 to 55 updates/s, and the CANCELLED calls are gone. Reaching 500/s here would "
-    "take the server off the one interpreter: an asyncio (grpc.aio) service, or several server processes sharing "
-    "the store."
+    "of the ceiling, 1M from 11-15 to 55 updates/s, and the CANCELLED calls are gone. Later, with numpy 2.4's "
+    "OpenBLAS, the update norm check (`np.linalg.norm`, a BLAS dot) called by 32 handler threads at once took "
+    "130 times as long per call (its threads contend: 17 updates/s at 100k); it is now summed by numpy's own "
+    "loop. Reaching 500/s here would take the server off the one interpreter: an asyncio (grpc.aio) service, or "
+    "several server processes sharing the store. Memory at 1M: the bare grpcio server itself peaks at about 3 GB "
+    "with 1,000 clients uploading 4 MB each at once (gRPC buffers the calls that wait for a thread); fedrl adds "
+    "the parsed chunks, the reassembled updates of its 32 handler threads and the round (read from the store "
+    "into one buffer, which the strategy reads without copying). Bounding it would mean admitting fewer uploads "
+    "at a time (`limits.max_concurrent_streams`) at the cost of refused calls under such a burst."
 )
 
 
