@@ -5,9 +5,8 @@ REPEATS, in GB/s of update data read:
 
 - the whole synchronous path of a FedAvg round (``experiment.aggregation.aggregate_round``: the
   strategy on the well-formed updates, whose candidate, finite, shows that none held a NaN or an
-  Inf), on updates as the simulator and the server hold them, the rows of one round buffer (a
-  shard's deltas; a round read from the server's store), and on updates that are separate arrays
-  (then stacked: copied);
+  Inf), on updates in one round buffer (a round as the server reads it from its store) and on
+  updates that are separate arrays (the simulator's decoded updates; stacked: copied);
 - the same round when one update holds a NaN: the candidate is not finite, so the round is
   screened (NaN and Inf in every update) and aggregated again;
 - its parts: the screen alone, stacking separate updates, the weighted mean of a ready stack (one
@@ -79,8 +78,8 @@ def main() -> None:
         return lambda: aggregate_round(setup, state, params, 0, 1, given)
 
     parts = {
-        "a FedAvg round, updates in one round buffer": round_of(in_buffer),
-        "a FedAvg round, updates in separate arrays (stacked)": round_of(updates),
+        "a FedAvg round, updates in one round buffer (the server's)": round_of(in_buffer),
+        "a FedAvg round, updates in separate arrays, stacked (the simulator's)": round_of(updates),
         "a FedAvg round with a NaN update (screened, then aggregated again)": round_of(poisoned),
         "screen (NaN and Inf in every update)": lambda: screen(updates, args.dim),
         "stack the updates": lambda: stack_deltas(updates),
@@ -102,9 +101,9 @@ def main() -> None:
         "and counts them only in an update that fails. A round with the weighted mean does not screen first: every "
         "positive weight carries a NaN or an Inf into the candidate, so a finite candidate shows there was none, and "
         "only a non-finite one sends the round through the screen and the strategy again (the same candidate bit for "
-        "bit, tested). The simulator keeps a shard's deltas as the rows of one array and the server reads a round's "
-        "update files into one, so the stack is a view of them, not a copy. The process tunes glibc's allocator as "
-        "`fedrl run` and `fedrl server` do, so a stack of separate updates reuses freed memory instead of faulting "
+        "bit, tested). The server reads a round's update files into one buffer, so its stack is a view of them, not a "
+        "copy; the simulator's decoded updates are separate arrays, which are stacked. The process tunes glibc's "
+        "allocator as `fedrl run` and `fedrl server` do, so a stack of separate updates reuses freed memory instead of faulting "
         "in fresh pages. A streaming sum, one update at a time, would round differently from the one BLAS product "
         "(summing blocks of columns apart already does) and change every published result, so it is not done.\n\n"
         f"{table}\n"

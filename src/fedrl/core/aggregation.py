@@ -19,11 +19,11 @@ wrong length or dtype) and says why, one short sentence per rejected client.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from fedrl.core.update import Update
+from fedrl.core.update import Update, as_screened
 
 
 def weighted_mean(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -167,7 +167,7 @@ def screen(updates: list[Update], dim: int, values: bool = True) -> Screened:
         if reason is None and u.control_delta is not None:
             reason = _vector_problem("control_delta", u.control_delta, dim, check)
         if reason is None:
-            accepted.append(replace(u, screened=True) if check else u)
+            accepted.append(as_screened(u) if check else u)
         else:
             rejected.append(Rejection(u.client_id, reason))
     return Screened(accepted, rejected)

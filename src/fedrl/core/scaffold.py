@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field
 
 from fedrl.core.robust import StrategyConfigBase, combine, reduce_stack
-from fedrl.core.update import Update
+from fedrl.core.update import Update, stack_vectors
 
 
 class ScaffoldConfig(StrategyConfigBase):
@@ -62,7 +62,7 @@ def _control_stack(config: ScaffoldConfig, updates: list[Update]) -> np.ndarray:
         raise ValueError(f"scaffold needs a control_delta in every update; clients {missing} sent none")
     if len(updates) > config.n_clients:
         raise ValueError(f"{len(updates)} updates in one round but scaffold n_clients is {config.n_clients}")
-    return np.stack([u.control_delta for u in updates])
+    return stack_vectors([u.control_delta for u in updates])
 
 
 def scaffold_step(

@@ -9,7 +9,7 @@ observation, reward or trajectory ever leaves a client.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,7 +50,9 @@ class Update:
     env_steps: int
     metrics: UpdateMetrics = field(default_factory=UpdateMetrics)
     control_delta: np.ndarray | None = None  # float32 (d,): SCAFFOLD's c_i+ - c_i, else None
-    screened: bool = False  # ``screen`` found its values finite: a strategy does not look again
+    # ``screen`` found its values finite, so a strategy does not look again: set by ``as_screened``
+    # alone, and reset by ``dataclasses.replace`` (a changed update is judged afresh)
+    screened: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_vector(self.client_id, "delta", self.delta)
@@ -65,12 +67,27 @@ class Update:
             raise ValueError(f"update from client {self.client_id}: env_steps {self.env_steps} < 0")
 
 
+def as_screened(update: Update) -> Update:
+    """``update`` marked as holding no NaN or Inf (``fedrl.core.aggregation.screen`` found none,
+    or a round's candidate showed there was none)."""
+    marked = replace(update)
+    object.__setattr__(marked, "screened", True)
+    return marked
+
+
 def stack_deltas(updates: list[Update]) -> np.ndarray:
-    """The deltas as one ``(n, d)`` float32 array: a view, with nothing copied, when they are
-    consecutive rows of one array already (a round buffer: the simulator's shard, the server's
-    round as read from its store), else a stack of copies. Read it, never write it."""
-    rows = consecutive_rows([u.delta for u in updates])
-    return rows if rows is not None else np.stack([u.delta for u in updates])
+    """The deltas as one ``(n, d)`` float32 array (``stack_vectors``)."""
+    return stack_vectors([u.delta for u in updates])
+
+
+def stack_vectors(vectors: list[np.ndarray]) -> np.ndarray:
+    """Equal-length vectors as one ``(n, d)`` array: a view, with nothing copied, when they are
+    consecutive rows of one array already (a round read from the server's store), else a stack of
+    copies. Read it, never write it; ``ValueError`` for no vectors."""
+    if not vectors:
+        raise ValueError("no vectors to stack")
+    rows = consecutive_rows(vectors)
+    return rows if rows is not None else np.stack(vectors)
 
 
 def consecutive_rows(vectors: list[np.ndarray]) -> np.ndarray | None:

@@ -34,7 +34,7 @@ from fedrl.core.pipeline import central_mean, mean_of_secure_sum
 from fedrl.core.robust import combine
 from fedrl.core.secagg import dequantize
 from fedrl.core.strategies import state_to_arrays
-from fedrl.core.update import Update, stack_deltas
+from fedrl.core.update import Update, as_screened, stack_deltas
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import EVAL_STREAM, NOISE_STREAM
 
@@ -126,12 +126,15 @@ def aggregate_round(
     made without reading every update once more for NaN. Screened updates are marked, so the
     strategy does not read them again either."""
     dim = setup.net.spec.dim
-    if carries_non_finite(setup):
+    if carries_non_finite(setup) and all(u.env_steps > 0 for u in updates):  # every weight positive
         shaped = screen(updates, dim, values=False)
-        trusted = [replace(u, screened=True) for u in shaped.accepted]
-        with np.errstate(invalid="ignore", over="ignore"):  # a poisoned round is expected to make NaN here
-            trial = _aggregated(setup, strategy_state, params, version, round_, trusted)
-        if _finite(trial):
+        trusted = [as_screened(u) for u in shaped.accepted]
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):  # a poisoned round is expected to make NaN here
+                trial = _aggregated(setup, strategy_state, params, version, round_, trusted)
+        except ValueError:  # e.g. SCAFFOLD's count of updates, which the screen may lower
+            trial = None
+        if trial is not None and _finite(trial):
             return replace(trial, n_rejected=len(shaped.rejected))
     screened = screen(updates, dim)
     return replace(
@@ -144,12 +147,15 @@ SPREADING = ("fedavg", "fedavgm", "reptile", "fedadam", "fedyogi", "fedadagrad",
 
 
 def carries_non_finite(setup: Setup) -> bool:
-    """Whether a NaN or an Inf in any update's delta (or control delta) makes the candidate or the
-    strategy state non-finite: fedrl's synchronous strategies with the weighted mean (every weight
-    is positive; clipping an Inf makes a NaN), without central DP. Not the median or a trimmed mean,
-    which an Inf may pass by, nor a user's rule or strategy, which may refuse one."""
-    strategy = setup.config.strategy
-    return strategy.name in SPREADING and strategy.robust.rule == "mean" and setup.config.pipeline.dp.mode != "central"
+    """Whether a NaN or an Inf in any update's delta (or control delta) with a positive weight makes
+    the candidate or the strategy state non-finite: fedrl's synchronous strategies with the weighted
+    mean (clipping an Inf makes a NaN), without central DP and without regions (whose root would
+    drop a poisoned region's update whole). Not the median or a trimmed mean, which an Inf may pass
+    by, nor a user's rule or strategy, which may refuse one."""
+    config = setup.config
+    strategy = config.strategy
+    plain = config.pipeline.dp.mode != "central" and config.federation.regions == 1
+    return strategy.name in SPREADING and strategy.robust.rule == "mean" and plain
 
 
 def _finite(done: Aggregated) -> bool:

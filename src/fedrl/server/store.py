@@ -486,9 +486,8 @@ class Store:
         path = self.path / "updates" / update_file_name(update_id)
         if path.stat().st_size == sum(v.nbytes for v in rows):
             with open(path, "rb") as file:
-                for v in rows:
-                    file.readinto(memoryview(v).cast("B"))
-            return rows
+                if all(file.readinto(memoryview(v).cast("B")) == v.nbytes for v in rows):
+                    return rows
         data = np.fromfile(path, dtype=np.float32)
         return [data] if len(rows) == 1 else [data[: data.size // 2], data[data.size // 2 :]]
 

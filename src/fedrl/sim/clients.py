@@ -42,14 +42,12 @@ def shards(clients: np.ndarray, shard_size: int) -> list[np.ndarray]:
 def to_updates(
     setup: SimSetup, rows: np.ndarray, result: LocalResult, params: np.ndarray, version: int, rng
 ) -> list[Update]:
-    """One ``Update`` per client of a shard, their deltas the rows of one array (so aggregation
-    reads them without stacking them again); a malicious client's delta is replaced by its attack."""
+    """One ``Update`` per client of a shard; a malicious client's delta is replaced by its attack."""
     updates = []
-    deltas = (result.params - params).astype(np.float32)
     for i, c in enumerate(rows):
-        delta = deltas[i]
+        delta = (result.params[i] - params).astype(np.float32)
         if setup.malicious[c]:
-            delta[:] = attack(setup.config.attack, delta.copy(), setup.random_policy - params, rng)
+            delta = attack(setup.config.attack, delta, setup.random_policy - params, rng)
         control = result.control_delta[i] if result.control_delta is not None else None
         updates.append(
             Update(

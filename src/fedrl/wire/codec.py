@@ -117,9 +117,6 @@ def assemble(
                 f"{name}: sha256 {digest} of the bytes received differs from the declared {meta.sha256!r}",
             )
         raw = isinstance(meta, BytesMeta)
-        # a view of the received bytes, not a copy, on a little-endian machine (one update in memory, not two)
-        vectors.append(
-            bytes(payload) if raw else np.frombuffer(payload, dtype=_WIRE_DTYPE).astype(np.float32, copy=False)
-        )
+        vectors.append(bytes(payload) if raw else np.frombuffer(payload, dtype=_WIRE_DTYPE).astype(np.float32))
         offset += meta.nbytes
     return tuple(vectors)
