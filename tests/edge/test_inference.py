@@ -131,7 +131,7 @@ def test_a_deployed_version_that_does_not_fit_the_policy_is_refused_and_acting_g
             return Model(version, np.zeros(5, np.float32), version, None)
 
     env = gym.make("CartPole-v1")
-    follower = Follower(load_policy(artifact[0]), env, tmp_path / "state", WrongLink(), 0.01, max_steps=300)
+    follower = Follower(load_policy(artifact[0]), env, tmp_path / "state", WrongLink(), 0.01, 0.001, max_steps=300)
     follower.run()
 
     assert follower.acting.version == 1 and follower.actor.steps == 300
@@ -162,3 +162,42 @@ def test_a_device_that_cannot_reach_its_server_acts_on_and_beats_healthy(artifac
 
     assert healthy, message
     assert record["acting"] is True and record["acting_version"] == 1 and record["server_answered_at"] is None
+
+
+def test_a_deployed_version_brings_its_own_normalisation_statistics(tmp_path):
+    import gymnasium as gym
+
+    from fedrl.core.moments import Moments
+    from fedrl.core.normstats import NormStats
+    from fedrl.wire.records import Model, Registration
+
+    # Prepare: an export of a policy that normalises observations, and a version 2 with newer statistics
+    setup = Setup(load_config(None, ["learner.hidden=[16,16]", "learner.normalize.obs=true"]))
+    params = setup.initial_params()
+    rng = np.random.default_rng(0)
+    old, new = (NormStats(Moments.of(rng.normal(m, 1 + m, (100, 4))), None) for m in (0.0, 2.0))
+    save_npz(tmp_path / "policy.npz", params, policy_card(setup, params, 1, norm=old))
+
+    class Link:
+        def register(self):
+            return Registration("dev-1", "", 2, 0.01)
+
+        def heartbeat(self, acting):
+            return 2
+
+        def pull(self, version):
+            return Model(version, params, version, None, new)
+
+    policy = load_policy(tmp_path / "policy.npz")
+    follower = Follower(policy, gym.make("CartPole-v1"), tmp_path / "state", Link(), 0.01, 0.001, max_steps=300)
+
+    # Execute
+    follower.run()
+
+    # Assert: version 2 acts with its statistics, and a reboot would too
+    acting = follower.acting.current.card.obs_norm
+    assert follower.acting.version == 2
+    np.testing.assert_allclose(acting.mean, new.obs.mean.astype(np.float32))
+    np.testing.assert_allclose(acting.var, new.obs.var.astype(np.float32))
+    assert acting.clip == setup.config.learner.normalize.clip_obs
+    assert load_policy(tmp_path / "state").card.obs_norm == acting

@@ -18,6 +18,7 @@ import importlib
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from fedrl.edge.backoff import BackoffConfig, backoff_delay
 from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, load_callable, locked, refused_credentials
 from fedrl.edge.health import HealthBeat
 from fedrl.edge.link import Link, Unreachable, Untrusted
-from fedrl.policy.card import PolicyCard
+from fedrl.policy.card import ObsNorm, PolicyCard
 from fedrl.policy.runtime import Policy as Runtime
 from fedrl.wire import disk
 from fedrl.wire.records import Reason, Rejected
@@ -171,6 +172,9 @@ class Follower:
         model = self.link.pull(deployed)
         try:
             card = self.card.with_params(model.params, version=deployed)
+            if model.norm is not None and model.norm.obs is not None:  # the version's own statistics
+                kept = () if card.obs_norm is None else (card.obs_norm.clip, card.obs_norm.eps)
+                card = replace(card, obs_norm=ObsNorm.of(model.norm.obs.mean, model.norm.obs.var, *kept))
         except ValueError as exc:
             event(logging.WARNING, "version_refused", version=deployed, error=str(exc))
             return

@@ -18,9 +18,7 @@ def card_obs_norm(setup: Setup, stats: NormStats | None) -> ObsNorm | None:
     if stats is None or stats.obs is None:
         return None
     obs = stats.pooled().obs
-    mean, var = obs.mean.astype(np.float32), obs.var.astype(np.float32)
-    clip = setup.config.learner.normalize.clip_obs
-    return ObsNorm(tuple(float(m) for m in mean), tuple(float(v) for v in var), clip, EPS)
+    return ObsNorm.of(obs.mean, obs.var, setup.config.learner.normalize.clip_obs, EPS)
 
 
 def policy_card(

@@ -50,6 +50,12 @@ class ObsNorm:
     clip: float = 10.0
     eps: float = 1e-8
 
+    @classmethod
+    def of(cls, mean: np.ndarray, var: np.ndarray, clip: float = 10.0, eps: float = 1e-8) -> ObsNorm:
+        """The normalisation of running statistics (float64 means and variances), rounded to
+        float32 as evaluation applies them."""
+        return cls(tuple(map(float, mean.astype(np.float32))), tuple(map(float, var.astype(np.float32))), clip, eps)
+
 
 @dataclass(frozen=True)
 class PolicyCard:
