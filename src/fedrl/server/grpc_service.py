@@ -284,6 +284,7 @@ def serve_grpc(
         ("grpc.server.max_pending_requests", 8 * streams),
         ("grpc.server.max_pending_requests_hard_limit", 16 * streams),
         ("grpc.so_reuseport", 0),  # a second server on a port in use must fail, not share it
+        ("grpc.http2.bdp_probe", int(limits.grow_windows)),  # off: a burst of uploads is buffered 64 KiB a call
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=min(streams, limits.worker_threads), thread_name_prefix="fedrl-grpc"),
