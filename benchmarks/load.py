@@ -658,8 +658,8 @@ LIMITS = (
     "several server processes sharing the store. Memory: with 1,000 clients uploading 4 MB each at once, gRPC's "
     "own buffering dominated (the bare grpcio server alone peaks near 3 GB at 1M) while it grew each call's "
     "HTTP/2 receive window to the bandwidth-delay product; `fedrl server` now keeps the fixed 64 KiB window "
-    "(`limits.grow_windows: false`), which halved its peak at 1M (5.8 GB to 2.9 GB) and cut it at 100k (1.0 GB "
-    "to 0.6 GB) at the same rates. What remains grows with the handler threads' uploads (32 at a time, each "
+    "(`limits.grow_windows: false`), which took its peak at 1M from 5.9 to 3.3 GB (fsync; 5.5 to 2.8 GB "
+    "process) and at 100k from 1.0 to 0.7 GB, at the same rates. What remains grows with the handler threads' uploads (32 at a time, each "
     "parsed and reassembled) and the round, read from the store into one buffer that the strategy reads "
     "without copying."
 )
