@@ -161,6 +161,13 @@ class Deployment:
             env,
         )
 
+    def run_to_the_end(self) -> None:
+        """Start the server and every client, and wait for each client to finish its run cleanly."""
+        self.start_server()
+        clients = [self.start_client(i) for i in range(self.n_clients)]
+        for client in clients:
+            assert client.wait(timeout=240) == 0
+
     def state_dir(self, i: int) -> Path:
         return self.root / f"client{i}"
 
@@ -277,11 +284,7 @@ COMPRESSED_CENTRAL_DP = {
     "deployment", [(3, {"rounds": 3, "stop_at_target": False}, COMPRESSED_CENTRAL_DP)], indirect=True
 )
 def test_agents_send_compressed_updates_and_the_server_records_their_bytes_and_the_epsilon_spent(deployment):
-    deployment.start_server()
-    clients = [deployment.start_client(i) for i in range(3)]
-
-    for client in clients:
-        assert client.wait(timeout=240) == 0
+    deployment.run_to_the_end()
     store = Store(deployment.root / "srv")
     try:
         closed = store.rounds()[:3]
@@ -302,11 +305,7 @@ def test_agents_send_compressed_updates_and_the_server_records_their_bytes_and_t
     indirect=True,
 )
 def test_agents_aggregate_securely_and_the_server_stores_no_update(deployment):
-    deployment.start_server()
-    clients = [deployment.start_client(i) for i in range(3)]
-
-    for client in clients:
-        assert client.wait(timeout=240) == 0
+    deployment.run_to_the_end()
     store = Store(deployment.root / "srv")
     try:
         closed = store.rounds()[:2]
@@ -419,11 +418,7 @@ def test_a_device_runs_the_experiments_own_network_and_loss_only_when_its_operat
 def test_devices_normalise_and_the_server_merges_their_statistics_into_each_version(deployment):
     from fedrl.policy import load_policy
 
-    deployment.start_server()
-    clients = [deployment.start_client(i) for i in range(3)]
-
-    for client in clients:
-        assert client.wait(timeout=240) == 0
+    deployment.run_to_the_end()
     store = Store(deployment.root / "srv")
     try:
         latest = store.latest_version()
@@ -448,3 +443,31 @@ def test_devices_normalise_and_the_server_merges_their_statistics_into_each_vers
             assert not np.allclose(own, card.obs_norm.mean)
         else:
             assert acting.mean == card.obs_norm.mean
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        (
+            3,
+            {"rounds": 2, "stop_at_target": False},
+            {"secure_aggregation": {"enabled": True, "threshold": 2}},
+            {"normalize": {"obs": True, "stats": "personal"}},
+        )
+    ],
+    indirect=True,
+)
+def test_under_secure_aggregation_personal_statistics_stay_on_each_device(deployment):
+    from fedrl.policy import load_policy
+
+    deployment.run_to_the_end()
+    store = Store(deployment.root / "srv")
+    try:
+        model = store.load_version(store.latest_version())[0]
+    finally:
+        store.close()
+
+    # the server saw no statistics: its versions keep the empty ones; each device acts with its own
+    assert model.version >= 1 and model.norm.obs.count == 0
+    means = [np.array(load_policy(deployment.state_dir(i)).card.obs_norm.mean) for i in range(3)]
+    assert all(np.abs(m).sum() > 0 for m in means) and not np.allclose(means[0], means[1])

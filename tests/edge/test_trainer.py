@@ -271,3 +271,15 @@ def test_personal_statistics_are_the_devices_own_across_rounds_and_a_restart(exp
     assert own.obs.count == 128
     card = trainer.policy(2, params, after, 0.0, pooled).card
     np.testing.assert_allclose(card.obs_norm.mean, own.obs.mean.astype(np.float32))
+
+
+def test_under_dp_personal_statistics_are_kept_but_not_sent(experiment):
+    data = yaml.safe_load(_normalising(experiment, stats="personal"))
+    data["pipeline"] = {"clip_norm": 1.0, "dp": {"mode": "local", "noise_multiplier": 0.1}}
+    trainer = trainer_from_yaml(yaml.safe_dump(data), 0)
+    params = trainer.setup.initial_params()
+
+    update, state = trainer.train(trainer.fresh_state(), params, 1, recorded(trainer, params, 64), norm=None)
+
+    assert update.norm is None and update.payload is not None  # nothing beside the noised update
+    assert state.norm.obs.count.tolist() == [64]  # but the device keeps what it observed

@@ -3,6 +3,7 @@ counts into the next version, stored with it and carried by its policy card."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
+from fedrl.core.pipeline import client_message
 from fedrl.experiment.aggregation import heldout_returns
 from fedrl.experiment.config import ConfigError
 from fedrl.policy import load_policy
@@ -175,16 +177,45 @@ def test_the_gate_evaluates_a_candidate_with_the_statistics_it_would_deploy_with
     assert score == pytest.approx(float(with_merged)) and score != pytest.approx(float(with_start))
 
 
-def test_a_server_refuses_normalisation_with_dp_or_secure_aggregation(tmp_path):
-    path = tmp_path / "server.yaml"
-    path.write_text(
-        "experiment:\n"
-        "  learner: {name: ppo, normalize: {obs: true, stats: personal}}\n"
-        "  federation: {n_clients: 3}\n"
-        "  pipeline: {secure_aggregation: {enabled: true, threshold: 2}}\n"
+def test_under_dp_personal_statistics_stay_on_the_device_and_the_versions_keep_their_start(tmp_path):
+    # Prepare: personal statistics with local DP (the fleet's would be refused by the experiment itself)
+    coordinator = open_coordinator(
+        tmp_path,
+        "experiment.learner.normalize.stats=personal",
+        "experiment.pipeline.dp.mode=local",
+        "experiment.pipeline.clip_norm=1.0",
+        "experiment.pipeline.dp.noise_multiplier=0.1",
+        "limits.max_update_norm_ratio=null",
+        "rounds.min_updates=2",
     )
-    with pytest.raises(ConfigError, match="experiment.learner.normalize.obs.*not with DP or secure aggregation"):
-        load_server_config(path, [])
+    payload = client_message(
+        coordinator.setup.config.pipeline, np.full(coordinator.dim, 0.01, np.float32), None, np.random.default_rng(0)
+    ).payload
+
+    def sent(client, norm):
+        task = coordinator.task(client)
+        digest = hashlib.sha256(payload).hexdigest()
+        return Submission(
+            f"{client}-{task.round}",
+            client,
+            task.round,
+            task.base_version,
+            None,
+            64,
+            digest=digest,
+            payload=payload,
+            norm=norm,
+        )
+
+    # Execute / Assert: an update with statistics is refused; those without make the round
+    with pytest.raises(Rejected, match="personal normalisation statistics stay on the device"):
+        coordinator.submit("a", sent("a", observed(0)))
+    for c in ("b", "c"):
+        coordinator.submit(c, sent(c, None))
+    coordinator._clock.now += 31
+    coordinator.tick()
+    deployed = coordinator.model()
+    assert deployed.version == 1 and deployed.norm.obs.count == deployed.norm.returns.count == 0
 
 
 def test_a_run_from_a_saved_normalising_policy_starts_from_its_statistics_and_a_mismatch_is_refused(tmp_path):

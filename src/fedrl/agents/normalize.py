@@ -9,15 +9,15 @@ Stable-Baselines3's ``VecNormalize`` and Gymnasium's ``NormalizeObservation`` /
 Federated: every client of a round starts from the fleet's statistics, adds what it observes while
 it trains (so it normalises with the fleet's statistics and its own new data) and sends the
 statistics of its new data beside its update; the server merges them by counts
-(``fedrl.core.moments``), so the fleet's statistics are those of every observation any client
-made. They are not part of the parameter vector: a server optimiser's momentum, a robust rule or
+(``fedrl.core.moments``), so the fleet's statistics are those of every observation any client made.
+They are not part of the parameter vector: a server optimiser's momentum, a robust rule or
 compression never touches them. With ``stats: personal`` each client keeps its own statistics
 instead (FedBN's idea, Li et al., ICLR 2021, applied to the input scaling) and, in the simulator,
-sends none (a deployed device sends them for the server to pool); held-out clients and saved
-policies use every client's pooled by counts. The saved policy carries the
-observation statistics in its card
-(``PolicyCard.obs_norm``), so a loaded or exported policy normalises exactly as evaluation did;
-reward scaling only shapes training and is not carried.
+sends none (a deployed device sends them for the server to pool, unless DP or secure aggregation
+keeps them on the device); held-out clients and saved policies use every client's pooled by counts.
+The saved policy carries the observation statistics in its card (``PolicyCard.obs_norm``), so a
+loaded or exported policy normalises exactly as evaluation did; reward scaling only shapes training
+and is not carried.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class NormalizeConfig(FrozenConfig):
         "fleet",
         description="fleet: one set of statistics, every client's observations merged by counts at the end of a "
         "round; personal: each client keeps its own (a new client starts from all of them pooled); simulated clients "
-        "send none, deployed devices send them for the server to pool",
+        "send none, deployed devices send them for the server to pool unless DP or secure aggregation is on",
     )
 
     @property

@@ -167,7 +167,7 @@ class EdgeTrainer:
             UpdateMetrics(float(result.loss[0]), int(result.episodes[0])),
             control,
             payload,
-            None if result.norm is None else result.norm.total(),
+            None if result.norm is None or not setup.config.stats_travel else result.norm.total(),
         )
         own = None if state.norm is None else state.norm.merge(result.norm)
         return update, LocalState(result.client_state, pipeline, own)

@@ -447,6 +447,15 @@ class ExperimentConfig(FrozenConfig):
         instead of in synchronous rounds: the one answer every runtime asks."""
         return self.strategy.asynchronous
 
+    @property
+    def stats_travel(self) -> bool:
+        """Whether a deployed device sends the normalisation statistics of what it observed beside its
+        update: whenever it normalises, except personal statistics under DP or secure aggregation,
+        which stay on the device (as in the simulator, where personal statistics never travel)."""
+        normalize, pipeline = self.learner.normalize, self.pipeline
+        private = pipeline.dp.mode != "none" or pipeline.secure_aggregation.enabled
+        return normalize.active and not (normalize.stats == "personal" and private)
+
     @model_validator(mode="after")
     def _secure_aggregation_fits_strategy(self) -> ExperimentConfig:
         """Secure aggregation gives the server one sum per synchronous round, so nothing that needs
@@ -597,8 +606,8 @@ class ExperimentConfig(FrozenConfig):
     def _normalisation_fits_run(self) -> ExperimentConfig:
         """With the fleet's statistics each client sends those of what it observed beside its update, in
         the clear and at the end of a synchronous round: nothing that hides or delays single updates can run
-        beside it. Simulated personal statistics travel nowhere, but still merge at the end of a synchronous round
-        (a deployed server refuses normalisation with DP and secure aggregation: its devices send them)."""
+        beside it. Personal statistics travel nowhere under DP or secure aggregation (``stats_travel``), but still
+        merge at the end of a synchronous round."""
         normalize = self.learner.normalize
         if not normalize.active:
             return self

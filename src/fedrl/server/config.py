@@ -187,15 +187,6 @@ class ServerConfig(FrozenConfig):
                 "the simulator's only, for now: a deployed hierarchy needs regional aggregator processes",
                 self.experiment.federation.regions,
             )
-        normalize, pipeline = self.experiment.learner.normalize, self.experiment.pipeline
-        if normalize.active and (pipeline.dp.mode != "none" or pipeline.secure_aggregation.enabled):
-            key = "experiment.learner.normalize." + ("obs" if normalize.obs else "reward")
-            raise KeyProblem(
-                key,
-                "not with DP or secure aggregation on a server: devices send the statistics of what they observed "
-                "beside their updates, in the clear, for the fleet's (or, with personal statistics, the pooled) ones",
-                True,
-            )
         return self
 
     @property

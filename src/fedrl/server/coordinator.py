@@ -658,7 +658,12 @@ class Coordinator:
         """The normalisation statistics beside an update: those the experiment keeps, of no more
         observations than the update's env steps, and sane (``NormStats.problem``)."""
         normalize = self.setup.config.learner.normalize
-        if s.norm is None and not normalize.active:
+        if s.norm is not None and not self.setup.config.stats_travel and normalize.active:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT,
+                "personal normalisation statistics stay on the device under DP or secure aggregation: send none",
+            )
+        if s.norm is None and not self.setup.config.stats_travel:
             return
         if s.norm is None:
             raise Rejected(
@@ -1062,9 +1067,10 @@ def merged_stats(norm: NormStats | None, stored: list[StoredUpdate]) -> NormStat
     """``norm`` with the statistics sent beside the round's ``stored`` updates merged in as the
     simulator merges a round's (``NormStats.merge_rows``): pooled in client order, whatever order
     they arrived in, then merged into ``norm``."""
-    if norm is None or not stored:
+    sent = [u.norm for u in sorted(stored, key=lambda u: u.client_id) if u.norm is not None]
+    if norm is None or not sent:  # personal statistics under DP or secure aggregation travel nowhere
         return norm
-    first, *rest = [u.norm for u in sorted(stored, key=lambda u: u.client_id)]
+    first, *rest = sent
     for increments in rest:
         first = first.merge(increments)
     return norm.merge(first)
