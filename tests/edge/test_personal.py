@@ -72,3 +72,35 @@ def test_a_task_during_the_comparison_learns_from_the_global_version_and_the_com
     running.stop()
     running.thread.join(10)
     assert running.error is None
+
+
+def test_a_device_keeping_its_statistics_under_dp_tunes_its_personal_copy(experiment, params, tmp_path, edge_log):
+    import yaml
+
+    from fedrl.agents.normalize import NormalizeConfig, init_stats
+    from fedrl.wire.records import Model
+
+    # Prepare: personal statistics under local DP (they never leave the device); the version carries
+    # the server's statistics, empty
+    data = yaml.safe_load(experiment)
+    data["learner"] = {**data["learner"], "normalize": {"obs": True, "stats": "personal"}}
+    data["pipeline"] = {"clip_norm": 1.0, "dp": {"mode": "local", "noise_multiplier": 0.1}}
+    empty = init_stats(NormalizeConfig(obs=True), 4)
+
+    class Link(ScriptedLink):
+        def pull(self, version):
+            self._answer("pull")
+            return Model(version, self.models[version], version, None, empty)
+
+    link = Link(yaml.safe_dump(data), {0: params})
+    link.waiting = True
+
+    # Execute
+    running = Running(agent(link, tmp_path, personalization=Personalization(steps=256, episodes=2)))
+    eventually(lambda: edge_log.events("personal_tuned"), timeout=60)
+
+    # Assert: the copy was tuned (with the device's own statistics) and the agent runs on
+    assert running.error is None and running.thread.is_alive()
+    running.stop()
+    running.thread.join(10)
+    assert running.error is None

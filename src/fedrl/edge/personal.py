@@ -91,7 +91,8 @@ class Personalizer:
         experience, _ = self.recorder.take(self._global.tag, self.config.steps)  # a look: tasks may learn from it too
         version = self._global.version
         update, tuned = self._train(local, self._params, version, experience, None, self._norm)
-        norm = None if self._norm is None else self._norm.merge(update.norm)  # what the copy was tuned with
+        kept = self._norm is None or update.norm is None  # no statistics, or personal ones it keeps itself
+        norm = self._norm if kept else self._norm.merge(update.norm)  # what the copy was tuned with
         personal = self.trainer.policy(version, self._params + update.delta, tuned, time.time(), norm)
         self._personal = replace(personal, personal=True)
         event(logging.INFO, "personal_tuned", version=version, env_steps=update.env_steps)

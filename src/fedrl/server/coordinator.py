@@ -657,13 +657,16 @@ class Coordinator:
     def _check_stats(self, s: Submission) -> None:
         """The normalisation statistics beside an update: those the experiment keeps, of no more
         observations than the update's env steps, and sane (``NormStats.problem``)."""
-        normalize = self.setup.config.learner.normalize
-        if s.norm is not None and not self.setup.config.stats_travel and normalize.active:
-            raise Rejected(
-                Reason.INVALID_ARGUMENT,
-                "personal normalisation statistics stay on the device under DP or secure aggregation: send none",
-            )
-        if s.norm is None and not self.setup.config.stats_travel:
+        config = self.setup.config
+        normalize = config.learner.normalize
+        if not config.stats_travel and normalize.active:
+            if s.norm is not None:
+                raise Rejected(
+                    Reason.INVALID_ARGUMENT,
+                    "personal normalisation statistics stay on the device under DP or secure aggregation: send none",
+                )
+            return
+        if s.norm is None and not normalize.active:
             return
         if s.norm is None:
             raise Rejected(
@@ -1057,8 +1060,9 @@ def _one_round(setup: Setup) -> int:
 
 def fleet_stats(setup: Setup) -> NormStats | None:
     """The statistics a deployment starts from: nothing observed yet, one set for the whole fleet
-    (with personal statistics too: devices keep their own, and the server pools what they send for
-    the devices that have none and for the saved policy); None when the experiment normalises nothing."""
+    (with personal statistics too: devices keep their own, and the server pools what they send, if
+    they send any (``ExperimentConfig.stats_travel``), for the devices that have none and for the
+    saved policy); None when the experiment normalises nothing."""
     stats = init_stats(setup.config.learner.normalize, setup.family.obs_dim, 1)
     return None if stats is None else stats.pooled()
 
