@@ -490,3 +490,24 @@ def test_a_second_server_on_a_port_in_use_fails_instead_of_sharing_it(federation
     with pytest.raises(RuntimeError, match="Failed to bind"):
         serve_grpc(federation.coordinator, f"127.0.0.1:{port}", None, federation.coordinator.config.limits)
     assert federation.link("alice").heartbeat(None) == 0
+
+
+@pytest.mark.parametrize("grow", [False, True])
+def test_http2_receive_windows_grow_only_when_the_config_says_so(federation, monkeypatch, grow):
+    # Prepare: catch the options the server is made with
+    made = {}
+    real = grpc.server
+
+    def server(*args, **kwargs):
+        made.update(kwargs.get("options", []))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpc, "server", server)
+    limits = federation.coordinator.config.limits.model_copy(update={"grow_windows": grow})
+
+    # Execute
+    started, _ = serve_grpc(federation.coordinator, "127.0.0.1:0", None, limits)
+    started.stop(0)
+
+    # Assert: BDP probing (gRPC's window growth) is on exactly when asked for
+    assert made["grpc.http2.bdp_probe"] == int(grow)
