@@ -76,6 +76,24 @@ FOLLOWER = textwrap.dedent(
 )
 
 
+class Deploys:
+    """A server that has deployed ``model`` (its version) and answers every pull with it."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def register(self):
+        from fedrl.wire.records import Registration
+
+        return Registration("dev-1", "", self.model.version, 0.01)
+
+    def heartbeat(self, acting):
+        return self.model.version
+
+    def pull(self, version):
+        return self.model
+
+
 @pytest.fixture
 def artifact(tmp_path):
     setup = Setup(load_config(None, ["learner.hidden=[16,16]"]))
@@ -118,20 +136,11 @@ def test_an_environment_with_other_spaces_is_refused_naming_both_sides(artifact,
 def test_a_deployed_version_that_does_not_fit_the_policy_is_refused_and_acting_goes_on(artifact, tmp_path):
     import gymnasium as gym
 
-    from fedrl.wire.records import Model, Registration
+    from fedrl.wire.records import Model
 
-    class WrongLink:
-        def register(self):
-            return Registration("dev-1", "", 2, 0.01)
-
-        def heartbeat(self, acting):
-            return 2
-
-        def pull(self, version):
-            return Model(version, np.zeros(5, np.float32), version, None)
-
+    wrong = Deploys(Model(2, np.zeros(5, np.float32), 2, None))
     env = gym.make("CartPole-v1")
-    follower = Follower(load_policy(artifact[0]), env, tmp_path / "state", WrongLink(), 0.01, 0.001, max_steps=300)
+    follower = Follower(load_policy(artifact[0]), env, tmp_path / "state", wrong, 0.01, 0.001, max_steps=300)
     follower.run()
 
     assert follower.acting.version == 1 and follower.actor.steps == 300
@@ -169,7 +178,7 @@ def test_a_deployed_version_brings_its_own_normalisation_statistics(tmp_path):
 
     from fedrl.core.moments import Moments
     from fedrl.core.normstats import NormStats
-    from fedrl.wire.records import Model, Registration
+    from fedrl.wire.records import Model
 
     # Prepare: an export of a policy that normalises observations, and a version 2 with newer statistics
     setup = Setup(load_config(None, ["learner.hidden=[16,16]", "learner.normalize.obs=true"]))
@@ -178,18 +187,9 @@ def test_a_deployed_version_brings_its_own_normalisation_statistics(tmp_path):
     old, new = (NormStats(Moments.of(rng.normal(m, 1 + m, (100, 4))), None) for m in (0.0, 2.0))
     save_npz(tmp_path / "policy.npz", params, policy_card(setup, params, 1, norm=old))
 
-    class Link:
-        def register(self):
-            return Registration("dev-1", "", 2, 0.01)
-
-        def heartbeat(self, acting):
-            return 2
-
-        def pull(self, version):
-            return Model(version, params, version, None, new)
-
     policy = load_policy(tmp_path / "policy.npz")
-    follower = Follower(policy, gym.make("CartPole-v1"), tmp_path / "state", Link(), 0.01, 0.001, max_steps=300)
+    link = Deploys(Model(2, params, 2, None, new))
+    follower = Follower(policy, gym.make("CartPole-v1"), tmp_path / "state", link, 0.01, 0.001, max_steps=300)
 
     # Execute
     follower.run()

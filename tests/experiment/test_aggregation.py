@@ -36,6 +36,15 @@ def _round(setup: Setup, poison: dict[int, float], control_poison: dict[int, flo
     ]
 
 
+@pytest.fixture
+def reads(monkeypatch) -> list:
+    """One entry for every vector the screen reads the values of (``all_finite``)."""
+    read = []
+    real = core_aggregation.all_finite
+    monkeypatch.setattr(core_aggregation, "all_finite", lambda v: read.append(1) or real(v))
+    return read
+
+
 def _screen_first(setup: Setup, params, updates):
     """The round as every runtime closed it before: screen, then the strategy."""
     screened = screen(updates, setup.net.spec.dim)
@@ -56,26 +65,23 @@ OVERRIDES = {
 
 @pytest.mark.parametrize("strategy", SPREADING + SCREEN_FIRST)
 @pytest.mark.parametrize("poison", [{}, {2: np.nan}, {1: np.inf, 4: -np.inf}], ids=["finite", "nan", "inf"])
-def test_a_round_makes_the_screen_first_candidate_bit_for_bit_and_counts_what_it_refused(strategy, poison, monkeypatch):
+def test_a_round_makes_the_screen_first_candidate_bit_for_bit_and_counts_what_it_refused(strategy, poison, reads):
     # Prepare: count the updates whose values the screen reads
     setup = _setup(*OVERRIDES.get(strategy, [f"strategy.name={strategy}"]))
     params = np.zeros(setup.net.spec.dim, dtype=np.float32)
     updates = _round(setup, poison)
-    read = []
-    real = core_aggregation.all_finite
-    monkeypatch.setattr(core_aggregation, "all_finite", lambda v: read.append(1) or real(v))
 
     # Execute
     done = aggregate_round(setup, setup.strategy.init(params), params, 0, 1, updates)
 
     # Assert: the same candidate as screening first, with the poisoned updates refused and counted ...
-    monkeypatch.setattr(core_aggregation, "all_finite", real)
+    read = len(reads)  # before screening first below reads them
     expected, rejected = _screen_first(setup, params, updates)
     assert done.params.tobytes() == expected.tobytes() and np.isfinite(done.params).all()
     assert done.n_rejected == rejected == len(poison)
     # ... and a clean round of the weighted mean read no update for NaN: its candidate showed there was none
     assert carries_non_finite(setup) == (strategy in SPREADING)
-    assert (len(read) == 0) == (strategy in SPREADING and not poison)
+    assert (read == 0) == (strategy in SPREADING and not poison)
 
 
 def test_a_nan_in_scaffolds_control_delta_alone_is_refused_and_counted():
@@ -90,21 +96,18 @@ def test_a_nan_in_scaffolds_control_delta_alone_is_refused_and_counted():
     assert np.isfinite(done.strategy_state.c).all()
 
 
-def test_with_a_zero_weight_the_round_is_screened_first(monkeypatch):
+def test_with_a_zero_weight_the_round_is_screened_first(reads):
     # Prepare: a client without steps has no weight, so a NaN of its could vanish in the mean
     setup = _setup()
     params = np.zeros(setup.net.spec.dim, dtype=np.float32)
     updates = _round(setup, {})
     updates[2] = Update(2, 0, updates[2].delta, 0)
-    read = []
-    real = core_aggregation.all_finite
-    monkeypatch.setattr(core_aggregation, "all_finite", lambda v: read.append(1) or real(v))
 
     # Execute
     done = aggregate_round(setup, setup.strategy.init(params), params, 0, 1, updates)
 
     # Assert: every update's values were read before the mean
-    assert len(read) == len(updates) and done.n_rejected == 0
+    assert len(reads) == len(updates) and done.n_rejected == 0
 
 
 def test_the_screened_mark_is_the_screens_alone_and_lost_when_an_update_changes():
@@ -131,3 +134,19 @@ def test_a_rounds_deltas_in_one_buffer_are_stacked_without_a_copy():
     np.testing.assert_array_equal(stack[3], updates[3].delta)
     assert not np.shares_memory(picked, updates[0].delta)
     np.testing.assert_array_equal(picked[1], updates[2].delta)
+
+
+def test_a_weight_capped_to_the_budget_keeps_the_round_from_being_read_again(reads):
+    # Prepare: one client claims four times the step budget (it counts as the budget)
+    setup = _setup("federation.local_steps=500")
+    params = np.zeros(setup.net.spec.dim, dtype=np.float32)
+    updates = _round(setup, {})
+    updates[1] = Update(1, 0, updates[1].delta, 2000)
+
+    # Execute
+    done = aggregate_round(setup, setup.strategy.init(params), params, 0, 1, updates)
+
+    # Assert: the candidate judged the round; the capped update's values were not read again
+    read = len(reads)  # before screening first below reads them
+    expected, _ = _screen_first(setup, params, updates)
+    assert read == 0 and done.params.tobytes() == expected.tobytes()

@@ -75,11 +75,15 @@ def from_arrays(cls: type[R], arrays: dict[str, np.ndarray], prefix: str = "") -
         name = prefix + _key(f)
         nested = f.metadata.get("record")
         if nested is not None:
-            present = any(k.startswith(name + ".") for k in arrays)
-            values[f.name] = from_arrays(nested, arrays, name + ".") if present else None
+            values[f.name] = stored_record(nested, arrays, name + ".")
         else:
             values[f.name] = arrays.get(name)
     return cls(**values)
+
+
+def stored_record(cls: type[R], arrays: dict[str, np.ndarray], prefix: str) -> R | None:
+    """The record ``from_arrays`` makes of the arrays under ``prefix``, or None when there are none."""
+    return from_arrays(cls, arrays, prefix) if any(k.startswith(prefix) for k in arrays) else None
 
 
 def copy_rows(record: R) -> R:

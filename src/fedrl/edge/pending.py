@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrl.core.normstats import NormStats
-from fedrl.core.rows import from_arrays, to_arrays
+from fedrl.core.rows import stored_record, to_arrays
 from fedrl.wire import disk
 from fedrl.wire.records import Submission
 
@@ -107,7 +107,7 @@ class PendingStore:
                 arrays.get("control_delta"),
                 h["digest"],
                 payload,
-                from_arrays(NormStats, arrays, NORM_PREFIX) if any(k.startswith(NORM_PREFIX) for k in arrays) else None,
+                stored_record(NormStats, arrays, NORM_PREFIX),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{self.path}: not a pending update ({type(exc).__name__}: {exc})") from None

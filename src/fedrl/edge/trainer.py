@@ -14,7 +14,8 @@ With normalisation (``learner.normalize``) the client starts from the statistics
 (the fleet's, as of the base version) or, with ``stats: personal``, from its own; either way it
 sends the statistics of what it observed beside the update, which the server merges into the
 next version's (the pooled ones, with personal statistics: for devices that have none yet and
-for the saved policy).
+for the saved policy), except personal ones under DP or secure aggregation, which stay here
+(``ExperimentConfig.stats_travel``).
 
 What the client keeps between rounds is a ``LocalState``: the learner's ``client_state`` (personal
 parameters, SCAFFOLD's ``c_i``, DQN's replay buffer, reward scaling's running returns), the
@@ -120,7 +121,7 @@ class EdgeTrainer:
         """What this client normalises its observations with when it acts: its own statistics
         once it has any, else the version's ``norm``."""
         own = state.norm
-        if own is None or norm is None or not (own.obs or own.returns).count[0] > 0:
+        if own is None or norm is None or (own.obs or own.returns).count[0] == 0:
             return norm
         return own.total()
 

@@ -91,7 +91,13 @@ def capped_weights(setup: Setup, updates: list[Update]) -> list[Update]:
     budget = setup.config.federation.local_steps
     if budget is None:
         return updates
-    return [u if u.env_steps <= budget else replace(u, env_steps=budget) for u in updates]
+    return [u if u.env_steps <= budget else _capped(u, budget) for u in updates]
+
+
+def _capped(update: Update, budget: int) -> Update:
+    """``update`` weighted as ``budget`` steps, still marked screened if it was (its values did not change)."""
+    capped = replace(update, env_steps=budget)
+    return as_screened(capped) if update.screened else capped
 
 
 def region_of(setup: Setup, clients: np.ndarray) -> np.ndarray:

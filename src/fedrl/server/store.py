@@ -32,7 +32,7 @@ from safetensors.numpy import load_file
 
 from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
-from fedrl.core.rows import from_arrays, to_arrays
+from fedrl.core.rows import stored_record, to_arrays
 from fedrl.policy.card import PolicyCard
 from fedrl.server.auth import hash_token, new_token
 from fedrl.wire import disk
@@ -300,7 +300,7 @@ class Store:
             raise KeyError(version)
         arrays = load_file(str(self._model_path(version)))
         state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
-        norm = from_arrays(NormStats, arrays, NORM) if any(k.startswith(NORM) for k in arrays) else None
+        norm = stored_record(NormStats, arrays, NORM)
         return Model(version, arrays["params"], row["round"], row["eval_return"], norm), state
 
     def write_version_file(

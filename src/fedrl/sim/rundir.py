@@ -39,7 +39,7 @@ from safetensors.numpy import load_file
 from fedrl.agents import ClientState
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import PipelineState
-from fedrl.core.rows import from_arrays, to_arrays
+from fedrl.core.rows import from_arrays, stored_record, to_arrays
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.envs.base import EnvState, reset
 from fedrl.envs.base import state_from_arrays as env_state_from_arrays
@@ -333,9 +333,9 @@ class RunDir:
             client_state=client_state,
             sim_time_s=meta.get("sim_time_s", 0.0),
             version=meta.get("version", meta["round"]),
-            inflight=from_arrays(InFlight, per_client, INFLIGHT) if _under(INFLIGHT, per_client) else None,
+            inflight=stored_record(InFlight, per_client, INFLIGHT),
             pipeline_state=from_arrays(PipelineState, per_client, PIPELINE),
-            norm=from_arrays(NormStats, arrays, NORM) if _under(NORM, arrays) else None,
+            norm=stored_record(NormStats, arrays, NORM),
             clusters=_clusters_from_arrays(setup, arrays) if _under(CLUSTERS, arrays) else None,
         )
 
