@@ -24,7 +24,9 @@ ALLOWED = {
     "sim": {"core", "envs", "agents", "wire", "experiment", "policy"},
     "server": {"core", "envs", "agents", "wire", "experiment", "policy"},
     "edge": {"core", "envs", "agents", "wire", "experiment", "policy"},
-    "cli": {"core", "envs", "agents", "wire", "experiment", "sim", "server", "edge", "policy"},
+    # a regional aggregator is a server to its devices and a client to its parent
+    "region": {"core", "envs", "agents", "wire", "experiment", "policy", "server", "edge"},
+    "cli": {"core", "envs", "agents", "wire", "experiment", "sim", "server", "edge", "region", "policy"},
 }
 # Pure maths on flat vectors: no torch, no files, no network.
 CORE_FORBIDS = {

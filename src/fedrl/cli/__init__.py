@@ -18,6 +18,7 @@ from fedrl.cli.deploy import fleet, server
 from fedrl.cli.edge import act, client
 from fedrl.cli.export import export
 from fedrl.cli.health import health
+from fedrl.cli.region import aggregator
 
 app = typer.Typer(
     help="Federated reinforcement learning: many clients, each in its own environment, learn one policy.",
@@ -330,6 +331,7 @@ def plot(run_dir: Path = typer.Argument(..., help="A run directory written by `f
 
 app.command("certs")(certs)
 app.command("server")(server)
+app.command("aggregator")(aggregator)
 app.add_typer(fleet, name="fleet")
 app.command("client")(client)
 app.command("act")(act)

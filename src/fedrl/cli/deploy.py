@@ -90,21 +90,13 @@ def server(
 
     setup_logging()
     try:
-        cfg, credentials, broker_opts = load_server_config(config, set_), None, None
-        if transport is Transport.mqtt:
-            broker_opts = broker_options(
-                broker,
-                fleet_name,
-                broker_user,
-                broker_password,
-                broker_ca,
-                broker_cert,
-                broker_key,
-                insecure,
-                mqtt_version,
-            )
-        else:
-            credentials = _grpc_credentials(listen, tls_cert, tls_key, client_ca, insecure)
+        cfg = load_server_config(config, set_)
+        credentials, broker_opts = serving_transport(
+            transport,
+            (listen, tls_cert, tls_key, client_ca),
+            (broker, fleet_name, broker_user, broker_password, broker_ca, broker_cert, broker_key, mqtt_version),
+            insecure,
+        )
         options = ServeOptions(
             state_dir,
             listen,
@@ -115,12 +107,27 @@ def server(
             init_from,
             tuple(callback_factories(callback)),
         )
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        run_server(cfg, options, stop)
+        run_server(cfg, options, stop_on_signals())
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
+
+
+def serving_transport(transport: Transport, grpc_side: tuple, mqtt_side: tuple, insecure: bool) -> tuple:
+    """``(grpc credentials, broker options)`` for serving devices: gRPC on ``grpc_side`` = (listen,
+    tls_cert, tls_key, client_ca), or MQTT through ``mqtt_side`` = (broker, fleet, user, password,
+    ca, cert, key, mqtt_version); the other is None. ``ValueError`` names a bad combination."""
+    if transport is Transport.mqtt:
+        broker, fleet_name, user, password, ca, cert, key, version = mqtt_side
+        return None, broker_options(broker, fleet_name, user, password, ca, cert, key, insecure, version)
+    return _grpc_credentials(*grpc_side, insecure), None
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: the server's (or region's) loop stops cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def _store(state_dir: Path):
@@ -139,11 +146,54 @@ def add_client(
     name: str = typer.Argument(..., help="The client's name (letters, digits, '-', '_', '.')."),
     state_dir: Path = STATE_DIR,
     token_file: Optional[Path] = TOKEN_FILE,
+    same_token: Optional[Path] = typer.Option(
+        None,
+        "--same-token",
+        help="Enrol with the token in this file (one another server of the hierarchy issued: a device's region "
+        "and the one it fails over to) instead of a new one; nothing is printed.",
+    ),
 ) -> None:
     """Issue a token for a new client. The server keeps only its hash: store the token now."""
     from fedrl.server.store import Store
 
+    if same_token is not None:
+        token = _read_token_file(same_token)
+        _changed(Store(state_dir), lambda store, now: store.add_client(name, now, token))
+        console.print(f"{name} enrolled with the token in {same_token}", highlight=False)
+        return
     _hand_over(name, _changed(Store(state_dir), lambda store, now: store.add_client(name, now)), token_file)
+
+
+@fleet.command("add-region")
+def add_region(
+    name: str = typer.Argument(..., help="The regional aggregator's name (letters, digits, '-', '_', '.')."),
+    devices: int = typer.Option(
+        ...,
+        "--devices",
+        min=1,
+        help="The most devices the region stands for: its update's weight is capped at "
+        "this many devices' step budgets.",
+    ),
+    state_dir: Path = STATE_DIR,
+    token_file: Optional[Path] = TOKEN_FILE,
+) -> None:
+    """Issue a token for a regional aggregator (`fedrl aggregator --name NAME`): a client whose one
+    update per round reduces up to DEVICES devices' updates. The server keeps only its hash."""
+    from fedrl.server.store import Store
+
+    made = _changed(Store(state_dir), lambda store, now: store.add_client(name, now, devices=devices))
+    _hand_over(name, made, token_file)
+
+
+def _read_token_file(path: Path) -> str:
+    """The token in ``path``, or one line and exit 2."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    if not token:
+        fail(f"{path} is empty")
+    return token
 
 
 @fleet.command("revoke")

@@ -152,6 +152,15 @@ def client(
     server: Optional[str] = typer.Option(
         None, "--server", envvar="FEDRL_SERVER", help="The server's gRPC address, HOST:PORT (with --transport grpc)."
     ),
+    fallback: list[str] = typer.Option(
+        [],
+        "--fallback",
+        help="Another server of the hierarchy (a region, the root) to use while --server is unreachable, HOST:PORT; "
+        "repeatable, tried in order; each must know this client's token (docs/hierarchy.md).",
+    ),
+    return_after: float = typer.Option(
+        60.0, "--return-after", min=0.0, help="Seconds on a fallback before trying --server again."
+    ),
     name: str = typer.Option(
         ..., "--name", envvar="FEDRL_NAME", help="This client's name, as enrolled with `fedrl fleet add-client NAME`."
     ),
@@ -258,6 +267,7 @@ def client(
     run ends; rides out server restarts and network loss. JSON log lines on stderr."""
     from fedrl.edge.agent import Agent, AgentConfig, Fatal
     from fedrl.edge.device_env import DeviceEnvSpec
+    from fedrl.edge.failover import FailoverLink
     from fedrl.edge.grpc_link import GrpcLink
     from fedrl.edge.limits import OwnerLimits, Triggers
     from fedrl.edge.mqtt_link import MqttLink
@@ -274,15 +284,17 @@ def client(
         elif server is None:
             raise ValueError("give --server HOST:PORT (or --transport mqtt and --broker HOST:PORT)")
         else:
-            credentials = channel_credentials(server, ca, cert, key, insecure)
+            credentials = [channel_credentials(address, ca, cert, key, insecure) for address in [server, *fallback]]
+        if fallback and transport is Transport.mqtt:
+            raise ValueError("--fallback is for gRPC servers; with MQTT the broker is the one address")
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     setup_logging("debug" if verbose else "info")
-    link = (
-        MqttLink(options, secret, name, timeout)
-        if transport is Transport.mqtt
-        else GrpcLink(server, secret, name, credentials, timeout)
-    )
+    if transport is Transport.mqtt:
+        link = MqttLink(options, secret, name, timeout)
+    else:
+        links = [GrpcLink(a, secret, name, c, timeout) for a, c in zip([server, *fallback], credentials)]
+        link = FailoverLink(links, return_after) if fallback else links[0]
     config = AgentConfig(
         state_dir or _default_state_dir(name),
         client_index,

@@ -50,6 +50,7 @@ class Update:
     env_steps: int
     metrics: UpdateMetrics = field(default_factory=UpdateMetrics)
     control_delta: np.ndarray | None = None  # float32 (d,): SCAFFOLD's c_i+ - c_i, else None
+    clients: int = 1  # clients whose updates it reduces: 1 for a client's own, more for a region's
     # ``screen`` found its values finite, so a strategy does not look again: set by ``as_screened``
     # alone, and reset by ``dataclasses.replace`` (a changed update is judged afresh)
     screened: bool = field(default=False, init=False, repr=False, compare=False)
@@ -65,6 +66,8 @@ class Update:
                 )
         if self.env_steps < 0:
             raise ValueError(f"update from client {self.client_id}: env_steps {self.env_steps} < 0")
+        if self.clients < 1:
+            raise ValueError(f"update from client {self.client_id}: clients {self.clients} < 1")
 
 
 def as_screened(update: Update) -> Update:

@@ -76,6 +76,9 @@ EXPERIENCE_SAVE_S = 300.0  # between two saves of the recorded experience, outsi
 EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)
 
 
+SKIPPED_TASK_WAIT_S = 1.0  # a task for a round already sent: ask again after this (a new version wakes sooner)
+
+
 class _Stopped(Exception):
     """``stop()`` was called while the agent waited."""
 
@@ -165,6 +168,7 @@ class Agent:
         self._personalizer: Personalizer | None = None
         self._recorder: Recorder | None = None
         self._answered_at: float | None = None  # when the server last answered a heartbeat
+        self._acked_round = -1  # the newest synchronous round an update of this device was acknowledged in
 
     def stop(self) -> None:
         """Ask ``run`` to return at its next call or wait (safe from a signal handler or thread)."""
@@ -414,7 +418,10 @@ class Agent:
             if exc.reason is Reason.NOT_FOUND:  # the server has forgotten this client
                 self._register()
             return
-        if isinstance(reply, Task):
+        if isinstance(reply, Task) and self._sent_already(reply):
+            event(logging.INFO, "task_skipped", round=reply.round, reason="this round's update was acknowledged")
+            self._sleep(SKIPPED_TASK_WAIT_S)
+        elif isinstance(reply, Task):
             self._train(reply)
         elif reply.finished:
             self._finish(reply.reason, reply.retry_after_s)
@@ -422,6 +429,11 @@ class Agent:
             event(logging.DEBUG, "wait", seconds=reply.retry_after_s, reason=reply.reason)
             self._save_experience()
             self._sleep(reply.retry_after_s)
+
+    def _sent_already(self, task: Task) -> bool:
+        """Whether an update for ``task``'s synchronous round was acknowledged already (by this server
+        or, through a ``FailoverLink``, another of the hierarchy): a round counts a device once."""
+        return not self._trainer.setup.config.asynchronous and task.round <= self._acked_round
 
     def _finish(self, reason: str, retry_after_s: float) -> None:
         """The run is over: act with the final deployed version if the server answers at once
@@ -537,6 +549,7 @@ class Agent:
             )
         else:
             event(logging.INFO, "acknowledged", update_id=ack.update_id, round=ack.round, duplicate=ack.duplicate)
+            self._acked_round = max(self._acked_round, ack.round)
         self._trainer.commit_learner(self.config.state_dir)
         self.pending.clear()
 

@@ -86,12 +86,12 @@ def secure_update(setup: Setup, total: np.ndarray, n_survivors: int, version: in
 
 
 def capped_weights(setup: Setup, updates: list[Update]) -> list[Update]:
-    """``updates`` with every step count above the step budget set to the budget (under an episode
-    budget, counts honestly differ and are left as they are)."""
+    """``updates`` with every step count above the step budget of the clients it stands for (one, or a
+    region's) set to that budget (under an episode budget, counts honestly differ and are left as they are)."""
     budget = setup.config.federation.local_steps
     if budget is None:
         return updates
-    return [u if u.env_steps <= budget else _capped(u, budget) for u in updates]
+    return [u if u.env_steps <= budget * u.clients else _capped(u, budget * u.clients) for u in updates]
 
 
 def _capped(update: Update, budget: int) -> Update:
@@ -106,21 +106,44 @@ def region_of(setup: Setup, clients: np.ndarray) -> np.ndarray:
     return np.asarray(clients, dtype=np.int64) * fed.regions // fed.n_clients
 
 
-def regional_updates(setup: Setup, updates: list[Update], version: int) -> list[Update]:
+def regional_updates(setup: Setup, updates: list[Update], version: int, by_sender: bool = False) -> list[Update]:
     """What each region with accepted ``updates`` forwards to the root: its clients' deltas clipped and
     reduced by the strategy's robust rule, weighted by their env steps in all (client id -1: no single
-    client's), in region order."""
-    regions = region_of(setup, np.array([u.client_id for u in updates], dtype=np.int64))
-    robust = setup.config.strategy.robust
-    forwarded = []
-    for region in np.unique(regions):
-        members = [u for u, r in zip(updates, regions) if r == region]
-        forwarded.append(Update(-1, version, combine(robust, members), sum(u.env_steps for u in members)))
-    return forwarded
+    client's), in region order. ``by_sender``: each sender is a region of its own (a deployed root, whose
+    senders are regional aggregators that reduced their devices' updates, or devices that failed over to it)."""
+    ids = np.array([u.client_id for u in updates], dtype=np.int64)
+    regions = ids if by_sender else region_of(setup, ids)
+    return [
+        _reduced(setup, [u for u, r in zip(updates, regions) if r == region], version) for region in np.unique(regions)
+    ]
+
+
+def _reduced(setup: Setup, members: list[Update], version: int) -> Update:
+    """One region's ``members`` clipped and reduced by the robust rule, weighted by their env steps
+    in all (client id -1: no single client's)."""
+    steps, clients = sum(u.env_steps for u in members), sum(u.clients for u in members)
+    return Update(-1, version, combine(setup.config.strategy.robust, members), steps, clients=clients)
+
+
+def region_update(setup: Setup, updates: list[Update], version: int) -> tuple[Update | None, int]:
+    """What a deployed regional aggregator forwards for its round: ``updates`` screened, their weights
+    capped, clipped and reduced by the robust rule into one update weighted by their env steps in
+    all, as a simulated region reduces its clients' (``regional_updates``); None when the screen
+    refused them all. Also returns how many the screen refused."""
+    screened = screen(updates, setup.net.spec.dim)
+    if not screened.accepted:
+        return None, len(screened.rejected)
+    return _reduced(setup, capped_weights(setup, screened.accepted), version), len(screened.rejected)
 
 
 def aggregate_round(
-    setup: Setup, strategy_state: object, params: np.ndarray, version: int, round_: int, updates: list[Update]
+    setup: Setup,
+    strategy_state: object,
+    params: np.ndarray,
+    version: int,
+    round_: int,
+    updates: list[Update],
+    by_sender: bool = False,
 ) -> Aggregated:
     """Close ``round_``: screen ``updates`` (based on versions up to ``version``, the newest), cap
     their weights, noise them under central DP, and let the strategy make the candidate from ``params``.
@@ -130,21 +153,22 @@ def aggregate_round(
     non-finite candidate sends the round through the screen and the strategy again. A finite
     candidate is then exactly the one the screen-first path makes (it would have accepted them all),
     made without reading every update once more for NaN. Screened updates are marked, so the
-    strategy does not read them again either."""
+    strategy does not read them again either. ``by_sender``: with ``federation.regions``, each
+    sender is a region of its own (``regional_updates``: the deployed root)."""
     dim = setup.net.spec.dim
     if carries_non_finite(setup) and all(u.env_steps > 0 for u in updates):  # every weight positive
         shaped = screen(updates, dim, values=False)
         trusted = [as_screened(u) for u in shaped.accepted]
         try:
             with np.errstate(invalid="ignore", over="ignore"):  # a poisoned round is expected to make NaN here
-                trial = _aggregated(setup, strategy_state, params, version, round_, trusted)
+                trial = _aggregated(setup, strategy_state, params, version, round_, trusted, by_sender)
         except ValueError:  # e.g. SCAFFOLD's count of updates, which the screen may lower
             trial = None
         if trial is not None and _finite(trial):
             return replace(trial, n_rejected=len(shaped.rejected))
     screened = screen(updates, dim)
     return replace(
-        _aggregated(setup, strategy_state, params, version, round_, screened.accepted),
+        _aggregated(setup, strategy_state, params, version, round_, screened.accepted, by_sender),
         n_rejected=len(screened.rejected),
     )
 
@@ -170,7 +194,13 @@ def _finite(done: Aggregated) -> bool:
 
 
 def _aggregated(
-    setup: Setup, strategy_state: object, params: np.ndarray, version: int, round_: int, accepted: list[Update]
+    setup: Setup,
+    strategy_state: object,
+    params: np.ndarray,
+    version: int,
+    round_: int,
+    accepted: list[Update],
+    by_sender: bool = False,
 ) -> Aggregated:
     """The candidate from ``accepted`` (screened) updates: weights capped, central DP's noised mean,
     regions reduced, then the strategy (``n_rejected`` left 0 for the caller)."""
@@ -180,7 +210,7 @@ def _aggregated(
     if setup.config.pipeline.dp.mode == "central":
         given = [central_update(setup, accepted, version, round_)]
     elif setup.config.federation.regions > 1:
-        given, strategy = regional_updates(setup, accepted, version), setup.root_strategy
+        given, strategy = regional_updates(setup, accepted, version, by_sender), setup.root_strategy
     else:
         given = accepted
     new_params, new_state = strategy.aggregate(strategy_state, params, given)

@@ -120,27 +120,47 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
     tune_allocator()  # a round stacks every update: reuse that memory rather than map it afresh each time
     metrics = ServerMetrics.create()
     coordinator = Coordinator.open(config, options.state_dir, metrics, init_from=options.init_from)
-    serving = http = None
     try:
         coordinator.callbacks += make_callbacks(options.callbacks, options.state_dir)
         coordinator.callbacks.append(TensorBoardCallback(options.state_dir / "tensorboard", coordinator.open_round))
+    except Exception:  # a callback that fails: close what was opened (store, callbacks)
+        coordinator.close()
+        raise
+    serve_coordinator(coordinator, config, options, metrics, stop)
+
+
+def serve_coordinator(
+    coordinator: Coordinator,
+    config: ServerConfig,
+    options: ServeOptions,
+    metrics: ServerMetrics,
+    stop: threading.Event,
+    role: str = "server",
+) -> None:
+    """Serve an opened ``coordinator`` (a server's, or a region's: ``role``) with its transport, metrics
+    endpoint and round clock until ``stop`` is set (or, with ``exit_when_finished``, the run is over);
+    closes it."""
+    serving = http = None
+    try:
         serving = start_transport(coordinator, options, config, metrics)
         liveness = Liveness(coordinator)
         if options.metrics_listen:
             status = ServerStatus(coordinator, metrics)
             http = serve_metrics(metrics, *_host_port(options.metrics_listen), liveness, status)
-    except Exception:  # a port in use, a callback that fails: close what was opened (store, callbacks)
+    except Exception:  # a port in use: close what was opened (store, callbacks)
         if serving is not None:
             serving.stop()
         coordinator.close()
         raise
-    info = {**serving.info, "metrics_port": http.port if http else None}
+    info = {**serving.info, "metrics_port": http.port if http else None, "role": role}
     _write_info(options, info)
     if http:
         host = _host_port(options.metrics_listen)[0]
         base = f"http://{host}:{http.port}"
         info = {**info, "metrics": f"{base}/metrics", "health": f"{base}/healthz", "dashboard": f"{base}/"}
-    log_event("server_started", **info, deployed_version=coordinator.deployed_version, state_dir=str(options.state_dir))
+    log_event(
+        f"{role}_started", **info, deployed_version=coordinator.deployed_version, state_dir=str(options.state_dir)
+    )
     ignored = simulator_only_keys(config.experiment)
     if ignored:
         log_event("experiment_keys_ignored", level="warning", keys=ignored, reason="only the simulator uses them")
@@ -163,4 +183,4 @@ def run_server(config: ServerConfig, options: ServeOptions, stop: threading.Even
         if http:
             http.close()
         coordinator.close()
-        log_event("server_stopped", deployed_version=coordinator.deployed_version)
+        log_event(f"{role}_stopped", deployed_version=coordinator.deployed_version)

@@ -10,6 +10,7 @@ import hashlib
 import secrets
 
 TOKEN_BYTES = 32  # 256 bits of randomness
+MIN_TOKEN_CHARS = 32  # a token brought from another server of the hierarchy must be at least this long
 
 
 def new_token() -> str:

@@ -31,6 +31,12 @@ from fedrl.experiment.loading import (
 class RoundConfig(FrozenConfig):
     """When a round closes and who counts as online."""
 
+    updates_per_round: int | None = Field(
+        None,
+        ge=1,
+        description="updates a synchronous round waits for (default: fraction x n_clients; in a hierarchy, "
+        "federation.regions at the root and a region's share of fraction x n_clients at a regional aggregator)",
+    )
     min_updates: int | None = Field(
         None, ge=1, description="updates a round needs once its deadline has passed (default: all it waits for)"
     )
@@ -169,8 +175,8 @@ class ServerConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _simulator_only(self) -> ServerConfig:
-        """The wire carries no observation statistics yet, so a deployed fleet cannot merge them; and a
-        server deploys one model, not a clustered run's several."""
+        """A server deploys one model, not a clustered run's several; it stores every round; its
+        regional aggregators do not run secure aggregation."""
         if self.experiment.federation.clusters > 1:
             raise KeyProblem(
                 "experiment.federation.clusters", "the simulator's only, for now: a server serves one model", True
@@ -181,10 +187,11 @@ class ServerConfig(FrozenConfig):
                 "the simulator's only: a server stores every round and update durably",
                 self.experiment.federation.checkpoint_every,
             )
-        if self.experiment.federation.regions > 1:
+        if self.experiment.federation.regions > 1 and self.experiment.pipeline.secure_aggregation.enabled:
             raise KeyProblem(
                 "experiment.federation.regions",
-                "the simulator's only, for now: a deployed hierarchy needs regional aggregator processes",
+                "the simulator's only with secure aggregation, for now: `fedrl aggregator` forwards its devices' "
+                "updates in the clear",
                 self.experiment.federation.regions,
             )
         return self
@@ -196,10 +203,14 @@ class ServerConfig(FrozenConfig):
 
     @property
     def updates_per_round(self) -> int:
-        """Updates a round waits for: the buffer in asynchronous mode, else ``fraction * n_clients``."""
+        """Updates a round waits for: the buffer in asynchronous mode, else ``rounds.updates_per_round``,
+        else ``fraction * n_clients`` (at the root of a hierarchy: one update per region)."""
         if self.asynchronous:
             return self.experiment.strategy.buffer_size if self.experiment.strategy.name == "fedbuff" else 1
-        return self.experiment.federation.clients_per_round
+        if self.rounds.updates_per_round is not None:
+            return self.rounds.updates_per_round
+        fed = self.experiment.federation
+        return fed.regions if fed.regions > 1 else fed.clients_per_round
 
     @property
     def min_updates(self) -> int:
@@ -261,6 +272,36 @@ def load_server_config(path: Path | None, overrides: list[str] = ()) -> ServerCo
     experiment = _experiment(data.pop("experiment", None), folder, theirs)
     for assignment in mine:
         data = apply_override(data, assignment)
+    try:
+        return ServerConfig.model_validate({**data, "experiment": experiment})
+    except ValidationError as exc:
+        raise ConfigError(f"bad config: {describe_error(exc.errors()[0], data, ServerConfig)}") from None
+
+
+def load_region_config(path: Path | None, overrides: list[str], experiment: ExperimentConfig) -> ServerConfig:
+    """A regional aggregator's config: the deployment sections of a server YAML (``rounds``,
+    ``limits``, ``store``; no ``experiment``, since a region trains its parent's) with the parent's
+    ``experiment``. A region evaluates nothing (its parent's gate does), and a round waits for the
+    region's share of the fleet's updates, ``fraction * n_clients / regions``, unless
+    ``rounds.updates_per_round`` says otherwise."""
+    data = read_yaml(path) if path is not None else {}
+    for assignment in overrides:
+        data = apply_override(data, assignment)
+    if "experiment" in data:
+        raise ConfigError("bad config: experiment: a regional aggregator trains its parent's experiment; remove it")
+    gate = data.get("gate") if isinstance(data.get("gate"), dict) else {}
+    if gate.get("enabled"):
+        raise ConfigError(
+            "bad config: gate.enabled = True: a regional aggregator evaluates nothing; its parent's gate does"
+        )
+    fed = experiment.federation
+    if fed.regions == 1:
+        raise ConfigError(
+            "the parent's experiment is not a hierarchy (experiment.federation.regions: 1): "
+            "set federation.regions on the parent to the number of its regions"
+        )
+    rounds = {"updates_per_round": -(-fed.clients_per_round // fed.regions), **(data.get("rounds") or {})}
+    data = {**data, "rounds": rounds, "gate": {**gate, "enabled": False}}
     try:
         return ServerConfig.model_validate({**data, "experiment": experiment})
     except ValidationError as exc:

@@ -153,15 +153,7 @@ class Coordinator:
                 "bad config: gate.enabled = True: the gate evaluates candidates on environments the server "
                 "simulates, and with experiment.env.family: device there are none; set gate.enabled: false"
             )
-        store = Store(state_dir, config.store.durability)
-        experiment = to_yaml(config.experiment)
-        stored = store.meta("experiment")
-        if stored is not None and stored != experiment and not _same_experiment(stored, config.experiment):
-            store.close()
-            raise ConfigError(
-                f"state dir {state_dir} holds a run of a different experiment; "
-                "use a new --state-dir or the experiment it was started with"
-            )
+        store, stored = open_store(config, state_dir)
         if stored is not None and init_from is not None:
             store.close()
             raise ConfigError(
@@ -177,7 +169,7 @@ class Coordinator:
             score = _gate_return(config, setup, params, norm) if config.gate.enabled else None
             state = state_to_arrays(setup.strategy.init(params))
             card = policy_card(setup, params, 0, norm=norm)
-            store.record_initial(params, state, score, clock(), experiment, card, norm)
+            store.record_initial(params, state, score, clock(), to_yaml(config.experiment), card, norm)
         return cls(config, store, metrics, clock)
 
     def _load(self) -> None:
@@ -233,6 +225,8 @@ class Coordinator:
                     Reason.UNAUTHENTICATED, "unknown token: add the client with `fedrl fleet add-client NAME`"
                 )
             name = self._tokens[hashed] = found[0]
+            with self._lock:
+                self._regions = self._store.regions()
         return name
 
     def frame_key(self, client: str) -> bytes:
@@ -264,6 +258,7 @@ class Coordinator:
     def _load_tokens(self) -> None:
         """Cache every valid token hash and MQTT frame key; clients added later join on first use."""
         self._tokens = self._store.token_names()  # token hash -> client name
+        self._regions = self._store.regions()  # regional aggregators' names -> the most devices each stands for
         self._frame_keys = {name: _frame_key(hashed) for hashed, name in self._tokens.items()}
 
     def _reload_tokens(self) -> None:
@@ -278,11 +273,14 @@ class Coordinator:
             self._client_ids[client] = self._store.client_id(client)
         return self._client_ids[client]
 
-    def add_client(self, name: str) -> str:
-        """Create a client and return its token (``fedrl fleet add-client`` does the same offline);
+    def add_client(self, name: str, devices: int | None = None) -> str:
+        """Create a client and return its token (``fedrl fleet add-client`` does the same offline; with
+        ``devices``, a regional aggregator standing for that many: ``fedrl fleet add-region``);
         under central DP it takes part in the open round if its coin says so."""
         with self._lock:
-            token = self._store.add_client(name, self._clock())
+            token = self._store.add_client(name, self._clock(), devices=devices)
+            if devices is not None:
+                self._regions[name] = devices
             hashed = hash_token(token)
             self._tokens[hashed] = name  # known at once: its first calls cost no unknown-token allowance
             self._frame_keys[name] = _frame_key(hashed)
@@ -553,16 +551,17 @@ class Coordinator:
             raise Rejected(
                 Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}"
             )
-        s = self._decoded(s)
+        s = self._decoded(s, client in self._regions)
         digest = self._check_vectors(s)
         self._check_stats(s)
         return s, digest
 
-    def _decoded(self, s: Submission) -> Submission:
+    def _decoded(self, s: Submission, region: bool) -> Submission:
         """``s`` with its payload decoded into ``delta``; a bare delta only when the experiment has
-        no update pipeline, which every update must pass through."""
+        no update pipeline, which every device's update must pass through, or from a ``region``'s
+        aggregator (its update reduces updates it decoded)."""
         if s.payload is None:
-            if not self.setup.config.pipeline.applies_nothing:
+            if not self.setup.config.pipeline.applies_nothing and not region:
                 raise Rejected(
                     Reason.INVALID_ARGUMENT,
                     "the experiment's update pipeline (clip, compression, DP) "
@@ -585,7 +584,7 @@ class Coordinator:
                 Reason.ALREADY_EXISTS, f"update id {s.update_id!r} is being stored; ask again for its acknowledgement"
             )
         self._check_version(client, s)
-        self._check_size(s)
+        self._check_size(client, s)
         return None
 
     def _record(self, client: str, s: Submission, digest: str) -> Ack:
@@ -686,9 +685,22 @@ class Coordinator:
             self._norm_of = (deployed.version, l2_norm(deployed.params))
         return self._norm_of[1]
 
-    def _check_size(self, s: Submission) -> None:
-        if not 1 <= s.env_steps <= self.config.max_env_steps:
-            raise Rejected(Reason.INVALID_ARGUMENT, f"env_steps {s.env_steps} outside 1..{self.config.max_env_steps}")
+    def _check_size(self, client: str, s: Submission) -> None:
+        """The devices an update stands for (one, or up to a region's) and its env steps (up to the
+        limit for each of them)."""
+        devices = self._regions.get(client)
+        if devices is not None and self.config.experiment.federation.regions == 1:
+            raise Rejected(
+                Reason.FAILED_PRECONDITION,
+                f"{client!r} is a regional aggregator, and this experiment is not a hierarchy "
+                "(experiment.federation.regions: 1)",
+            )
+        if not 1 <= s.clients <= (devices or 1):
+            most = f"region {client!r} stands for at most {devices}" if devices else "a device's update is its own"
+            raise Rejected(Reason.INVALID_ARGUMENT, f"the update reduces {s.clients} devices' updates; {most}")
+        most = self.config.max_env_steps * s.clients
+        if not 1 <= s.env_steps <= most:
+            raise Rejected(Reason.INVALID_ARGUMENT, f"env_steps {s.env_steps} outside 1..{most}")
 
     def _check_version(self, client: str, s: Submission) -> int:
         """The round the update joins, after checking its base version and round."""
@@ -788,10 +800,12 @@ class Coordinator:
                 u.env_steps,
                 UpdateMetrics.from_mapping(u.metrics),
                 u.control_delta,
+                u.clients,
             )
             for u in stored
         ]
-        done = aggregate_round(self.setup, state, deployed.params, deployed.version, round_, updates)
+        hierarchy = self.config.experiment.federation.regions > 1  # each sender is a region (or a device of its own)
+        done = aggregate_round(self.setup, state, deployed.params, deployed.version, round_, updates, hierarchy)
         return done.params, done.strategy_state
 
     def _epsilon(self, closed_rounds: int) -> float | None:
@@ -978,7 +992,21 @@ def _refuse_in_clear(_client: str, _submission: Submission) -> None:
     )
 
 
-def _same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:
+def open_store(config: ServerConfig, state_dir: Path) -> tuple[Store, str | None]:
+    """The store in ``state_dir`` and the experiment of the run it holds (None: no run yet);
+    ``ConfigError`` when that is not ``config``'s experiment."""
+    store = Store(state_dir, config.store.durability)
+    stored = store.meta("experiment")
+    if stored is not None and stored != to_yaml(config.experiment) and not same_experiment(stored, config.experiment):
+        store.close()
+        raise ConfigError(
+            f"state dir {state_dir} holds a run of a different experiment; "
+            "use a new --state-dir or the experiment it was started with"
+        )
+    return store, stored
+
+
+def same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:
     """Whether a state directory's experiment, perhaps written by an older fedrl, is ``experiment``."""
     try:
         return read_resolved(stored_yaml) == experiment
@@ -1069,15 +1097,24 @@ def fleet_stats(setup: Setup) -> NormStats | None:
 
 def merged_stats(norm: NormStats | None, stored: list[StoredUpdate]) -> NormStats | None:
     """``norm`` with the statistics sent beside the round's ``stored`` updates merged in as the
-    simulator merges a round's (``NormStats.merge_rows``): pooled in client order, whatever order
-    they arrived in, then merged into ``norm``."""
-    sent = [u.norm for u in sorted(stored, key=lambda u: u.client_id) if u.norm is not None]
-    if norm is None or not sent:  # personal statistics under DP or secure aggregation travel nowhere
+    simulator merges a round's (``NormStats.merge_rows``): pooled (``pooled_stats``), then merged
+    into ``norm``."""
+    pooled = pooled_stats(stored)
+    if norm is None or pooled is None:  # personal statistics under DP or secure aggregation travel nowhere
         return norm
+    return norm.merge(pooled)
+
+
+def pooled_stats(stored: list[StoredUpdate]) -> NormStats | None:
+    """The statistics sent beside ``stored`` updates pooled in client order, whatever order they
+    arrived in; None when none carries any."""
+    sent = [u.norm for u in sorted(stored, key=lambda u: u.client_id) if u.norm is not None]
+    if not sent:
+        return None
     first, *rest = sent
     for increments in rest:
         first = first.merge(increments)
-    return norm.merge(first)
+    return first
 
 
 def l2_norm(vector: np.ndarray) -> float:

@@ -34,7 +34,7 @@ from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
 from fedrl.core.rows import stored_record, to_arrays
 from fedrl.policy.card import PolicyCard
-from fedrl.server.auth import hash_token, new_token
+from fedrl.server.auth import MIN_TOKEN_CHARS, hash_token, new_token
 from fedrl.wire import disk
 from fedrl.wire.records import ClientStatus, Model, RoundStatus, Submission
 
@@ -63,6 +63,8 @@ _ADDED_COLUMNS = (
     ("updates", "uplink_bytes", "INTEGER NOT NULL DEFAULT 0"),
     ("clients", "revoked_at", "REAL"),  # when its token was revoked; NULL while it is valid
     ("updates", "norm", "TEXT"),  # the normalisation statistics sent beside the update (JSON); NULL without
+    ("clients", "devices", "INTEGER"),  # a regional aggregator: the most devices it stands for; NULL for a device
+    ("updates", "clients", "INTEGER NOT NULL DEFAULT 1"),  # the devices' updates it reduces (a region's: more)
 )
 NORM = "normalize."  # a version file's normalisation statistics, beside its params and strategy state
 REVOKED = "revoked:"  # a revoked client's token_hash is this prefix and its old hash: still unique, never matched
@@ -100,6 +102,7 @@ class StoredUpdate:
     control_delta: np.ndarray | None
     accepted_at: float
     norm: NormStats | None = None  # the statistics of what the client observed; None when nothing is normalised
+    clients: int = 1  # the devices' updates it reduces: 1, or a regional aggregator's count
 
 
 def _round_status(row: dict) -> RoundStatus:
@@ -183,18 +186,32 @@ class Store:
         return row[0] if row else None
 
     # --- clients ------------------------------------------------------------------------
-    def add_client(self, name: str, now: float) -> str:
-        """Register a new client name and return its token; only the token's hash is stored."""
+    def add_client(self, name: str, now: float, token: str | None = None, devices: int | None = None) -> str:
+        """Register a new client name and return its token (a new one, or ``token``: one another
+        server of the hierarchy issued, so a device's one token works at both); only the token's hash
+        is stored. ``devices``: the client is a regional aggregator standing for at most this many
+        devices (``fedrl fleet add-region``)."""
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"client name {name!r}: use letters, digits, '-', '_' and '.' only")
-        token = new_token()
+        if token is not None and len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"a token of {len(token)} characters is too easy to guess: use at least {MIN_TOKEN_CHARS}")
+        if devices is not None and devices < 1:
+            raise ValueError(f"a region stands for at least 1 device, not {devices}")
+        token = new_token() if token is None else token
         try:
             self.db.execute(
-                "INSERT INTO clients(name, token_hash, added_at) VALUES (?, ?, ?)", (name, hash_token(token), now)
+                "INSERT INTO clients(name, token_hash, added_at, devices) VALUES (?, ?, ?, ?)",
+                (name, hash_token(token), now, devices),
             )
         except sqlite3.IntegrityError:
-            raise ValueError(f"client {name!r} already exists") from None
+            taken = self.db.execute("SELECT 1 FROM clients WHERE name = ?", (name,)).fetchone()
+            raise ValueError(f"client {name!r} already exists" if taken else "that token is another client's") from None
         return token
+
+    def regions(self) -> dict[str, int]:
+        """Every regional aggregator among the clients, and the most devices it stands for."""
+        rows = self.db.execute("SELECT name, devices FROM clients WHERE devices IS NOT NULL")
+        return {row["name"]: row["devices"] for row in rows}
 
     def revoke(self, name: str, now: float) -> None:
         """Make ``name``'s token worthless (a running server drops it from its cache at its next
@@ -337,13 +354,35 @@ class Store:
         experiment: str,
         card: PolicyCard | None = None,
         norm: NormStats | None = None,
+        version: int = 0,
+        round_: int = 0,
     ) -> None:
-        """A new run: its experiment, version 0 (with the statistics it starts from) and round 1, in one transaction."""
-        self.write_version_file(0, params, state, card, norm)
+        """A new run: its experiment, its first version (0, or a regional aggregator's copy of its
+        parent's ``version``, made by ``round_``), with the statistics it starts from, and the next
+        round open, in one transaction."""
+        self.write_version_file(version, params, state, card, norm)
         with self._transaction():
             self.db.execute("INSERT INTO meta(key, value) VALUES ('experiment', ?)", (experiment,))
-            self.db.execute("INSERT INTO versions VALUES (0, 0, ?, ?)", (now, eval_return))
-            self.db.execute("INSERT INTO rounds(round, base_version, opened_at) VALUES (1, 0, ?)", (now,))
+            self.db.execute("INSERT INTO versions VALUES (?, ?, ?, ?)", (version, round_, now, eval_return))
+            self.db.execute(
+                "INSERT INTO rounds(round, base_version, opened_at) VALUES (?, ?, ?)", (round_ + 1, version, now)
+            )
+
+    def record_copy(self, version: int, round_: int, eval_return: float | None, now: float) -> None:
+        """Record a regional aggregator's copy of its parent's ``version`` (made by the parent's
+        ``round_``), whose file ``write_version_file`` wrote; a copy recorded already stays as it is."""
+        self.db.execute("INSERT OR IGNORE INTO versions VALUES (?, ?, ?, ?)", (version, round_, now, eval_return))
+
+    def renumber_open_round(self, round_: int, base_version: int, now: float) -> None:
+        """A regional aggregator opens its parent's ``round_`` from ``base_version``: the open round,
+        which holds no update, takes that number, base and opening time."""
+        open_round = self.open_round().round
+        if self.db.execute("SELECT 1 FROM updates WHERE round = ?", (open_round,)).fetchone() is not None:
+            raise ValueError(f"round {open_round} holds updates: forward or close it before opening round {round_}")
+        self.db.execute(
+            "UPDATE rounds SET round = ?, base_version = ?, opened_at = ?, selected = '[]' WHERE round = ?",
+            (round_, base_version, now, open_round),
+        )
 
     # --- rounds -------------------------------------------------------------------------
     def open_round(self) -> RoundStatus:
@@ -426,7 +465,7 @@ class Store:
         s = submission
         self.db.execute(
             "INSERT INTO updates(update_id, client, round, base_version, env_steps, metrics, digest, has_control, "
-            "accepted_at, uplink_bytes, norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "accepted_at, uplink_bytes, norm, clients) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 s.update_id,
                 s.client,
@@ -439,6 +478,7 @@ class Store:
                 now,
                 s.sent_bytes,
                 _norm_json(s.norm),
+                s.clients,
             ),
         )
 
@@ -459,8 +499,8 @@ class Store:
         their vectors; it needs no database, so callers can run it outside their lock)."""
         return self.db.execute(
             "SELECT u.update_id, u.client, c.id AS client_id, u.round, u.base_version, u.env_steps, u.metrics, "
-            "u.digest, u.has_control, u.accepted_at, u.norm FROM updates u JOIN clients c ON c.name = u.client "
-            "WHERE u.round = ? ORDER BY u.rowid",
+            "u.digest, u.has_control, u.accepted_at, u.norm, u.clients "
+            "FROM updates u JOIN clients c ON c.name = u.client WHERE u.round = ? ORDER BY u.rowid",
             (round_,),
         ).fetchall()
 

@@ -232,6 +232,7 @@ def update_parts(submission: Submission) -> Iterator[pb.UpdatePart]:
         base_version=submission.base_version,
         env_steps=submission.env_steps,
         metrics=submission.metrics,
+        clients=submission.clients if submission.clients != 1 else 0,
     )
     if submission.payload is not None:
         meta = codec.describe_bytes(submission.payload)
@@ -278,4 +279,12 @@ def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int, dim: int | None 
         digest=(header.payload if encoded else header.delta).sha256,
         payload=sent if encoded else None,
         norm=read_norm(header.norm) if header.HasField("norm") else None,
+        clients=_clients(header.clients),
     )
+
+
+def _clients(declared: int) -> int:
+    """The devices an update reduces: 1 when the header leaves it out (0), refused below that."""
+    if declared < 0:
+        raise Rejected(Reason.INVALID_ARGUMENT, f"clients {declared} < 0: an update reduces at least one device's")
+    return declared or 1

@@ -133,7 +133,7 @@ class ModelPart(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("update_id", "client", "round", "base_version", "env_steps", "metrics", "delta", "control_delta", "payload", "norm")
+    __slots__ = ("update_id", "client", "round", "base_version", "env_steps", "metrics", "delta", "control_delta", "payload", "norm", "clients")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class UpdateHeader(_message.Message):
     CONTROL_DELTA_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     NORM_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
     update_id: str
     client: str
     round: int
@@ -161,7 +162,8 @@ class UpdateHeader(_message.Message):
     control_delta: VectorHeader
     payload: EncodedHeader
     norm: NormStats
-    def __init__(self, update_id: _Optional[str] = ..., client: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., env_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., control_delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., payload: _Optional[_Union[EncodedHeader, _Mapping]] = ..., norm: _Optional[_Union[NormStats, _Mapping]] = ...) -> None: ...
+    clients: int
+    def __init__(self, update_id: _Optional[str] = ..., client: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., env_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., control_delta: _Optional[_Union[VectorHeader, _Mapping]] = ..., payload: _Optional[_Union[EncodedHeader, _Mapping]] = ..., norm: _Optional[_Union[NormStats, _Mapping]] = ..., clients: _Optional[int] = ...) -> None: ...
 
 class Moments(_message.Message):
     __slots__ = ("count", "mean", "m2")

@@ -92,6 +92,7 @@ class Submission:
         None  # the update pipeline's encoded message (fedrl.core.compress's format), instead of delta
     )
     norm: NormStats | None = None  # the statistics of what the client observed this round (unbatched)
+    clients: int = 1  # devices' updates it reduces: more than 1 only from a regional aggregator
 
     @property
     def sent_digest(self) -> str:

@@ -1,0 +1,92 @@
+"""A device's link to several servers of a hierarchy: its region first, others when it is gone.
+
+``FailoverLink`` is a ``Link`` over an ordered list of links (the device's region, then another
+region or the root). A call goes to the link in use; when it raises ``Unreachable`` the next call
+goes to the next link (the agent backs off and calls again, as it always does). After
+``return_after_s`` on another link, the next call tries the first one again, so a device goes home
+when its region is back. The servers must share the experiment and the version numbers (a region
+serves its parent's), and each must know the device's token (``fedrl fleet add-client NAME
+--same-token FILE``).
+
+The agent sends a synchronous round's update once: after an acknowledgement it trains for no
+other task of that round, wherever it comes from (``fedrl.edge.agent``), so a round is not counted
+twice when a region that acknowledged an update comes back and forwards it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from fedrl.edge.link import Link, Unreachable
+from fedrl.wire.records import Ack, Model, Registration, SecureReply, SecureStep, Submission, Task, Wait
+
+T = TypeVar("T")
+
+
+class FailoverLink:
+    """``Link`` over ``links`` in order of preference; see the module docstring."""
+
+    def __init__(
+        self, links: Sequence[Link], return_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ):
+        if not links:
+            raise ValueError("a failover link needs at least one link")
+        self.links, self.return_after_s, self._clock = list(links), return_after_s, clock
+        self._lock = threading.Lock()  # the heartbeat thread and the agent's loop call at once
+        self._current, self._left_home_at = 0, 0.0
+
+    @property
+    def current(self) -> int:
+        """The index of the link calls go to now."""
+        with self._lock:
+            return self._current
+
+    def _link(self) -> tuple[int, Link]:
+        with self._lock:
+            if self._current and self._clock() - self._left_home_at >= self.return_after_s:
+                self._current = 0
+            return self._current, self.links[self._current]
+
+    def _call(self, call: Callable[[Link], T]) -> T:
+        index, link = self._link()
+        try:
+            return call(link)
+        except Unreachable as exc:
+            with self._lock:
+                if self._current == index:  # another thread may have moved on already
+                    self._current = (index + 1) % len(self.links)
+                    if index == 0:
+                        self._left_home_at = self._clock()
+            raise Unreachable(f"server {index + 1} of {len(self.links)}: {exc}") from None
+
+    def register(self) -> Registration:
+        """Announce this client to the server in use."""
+        return self._call(lambda link: link.register())
+
+    def heartbeat(self, acting_version: int | None) -> int:
+        """Report liveness to the server in use; returns its deployed version."""
+        return self._call(lambda link: link.heartbeat(acting_version))
+
+    def task(self) -> Task | Wait:
+        """Ask the server in use what to do."""
+        return self._call(lambda link: link.task())
+
+    def pull(self, version: int) -> Model:
+        """Download a version from the server in use (every server of a hierarchy numbers them alike)."""
+        return self._call(lambda link: link.pull(version))
+
+    def push(self, submission: Submission) -> Ack:
+        """Upload an update to the server in use."""
+        return self._call(lambda link: link.push(submission))
+
+    def secure(self, round_: int, step: SecureStep, payload: bytes) -> SecureReply:
+        """One step of a secure-aggregation round with the server in use."""
+        return self._call(lambda link: link.secure(round_, step, payload))
+
+    def close(self) -> None:
+        """Close every link."""
+        for link in self.links:
+            link.close()

@@ -1,0 +1,99 @@
+"""The region's side of its parent: one thread that keeps the region in step with the parent.
+
+Over and over: push the update a closed round left to forward (``RegionCoordinator.outbox``), then
+say which version the region serves and copy a newer one the parent deployed (``heartbeat``,
+``pull``), then, with no round open here, ask the parent for one (``task``): a ``Train`` opens the
+parent's round for the region's devices (``arm``), a finished run is passed on (``finish``).
+An unreachable parent is retried with backoff and jitter, forever, as a device retries its server;
+a refused credential stops the region (``Fatal``), since only a change of its settings helps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from fedrl.edge.backoff import BackoffConfig, backoff_delay
+from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, refused_credentials
+from fedrl.edge.link import Link, Unreachable, Untrusted
+from fedrl.server.region import RegionCoordinator
+from fedrl.wire.records import Rejected, Task
+
+POLL_S = 1.0  # while a round is open here: how often the parent hears from the region
+
+
+class Upstream:
+    """The thread that connects ``region`` to its parent through ``link``."""
+
+    def __init__(
+        self,
+        link: Link,
+        region: RegionCoordinator,
+        stop: threading.Event,
+        backoff: BackoffConfig | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.link, self.region, self._stop = link, region, stop
+        self._backoff, self._rng = backoff or BackoffConfig(), rng or np.random.default_rng()
+        self.fatal: Fatal | None = None  # why the thread stopped the region, if it did
+
+    def run(self) -> None:
+        """Keep the region in step with its parent until ``stop`` is set; a refused credential or an
+        untrusted parent sets ``fatal`` and ``stop``."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                wait_s = self.step()
+                failures = 0
+                self.region.ready.wait(wait_s)  # an update ready to forward cuts the wait short
+                continue
+            except Unreachable as exc:
+                wait_s = backoff_delay(self._backoff, failures, self._rng)
+                failures += 1
+                event(logging.WARNING, "parent_unreachable", attempt=failures, retry_in_s=wait_s, error=str(exc))
+            except Untrusted as exc:
+                self._give_up(Fatal(str(exc)))
+                return
+            except Rejected as exc:
+                if exc.reason in CREDENTIAL_REASONS:
+                    self._give_up(refused_credentials(exc))
+                    return
+                wait_s = backoff_delay(self._backoff, failures, self._rng)
+                failures += 1
+                event(logging.WARNING, "parent_refused", reason=exc.reason.value, message=exc.message)
+            self._stop.wait(wait_s)
+
+    def step(self) -> float:
+        """One pass: forward, follow the deployed version, take a round; returns how long to wait."""
+        submission = self.region.outbox()
+        if submission is not None:
+            try:
+                ack = self.link.push(submission)
+            except Rejected as exc:
+                if exc.reason in CREDENTIAL_REASONS:
+                    raise
+                self.region.dropped(f"{exc.reason.value}: {exc.message}")
+            else:
+                self.region.forwarded(ack)
+            return 0.0
+        deployed = self.link.heartbeat(self.region.deployed_version)
+        if deployed > self.region.deployed_version:
+            self.region.mirror(self.link.pull(deployed))
+        if self.region.finished or self.region.armed:
+            return POLL_S
+        reply = self.link.task()
+        if isinstance(reply, Task):
+            if not self.region.has_version(reply.base_version):
+                self.region.mirror(self.link.pull(reply.base_version))
+            self.region.arm(reply)
+            return POLL_S
+        if reply.finished:
+            self.region.finish()
+        return reply.retry_after_s
+
+    def _give_up(self, fatal: Fatal) -> None:
+        self.fatal = fatal
+        event(logging.ERROR, "region_stopped", error=str(fatal))
+        self._stop.set()

@@ -1,0 +1,284 @@
+"""A regional aggregator's coordinator: a server to its devices whose rounds are its parent's.
+
+A region (``fedrl aggregator``) serves its devices as ``fedrl server`` does -- tokens, rate
+limits, the durable store, the same gRPC or MQTT service -- but it makes no versions of its own.
+Its versions are copies of its parent's, under the parent's numbers (``mirror``), and its rounds
+are the parent's rounds it was given a task in, under the parent's numbers (``arm``). Its devices
+train from the parent's version, the region closes the round as a server does (every wanted
+update in, or ``min_updates`` by its deadline), and instead of a candidate it makes the one update
+it forwards (``fedrl.experiment.aggregation.region_update``: the robust rule and the norm bound over
+its devices' updates, weighted by their env steps, with their normalisation statistics pooled).
+``fedrl.region`` pushes it to the parent and reports back (``forwarded`` or ``dropped``); only then
+does the round close here.
+
+What survives a ``kill -9``: the parent's round the open round belongs to (``PARENT_ROUND``), and
+that its reduction was being forwarded (``FORWARDING``): no update joins it any more, and the same
+stored updates reduce to the same bytes after a restart, so a resubmission is acknowledged by the
+parent once (the update id is the region's name and the round).
+
+A round runs to the parent's deadline less a margin (``FORWARD_SHARE``): one that by then lacks
+``min_updates`` is dropped here, with its updates (the parent would refuse it as late).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedrl.core.strategies import state_to_arrays
+from fedrl.core.update import Update, UpdateMetrics
+from fedrl.experiment.aggregation import region_update
+from fedrl.experiment.card import policy_card
+from fedrl.experiment.loading import to_yaml
+from fedrl.experiment.setup import Setup
+from fedrl.server.config import ServerConfig
+from fedrl.server.coordinator import Clock, Coordinator, open_store, pooled_stats
+from fedrl.server.log import log_event
+from fedrl.server.metrics import ServerMetrics
+from fedrl.server.store import Store, StoredUpdate
+from fedrl.wire.records import Ack, Model, Submission, Task, Wait
+
+PARENT_ROUND = "parent_round"  # meta: the parent's round the open round is (JSON), while it is open
+FORWARDING = "forwarding"  # meta: the open round whose reduction is being forwarded (no update joins it)
+PARENT_FINISHED = "parent_finished"  # meta: the parent said its run is over
+FORWARD_SHARE = 0.8  # a round here closes by this share of the parent's time left: the rest is for forwarding
+
+
+@dataclass(frozen=True)
+class ParentRound:
+    """The parent's round the region's open round belongs to."""
+
+    round: int
+    base_version: int
+    forward_by: float  # unix seconds: the round closes here by then, to reach the parent before its deadline
+
+
+class RegionCoordinator(Coordinator):
+    """A ``Coordinator`` whose versions and rounds are its parent's; see the module docstring."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        name: str,
+        metrics: ServerMetrics | None = None,
+        clock: Clock = time.time,
+    ):
+        self.name = name
+        self.ready = threading.Event()  # set when an update is ready to forward: the upstream pushes it at once
+        self._outbox: Submission | None = None
+        super().__init__(config, store, metrics, clock)
+
+    @classmethod
+    def open_region(
+        cls,
+        config: ServerConfig,
+        state_dir: Path,
+        name: str,
+        parent_model: Model,
+        metrics: ServerMetrics | None = None,
+        clock: Clock = time.time,
+    ) -> RegionCoordinator:
+        """Start region ``name`` in ``state_dir`` from its parent's deployed ``parent_model``, or
+        resume the one stored there (its parent's experiment only)."""
+        store, stored = open_store(config, state_dir)
+        if stored is None:
+            setup = Setup(config.experiment)
+            m = parent_model
+            state = state_to_arrays(setup.strategy.init(m.params))
+            card = policy_card(setup, m.params, m.version, norm=m.norm)
+            experiment = to_yaml(config.experiment)
+            store.record_initial(m.params, state, m.eval_return, clock(), experiment, card, m.norm, m.version, m.round)
+        return cls(config, store, name, metrics, clock)
+
+    def _load(self) -> None:
+        super()._load()
+        parent = self._store.meta(PARENT_ROUND)
+        found = None if parent is None else ParentRound(**json.loads(parent))
+        self._parent = found if found is not None and found.round == self._round.round else None
+        self._forwarding = self._parent is not None and self._store.meta(FORWARDING) == str(self._round.round)
+        self._closing = self._forwarding  # a restart does not reopen a round that was being forwarded
+        self._parent_finished = self._store.meta(PARENT_FINISHED) is not None
+
+    # --- what the parent says ------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """Whether the parent said its run is over."""
+        return self._parent_finished
+
+    @property
+    def armed(self) -> bool:
+        """Whether a parent's round is open here (its devices train, or its update is being forwarded)."""
+        return self._parent is not None
+
+    def has_version(self, version: int) -> bool:
+        """Whether the parent's ``version`` is copied here."""
+        with self._lock:
+            return self._store.has_version(version)
+
+    def mirror(self, model: Model) -> None:
+        """Copy the parent's version ``model``; the newest copy is the one the devices act with. A
+        newer version than the open round's base means the parent closed that round: it is dropped."""
+        with self._lock:
+            if not self._store.has_version(model.version):
+                card = policy_card(self.setup, model.params, model.version, norm=model.norm)
+                state = state_to_arrays(self.setup.strategy.init(model.params))
+                self._store.write_version_file(model.version, model.params, state, card, model.norm)
+                self._store.record_copy(model.version, model.round, model.eval_return, self._clock())
+            if model.version <= self._deployed.version:
+                return
+            self._deployed = model
+            self._publish()
+            if self._parent is not None and not self._forwarding and model.version > self._parent.base_version:
+                self._drop(f"the parent deployed version {model.version}: its round {self._parent.round} is over")
+            self._opened.notify_all()
+
+    def arm(self, task: Task) -> None:
+        """Open the parent's round ``task.round`` here, from its base version (copied already): the
+        devices are sampled, and those held waiting get their tasks."""
+        with self._lock:
+            if self._parent is not None:
+                if self._parent.round == task.round:
+                    return
+                if self._forwarding:
+                    raise ValueError(f"round {self._parent.round} is being forwarded; round {task.round} must wait")
+                self._drop(f"the parent opened round {task.round}")
+            if not self._store.has_version(task.base_version):
+                raise ValueError(f"version {task.base_version} is not copied here yet")
+            if task.base_version > self._deployed.version:
+                self._deployed = self._store.load_version(task.base_version)[0]
+            now = self._clock()
+            self._store.renumber_open_round(task.round, task.base_version, now)
+            self._parent = ParentRound(task.round, task.base_version, now + FORWARD_SHARE * task.deadline_s)
+            self._store.set_meta(PARENT_ROUND, json.dumps(dataclasses.asdict(self._parent)))
+            self._round = self._store.open_round()
+            self._arrived, self._selected, self._forfeiting, self._replaced = [], set(), {}, set()
+            self._sample()
+            self._publish()
+            log_event(
+                "parent_round", round=task.round, base_version=task.base_version, forward_by=self._parent.forward_by
+            )
+            self._opened.notify_all()
+
+    def finish(self) -> None:
+        """The parent's run is over: devices are told so."""
+        with self._lock:
+            if not self._parent_finished:
+                self._store.set_meta(PARENT_FINISHED, repr(self._clock()))
+                self._parent_finished = True
+                self._opened.notify_all()
+
+    def outbox(self) -> Submission | None:
+        """The update to forward to the parent, once the round is reduced; None before."""
+        with self._lock:
+            return self._outbox
+
+    def forwarded(self, ack: Ack) -> None:
+        """The parent acknowledged the forwarded update: the round closes here."""
+        with self._lock:
+            log_event("forwarded", round=ack.round, update_id=ack.update_id, duplicate=ack.duplicate)
+            self._close_here(None)
+
+    def dropped(self, reason: str) -> None:
+        """The parent refused the forwarded update: the round closes here without it."""
+        with self._lock:
+            self._close_here(f"the parent refused its update: {reason}")
+
+    # --- the devices' side ---------------------------------------------------------------
+    def _task(self, client: str, admit: bool = True) -> Task | Wait:
+        with self._lock:
+            if self._parent is None and not self.finished:
+                if admit:
+                    self._admit(client)
+                return Wait(self.config.rounds.retry_s, "waiting for the parent's next round")
+            return super()._task(client, admit)
+
+    def _time_left(self) -> float:
+        left = super()._time_left()
+        if self._parent is None:
+            return left
+        return max(0.0, min(left, self._parent.forward_by - self._clock()))
+
+    # --- closing a round here ------------------------------------------------------------
+    def tick(self) -> None:
+        """Store liveness now and then; reduce the open round into the update to forward once it
+        is due (or drop it, when it cannot be forwarded in time)."""
+        with self._lock:
+            self._flush_liveness()
+            self._reload_tokens()
+            if self._parent is None or self._outbox is not None:
+                return
+            if not self._forwarding:
+                if self._time_left() == 0.0 and len(self._arrived) < self.config.min_updates:
+                    self._drop(f"{len(self._arrived)} updates by the parent's deadline, fewer than min_updates")
+                    return
+                if not self._due():
+                    return
+                self._forwarding = self._closing = True
+                self._store.set_meta(FORWARDING, str(self._round.round))
+            parent, records = self._parent, self._store.round_records(self._round.round)
+        stored = self._store.read_updates(records, self.dim)
+        submission = self._reduced(parent, stored)
+        with self._lock:
+            if submission is None:
+                self._close_here("the screen refused every update")
+                return
+            self._outbox = submission
+            self.ready.set()
+
+    def _reduced(self, parent: ParentRound, stored: list[StoredUpdate]) -> Submission | None:
+        """The one update the region forwards for ``parent``'s round (None when none is usable)."""
+        updates = [
+            Update(u.client_id, u.base_version, u.delta, u.env_steps, UpdateMetrics.from_mapping(u.metrics))
+            for u in stored
+        ]
+        reduced, refused = region_update(self.setup, updates, parent.base_version)
+        if refused:
+            log_event("updates_screened_out", level="warning", round=parent.round, refused=refused)
+        if reduced is None:
+            return None
+        steps = np.array([u.env_steps for u in updates], dtype=np.float64)
+        loss = np.array([u.metrics.loss for u in updates], dtype=np.float64)
+        metrics = {
+            "loss": float(np.sum(steps * loss) / steps.sum()),
+            "episodes": float(sum(u.metrics.episodes for u in updates)),
+        }
+        norm = pooled_stats(stored) if self.setup.config.stats_travel else None
+        return Submission(
+            update_id=f"{self.name}.round{parent.round}",
+            client=self.name,
+            round=parent.round,
+            base_version=parent.base_version,
+            delta=reduced.delta,
+            env_steps=reduced.env_steps,
+            metrics=metrics,
+            norm=norm,
+            clients=reduced.clients,
+        )
+
+    def _drop(self, reason: str) -> None:
+        """Close the open parent's round here without forwarding it (its updates are not counted)."""
+        log_event(
+            "region_round_dropped", level="warning", round=self._round.round, updates=len(self._arrived), reason=reason
+        )
+        self._close_here(reason)
+
+    def _close_here(self, reason: str | None) -> None:
+        """Close the open round (forwarded when ``reason`` is None) and wait for the parent's next."""
+        round_ = self._round
+        records = self._store.round_records(round_.round)
+        self._store.close_round(round_.round, self._clock(), None, None, self._deployed.version)
+        for r in records:
+            self._store.remove_update_file(r["update_id"])
+        self._store.set_meta(FORWARDING, "")
+        self._parent, self._outbox, self._forwarding, self._closing = None, None, False, False
+        self.ready.clear()
+        self._open_next_round()
+        if reason is not None:
+            log_event("region_round_closed", round=round_.round, forwarded=False, reason=reason)

@@ -1,0 +1,244 @@
+"""A deployed hierarchy in one process: a root coordinator, two regions (``RegionCoordinator`` and
+its ``Upstream``), and simulated devices that train in the simulator's shards and submit to their
+region as an edge agent would. The link between a region and the root calls the root's
+coordinator as its gRPC service does; ``tests/region/test_aggregator_process.py`` runs the same
+over real gRPC in separate processes.
+
+What a user relies on: the hierarchy makes the model the simulator's ``federation.regions`` makes;
+a region's weight is its devices' steps, capped at its enrolment; what only a region may send is
+refused from a device and the reverse.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedrl.experiment.loading import parse_config, read_resolved
+from fedrl.region.upstream import Upstream
+from fedrl.server.config import ServerConfig, load_region_config
+from fedrl.server.coordinator import Coordinator
+from fedrl.server.region import RegionCoordinator
+from fedrl.sim.clients import train_clients
+from fedrl.sim.engine import initial_state
+from fedrl.sim.setup import SimSetup
+from fedrl.sim.sync import sync_round
+from fedrl.wire.records import Rejected, Submission, Task, Wait
+
+
+class DirectLink:
+    """A ``Link`` that calls a coordinator in this process as its gRPC service would, as ``name``."""
+
+    def __init__(self, coordinator: Coordinator, name: str) -> None:
+        self.coordinator, self.name = coordinator, name
+
+    def register(self):
+        return self.coordinator.register(self.name)
+
+    def heartbeat(self, acting_version):
+        return self.coordinator.heartbeat(self.name, acting_version)
+
+    def task(self):
+        return self.coordinator.task(self.name)
+
+    def pull(self, version):
+        self.coordinator.admit(self.name)
+        return self.coordinator.model(version)
+
+    def push(self, submission):
+        return self.coordinator.submit(self.name, submission)
+
+    def secure(self, round_, step, payload):
+        raise AssertionError("no secure aggregation in a hierarchy")
+
+    def close(self):
+        pass
+
+
+def device(i: int) -> str:
+    return f"dev-{i}"
+
+
+def open_root(experiment, state_dir) -> Coordinator:
+    """A root (or flat) server's coordinator without the gate: every candidate deploys."""
+    return Coordinator.open(ServerConfig(experiment=experiment, gate={"enabled": False}), state_dir)
+
+
+def signed(s: Submission) -> Submission:
+    """``s`` with the digest its sender computes."""
+    return replace(s, digest=s.sent_digest)
+
+
+class Hierarchy:
+    """A root and two regions in ``tmp_path``; devices 0..n/2-1 in region ``a``, the rest in ``b``."""
+
+    def __init__(self, tmp_path, experiment: dict, region_overrides: list[str] = ()):
+        self.experiment = parse_config(experiment)
+        self.setup = SimSetup(self.experiment)
+        self.root = Coordinator.open(
+            ServerConfig(experiment=self.experiment, gate={"enabled": False}), tmp_path / "root"
+        )
+        n = self.experiment.federation.n_clients
+        self.members = {"a": list(range(n // 2)), "b": list(range(n // 2, n))}
+        self.regions, self.upstreams = {}, {}
+        for name, members in self.members.items():
+            self.root.add_client(f"region-{name}", devices=len(members))
+            link = DirectLink(self.root, f"region-{name}")
+            registration = link.register()
+            config = load_region_config(None, list(region_overrides), read_resolved(registration.experiment_yaml))
+            model = link.pull(registration.deployed_version)
+            region = RegionCoordinator.open_region(config, tmp_path / f"region-{name}", f"region-{name}", model)
+            for i in members:
+                region.add_client(device(i))
+                region.register(device(i))
+            self.regions[name] = region
+            self.upstreams[name] = Upstream(link, region, threading.Event())
+        self.clients = initial_state(self.setup)
+
+    def region_of(self, i: int) -> RegionCoordinator:
+        return self.regions["a" if i in self.members["a"] else "b"]
+
+    def sync(self) -> None:
+        """Each region hears from the root: forwards what it has, follows the version, takes a round."""
+        for upstream in self.upstreams.values():
+            upstream.step()
+
+    def devices_train(self, round_: int, only: set[int] | None = None) -> dict[int, Task]:
+        """Devices (``only`` these) heartbeat and ask their region for work; those given a task train
+        from its base version (in the simulator's shards) and submit it."""
+        n = self.experiment.federation.n_clients
+        tasks = {}
+        for i in range(n):
+            if only is not None and i not in only:
+                continue
+            region = self.region_of(i)
+            region.heartbeat(device(i), region.deployed_version)
+            if isinstance(task := region.task(device(i)), Task):
+                tasks[i] = task
+        if not tasks:
+            return tasks
+        base = next(iter(tasks.values())).base_version
+        model = self.region_of(next(iter(tasks))).model(base)
+        self.clients = replace(self.clients, params=model.params, version=model.version)
+        sent, self.clients, _ = train_clients(self.setup, self.clients, np.array(sorted(tasks)), (round_,))
+        for u in (received.update for received in sent):
+            task = tasks[u.client_id]
+            s = Submission(
+                f"{device(u.client_id)}-r{task.round}",
+                device(u.client_id),
+                task.round,
+                task.base_version,
+                u.delta,
+                u.env_steps,
+                u.metrics.as_mapping(),
+            )
+            self.region_of(u.client_id).submit(device(u.client_id), signed(s))
+        return tasks
+
+    def round(self, round_: int) -> None:
+        """One whole round: regions take it, devices train, regions reduce and forward, the root closes it."""
+        self.sync()
+        self.devices_train(round_)
+        for region in self.regions.values():
+            region.tick()
+        self.sync()
+        self.root.tick()
+        self.sync()  # the regions copy the new version
+
+
+@pytest.fixture
+def hierarchy_config(tiny_config):
+    return {**tiny_config, "federation": {**tiny_config["federation"], "n_clients": 4, "regions": 2}}
+
+
+@pytest.mark.parametrize("rule", ["mean", "median"])
+def test_a_deployed_hierarchy_makes_the_simulators_regional_model(tmp_path, hierarchy_config, rule):
+    # Prepare
+    experiment = {**hierarchy_config, "strategy": {"name": "fedavgm", "momentum": 0.5, "robust": {"rule": rule}}}
+    h = Hierarchy(tmp_path, experiment)
+    sim = initial_state(h.setup)
+
+    # Execute: two rounds in both runtimes
+    for round_ in (1, 2):
+        sim, _ = sync_round(h.setup, sim, round_)
+        h.round(round_)
+
+    # Assert: the root deployed the simulator's model, bit for bit; each region forwarded once a round
+    assert h.root.deployed_version == 2
+    np.testing.assert_array_equal(h.root.model().params, sim.params)
+    assert [r.n_updates for r in h.root.status().rounds[:2]] == [2, 2]
+    assert all(region.deployed_version == 2 for region in h.regions.values())
+    assert [r.n_updates for r in h.regions["a"].status().rounds if r.closed_at] == [2, 2]
+
+
+def test_a_regions_update_weighs_its_devices_steps_and_is_capped_at_its_enrolment(tmp_path, hierarchy_config):
+    # Prepare: round 1 open in both regions; the devices of region a train
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.sync()
+    h.devices_train(1, only={0, 1})
+    h.regions["a"].tick()
+
+    # Execute: what region a forwards
+    out = h.regions["a"].outbox()
+
+    # Assert: one update of both devices' steps, for the root's round 1 from its version 0
+    assert (out.client, out.round, out.base_version, out.clients) == ("region-a", 1, 0, 2)
+    assert out.env_steps == 2 * 256
+    assert out.update_id == "region-a.round1"
+    # claiming more devices than it was enrolled for, or more steps than they may take, is refused
+    for bad, message in [
+        (replace(out, update_id="x1", clients=3), "reduces 3 devices' updates; region 'region-a' stands for at most 2"),
+        (replace(out, update_id="x2", env_steps=10**7), "env_steps 10000000 outside 1..2048"),
+    ]:
+        with pytest.raises(Rejected, match=message):
+            h.root.submit("region-a", signed(bad))
+    assert h.root.submit("region-a", out).round == 1
+
+
+def test_a_device_cannot_claim_to_be_a_region_and_a_region_needs_a_hierarchy(tmp_path, hierarchy_config, tiny_config):
+    # Prepare: a device of the root itself (one that failed over to it)
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.root.add_client("dev-x")
+    h.sync()
+    for name in ("dev-x", "region-a", "region-b"):
+        h.root.heartbeat(name, 0)
+    task = h.root.task("dev-x")
+    assert isinstance(task, Wait)  # the root's places are the regions'
+
+    # Execute and assert: a bare delta claiming several devices is refused, as is a region under a flat experiment
+    delta = np.zeros(h.setup.net.spec.dim, np.float32)
+    with pytest.raises(Rejected, match="has no task in round 1"):
+        h.root.submit("dev-x", signed(Submission("u1", "dev-x", 1, 0, delta, 100, clients=2)))
+    flat = open_root(parse_config(tiny_config), tmp_path / "flat")
+    flat.add_client("region-z", devices=3)
+    flat.heartbeat("region-z", 0)
+    assert isinstance(flat.task("region-z"), Task)
+    with pytest.raises(Rejected, match="is a regional aggregator, and this experiment is not a hierarchy"):
+        flat.submit("region-z", signed(Submission("u2", "region-z", 1, 0, delta, 100, clients=2)))
+
+
+def test_a_region_killed_while_forwarding_forwards_the_same_update_once(tmp_path, hierarchy_config):
+    # Prepare: region a reduced round 1 and pushed it, but was killed before it heard the ack
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.sync()
+    h.devices_train(1, only={0, 1})
+    h.regions["a"].tick()
+    first = h.regions["a"].outbox()
+    h.root.submit("region-a", first)
+    h.regions["a"]._store.close()  # kill -9: nothing more is written
+
+    # Execute: the region restarts from its state directory
+    config = h.regions["a"].config
+    region = RegionCoordinator(config, type(h.regions["a"]._store)(tmp_path / "region-a"), "region-a")
+    assert region.armed and isinstance(region.task("dev-0"), Wait)  # no update joins a round being forwarded
+    region.tick()
+    again = region.outbox()
+    ack = h.root.submit("region-a", again)
+
+    # Assert: the same bytes, acknowledged as a duplicate; the round then closes here
+    assert again.sent_digest == first.sent_digest and ack.duplicate
+    region.forwarded(ack)
+    assert not region.armed and region.status().rounds[-2].closed_at is not None
