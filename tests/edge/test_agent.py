@@ -359,3 +359,13 @@ def test_a_finished_run_ends_the_agent_even_when_the_server_is_gone_right_after(
     assert not running.thread.is_alive() and running.error is None
     assert link.calls[-1] == gone and link.calls.count(gone) == 1  # tried once, not forever
     assert running.agent.acting.version == 0
+
+
+def test_a_task_for_a_round_already_acknowledged_is_not_trained_again(experiment, params, tmp_path, edge_log):
+    # a region acknowledged round 1, died, and the device's fallback offers round 1 again
+    link = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0), Task(1, 0, 60.0), Task(2, 0, 60.0)])
+
+    agent(link, tmp_path).run()
+
+    assert [s.round for s in link.pushed] == [1, 2]
+    assert [e.fields["round"] for e in edge_log.events("task_skipped")] == [1]

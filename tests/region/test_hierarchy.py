@@ -12,11 +12,14 @@ refused from a device and the reverse.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import yaml
 
+from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, read_resolved
 from fedrl.region.upstream import Upstream
 from fedrl.server.config import ServerConfig, load_region_config
@@ -26,7 +29,7 @@ from fedrl.sim.clients import train_clients
 from fedrl.sim.engine import initial_state
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.sync import sync_round
-from fedrl.wire.records import Rejected, Submission, Task, Wait
+from fedrl.wire.records import Model, Rejected, Submission, Task, Wait
 
 
 class DirectLink:
@@ -75,7 +78,7 @@ def signed(s: Submission) -> Submission:
 class Hierarchy:
     """A root and two regions in ``tmp_path``; devices 0..n/2-1 in region ``a``, the rest in ``b``."""
 
-    def __init__(self, tmp_path, experiment: dict, region_overrides: list[str] = ()):
+    def __init__(self, tmp_path, experiment: dict, region_overrides: list[str] = (), clock=time.time):
         self.experiment = parse_config(experiment)
         self.setup = SimSetup(self.experiment)
         self.root = Coordinator.open(
@@ -90,7 +93,9 @@ class Hierarchy:
             registration = link.register()
             config = load_region_config(None, list(region_overrides), read_resolved(registration.experiment_yaml))
             model = link.pull(registration.deployed_version)
-            region = RegionCoordinator.open_region(config, tmp_path / f"region-{name}", f"region-{name}", model)
+            region = RegionCoordinator.open_region(
+                config, tmp_path / f"region-{name}", f"region-{name}", model, clock=clock
+            )
             for i in members:
                 region.add_client(device(i))
                 region.register(device(i))
@@ -242,3 +247,79 @@ def test_a_region_killed_while_forwarding_forwards_the_same_update_once(tmp_path
     assert again.sent_digest == first.sent_digest and ack.duplicate
     region.forwarded(ack)
     assert not region.armed and region.status().rounds[-2].closed_at is not None
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_round_without_enough_updates_by_the_parents_deadline_is_dropped_and_devices_wait(tmp_path, hierarchy_config):
+    # Prepare: region a takes round 1 (the root's deadline is 60 s: the region closes it by 48 s)
+    clock = Clock()
+    h = Hierarchy(tmp_path, hierarchy_config, clock=clock)
+    h.sync()
+    region = h.regions["a"]
+    assert region.armed and isinstance(region.task("dev-0"), Task)
+
+    # Execute: no update arrives by then
+    clock.now += 0.8 * 60 + 1
+    region.tick()
+
+    # Assert: the round is closed here, nothing is forwarded, devices wait for the root's next round
+    assert not region.armed and region.outbox() is None
+    wait = region.task("dev-0")
+    assert isinstance(wait, Wait) and wait.reason == "waiting for the parent's next round"
+
+
+def test_a_newer_version_from_the_parent_ends_the_open_round_and_devices_act_with_it(tmp_path, hierarchy_config):
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.sync()
+    region = h.regions["a"]
+    newer = Model(1, region.model().params + 1.0, 1, None)
+
+    region.mirror(newer)
+
+    assert not region.armed and region.deployed_version == 1
+    assert region.model(1).params.tobytes() == newer.params.tobytes() and region.model(0).version == 0
+    assert region.heartbeat("dev-0", 0) == 1
+
+
+def test_devices_hear_the_same_experiment_from_their_region_and_from_the_root(tmp_path, hierarchy_config):
+    # a device that registers with the root after failing over must not start afresh
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.root.add_client("dev-0")
+    assert h.regions["a"].register("dev-0").experiment_yaml == h.root.register("dev-0").experiment_yaml
+
+
+def test_a_regions_config_names_what_it_cannot_take(tmp_path, hierarchy_config, tiny_config):
+    experiment = parse_config(hierarchy_config)
+    assert load_region_config(None, [], experiment).updates_per_round == 2  # its share: 4 clients / 2 regions
+    assert load_region_config(None, [], experiment).gate.enabled is False
+    bad = [
+        ({"experiment": {"name": "x"}}, experiment, "experiment: a regional aggregator trains its parent's"),
+        ({"gate": {"enabled": True}}, experiment, "a regional aggregator evaluates nothing"),
+        ({}, parse_config(tiny_config), "not a hierarchy .experiment.federation.regions: 1."),
+        ({"rounds": {"deadline_s": -1}}, experiment, "rounds.deadline_s"),
+    ]
+    for i, (data, parent, message) in enumerate(bad):
+        path = tmp_path / f"region{i}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ConfigError, match=message):
+            load_region_config(path, [], parent)
+
+
+def test_a_region_forwarding_a_round_takes_no_other_and_its_store_keeps_numbers(tmp_path, hierarchy_config):
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.sync()
+    h.devices_train(1, only={0, 1})
+    region = h.regions["a"]
+    region.tick()
+    assert region.outbox() is not None
+    with pytest.raises(ValueError, match="round 1 is being forwarded; round 2 must wait"):
+        region.arm(Task(2, 0, 60.0))
+    with pytest.raises(ValueError, match="round 1 holds updates"):
+        region._store.renumber_open_round(2, 0, 0.0)

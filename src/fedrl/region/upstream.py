@@ -78,9 +78,7 @@ class Upstream:
             else:
                 self.region.forwarded(ack)
             return 0.0
-        deployed = self.link.heartbeat(self.region.deployed_version)
-        if deployed > self.region.deployed_version:
-            self.region.mirror(self.link.pull(deployed))
+        self._follow()
         if self.region.finished or self.region.armed:
             return POLL_S
         reply = self.link.task()
@@ -90,8 +88,15 @@ class Upstream:
             self.region.arm(reply)
             return POLL_S
         if reply.finished:
+            self._follow()  # the parent's final version may be newer than the heartbeat above said
             self.region.finish()
         return reply.retry_after_s
+
+    def _follow(self) -> None:
+        """Say which version the region serves; copy the one the parent deploys when it is newer."""
+        deployed = self.link.heartbeat(self.region.deployed_version)
+        if deployed > self.region.deployed_version:
+            self.region.mirror(self.link.pull(deployed))
 
     def _give_up(self, fatal: Fatal) -> None:
         self.fatal = fatal

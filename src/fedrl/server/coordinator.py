@@ -438,7 +438,8 @@ class Coordinator:
 
     def _sample(self) -> None:
         """Sample this round's clients from those online; fewer online means room for newcomers.
-        Under central DP: every client with a token, each by its own coin (Poisson sampling)."""
+        Under central DP: every client with a token, each by its own coin (Poisson sampling). At the
+        root of a hierarchy the regional aggregators online are sampled first."""
         if self._central_dp:
             self._selected = {c.client for c in self._store.clients() if self._coin(c.client)}
             self._store.set_selected(self._round.round, sorted(self._selected))
@@ -449,7 +450,15 @@ class Coordinator:
         if self.config.asynchronous or size == 0:
             return
         rng = self.setup.rng(SAMPLE_STREAM, self._round.round)
-        self._selected = {online[i] for i in rng.choice(len(online), size=size, replace=False)}
+        regions = [c for c in online if c in self._regions]
+        if regions:  # the root of a hierarchy: its regions first, devices that failed over to it fill what is left
+            devices = [c for c in online if c not in self._regions]
+            online = [regions[i] for i in rng.permutation(len(regions))] + [
+                devices[i] for i in rng.permutation(len(devices))
+            ]
+            self._selected = set(online[:size])
+        else:
+            self._selected = {online[i] for i in rng.choice(len(online), size=size, replace=False)}
         self._store.set_selected(self._round.round, sorted(self._selected))
 
     def secure_step(self, client: str, round_: int, step: SecureStep, payload: bytes) -> SecureReply:

@@ -1,0 +1,98 @@
+"""A device's link to its region, with the root (or another region) while the region is gone."""
+
+import threading
+
+import pytest
+
+from fedrl.edge.failover import FailoverLink
+from fedrl.edge.link import Unreachable
+
+
+class Server:
+    """A link double that answers with its name, or is down."""
+
+    def __init__(self, name):
+        self.name, self.down, self.closed = name, False, False
+
+    def heartbeat(self, acting_version):
+        if self.down:
+            raise Unreachable(f"{self.name}: UNAVAILABLE")
+        return self.name
+
+    def close(self):
+        self.closed = True
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_calls_go_to_the_next_server_while_one_is_down_and_home_again_after_a_while():
+    region, root, clock = Server("region"), Server("root"), Clock()
+    link = FailoverLink([region, root], return_after_s=60.0, clock=clock)
+    assert link.heartbeat(0) == "region"
+
+    region.down = True
+    with pytest.raises(Unreachable, match="server 1 of 2: region: UNAVAILABLE"):
+        link.heartbeat(0)
+    assert link.heartbeat(0) == "root" and link.current == 1
+
+    region.down = False
+    clock.now = 59.0
+    assert link.heartbeat(0) == "root"  # not yet
+    clock.now = 60.0
+    assert link.heartbeat(0) == "region" and link.current == 0
+
+
+def test_with_every_server_down_the_calls_go_round_and_the_agent_keeps_backing_off():
+    servers = [Server("a"), Server("b"), Server("c")]
+    for s in servers:
+        s.down = True
+    link = FailoverLink(servers, clock=Clock())
+    tried = []
+    for _ in range(4):
+        with pytest.raises(Unreachable) as failed:
+            link.heartbeat(0)
+        tried.append(str(failed.value).split(":")[0])
+    assert tried == ["server 1 of 3", "server 2 of 3", "server 3 of 3", "server 1 of 3"]
+
+
+def test_two_threads_failing_at_once_move_on_one_server_not_two():
+    region, spare, root = Server("region"), Server("spare"), Server("root")
+    link = FailoverLink([region, spare, root], clock=Clock())
+    region.down = True
+    barrier = threading.Barrier(2)
+    original = region.heartbeat
+
+    def both_inside(acting_version):
+        barrier.wait(5)  # the heartbeat thread and the agent's loop both call the dead region
+        return original(acting_version)
+
+    region.heartbeat = both_inside
+    failed = []
+
+    def call():
+        try:
+            link.heartbeat(0)
+        except Unreachable:
+            failed.append(True)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert failed == [True, True]
+    assert link.current == 1 and link.heartbeat(0) == "spare"
+
+
+def test_closing_closes_every_link_and_none_is_refused():
+    servers = [Server("a"), Server("b")]
+    FailoverLink(servers).close()
+    assert all(s.closed for s in servers)
+    with pytest.raises(ValueError, match="at least one link"):
+        FailoverLink([])
