@@ -16,7 +16,7 @@ import pytest
 UNITS = Path(__file__).parents[2] / "deploy" / "systemd"
 INSTALLED = "/opt/fedrl/bin/fedrl"  # where the units expect fedrl (docs/deploy-systemd.md)
 EXPOSURE = 20  # systemd-analyze security's exposure in tenths (2.0 of 10 is "OK"; lower is safer)
-NAMES = ("fedrl-agent.service", "fedrl-server.service")
+NAMES = ("fedrl-agent.service", "fedrl-server.service", "fedrl-aggregator.service")
 
 
 def _here(unit: str, tmp_path: Path) -> Path:
@@ -65,11 +65,14 @@ def test_a_unit_restarts_runs_unprivileged_within_a_budget_and_keeps_its_state(u
     assert settings["Restart"] == "always" and settings["RestartPreventExitStatus"] == "2"
     assert settings["DynamicUser"] == "yes" and settings["NoNewPrivileges"] == "yes"
     assert settings["ProtectSystem"] == "strict" and settings["StateDirectory"] and settings["UMask"] == "0077"
-    assert "MemoryMax" in settings and ("CPUQuota" in settings or unit == "fedrl-server.service")
+    assert "MemoryMax" in settings and ("CPUQuota" in settings or unit != "fedrl-agent.service")  # a device's budget
     assert "--token" not in settings["ExecStart"] or "%d/" in settings["ExecStart"]  # secrets come as credentials
 
 
-@pytest.mark.parametrize(("unit", "command"), [("fedrl-agent.service", "client"), ("fedrl-server.service", "server")])
+@pytest.mark.parametrize(
+    ("unit", "command"),
+    [("fedrl-agent.service", "client"), ("fedrl-server.service", "server"), ("fedrl-aggregator.service", "aggregator")],
+)
 def test_every_option_a_unit_passes_exists(unit, command):
     execstart = re.search(r"^ExecStart=(.*)$", (UNITS / unit).read_text(), re.MULTILINE).group(1)
     options = set(re.findall(r"(--[a-z-]+)", execstart))
