@@ -369,3 +369,19 @@ def test_a_task_for_a_round_already_acknowledged_is_not_trained_again(experiment
 
     assert [s.round for s in link.pushed] == [1, 2]
     assert [e.fields["round"] for e in edge_log.events("task_skipped")] == [1]
+
+
+def test_the_once_a_round_rule_survives_a_restart_and_a_new_run_starts_it_over(experiment, params, tmp_path):
+    # Prepare: the device trained for round 3 (from version 2), then restarted
+    first = ScriptedLink(experiment, {2: params}, tasks=[Task(3, 2, 60.0)], deployed=2)
+    agent(first, tmp_path).run()
+
+    # Execute and assert: round 3 offered again after the restart is skipped, round 4 is trained
+    again = ScriptedLink(experiment, {2: params}, tasks=[Task(3, 2, 60.0), Task(4, 2, 60.0)], deployed=2)
+    agent(again, tmp_path).run()
+    assert [s.round for s in again.pushed] == [4]
+
+    # a new run of the same experiment (its versions start over) trains its round 1 as usual
+    fresh = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)], deployed=0)
+    agent(fresh, tmp_path).run()
+    assert [s.round for s in fresh.pushed] == [1]

@@ -6,6 +6,7 @@ import pytest
 
 from fedrl.edge.failover import FailoverLink
 from fedrl.edge.link import Unreachable
+from fedrl.wire.records import Reason, Rejected
 
 
 class Server:
@@ -96,3 +97,25 @@ def test_closing_closes_every_link_and_none_is_refused():
     assert all(s.closed for s in servers)
     with pytest.raises(ValueError, match="at least one link"):
         FailoverLink([])
+
+
+class Refusing(Server):
+    """A server that refuses the device's credentials."""
+
+    def heartbeat(self, acting_version):
+        raise Rejected(Reason.UNAUTHENTICATED, "unknown token")
+
+
+def test_a_fallback_that_refuses_the_device_is_passed_over_but_its_own_servers_refusal_stands():
+    region, root = Server("region"), Refusing("root")
+    link = FailoverLink([region, root], clock=Clock())
+    region.down = True
+    with pytest.raises(Unreachable):
+        link.heartbeat(0)
+    with pytest.raises(Unreachable, match="server 2 of 2 refused this device, check its set-up: .*unknown token"):
+        link.heartbeat(0)
+    region.down = False
+    assert link.heartbeat(0) == "region"
+
+    with pytest.raises(Rejected, match="unknown token"):
+        FailoverLink([Refusing("region"), Server("root")]).heartbeat(0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fedrl.core.update import Update
-from fedrl.experiment.aggregation import aggregate_round, region_of
+from fedrl.experiment.aggregation import aggregate_round, region_of, regional_updates
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import apply_override, parse_config
 from fedrl.experiment.setup import Setup
@@ -107,3 +107,21 @@ def test_a_deployed_root_waits_for_one_update_per_region_unless_told():
     hierarchy = ["experiment.federation.n_clients=8", "experiment.federation.regions=2"]
     assert load_server_config(None, hierarchy).updates_per_round == 2
     assert load_server_config(None, [*hierarchy, "rounds.updates_per_round=3"]).updates_per_round == 3
+
+
+def test_a_deployed_root_passes_a_regions_reduction_as_it_is_and_clips_a_device_of_its_own():
+    # Prepare: a median of three clipped deltas may be longer than the bound (here 1.04 > 1)
+    setup = _setup("federation.regions=2", "strategy.robust.rule=median", "strategy.robust.norm_bound=1.0")
+    vectors = np.zeros((3, DIM), dtype=np.float32)
+    vectors[:, :3] = [[0.6, 0.8, 0.0], [0.8, 0.0, 0.6], [0.0, 0.6, 0.8]]
+    region = regional_updates(setup, [Update(c, 0, v, 100) for c, v in enumerate(vectors)], 0)[0]
+    assert np.linalg.norm(region.delta) > 1.0 and region.clients == 3
+
+    # Execute: the root, whose senders are a region (id 7) and a device that failed over to it (id 9)
+    device = Update(9, 0, 3 * vectors[0], 100)
+    forwarded = regional_updates(setup, [Update(7, 0, region.delta, 300, clients=3), device], 0, by_sender=True)
+
+    # Assert: the region's update as it came, the device's clipped as in any region
+    np.testing.assert_array_equal(forwarded[0].delta, region.delta)
+    assert (forwarded[0].env_steps, forwarded[0].clients) == (300, 3)
+    np.testing.assert_allclose(np.linalg.norm(forwarded[1].delta), 1.0, rtol=1e-6)

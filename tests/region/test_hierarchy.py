@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import yaml
 
+from fedrl.core.moments import Moments
+from fedrl.core.normstats import NormStats
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, read_resolved
 from fedrl.region.upstream import Upstream
@@ -29,7 +31,7 @@ from fedrl.sim.clients import train_clients
 from fedrl.sim.engine import initial_state
 from fedrl.sim.setup import SimSetup
 from fedrl.sim.sync import sync_round
-from fedrl.wire.records import Model, Rejected, Submission, Task, Wait
+from fedrl.wire.records import Model, Reason, Rejected, Submission, Task, Wait
 
 
 class DirectLink:
@@ -159,10 +161,16 @@ def hierarchy_config(tiny_config):
     return {**tiny_config, "federation": {**tiny_config["federation"], "n_clients": 4, "regions": 2}}
 
 
-@pytest.mark.parametrize("rule", ["mean", "median"])
-def test_a_deployed_hierarchy_makes_the_simulators_regional_model(tmp_path, hierarchy_config, rule):
-    # Prepare
-    experiment = {**hierarchy_config, "strategy": {"name": "fedavgm", "momentum": 0.5, "robust": {"rule": rule}}}
+@pytest.mark.parametrize(
+    "robust",
+    [{"rule": "mean"}, {"rule": "median"}, {"rule": "median", "norm_bound": 0.05}],
+    ids=["mean", "median", "median-clipped"],  # clipped: the root must not clip a region's median again
+)
+def test_a_deployed_hierarchy_makes_the_simulators_regional_model(tmp_path, hierarchy_config, robust):
+    # Prepare: three devices a region (a coordinate-wise median of three clipped deltas may exceed the bound)
+    federation = {**hierarchy_config["federation"], "n_clients": 6}
+    strategy = {"name": "fedavgm", "momentum": 0.5, "robust": robust}
+    experiment = {**hierarchy_config, "federation": federation, "strategy": strategy}
     h = Hierarchy(tmp_path, experiment)
     sim = initial_state(h.setup)
 
@@ -176,7 +184,7 @@ def test_a_deployed_hierarchy_makes_the_simulators_regional_model(tmp_path, hier
     np.testing.assert_array_equal(h.root.model().params, sim.params)
     assert [r.n_updates for r in h.root.status().rounds[:2]] == [2, 2]
     assert all(region.deployed_version == 2 for region in h.regions.values())
-    assert [r.n_updates for r in h.regions["a"].status().rounds if r.closed_at] == [2, 2]
+    assert [r.n_updates for r in h.regions["a"].status().rounds if r.closed_at] == [3, 3]
 
 
 def test_a_regions_update_weighs_its_devices_steps_and_is_capped_at_its_enrolment(tmp_path, hierarchy_config):
@@ -220,9 +228,8 @@ def test_a_device_cannot_claim_to_be_a_region_and_a_region_needs_a_hierarchy(tmp
     flat = open_root(parse_config(tiny_config), tmp_path / "flat")
     flat.add_client("region-z", devices=3)
     flat.heartbeat("region-z", 0)
-    assert isinstance(flat.task("region-z"), Task)
     with pytest.raises(Rejected, match="is a regional aggregator, and this experiment is not a hierarchy"):
-        flat.submit("region-z", signed(Submission("u2", "region-z", 1, 0, delta, 100, clients=2)))
+        flat.task("region-z")
 
 
 def test_a_region_killed_while_forwarding_forwards_the_same_update_once(tmp_path, hierarchy_config):
@@ -299,7 +306,9 @@ def test_a_regions_config_names_what_it_cannot_take(tmp_path, hierarchy_config, 
     experiment = parse_config(hierarchy_config)
     assert load_region_config(None, [], experiment).updates_per_round == 2  # its share: 4 clients / 2 regions
     assert load_region_config(None, [], experiment).gate.enabled is False
+    assert load_region_config(None, [], experiment).min_updates == 1  # what arrived by its deadline is forwarded
     bad = [
+        ({"rounds": "fast"}, experiment, "rounds must be a mapping, got str"),
         ({"experiment": {"name": "x"}}, experiment, "experiment: a regional aggregator trains its parent's"),
         ({"gate": {"enabled": True}}, experiment, "a regional aggregator evaluates nothing"),
         ({}, parse_config(tiny_config), "not a hierarchy .experiment.federation.regions: 1."),
@@ -323,3 +332,70 @@ def test_a_region_forwarding_a_round_takes_no_other_and_its_store_keeps_numbers(
         region.arm(Task(2, 0, 60.0))
     with pytest.raises(ValueError, match="round 1 holds updates"):
         region._store.renumber_open_round(2, 0, 0.0)
+
+
+def test_a_round_dropped_here_is_not_taken_again_while_the_root_still_offers_it(tmp_path, hierarchy_config):
+    # Prepare: region a drops round 1 (nothing by its deadline) while the root keeps it open
+    clock = Clock()
+    h = Hierarchy(tmp_path, hierarchy_config, clock=clock)
+    h.sync()
+    clock.now += 0.8 * 60 + 1
+    h.regions["a"].tick()
+
+    # Execute: the upstream asks the root again, which offers round 1 again
+    h.upstreams["a"].step()
+
+    # Assert: the region waits for the root's next round instead of reopening (or crashing on) round 1
+    assert not h.regions["a"].armed and isinstance(h.root.task("region-a"), Task)
+    assert not h.regions["a"].arm(h.root.task("region-a"))
+
+
+def test_a_region_whose_place_in_the_root_round_is_gone_drops_the_round(tmp_path, hierarchy_config):
+    # Prepare: region a took round 1; the root then answers it with a wait (it closed round 1 without a
+    # new version, or gave the region's place to another client)
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.sync()
+    h.devices_train(1, only={0})
+    upstream = h.upstreams["a"]
+    upstream.link.task = lambda: Wait(0.2, "not sampled for round 2")
+
+    # Execute
+    upstream.step()
+
+    # Assert: the round is over here too; its update is not forwarded, and its devices wait
+    assert not h.regions["a"].armed and h.regions["a"].outbox() is None
+    assert isinstance(h.regions["a"].task("dev-1"), Wait)
+
+
+def test_a_push_answered_later_is_retried_not_dropped(tmp_path, hierarchy_config):
+    h = Hierarchy(tmp_path, hierarchy_config)
+    h.sync()
+    h.devices_train(1, only={0, 1})
+    h.regions["a"].tick()
+    upstream = h.upstreams["a"]
+    real_push = upstream.link.push
+    upstream.link.push = lambda s: (_ for _ in ()).throw(Rejected(Reason.RESOURCE_EXHAUSTED, "slow down"))
+
+    upstream.step()
+
+    assert h.regions["a"].outbox() is not None  # kept for the next try
+    upstream.link.push = real_push
+    upstream.step()
+    assert h.regions["a"].outbox() is None and list(h.root._arrived) == ["region-a"]
+
+
+def test_a_regions_statistics_may_count_each_devices_observations_up_to_the_step_limit(tmp_path, hierarchy_config):
+    # a device may claim (and have observed) more steps than the budget its weight is capped at: 4 x 256
+    learner = {**hierarchy_config["learner"], "normalize": {"obs": True, "reward": False}}
+    h = Hierarchy(tmp_path, {**hierarchy_config, "learner": learner})
+    h.sync()
+    obs_dim = h.setup.family.obs_dim
+
+    def sent(count: float, update_id: str) -> Submission:
+        norm = NormStats(Moments(np.array(count), np.zeros(obs_dim), np.full(obs_dim, count)), None)
+        delta = np.zeros(h.setup.net.spec.dim, np.float32)
+        return signed(Submission(update_id, "region-a", 1, 0, delta, 512, norm=norm, clients=2))
+
+    with pytest.raises(Rejected, match="norm.obs.count 2049"):
+        h.root.submit("region-a", sent(2049.0, "too-many"))
+    assert h.root.submit("region-a", sent(1536.0, "region-a.round1")).round == 1

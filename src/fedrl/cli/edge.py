@@ -159,7 +159,7 @@ def client(
         "repeatable, tried in order; each must know this client's token (docs/hierarchy.md).",
     ),
     return_after: float = typer.Option(
-        60.0, "--return-after", min=0.0, help="Seconds on a fallback before trying --server again."
+        60.0, "--return-after", min=1.0, help="Seconds on a fallback before trying --server again."
     ),
     name: str = typer.Option(
         ..., "--name", envvar="FEDRL_NAME", help="This client's name, as enrolled with `fedrl fleet add-client NAME`."

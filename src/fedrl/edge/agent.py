@@ -35,6 +35,7 @@ use a folder (a lock file says so).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -72,6 +73,7 @@ from fedrl.wire.records import Model, Reason, Registration, Rejected, SecureRepl
 
 T = TypeVar("T")
 EXPERIMENT_FILE = "experiment.yaml"
+SENT_FILE = "sent.json"  # the synchronous round (and its base version) this device last trained an update for
 EXPERIENCE_SAVE_S = 300.0  # between two saves of the recorded experience, outside training
 EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)
 
@@ -168,7 +170,7 @@ class Agent:
         self._personalizer: Personalizer | None = None
         self._recorder: Recorder | None = None
         self._answered_at: float | None = None  # when the server last answered a heartbeat
-        self._acked_round = -1  # the newest synchronous round an update of this device was acknowledged in
+        self._sent = (-1, -1)  # (round, base version) of the last synchronous round this device trained for
 
     def stop(self) -> None:
         """Ask ``run`` to return at its next call or wait (safe from a signal handler or thread)."""
@@ -320,6 +322,7 @@ class Agent:
     def _restore(self) -> None:
         """Take up the experiment, learner state and acting policy a previous run left, so the
         device acts again before it reaches the server."""
+        self._sent = _read_sent(Path(self.config.state_dir) / SENT_FILE)
         path = Path(self.config.state_dir) / EXPERIMENT_FILE
         if not path.exists():
             return
@@ -348,6 +351,8 @@ class Agent:
         self._client = registration.client
         if registration.experiment_yaml != self._experiment:
             self._adopt(registration.experiment_yaml)
+        if registration.deployed_version < self._sent[1]:  # a new run of the same experiment: its rounds start over
+            self._note_sent(-1, -1)
         self._learn_deployed(registration.deployed_version)
         event(
             logging.INFO,
@@ -370,8 +375,9 @@ class Agent:
         device_env(trainer, self.config.env).close()  # refuse an environment that does not fit, before forgetting
         state_dir = Path(self.config.state_dir)
         clear_acting(state_dir)
-        for name in (LEARNER_FILE, STAGED_FILE, EXPERIENCE_FILE):
+        for name in (LEARNER_FILE, STAGED_FILE, EXPERIENCE_FILE, SENT_FILE):
             disk.remove(state_dir / name)
+        self._sent = (-1, -1)
         disk.write_atomic(state_dir / EXPERIMENT_FILE, experiment_yaml.encode())
         self._experiment, self._trainer, self._local, self._models = experiment_yaml, trainer, local, {}
         self.acting.swap(None)
@@ -419,7 +425,7 @@ class Agent:
                 self._register()
             return
         if isinstance(reply, Task) and self._sent_already(reply):
-            event(logging.INFO, "task_skipped", round=reply.round, reason="this round's update was acknowledged")
+            event(logging.INFO, "task_skipped", round=reply.round, reason="this device trained for this round already")
             self._sleep(SKIPPED_TASK_WAIT_S)
         elif isinstance(reply, Task):
             self._train(reply)
@@ -431,9 +437,17 @@ class Agent:
             self._sleep(reply.retry_after_s)
 
     def _sent_already(self, task: Task) -> bool:
-        """Whether an update for ``task``'s synchronous round was acknowledged already (by this server
-        or, through a ``FailoverLink``, another of the hierarchy): a round counts a device once."""
-        return not self._trainer.setup.config.asynchronous and task.round <= self._acked_round
+        """Whether this device trained an update for ``task``'s synchronous round already (sent to this
+        server or, through a ``FailoverLink``, to another of the hierarchy, which may have stored it
+        though its answer was lost): a round counts a device once, so it trains once a round."""
+        round_, base = self._sent
+        return not self._trainer.setup.config.asynchronous and task.round <= round_ and task.base_version >= base
+
+    def _note_sent(self, round_: int, base_version: int) -> None:
+        """Remember, on disk, the synchronous round this device trained an update for."""
+        self._sent = (round_, base_version)
+        text = json.dumps({"round": round_, "base_version": base_version})
+        disk.write_atomic(Path(self.config.state_dir) / SENT_FILE, text.encode())
 
     def _finish(self, reason: str, retry_after_s: float) -> None:
         """The run is over: act with the final deployed version if the server answers at once
@@ -494,6 +508,8 @@ class Agent:
         secure = self._trainer.setup.config.pipeline.secure_aggregation
         if not secure.enabled:  # a masked update cannot be resent after a restart: its keys are gone
             self.pending.save(submission)
+        if not self._trainer.setup.config.asynchronous:
+            self._note_sent(task.round, task.base_version)
         self._recorder.mark_used(upto)
         self._save_experience(force=True)
         self._local = local
@@ -549,7 +565,6 @@ class Agent:
             )
         else:
             event(logging.INFO, "acknowledged", update_id=ack.update_id, round=ack.round, duplicate=ack.duplicate)
-            self._acked_round = max(self._acked_round, ack.round)
         self._trainer.commit_learner(self.config.state_dir)
         self.pending.clear()
 
@@ -711,3 +726,12 @@ class Agent:
         self._wake.clear()
         if self._stop.is_set():
             raise _Stopped
+
+
+def _read_sent(path: Path) -> tuple[int, int]:
+    """The (round, base version) ``SENT_FILE`` holds; (-1, -1) when there is none or it is unreadable."""
+    try:
+        record = json.loads(path.read_text())
+        return int(record["round"]), int(record["base_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1, -1

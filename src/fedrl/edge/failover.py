@@ -6,11 +6,12 @@ goes to the next link (the agent backs off and calls again, as it always does). 
 ``return_after_s`` on another link, the next call tries the first one again, so a device goes home
 when its region is back. The servers must share the experiment and the version numbers (a region
 serves its parent's), and each must know the device's token (``fedrl fleet add-client NAME
---same-token FILE``).
+--same-token FILE``); a fallback that refuses the device's credentials or certificate is passed
+over like an unreachable one (only the first server's refusal stops the device).
 
-The agent sends a synchronous round's update once: after an acknowledgement it trains for no
+The agent trains once per synchronous round: after it has made a round's update it trains for no
 other task of that round, wherever it comes from (``fedrl.edge.agent``), so a round is not counted
-twice when a region that acknowledged an update comes back and forwards it.
+twice when a region that stored an update (whose answer may have been lost) forwards it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from fedrl.edge.link import Link, Unreachable
-from fedrl.wire.records import Ack, Model, Registration, SecureReply, SecureStep, Submission, Task, Wait
+from fedrl.edge.device import CREDENTIAL_REASONS
+from fedrl.edge.link import Link, Unreachable, Untrusted
+from fedrl.wire.records import Ack, Model, Registration, Rejected, SecureReply, SecureStep, Submission, Task, Wait
 
 T = TypeVar("T")
 
@@ -55,12 +57,25 @@ class FailoverLink:
         try:
             return call(link)
         except Unreachable as exc:
-            with self._lock:
-                if self._current == index:  # another thread may have moved on already
-                    self._current = (index + 1) % len(self.links)
-                    if index == 0:
-                        self._left_home_at = self._clock()
+            self._move_on(index)
             raise Unreachable(f"server {index + 1} of {len(self.links)}: {exc}") from None
+        except (Rejected, Untrusted) as exc:
+            # the device's own server decides about its credentials; a fallback that refuses them was
+            # set up wrong (the token not enrolled there: --same-token), which must not stop the device
+            if index == 0 or (isinstance(exc, Rejected) and exc.reason not in CREDENTIAL_REASONS):
+                raise
+            self._move_on(index)
+            raise Unreachable(
+                f"server {index + 1} of {len(self.links)} refused this device, check its set-up: {exc}"
+            ) from None
+
+    def _move_on(self, index: int) -> None:
+        """Send the next call to the server after ``index`` (unless another thread moved on already)."""
+        with self._lock:
+            if self._current == index:
+                self._current = (index + 1) % len(self.links)
+                if index == 0:
+                    self._left_home_at = self._clock()
 
     def register(self) -> Registration:
         """Announce this client to the server in use."""

@@ -120,9 +120,12 @@ def regional_updates(setup: Setup, updates: list[Update], version: int, by_sende
 
 def _reduced(setup: Setup, members: list[Update], version: int) -> Update:
     """One region's ``members`` clipped and reduced by the robust rule, weighted by their env steps
-    in all (client id -1: no single client's)."""
+    in all (client id -1: no single client's); a region's update that a deployed region reduced
+    already passes as it is."""
     steps, clients = sum(u.env_steps for u in members), sum(u.clients for u in members)
-    return Update(-1, version, combine(setup.config.strategy.robust, members), steps, clients=clients)
+    reduced = len(members) == 1 and members[0].clients > 1
+    delta = members[0].delta if reduced else combine(setup.config.strategy.robust, members)
+    return Update(-1, version, delta, steps, clients=clients)
 
 
 def region_update(setup: Setup, updates: list[Update], version: int) -> tuple[Update | None, int]:

@@ -19,9 +19,11 @@ from fedrl.edge.backoff import BackoffConfig, backoff_delay
 from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, refused_credentials
 from fedrl.edge.link import Link, Unreachable, Untrusted
 from fedrl.server.region import RegionCoordinator
-from fedrl.wire.records import Rejected, Task
+from fedrl.wire.records import Reason, Rejected, Task
 
 POLL_S = 1.0  # while a round is open here: how often the parent hears from the region
+PATIENCE = 10  # pushes refused as "later" (RESOURCE_EXHAUSTED, ALREADY_EXISTS: being stored) before giving up
+LATER = (Reason.RESOURCE_EXHAUSTED, Reason.ALREADY_EXISTS)
 
 
 class Upstream:
@@ -38,21 +40,19 @@ class Upstream:
         self.link, self.region, self._stop = link, region, stop
         self._backoff, self._rng = backoff or BackoffConfig(), rng or np.random.default_rng()
         self.fatal: Fatal | None = None  # why the thread stopped the region, if it did
+        self._later = 0  # consecutive pushes the parent answered with "later"
 
     def run(self) -> None:
         """Keep the region in step with its parent until ``stop`` is set; a refused credential or an
-        untrusted parent sets ``fatal`` and ``stop``."""
+        untrusted parent sets ``fatal`` and ``stop``. Anything else that fails is logged and retried."""
         failures = 0
         while not self._stop.is_set():
             try:
                 wait_s = self.step()
                 failures = 0
-                self.region.ready.wait(wait_s)  # an update ready to forward cuts the wait short
+                # an update ready to forward cuts the wait short, except the wait before pushing it again
+                (self._stop if self.region.outbox() is not None else self.region.ready).wait(wait_s)
                 continue
-            except Unreachable as exc:
-                wait_s = backoff_delay(self._backoff, failures, self._rng)
-                failures += 1
-                event(logging.WARNING, "parent_unreachable", attempt=failures, retry_in_s=wait_s, error=str(exc))
             except Untrusted as exc:
                 self._give_up(Fatal(str(exc)))
                 return
@@ -60,26 +60,20 @@ class Upstream:
                 if exc.reason in CREDENTIAL_REASONS:
                     self._give_up(refused_credentials(exc))
                     return
-                wait_s = backoff_delay(self._backoff, failures, self._rng)
-                failures += 1
                 event(logging.WARNING, "parent_refused", reason=exc.reason.value, message=exc.message)
-            self._stop.wait(wait_s)
+            except Unreachable as exc:
+                event(logging.WARNING, "parent_unreachable", attempt=failures + 1, error=str(exc))
+            except Exception as exc:  # a bug must not silently end the region's link to its parent
+                event(logging.ERROR, "upstream_failed", error=f"{type(exc).__name__}: {exc}")
+            self._stop.wait(backoff_delay(self._backoff, failures, self._rng))
+            failures += 1
 
     def step(self) -> float:
         """One pass: forward, follow the deployed version, take a round; returns how long to wait."""
-        submission = self.region.outbox()
-        if submission is not None:
-            try:
-                ack = self.link.push(submission)
-            except Rejected as exc:
-                if exc.reason in CREDENTIAL_REASONS:
-                    raise
-                self.region.dropped(f"{exc.reason.value}: {exc.message}")
-            else:
-                self.region.forwarded(ack)
-            return 0.0
+        if self.region.outbox() is not None:
+            return self._forward()
         self._follow()
-        if self.region.finished or self.region.armed:
+        if self.region.finished or self.region.forwarding:
             return POLL_S
         reply = self.link.task()
         if isinstance(reply, Task):
@@ -90,7 +84,30 @@ class Upstream:
         if reply.finished:
             self._follow()  # the parent's final version may be newer than the heartbeat above said
             self.region.finish()
-        return reply.retry_after_s
+        elif self.region.armed:  # the parent has no place for the region in the round open here any more
+            self.region.parent_moved_on(f"the parent says: {reply.reason}")
+        return POLL_S if self.region.armed else reply.retry_after_s
+
+    def _forward(self) -> float:
+        """Push the update to forward; the round closes here once the parent answers for good."""
+        submission = self.region.outbox()
+        try:
+            ack = self.link.push(submission)
+        except Rejected as exc:
+            if exc.reason in CREDENTIAL_REASONS:
+                raise
+            if exc.reason in LATER and self._later < PATIENCE:
+                self._later += 1
+                event(
+                    logging.WARNING, "forward_later", attempt=self._later, reason=exc.reason.value, message=exc.message
+                )
+                return backoff_delay(self._backoff, self._later, self._rng)
+            self._later = 0
+            self.region.dropped(f"{exc.reason.value}: {exc.message}")
+            return 0.0
+        self._later = 0
+        self.region.forwarded(ack)
+        return 0.0
 
     def _follow(self) -> None:
         """Say which version the region serves; copy the one the parent deploys when it is newer."""

@@ -282,14 +282,17 @@ def load_region_config(path: Path | None, overrides: list[str], experiment: Expe
     """A regional aggregator's config: the deployment sections of a server YAML (``rounds``,
     ``limits``, ``store``; no ``experiment``, since a region trains its parent's) with the parent's
     ``experiment``. A region evaluates nothing (its parent's gate does), and a round waits for the
-    region's share of the fleet's updates, ``fraction * n_clients / regions``, unless
-    ``rounds.updates_per_round`` says otherwise."""
+    region's share of the fleet's updates, ``fraction * n_clients / regions``, and forwards what
+    arrived by its deadline (``min_updates`` 1), unless ``rounds`` says otherwise."""
     data = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         data = apply_override(data, assignment)
+    for section in ("rounds", "gate"):
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ConfigError(f"bad config: {section} must be a mapping, got {type(data[section]).__name__}")
     if "experiment" in data:
         raise ConfigError("bad config: experiment: a regional aggregator trains its parent's experiment; remove it")
-    gate = data.get("gate") if isinstance(data.get("gate"), dict) else {}
+    gate = data.get("gate") or {}
     if gate.get("enabled"):
         raise ConfigError(
             "bad config: gate.enabled = True: a regional aggregator evaluates nothing; its parent's gate does"
@@ -300,7 +303,8 @@ def load_region_config(path: Path | None, overrides: list[str], experiment: Expe
             "the parent's experiment is not a hierarchy (experiment.federation.regions: 1): "
             "set federation.regions on the parent to the number of its regions"
         )
-    rounds = {"updates_per_round": -(-fed.clients_per_round // fed.regions), **(data.get("rounds") or {})}
+    share = -(-fed.clients_per_round // fed.regions)
+    rounds = {"updates_per_round": share, "min_updates": 1, **(data.get("rounds") or {})}
     data = {**data, "rounds": rounds, "gate": {**gate, "enabled": False}}
     try:
         return ServerConfig.model_validate({**data, "experiment": experiment})

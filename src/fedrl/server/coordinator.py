@@ -375,6 +375,12 @@ class Coordinator:
                 return Wait(retry, "the run is finished", finished=True)
             if self._closing and not self.config.asynchronous:
                 return Wait(retry, f"round {self._round.round} is closing")
+            if client in self._regions and self.config.experiment.federation.regions == 1:
+                raise Rejected(
+                    Reason.FAILED_PRECONDITION,
+                    f"{client!r} is a regional aggregator, and this experiment is not a hierarchy "
+                    "(experiment.federation.regions: 1)",
+                )
             if not self.config.asynchronous:
                 if self._secure is not None and self._client_id(client) in self._secure.joined:
                     return Wait(retry, f"your part in round {self._round.round}'s secure aggregation is in")
@@ -446,6 +452,8 @@ class Coordinator:
             return
         now = self._clock()
         online = sorted(c for c, seen in self._seen.items() if now - seen.last_seen <= self.config.rounds.liveness_s)
+        if self.config.experiment.federation.regions == 1:  # a flat run: a region enrolled by mistake takes no place
+            online = [c for c in online if c not in self._regions]
         size = min(self.config.updates_per_round, len(online))
         if self.config.asynchronous or size == 0:
             return
@@ -453,10 +461,8 @@ class Coordinator:
         regions = [c for c in online if c in self._regions]
         if regions:  # the root of a hierarchy: its regions first, devices that failed over to it fill what is left
             devices = [c for c in online if c not in self._regions]
-            online = [regions[i] for i in rng.permutation(len(regions))] + [
-                devices[i] for i in rng.permutation(len(devices))
-            ]
-            self._selected = set(online[:size])
+            ordered = [regions[i] for i in rng.permutation(len(regions))]
+            self._selected = set((ordered + [devices[i] for i in rng.permutation(len(devices))])[:size])
         else:
             self._selected = {online[i] for i in rng.choice(len(online), size=size, replace=False)}
         self._store.set_selected(self._round.round, sorted(self._selected))
@@ -683,7 +689,9 @@ class Coordinator:
                 "with the update",
             )
         obs_dim = self.setup.family.obs_dim if normalize.obs else None
-        problem = s.norm.problem(obs_dim, normalize.reward, s.env_steps)
+        # a region's devices each observed up to the step limit, though their weights were capped
+        most = self.config.max_env_steps * s.clients if s.clients > 1 else s.env_steps
+        problem = s.norm.problem(obs_dim, normalize.reward, most)
         if problem is not None:
             raise Rejected(Reason.INVALID_ARGUMENT, problem)
 
@@ -698,12 +706,6 @@ class Coordinator:
         """The devices an update stands for (one, or up to a region's) and its env steps (up to the
         limit for each of them)."""
         devices = self._regions.get(client)
-        if devices is not None and self.config.experiment.federation.regions == 1:
-            raise Rejected(
-                Reason.FAILED_PRECONDITION,
-                f"{client!r} is a regional aggregator, and this experiment is not a hierarchy "
-                "(experiment.federation.regions: 1)",
-            )
         if not 1 <= s.clients <= (devices or 1):
             most = f"region {client!r} stands for at most {devices}" if devices else "a device's update is its own"
             raise Rejected(Reason.INVALID_ARGUMENT, f"the update reduces {s.clients} devices' updates; {most}")

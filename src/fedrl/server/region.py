@@ -117,6 +117,11 @@ class RegionCoordinator(Coordinator):
         """Whether a parent's round is open here (its devices train, or its update is being forwarded)."""
         return self._parent is not None
 
+    @property
+    def forwarding(self) -> bool:
+        """Whether the open round's update is being forwarded (no device update joins it)."""
+        return self._forwarding
+
     def has_version(self, version: int) -> bool:
         """Whether the parent's ``version`` is copied here."""
         with self._lock:
@@ -134,18 +139,23 @@ class RegionCoordinator(Coordinator):
             if model.version <= self._deployed.version:
                 return
             self._deployed = model
+            if self.config.versions_kept is not None:
+                self._store.prune_versions(model.version + 1 - self.config.versions_kept)
             self._publish()
             if self._parent is not None and not self._forwarding and model.version > self._parent.base_version:
                 self._drop(f"the parent deployed version {model.version}: its round {self._parent.round} is over")
             self._opened.notify_all()
 
-    def arm(self, task: Task) -> None:
+    def arm(self, task: Task) -> bool:
         """Open the parent's round ``task.round`` here, from its base version (copied already): the
-        devices are sampled, and those held waiting get their tasks."""
+        devices are sampled, and those held waiting get their tasks. False for a round closed here
+        already (forwarded or dropped: the parent may offer it again while it stays open there)."""
         with self._lock:
+            if self._parent is None and task.round < self._round.round:
+                return False
             if self._parent is not None:
                 if self._parent.round == task.round:
-                    return
+                    return True
                 if self._forwarding:
                     raise ValueError(f"round {self._parent.round} is being forwarded; round {task.round} must wait")
                 self._drop(f"the parent opened round {task.round}")
@@ -165,10 +175,19 @@ class RegionCoordinator(Coordinator):
                 "parent_round", round=task.round, base_version=task.base_version, forward_by=self._parent.forward_by
             )
             self._opened.notify_all()
+            return True
+
+    def parent_moved_on(self, reason: str) -> None:
+        """The parent no longer has a place for the region in the open round (it closed it, or gave the
+        place away): the round is dropped here unless its update is being forwarded."""
+        with self._lock:
+            if self._parent is not None and not self._forwarding:
+                self._drop(reason)
 
     def finish(self) -> None:
         """The parent's run is over: devices are told so."""
         with self._lock:
+            self.parent_moved_on("the parent's run is over")
             if not self._parent_finished:
                 self._store.set_meta(PARENT_FINISHED, repr(self._clock()))
                 self._parent_finished = True
