@@ -18,8 +18,8 @@ from fedrl.edge.agent import Agent, AgentConfig, Fatal
 from fedrl.edge.backoff import BackoffConfig
 from fedrl.edge.device_env import DeviceEnvSpec
 from fedrl.edge.link import Unreachable
-from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.trainer import trainer_from_yaml
+from fedrl.wire.pending import PendingStore, new_submission
 from fedrl.wire.records import Ack, Model, Reason, Registration, Rejected, Task, Wait
 
 FAST = BackoffConfig(initial_s=0.001, factor=2.0, cap_s=0.01)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fedrl.edge.pending import PendingStore
 from fedrl.server.store import Store
+from fedrl.wire.pending import PendingStore
 
 pytestmark = pytest.mark.slow
 

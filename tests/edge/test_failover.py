@@ -2,11 +2,12 @@
 
 import threading
 
+import numpy as np
 import pytest
 
 from fedrl.edge.failover import FailoverLink
 from fedrl.edge.link import Unreachable
-from fedrl.wire.records import Reason, Rejected
+from fedrl.wire.records import Ack, Reason, Rejected, Submission, Task
 
 
 class Server:
@@ -19,6 +20,14 @@ class Server:
         if self.down:
             raise Unreachable(f"{self.name}: UNAVAILABLE")
         return self.name
+
+    def task(self):
+        self.heartbeat(None)
+        return Task(1, 0, 60.0)
+
+    def push(self, submission):
+        self.heartbeat(None)
+        return Ack(submission.update_id, submission.round, 0.0)
 
     def close(self):
         self.closed = True
@@ -44,9 +53,30 @@ def test_calls_go_to_the_next_server_while_one_is_down_and_home_again_after_a_wh
 
     region.down = False
     clock.now = 59.0
-    assert link.heartbeat(0) == "root"  # not yet
+    link.task()
+    assert link.current == 1  # not yet
     clock.now = 60.0
-    assert link.heartbeat(0) == "region" and link.current == 0
+    assert link.heartbeat(0) == "root"  # only a request for work goes home
+    link.task()
+    assert link.current == 0 and link.heartbeat(0) == "region"
+
+
+def test_an_update_goes_to_the_server_whose_task_it_was_while_it_may_come_back():
+    region, root, clock = Server("region"), Server("root"), Clock()
+    link = FailoverLink([region, root], return_after_s=10.0, clock=clock)
+    task = link.task()
+    update = Submission("u", "dev", task.round, 0, np.zeros(2, np.float32), 10)
+    region.down = True
+    with pytest.raises(Unreachable):
+        link.heartbeat(0)
+
+    with pytest.raises(Unreachable, match="server 1 of 2"):  # the region that gave the task, not the root
+        link.push(update)
+    clock.now = 9.0
+    with pytest.raises(Unreachable, match="server 1 of 2"):
+        link.push(update)
+    clock.now = 10.0  # gone for too long: the update goes where the device is now
+    assert link.push(update).update_id == "u"
 
 
 def test_with_every_server_down_the_calls_go_round_and_the_agent_keeps_backing_off():

@@ -92,15 +92,9 @@ def test_what_regions_cannot_forward_is_refused_by_name(overrides, reason):
         _setup("federation.regions=2", *overrides)
 
 
-def test_more_regions_than_clients_and_secure_regions_on_a_server_are_refused():
+def test_more_regions_than_clients_are_refused():
     with pytest.raises(ConfigError, match="federation.regions.*more regions than the 12 clients"):
         _setup("federation.regions=13")
-    secure = [
-        "experiment.pipeline.secure_aggregation.enabled=true",
-        "experiment.pipeline.secure_aggregation.threshold=2",
-    ]
-    with pytest.raises(ConfigError, match="experiment.federation.regions.*forwards its devices' updates in the clear"):
-        load_server_config(None, ["experiment.federation.n_clients=8", "experiment.federation.regions=2", *secure])
 
 
 def test_a_deployed_root_waits_for_one_update_per_region_unless_told():

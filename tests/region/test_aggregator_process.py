@@ -27,6 +27,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ROUNDS = 4
 REGIONS = {"ra": [0, 1], "rb": [2, 3]}
 FAST = ["--set", "rounds.heartbeat_s=0.5", "--set", "rounds.retry_s=0.2", "--set", "rounds.liveness_s=60"]
+FAST += ["--set", "rounds.long_poll_s=1"]  # well inside the devices' --timeout: a long poll is not a dead server
 
 
 def fedrl(*args: str) -> list[str]:
@@ -80,7 +81,7 @@ class Hierarchy:
             "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "lr": 0.005, "hidden": [32, 32]},
             "federation": {"n_clients": 4, "regions": 2, "local_steps": 512, "rounds": ROUNDS, "stop_at_target": False},
         }
-        config = {"experiment": experiment, "rounds": {"deadline_s": 90}, "gate": {"enabled": False}}
+        config = {"experiment": experiment, "rounds": {"deadline_s": 30}, "gate": {"enabled": False}}
         (root / "root.yaml").write_text(yaml.safe_dump(config))
         at = lambda name: str(root / name)  # noqa: E731
         for region, devices in REGIONS.items():
@@ -118,7 +119,7 @@ class Hierarchy:
 
     def start_device(self, i: int) -> subprocess.Popen:
         region = next(r for r, devices in REGIONS.items() if i in devices)
-        servers = ["--server", self.address(region), "--fallback", self.address("root"), "--return-after", "2"]
+        servers = ["--server", self.address(region), "--fallback", self.address("root"), "--return-after", "10"]
         identity = ["--name", f"c{i}", "--client-index", str(i), "--token-file", str(self.root / f"c{i}.token")]
         pace = ["--env", "cartpole", "--act-period", "0.001", "--timeout", "5", "--until-finished", "--insecure"]
         state = ["--state-dir", str(self.root / f"device{i}")]

@@ -21,6 +21,7 @@ import yaml
 
 from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
+from fedrl.edge.secure import run_secure_round
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, read_resolved
 from fedrl.region.upstream import Upstream
@@ -250,9 +251,11 @@ def test_a_region_killed_while_forwarding_forwards_the_same_update_once(tmp_path
     again = region.outbox()
     ack = h.root.submit("region-a", again)
 
-    # Assert: the same bytes, acknowledged as a duplicate; the round then closes here
+    # Assert: the same bytes (kept on disk), acknowledged as a duplicate; the round then closes here
     assert again.sent_digest == first.sent_digest and ack.duplicate
+    assert (tmp_path / "region-a" / "forward.safetensors").exists()
     region.forwarded(ack)
+    assert not (tmp_path / "region-a" / "forward.safetensors").exists()
     assert not region.armed and region.status().rounds[-2].closed_at is not None
 
 
@@ -399,3 +402,52 @@ def test_a_regions_statistics_may_count_each_devices_observations_up_to_the_step
     with pytest.raises(Rejected, match="norm.obs.count 2049"):
         h.root.submit("region-a", sent(2049.0, "too-many"))
     assert h.root.submit("region-a", sent(1536.0, "region-a.round1")).round == 1
+
+
+def test_under_secure_aggregation_regions_sum_their_devices_and_the_root_averages_their_means(
+    tmp_path, hierarchy_config
+):
+    # Prepare: six devices in two regions, each region's three run the protocol with their region
+    federation = {**hierarchy_config["federation"], "n_clients": 6}
+    pipeline = {"secure_aggregation": {"enabled": True, "threshold": 2}}
+    experiment = {**hierarchy_config, "federation": federation, "pipeline": pipeline, "strategy": {"name": "fedavg"}}
+    h = Hierarchy(tmp_path, experiment, ["rounds.secure_step_s=2.0"])
+    h.sync()
+    dim, before = h.setup.net.spec.dim, h.root.model().params.copy()
+    rng = np.random.default_rng(0)
+    inputs = {i: rng.uniform(-0.05, 0.05, dim).astype(np.float32) for i in range(6)}
+    config = h.setup.config.pipeline.secure_aggregation
+
+    def take_part(i: int) -> None:
+        region = h.region_of(i)
+        task = region.task(device(i))
+        ask = lambda step, payload: region.secure_step(device(i), task.round, step, payload)  # noqa: E731
+        run_secure_round(ask, inputs[i], config, lambda s: time.sleep(min(s, 0.02)), lambda *_: None)
+
+    # Execute: the devices mask, the regions unmask their sums and forward, the root closes the round
+    threads = [threading.Thread(target=take_part, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while any(r.outbox() is None for r in h.regions.values()) and time.monotonic() < deadline:
+        for region in h.regions.values():
+            region.tick()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(10)
+    outboxes = [r.outbox() for r in h.regions.values()]
+    h.sync()
+    h.root.tick()
+
+    # Assert: each region forwarded its devices' mean (as three step budgets) and nothing else; the
+    # root's model moved by the mean of all six, within quantization
+    assert [(o.clients, o.env_steps, o.norm) for o in outboxes] == [(3, 3 * 256, None)] * 2
+    assert h.root.deployed_version == 1
+    np.testing.assert_allclose(h.root.model().params - before, np.mean(list(inputs.values()), axis=0), atol=1e-5)
+    # a device's update in the clear is refused by its region and by the root, which gives devices no task
+    with pytest.raises(Rejected, match="aggregates securely: an update is sent masked"):
+        h.regions["a"].submit("dev-0", signed(Submission("x", "dev-0", 2, 1, inputs[0], 256)))
+    h.root.add_client("dev-0")
+    assert "through its region" in h.root.task("dev-0").reason
+    with pytest.raises(Rejected, match="aggregates securely: an update is sent masked"):
+        h.root.submit("dev-0", signed(Submission("y", "dev-0", 2, 1, inputs[0], 256)))

@@ -11,7 +11,7 @@ server what to do, over and over:
 - ``Task``: act with the task's base version until the acting loop has recorded the local budget
   of fresh experience with it, learn from that experience (``fedrl.edge.trainer``; with an update
   pipeline, the update is its encoded payload), write the update to disk
-  (``fedrl.edge.pending``), push it, and forget it after the ``Ack``;
+  (``fedrl.wire.pending``), push it, and forget it after the ``Ack``;
 - ``Wait``: sleep as told; when the run is finished, keep acting with the final deployed version
   and keep following new ones (or return, with ``until_finished``).
 
@@ -60,7 +60,6 @@ from fedrl.edge.device_env import DeviceEnvSpec, EnvUnusable, make_env
 from fedrl.edge.health import HealthBeat
 from fedrl.edge.limits import HOOK_POLL_S, OwnerLimits, Triggers, load_hook, nice_this_thread, rss_mb
 from fedrl.edge.link import Link, Unreachable, Untrusted
-from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.edge.personal import Personalization, Personalizer
 from fedrl.edge.recorder import EXPERIENCE_FILE, Recorder
 from fedrl.edge.secure import run_secure_round
@@ -69,6 +68,7 @@ from fedrl.envs import FAMILIES
 from fedrl.experiment.config import ConfigError
 from fedrl.policy.usercode import only_code
 from fedrl.wire import disk
+from fedrl.wire.pending import PendingStore, new_submission
 from fedrl.wire.records import Model, Reason, Registration, Rejected, SecureReply, SecureStep, Submission, Task
 
 T = TypeVar("T")

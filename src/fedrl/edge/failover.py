@@ -3,11 +3,15 @@
 ``FailoverLink`` is a ``Link`` over an ordered list of links (the device's region, then another
 region or the root). A call goes to the link in use; when it raises ``Unreachable`` the next call
 goes to the next link (the agent backs off and calls again, as it always does). After
-``return_after_s`` on another link, the next call tries the first one again, so a device goes home
-when its region is back. The servers must share the experiment and the version numbers (a region
-serves its parent's), and each must know the device's token (``fedrl fleet add-client NAME
---same-token FILE``); a fallback that refuses the device's credentials or certificate is passed
-over like an unreachable one (only the first server's refusal stops the device).
+``return_after_s`` on another link, the next request for work tries the first one again, so a device
+goes home when its region is back (only a request for work goes home, so the calls that follow an
+answer, such as the final heartbeat after "finished", reach the server that gave it). An update goes
+to the server whose task it was, retried there for up to ``return_after_s`` while it is unreachable:
+that server may have stored it though its answer was lost. The servers must share the experiment
+and the version numbers (a region serves its parent's), and each must know the device's token
+(``fedrl fleet add-client NAME --same-token FILE``); a fallback that refuses the device's
+credentials or certificate is passed over like an unreachable one (only the first server's refusal
+stops the device).
 
 The agent trains once per synchronous round: after it has made a round's update it trains for no
 other task of that round, wherever it comes from (``fedrl.edge.agent``), so a round is not counted
@@ -39,6 +43,8 @@ class FailoverLink:
         self.links, self.return_after_s, self._clock = list(links), return_after_s, clock
         self._lock = threading.Lock()  # the heartbeat thread and the agent's loop call at once
         self._current, self._left_home_at = 0, 0.0
+        self._tasked: dict[int, int] = {}  # round -> the link whose task it was (its update goes there)
+        self._pinned_since: dict[int, float] = {}  # round -> when pushing to that link first failed
 
     @property
     def current(self) -> int:
@@ -46,18 +52,23 @@ class FailoverLink:
         with self._lock:
             return self._current
 
-    def _link(self) -> tuple[int, Link]:
+    def _link(self, may_go_home: bool = False) -> tuple[int, Link]:
+        """The link in use (``may_go_home``: the first one again, after ``return_after_s`` away)."""
         with self._lock:
-            if self._current and self._clock() - self._left_home_at >= self.return_after_s:
+            if may_go_home and self._current and self._clock() - self._left_home_at >= self.return_after_s:
                 self._current = 0
             return self._current, self.links[self._current]
 
-    def _call(self, call: Callable[[Link], T]) -> T:
-        index, link = self._link()
+    def _call(self, call: Callable[[Link], T], index: int | None = None, move_on: bool = True) -> T:
+        """``call`` on link ``index`` (the one in use for None); an unreachable one sends the next
+        call to the next link, unless ``move_on`` is False."""
+        if index is None:
+            index = self._link()[0]
         try:
-            return call(link)
+            return call(self.links[index])
         except Unreachable as exc:
-            self._move_on(index)
+            if move_on:
+                self._move_on(index)
             raise Unreachable(f"server {index + 1} of {len(self.links)}: {exc}") from None
         except (Rejected, Untrusted) as exc:
             # the device's own server decides about its credentials; a fallback that refuses them was
@@ -77,6 +88,20 @@ class FailoverLink:
                 if index == 0:
                     self._left_home_at = self._clock()
 
+    def _pin(self, round_: int) -> int | None:
+        """The link an update of ``round_`` must go to: the one whose task it was, while it has been
+        failing for less than ``return_after_s`` (then anywhere, where it will likely be refused)."""
+        with self._lock:
+            index = self._tasked.get(round_)
+            since = self._pinned_since.get(round_)
+            if index is None or (since is not None and self._clock() - since >= self.return_after_s):
+                return None
+            return index
+
+    def _failed_pinned(self, round_: int) -> None:
+        with self._lock:
+            self._pinned_since.setdefault(round_, self._clock())
+
     def register(self) -> Registration:
         """Announce this client to the server in use."""
         return self._call(lambda link: link.register())
@@ -86,20 +111,33 @@ class FailoverLink:
         return self._call(lambda link: link.heartbeat(acting_version))
 
     def task(self) -> Task | Wait:
-        """Ask the server in use what to do."""
-        return self._call(lambda link: link.task())
+        """Ask the server in use what to do (back home first, once ``return_after_s`` has passed)."""
+        index = self._link(may_go_home=True)[0]
+        reply = self._call(lambda link: link.task(), index)
+        if isinstance(reply, Task):
+            with self._lock:
+                self._tasked = {r: i for r, i in self._tasked.items() if r > reply.round - 4} | {reply.round: index}
+        return reply
 
     def pull(self, version: int) -> Model:
         """Download a version from the server in use (every server of a hierarchy numbers them alike)."""
         return self._call(lambda link: link.pull(version))
 
     def push(self, submission: Submission) -> Ack:
-        """Upload an update to the server in use."""
-        return self._call(lambda link: link.push(submission))
+        """Upload an update to the server whose task it was (that server may have stored it already,
+        though its answer was lost), for up to ``return_after_s`` while that server is unreachable."""
+        pinned = self._pin(submission.round)
+        try:
+            return self._call(lambda link: link.push(submission), pinned, move_on=pinned is None)
+        except Unreachable:
+            if pinned is not None:
+                self._failed_pinned(submission.round)
+            raise
 
     def secure(self, round_: int, step: SecureStep, payload: bytes) -> SecureReply:
-        """One step of a secure-aggregation round with the server in use."""
-        return self._call(lambda link: link.secure(round_, step, payload))
+        """One step of a secure-aggregation round with the server whose task it is (its protocol is there)."""
+        pinned = self._pin(round_)
+        return self._call(lambda link: link.secure(round_, step, payload), pinned, move_on=pinned is None)
 
     def close(self) -> None:
         """Close every link."""

@@ -175,8 +175,7 @@ class ServerConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _simulator_only(self) -> ServerConfig:
-        """A server deploys one model, not a clustered run's several; it stores every round; its
-        regional aggregators do not run secure aggregation."""
+        """A server deploys one model, not a clustered run's several; it stores every round."""
         if self.experiment.federation.clusters > 1:
             raise KeyProblem(
                 "experiment.federation.clusters", "the simulator's only, for now: a server serves one model", True
@@ -186,13 +185,6 @@ class ServerConfig(FrozenConfig):
                 "experiment.federation.checkpoint_every",
                 "the simulator's only: a server stores every round and update durably",
                 self.experiment.federation.checkpoint_every,
-            )
-        if self.experiment.federation.regions > 1 and self.experiment.pipeline.secure_aggregation.enabled:
-            raise KeyProblem(
-                "experiment.federation.regions",
-                "the simulator's only with secure aggregation, for now: `fedrl aggregator` forwards its devices' "
-                "updates in the clear",
-                self.experiment.federation.regions,
             )
         return self
 

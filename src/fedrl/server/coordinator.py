@@ -191,10 +191,22 @@ class Coordinator:
     def _new_secure_round(self) -> SecureRound | None:
         """The open round's secure-aggregation protocol, when the experiment asks for it."""
         config = self.setup.config.pipeline.secure_aggregation
-        if not config.enabled:
+        if not config.enabled or self._regions_run_it:
             return None
         rounds = self.config.rounds
         return SecureRound(self._round.round, config, self.dim, rounds.secure_step_s, rounds.retry_s, self._clock)
+
+    @property
+    def _regions_run_it(self) -> bool:
+        """Whether secure aggregation runs in this server's regions, among their own devices, not here:
+        at the root of a hierarchy, which takes each region's mean in the clear."""
+        return self.config.experiment.federation.regions > 1
+
+    def _only_masked(self, client: str) -> bool:
+        """Whether ``client`` may send its update only through secure aggregation: every client of a
+        secure round here, and a device (not a region) at the root of a secure hierarchy."""
+        secure = self.setup.config.pipeline.secure_aggregation.enabled
+        return self._secure is not None or (secure and client not in self._regions)
 
     # --- authentication and liveness ---------------------------------------------------
     def authenticate(self, token: str, source: str = "") -> str:
@@ -381,6 +393,8 @@ class Coordinator:
                     f"{client!r} is a regional aggregator, and this experiment is not a hierarchy "
                     "(experiment.federation.regions: 1)",
                 )
+            if self._regions_run_it and self._only_masked(client):
+                return Wait(retry, "under secure aggregation a device trains through its region, not at the root")
             if not self.config.asynchronous:
                 if self._secure is not None and self._client_id(client) in self._secure.joined:
                     return Wait(retry, f"your part in round {self._round.round}'s secure aggregation is in")
@@ -486,7 +500,7 @@ class Coordinator:
                 raise Rejected(Reason.FAILED_PRECONDITION, f"{client!r} has no task in round {round_}")
             secure.takers = {self._client_id(c) for c in self._selected}
             secure.expected = len(self._selected) if self._central_dp else self.config.updates_per_round
-            secure.deadline = self._round.opened_at + self.config.rounds.deadline_s
+            secure.deadline = self._clock() + self._time_left()
             return secure.offer(self._client_id(client), step, payload)
 
     def model(self, version: int | None = None) -> Model:
@@ -516,7 +530,7 @@ class Coordinator:
         the transport rate-limited the upload at its start (``admit``)."""
         if not admitted:
             self.admit(client)
-        if self._secure is not None:
+        if self._only_masked(client):
             self._counted(_refuse_in_clear, client, submission)
         submission, digest = self._counted(self._prepared, client, submission)
         with self._lock:

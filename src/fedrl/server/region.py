@@ -26,14 +26,14 @@ import dataclasses
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from fedrl.core.strategies import state_to_arrays
 from fedrl.core.update import Update, UpdateMetrics
-from fedrl.experiment.aggregation import region_update
+from fedrl.experiment.aggregation import region_update, secure_update
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.loading import to_yaml
 from fedrl.experiment.setup import Setup
@@ -41,12 +41,15 @@ from fedrl.server.config import ServerConfig
 from fedrl.server.coordinator import Clock, Coordinator, open_store, pooled_stats
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics
-from fedrl.server.store import Store, StoredUpdate
+from fedrl.server.secure_round import SecureRound
+from fedrl.server.store import Store
+from fedrl.wire.pending import PendingStore
 from fedrl.wire.records import Ack, Model, Submission, Task, Wait
 
 PARENT_ROUND = "parent_round"  # meta: the parent's round the open round is (JSON), while it is open
 FORWARDING = "forwarding"  # meta: the open round whose reduction is being forwarded (no update joins it)
 PARENT_FINISHED = "parent_finished"  # meta: the parent said its run is over
+FORWARD_FILE = "forward.safetensors"  # the update being forwarded: a restart pushes the same bytes
 FORWARD_SHARE = 0.8  # a round here closes by this share of the parent's time left: the rest is for forwarding
 
 
@@ -73,6 +76,7 @@ class RegionCoordinator(Coordinator):
         self.name = name
         self.ready = threading.Event()  # set when an update is ready to forward: the upstream pushes it at once
         self._outbox: Submission | None = None
+        self._outgoing = PendingStore(store.path, FORWARD_FILE)  # the update being forwarded, on disk
         super().__init__(config, store, metrics, clock)
 
     @classmethod
@@ -169,6 +173,7 @@ class RegionCoordinator(Coordinator):
             self._store.set_meta(PARENT_ROUND, json.dumps(dataclasses.asdict(self._parent)))
             self._round = self._store.open_round()
             self._arrived, self._selected, self._forfeiting, self._replaced = [], set(), {}, set()
+            self._secure = self._new_secure_round()
             self._sample()
             self._publish()
             log_event(
@@ -210,6 +215,10 @@ class RegionCoordinator(Coordinator):
             self._close_here(f"the parent refused its update: {reason}")
 
     # --- the devices' side ---------------------------------------------------------------
+    @property
+    def _regions_run_it(self) -> bool:
+        return False  # a region runs secure aggregation among its own devices
+
     def _task(self, client: str, admit: bool = True) -> Task | Wait:
         with self._lock:
             if self._parent is None and not self.finished:
@@ -227,32 +236,47 @@ class RegionCoordinator(Coordinator):
     # --- closing a round here ------------------------------------------------------------
     def tick(self) -> None:
         """Store liveness now and then; reduce the open round into the update to forward once it
-        is due (or drop it, when it cannot be forwarded in time)."""
+        is due (or drop it, when it cannot be forwarded in time, or its secure aggregation failed)."""
         with self._lock:
             self._flush_liveness()
             self._reload_tokens()
             if self._parent is None or self._outbox is not None:
                 return
             if not self._forwarding:
-                if self._time_left() == 0.0 and len(self._arrived) < self.config.min_updates:
+                late = self._time_left() == 0.0 and len(self._arrived) < self.config.min_updates
+                if self._secure is None and late:  # a secure round settles by its own deadline
                     self._drop(f"{len(self._arrived)} updates by the parent's deadline, fewer than min_updates")
                     return
                 if not self._due():
                     return
+                if self._secure is not None and self._secure.total is None:
+                    self._drop(f"its secure aggregation failed: {self._secure.failure}")
+                    return
                 self._forwarding = self._closing = True
                 self._store.set_meta(FORWARDING, str(self._round.round))
-            parent, records = self._parent, self._store.round_records(self._round.round)
-        stored = self._store.read_updates(records, self.dim)
-        submission = self._reduced(parent, stored)
+            parent, records, secure = self._parent, self._store.round_records(self._round.round), self._secure
+        submission = self._outgoing.load() if self._outgoing.path.exists() else None
+        if submission is None or submission.round != parent.round:
+            submission = self._reduced(parent, records, secure)
+            if submission is not None:
+                self._outgoing.save(submission)  # a restart forwards these very bytes
         with self._lock:
             if submission is None:
-                self._close_here("the screen refused every update")
+                self._close_here("nothing to forward: every update was refused, or the secure sum was lost")
                 return
             self._outbox = submission
             self.ready.set()
 
-    def _reduced(self, parent: ParentRound, stored: list[StoredUpdate]) -> Submission | None:
-        """The one update the region forwards for ``parent``'s round (None when none is usable)."""
+    def _reduced(self, parent: ParentRound, records: list, secure: SecureRound | None) -> Submission | None:
+        """The one update the region forwards for ``parent``'s round (None when none is usable): its
+        devices' stored updates reduced, or the mean of their secure sum."""
+        if secure is not None:
+            if secure.total is None:  # the protocol's state did not survive a restart of the region
+                return None
+            n = len(secure.survivors)
+            reduced = secure_update(self.setup, secure.total, n, parent.base_version, parent.round)
+            return self._submission(parent, replace(reduced, clients=n), {}, None)
+        stored = self._store.read_updates(records, self.dim)
         updates = [
             Update(u.client_id, u.base_version, u.delta, u.env_steps, UpdateMetrics.from_mapping(u.metrics))
             for u in stored
@@ -269,7 +293,11 @@ class RegionCoordinator(Coordinator):
             "episodes": float(sum(u.metrics.episodes for u in updates)),
         }
         norm = pooled_stats(stored) if self.setup.config.stats_travel else None
-        return Submission(
+        return self._submission(parent, reduced, metrics, norm)
+
+    def _submission(self, parent: ParentRound, reduced: Update, metrics: dict, norm) -> Submission:
+        """``reduced`` as the update the region sends its parent for ``parent``'s round."""
+        s = Submission(
             update_id=f"{self.name}.round{parent.round}",
             client=self.name,
             round=parent.round,
@@ -280,6 +308,7 @@ class RegionCoordinator(Coordinator):
             norm=norm,
             clients=reduced.clients,
         )
+        return replace(s, digest=s.sent_digest)
 
     def _drop(self, reason: str) -> None:
         """Close the open parent's round here without forwarding it (its updates are not counted)."""
@@ -296,6 +325,7 @@ class RegionCoordinator(Coordinator):
         for r in records:
             self._store.remove_update_file(r["update_id"])
         self._store.set_meta(FORWARDING, "")
+        self._outgoing.clear()
         self._parent, self._outbox, self._forwarding, self._closing = None, None, False, False
         self.ready.clear()
         self._open_next_round()

@@ -1,4 +1,6 @@
-"""The update an edge agent has trained but the server has not yet acknowledged, kept on disk.
+"""An update made but not yet acknowledged by the server it goes to, kept on disk: an edge agent's
+(``pending.safetensors``), or the one a regional aggregator forwards to its parent
+(``fedrl.server.region``).
 
 The agent writes the update here before its first upload attempt and deletes it only after
 the server's ``Ack``, so a crash, a kill -9 or a device reboot mid-upload loses nothing: the
@@ -6,7 +8,7 @@ next start loads it and pushes it first. Its ``update_id`` is chosen once, when 
 made, and travels with it, so the server recognises a resubmission and returns the original
 acknowledgement instead of counting the update twice.
 
-One file, ``STATE_DIR/pending.safetensors``: the delta -- or, with an update pipeline, the
+One file (``STATE_DIR/pending.safetensors`` on a device): the delta -- or, with an update pipeline, the
 payload that stands for it, as uint8 --, SCAFFOLD's control delta and the normalisation
 statistics sent beside it as arrays, everything else as the JSON header (``fedrl.wire.disk``).
 """
@@ -59,14 +61,15 @@ def new_submission(
 
 @dataclass(frozen=True)
 class PendingStore:
-    """The pending update of the agent whose state lives in ``state_dir``."""
+    """The pending update of the agent (or region) whose state lives in ``state_dir``, in ``name``."""
 
     state_dir: Path
+    name: str = FILE
 
     @property
     def path(self) -> Path:
         """The one file that holds the pending update, when there is one."""
-        return Path(self.state_dir) / FILE
+        return Path(self.state_dir) / self.name
 
     def save(self, submission: Submission) -> None:
         """Write ``submission`` durably, replacing any earlier pending update."""
@@ -84,6 +87,7 @@ class PendingStore:
             "env_steps": submission.env_steps,
             "metrics": submission.metrics,
             "digest": submission.digest,
+            "clients": submission.clients,
         }
         disk.save_record(self.path, arrays, header)
 
@@ -108,6 +112,7 @@ class PendingStore:
                 h["digest"],
                 payload,
                 stored_record(NormStats, arrays, NORM_PREFIX),
+                int(h.get("clients", 1)),  # written before regions existed: one device's
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{self.path}: not a pending update ({type(exc).__name__}: {exc})") from None

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from fedrl.edge.pending import PendingStore, new_submission
 from fedrl.wire.codec import describe
+from fedrl.wire.pending import PendingStore, new_submission
 
 
 def submission(seed=0, control=False):
@@ -69,7 +69,7 @@ def test_a_new_process_after_a_reboot_reads_the_same_update_id_and_bytes(tmp_pat
     saved = submission(control=True)
     PendingStore(tmp_path).save(saved)
     script = (
-        "import json, sys; from fedrl.edge.pending import PendingStore; "
+        "import json, sys; from fedrl.wire.pending import PendingStore; "
         "s = PendingStore(sys.argv[1]).load(); "
         "print(json.dumps([s.update_id, s.delta.tobytes().hex(), s.control_delta.tobytes().hex()]))"
     )
