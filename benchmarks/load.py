@@ -73,6 +73,7 @@ class Settings:
     warmup_s: float
     window_s: float
     models: tuple[str, ...]
+    server_sets: tuple[str, ...] = ()  # `fedrl server --set` overrides, to try other server settings
 
 
 @dataclass
@@ -446,6 +447,7 @@ def run_fedrl(model: str, durability: str, payloads: list[Payload], dim: int, se
             "--metrics",
             "127.0.0.1:0",
             "--insecure",
+            *(arg for assignment in settings.server_sets for arg in ("--set", assignment)),
         ]
         with open(log, "w") as err:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
@@ -644,25 +646,34 @@ def description(settings: Settings) -> str:
 
 LIMITS = (
     "What limits it (profiled with the server in-process: cProfile per thread, and a timer on the coordinator's "
-    "lock). The work per 100k update is about 1 ms on one thread (reassembly 0.3 ms, SHA-256 0.25 ms, the file 0.4 "
-    "ms, or 1.3 ms fsynced, the record 0.2 ms, or 0.8 ms fsynced). Under this load the server process spends about "
-    "6 ms of CPU per GetTask + PushUpdate, against 1.2-1.4 ms for the bare grpcio server: it is one Python "
+    "lock). The work per 100k update is about 1 ms on one thread (reassembly 0.3 ms, SHA-256 0.25 ms, the file "
+    "0.4 ms, or 1.3 ms fsynced, the record 0.2 ms, or 0.8 ms fsynced). Under this load the server process spends "
+    "about 6 ms of CPU per GetTask + PushUpdate, against 1.2-1.4 ms for the bare grpcio server: it is one Python "
     "interpreter (one core at a time for Python code) switching between handler threads that queue for the "
     "coordinator's lock, on two cores it shares with the load generator. Since this benchmark was first run, the "
-    "token lookup, the per-update checks and hashing, and the reading of a round's files moved out of the lock, a "
-    "FedBuff round stopped growing past its buffer, the handler threads went from one per call to a pool of 32 "
-    "(`limits.worker_threads`) and gRPC's queue of pending calls was raised: 100k went from 0.17-0.21x to 0.30x of "
-    "the ceiling, 1M from 11-15 to 55 updates/s (as measured then), and the CANCELLED calls are gone. Later, with "
-    "numpy 2.4's OpenBLAS, the update norm check (`np.linalg.norm`, a BLAS dot) called by 32 handler threads at "
-    "once took 130 times as long per call (its threads contend: 17 updates/s at 100k); it is now summed by numpy's "
-    "own loop. Reaching 500/s here would take the server off the one interpreter: an asyncio (grpc.aio) service, or"
-    " several server processes sharing the store. Memory: with 1,000 clients uploading 4 MB each at once, gRPC's "
+    "token lookup, the per-update checks and hashing, and the reading of a round's files moved out of the lock, "
+    "a FedBuff round stopped growing past its buffer, the handler threads went from one per call to a pool of 32 "
+    "(`limits.worker_threads`) and gRPC's queue of pending calls was raised: 100k went from 0.17-0.21x to 0.30x "
+    "of the ceiling, 1M from 11-15 to 55 updates/s (as measured then), and the CANCELLED calls are gone. Later, "
+    "with numpy 2.4's OpenBLAS, the update norm check (`np.linalg.norm`, a BLAS dot) called by 32 handler "
+    "threads at once took 130 times as long per call (its threads contend: 17 updates/s at 100k); it is now "
+    "summed by numpy's own loop. A later measurement (2026-12-07, the lock timed per call site over a 24.5 s "
+    "window at 100k, fsync, 224/s): the lock was held 48 % of the time, 1.5 ms per update to record it (the "
+    "SQLite insert and its fsynced commit), 0.34 ms to check it against the round, 27 ms per tick (the liveness "
+    "of 1,000 clients every 2 s) and 7.5 ms per round closed, while handler threads waited 115 ms per update for "
+    "it. With durability process the record takes 0.77 ms and the rate is the same (233/s), and the process "
+    "holds the interpreter's lock only about a quarter of the time (py-spy): no one resource is saturated; the "
+    "pace is set by handing the coordinator's lock and the interpreter between 32 threads. Fewer handler threads "
+    "(4, 8, 16: 251, 232 and 224/s against 224/s with 32), a shorter interpreter switch interval (0.5 and 1 ms "
+    "against 5 ms) and one lock acquisition fewer per update moved nothing beyond noise, so none was kept. "
+    "Reaching 500/s here would take the server off the one interpreter: an asyncio (grpc.aio) service, or "
+    "several server processes sharing the store. Memory: with 1,000 clients uploading 4 MB each at once, gRPC's "
     "own buffering dominated (the bare grpcio server alone peaks at 3-3.6 GB at 1M) while it grew each call's "
     "HTTP/2 receive window to the bandwidth-delay product; `fedrl server` now keeps the fixed 64 KiB window "
     "(`limits.grow_windows: false`), which took its peak at 1M from 5.9 to 3.3 GB (fsync; 5.5 to 2.8 GB process) "
-    "and at 100k from 1.0 to 0.7 GB, at the same rates. What remains grows with the handler threads' uploads (32 at"
-    " a time, each parsed and reassembled) and the round, read from the store into one buffer that the strategy "
-    "reads without copying."
+    "and at 100k from 1.0 to 0.7 GB, at the same rates. What remains grows with the handler threads' uploads (32 "
+    "at a time, each parsed and reassembled) and the round, read from the store into one buffer that the "
+    "strategy reads without copying."
 )
 
 
@@ -693,12 +704,20 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=16, help="gRPC channels the clients share (default 16)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="only these models")
     parser.add_argument("--durability", nargs="+", choices=["fsync", "process"], default=["fsync", "process"])
+    parser.add_argument(
+        "--server-set",
+        action="append",
+        default=[],
+        help="a `fedrl server --set` override for the fedrl server, e.g. limits.worker_threads=8 (repeatable)",
+    )
     args = parser.parse_args()
     clients = args.clients or (100 if args.quick else TARGET_CLIENTS)
     models = tuple(args.models or (("10k", "100k") if args.quick else MODELS))
-    settings = Settings(clients, args.channels, 2.0 if args.quick else 6.0, 4.0 if args.quick else 12.0, models)
+    windows = (2.0, 4.0) if args.quick else (6.0, 12.0)
+    settings = Settings(clients, args.channels, *windows, models, tuple(args.server_set))
     results = measure(settings, tuple(args.durability))
-    default = not (args.quick or args.clients or args.models or args.channels != 16 or len(args.durability) < 2)
+    changed = args.quick or args.clients or args.models or args.channels != 16 or args.server_set
+    default = not (changed or len(args.durability) < 2)
     if default:
         write_report(results, settings)
     else:
