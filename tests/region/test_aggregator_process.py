@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedrl.wire.broker import Mosquitto
+
 pytestmark = pytest.mark.slow
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -191,3 +193,110 @@ def test_a_region_killed_mid_round_loses_nothing_it_acknowledged_and_counts_no_d
     # and each device acts with the final version
     for i in range(4):
         assert json.loads((hierarchy.root / f"device{i}" / "acting.json").read_text())["version"] == ROUNDS
+
+
+def test_a_region_serves_its_devices_through_an_mqtt_broker(tmp_path):
+    # Prepare: a root over gRPC with one region, which serves two devices through Mosquitto
+    root_dir = tmp_path / "root"
+    passwords = {"fedrl-region": "region-secret", "dev-0": "dev-0-secret", "dev-1": "dev-1-secret"}
+    broker = Mosquitto(tmp_path / "broker", passwords, acl_server_user="fedrl-region", max_packet_bytes=65536).start()
+    processes: list[subprocess.Popen] = []
+    try:
+        experiment = {
+            "name": "mqtt-region",
+            "seed": 1,
+            "env": {"family": "cartpole", "heterogeneity": 0.5},
+            "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "hidden": [32, 32]},
+            "federation": {"n_clients": 4, "regions": 2, "local_steps": 512, "rounds": 3, "stop_at_target": False},
+        }
+        config = {
+            "experiment": experiment,
+            "rounds": {"deadline_s": 30, "updates_per_round": 1},
+            "gate": {"enabled": False},
+        }
+        (tmp_path / "root.yaml").write_text(yaml.safe_dump(config))
+        token = tmp_path / "ra.token"
+        Hierarchy.fleet("add-region", "ra", "--devices", "2", "--state-dir", str(root_dir), "--token-file", str(token))
+        for i in (0, 1):
+            Hierarchy.fleet(
+                "add-client",
+                f"dev-{i}",
+                "--state-dir",
+                str(tmp_path / "ra"),
+                "--token-file",
+                str(tmp_path / f"dev-{i}.token"),
+            )
+        port = free_port()
+
+        def start(args: list[str], log: str, password: str | None = None) -> subprocess.Popen:
+            env = {**ENV, "FEDRL_BROKER_PASSWORD": password} if password else ENV
+            with open(tmp_path / log, "a") as output:
+                processes.append(subprocess.Popen(fedrl(*args), stdout=output, stderr=subprocess.STDOUT, env=env))
+            return processes[-1]
+
+        mqtt = ["--transport", "mqtt", "--broker", f"127.0.0.1:{broker.port}", "--fleet", "hier", "--insecure"]
+        root = start(
+            [
+                "server",
+                "--config",
+                str(tmp_path / "root.yaml"),
+                "--state-dir",
+                str(root_dir),
+                *FAST,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--metrics",
+                "off",
+                "--insecure",
+                "--exit-when-finished",
+            ],
+            "root.log",
+        )
+        region = start(
+            [
+                "aggregator",
+                "--parent",
+                f"127.0.0.1:{port}",
+                "--name",
+                "ra",
+                "--token-file",
+                str(token),
+                "--state-dir",
+                str(tmp_path / "ra"),
+                "--metrics",
+                "off",
+                "--exit-when-finished",
+                "--broker-user",
+                "fedrl-region",
+                *FAST,
+                *mqtt,
+            ],
+            "ra.log",
+            passwords["fedrl-region"],
+        )
+        assert eventually(lambda: events(tmp_path / "ra.log", "model_announced"), timeout=60), "the region never served"
+        device = ["--timeout", "20", "--until-finished", "--act-period", "0.001", *mqtt]
+        devices = [
+            start(
+                ["client", "--name", f"dev-{i}", "--client-index", str(i), "--state-dir", str(tmp_path / f"device{i}"),
+                 "--token-file", str(tmp_path / f"dev-{i}.token"), *device],
+                f"dev-{i}.log",
+                passwords[f"dev-{i}"],
+            )
+            for i in (0, 1)
+        ]  # fmt: skip
+
+        # Execute and assert: the run ends for everyone; each round's one update, of both devices, came from the region
+        for process in [*devices, region, root]:
+            assert process.wait(timeout=240) == 0
+        assert rows(root_dir / "server.db", "SELECT update_id, clients FROM updates ORDER BY round") == [
+            (f"ra.round{r}", 2) for r in (1, 2, 3)
+        ]
+        for i in (0, 1):
+            assert json.loads((tmp_path / f"device{i}" / "acting.json").read_text())["version"] == 3
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(20)
+        broker.stop()
