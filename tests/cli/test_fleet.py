@@ -53,3 +53,16 @@ def test_a_guessable_or_taken_token_is_refused_by_name(tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("")
     assert "is empty" in fleet("add-client", "dev2", "--state-dir", tmp_path / "root", "--same-token", empty).output
+
+
+def test_fleet_status_tells_a_region_from_a_device(tmp_path, monkeypatch):
+    from fedrl.cli.console import console
+
+    monkeypatch.setattr(console, "width", 200)
+    fleet("add-region", "eu", "--devices", 500, "--state-dir", tmp_path / "root", "--token-file", tmp_path / "t")
+    fleet("add-client", "dev9", "--state-dir", tmp_path / "root", "--token-file", tmp_path / "d")
+
+    result = fleet("status", "--state-dir", tmp_path / "root")
+
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line.strip().startswith(("eu", "dev9"))}
+    assert "(region, <= 500 devices)" in rows["eu"] and "region" not in rows["dev9"]

@@ -291,7 +291,7 @@ def status(
     state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds", help="Recent rounds to show.")
 ) -> None:
     """Where the run stands, the clients (last seen, acting version as each reports it, updates,
-    token) and recent rounds (updates, their bytes on the wire, candidate return, outcome, and
+    token; a regional aggregator says so) and recent rounds (updates, their bytes on the wire, candidate return, outcome, and
     with DP the epsilon spent once each closed). Times are UTC."""
     from rich import box
 
@@ -304,7 +304,7 @@ def status(
     table = Table("client", "registered", "last seen", "acting", "updates", "token", title="clients", box=box.SIMPLE)
     for c in clients:
         table.add_row(
-            c.client,
+            c.client if c.devices is None else f"{c.client} (region, <= {c.devices} devices)",
             _when(c.registered_at),
             _when(c.last_seen),
             "-" if c.acting_version is None else f"v{c.acting_version}",

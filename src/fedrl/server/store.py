@@ -293,7 +293,7 @@ class Store:
         """Every client, with its number of accepted updates."""
         rows = self.db.execute(
             "SELECT c.name AS client, c.registered_at, c.last_seen, c.acting_version, "
-            "(SELECT COUNT(*) FROM updates u WHERE u.client = c.name) AS updates_accepted, c.revoked_at "
+            "(SELECT COUNT(*) FROM updates u WHERE u.client = c.name) AS updates_accepted, c.revoked_at, c.devices "
             "FROM clients c ORDER BY c.name"
         )
         return [ClientStatus(**dict(row)) for row in rows]

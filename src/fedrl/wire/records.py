@@ -167,6 +167,7 @@ class ClientStatus:
     acting_version: int | None
     updates_accepted: int
     revoked_at: float | None = None  # when its token was revoked; None while valid
+    devices: int | None = None  # a regional aggregator: the most devices it stands for; None for a device
 
 
 @dataclass(frozen=True)
