@@ -291,8 +291,8 @@ def status(
     state_dir: Path = STATE_DIR, rounds: int = typer.Option(10, "--rounds", help="Recent rounds to show.")
 ) -> None:
     """Where the run stands, the clients (last seen, acting version as each reports it, updates,
-    token; a regional aggregator says so) and recent rounds (updates, their bytes on the wire, candidate return, outcome, and
-    with DP the epsilon spent once each closed). Times are UTC."""
+    token; a regional aggregator says so) and recent rounds (updates, their bytes on the wire,
+    candidate return, outcome, and with DP the epsilon spent once each closed). Times are UTC."""
     from rich import box
 
     store = _store(state_dir)
