@@ -17,6 +17,7 @@ import yaml
 from fedrl.edge.agent import Agent, AgentConfig, Fatal
 from fedrl.edge.backoff import BackoffConfig
 from fedrl.edge.device_env import DeviceEnvSpec
+from fedrl.edge.failover import FailoverLink
 from fedrl.edge.link import Unreachable
 from fedrl.edge.trainer import trainer_from_yaml
 from fedrl.wire.pending import PendingStore, new_submission
@@ -361,27 +362,56 @@ def test_a_finished_run_ends_the_agent_even_when_the_server_is_gone_right_after(
     assert running.agent.acting.version == 0
 
 
-def test_a_task_for_a_round_already_acknowledged_is_not_trained_again(experiment, params, tmp_path, edge_log):
+def test_a_device_of_a_hierarchy_trains_once_a_round_and_a_device_of_one_server_may_train_again(
+    experiment, params, tmp_path, edge_log
+):
     # a region acknowledged round 1, died, and the device's fallback offers round 1 again
-    link = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0), Task(1, 0, 60.0), Task(2, 0, 60.0)])
+    tasks = [Task(1, 0, 60.0), Task(1, 0, 60.0), Task(2, 0, 60.0)]
+    link = ScriptedLink(experiment, {0: params}, tasks=list(tasks))
 
-    agent(link, tmp_path).run()
+    agent(FailoverLink([link]), tmp_path / "hierarchy").run()
 
     assert [s.round for s in link.pushed] == [1, 2]
     assert [e.fields["round"] for e in edge_log.events("task_skipped")] == [1]
 
+    # one server offers a round again only when it may take a new update (it refused the first)
+    alone = ScriptedLink(experiment, {0: params}, tasks=list(tasks))
+    agent(alone, tmp_path / "alone").run()
+    assert [s.round for s in alone.pushed] == [1, 1, 2]
+
 
 def test_the_once_a_round_rule_survives_a_restart_and_a_new_run_starts_it_over(experiment, params, tmp_path):
-    # Prepare: the device trained for round 3 (from version 2), then restarted
+    # Prepare: the device (of a hierarchy) trained for round 3 from version 2, then restarted
     first = ScriptedLink(experiment, {2: params}, tasks=[Task(3, 2, 60.0)], deployed=2)
-    agent(first, tmp_path).run()
+    agent(FailoverLink([first]), tmp_path).run()
 
     # Execute and assert: round 3 offered again after the restart is skipped, round 4 is trained
     again = ScriptedLink(experiment, {2: params}, tasks=[Task(3, 2, 60.0), Task(4, 2, 60.0)], deployed=2)
-    agent(again, tmp_path).run()
+    agent(FailoverLink([again]), tmp_path).run()
     assert [s.round for s in again.pushed] == [4]
+    assert json.loads((tmp_path / "sent.json").read_text()) == {"round": 4, "base_version": 2, "server": 0}
 
     # a new run of the same experiment (its versions start over) trains its round 1 as usual
     fresh = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)], deployed=0)
-    agent(fresh, tmp_path).run()
+    agent(FailoverLink([fresh]), tmp_path).run()
     assert [s.round for s in fresh.pushed] == [1]
+
+
+def test_a_pending_update_goes_after_a_restart_to_the_server_whose_task_it_was(experiment, params, tmp_path):
+    # Prepare: the device took round 1's task from its fallback (server 2), which was gone before it answered
+    region, root = (
+        ScriptedLink(experiment, {0: params}),
+        ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)]),
+    )
+    region.unreachable = {"register": 1, "heartbeat": FOREVER}
+    root.unreachable = {"push": FOREVER}
+    first = Running(agent(FailoverLink([region, root], return_after_s=3600.0), tmp_path))
+    eventually(lambda: root.calls.count("push") >= 2)
+    first.stop()
+
+    # Execute: it restarts with both servers up
+    region2, root2 = ScriptedLink(experiment, {0: params}), ScriptedLink(experiment, {0: params})
+    agent(FailoverLink([region2, root2], return_after_s=3600.0), tmp_path).run()
+
+    # Assert: the update went to the server that gave its task, not to the device's region
+    assert [s.round for s in root2.pushed] == [1] and region2.pushed == []

@@ -29,6 +29,9 @@ class Server:
         self.heartbeat(None)
         return Ack(submission.update_id, submission.round, 0.0)
 
+    def secure(self, round_, step, payload):
+        self.heartbeat(None)
+
     def close(self):
         self.closed = True
 
@@ -61,22 +64,30 @@ def test_calls_go_to_the_next_server_while_one_is_down_and_home_again_after_a_wh
     assert link.current == 0 and link.heartbeat(0) == "region"
 
 
-def test_an_update_goes_to_the_server_whose_task_it_was_while_it_may_come_back():
+def test_an_update_goes_to_the_server_whose_task_it_was_and_to_no_other():
     region, root, clock = Server("region"), Server("root"), Clock()
     link = FailoverLink([region, root], return_after_s=10.0, clock=clock)
     task = link.task()
     update = Submission("u", "dev", task.round, 0, np.zeros(2, np.float32), 10)
     region.down = True
-    with pytest.raises(Unreachable):
+    with pytest.raises(Unreachable):  # the heartbeat thread notices first and moves on to the root
         link.heartbeat(0)
 
     with pytest.raises(Unreachable, match="server 1 of 2"):  # the region that gave the task, not the root
         link.push(update)
     clock.now = 9.0
     with pytest.raises(Unreachable, match="server 1 of 2"):
+        link.secure(task.round, None, b"")
+    clock.now = 10.0  # gone for too long: dropped, not sent where it may be counted twice
+    with pytest.raises(Rejected, match="whose task round 1 was, has been unreachable for 10 s"):
         link.push(update)
-    clock.now = 10.0  # gone for too long: the update goes where the device is now
-    assert link.push(update).update_id == "u"
+    with pytest.raises(Rejected, match="SecureStep"):
+        link.secure(task.round, None, b"")
+
+    # a restarted device says where its pending update's task came from
+    fresh = FailoverLink([Server("region"), Server("root")], clock=clock)
+    fresh.expect(1, 1)
+    assert fresh.server_of(1) == 1 and fresh.push(update).update_id == "u"
 
 
 def test_with_every_server_down_the_calls_go_round_and_the_agent_keeps_backing_off():

@@ -68,9 +68,9 @@ def device(i: int) -> str:
     return f"dev-{i}"
 
 
-def open_root(experiment, state_dir) -> Coordinator:
+def open_root(experiment, state_dir, clock=time.time) -> Coordinator:
     """A root (or flat) server's coordinator without the gate: every candidate deploys."""
-    return Coordinator.open(ServerConfig(experiment=experiment, gate={"enabled": False}), state_dir)
+    return Coordinator.open(ServerConfig(experiment=experiment, gate={"enabled": False}), state_dir, clock=clock)
 
 
 def signed(s: Submission) -> Submission:
@@ -84,9 +84,7 @@ class Hierarchy:
     def __init__(self, tmp_path, experiment: dict, region_overrides: list[str] = (), clock=time.time):
         self.experiment = parse_config(experiment)
         self.setup = SimSetup(self.experiment)
-        self.root = Coordinator.open(
-            ServerConfig(experiment=self.experiment, gate={"enabled": False}), tmp_path / "root"
-        )
+        self.root = open_root(self.experiment, tmp_path / "root", clock)
         n = self.experiment.federation.n_clients
         self.members = {"a": list(range(n // 2)), "b": list(range(n // 2, n))}
         self.regions, self.upstreams = {}, {}
@@ -233,7 +231,8 @@ def test_a_device_cannot_claim_to_be_a_region_and_a_region_needs_a_hierarchy(tmp
         flat.task("region-z")
 
 
-def test_a_region_killed_while_forwarding_forwards_the_same_update_once(tmp_path, hierarchy_config):
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged-forward-file"])
+def test_a_region_killed_while_forwarding_forwards_the_same_update_once(tmp_path, hierarchy_config, damaged):
     # Prepare: region a reduced round 1 and pushed it, but was killed before it heard the ack
     h = Hierarchy(tmp_path, hierarchy_config)
     h.sync()
@@ -242,6 +241,8 @@ def test_a_region_killed_while_forwarding_forwards_the_same_update_once(tmp_path
     first = h.regions["a"].outbox()
     h.root.submit("region-a", first)
     h.regions["a"]._store.close()  # kill -9: nothing more is written
+    if damaged:  # the saved update is unreadable: the stored updates are reduced again, to the same bytes
+        (tmp_path / "region-a" / "forward.safetensors").write_bytes(b"not a safetensors file")
 
     # Execute: the region restarts from its state directory
     config = h.regions["a"].config
@@ -331,8 +332,7 @@ def test_a_region_forwarding_a_round_takes_no_other_and_its_store_keeps_numbers(
     region = h.regions["a"]
     region.tick()
     assert region.outbox() is not None
-    with pytest.raises(ValueError, match="round 1 is being forwarded; round 2 must wait"):
-        region.arm(Task(2, 0, 60.0))
+    assert not region.arm(Task(2, 0, 60.0)) and region.outbox().round == 1  # its update goes first
     with pytest.raises(ValueError, match="round 1 holds updates"):
         region._store.renumber_open_round(2, 0, 0.0)
 
@@ -451,3 +451,63 @@ def test_under_secure_aggregation_regions_sum_their_devices_and_the_root_average
     assert "through its region" in h.root.task("dev-0").reason
     with pytest.raises(Rejected, match="aggregates securely: an update is sent masked"):
         h.root.submit("dev-0", signed(Submission("y", "dev-0", 2, 1, inputs[0], 256)))
+
+
+def test_a_one_device_region_may_send_the_statistics_of_all_its_device_observed(tmp_path, hierarchy_config):
+    # its device claimed (and observed) 512 steps; its weight was capped at the 256-step budget
+    learner = {**hierarchy_config["learner"], "normalize": {"obs": True, "reward": False}}
+    h = Hierarchy(tmp_path, {**hierarchy_config, "learner": learner})
+    h.sync()
+    dim, obs_dim = h.setup.net.spec.dim, h.setup.family.obs_dim
+    norm = NormStats(Moments(np.array(512.0), np.zeros(obs_dim), np.full(obs_dim, 512.0)), None)
+    one = signed(Submission("region-a.round1", "region-a", 1, 0, np.zeros(dim, np.float32), 256, norm=norm))
+
+    assert h.root.submit("region-a", one).round == 1
+
+
+def test_a_secure_hierarchys_root_keeps_its_places_for_regions(tmp_path, hierarchy_config):
+    pipeline = {"secure_aggregation": {"enabled": True, "threshold": 2}}
+    h = Hierarchy(tmp_path, {**hierarchy_config, "pipeline": pipeline, "strategy": {"name": "fedavg"}})
+    h.root.add_client("dev-x")
+    h.root._seen.pop("region-b")  # region b is not online yet
+    h.root.heartbeat("dev-x", 0)
+    h.root._sample()
+
+    assert h.root._selected == {"region-a"}
+    h.root.heartbeat("region-b", 0)
+    assert isinstance(h.root.task("region-b"), Task)  # the place a device would have taken is still there
+    assert isinstance(h.root.task("dev-x"), Wait)
+
+
+def test_a_secure_region_round_no_device_joins_is_dropped_by_the_parents_deadline(tmp_path, hierarchy_config):
+    clock = Clock()
+    pipeline = {"secure_aggregation": {"enabled": True, "threshold": 2}}
+    experiment = {**hierarchy_config, "pipeline": pipeline, "strategy": {"name": "fedavg"}}
+    h = Hierarchy(tmp_path, experiment, clock=clock)
+    h.sync()
+    assert h.regions["a"].armed
+
+    clock.now += 0.8 * 60 + 1
+    h.regions["a"].tick()
+
+    assert not h.regions["a"].armed and h.regions["a"].outbox() is None
+
+
+def test_the_root_closes_a_round_with_what_its_regions_forwarded_by_its_deadline(tmp_path, hierarchy_config):
+    # Prepare: region b forwards round 1; region a drops it (nothing arrived by its deadline)
+    clock = Clock()
+    h = Hierarchy(tmp_path, hierarchy_config, clock=clock)
+    h.sync()
+    h.devices_train(1, only={2, 3})
+    h.regions["b"].tick()
+    h.upstreams["b"].step()
+    clock.now += 0.8 * 60 + 1
+    h.regions["a"].tick()
+    h.upstreams["a"].step()  # offered round 1 again, it takes nothing
+
+    # Execute: the root's deadline passes
+    clock.now += 60
+    h.root.tick()
+
+    # Assert: it closed with region b's update alone (min_updates 1 at the root of a hierarchy)
+    assert h.root.config.min_updates == 1 and h.root.deployed_version == 1

@@ -35,6 +35,7 @@ use a folder (a lock file says so).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -57,6 +58,7 @@ from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
 from fedrl.edge.device import CREDENTIAL_REASONS, Fatal, event, locked, refused_credentials
 from fedrl.edge.device_env import DeviceEnvSpec, EnvUnusable, make_env
+from fedrl.edge.failover import FailoverLink
 from fedrl.edge.health import HealthBeat
 from fedrl.edge.limits import HOOK_POLL_S, OwnerLimits, Triggers, load_hook, nice_this_thread, rss_mb
 from fedrl.edge.link import Link, Unreachable, Untrusted
@@ -73,7 +75,7 @@ from fedrl.wire.records import Model, Reason, Registration, Rejected, SecureRepl
 
 T = TypeVar("T")
 EXPERIMENT_FILE = "experiment.yaml"
-SENT_FILE = "sent.json"  # the synchronous round (and its base version) this device last trained an update for
+SENT_FILE = "sent.json"  # through a FailoverLink: the last synchronous round trained for, its base, its server
 EXPERIENCE_SAVE_S = 300.0  # between two saves of the recorded experience, outside training
 EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)
 
@@ -170,7 +172,7 @@ class Agent:
         self._personalizer: Personalizer | None = None
         self._recorder: Recorder | None = None
         self._answered_at: float | None = None  # when the server last answered a heartbeat
-        self._sent = (-1, -1)  # (round, base version) of the last synchronous round this device trained for
+        self._sent = Sent()  # through a FailoverLink: the last synchronous round this device trained for
 
     def stop(self) -> None:
         """Ask ``run`` to return at its next call or wait (safe from a signal handler or thread)."""
@@ -322,7 +324,7 @@ class Agent:
     def _restore(self) -> None:
         """Take up the experiment, learner state and acting policy a previous run left, so the
         device acts again before it reaches the server."""
-        self._sent = _read_sent(Path(self.config.state_dir) / SENT_FILE)
+        self._sent = Sent.read(Path(self.config.state_dir) / SENT_FILE)
         path = Path(self.config.state_dir) / EXPERIMENT_FILE
         if not path.exists():
             return
@@ -351,8 +353,6 @@ class Agent:
         self._client = registration.client
         if registration.experiment_yaml != self._experiment:
             self._adopt(registration.experiment_yaml)
-        if registration.deployed_version < self._sent[1]:  # a new run of the same experiment: its rounds start over
-            self._note_sent(-1, -1)
         self._learn_deployed(registration.deployed_version)
         event(
             logging.INFO,
@@ -377,7 +377,7 @@ class Agent:
         clear_acting(state_dir)
         for name in (LEARNER_FILE, STAGED_FILE, EXPERIENCE_FILE, SENT_FILE):
             disk.remove(state_dir / name)
-        self._sent = (-1, -1)
+        self._sent = Sent()
         disk.write_atomic(state_dir / EXPERIMENT_FILE, experiment_yaml.encode())
         self._experiment, self._trainer, self._local, self._models = experiment_yaml, trainer, local, {}
         self.acting.swap(None)
@@ -404,6 +404,14 @@ class Agent:
             self.pending.clear()
             return
         event(logging.INFO, "resubmitting", update_id=submission.update_id, round=submission.round)
+        if (
+            isinstance(self.link, FailoverLink)
+            and self._sent.round == submission.round
+            and self._sent.server is not None
+        ):
+            self.link.expect(submission.round, self._sent.server)  # it goes where its task came from
+        if self._sent.round < submission.round:  # stopped between saving the update and noting its round
+            self._note_sent(submission.round, submission.base_version)
         self._push(submission)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -437,17 +445,21 @@ class Agent:
             self._sleep(reply.retry_after_s)
 
     def _sent_already(self, task: Task) -> bool:
-        """Whether this device trained an update for ``task``'s synchronous round already (sent to this
-        server or, through a ``FailoverLink``, to another of the hierarchy, which may have stored it
-        though its answer was lost): a round counts a device once, so it trains once a round."""
-        round_, base = self._sent
-        return not self._trainer.setup.config.asynchronous and task.round <= round_ and task.base_version >= base
+        """Whether this device, reaching several servers of a hierarchy (a ``FailoverLink``), trained an
+        update for ``task``'s synchronous round already: one of them may have stored it though its
+        answer was lost, so a round counts a device once only if it trains once a round. (A device of
+        one server trains again for a round whose update was refused, as the server allows.)"""
+        if not isinstance(self.link, FailoverLink) or self._trainer.setup.config.asynchronous:
+            return False
+        return task.round <= self._sent.round and task.base_version >= self._sent.base_version
 
     def _note_sent(self, round_: int, base_version: int) -> None:
-        """Remember, on disk, the synchronous round this device trained an update for."""
-        self._sent = (round_, base_version)
-        text = json.dumps({"round": round_, "base_version": base_version})
-        disk.write_atomic(Path(self.config.state_dir) / SENT_FILE, text.encode())
+        """Through a ``FailoverLink``: remember, on disk, the synchronous round this device trained for
+        and the server whose task it was."""
+        if not isinstance(self.link, FailoverLink) or self._trainer.setup.config.asynchronous:
+            return
+        self._sent = Sent(round_, base_version, self.link.server_of(round_))
+        disk.write_atomic(Path(self.config.state_dir) / SENT_FILE, json.dumps(dataclasses.asdict(self._sent)).encode())
 
     def _finish(self, reason: str, retry_after_s: float) -> None:
         """The run is over: act with the final deployed version if the server answers at once
@@ -508,8 +520,7 @@ class Agent:
         secure = self._trainer.setup.config.pipeline.secure_aggregation
         if not secure.enabled:  # a masked update cannot be resent after a restart: its keys are gone
             self.pending.save(submission)
-        if not self._trainer.setup.config.asynchronous:
-            self._note_sent(task.round, task.base_version)
+        self._note_sent(task.round, task.base_version)
         self._recorder.mark_used(upto)
         self._save_experience(force=True)
         self._local = local
@@ -728,10 +739,20 @@ class Agent:
             raise _Stopped
 
 
-def _read_sent(path: Path) -> tuple[int, int]:
-    """The (round, base version) ``SENT_FILE`` holds; (-1, -1) when there is none or it is unreadable."""
-    try:
-        record = json.loads(path.read_text())
-        return int(record["round"]), int(record["base_version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1, -1
+@dataclass(frozen=True)
+class Sent:
+    """The last synchronous round a device reaching several servers trained an update for."""
+
+    round: int = -1
+    base_version: int = -1
+    server: int | None = None  # the index of the server whose task it was (its FailoverLink's), if known
+
+    @classmethod
+    def read(cls, path: Path) -> Sent:
+        """What ``path`` holds; nothing sent when there is no such file or it is unreadable."""
+        try:
+            record = json.loads(path.read_text())
+            server = record.get("server")
+            return cls(int(record["round"]), int(record["base_version"]), None if server is None else int(server))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return cls()

@@ -5,17 +5,19 @@ region or the root). A call goes to the link in use; when it raises ``Unreachabl
 goes to the next link (the agent backs off and calls again, as it always does). After
 ``return_after_s`` on another link, the next request for work tries the first one again, so a device
 goes home when its region is back (only a request for work goes home, so the calls that follow an
-answer, such as the final heartbeat after "finished", reach the server that gave it). An update goes
-to the server whose task it was, retried there for up to ``return_after_s`` while it is unreachable:
-that server may have stored it though its answer was lost. The servers must share the experiment
+answer, such as the final heartbeat after "finished", reach the server that gave it). An update (and
+a secure round's step) goes to the server whose task it was and to no other, which would refuse it
+or, had the first stored it though its answer was lost, count it twice: it is retried there while
+that server is unreachable, and dropped after ``return_after_s`` of that. The servers must share the experiment
 and the version numbers (a region serves its parent's), and each must know the device's token
 (``fedrl fleet add-client NAME --same-token FILE``); a fallback that refuses the device's
 credentials or certificate is passed over like an unreachable one (only the first server's refusal
 stops the device).
 
-The agent trains once per synchronous round: after it has made a round's update it trains for no
-other task of that round, wherever it comes from (``fedrl.edge.agent``), so a round is not counted
-twice when a region that stored an update (whose answer may have been lost) forwards it.
+Through a ``FailoverLink`` the agent trains once per synchronous round: after it has made a round's
+update it trains for no other task of that round, wherever it comes from, and it keeps which server
+gave that task across restarts (``fedrl.edge.agent``), so a round is not counted twice when a region
+that stored an update (whose answer may have been lost) forwards it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,21 @@ from typing import TypeVar
 
 from fedrl.edge.device import CREDENTIAL_REASONS
 from fedrl.edge.link import Link, Unreachable, Untrusted
-from fedrl.wire.records import Ack, Model, Registration, Rejected, SecureReply, SecureStep, Submission, Task, Wait
+from fedrl.wire.records import (
+    Ack,
+    Model,
+    Reason,
+    Registration,
+    Rejected,
+    SecureReply,
+    SecureStep,
+    Submission,
+    Task,
+    Wait,
+)
 
 T = TypeVar("T")
+KEPT_ROUNDS = 4  # the newest rounds whose server is remembered
 
 
 class FailoverLink:
@@ -88,19 +102,40 @@ class FailoverLink:
                 if index == 0:
                     self._left_home_at = self._clock()
 
-    def _pin(self, round_: int) -> int | None:
-        """The link an update of ``round_`` must go to: the one whose task it was, while it has been
-        failing for less than ``return_after_s`` (then anywhere, where it will likely be refused)."""
+    def server_of(self, round_: int) -> int | None:
+        """The index of the server whose task for ``round_`` this device took, if it is known."""
         with self._lock:
-            index = self._tasked.get(round_)
-            since = self._pinned_since.get(round_)
-            if index is None or (since is not None and self._clock() - since >= self.return_after_s):
-                return None
-            return index
+            return self._tasked.get(round_)
 
-    def _failed_pinned(self, round_: int) -> None:
+    def expect(self, round_: int, index: int) -> None:
+        """Note that the task for ``round_`` came from server ``index`` (the agent restores it after a
+        restart, so a pending update still goes where its task came from)."""
         with self._lock:
-            self._pinned_since.setdefault(round_, self._clock())
+            self._tasked[round_] = index
+
+    def _pinned(self, round_: int, name: str, call: Callable[[Link], T]) -> T:
+        """``call`` on the server whose task ``round_`` was (any server in use when none is known): never
+        another one, which would refuse it or, had the first stored it, count it twice. While that server
+        is unreachable the caller retries; after ``return_after_s`` of that, the call is refused here."""
+        with self._lock:
+            index, since = self._tasked.get(round_), self._pinned_since.get(round_)
+        if index is None:
+            return self._call(call)
+        if since is not None and self._clock() - since >= self.return_after_s:
+            raise Rejected(
+                Reason.FAILED_PRECONDITION,
+                f"{name}: server {index + 1} of {len(self.links)}, whose task round {round_} was, has been "
+                f"unreachable for {self.return_after_s:g} s; no other server may take what belongs to it",
+            )
+        try:
+            answer = self._call(call, index, move_on=False)
+        except Unreachable:
+            with self._lock:
+                self._pinned_since.setdefault(round_, self._clock())
+            raise
+        with self._lock:
+            self._pinned_since.pop(round_, None)
+        return answer
 
     def register(self) -> Registration:
         """Announce this client to the server in use."""
@@ -116,7 +151,11 @@ class FailoverLink:
         reply = self._call(lambda link: link.task(), index)
         if isinstance(reply, Task):
             with self._lock:
-                self._tasked = {r: i for r, i in self._tasked.items() if r > reply.round - 4} | {reply.round: index}
+                self._tasked = {r: i for r, i in self._tasked.items() if r > reply.round - KEPT_ROUNDS} | {
+                    reply.round: index
+                }
+                self._pinned_since = {r: t for r, t in self._pinned_since.items() if r in self._tasked}
+                self._pinned_since.pop(reply.round, None)
         return reply
 
     def pull(self, version: int) -> Model:
@@ -124,20 +163,14 @@ class FailoverLink:
         return self._call(lambda link: link.pull(version))
 
     def push(self, submission: Submission) -> Ack:
-        """Upload an update to the server whose task it was (that server may have stored it already,
-        though its answer was lost), for up to ``return_after_s`` while that server is unreachable."""
-        pinned = self._pin(submission.round)
-        try:
-            return self._call(lambda link: link.push(submission), pinned, move_on=pinned is None)
-        except Unreachable:
-            if pinned is not None:
-                self._failed_pinned(submission.round)
-            raise
+        """Upload an update to the server whose task it was (which may have stored it already, though
+        its answer was lost); ``Rejected`` once that server has been unreachable for ``return_after_s``."""
+        return self._pinned(submission.round, "PushUpdate", lambda link: link.push(submission))
 
     def secure(self, round_: int, step: SecureStep, payload: bytes) -> SecureReply:
-        """One step of a secure-aggregation round with the server whose task it is (its protocol is there)."""
-        pinned = self._pin(round_)
-        return self._call(lambda link: link.secure(round_, step, payload), pinned, move_on=pinned is None)
+        """One step of a secure-aggregation round with the server whose task it is (its protocol is
+        there); ``Rejected`` once that server has been unreachable for ``return_after_s``."""
+        return self._pinned(round_, "SecureStep", lambda link: link.secure(round_, step, payload))
 
     def close(self) -> None:
         """Close every link."""

@@ -38,7 +38,10 @@ class RoundConfig(FrozenConfig):
         "federation.regions at the root and a region's share of fraction x n_clients at a regional aggregator)",
     )
     min_updates: int | None = Field(
-        None, ge=1, description="updates a round needs once its deadline has passed (default: all it waits for)"
+        None,
+        ge=1,
+        description="updates a round needs once its deadline has passed (default: all it waits for; in a "
+        "hierarchy 1, at the root and at a regional aggregator: a region that is gone holds up no one)",
     )
     deadline_s: float = Field(60.0, gt=0, description="seconds after opening when a round may close with min_updates")
     liveness_s: float = Field(30.0, gt=0, description="a client not heard from for this long is offline")
@@ -206,9 +209,13 @@ class ServerConfig(FrozenConfig):
 
     @property
     def min_updates(self) -> int:
-        """Updates a round needs after its deadline."""
+        """Updates a round needs after its deadline: ``rounds.min_updates``, else all it waits for,
+        except at the root of a hierarchy, which closes with what its regions forwarded (1): a region
+        that dropped the round, or is gone, cannot give back its place."""
         wanted = self.updates_per_round
-        return wanted if self.rounds.min_updates is None else min(self.rounds.min_updates, wanted)
+        if self.rounds.min_updates is None:
+            return 1 if self.experiment.federation.regions > 1 else wanted
+        return min(self.rounds.min_updates, wanted)
 
     @property
     def versions_kept(self) -> int | None:
@@ -274,8 +281,9 @@ def load_region_config(path: Path | None, overrides: list[str], experiment: Expe
     """A regional aggregator's config: the deployment sections of a server YAML (``rounds``,
     ``limits``, ``store``; no ``experiment``, since a region trains its parent's) with the parent's
     ``experiment``. A region evaluates nothing (its parent's gate does), and a round waits for the
-    region's share of the fleet's updates, ``fraction * n_clients / regions``, and forwards what
-    arrived by its deadline (``min_updates`` 1), unless ``rounds`` says otherwise."""
+    region's share of the fleet's updates, ``fraction * n_clients / regions``, unless
+    ``rounds.updates_per_round`` says otherwise, and forwards what arrived by its deadline
+    (``ServerConfig.min_updates``: 1 in a hierarchy)."""
     data = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         data = apply_override(data, assignment)
@@ -296,7 +304,7 @@ def load_region_config(path: Path | None, overrides: list[str], experiment: Expe
             "set federation.regions on the parent to the number of its regions"
         )
     share = -(-fed.clients_per_round // fed.regions)
-    rounds = {"updates_per_round": share, "min_updates": 1, **(data.get("rounds") or {})}
+    rounds = {"updates_per_round": share, **(data.get("rounds") or {})}
     data = {**data, "rounds": rounds, "gate": {**gate, "enabled": False}}
     try:
         return ServerConfig.model_validate({**data, "experiment": experiment})

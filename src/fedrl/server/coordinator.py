@@ -388,11 +388,7 @@ class Coordinator:
             if self._closing and not self.config.asynchronous:
                 return Wait(retry, f"round {self._round.round} is closing")
             if client in self._regions and self.config.experiment.federation.regions == 1:
-                raise Rejected(
-                    Reason.FAILED_PRECONDITION,
-                    f"{client!r} is a regional aggregator, and this experiment is not a hierarchy "
-                    "(experiment.federation.regions: 1)",
-                )
+                raise Rejected(Reason.FAILED_PRECONDITION, _not_a_hierarchy(client))
             if self._regions_run_it and self._only_masked(client):
                 return Wait(retry, "under secure aggregation a device trains through its region, not at the root")
             if not self.config.asynchronous:
@@ -433,6 +429,8 @@ class Coordinator:
         except under central DP, whose accountant counts on Poisson sampling: no stand-ins)."""
         if client in self._selected or self._central_dp or client in self._replaced:
             return client in self._selected
+        if self._regions_run_it and self._only_masked(client):
+            return False
         room = len(self._selected) < self.config.updates_per_round or self._replace_forfeiting()
         if room or self._time_left() == 0.0:
             self._selected.add(client)
@@ -468,6 +466,8 @@ class Coordinator:
         online = sorted(c for c, seen in self._seen.items() if now - seen.last_seen <= self.config.rounds.liveness_s)
         if self.config.experiment.federation.regions == 1:  # a flat run: a region enrolled by mistake takes no place
             online = [c for c in online if c not in self._regions]
+        elif self._regions_run_it and self.setup.config.pipeline.secure_aggregation.enabled:
+            online = [c for c in online if c in self._regions]  # devices train through their regions only
         size = min(self.config.updates_per_round, len(online))
         if self.config.asynchronous or size == 0:
             return
@@ -494,8 +494,13 @@ class Coordinator:
                     f"round {round_}'s secure aggregation failed: {self._secure_failures[round_]}",
                 )
             if secure is None or round_ != self._round.round:
-                open_round = f"round {self._round.round} is open" if secure else "this run does not aggregate securely"
-                raise Rejected(Reason.FAILED_PRECONDITION, f"no secure aggregation for round {round_}: {open_round}")
+                if secure is not None:
+                    why = f"round {self._round.round} is open"
+                elif self._regions_run_it:
+                    why = "it runs in the regions, among their own devices: send your steps to your region"
+                else:
+                    why = "this run does not aggregate securely"
+                raise Rejected(Reason.FAILED_PRECONDITION, f"no secure aggregation for round {round_}: {why}")
             if client not in self._selected:
                 raise Rejected(Reason.FAILED_PRECONDITION, f"{client!r} has no task in round {round_}")
             secure.takers = {self._client_id(c) for c in self._selected}
@@ -582,7 +587,7 @@ class Coordinator:
             )
         s = self._decoded(s, client in self._regions)
         digest = self._check_vectors(s)
-        self._check_stats(s)
+        self._check_stats(client, s)
         return s, digest
 
     def _decoded(self, s: Submission, region: bool) -> Submission:
@@ -682,7 +687,7 @@ class Coordinator:
                 "the sensitivity central DP's noise is calibrated to",
             )
 
-    def _check_stats(self, s: Submission) -> None:
+    def _check_stats(self, client: str, s: Submission) -> None:
         """The normalisation statistics beside an update: those the experiment keeps, of no more
         observations than the update's env steps, and sane (``NormStats.problem``)."""
         config = self.setup.config
@@ -704,7 +709,7 @@ class Coordinator:
             )
         obs_dim = self.setup.family.obs_dim if normalize.obs else None
         # a region's devices each observed up to the step limit, though their weights were capped
-        most = self.config.max_env_steps * s.clients if s.clients > 1 else s.env_steps
+        most = self.config.max_env_steps * s.clients if client in self._regions else s.env_steps
         problem = s.norm.problem(obs_dim, normalize.reward, most)
         if problem is not None:
             raise Rejected(Reason.INVALID_ARGUMENT, problem)
@@ -720,6 +725,8 @@ class Coordinator:
         """The devices an update stands for (one, or up to a region's) and its env steps (up to the
         limit for each of them)."""
         devices = self._regions.get(client)
+        if devices is not None and self.config.experiment.federation.regions == 1:  # asynchronous rounds sample no one
+            raise Rejected(Reason.FAILED_PRECONDITION, _not_a_hierarchy(client))
         if not 1 <= s.clients <= (devices or 1):
             most = f"region {client!r} stands for at most {devices}" if devices else "a device's update is its own"
             raise Rejected(Reason.INVALID_ARGUMENT, f"the update reduces {s.clients} devices' updates; {most}")
@@ -995,6 +1002,12 @@ class Coordinator:
                     callback.close()
                 except Exception as exc:
                     log_event("callback_failed", level="warning", callback=type(callback).__name__, error=repr(exc))
+
+
+def _not_a_hierarchy(client: str) -> str:
+    """Why a regional aggregator is refused by a flat run's server."""
+    flat = "experiment.federation.regions: 1"
+    return f"{client!r} is a regional aggregator, and this experiment is not a hierarchy ({flat})"
 
 
 def _seen_now(client: ClientStatus, seen: Seen | None) -> ClientStatus:

@@ -160,8 +160,8 @@ class RegionCoordinator(Coordinator):
             if self._parent is not None:
                 if self._parent.round == task.round:
                     return True
-                if self._forwarding:
-                    raise ValueError(f"round {self._parent.round} is being forwarded; round {task.round} must wait")
+                if self._forwarding:  # its update goes first: the parent's next round is taken after
+                    return False
                 self._drop(f"the parent opened round {task.round}")
             if not self._store.has_version(task.base_version):
                 raise ValueError(f"version {task.base_version} is not copied here yet")
@@ -244,7 +244,9 @@ class RegionCoordinator(Coordinator):
                 return
             if not self._forwarding:
                 late = self._time_left() == 0.0 and len(self._arrived) < self.config.min_updates
-                if self._secure is None and late:  # a secure round settles by its own deadline
+                if self._secure is not None:  # it settles by its deadline, set here even if no device has joined
+                    self._secure.deadline = min(self._secure.deadline, self._clock() + self._time_left())
+                elif late:
                     self._drop(f"{len(self._arrived)} updates by the parent's deadline, fewer than min_updates")
                     return
                 if not self._due():
@@ -255,7 +257,7 @@ class RegionCoordinator(Coordinator):
                 self._forwarding = self._closing = True
                 self._store.set_meta(FORWARDING, str(self._round.round))
             parent, records, secure = self._parent, self._store.round_records(self._round.round), self._secure
-        submission = self._outgoing.load() if self._outgoing.path.exists() else None
+        submission = self._saved_forward()
         if submission is None or submission.round != parent.round:
             submission = self._reduced(parent, records, secure)
             if submission is not None:
@@ -266,6 +268,16 @@ class RegionCoordinator(Coordinator):
                 return
             self._outbox = submission
             self.ready.set()
+
+    def _saved_forward(self) -> Submission | None:
+        """The update being forwarded, as saved before its first push; None when there is none or its
+        file is damaged (then the round is reduced again, or dropped when its secure sum is gone)."""
+        try:
+            return self._outgoing.load()
+        except ValueError as exc:
+            log_event("forward_file_damaged", level="warning", error=str(exc))
+            self._outgoing.clear()
+            return None
 
     def _reduced(self, parent: ParentRound, records: list, secure: SecureRound | None) -> Submission | None:
         """The one update the region forwards for ``parent``'s round (None when none is usable): its
