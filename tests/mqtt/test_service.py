@@ -25,7 +25,7 @@ from fedrl.wire.broker import BrokerTls
 from fedrl.wire.mqtt_frames import split
 from fedrl.wire.mqtt_seal import key_from_token, seal, unsealed
 from fedrl.wire.mqtt_topics import Topics
-from fedrl.wire.records import Reason, Rejected, SecureStep, Submission, Task
+from fedrl.wire.records import Reason, Rejected, SecureStep, Submission, Task, Wait
 from fedrl.wire.tls import write_dev_pki
 
 TOPICS = Topics("test")  # the fleet of tests/mqtt/conftest.py
@@ -532,3 +532,20 @@ def test_normalisation_statistics_travel_through_the_broker_both_ways(start_flee
     finally:
         store.close()
     assert stored.norm.obs.mean.tobytes() == observed.obs.mean.tobytes()
+
+
+def test_a_device_told_the_run_is_finished_has_heard_of_the_last_version(start_fleet):
+    # Prepare: a one-round run; every device sends its update
+    fleet = start_fleet("experiment.federation.rounds=1")
+    links = {name: fleet.link(name) for name in fleet.tokens}
+    tasks = {name: link.task() for name, link in links.items()}
+    for name, link in links.items():
+        link.push(update(fleet, name, tasks[name]))
+
+    # Execute: the round closes and a device asks at once, before the service's next housekeeping
+    fleet.coordinator.tick()
+    answer = links["alice"].task()
+
+    # Assert: the answer says finished, and the version it ends with was announced before it
+    assert isinstance(answer, Wait) and answer.finished
+    assert links["alice"].heartbeat(1) == 1

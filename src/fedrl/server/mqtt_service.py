@@ -307,7 +307,9 @@ class MqttService:
         self._coordinator.heartbeat(client, beat.acting_version if beat.HasField("acting_version") else None)
 
     def _task(self, client: str, _request: mq.Request) -> mq.Reply:
-        return mq.Reply(task=mq.TaskStream(parts=convert.task_parts(self._coordinator.task(client))))
+        answer = self._coordinator.task(client)
+        self._announce()  # the version an answer may name ("finished": the last) is announced before it
+        return mq.Reply(task=mq.TaskStream(parts=convert.task_parts(answer)))
 
     def _pull(self, client: str, request: mq.Request) -> mq.Reply:
         self._coordinator.admit(client)
