@@ -511,3 +511,13 @@ def test_the_root_closes_a_round_with_what_its_regions_forwarded_by_its_deadline
 
     # Assert: it closed with region b's update alone (min_updates 1 at the root of a hierarchy)
     assert h.root.config.min_updates == 1 and h.root.deployed_version == 1
+
+
+def test_a_region_notes_when_its_parents_run_finished(tmp_path, hierarchy_config):
+    h = Hierarchy(tmp_path, hierarchy_config)
+    region = h.regions["a"]
+    region.finish()
+
+    region.tick()
+
+    assert region._store.meta("finished_at") is not None and region.task("dev-0").finished

@@ -240,6 +240,7 @@ class RegionCoordinator(Coordinator):
         with self._lock:
             self._flush_liveness()
             self._reload_tokens()
+            self._note_finished()  # for `fedrl fleet status` on the region's state directory
             if self._parent is None or self._outbox is not None:
                 return
             if not self._forwarding:
