@@ -389,12 +389,13 @@ def test_the_once_a_round_rule_survives_a_restart_and_a_new_run_starts_it_over(e
     again = ScriptedLink(experiment, {2: params}, tasks=[Task(3, 2, 60.0), Task(4, 2, 60.0)], deployed=2)
     agent(FailoverLink([again]), tmp_path).run()
     assert [s.round for s in again.pushed] == [4]
-    assert json.loads((tmp_path / "sent.json").read_text()) == {"round": 4, "base_version": 2, "server": 0}
+    sent = json.loads((tmp_path / "sent.json").read_text())
+    assert {k: sent[k] for k in ("round", "base_version", "server")} == {"round": 4, "base_version": 2, "server": 0}
 
-    # a new run of the same experiment (its versions start over) trains its round 1 as usual
-    fresh = ScriptedLink(experiment, {0: params}, tasks=[Task(1, 0, 60.0)], deployed=0)
+    # a new run of the same experiment offering the same round from its own version 2 is trained as usual
+    fresh = ScriptedLink(experiment, {2: params + 0.5}, tasks=[Task(4, 2, 60.0)], deployed=2)
     agent(FailoverLink([fresh]), tmp_path).run()
-    assert [s.round for s in fresh.pushed] == [1]
+    assert [s.round for s in fresh.pushed] == [4]
 
 
 def test_a_pending_update_goes_after_a_restart_to_the_server_whose_task_it_was(experiment, params, tmp_path):

@@ -160,3 +160,37 @@ def test_a_fallback_that_refuses_the_device_is_passed_over_but_its_own_servers_r
 
     with pytest.raises(Rejected, match="unknown token"):
         FailoverLink([Refusing("region"), Server("root")]).heartbeat(0)
+
+
+def test_the_last_try_reaches_a_server_back_in_time_and_an_answer_starts_the_wait_over():
+    region, root, clock = Server("region"), Server("root"), Clock()
+    link = FailoverLink([region, root], return_after_s=60.0, clock=clock)
+    update = Submission("u", "dev", link.task().round, 0, np.zeros(2, np.float32), 10)
+    region.down = True
+    with pytest.raises(Unreachable):
+        link.push(update)
+
+    region.down = False
+    clock.now = 61.0  # the agent's backoff brought the next try late: it is made, and succeeds
+    assert link.push(update).update_id == "u"
+
+    busy = Server("region")
+    busy.push = lambda s: (_ for _ in ()).throw(Rejected(Reason.RESOURCE_EXHAUSTED, "slow down"))
+    link = FailoverLink([busy, root], return_after_s=60.0, clock=clock)
+    link.task()
+    busy.down = True
+    with pytest.raises(Unreachable):
+        link.heartbeat(0)
+    clock.now = 70.0
+    busy.down = False
+    with pytest.raises(Rejected, match="slow down"):  # an answer: the region is there
+        link.push(update)
+    clock.now = 200.0
+    with pytest.raises(Rejected, match="slow down"):  # still answering, never refused here as unreachable
+        link.push(update)
+
+
+def test_a_server_index_this_link_does_not_have_is_ignored():
+    link = FailoverLink([Server("region")])
+    link.expect(1, 2)
+    assert link.server_of(1) is None

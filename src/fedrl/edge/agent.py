@@ -36,6 +36,7 @@ use a folder (a lock file says so).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -75,7 +76,7 @@ from fedrl.wire.records import Model, Reason, Registration, Rejected, SecureRepl
 
 T = TypeVar("T")
 EXPERIMENT_FILE = "experiment.yaml"
-SENT_FILE = "sent.json"  # through a FailoverLink: the last synchronous round trained for, its base, its server
+SENT_FILE = "sent.json"  # through a FailoverLink: the last synchronous round trained for, its base, server, digest
 EXPERIENCE_SAVE_S = 300.0  # between two saves of the recorded experience, outside training
 EXHAUSTED_RETRIES = 5  # then a RESOURCE_EXHAUSTED refusal is final (e.g. an update over the size limit)
 
@@ -451,14 +452,18 @@ class Agent:
         one server trains again for a round whose update was refused, as the server allows.)"""
         if not isinstance(self.link, FailoverLink) or self._trainer.setup.config.asynchronous:
             return False
-        return task.round <= self._sent.round and task.base_version >= self._sent.base_version
+        if (task.round, task.base_version) != (self._sent.round, self._sent.base_version):
+            return False  # another round; in a new run of the experiment the same numbers come round again
+        return self._sent.digest is None or self._sent.digest == _digest(self._model(task.base_version))
 
-    def _note_sent(self, round_: int, base_version: int) -> None:
-        """Through a ``FailoverLink``: remember, on disk, the synchronous round this device trained for
-        and the server whose task it was."""
+    def _note_sent(self, round_: int, base_version: int, model: Model | None = None) -> None:
+        """Through a ``FailoverLink``: remember, on disk, the synchronous round this device trained for,
+        the server whose task it was and a digest of the version it trained from (which tells this run's
+        round from the same round of a later run)."""
         if not isinstance(self.link, FailoverLink) or self._trainer.setup.config.asynchronous:
             return
-        self._sent = Sent(round_, base_version, self.link.server_of(round_))
+        digest = None if model is None else _digest(model)
+        self._sent = Sent(round_, base_version, self.link.server_of(round_), digest)
         disk.write_atomic(Path(self.config.state_dir) / SENT_FILE, json.dumps(dataclasses.asdict(self._sent)).encode())
 
     def _finish(self, reason: str, retry_after_s: float) -> None:
@@ -520,7 +525,7 @@ class Agent:
         secure = self._trainer.setup.config.pipeline.secure_aggregation
         if not secure.enabled:  # a masked update cannot be resent after a restart: its keys are gone
             self.pending.save(submission)
-        self._note_sent(task.round, task.base_version)
+        self._note_sent(task.round, task.base_version, model)
         self._recorder.mark_used(upto)
         self._save_experience(force=True)
         self._local = local
@@ -746,13 +751,24 @@ class Sent:
     round: int = -1
     base_version: int = -1
     server: int | None = None  # the index of the server whose task it was (its FailoverLink's), if known
+    digest: str | None = None  # of the version it trained from, when known
 
     @classmethod
     def read(cls, path: Path) -> Sent:
         """What ``path`` holds; nothing sent when there is no such file or it is unreadable."""
         try:
             record = json.loads(path.read_text())
-            server = record.get("server")
-            return cls(int(record["round"]), int(record["base_version"]), None if server is None else int(server))
+            server, digest = record.get("server"), record.get("digest")
+            return cls(
+                int(record["round"]),
+                int(record["base_version"]),
+                None if server is None else int(server),
+                None if digest is None else str(digest),
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return cls()
+
+
+def _digest(model: Model) -> str:
+    """A short digest of a version's parameters: a new run's version N differs from an old run's."""
+    return hashlib.sha256(np.ascontiguousarray(model.params).tobytes()).hexdigest()[:16]

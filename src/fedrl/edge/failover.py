@@ -109,29 +109,34 @@ class FailoverLink:
 
     def expect(self, round_: int, index: int) -> None:
         """Note that the task for ``round_`` came from server ``index`` (the agent restores it after a
-        restart, so a pending update still goes where its task came from)."""
-        with self._lock:
-            self._tasked[round_] = index
+        restart, so a pending update still goes where its task came from); an index this link does not
+        have (a fallback removed since) is ignored."""
+        if 0 <= index < len(self.links):
+            with self._lock:
+                self._tasked[round_] = index
 
     def _pinned(self, round_: int, name: str, call: Callable[[Link], T]) -> T:
-        """``call`` on the server whose task ``round_`` was (any server in use when none is known): never
+        """``call`` on the server whose task ``round_`` was (the first when that is not known): never
         another one, which would refuse it or, had the first stored it, count it twice. While that server
-        is unreachable the caller retries; after ``return_after_s`` of that, the call is refused here."""
+        is unreachable the caller retries; a call that finds it unreachable ``return_after_s`` after it
+        first did is refused here. Any answer from it starts that time over."""
         with self._lock:
-            index, since = self._tasked.get(round_), self._pinned_since.get(round_)
-        if index is None:
-            return self._call(call)
-        if since is not None and self._clock() - since >= self.return_after_s:
-            raise Rejected(
-                Reason.FAILED_PRECONDITION,
-                f"{name}: server {index + 1} of {len(self.links)}, whose task round {round_} was, has been "
-                f"unreachable for {self.return_after_s:g} s; no other server may take what belongs to it",
-            )
+            index = self._tasked.get(round_, 0)
         try:
             answer = self._call(call, index, move_on=False)
         except Unreachable:
             with self._lock:
-                self._pinned_since.setdefault(round_, self._clock())
+                since = self._pinned_since.setdefault(round_, self._clock())
+            if self._clock() - since < self.return_after_s:
+                raise
+            raise Rejected(
+                Reason.FAILED_PRECONDITION,
+                f"{name}: server {index + 1} of {len(self.links)}, whose task round {round_} was, has been "
+                f"unreachable for {self.return_after_s:g} s; no other server may take what belongs to it",
+            ) from None
+        except Rejected:
+            with self._lock:
+                self._pinned_since.pop(round_, None)
             raise
         with self._lock:
             self._pinned_since.pop(round_, None)

@@ -429,8 +429,6 @@ class Coordinator:
         except under central DP, whose accountant counts on Poisson sampling: no stand-ins)."""
         if client in self._selected or self._central_dp or client in self._replaced:
             return client in self._selected
-        if self._regions_run_it and self._only_masked(client):
-            return False
         room = len(self._selected) < self.config.updates_per_round or self._replace_forfeiting()
         if room or self._time_left() == 0.0:
             self._selected.add(client)

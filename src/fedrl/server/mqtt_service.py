@@ -308,7 +308,10 @@ class MqttService:
 
     def _task(self, client: str, _request: mq.Request) -> mq.Reply:
         answer = self._coordinator.task(client)
-        self._announce()  # the version an answer may name ("finished": the last) is announced before it
+        try:
+            self._announce()  # the version an answer may name ("finished": the last) is announced before it
+        except Exception as exc:  # the answer stands; housekeeping announces it again
+            log_event("model_announce_failed", level="warning", error=repr(exc))
         return mq.Reply(task=mq.TaskStream(parts=convert.task_parts(answer)))
 
     def _pull(self, client: str, request: mq.Request) -> mq.Reply:
