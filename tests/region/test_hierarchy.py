@@ -25,6 +25,7 @@ from fedrl.edge.secure import run_secure_round
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, read_resolved
 from fedrl.region.upstream import Upstream
+from fedrl.server.app import Liveness
 from fedrl.server.config import ServerConfig, load_region_config
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.region import RegionCoordinator
@@ -521,3 +522,27 @@ def test_a_region_notes_when_its_parents_run_finished(tmp_path, hierarchy_config
     region.tick()
 
     assert region._store.meta("finished_at") is not None and region.task("dev-0").finished
+
+
+def test_a_regions_health_says_when_its_parent_last_answered(tmp_path, hierarchy_config):
+    h = Hierarchy(tmp_path, hierarchy_config)
+    upstream = Upstream(h.upstreams["a"].link, h.regions["a"], threading.Event())
+    liveness = Liveness(h.regions["a"], upstream.facts)
+    assert liveness()[1]["parent_heard_s_ago"] is None
+
+    thread = threading.Thread(target=upstream.run, daemon=True)
+    thread.start()
+    assert eventually(lambda: liveness()[1]["parent_heard_s_ago"] is not None)
+    healthy, facts = liveness()
+    upstream._stop.set()
+    thread.join(5)
+    assert healthy and facts["parent_heard_s_ago"] < 5 and facts["deployed_version"] == 0
+
+
+def eventually(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False

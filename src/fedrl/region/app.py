@@ -66,7 +66,7 @@ def run_aggregator(
         thread = threading.Thread(target=upstream.run, name="fedrl-upstream", daemon=True)
         thread.start()
         try:
-            serve_coordinator(region, config, options, metrics, stop, role="region")
+            serve_coordinator(region, config, options, metrics, stop, role="region", facts=upstream.facts)
         finally:
             stop.set()
             thread.join()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -41,6 +42,7 @@ class Upstream:
         self._backoff, self._rng = backoff or BackoffConfig(), rng or np.random.default_rng()
         self.fatal: Fatal | None = None  # why the thread stopped the region, if it did
         self._later = 0  # consecutive pushes the parent answered with "later"
+        self._heard_at: float | None = None  # time.monotonic() when the parent last answered a whole step
 
     def run(self) -> None:
         """Keep the region in step with its parent until ``stop`` is set; a refused credential or an
@@ -49,7 +51,7 @@ class Upstream:
         while not self._stop.is_set():
             try:
                 wait_s = self.step()
-                failures = 0
+                self._heard_at, failures = time.monotonic(), 0
                 # an update ready to forward cuts the wait short, except the wait before pushing it again
                 (self._stop if self.region.outbox() is not None else self.region.ready).wait(wait_s)
                 continue
@@ -114,6 +116,12 @@ class Upstream:
         deployed = self.link.heartbeat(self.region.deployed_version)
         if deployed > self.region.deployed_version:
             self.region.mirror(self.link.pull(deployed))
+
+    def facts(self) -> dict:
+        """What the region's ``/healthz`` adds: how long ago its parent last answered (None: not yet).
+        A region cut off from its parent stays healthy (its devices act and train on); this says so."""
+        heard = self._heard_at
+        return {"parent_heard_s_ago": None if heard is None else round(time.monotonic() - heard, 1)}
 
     def _give_up(self, fatal: Fatal) -> None:
         self.fatal = fatal

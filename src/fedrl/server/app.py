@@ -93,8 +93,9 @@ class Liveness:
     """When the server's loop last ticked: it is healthy while that is recent, or while a tick
     is still aggregating or evaluating a round (up to ``BUSY_S``) (``/healthz``)."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, facts: Callable[[], dict] = dict) -> None:
         self._coordinator, self.ticked_at, self.ticking = coordinator, time.monotonic(), False
+        self._facts = facts  # more for the probe to report (a region: when its parent last answered)
 
     def tick(self) -> None:
         """Run one tick of the server's loop, noting when it started and ended."""
@@ -112,6 +113,7 @@ class Liveness:
             "status": "ok" if healthy else f"the server's loop has been stuck for {since:.0f} s",
             "deployed_version": self._coordinator.deployed_version,
             "finished": self._coordinator.finished,
+            **self._facts(),
         }
 
 
@@ -136,14 +138,15 @@ def serve_coordinator(
     metrics: ServerMetrics,
     stop: threading.Event,
     role: str = "server",
+    facts: Callable[[], dict] = dict,
 ) -> None:
     """Serve an opened ``coordinator`` (a server's, or a region's: ``role``) with its transport, metrics
-    endpoint and round clock until ``stop`` is set (or, with ``exit_when_finished``, the run is over);
-    closes it."""
+    endpoint (``/healthz`` adds ``facts``) and round clock until ``stop`` is set (or, with
+    ``exit_when_finished``, the run is over); closes it."""
     serving = http = None
     try:
         serving = start_transport(coordinator, options, config, metrics)
-        liveness = Liveness(coordinator)
+        liveness = Liveness(coordinator, facts)
         if options.metrics_listen:
             status = ServerStatus(coordinator, metrics)
             http = serve_metrics(metrics, *_host_port(options.metrics_listen), liveness, status)
