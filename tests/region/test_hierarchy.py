@@ -59,10 +59,10 @@ class DirectLink:
         return self.coordinator.submit(self.name, submission)
 
     def secure(self, round_, step, payload):
-        raise AssertionError("no secure aggregation in a hierarchy")
+        raise AssertionError("the root runs no secure aggregation: its regions do, with their devices")
 
     def close(self):
-        pass
+        """Nothing to release: the coordinator is the test's."""
 
 
 def device(i: int) -> str:

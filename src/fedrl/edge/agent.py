@@ -445,12 +445,17 @@ class Agent:
             self._save_experience()
             self._sleep(reply.retry_after_s)
 
+    @property
+    def _once_a_round(self) -> bool:
+        """Whether the device trains once per round: synchronous rounds, reached through a ``FailoverLink``."""
+        return isinstance(self.link, FailoverLink) and not self._trainer.setup.config.asynchronous
+
     def _sent_already(self, task: Task) -> bool:
         """Whether this device, reaching several servers of a hierarchy (a ``FailoverLink``), trained an
         update for ``task``'s synchronous round already: one of them may have stored it though its
         answer was lost, so a round counts a device once only if it trains once a round. (A device of
         one server trains again for a round whose update was refused, as the server allows.)"""
-        if not isinstance(self.link, FailoverLink) or self._trainer.setup.config.asynchronous:
+        if not self._once_a_round:
             return False
         if (task.round, task.base_version) != (self._sent.round, self._sent.base_version):
             return False  # another round; in a new run of the experiment the same numbers come round again
@@ -460,7 +465,7 @@ class Agent:
         """Through a ``FailoverLink``: remember, on disk, the synchronous round this device trained for,
         the server whose task it was and a digest of the version it trained from (which tells this run's
         round from the same round of a later run)."""
-        if not isinstance(self.link, FailoverLink) or self._trainer.setup.config.asynchronous:
+        if not self._once_a_round:
             return
         digest = None if model is None else _digest(model)
         self._sent = Sent(round_, base_version, self.link.server_of(round_), digest)

@@ -205,7 +205,13 @@ class ServerConfig(FrozenConfig):
         if self.rounds.updates_per_round is not None:
             return self.rounds.updates_per_round
         fed = self.experiment.federation
-        return fed.regions if fed.regions > 1 else fed.clients_per_round
+        return fed.regions if self.hierarchical else fed.clients_per_round
+
+    @property
+    def hierarchical(self) -> bool:
+        """Whether the experiment runs as a hierarchy (``federation.regions``): a root whose senders are
+        regional aggregators (and devices that failed over to it), or one of those aggregators."""
+        return self.experiment.federation.regions > 1
 
     @property
     def min_updates(self) -> int:
@@ -214,7 +220,7 @@ class ServerConfig(FrozenConfig):
         that dropped the round, or is gone, cannot give back its place."""
         wanted = self.updates_per_round
         if self.rounds.min_updates is None:
-            return 1 if self.experiment.federation.regions > 1 else wanted
+            return 1 if self.hierarchical else wanted
         return min(self.rounds.min_updates, wanted)
 
     @property
@@ -271,10 +277,7 @@ def load_server_config(path: Path | None, overrides: list[str] = ()) -> ServerCo
     experiment = _experiment(data.pop("experiment", None), folder, theirs)
     for assignment in mine:
         data = apply_override(data, assignment)
-    try:
-        return ServerConfig.model_validate({**data, "experiment": experiment})
-    except ValidationError as exc:
-        raise ConfigError(f"bad config: {describe_error(exc.errors()[0], data, ServerConfig)}") from None
+    return _validated(data, experiment)
 
 
 def load_region_config(path: Path | None, overrides: list[str], experiment: ExperimentConfig) -> ServerConfig:
@@ -287,7 +290,7 @@ def load_region_config(path: Path | None, overrides: list[str], experiment: Expe
     data = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         data = apply_override(data, assignment)
-    for section in ("rounds", "gate"):
+    for section in ("rounds", "gate"):  # merged with defaults below: each must be a mapping first
         if data.get(section) is not None and not isinstance(data[section], dict):
             raise ConfigError(f"bad config: {section} must be a mapping, got {type(data[section]).__name__}")
     if "experiment" in data:
@@ -305,7 +308,11 @@ def load_region_config(path: Path | None, overrides: list[str], experiment: Expe
         )
     share = -(-fed.clients_per_round // fed.regions)
     rounds = {"updates_per_round": share, **(data.get("rounds") or {})}
-    data = {**data, "rounds": rounds, "gate": {**gate, "enabled": False}}
+    return _validated({**data, "rounds": rounds, "gate": {**gate, "enabled": False}}, experiment)
+
+
+def _validated(data: dict, experiment: ExperimentConfig) -> ServerConfig:
+    """The deployment sections ``data`` with ``experiment``, validated; a one-line ``ConfigError``."""
     try:
         return ServerConfig.model_validate({**data, "experiment": experiment})
     except ValidationError as exc:

@@ -51,7 +51,6 @@ from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
-from fedrl.core.update import Update, UpdateMetrics
 from fedrl.experiment.aggregation import aggregate_round, heldout_returns, secure_update
 from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, finite, tell
 from fedrl.experiment.card import policy_card
@@ -200,7 +199,7 @@ class Coordinator:
     def _regions_run_it(self) -> bool:
         """Whether secure aggregation runs in this server's regions, among their own devices, not here:
         at the root of a hierarchy, which takes each region's mean in the clear."""
-        return self.config.experiment.federation.regions > 1
+        return self.config.hierarchical
 
     def _only_masked(self, client: str) -> bool:
         """Whether ``client`` may send its update only through secure aggregation: every client of a
@@ -387,7 +386,7 @@ class Coordinator:
                 return Wait(retry, "the run is finished", finished=True)
             if self._closing and not self.config.asynchronous:
                 return Wait(retry, f"round {self._round.round} is closing")
-            if client in self._regions and self.config.experiment.federation.regions == 1:
+            if client in self._regions and not self.config.hierarchical:
                 raise Rejected(Reason.FAILED_PRECONDITION, _not_a_hierarchy(client))
             if self._regions_run_it and self._only_masked(client):
                 return Wait(retry, "under secure aggregation a device trains through its region, not at the root")
@@ -462,7 +461,7 @@ class Coordinator:
             return
         now = self._clock()
         online = sorted(c for c, seen in self._seen.items() if now - seen.last_seen <= self.config.rounds.liveness_s)
-        if self.config.experiment.federation.regions == 1:  # a flat run: a region enrolled by mistake takes no place
+        if not self.config.hierarchical:  # a flat run: a region enrolled by mistake takes no place
             online = [c for c in online if c not in self._regions]
         elif self._regions_run_it and self.setup.config.pipeline.secure_aggregation.enabled:
             online = [c for c in online if c in self._regions]  # devices train through their regions only
@@ -723,7 +722,7 @@ class Coordinator:
         """The devices an update stands for (one, or up to a region's) and its env steps (up to the
         limit for each of them)."""
         devices = self._regions.get(client)
-        if devices is not None and self.config.experiment.federation.regions == 1:  # asynchronous rounds sample no one
+        if devices is not None and not self.config.hierarchical:  # asynchronous rounds sample no one
             raise Rejected(Reason.FAILED_PRECONDITION, _not_a_hierarchy(client))
         if not 1 <= s.clients <= (devices or 1):
             most = f"region {client!r} stands for at most {devices}" if devices else "a device's update is its own"
@@ -822,20 +821,11 @@ class Coordinator:
     def _aggregate(self, stored: list[StoredUpdate], deployed: Model, state, round_: int) -> tuple[np.ndarray, object]:
         """The candidate and strategy state from the round's stored updates, closed as every
         runtime closes a round (``fedrl.experiment.aggregation``)."""
-        updates = [
-            Update(
-                u.client_id,
-                u.base_version,
-                u.delta,
-                u.env_steps,
-                UpdateMetrics.from_mapping(u.metrics),
-                u.control_delta,
-                u.clients,
-            )
-            for u in stored
-        ]
-        hierarchy = self.config.experiment.federation.regions > 1  # each sender is a region (or a device of its own)
-        done = aggregate_round(self.setup, state, deployed.params, deployed.version, round_, updates, hierarchy)
+        updates = [u.as_update() for u in stored]
+        # in a hierarchy each sender is a region (or a device of its own)
+        done = aggregate_round(
+            self.setup, state, deployed.params, deployed.version, round_, updates, self.config.hierarchical
+        )
         return done.params, done.strategy_state
 
     def _epsilon(self, closed_rounds: int) -> float | None:

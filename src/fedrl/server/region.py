@@ -12,9 +12,9 @@ its devices' updates, weighted by their env steps, with their normalisation stat
 does the round close here.
 
 What survives a ``kill -9``: the parent's round the open round belongs to (``PARENT_ROUND``), and
-that its reduction was being forwarded (``FORWARDING``): no update joins it any more, and the same
-stored updates reduce to the same bytes after a restart, so a resubmission is acknowledged by the
-parent once (the update id is the region's name and the round).
+that its reduction was being forwarded (``FORWARDING``): no update joins it any more, and the
+update itself is on disk before its first push (``FORWARD_FILE``), so a restart pushes the same
+bytes and the parent acknowledges them once (the update id is the region's name and the round).
 
 A round runs to the parent's deadline less a margin (``FORWARD_SHARE``): one that by then lacks
 ``min_updates`` is dropped here, with its updates (the parent would refuse it as late).
@@ -22,17 +22,17 @@ A round runs to the parent's deadline less a margin (``FORWARD_SHARE``): one tha
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from fedrl.core.normstats import NormStats
 from fedrl.core.strategies import state_to_arrays
-from fedrl.core.update import Update, UpdateMetrics
+from fedrl.core.update import Update
 from fedrl.experiment.aggregation import region_update, secure_update
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.loading import to_yaml
@@ -170,7 +170,7 @@ class RegionCoordinator(Coordinator):
             now = self._clock()
             self._store.renumber_open_round(task.round, task.base_version, now)
             self._parent = ParentRound(task.round, task.base_version, now + FORWARD_SHARE * task.deadline_s)
-            self._store.set_meta(PARENT_ROUND, json.dumps(dataclasses.asdict(self._parent)))
+            self._store.set_meta(PARENT_ROUND, json.dumps(asdict(self._parent)))
             self._round = self._store.open_round()
             self._arrived, self._selected, self._forfeiting, self._replaced = [], set(), {}, set()
             self._secure = self._new_secure_round()
@@ -244,10 +244,9 @@ class RegionCoordinator(Coordinator):
             if self._parent is None or self._outbox is not None:
                 return
             if not self._forwarding:
-                late = self._time_left() == 0.0 and len(self._arrived) < self.config.min_updates
                 if self._secure is not None:  # it settles by its deadline, set here even if no device has joined
                     self._secure.deadline = min(self._secure.deadline, self._clock() + self._time_left())
-                elif late:
+                elif self._time_left() == 0.0 and len(self._arrived) < self.config.min_updates:
                     self._drop(f"{len(self._arrived)} updates by the parent's deadline, fewer than min_updates")
                     return
                 if not self._due():
@@ -290,10 +289,7 @@ class RegionCoordinator(Coordinator):
             reduced = secure_update(self.setup, secure.total, n, parent.base_version, parent.round)
             return self._submission(parent, replace(reduced, clients=n), {}, None)
         stored = self._store.read_updates(records, self.dim)
-        updates = [
-            Update(u.client_id, u.base_version, u.delta, u.env_steps, UpdateMetrics.from_mapping(u.metrics))
-            for u in stored
-        ]
+        updates = [u.as_update() for u in stored]
         reduced, refused = region_update(self.setup, updates, parent.base_version)
         if refused:
             log_event("updates_screened_out", level="warning", round=parent.round, refused=refused)
@@ -308,7 +304,9 @@ class RegionCoordinator(Coordinator):
         norm = pooled_stats(stored) if self.setup.config.stats_travel else None
         return self._submission(parent, reduced, metrics, norm)
 
-    def _submission(self, parent: ParentRound, reduced: Update, metrics: dict, norm) -> Submission:
+    def _submission(
+        self, parent: ParentRound, reduced: Update, metrics: dict[str, float], norm: NormStats | None
+    ) -> Submission:
         """``reduced`` as the update the region sends its parent for ``parent``'s round."""
         s = Submission(
             update_id=f"{self.name}.round{parent.round}",

@@ -33,6 +33,7 @@ from safetensors.numpy import load_file
 from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
 from fedrl.core.rows import stored_record, to_arrays
+from fedrl.core.update import Update, UpdateMetrics
 from fedrl.policy.card import PolicyCard
 from fedrl.server.auth import MIN_TOKEN_CHARS, hash_token, new_token
 from fedrl.wire import disk
@@ -103,6 +104,13 @@ class StoredUpdate:
     accepted_at: float
     norm: NormStats | None = None  # the statistics of what the client observed; None when nothing is normalised
     clients: int = 1  # the devices' updates it reduces: 1, or a regional aggregator's count
+
+    def as_update(self) -> Update:
+        """The update as aggregation takes it."""
+        metrics = UpdateMetrics.from_mapping(self.metrics)
+        return Update(
+            self.client_id, self.base_version, self.delta, self.env_steps, metrics, self.control_delta, self.clients
+        )
 
 
 def _round_status(row: dict) -> RoundStatus:
