@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from fedrl.agents import PolicyNet, PolicyShape, init_params
+from fedrl.agents import PolicyNet, PolicyShape, distributions, init_params
 from fedrl.agents.local import make_task
 from fedrl.agents.optim import apply_gradient, make_optimizer
 from fedrl.agents.ppo import PPOConfig, _minibatch_loss
@@ -95,6 +95,31 @@ def test_fast_tanh_matches_torch_tanh_in_value_and_gradient():
     torch.tanh(ref).sum().backward()
     torch.testing.assert_close(y.detach(), torch.tanh(ref.detach()), atol=3e-7, rtol=0)
     torch.testing.assert_close(x.grad, ref.grad, atol=1e-6, rtol=0)
+
+
+def test_unpacked_gradients_are_those_of_slicing_to_the_bit_and_zero_where_unused():
+    net = _net(Continuous(1, "max_torque"))
+    task = _task(net)
+    params = task.anchor.repeat(task.n_clients, 1)
+    params = params + 0.1 * torch.randn(params.shape, generator=torch.Generator().manual_seed(4))
+    batch = _batch(continuous=True)
+    sliced = params.clone().requires_grad_(True)
+    spec, c = net.spec, params.shape[0]
+    w = {
+        name: sliced[:, off : off + size].reshape((c, *dims))
+        for name, dims, off, size in zip(spec.names, spec.shapes, spec.offsets, spec.sizes)
+    }
+    obs = batch["obs"]
+    loss = distributions.log_prob(net.heads(w, obs), batch["actions"]).sum() + net.value(w, obs).sum()
+    loss.backward()
+    flat = params.clone().requires_grad_(True)
+    again = net.unpack(flat)
+    (distributions.log_prob(net.heads(again, obs), batch["actions"]).sum() + net.value(again, obs).sum()).backward()
+    assert torch.equal(flat.grad, sliced.grad)
+    actor_only = params.clone().requires_grad_(True)
+    net.actor(net.unpack(actor_only), obs).sum().backward()
+    critic = slice(spec.offsets[spec.names.index("critic.0.weight")], None)
+    assert torch.all(actor_only.grad[:, critic] == 0) and torch.any(actor_only.grad[:, : critic.start] != 0)
 
 
 def _a2c_batch(C=3, N=24, seed=0):
