@@ -141,9 +141,8 @@ class _Unpack(torch.autograd.Function):
     def forward(ctx, flat: torch.Tensor, spec: ParamSpec) -> tuple[torch.Tensor, ...]:
         ctx.sizes = spec.sizes
         c = flat.shape[0]
-        return tuple(
-            flat[:, off : off + size].reshape((c, *dims)) for dims, off, size in zip(spec.shapes, spec.offsets, spec.sizes)
-        )
+        views = zip(spec.shapes, spec.offsets, spec.sizes)
+        return tuple(flat[:, off : off + size].reshape((c, *dims)) for dims, off, size in views)
 
     @staticmethod
     def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor, None]:
