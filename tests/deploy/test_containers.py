@@ -257,6 +257,17 @@ def test_the_inference_image_is_a_fraction_of_the_training_image_and_has_no_torc
 
 
 @pytest.mark.slow
+def test_the_server_image_runs_the_regional_aggregator_deploy_k8s_region_starts_from_it(images):
+    usage = _podman("run", "--rm", "--network=none", "--health-interval=disable", images["server"],
+                    "aggregator", "--help", check=False)  # fmt: skip
+    loaded = _podman("run", "--rm", "--network=none", "--health-interval=disable", "--entrypoint", "python3",
+                     images["server"], "-c", "import fedrl.region.app, fedrl.edge.failover", check=False)  # fmt: skip
+
+    assert usage.returncode == 0 and "--parent" in usage.stdout, usage.stderr
+    assert loaded.returncode == 0, loaded.stderr
+
+
+@pytest.mark.slow
 def test_the_inference_container_follows_the_version_the_fleet_trained(fleet, images):
     made = fleet["made"]
     viewer = made.add("volume", f"{made.prefix}-viewer")
