@@ -187,6 +187,7 @@ def test_keys_and_tokens_come_from_secrets_never_from_a_configmap():
     def projected(workload: str) -> list[str]:
         volumes = [v for v in pods[workload]["volumes"] if "projected" in v]
         return [s["secret"]["name"] for v in volumes for s in v["projected"]["sources"]]
+
     configmap_files = [
         K8S / path.parent.relative_to(K8S) / f.split("=")[-1]
         for path in KUSTOMIZATIONS
