@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fedrl.core.update import Update
-from fedrl.experiment.aggregation import aggregate_round, region_of, regional_updates
+from fedrl.experiment.aggregation import aggregate_round, region_of, region_update, regional_updates
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import apply_override, parse_config
 from fedrl.experiment.setup import Setup
@@ -119,3 +119,24 @@ def test_a_deployed_root_passes_a_regions_reduction_as_it_is_and_clips_a_device_
     np.testing.assert_array_equal(forwarded[0].delta, region.delta)
     assert (forwarded[0].env_steps, forwarded[0].clients) == (300, 3)
     np.testing.assert_allclose(np.linalg.norm(forwarded[1].delta), 1.0, rtol=1e-6)
+
+
+def test_a_region_of_regions_passes_its_regions_reductions_on_and_weighs_them_with_its_devices():
+    # Prepare: a region's median of three clipped deltas, longer than the bound; two devices of its own
+    setup = _setup("federation.regions=2", "strategy.robust.rule=median", "strategy.robust.norm_bound=1.0")
+    vectors = np.zeros((3, DIM), dtype=np.float32)
+    vectors[:, :3] = [[0.6, 0.8, 0.0], [0.8, 0.0, 0.6], [0.0, 0.6, 0.8]]
+    below = regional_updates(setup, [Update(c, 0, v, 100) for c, v in enumerate(vectors)], 0)[0]
+    child = Update(7, 0, below.delta, 300, clients=3)
+    devices = [Update(8, 0, 3 * vectors[0], 100), Update(9, 0, 3 * vectors[1], 100)]
+
+    # Execute: what the region between them and the root forwards
+    forwarded, refused = region_update(setup, [devices[0], child, devices[1]], 0, frozenset({7}))
+
+    # Assert: its devices clipped and reduced by the rule, the region below's reduction as it came
+    # (neither clipped again nor one vote of the median), weighted 200 to 300 steps; five devices in all
+    own = regional_updates(setup, devices, 0, by_sender=False)[0].delta
+    np.testing.assert_allclose(forwarded.delta, (200 * own + 300 * below.delta) / 500, rtol=1e-6)
+    assert (forwarded.env_steps, forwarded.clients, refused) == (500, 5, 0)
+    alone, _ = region_update(setup, [child], 0, frozenset({7}))
+    np.testing.assert_array_equal(alone.delta, below.delta)

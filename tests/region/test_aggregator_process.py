@@ -300,3 +300,75 @@ def test_a_region_serves_its_devices_through_an_mqtt_broker(tmp_path):
                 process.terminate()
                 process.wait(20)
         broker.stop()
+
+
+def test_a_region_of_regions_forwards_what_the_region_below_it_reduced(tmp_path):
+    # Prepare: root <- mid <- leaf <- two devices, every tier its own process over gRPC
+    experiment = {
+        "name": "three-tiers",
+        "seed": 1,
+        "env": {"family": "cartpole", "heterogeneity": 0.5},
+        "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "hidden": [32, 32]},
+        "federation": {"n_clients": 2, "regions": 2, "local_steps": 512, "rounds": 3, "stop_at_target": False},
+    }
+    config = {
+        "experiment": experiment,
+        "rounds": {"deadline_s": 30, "updates_per_round": 1},
+        "gate": {"enabled": False},
+    }
+    (tmp_path / "root.yaml").write_text(yaml.safe_dump(config))
+    at = lambda name: str(tmp_path / name)  # noqa: E731
+    Hierarchy.fleet("add-region", "mid", "--devices", "2", "--state-dir", at("root"), "--token-file", at("mid.token"))
+    Hierarchy.fleet("add-region", "leaf", "--devices", "2", "--state-dir", at("mid"), "--token-file", at("leaf.token"))
+    for i in (0, 1):
+        Hierarchy.fleet("add-client", f"c{i}", "--state-dir", at("leaf"), "--token-file", at(f"c{i}.token"))
+    ports = {name: free_port() for name in ("root", "mid", "leaf")}
+    processes: list[subprocess.Popen] = []
+
+    def start(args: list[str], log: str) -> subprocess.Popen:
+        with open(tmp_path / log, "a") as output:
+            processes.append(subprocess.Popen(fedrl(*args), stdout=output, stderr=subprocess.STDOUT, env=ENV))
+        return processes[-1]
+
+    def aggregator(name: str, parent: str, wanted: int) -> subprocess.Popen:
+        tier = ["--parent", f"127.0.0.1:{ports[parent]}", "--name", name, "--token-file", at(f"{name}.token")]
+        serve = ["--state-dir", at(name), "--listen", f"127.0.0.1:{ports[name]}", "--metrics", "off", "--insecure"]
+        wait_for = ["--set", f"rounds.updates_per_round={wanted}", "--exit-when-finished", *FAST]
+        return start(["aggregator", *tier, *serve, *wait_for], f"{name}.log")
+
+    try:
+        root = start(
+            ["server", "--config", at("root.yaml"), "--state-dir", at("root"), "--listen", f"127.0.0.1:{ports['root']}",
+             "--metrics", "off", "--insecure", "--exit-when-finished", *FAST],
+            "root.log",
+        )  # fmt: skip
+        tiers = [aggregator("mid", "root", 1), aggregator("leaf", "mid", 2)]
+        devices = [
+            start(
+                ["client", "--server", f"127.0.0.1:{ports['leaf']}", "--name", f"c{i}", "--client-index", str(i),
+                 "--token-file", at(f"c{i}.token"), "--env", "cartpole", "--act-period", "0.001", "--timeout", "5",
+                 "--until-finished", "--insecure", "--state-dir", at(f"device{i}")],
+                f"c{i}.log",
+            )
+            for i in (0, 1)
+        ]  # fmt: skip
+
+        # Execute and assert: the run ends at every tier; each round the root took mid's one update,
+        # which stood for the devices (and their steps) that leaf reduced, and every device acts with
+        # the final version
+        for process in [*devices, *reversed(tiers), root]:
+            assert process.wait(timeout=240) == 0
+        query = "SELECT round, clients, env_steps FROM updates ORDER BY round"
+        at_root, at_mid = rows(tmp_path / "root" / "server.db", query), rows(tmp_path / "mid" / "server.db", query)
+        at_leaf = rows(
+            tmp_path / "leaf" / "server.db", "SELECT round, COUNT(*), SUM(env_steps) FROM updates GROUP BY round"
+        )
+        assert at_root == at_mid == at_leaf and [r for r, *_ in at_root] == [1, 2, 3]
+        assert rows(tmp_path / "root" / "server.db", "SELECT DISTINCT client FROM updates") == [("mid",)]
+        for i in (0, 1):
+            assert json.loads((tmp_path / f"device{i}" / "acting.json").read_text())["version"] == 3
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(20)

@@ -80,36 +80,57 @@ def signed(s: Submission) -> Submission:
 
 
 class Hierarchy:
-    """A root and two regions in ``tmp_path``; devices 0..n/2-1 in region ``a``, the rest in ``b``."""
+    """A root and two regions in ``tmp_path``; devices 0..n/2-1 in region ``a``, the rest in ``b``.
+    ``members`` and ``parents`` make another tree: each region's devices, and the region (or None:
+    the root) each region forwards to, parents first; ``region_overrides`` may name each region's."""
 
-    def __init__(self, tmp_path, experiment: dict, region_overrides: list[str] = (), clock=time.time):
+    def __init__(
+        self,
+        tmp_path,
+        experiment: dict,
+        region_overrides: list[str] | dict[str, list[str]] = (),
+        clock=time.time,
+        members: dict[str, list[int]] | None = None,
+        parents: dict[str, str | None] | None = None,
+        root_rounds: dict | None = None,
+    ):
         self.experiment = parse_config(experiment)
         self.setup = SimSetup(self.experiment)
-        self.root = open_root(self.experiment, tmp_path / "root", clock)
+        config = ServerConfig(experiment=self.experiment, gate={"enabled": False}, rounds=root_rounds or {})
+        self.root = Coordinator.open(config, tmp_path / "root", clock=clock)
         n = self.experiment.federation.n_clients
-        self.members = {"a": list(range(n // 2)), "b": list(range(n // 2, n))}
+        self.members = members or {"a": list(range(n // 2)), "b": list(range(n // 2, n))}
+        self.parents = parents or dict.fromkeys(self.members)
         self.regions, self.upstreams = {}, {}
-        for name, members in self.members.items():
-            self.root.add_client(f"region-{name}", devices=len(members))
-            link = DirectLink(self.root, f"region-{name}")
+        for name, parent_name in self.parents.items():
+            parent = self.root if parent_name is None else self.regions[parent_name]
+            parent.add_client(f"region-{name}", devices=len(self._devices_under(name)))
+            link = DirectLink(parent, f"region-{name}")
             registration = link.register()
-            config = load_region_config(None, list(region_overrides), read_resolved(registration.experiment_yaml))
+            overrides = region_overrides.get(name, []) if isinstance(region_overrides, dict) else region_overrides
+            config = load_region_config(None, list(overrides), read_resolved(registration.experiment_yaml))
             model = link.pull(registration.deployed_version)
             region = RegionCoordinator.open_region(
                 config, tmp_path / f"region-{name}", f"region-{name}", model, clock=clock
             )
-            for i in members:
+            for i in self.members.get(name, []):
                 region.add_client(device(i))
                 region.register(device(i))
             self.regions[name] = region
             self.upstreams[name] = Upstream(link, region, threading.Event())
         self.clients = initial_state(self.setup)
 
+    def _devices_under(self, name: str) -> list[int]:
+        """The devices region ``name`` stands for: its own and those of every region below it."""
+        below = [child for child, parent in self.parents.items() if parent == name]
+        return self.members.get(name, []) + [i for child in below for i in self._devices_under(child)]
+
     def region_of(self, i: int) -> RegionCoordinator:
-        return self.regions["a" if i in self.members["a"] else "b"]
+        return next(self.regions[name] for name, members in self.members.items() if i in members)
 
     def sync(self) -> None:
-        """Each region hears from the root: forwards what it has, follows the version, takes a round."""
+        """Each region hears from its parent (parents first): forwards what it has, follows the version,
+        takes a round."""
         for upstream in self.upstreams.values():
             upstream.step()
 
@@ -146,12 +167,14 @@ class Hierarchy:
         return tasks
 
     def round(self, round_: int) -> None:
-        """One whole round: regions take it, devices train, regions reduce and forward, the root closes it."""
+        """One whole round: regions take it, devices train, regions reduce and forward (those lowest
+        in the tree first), the root closes it."""
         self.sync()
+        self.sync()  # regions below regions take the round their parents took
         self.devices_train(round_)
-        for region in self.regions.values():
-            region.tick()
-        self.sync()
+        for name in reversed(self.parents):
+            self.regions[name].tick()
+            self.upstreams[name].step()
         self.root.tick()
         self.sync()  # the regions copy the new version
 
@@ -185,6 +208,63 @@ def test_a_deployed_hierarchy_makes_the_simulators_regional_model(tmp_path, hier
     assert [r.n_updates for r in h.root.status().rounds[:2]] == [2, 2]
     assert all(region.deployed_version == 2 for region in h.regions.values())
     assert [r.n_updates for r in h.regions["a"].status().rounds if r.closed_at] == [3, 3]
+
+
+THREE_TIERS = {  # regions a and b forward to region mid, which forwards to the root beside region c
+    "members": {"a": [0, 1, 2], "b": [3, 4, 5], "c": [6, 7, 8]},
+    "parents": {"mid": None, "a": "mid", "b": "mid", "c": None},
+    "root_rounds": {"updates_per_round": 2},  # mid and c
+    "region_overrides": {"mid": ["rounds.updates_per_round=2"]},  # a and b
+}
+
+
+@pytest.mark.parametrize("robust", [{"rule": "mean"}, {"rule": "median", "norm_bound": 0.05}], ids=["mean", "median"])
+def test_regions_of_regions_make_the_model_of_their_leaves_at_the_root(tmp_path, hierarchy_config, robust):
+    # Prepare: nine devices in three regions, two of them behind a region of regions (three devices a
+    # region: their median may exceed the norm bound, which mid must not apply again)
+    federation = {**hierarchy_config["federation"], "n_clients": 9, "regions": 3}
+    experiment = {**hierarchy_config, "federation": federation, "strategy": {"name": "fedavgm", "robust": robust}}
+    h = Hierarchy(tmp_path, experiment, **THREE_TIERS)
+    sim = initial_state(h.setup)
+
+    # Execute: two rounds of the three tiers, and of the simulator's three regions under one root
+    for round_ in (1, 2):
+        sim, _ = sync_round(h.setup, sim, round_)
+        h.round(round_)
+
+    # Assert: mid passed its regions' reductions on (not clipped, not a vote of its rule) weighted by
+    # their steps, so the root made the simulator's model but for the order of float sums
+    assert h.root.deployed_version == 2 and all(r.deployed_version == 2 for r in h.regions.values())
+    np.testing.assert_allclose(h.root.model().params, sim.params, rtol=1e-5, atol=1e-7)
+    assert not np.array_equal(h.root.model().params, h.root.model(0).params)
+    assert [r.n_updates for r in h.root.status().rounds[:2]] == [2, 2]
+    assert [r.n_updates for r in h.regions["mid"].status().rounds if r.closed_at] == [2, 2]
+    forwarded = h.root._store.round_records(2)
+    assert {r["client"]: (r["clients"], r["env_steps"]) for r in forwarded} == {
+        "region-mid": (6, 6 * 256),
+        "region-c": (3, 3 * 256),
+    }
+
+
+def test_a_region_of_regions_under_secure_aggregation_leaves_the_protocol_to_its_regions(tmp_path, hierarchy_config):
+    # Prepare: a secure three-tier hierarchy; mid has a device of its own besides regions a and b
+    federation = {**hierarchy_config["federation"], "n_clients": 10, "regions": 3}
+    pipeline = {"secure_aggregation": {"enabled": True, "clip": 5.0, "threshold": 0.5}}
+    experiment = {**hierarchy_config, "federation": federation, "pipeline": pipeline}
+    tiers = {**THREE_TIERS, "members": {**THREE_TIERS["members"], "mid": [9]}}
+    h = Hierarchy(tmp_path, experiment, **tiers)
+    h.sync()
+    h.sync()
+    mid = h.regions["mid"]
+
+    # Execute: mid's own device asks for work; region a asks mid
+    own = mid.task(device(9))
+    region_task = mid.task("region-a")
+
+    # Assert: like the root, mid runs no protocol: its device trains through a leaf region only
+    assert isinstance(own, Wait) and "region" in own.reason
+    assert isinstance(region_task, Task) and mid._secure is None
+    assert h.regions["a"]._secure is not None
 
 
 def test_a_regions_update_weighs_its_devices_steps_and_is_capped_at_its_enrolment(tmp_path, hierarchy_config):

@@ -23,7 +23,10 @@ from fedrl.cli.mqtt import (
 
 def aggregator(
     parent: str = typer.Option(
-        ..., "--parent", envvar="FEDRL_PARENT", help="The parent server's gRPC address, HOST:PORT."
+        ...,
+        "--parent",
+        envvar="FEDRL_PARENT",
+        help="The parent's gRPC address, HOST:PORT: the root server, or another aggregator.",
     ),
     name: str = typer.Option(
         ..., "--name", envvar="FEDRL_NAME", help="This region's name, as enrolled with `fedrl fleet add-region NAME`."

@@ -28,7 +28,7 @@ import numpy as np
 
 from fedrl.agents import evaluate
 from fedrl.agents.normalize import obs_scale
-from fedrl.core.aggregation import all_finite, screen
+from fedrl.core.aggregation import all_finite, screen, weighted_mean
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import central_mean, mean_of_secure_sum
 from fedrl.core.robust import combine
@@ -128,15 +128,30 @@ def _reduced(setup: Setup, members: list[Update], version: int) -> Update:
     return Update(-1, version, delta, steps, clients=clients)
 
 
-def region_update(setup: Setup, updates: list[Update], version: int) -> tuple[Update | None, int]:
+def region_update(
+    setup: Setup, updates: list[Update], version: int, regions_below: frozenset[int] = frozenset()
+) -> tuple[Update | None, int]:
     """What a deployed regional aggregator forwards for its round: ``updates`` screened, their weights
     capped, clipped and reduced by the robust rule into one update weighted by their env steps in
     all, as a simulated region reduces its clients' (``regional_updates``); None when the screen
-    refused them all. Also returns how many the screen refused."""
+    refused them all. Also returns how many the screen refused.
+
+    ``regions_below``: the client ids of regions that forward to this one (regions of regions). Their
+    updates were reduced there already, so they pass as they came, as they would at the root: the
+    region's own devices' reduction and theirs make one mean weighted by env steps, whose devices
+    are all of theirs."""
     screened = screen(updates, setup.net.spec.dim)
     if not screened.accepted:
         return None, len(screened.rejected)
-    return _reduced(setup, capped_weights(setup, screened.accepted), version), len(screened.rejected)
+    accepted = capped_weights(setup, screened.accepted)
+    devices = [u for u in accepted if u.client_id not in regions_below]
+    parts = [_reduced(setup, devices, version)] if devices else []
+    parts += [replace(u, client_id=-1, base_version=version) for u in accepted if u.client_id in regions_below]
+    if len(parts) == 1:
+        return parts[0], len(screened.rejected)
+    delta = weighted_mean(stack_deltas(parts), [u.env_steps for u in parts])
+    steps, clients = sum(u.env_steps for u in parts), sum(u.clients for u in parts)
+    return Update(-1, version, delta, steps, clients=clients), len(screened.rejected)
 
 
 def aggregate_round(

@@ -217,7 +217,9 @@ class RegionCoordinator(Coordinator):
     # --- the devices' side ---------------------------------------------------------------
     @property
     def _regions_run_it(self) -> bool:
-        return False  # a region runs secure aggregation among its own devices
+        """A region runs secure aggregation among its own devices; one with regions below it (regions
+        of regions) leaves it to them, as the root does, and takes their means in the clear."""
+        return bool(self._regions)
 
     def _task(self, client: str, admit: bool = True) -> Task | Wait:
         with self._lock:
@@ -290,7 +292,8 @@ class RegionCoordinator(Coordinator):
             return self._submission(parent, replace(reduced, clients=n), {}, None)
         stored = self._store.read_updates(records, self.dim)
         updates = [u.as_update() for u in stored]
-        reduced, refused = region_update(self.setup, updates, parent.base_version)
+        below = frozenset(u.client_id for u in stored if u.client in self._regions)
+        reduced, refused = region_update(self.setup, updates, parent.base_version, below)
         if refused:
             log_event("updates_screened_out", level="warning", round=parent.round, refused=refused)
         if reduced is None:
