@@ -1,9 +1,9 @@
 """The air-quality fleet at heterogeneity 1 trained every way fedrl offers, side by side, against the
 hand-written policy of docs/envs.md. examples/airquality.yaml (PPO locally, observations
 normalised, rewards scaled, 2,048 env steps per site per round) with 10 sites, and with 100 sites
-of which 10 are sampled a round, ROUNDS rounds, SEEDS seeds; 20 held-out sites. The 100 sites again
+of which 10 are sampled a round, ROUNDS rounds, SEEDS seeds; 20 held-out sites. Both fleets again
 for the example's own 150 rounds (LONG_ROUNDS), with the methods of LONG_METHODS: at 10 sites a
-round each site trains in about 3 of 30 rounds. The methods: FedAvg, FedProx (mu 0.01), SCAFFOLD,
+round of 100, each site trains in about 3 of 30 rounds. The methods: FedAvg, FedProx (mu 0.01), SCAFFOLD,
 Reptile (meta step annealed to 0), IFCA with two models, local training alone (``learner.federate:
 none``: nothing shared; a held-out site gets the untrained policy), and FedAvg and FedProx with
 each site keeping its own normalisation statistics (``learner.normalize.stats: personal``; held-out
@@ -11,7 +11,7 @@ sites start from all of them pooled). "Sites" is the last evaluation of the trai
 sampled episodes each, each on its own model where it has one); the hand policy plays HAND_EPISODES
 episodes on the same sites.
 
-    python benchmarks/airquality_fleets.py      # about 40 minutes on 2 cores
+    python benchmarks/airquality_fleets.py      # about an hour on 2 cores
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ HELDOUT = 20
 HAND_EPISODES, HAND_SEED = 16, 2024
 FLEETS = {  # name: (sites, fraction sampled a round, rounds)
     "10 sites": (10, 1.0, ROUNDS),
+    f"10 sites, {LONG_ROUNDS} rounds": (10, 1.0, LONG_ROUNDS),
     "100 sites, 10 a round": (100, 0.1, ROUNDS),
     f"100 sites, 10 a round, {LONG_ROUNDS} rounds": (100, 0.1, LONG_ROUNDS),
 }
@@ -108,7 +109,7 @@ def _cell(values: list[float]) -> str:
 
 def plot(results: list[dict]) -> str:
     """Sites' and held-out mean return per method and fleet, relative to the hand policy."""
-    fig, axes = plt.subplots(1, len(FLEETS), figsize=(14, 4), sharey=True)
+    fig, axes = plt.subplots(1, len(FLEETS), figsize=(4.5 * len(FLEETS), 4), sharey=True)
     width = 0.38
     for ax, fleet in zip(axes, FLEETS):
         methods = methods_of(fleet)
@@ -155,7 +156,8 @@ def main() -> None:
         f"## Air quality: every method against the hand policy\n\n`{COMMAND}` ({machine()}; one torch thread per run, "
         f"two runs at a time)\n\n`examples/airquality.yaml` at heterogeneity 1 (observations normalised by the "
         f"fleet's statistics, but in the personal rows), "
-        f"{ROUNDS} rounds (the last fleet: {LONG_ROUNDS}, the example's own) of 2,048 env steps per sampled site, "
+        f"{ROUNDS} rounds (or {LONG_ROUNDS}, the example's own, where a fleet says so) of 2,048 env steps per "
+        "sampled site, "
         f"seeds {list(SEEDS)} (mean ± spread). Training "
         f"sites: the last evaluation (4 sampled episodes per site, each site on its own model where it has one); "
         f"the hand policy (`airquality.hand_policy`) plays {HAND_EPISODES} episodes per site on the same sites. "

@@ -195,6 +195,23 @@ def test_a_region_killed_mid_round_loses_nothing_it_acknowledged_and_counts_no_d
         assert json.loads((hierarchy.root / f"device{i}" / "acting.json").read_text())["version"] == ROUNDS
 
 
+def one_region_root(path: Path, name: str, n_clients: int) -> None:
+    """A root's config at ``path``: three rounds of a hierarchy whose rounds take one region's update."""
+    experiment = {
+        "name": name,
+        "seed": 1,
+        "env": {"family": "cartpole", "heterogeneity": 0.5},
+        "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "hidden": [32, 32]},
+        "federation": {"n_clients": n_clients, "regions": 2, "local_steps": 512, "rounds": 3, "stop_at_target": False},
+    }
+    config = {
+        "experiment": experiment,
+        "rounds": {"deadline_s": 30, "updates_per_round": 1},
+        "gate": {"enabled": False},
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
 def test_a_region_serves_its_devices_through_an_mqtt_broker(tmp_path):
     # Prepare: a root over gRPC with one region, which serves two devices through Mosquitto
     root_dir = tmp_path / "root"
@@ -202,19 +219,7 @@ def test_a_region_serves_its_devices_through_an_mqtt_broker(tmp_path):
     broker = Mosquitto(tmp_path / "broker", passwords, acl_server_user="fedrl-region", max_packet_bytes=65536).start()
     processes: list[subprocess.Popen] = []
     try:
-        experiment = {
-            "name": "mqtt-region",
-            "seed": 1,
-            "env": {"family": "cartpole", "heterogeneity": 0.5},
-            "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "hidden": [32, 32]},
-            "federation": {"n_clients": 4, "regions": 2, "local_steps": 512, "rounds": 3, "stop_at_target": False},
-        }
-        config = {
-            "experiment": experiment,
-            "rounds": {"deadline_s": 30, "updates_per_round": 1},
-            "gate": {"enabled": False},
-        }
-        (tmp_path / "root.yaml").write_text(yaml.safe_dump(config))
+        one_region_root(tmp_path / "root.yaml", "mqtt-region", n_clients=4)
         token = tmp_path / "ra.token"
         Hierarchy.fleet("add-region", "ra", "--devices", "2", "--state-dir", str(root_dir), "--token-file", str(token))
         for i in (0, 1):
@@ -304,19 +309,7 @@ def test_a_region_serves_its_devices_through_an_mqtt_broker(tmp_path):
 
 def test_a_region_of_regions_forwards_what_the_region_below_it_reduced(tmp_path):
     # Prepare: root <- mid <- leaf <- two devices, every tier its own process over gRPC
-    experiment = {
-        "name": "three-tiers",
-        "seed": 1,
-        "env": {"family": "cartpole", "heterogeneity": 0.5},
-        "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "hidden": [32, 32]},
-        "federation": {"n_clients": 2, "regions": 2, "local_steps": 512, "rounds": 3, "stop_at_target": False},
-    }
-    config = {
-        "experiment": experiment,
-        "rounds": {"deadline_s": 30, "updates_per_round": 1},
-        "gate": {"enabled": False},
-    }
-    (tmp_path / "root.yaml").write_text(yaml.safe_dump(config))
+    one_region_root(tmp_path / "root.yaml", "three-tiers", n_clients=2)
     at = lambda name: str(tmp_path / name)  # noqa: E731
     Hierarchy.fleet("add-region", "mid", "--devices", "2", "--state-dir", at("root"), "--token-file", at("mid.token"))
     Hierarchy.fleet("add-region", "leaf", "--devices", "2", "--state-dir", at("mid"), "--token-file", at("leaf.token"))
