@@ -396,7 +396,7 @@ def test_a_device_runs_the_experiments_own_network_and_loss_only_when_its_operat
     server.wait(20)
 
     reason = " ".join((deployment.root / "refused.log").read_text().split())
-    assert "is the server's to name but this device's to allow" in reason and "--allow-code" in reason
+    assert "is the server's to name but this machine's to allow" in reason and "--allow-code" in reason
     assert [e["round"] for e in events(deployment.root / "server.log", "round_closed")] == [1, 2]
     acting = json.loads((deployment.state_dir(0) / "acting.json").read_text())
     assert acting["version"] >= 1

@@ -24,6 +24,7 @@ from fedrl.core.normstats import NormStats
 from fedrl.edge.secure import run_secure_round
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, read_resolved
+from fedrl.policy.usercode import only_code
 from fedrl.region.upstream import Upstream
 from fedrl.server.app import Liveness
 from fedrl.server.config import ServerConfig, load_region_config
@@ -265,6 +266,39 @@ def test_a_region_of_regions_under_secure_aggregation_leaves_the_protocol_to_its
     assert isinstance(own, Wait) and "region" in own.reason
     assert isinstance(region_task, Task) and mid._secure is None
     assert h.regions["a"]._secure is not None
+
+
+RULE = "regionrule:longest"
+
+
+def test_a_rule_of_the_users_runs_at_a_region_whose_operator_allows_it(tmp_path, hierarchy_config, monkeypatch):
+    # Prepare: a robust rule of the user's, importable at the root and at the regions
+    (tmp_path / "regionrule.py").write_text(
+        "import numpy as np\n\ndef longest(stack, weights):\n"
+        "    return stack[int(np.argmax(np.linalg.norm(stack, axis=1)))].copy()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    experiment = {**hierarchy_config, "strategy": {"name": "fedavg", "robust": {"rule": RULE}}}
+
+    # Execute: regions whose operator allows the rule reduce round 1
+    with only_code([RULE]):
+        h = Hierarchy(tmp_path / "allowed", experiment)
+        h.sync()
+        h.devices_train(1)
+        h.regions["a"].tick()
+    region_a = h.regions["a"]
+    devices = region_a._store.read_updates(region_a._store.round_records(1), region_a.dim)
+
+    # Assert: the region ran the rule (its update is its longest device delta), a device is told mean
+    longest = max(devices, key=lambda u: np.linalg.norm(u.delta))
+    np.testing.assert_array_equal(region_a.outbox().delta, longest.delta)
+    assert read_resolved(h.root.register(device(0)).experiment_yaml).strategy.robust.rule == "mean"
+    # a region whose operator did not allow the rule stops at its start, naming the option
+    h.root.add_client("region-c", devices=1)
+    registration = DirectLink(h.root, "region-c").register()
+    config = load_region_config(None, [], read_resolved(registration.experiment_yaml))
+    with only_code([]), pytest.raises(ConfigError, match=f"--allow-code {RULE}"):
+        RegionCoordinator.open_region(config, tmp_path / "region-c", "region-c", h.root.model())
 
 
 def test_a_regions_update_weighs_its_devices_steps_and_is_capped_at_its_enrolment(tmp_path, hierarchy_config):

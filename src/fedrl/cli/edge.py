@@ -32,8 +32,9 @@ ALLOW_CODE = typer.Option(
     [],
     "--allow-code",
     envvar="FEDRL_ALLOW_CODE",
-    help="module:function of the experiment's own network or learner loss that this device may run (repeat "
-    "for each; the module on the Python path). Nothing the server names runs without it.",
+    help="module:function of the experiment's own code that this process may run: its network or learner loss "
+    "(and at a regional aggregator its robust rule); repeat for each, the module on the Python path. Nothing the "
+    "server names runs without it.",
 )
 
 

@@ -9,7 +9,7 @@ import typer
 
 from fedrl.cli.console import fail
 from fedrl.cli.deploy import STATE_DIR, serving_transport, stop_on_signals
-from fedrl.cli.edge import channel_credentials, read_token
+from fedrl.cli.edge import ALLOW_CODE, channel_credentials, read_token
 from fedrl.cli.mqtt import (
     BROKER,
     BROKER_PASSWORD,
@@ -61,12 +61,14 @@ def aggregator(
     broker_cert: Optional[Path] = typer.Option(None, "--broker-cert", help="With --transport mqtt: client cert."),
     broker_key: Optional[Path] = typer.Option(None, "--broker-key", help="With --transport mqtt: its key."),
     mqtt_version: str = MQTT_VERSION,
+    allow_code: list[str] = ALLOW_CODE,
 ) -> None:
     """Serve a region: its devices train the parent's rounds here (gRPC, or MQTT through a broker),
     and one update per round, reduced by the experiment's robust rule and weighted by its devices'
     env steps, goes to the parent (docs/hierarchy.md). JSON log lines on stderr."""
     from fedrl.edge.device import Fatal
     from fedrl.experiment.config import ConfigError
+    from fedrl.policy.usercode import only_code
     from fedrl.region.app import ParentOptions, run_aggregator
     from fedrl.server.app import ServeOptions
     from fedrl.server.log import setup_logging
@@ -85,6 +87,7 @@ def aggregator(
             state_dir, listen, None if metrics == "off" else metrics, credentials, exit_when_finished, broker_opts
         )
         stop = stop_on_signals()
-        run_aggregator(ParentOptions(parent, name, secret, upward), options, stop, config, set_)
+        with only_code(allow_code):  # the parent names its robust rule (and network): the operator allows them
+            run_aggregator(ParentOptions(parent, name, secret, upward), options, stop, config, set_)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, Fatal) as exc:
         fail(str(exc))

@@ -118,14 +118,18 @@ class Setup:
         """Whether this machine can step the clients' environments (not for ``family: device``)."""
         return self.config.env.device is None
 
-    def for_devices(self) -> ExperimentConfig:
+    def for_devices(self, keep_rule: bool = False) -> ExperimentConfig:
         """The experiment as the devices receive it: a Gymnasium section (an id and a setter a
         device would have to import) becomes the spaces it has, ``family: device``, and a robust
         rule of the user's (which only the server runs) becomes ``mean``; each device runs its own
         environment, never code the server names. A strategy of the user's runs on the server only, so
         devices are told FedAvg (the client side of both is the same plain local training). A network
         of the user's and a learner loss of the user's are every device's too: each imports them by name
-        from its own working directory or Python path, and only when its operator allows it."""
+        from its own working directory or Python path, and only when its operator allows it.
+
+        ``keep_rule``: what a regional aggregator receives, which runs the robust rule over its
+        devices' updates: a rule of the user's is kept by name (its folder is the server's, so
+        ``rule_dir`` is not), for the region to import when its operator allows it."""
         config = self.config
         learner = config.learner.model_copy(update={"network_dir": None})
         if isinstance(learner, UserLearnerConfig):
@@ -135,8 +139,9 @@ class Setup:
         if isinstance(strategy, UserStrategyConfig):
             strategy = FedAvgConfig(robust=strategy.robust)
         if CUSTOM_RULE.fullmatch(strategy.robust.rule):
+            rule = strategy.robust.rule if keep_rule else "mean"
             strategy = strategy.model_copy(
-                update={"robust": strategy.robust.model_copy(update={"rule": "mean", "rule_dir": None})}
+                update={"robust": strategy.robust.model_copy(update={"rule": rule, "rule_dir": None})}
             )
         config = config.model_copy(update={"strategy": strategy})
         if config.env.gym is None:

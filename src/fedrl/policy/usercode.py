@@ -53,7 +53,7 @@ def import_function(spec: str, folder: str | None, what: str) -> Callable[..., A
         raise ValueError(f"{what} must look like 'package.module:function', got {spec!r}")
     if _allowed is not None and spec not in _allowed:
         raise ValueError(
-            f"{what} {spec!r} is the server's to name but this device's to allow: it runs only the code its "
+            f"{what} {spec!r} is the server's to name but this machine's to allow: it runs only the code its "
             f"operator names (start it with --allow-code {spec}, with the module on its Python path)"
         )
     with _path_lock:  # sys.path is the process's: an acting and a training thread may both import

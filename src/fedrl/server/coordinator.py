@@ -127,6 +127,7 @@ class Coordinator:
         self._load_tokens()
         self._client_ids: dict[str, int] = {}  # name -> the store's id, which never changes
         self._experiment_yaml = to_yaml(self.setup.for_devices())
+        self._region_yaml = to_yaml(self.setup.for_devices(keep_rule=True))  # a region runs the robust rule
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         self._finished_noted = False
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
@@ -324,7 +325,8 @@ class Coordinator:
             self._admit(client)
             self._store.mark_registered(client, self._clock())
             log_event("client_registered", client=client)
-            return Registration(client, self._experiment_yaml, self._deployed.version, self.config.rounds.heartbeat_s)
+            experiment = self._region_yaml if client in self._regions else self._experiment_yaml
+            return Registration(client, experiment, self._deployed.version, self.config.rounds.heartbeat_s)
 
     def heartbeat(self, client: str, acting_version: int | None) -> int:
         """Note that ``client`` is alive and acting with ``acting_version``; returns the deployed version."""
