@@ -97,6 +97,17 @@ def test_fast_tanh_matches_torch_tanh_in_value_and_gradient():
     torch.testing.assert_close(x.grad, ref.grad, atol=1e-6, rtol=0)
 
 
+def test_fast_tanh_has_a_second_derivative():
+    from fedrl.agents.nets import tanh
+
+    x = torch.linspace(-3, 3, 101, dtype=torch.float32, requires_grad=True)
+    (first,) = torch.autograd.grad(tanh(x).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), x)
+
+    y = torch.tanh(x.detach())
+    torch.testing.assert_close(second, -2 * y * (1 - y**2), atol=2e-6, rtol=0)
+
+
 def test_unpacked_gradients_are_those_of_slicing_to_the_bit_and_zero_where_unused():
     net = _net(Continuous(1, "max_torque"))
     task = _task(net)

@@ -164,6 +164,16 @@ def test_the_roots_agents_talk_to_the_root_and_leave_a_regions_nodes_to_it():
     assert "fedrl.dev/region" in region_agent["nodeSelector"]
 
 
+def test_no_workloads_selector_matches_another_workloads_pods():
+    workloads = [r for r in _resources() if "template" in r.get("spec", {})]
+    for owner in workloads:
+        selector = owner["spec"]["selector"]["matchLabels"]
+        for other in workloads:
+            labels = other["spec"]["template"]["metadata"]["labels"]
+            if other is not owner:
+                assert not selector.items() <= labels.items(), (owner["metadata"]["name"], other["metadata"]["name"])
+
+
 def test_the_images_are_those_make_images_tags():
     images = {c["image"] for pod in _pods().values() for c in pod["containers"]}
 

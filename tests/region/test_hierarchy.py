@@ -301,6 +301,21 @@ def test_a_rule_of_the_users_runs_at_a_region_whose_operator_allows_it(tmp_path,
         RegionCoordinator.open_region(config, tmp_path / "region-c", "region-c", h.root.model())
 
 
+def test_a_region_enrolled_below_a_secure_region_mid_round_counts_from_its_next_round(tmp_path, hierarchy_config):
+    # Prepare: a secure hierarchy whose region a has opened round 1 with its devices' protocol
+    pipeline = {"secure_aggregation": {"enabled": True, "clip": 5.0, "threshold": 0.5}}
+    h = Hierarchy(tmp_path, {**hierarchy_config, "pipeline": pipeline})
+    h.sync()
+    region_a = h.regions["a"]
+
+    # Execute: a region is enrolled below a; its devices ask for work
+    region_a.add_client("region-x", devices=1)
+    asked = [region_a.task(device(i)) for i in h.members["a"]]
+
+    # Assert: the open round still runs a's protocol among its devices
+    assert all(isinstance(task, Task) for task in asked) and region_a._secure is not None
+
+
 def test_a_regions_update_weighs_its_devices_steps_and_is_capped_at_its_enrolment(tmp_path, hierarchy_config):
     # Prepare: round 1 open in both regions; the devices of region a train
     h = Hierarchy(tmp_path, hierarchy_config)

@@ -150,7 +150,7 @@ def add_client(
         None,
         "--same-token",
         help="Enrol with the token in this file (one another server of the hierarchy issued: a device's region "
-        "and the one it fails over to) instead of a new one; nothing is printed.",
+        "and the one it fails over to) instead of a new one; the token is not printed again.",
     ),
 ) -> None:
     """Issue a token for a new client. The server keeps only its hash: store the token now."""

@@ -391,7 +391,7 @@ class Coordinator:
             if client in self._regions and not self.config.hierarchical:
                 raise Rejected(Reason.FAILED_PRECONDITION, _not_a_hierarchy(client))
             if self._regions_run_it and self._only_masked(client):
-                return Wait(retry, "under secure aggregation a device trains through its region, not at the root")
+                return Wait(retry, "under secure aggregation a device trains through its region, not here")
             if not self.config.asynchronous:
                 if self._secure is not None and self._client_id(client) in self._secure.joined:
                     return Wait(retry, f"your part in round {self._round.round}'s secure aggregation is in")

@@ -102,6 +102,7 @@ class RegionCoordinator(Coordinator):
         return cls(config, store, name, metrics, clock)
 
     def _load(self) -> None:
+        self._passes_secure = bool(self._regions)
         super()._load()
         parent = self._store.meta(PARENT_ROUND)
         found = None if parent is None else ParentRound(**json.loads(parent))
@@ -173,6 +174,7 @@ class RegionCoordinator(Coordinator):
             self._store.set_meta(PARENT_ROUND, json.dumps(asdict(self._parent)))
             self._round = self._store.open_round()
             self._arrived, self._selected, self._forfeiting, self._replaced = [], set(), {}, set()
+            self._passes_secure = bool(self._regions)  # fixed for the round: a region enrolled now counts from the next
             self._secure = self._new_secure_round()
             self._sample()
             self._publish()
@@ -218,8 +220,9 @@ class RegionCoordinator(Coordinator):
     @property
     def _regions_run_it(self) -> bool:
         """A region runs secure aggregation among its own devices; one with regions below it (regions
-        of regions) leaves it to them, as the root does, and takes their means in the clear."""
-        return bool(self._regions)
+        of regions) leaves it to them, as the root does, and takes their means in the clear. Decided
+        when a round opens here, for the whole round."""
+        return self._passes_secure
 
     def _task(self, client: str, admit: bool = True) -> Task | Wait:
         with self._lock:
