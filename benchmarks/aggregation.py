@@ -5,8 +5,10 @@ REPEATS, in GB/s of update data read:
 
 - the whole synchronous path of a FedAvg round (``experiment.aggregation.aggregate_round``: the
   strategy on the well-formed updates, whose candidate, finite, shows that none held a NaN or an
-  Inf), on updates in one round buffer (a round as the server reads it from its store) and on
-  updates that are separate arrays (the simulator's decoded updates; stacked: copied);
+  Inf), on updates in one buffer (a round as the server reads it from its store, or a shard's plain
+  updates in the simulator, rows of one array) and on
+  updates that are separate arrays (decoded compressed updates, or a round over several shards; stacked:
+  copied);
 - the same round when one update holds a NaN: the candidate is not finite, so the round is
   screened (NaN and Inf in every update) and aggregated again;
 - its parts: the screen alone, stacking separate updates, the weighted mean of a ready stack (one
@@ -78,8 +80,8 @@ def main() -> None:
         return lambda: aggregate_round(setup, state, params, 0, 1, given)
 
     parts = {
-        "a FedAvg round, updates in one round buffer (the server's)": round_of(in_buffer),
-        "a FedAvg round, updates in separate arrays, stacked (the simulator's)": round_of(updates),
+        "a FedAvg round, updates in one buffer (the server's round, a simulated shard's)": round_of(in_buffer),
+        "a FedAvg round, updates in separate arrays, stacked (decoded ones)": round_of(updates),
         "a FedAvg round with a NaN update (screened, then aggregated again)": round_of(poisoned),
         "screen (NaN and Inf in every update)": lambda: screen(updates, args.dim),
         "stack the updates": lambda: stack_deltas(updates),
@@ -101,8 +103,9 @@ def main() -> None:
         "counts them only in an update that fails. A round with the weighted mean does not screen first: every "
         "positive weight carries a NaN or an Inf into the candidate, so a finite candidate shows there was none, and "
         "only a non-finite one sends the round through the screen and the strategy again (the same candidate bit for "
-        "bit, tested). The server reads a round's update files into one buffer, so its stack is a view of them, not a"
-        " copy; the simulator's decoded updates are separate arrays, which are stacked. The process tunes glibc's "
+        "bit, tested). The server reads a round's update files into one buffer, and a simulated shard's plain updates"
+        " are rows of one array, so either stack is a view of them, not a copy; decoded (compressed) updates and a "
+        "round over several shards are separate arrays, which are stacked. The process tunes glibc's "
         "allocator as `fedrl run` and `fedrl server` do, so a stack of separate updates reuses freed memory instead "
         "of faulting in fresh pages. A streaming sum, one update at a time, would round differently from the one BLAS"
         " product (summing blocks of columns apart already does) and change every published result, so it is not "

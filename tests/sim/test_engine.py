@@ -5,12 +5,13 @@ import sqlite3
 import numpy as np
 import pytest
 
+from fedrl.core.update import stack_vectors
 from fedrl.experiment import aggregation
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import apply_override, parse_config
 from fedrl.server.config import load_server_config
 from fedrl.sim import run as runs
-from fedrl.sim.clients import sample_clients, shards
+from fedrl.sim.clients import sample_clients, shards, train_clients
 from fedrl.sim.engine import initial_state, run_round
 from fedrl.sim.rundir import ROUND_COLUMNS
 from fedrl.sim.setup import SimSetup
@@ -91,6 +92,17 @@ def test_one_round_updates_the_policy_and_counts_steps(tiny_config):
     assert not np.array_equal(after.params, state.params)
     assert result.client_returns.shape == (3,)
     assert result.worst_client_return <= result.p10_client_return <= result.global_mean_return
+
+
+def test_a_shards_updates_are_rows_of_one_array_so_aggregation_stacks_no_copy(tiny_config):
+    setup = SimSetup(parse_config(tiny_config))
+    state = initial_state(setup)
+
+    received, _, _ = train_clients(setup, state, np.arange(3), (0,))
+
+    deltas = [r.update.delta for r in received]
+    stack = stack_vectors(deltas)
+    assert np.shares_memory(stack, deltas[0]) and np.array_equal(stack[2], deltas[2])
 
 
 @pytest.mark.parametrize(

@@ -44,8 +44,9 @@ def to_updates(
 ) -> list[Update]:
     """One ``Update`` per client of a shard; a malicious client's delta is replaced by its attack."""
     updates = []
+    deltas = (result.params - params).astype(np.float32, copy=False)  # rows of one array: aggregation stacks none
     for i, c in enumerate(rows):
-        delta = (result.params[i] - params).astype(np.float32)
+        delta = deltas[i]
         if setup.malicious[c]:
             delta = attack(setup.config.attack, delta, setup.random_policy - params, rng)
         control = result.control_delta[i] if result.control_delta is not None else None
@@ -89,14 +90,26 @@ def transmit(
     setup: SimSetup, pipeline_state: PipelineState, updates: list[Update], tags: tuple
 ) -> tuple[list[Received], PipelineState]:
     """Send ``updates`` through the client side of the pipeline and decode them as the server
-    does; returns what the server received and the pipeline state after sending."""
+    does; returns what the server received and the pipeline state after sending. A pipeline that
+    applies nothing delivers each delta exactly as sent (float32, whole), so then the update is
+    passed on as it is, still a row of its shard's array (aggregation stacks no copy), counted at
+    the size of its encoding."""
+    if setup.config.pipeline.applies_nothing and pipeline_state.residual is None and updates:
+        size = len(encode(dense(updates[0].delta)))  # every dense update of this model is as long
+        clients = np.array([u.client_id for u in updates], dtype=np.int64)
+        received = [Received(u, size + _control_bytes(u)) for u in updates]
+        return received, after_sending(pipeline_state, clients, [])
     messages, pipeline_state = client_messages(setup, pipeline_state, updates, tags)
     received = []
     for u, m in zip(updates, messages):
         delta = decode_update(m.payload, setup.net.spec.dim)
-        control_bytes = len(encode(dense(u.control_delta))) if u.control_delta is not None else 0
-        received.append(Received(replace(u, delta=delta), len(m.payload) + control_bytes))
+        received.append(Received(replace(u, delta=delta), len(m.payload) + _control_bytes(u)))
     return received, pipeline_state
+
+
+def _control_bytes(u: Update) -> int:
+    """The bytes of SCAFFOLD's dense control delta beside an update (0 without one)."""
+    return len(encode(dense(u.control_delta))) if u.control_delta is not None else 0
 
 
 def train_clients(
