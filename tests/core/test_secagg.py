@@ -121,6 +121,23 @@ def test_dropouts_of_up_to_n_minus_threshold_clients_still_give_the_exact_sum(be
     np.testing.assert_array_equal(result.sum, _quantized_sum(inputs[kept], config))
 
 
+def test_extra_words_are_summed_beside_the_update_over_the_same_survivors():
+    # Prepare: 6 clients, 2 of them dropping after sharing keys; words near the top of a uint32 too
+    config = SecAggConfig(threshold=3)
+    inputs = _inputs(6, 200)
+    words = np.random.default_rng(3).integers(0, 2**32, size=(6, 40), dtype=np.uint64).astype(np.uint32)
+    plain = secure_sum(inputs, _flags(6, 1, 4), config, np.random.default_rng(4))
+
+    # Execute
+    result = secure_sum(inputs, _flags(6, 1, 4), config, np.random.default_rng(4), extra=words)
+
+    # Assert: the survivors' words summed mod 2^32, the update's sum as without them
+    kept = [0, 2, 3, 5]
+    assert result.included == tuple(kept)
+    np.testing.assert_array_equal(result.extra, words[kept].sum(axis=0, dtype=np.uint64).astype(np.uint32))
+    np.testing.assert_array_equal(result.sum, plain.sum)
+
+
 def test_below_threshold_the_server_cannot_recover_and_says_so():
     # Prepare
     config = SecAggConfig(threshold=6)

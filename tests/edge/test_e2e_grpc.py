@@ -452,6 +452,41 @@ def test_devices_normalise_and_the_server_merges_their_statistics_into_each_vers
             3,
             {"rounds": 2, "stop_at_target": False},
             {"secure_aggregation": {"enabled": True, "threshold": 2}},
+            {"normalize": {"obs": True, "reward": True}},
+        )
+    ],
+    indirect=True,
+)
+def test_under_secure_aggregation_the_fleets_statistics_travel_inside_the_secure_sum(deployment):
+    from fedrl.policy import load_policy
+
+    deployment.run_to_the_end()
+    store = Store(deployment.root / "srv")
+    try:
+        latest = store.latest_version()
+        counts = [store.load_version(v)[0].norm.obs.count for v in range(latest + 1)]
+        stored = store.db.execute("SELECT COUNT(*) FROM updates").fetchone()[0]
+        model = store.load_version(latest)[0]
+    finally:
+        store.close()
+
+    # no update nor any device's statistics was stored; each version's statistics grew by whole rounds
+    # of 2 or 3 devices' observations (the survivors' of the round that made it), and devices act with them
+    per_round = np.diff(counts)
+    assert latest >= 1 and stored == 0
+    assert all(d in (2 * 512, 3 * 512) for d in per_round), counts
+    for i in range(3):
+        acting = load_policy(deployment.state_dir(i)).card.obs_norm
+        np.testing.assert_allclose(acting.mean, model.norm.obs.mean.astype(np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        (
+            3,
+            {"rounds": 2, "stop_at_target": False},
+            {"secure_aggregation": {"enabled": True, "threshold": 2}},
             {"normalize": {"obs": True, "stats": "personal"}},
         )
     ],

@@ -21,6 +21,7 @@ import yaml
 
 from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
+from fedrl.core.securestats import to_words
 from fedrl.edge.secure import run_secure_round
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, read_resolved
@@ -534,25 +535,33 @@ def test_a_regions_statistics_may_count_each_devices_observations_up_to_the_step
     assert h.root.submit("region-a", sent(1536.0, "region-a.round1")).round == 1
 
 
+@pytest.mark.parametrize("normalised", [False, True], ids=["plain", "fleet-statistics"])
 def test_under_secure_aggregation_regions_sum_their_devices_and_the_root_averages_their_means(
-    tmp_path, hierarchy_config
+    tmp_path, hierarchy_config, normalised
 ):
     # Prepare: six devices in two regions, each region's three run the protocol with their region
+    # (with the fleet's statistics, each device's travel inside its region's secure sum)
     federation = {**hierarchy_config["federation"], "n_clients": 6}
     pipeline = {"secure_aggregation": {"enabled": True, "threshold": 2}}
-    experiment = {**hierarchy_config, "federation": federation, "pipeline": pipeline, "strategy": {"name": "fedavg"}}
-    h = Hierarchy(tmp_path, experiment, ["rounds.secure_step_s=2.0"])
+    learner = {**hierarchy_config["learner"], "normalize": {"obs": normalised, "reward": normalised}}
+    experiment = {**hierarchy_config, "federation": federation, "pipeline": pipeline, "learner": learner}
+    h = Hierarchy(tmp_path, {**experiment, "strategy": {"name": "fedavg"}}, ["rounds.secure_step_s=2.0"])
     h.sync()
-    dim, before = h.setup.net.spec.dim, h.root.model().params.copy()
+    dim, before, norm_before = h.setup.net.spec.dim, h.root.model().params.copy(), h.root.model().norm
     rng = np.random.default_rng(0)
     inputs = {i: rng.uniform(-0.05, 0.05, dim).astype(np.float32) for i in range(6)}
+    observed = {
+        i: NormStats(Moments.of(rng.normal(i, 2.0, (20 * i + 5, 4))), Moments.of(rng.normal(size=(7, 1))))
+        for i in range(6)
+    }
     config = h.setup.config.pipeline.secure_aggregation
 
     def take_part(i: int) -> None:
         region = h.region_of(i)
         task = region.task(device(i))
         ask = lambda step, payload: region.secure_step(device(i), task.round, step, payload)  # noqa: E731
-        run_secure_round(ask, inputs[i], config, lambda s: time.sleep(min(s, 0.02)), lambda *_: None)
+        words = to_words(observed[i]) if normalised else None
+        run_secure_round(ask, inputs[i], config, lambda s: time.sleep(min(s, 0.02)), lambda *_: None, extra=words)
 
     # Execute: the devices mask, the regions unmask their sums and forward, the root closes the round
     threads = [threading.Thread(target=take_part, args=(i,)) for i in range(6)]
@@ -571,9 +580,18 @@ def test_under_secure_aggregation_regions_sum_their_devices_and_the_root_average
 
     # Assert: each region forwarded its devices' mean (as three step budgets) and nothing else; the
     # root's model moved by the mean of all six, within quantization
-    assert [(o.clients, o.env_steps, o.norm) for o in outboxes] == [(3, 3 * 256, None)] * 2
+    assert [(o.clients, o.env_steps) for o in outboxes] == [(3, 3 * 256)] * 2
     assert h.root.deployed_version == 1
     np.testing.assert_allclose(h.root.model().params - before, np.mean(list(inputs.values()), axis=0), atol=1e-5)
+    if not normalised:
+        assert [o.norm for o in outboxes] == [None, None]
+    else:  # each region forwards its devices' statistics pooled, and the root merges both into the new version's
+        for outbox, members in zip(outboxes, h.members.values()):
+            pooled = observed[members[0]].merge(observed[members[1]]).merge(observed[members[2]])
+            assert outbox.norm.obs.count == pooled.obs.count
+            np.testing.assert_allclose(outbox.norm.obs.m2, pooled.obs.m2, rtol=1e-9)
+        everyone = sum(float(o.obs.count) for o in observed.values())
+        assert h.root.model().norm.obs.count == norm_before.obs.count + everyone
     # a device's update in the clear is refused by its region and by the root, which gives devices no task
     with pytest.raises(Rejected, match="aggregates securely: an update is sent masked"):
         h.regions["a"].submit("dev-0", signed(Submission("x", "dev-0", 2, 1, inputs[0], 256)))

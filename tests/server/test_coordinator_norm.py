@@ -208,7 +208,7 @@ def test_under_dp_personal_statistics_stay_on_the_device_and_the_versions_keep_t
         )
 
     # Execute / Assert: an update with statistics is refused; those without make the round
-    with pytest.raises(Rejected, match="personal normalisation statistics stay on the device"):
+    with pytest.raises(Rejected, match="normalisation statistics travel nowhere: they stay on the device"):
         coordinator.submit("a", sent("a", observed(0)))
     for c in ("b", "c"):
         coordinator.submit(c, sent(c, None))

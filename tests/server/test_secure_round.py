@@ -11,6 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from fedrl.core.moments import Moments
+from fedrl.core.normstats import NormStats
+from fedrl.core.securestats import to_words
 from fedrl.edge.secure import run_secure_round
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.store import Store
@@ -43,8 +46,9 @@ def coordinator(tmp_path):
     made.close()
 
 
-def take_part(coordinator: Coordinator, name: str, x: np.ndarray, results: dict, leave_after=None) -> None:
-    """One client's task and secure round; ``leave_after``: the step after which it vanishes."""
+def take_part(coordinator: Coordinator, name: str, x: np.ndarray, results: dict, leave_after=None, extra=None) -> None:
+    """One client's task and secure round; ``leave_after``: the step after which it vanishes;
+    ``extra``: the words it adds beside its update (its statistics)."""
     task = coordinator.task(name)
     assert isinstance(task, Task)
 
@@ -59,6 +63,7 @@ def take_part(coordinator: Coordinator, name: str, x: np.ndarray, results: dict,
             coordinator.setup.config.pipeline.secure_aggregation,
             lambda seconds: time.sleep(min(seconds, 0.02)),
             on_step,
+            extra=extra,
         )
     except Dropped:
         results[name] = "left"
@@ -66,10 +71,12 @@ def take_part(coordinator: Coordinator, name: str, x: np.ndarray, results: dict,
         results[name] = refusal
 
 
-def run_round(coordinator: Coordinator, inputs: dict[str, np.ndarray], leave: dict) -> dict:
+def run_round(coordinator: Coordinator, inputs: dict[str, np.ndarray], leave: dict, extra: dict | None = None) -> dict:
     results: dict = {}
+    extra = extra or {}
     threads = [
-        threading.Thread(target=take_part, args=(coordinator, n, x, results, leave.get(n))) for n, x in inputs.items()
+        threading.Thread(target=take_part, args=(coordinator, n, x, results, leave.get(n), extra.get(n)))
+        for n, x in inputs.items()
     ]
     for thread in threads:
         thread.start()
@@ -193,3 +200,31 @@ def test_part_of_what_a_client_owes_is_refused_so_no_round_is_left_unable_to_fin
     assert short_share.value.reason is Reason.INVALID_ARGUMENT and "roster needs" in short_share.value.message
     assert short_reveal.value.reason is Reason.INVALID_ARGUMENT
     assert secure.total is not None and not secure.total.any()  # three zero inputs sum to zero
+
+
+def test_the_fleets_statistics_in_the_secure_sum_become_the_next_versions_pooled_over_the_survivors(tmp_path):
+    # Prepare: the fleet's statistics under secure aggregation; each client observed its own readings
+    normalised = ("experiment.learner.normalize.obs=true", "experiment.learner.normalize.reward=true")
+    coordinator = Coordinator.open(server_config(tmp_path, *SECURE, *normalised), tmp_path / "state")
+    for name in NAMES:
+        coordinator.add_client(name)
+    rng = np.random.default_rng(7)
+    observed = {
+        name: NormStats(Moments.of(rng.normal(i, 1.0 + i, size=(50 * (i + 1), 4))), Moments.of(rng.normal(size=(9, 1))))
+        for i, name in enumerate(NAMES)
+    }
+    before = coordinator.model(0).norm
+
+    # Execute: d leaves before masking, so neither its update nor its statistics are in the sum
+    run_round(
+        coordinator, inputs_for(coordinator), {"d": SecureStep.SHARE}, {n: to_words(s) for n, s in observed.items()}
+    )
+
+    # Assert: the new version normalises with what a, b and c observed merged into the fleet's
+    after = coordinator.model(1).norm
+    want = before.merge(observed["a"].merge(observed["b"]).merge(observed["c"]))
+    assert after.obs.count == want.obs.count == before.obs.count + 50 + 100 + 150
+    for got, expected in ((after.obs, want.obs), (after.returns, want.returns)):
+        np.testing.assert_allclose(got.mean, expected.mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.m2, expected.m2, rtol=1e-9)
+    coordinator.close()

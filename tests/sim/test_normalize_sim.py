@@ -78,7 +78,6 @@ def test_without_normalisation_nothing_is_kept_or_carried(tmp_path, tiny_config)
     ("overrides", "reason"),
     [
         (("strategy.name=fedasync",), "fedasync has no rounds"),
-        (("federation.n_clients=4", "pipeline.secure_aggregation.enabled=true"), "in the clear, beside the secure sum"),
         (("pipeline.clip_norm=1.0", "pipeline.dp.mode=local", "pipeline.dp.noise_multiplier=1.0"), "unnoised"),
     ],
 )
@@ -139,15 +138,33 @@ def test_a_resumed_run_with_personal_statistics_ends_where_an_unbroken_one_does(
     np.testing.assert_array_equal(whole.norm.obs.m2, again.norm.obs.m2)
 
 
-def test_personal_statistics_run_beside_secure_aggregation_and_dp_which_refuse_the_fleets(tmp_path, tiny_config):
+def test_personal_statistics_run_beside_secure_aggregation_and_dp_which_refuses_the_fleets(tmp_path, tiny_config):
     secure = ("federation.n_clients=4", "pipeline.secure_aggregation.enabled=true")
-    with pytest.raises(ConfigError, match="stats: personal keeps them on the client"):
-        parse_config(_config(tiny_config, *secure))
     current = runs.start(parse_config(_config(tiny_config, PERSONAL, *secure, "federation.rounds=1")), tmp_path / "s")
     ((result, state),) = current.rounds()
     assert result.stats.n_updates == 4 and state.norm.obs.count.sum() == state.env_steps
     dp = ("pipeline.clip_norm=1.0", "pipeline.dp.mode=local", "pipeline.dp.noise_multiplier=1.0")
     assert parse_config(_config(tiny_config, PERSONAL, *dp)).learner.normalize.stats == "personal"
+    with pytest.raises(ConfigError, match="stats: personal keeps them on the client"):
+        parse_config(_config(tiny_config, *dp))
+
+
+def test_the_fleets_statistics_travel_inside_the_secure_sum_and_pool_only_its_survivors(tmp_path, tiny_config):
+    # Prepare: four clients with the fleet's statistics, under secure aggregation and in the clear
+    four = ("federation.n_clients=4", "federation.rounds=1")
+    secure = parse_config(_config(tiny_config, *four, "pipeline.secure_aggregation.enabled=true"))
+    plain = parse_config(_config(tiny_config, *four))
+
+    # Execute: one round of each (the clients observe the same steps in both: they start alike)
+    ((_, hidden),) = runs.start(secure, tmp_path / "s").rounds()
+    ((_, clear),) = runs.start(plain, tmp_path / "p").rounds()
+
+    # Assert: the secure sums stand for every client's observations pooled, as merging them in the clear does
+    assert secure.stats_in_secure_sum and not secure.stats_travel
+    assert hidden.norm.obs.count == clear.norm.obs.count == hidden.env_steps
+    for got, want in ((hidden.norm.obs, clear.norm.obs), (hidden.norm.returns, clear.norm.returns)):
+        np.testing.assert_allclose(got.mean, want.mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got.m2, want.m2, rtol=1e-7)
     with pytest.raises(ConfigError, match="personal ones are not implemented there"):
         parse_config(_config(tiny_config, PERSONAL, "federation.clusters=2"))
 

@@ -147,12 +147,14 @@ def secure_mean(
     expected_clients: float,
     rng: np.random.Generator,
     noise_rng: np.random.Generator,
+    extra: np.ndarray | None = None,
 ) -> tuple[np.ndarray, SecureSumResult]:
     """The server side under secure aggregation: the sum of the rows of ``stack`` ``(n, d)`` whose
     masked inputs arrive (``dropped`` ``(n,)`` bool: shared keys, then sent nothing), through
     ``secure_sum``; then central DP's ``noised_mean`` of it, or else its mean over the survivors.
-    ``rng`` draws the protocol's keys and seeds. Raises ``BelowThreshold`` (no sum exists)."""
-    result = secure_sum(stack, dropped, config.secure_aggregation, rng)
+    ``extra`` (uint32 ``(n, m)``) are summed beside (``SecureSumResult.extra``). ``rng`` draws the
+    protocol's keys and seeds. Raises ``BelowThreshold`` (no sum exists)."""
+    result = secure_sum(stack, dropped, config.secure_aggregation, rng, extra=extra)
     return mean_of_secure_sum(config, result.sum, result.n_survivors, expected_clients, noise_rng), result
 
 

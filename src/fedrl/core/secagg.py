@@ -387,9 +387,15 @@ def share_keys(
 
 
 def mask_input(
-    shared: ClientShared, inbox: Sequence[SealedShare], x: np.ndarray, config: SecAggConfig
+    shared: ClientShared,
+    inbox: Sequence[SealedShare],
+    x: np.ndarray,
+    config: SecAggConfig,
+    extra: np.ndarray | None = None,
 ) -> tuple[ClientMasked, MaskedInput]:
-    """Round 2: open the shares received from U2, then send y_u = x_u + PRG(b_u) + pairwise masks."""
+    """Round 2: open the shares received from U2, then send y_u = x_u + PRG(b_u) + pairwise masks.
+    ``extra``: uint32 words summed as they are after the quantized ``x`` (the client's normalisation
+    statistics, ``fedrl.core.securestats``), masked alike."""
     me = shared.keys.client
     peers = {s.sender for s in inbox} | {me}
     _require(len(peers), shared.threshold, "shared keys")
@@ -398,6 +404,8 @@ def mask_input(
     held = {s.sender: _open(cipher, s, publics[s.sender]) for s in inbox if s.recipient == me}
     held[me] = shared.own_shares
     y = quantize(x, config, len(shared.roster))
+    if extra is not None:
+        y = np.concatenate([y, extra.astype(np.uint32)])
     np.add(y, expand(shared.self_seed, y.size), out=y)
     peer_adverts = [a for a in shared.roster if a.client in peers]
     np.add(y, pairwise_mask(shared.keys.mask_private, me, peer_adverts, y.size), out=y)
@@ -503,6 +511,7 @@ class SecureSumResult:
     messages: int
     client_seconds: float  # all clients' compute, added up (on a fleet they run in parallel)
     server_seconds: float
+    extra: np.ndarray | None = None  # uint32 (m,): the sum of the included clients' extra words
 
     @property
     def n_survivors(self) -> int:
@@ -589,13 +598,19 @@ def _round_share(
 
 
 def _round_mask(
-    states: dict[int, ClientShared], inboxes: dict[int, bytes], inputs: np.ndarray, config: SecAggConfig, run: _Run
+    states: dict[int, ClientShared],
+    inboxes: dict[int, bytes],
+    inputs: np.ndarray,
+    config: SecAggConfig,
+    run: _Run,
+    extra: np.ndarray | None,
 ) -> tuple[dict[int, ClientMasked], list[MaskedInput], tuple[int, ...]]:
     """Round 2: the clients of U3 mask and send; the server announces U3 to them."""
     masked_states, uploads = {}, []
     with run.tally.clock("client"):
         for u in np.flatnonzero(run.masks).tolist():
-            masked_states[u], message = mask_input(states[u], decode(SealedShare, inboxes[u]), inputs[u], config)
+            words = None if extra is None else extra[u]
+            masked_states[u], message = mask_input(states[u], decode(SealedShare, inboxes[u]), inputs[u], config, words)
             uploads.append(encode_masked(message))
     with run.tally.clock("server"):
         masked = [decode_masked(b) for b in run.tally.send(uploads, up=True)]
@@ -629,8 +644,10 @@ def secure_sum(
     *,
     dropped_before_masking: np.ndarray | None = None,
     silent_at_unmasking: np.ndarray | None = None,
+    extra: np.ndarray | None = None,
 ) -> SecureSumResult:
-    """Run the whole protocol for the n rows of ``inputs`` (float32 (n, d)), client u being row u.
+    """Run the whole protocol for the n rows of ``inputs`` (float32 (n, d)), client u being row u,
+    and with ``extra`` (uint32 (n, m)) row u's words summed beside them (``mask_input``).
 
     Dropouts, each a bool (n,) mask: ``dropped_before_masking`` clients leave after round 0 and
     are simply excluded; ``dropped_after_masking`` clients share their keys, so the others'
@@ -653,10 +670,11 @@ def secure_sum(
     )
     keys, roster = _round_keys(n, run)
     states, inboxes = _round_share(keys, roster, run)
-    masked_states, masked, survivors = _round_mask(states, inboxes, inputs, config, run)
+    masked_states, masked, survivors = _round_mask(states, inboxes, inputs, config, run, extra)
     total = _round_unmask(masked_states, survivors, roster, states.keys(), masked, run)
+    d = inputs.shape[1]
     return SecureSumResult(
-        dequantize(total, config),
+        dequantize(total[:d], config),
         survivors,
         t,
         run.tally.bytes_up,
@@ -664,4 +682,5 @@ def secure_sum(
         run.tally.messages,
         run.tally.seconds["client"],
         run.tally.seconds["server"],
+        None if extra is None else total[d:],
     )

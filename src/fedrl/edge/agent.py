@@ -54,6 +54,7 @@ from fedrl.agents import dqn
 from fedrl.agents.runtime import set_threads, torch_threads
 from fedrl.core.pipeline import decode_update
 from fedrl.core.secagg import SecAggConfig
+from fedrl.core.securestats import to_words, word_count
 from fedrl.edge.acting import ActingPolicy, clear_acting, load_acting, save_acting
 from fedrl.edge.actor import Actor
 from fedrl.edge.backoff import BackoffConfig, backoff_delay
@@ -566,10 +567,22 @@ class Agent:
             event(logging.INFO, "secure_step", round=task.round, step=step.name.lower(), threshold=reply.threshold)
 
         try:
-            run_secure_round(ask, x, config, self._sleep, stepped)
+            run_secure_round(ask, x, config, self._sleep, stepped, extra=self._statistics_words(update))
         except Rejected as exc:
             event(logging.WARNING, "update_dropped", round=task.round, reason=exc.reason.value, message=exc.message)
         self._trainer.commit_learner(self.config.state_dir)
+
+    def _statistics_words(self, update: LocalUpdate) -> np.ndarray | None:
+        """The words this device adds to the secure sum for its statistics (the fleet's under secure
+        aggregation); all zeros, adding nothing, for statistics the fixed point cannot carry."""
+        setup = self._trainer.setup
+        if not setup.config.stats_in_secure_sum:
+            return None
+        try:
+            return to_words(update.norm)
+        except ValueError as exc:
+            event(logging.WARNING, "statistics_withheld", reason=str(exc))
+            return np.zeros(word_count(*setup.statistics_layout), dtype=np.uint32)
 
     def _push(self, submission: Submission) -> None:
         """Push until answered; forget the update once acknowledged or refused."""

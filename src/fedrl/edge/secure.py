@@ -41,17 +41,19 @@ def run_secure_round(
     wait: Callable[[float], None],
     on_step: Callable[[SecureStep, SecureReply], None] = lambda _step, _reply: None,
     random_bytes: RandomBytes = os.urandom,
+    extra: np.ndarray | None = None,
 ) -> SecureReply:
-    """Take part in one secure round with input ``x`` (float32, the device's update); returns the
-    server's last answer (``done``). ``ask`` carries one call (the agent's retrying wrapper around
-    ``Link.secure``), ``wait`` sleeps between polls, ``on_step`` hears each step that closed."""
+    """Take part in one secure round with input ``x`` (float32, the device's update) and ``extra``
+    words summed beside it (its statistics, ``fedrl.core.securestats``); returns the server's last
+    answer (``done``). ``ask`` carries one call (the agent's retrying wrapper around ``Link.secure``),
+    ``wait`` sleeps between polls, ``on_step`` hears each step that closed."""
     me = ask(SecureStep.ADVERTISE, b"").client  # a poll first: the server names this device's id
     keys, advert = advertise_keys(me, random_bytes)
     closed = _until_closed(ask, SecureStep.ADVERTISE, encode([advert]), wait, on_step)
     roster = decode(KeyAdvert, closed.payload)
     shared, sealed = share_keys(keys, roster, closed.threshold, random_bytes)
     closed = _until_closed(ask, SecureStep.SHARE, encode(sealed), wait, on_step)
-    masked_state, masked = mask_input(shared, decode(SealedShare, closed.payload), x, config)
+    masked_state, masked = mask_input(shared, decode(SealedShare, closed.payload), x, config, extra)
     closed = _until_closed(ask, SecureStep.MASK, encode_masked(masked), wait, on_step)
     return _until_closed(
         ask, SecureStep.UNMASK, encode(reveal_shares(masked_state, decode_ids(closed.payload))), wait, on_step

@@ -15,7 +15,8 @@ With normalisation (``learner.normalize``) the client starts from the statistics
 sends the statistics of what it observed beside the update, which the server merges into the
 next version's (the pooled ones, with personal statistics: for devices that have none yet and
 for the saved policy), except personal ones under DP or secure aggregation, which stay here
-(``ExperimentConfig.stats_travel``).
+(``ExperimentConfig.stats_travel``); under secure aggregation the fleet's travel inside the secure
+sum (``stats_in_secure_sum``).
 
 What the client keeps between rounds is a ``LocalState``: the learner's ``client_state`` (personal
 parameters, SCAFFOLD's ``c_i``, DQN's replay buffer, reward scaling's running returns), the
@@ -168,7 +169,7 @@ class EdgeTrainer:
             UpdateMetrics(float(result.loss[0]), int(result.episodes[0])),
             control,
             payload,
-            None if result.norm is None or not setup.config.stats_travel else result.norm.total(),
+            None if result.norm is None or not _stats_sent(setup.config) else result.norm.total(),
         )
         own = None if state.norm is None else state.norm.merge(result.norm)
         return update, LocalState(result.client_state, pipeline, own)
@@ -250,3 +251,8 @@ def trainer_from_yaml(experiment_yaml: str, index: int) -> EdgeTrainer:
     ``ConfigError`` in one line when the config is unusable here (or names code for the device
     to import) or ``index`` is not a client."""
     return EdgeTrainer(Setup(read_from_server(experiment_yaml)), index)
+
+
+def _stats_sent(config) -> bool:
+    """Whether the statistics of what the device observed leave it: beside its update, or inside the secure sum."""
+    return config.stats_travel or config.stats_in_secure_sum

@@ -450,11 +450,21 @@ class ExperimentConfig(FrozenConfig):
     @property
     def stats_travel(self) -> bool:
         """Whether a deployed device sends the normalisation statistics of what it observed beside its
-        update: whenever it normalises, except personal statistics under DP or secure aggregation,
-        which stay on the device (as in the simulator, where personal statistics never travel)."""
+        update, in the clear: whenever it normalises, except personal statistics under DP or secure
+        aggregation, which stay on the device (as in the simulator, where personal statistics never
+        travel), and the fleet's under secure aggregation, which travel inside the sum."""
         normalize, pipeline = self.learner.normalize, self.pipeline
-        private = pipeline.dp.mode != "none" or pipeline.secure_aggregation.enabled
-        return normalize.active and not (normalize.stats == "personal" and private)
+        if not normalize.active or pipeline.secure_aggregation.enabled:
+            return False
+        return not (normalize.stats == "personal" and pipeline.dp.mode != "none")
+
+    @property
+    def stats_in_secure_sum(self) -> bool:
+        """Whether each client's normalisation statistics travel inside the secure sum, beside its
+        masked update (``fedrl.core.securestats``): the fleet's statistics under secure aggregation.
+        The server learns only their sum, the fleet's."""
+        normalize = self.learner.normalize
+        return normalize.active and normalize.stats == "fleet" and self.pipeline.secure_aggregation.enabled
 
     @model_validator(mode="after")
     def _secure_aggregation_fits_strategy(self) -> ExperimentConfig:
@@ -605,8 +615,9 @@ class ExperimentConfig(FrozenConfig):
     @model_validator(mode="after")
     def _normalisation_fits_run(self) -> ExperimentConfig:
         """With the fleet's statistics each client sends those of what it observed beside its update, in
-        the clear and at the end of a synchronous round: nothing that hides or delays single updates can run
-        beside it. Personal statistics travel nowhere under DP or secure aggregation (``stats_travel``), but still
+        the clear and at the end of a synchronous round (under secure aggregation inside the secure sum:
+        ``stats_in_secure_sum``); DP, which would have to clip and noise them, cannot run beside it.
+        Personal statistics travel nowhere under DP or secure aggregation (``stats_travel``), but still
         merge at the end of a synchronous round."""
         normalize = self.learner.normalize
         if not normalize.active:
@@ -615,11 +626,6 @@ class ExperimentConfig(FrozenConfig):
         problem = None
         if self.asynchronous:
             problem = f"the statistics are merged at the end of a round, and {self.strategy.name} has no rounds"
-        elif fleet and self.pipeline.secure_aggregation.enabled:
-            problem = (
-                "each client's observation statistics would reach the server in the clear, beside the secure sum "
-                "(learner.normalize.stats: personal keeps them on the client)"
-            )
         elif fleet and self.pipeline.dp.mode != "none":
             problem = (
                 "each client's observation statistics would reach the server unclipped and unnoised "

@@ -152,6 +152,13 @@ class Setup:
         return config.model_copy(update={"env": env})
 
     @property
+    def statistics_layout(self) -> tuple[int | None, bool]:
+        """What a client's normalisation statistics hold: observation statistics of ``obs_dim`` values
+        (None when observations are not normalised), and whether returns' are there."""
+        normalize = self.config.learner.normalize
+        return (self.family.obs_dim if normalize.obs else None), bool(normalize.reward)
+
+    @property
     def env_state_is_value(self) -> bool:
         """Whether the env state is plain arrays that a checkpoint can hold. The adapter's
         Gymnasium environments step in place and cannot be saved (``fedrl.envs.gym_adapter``)."""

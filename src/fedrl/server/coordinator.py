@@ -50,6 +50,7 @@ from fedrl.agents.normalize import init_stats
 from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import decode_update, spent_epsilon
+from fedrl.core.securestats import from_words, word_count
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
 from fedrl.experiment.aggregation import aggregate_round, heldout_returns, secure_update
 from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, finite, tell
@@ -194,7 +195,8 @@ class Coordinator:
         if not config.enabled or self._regions_run_it:
             return None
         rounds = self.config.rounds
-        return SecureRound(self._round.round, config, self.dim, rounds.secure_step_s, rounds.retry_s, self._clock)
+        width = self.dim + secure_extra_words(self.setup)
+        return SecureRound(self._round.round, config, width, rounds.secure_step_s, rounds.retry_s, self._clock)
 
     @property
     def _regions_run_it(self) -> bool:
@@ -691,11 +693,14 @@ class Coordinator:
         observations than the update's env steps, and sane (``NormStats.problem``)."""
         config = self.setup.config
         normalize = config.learner.normalize
-        if not config.stats_travel and normalize.active:
+        pooled = config.stats_in_secure_sum and client in self._regions  # what a region's secure sums pooled
+        if not config.stats_travel and normalize.active and not pooled:
             if s.norm is not None:
+                where = "inside the secure sum" if config.stats_in_secure_sum else "nowhere: they stay on the device"
                 raise Rejected(
                     Reason.INVALID_ARGUMENT,
-                    "personal normalisation statistics stay on the device under DP or secure aggregation: send none",
+                    f"under DP or secure aggregation a device's normalisation statistics travel {where}: "
+                    "send none beside the update",
                 )
             return
         if s.norm is None and not normalize.active:
@@ -787,12 +792,14 @@ class Coordinator:
                     self._close_failed(round_, secure.failure)
                 return
             stored = self._store.read_updates(records, self.dim)
+            norm = merged_stats(deployed.norm, stored)
             if secure is not None:
-                update = secure_update(self.setup, secure.total, len(secure.survivors), deployed.version, round_.round)
+                total, pooled = secure_parts(self.setup, secure.total, self.dim)
+                update = secure_update(self.setup, total, len(secure.survivors), deployed.version, round_.round)
                 candidate, new_state = self.setup.strategy.aggregate(state, deployed.params, [update])
+                norm = norm if pooled is None else norm.merge(pooled)
             else:
                 candidate, new_state = self._aggregate(stored, deployed, state, round_.round)
-            norm = merged_stats(deployed.norm, stored)
             score = _gate_return(self.config, self.setup, candidate, norm) if self.config.gate.enabled else None
             with self._lock:
                 self._commit(round_, candidate, new_state, score, norm)
@@ -1121,6 +1128,20 @@ def fleet_stats(setup: Setup) -> NormStats | None:
     saved policy); None when the experiment normalises nothing."""
     stats = init_stats(setup.config.learner.normalize, setup.family.obs_dim, 1)
     return None if stats is None else stats.pooled()
+
+
+def secure_extra_words(setup: Setup) -> int:
+    """The words a secure round's inputs carry beyond the update: each client's statistics, when
+    they travel inside the secure sum (``ExperimentConfig.stats_in_secure_sum``); else none."""
+    return word_count(*setup.statistics_layout) if setup.config.stats_in_secure_sum else 0
+
+
+def secure_parts(setup: Setup, total: np.ndarray, dim: int) -> tuple[np.ndarray, NormStats | None]:
+    """A secure round's unmasked sum split into the updates' sum (its first ``dim`` words) and the
+    survivors' statistics pooled, which the rest stands for (None when none travel in the sum)."""
+    if not setup.config.stats_in_secure_sum:
+        return total, None
+    return total[:dim], from_words(total[dim:], *setup.statistics_layout)
 
 
 def merged_stats(norm: NormStats | None, stored: list[StoredUpdate]) -> NormStats | None:

@@ -38,7 +38,7 @@ from fedrl.experiment.card import policy_card
 from fedrl.experiment.loading import to_yaml
 from fedrl.experiment.setup import Setup
 from fedrl.server.config import ServerConfig
-from fedrl.server.coordinator import Clock, Coordinator, open_store, pooled_stats
+from fedrl.server.coordinator import Clock, Coordinator, open_store, pooled_stats, secure_parts
 from fedrl.server.log import log_event
 from fedrl.server.metrics import ServerMetrics
 from fedrl.server.secure_round import SecureRound
@@ -291,8 +291,9 @@ class RegionCoordinator(Coordinator):
             if secure.total is None:  # the protocol's state did not survive a restart of the region
                 return None
             n = len(secure.survivors)
-            reduced = secure_update(self.setup, secure.total, n, parent.base_version, parent.round)
-            return self._submission(parent, replace(reduced, clients=n), {}, None)
+            total, pooled = secure_parts(self.setup, secure.total, self.dim)
+            reduced = secure_update(self.setup, total, n, parent.base_version, parent.round)
+            return self._submission(parent, replace(reduced, clients=n), {}, pooled)
         stored = self._store.read_updates(records, self.dim)
         updates = [u.as_update() for u in stored]
         below = frozenset(u.client_id for u in stored if u.client in self._regions)

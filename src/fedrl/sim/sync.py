@@ -12,7 +12,9 @@ import numpy as np
 from fedrl.core.compress import dense, encode
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import secure_mean
+from fedrl.core.rows import take_rows
 from fedrl.core.secagg import BelowThreshold, SecAggConfig, SecureSumResult
+from fedrl.core.securestats import from_words, to_words, word_count
 from fedrl.core.update import Update, stack_deltas
 from fedrl.experiment.aggregation import expected_clients, noise_rng, region_of
 from fedrl.experiment.streams import AVAILABILITY_STREAM, SECAGG_STREAM
@@ -50,11 +52,17 @@ def secure_threshold(config: SecAggConfig, n_clients: int) -> int:
 
 
 def secure_sum_of(
-    setup: SimSetup, updates: list[Update], arrives: np.ndarray, round_: int, *tags: int
+    setup: SimSetup,
+    updates: list[Update],
+    arrives: np.ndarray,
+    round_: int,
+    *tags: int,
+    words: np.ndarray | None = None,
 ) -> tuple[np.ndarray, SecureSumResult] | None:
     """The mean the strategy receives and the protocol's record, with the clients that sent
     ``updates`` as the roster and those not in ``arrives`` dropping after sharing their keys;
-    None when fewer than t of them arrive. ``tags`` (a region's) give the protocol its own keys."""
+    None when fewer than t of them arrive. ``tags`` (a region's) give the protocol its own keys;
+    ``words`` (uint32, one row per update) are summed beside, the clients' statistics."""
     stack = np.where(arrives[:, None], stack_deltas(updates), np.float32(0))  # a dropped row is never read
     try:
         return secure_mean(
@@ -64,9 +72,22 @@ def secure_sum_of(
             expected_clients(setup),
             setup.rng(SECAGG_STREAM, round_, *tags),
             noise_rng(setup, round_),
+            words,
         )
     except BelowThreshold:
         return None
+
+
+def statistics_words(setup: SimSetup, increments: NormStats) -> np.ndarray:
+    """Each client's statistics (one row of ``increments`` each) as the words it adds to the secure sum;
+    a row that is not finite, or too large to carry, adds nothing (as a device withholds it)."""
+    rows = np.zeros((len(increments.finite), word_count(*setup.statistics_layout)), dtype=np.uint32)
+    for i in range(len(rows)):
+        try:
+            rows[i] = to_words(take_rows(increments, np.array([i])).total())
+        except ValueError:
+            continue
+    return rows
 
 
 def secure_groups(setup: SimSetup, updates: list[Update]) -> list[tuple[tuple[int, ...], np.ndarray]]:
@@ -79,7 +100,12 @@ def secure_groups(setup: SimSetup, updates: list[Update]) -> list[tuple[tuple[in
 
 
 def secure_aggregate(
-    setup: SimSetup, state: SimState, updates: list[Update], on_time: np.ndarray, round_: int
+    setup: SimSetup,
+    state: SimState,
+    updates: list[Update],
+    on_time: np.ndarray,
+    round_: int,
+    increments: NormStats | None = None,
 ) -> tuple[SimState, RoundStats]:
     """Aggregate through secure aggregation: late updates, and updates with NaN or Inf values
     (which cannot be quantized: counted as rejected), drop out after sharing keys; the strategy
@@ -88,17 +114,25 @@ def secure_aggregate(
     strategy averages them (it sees each region's sum, never a client's); a region left below its
     threshold forwards nothing, its in-time senders count as dropped, and the round as not recovered
     (its model still made from the regions that were). When no sum is recovered the round keeps the
-    old model (no new version), and the bytes of a protocol that did not finish are not measured."""
+    old model (no new version), and the bytes of a protocol that did not finish are not measured. With
+    ``increments`` (the fleet's statistics under secure aggregation) each client's statistics are summed
+    beside its update, and what the sums stand for is merged into the fleet's: the survivors' alone."""
     finite = np.array([np.isfinite(u.delta).all() for u in updates], dtype=bool)
     n_rejected = int((on_time & ~finite).sum())
     arrives = on_time & finite
     config = setup.config.pipeline.secure_aggregation
     budget = setup.config.federation.local_steps or 1
+    words = None if increments is None else statistics_words(setup, increments)
+    norm = state.norm
     forwarded, results, ran, lost, stranded = [], [], [], 0, 0
     for tags, rows in secure_groups(setup, updates):
         members = [updates[i] for i in rows]
         threshold = secure_threshold(config, len(members))
-        secured = secure_sum_of(setup, members, arrives[rows], round_, *tags) if len(members) >= threshold else None
+        secured = (
+            secure_sum_of(setup, members, arrives[rows], round_, *tags, words=None if words is None else words[rows])
+            if len(members) >= threshold
+            else None
+        )
         if len(members) >= threshold:
             ran.append(threshold)
         if secured is None:
@@ -110,6 +144,8 @@ def secure_aggregate(
         # so the root's mean of regions is the flat round's mean of every survivor
         forwarded.append(Update(-1, state.version, mean, result.n_survivors * budget))  # no single client's
         results.append(result)
+        if result.extra is not None:
+            norm = norm.merge(from_words(result.extra, *setup.statistics_layout))
     threshold = min(ran, default=secure_threshold(config, len(updates)))
     if not forwarded:
         return state, RoundStats(n_rejected=n_rejected, secure=SecureOutcome(threshold, False))
@@ -117,7 +153,7 @@ def secure_aggregate(
     n, model, survivors = len(updates), model_bytes(setup, state.params), sum(r.n_survivors for r in results)
     up, down = sum(r.bytes_up for r in results), sum(r.bytes_down for r in results)
     traffic = Traffic(up, n * model + down, n, n, survivors * model)
-    state = replace(state, params=params, strategy_state=strategy_state, version=state.version + 1)
+    state = replace(state, params=params, strategy_state=strategy_state, version=state.version + 1, norm=norm)
     return state, RoundStats(
         n_updates=survivors,
         n_dropped=stranded,  # close_round adds the unavailable and the late
@@ -165,7 +201,10 @@ def train_and_aggregate(
     on_time = arrival <= deadline if deadline is not None else np.ones(len(updates), dtype=bool)
     steps = state.env_steps + sum(u.env_steps for u in updates)
     if setup.config.pipeline.secure_aggregation.enabled:
-        state, stats = secure_aggregate(setup, state, updates, on_time, round_)
+        in_sum = increments if setup.config.stats_in_secure_sum else None
+        state, stats = secure_aggregate(setup, state, updates, on_time, round_, in_sum)
+        if in_sum is not None:
+            increments = None  # merged already: what the secure sums of the survivors' statistics stand for
     else:
         uplink = sum(r.uplink_bytes for r in received)
         if increments is not None and not state.norm.personal:  # each client's statistics travel beside its update
