@@ -48,3 +48,28 @@ def test_statistics_the_fixed_point_cannot_carry_are_refused():
         to_words(huge)
     with pytest.raises(ValueError, match="expected"):
         from_words(np.zeros(5, dtype=np.uint32), 1, False)
+
+
+def test_around_the_fleets_mean_a_tiny_spread_far_from_zero_keeps_its_variance():
+    # readings about 10,000 that vary by a thousandth: S2 - n mean^2 about zero would cancel to noise
+    rng = np.random.default_rng(2)
+    clients = [NormStats(Moments.of(rng.normal(1e4, 1e-3, size=(2048, 1))), None) for _ in range(10)]
+    center = NormStats(Moments(np.array(5000.0), np.array([1e4 + 0.25]), np.array([1.0])), None)  # last round's
+
+    words = sum(to_words(s, center).astype(np.uint64) for s in clients).astype(np.uint32)
+    pooled = from_words(words, 1, False, center)
+
+    merged = clients[0]
+    for s in clients[1:]:
+        merged = merged.merge(s)
+    np.testing.assert_allclose(pooled.obs.var, merged.obs.var, rtol=1e-6)
+    np.testing.assert_allclose(pooled.obs.mean, merged.obs.mean, rtol=1e-12)
+
+
+def test_a_sum_that_wrapped_is_refused_not_read_as_statistics():
+    # negative means fill their limbs with 0xffff: past MAX_CLIENTS clients the words wrap
+    one = to_words(NormStats(Moments(np.array(10.0), np.array([-1.0]), np.array([5.0])), None))
+    wrapped = (one.astype(np.uint64) * (MAX_CLIENTS + 2)).astype(np.uint32)
+
+    with pytest.raises(ValueError, match="wrapped"):
+        from_words(wrapped, 1, False)

@@ -228,3 +228,24 @@ def test_the_fleets_statistics_in_the_secure_sum_become_the_next_versions_pooled
         np.testing.assert_allclose(got.mean, expected.mean, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(got.m2, expected.m2, rtol=1e-9)
     coordinator.close()
+
+
+def test_statistics_in_the_secure_sum_that_no_round_could_observe_are_refused_and_the_update_still_counts(tmp_path):
+    # Prepare: one client claims a billion observations in its words, more than the round's steps allow
+    normalised = ("experiment.learner.normalize.obs=true",)
+    coordinator = Coordinator.open(server_config(tmp_path, *SECURE, *normalised), tmp_path / "state")
+    for name in NAMES:
+        coordinator.add_client(name)
+    honest = NormStats(Moments.of(np.ones((10, 4))), None)
+    claims = {name: to_words(honest) for name in NAMES}
+    claims["d"] = to_words(NormStats(Moments(np.array(1e9), np.zeros(4), np.ones(4)), None))
+    before = coordinator.model(0)
+
+    # Execute
+    run_round(coordinator, inputs_for(coordinator), {}, claims)
+
+    # Assert: a new version, moved by the updates, normalising with the statistics it had
+    after = coordinator.model(1)
+    assert not np.array_equal(after.params, before.params)
+    assert after.norm.obs.count == before.norm.obs.count
+    coordinator.close()

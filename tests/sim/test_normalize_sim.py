@@ -161,6 +161,13 @@ def test_the_fleets_statistics_travel_inside_the_secure_sum_and_pool_only_its_su
 
     # Assert: the secure sums stand for every client's observations pooled, as merging them in the clear does
     assert secure.stats_in_secure_sum and not secure.stats_travel
+    many = (
+        "federation.n_clients=70000",
+        "pipeline.secure_aggregation.enabled=true",
+        "pipeline.secure_aggregation.clip=0.01",
+    )
+    with pytest.raises(ConfigError, match="without wrapping"):
+        parse_config(_config(tiny_config, *many))
     assert hidden.norm.obs.count == clear.norm.obs.count == hidden.env_steps
     for got, want in ((hidden.norm.obs, clear.norm.obs), (hidden.norm.returns, clear.norm.returns)):
         np.testing.assert_allclose(got.mean, want.mean, rtol=1e-9, atol=1e-12)

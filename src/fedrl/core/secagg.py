@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import Field, field_validator, model_validator
 
 from fedrl.core.frozen import FrozenConfig
+from fedrl.core.securestats import MAX_CLIENTS
 
 RandomBytes = Callable[[int], bytes]
 
@@ -662,6 +663,8 @@ def secure_sum(
     n = inputs.shape[0]
     t = config.threshold_for(n)
     check_headroom(config, n)
+    if extra is not None and n > MAX_CLIENTS:
+        raise ValueError(f"{n} clients' extra words would wrap in their sum: at most {MAX_CLIENTS} may add some")
     run = _Run(
         t,
         *_plan(n, dropped_before_masking, dropped_after_masking, silent_at_unmasking),

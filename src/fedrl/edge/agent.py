@@ -52,6 +52,7 @@ import numpy as np
 
 from fedrl.agents import dqn
 from fedrl.agents.runtime import set_threads, torch_threads
+from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import decode_update
 from fedrl.core.secagg import SecAggConfig
 from fedrl.core.securestats import to_words, word_count
@@ -567,19 +568,20 @@ class Agent:
             event(logging.INFO, "secure_step", round=task.round, step=step.name.lower(), threshold=reply.threshold)
 
         try:
-            run_secure_round(ask, x, config, self._sleep, stepped, extra=self._statistics_words(update))
+            run_secure_round(ask, x, config, self._sleep, stepped, extra=self._statistics_words(update, task.norm))
         except Rejected as exc:
             event(logging.WARNING, "update_dropped", round=task.round, reason=exc.reason.value, message=exc.message)
         self._trainer.commit_learner(self.config.state_dir)
 
-    def _statistics_words(self, update: LocalUpdate) -> np.ndarray | None:
+    def _statistics_words(self, update: LocalUpdate, center: NormStats | None) -> np.ndarray | None:
         """The words this device adds to the secure sum for its statistics (the fleet's under secure
-        aggregation); all zeros, adding nothing, for statistics the fixed point cannot carry."""
+        aggregation), around ``center`` (the fleet's the task carried, which the server shares); all
+        zeros, adding nothing, for statistics the fixed point cannot carry."""
         setup = self._trainer.setup
         if not setup.config.stats_in_secure_sum:
             return None
         try:
-            return to_words(update.norm)
+            return to_words(update.norm, center)
         except ValueError as exc:
             event(logging.WARNING, "statistics_withheld", reason=str(exc))
             return np.zeros(word_count(*setup.statistics_layout), dtype=np.uint32)

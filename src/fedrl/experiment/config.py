@@ -28,6 +28,7 @@ from fedrl.core.frozen import FrozenConfig
 from fedrl.core.pipeline import PipelineConfig, budget_problem
 from fedrl.core.robust import RobustConfig
 from fedrl.core.secagg import check_headroom
+from fedrl.core.securestats import MAX_CLIENTS
 from fedrl.core.strategies import STRATEGY_CONFIGS, USER_TAG, FedAvgConfig, StrategyConfig, UserStrategyConfig
 from fedrl.envs import FAMILIES
 from fedrl.envs.gym_adapter import ACTION_BOUND, ParamSetter
@@ -631,6 +632,8 @@ class ExperimentConfig(FrozenConfig):
                 "each client's observation statistics would reach the server unclipped and unnoised "
                 "(learner.normalize.stats: personal keeps them on the client)"
             )
+        elif fleet and self.pipeline.secure_aggregation.enabled and self.federation.clients_per_round > MAX_CLIENTS:
+            problem = f"inside the secure sum at most {MAX_CLIENTS} clients' statistics a round add up without wrapping"
         elif not fleet and self.federation.clusters > 1:
             problem = "clients choose their model on the fleet's statistics; personal ones are not implemented there"
         if problem is not None:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from fedrl.core.frozen import FrozenConfig
+from fedrl.core.securestats import MAX_CLIENTS
 from fedrl.experiment.config import ConfigError, ExperimentConfig, KeyProblem
 from fedrl.experiment.loading import (
     anchor_user_dirs,
@@ -188,6 +189,12 @@ class ServerConfig(FrozenConfig):
                 "experiment.federation.checkpoint_every",
                 "the simulator's only: a server stores every round and update durably",
                 self.experiment.federation.checkpoint_every,
+            )
+        if self.experiment.stats_in_secure_sum and self.updates_per_round > MAX_CLIENTS:
+            raise KeyProblem(
+                "rounds.updates_per_round",
+                f"inside the secure sum at most {MAX_CLIENTS} clients' statistics add up without wrapping",
+                self.updates_per_round,
             )
         return self
 

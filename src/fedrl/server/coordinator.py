@@ -794,7 +794,8 @@ class Coordinator:
             stored = self._store.read_updates(records, self.dim)
             norm = merged_stats(deployed.norm, stored)
             if secure is not None:
-                total, pooled = secure_parts(self.setup, secure.total, self.dim)
+                most = len(secure.survivors) * self.config.max_env_steps
+                total, pooled = secure_parts(self.setup, secure.total, self.dim, deployed.norm, most)
                 update = secure_update(self.setup, total, len(secure.survivors), deployed.version, round_.round)
                 candidate, new_state = self.setup.strategy.aggregate(state, deployed.params, [update])
                 norm = norm if pooled is None else norm.merge(pooled)
@@ -1136,12 +1137,26 @@ def secure_extra_words(setup: Setup) -> int:
     return word_count(*setup.statistics_layout) if setup.config.stats_in_secure_sum else 0
 
 
-def secure_parts(setup: Setup, total: np.ndarray, dim: int) -> tuple[np.ndarray, NormStats | None]:
+def secure_parts(
+    setup: Setup, total: np.ndarray, dim: int, center: NormStats | None, most: int
+) -> tuple[np.ndarray, NormStats | None]:
     """A secure round's unmasked sum split into the updates' sum (its first ``dim`` words) and the
-    survivors' statistics pooled, which the rest stands for (None when none travel in the sum)."""
+    survivors' statistics pooled, which the rest stands for, around ``center`` (the base version's,
+    as the devices' tasks carried them). None when none travel in the sum, and when the pooled ones
+    are no statistics of at most ``most`` observations (a sum that wrapped, a device's bad words),
+    which is logged: the fleet's then stay as they were."""
     if not setup.config.stats_in_secure_sum:
         return total, None
-    return total[:dim], from_words(total[dim:], *setup.statistics_layout)
+    obs_dim, returns = setup.statistics_layout
+    try:
+        pooled = from_words(total[dim:], obs_dim, returns, center)
+        problem = pooled.problem(obs_dim, returns, most)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem is not None:
+        log_event("secure_statistics_refused", level="warning", reason=problem)
+        return total[:dim], None
+    return total[:dim], pooled
 
 
 def merged_stats(norm: NormStats | None, stored: list[StoredUpdate]) -> NormStats | None:

@@ -291,7 +291,8 @@ class RegionCoordinator(Coordinator):
             if secure.total is None:  # the protocol's state did not survive a restart of the region
                 return None
             n = len(secure.survivors)
-            total, pooled = secure_parts(self.setup, secure.total, self.dim)
+            most = n * self.config.max_env_steps
+            total, pooled = secure_parts(self.setup, secure.total, self.dim, self._deployed.norm, most)
             reduced = secure_update(self.setup, total, n, parent.base_version, parent.round)
             return self._submission(parent, replace(reduced, clients=n), {}, pooled)
         stored = self._store.read_updates(records, self.dim)

@@ -124,7 +124,10 @@ class SecureRound:
                 masked = decode_masked(payload)
                 records: tuple = (masked,)
                 if masked.masked.size != self.dim:
-                    raise ValueError(f"a masked input of {masked.masked.size} values; the model has {self.dim}")
+                    raise ValueError(
+                        f"a masked input of {masked.masked.size} values; this round's inputs have {self.dim} "
+                        "(the model's parameters, and the words of the statistics when they travel in the sum)"
+                    )
             else:
                 kind = {Step.ADVERTISE: KeyAdvert, Step.SHARE: SealedShare, Step.UNMASK: RevealedShare}[step]
                 if len(payload) % kind.WIRE.size:

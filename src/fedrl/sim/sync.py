@@ -78,13 +78,14 @@ def secure_sum_of(
         return None
 
 
-def statistics_words(setup: SimSetup, increments: NormStats) -> np.ndarray:
-    """Each client's statistics (one row of ``increments`` each) as the words it adds to the secure sum;
-    a row that is not finite, or too large to carry, adds nothing (as a device withholds it)."""
+def statistics_words(setup: SimSetup, increments: NormStats, center: NormStats) -> np.ndarray:
+    """Each client's statistics (one row of ``increments`` each) as the words it adds to the secure sum,
+    around ``center`` (the fleet's as the round began); a row that is not finite, or too large to carry,
+    adds nothing (as a device withholds it)."""
     rows = np.zeros((len(increments.finite), word_count(*setup.statistics_layout)), dtype=np.uint32)
     for i in range(len(rows)):
         try:
-            rows[i] = to_words(take_rows(increments, np.array([i])).total())
+            rows[i] = to_words(take_rows(increments, np.array([i])).total(), center)
         except ValueError:
             continue
     return rows
@@ -122,7 +123,7 @@ def secure_aggregate(
     arrives = on_time & finite
     config = setup.config.pipeline.secure_aggregation
     budget = setup.config.federation.local_steps or 1
-    words = None if increments is None else statistics_words(setup, increments)
+    words = None if increments is None else statistics_words(setup, increments, state.norm)
     norm = state.norm
     forwarded, results, ran, lost, stranded = [], [], [], 0, 0
     for tags, rows in secure_groups(setup, updates):
@@ -144,8 +145,8 @@ def secure_aggregate(
         # so the root's mean of regions is the flat round's mean of every survivor
         forwarded.append(Update(-1, state.version, mean, result.n_survivors * budget))  # no single client's
         results.append(result)
-        if result.extra is not None:
-            norm = norm.merge(from_words(result.extra, *setup.statistics_layout))
+        if result.extra is not None:  # a sum that wrapped raises, naming why
+            norm = norm.merge(from_words(result.extra, *setup.statistics_layout, state.norm))
     threshold = min(ran, default=secure_threshold(config, len(updates)))
     if not forwarded:
         return state, RoundStats(n_rejected=n_rejected, secure=SecureOutcome(threshold, False))
