@@ -302,6 +302,43 @@ def test_a_rule_of_the_users_runs_at_a_region_whose_operator_allows_it(tmp_path,
         RegionCoordinator.open_region(config, tmp_path / "region-c", "region-c", h.root.model())
 
 
+def test_a_tier_above_secure_regions_forwards_their_pooled_statistics(tmp_path, hierarchy_config):
+    # Prepare: a secure three-tier hierarchy with the fleet's statistics; round 1 open at mid
+    federation = {**hierarchy_config["federation"], "n_clients": 9, "regions": 3}
+    learner = {**hierarchy_config["learner"], "normalize": {"obs": True}}
+    pipeline = {"secure_aggregation": {"enabled": True, "threshold": 2}}
+    h = Hierarchy(
+        tmp_path,
+        {**hierarchy_config, "federation": federation, "learner": learner, "pipeline": pipeline},
+        **THREE_TIERS,
+    )
+    h.sync()
+    mid, dim = h.regions["mid"], h.setup.net.spec.dim
+    rng = np.random.default_rng(5)
+    pooled = {name: NormStats(Moments.of(rng.normal(size=(30 + 10 * i, 4))), None) for i, name in enumerate("ab")}
+
+    # Execute: regions a and b forward their secure sums' means and pooled statistics to mid
+    for name in "ab":
+        s = Submission(
+            f"region-{name}.round1",
+            f"region-{name}",
+            1,
+            0,
+            np.full(dim, 0.01, np.float32),
+            3 * 256,
+            norm=pooled[name],
+            clients=3,
+        )
+        mid.submit(f"region-{name}", signed(s))
+    mid.tick()
+
+    # Assert: mid forwards both regions' statistics pooled (the root refuses a region's update without them)
+    forwarded = mid.outbox()
+    want = pooled["a"].merge(pooled["b"])
+    assert forwarded.clients == 6 and forwarded.norm.obs.count == want.obs.count
+    np.testing.assert_allclose(forwarded.norm.obs.m2, want.obs.m2, rtol=1e-12)
+
+
 def test_a_region_enrolled_below_a_secure_region_mid_round_counts_from_its_next_round(tmp_path, hierarchy_config):
     # Prepare: a secure hierarchy whose region a has opened round 1 with its devices' protocol
     pipeline = {"secure_aggregation": {"enabled": True, "clip": 5.0, "threshold": 0.5}}

@@ -309,7 +309,8 @@ class RegionCoordinator(Coordinator):
             "loss": float(np.sum(steps * loss) / steps.sum()),
             "episodes": float(sum(u.metrics.episodes for u in updates)),
         }
-        norm = pooled_stats(stored) if self.setup.config.stats_travel else None
+        config = self.setup.config  # under secure aggregation a tier above regions pools theirs, sent in the clear
+        norm = pooled_stats(stored) if config.stats_travel or config.stats_in_secure_sum else None
         return self._submission(parent, reduced, metrics, norm)
 
     def _submission(
