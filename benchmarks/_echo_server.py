@@ -4,7 +4,9 @@ Same server type as ``fedrl server`` (grpcio's synchronous server, one thread pe
 channel options), same method names, so the load generator runs unchanged against it. It does no
 work: Register and Heartbeat answer fixed bytes, GetTask answers one fixed task, and PushUpdate
 reads the upload's messages as raw bytes (no parsing, no hashing, no disk) and answers a fixed
-``Ack``. What fedrl does on top of this is its own cost.
+``Ack``. What fedrl does on top of this is its own cost. With ``--aio``, the same answers from
+grpcio's asyncio server (``grpc.aio``): one event loop and no handler threads, the ceiling of a
+service written that way.
 
     python benchmarks/_echo_server.py --workers 2048 --info echo.json   # writes {"pid", "port"}, serves until SIGTERM
 """
@@ -12,6 +14,7 @@ reads the upload's messages as raw bytes (no parsing, no hashing, no disk) and a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -37,17 +40,54 @@ def drain(requests, context) -> bytes:
     return ACK
 
 
-def handler() -> grpc.GenericRpcHandler:
-    """Bytes in, bytes out: no deserializer, so nothing is parsed."""
+async def drain_async(requests, context) -> bytes:
+    """``drain`` on the event loop."""
+    async for _ in requests:
+        pass
+    return ACK
+
+
+async def one_task(request, context):
+    """GetTask's one message, streamed from the event loop."""
+    yield TASK
+
+
+def handler(asynchronous: bool = False) -> grpc.GenericRpcHandler:
+    """Bytes in, bytes out: no deserializer, so nothing is parsed (coroutines for ``grpc.aio``)."""
+
+    def fixed(answer: bytes):
+        async def answered(request, context) -> bytes:
+            return answer
+
+        return answered if asynchronous else (lambda request, context: answer)
+
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
-            "Register": grpc.unary_unary_rpc_method_handler(lambda request, context: REGISTRATION),
-            "Heartbeat": grpc.unary_unary_rpc_method_handler(lambda request, context: HEARTBEAT),
-            "GetTask": grpc.unary_stream_rpc_method_handler(lambda request, context: iter((TASK,))),
-            "PushUpdate": grpc.stream_unary_rpc_method_handler(drain),
+            "Register": grpc.unary_unary_rpc_method_handler(fixed(REGISTRATION)),
+            "Heartbeat": grpc.unary_unary_rpc_method_handler(fixed(HEARTBEAT)),
+            "GetTask": grpc.unary_stream_rpc_method_handler(
+                one_task if asynchronous else lambda request, context: iter((TASK,))
+            ),
+            "PushUpdate": grpc.stream_unary_rpc_method_handler(drain_async if asynchronous else drain),
         },
     )
+
+
+def write_info(path: Path, port: int) -> None:
+    """``{"pid", "port"}`` at ``path``, atomically: the benchmark waits for it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port}))
+    os.replace(tmp, path)
+
+
+async def serve_aio(options: list, workers: int, info: Path) -> None:
+    """The echo on grpc.aio's server, until the process is stopped."""
+    server = grpc.aio.server(handlers=[handler(asynchronous=True)], options=options, maximum_concurrent_rpcs=workers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    write_info(info, port)
+    await server.wait_for_termination()
 
 
 def main() -> None:
@@ -57,6 +97,7 @@ def main() -> None:
     )
     parser.add_argument("--max-pending", type=int, help="grpc.server.max_pending_requests (default: gRPC's)")
     parser.add_argument("--info", type=Path, required=True, help='where to write {"pid", "port"} once serving')
+    parser.add_argument("--aio", action="store_true", help="serve with grpc.aio (one event loop) instead of threads")
     args = parser.parse_args()
     options = [
         ("grpc.max_receive_message_length", 64 * 2**20),
@@ -69,6 +110,10 @@ def main() -> None:
             ("grpc.server.max_pending_requests", args.max_pending),
             ("grpc.server.max_pending_requests_hard_limit", 2 * args.max_pending),
         ]
+    if args.aio:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # nothing to flush: an echo keeps nothing
+        asyncio.run(serve_aio(options, args.workers, args.info))
+        return
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=args.workers),
         handlers=[handler()],
@@ -77,9 +122,7 @@ def main() -> None:
     )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    tmp = args.info.with_name(args.info.name + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "port": port}))
-    os.replace(tmp, args.info)
+    write_info(args.info, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
