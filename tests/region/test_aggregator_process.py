@@ -128,15 +128,20 @@ class Hierarchy:
         return self.start(fedrl("client", *servers, *identity, *pace, *state), f"c{i}.log")
 
     def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(self.processes)
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """Terminate the processes still running; kill those that do not end within 20 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture
@@ -300,10 +305,7 @@ def test_a_region_serves_its_devices_through_an_mqtt_broker(tmp_path):
         for i in (0, 1):
             assert json.loads((tmp_path / f"device{i}" / "acting.json").read_text())["version"] == 3
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(20)
+        stop_all(processes)
         broker.stop()
 
 
@@ -361,7 +363,4 @@ def test_a_region_of_regions_forwards_what_the_region_below_it_reduced(tmp_path)
         for i in (0, 1):
             assert json.loads((tmp_path / f"device{i}" / "acting.json").read_text())["version"] == 3
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(20)
+        stop_all(processes)
