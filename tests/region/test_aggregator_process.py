@@ -144,6 +144,16 @@ def stop_all(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
+def ended_cleanly(process: subprocess.Popen, logs: Path, timeout: float) -> bool:
+    """Whether ``process`` exited with 0 within ``timeout``; when it is still running, fail the test
+    with the last lines of every log in ``logs`` (what each tier and device was doing)."""
+    try:
+        return process.wait(timeout=timeout) == 0
+    except subprocess.TimeoutExpired:
+        tails = {log.name: log.read_text().splitlines()[-15:] for log in sorted(logs.glob("*.log"))}
+        pytest.fail(f"{process.args[3:6]} still running after {timeout} s; logs:\n" + json.dumps(tails, indent=1))
+
+
 @pytest.fixture
 def hierarchy(tmp_path):
     made = Hierarchy(tmp_path)
@@ -171,7 +181,7 @@ def test_a_region_killed_mid_round_loses_nothing_it_acknowledged_and_counts_no_d
 
     # Assert: every process ends cleanly with the run
     for process in [*devices, *regions.values(), root]:
-        assert process.wait(timeout=300) == 0
+        assert ended_cleanly(process, hierarchy.root, timeout=300)
     failed_over = [e for i in REGIONS["ra"] for e in events(hierarchy.root / f"c{i}.log", "unreachable")]
     assert failed_over, "no device of the killed region noticed"
     root_db = hierarchy.root / "root" / "server.db"
@@ -298,7 +308,7 @@ def test_a_region_serves_its_devices_through_an_mqtt_broker(tmp_path):
 
         # Execute and assert: the run ends for everyone; each round's one update, of both devices, came from the region
         for process in [*devices, region, root]:
-            assert process.wait(timeout=240) == 0
+            assert ended_cleanly(process, tmp_path, timeout=240)
         assert rows(root_dir / "server.db", "SELECT update_id, clients FROM updates ORDER BY round") == [
             (f"ra.round{r}", 2) for r in (1, 2, 3)
         ]
@@ -352,7 +362,7 @@ def test_a_region_of_regions_forwards_what_the_region_below_it_reduced(tmp_path)
         # which stood for the devices (and their steps) that leaf reduced, and every device acts with
         # the final version
         for process in [*devices, *reversed(tiers), root]:
-            assert process.wait(timeout=240) == 0
+            assert ended_cleanly(process, tmp_path, timeout=240)
         query = "SELECT round, clients, env_steps FROM updates ORDER BY round"
         at_root, at_mid = rows(tmp_path / "root" / "server.db", query), rows(tmp_path / "mid" / "server.db", query)
         at_leaf = rows(

@@ -46,7 +46,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.port = self.metrics_port = 0
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
         info = self.state_dir / "server.json"
         info.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
@@ -64,6 +64,7 @@ class ServerProcess:
                 "--metrics",
                 "127.0.0.1:0",
                 "--insecure",
+                *options,
             ],
             stderr=subprocess.DEVNULL,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -192,6 +193,32 @@ def test_every_acknowledged_update_survives_a_kill_9_during_uploads(server):
     stored = [row[0] for row in store.db.execute("SELECT update_id FROM updates")]
     assert len(acked) > 10
     assert set(acked) <= set(stored) and len(stored) == len(set(stored))
+
+
+def test_a_server_that_exits_with_its_run_waits_until_every_client_online_has_heard(server):
+    # Prepare: a one-round run; all three clients train, the round closes, the run is over
+    server.start(
+        "--exit-when-finished", "--set", "experiment.federation.rounds=1", "--set", "rounds.retry_s=0.2",
+        "--set", "rounds.liveness_s=60",
+    )  # fmt: skip
+    links = {n: server.link(n, server.tokens[n]) for n in NAMES}
+    dim = links["a"].pull(0).params.size
+    for name, link in links.items():
+        link.push(update(link, name, link.task(), dim))
+    deadline = time.monotonic() + 30
+    while links["a"].heartbeat(0) < 1:
+        assert time.monotonic() < deadline, "the round did not close"
+        time.sleep(0.1)
+
+    # Execute: "a" and "b" hear that the run is over; "c" (online, busy, say) has not asked yet
+    assert links["a"].task().finished and links["b"].task().finished
+    time.sleep(4.0)  # more than twice the grace of a few polls (3 x retry_s + 1 s)
+    still_serving = server.proc.poll() is None
+    told_c = links["c"].task()
+
+    # Assert: the server waited for "c", then exited cleanly
+    assert still_serving and told_c.finished
+    assert server.proc.wait(30) == 0
 
 
 def test_metrics_endpoint_reports_the_server(server):

@@ -54,7 +54,11 @@ def server(
         None, "--client-ca", help="Require client certificates signed by this CA."
     ),
     insecure: bool = typer.Option(False, "--insecure", help="Plain text (loopback addresses only)."),
-    exit_when_finished: bool = typer.Option(False, "--exit-when-finished", help="Stop once the run is over."),
+    exit_when_finished: bool = typer.Option(
+        False,
+        "--exit-when-finished",
+        help="Stop once the run is over and every client online has been told so (at most rounds.liveness_s later).",
+    ),
     init_from: Optional[Path] = typer.Option(
         None,
         "--init-from",

@@ -51,7 +51,11 @@ def aggregator(
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="Its private key."),
     client_ca: Optional[Path] = typer.Option(None, "--client-ca", help="Require device certificates of this CA."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain text to devices and parent (loopback only)."),
-    exit_when_finished: bool = typer.Option(False, "--exit-when-finished", help="Stop once the parent's run is over."),
+    exit_when_finished: bool = typer.Option(
+        False,
+        "--exit-when-finished",
+        help="Stop once the parent's run is over and every device online has heard it (within rounds.liveness_s).",
+    ),
     transport: Transport = TRANSPORT,
     broker: str = BROKER,
     fleet_name: str = FLEET,

@@ -22,7 +22,7 @@ import grpc
 
 from fedrl.agents.runtime import tune_allocator
 from fedrl.experiment.callbacks import Factory, TensorBoardCallback, make_callbacks
-from fedrl.server.config import ServerConfig, simulator_only_keys
+from fedrl.server.config import RoundConfig, ServerConfig, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
 from fedrl.server.dashboard import ServerStatus
 from fedrl.server.grpc_service import serve_grpc
@@ -45,7 +45,7 @@ class ServeOptions:
     listen: str = "127.0.0.1:50051"
     metrics_listen: str | None = "127.0.0.1:9108"  # None: no metrics endpoint
     credentials: grpc.ServerCredentials | None = None  # None: plain text (loopback only, checked by the CLI)
-    exit_when_finished: bool = False  # stop once the run is over and clients have had time to hear it
+    exit_when_finished: bool = False  # stop once the run is over and every client online has heard it
     broker: BrokerOptions | None = None  # serve through this MQTT broker instead of gRPC on ``listen``
     init_from: Path | None = None  # a new run starts from the policy saved here (pre-trained)
     callbacks: tuple[Factory, ...] = ()  # factories of a user's round callbacks (fedrl server --callback)
@@ -87,6 +87,30 @@ def _tick(coordinator: Coordinator) -> None:
         coordinator.tick()
     except Exception as exc:
         log_event("tick_failed", level="error", error=f"{type(exc).__name__}: {exc}")
+
+
+class _Ending:
+    """When a server that exits with its run may go: once every client online has been told that the
+    run is over and has had a few polls' time to fetch the final version; at the latest
+    ``rounds.liveness_s`` after the run ended (a client silent that long is offline anyway)."""
+
+    def __init__(self, rounds: RoundConfig) -> None:
+        self._grace_s = 3 * rounds.retry_s + 1.0
+        self._patience_s = rounds.liveness_s + self._grace_s
+        self._finished_at: float | None = None
+        self._all_told_at: float | None = None
+
+    def over(self, unaware: list[str]) -> bool:
+        """Called while the run is finished, with the clients online not yet told so."""
+        now = time.monotonic()
+        self._finished_at = self._finished_at or now
+        self._all_told_at = None if unaware else (self._all_told_at or now)
+        if self._all_told_at is not None and now - self._all_told_at > self._grace_s:
+            return True
+        if now - self._finished_at > self._patience_s:
+            log_event("exit_with_clients_unaware", level="warning", clients=unaware)
+            return True
+        return False
 
 
 class Liveness:
@@ -167,8 +191,7 @@ def serve_coordinator(
     ignored = simulator_only_keys(config.experiment)
     if ignored:
         log_event("experiment_keys_ignored", level="warning", keys=ignored, reason="only the simulator uses them")
-    grace_s = 3 * config.rounds.retry_s + 1.0  # a few task polls for agents to hear that the run is over
-    finished_since = None
+    ending = _Ending(config.rounds) if options.exit_when_finished else None
     try:
         while not stop.is_set():
             coordinator.wake.wait(TICK_S)  # a tick now and then, at once when an arrival makes the round due
@@ -176,10 +199,8 @@ def serve_coordinator(
             if stop.is_set():
                 break
             liveness.tick()
-            if options.exit_when_finished and coordinator.finished:
-                finished_since = finished_since or time.monotonic()
-                if time.monotonic() - finished_since > grace_s:
-                    break
+            if ending is not None and coordinator.finished and ending.over(coordinator.unaware_of_finish()):
+                break
     finally:
         coordinator.release()
         serving.stop()

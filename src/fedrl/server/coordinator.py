@@ -131,6 +131,7 @@ class Coordinator:
         self._region_yaml = to_yaml(self.setup.for_devices(keep_rule=True))  # a region runs the robust rule
         self._norm_of: tuple[int, float] = (-1, 0.0)  # (version, L2 norm of its parameters)
         self._finished_noted = False
+        self._told_finished: set[str] = set()  # clients answered that the run is over
         self.refusals = RefusalLog()  # every transport's refusal lines, throttled per client and reason
         self.callbacks: list[Callback] = []  # told about each closed round (TensorBoard, a user's logger)
         self._reports: collections.deque[RoundReport] = collections.deque()  # closed rounds not yet told
@@ -346,6 +347,14 @@ class Coordinator:
         at_target = fed.stop_at_target and None not in (score, target) and score >= target
         return at_target or self._round.round > fed.rounds
 
+    def unaware_of_finish(self) -> list[str]:
+        """The clients online (heard from within ``rounds.liveness_s``) not yet told that the run is
+        over: a server that exits when its run is over waits for them, or they would look for it forever."""
+        with self._lock:
+            now = self._clock()
+            online = (c for c, seen in self._seen.items() if now - seen.last_seen <= self.config.rounds.liveness_s)
+            return sorted(c for c in online if c not in self._told_finished)
+
     def task(self, client: str, wait_s: float = 0.0) -> Task | Wait:
         """What ``client`` should do now: train from a version for the open round, or wait. With
         ``wait_s``, a client told to wait for the next round is held until there may be work for it
@@ -387,6 +396,7 @@ class Coordinator:
                 self._admit(client)
             retry = self.config.rounds.retry_s
             if self.finished:
+                self._told_finished.add(client)
                 return Wait(retry, "the run is finished", finished=True)
             if self._closing and not self.config.asynchronous:
                 return Wait(retry, f"round {self._round.round} is closing")
