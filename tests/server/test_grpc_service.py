@@ -496,13 +496,13 @@ def test_a_second_server_on_a_port_in_use_fails_instead_of_sharing_it(federation
 def test_http2_receive_windows_grow_only_when_the_config_says_so(federation, monkeypatch, grow):
     # Prepare: catch the options the server is made with
     made = {}
-    real = grpc.server
+    real = grpc.aio.server
 
     def server(*args, **kwargs):
         made.update(kwargs.get("options", []))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(grpc, "server", server)
+    monkeypatch.setattr(grpc.aio, "server", server)
     limits = federation.coordinator.config.limits.model_copy(update={"grow_windows": grow})
 
     # Execute

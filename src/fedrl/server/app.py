@@ -69,7 +69,7 @@ def start_transport(
             {"transport": "mqtt", "broker": options.broker.address, "fleet": options.broker.fleet}, service.close
         )
     server, port = serve_grpc(coordinator, options.listen, options.credentials, config.limits, metrics)
-    return Serving({"transport": "grpc", "port": port}, lambda: server.stop(grace=1.0).wait())
+    return Serving({"transport": "grpc", "port": port}, lambda: server.stop(grace=1.0))
 
 
 def _host_port(address: str) -> tuple[str, int]:

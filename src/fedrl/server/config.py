@@ -91,8 +91,8 @@ class LimitsConfig(FrozenConfig):
     worker_threads: int = Field(
         32,
         ge=1,
-        description="gRPC handler threads; calls beyond them wait in gRPC's queue (fewer threads contend less for "
-        "the coordinator; a slow upload holds one thread while it lasts)",
+        description="threads for the gRPC service's work that waits (storing an update, registering, pulling a stored "
+        "version, a long poll); also the uploads read at once, the others waiting unread in their HTTP/2 windows",
     )
     grow_windows: bool = Field(
         False,
@@ -103,7 +103,7 @@ class LimitsConfig(FrozenConfig):
     long_polls: int | None = Field(
         None,
         ge=0,
-        description="clients held at once waiting for the next round (rounds.long_poll_s), each holding a handler "
+        description="clients held at once waiting for the next round (rounds.long_poll_s), each holding a worker "
         "thread, so fewer than worker_threads; the others are told to ask again after retry_s. null: half of "
         "worker_threads, at most 16",
     )
@@ -120,7 +120,7 @@ class LimitsConfig(FrozenConfig):
 
     @property
     def held_at_most(self) -> int:
-        """Clients ``task`` may hold at once: ``long_polls``, or half the handler threads (at most 16)."""
+        """Clients ``task`` may hold at once: ``long_polls``, or half the worker threads (at most 16)."""
         return self.long_polls if self.long_polls is not None else min(16, self.worker_threads // 2)
 
     uploads_per_client: int = Field(

@@ -122,6 +122,7 @@ class Coordinator:
         self._limiter = RateLimiter(config.limits.rate_per_s, config.limits.burst)
         self._strangers = RateLimiter(config.limits.unknown_token_rate_per_s, config.limits.unknown_token_burst)
         self._seen = store.liveness()
+        self._seen_lock = threading.Lock()  # the liveness and rate limits, asked by every call: not the round's lock
         self._flushed_at = clock()
         self._closing = False
         self._writing: set[str] = set()  # update ids whose files are being written
@@ -307,20 +308,30 @@ class Coordinator:
     def admit(self, client: str) -> None:
         """Rate-limit an update upload at its start, before a byte of it is read (``submit`` with
         ``admitted`` then does not count it again)."""
-        with self._lock:
-            self._admit(client)
+        self._admit(client)
 
     def _admit(self, client: str, acting_version: int | None = None) -> None:
         """Rate-limit one call and mark the client as seen."""
         now = self._clock()
-        if not self._limiter.allow(client, now):
-            raise Rejected(
-                Reason.RESOURCE_EXHAUSTED,
-                f"client {client!r} exceeded {self.config.limits.rate_per_s:g} "
-                f"calls/s (burst {self.config.limits.burst}); slow down",
-            )
-        previous = self._seen.get(client, Seen(now, None)).acting_version
-        self._seen[client] = Seen(now, previous if acting_version is None else acting_version)
+        with self._seen_lock:
+            if not self._limiter.allow(client, now):
+                raise Rejected(
+                    Reason.RESOURCE_EXHAUSTED,
+                    f"client {client!r} exceeded {self.config.limits.rate_per_s:g} "
+                    f"calls/s (burst {self.config.limits.burst}); slow down",
+                )
+            previous = self._seen.get(client, Seen(now, None)).acting_version
+            self._seen[client] = Seen(now, previous if acting_version is None else acting_version)
+
+    def _liveness(self) -> dict[str, Seen]:
+        """A copy of when each client was last heard from."""
+        with self._seen_lock:
+            return dict(self._seen)
+
+    def _online(self) -> list[str]:
+        """The clients heard from within ``rounds.liveness_s``, by name."""
+        now, liveness_s = self._clock(), self.config.rounds.liveness_s
+        return sorted(c for c, seen in self._liveness().items() if now - seen.last_seen <= liveness_s)
 
     def register(self, client: str) -> Registration:
         """Record a client's registration (idempotent) and tell it what to train."""
@@ -333,9 +344,8 @@ class Coordinator:
 
     def heartbeat(self, client: str, acting_version: int | None) -> int:
         """Note that ``client`` is alive and acting with ``acting_version``; returns the deployed version."""
-        with self._lock:
-            self._admit(client, acting_version)
-            return self._deployed.version
+        self._admit(client, acting_version)
+        return self._deployed.version
 
     # --- work ------------------------------------------------------------------------
     @property
@@ -351,9 +361,7 @@ class Coordinator:
         """The clients online (heard from within ``rounds.liveness_s``) not yet told that the run is
         over: a server that exits when its run is over waits for them, or they would look for it forever."""
         with self._lock:
-            now = self._clock()
-            online = (c for c, seen in self._seen.items() if now - seen.last_seen <= self.config.rounds.liveness_s)
-            return sorted(c for c in online if c not in self._told_finished)
+            return [c for c in self._online() if c not in self._told_finished]
 
     def task(self, client: str, wait_s: float = 0.0) -> Task | Wait:
         """What ``client`` should do now: train from a version for the open round, or wait. With
@@ -363,31 +371,40 @@ class Coordinator:
         all of ``wait_s`` may ask again after what is left of ``rounds.retry_s``."""
         with self._lock:
             answer = self._task(client)
-            if not self._holds(client, answer, wait_s):
-                return answer
-            deadline = time.monotonic() + wait_s
-            self._held.add(client)
-            try:
-                while isinstance(answer, Wait) and not answer.finished:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return replace(answer, retry_after_s=max(0.0, self.config.rounds.retry_s - wait_s))
-                    # at the deadline stand-ins may take part, when the round still lacks updates: ask again then
-                    short = len(self._arrived) < self.config.min_updates
-                    until_deadline = self._time_left() if short else 0.0
-                    self._opened.wait(min(left, until_deadline) if until_deadline > 0 else left)
-                    if self._released:
-                        return answer
-                    answer = self._task(client, admit=False)
-            finally:
-                self._held.discard(client)
-            return answer
+            return self._hold(client, answer, wait_s) if self.holds(client, answer, wait_s) else answer
 
-    def _holds(self, client: str, answer: Task | Wait, wait_s: float) -> bool:
+    def hold(self, client: str, wait_s: float) -> Task | Wait:
+        """``task`` for a transport that asked it without waiting and heard that it ``holds`` the
+        client: asked again (not counted again against the client's rate), held as ``task`` would."""
+        with self._lock:
+            answer = self._task(client, admit=False)
+            return self._hold(client, answer, wait_s) if self.holds(client, answer, wait_s) else answer
+
+    def holds(self, client: str, answer: Task | Wait, wait_s: float) -> bool:
         """Whether ``task`` holds ``client`` told ``answer``: a wait for the next round, with room to hold it."""
         if not isinstance(answer, Wait) or answer.finished or wait_s <= 0 or self._released:
             return False
         return client not in self._held and len(self._held) < self.config.limits.held_at_most
+
+    def _hold(self, client: str, answer: Wait, wait_s: float) -> Task | Wait:
+        """Hold ``client`` (the lock held) until there may be work for it, for at most ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        self._held.add(client)
+        try:
+            while isinstance(answer, Wait) and not answer.finished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return replace(answer, retry_after_s=max(0.0, self.config.rounds.retry_s - wait_s))
+                # at the deadline stand-ins may take part, when the round still lacks updates: ask again then
+                short = len(self._arrived) < self.config.min_updates
+                until_deadline = self._time_left() if short else 0.0
+                self._opened.wait(min(left, until_deadline) if until_deadline > 0 else left)
+                if self._released:
+                    return answer
+                answer = self._task(client, admit=False)
+        finally:
+            self._held.discard(client)
+        return answer
 
     def _task(self, client: str, admit: bool = True) -> Task | Wait:
         """``task`` without waiting; ``admit``: count the call against the client's rate (once per call)."""
@@ -473,8 +490,7 @@ class Coordinator:
             self._selected = {c.client for c in self._store.clients() if self._coin(c.client)}
             self._store.set_selected(self._round.round, sorted(self._selected))
             return
-        now = self._clock()
-        online = sorted(c for c, seen in self._seen.items() if now - seen.last_seen <= self.config.rounds.liveness_s)
+        online = self._online()
         if not self.config.hierarchical:  # a flat run: a region enrolled by mistake takes no place
             online = [c for c in online if c not in self._regions]
         elif self._regions_run_it and self.setup.config.pipeline.secure_aggregation.enabled:
@@ -561,10 +577,12 @@ class Coordinator:
                 self._writing.discard(submission.update_id)
         with self._lock:
             try:
-                return self._counted(lambda c, sub: self._record(c, sub, digest), client, submission)
+                ack, ticket = self._counted(lambda c, sub: self._record(c, sub, digest), client, submission)
             except Rejected:
                 self._store.remove_update_file(submission.update_id)
                 raise
+        self._store.sync_records(ticket)  # outside the lock: updates arriving together share one fsync
+        return ack
 
     def note_rejected(self, client: str, refusal: Rejected) -> None:
         """Count and log a refused update; transports call it for updates they could not even
@@ -632,17 +650,18 @@ class Coordinator:
         self._check_size(client, s)
         return None
 
-    def _record(self, client: str, s: Submission, digest: str) -> Ack:
-        """Commit the written update to the round that is open now (it may have changed meanwhile)."""
+    def _record(self, client: str, s: Submission, digest: str) -> tuple[Ack, int]:
+        """Commit the written update to the round that is open now (it may have changed meanwhile);
+        returns its ack and the store's ticket for it (``Store.sync_records``)."""
         round_ = self._check_version(client, s)
         now = self._clock()
-        self._store.record_update(s, round_, digest, now)
+        ticket = self._store.record_update(s, round_, digest, now)
         if round_ == self._round.round:
             self._arrived.append(client)
             if len(self._arrived) >= self.config.updates_per_round:
                 self.wake.set()
         self._metrics.updates_accepted.inc()
-        return Ack(s.update_id, round_, now)
+        return Ack(s.update_id, round_, now), ticket
 
     def _repeat(self, client: str, s: Submission, digest: str, known: KnownUpdate) -> Ack:
         """The original ack for an idempotent resubmission; a reused id with other content is refused."""
@@ -963,10 +982,9 @@ class Coordinator:
     def _flush_liveness(self) -> None:
         now = self._clock()
         if now - self._flushed_at >= LIVENESS_FLUSH_S:
-            self._store.save_liveness(self._seen)
+            self._store.save_liveness(self._liveness())
             self._flushed_at = now
-        online = sum(now - seen.last_seen <= self.config.rounds.liveness_s for seen in self._seen.values())
-        self._metrics.clients_connected.set(online)
+        self._metrics.clients_connected.set(len(self._online()))
 
     # --- inspection ----------------------------------------------------------------------
     @property
@@ -985,11 +1003,12 @@ class Coordinator:
         """Clients, their liveness and the newest rounds; ``save``: store the liveness first (for a
         reader of the store), else overlay the liveness held in memory (a dashboard polling it)."""
         with self._lock:
+            seen = self._liveness()
             if save:
-                self._store.save_liveness(self._seen)
+                self._store.save_liveness(seen)
             clients = self._store.clients()
             if not save:
-                clients = [_seen_now(c, self._seen.get(c.client)) for c in clients]
+                clients = [_seen_now(c, seen.get(c.client)) for c in clients]
             return FleetStatus(
                 self._deployed.version, self._round.round, self.finished, clients, self._store.rounds(rounds)
             )
@@ -1003,7 +1022,7 @@ class Coordinator:
     def close(self) -> None:
         """Store liveness, close the store and the callbacks."""
         with self._lock:
-            self._store.save_liveness(self._seen)
+            self._store.save_liveness(self._liveness())
             self._store.close()
             for callback in self.callbacks:
                 try:

@@ -6,10 +6,17 @@ translates the answer back. A ``Rejected`` becomes the gRPC status named by its 
 message as the details; any other exception becomes INTERNAL, is logged with its traceback, and
 the server goes on serving.
 
+The service runs on ``grpc.aio``: one event loop, on a thread of its own, reads every call and
+answers the quick ones (heartbeats, tasks, the chunks of an upload) itself; work that waits on
+the disk or holds a client (storing an update, registering, pulling a stored version, a long
+poll) goes to a pool of ``limits.worker_threads`` threads, one hand-off each way. A thread per
+call, as before, spent most of an update's CPU handing the coordinator's lock and the
+interpreter between threads (docs/benchmarks.md, Load).
+
 An upload cannot hold the server hostage: a client may have at most ``limits.uploads_per_client``
 uploads open at once, and a watchdog cancels an upload that sends nothing for
-``limits.upload_idle_s`` or lasts longer than ``limits.upload_timeout_s``, so that its handler
-thread is free again (one enrolled client holding dozens of silent streams once froze the server).
+``limits.upload_idle_s`` or lasts longer than ``limits.upload_timeout_s`` while it is being read
+(one enrolled client holding dozens of silent streams once froze the server).
 
 The handlers take and return raw bytes and parse them here rather than leaving it to gRPC, for
 two reasons: bytes that are not a valid message get INVALID_ARGUMENT with a message saying so
@@ -19,10 +26,11 @@ for the ``bytes_received`` and ``bytes_sent`` metrics.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -43,9 +51,9 @@ WATCH_PERIOD_S = 0.5  # how often the upload watchdog looks
 SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 
 
-def _bearer_token(context: grpc.ServicerContext) -> str:
+def _bearer_token(context: grpc.aio.ServicerContext) -> str:
     """The token of the call's ``authorization: Bearer <token>`` metadata; empty when there is none."""
-    for key, value in context.invocation_metadata():
+    for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value.removeprefix("Bearer ").strip()
     return ""
@@ -56,15 +64,17 @@ class _Upload:
     """An upload in progress, as the watchdog sees it."""
 
     client: str
-    context: grpc.ServicerContext
     started: float
     last_heard: float
+    reader: asyncio.Task | None = None  # the task reading its stream, while it reads
+    expired: bool = False  # the watchdog cancelled it
 
 
 class Uploads:
-    """The uploads in progress: at most ``per_client`` for one client, and a watchdog thread that
-    cancels those silent for ``idle_s`` or running for more than ``timeout_s``. The watchdog runs
-    only while some upload is open."""
+    """The uploads in progress: at most ``per_client`` for one client, and a watchdog (a task of
+    the event loop, running only while some upload is open) that cancels those silent for
+    ``idle_s`` or read for more than ``timeout_s`` (it cancels their reader). Used from the event
+    loop only."""
 
     def __init__(
         self,
@@ -77,56 +87,59 @@ class Uploads:
         self.per_client, self.idle_s, self.timeout_s, self._refusals = per_client, idle_s, timeout_s, refusals
         self._on_cancel = on_cancel
         self._open: dict[int, _Upload] = {}
-        self._lock = threading.Lock()
-        self._watching = False
+        self._watch_task: asyncio.Task | None = None
 
     @contextlib.contextmanager
-    def open(self, client: str, context: grpc.ServicerContext) -> Iterator[Callable[[], None]]:
-        """Hold one of ``client``'s upload slots for the block; yields the function that notes a
-        chunk heard. ``Rejected(RESOURCE_EXHAUSTED)`` when its slots are all taken."""
+    def open(self, client: str) -> Iterator[_Upload]:
+        """Hold one of ``client``'s upload slots for the block; yields the upload, whose ``reader``
+        and ``last_heard`` the caller sets. ``Rejected(RESOURCE_EXHAUSTED)`` when its slots are all
+        taken."""
+        if sum(u.client == client for u in self._open.values()) >= self.per_client:
+            raise Rejected(
+                Reason.RESOURCE_EXHAUSTED,
+                f"client {client!r} already has {self.per_client} uploads open; finish one first",
+            )
         now = time.monotonic()
-        with self._lock:
-            if sum(u.client == client for u in self._open.values()) >= self.per_client:
-                raise Rejected(
-                    Reason.RESOURCE_EXHAUSTED,
-                    f"client {client!r} already has {self.per_client} uploads open; finish one first",
-                )
-            upload = self._open[id(context)] = _Upload(client, context, now, now)
-            if not self._watching:
-                self._watching = True
-                threading.Thread(target=self._watch, name="fedrl-upload-watchdog", daemon=True).start()
+        upload = _Upload(client, now, now)
+        self._open[id(upload)] = upload
+        if self._watch_task is None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         try:
-            yield lambda: setattr(upload, "last_heard", time.monotonic())
+            yield upload
         finally:
-            with self._lock:
-                self._open.pop(id(context), None)
+            self._open.pop(id(upload), None)
 
-    def _watch(self) -> None:
-        while True:
-            time.sleep(WATCH_PERIOD_S)
+    def _expired(self, upload: _Upload, now: float) -> bool:
+        """Whether ``upload`` is being read and went silent or has taken too long."""
+        if upload.reader is None or upload.reader.done():
+            return False
+        return now - upload.last_heard > self.idle_s or now - upload.started > self.timeout_s
+
+    async def _watch(self) -> None:
+        while self._open:
+            await asyncio.sleep(WATCH_PERIOD_S)
             now = time.monotonic()
-            with self._lock:
-                if not self._open:
-                    self._watching = False
-                    return
-                expired = [
-                    u for u in self._open.values()
-                    if now - u.last_heard > self.idle_s or now - u.started > self.timeout_s
-                ]  # fmt: skip
+            expired = [u for u in self._open.values() if self._expired(u, now)]
             for upload in expired:
                 seconds = round(now - upload.started, 1)
                 self._refusals.log(
                     "upload_cancelled", (upload.client, "cancelled"), client=upload.client, seconds=seconds
                 )
-                upload.context.cancel()
+                upload.expired = True
+                upload.reader.cancel()
+                upload.reader = None
                 self._on_cancel(upload.client)
+        self._watch_task = None
 
 
 class FederationService:
-    """The handlers of ``fedrl.v1.Federation``; ``handler()`` registers them with a ``grpc.Server``."""
+    """The handlers of ``fedrl.v1.Federation``; ``handler()`` registers them with a ``grpc.aio.Server``.
+    Blocking work runs on ``pool``."""
 
-    def __init__(self, coordinator: Coordinator, metrics: ServerMetrics | None = None) -> None:
-        self._coordinator = coordinator
+    def __init__(
+        self, coordinator: Coordinator, pool: futures.ThreadPoolExecutor, metrics: ServerMetrics | None = None
+    ) -> None:
+        self._coordinator, self._pool = coordinator, pool
         limits = coordinator.config.limits
         self.uploads = Uploads(
             limits.uploads_per_client,
@@ -135,6 +148,7 @@ class FederationService:
             coordinator.refusals,
             lambda client: coordinator.forfeit(client, "its upload went silent and was cancelled"),
         )
+        self._reading = asyncio.Semaphore(limits.worker_threads)  # uploads read at once
         self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
         self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
 
@@ -160,9 +174,11 @@ class FederationService:
     def _guarded(self, method: str, body: Callable) -> Callable:
         """``body``, with ``Rejected`` turned into its status and anything else into INTERNAL."""
 
-        def call(request, context: grpc.ServicerContext):
+        async def call(request, context: grpc.aio.ServicerContext):
             try:
-                return body(request, context)
+                return await body(request, context)
+            except grpc.aio.AbortError:  # the body ended the call with its own status
+                raise
             except Rejected as refusal:
                 code, message = grpc.StatusCode[refusal.reason.value], refusal.message
                 peer = context.peer()
@@ -171,7 +187,7 @@ class FederationService:
                     message=message, peer=peer,
                 )  # fmt: skip
             except Exception as error:  # a bug or a failing disk: answer, log, keep serving
-                if not context.is_active():  # the caller hung up mid-call (a dropped link): no one to answer
+                if context.done():  # the caller hung up mid-call (a dropped link): no one to answer
                     log_event("call_abandoned", method=method, peer=context.peer())
                     return None
                 code, message = (
@@ -181,11 +197,15 @@ class FederationService:
                 logger.error(
                     "call_failed", exc_info=error, extra={"fields": {"method": method, "peer": context.peer()}}
                 )
-            context.abort(code, message)
+            await context.abort(code, message)
 
         return call
 
-    def _client(self, context: grpc.ServicerContext) -> str:
+    async def _blocking(self, function: Callable, *args):
+        """``function(*args)`` on the pool: work that waits on the disk or holds a client."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    def _client(self, context: grpc.aio.ServicerContext) -> str:
         """The calling client, by its token; unknown tokens are limited per peer address."""
         return self._coordinator.authenticate(_bearer_token(context), context.peer().rsplit(":", 1)[0])
 
@@ -200,7 +220,7 @@ class FederationService:
             self._sent.inc(len(raw))
         return raw
 
-    def register(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    async def register(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Register the calling client; the name it gives must be its token's."""
         client = self._client(context)
         claimed = parse_message(pb.RegisterRequest, self._in(request)).client
@@ -208,52 +228,125 @@ class FederationService:
             raise Rejected(
                 Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; it cannot register as {claimed!r}"
             )
-        return self._out(convert.registration_message(self._coordinator.register(client)))
+        return self._out(convert.registration_message(await self._blocking(self._coordinator.register, client)))
 
-    def heartbeat(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    async def heartbeat(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Note the caller alive with the version it acts with; answer the deployed version."""
         client = self._client(context)
         beat = parse_message(pb.HeartbeatRequest, self._in(request))
         acting = beat.acting_version if beat.HasField("acting_version") else None
         return self._out(pb.HeartbeatReply(deployed_version=self._coordinator.heartbeat(client, acting)))
 
-    def get_task(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """The caller's task (with SCAFFOLD's server control in chunks) or a wait."""
+    async def get_task(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        """The caller's task (with SCAFFOLD's server control in chunks) or a wait; a wait for the
+        next round is held on the pool (``rounds.long_poll_s``)."""
         client = self._client(context)
         parse_message(pb.TaskRequest, self._in(request))
-        task = self._coordinator.task(client, self._coordinator.config.rounds.long_poll_s)
-        return map(self._out, convert.task_parts(task))
+        task = self._coordinator.task(client)
+        wait_s = self._coordinator.config.rounds.long_poll_s
+        if self._coordinator.holds(client, task, wait_s):
+            task = await self._blocking(self._coordinator.hold, client, wait_s)
+        for part in convert.task_parts(task):
+            await context.write(self._out(part))
 
-    def pull_model(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    async def pull_model(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
         """One stored version (the deployed one when none is named), header then chunks."""
         self._coordinator.admit(self._client(context))
         pull = parse_message(pb.PullRequest, self._in(request))
-        model = self._coordinator.model(pull.version if pull.HasField("version") else None)
-        return map(self._out, convert.model_parts(model))
+        model = await self._blocking(self._coordinator.model, pull.version if pull.HasField("version") else None)
+        for part in convert.model_parts(model):
+            await context.write(self._out(part))
 
-    def push_update(self, requests: Iterable[bytes], context: grpc.ServicerContext) -> bytes:
-        """Reassemble one update from its stream and submit it as the caller; answer its ``Ack``."""
+    async def push_update(self, requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        """Read one update's stream (its header checked before any chunk is read), then reassemble,
+        check, store and submit it on the pool; answer its ``Ack``."""
         client = self._client(context)  # before a single chunk is read
         self._coordinator.admit(client)  # the rate limit too, so refused uploads are counted as calls
-        with self.uploads.open(client, context) as heard:
-            parts = (parse_message(pb.UpdatePart, self._in(_heard(raw, heard))) for raw in requests)
-            try:
-                submission = convert.read_update(parts, self._coordinator.max_update_bytes, self._coordinator.dim)
-            except Rejected as refusal:  # the coordinator counts the refusals it makes itself
-                self._coordinator.note_rejected(client, refusal)
-                raise
-        return self._out(convert.ack_message(self._coordinator.submit(client, submission, admitted=True)))
+        with self.uploads.open(client) as upload:
+            async with self._reading:  # the others wait unread, each holding one HTTP/2 window of bytes
+                return await self._upload(client, requests, upload, context)
 
-    def secure_step(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    async def _upload(
+        self, client: str, requests: AsyncIterable[bytes], upload: _Upload, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """Read the upload's stream (its ``reader``, which the watchdog may cancel), then accept it."""
+        upload.started = upload.last_heard = time.monotonic()
+        upload.reader = asyncio.ensure_future(self._read_parts(requests, upload))
+        try:
+            parts = await upload.reader
+        except Rejected as refusal:  # the coordinator counts the refusals it makes itself
+            self._coordinator.note_rejected(client, refusal)
+            raise
+        except asyncio.CancelledError:
+            if not upload.expired:  # the call itself was cancelled
+                raise
+            await context.abort(grpc.StatusCode.CANCELLED, "the upload went silent or took too long; cancelled")
+        upload.reader = None
+        return self._out(convert.ack_message(await self._blocking(self._accept, client, parts)))
+
+    async def _read_parts(self, requests: AsyncIterable[bytes], upload: _Upload) -> list[pb.UpdatePart]:
+        """The stream's parts; a header declaring more than the model's size or the server's limit
+        is refused at once, a stream carrying more bytes than its header declared as they come."""
+        parts: list[pb.UpdatePart] = []
+        declared = received = 0
+        most, dim = self._coordinator.max_update_bytes, self._coordinator.dim
+        async for raw in requests:
+            upload.last_heard = time.monotonic()
+            part = parse_message(pb.UpdatePart, self._in(raw))
+            if not parts:
+                declared = convert.declared_update_bytes(part, most, dim)
+            else:
+                received += len(part.chunk)
+                if received > declared:
+                    raise Rejected(
+                        Reason.INVALID_ARGUMENT, f"received more than the {declared} bytes the header declares"
+                    )
+            parts.append(part)
+        return parts
+
+    def _accept(self, client: str, parts: list[pb.UpdatePart]):
+        """Reassemble ``parts`` and submit the update (on the pool: hashing and storing it wait)."""
+        try:
+            submission = convert.read_update(parts, self._coordinator.max_update_bytes, self._coordinator.dim)
+        except Rejected as refusal:
+            self._coordinator.note_rejected(client, refusal)
+            raise
+        return self._coordinator.submit(client, submission, admitted=True)
+
+    async def secure_step(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """One step of the open round's secure aggregation, as the caller."""
         client = self._client(context)
         round_, step, payload = convert.read_secure_request(parse_message(pb.SecureRequest, self._in(request)))
-        return self._out(convert.secure_reply_message(self._coordinator.secure_step(client, round_, step, payload)))
+        reply = await self._blocking(self._coordinator.secure_step, client, round_, step, payload)
+        return self._out(convert.secure_reply_message(reply))
 
 
-def _heard(raw: bytes, heard: Callable[[], None]) -> bytes:
-    heard()
-    return raw
+class GrpcServer:
+    """A started ``grpc.aio`` server, its event loop on a thread of its own and its worker pool."""
+
+    async def _stopped(self, grace: float | None) -> None:
+        """Stop the server, then end what is left on the loop (the upload watchdog)."""
+        await self._server.stop(grace)
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server, pool: futures.ThreadPoolExecutor):
+        self._loop, self._server, self._pool = loop, server, pool
+        self._thread = threading.Thread(target=loop.run_forever, name="fedrl-grpc-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving: calls in flight get ``grace`` seconds to end (None: cancelled at once); returns
+        once the loop and the pool are done."""
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._stopped(grace), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def serve_grpc(
@@ -262,15 +355,13 @@ def serve_grpc(
     credentials: grpc.ServerCredentials | None,
     limits: LimitsConfig,
     metrics: ServerMetrics | None = None,
-) -> tuple[grpc.Server, int]:
+) -> tuple[GrpcServer, int]:
     """Start serving ``coordinator`` on ``address`` (TLS with ``credentials``; plain text with None).
 
     Returns the started server and the port it bound (the real one for port 0). Messages above
     ``limits.max_message_bytes`` are refused by gRPC with RESOURCE_EXHAUSTED; at most
     ``limits.max_concurrent_streams`` calls are accepted at once (more are refused with
-    RESOURCE_EXHAUSTED), served by ``limits.worker_threads`` threads: the rest wait in gRPC's
-    queue, which costs far less than a thousand threads contending for the coordinator (an upload
-    from a slow link holds its thread for as long as it takes). The caller checks that plain text is allowed
+    RESOURCE_EXHAUSTED). The caller checks that plain text is allowed
     (``fedrl.wire.tls.ensure_plaintext_allowed``) and stops the server with ``server.stop(grace)``.
     """
     streams = limits.max_concurrent_streams
@@ -278,20 +369,31 @@ def serve_grpc(
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.max_concurrent_streams", streams),
-        # calls the C core has accepted but no Python thread has picked up yet; past this the
+        # calls the C core has accepted but the service has not picked up yet; past this the
         # client sees CANCELLED. The default (a few hundred) drops calls from a 1,000-client fleet
-        # that is merely queued behind the worker threads (benchmarks/load.py).
+        # that is merely queued (benchmarks/load.py).
         ("grpc.server.max_pending_requests", 8 * streams),
         ("grpc.server.max_pending_requests_hard_limit", 16 * streams),
         ("grpc.so_reuseport", 0),  # a second server on a port in use must fail, not share it
         ("grpc.http2.bdp_probe", int(limits.grow_windows)),  # off: a burst of uploads is buffered 64 KiB a call
     ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=min(streams, limits.worker_threads), thread_name_prefix="fedrl-grpc"),
-        handlers=[FederationService(coordinator, metrics).handler()],
-        options=options,
-        maximum_concurrent_rpcs=streams,
-    )
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-    server.start()
-    return server, port
+    pool = futures.ThreadPoolExecutor(max_workers=limits.worker_threads, thread_name_prefix="fedrl-grpc")
+    loop = asyncio.new_event_loop()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(
+            handlers=[FederationService(coordinator, pool, metrics).handler()],
+            options=options,
+            maximum_concurrent_rpcs=streams,
+        )
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        await server.start()
+        return server, port
+
+    try:
+        server, port = loop.run_until_complete(start())
+    except BaseException:
+        loop.close()
+        pool.shutdown(wait=False)
+        raise
+    return GrpcServer(loop, server, pool), port

@@ -10,7 +10,9 @@ Layout of a state directory::
 
 Crash safety. An update's vector is written to its file (fsynced under ``durability: fsync``)
 and then its record is committed, before its acknowledgement is returned: an acknowledged
-update is on disk. A file without a record (a crash in between) is never read and is swept at
+update is on disk. Under ``durability: fsync`` the records of updates arriving together share
+one fsync of SQLite's write-ahead log (``sync_records``, a group commit), which every later
+fsynced commit would flush as well. A file without a record (a crash in between) is never read and is swept at
 the next start; the files of a round are deleted once the version it made is recorded. A new
 version is written as a file first (temporary name, fsync, rename) and then recorded, together
 with the round's closing and the next round's opening, in one transaction: a crash between the
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -164,13 +168,14 @@ class Store:
                 disk.private_file(self.path / name)
         self.db = sqlite3.connect(self.path / "server.db", check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row  # rows are read by column name
-        self.db.execute("PRAGMA page_size=65536")  # before WAL: it fixes the page size of a new database
+        self.db.execute("PRAGMA page_size=4096")  # before WAL: it fixes the page size of a new database
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'fsync' else 'NORMAL'}")
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.executescript(_SCHEMA)
         self._add_missing_columns()
         self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        self._records = GroupSync(self.path / "server.db-wal")
 
     def _add_missing_columns(self) -> None:
         """Give a database made by an earlier release the columns added since (``_ADDED_COLUMNS``)."""
@@ -286,11 +291,12 @@ class Store:
         self.db.execute("UPDATE clients SET registered_at = COALESCE(registered_at, ?) WHERE name = ?", (now, name))
 
     def save_liveness(self, seen: dict[str, Seen]) -> None:
-        """Store when each client was last heard from and the version it acts with."""
-        self.db.executemany(
-            "UPDATE clients SET last_seen = ?, acting_version = ? WHERE name = ?",
-            [(s.last_seen, s.acting_version, name) for name, s in seen.items()],
-        )
+        """Store when each client was last heard from and the version it acts with (one commit)."""
+        with self._transaction():
+            self.db.executemany(
+                "UPDATE clients SET last_seen = ?, acting_version = ? WHERE name = ?",
+                [(s.last_seen, s.acting_version, name) for name, s in seen.items()],
+            )
 
     def liveness(self) -> dict[str, Seen]:
         """Last-seen time and acting version of every client that has been seen."""
@@ -468,8 +474,26 @@ class Store:
         """Delete an update's file (one that was written but will not be recorded)."""
         (self.path / "updates" / update_file_name(update_id)).unlink(missing_ok=True)
 
-    def record_update(self, submission: Submission, round_: int, digest: str, now: float) -> None:
-        """Commit an update's record (its file is already written); durable when this returns."""
+    def record_update(self, submission: Submission, round_: int, digest: str, now: float) -> int:
+        """Commit an update's record (its file is already written). It survives a crash of the
+        process when this returns, and a power cut once ``sync_records`` returns for the ticket
+        returned (under ``durability: process``, at once)."""
+        if self.fsync:
+            self.db.execute("PRAGMA synchronous=NORMAL")  # the log is fsynced by sync_records, for many records
+        try:
+            self._insert_update(submission, round_, digest, now)
+        finally:
+            if self.fsync:
+                self.db.execute("PRAGMA synchronous=FULL")
+        return self._records.wrote()
+
+    def sync_records(self, ticket: int) -> None:
+        """Return once the update records up to ``ticket`` are on disk; safe to call without the
+        coordinator's lock, so that records committed meanwhile share one fsync."""
+        if self.fsync:
+            self._records.wait(ticket)
+
+    def _insert_update(self, submission: Submission, round_: int, digest: str, now: float) -> None:
         s = submission
         self.db.execute(
             "INSERT INTO updates(update_id, client, round, base_version, env_steps, metrics, digest, has_control, "
@@ -556,6 +580,52 @@ class Store:
 
     def _transaction(self):
         return _Transaction(self.db)
+
+
+class GroupSync:
+    """A group commit: records committed to SQLite's write-ahead log without an fsync are made
+    durable by one fsync of the log for all those committed before it started. Each caller
+    waits for its ticket; one of them syncs while the others wait (``fsync`` flushes the file's
+    every page, whoever wrote it)."""
+
+    def __init__(self, log: Path) -> None:
+        self._log = log
+        self._changed = threading.Condition()
+        self._written = self._synced = 0
+        self._syncing = False
+
+    def wrote(self) -> int:
+        """Note one more record committed (called right after its commit); returns its ticket."""
+        with self._changed:
+            self._written += 1
+            return self._written
+
+    def wait(self, ticket: int) -> None:
+        """Return once every record up to ``ticket`` is on disk."""
+        with self._changed:
+            while self._synced < ticket:
+                if self._syncing:
+                    self._changed.wait()
+                    continue
+                self._syncing, target = True, self._written
+                self._changed.release()
+                try:
+                    self._sync()
+                finally:
+                    self._changed.acquire()
+                    self._syncing = False
+                    self._changed.notify_all()
+                self._synced = max(self._synced, target)
+
+    def _sync(self) -> None:
+        try:
+            fd = os.open(self._log, os.O_RDONLY)
+        except FileNotFoundError:  # the last connection closed, which checkpointed and synced the log
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class _Transaction:

@@ -76,7 +76,7 @@ def chunks(vector: np.ndarray | bytes, size: int = CHUNK_BYTES) -> Iterator[byte
         yield bytes(payload[start : start + size])
 
 
-def _declared_bytes(metas: Mapping[str, VectorMeta | BytesMeta], max_bytes: int) -> int:
+def declared_bytes(metas: Mapping[str, VectorMeta | BytesMeta], max_bytes: int) -> int:
     """The total the headers declare, after checking each is a layout this side can read."""
     for name, meta in metas.items():
         if isinstance(meta, VectorMeta) and meta.dtype != DTYPE:
@@ -99,7 +99,7 @@ def assemble(
     ``max_bytes`` (RESOURCE_EXHAUSTED, before anything is buffered), more or fewer bytes than
     declared, and a vector whose sha256 differs from its header's.
     """
-    expected = _declared_bytes(metas, max_bytes)
+    expected = declared_bytes(metas, max_bytes)
     buffer = bytearray()
     for piece in pieces:
         if len(buffer) + len(piece) > expected:

@@ -255,18 +255,9 @@ def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int, dim: int | None 
     With ``dim`` (the model's size) a header declaring vectors of another length is refused
     before a single chunk is read, as is one declaring more than ``max_bytes`` in all."""
     header, chunks = _split(parts, "update")
-    encoded = header.HasField("payload")
-    if encoded and header.HasField("delta"):
-        raise Rejected(Reason.INVALID_ARGUMENT, "an update carries its delta or a payload, not both")
-    metas = {"payload": _payload_meta(header.payload)} if encoded else {"delta": _meta(header.delta)}
-    if header.HasField("control_delta"):
-        metas["control_delta"] = _meta(header.control_delta)
-    for name, meta in metas.items():
-        if dim is not None and isinstance(meta, codec.VectorMeta) and meta.length != dim:
-            raise Rejected(
-                Reason.INVALID_ARGUMENT, f"{name}: the header declares shape ({meta.length},); the model's is ({dim},)"
-            )
+    metas = _update_layout(header, dim)
     sent, *control = codec.assemble(metas, chunks, max_bytes)
+    encoded = "payload" in metas
     return Submission(
         update_id=header.update_id,
         client=header.client,
@@ -281,6 +272,31 @@ def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int, dim: int | None 
         norm=read_norm(header.norm) if header.HasField("norm") else None,
         clients=_clients(header.clients),
     )
+
+
+def declared_update_bytes(first: pb.UpdatePart, max_bytes: int, dim: int | None = None) -> int:
+    """The bytes of chunks that an update stream starting with ``first`` declares, refused (as
+    ``read_update`` would refuse the stream) when ``first`` is not a header a reader accepts: a
+    transport reading chunks as they come checks this before the first one."""
+    header, _ = _split([first], "update")
+    return codec.declared_bytes(_update_layout(header, dim), max_bytes)
+
+
+def _update_layout(header: pb.UpdateHeader, dim: int | None) -> dict[str, codec.VectorMeta | codec.BytesMeta]:
+    """The vectors an update's header declares, in stream order; with ``dim``, a vector of another
+    length is refused."""
+    encoded = header.HasField("payload")
+    if encoded and header.HasField("delta"):
+        raise Rejected(Reason.INVALID_ARGUMENT, "an update carries its delta or a payload, not both")
+    metas = {"payload": _payload_meta(header.payload)} if encoded else {"delta": _meta(header.delta)}
+    if header.HasField("control_delta"):
+        metas["control_delta"] = _meta(header.control_delta)
+    for name, meta in metas.items():
+        if dim is not None and isinstance(meta, codec.VectorMeta) and meta.length != dim:
+            raise Rejected(
+                Reason.INVALID_ARGUMENT, f"{name}: the header declares shape ({meta.length},); the model's is ({dim},)"
+            )
+    return metas
 
 
 def _clients(declared: int) -> int:
