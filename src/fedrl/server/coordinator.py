@@ -554,17 +554,19 @@ class Coordinator:
             return self._store.load_version(version)[0]
 
     # --- updates -----------------------------------------------------------------------
-    def submit(self, client: str, submission: Submission, admitted: bool = False) -> Ack:
+    def submit(self, client: str, submission: Submission, admitted: bool = False, verified: bool = False) -> Ack:
         """Validate and durably store one update; the ``Ack`` is returned only once it is on disk.
         A resubmission of a stored update id returns the original acknowledgement. The checks
         that need no shared state (decoding, shape, finite values, digest, norm) and the file
         write run outside the lock, so uploads from many clients proceed in parallel. ``admitted``:
-        the transport rate-limited the upload at its start (``admit``)."""
+        the transport rate-limited the upload at its start (``admit``); ``verified``: it checked the
+        update's ``digest`` against the bytes received (``convert.read_update`` does), which are not
+        hashed again."""
         if not admitted:
             self.admit(client)
         if self._only_masked(client):
             self._counted(_refuse_in_clear, client, submission)
-        submission, digest = self._counted(self._prepared, client, submission)
+        submission, digest = self._counted(lambda c, sub: self._prepared(c, sub, verified), client, submission)
         with self._lock:
             repeated = self._counted(lambda c, sub: self._screen(c, sub, digest), client, submission)
             if repeated is not None:
@@ -572,10 +574,12 @@ class Coordinator:
             self._writing.add(submission.update_id)
         try:
             self._store.write_update_file(submission)
-        finally:
+        except BaseException:
             with self._lock:
                 self._writing.discard(submission.update_id)
+            raise
         with self._lock:
+            self._writing.discard(submission.update_id)
             try:
                 ack, ticket = self._counted(lambda c, sub: self._record(c, sub, digest), client, submission)
             except Rejected:
@@ -607,7 +611,7 @@ class Coordinator:
             self.note_rejected(client, exc)
             raise
 
-    def _prepared(self, client: str, s: Submission) -> tuple[Submission, str]:
+    def _prepared(self, client: str, s: Submission, verified: bool = False) -> tuple[Submission, str]:
         """The checks that need no shared state: identity, decoding, vectors; returns the update
         with its payload decoded into ``delta`` and the digest of what was sent."""
         if s.client != client:
@@ -615,7 +619,7 @@ class Coordinator:
                 Reason.PERMISSION_DENIED, f"the token belongs to {client!r}; an update cannot be sent as {s.client!r}"
             )
         s = self._decoded(s, client in self._regions)
-        digest = self._check_vectors(s)
+        digest = self._check_vectors(s, verified)
         self._check_stats(client, s)
         return s, digest
 
@@ -669,8 +673,9 @@ class Coordinator:
             raise Rejected(Reason.ALREADY_EXISTS, f"update id {s.update_id!r} was already used for a different update")
         return Ack(s.update_id, known.round, known.accepted_at, duplicate=True)
 
-    def _check_vectors(self, s: Submission) -> str:
-        """Shape, dtype, finite values, digest and norm; returns the content digest."""
+    def _check_vectors(self, s: Submission, verified: bool = False) -> str:
+        """Shape, dtype, finite values, digest (``verified``: checked by the transport) and norm;
+        returns the content digest."""
         vectors = [("delta", s.delta)] + ([("control_delta", s.control_delta)] if s.control_delta is not None else [])
         for label, v in vectors:
             if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (self.dim,):
@@ -685,7 +690,7 @@ class Coordinator:
         if (s.control_delta is not None) != self.setup.strategy.uses_control_variates:
             need = "needs" if self.setup.strategy.uses_control_variates else "takes no"
             raise Rejected(Reason.INVALID_ARGUMENT, f"strategy {self.setup.strategy.name} {need} control_delta")
-        digest = s.sent_digest
+        digest = s.digest if verified else s.sent_digest
         if s.digest and s.digest != digest:
             raise Rejected(Reason.INVALID_ARGUMENT, "digest mismatch: the update's bytes changed in transit")
         self._check_norm(s.delta)

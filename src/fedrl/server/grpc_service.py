@@ -311,7 +311,7 @@ class FederationService:
         except Rejected as refusal:
             self._coordinator.note_rejected(client, refusal)
             raise
-        return self._coordinator.submit(client, submission, admitted=True)
+        return self._coordinator.submit(client, submission, admitted=True, verified=True)
 
     async def secure_step(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """One step of the open round's secure aggregation, as the caller."""

@@ -329,7 +329,7 @@ class MqttService:
             if self._rejected is not None:
                 self._rejected.labels(reason=refusal.reason.value).inc()
             raise
-        return mq.Reply(ack=convert.ack_message(self._coordinator.submit(client, submission)))
+        return mq.Reply(ack=convert.ack_message(self._coordinator.submit(client, submission, verified=True)))
 
     def _secure_step(self, client: str, request: mq.Request) -> mq.Reply:
         round_, step, payload = convert.read_secure_request(request.secure)

@@ -100,13 +100,15 @@ def assemble(
     declared, and a vector whose sha256 differs from its header's.
     """
     expected = declared_bytes(metas, max_bytes)
-    buffer = bytearray()
+    received, size = [], 0
     for piece in pieces:
-        if len(buffer) + len(piece) > expected:
+        size += len(piece)
+        if size > expected:
             raise Rejected(Reason.INVALID_ARGUMENT, f"received more than the {expected} bytes the header declares")
-        buffer += piece
-    if len(buffer) != expected:
-        raise Rejected(Reason.INVALID_ARGUMENT, f"received {len(buffer)} bytes; the header declares {expected}")
+        received.append(piece)
+    if size != expected:
+        raise Rejected(Reason.INVALID_ARGUMENT, f"received {size} bytes; the header declares {expected}")
+    buffer = received[0] if len(received) == 1 else b"".join(received)  # one piece: no copy
     vectors, offset = [], 0
     for name, meta in metas.items():
         payload = memoryview(buffer)[offset : offset + meta.nbytes]

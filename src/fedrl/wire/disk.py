@@ -30,15 +30,19 @@ _HEADER = "fedrl.header"
 PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
 
 
-def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Replace ``path`` by ``data`` in one step (tmp file, fsync, rename); with ``fsync=False`` the
-    file survives a crash of the process but not of the machine."""
+def write_atomic(path: Path, data: bytes | list[memoryview], fsync: bool = True) -> None:
+    """Replace ``path`` by ``data`` (bytes, or buffers written one after the other, uncopied) in one
+    step (tmp file, fsync, rename); with ``fsync=False`` the file survives a crash of the process but
+    not of the machine."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
     os.fchmod(fd, PRIVATE_FILE)  # a leftover temporary file may have been made with another mode
     with os.fdopen(fd, "wb") as file:
-        file.write(data)
+        if isinstance(data, list):
+            file.writelines(data)
+        else:
+            file.write(data)
         if fsync:
             file.flush()
             os.fsync(file.fileno())
