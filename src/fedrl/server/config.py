@@ -91,8 +91,8 @@ class LimitsConfig(FrozenConfig):
     worker_threads: int = Field(
         32,
         ge=1,
-        description="threads for the gRPC service's work that waits (storing an update, registering, pulling a stored "
-        "version, a long poll); also the uploads read at once, the others waiting unread in their HTTP/2 windows",
+        description="threads for the gRPC service's waits (an update's fsyncs, registering, pulling a stored version, "
+        "a long poll); also the uploads read at once, the others waiting unread in their HTTP/2 windows",
     )
     grow_windows: bool = Field(
         False,

@@ -104,6 +104,15 @@ class FleetStatus:
     rounds: list[RoundStatus]
 
 
+@dataclass(frozen=True)
+class Taken:
+    """An update checked and screened by ``Coordinator.accept``, its id reserved, not yet recorded."""
+
+    client: str
+    submission: Submission
+    digest: str
+
+
 class Coordinator:
     """The server's state machine over a ``Store``; see the module docstring."""
 
@@ -561,7 +570,26 @@ class Coordinator:
         write run outside the lock, so uploads from many clients proceed in parallel. ``admitted``:
         the transport rate-limited the upload at its start (``admit``); ``verified``: it checked the
         update's ``digest`` against the bytes received (``convert.read_update`` does), which are not
-        hashed again."""
+        hashed again. A transport that waits on the disk elsewhere (``durable``) runs the steps
+        itself: ``accept``, ``write``, ``record``, ``sync_records``."""
+        taken = self.accept(client, submission, admitted, verified)
+        if isinstance(taken, Ack):
+            return taken
+        self.write(taken)
+        ack, ticket = self.record(taken)
+        self.sync_records(ticket)
+        return ack
+
+    @property
+    def durable(self) -> bool:
+        """Whether ``write`` and ``sync_records`` wait for the disk (``store.durability: fsync``)."""
+        return self._store.fsync
+
+    def accept(
+        self, client: str, submission: Submission, admitted: bool = False, verified: bool = False
+    ) -> Ack | Taken:
+        """``submit``'s checks: the original ack for a resubmission, else the update taken to be
+        written (its id reserved until ``record``)."""
         if not admitted:
             self.admit(client)
         if self._only_masked(client):
@@ -572,21 +600,33 @@ class Coordinator:
             if repeated is not None:
                 return repeated
             self._writing.add(submission.update_id)
+        return Taken(client, submission, digest)
+
+    def write(self, taken: Taken) -> None:
+        """Write a taken update's file (fsynced when ``durable``); a failure frees its id."""
         try:
-            self._store.write_update_file(submission)
+            self._store.write_update_file(taken.submission)
         except BaseException:
             with self._lock:
-                self._writing.discard(submission.update_id)
+                self._writing.discard(taken.submission.update_id)
             raise
+
+    def record(self, taken: Taken) -> tuple[Ack, int]:
+        """Commit a written update to the round open now; its ack, and the ticket that
+        ``sync_records`` makes durable."""
+        update_id = taken.submission.update_id
         with self._lock:
-            self._writing.discard(submission.update_id)
+            self._writing.discard(update_id)
             try:
-                ack, ticket = self._counted(lambda c, sub: self._record(c, sub, digest), client, submission)
+                return self._counted(lambda c, sub: self._record(c, sub, taken.digest), taken.client, taken.submission)
             except Rejected:
-                self._store.remove_update_file(submission.update_id)
+                self._store.remove_update_file(update_id)
                 raise
-        self._store.sync_records(ticket)  # outside the lock: updates arriving together share one fsync
-        return ack
+
+    def sync_records(self, ticket: int) -> None:
+        """Return once the records up to ``ticket`` are on disk; outside the lock, so that updates
+        arriving together share one fsync."""
+        self._store.sync_records(ticket)
 
     def note_rejected(self, client: str, refusal: Rejected) -> None:
         """Count and log a refused update; transports call it for updates they could not even

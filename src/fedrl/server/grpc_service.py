@@ -7,11 +7,11 @@ message as the details; any other exception becomes INTERNAL, is logged with its
 the server goes on serving.
 
 The service runs on ``grpc.aio``: one event loop, on a thread of its own, reads every call and
-answers the quick ones (heartbeats, tasks, the chunks of an upload) itself; work that waits on
-the disk or holds a client (storing an update, registering, pulling a stored version, a long
-poll) goes to a pool of ``limits.worker_threads`` threads, one hand-off each way. A thread per
-call, as before, spent most of an update's CPU handing the coordinator's lock and the
-interpreter between threads (docs/benchmarks.md, Load).
+does its work (reassembling, checking, writing and recording an update included); only the waits
+go to a pool of ``limits.worker_threads`` threads: the fsyncs of an update's file and record,
+registering, pulling a stored version, a long poll. A hand-off between threads costs more than
+most of the work it would move: a thread per call, as before, spent most of an update's CPU
+handing the coordinator's lock and the interpreter between threads (docs/benchmarks.md, Load).
 
 An upload cannot hold the server hostage: a client may have at most ``limits.uploads_per_client``
 uploads open at once, and a watchdog cancels an upload that sends nothing for
@@ -44,7 +44,7 @@ from fedrl.server.metrics import ServerMetrics
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.convert import parse_message
-from fedrl.wire.records import Reason, Rejected
+from fedrl.wire.records import Ack, Reason, Rejected
 
 TRANSPORT = "grpc"  # the label of this transport in the byte counters
 WATCH_PERIOD_S = 0.5  # how often the upload watchdog looks
@@ -282,7 +282,7 @@ class FederationService:
                 raise
             await context.abort(grpc.StatusCode.CANCELLED, "the upload went silent or took too long; cancelled")
         upload.reader = None
-        return self._out(convert.ack_message(await self._blocking(self._accept, client, parts)))
+        return self._out(convert.ack_message(await asyncio.shield(self._accept(client, parts))))
 
     async def _read_parts(self, requests: AsyncIterable[bytes], upload: _Upload) -> list[pb.UpdatePart]:
         """The stream's parts; a header declaring more than the model's size or the server's limit
@@ -304,14 +304,28 @@ class FederationService:
             parts.append(part)
         return parts
 
-    def _accept(self, client: str, parts: list[pb.UpdatePart]):
-        """Reassemble ``parts`` and submit the update (on the pool: hashing and storing it wait)."""
+    async def _accept(self, client: str, parts: list[pb.UpdatePart]) -> Ack:
+        """Reassemble, check, store and record the update on the loop, and wait for the disk (its
+        file's and its record's fsyncs) on the pool: a hand-off between threads costs more than the
+        work it would move (docs/benchmarks.md, Load). Shielded by the caller: once begun, it ends,
+        whether or not the client is still there to hear its ack."""
+        coordinator = self._coordinator
         try:
-            submission = convert.read_update(parts, self._coordinator.max_update_bytes, self._coordinator.dim)
+            submission = convert.read_update(parts, coordinator.max_update_bytes, coordinator.dim)
         except Rejected as refusal:
-            self._coordinator.note_rejected(client, refusal)
+            coordinator.note_rejected(client, refusal)
             raise
-        return self._coordinator.submit(client, submission, admitted=True, verified=True)
+        taken = coordinator.accept(client, submission, admitted=True, verified=True)
+        if isinstance(taken, Ack):
+            return taken
+        if coordinator.durable:
+            await self._blocking(coordinator.write, taken)
+        else:
+            coordinator.write(taken)
+        ack, ticket = coordinator.record(taken)
+        if coordinator.durable:
+            await self._blocking(coordinator.sync_records, ticket)
+        return ack
 
     async def secure_step(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """One step of the open round's secure aggregation, as the caller."""
