@@ -15,7 +15,7 @@ thread count and options, answering every call without doing anything. Generator
 the machine's cores. A quick or partial run (``--quick``, ``--models``, ...) prints its table and
 leaves docs/benchmarks.md alone.
 
-    flock /tmp/fedrl-bench.lock python benchmarks/load.py           # full run, about 5 minutes
+    flock /tmp/fedrl-bench.lock python benchmarks/load.py           # full run, about 6 minutes
     flock /tmp/fedrl-bench.lock python benchmarks/load.py --quick   # smoke run; prints, writes nothing
 """
 
@@ -74,7 +74,7 @@ class Settings:
     window_s: float
     models: tuple[str, ...]
     server_sets: tuple[str, ...] = ()  # `fedrl server --set` overrides, to try other server settings
-    aio_echo: bool = False  # also measure the ceiling of a grpc.aio service (`_echo_server.py --aio`)
+    aio_echo: bool = True  # also measure a bare grpc.aio service (`_echo_server.py --aio`), fedrl's transport
 
 
 @dataclass
@@ -550,16 +550,18 @@ KINDS = {
 def plot(results: list[Result], settings: Settings) -> None:
     """Accepted updates/s and peak server RSS per model (log scales), one bar per server."""
     fig, (rate_ax, rss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    x, width = np.arange(len(settings.models)), 0.27
-    for k, (kind, label) in enumerate(KINDS.items()):
+    kinds = {kind: label for kind, label in KINDS.items() if any((r.server, r.durability) == kind for r in results)}
+    x, width = np.arange(len(settings.models)), 0.8 / len(kinds)
+    for k, (kind, label) in enumerate(kinds.items()):
         rows = {r.model: r for r in results if (r.server, r.durability) == kind}
         rates = [rows[m].rate for m in settings.models]
-        rate_ax.bar(x + (k - 1) * width, rates, width, label=label)
+        at = x + (k - (len(kinds) - 1) / 2) * width
+        rate_ax.bar(at, rates, width, label=label)
         if kind[0] == "fedrl":  # its fraction of the ceiling above each bar
             for i, (m, rate) in enumerate(zip(settings.models, rates)):
                 ceiling = next(r.rate for r in results if r.model == m and r.server == "grpcio echo")
-                rate_ax.text(x[i] + (k - 1) * width, rate * 1.05, f"{rate / ceiling:.2f}x", ha="center", fontsize=7)
-        rss_ax.bar(x + (k - 1) * width, [rows[m].window.peak_rss_mb for m in settings.models], width, label=label)
+                rate_ax.text(at[i], rate * 1.05, f"{rate / ceiling:.2f}x", ha="center", fontsize=7)
+        rss_ax.bar(at, [rows[m].window.peak_rss_mb for m in settings.models], width, label=label)
     rate_ax.axhline(TARGET_RATE, color="black", linestyle=":", label=f"target at 100k: {TARGET_RATE}/s")
     for ax, title in ((rate_ax, "accepted updates / s"), (rss_ax, "peak server RSS (MB)")):
         ax.set_xticks(x, [f"{m} params" for m in settings.models])
@@ -645,52 +647,38 @@ def description(settings: Settings) -> str:
         "under the same generator: grpcio's synchronous server with the same message-size options, a thread for "
         "every call it may hold (2 x clients + 64) and gRPC's growing HTTP/2 windows (plus "
         "`grpc.server.max_pending_requests` at 4x the clients), answering every call without parsing, hashing or "
-        "storing. Generator, server and whatever else runs on this shared 2-core machine compete for the same two "
-        "cores: the last column gives the cores each used during the window."
+        "storing; `grpc.aio echo` is the same on grpc.aio, the transport `fedrl server` runs on. Generator, server "
+        "and whatever else runs on this shared 2-core machine compete for the same two cores: the last column gives "
+        "the cores each used during the window."
     )
 
 
 LIMITS = (
-    "What limits it (profiled with the server in-process: cProfile per thread, and a timer on the coordinator's "
-    "lock). The work per 100k update is about 1 ms on one thread (reassembly 0.3 ms, SHA-256 0.25 ms, the file "
-    "0.4 ms, or 1.3 ms fsynced, the record 0.2 ms, or 0.8 ms fsynced). Under this load the server process spends "
-    "about 6 ms of CPU per GetTask + PushUpdate, against 1.2-1.4 ms for the bare grpcio server: it is one Python "
-    "interpreter (one core at a time for Python code) switching between handler threads that queue for the "
-    "coordinator's lock, on two cores it shares with the load generator. Since this benchmark was first run, the "
-    "token lookup, the per-update checks and hashing, and the reading of a round's files moved out of the lock, "
-    "a FedBuff round stopped growing past its buffer, the handler threads went from one per call to a pool of 32 "
-    "(`limits.worker_threads`) and gRPC's queue of pending calls was raised: 100k went from 0.17-0.21x to 0.30x "
-    "of the ceiling, 1M from 11-15 to 55 updates/s (as measured then), and the CANCELLED calls are gone. Later, "
-    "with numpy 2.4's OpenBLAS, the update norm check (`np.linalg.norm`, a BLAS dot) called by 32 handler "
-    "threads at once took 130 times as long per call (its threads contend: 17 updates/s at 100k); it is now "
-    "summed by numpy's own loop. A later measurement (2026-12-07, the lock timed per call site over a 24.5 s "
-    "window at 100k, fsync, 224/s): the lock was held 48 % of the time, 1.5 ms per update to record it (the "
-    "SQLite insert and its fsynced commit), 0.34 ms to check it against the round, 27 ms per tick (the liveness "
-    "of 1,000 clients every 2 s) and 7.5 ms per round closed, while handler threads waited 115 ms per update for "
-    "it. With durability process the record takes 0.77 ms and the rate is the same (233/s), and the process "
-    "holds the interpreter's lock only about a quarter of the time (py-spy): no one resource is saturated; the "
-    "pace is set by handing the coordinator's lock and the interpreter between 32 threads. Fewer handler threads "
-    "(4, 8, 16: 251, 232 and 224/s against 224/s with 32), a shorter interpreter switch interval (0.5 and 1 ms "
-    "against 5 ms) and one lock acquisition fewer per update moved nothing beyond noise, so none was kept. "
-    "Where the server's CPU goes (later the same day, 100k, fsync, about 180/s, from /proc and `perf record` of "
-    "the server): 0.78 core of user time and 0.42 of system time, with 20,000 voluntary context switches a "
-    "second, about 110 per update; 46 % of the server's samples are in the kernel, 16 % of all of them switching "
-    "threads (futex waits for the coordinator's lock, the interpreter and gRPC's queues), 8 % SHA-256, 6 % "
-    "OpenBLAS's idle threads spinning, 5.5 % the interpreter's loop. One OpenBLAS thread (OPENBLAS_NUM_THREADS=1) "
-    "gave 190 and 188/s against 174 and 188/s: noise, not kept. So an update costs the server about 6 ms of CPU, "
-    "most of it handing work between threads, against 1.3 ms for the bare grpcio server; on two cores shared "
-    "with the generator 500/s needs under 3 ms. Reaching it would take a service that handles an update on one "
-    "thread without handing it on: an asyncio (grpc.aio) service, or several server processes sharing the store. "
-    "The transport allows it: a bare grpc.aio server under the same generator (`--echo-aio`; "
-    "`benchmarks/_echo_server.py --aio`) took 1,076 to 1,166 updates/s against 885 to 963 for the threaded one in "
-    "the same runs, with about 0.85 ms of CPU per update against 1.0 to 1.15 and half the memory (349 against 669 "
-    "MB), the generator then the limit at 0.9 core. Memory: with 1,000 clients uploading 4 MB each at once, gRPC's "
-    "own buffering dominated (the bare grpcio server alone peaks at 3-3.6 GB at 1M) while it grew each call's "
-    "HTTP/2 receive window to the bandwidth-delay product; `fedrl server` now keeps the fixed 64 KiB window "
-    "(`limits.grow_windows: false`), which took its peak at 1M from 5.9 to 3.3 GB (fsync; 5.5 to 2.8 GB process) "
-    "and at 100k from 1.0 to 0.7 GB, at the same rates. What remains grows with the handler threads' uploads (32 "
-    "at a time, each parsed and reassembled) and the round, read from the store into one buffer that the "
-    "strategy reads without copying."
+    "What limits it. Since 2026-12-07 the service runs on grpc.aio: one event loop reads every call and does "
+    "an update's work (reassembly, SHA-256 once, checks, its file, its record), and a pool of "
+    "`limits.worker_threads` threads only waits for the disk (the file's fsync, then the group commit: one fsync "
+    "of SQLite's log for all the records that arrived meanwhile); the rate limits and liveness left the round's "
+    "lock. Before, a thread per call handled each update (227/s at 100k, fsync, 232 with process durability) and "
+    "the server spent about 6 ms of CPU per GetTask + PushUpdate, most of it handing the coordinator's lock and "
+    "the interpreter between threads (about 110 context switches per update, 46 % of its samples in the kernel). "
+    "How each stage costs, measured by cutting the upload path short in the aio service (100k, durability process, "
+    "the same generator): acknowledging without reading the update, 732/s (0.84x the bare server); after "
+    "reassembling and hashing it on the pool, 536/s; after the checks, 382/s; after writing its file, 304/s; the "
+    "whole path on the pool, 237/s, where the pool's threads waited for the coordinator's lock 60 % of their busy "
+    "time while the process held the interpreter's lock only 39 % of the time (py-spy): the hand-offs between "
+    "threads, not the work, set the pace. Doing the work on the loop and only the waits on the pool took "
+    "durability process from 237 to 350/s; with fsync, whose two waits remain hand-offs, 235 to 249/s. A larger "
+    "pool, more uploads read at once (up to all 1,000), a shorter interpreter switch interval (0.1 and 0.5 ms) "
+    "and OPENBLAS_NUM_THREADS=1 moved nothing beyond noise; so did closing no FedBuff round at all (266 against "
+    "235/s): aggregation and deleting a round's files are not the limit. 500/s needs the per-update work off this "
+    "one interpreter: front-end processes that reassemble, hash and write updates and hand the coordinator only "
+    "their records, or updates appended to one file per round instead of a file each (creating and deleting a "
+    "400 KB file costs the kernel more than its fsync). Memory: with 1,000 clients uploading 4 MB each at once, "
+    "gRPC's own buffering dominates while it grows each call's HTTP/2 receive window to the bandwidth-delay "
+    "product; `fedrl server` keeps the fixed 64 KiB window (`limits.grow_windows: false`) and reads at most "
+    "`limits.worker_threads` uploads at once, the others waiting unread in their windows; what remains grows "
+    "with those uploads and the round, read from the store into one buffer that the strategy reads without "
+    "copying."
 )
 
 
@@ -727,21 +715,17 @@ def main() -> None:
         default=[],
         help="a `fedrl server --set` override for the fedrl server, e.g. limits.worker_threads=8 (repeatable)",
     )
-    parser.add_argument(
-        "--echo-aio", action="store_true", help="also measure a bare grpc.aio server's ceiling; prints only"
-    )
     args = parser.parse_args()
     clients = args.clients or (100 if args.quick else TARGET_CLIENTS)
     models = tuple(args.models or (("10k", "100k") if args.quick else MODELS))
     windows = (2.0, 4.0) if args.quick else (6.0, 12.0)
-    settings = Settings(clients, args.channels, *windows, models, tuple(args.server_set), args.echo_aio)
+    settings = Settings(clients, args.channels, *windows, models, tuple(args.server_set))
     results = measure(settings, tuple(args.durability))
-    changed = args.quick or args.clients or args.models or args.channels != 16 or args.server_set or args.echo_aio
+    changed = args.quick or args.clients or args.models or args.channels != 16 or args.server_set
     default = not (changed or len(args.durability) < 2)
-    if default:
+    print(table(results))
+    if default:  # a partial or changed run: figures printed, docs left alone
         write_report(results, settings)
-    else:
-        print(table(results))  # a partial or changed run: figures printed, docs left alone
 
 
 if __name__ == "__main__":
