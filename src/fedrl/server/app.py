@@ -90,18 +90,21 @@ def _tick(coordinator: Coordinator) -> None:
 
 
 class _Ending:
-    """When a server that exits with its run may go: once every client online has been told that the
-    run is over and has had a few polls' time to fetch the final version; at the latest
-    ``rounds.liveness_s`` after the run ended (a client silent that long is offline anyway)."""
+    """When a server that exits with its run may go: once every client still in touch has been told
+    that the run is over and has had a few polls' time to fetch the final version; at the latest
+    ``rounds.liveness_s`` after the run ended (a client silent that long is offline anyway). A client
+    in touch was heard from within a few heartbeats or long polls: a device that moved on to another
+    server of a hierarchy is not waited for."""
 
     def __init__(self, rounds: RoundConfig) -> None:
         self._grace_s = 3 * rounds.retry_s + 1.0
+        self.in_touch_s = 2 * max(rounds.heartbeat_s, rounds.long_poll_s, rounds.retry_s) + 1.0
         self._patience_s = rounds.liveness_s + self._grace_s
         self._finished_at: float | None = None
         self._all_told_at: float | None = None
 
     def over(self, unaware: list[str]) -> bool:
-        """Called while the run is finished, with the clients online not yet told so."""
+        """Called while the run is finished, with the clients in touch not yet told so."""
         now = time.monotonic()
         self._finished_at = self._finished_at or now
         self._all_told_at = None if unaware else (self._all_told_at or now)
@@ -199,7 +202,11 @@ def serve_coordinator(
             if stop.is_set():
                 break
             liveness.tick()
-            if ending is not None and coordinator.finished and ending.over(coordinator.unaware_of_finish()):
+            if (
+                ending is not None
+                and coordinator.finished
+                and ending.over(coordinator.unaware_of_finish(ending.in_touch_s))
+            ):
                 break
     finally:
         coordinator.release()

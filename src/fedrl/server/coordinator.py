@@ -366,11 +366,13 @@ class Coordinator:
         at_target = fed.stop_at_target and None not in (score, target) and score >= target
         return at_target or self._round.round > fed.rounds
 
-    def unaware_of_finish(self) -> list[str]:
-        """The clients online (heard from within ``rounds.liveness_s``) not yet told that the run is
-        over: a server that exits when its run is over waits for them, or they would look for it forever."""
+    def unaware_of_finish(self, within_s: float) -> list[str]:
+        """The clients heard from within ``within_s`` not yet told that the run is over: a server
+        that exits when its run is over waits for them, or they would look for it forever."""
+        now = self._clock()
         with self._lock:
-            return [c for c in self._online() if c not in self._told_finished]
+            heard = [c for c, seen in self._liveness().items() if now - seen.last_seen <= within_s]
+            return sorted(c for c in heard if c not in self._told_finished)
 
     def task(self, client: str, wait_s: float = 0.0) -> Task | Wait:
         """What ``client`` should do now: train from a version for the open round, or wait. With
