@@ -368,6 +368,31 @@ def test_a_finished_run_knows_which_clients_in_touch_have_not_heard_so(tmp_path)
     assert coordinator.unaware_of_finish(within_s=5) == []
 
 
+def test_a_resent_update_is_acknowledged_only_once_its_record_is_on_disk(tmp_path):
+    # Prepare: the first fsync of the records fails (a full disk, say) after the record was committed
+    coordinator, _ = open_with_clients(tmp_path, server_config(tmp_path), Clock())
+    group = coordinator._store._records
+    syncs, real_sync = [], group._sync
+
+    def failing_once() -> None:
+        syncs.append(group._written)
+        if len(syncs) == 1:
+            raise OSError("no space left on device")
+        real_sync()
+
+    group._sync = failing_once
+    sent = submission(coordinator, "a", coordinator.task("a"))
+    with pytest.raises(OSError):
+        coordinator.submit("a", sent)
+
+    # Execute: the device sends the same update again
+    ack = coordinator.submit("a", sent)
+
+    # Assert: the resend is the same update, acknowledged after a sync that covered its record
+    assert ack.duplicate and ack.update_id == sent.update_id
+    assert len(syncs) == 2 and syncs[1] >= 1
+
+
 def test_the_store_keeps_only_token_hashes(tmp_path):
     # Prepare
     store = Store(tmp_path / "state")

@@ -354,6 +354,25 @@ def test_garbage_bytes_are_an_invalid_argument(federation):
     assert federation.state() == before and federation.link("alice").heartbeat(0) == 0
 
 
+def test_an_empty_chunk_or_a_second_header_is_refused_as_it_arrives(federation):
+    # Prepare: a real update's stream, then one with an empty chunk and one with a header in the middle
+    token = federation.tokens["alice"]
+    before = federation.state()
+    task = federation.link("alice").task()
+    header, *chunks = [p.SerializeToString() for p in convert.update_parts(update(federation, "alice", task))]
+    empty = pb.UpdatePart(chunk=b"").SerializeToString()
+
+    # Execute
+    with_empty = raw_call(federation, "PushUpdate", [header, empty, *chunks], token)
+    two_headers = raw_call(federation, "PushUpdate", [header, header, *chunks], token)
+
+    # Assert: both refused for what they are; nothing stored
+    for refused in (with_empty, two_headers):
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "one header, then only non-empty chunks" in refused.details()
+    assert federation.state() == before
+
+
 def test_a_stale_or_unknown_base_version_is_a_failed_precondition(federation):
     close_first_round(federation)
     alice = federation.link("alice")

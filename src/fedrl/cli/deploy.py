@@ -57,7 +57,7 @@ def server(
     exit_when_finished: bool = typer.Option(
         False,
         "--exit-when-finished",
-        help="Stop once the run is over and every client online has been told so (at most rounds.liveness_s later).",
+        help="Stop once the run is over and every client in touch has heard so (at most liveness_s + a few polls).",
     ),
     init_from: Optional[Path] = typer.Option(
         None,

@@ -54,7 +54,7 @@ def aggregator(
     exit_when_finished: bool = typer.Option(
         False,
         "--exit-when-finished",
-        help="Stop once the parent's run is over and every device online has heard it (within rounds.liveness_s).",
+        help="Stop once the parent's run is over and every device in touch has heard so (liveness_s + a few polls).",
     ),
     transport: Transport = TRANSPORT,
     broker: str = BROKER,

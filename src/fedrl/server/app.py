@@ -45,7 +45,7 @@ class ServeOptions:
     listen: str = "127.0.0.1:50051"
     metrics_listen: str | None = "127.0.0.1:9108"  # None: no metrics endpoint
     credentials: grpc.ServerCredentials | None = None  # None: plain text (loopback only, checked by the CLI)
-    exit_when_finished: bool = False  # stop once the run is over and every client online has heard it
+    exit_when_finished: bool = False  # stop once the run is over and every client in touch has heard it
     broker: BrokerOptions | None = None  # serve through this MQTT broker instead of gRPC on ``listen``
     init_from: Path | None = None  # a new run starts from the policy saved here (pre-trained)
     callbacks: tuple[Factory, ...] = ()  # factories of a user's round callbacks (fedrl server --callback)

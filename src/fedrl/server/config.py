@@ -127,7 +127,7 @@ class LimitsConfig(FrozenConfig):
         2, ge=1, description="updates one client may be uploading at once; more are refused (RESOURCE_EXHAUSTED)"
     )
     upload_idle_s: float = Field(
-        15.0, gt=0, description="an upload that sends nothing for this long is cancelled, freeing its thread"
+        15.0, gt=0, description="an upload that sends nothing for this long is cancelled, freeing its place"
     )
     upload_timeout_s: float = Field(
         120.0, gt=0, description="the longest an upload may take, however slowly it trickles; then it is cancelled"

@@ -575,7 +575,8 @@ class Coordinator:
         hashed again. A transport that waits on the disk elsewhere (``durable``) runs the steps
         itself: ``accept``, ``write``, ``record``, ``sync_records``."""
         taken = self.accept(client, submission, admitted, verified)
-        if isinstance(taken, Ack):
+        if isinstance(taken, Ack):  # a resend: its record may still be on its way to the disk
+            self.sync_records(self.newest_record)
             return taken
         self.write(taken)
         ack, ticket = self.record(taken)
@@ -590,8 +591,9 @@ class Coordinator:
     def accept(
         self, client: str, submission: Submission, admitted: bool = False, verified: bool = False
     ) -> Ack | Taken:
-        """``submit``'s checks: the original ack for a resubmission, else the update taken to be
-        written (its id reserved until ``record``)."""
+        """``submit``'s checks: the original ack for a resubmission (to be returned once
+        ``sync_records(newest_record)`` has), else the update taken to be written (its id reserved
+        until ``record``)."""
         if not admitted:
             self.admit(client)
         if self._only_masked(client):
@@ -624,6 +626,11 @@ class Coordinator:
             except Rejected:
                 self._store.remove_update_file(update_id)
                 raise
+
+    @property
+    def newest_record(self) -> int:
+        """The ticket of the newest update recorded: ``sync_records`` of it makes every record durable."""
+        return self._store.newest_record
 
     def sync_records(self, ticket: int) -> None:
         """Return once the records up to ``ticket`` are on disk; outside the lock, so that updates

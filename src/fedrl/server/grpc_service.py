@@ -7,9 +7,11 @@ message as the details; any other exception becomes INTERNAL, is logged with its
 the server goes on serving.
 
 The service runs on ``grpc.aio``: one event loop, on a thread of its own, reads every call and
-does its work (reassembling, checking, writing and recording an update included); only the waits
-go to a pool of ``limits.worker_threads`` threads: the fsyncs of an update's file and record,
-registering, pulling a stored version, a long poll. A hand-off between threads costs more than
+does its work (reassembling, checking, writing and recording an update included); the waits on the
+disk go to a pool of ``limits.worker_threads`` threads: the fsyncs of an update's file and record,
+registering, pulling a stored version, and so do long polls. The loop still takes the
+coordinator's lock, which another thread may hold while it writes (a round's new version: some
+milliseconds), and then waits for it. A hand-off between threads costs more than
 most of the work it would move: a thread per call, as before, spent most of an update's CPU
 handing the coordinator's lock and the interpreter between threads (docs/benchmarks.md, Load).
 
@@ -49,6 +51,17 @@ from fedrl.wire.records import Ack, Reason, Rejected
 TRANSPORT = "grpc"  # the label of this transport in the byte counters
 WATCH_PERIOD_S = 0.5  # how often the upload watchdog looks
 SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
+
+
+def _settled(tasks: set[asyncio.Task]) -> Callable[[asyncio.Task], None]:
+    """A done callback: forget the task and take its outcome (the caller, if still there, has it too)."""
+
+    def done(task: asyncio.Task) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def _bearer_token(context: grpc.aio.ServicerContext) -> str:
@@ -116,6 +129,12 @@ class Uploads:
         return now - upload.last_heard > self.idle_s or now - upload.started > self.timeout_s
 
     async def _watch(self) -> None:
+        try:
+            await self._watch_open()
+        finally:
+            self._watch_task = None
+
+    async def _watch_open(self) -> None:
         while self._open:
             await asyncio.sleep(WATCH_PERIOD_S)
             now = time.monotonic()
@@ -129,7 +148,6 @@ class Uploads:
                 upload.reader.cancel()
                 upload.reader = None
                 self._on_cancel(upload.client)
-        self._watch_task = None
 
 
 class FederationService:
@@ -149,6 +167,7 @@ class FederationService:
             lambda client: coordinator.forfeit(client, "its upload went silent and was cancelled"),
         )
         self._reading = asyncio.Semaphore(limits.worker_threads)  # uploads read at once
+        self._accepting: set[asyncio.Task] = set()
         self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
         self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
 
@@ -259,7 +278,7 @@ class FederationService:
 
     async def push_update(self, requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> bytes:
         """Read one update's stream (its header checked before any chunk is read), then reassemble,
-        check, store and submit it on the pool; answer its ``Ack``."""
+        check, store and record it (``_accept``); answer its ``Ack``."""
         client = self._client(context)  # before a single chunk is read
         self._coordinator.admit(client)  # the rate limit too, so refused uploads are counted as calls
         with self.uploads.open(client) as upload:
@@ -282,41 +301,49 @@ class FederationService:
                 raise
             await context.abort(grpc.StatusCode.CANCELLED, "the upload went silent or took too long; cancelled")
         upload.reader = None
-        return self._out(convert.ack_message(await asyncio.shield(self._accept(client, parts))))
+        accepting = asyncio.ensure_future(self._accept(client, *parts))
+        self._accepting.add(accepting)  # a reference, and its outcome taken, should the client be gone
+        accepting.add_done_callback(_settled(self._accepting))
+        return self._out(convert.ack_message(await asyncio.shield(accepting)))
 
-    async def _read_parts(self, requests: AsyncIterable[bytes], upload: _Upload) -> list[pb.UpdatePart]:
-        """The stream's parts; a header declaring more than the model's size or the server's limit
-        is refused at once, a stream carrying more bytes than its header declared as they come."""
-        parts: list[pb.UpdatePart] = []
-        declared = received = 0
+    async def _read_parts(self, requests: AsyncIterable[bytes], upload: _Upload) -> tuple[pb.UpdateHeader, bytearray]:
+        """The stream's header and its chunks' bytes in one buffer: a header declaring more than the
+        model's size or the server's limit is refused at once, a second header, an empty chunk or
+        more bytes than declared as they come."""
+        header: pb.UpdateHeader | None = None
+        buffer, declared = bytearray(), 0
         most, dim = self._coordinator.max_update_bytes, self._coordinator.dim
         async for raw in requests:
             upload.last_heard = time.monotonic()
             part = parse_message(pb.UpdatePart, self._in(raw))
-            if not parts:
+            if header is None:
                 declared = convert.declared_update_bytes(part, most, dim)
-            else:
-                received += len(part.chunk)
-                if received > declared:
-                    raise Rejected(
-                        Reason.INVALID_ARGUMENT, f"received more than the {declared} bytes the header declares"
-                    )
-            parts.append(part)
-        return parts
+                header = part.header
+                continue
+            if part.WhichOneof("part") != "chunk" or not part.chunk:
+                raise Rejected(Reason.INVALID_ARGUMENT, "an update stream has one header, then only non-empty chunks")
+            if len(buffer) + len(part.chunk) > declared:
+                raise Rejected(Reason.INVALID_ARGUMENT, f"received more than the {declared} bytes the header declares")
+            buffer += part.chunk
+        if header is None:
+            raise Rejected(Reason.INVALID_ARGUMENT, "an update stream must start with its header")
+        return header, buffer
 
-    async def _accept(self, client: str, parts: list[pb.UpdatePart]) -> Ack:
-        """Reassemble, check, store and record the update on the loop, and wait for the disk (its
+    async def _accept(self, client: str, header: pb.UpdateHeader, buffer: bytearray) -> Ack:
+        """Reassemble, check, write and record the update on the loop, and wait for the disk (its
         file's and its record's fsyncs) on the pool: a hand-off between threads costs more than the
         work it would move (docs/benchmarks.md, Load). Shielded by the caller: once begun, it ends,
         whether or not the client is still there to hear its ack."""
         coordinator = self._coordinator
         try:
-            submission = convert.read_update(parts, coordinator.max_update_bytes, coordinator.dim)
+            submission = convert.read_update_from(header, [buffer], coordinator.max_update_bytes, coordinator.dim)
         except Rejected as refusal:
             coordinator.note_rejected(client, refusal)
             raise
         taken = coordinator.accept(client, submission, admitted=True, verified=True)
-        if isinstance(taken, Ack):
+        if isinstance(taken, Ack):  # a resend: its record may still be on its way to the disk
+            if coordinator.durable:
+                await self._blocking(coordinator.sync_records, coordinator.newest_record)
             return taken
         if coordinator.durable:
             await self._blocking(coordinator.write, taken)
@@ -338,6 +365,29 @@ class FederationService:
 class GrpcServer:
     """A started ``grpc.aio`` server, its event loop on a thread of its own and its worker pool."""
 
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        server: grpc.aio.Server,
+        pool: futures.ThreadPoolExecutor,
+        coordinator: Coordinator,
+    ) -> None:
+        self._loop, self._server, self._pool, self._coordinator = loop, server, pool, coordinator
+        self._thread = threading.Thread(target=loop.run_forever, name="fedrl-grpc-loop", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving: calls in flight get ``grace`` seconds to end (None: cancelled at once), clients
+        held in a long poll are answered at once; returns once the loop and the pool are done."""
+        if not self._thread.is_alive():
+            return
+        self._coordinator.release()
+        asyncio.run_coroutine_threadsafe(self._stopped(grace), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
     async def _stopped(self, grace: float | None) -> None:
         """Stop the server, then end what is left on the loop (the upload watchdog)."""
         await self._server.stop(grace)
@@ -345,22 +395,6 @@ class GrpcServer:
         for task in left:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server, pool: futures.ThreadPoolExecutor):
-        self._loop, self._server, self._pool = loop, server, pool
-        self._thread = threading.Thread(target=loop.run_forever, name="fedrl-grpc-loop", daemon=True)
-        self._thread.start()
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop serving: calls in flight get ``grace`` seconds to end (None: cancelled at once); returns
-        once the loop and the pool are done."""
-        if not self._thread.is_alive():
-            return
-        asyncio.run_coroutine_threadsafe(self._stopped(grace), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def serve_grpc(
@@ -410,4 +444,4 @@ def serve_grpc(
         loop.close()
         pool.shutdown(wait=False)
         raise
-    return GrpcServer(loop, server, pool), port
+    return GrpcServer(loop, server, pool, coordinator), port

@@ -169,7 +169,9 @@ class Store:
         self.db = sqlite3.connect(self.path / "server.db", check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row  # rows are read by column name
         self.db.execute("PRAGMA page_size=4096")  # before WAL: it fixes the page size of a new database
-        self.db.execute("PRAGMA journal_mode=WAL")
+        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":  # the group commit fsyncs the write-ahead log: without one, nothing would be
+            raise OSError(f"{self.path / 'server.db'}: SQLite cannot keep a write-ahead log here (journal mode {mode})")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'fsync' else 'NORMAL'}")
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.executescript(_SCHEMA)
@@ -487,6 +489,11 @@ class Store:
                 self.db.execute("PRAGMA synchronous=FULL")
         return self._records.wrote()
 
+    @property
+    def newest_record(self) -> int:
+        """The ticket of the newest update record committed."""
+        return self._records.newest
+
     def sync_records(self, ticket: int) -> None:
         """Return once the update records up to ``ticket`` are on disk; safe to call without the
         coordinator's lock, so that records committed meanwhile share one fsync."""
@@ -598,6 +605,12 @@ class GroupSync:
         self._changed = threading.Condition()
         self._written = self._synced = 0
         self._syncing = False
+
+    @property
+    def newest(self) -> int:
+        """The ticket of the newest record noted."""
+        with self._changed:
+            return self._written
 
     def wrote(self) -> int:
         """Note one more record committed (called right after its commit); returns its ticket."""

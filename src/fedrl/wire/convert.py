@@ -255,6 +255,14 @@ def read_update(parts: Iterable[pb.UpdatePart], max_bytes: int, dim: int | None 
     With ``dim`` (the model's size) a header declaring vectors of another length is refused
     before a single chunk is read, as is one declaring more than ``max_bytes`` in all."""
     header, chunks = _split(parts, "update")
+    return read_update_from(header, chunks, max_bytes, dim)
+
+
+def read_update_from(
+    header: pb.UpdateHeader, chunks: Iterable[bytes], max_bytes: int, dim: int | None = None
+) -> Submission:
+    """``read_update`` of a stream already split into its header and its chunks' bytes (a
+    transport that gathers the chunks as they come passes them in one buffer)."""
     metas = _update_layout(header, dim)
     sent, *control = codec.assemble(metas, chunks, max_bytes)
     encoded = "payload" in metas
