@@ -1,5 +1,18 @@
+import logging
+
 import pytest
 import yaml
+
+
+@pytest.fixture(autouse=True)
+def _fedrl_logger_restored():
+    """Put the ``fedrl`` logger back after each test: a command run in-process (``setup_logging``)
+    leaves it writing to that test's captured stream, which is closed by the time a later test's
+    background thread logs (a "Logging error" line in the output)."""
+    fedrl = logging.getLogger("fedrl")
+    saved = fedrl.handlers[:], fedrl.level, fedrl.propagate
+    yield
+    fedrl.handlers, fedrl.level, fedrl.propagate = saved
 
 
 @pytest.fixture
