@@ -68,6 +68,7 @@ def test_records_arriving_together_share_an_fsync_that_began_after_each_was_writ
 
     group._sync = slow_sync
     tickets, done = [], []
+    lock = threading.Lock()
 
     def upload(i: int) -> None:
         with lock:  # the coordinator's lock: records are committed one at a time
@@ -77,8 +78,6 @@ def test_records_arriving_together_share_an_fsync_that_began_after_each_was_writ
             tickets.append(ticket)
         store.sync_records(ticket)
         done.append((ticket, len(began_with)))
-
-    lock = threading.Lock()
 
     # Execute: 24 uploads at once
     threads = [threading.Thread(target=upload, args=(i,)) for i in range(24)]

@@ -224,6 +224,12 @@ class FederationService:
         """``function(*args)`` on the pool: work that waits on the disk or holds a client."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
+    async def _on_disk(self, function: Callable, *args):
+        """``function(*args)``: on the pool when it waits for the disk (a ``durable`` store), else here."""
+        if self._coordinator.durable:
+            return await self._blocking(function, *args)
+        return function(*args)
+
     def _client(self, context: grpc.aio.ServicerContext) -> str:
         """The calling client, by its token; unknown tokens are limited per peer address."""
         return self._coordinator.authenticate(_bearer_token(context), context.peer().rsplit(":", 1)[0])
@@ -290,9 +296,9 @@ class FederationService:
     ) -> bytes:
         """Read the upload's stream (its ``reader``, which the watchdog may cancel), then accept it."""
         upload.started = upload.last_heard = time.monotonic()
-        upload.reader = asyncio.ensure_future(self._read_parts(requests, upload))
+        upload.reader = asyncio.ensure_future(self._read_stream(requests, upload))
         try:
-            parts = await upload.reader
+            header, buffer = await upload.reader
         except Rejected as refusal:  # the coordinator counts the refusals it makes itself
             self._coordinator.note_rejected(client, refusal)
             raise
@@ -301,12 +307,12 @@ class FederationService:
                 raise
             await context.abort(grpc.StatusCode.CANCELLED, "the upload went silent or took too long; cancelled")
         upload.reader = None
-        accepting = asyncio.ensure_future(self._accept(client, *parts))
+        accepting = asyncio.ensure_future(self._accept(client, header, buffer))
         self._accepting.add(accepting)  # a reference, and its outcome taken, should the client be gone
         accepting.add_done_callback(_settled(self._accepting))
         return self._out(convert.ack_message(await asyncio.shield(accepting)))
 
-    async def _read_parts(self, requests: AsyncIterable[bytes], upload: _Upload) -> tuple[pb.UpdateHeader, bytearray]:
+    async def _read_stream(self, requests: AsyncIterable[bytes], upload: _Upload) -> tuple[pb.UpdateHeader, bytearray]:
         """The stream's header and its chunks' bytes in one buffer: a header declaring more than the
         model's size or the server's limit is refused at once, a second header, an empty chunk or
         more bytes than declared as they come."""
@@ -342,16 +348,11 @@ class FederationService:
             raise
         taken = coordinator.accept(client, submission, admitted=True, verified=True)
         if isinstance(taken, Ack):  # a resend: its record may still be on its way to the disk
-            if coordinator.durable:
-                await self._blocking(coordinator.sync_records, coordinator.newest_record)
+            await self._on_disk(coordinator.sync_records, coordinator.newest_record)
             return taken
-        if coordinator.durable:
-            await self._blocking(coordinator.write, taken)
-        else:
-            coordinator.write(taken)
+        await self._on_disk(coordinator.write, taken)
         ack, ticket = coordinator.record(taken)
-        if coordinator.durable:
-            await self._blocking(coordinator.sync_records, ticket)
+        await self._on_disk(coordinator.sync_records, ticket)
         return ack
 
     async def secure_step(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
