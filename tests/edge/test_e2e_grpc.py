@@ -29,7 +29,9 @@ TARGET = 300.0
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def server_config(n_clients: int, federation: dict, pipeline: dict, learner: dict | None = None) -> dict:
+def server_config(
+    n_clients: int, federation: dict, pipeline: dict, learner: dict | None = None, strategy: dict | None = None
+) -> dict:
     """Federated CartPole that a few rounds solve, with short waits."""
     return {
         "experiment": {
@@ -37,6 +39,7 @@ def server_config(n_clients: int, federation: dict, pipeline: dict, learner: dic
             "seed": 1,
             "env": {"family": "cartpole", "heterogeneity": 0.5},
             "learner": {"name": "ppo", "n_envs": 4, "n_steps": 64, "lr": 0.005, "hidden": [32, 32], **(learner or {})},
+            "strategy": strategy or {"name": "fedavg"},
             "federation": {"n_clients": n_clients, "local_steps": 512, **federation},
             "pipeline": pipeline,
         },
@@ -85,12 +88,18 @@ class Deployment:
     """A server state directory with enrolled clients, and the processes started on it."""
 
     def __init__(
-        self, root: Path, n_clients: int, federation: dict, pipeline: dict, learner: dict | None = None
+        self,
+        root: Path,
+        n_clients: int,
+        federation: dict,
+        pipeline: dict,
+        learner: dict | None = None,
+        strategy: dict | None = None,
     ) -> None:
         self.root, self.n_clients = root, n_clients
         self.port = _free_port()
         self.processes: list[subprocess.Popen] = []
-        config = server_config(n_clients, federation, pipeline, learner)
+        config = server_config(n_clients, federation, pipeline, learner, strategy)
         (root / "server.yaml").write_text(yaml.safe_dump(config))
         for i in range(n_clients):
             subprocess.run(
@@ -192,9 +201,9 @@ def _free_port() -> int:
 
 @pytest.fixture
 def deployment(request, tmp_path):
-    n_clients, federation, *more = request.param  # the experiment's pipeline and learner sections, when given
-    pipeline, learner = [*more, {}, {}][:2]
-    made = Deployment(tmp_path, n_clients, federation, pipeline, learner)
+    n_clients, federation, *more = request.param  # the experiment's pipeline, learner and strategy, when given
+    pipeline, learner, strategy = [*more, {}, {}, {}][:3]
+    made = Deployment(tmp_path, n_clients, federation, pipeline, learner, strategy)
     yield made
     made.stop_all()
 
@@ -411,8 +420,15 @@ def test_a_device_runs_the_experiments_own_network_and_loss_only_when_its_operat
     [
         (3, {"rounds": 2, "stop_at_target": False}, {}, {"normalize": {"obs": True, "reward": True}}),
         (3, {"rounds": 2, "stop_at_target": False}, {}, {"normalize": {"obs": True, "stats": "personal"}}),
+        (
+            3,
+            {"rounds": 3, "stop_at_target": False},
+            {},
+            {"normalize": {"obs": True, "reward": True}},
+            {"name": "fedbuff", "buffer_size": 2},
+        ),
     ],
-    ids=["fleet", "personal"],
+    ids=["fleet", "personal", "fedbuff"],
     indirect=True,
 )
 def test_devices_normalise_and_the_server_merges_their_statistics_into_each_version(deployment):

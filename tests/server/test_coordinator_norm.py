@@ -103,6 +103,35 @@ def test_a_round_merges_the_statistics_sent_beside_its_updates_into_the_next_ver
     np.testing.assert_allclose(card.obs_norm.var, expected.obs.var.astype(np.float32), rtol=1e-6)
 
 
+def test_asynchronously_each_flushed_buffer_merges_the_statistics_sent_beside_its_updates(tmp_path):
+    # Prepare: FedBuff with a buffer of two; "c" trains from version 0 and sends after version 1
+    coordinator = open_coordinator(
+        tmp_path, "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=2", "rounds.max_staleness=1"
+    )
+    start = coordinator.model().norm
+    late = submission(coordinator, "c", observed(2))
+    sent = {c: observed(i) for i, c in enumerate(NAMES)}
+
+    # Execute
+    for c in ("b", "a"):
+        coordinator.submit(c, submission(coordinator, c, sent[c]))
+    coordinator.tick()
+    first = coordinator.model()
+    coordinator.submit("c", late)
+    coordinator.submit("a", replace(submission(coordinator, "a", observed(3)), update_id="a-again"))
+    coordinator.tick()
+
+    # Assert: each version's statistics hold what its buffer's updates observed, stale ones too
+    expected = start.merge(sent["a"]).merge(sent["b"])
+    assert first.version == 1 and first.norm.obs.count == 2 * 64
+    np.testing.assert_array_equal(first.norm.obs.mean, expected.obs.mean)
+    second = coordinator.model()
+    assert second.version == 2 and second.norm.obs.count == 4 * 64
+    pooled = observed(3).merge(observed(2))  # a's and c's, pooled in client order, then merged in
+    np.testing.assert_array_equal(second.norm.returns.m2, first.norm.merge(pooled).returns.m2)
+    assert coordinator.task("b").norm == second.norm
+
+
 def open_coordinator_again(tmp_path) -> Coordinator:
     config = load_server_config(tmp_path / "server.yaml", [])
     return Coordinator.open(config, tmp_path / "state", clock=Clock())

@@ -77,7 +77,6 @@ def test_without_normalisation_nothing_is_kept_or_carried(tmp_path, tiny_config)
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        (("strategy.name=fedasync",), "fedasync has no rounds"),
         (("pipeline.clip_norm=1.0", "pipeline.dp.mode=local", "pipeline.dp.noise_multiplier=1.0"), "unnoised"),
     ],
 )
@@ -88,6 +87,40 @@ def test_normalisation_is_refused_where_the_statistics_cannot_travel(tiny_config
 
 
 PERSONAL = "learner.normalize.stats=personal"
+BUFFERED = ("strategy.name=fedbuff", "strategy.buffer_size=2", "fleet.speed_heterogeneity=1.0")
+
+
+def test_asynchronously_the_fleets_statistics_hold_every_observation_of_the_flushed_updates(tmp_path, tiny_config):
+    current = runs.start(parse_config(_config(tiny_config, *BUFFERED, "federation.rounds=5")), tmp_path / "r")
+    *_, (_, state) = current.rounds()
+    fl = state.inflight
+    in_flight = fl.env_steps[np.isfinite(fl.busy_until)].sum()
+    buffered = fl.buffer_steps[fl.buffered > 0].sum()
+    assert in_flight + buffered > 0  # some observations are still on their way to the server
+    assert state.norm.obs.count == state.norm.returns.count == state.env_steps - in_flight - buffered
+    assert fedrl.load_policy(current.dir.latest_checkpoint()).card.obs_norm is not None
+
+
+def test_a_resumed_asynchronous_normalised_run_ends_where_an_unbroken_one_does(tmp_path, tiny_config):
+    unbroken = runs.start(parse_config(_config(tiny_config, *BUFFERED, "federation.rounds=4")), tmp_path / "whole")
+    *_, (_, whole) = unbroken.rounds()
+    short = runs.start(parse_config(_config(tiny_config, *BUFFERED, "federation.rounds=2")), tmp_path / "resumed")
+    list(short.rounds())
+    resumed = runs.resume(tmp_path / "resumed", ["federation.rounds=4"])
+    assert resumed.state.inflight.buffer_stats.obs.count.sum() > 0  # the checkpoint held what was on its way
+    *_, (_, again) = resumed.rounds()
+    np.testing.assert_array_equal(whole.params, again.params)
+    np.testing.assert_array_equal(whole.norm.obs.mean, again.norm.obs.mean)
+    np.testing.assert_array_equal(whole.norm.returns.m2, again.norm.returns.m2)
+
+
+def test_asynchronously_personal_statistics_take_in_what_their_client_observed_at_once(tmp_path, tiny_config):
+    overrides = ("strategy.name=fedasync", "fleet.speed_heterogeneity=1.0", PERSONAL)
+    current = runs.start(parse_config(_config(tiny_config, *overrides)), tmp_path / "r")
+    *_, (_, state) = current.rounds()
+    assert state.inflight.stats is None  # nothing travels
+    assert state.norm.obs.count.sum() == state.env_steps  # in flight or not, each client kept its own
+    assert np.all(state.norm.obs.count > 0)
 
 
 def test_personal_statistics_hold_each_clients_own_observations_and_travel_nowhere(tmp_path, tiny_config):

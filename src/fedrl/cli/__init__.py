@@ -189,7 +189,7 @@ def _print_summary(summary: dict, path: Path) -> None:
 
 @app.command()
 def envs() -> None:
-    """List the environment families and their per-client physical parameters."""
+    """List the environment families, their per-client physical parameters and their learner defaults."""
     from fedrl.envs import FAMILIES
 
     for family in FAMILIES.values():
@@ -200,7 +200,11 @@ def envs() -> None:
             table.add_row(r.name, f"{r.standard:g}", f"{r.low:g} .. {r.high:g}", r.doc)
         console.print(table)
         solved = "no target" if family.solved_return is None else f"solved at return {family.solved_return:g}"
-        console.print(f"  time limit {family.time_limit} steps, {solved}\n")
+        console.print(f"  time limit {family.time_limit} steps, {solved}")
+        for learner, defaults in family.learner_defaults.items():
+            settings = ", ".join(f"{key}={value}" for key, value in defaults.items())
+            console.print(f"  {learner}: {settings} (where the experiment sets none)", highlight=False)
+        console.print()
 
 
 def _parse_clients(spec: str, n_clients: int) -> tuple[str, list[int] | int]:

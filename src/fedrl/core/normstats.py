@@ -35,6 +35,12 @@ class NormStats:
         """A client batch's rows merged into one, in row order."""
         return NormStats(*(None if m is None else m.total() for m in (self.obs, self.returns)))
 
+    def no_rows(self, batch: int) -> NormStats:
+        """``batch`` rows of nothing observed, shaped like these statistics."""
+        return NormStats(
+            *(None if m is None else Moments.empty((batch,), m.mean.shape[-1]) for m in (self.obs, self.returns))
+        )
+
     def broadcast(self, batch: int) -> NormStats:
         """``batch`` rows of these statistics."""
         return NormStats(*(None if m is None else m.broadcast(batch) for m in (self.obs, self.returns)))

@@ -14,8 +14,8 @@ episode is ever credited to the old one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -79,7 +79,10 @@ class EnvFamily:
     ``init_state(params, n_envs, rng) -> physics``, ``transition(params, physics, action, rng)
     -> (physics, reward, terminated)`` and ``observe(params, physics) -> obs`` are pure
     functions of explicit inputs; ``params`` has shape ``(C, P)`` with columns in the order
-    of ``param_ranges``.
+    of ``param_ranges``. ``learner_defaults`` holds, per learner name, the hyper-parameters that
+    learner takes on this family where an experiment leaves them unset (``{"ppo": {"gamma": 0.98}}``),
+    so a family learns out of the box; the built-in ones come from a published sweep
+    (``benchmarks/family_defaults.py``).
     """
 
     name: str
@@ -92,6 +95,7 @@ class EnvFamily:
     init_state: Callable[..., Any]
     transition: Callable[..., tuple[Any, np.ndarray, np.ndarray]]
     observe: Callable[..., np.ndarray]
+    learner_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def param_names(self) -> tuple[str, ...]:

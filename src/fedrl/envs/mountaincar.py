@@ -60,6 +60,15 @@ def observe(params: np.ndarray, s: MountainCarPhysics) -> np.ndarray:
     return np.stack([s.position, s.velocity], axis=-1).astype(np.float32)
 
 
+def hand_policy(obs: np.ndarray) -> np.ndarray:
+    """The classic reference controller: push in the direction the car moves (right at rest), which
+    pumps energy into the swing until it tops the hill.
+
+    Takes observations ``(..., 2)`` and returns int64 actions ``(...)``: 0 (left) or 2 (right).
+    """
+    return np.where(obs[..., 1] < 0, 0, 2).astype(np.int64)
+
+
 MOUNTAINCAR = EnvFamily(
     name="mountaincar",
     description="Drive an underpowered car up a hill (discrete: left/none/right); Gymnasium MountainCar-v0 dynamics.",
@@ -71,4 +80,15 @@ MOUNTAINCAR = EnvFamily(
     init_state=init_state,
     transition=transition,
     observe=observe,
+    # from benchmarks/family_defaults.py (docs/benchmarks.md): without normalisation PPO never leaves -200
+    learner_defaults={
+        "ppo": {
+            "n_envs": 16,
+            "n_steps": 64,
+            "gae_lambda": 0.98,
+            "epochs": 10,
+            "minibatches": 8,
+            "normalize": {"obs": True, "reward": True},
+        }
+    },
 )

@@ -19,6 +19,7 @@ the config file's folder, or resolves against it), then the working directory, t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -369,6 +370,15 @@ class AttackConfig(FrozenConfig):
     sigma: float = Field(1.0, gt=0, description="gaussian: standard deviation of the noise")
 
 
+def under(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` with ``defaults`` filled in where it sets nothing, mappings merged key by key."""
+    merged = dict(defaults)
+    for key, value in given.items():
+        base = merged.get(key)
+        merged[key] = under(base, value) if isinstance(base, Mapping) and isinstance(value, Mapping) else value
+    return merged
+
+
 class ExperimentConfig(FrozenConfig):
     """Everything that defines a run; the same config and seed give the same numbers."""
 
@@ -404,6 +414,21 @@ class ExperimentConfig(FrozenConfig):
             n = (data.get("federation") or {}).get("n_clients", FederationConfig.model_fields["n_clients"].default)
             data = {**data, "strategy": {"n_clients": n, **data["strategy"]}}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_learner_defaults(cls, data: Any) -> Any:
+        """The env family's defaults for the learner (``EnvFamily.learner_defaults``), under every key the
+        config sets: a nested section such as ``normalize`` is merged key by key, so setting one of its
+        keys keeps the family's others."""
+        if not isinstance(data, dict):
+            return data
+        env, learner = data.get("env") or {}, data.get("learner") or {}
+        family = env.get("family", EnvConfig.model_fields["family"].default) if isinstance(env, dict) else env.family
+        if family not in FAMILIES or not isinstance(learner, dict):
+            return data
+        defaults = FAMILIES[family].learner_defaults.get(learner.get("name", PPOConfig.model_fields["name"].default))
+        return {**data, "learner": under(defaults, learner)} if defaults else data
 
     @model_validator(mode="before")
     @classmethod
@@ -616,18 +641,16 @@ class ExperimentConfig(FrozenConfig):
     @model_validator(mode="after")
     def _normalisation_fits_run(self) -> ExperimentConfig:
         """With the fleet's statistics each client sends those of what it observed beside its update, in
-        the clear and at the end of a synchronous round (under secure aggregation inside the secure sum:
-        ``stats_in_secure_sum``); DP, which would have to clip and noise them, cannot run beside it.
-        Personal statistics travel nowhere under DP or secure aggregation (``stats_travel``), but still
-        merge at the end of a synchronous round."""
+        the clear (under secure aggregation inside the secure sum: ``stats_in_secure_sum``), merged when
+        its round closes or, with an asynchronous strategy, when the buffer holding its update is flushed;
+        DP, which would have to clip and noise them, cannot run beside it. Personal statistics travel
+        nowhere under DP or secure aggregation (``stats_travel``)."""
         normalize = self.learner.normalize
         if not normalize.active:
             return self
         fleet = normalize.stats == "fleet"
         problem = None
-        if self.asynchronous:
-            problem = f"the statistics are merged at the end of a round, and {self.strategy.name} has no rounds"
-        elif fleet and self.pipeline.dp.mode != "none":
+        if fleet and self.pipeline.dp.mode != "none":
             problem = (
                 "each client's observation statistics would reach the server unclipped and unnoised "
                 "(learner.normalize.stats: personal keeps them on the client)"

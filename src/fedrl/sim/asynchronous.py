@@ -8,6 +8,10 @@ version, discounting each update by its staleness. A client starts again as soon
 has arrived; an unavailable client tries again ``fleet.retry_s`` later. What is in flight and
 in the buffer is kept as arrays in ``SimState.inflight`` (an ``InFlight``), so a checkpoint holds it and a
 resumed run continues exactly.
+
+With normalisation, the statistics of what a client observed travel beside its update and join
+the fleet's when the buffer holding it is flushed, as a server merges those sent beside a buffer's
+updates; personal statistics take in what their client observed as soon as it has trained.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedrl.core.rows import copy_rows
+from fedrl.core.normstats import NormStats
+from fedrl.core.rows import copy_rows, take_rows, to_arrays
 from fedrl.core.update import Update
 from fedrl.experiment.streams import AVAILABILITY_STREAM
 from fedrl.sim.clients import train_clients
@@ -34,9 +39,11 @@ def _start_wave(setup: SimSetup, state: SimState, fl: InFlight, now: float, tags
     fl.next_try[away] = now + setup.config.fleet.retry_s
     if not len(go):
         return state, len(away)
-    received, state, _ = train_clients(setup, state, go, tags)  # no statistics: normalisation is synchronous only
+    received, state, increments = train_clients(setup, state, go, tags)
     updates = [r.update for r in received]
     trained = np.array([u.client_id for u in updates], dtype=np.int64)
+    if increments is not None:
+        state = _observed(state, fl, trained, increments)
     lost = np.setdiff1d(go, trained)  # a shard lost with its worker: away until their next try
     fl.next_try[lost] = now + setup.config.fleet.retry_s
     go = trained
@@ -49,6 +56,22 @@ def _start_wave(setup: SimSetup, state: SimState, fl: InFlight, now: float, tags
     fl.episodes[go] = [u.metrics.episodes for u in updates]
     fl.busy_until[go] = now + setup.fleet.duration(go, steps)
     return replace(state, env_steps=state.env_steps + int(steps.sum())), len(away) + len(lost)
+
+
+def _observed(state: SimState, fl: InFlight, clients: np.ndarray, increments: NormStats) -> SimState:
+    """Take in what ``clients`` observed while training: into each one's own statistics at once, or,
+    for the fleet's, beside its update in flight (writing ``fl``), merged when the buffer is flushed."""
+    if state.norm.personal:
+        return replace(state, norm=state.norm.absorbed(clients, increments, np.ones(len(clients), dtype=bool)))
+    _write_rows(fl.stats, clients, increments)
+    return state
+
+
+def _write_rows(record: NormStats, rows: np.ndarray, part: NormStats) -> None:
+    """Write ``part``'s rows into ``record``'s arrays at ``rows``, in place."""
+    whole = to_arrays(record)
+    for name, value in to_arrays(part).items():
+        whole[name][rows] = value
 
 
 def _next_event(fl: InFlight, now: float) -> tuple[float, int | None]:
@@ -67,6 +90,8 @@ def _buffer(fl: InFlight, client: int, now: float) -> None:
     fl.buffered[client] = int(fl.buffered.max()) + 1
     fl.buffer_delta[client] = fl.delta[client]
     fl.buffer_base[client], fl.buffer_steps[client] = fl.base_version[client], fl.env_steps[client]
+    if fl.stats is not None:
+        _write_rows(fl.buffer_stats, np.array([client]), take_rows(fl.stats, np.array([client])))
     fl.busy_until[client] = np.inf
 
 
@@ -78,6 +103,8 @@ def _flush(setup: SimSetup, state: SimState, fl: InFlight, round_: int) -> tuple
         Update(int(c), int(fl.buffer_base[c]), fl.buffer_delta[c].copy(), int(fl.buffer_steps[c])) for c in order
     ]
     fl.buffered[:] = 0
+    if fl.buffer_stats is not None:  # what the buffered clients observed, in buffer order, as the server merges it
+        state = replace(state, norm=state.norm.merge_rows(take_rows(fl.buffer_stats, order), np.ones(len(order), bool)))
     state, n_rejected, staleness = aggregate(setup, state, updates, round_)
     return state, len(updates) - n_rejected, n_rejected, staleness
 
@@ -88,7 +115,8 @@ def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState
     target = setup.config.federation.clients_per_round
     now = state.sim_time_s
     if state.inflight is None:
-        fl = InFlight.empty(setup.config.federation.n_clients, setup.net.spec.dim, now)
+        fleet_stats = None if state.norm is None or state.norm.personal else state.norm
+        fl = InFlight.empty(setup.config.federation.n_clients, setup.net.spec.dim, now, fleet_stats)
     else:
         fl = copy_rows(state.inflight)
     arrived = accepted = rejected = away = wave = 0

@@ -72,12 +72,18 @@ class InFlight:
     buffer_delta: np.ndarray  # (N, d) float32: its buffered update
     buffer_base: np.ndarray  # (N,) int64
     buffer_steps: np.ndarray  # (N,) int64
+    # with the fleet's normalisation statistics: what its update in flight observed, and its buffered one's
+    stats: NormStats | None = field(default=None, metadata={"record": NormStats})
+    buffer_stats: NormStats | None = field(default=None, metadata={"record": NormStats})
 
     @classmethod
-    def empty(cls, n_clients: int, dim: int, now: float) -> InFlight:
-        """No client busy, every client ready to start at ``now``, an empty buffer."""
+    def empty(cls, n_clients: int, dim: int, now: float, fleet_stats: NormStats | None = None) -> InFlight:
+        """No client busy, every client ready to start at ``now``, an empty buffer; rows for the
+        statistics of what each client observes when the run normalises by ``fleet_stats``."""
         n = n_clients
         return cls(
+            stats=None if fleet_stats is None else fleet_stats.no_rows(n),
+            buffer_stats=None if fleet_stats is None else fleet_stats.no_rows(n),
             busy_until=np.full(n, np.inf),
             next_try=np.full(n, now),
             base_version=np.zeros(n, np.int64),
