@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 from fedrl.agents import LEARNERS
 from fedrl.cli import app
 from fedrl.envs import FAMILIES
-from fedrl.experiment.loading import parse_config
+from fedrl.agents.normalize import NormalizeConfig
+from fedrl.experiment.config import ConfigError
+from fedrl.experiment.loading import parse_config, read_resolved
 
 PATCHED = {"ppo": {"gamma": 0.9, "n_steps": 32, "normalize": {"obs": True, "reward": True}}}
 
@@ -50,6 +52,36 @@ def test_a_written_config_means_the_same_after_the_family_defaults_change(monkey
         FAMILIES, "mountaincar", dataclasses.replace(FAMILIES["mountaincar"], learner_defaults={"ppo": {"gamma": 0.5}})
     )
     assert parse_config(written).learner.gamma == 0.9  # a run directory's config sets every key
+
+
+def test_a_config_written_before_a_key_existed_takes_the_learners_default_not_the_familys(mountaincar_defaults):
+    written = parse_config({"env": {"family": "mountaincar"}}).model_dump(mode="json")
+    del written["learner"]["normalize"], written["learner"]["n_steps"]  # as an older fedrl wrote it
+    old = read_resolved(yaml.safe_dump(written)).learner
+    assert old.normalize == NormalizeConfig() and old.n_steps == LEARNERS["ppo"].config().n_steps
+    assert old.gamma == 0.9  # what it did write stays
+
+
+def test_a_family_default_that_does_not_fit_the_run_is_refused_saying_where_it_came_from(mountaincar_defaults):
+    dp = {"clip_norm": 1.0, "dp": {"mode": "local", "noise_multiplier": 1.0}}
+    with pytest.raises(ConfigError, match="mountaincar's default for ppo.*normalize: {obs: false, reward: false}"):
+        parse_config({"env": {"family": "mountaincar"}, "pipeline": dp})
+    off = {"normalize": {"obs": False, "reward": False}}
+    assert parse_config({"env": {"family": "mountaincar"}, "learner": off, "pipeline": dp}).learner.gamma == 0.9
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"env": "pendulum"}, "env = 'pendulum': should be a valid dictionary"),
+        ({"env": {"family": ["x"]}}, "env.family"),
+        ({"env": {"family": "pendulum"}, "learner": {"name": ["x"]}}, "unknown learner"),
+        ({"env": {"family": "pendulum"}, "learner": None}, "learner = None"),
+    ],
+)
+def test_a_malformed_section_is_named_not_filled(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -101,6 +101,19 @@ def test_asynchronous_fedbuff_reports_staleness_and_resumes_exactly(tmp_path, ti
     _resume_matches(tmp_path, config)
 
 
+def test_fedbuff_aggregates_every_arrival_even_two_of_one_fast_client_in_one_buffer(tiny_config):
+    # a buffer of 9 out of 10 clients whose speeds spread 4x: fast clients arrive again before it fills
+    config = _cfg(
+        tiny_config, strategy={"name": "fedbuff", "buffer_size": 9}, fleet={"speed_heterogeneity": 1.0}
+    )
+    _, state, results = _rounds(config, 4)
+    arrived = sum(r.stats.n_sampled for r in results)
+    aggregated = sum(r.stats.n_updates + r.stats.n_rejected for r in results)
+    assert aggregated + state.inflight.buffered == arrived
+    clients = state.inflight.buffer_client[: state.inflight.buffered]
+    assert state.version == aggregated // 9 and len(clients) == arrived % 9
+
+
 def test_fedasync_applies_every_arrival(tiny_config):
     config = _cfg(tiny_config, strategy={"name": "fedasync"}, fleet={"dropout": 0.2})
     _, state, results = _rounds(config, 1)

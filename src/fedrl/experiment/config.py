@@ -423,11 +423,15 @@ class ExperimentConfig(FrozenConfig):
         keys keeps the family's others."""
         if not isinstance(data, dict):
             return data
-        env, learner = data.get("env") or {}, data.get("learner") or {}
-        family = env.get("family", EnvConfig.model_fields["family"].default) if isinstance(env, dict) else env.family
-        if family not in FAMILIES or not isinstance(learner, dict):
-            return data
-        defaults = FAMILIES[family].learner_defaults.get(learner.get("name", PPOConfig.model_fields["name"].default))
+        env, learner = data.get("env", {}), data.get("learner", {})
+        if isinstance(env, EnvConfig):
+            family = env.family
+        else:
+            family = env.get("family", EnvConfig.model_fields["family"].default) if isinstance(env, dict) else None
+        name = learner.get("name", PPOConfig.model_fields["name"].default) if isinstance(learner, dict) else None
+        if not (isinstance(family, str) and family in FAMILIES and isinstance(name, str)):
+            return data  # malformed sections are for validation to name
+        defaults = FAMILIES[family].learner_defaults.get(name)
         return {**data, "learner": under(defaults, learner)} if defaults else data
 
     @model_validator(mode="before")
@@ -661,6 +665,12 @@ class ExperimentConfig(FrozenConfig):
             problem = "clients choose their model on the fleet's statistics; personal ones are not implemented there"
         if problem is not None:
             key = "learner.normalize.obs" if normalize.obs else "learner.normalize.reward"
+            family = FAMILIES.get(self.env.family)
+            if family is not None and "normalize" in family.learner_defaults.get(self.learner.name, {}):
+                problem += (
+                    f"; {self.env.family}'s default for {self.learner.name} unless the config sets it (turn it "
+                    "off with learner.normalize: {obs: false, reward: false})"
+                )
             raise KeyProblem(key, f"not available here: {problem}", True)
         return self
 

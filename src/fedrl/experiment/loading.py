@@ -16,9 +16,18 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fedrl.agents import LEARNERS
 from fedrl.core.robust import CUSTOM_RULE
 from fedrl.core.strategies import USER_TAG
-from fedrl.experiment.config import GYM_FAMILY, ROBUST_KEYS, VARIANTS, ConfigError, ExperimentConfig, KeyProblem
+from fedrl.experiment.config import (
+    GYM_FAMILY,
+    ROBUST_KEYS,
+    VARIANTS,
+    ConfigError,
+    ExperimentConfig,
+    KeyProblem,
+    under,
+)
 
 
 def _config_path(loc: tuple) -> tuple:
@@ -210,8 +219,10 @@ def to_yaml(config: ExperimentConfig) -> str:
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """A resolved config written by an older fedrl (a run directory's, a server's state), in
     today's layout: ``fleet.mode`` dropped (the strategy says it), the robust-aggregation keys
-    under ``strategy.robust``, and FedProx as FedAvg with ``learner.prox_mu``."""
-    data = dict(data)
+    under ``strategy.robust``, FedProx as FedAvg with ``learner.prox_mu``, and every learner key
+    it lacks (one added since) at the learner's own default, never at its env family's
+    (``EnvFamily.learner_defaults``), which did not exist when it was written."""
+    data = _learner_complete(dict(data))
     fleet, strategy = data.get("fleet"), data.get("strategy")
     if isinstance(fleet, dict):
         data["fleet"] = {k: v for k, v in fleet.items() if k != "mode"}
@@ -226,6 +237,16 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
             data["learner"] = {**(data.get("learner") or {}), "prox_mu": mu}
         data["strategy"] = strategy
     return data
+
+
+def _learner_complete(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with every key of a built-in learner section it lacks at the learner's own default."""
+    learner = data.get("learner")
+    name = learner.get("name", "ppo") if isinstance(learner, dict) else None
+    if not isinstance(name, str) or name not in LEARNERS:
+        return data
+    own = LEARNERS[name].config(name=name).model_dump(mode="json")
+    return {**data, "learner": under(own, learner)}
 
 
 def read_from_server(text: str) -> ExperimentConfig:

@@ -85,26 +85,30 @@ def _next_event(fl: InFlight, now: float) -> tuple[float, int | None]:
 
 
 def _buffer(fl: InFlight, client: int, now: float) -> None:
-    """Move ``client``'s update, arrived at ``now``, into the server's buffer (writing ``fl``)."""
+    """Move ``client``'s update, arrived at ``now``, into the server's next free slot (writing ``fl``)."""
+    slot = fl.buffered
     fl.next_try[client] = now
-    fl.buffered[client] = int(fl.buffered.max()) + 1
-    fl.buffer_delta[client] = fl.delta[client]
-    fl.buffer_base[client], fl.buffer_steps[client] = fl.base_version[client], fl.env_steps[client]
+    fl.buffer_client[slot] = client
+    fl.buffer_delta[slot] = fl.delta[client]
+    fl.buffer_base[slot], fl.buffer_steps[slot] = fl.base_version[client], fl.env_steps[client]
     if fl.stats is not None:
-        _write_rows(fl.buffer_stats, np.array([client]), take_rows(fl.stats, np.array([client])))
+        _write_rows(fl.buffer_stats, np.array([slot]), take_rows(fl.stats, np.array([client])))
     fl.busy_until[client] = np.inf
 
 
 def _flush(setup: SimSetup, state: SimState, fl: InFlight, round_: int) -> tuple[SimState, int, int, float]:
     """Aggregate the buffer into a new version and empty it (writing ``fl``); returns state,
     accepted, rejected, mean staleness."""
-    order = np.argsort(fl.buffered)[-int((fl.buffered > 0).sum()) :]
+    slots = np.arange(fl.buffered)
+    clients = fl.buffer_client[slots]
     updates = [
-        Update(int(c), int(fl.buffer_base[c]), fl.buffer_delta[c].copy(), int(fl.buffer_steps[c])) for c in order
+        Update(int(c), int(fl.buffer_base[s]), fl.buffer_delta[s].copy(), int(fl.buffer_steps[s]))
+        for s, c in zip(slots, clients)
     ]
-    fl.buffered[:] = 0
-    if fl.buffer_stats is not None:  # what the buffered clients observed, in buffer order, as the server merges it
-        state = replace(state, norm=state.norm.merge_rows(take_rows(fl.buffer_stats, order), np.ones(len(order), bool)))
+    if fl.buffer_stats is not None:  # pooled in client order, then merged in, as a server merges a buffer's
+        rows = slots[np.argsort(clients, kind="stable")]
+        state = replace(state, norm=state.norm.merge_rows(take_rows(fl.buffer_stats, rows), np.ones(len(rows), bool)))
+    fl.buffer_client[:] = -1
     state, n_rejected, staleness = aggregate(setup, state, updates, round_)
     return state, len(updates) - n_rejected, n_rejected, staleness
 
@@ -116,7 +120,9 @@ def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState
     now = state.sim_time_s
     if state.inflight is None:
         fleet_stats = None if state.norm is None or state.norm.personal else state.norm
-        fl = InFlight.empty(setup.config.federation.n_clients, setup.net.spec.dim, now, fleet_stats)
+        fl = InFlight.empty(
+            setup.config.federation.n_clients, setup.strategy.buffer_size, setup.net.spec.dim, now, fleet_stats
+        )
     else:
         fl = copy_rows(state.inflight)
     arrived = accepted = rejected = away = wave = 0
@@ -133,7 +139,7 @@ def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState
         episodes += int(fl.episodes[client])
         _buffer(fl, client, now)
         arrived += 1
-        if (fl.buffered > 0).sum() >= setup.strategy.buffer_size:
+        if fl.buffered >= setup.strategy.buffer_size:
             state, n_ok, n_bad, stale = _flush(setup, state, fl, round_)
             accepted, rejected = accepted + n_ok, rejected + n_bad
             staleness += [stale] * n_ok

@@ -47,7 +47,7 @@ from fedrl.envs.base import state_to_arrays as env_state_to_arrays
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import RESUME_STREAM
-from fedrl.sim.state import Clusters, InFlight, RoundResult, SimState
+from fedrl.sim.state import Clusters, InFlight, RoundResult, SimState, slotted_buffer
 from fedrl.wire import disk
 
 
@@ -333,7 +333,9 @@ class RunDir:
             client_state=client_state,
             sim_time_s=meta.get("sim_time_s", 0.0),
             version=meta.get("version", meta["round"]),
-            inflight=stored_record(InFlight, per_client, INFLIGHT),
+            inflight=stored_record(
+                InFlight, slotted_buffer(per_client, INFLIGHT, setup.strategy.buffer_size), INFLIGHT
+            ),
             pipeline_state=from_arrays(PipelineState, per_client, PIPELINE),
             norm=stored_record(NormStats, arrays, NORM),
             clusters=_clusters_from_arrays(setup, arrays) if _under(CLUSTERS, arrays) else None,

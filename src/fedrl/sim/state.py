@@ -58,8 +58,10 @@ class Clusters:
 
 @dataclass(frozen=True)
 class InFlight:
-    """Asynchronous mode's clients in flight and the server's buffer, one row per client
-    (``fedrl.core.rows``), so that a checkpoint holds them and a resumed run continues exactly."""
+    """Asynchronous mode's clients in flight, one row per client, and the server's buffer, one row per
+    slot (``fedrl.core.rows``), so that a checkpoint holds them and a resumed run continues exactly.
+    A client may train again while its last update waits in the buffer, as a deployed server lets it:
+    the buffer can then hold two of its updates."""
 
     busy_until: np.ndarray  # (N,) simulated time its update arrives; inf when idle
     next_try: np.ndarray  # (N,) when an idle client tries to start
@@ -68,22 +70,22 @@ class InFlight:
     loss: np.ndarray  # (N,) float32
     episodes: np.ndarray  # (N,) int64
     delta: np.ndarray  # (N, d) float32: its update in flight
-    buffered: np.ndarray  # (N,) int64: position in the server's buffer + 1; 0 = not buffered
-    buffer_delta: np.ndarray  # (N, d) float32: its buffered update
-    buffer_base: np.ndarray  # (N,) int64
-    buffer_steps: np.ndarray  # (N,) int64
-    # with the fleet's normalisation statistics: what its update in flight observed, and its buffered one's
+    buffer_client: np.ndarray  # (K,) int64: the client whose update fills the slot, in arrival order; -1 = free
+    buffer_delta: np.ndarray  # (K, d) float32: the update in the slot
+    buffer_base: np.ndarray  # (K,) int64
+    buffer_steps: np.ndarray  # (K,) int64
+    # with the fleet's normalisation statistics: what its update in flight observed, and each slot's
     stats: NormStats | None = field(default=None, metadata={"record": NormStats})
     buffer_stats: NormStats | None = field(default=None, metadata={"record": NormStats})
 
     @classmethod
-    def empty(cls, n_clients: int, dim: int, now: float, fleet_stats: NormStats | None = None) -> InFlight:
-        """No client busy, every client ready to start at ``now``, an empty buffer; rows for the
-        statistics of what each client observes when the run normalises by ``fleet_stats``."""
+    def empty(cls, n_clients: int, slots: int, dim: int, now: float, fleet_stats: NormStats | None = None) -> InFlight:
+        """No client busy, every client ready to start at ``now``, an empty buffer of ``slots``; rows
+        for the statistics of what each client observes when the run normalises by ``fleet_stats``."""
         n = n_clients
         return cls(
             stats=None if fleet_stats is None else fleet_stats.no_rows(n),
-            buffer_stats=None if fleet_stats is None else fleet_stats.no_rows(n),
+            buffer_stats=None if fleet_stats is None else fleet_stats.no_rows(slots),
             busy_until=np.full(n, np.inf),
             next_try=np.full(n, now),
             base_version=np.zeros(n, np.int64),
@@ -91,11 +93,35 @@ class InFlight:
             loss=np.zeros(n, np.float32),
             episodes=np.zeros(n, np.int64),
             delta=np.zeros((n, dim), np.float32),
-            buffered=np.zeros(n, np.int64),
-            buffer_delta=np.zeros((n, dim), np.float32),
-            buffer_base=np.zeros(n, np.int64),
-            buffer_steps=np.zeros(n, np.int64),
+            buffer_client=np.full(slots, -1, np.int64),
+            buffer_delta=np.zeros((slots, dim), np.float32),
+            buffer_base=np.zeros(slots, np.int64),
+            buffer_steps=np.zeros(slots, np.int64),
         )
+
+    @property
+    def buffered(self) -> int:
+        """How many updates wait in the buffer."""
+        return int((self.buffer_client >= 0).sum())
+
+
+def slotted_buffer(arrays: dict[str, np.ndarray], prefix: str, slots: int) -> dict[str, np.ndarray]:
+    """A checkpoint's in-flight arrays (under ``prefix``) with a buffer written by an older fedrl,
+    one row per client and its position (``buffered``), moved into ``slots`` rows in arrival order."""
+    position = arrays.get(prefix + "buffered")
+    if position is None:
+        return arrays
+    out = {k: v for k, v in arrays.items() if k != prefix + "buffered"}
+    order = np.argsort(position, kind="stable")[len(position) - int((position > 0).sum()) :]
+    client = np.full(slots, -1, np.int64)
+    client[: len(order)] = order
+    out[prefix + "buffer_client"] = client
+    for name in ("buffer_delta", "buffer_base", "buffer_steps"):
+        old = arrays[prefix + name]
+        new = np.zeros((slots, *old.shape[1:]), old.dtype)
+        new[: len(order)] = old[order]
+        out[prefix + name] = new
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,27 @@
+"""The simulator's records: an asynchronous buffer checkpointed by an older fedrl still resumes."""
+
+import numpy as np
+
+from fedrl.sim.state import slotted_buffer
+
+
+def test_a_buffer_checkpointed_one_row_per_client_moves_into_slots_in_arrival_order():
+    delta = np.arange(8, dtype=np.float32).reshape(4, 2)
+    old = {
+        "inflight.busy_until": np.zeros(4),
+        "inflight.buffered": np.array([0, 2, 1, 0]),  # client 2 arrived first, then client 1
+        "inflight.buffer_delta": delta,
+        "inflight.buffer_base": np.array([0, 5, 4, 0]),
+        "inflight.buffer_steps": np.array([0, 64, 32, 0]),
+    }
+    new = slotted_buffer(old, "inflight.", 3)
+    assert "inflight.buffered" not in new and new["inflight.busy_until"] is old["inflight.busy_until"]
+    np.testing.assert_array_equal(new["inflight.buffer_client"], [2, 1, -1])
+    np.testing.assert_array_equal(new["inflight.buffer_delta"], [delta[2], delta[1], [0, 0]])
+    np.testing.assert_array_equal(new["inflight.buffer_base"], [4, 5, 0])
+    np.testing.assert_array_equal(new["inflight.buffer_steps"], [32, 64, 0])
+
+
+def test_a_checkpoint_with_slots_is_left_as_it_is():
+    arrays = {"inflight.buffer_client": np.array([3, -1])}
+    assert slotted_buffer(arrays, "inflight.", 2) is arrays
