@@ -7,9 +7,9 @@ import yaml
 from typer.testing import CliRunner
 
 from fedrl.agents import LEARNERS
+from fedrl.agents.normalize import NormalizeConfig
 from fedrl.cli import app
 from fedrl.envs import FAMILIES
-from fedrl.agents.normalize import NormalizeConfig
 from fedrl.experiment.config import ConfigError
 from fedrl.experiment.loading import parse_config, read_resolved
 

@@ -103,9 +103,7 @@ def test_asynchronous_fedbuff_reports_staleness_and_resumes_exactly(tmp_path, ti
 
 def test_fedbuff_aggregates_every_arrival_even_two_of_one_fast_client_in_one_buffer(tiny_config):
     # a buffer of 9 out of 10 clients whose speeds spread 4x: fast clients arrive again before it fills
-    config = _cfg(
-        tiny_config, strategy={"name": "fedbuff", "buffer_size": 9}, fleet={"speed_heterogeneity": 1.0}
-    )
+    config = _cfg(tiny_config, strategy={"name": "fedbuff", "buffer_size": 9}, fleet={"speed_heterogeneity": 1.0})
     _, state, results = _rounds(config, 4)
     arrived = sum(r.stats.n_sampled for r in results)
     aggregated = sum(r.stats.n_updates + r.stats.n_rejected for r in results)
