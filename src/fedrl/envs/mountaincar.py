@@ -86,6 +86,7 @@ MOUNTAINCAR = EnvFamily(
             "n_envs": 16,
             "n_steps": 64,
             "gae_lambda": 0.98,
+            "ent_coef": 0.01,
             "epochs": 10,
             "minibatches": 8,
             "normalize": {"obs": True, "reward": True},

@@ -241,6 +241,6 @@ def plot_comparison(groups: dict[str, list[RunResult]], path: Path, target: floa
     ax.set_title("global policy's mean return; band: 95% bootstrap CI")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the whole legend, however long its labels
     plt.close(fig)
     return path
