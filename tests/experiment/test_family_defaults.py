@@ -64,7 +64,8 @@ def test_a_config_written_before_a_key_existed_takes_the_learners_default_not_th
 
 def test_a_family_default_that_does_not_fit_the_run_is_refused_saying_where_it_came_from(mountaincar_defaults):
     dp = {"clip_norm": 1.0, "dp": {"mode": "local", "noise_multiplier": 1.0}}
-    with pytest.raises(ConfigError, match="mountaincar's default for ppo.*normalize: {obs: false, reward: false}"):
+    hint = "mountaincar's defaults for ppo normalise.*normalize: {obs: false, reward: false}"
+    with pytest.raises(ConfigError, match=hint):
         parse_config({"env": {"family": "mountaincar"}, "pipeline": dp})
     off = {"normalize": {"obs": False, "reward": False}}
     assert parse_config({"env": {"family": "mountaincar"}, "learner": off, "pipeline": dp}).learner.gamma == 0.9

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from fedrl.envs import FAMILIES
 from fedrl.experiment.config import ConfigError
 from fedrl.server.config import ServerConfig, load_server_config, simulator_only_keys
 from fedrl.server.coordinator import Coordinator
@@ -330,8 +331,22 @@ def test_a_state_dir_refuses_a_different_experiment(tmp_path):
     Coordinator.open(server_config(tmp_path), tmp_path / "state").close()
 
     # Execute / Assert
-    with pytest.raises(ConfigError, match="different experiment"):
+    with pytest.raises(ConfigError, match=r"different experiment \(seed: 5 there, 6 here\)"):
         Coordinator.open(server_config(tmp_path, "experiment.seed=6"), tmp_path / "state")
+
+
+def test_a_state_dir_whose_learner_took_other_family_defaults_is_refused_saying_so(tmp_path, monkeypatch):
+    # Prepare: a MountainCar server started before the family's defaults changed
+    config = server_config(tmp_path, "experiment.env.family=mountaincar", "experiment.env.heterogeneity=0.5")
+    Coordinator.open(config, tmp_path / "state").close()
+    family = FAMILIES["mountaincar"]
+    changed = {"ppo": {**family.learner_defaults["ppo"], "ent_coef": 0.5}}
+    monkeypatch.setitem(FAMILIES, "mountaincar", dataclasses.replace(family, learner_defaults=changed))
+
+    # Execute / Assert: the same server config now means another experiment
+    again = server_config(tmp_path, "experiment.env.family=mountaincar", "experiment.env.heterogeneity=0.5")
+    with pytest.raises(ConfigError, match=r"learner.ent_coef: 0.01 there, 0.5 here\).*env family's defaults"):
+        Coordinator.open(again, tmp_path / "state")
 
 
 def test_a_finished_run_tells_clients_to_stop(tmp_path):

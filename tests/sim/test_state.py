@@ -13,6 +13,7 @@ def test_a_buffer_checkpointed_one_row_per_client_moves_into_slots_in_arrival_or
         "inflight.buffer_delta": delta,
         "inflight.buffer_base": np.array([0, 5, 4, 0]),
         "inflight.buffer_steps": np.array([0, 64, 32, 0]),
+        "inflight.buffer_stats.obs.count": np.array([0.0, 64.0, 32.0, 0.0]),
     }
     new = slotted_buffer(old, "inflight.", 3)
     assert "inflight.buffered" not in new and new["inflight.busy_until"] is old["inflight.busy_until"]
@@ -20,6 +21,8 @@ def test_a_buffer_checkpointed_one_row_per_client_moves_into_slots_in_arrival_or
     np.testing.assert_array_equal(new["inflight.buffer_delta"], [delta[2], delta[1], [0, 0]])
     np.testing.assert_array_equal(new["inflight.buffer_base"], [4, 5, 0])
     np.testing.assert_array_equal(new["inflight.buffer_steps"], [32, 64, 0])
+    np.testing.assert_array_equal(new["inflight.buffer_stats.obs.count"], [32.0, 64.0, 0.0])  # with its update
+    assert len(slotted_buffer(old, "inflight.", 1)["inflight.buffer_client"]) == 2  # room for what it holds
 
 
 def test_a_checkpoint_with_slots_is_left_as_it_is():

@@ -112,6 +112,21 @@ def test_fedbuff_aggregates_every_arrival_even_two_of_one_fast_client_in_one_buf
     assert state.version == aggregated // 9 and len(clients) == arrived % 9
 
 
+@pytest.mark.parametrize("size", [1, 7])
+def test_a_fedbuff_run_resumed_with_another_buffer_size_keeps_what_its_buffer_held(tmp_path, tiny_config, size):
+    config = _cfg(tiny_config, strategy={"name": "fedbuff", "buffer_size": 4}, fleet={"speed_heterogeneity": 1.0})
+    first = runs.start(config, tmp_path / "r")
+    result, state = next(iter(first.rounds()))
+    assert result.round == 1
+    held = state.inflight.buffered
+    assert held > size or size > 4  # 1: the buffer holds more than the new size; 7: it must grow
+    resumed = runs.resume(tmp_path / "r", [f"strategy.buffer_size={size}", "federation.rounds=2"])
+    (result, after), *_ = resumed.rounds()
+    aggregated = result.stats.n_updates + result.stats.n_rejected
+    assert aggregated + after.inflight.buffered == held + result.stats.n_sampled  # nothing lost or counted twice
+    assert after.inflight.buffered < size and after.version - state.version == aggregated // size
+
+
 def test_fedasync_applies_every_arrival(tiny_config):
     config = _cfg(tiny_config, strategy={"name": "fedasync"}, fleet={"dropout": 0.2})
     _, state, results = _rounds(config, 1)

@@ -668,8 +668,8 @@ class ExperimentConfig(FrozenConfig):
             family = FAMILIES.get(self.env.family)
             if family is not None and "normalize" in family.learner_defaults.get(self.learner.name, {}):
                 problem += (
-                    f"; {self.env.family}'s default for {self.learner.name} unless the config sets it (turn it "
-                    "off with learner.normalize: {obs: false, reward: false})"
+                    f"; {self.env.family}'s defaults for {self.learner.name} normalise, so leaving learner.normalize "
+                    "unset turns it on (off: learner.normalize: {obs: false, reward: false})"
                 )
             raise KeyProblem(key, f"not available here: {problem}", True)
         return self

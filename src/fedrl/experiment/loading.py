@@ -239,6 +239,17 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as one mapping of dotted keys (``{"a.b": value}``)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _learner_complete(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with every key of a built-in learner section it lacks at the learner's own default."""
     learner = data.get("learner")

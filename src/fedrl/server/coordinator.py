@@ -52,11 +52,12 @@ from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import decode_update, spent_epsilon
 from fedrl.core.securestats import from_words, word_count
 from fedrl.core.strategies import state_from_arrays, state_to_arrays
+from fedrl.envs import FAMILIES
 from fedrl.experiment.aggregation import aggregate_round, heldout_returns, secure_update
 from fedrl.experiment.callbacks import Callback, Deployed, RoundReport, finite, tell
 from fedrl.experiment.card import policy_card
 from fedrl.experiment.config import ConfigError, ExperimentConfig
-from fedrl.experiment.loading import read_resolved, to_yaml
+from fedrl.experiment.loading import dotted, read_resolved, to_yaml
 from fedrl.experiment.setup import Setup
 from fedrl.experiment.streams import SAMPLE_STREAM
 from fedrl.policy import load_policy
@@ -1119,7 +1120,7 @@ def open_store(config: ServerConfig, state_dir: Path) -> tuple[Store, str | None
     if stored is not None and stored != to_yaml(config.experiment) and not same_experiment(stored, config.experiment):
         store.close()
         raise ConfigError(
-            f"state dir {state_dir} holds a run of a different experiment; "
+            f"state dir {state_dir} holds a run of a different experiment{_differences(stored, config.experiment)}; "
             "use a new --state-dir or the experiment it was started with"
         )
     return store, stored
@@ -1131,6 +1132,25 @@ def same_experiment(stored_yaml: str, experiment: ExperimentConfig) -> bool:
         return read_resolved(stored_yaml) == experiment
     except ConfigError:
         return False
+
+
+def _differences(stored_yaml: str, experiment: ExperimentConfig, most: int = 3) -> str:
+    """The first keys on which a state directory's experiment and ``experiment`` differ, for the message
+    refusing it (a learner key the config leaves unset takes its env family's default, which a later
+    fedrl may have changed); empty when the stored one cannot be read."""
+    try:
+        theirs = dotted(read_resolved(stored_yaml).model_dump(mode="json"))
+    except ConfigError:
+        return ""
+    ours = dotted(experiment.model_dump(mode="json"))
+    keys = [k for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k)]
+    if not keys:
+        return ""
+    shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in keys[:most])
+    defaults = FAMILIES[experiment.env.family].learner_defaults if experiment.env.family in FAMILIES else {}
+    family = bool(defaults) and any(k.startswith("learner.") for k in keys)
+    hint = " (learner keys the config leaves unset take the env family's defaults: `fedrl envs`)" if family else ""
+    return f" ({shown}{'; ...' if len(keys) > most else ''}){hint}"
 
 
 def pretrained(setup: Setup, source: Path, count: int = 1) -> tuple[np.ndarray, NormStats | None]:

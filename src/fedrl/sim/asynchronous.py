@@ -97,9 +97,10 @@ def _buffer(fl: InFlight, client: int, now: float) -> None:
 
 
 def _flush(setup: SimSetup, state: SimState, fl: InFlight, round_: int) -> tuple[SimState, int, int, float]:
-    """Aggregate the buffer into a new version and empty it (writing ``fl``); returns state,
-    accepted, rejected, mean staleness."""
-    slots = np.arange(fl.buffered)
+    """Aggregate the buffer's first ``buffer_size`` updates into a new version and free their slots
+    (writing ``fl``); returns state, accepted, rejected, mean staleness."""
+    size = min(fl.buffered, setup.strategy.buffer_size)
+    slots = np.arange(size)
     clients = fl.buffer_client[slots]
     updates = [
         Update(int(c), int(fl.buffer_base[s]), fl.buffer_delta[s].copy(), int(fl.buffer_steps[s]))
@@ -108,9 +109,21 @@ def _flush(setup: SimSetup, state: SimState, fl: InFlight, round_: int) -> tuple
     if fl.buffer_stats is not None:  # pooled in client order, then merged in, as a server merges a buffer's
         rows = slots[np.argsort(clients, kind="stable")]
         state = replace(state, norm=state.norm.merge_rows(take_rows(fl.buffer_stats, rows), np.ones(len(rows), bool)))
-    fl.buffer_client[:] = -1
+    _free_slots(fl, size)
     state, n_rejected, staleness = aggregate(setup, state, updates, round_)
     return state, len(updates) - n_rejected, n_rejected, staleness
+
+
+def _free_slots(fl: InFlight, size: int) -> None:
+    """Free the buffer's first ``size`` slots, moving any updates after them to the front (writing ``fl``):
+    there are such only in a run resumed with a smaller ``strategy.buffer_size``."""
+    rest = np.arange(size, fl.buffered)
+    front = np.arange(len(rest))
+    for array in (fl.buffer_client, fl.buffer_delta, fl.buffer_base, fl.buffer_steps):
+        array[front] = array[rest]
+    if fl.buffer_stats is not None:
+        _write_rows(fl.buffer_stats, front, take_rows(fl.buffer_stats, rest))
+    fl.buffer_client[len(rest) :] = -1
 
 
 def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState, RoundStats]:
@@ -124,12 +137,18 @@ def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState
             setup.config.federation.n_clients, setup.strategy.buffer_size, setup.net.spec.dim, now, fleet_stats
         )
     else:
-        fl = copy_rows(state.inflight)
+        fl = copy_rows(state.inflight).with_slots(setup.strategy.buffer_size)
     arrived = accepted = rejected = away = wave = 0
     staleness: list[float] = []
     losses: list[float] = []
     episodes = 0
-    while arrived < target:
+    while True:
+        while fl.buffered >= setup.strategy.buffer_size:
+            state, n_ok, n_bad, stale = _flush(setup, state, fl, round_)
+            accepted, rejected = accepted + n_ok, rejected + n_bad
+            staleness += [stale] * n_ok
+        if arrived >= target:
+            break
         state, n_away = _start_wave(setup, state, fl, now, (round_, wave))
         away, wave = away + n_away, wave + 1
         now, client = _next_event(fl, now)
@@ -139,10 +158,6 @@ def async_round(setup: SimSetup, state: SimState, round_: int) -> tuple[SimState
         episodes += int(fl.episodes[client])
         _buffer(fl, client, now)
         arrived += 1
-        if fl.buffered >= setup.strategy.buffer_size:
-            state, n_ok, n_bad, stale = _flush(setup, state, fl, round_)
-            accepted, rejected = accepted + n_ok, rejected + n_bad
-            staleness += [stale] * n_ok
     stats = RoundStats(
         n_sampled=arrived,
         n_updates=accepted,

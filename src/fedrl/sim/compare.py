@@ -28,6 +28,7 @@ import yaml
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fedrl.experiment.loading import dotted
 from fedrl.sim.rundir import RunDir
 
 BOOTSTRAP_REPS = 2000
@@ -119,17 +120,6 @@ def read_run(path: Path) -> RunResult:
     )
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` for a nested mapping."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def group_runs(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     """Runs grouped by their config without its seed, each group labelled by the keys whose values
     tell the groups apart -- those every group's config has, and those whose value varies among the
@@ -138,7 +128,7 @@ def group_runs(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     groups: dict[str, list[RunResult]] = {}
     settings: dict[str, dict[str, Any]] = {}
     for run in runs:
-        setting = {k: v for k, v in _flat(run.config).items() if k != "seed"}
+        setting = {k: v for k, v in dotted(run.config).items() if k != "seed"}
         key = json.dumps(setting, sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
         settings[key] = setting

@@ -9,6 +9,7 @@ import numpy as np
 from fedrl.agents import ClientState
 from fedrl.core.normstats import NormStats
 from fedrl.core.pipeline import PipelineState
+from fedrl.core.rows import take_rows
 from fedrl.core.update import Update
 from fedrl.envs.base import EnvState
 from fedrl.experiment.aggregation import aggregate_round
@@ -104,23 +105,51 @@ class InFlight:
         """How many updates wait in the buffer."""
         return int((self.buffer_client >= 0).sum())
 
+    def with_slots(self, slots: int) -> InFlight:
+        """This record with room for ``slots`` buffered updates, or for those it holds where they are
+        more (a run resumed with another ``strategy.buffer_size``)."""
+        room, held = max(slots, self.buffered), np.arange(self.buffered)
+        if len(self.buffer_client) == room:
+            return self
+
+        def resized(array: np.ndarray, fill) -> np.ndarray:
+            out = np.full((room, *array.shape[1:]), fill, array.dtype)
+            out[held] = array[held]
+            return out
+
+        stats = self.buffer_stats
+        if stats is not None:
+            stats = NormStats.concat([take_rows(stats, held), stats.no_rows(room - len(held))])
+        return replace(
+            self,
+            buffer_client=resized(self.buffer_client, -1),
+            buffer_delta=resized(self.buffer_delta, 0),
+            buffer_base=resized(self.buffer_base, 0),
+            buffer_steps=resized(self.buffer_steps, 0),
+            buffer_stats=stats,
+        )
+
 
 def slotted_buffer(arrays: dict[str, np.ndarray], prefix: str, slots: int) -> dict[str, np.ndarray]:
     """A checkpoint's in-flight arrays (under ``prefix``) with a buffer written by an older fedrl,
-    one row per client and its position (``buffered``), moved into ``slots`` rows in arrival order."""
+    one row per client and its position (``buffered``), moved into ``slots`` rows in arrival order
+    (more, should it hold more updates), its statistics with them."""
     position = arrays.get(prefix + "buffered")
     if position is None:
         return arrays
     out = {k: v for k, v in arrays.items() if k != prefix + "buffered"}
     order = np.argsort(position, kind="stable")[len(position) - int((position > 0).sum()) :]
-    client = np.full(slots, -1, np.int64)
+    room = max(slots, len(order))
+    client = np.full(room, -1, np.int64)
     client[: len(order)] = order
     out[prefix + "buffer_client"] = client
-    for name in ("buffer_delta", "buffer_base", "buffer_steps"):
-        old = arrays[prefix + name]
-        new = np.zeros((slots, *old.shape[1:]), old.dtype)
+    moved = [prefix + name for name in ("buffer_delta", "buffer_base", "buffer_steps")]
+    moved += [k for k in arrays if k.startswith(prefix + "buffer_stats.")]
+    for name in moved:
+        old = arrays[name]
+        new = np.zeros((room, *old.shape[1:]), old.dtype)
         new[: len(order)] = old[order]
-        out[prefix + name] = new
+        out[name] = new
     return out
 
 
