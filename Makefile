@@ -108,6 +108,7 @@ bench: setup mosquitto
 	$(BIN)/python benchmarks/attack.py
 	$(BIN)/python benchmarks/fuzz.py
 	$(BIN)/python benchmarks/fedopt_defaults.py
+	$(BIN)/python benchmarks/family_defaults.py
 	$(BIN)/python benchmarks/profile_round.py
 	$(BIN)/python benchmarks/aggregation.py
 	$(BIN)/python benchmarks/meta.py
