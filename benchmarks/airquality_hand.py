@@ -32,10 +32,11 @@ HELDOUT = 20
 
 def hand_returns(family: EnvFamily, env_params: np.ndarray, episodes: int, seed: int) -> np.ndarray:
     """Returns ``(C, episodes)`` of the hand policy, played as ``fedrl.agents.evaluate`` plays one."""
-    return _play(family, env_params, episodes, seed, hand_policy)
+    return play(family, env_params, episodes, seed, hand_policy)
 
 
-def _play(family: EnvFamily, env_params: np.ndarray, episodes: int, seed: int, act: Callable) -> np.ndarray:
+def play(family: EnvFamily, env_params: np.ndarray, episodes: int, seed: int, act: Callable) -> np.ndarray:
+    """Returns ``(C, episodes)`` of ``act`` (observations to actions), one episode per environment."""
     rng = np.random.default_rng(seed)
     state, obs = reset(family, env_params, episodes, rng)
     returns = np.zeros((env_params.shape[0], episodes))

@@ -29,6 +29,7 @@ from _report import IMG, machine, markdown_table, run_parallel, write_section
 
 COMMAND = "python benchmarks/family_defaults.py"
 SEEDS = (0, 1, 2, 3, 4)
+EPISODES = 64  # per car, for the MountainCar references
 FLEET = {"federation": {"n_clients": 10, "local_steps": 2048}, "eval": {"episodes": 4}}
 PPO_TUNED = {"n_envs": 8, "n_steps": 128, "epochs": 10, "minibatches": 8}
 MC_NORMALISED = {"n_envs": 16, "n_steps": 64, "gae_lambda": 0.98, "normalize": {"obs": True, "reward": True}}
@@ -67,14 +68,6 @@ def where() -> str:
     )
 
 
-def pinned(learner: dict) -> dict:
-    """``learner`` over every default of its learner's config, so no family default applies."""
-    from fedrl.agents import LEARNERS
-    from fedrl.experiment.config import under
-
-    return under(LEARNERS[learner["name"]].config(name=learner["name"]).model_dump(mode="json"), learner)
-
-
 def experiment(family: str, rounds: int, seed: int, learner: dict | None) -> dict:
     """The experiment of one run; ``learner`` None leaves it to the family's defaults."""
     config = {
@@ -85,7 +78,9 @@ def experiment(family: str, rounds: int, seed: int, learner: dict | None) -> dic
         "federation": {**FLEET["federation"], "rounds": rounds},
         "eval": FLEET["eval"],
     }
-    return config if learner is None else {**config, "learner": pinned(learner)}
+    from fedrl.experiment.loading import pinned_learner
+
+    return config if learner is None else {**config, "learner": pinned_learner(learner)}
 
 
 def run(job: dict) -> dict:
@@ -104,72 +99,54 @@ def run(job: dict) -> dict:
 
 def planner_policy(params: np.ndarray, grid: int = 451):
     """A MountainCar controller per car that knows its physics: value iteration of the steps to the
-    goal on a ``grid`` x ``grid`` lattice (bilinear interpolation), acting by one step of lookahead."""
+    goal on a ``grid`` x ``grid`` lattice (bilinear interpolation), acting by one step of lookahead,
+    both through the family's own ``transition``."""
     from scipy.ndimage import map_coordinates
 
     from fedrl.envs import mountaincar as mc
 
-    def following(force, gravity, x, v, a):
-        v2 = np.clip(v + ((a - 1) * force + np.cos(3 * x) * (-gravity)), -mc.MAX_SPEED, mc.MAX_SPEED)
-        x2 = np.clip(x + v2, mc.MIN_POSITION, mc.MAX_POSITION)
-        v2 = np.where((x2 == mc.MIN_POSITION) & (v2 < 0), 0.0, v2)
-        return x2, v2, (x2 >= mc.GOAL_POSITION) & (v2 >= mc.GOAL_VELOCITY)
-
-    def lattice(x, v):
-        return np.stack(
-            [
-                (x - mc.MIN_POSITION) / (mc.MAX_POSITION - mc.MIN_POSITION) * (grid - 1),
-                (v + mc.MAX_SPEED) / (2 * mc.MAX_SPEED) * (grid - 1),
-            ]
-        )
-
-    def q_values(value, force, gravity, x, v):
+    def q_values(value: np.ndarray, row: np.ndarray, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``(3, n)``: -1 and the value reached, for each action from the states ``x``, ``v`` ``(n,)``."""
         out = []
         for a in range(3):
-            x2, v2, goal = following(force, gravity, x, v, a)
-            out.append(np.where(goal, -1.0, -1.0 + map_coordinates(value, lattice(x2, v2), order=1, mode="nearest")))
+            after, _, goal = mc.transition(
+                row[None], mc.MountainCarPhysics(x[None], v[None]), np.full((1, len(x)), a), None
+            )
+            at = np.stack(
+                [
+                    (after.position[0] - mc.MIN_POSITION) / (mc.MAX_POSITION - mc.MIN_POSITION) * (grid - 1),
+                    (after.velocity[0] + mc.MAX_SPEED) / (2 * mc.MAX_SPEED) * (grid - 1),
+                ]
+            )
+            out.append(np.where(goal[0], -1.0, -1.0 + map_coordinates(value, at, order=1, mode="nearest")))
         return np.stack(out)
 
-    xs, vs = np.meshgrid(
-        np.linspace(mc.MIN_POSITION, mc.MAX_POSITION, grid),
-        np.linspace(-mc.MAX_SPEED, mc.MAX_SPEED, grid),
-        indexing="ij",
+    xs, vs = (
+        axis.ravel()
+        for axis in np.meshgrid(
+            np.linspace(mc.MIN_POSITION, mc.MAX_POSITION, grid),
+            np.linspace(-mc.MAX_SPEED, mc.MAX_SPEED, grid),
+            indexing="ij",
+        )
     )
     values = []
-    for force, gravity in params:
-        value = np.full(xs.shape, -200.0)
+    for row in params:
+        value = np.full((grid, grid), -200.0)
         for _ in range(200):
-            value = q_values(value, force, gravity, xs, vs).max(0)
+            value = q_values(value, row, xs, vs).max(0).reshape(grid, grid)
         values.append(value)
 
     def act(obs: np.ndarray) -> np.ndarray:
         x, v = obs[..., 0].astype(np.float64), obs[..., 1].astype(np.float64)
-        return np.stack([q_values(values[c], *params[c], x[c], v[c]).argmax(0) for c in range(params.shape[0])]).astype(
-            np.int64
-        )
+        return np.stack([q_values(values[c], params[c], x[c], v[c]).argmax(0) for c in range(len(params))])
 
     return act
 
 
-def play(params: np.ndarray, policy, episodes: int = 64, seed: int = 0) -> np.ndarray:
-    """Mean return per car of ``policy`` over ``episodes`` MountainCar episodes each."""
-    from fedrl.envs import FAMILIES, reset, step
-
-    family = FAMILIES["mountaincar"]
-    rng = np.random.default_rng(seed)
-    state, obs = reset(family, params, episodes, rng)
-    total = np.zeros((params.shape[0], episodes))
-    done = np.zeros_like(total, dtype=bool)
-    for _ in range(family.time_limit):
-        res = step(family, params, state, policy(obs), rng)
-        state, obs = res.state, res.obs
-        total += np.where(done, 0.0, res.reward)
-        done |= res.terminated | res.truncated
-    return total.mean(1)
-
-
 def mountaincar_references() -> str:
     """The hand policy and the per-car planner on each seed's training cars: a table and what it says."""
+    from airquality_hand import play
+
     from fedrl.envs import FAMILIES, sample_params
     from fedrl.envs.mountaincar import hand_policy
 
@@ -177,8 +154,8 @@ def mountaincar_references() -> str:
     hand, planned = [], []
     for seed in SEEDS:
         params = sample_params(family, FLEET["federation"]["n_clients"], 1.0, seed)
-        hand.append(play(params, hand_policy))
-        planned.append(play(params, planner_policy(params)))
+        hand.append(play(family, params, EPISODES, 0, hand_policy).mean(1))
+        planned.append(play(family, params, EPISODES, 0, planner_policy(params)).mean(1))
         print(f"mountaincar references, seed {seed}: hand {hand[-1].mean():.1f}, planner {planned[-1].mean():.1f}")
     for name, results in (
         ("push with the velocity (hand policy)", hand),

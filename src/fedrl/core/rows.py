@@ -53,6 +53,13 @@ def _put(whole: Any, rows: np.ndarray, part: Any) -> Any:
     return out
 
 
+def write_rows(record: Any, rows: np.ndarray, part: Any) -> None:
+    """Write ``part``'s rows into ``record``'s own arrays at ``rows``, in place (``put_rows`` copies)."""
+    whole = to_arrays(record)
+    for name, value in to_arrays(part).items():
+        whole[name][rows] = value
+
+
 def to_arrays(record: Any, prefix: str = "") -> dict[str, np.ndarray]:
     """The record's arrays by name (``prefix`` before each), ``None`` fields left out."""
     arrays: dict[str, np.ndarray] = {}

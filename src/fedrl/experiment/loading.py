@@ -256,8 +256,14 @@ def _learner_complete(data: dict[str, Any]) -> dict[str, Any]:
     name = learner.get("name", "ppo") if isinstance(learner, dict) else None
     if not isinstance(name, str) or name not in LEARNERS:
         return data
-    own = LEARNERS[name].config(name=name).model_dump(mode="json")
-    return {**data, "learner": under(own, learner)}
+    return {**data, "learner": pinned_learner(learner)}
+
+
+def pinned_learner(learner: dict[str, Any]) -> dict[str, Any]:
+    """A built-in learner's section with every key it leaves unset at the learner's own default, so no
+    env family's defaults apply to it (``EnvFamily.learner_defaults``)."""
+    name = learner.get("name", "ppo")
+    return under(LEARNERS[name].config(name=name).model_dump(mode="json"), learner)
 
 
 def read_from_server(text: str) -> ExperimentConfig:

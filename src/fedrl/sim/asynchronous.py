@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedrl.core.normstats import NormStats
-from fedrl.core.rows import copy_rows, take_rows, to_arrays
+from fedrl.core.rows import copy_rows, take_rows, write_rows
 from fedrl.core.update import Update
 from fedrl.experiment.streams import AVAILABILITY_STREAM
 from fedrl.sim.clients import train_clients
@@ -63,15 +63,8 @@ def _observed(state: SimState, fl: InFlight, clients: np.ndarray, increments: No
     for the fleet's, beside its update in flight (writing ``fl``), merged when the buffer is flushed."""
     if state.norm.personal:
         return replace(state, norm=state.norm.absorbed(clients, increments, np.ones(len(clients), dtype=bool)))
-    _write_rows(fl.stats, clients, increments)
+    write_rows(fl.stats, clients, increments)
     return state
-
-
-def _write_rows(record: NormStats, rows: np.ndarray, part: NormStats) -> None:
-    """Write ``part``'s rows into ``record``'s arrays at ``rows``, in place."""
-    whole = to_arrays(record)
-    for name, value in to_arrays(part).items():
-        whole[name][rows] = value
 
 
 def _next_event(fl: InFlight, now: float) -> tuple[float, int | None]:
@@ -92,7 +85,7 @@ def _buffer(fl: InFlight, client: int, now: float) -> None:
     fl.buffer_delta[slot] = fl.delta[client]
     fl.buffer_base[slot], fl.buffer_steps[slot] = fl.base_version[client], fl.env_steps[client]
     if fl.stats is not None:
-        _write_rows(fl.buffer_stats, np.array([slot]), take_rows(fl.stats, np.array([client])))
+        write_rows(fl.buffer_stats, np.array([slot]), take_rows(fl.stats, np.array([client])))
     fl.busy_until[client] = np.inf
 
 
@@ -122,7 +115,7 @@ def _free_slots(fl: InFlight, size: int) -> None:
     for array in (fl.buffer_client, fl.buffer_delta, fl.buffer_base, fl.buffer_steps):
         array[front] = array[rest]
     if fl.buffer_stats is not None:
-        _write_rows(fl.buffer_stats, front, take_rows(fl.buffer_stats, rest))
+        write_rows(fl.buffer_stats, front, take_rows(fl.buffer_stats, rest))
     fl.buffer_client[len(rest) :] = -1
 
 

@@ -333,9 +333,7 @@ class RunDir:
             client_state=client_state,
             sim_time_s=meta.get("sim_time_s", 0.0),
             version=meta.get("version", meta["round"]),
-            inflight=stored_record(
-                InFlight, slotted_buffer(per_client, INFLIGHT, setup.strategy.buffer_size), INFLIGHT
-            ),
+            inflight=stored_record(InFlight, slotted_buffer(per_client, INFLIGHT), INFLIGHT),
             pipeline_state=from_arrays(PipelineState, per_client, PIPELINE),
             norm=stored_record(NormStats, arrays, NORM),
             clusters=_clusters_from_arrays(setup, arrays) if _under(CLUSTERS, arrays) else None,

@@ -130,26 +130,19 @@ class InFlight:
         )
 
 
-def slotted_buffer(arrays: dict[str, np.ndarray], prefix: str, slots: int) -> dict[str, np.ndarray]:
+def slotted_buffer(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """A checkpoint's in-flight arrays (under ``prefix``) with a buffer written by an older fedrl,
-    one row per client and its position (``buffered``), moved into ``slots`` rows in arrival order
-    (more, should it hold more updates), its statistics with them."""
+    one row per client and its position (``buffered``), moved into one slot per buffered update in
+    arrival order, its statistics with them (``InFlight.with_slots`` makes the room for more)."""
     position = arrays.get(prefix + "buffered")
     if position is None:
         return arrays
-    out = {k: v for k, v in arrays.items() if k != prefix + "buffered"}
     order = np.argsort(position, kind="stable")[len(position) - int((position > 0).sum()) :]
-    room = max(slots, len(order))
-    client = np.full(room, -1, np.int64)
-    client[: len(order)] = order
-    out[prefix + "buffer_client"] = client
+    out = {k: v for k, v in arrays.items() if k != prefix + "buffered"}
+    out[prefix + "buffer_client"] = order.astype(np.int64)
     moved = [prefix + name for name in ("buffer_delta", "buffer_base", "buffer_steps")]
     moved += [k for k in arrays if k.startswith(prefix + "buffer_stats.")]
-    for name in moved:
-        old = arrays[name]
-        new = np.zeros((room, *old.shape[1:]), old.dtype)
-        new[: len(order)] = old[order]
-        out[name] = new
+    out.update({name: arrays[name][order] for name in moved})
     return out
 
 
