@@ -309,6 +309,47 @@ def test_asynchronous_mode_accepts_slightly_stale_updates_and_closes_every_buffe
     assert ack.round == 2 and coordinator.deployed_version == 2
 
 
+def test_fedasync_applies_updates_that_arrive_together_one_version_each(tmp_path):
+    # Prepare: three updates arrive before the server's clock closes a round
+    config = server_config(tmp_path, "experiment.strategy.name=fedasync", "rounds.max_staleness=3")
+    coordinator, _ = open_with_clients(tmp_path, config, Clock())
+    tasks = {c: coordinator.task(c) for c in NAMES}
+
+    # Execute
+    acks = [coordinator.submit(c, submission(coordinator, c, tasks[c])) for c in NAMES]
+    for _ in NAMES:
+        coordinator.tick()
+
+    # Assert: one update per buffer, each its own version
+    assert [ack.round for ack in acks] == [1, 2, 3]
+    assert coordinator.deployed_version == 3
+    assert [r.n_updates for r in coordinator.status().rounds[:3]] == [1, 1, 1]
+
+
+def test_fedbuff_queues_arrivals_in_full_buffers_and_refuses_past_max_staleness_buffers(tmp_path):
+    # Prepare: buffers of two, arrivals queued at most one buffer ahead
+    config = server_config(
+        tmp_path, "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=2", "rounds.max_staleness=1"
+    )
+    coordinator, _ = open_with_clients(tmp_path, config, Clock())
+    task = coordinator.task("a")
+    sent = [submission(coordinator, c, task, update_id=f"{c}-{i}") for i in range(2) for c in ("a", "b")]
+
+    # Execute
+    acks = [coordinator.submit(s.client, s) for s in sent]
+    with pytest.raises(Rejected) as err:
+        coordinator.submit("c", submission(coordinator, "c", task))
+    coordinator.tick()
+    reopened = Coordinator.open(config, tmp_path / "state", clock=Clock())  # a restart keeps the queue
+    reopened.tick()
+
+    # Assert: no buffer holds more than two; the refusal says to send again
+    assert [ack.round for ack in acks] == [1, 1, 2, 2]
+    assert err.value.reason is Reason.RESOURCE_EXHAUSTED and "send again" in err.value.message
+    assert reopened.deployed_version == 2
+    assert [r.n_updates for r in reopened.status().rounds[:2]] == [2, 2]
+
+
 def test_a_client_over_its_rate_is_refused(tmp_path):
     # Prepare
     coordinator, _ = open_with_clients(

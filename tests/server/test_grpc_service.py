@@ -406,6 +406,26 @@ def test_an_unexpected_server_error_is_internal_and_the_server_keeps_serving(fed
     assert alice.pull(1).version == 1
 
 
+def test_a_version_the_fleet_pulls_is_serialized_once_and_a_new_one_is_served_when_deployed(federation, monkeypatch):
+    # Prepare: count the versions the server serializes
+    serialized = []
+    real = convert.model_parts
+    monkeypatch.setattr(convert, "model_parts", lambda model: serialized.append(model.version) or real(model))
+    links = [federation.link(name) for name in NAMES]
+
+    # Execute
+    first = [link.pull(None) for link in links]
+    close_first_round(federation)
+    newer = [link.pull(None) for link in links]
+    older = links[0].pull(0)
+
+    # Assert: each version made once, and every pull bit for bit what the coordinator holds
+    assert serialized == [0, 1]
+    for model in [*first, *newer, older]:
+        assert model.params.tobytes() == federation.coordinator.model(model.version).params.tobytes()
+    assert {m.version for m in first} == {0} and {m.version for m in newer} == {1}
+
+
 def test_a_client_over_its_rate_limit_is_resource_exhausted(start):
     federation = start("limits.rate_per_s=0.01", "limits.burst=3")
     alice = federation.link("alice")

@@ -134,3 +134,20 @@ def test_a_stream_must_start_with_one_header_and_continue_with_chunks_only():
         convert.read_model(parts[1:], LIMIT)
     with pytest.raises(Rejected, match="one header, then only chunks"):
         convert.read_model([parts[0], parts[0], *parts[1:]], LIMIT)
+
+
+def test_a_buffer_handed_over_becomes_the_vector_and_immutable_bytes_are_copied():
+    # Prepare: one vector's wire bytes, as a writable buffer and as bytes
+    vector = np.arange(6, dtype=np.float32)
+    meta = {"delta": codec.describe(vector)}
+    handed = bytearray(codec.to_bytes(vector))
+
+    # Execute
+    (viewed,) = codec.assemble(meta, [handed], 1 << 20)
+    (copied,) = codec.assemble(meta, [bytes(handed)], 1 << 20)
+
+    # Assert: the same values; the first is the buffer itself (no copy), the second is writable
+    np.testing.assert_array_equal(viewed, vector)
+    np.testing.assert_array_equal(copied, vector)
+    assert np.shares_memory(viewed, np.frombuffer(handed, dtype=np.float32))
+    assert copied.flags.writeable and copied.dtype == np.float32

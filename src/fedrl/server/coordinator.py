@@ -193,6 +193,7 @@ class Coordinator:
         self._round = self._store.open_round()
         self._selected = set(self._store.selected(self._round.round))
         self._arrived = self._store.round_clients(self._round.round)
+        self._ahead = self._store.updates_after(self._round.round)
         if not self._selected:
             self._sample()
         self._secure = self._new_secure_round()
@@ -714,6 +715,8 @@ class Coordinator:
             self._arrived.append(client)
             if len(self._arrived) >= self.config.updates_per_round:
                 self.wake.set()
+        else:
+            self._ahead[round_] = self._ahead.get(round_, 0) + 1
         self._metrics.updates_accepted.inc()
         return Ack(s.update_id, round_, now), ticket
 
@@ -837,9 +840,7 @@ class Coordinator:
                     f"base version {s.base_version} is {staleness} versions old; "
                     f"at most {self.config.rounds.max_staleness} are accepted",
                 )
-            # a full buffer (or one being aggregated) sends arrivals on to the next round
-            full = self._closing or len(self._arrived) >= self.config.updates_per_round
-            return self._round.round + 1 if full else self._round.round
+            return self._buffer_joined()
         r = self._round
         if s.round != r.round or self._closing:
             raise Rejected(
@@ -857,6 +858,25 @@ class Coordinator:
         if client in self._arrived:
             raise Rejected(Reason.ALREADY_EXISTS, f"client {client!r} already sent an update for round {r.round}")
         return r.round
+
+    def _buffer_joined(self) -> int:
+        """The round (buffer) an asynchronous arrival joins: the open one unless it is full or
+        being aggregated, else the first after it holding fewer than a buffer's updates, at most
+        ``rounds.max_staleness`` rounds ahead (at least one); so a close reads at most one buffer,
+        whatever the arrival rate. Past that the update is refused as RESOURCE_EXHAUSTED, which
+        devices retry after a pause."""
+        size, open_round = self.config.updates_per_round, self._round.round
+        if not self._closing and len(self._arrived) < size:
+            return open_round
+        most = max(1, self.config.rounds.max_staleness)
+        for ahead in range(open_round + 1, open_round + most + 1):
+            if self._ahead.get(ahead, 0) < size:
+                return ahead
+        raise Rejected(
+            Reason.RESOURCE_EXHAUSTED,
+            f"the server's buffers are full: round {open_round} and the {most} after it hold {size} updates "
+            "each; send again in a moment",
+        )
 
     # --- closing rounds ------------------------------------------------------------------
     def tick(self) -> None:
@@ -1022,6 +1042,9 @@ class Coordinator:
     def _open_next_round(self) -> None:
         self._round = self._store.open_round()
         self._arrived = self._store.round_clients(self._round.round)
+        self._ahead = self._store.updates_after(self._round.round)
+        if self._arrived and len(self._arrived) >= self.config.updates_per_round:
+            self.wake.set()  # a buffer filled while the last one was aggregated: close it now
         self._selected = set()
         self._forfeiting, self._replaced = {}, set()
         self._sample()

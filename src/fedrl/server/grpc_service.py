@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -46,10 +47,11 @@ from fedrl.server.metrics import ServerMetrics
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
 from fedrl.wire.convert import parse_message
-from fedrl.wire.records import Ack, Reason, Rejected
+from fedrl.wire.records import Ack, Model, Reason, Rejected
 
 TRANSPORT = "grpc"  # the label of this transport in the byte counters
 WATCH_PERIOD_S = 0.5  # how often the upload watchdog looks
+VERSIONS_SERIALIZED = 4  # versions whose serialized stream is kept for pulls (the newest ones asked for)
 SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 
 
@@ -167,6 +169,7 @@ class FederationService:
             lambda client: coordinator.forfeit(client, "its upload went silent and was cancelled"),
         )
         self._reading = asyncio.Semaphore(limits.worker_threads)  # uploads read at once
+        self._versions: OrderedDict[int, tuple[bytes, ...]] = OrderedDict()  # see _model_messages
         self._accepting: set[asyncio.Task] = set()
         self._received = metrics.bytes_received.labels(transport=TRANSPORT) if metrics else None
         self._sent = metrics.bytes_sent.labels(transport=TRANSPORT) if metrics else None
@@ -240,7 +243,9 @@ class FederationService:
         return raw
 
     def _out(self, message: Message) -> bytes:
-        raw = message.SerializeToString()
+        return self._sent_bytes(message.SerializeToString())
+
+    def _sent_bytes(self, raw: bytes) -> bytes:
         if self._sent is not None:
             self._sent.inc(len(raw))
         return raw
@@ -279,8 +284,21 @@ class FederationService:
         self._coordinator.admit(self._client(context))
         pull = parse_message(pb.PullRequest, self._in(request))
         model = await self._blocking(self._coordinator.model, pull.version if pull.HasField("version") else None)
-        for part in convert.model_parts(model):
-            await context.write(self._out(part))
+        for raw in self._model_messages(model):
+            await context.write(self._sent_bytes(raw))
+
+    def _model_messages(self, model: Model) -> tuple[bytes, ...]:
+        """A version's stream, serialized (and its parameters hashed) once for every device that
+        pulls it, not once per pull: when a new version is deployed the whole fleet asks for it at
+        once. The newest few versions are kept; a version's content never changes."""
+        messages = self._versions.get(model.version)
+        if messages is None:
+            messages = tuple(part.SerializeToString() for part in convert.model_parts(model))
+            self._versions[model.version] = messages
+            if len(self._versions) > VERSIONS_SERIALIZED:
+                self._versions.popitem(last=False)
+        self._versions.move_to_end(model.version)
+        return messages
 
     async def push_update(self, requests: AsyncIterable[bytes], context: grpc.aio.ServicerContext) -> bytes:
         """Read one update's stream (its header checked before any chunk is read), then reassemble,
@@ -313,27 +331,33 @@ class FederationService:
         return self._out(convert.ack_message(await asyncio.shield(accepting)))
 
     async def _read_stream(self, requests: AsyncIterable[bytes], upload: _Upload) -> tuple[pb.UpdateHeader, bytearray]:
-        """The stream's header and its chunks' bytes in one buffer: a header declaring more than the
-        model's size or the server's limit is refused at once, a second header, an empty chunk or
-        more bytes than declared as they come."""
+        """The stream's header and its chunks' bytes in one buffer of the size it declares, filled
+        as they come (growing it chunk by chunk would leave the allocator a trail of freed
+        blocks): a header declaring more than the model's size or the server's limit is refused at
+        once, a second header, an empty chunk or more bytes than declared as they come. Returns
+        the bytes received, which the checks compare with the declared size."""
         header: pb.UpdateHeader | None = None
-        buffer, declared = bytearray(), 0
+        buffer, filled = bytearray(), 0
         most, dim = self._coordinator.max_update_bytes, self._coordinator.dim
         async for raw in requests:
             upload.last_heard = time.monotonic()
             part = parse_message(pb.UpdatePart, self._in(raw))
             if header is None:
-                declared = convert.declared_update_bytes(part, most, dim)
+                buffer = bytearray(convert.declared_update_bytes(part, most, dim))
                 header = part.header
                 continue
-            if part.WhichOneof("part") != "chunk" or not part.chunk:
+            chunk = part.chunk
+            if part.WhichOneof("part") != "chunk" or not chunk:
                 raise Rejected(Reason.INVALID_ARGUMENT, "an update stream has one header, then only non-empty chunks")
-            if len(buffer) + len(part.chunk) > declared:
-                raise Rejected(Reason.INVALID_ARGUMENT, f"received more than the {declared} bytes the header declares")
-            buffer += part.chunk
+            if filled + len(chunk) > len(buffer):
+                raise Rejected(
+                    Reason.INVALID_ARGUMENT, f"received more than the {len(buffer)} bytes the header declares"
+                )
+            buffer[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
         if header is None:
             raise Rejected(Reason.INVALID_ARGUMENT, "an update stream must start with its header")
-        return header, buffer
+        return header, buffer if filled == len(buffer) else buffer[:filled]
 
     async def _accept(self, client: str, header: pb.UpdateHeader, buffer: bytearray) -> Ack:
         """Reassemble, check, write and record the update on the loop, and wait for the disk (its

@@ -533,6 +533,11 @@ class Store:
         rows = self.db.execute("SELECT client FROM updates WHERE round = ? ORDER BY rowid", (round_,))
         return [r[0] for r in rows]
 
+    def updates_after(self, round_: int) -> dict[int, int]:
+        """Accepted updates per round after ``round_``: asynchronous arrivals queued behind full buffers."""
+        rows = self.db.execute("SELECT round, COUNT(*) FROM updates WHERE round > ? GROUP BY round", (round_,))
+        return dict(rows.fetchall())
+
     def round_records(self, round_: int) -> list[sqlite3.Row]:
         """The records of ``round_``'s accepted updates, in arrival order (``read_updates`` adds
         their vectors; it needs no database, so callers can run it outside their lock)."""

@@ -93,7 +93,8 @@ def assemble(
     metas: Mapping[str, VectorMeta | BytesMeta], pieces: Iterable[bytes], max_bytes: int
 ) -> tuple[np.ndarray | bytes, ...]:
     """Rebuild the vectors ``metas`` declares (in its order) from their chunks, sent back to back:
-    a float32 array for a ``VectorMeta``, ``bytes`` for a ``BytesMeta``.
+    a float32 array for a ``VectorMeta``, ``bytes`` for a ``BytesMeta``. A writable buffer given as
+    the one piece is taken over: its float32 vectors are views of it, not copies.
 
     Refuses, as ``Rejected``: an unknown dtype, a negative length, a declared total above
     ``max_bytes`` (RESOURCE_EXHAUSTED, before anything is buffered), more or fewer bytes than
@@ -119,6 +120,15 @@ def assemble(
                 f"{name}: sha256 {digest} of the bytes received differs from the declared {meta.sha256!r}",
             )
         raw = isinstance(meta, BytesMeta)
-        vectors.append(bytes(payload) if raw else np.frombuffer(payload, dtype=_WIRE_DTYPE).astype(np.float32))
+        vectors.append(bytes(payload) if raw else _floats(payload))
         offset += meta.nbytes
     return tuple(vectors)
+
+
+def _floats(payload: memoryview) -> np.ndarray:
+    """The float32 vector of wire bytes: a view of them where they are a writable buffer in the
+    host's byte order (a buffer handed over, read once), else a copy (``bytes`` stay immutable)."""
+    values = np.frombuffer(payload, dtype=_WIRE_DTYPE)
+    if values.flags.writeable and values.dtype == np.float32:
+        return values
+    return values.astype(np.float32)
