@@ -462,6 +462,25 @@ def test_devices_normalise_and_the_server_merges_their_statistics_into_each_vers
 
 
 @pytest.mark.parametrize(
+    "deployment", [(3, {"rounds": 4, "stop_at_target": False}, {}, {}, {"name": "fedasync"})], indirect=True
+)
+def test_fedasync_devices_sending_together_each_make_a_version_of_their_own(deployment):
+    deployment.run_to_the_end()
+    store = Store(deployment.root / "srv")
+    try:
+        latest = store.latest_version()
+        per_round = dict(store.db.execute("SELECT round, COUNT(*) FROM updates GROUP BY round").fetchall())
+        closed = [r.round for r in store.rounds() if r.new_version is not None]
+    finally:
+        store.close()
+
+    # FedAsync applies one update per version, however many arrive at once; no close failed
+    assert latest == 4 and len(closed) == 4
+    assert all(per_round[r] == 1 for r in closed)
+    assert not events(deployment.root / "server.log", "tick_failed")
+
+
+@pytest.mark.parametrize(
     "deployment",
     [
         (
