@@ -704,12 +704,12 @@ LIMITS = (
     "(`limits.grow_windows: false`) and reads at most `limits.worker_threads` uploads at once, each into one "
     "buffer of its declared size that becomes the update (no copy); the others wait unread in their windows. A "
     "round (FedBuff's buffer) holds at most `buffer_size` updates: arrivals while it is full or being aggregated "
-    "queue in the next buffers, at most `rounds.max_staleness` ahead, and past that are refused as "
-    "RESOURCE_EXHAUSTED, which devices retry. Before 2026-12-08 arrivals during a slow close all joined the next "
-    "round, which grew to 257 and then 488 updates of 1M parameters (2 GB read at once): 62 updates/s and 3.4 GB "
-    "at 1M with fsync, against 105/s and 1.5 GB with the cap (same command, same machine, same hour). The column "
-    "`idle / bound MB` gives the bound docs/deployment.md states, from the idle server's memory (`memory_bound_mb` "
-    "here)."
+    "queue in the next buffers, at most `rounds.max_staleness` ahead (fewer for a stale update), and past that are "
+    "refused as UNAVAILABLE from the header alone, which devices send again later. Before 2026-12-08 arrivals "
+    "during a slow close all joined the next round, which grew to 257 and then 488 updates of 1M parameters (2 GB "
+    "read at once): 62 updates/s and 3.4 GB at 1M with fsync, against 105/s and 1.5 GB with the cap (same command, "
+    "same machine, same hour). The column `idle / bound MB` gives the bound docs/deployment.md states, from the "
+    "idle server's memory (`memory_bound_mb` here)."
 )
 
 

@@ -326,28 +326,103 @@ def test_fedasync_applies_updates_that_arrive_together_one_version_each(tmp_path
     assert [r.n_updates for r in coordinator.status().rounds[:3]] == [1, 1, 1]
 
 
-def test_fedbuff_queues_arrivals_in_full_buffers_and_refuses_past_max_staleness_buffers(tmp_path):
-    # Prepare: buffers of two, arrivals queued at most one buffer ahead
+def fedbuff_of_two(tmp_path, *overrides: str) -> tuple[ServerConfig, Coordinator]:
     config = server_config(
-        tmp_path, "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=2", "rounds.max_staleness=1"
+        tmp_path, "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=2", *overrides
     )
     coordinator, _ = open_with_clients(tmp_path, config, Clock())
+    return config, coordinator
+
+
+def test_fedbuff_queues_arrivals_in_full_buffers_and_asks_to_send_again_past_them(tmp_path):
+    # Prepare: buffers of two, fresh arrivals queued at most one buffer ahead
+    config, coordinator = fedbuff_of_two(tmp_path, "rounds.max_staleness=1")
     task = coordinator.task("a")
     sent = [submission(coordinator, c, task, update_id=f"{c}-{i}") for i in range(2) for c in ("a", "b")]
 
-    # Execute
+    # Execute: a restart between the arrivals and the closes
     acks = [coordinator.submit(s.client, s) for s in sent]
+    coordinator.close()
+    reopened = Coordinator.open(config, tmp_path / "state", clock=Clock())
     with pytest.raises(Rejected) as err:
-        coordinator.submit("c", submission(coordinator, "c", task))
-    coordinator.tick()
-    reopened = Coordinator.open(config, tmp_path / "state", clock=Clock())  # a restart keeps the queue
+        reopened.submit("c", submission(reopened, "c", task))
+    reopened.wake.clear()
+    reopened.tick()
+    woken = reopened.wake.is_set()  # the round it opened was already full
     reopened.tick()
 
-    # Assert: no buffer holds more than two; the refusal says to send again
+    # Assert: no buffer holds more than two; the refusal asks to send again, which devices do
     assert [ack.round for ack in acks] == [1, 1, 2, 2]
-    assert err.value.reason is Reason.RESOURCE_EXHAUSTED and "send again" in err.value.message
-    assert reopened.deployed_version == 2
+    assert err.value.reason is Reason.UNAVAILABLE and "send again" in err.value.message
+    assert woken and reopened.deployed_version == 2
     assert [r.n_updates for r in reopened.status().rounds[:2]] == [2, 2]
+
+
+def test_a_stale_update_waits_fewer_buffers_and_updates_being_written_hold_their_places(tmp_path):
+    # Prepare: version 1 deployed; the open buffer holds one update, another is being written
+    _, coordinator = fedbuff_of_two(tmp_path, "rounds.max_staleness=2")
+    old = coordinator.task("c")
+    for c in ("a", "b"):
+        coordinator.submit(c, submission(coordinator, c, coordinator.task(c)))
+    coordinator.tick()
+    coordinator.submit("a", submission(coordinator, "a", coordinator.task("a"), update_id="a-fresh"))
+    writing = coordinator.accept("b", submission(coordinator, "b", coordinator.task("b"), update_id="b-fresh"))
+
+    # Execute: updates from version 0 (one version stale) may wait one buffer ahead, fresh ones two
+    queued = [coordinator.submit(c, submission(coordinator, c, old, update_id=f"{c}-old")) for c in ("c", "a")]
+    with pytest.raises(Rejected) as err:
+        coordinator.submit("b", submission(coordinator, "b", old, update_id="b-old"))
+    fresh = coordinator.submit("b", submission(coordinator, "b", coordinator.task("b"), update_id="b-fresher"))
+
+    # Assert: the place of the update being written was not given away
+    assert [ack.round for ack in queued] == [3, 3] and err.value.reason is Reason.UNAVAILABLE
+    assert fresh.round == 4
+    coordinator.write(writing)
+    assert coordinator.record(writing)[0].round == 2
+
+
+def test_once_the_run_is_over_an_asynchronous_update_is_refused_not_queued(tmp_path):
+    # Prepare: a run of 4 rounds whose last buffer is full
+    _, coordinator = fedbuff_of_two(tmp_path, "rounds.max_staleness=8")
+    first = coordinator.task("c")
+    for r in range(4):
+        for c in ("a", "b"):
+            coordinator.submit(c, submission(coordinator, c, coordinator.task(c), update_id=f"{c}-{r}"))
+        if r < 3:
+            coordinator.tick()
+
+    # Execute
+    with pytest.raises(Rejected) as full:
+        coordinator.submit("c", submission(coordinator, "c", coordinator.task("c")))
+    coordinator.tick()
+    with pytest.raises(Rejected) as over:
+        coordinator.submit("c", submission(coordinator, "c", first, update_id="c-late"))
+
+    # Assert: nothing queued past round 4, and nothing acknowledged that no version would take in
+    assert full.value.reason is Reason.UNAVAILABLE
+    assert coordinator.finished and over.value.reason is Reason.FAILED_PRECONDITION
+    assert coordinator.deployed_version == 4
+
+
+def test_a_store_whose_asynchronous_rounds_held_more_than_a_buffer_is_spread_on_open(tmp_path):
+    # Prepare: a FedAsync store written before buffers were capped: three updates in round 1
+    config = server_config(tmp_path, "experiment.strategy.name=fedasync", "rounds.max_staleness=3")
+    coordinator, _ = open_with_clients(tmp_path, config, Clock())
+    for c in NAMES:
+        coordinator.submit(c, submission(coordinator, c, coordinator.task(c)))
+    coordinator.close()
+    store = Store(tmp_path / "state")
+    store.db.execute("UPDATE updates SET round = 1")
+    store.close()
+
+    # Execute
+    reopened = Coordinator.open(config, tmp_path / "state", clock=Clock())
+    for _ in NAMES:
+        reopened.tick()
+
+    # Assert: one update a version, in arrival order
+    assert reopened.deployed_version == 3
+    assert [r.n_updates for r in reopened.status().rounds[:3]] == [1, 1, 1]
 
 
 def test_a_client_over_its_rate_is_refused(tmp_path):

@@ -426,6 +426,35 @@ def test_a_version_the_fleet_pulls_is_serialized_once_and_a_new_one_is_served_wh
     assert {m.version for m in first} == {0} and {m.version for m in newer} == {1}
 
 
+def test_an_update_no_buffer_has_room_for_is_refused_from_its_header_and_the_device_is_told_to_retry(start):
+    # Prepare: FedBuff buffers of one, arrivals queued at most one buffer ahead, both taken
+    federation = start(
+        "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=1", "rounds.max_staleness=1"
+    )
+    for name in ("alice", "bob"):
+        link = federation.link(name)
+        link.push(update(federation, name, link.task()))
+    carol = federation.link("carol")
+    sent = update(federation, "carol", carol.task())
+    chunks_read = []
+    parse = convert.parse_message
+    with pytest.MonkeyPatch.context() as patch:  # count the chunks the server parses
+        patch.setattr(
+            "fedrl.server.grpc_service.parse_message",
+            lambda kind, raw: chunks_read.append(kind) or parse(kind, raw),
+        )
+
+        # Execute
+        with pytest.raises(Unreachable) as failure:
+            carol.push(sent)
+
+    # Assert: UNAVAILABLE, which a device's link reads as "try again later" (its update kept), after
+    # the header alone; nothing stored
+    assert "UNAVAILABLE" in str(failure.value) and "send again" in str(failure.value)
+    assert chunks_read == [pb.UpdatePart]
+    assert federation.state()[2]["carol"] == 0
+
+
 def test_a_client_over_its_rate_limit_is_resource_exhausted(start):
     federation = start("limits.rate_per_s=0.01", "limits.burst=3")
     alice = federation.link("alice")

@@ -8,7 +8,8 @@ chunks (``fedrl.wire.convert``). Failures are sorted into the two the agent unde
   PERMISSION_DENIED, ...), carrying the server's message: retrying the same call will not help;
 - ``Untrusted`` when the TLS handshake failed because the server's certificate does not verify
   against the given CA or names another host: a wrong setting, not a passing failure;
-- ``Unreachable`` for every other status: UNAVAILABLE (no server, no network), DEADLINE_EXCEEDED,
+- ``Unreachable`` for every other status: UNAVAILABLE (no server, no network, or a server whose
+  buffers are full), DEADLINE_EXCEEDED,
   CANCELLED, and INTERNAL or UNKNOWN from a server in trouble, which may pass once it restarts --
   the agent backs off and tries again.
 """
@@ -49,7 +50,7 @@ def _translated(method: str) -> Iterator[None]:
         yield
     except grpc.RpcError as error:
         code, details = error.code(), error.details() or ""
-        if code.name in Reason.__members__:
+        if code.name in Reason.__members__ and Reason[code.name] is not Reason.UNAVAILABLE:
             raise Rejected(Reason[code.name], details) from error
         if code is grpc.StatusCode.UNAVAILABLE and any(marker in details for marker in UNTRUSTED_MARKERS):
             raise Untrusted(

@@ -266,9 +266,9 @@ def _result(name: str, reply: mq.Reply, expected: str):
     kind = reply.WhichOneof("result")
     if kind == "refusal":
         reason, message = reply.refusal.reason, reply.refusal.message
-        if reason in Reason.__members__:
+        if reason in Reason.__members__ and Reason[reason] is not Reason.UNAVAILABLE:
             raise Rejected(Reason[reason], message)
-        raise Unreachable(f"{name}: {reason}: {message}")
+        raise Unreachable(f"{name}: {reason}: {message}")  # UNAVAILABLE too: the server asks for the call again later
     if kind != expected:
         raise Unreachable(f"{name}: the server answered with {kind!r} instead of {expected!r}")
     return getattr(reply, expected)

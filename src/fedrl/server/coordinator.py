@@ -135,7 +135,7 @@ class Coordinator:
         self._seen_lock = threading.Lock()  # the liveness and rate limits, asked by every call: not the round's lock
         self._flushed_at = clock()
         self._closing = False
-        self._writing: set[str] = set()  # update ids whose files are being written
+        self._writing: dict[str, int] = {}  # update ids whose files are being written -> the round each joins
         self._load_tokens()
         self._client_ids: dict[str, int] = {}  # name -> the store's id, which never changes
         self._experiment_yaml = to_yaml(self.setup.for_devices())
@@ -192,6 +192,8 @@ class Coordinator:
         self._strategy_state = state_from_arrays(self.setup.strategy, state)
         self._round = self._store.open_round()
         self._selected = set(self._store.selected(self._round.round))
+        if self.config.asynchronous:  # a store from before buffers were capped may hold more in one round
+            self._store.spread_updates(self._round.round, self.config.updates_per_round)
         self._arrived = self._store.round_clients(self._round.round)
         self._ahead = self._store.updates_after(self._round.round)
         if not self._selected:
@@ -602,10 +604,10 @@ class Coordinator:
             self._counted(_refuse_in_clear, client, submission)
         submission, digest = self._counted(lambda c, sub: self._prepared(c, sub, verified), client, submission)
         with self._lock:
-            repeated = self._counted(lambda c, sub: self._screen(c, sub, digest), client, submission)
-            if repeated is not None:
-                return repeated
-            self._writing.add(submission.update_id)
+            screened = self._counted(lambda c, sub: self._screen(c, sub, digest), client, submission)
+            if isinstance(screened, Ack):
+                return screened
+            self._writing[submission.update_id] = screened  # its place in that round, held while it is written
         return Taken(client, submission, digest)
 
     def write(self, taken: Taken) -> None:
@@ -614,7 +616,7 @@ class Coordinator:
             self._store.write_update_file(taken.submission)
         except BaseException:
             with self._lock:
-                self._writing.discard(taken.submission.update_id)
+                self._writing.pop(taken.submission.update_id, None)
             raise
 
     def record(self, taken: Taken) -> tuple[Ack, int]:
@@ -622,7 +624,7 @@ class Coordinator:
         ``sync_records`` makes durable."""
         update_id = taken.submission.update_id
         with self._lock:
-            self._writing.discard(update_id)
+            self._writing.pop(update_id, None)
             try:
                 return self._counted(lambda c, sub: self._record(c, sub, taken.digest), taken.client, taken.submission)
             except Rejected:
@@ -691,9 +693,9 @@ class Coordinator:
         except (ValueError, IndexError) as exc:  # IndexError: an index past the end
             raise Rejected(Reason.INVALID_ARGUMENT, f"payload is not an encoded update: {exc}") from None
 
-    def _screen(self, client: str, s: Submission, digest: str) -> Ack | None:
+    def _screen(self, client: str, s: Submission, digest: str) -> Ack | int:
         """The checks against the server's state before the update is written; the original ack
-        for a resubmission, else None."""
+        for a resubmission, else the round the update joins."""
         known = self._store.find_update(s.update_id)
         if known is not None:
             return self._repeat(client, s, digest, known)
@@ -701,9 +703,9 @@ class Coordinator:
             raise Rejected(
                 Reason.ALREADY_EXISTS, f"update id {s.update_id!r} is being stored; ask again for its acknowledgement"
             )
-        self._check_version(client, s)
+        round_ = self._check_version(client, s)
         self._check_size(client, s)
-        return None
+        return round_
 
     def _record(self, client: str, s: Submission, digest: str) -> tuple[Ack, int]:
         """Commit the written update to the round that is open now (it may have changed meanwhile);
@@ -840,7 +842,7 @@ class Coordinator:
                     f"base version {s.base_version} is {staleness} versions old; "
                     f"at most {self.config.rounds.max_staleness} are accepted",
                 )
-            return self._buffer_joined()
+            return self._buffer_joined(staleness)
         r = self._round
         if s.round != r.round or self._closing:
             raise Rejected(
@@ -859,23 +861,37 @@ class Coordinator:
             raise Rejected(Reason.ALREADY_EXISTS, f"client {client!r} already sent an update for round {r.round}")
         return r.round
 
-    def _buffer_joined(self) -> int:
-        """The round (buffer) an asynchronous arrival joins: the open one unless it is full or
-        being aggregated, else the first after it holding fewer than a buffer's updates, at most
-        ``rounds.max_staleness`` rounds ahead (at least one); so a close reads at most one buffer,
-        whatever the arrival rate. Past that the update is refused as RESOURCE_EXHAUSTED, which
-        devices retry after a pause."""
+    def check_room(self, base_version: int) -> None:
+        """Refuse at once, before a transport reads an upload's bytes, an asynchronous update from
+        ``base_version`` that would find no buffer with room (or a run that is over); recording
+        the update checks again, for good."""
+        if self.config.asynchronous:
+            with self._lock:
+                self._buffer_joined(max(0, self._deployed.version - base_version))
+
+    def _buffer_joined(self, staleness: int) -> int:
+        """The round (buffer) an asynchronous arrival ``staleness`` versions old joins: the open one
+        unless it is full or being aggregated, else the first after it holding fewer than a
+        buffer's updates (those being written count), so a close reads at most one buffer whatever
+        the arrival rate. It may wait at most ``max_staleness - staleness`` rounds ahead (at least
+        one), so it is at most one version staler than ``max_staleness`` when applied, and never
+        past the run's last round. Past that it is refused as UNAVAILABLE, which devices retry
+        after a pause, their update kept; once the run is over, as FAILED_PRECONDITION."""
+        if self.finished:
+            raise Rejected(Reason.FAILED_PRECONDITION, "the run is over: no more versions will be made")
         size, open_round = self.config.updates_per_round, self._round.round
-        if not self._closing and len(self._arrived) < size:
+        writing = collections.Counter(self._writing.values())
+        if not self._closing and len(self._arrived) + writing[open_round] < size:
             return open_round
-        most = max(1, self.config.rounds.max_staleness)
-        for ahead in range(open_round + 1, open_round + most + 1):
-            if self._ahead.get(ahead, 0) < size:
+        most = max(1, self.config.rounds.max_staleness - staleness)
+        last = min(open_round + most, self.config.experiment.federation.rounds)
+        for ahead in range(open_round + 1, last + 1):
+            if self._ahead.get(ahead, 0) + writing[ahead] < size:
                 return ahead
         raise Rejected(
-            Reason.RESOURCE_EXHAUSTED,
-            f"the server's buffers are full: round {open_round} and the {most} after it hold {size} updates "
-            "each; send again in a moment",
+            Reason.UNAVAILABLE,
+            f"the server's buffers are full: round {open_round} and the {last - open_round} it may queue behind "
+            f"it hold {size} updates each; send again in a moment",
         )
 
     # --- closing rounds ------------------------------------------------------------------

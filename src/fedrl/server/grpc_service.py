@@ -38,6 +38,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from google.protobuf.message import Message
 
 from fedrl.server.config import LimitsConfig
@@ -330,21 +331,24 @@ class FederationService:
         accepting.add_done_callback(_settled(self._accepting))
         return self._out(convert.ack_message(await asyncio.shield(accepting)))
 
-    async def _read_stream(self, requests: AsyncIterable[bytes], upload: _Upload) -> tuple[pb.UpdateHeader, bytearray]:
+    async def _read_stream(self, requests: AsyncIterable[bytes], upload: _Upload) -> tuple[pb.UpdateHeader, np.ndarray]:
         """The stream's header and its chunks' bytes in one buffer of the size it declares, filled
         as they come (growing it chunk by chunk would leave the allocator a trail of freed
-        blocks): a header declaring more than the model's size or the server's limit is refused at
-        once, a second header, an empty chunk or more bytes than declared as they come. Returns
-        the bytes received, which the checks compare with the declared size."""
+        blocks; its pages are taken only as bytes arrive, so a header alone costs none): a header
+        declaring more than the model's size or the server's limit is refused at once, as is an
+        asynchronous update that no buffer has room for, a second header, an empty chunk or more
+        bytes than declared as they come. Returns the bytes received, which the checks compare
+        with the declared size."""
         header: pb.UpdateHeader | None = None
-        buffer, filled = bytearray(), 0
+        buffer, filled = np.empty(0, dtype=np.uint8), 0
         most, dim = self._coordinator.max_update_bytes, self._coordinator.dim
         async for raw in requests:
             upload.last_heard = time.monotonic()
             part = parse_message(pb.UpdatePart, self._in(raw))
             if header is None:
-                buffer = bytearray(convert.declared_update_bytes(part, most, dim))
+                buffer = np.empty(convert.declared_update_bytes(part, most, dim), dtype=np.uint8)
                 header = part.header
+                self._coordinator.check_room(header.base_version)  # before its bytes are read
                 continue
             chunk = part.chunk
             if part.WhichOneof("part") != "chunk" or not chunk:
@@ -353,13 +357,13 @@ class FederationService:
                 raise Rejected(
                     Reason.INVALID_ARGUMENT, f"received more than the {len(buffer)} bytes the header declares"
                 )
-            buffer[filled : filled + len(chunk)] = chunk
+            buffer[filled : filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
             filled += len(chunk)
         if header is None:
             raise Rejected(Reason.INVALID_ARGUMENT, "an update stream must start with its header")
         return header, buffer if filled == len(buffer) else buffer[:filled]
 
-    async def _accept(self, client: str, header: pb.UpdateHeader, buffer: bytearray) -> Ack:
+    async def _accept(self, client: str, header: pb.UpdateHeader, buffer: np.ndarray) -> Ack:
         """Reassemble, check, write and record the update on the loop, and wait for the disk (its
         file's and its record's fsyncs) on the pool: a hand-off between threads costs more than the
         work it would move (docs/benchmarks.md, Load). Shielded by the caller: once begun, it ends,

@@ -22,6 +22,7 @@ again, from the same stored updates.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -532,6 +533,21 @@ class Store:
         """Clients with an accepted update in ``round_``, in arrival order."""
         rows = self.db.execute("SELECT client FROM updates WHERE round = ? ORDER BY rowid", (round_,))
         return [r[0] for r in rows]
+
+    def spread_updates(self, round_: int, size: int) -> int:
+        """Where a round from ``round_`` on holds more than ``size`` updates (asynchronous arrivals
+        queued by a server from before buffers were capped), refill the rounds from ``round_`` on
+        in arrival order, ``size`` each; returns the updates moved."""
+        rows = self.db.execute(
+            "SELECT rowid, round FROM updates WHERE round >= ? ORDER BY round, rowid", (round_,)
+        ).fetchall()
+        counts = collections.Counter(r for _, r in rows)
+        if not counts or max(counts.values()) <= size:
+            return 0
+        moved = [(round_ + i // size, rowid) for i, (rowid, old) in enumerate(rows) if round_ + i // size != old]
+        with self._transaction():
+            self.db.executemany("UPDATE updates SET round = ? WHERE rowid = ?", moved)
+        return len(moved)
 
     def updates_after(self, round_: int) -> dict[int, int]:
         """Accepted updates per round after ``round_``: asynchronous arrivals queued behind full buffers."""

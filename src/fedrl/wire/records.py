@@ -29,6 +29,7 @@ class Reason(enum.Enum):
     ALREADY_EXISTS = "ALREADY_EXISTS"  # a second, different update for the same round
     NOT_FOUND = "NOT_FOUND"  # unknown model version or client
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # rate limit or size limit
+    UNAVAILABLE = "UNAVAILABLE"  # the server cannot take it now (its buffers are full): the caller sends again later
 
 
 class Rejected(Exception):
