@@ -425,6 +425,31 @@ def test_a_store_whose_asynchronous_rounds_held_more_than_a_buffer_is_spread_on_
     assert [r.n_updates for r in reopened.status().rounds[:3]] == [1, 1, 1]
 
 
+def test_a_fedbuff_store_spread_on_open_keeps_its_overflow_in_the_runs_last_buffer(tmp_path):
+    # Prepare: a run of 2 rounds whose store holds six acknowledged updates in round 1, buffers of 2
+    config, coordinator = fedbuff_of_two(tmp_path, "experiment.federation.rounds=2", "rounds.max_staleness=8")
+    task = coordinator.task("a")
+    sent = [submission(coordinator, c, task, update_id=f"{c}-{i}") for i in range(2) for c in NAMES]
+    for s in sent[:4]:  # all the capped server takes; an older one took the other two as well
+        coordinator.submit(s.client, s)
+    coordinator.close()
+    store = Store(tmp_path / "state")
+    for s in sent[4:]:
+        store.write_update_file(s)
+        store.record_update(s, 1, s.digest, 1000.0)
+    store.db.execute("UPDATE updates SET round = 1")
+    store.close()
+
+    # Execute
+    reopened = Coordinator.open(config, tmp_path / "state", clock=Clock())
+    reopened.tick()
+    reopened.tick()
+
+    # Assert: every acknowledged update is applied, none in a round the run never reaches
+    assert reopened.finished and reopened.deployed_version == 2
+    assert [r.n_updates for r in reopened.status().rounds[:2]] == [2, 4]
+
+
 def test_a_client_over_its_rate_is_refused(tmp_path):
     # Prepare
     coordinator, _ = open_with_clients(

@@ -431,9 +431,11 @@ def test_an_update_no_buffer_has_room_for_is_refused_from_its_header_and_the_dev
     federation = start(
         "experiment.strategy.name=fedbuff", "experiment.strategy.buffer_size=1", "rounds.max_staleness=1"
     )
+    stored = {}
     for name in ("alice", "bob"):
         link = federation.link(name)
-        link.push(update(federation, name, link.task()))
+        stored[name] = update(federation, name, link.task())
+        link.push(stored[name])
     carol = federation.link("carol")
     sent = update(federation, "carol", carol.task())
     chunks_read = []
@@ -447,12 +449,14 @@ def test_an_update_no_buffer_has_room_for_is_refused_from_its_header_and_the_dev
         # Execute
         with pytest.raises(Unreachable) as failure:
             carol.push(sent)
+    resent = federation.link("alice").push(stored["alice"])  # a resend needs no room
 
     # Assert: UNAVAILABLE, which a device's link reads as "try again later" (its update kept), after
     # the header alone; nothing stored
     assert "UNAVAILABLE" in str(failure.value) and "send again" in str(failure.value)
     assert chunks_read == [pb.UpdatePart]
     assert federation.state()[2]["carol"] == 0
+    assert resent.duplicate and resent.round == 1
 
 
 def test_a_client_over_its_rate_limit_is_resource_exhausted(start):

@@ -18,7 +18,8 @@ server what to do, over and over:
 Acting never waits for training or the network: the acting loop runs in its own thread and a new
 version is swapped in between two decisions (``fedrl.edge.acting``).
 
-Failures. ``Unreachable`` (server down, restarting, network gone): back off with jitter
+Failures. ``Unreachable`` (server down, restarting, network gone, or UNAVAILABLE: an
+asynchronous server whose buffers are full, which keeps nothing): back off with jitter
 (``fedrl.edge.backoff``) and try again, forever -- a device never gives up on its server.
 ``Rejected`` for the credentials (UNAUTHENTICATED, PERMISSION_DENIED) and ``Untrusted`` (the
 server's certificate does not verify) raise ``Fatal``, as do an experiment that names code for

@@ -2,10 +2,11 @@
 
 The agent's loop (``fedrl.edge.agent``) is written against ``Link`` only; ``GrpcLink`` and
 ``MqttLink`` implement it. A call either returns a record from ``fedrl.wire.records``, raises
-``Unreachable`` (no answer: the server is down, restarting or the network is gone -- the agent
-backs off and retries, forever) or raises ``Rejected`` (the server answered no, and said why --
-retrying the same call will not help). ``Untrusted`` means the server could not prove who it is:
-the agent stops rather than retry, since only a change of its settings can fix that.
+``Unreachable`` (no answer: the server is down, restarting or the network is gone, or it asked
+for the call again later, UNAVAILABLE -- the agent backs off and retries, forever) or raises
+``Rejected`` (the server answered no, and said why -- retrying the same call will not help).
+``Untrusted`` means the server could not prove who it is: the agent stops rather than retry,
+since only a change of its settings can fix that.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ refusal with which the server answers a frame it could not authenticate. A heart
 one frame with no reply: the deployed version it returns is the fleet's retained announcement.
 Failures are sorted into the two the agent understands:
 
-- ``Rejected`` when the server answered with a ``Refusal`` naming a ``Reason``, with its message;
-- ``Unreachable`` when no answer came in time (no broker, no server, no coverage, a broker that
+- ``Rejected`` when the server answered with a ``Refusal`` naming a ``Reason``, with its message,
+  except UNAVAILABLE (its buffers are full: the update is to be sent again later);
+- ``Unreachable`` for UNAVAILABLE, when no answer came in time (no broker, no server, no coverage, a broker that
   refused the login), the server answered INTERNAL, or it said it could not authenticate this
   device: that answer is unsealed, so anyone on a broker without the ACL could forge it, and
   stopping on it would let them stop the device -- the agent backs off, tries again, and says why;

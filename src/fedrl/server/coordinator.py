@@ -193,7 +193,13 @@ class Coordinator:
         self._round = self._store.open_round()
         self._selected = set(self._store.selected(self._round.round))
         if self.config.asynchronous:  # a store from before buffers were capped may hold more in one round
-            self._store.spread_updates(self._round.round, self.config.updates_per_round)
+            size = self.config.updates_per_round
+            # FedBuff's overflow stays in the run's last buffer; FedAsync applies one update at a time,
+            # so updates past its last round are never applied (they were acknowledged by an older fedrl)
+            last = self.config.experiment.federation.rounds if size > 1 else None
+            moved = self._store.spread_updates(self._round.round, size, last)
+            if moved:
+                log_event("updates_spread", level="warning", moved=moved, buffer_size=size)
         self._arrived = self._store.round_clients(self._round.round)
         self._ahead = self._store.updates_after(self._round.round)
         if not self._selected:
@@ -827,21 +833,27 @@ class Coordinator:
         if not 1 <= s.env_steps <= most:
             raise Rejected(Reason.INVALID_ARGUMENT, f"env_steps {s.env_steps} outside 1..{most}")
 
-    def _check_version(self, client: str, s: Submission) -> int:
-        """The round the update joins, after checking its base version and round."""
-        if not 0 <= s.base_version <= self._deployed.version:  # versions are numbered 0, 1, 2 ... deployed
+    def _staleness(self, base_version: int) -> int:
+        """How many versions older than the deployed one ``base_version`` is, refused when it is
+        unknown or (asynchronously) older than ``max_staleness`` allows."""
+        if not 0 <= base_version <= self._deployed.version:  # versions are numbered 0, 1, 2 ... deployed
             raise Rejected(
                 Reason.FAILED_PRECONDITION,
-                f"unknown base version {s.base_version}; the deployed version is {self._deployed.version}",
+                f"unknown base version {base_version}; the deployed version is {self._deployed.version}",
             )
+        staleness = self._deployed.version - base_version
+        if self.config.asynchronous and staleness > self.config.rounds.max_staleness:
+            raise Rejected(
+                Reason.FAILED_PRECONDITION,
+                f"base version {base_version} is {staleness} versions old; "
+                f"at most {self.config.rounds.max_staleness} are accepted",
+            )
+        return staleness
+
+    def _check_version(self, client: str, s: Submission) -> int:
+        """The round the update joins, after checking its base version and round."""
+        staleness = self._staleness(s.base_version)
         if self.config.asynchronous:
-            staleness = self._deployed.version - s.base_version
-            if staleness > self.config.rounds.max_staleness:
-                raise Rejected(
-                    Reason.FAILED_PRECONDITION,
-                    f"base version {s.base_version} is {staleness} versions old; "
-                    f"at most {self.config.rounds.max_staleness} are accepted",
-                )
             return self._buffer_joined(staleness)
         r = self._round
         if s.round != r.round or self._closing:
@@ -861,13 +873,16 @@ class Coordinator:
             raise Rejected(Reason.ALREADY_EXISTS, f"client {client!r} already sent an update for round {r.round}")
         return r.round
 
-    def check_room(self, base_version: int) -> None:
+    def check_room(self, update_id: str, base_version: int) -> None:
         """Refuse at once, before a transport reads an upload's bytes, an asynchronous update from
-        ``base_version`` that would find no buffer with room (or a run that is over); recording
-        the update checks again, for good."""
+        ``base_version`` that would be refused for its base version or find no buffer with room
+        (or a run that is over); recording the update checks again, for good. A resend of an
+        update already stored passes: it is answered with its original acknowledgement."""
         if self.config.asynchronous:
             with self._lock:
-                self._buffer_joined(max(0, self._deployed.version - base_version))
+                if update_id in self._writing or self._store.find_update(update_id) is not None:
+                    return
+                self._buffer_joined(self._staleness(base_version))
 
     def _buffer_joined(self, staleness: int) -> int:
         """The round (buffer) an asynchronous arrival ``staleness`` versions old joins: the open one

@@ -348,7 +348,7 @@ class FederationService:
             if header is None:
                 buffer = np.empty(convert.declared_update_bytes(part, most, dim), dtype=np.uint8)
                 header = part.header
-                self._coordinator.check_room(header.base_version)  # before its bytes are read
+                self._coordinator.check_room(header.update_id, header.base_version)  # before its bytes are read
                 continue
             chunk = part.chunk
             if part.WhichOneof("part") != "chunk" or not chunk:

@@ -534,17 +534,21 @@ class Store:
         rows = self.db.execute("SELECT client FROM updates WHERE round = ? ORDER BY rowid", (round_,))
         return [r[0] for r in rows]
 
-    def spread_updates(self, round_: int, size: int) -> int:
+    def spread_updates(self, round_: int, size: int, last: int | None) -> int:
         """Where a round from ``round_`` on holds more than ``size`` updates (asynchronous arrivals
         queued by a server from before buffers were capped), refill the rounds from ``round_`` on
-        in arrival order, ``size`` each; returns the updates moved."""
+        in arrival order, ``size`` each; with ``last`` (the run's last round) the overflow stays
+        there, as it was before; returns the updates moved."""
+        if last is not None and round_ > last:
+            return 0
         rows = self.db.execute(
             "SELECT rowid, round FROM updates WHERE round >= ? ORDER BY round, rowid", (round_,)
         ).fetchall()
         counts = collections.Counter(r for _, r in rows)
         if not counts or max(counts.values()) <= size:
             return 0
-        moved = [(round_ + i // size, rowid) for i, (rowid, old) in enumerate(rows) if round_ + i // size != old]
+        target = [round_ + i // size if last is None else min(round_ + i // size, last) for i in range(len(rows))]
+        moved = [(new, rowid) for new, (rowid, old) in zip(target, rows) if new != old]
         with self._transaction():
             self.db.executemany("UPDATE updates SET round = ? WHERE rowid = ?", moved)
         return len(moved)
