@@ -464,7 +464,7 @@ def test_devices_normalise_and_the_server_merges_their_statistics_into_each_vers
 @pytest.mark.parametrize(
     "deployment", [(3, {"rounds": 4, "stop_at_target": False}, {}, {}, {"name": "fedasync"})], indirect=True
 )
-def test_fedasync_devices_sending_together_each_make_a_version_of_their_own(deployment):
+def test_fedasync_on_a_real_server_makes_one_candidate_per_update(deployment):
     deployment.run_to_the_end()
     store = Store(deployment.root / "srv")
     try:
@@ -473,8 +473,9 @@ def test_fedasync_devices_sending_together_each_make_a_version_of_their_own(depl
     finally:
         store.close()
 
-    # FedAsync makes one candidate per update (the gate decides which are deployed), however many
-    # arrive at once; every round of the run closed, none failed
+    # FedAsync makes one candidate per update (the gate decides which are deployed); every round of
+    # the run closed, none failed (the race of two arrivals during one close is pinned down in
+    # tests/server/test_coordinator.py, where it can be made to happen every time)
     assert closed == [1, 2, 3, 4]
     assert all(per_round[r] == 1 for r in closed)
     assert not events(deployment.root / "server.log", "tick_failed")
