@@ -3,6 +3,7 @@ are the ``fedrl.v1`` messages (one schema for both transports)."""
 
 from pathlib import Path
 
+import pytest
 from grpc_tools import protoc
 
 import fedrl.wire
@@ -36,3 +37,13 @@ def test_requests_and_replies_carry_the_grpc_schema_messages():
     assert request.fields_by_name["register"].message_type is fedrl_pb2.RegisterRequest.DESCRIPTOR
     assert reply.fields_by_name["ack"].message_type is fedrl_pb2.Ack.DESCRIPTOR
     assert mqtt_pb2.UpdateStream.DESCRIPTOR.fields_by_name["parts"].message_type is fedrl_pb2.UpdatePart.DESCRIPTOR
+
+
+def test_a_device_link_takes_a_full_server_over_mqtt_as_one_to_try_again():
+    from fedrl.edge.link import Unreachable
+    from fedrl.edge.mqtt_link import _result
+    from fedrl.wire import mqtt_pb2 as mq
+
+    reply = mq.Reply(refusal=mq.Refusal(reason="UNAVAILABLE", message="the server's buffers are full"))
+    with pytest.raises(Unreachable, match="buffers are full"):
+        _result("push", reply, "ack")

@@ -7,7 +7,7 @@ from fedrl.core.moments import Moments
 from fedrl.core.normstats import NormStats
 from fedrl.wire import convert
 from fedrl.wire import fedrl_pb2 as pb
-from fedrl.wire.records import Model, Rejected, Submission, Task
+from fedrl.wire.records import Model, Reason, Rejected, Submission, Task, final_reason
 
 LIMIT = 1 << 20
 
@@ -45,3 +45,12 @@ def test_statistics_whose_means_and_sums_of_squares_differ_in_length_are_refused
 
     with pytest.raises(Rejected, match="norm.obs: 2 means but 1 sums of squared deviations"):
         convert.read_norm(message)
+
+
+@pytest.mark.parametrize(
+    ("name", "final"),
+    [("NOT_FOUND", Reason.NOT_FOUND), ("RESOURCE_EXHAUSTED", Reason.RESOURCE_EXHAUSTED), ("UNAVAILABLE", None),
+     ("INTERNAL", None)],
+)  # fmt: skip
+def test_a_refusal_is_final_unless_it_asks_to_try_again_later(name, final):
+    assert final_reason(name) is final

@@ -28,7 +28,6 @@ from fedrl.wire.fedrl_pb2_grpc import FederationStub
 from fedrl.wire.records import (
     Ack,
     Model,
-    Reason,
     Registration,
     Rejected,
     SecureReply,
@@ -36,6 +35,7 @@ from fedrl.wire.records import (
     Submission,
     Task,
     Wait,
+    final_reason,
 )
 
 # What gRPC's TLS handshake reports when the server's certificate does not verify: another CA, another host.
@@ -50,8 +50,9 @@ def _translated(method: str) -> Iterator[None]:
         yield
     except grpc.RpcError as error:
         code, details = error.code(), error.details() or ""
-        if code.name in Reason.__members__ and Reason[code.name] is not Reason.UNAVAILABLE:
-            raise Rejected(Reason[code.name], details) from error
+        reason = final_reason(code.name)
+        if reason is not None:
+            raise Rejected(reason, details) from error
         if code is grpc.StatusCode.UNAVAILABLE and any(marker in details for marker in UNTRUSTED_MARKERS):
             raise Untrusted(
                 f"{method}: the server's certificate failed verification; give --ca the CA that signed it "

@@ -15,12 +15,13 @@ refusal with which the server answers a frame it could not authenticate. A heart
 one frame with no reply: the deployed version it returns is the fleet's retained announcement.
 Failures are sorted into the two the agent understands:
 
-- ``Rejected`` when the server answered with a ``Refusal`` naming a ``Reason``, with its message,
-  except UNAVAILABLE (its buffers are full: the update is to be sent again later);
-- ``Unreachable`` for UNAVAILABLE, when no answer came in time (no broker, no server, no coverage, a broker that
-  refused the login), the server answered INTERNAL, or it said it could not authenticate this
-  device: that answer is unsealed, so anyone on a broker without the ACL could forge it, and
-  stopping on it would let them stop the device -- the agent backs off, tries again, and says why;
+- ``Rejected`` when the server answered with a ``Refusal`` naming a ``Reason`` other than
+  UNAVAILABLE, with its message;
+- ``Unreachable`` when the server said UNAVAILABLE (its buffers are full: send again later), when
+  no answer came in time (no broker, no server, no coverage, a broker that refused the login),
+  the server answered INTERNAL, or it said it could not authenticate this device: that answer is
+  unsealed, so anyone on a broker without the ACL could forge it, and stopping on it would let
+  them stop the device -- the agent backs off, tries again, and says why;
 - ``Untrusted`` when the broker's certificate fails verification: the agent stops.
 """
 
@@ -53,6 +54,7 @@ from fedrl.wire.records import (
     Submission,
     Task,
     Wait,
+    final_reason,
 )
 
 MAX_DOWNLOAD_BYTES = 2**32  # largest reply the link will reassemble (a billion float32)
@@ -267,9 +269,10 @@ def _result(name: str, reply: mq.Reply, expected: str):
     kind = reply.WhichOneof("result")
     if kind == "refusal":
         reason, message = reply.refusal.reason, reply.refusal.message
-        if reason in Reason.__members__ and Reason[reason] is not Reason.UNAVAILABLE:
-            raise Rejected(Reason[reason], message)
-        raise Unreachable(f"{name}: {reason}: {message}")  # UNAVAILABLE too: the server asks for the call again later
+        final = final_reason(reason)
+        if final is not None:
+            raise Rejected(final, message)
+        raise Unreachable(f"{name}: {reason}: {message}")
     if kind != expected:
         raise Unreachable(f"{name}: the server answered with {kind!r} instead of {expected!r}")
     return getattr(reply, expected)

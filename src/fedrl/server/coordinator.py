@@ -1074,7 +1074,7 @@ class Coordinator:
         self._round = self._store.open_round()
         self._arrived = self._store.round_clients(self._round.round)
         self._ahead = self._store.updates_after(self._round.round)
-        if self._arrived and len(self._arrived) >= self.config.updates_per_round:
+        if len(self._arrived) >= self.config.updates_per_round:
             self.wake.set()  # a buffer filled while the last one was aggregated: close it now
         self._selected = set()
         self._forfeiting, self._replaced = {}, set()

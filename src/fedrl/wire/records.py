@@ -32,6 +32,13 @@ class Reason(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"  # the server cannot take it now (its buffers are full): the caller sends again later
 
 
+def final_reason(name: str) -> Reason | None:
+    """The ``Reason`` a refusal named, when the caller should take it as final; None for a name
+    it does not know and for UNAVAILABLE, both of which mean "try again later"."""
+    reason = Reason.__members__.get(name)
+    return None if reason is Reason.UNAVAILABLE else reason
+
+
 class Rejected(Exception):
     """A refused call: ``reason`` for the transport's status, ``message`` for the client."""
 
