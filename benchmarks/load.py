@@ -597,9 +597,16 @@ def memory_bound_mb(r: Result, settings: Settings) -> float:
     deployed model, the candidate, the strategy's state, the versions kept serialized for pulls);
     V = 4 x parameters, no download in progress."""
     v = 4 * r.dim
-    streams, workers = 2 * settings.clients + 64, LimitsConfig().worker_threads
+    streams = _server_set(settings, "limits.max_concurrent_streams", 2 * settings.clients + 64)
+    workers = _server_set(settings, "limits.worker_threads", LimitsConfig().worker_threads)
     bound = 3 * BUFFER_SIZE * v + workers * (v + 2 * 2**20) + streams * 64 * 2**10 + 8 * v
     return r.window.idle_rss_mb + bound / 2**20
+
+
+def _server_set(settings: Settings, key: str, default: int) -> int:
+    """The value a ``--server-set key=N`` gave the fedrl server, else ``default``."""
+    given = [value for name, _, value in (s.partition("=") for s in settings.server_sets) if name == key]
+    return int(given[-1]) if given else default
 
 
 def table(results: list[Result], settings: Settings) -> str:
