@@ -1,6 +1,7 @@
 """Client batching must not leak: a client's gradient and Adam step depend only on its own data."""
 
 import numpy as np
+import pytest
 import torch
 
 from fedrl.agents import PolicyNet, PolicyShape, distributions, init_params
@@ -106,6 +107,58 @@ def test_fast_tanh_has_a_second_derivative():
 
     y = torch.tanh(x.detach())
     torch.testing.assert_close(second, -2 * y * (1 - y**2), atol=2e-6, rtol=0)
+
+
+def _layer(c, n, n_in, n_out, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.tanh(torch.randn(c, n, n_in, generator=g))
+    weight = torch.randn(c, n_in, n_out, generator=g) / n_in**0.5
+    bias = torch.randn(c, n_out, generator=g)
+    upstream = torch.randn(c, n, n_out, generator=g)
+    return x, weight, bias, upstream
+
+
+def _grads(product, x, weight, bias, upstream, create_graph=False):
+    leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    out = product(*leaves)
+    grads = torch.autograd.grad(out, leaves, upstream, create_graph=create_graph)
+    return out, grads, leaves
+
+
+@pytest.mark.parametrize("n_in,n_out", [(4, 64), (64, 64), (64, 3), (64, 2), (64, 1), (32, 2), (32, 1)])
+def test_linear_layer_gives_autograds_baddbmm_values_and_gradients_to_the_bit(n_in, n_out):
+    """The layers of every published result: the fast backward changes no number."""
+    from fedrl.agents.nets import linear
+
+    layer = _layer(100, 256, n_in, n_out, seed=n_in * 100 + n_out)
+    out, grads, _ = _grads(linear, *layer)
+    ref_out, ref_grads, _ = _grads(lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w), *layer)
+    assert torch.equal(out, ref_out)
+    for mine, ref in zip(grads, ref_grads):
+        assert mine.shape == ref.shape and torch.equal(mine, ref)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(7, 3), (3, 9), (64, 9), (5, 1)])
+def test_linear_layer_gradients_of_other_shapes_agree_with_autograds_to_rounding(n_in, n_out):
+    from fedrl.agents.nets import linear
+
+    layer = _layer(20, 64, n_in, n_out, seed=n_in * 100 + n_out)
+    _, grads, _ = _grads(linear, *layer)
+    _, ref_grads, _ = _grads(lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w), *layer)
+    for mine, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_layer_has_a_second_derivative():
+    from fedrl.agents.nets import linear
+
+    layer = _layer(3, 16, 5, 1, seed=0)
+    second = []
+    for product in (linear, lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w)):
+        _, (grad_x, _, _), (_, weight, _) = _grads(product, *layer, create_graph=True)
+        second.append(torch.autograd.grad((grad_x**2).sum(), weight)[0])
+    torch.testing.assert_close(second[0], second[1])
+    assert second[0].abs().sum() > 0
 
 
 def test_unpacked_gradients_are_those_of_slicing_to_the_bit_and_zero_where_unused():
