@@ -4,23 +4,31 @@ For 1, 10, 100 and 1000 clients: the rate with learning (rollouts + 4 PPO epochs
 aggregation; evaluation excluded), the acting rate (the actor's forward pass, sampling and the
 batched envs' step, nothing kept: the peer's "rollout only") and the rollout rate (what a learner
 collects: the critic's values, log-probabilities and the whole trajectory kept), to show where the
-time goes. In the same run, the reference: single-agent
-Stable-Baselines3 PPO on CartPole-v1 (benchmarks/sb3_reference.py), so the ratio is printed.
+time goes. In the same run, two references: single-agent Stable-Baselines3 PPO on CartPole-v1
+(benchmarks/sb3_reference.py), and the JAX/XLA peer (benchmarks/jax_peer.py, the same setting as a
+PureJaxRL-style program: one jitted function per round), each figure of it measured right after
+fedrl's, in its own process, so the ratios compare the two on the same machine in the same minutes.
 And start-up, as its own line: `fedrl run examples/cartpole.yaml` for one round, launched as a user
 launches it, timed to its first output (the run set up, before the first round) and to the end of
-its first round, median of STARTUP_RUNS launches.
+its first round, median of STARTUP_RUNS launches, beside `import torch` alone and the peer's launch
+to its first round compiled.
 
     python benchmarks/throughput.py            # needs the bench extra: pip install -e '.[bench]'
+
+Without JAX installed the peer's columns show the figures it was first measured at (PEER_QUOTED).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import matplotlib
 
@@ -45,13 +53,12 @@ LOCAL_STEPS = 1024  # per client per round: 16 envs x 64 steps, one rollout, 4 e
 MIN_STEPS = 400_000  # measure at least this many env steps per setting
 STARTUP_RUNS = 5
 REPEATS = 3  # each rate is the median of this many measurements: the machine is shared and noisy
-# The strongest peer, as measured on a machine of this kind (not rerun here: JAX is no dependency of
-# fedrl): a PureJaxRL-style federated PPO, JAX 0.10 on CPU, gymnax CartPole with per-client physics as a
-# vmap axis, one jitted function per round, the same network, local work and minibatches. Clients ->
-# (env steps/s with learning, acting only, rollout kept for learning); None where it was not measured.
-# Its kept rollout measured 1.9-2.4M at 100 clients: the best figure is the one to beat.
-PEER = {10: (324_000, None, None), 100: (331_000, 3_200_000, 2_400_000), 1000: (None, 4_600_000, 2_600_000)}
+# The JAX/XLA peer's figures as the issue quoted them, measured once on a machine of this kind with a
+# PureJaxRL-style program; shown only where JAX is missing here. Clients -> (with learning, acting only,
+# rollout kept), None where it was not measured; its kept rollout measured 1.9-2.4M at 100 clients.
+PEER_QUOTED = {10: (324_000, None, None), 100: (331_000, 3_200_000, 2_400_000), 1000: (None, 4_600_000, 2_600_000)}
 COLUMNS = ("with learning (PPO, 4 epochs)", "acting only", "rollout kept for learning")
+PEER_MODES = ("learn", "act", "rollout")  # benchmarks/jax_peer.py's name of each column
 
 
 def setup_for(n_clients: int) -> SimSetup:
@@ -156,26 +163,70 @@ def startup_s() -> tuple[float, float]:
     return float(np.median(ready)), float(np.median(first))
 
 
-def _peer(n: int, column: int) -> str:
-    """The peer's figure for ``n`` clients (a column of ``COLUMNS``), or "-"."""
-    figure = PEER.get(n, (None,) * len(COLUMNS))[column]
+def peer_installed() -> bool:
+    """Whether the JAX/XLA peer can run here (JAX comes with the bench extra)."""
+    return importlib.util.find_spec("jax") is not None
+
+
+def _peer_record(*args: str) -> dict:
+    """The JSON record ``benchmarks/jax_peer.py`` prints last, run in its own process."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "jax_peer.py"), *args]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peer_rate(column: int, n_clients: int) -> float:
+    """The peer's env steps/s for a column of ``COLUMNS``: the median of ``REPEATS`` after a warm-up."""
+    mode = PEER_MODES[column]
+    return _peer_record("--mode", mode, "--clients", str(n_clients), "--repeats", str(REPEATS))["steps_per_s"]
+
+
+def peer_startup_s() -> tuple[float, float]:
+    """Median seconds from launching the peer (10 clients) to its first round compiled, and to its end."""
+    records = [_peer_record("--mode", "startup", "--clients", "10", "--t0", repr(time.time())) for _ in range(3)]
+    return tuple(float(np.median([r[key] for r in records])) for key in ("ready_s", "first_round_s"))
+
+
+def torch_import_s() -> float:
+    """Median seconds of a Python process that only imports torch: the floor of any start-up that trains."""
+    times = []
+    for _ in range(STARTUP_RUNS):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+class Row(NamedTuple):
+    """One fleet size: fedrl's three rates and the peer's (None where it was not measured)."""
+
+    clients: int
+    fedrl: tuple[float, float, float]
+    peer: tuple[float | None, float | None, float | None]
+
+
+def _cell(figure: float | None) -> str:
     return "-" if figure is None else f"{figure:,.0f}"
 
 
-def plot(rows: list[tuple[int, float, float, float]], sb3: float) -> None:
+def _ratio(ours: float, theirs: float | None) -> str:
+    return "-" if theirs is None else f"{ours / theirs:.2f}"
+
+
+def plot(rows: list[Row], sb3: float, peer_label: str) -> None:
     """Bars per fleet size and figure, log scale, the peer's figures as red marks, the reference as a line."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x, width = np.arange(len(rows)), 0.27
     offsets = [(k - 1) * width for k in range(len(COLUMNS))]
     for k, (label, offset) in enumerate(zip(COLUMNS, offsets)):
-        ax.bar(x + offset, [r[k + 1] for r in rows], width, label=label)
+        ax.bar(x + offset, [r.fedrl[k] for r in rows], width, label=f"fedrl: {label}")
     ax.axhline(sb3, color="black", linestyle="--", label=f"SB3 PPO, 1 agent ({sb3:,.0f}/s)")
-    for i, (n, *_) in enumerate(rows):
-        for offset, figure in zip(offsets, PEER.get(n, (None,) * len(COLUMNS))):
+    for i, row in enumerate(rows):
+        for offset, figure in zip(offsets, row.peer):
             if figure is not None:
                 ax.plot([i + offset - width / 2, i + offset + width / 2], [figure] * 2, color="red", lw=2)
-    ax.plot([], [], color="red", lw=2, label="JAX/XLA peer (same setting)")
-    ax.set_xticks(x, [f"{r[0]} clients" for r in rows])
+    ax.plot([], [], color="red", lw=2, label=peer_label)
+    ax.set_xticks(x, [f"{r.clients} clients" for r in rows])
     ax.set_yscale("log")
     ax.set_ylabel("env steps / s")
     ax.set_title("fedrl throughput on CartPole, 64x64 actor-critic")
@@ -185,47 +236,92 @@ def plot(rows: list[tuple[int, float, float, float]], sb3: float) -> None:
     fig.savefig(IMG / "throughput.png", dpi=110)
 
 
+def measure(n_clients: int, with_peer: bool) -> Row:
+    """fedrl's three rates for a fleet, each followed by the peer's where it runs (else its quoted figure)."""
+    setup, ours, theirs = setup_for(n_clients), [], []
+    quoted = PEER_QUOTED.get(n_clients, (None,) * len(COLUMNS))
+    for column, rate in enumerate((learning_rate, acting_rate, rollout_rate)):
+        ours.append(median_of(rate, setup))
+        theirs.append(peer_rate(column, n_clients) if with_peer else quoted[column])
+    row = Row(n_clients, tuple(ours), tuple(theirs))
+    print(
+        f"{n_clients:5d} clients: "
+        + ", ".join(f"{name} {_cell(a)} (peer {_cell(b)})" for name, a, b in zip(PEER_MODES, row.fedrl, row.peer)),
+        flush=True,
+    )
+    return row
+
+
+def targets(rows: list[Row], with_peer: bool) -> str:
+    """The issue's bars (fixed figures) and, where the peer ran, how many rows fedrl leads."""
+    by_size = {r.clients: r.fedrl for r in rows}
+    bars = [("with learning at 100 clients", by_size[100][0], 330_000),
+            ("acting only at 100 clients", by_size[100][1], 3_300_000),
+            ("acting only at 1,000 clients", by_size[1000][1], 4_600_000)]  # fmt: skip
+    met = "; ".join(
+        f"{name} {ours:,.0f} (>= {bar:,.0f}: {'met' if ours >= bar else 'not met'})" for name, ours, bar in bars
+    )
+    line = f"Targets, the issue's fixed figures: {met}."
+    if with_peer:
+        pairs = [(a, b) for r in rows for a, b in zip(r.fedrl, r.peer)]
+        ahead = sum(a > b for a, b in pairs)
+        line += f" Against the peer measured in this run: fedrl ahead in {ahead} of {len(pairs)} rows."
+    return line
+
+
 def main() -> None:
     tune_allocator()
-    rows = []
-    for n in (1, 10, 100, 1000):
-        setup = setup_for(n)
-        rows.append((n, *(median_of(rate, setup) for rate in (learning_rate, acting_rate, rollout_rate))))
-        print(
-            f"{n:5d} clients: {rows[-1][1]:>10,.0f} steps/s with learning, {rows[-1][2]:>12,.0f} acting only, "
-            f"{rows[-1][3]:>12,.0f} rollout kept",
-            flush=True,
-        )
+    with_peer = peer_installed()
+    rows = [measure(n, with_peer) for n in (1, 10, 100, 1000)]
     sb3 = sb3_rate()
     ready, first = startup_s()
+    torch_s = torch_import_s()
+    peer_ready, peer_first = peer_startup_s() if with_peer else (None, None)
     print(f"start-up: {ready:.2f} s to the run set up, {first:.2f} s to the end of the first round", flush=True)
-    plot(rows, sb3)
+    peer_label = "JAX/XLA peer, this run" if with_peer else "JAX/XLA peer, quoted (JAX not installed here)"
+    plot(rows, sb3, peer_label)
+    header = ["clients", "figure", "fedrl, env steps/s", peer_label, "fedrl / peer", "learning vs SB3 PPO"]
     table = markdown_table(
-        ["clients", "env steps/s with learning", "JAX/XLA peer", "acting only", "JAX/XLA peer",
-         "rollout kept for learning", "JAX/XLA peer", "learning vs SB3 PPO"],
-        [[n, f"{learn:,.0f}", _peer(n, 0), f"{act:,.0f}", _peer(n, 1), f"{roll:,.0f}", _peer(n, 2),
-          f"{learn / sb3:.0f}x"] for n, learn, act, roll in rows],
+        header,
+        [[r.clients, name, _cell(ours), _cell(theirs), _ratio(ours, theirs), f"{ours / sb3:.0f}x" if k == 0 else ""]
+         for r in rows for k, (name, ours, theirs) in enumerate(zip(COLUMNS, r.fedrl, r.peer))],
     )  # fmt: skip
+    peer_how = (
+        "The peer is `benchmarks/jax_peer.py`: the same setting written as a PureJaxRL-style program (JAX "
+        f"{importlib.metadata.version('jax')} on "
+        "the CPU, CartPole with each client's physics as a vmap axis, float32 physics where fedrl's are float64, "
+        "one jitted function per round doing the rollouts, GAE, the 4 epochs of 4 minibatches and FedAvg), each "
+        "figure measured in its own process right after fedrl's, median of the same number of measurements "
+        "after a warm-up (its compilation excluded)."
+        if with_peer
+        else "JAX is not installed here, so the peer's figures are those it was first measured at on a machine "
+        "of this kind (install the bench extra to measure it in the same run)."
+    )
+    startup = (
+        f"Start-up, launch of `fedrl run examples/cartpole.yaml --set federation.rounds=1` to its first line "
+        f"(imports, config, set-up: the first round begins): **{ready:.2f} s**; to the end of its first round "
+        f"(10 clients, 1,024 steps each, evaluation included): **{first:.2f} s** (median of {STARTUP_RUNS} "
+        f"launches; target <= 1 s to the first round). A Python process that only imports torch takes "
+        f"{torch_s:.2f} s here: the floor of any start-up that trains with it."
+    )
+    if with_peer:
+        startup += (
+            f" The peer, launch to its first round compiled (10 clients): {peer_ready:.2f} s, to the end of "
+            f"that round: {peer_first:.2f} s (median of 3 launches, XLA's compilation cache cold)."
+        )
     body = "\n\n".join(
         [
             f"## Throughput\n\n`{COMMAND}` ({machine()})",
             "PPO, 16 envs x 64 steps per client per round (1,024), 4 epochs of 4 minibatches of 256 samples per "
             "client, 64x64 tanh actor and critic, shards of up to 250 clients; evaluation excluded; each figure "
-            f"the median of {REPEATS} measurements. The JAX/XLA "
-            "peer's figures were measured on a machine of this kind with the same setting (a PureJaxRL-style "
-            "federated PPO, one jitted function per round; JAX is no dependency of fedrl, so they are not rerun "
-            "here). Acting only: each client's actor on its envs' observations, an action sampled, the envs "
-            "stepped, nothing kept (the peer's 'rollout only'); rollout kept for learning: what a learner "
-            "collects (`fedrl.agents.rollout.collect`: the critic's values and log-probabilities too, the whole "
-            "trajectory kept; the peer measured 1.9-2.4M at 100 clients, the best shown). Target: ahead of the "
-            "peer in every row (>= 330,000 env steps/s with learning at 100 clients, >= 3.3M acting only at 100 "
-            "and 4.6M at 1,000).",
+            f"the median of {REPEATS} measurements. Acting only: each client's actor on its envs' observations, "
+            "an action sampled, the envs stepped, nothing kept (the peer's 'rollout only'); rollout kept for "
+            "learning: what a learner collects (`fedrl.agents.rollout.collect`: the critic's values and "
+            "log-probabilities too, the whole trajectory kept). " + peer_how,
             table,
+            targets(rows, with_peer),
             f"Reference in the same run: single-agent SB3 PPO on CartPole-v1 trains at **{sb3:,.0f} env steps/s**.",
-            f"Start-up, launch of `fedrl run examples/cartpole.yaml --set federation.rounds=1` to its first line "
-            f"(imports, config, set-up: the first round begins): **{ready:.2f} s**; to the end of its first round "
-            f"(10 clients, 1,024 steps each, evaluation included): **{first:.2f} s** "
-            f"(median of {STARTUP_RUNS} launches; target <= 1 s to the first round).",
+            startup,
             "![throughput](img/throughput.png)",
         ]
     )
