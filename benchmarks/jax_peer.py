@@ -14,8 +14,10 @@ The setting is fedrl's throughput benchmark's, copied where it costs time:
   half-length, pole mass, cart mass, gravity and push force drawn per client at heterogeneity 1 from
   the same random stream as ``fedrl.envs.base.sample_params``; 16 envs per client, carried over rounds.
 - PPO as ``fedrl.agents.ppo`` with the benchmark's config: 16 envs x 64 steps (1,024 steps per client
-  per round), time-outs bootstrapped with ``gamma * V(final_obs)``, GAE (gamma 0.99, lambda 0.95),
-  4 epochs x 4 minibatches of 256 (a fresh permutation per epoch and client), clip 0.2, value
+  per round), time-outs bootstrapped with ``gamma * V(final_obs)`` (the critic run over the fleet's
+  reached obs only at a step where some env timed out, as fedrl does), GAE (gamma 0.99, lambda 0.95),
+  4 epochs x 4 minibatches of 256 (a fresh permutation per epoch and client, where fedrl draws one per
+  epoch for all its clients: the same work), clip 0.2, value
   coefficient 0.5, entropy coefficient 0 (fedrl's default), advantages normalised per minibatch, each
   client's gradient clipped to norm 0.5, Adam (lr 1e-3, fedrl's default; eps 1e-5) fresh every round.
 - FedAvg: the new global parameters are the clients' mean; every client starts a round from them.
@@ -225,28 +227,42 @@ def act_steps(params: dict, env_params: jax.Array, state: Physics, key: jax.Arra
     return state, key
 
 
-def rollout(params: dict, env_params: jax.Array, state: Physics, key: jax.Array, n_steps: int, gamma: float):
-    """``n_steps`` of one client's envs with the stochastic policy, kept for learning: a ``Trajectory``,
-    the state, the key and the summed lengths and count of the episodes that ended."""
+def client_step(params: dict, env_params: jax.Array, state: Physics, key: jax.Array):
+    """One step of one client's envs with the stochastic policy: the state, the key and what a learner
+    keeps (obs, action, log-prob, value, done, truncated, the obs reached, the length of an ended episode)."""
+    key, act_key, env_key = jax.random.split(key, 3)
+    obs = observe(state)
+    logits = mlp(params["actor"], obs)
+    action = jax.random.categorical(act_key, logits)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
+    step = env_step(env_params, state, action, env_key)
+    done = step.terminated | step.truncated
+    row = (obs, action, logp, value(params, obs), done, step.truncated, step.final_obs, jnp.where(done, state.t + 1, 0))
+    return step.state, key, row
+
+
+def rollout(params: dict, env_params: jax.Array, state: Physics, keys: jax.Array, n_steps: int, gamma: float):
+    """``n_steps`` of every client's envs with the global policy, kept for learning: a ``Trajectory``
+    per client (leading axis: clients), the state, the keys and the summed lengths and count of the
+    episodes that ended. A time-out is no failure (Pardo et al., 2018): its reward gets ``gamma`` times
+    the critic's value of the obs reached, computed for the whole fleet at a step where some env
+    timed out, as fedrl's ``collect`` does; hence the scan over time outside the clients' ``vmap``."""
 
     def body(carry, _):
-        state, key = carry
-        key, act_key, env_key = jax.random.split(key, 3)
-        obs = observe(state)
-        logits = mlp(params["actor"], obs)
-        action = jax.random.categorical(act_key, logits)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
-        step = env_step(env_params, state, action, env_key)
-        done = step.terminated | step.truncated
-        row = (obs, action, logp, value(params, obs), done, step.truncated, step.final_obs)
-        return (step.state, key), (*row, jnp.where(done, state.t + 1, 0))
+        state, keys = carry
+        state, keys, row = jax.vmap(client_step, in_axes=(None, 0, 0, 0))(params, env_params, state, keys)
+        obs, actions, logp, values, dones, truncated, final_obs, lengths = row
+        bootstrap = lax.cond(
+            truncated.any(), lambda o: value(params, o), lambda o: jnp.zeros(o.shape[:-1], o.dtype), final_obs
+        )
+        rewards = 1.0 + gamma * bootstrap * truncated
+        return (state, keys), (obs, actions, logp, values, rewards, dones.astype(jnp.float32), lengths, dones)
 
-    (state, key), rows = lax.scan(body, (state, key), None, length=n_steps)
-    obs, actions, logp, values, dones, truncated, final_obs, lengths = rows
-    # Pardo et al. (2018): a time-out is no failure; one batched critic pass over the final obs
-    rewards = 1.0 + gamma * value(params, final_obs) * truncated
-    traj = Trajectory(obs, actions, logp, values, rewards, dones.astype(jnp.float32), value(params, observe(state)))
-    return traj, state, key, (lengths.sum(), dones.sum())
+    (state, keys), rows = lax.scan(body, (state, keys), None, length=n_steps)
+    obs, actions, logp, values, rewards, dones, lengths, ended = (jnp.swapaxes(x, 0, 1) for x in rows)
+    last_value = value(params, jax.vmap(observe)(state))
+    traj = Trajectory(obs, actions, logp, values, rewards, dones, last_value)
+    return traj, state, keys, (lengths.sum(), ended.sum())
 
 
 def gae(traj: Trajectory, gamma: float, gae_lambda: float) -> tuple[jax.Array, jax.Array]:
@@ -331,24 +347,22 @@ def flatten_time(x: jax.Array) -> jax.Array:
     return x.reshape(-1, *x.shape[2:])
 
 
-def client_round(params: dict, env_params: jax.Array, state: Physics, key: jax.Array, s: Setting):
-    """One client's round from the global ``params``: rollout, GAE, PPO; its new parameters, state,
-    key and episode statistics."""
-    traj, state, key, episodes = rollout(params, env_params, state, key, s.n_steps, s.gamma)
+def client_learn(params: dict, traj: Trajectory, key: jax.Array, s: Setting) -> dict:
+    """One client's learning on its trajectory from the global ``params``: GAE, then PPO."""
     adv, returns = gae(traj, s.gamma, s.gae_lambda)
     batch = Batch(*(flatten_time(x) for x in (traj.obs, traj.actions, traj.logp, adv, returns)))
-    key, learn_key = jax.random.split(key)
-    return improve(params, batch, learn_key, s), state, key, episodes
+    return improve(params, batch, key, s)
 
 
 @partial(jax.jit, static_argnames="s")
 def fed_round(params: dict, env_params: jax.Array, state: Physics, keys: jax.Array, s: Setting):
-    """A whole round for every client (``vmap``), then FedAvg: the global parameters, the envs' state,
-    the keys, and the summed lengths and count of the episodes that ended."""
-    local, state, keys, (lengths, ended) = jax.vmap(client_round, in_axes=(None, 0, 0, 0, None))(
-        params, env_params, state, keys, s
-    )
-    return jax.tree.map(lambda p: p.mean(0), local), state, keys, (lengths.sum(), ended.sum())
+    """A whole round: every client's rollout, then each client's learning (``vmap``), then FedAvg: the
+    global parameters, the envs' state, the keys, and the summed lengths and count of the episodes that
+    ended."""
+    traj, state, keys, episodes = rollout(params, env_params, state, keys, s.n_steps, s.gamma)
+    keys, learn_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    local = jax.vmap(client_learn, in_axes=(None, 0, 0, None))(params, traj, learn_keys, s)
+    return jax.tree.map(lambda p: p.mean(0), local), state, keys, episodes
 
 
 @partial(jax.jit, static_argnames="n_steps")
@@ -359,8 +373,8 @@ def fleet_act(params: dict, env_params: jax.Array, state: Physics, keys: jax.Arr
 
 @partial(jax.jit, static_argnames=("n_steps", "gamma"))
 def fleet_rollout(params: dict, env_params: jax.Array, state: Physics, keys: jax.Array, n_steps: int, gamma: float):
-    """``n_steps`` of every client's envs kept for learning (``rollout``, vmapped)."""
-    return jax.vmap(rollout, in_axes=(None, 0, 0, 0, None, None))(params, env_params, state, keys, n_steps, gamma)
+    """``n_steps`` of every client's envs kept for learning (``rollout``)."""
+    return rollout(params, env_params, state, keys, n_steps, gamma)
 
 
 # ----------------------------------------------------------------------------------- measuring

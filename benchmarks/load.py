@@ -116,6 +116,7 @@ class Window:
     idle_rss_mb: float  # the server's resident memory once started, before any client connects
     peak_rss_mb: float
     server_cores: float
+    server_kernel_cores: float  # the part of server_cores spent in the kernel (sockets, files, fsync)
     generator_cores: float
     other_cores: float  # everything else on the machine
     elapsed: float  # seconds the window lasted
@@ -241,8 +242,13 @@ def cpu_seconds(pid: int | None = None) -> float:
     if pid is None:
         t = os.times()
         return t.user + t.system
+    return sum(_user_and_kernel_seconds(pid))
+
+
+def _user_and_kernel_seconds(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of process ``pid``, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> float:
@@ -284,9 +290,11 @@ class Target:
     metrics_port: int | None
 
 
-def usage(pid: int) -> tuple[float, float, float, float]:
-    """Now, and the CPU seconds of the server, of this process and of the whole machine so far."""
-    return time.perf_counter(), cpu_seconds(pid), cpu_seconds(), machine_busy_seconds()
+def usage(pid: int) -> tuple[float, float, float, float, float]:
+    """Now, and the CPU seconds of the server, of this process and of the whole machine so far, and the
+    server's in the kernel."""
+    kernel = _user_and_kernel_seconds(pid)[1]
+    return time.perf_counter(), cpu_seconds(pid), cpu_seconds(), machine_busy_seconds(), kernel
 
 
 async def measure_window(target: Target, tally: Tally, settings: Settings) -> tuple[tuple, tuple, int | None]:
@@ -328,7 +336,7 @@ async def drive(
     for channel in channels:
         await channel.close()
     elapsed = ends[0] - marks[0]
-    server, generator, busy = ((ends[i] - marks[i]) / elapsed for i in (1, 2, 3))
+    server, generator, busy, kernel = ((ends[i] - marks[i]) / elapsed for i in (1, 2, 3, 4))
     return tally, Window(
         connect_s,
         len(clients),
@@ -336,6 +344,7 @@ async def drive(
         idle_mb,
         peak[0],
         server,
+        kernel,
         generator,
         max(0.0, busy - server - generator),
         elapsed,
@@ -630,6 +639,8 @@ def table(results: list[Result], settings: Settings) -> str:
                 f"{w.peak_rss_mb:,.0f}",
                 f"{w.idle_rss_mb:,.0f} / {memory_bound_mb(r, settings):,.0f}" if r.server == "fedrl" else "-",
                 f"{w.server_cores:.2f} / {w.generator_cores:.2f} / {w.other_cores:.2f}",
+                f"{_ms_per_update(w.server_cores, r)} ({_ms_per_update(w.server_kernel_cores, r)}) / "
+                f"{_ms_per_update(w.generator_cores, r)}",
             ]
         )
     return markdown_table(
@@ -647,9 +658,34 @@ def table(results: list[Result], settings: Settings) -> str:
             "peak server RSS MB",
             "idle / bound MB",
             "cores: server / generator / other",
+            "CPU ms per update: server (in the kernel) / generator",
         ],
         rows,
     )
+
+
+def _ms_per_update(cores: float, r: Result) -> str:
+    """CPU milliseconds per accepted update, from the cores a process used during the window."""
+    return f"{1e3 * cores / r.rate:.2f}" if r.rate > 0 else "-"
+
+
+def cpu_ceiling(results: list[Result]) -> str:
+    """What each 100k-parameter fedrl run spent per accepted update, and the rate the machine's cores
+    would carry at those costs: server and generator share the cores. An estimate, not a bound: the
+    generator's figure holds its clients' heartbeats, a cost per second that weighs less per update at
+    higher rates."""
+    cores = len(os.sched_getaffinity(0))
+    lines = []
+    for r in (r for r in results if r.model == "100k" and r.server == "fedrl" and r.rate > 0):
+        w = r.window
+        server_ms, generator_ms = 1e3 * w.server_cores / r.rate, 1e3 * w.generator_cores / r.rate
+        lines.append(
+            f"durability {r.durability}: the server spent {server_ms:.2f} ms of CPU per update "
+            f"({1e3 * w.server_kernel_cores / r.rate:.2f} in the kernel), the generator {generator_ms:.2f}, so "
+            f"{cores} cores would carry about {1e3 * cores / (server_ms + generator_ms):,.0f} updates/s of the two "
+            "at these costs"
+        )
+    return "; ".join(lines) or "no 100k-parameter fedrl run"
 
 
 def verdict(results: list[Result]) -> str:
@@ -703,11 +739,18 @@ LIMITS = (
     "fsync, whose two waits remain hand-offs, 235 to 249/s. A larger pool, more uploads read at once (up to all "
     "1,000), a shorter interpreter switch interval (0.1 and 0.5 ms) and OPENBLAS_NUM_THREADS=1 moved nothing "
     "beyond noise; so did closing no FedBuff round at all (266 against 235/s): aggregation and deleting a round's "
-    "files are not the limit. 500/s needs the per-update work off this one interpreter: front-end processes that "
-    "reassemble, hash and write updates and hand the coordinator only their records, or updates appended to one "
-    "file per round instead of a file each (measured alone on this machine for a 400 KB update: a file created, "
-    "written and deleted costs 0.25 ms against 0.1 ms for an append, and its own fsync 1.9 ms against 0.4 ms an "
-    "update when ten appends share one). Memory: `fedrl server` keeps gRPC's fixed 64 KiB window per call "
+    "files are not the limit. 500/s needs two things at once. Less CPU per update: the generator and the server "
+    "share this machine's two cores, so at 500/s the two together may spend 4 ms of CPU per update (the line CPU "
+    "above gives what each spent, and the rate the cores would carry at those costs); a third or more of the "
+    "server's is the kernel's (the upload's bytes through the socket, its file written, fsynced, renamed and "
+    "later deleted), and grpc.aio's own machinery (its callbacks and the stream's iteration) held the interpreter "
+    "for 43 % of the samples that held it (py-spy --gil, 100k, fsync, 2026-12-08). And the work off this one event "
+    "loop: front-end processes that reassemble, "
+    "hash and write updates and hand the coordinator only their records, whose hand-offs cost CPU too; updates "
+    "appended to one file per round instead of a file each would cut the kernel's part (measured alone on this "
+    "machine for a 400 KB update: a file created, written and deleted costs 0.25 ms against 0.1 ms for an append, "
+    "and its own fsync 1.9 ms against 0.4 ms an update when ten appends share one). Memory: `fedrl server` keeps "
+    "gRPC's fixed 64 KiB window per call "
     "(`limits.grow_windows: false`) and reads at most `limits.worker_threads` uploads at once, each into one "
     "buffer of its declared size that becomes the update (no copy); the others wait unread in their windows. A "
     "round (FedBuff's buffer) holds at most `buffer_size` updates: arrivals while it is full or being aggregated "
@@ -729,7 +772,7 @@ def write_report(results: list[Result], settings: Settings) -> None:
             description(settings),
             table(results, settings),
             f"Target: {TARGET_CLIENTS:,} connected clients, >= {TARGET_RATE} accepted 100k-parameter updates/s, "
-            f"no failed calls. Measured: {verdict(results)}.",
+            f"no failed calls. Measured: {verdict(results)}. CPU: {cpu_ceiling(results)}.",
             LIMITS,
             "![load](img/load.png)",
         ]
@@ -762,6 +805,7 @@ def main() -> None:
     changed = args.quick or args.clients or args.models or args.channels != 16 or args.server_set
     default = not (changed or len(args.durability) < 2)
     print(table(results, settings))
+    print(f"CPU: {cpu_ceiling(results)}")
     if default:  # a partial or changed run: figures printed, docs left alone
         write_report(results, settings)
 

@@ -10,12 +10,12 @@ PureJaxRL-style program: one jitted function per round), each figure of it measu
 fedrl's, in its own process, so the ratios compare the two on the same machine in the same minutes.
 And start-up, as its own line: `fedrl run examples/cartpole.yaml` for one round, launched as a user
 launches it, timed to its first output (the run set up, before the first round) and to the end of
-its first round, median of STARTUP_RUNS launches, beside `import torch` alone and the peer's launch
-to its first round compiled.
+its first round, median of STARTUP_RUNS launches, beside a process that only imports torch (timed,
+like fedrl's, to the line it prints) and the peer's launch to its first round compiled.
 
     python benchmarks/throughput.py            # needs the bench extra: pip install -e '.[bench]'
 
-Without JAX installed the peer's columns show the figures it was first measured at (PEER_QUOTED).
+Without JAX installed the peer is not measured: its columns show "-" (the bench extra installs JAX).
 """
 
 from __future__ import annotations
@@ -53,10 +53,6 @@ LOCAL_STEPS = 1024  # per client per round: 16 envs x 64 steps, one rollout, 4 e
 MIN_STEPS = 400_000  # measure at least this many env steps per setting
 STARTUP_RUNS = 5
 REPEATS = 3  # each rate is the median of this many measurements: the machine is shared and noisy
-# The JAX/XLA peer's figures as the issue quoted them, measured once on a machine of this kind with a
-# PureJaxRL-style program; shown only where JAX is missing here. Clients -> (with learning, acting only,
-# rollout kept), None where it was not measured; its kept rollout measured 1.9-2.4M at 100 clients.
-PEER_QUOTED = {10: (324_000, None, None), 100: (331_000, 3_200_000, 2_400_000), 1000: (None, 4_600_000, 2_600_000)}
 COLUMNS = ("with learning (PPO, 4 epochs)", "acting only", "rollout kept for learning")
 PEER_MODES = ("learn", "act", "rollout")  # benchmarks/jax_peer.py's name of each column
 
@@ -176,9 +172,12 @@ def _peer_record(*args: str) -> dict:
 
 
 def peer_rate(column: int, n_clients: int) -> float:
-    """The peer's env steps/s for a column of ``COLUMNS``: the median of ``REPEATS`` after a warm-up."""
-    mode = PEER_MODES[column]
-    return _peer_record("--mode", mode, "--clients", str(n_clients), "--repeats", str(REPEATS))["steps_per_s"]
+    """The peer's env steps/s for a column of ``COLUMNS``: the median of ``REPEATS`` measurements of at
+    least ``MIN_STEPS`` env steps after a warm-up, as fedrl's. (Its setting mirrors ``setup_for`` and
+    ``LOCAL_STEPS``: a change there must be made in benchmarks/jax_peer.py too.)"""
+    mode, steps = PEER_MODES[column], str(MIN_STEPS)
+    record = _peer_record("--mode", mode, "--clients", str(n_clients), "--repeats", str(REPEATS), "--min-steps", steps)
+    return record["steps_per_s"]
 
 
 def peer_startup_s() -> tuple[float, float]:
@@ -188,12 +187,15 @@ def peer_startup_s() -> tuple[float, float]:
 
 
 def torch_import_s() -> float:
-    """Median seconds of a Python process that only imports torch: the floor of any start-up that trains."""
+    """Median seconds from launching a Python process that imports torch to the line it prints then
+    (timed as ``startup_s`` times fedrl's: to a line, not to the process's exit)."""
     times = []
     for _ in range(STARTUP_RUNS):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        process = subprocess.Popen([sys.executable, "-c", "import torch; print('imported')"], stdout=subprocess.PIPE)
+        process.stdout.readline()
         times.append(time.perf_counter() - started)
+        process.wait()
     return float(np.median(times))
 
 
@@ -237,12 +239,11 @@ def plot(rows: list[Row], sb3: float, peer_label: str) -> None:
 
 
 def measure(n_clients: int, with_peer: bool) -> Row:
-    """fedrl's three rates for a fleet, each followed by the peer's where it runs (else its quoted figure)."""
+    """fedrl's three rates for a fleet, each followed by the peer's where it runs (else None)."""
     setup, ours, theirs = setup_for(n_clients), [], []
-    quoted = PEER_QUOTED.get(n_clients, (None,) * len(COLUMNS))
     for column, rate in enumerate((learning_rate, acting_rate, rollout_rate)):
         ours.append(median_of(rate, setup))
-        theirs.append(peer_rate(column, n_clients) if with_peer else quoted[column])
+        theirs.append(peer_rate(column, n_clients) if with_peer else None)
     row = Row(n_clients, tuple(ours), tuple(theirs))
     print(
         f"{n_clients:5d} clients: "
@@ -253,7 +254,8 @@ def measure(n_clients: int, with_peer: bool) -> Row:
 
 
 def targets(rows: list[Row], with_peer: bool) -> str:
-    """The issue's bars (fixed figures) and, where the peer ran, how many rows fedrl leads."""
+    """The issue's bars (fixed figures, from the peer program it quoted) and, where the peer ran here,
+    how many rows fedrl leads."""
     by_size = {r.clients: r.fedrl for r in rows}
     bars = [("with learning at 100 clients", by_size[100][0], 330_000),
             ("acting only at 100 clients", by_size[100][1], 3_300_000),
@@ -261,7 +263,7 @@ def targets(rows: list[Row], with_peer: bool) -> str:
     met = "; ".join(
         f"{name} {ours:,.0f} (>= {bar:,.0f}: {'met' if ours >= bar else 'not met'})" for name, ours, bar in bars
     )
-    line = f"Targets, the issue's fixed figures: {met}."
+    line = f"Targets, the issue's fixed figures (from the peer program it quoted, measured on another day): {met}."
     if with_peer:
         pairs = [(a, b) for r in rows for a, b in zip(r.fedrl, r.peer)]
         ahead = sum(a > b for a, b in pairs)
@@ -278,7 +280,7 @@ def main() -> None:
     torch_s = torch_import_s()
     peer_ready, peer_first = peer_startup_s() if with_peer else (None, None)
     print(f"start-up: {ready:.2f} s to the run set up, {first:.2f} s to the end of the first round", flush=True)
-    peer_label = "JAX/XLA peer, this run" if with_peer else "JAX/XLA peer, quoted (JAX not installed here)"
+    peer_label = "JAX/XLA peer, this run" if with_peer else "JAX/XLA peer (not measured: no JAX here)"
     plot(rows, sb3, peer_label)
     header = ["clients", "figure", "fedrl, env steps/s", peer_label, "fedrl / peer", "learning vs SB3 PPO"]
     table = markdown_table(
@@ -294,15 +296,15 @@ def main() -> None:
         "figure measured in its own process right after fedrl's, median of the same number of measurements "
         "after a warm-up (its compilation excluded)."
         if with_peer
-        else "JAX is not installed here, so the peer's figures are those it was first measured at on a machine "
-        "of this kind (install the bench extra to measure it in the same run)."
+        else "JAX is not installed here, so the peer was not measured (install the bench extra to measure it in "
+        "the same run)."
     )
     startup = (
         f"Start-up, launch of `fedrl run examples/cartpole.yaml --set federation.rounds=1` to its first line "
         f"(imports, config, set-up: the first round begins): **{ready:.2f} s**; to the end of its first round "
         f"(10 clients, 1,024 steps each, evaluation included): **{first:.2f} s** (median of {STARTUP_RUNS} "
-        f"launches; target <= 1 s to the first round). A Python process that only imports torch takes "
-        f"{torch_s:.2f} s here: the floor of any start-up that trains with it."
+        f"launches; target <= 1 s to the first round). A Python process that only imports torch prints its "
+        f"first line {torch_s:.2f} s after launch here: the floor of any start-up that trains with torch."
     )
     if with_peer:
         startup += (

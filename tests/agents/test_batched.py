@@ -125,9 +125,13 @@ def _grads(product, x, weight, bias, upstream, create_graph=False):
     return out, grads, leaves
 
 
-@pytest.mark.parametrize("n_in,n_out", [(4, 64), (64, 64), (64, 3), (64, 2), (64, 1), (32, 2), (32, 1)])
+@pytest.mark.parametrize(
+    "n_in,n_out",
+    [(4, 64), (64, 64), (64, 3), (64, 2), (64, 1), (32, 2), (32, 1), (16, 2), (16, 1), (67, 2), (50, 1), (7, 3)],
+)
 def test_linear_layer_gives_autograds_baddbmm_values_and_gradients_to_the_bit(n_in, n_out):
-    """The layers of every published result: the fast backward changes no number."""
+    """Widths where the weight gradient is transposed (inputs a multiple of 4) and where it is not:
+    the fast backward changes no number."""
     from fedrl.agents.nets import linear
 
     layer = _layer(100, 256, n_in, n_out, seed=n_in * 100 + n_out)
@@ -138,15 +142,14 @@ def test_linear_layer_gives_autograds_baddbmm_values_and_gradients_to_the_bit(n_
         assert mine.shape == ref.shape and torch.equal(mine, ref)
 
 
-@pytest.mark.parametrize("n_in,n_out", [(7, 3), (3, 9), (64, 9), (5, 1)])
-def test_linear_layer_gradients_of_other_shapes_agree_with_autograds_to_rounding(n_in, n_out):
+def test_linear_layer_differentiates_with_respect_to_the_weight_alone():
     from fedrl.agents.nets import linear
 
-    layer = _layer(20, 64, n_in, n_out, seed=n_in * 100 + n_out)
-    _, grads, _ = _grads(linear, *layer)
-    _, ref_grads, _ = _grads(lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w), *layer)
-    for mine, ref in zip(grads, ref_grads):
-        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5)
+    x, weight, bias, upstream = _layer(3, 8, 64, 2, seed=1)
+    weight = weight.requires_grad_(True)
+    out = linear(x, weight, bias)
+    (grad_w,) = torch.autograd.grad(out, [weight], upstream)
+    assert torch.equal(grad_w, torch.bmm(x.mT, upstream))
 
 
 def test_linear_layer_has_a_second_derivative():

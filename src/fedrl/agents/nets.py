@@ -139,15 +139,15 @@ def _sigmoid_form_(x: torch.Tensor) -> torch.Tensor:
 
 class _Linear(torch.autograd.Function):
     """``bias + x @ weight`` for a client batch (``torch.baddbmm``), whose backward forms each
-    product in the orientation this CPU's BLAS is fast at.
+    product in the orientation this CPU's BLAS is fast at, for the same bits.
 
     Autograd's own backward of ``baddbmm`` forms a weight's gradient as ``x^T @ grad``; for a
-    narrow layer (the actor's few logits, the critic's one value) that product has few columns and
-    measured 5-10x slower than its transpose ``(grad^T @ x)^T``. The two sum the same products and
-    gave the same bits for every layer of the published results (outputs of up to 3 after hidden
-    layers of 32 or 64: tested); for other narrow layers (say 7 inputs and 3 outputs) the last bit
-    may differ. The input's gradient through a layer of one output is an outer product, written as
-    one: a single multiplication per element, as the one-long sums already were."""
+    layer of one to three outputs (the actor's logits, the critic's value) that product measured
+    5-10x slower than its transpose ``(grad^T @ x)^T``. The two sum the same products, and gave the
+    same bits wherever the layer's inputs are a multiple of 4 (swept: 2-129 inputs, 1-3 outputs,
+    1-2,048 samples, this CPU build of torch); elsewhere the transpose is not taken (``_transposed``),
+    so no result changes. The input's gradient through a layer of one output is an outer product,
+    written as one: a single multiplication per element, as the one-long sums already were."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -155,18 +155,23 @@ class _Linear(torch.autograd.Function):
         return torch.baddbmm(bias.unsqueeze(1), x, weight)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        grad_x = None
-        if ctx.needs_input_grad[0]:
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = grad_w = grad_b = None
+        if need_x:
             grad_x = grad * weight.mT if grad.shape[-1] == 1 else torch.bmm(grad, weight.mT)
-        n_in, n_out = weight.shape[1:]
-        narrow = n_out < min(n_in, _NARROW)
-        grad_w = torch.bmm(grad.mT, x).mT if narrow else torch.bmm(x.mT, grad)
-        return grad_x, grad_w, grad.sum(1)
+        if need_w:
+            grad_w = torch.bmm(grad.mT, x).mT if _transposed(*weight.shape[1:]) else torch.bmm(x.mT, grad)
+        if need_b:
+            grad_b = grad.sum(1)
+        return grad_x, grad_w, grad_b
 
 
-_NARROW = 16  # layers with fewer outputs (and more inputs) get their weight gradient transposed: measured faster
+def _transposed(n_in: int, n_out: int) -> bool:
+    """Whether a layer's weight gradient is formed as ``(grad^T @ x)^T``: narrow layers (1-3 outputs)
+    whose inputs are a multiple of 4, where it measured faster and gave autograd's bits (``_Linear``)."""
+    return n_out <= 3 < n_in and n_in % 4 == 0
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

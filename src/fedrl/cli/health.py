@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import typer
@@ -36,6 +34,9 @@ def health(
 
 def _ask_server(url: str, timeout: float) -> tuple[bool, str]:
     """Whether ``url`` answers 200, and what it said."""
+    import urllib.error  # here, not at the top: every command's start-up would pay for it
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             return True, reply.read().decode(errors="replace").strip()
