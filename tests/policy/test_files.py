@@ -217,13 +217,3 @@ def test_a_file_that_names_a_network_never_makes_fedrl_import_or_call_it(tmp_pat
 
     assert read_card(tmp_path / "forged.npz").network == "builtins:print"
     assert capfd.readouterr().out == "4 2\n"  # called once: when the name was allowed, never before
-
-
-def test_importing_fedrl_defers_the_policy_loader_until_it_is_asked_for():
-    """``import fedrl`` (every command's start) loads no saved-policy code; ``fedrl.load_policy`` does."""
-    code = (
-        "import sys, fedrl; before = 'fedrl.policy' in sys.modules; load = fedrl.load_policy; "
-        "print(before, 'fedrl.policy' in sys.modules, load.__module__, fedrl.Policy.__name__)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "True", "fedrl.policy.files", "Policy"]
